@@ -1,0 +1,65 @@
+# gpuex developer entry points. Every target sets itself up first (`make setup` is idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# tools/ first: our solc-js shim must win over the downloading `solc` that slither's solc-select installs.
+export PATH := $(CURDIR)/tools:$(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONPATH := $(CURDIR)
+SETUP_STAMP := $(VENV)/.setup-done
+SOLC_VERSION := 0.8.28
+BROWNIE_VERSION := 1.22.2
+SLITHER_VERSION := 0.11.6
+
+# Stateful-test sizes: CI explores thousands of steps; `make fuzz` more than 10,000.
+STATEFUL_EXAMPLES ?= 120
+STATEFUL_STEPS ?= 30
+
+.PHONY: setup compile test test-contracts lint gas fuzz demo clean
+
+setup: $(SETUP_STAMP) link-tools
+
+$(SETUP_STAMP): pyproject.toml package.json package-lock.json
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# The compiled (mypyc) wheel breaks stateful tests and network config: build Brownie pure-Python.
+	BROWNIE_NOCOMPILE=1 $(PY) -m pip install -q --no-binary eth-brownie eth-brownie==$(BROWNIE_VERSION)
+	$(PY) -m pip install -q -e . slither-analyzer==$(SLITHER_VERSION)
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Links that live outside the venv (HOME may be new) are refreshed on every run; they cost nothing.
+.PHONY: link-tools
+link-tools: $(SETUP_STAMP)
+	ln -sf $(CURDIR)/$$(ls -d node_modules/@foundry-rs/anvil-linux-*/bin/anvil | head -1) $(VENV)/bin/anvil
+	mkdir -p $(HOME)/.solcx
+	ln -sf $(CURDIR)/tools/solc $(HOME)/.solcx/solc-v$(SOLC_VERSION)
+
+compile: setup
+	brownie compile
+
+## test: everything CI runs — static analysis, then the contract suite on a real anvil.
+test: lint test-contracts
+
+test-contracts: setup
+	GPUEX_STATEFUL_EXAMPLES=$(STATEFUL_EXAMPLES) GPUEX_STATEFUL_STEPS=$(STATEFUL_STEPS) brownie test tests/contracts
+
+lint: compile
+	slither . --compile-force-framework brownie --fail-medium --exclude-dependencies \
+		--filter-paths "node_modules|contracts/test"
+
+## gas: the gas table of a fixed scenario, against the budgets of issue #2.
+gas: compile
+	brownie run scripts/gas.py
+
+## fuzz: the stateful invariant suite with more than 10,000 steps (not in CI).
+fuzz: setup
+	GPUEX_STATEFUL_EXAMPLES=400 GPUEX_STATEFUL_STEPS=50 brownie test tests/contracts/stateful
+
+## demo: deploys to a local anvil and runs one rental end to end.
+demo: compile
+	brownie run scripts/demo.py
+
+clean:
+	rm -rf build reports .hypothesis

@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+/// @notice Lifecycle of an offer in the registry. Only `Active` offers can be rented.
+enum OfferStatus {
+    None,
+    Active,
+    Paused,
+    Closed
+}
+
+/// @notice Lifecycle of a rental. It only moves forward: Open -> Running -> Terminated -> a final state,
+/// or Open -> TimedOut / Cancelled. Every state from `Completed` on is final.
+enum RentalStatus {
+    None, // no rental with this id (or an id superseded by a later rental of the same offer)
+    Open, // deposit held, provider has not started
+    Running, // started; takes reports until it is finalised
+    Terminated, // the renter ended it early; takes reports up to the new end
+    Completed, // final: a report said the job completed
+    Failed, // final: a report said the job failed
+    Expired, // final: finalised after its end plus the report grace
+    TimedOut, // final: the provider never started; the renter was refunded and compensated
+    Cancelled // final: the renter cancelled before the start
+}
+
+/// @notice The job state an oracle report carries, as `Report.status`.
+enum ReportStatus {
+    Running,
+    Completed,
+    Failed
+}
+
+/// @notice Why a report of a signed batch was skipped instead of applied.
+enum SkipReason {
+    UnknownRental, // no rental has this id, or a later rental of the same offer replaced it
+    RentalClosed, // the rental is already in a final state
+    StartTimedOut // the rental was never started and its start timeout has passed
+}
+
+/// @notice Why collateral was slashed.
+enum SlashReason {
+    None,
+    StartTimeout, // the provider never started the rental
+    SlaBreach // missed seconds exceeded the SLA share of the elapsed rental
+}
+
+/// @notice A provider's account in the registry. Amounts are in the stake token.
+struct Provider {
+    // slot 0
+    uint128 staked; // everything the registry holds for this provider: free + locked + unbonding
+    uint128 locked; // collateral held by open rentals
+    // slot 1
+    uint128 unbonding; // requested for withdrawal, waiting for the unbonding period
+    uint40 unbondingEndsAt;
+    // slot 2: reputation counters
+    uint32 rentalsCompleted; // rentals that started and were settled
+    uint32 slashes;
+    uint64 secondsDelivered;
+    uint64 secondsMissed;
+    // slot 3
+    address agent; // the provider machine's telemetry signing key
+}
+
+/// @notice A listed bundle of GPUs at a price per second for the whole bundle.
+struct Offer {
+    // slot 0
+    address provider;
+    uint16 gpuCount;
+    uint16 utilFloorBps; // 10000 = pure time pricing; lower = utilisation-weighted with that floor
+    OfferStatus status;
+    uint32 minDuration;
+    // slot 1
+    uint64 pricePerSecond; // payment token units, whole offer
+    uint32 maxDuration;
+    uint32 vramMiB; // per GPU
+    bytes16 region;
+    // slot 2
+    bytes32 gpuModel;
+    // slot 3 (length) and the array data
+    bytes32[] gpuUuidHashes;
+}
+
+/// @notice What a provider passes to `createOffer`. The GPU count is the number of UUID hashes.
+struct OfferTerms {
+    bytes32 gpuModel;
+    uint32 vramMiB;
+    uint64 pricePerSecond;
+    uint32 minDuration;
+    uint32 maxDuration;
+    bytes16 region;
+    uint16 utilFloorBps;
+    bytes32[] gpuUuidHashes;
+}
+
+/// @notice One usage report for one rental, as signed by the oracles (EIP-712 type `Report`).
+/// @dev `status` is a `ReportStatus` carried as uint8 so that an out-of-range value gets a named error.
+struct Report {
+    uint256 rentalId;
+    uint32 seq; // strictly the last applied seq + 1
+    uint40 periodEnd; // end of the reported period: <= now, > the last period end; clamped to the rental end
+    uint32 deliveredSeconds; // seconds in the period with healthy telemetry from every GPU of the offer
+    uint16 avgUtilBps; // average GPU utilisation over the period, <= 10000
+    uint8 status; // ReportStatus
+    bytes32 telemetryRoot; // Merkle root of the raw samples, for audit
+}
+
+/// @notice The live (or last) rental of an offer. Storage is reused by every rental of the same offer, so
+/// opening a rental rewrites warm slots instead of allocating new ones; older rentals live in events.
+struct Rental {
+    // slot 0: settlement state, rewritten by every applied report
+    uint40 since; // opening time while Open, start time once started
+    uint32 reportedSeconds; // seconds after the start covered by applied reports
+    uint32 seq; // last applied report seq
+    uint32 deliveredSeconds;
+    RentalStatus status;
+    uint16 utilFloorBps;
+    uint96 earned; // gross provider earnings accrued by reports, before the protocol fee
+    // slot 1: terms fixed at opening (duration is shortened by a termination)
+    uint32 nonce; // rentals opened on this offer so far; the rental id is offerId << 32 | nonce
+    uint64 pricePerSecond;
+    uint32 duration;
+    uint16 feeBps;
+    // slot 2
+    address renter;
+}

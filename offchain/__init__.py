@@ -1,0 +1,1 @@
+"""gpuex off-chain library: report signing, telemetry, the provider agent and the oracle."""

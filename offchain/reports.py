@@ -1,0 +1,136 @@
+"""Usage reports as the escrow verifies them: the EIP-712 `ReportBatch` that k of n oracles co-sign.
+
+The typed-data definition mirrors `RentalEscrow.REPORT_TYPEHASH` / `BATCH_TYPEHASH`; the contract tests
+check that the digest computed here equals `RentalEscrow.batchDigest` on chain.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, Sequence
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak
+from pydantic import BaseModel, ConfigDict, Field
+
+DOMAIN_NAME = "gpuex RentalEscrow"
+DOMAIN_VERSION = "1"
+
+REPORT_FIELDS = [
+    {"name": "rentalId", "type": "uint256"},
+    {"name": "seq", "type": "uint32"},
+    {"name": "periodEnd", "type": "uint40"},
+    {"name": "deliveredSeconds", "type": "uint32"},
+    {"name": "avgUtilBps", "type": "uint16"},
+    {"name": "status", "type": "uint8"},
+    {"name": "telemetryRoot", "type": "bytes32"},
+]
+
+
+class ReportStatus(IntEnum):
+    """Job state carried by a report (`ReportStatus` in DataTypes.sol)."""
+
+    RUNNING = 0
+    COMPLETED = 1
+    FAILED = 2
+
+
+class Report(BaseModel):
+    """One usage report for one rental, with the bounds the escrow enforces on its field types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rental_id: int = Field(ge=1, lt=2**256)
+    seq: int = Field(ge=1, lt=2**32)
+    period_end: int = Field(ge=0, lt=2**40)
+    delivered_seconds: int = Field(ge=0, lt=2**32)
+    avg_util_bps: int = Field(ge=0, le=10_000)
+    status: ReportStatus = ReportStatus.RUNNING
+    telemetry_root: bytes = Field(default=b"\x00" * 32, min_length=32, max_length=32)
+
+    def as_message(self) -> dict[str, Any]:
+        """The report as an EIP-712 message struct."""
+        return {
+            "rentalId": self.rental_id,
+            "seq": self.seq,
+            "periodEnd": self.period_end,
+            "deliveredSeconds": self.delivered_seconds,
+            "avgUtilBps": self.avg_util_bps,
+            "status": int(self.status),
+            "telemetryRoot": self.telemetry_root,
+        }
+
+    def as_tuple(self) -> tuple:
+        """The report as the ABI tuple `submitReports` takes."""
+        return (
+            self.rental_id,
+            self.seq,
+            self.period_end,
+            self.delivered_seconds,
+            self.avg_util_bps,
+            int(self.status),
+            self.telemetry_root,
+        )
+
+
+class EscrowDomain(BaseModel):
+    """Where a batch may be applied: the EIP-712 domain plus the oracle set version signed into the batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chain_id: int = Field(ge=1)
+    escrow: str
+    oracle_set_version: int = Field(ge=1, lt=2**64)
+
+
+def rental_id(offer_id: int, nonce: int) -> int:
+    """The escrow's id of the `nonce`-th rental of an offer."""
+    return (offer_id << 32) | nonce
+
+
+def split_rental_id(rental: int) -> tuple[int, int]:
+    """(offer id, nonce) of a rental id."""
+    return rental >> 32, rental & 0xFFFFFFFF
+
+
+def typed_batch(reports: Sequence[Report], domain: EscrowDomain) -> dict[str, Any]:
+    """The full EIP-712 typed-data document of a batch, as wallets and eth-account take it."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "ReportBatch": [
+                {"name": "oracleSetVersion", "type": "uint64"},
+                {"name": "reports", "type": "Report[]"},
+            ],
+            "Report": REPORT_FIELDS,
+        },
+        "primaryType": "ReportBatch",
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": domain.chain_id,
+            "verifyingContract": domain.escrow,
+        },
+        "message": {
+            "oracleSetVersion": domain.oracle_set_version,
+            "reports": [r.as_message() for r in reports],
+        },
+    }
+
+
+def batch_digest(reports: Sequence[Report], domain: EscrowDomain) -> bytes:
+    """The 32-byte digest the oracles sign (equals `RentalEscrow.batchDigest`)."""
+    signable = encode_typed_data(full_message=typed_batch(reports, domain))
+    return keccak(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def sign_batch(reports: Sequence[Report], domain: EscrowDomain, private_key: bytes | str) -> bytes:
+    """One oracle's 65-byte signature (r, s, v) over a batch."""
+    signed = Account.sign_typed_data(private_key, full_message=typed_batch(reports, domain))
+    return bytes(signed.signature)

@@ -1,0 +1,30 @@
+"""Plain helpers for the contract tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+from brownie import chain
+from eth_account import Account
+from eth_utils import keccak
+
+from offchain.reports import Report, ReportStatus
+
+ORACLE_KEYS = [keccak(text=f"gpuex test oracle {i}") for i in range(3)]
+ORACLES = [Account.from_key(k) for k in ORACLE_KEYS]
+PRICE = 1_000  # token units per second: 3.6 tUSD per hour
+_gpu_counter = itertools.count(1)
+
+
+def new_gpu_hashes(count):
+    """Fresh GPU UUID hashes no other test has used."""
+    return [keccak(text=f"GPU-{next(_gpu_counter):08d}") for _ in range(count)]
+
+
+def report(rental, seq, period_end, delivered, util=10_000, status=ReportStatus.RUNNING, root=b"\x22" * 32):
+    return Report(rental_id=rental, seq=seq, period_end=period_end, delivered_seconds=delivered,
+                  avg_util_bps=util, status=status, telemetry_root=root)
+
+
+def now():
+    return chain.time()
