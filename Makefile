@@ -46,8 +46,8 @@ test-contracts: setup
 	GPUEX_STATEFUL_EXAMPLES=$(STATEFUL_EXAMPLES) GPUEX_STATEFUL_STEPS=$(STATEFUL_STEPS) brownie test tests/contracts
 
 lint: compile
-	slither . --compile-force-framework brownie --fail-medium --exclude-dependencies \
-		--filter-paths "node_modules|contracts/test"
+	slither contracts/ --solc-standard-json --solc-remaps "@openzeppelin=node_modules/@openzeppelin" \
+		--exclude-dependencies --filter-paths "node_modules|contracts/test" --fail-medium
 
 ## gas: the gas table of a fixed scenario, against the budgets of issue #2.
 gas: compile

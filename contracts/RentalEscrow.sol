@@ -13,7 +13,9 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 import {IRentalEscrow} from "./interfaces/IRentalEscrow.sol";
 import {RentalMath} from "./libraries/RentalMath.sol";
-import {Rental, RentalStatus, Report, ReportStatus, SkipReason, SlashReason} from "./types/DataTypes.sol";
+import {
+    Rental, RentalState, RentalStatus, RentalTerms, Report, ReportStatus, SkipReason, SlashReason
+} from "./types/DataTypes.sol";
 
 /// @title RentalEscrow
 /// @notice See {IRentalEscrow}. Holds renter deposits in the payment token and settles them from oracle usage
@@ -130,23 +132,28 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     {
         // Checks
         Rental storage rental = _rentals[offerId];
-        if (_isLive(rental.status)) revert Escrow_OfferRented(offerId);
+        if (_isLive(rental.state.status)) revert Escrow_OfferRented(offerId);
+        // The registry is immutable and trusted, and locks collateral as part of the checks; every
+        // state-changing entry point of both contracts that could re-enter is nonReentrant or escrow-only.
+        // slither-disable-next-line reentrancy-no-eth
         (uint256 price, uint256 utilFloorBps) = registry.reserve(offerId, duration);
         if (price > maxPricePerSecond) revert Escrow_PriceAboveMax(offerId, price, maxPricePerSecond);
 
         // Effects
-        uint32 nonce = rental.nonce + 1;
+        uint32 nonce = rental.terms.nonce + 1;
         rentalId = (offerId << 32) | nonce;
         uint256 deposit = price * duration;
         // The registry stores price as uint64 and bounds duration by the offer's uint32 maximum.
-        _rentals[offerId] = Rental({
+        rental.state = RentalState({
             since: uint40(block.timestamp),
             reportedSeconds: 0,
             seq: 0,
             deliveredSeconds: 0,
             status: RentalStatus.Open,
             utilFloorBps: uint16(utilFloorBps),
-            earned: 0,
+            earned: 0
+        });
+        rental.terms = RentalTerms({
             nonce: nonce,
             pricePerSecond: uint64(price),
             duration: uint32(duration),
@@ -156,56 +163,52 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         emit RentalOpened(rentalId, offerId, msg.sender, price, duration, deposit, jobSpecHash);
 
         // Interactions
-        _pullExactly(msg.sender, deposit);
+        _pullExactly(deposit);
     }
 
     /// @inheritdoc IRentalEscrow
     function terminate(uint256 rentalId) external override nonReentrant {
-        (uint256 offerId, Rental storage rental) = _liveRental(rentalId);
-        if (msg.sender != rental.renter) revert Escrow_NotRenter(rentalId, msg.sender);
-        RentalStatus status = rental.status;
-        uint256 since = rental.since;
+        (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
+        address renter = rental.terms.renter;
+        if (msg.sender != renter) revert Escrow_NotRenter(rentalId, msg.sender);
 
-        if (status == RentalStatus.Open) {
-            if (block.timestamp > since + startTimeout) revert Escrow_StartTimedOut(rentalId);
-            _settle(rentalId, offerId, rental, RentalStatus.Cancelled, 0, 0, SlashReason.None);
+        if (state.status == RentalStatus.Open) {
+            if (block.timestamp > state.since + startTimeout) revert Escrow_StartTimedOut(rentalId);
+            _settle(rentalId, rental, state, RentalStatus.Cancelled, 0, 0);
             return;
         }
-        if (status != RentalStatus.Running) revert Escrow_RentalNotActive(rentalId, status);
-        uint256 end = since + rental.duration;
+        if (state.status != RentalStatus.Running) revert Escrow_RentalNotActive(rentalId, state.status);
+        uint256 end = state.since + rental.terms.duration;
         if (block.timestamp >= end) revert Escrow_RentalEnded(rentalId, end);
 
         // Reports cover at most up to the block time, so the shortened duration still holds every
         // reported second and the remaining deposit still covers the accrued earnings.
-        uint256 refund = rental.pricePerSecond * (end - block.timestamp);
-        rental.duration = uint32(block.timestamp - since);
-        rental.status = RentalStatus.Terminated;
-        _credit(rental.renter, refund);
+        uint256 refund = rental.terms.pricePerSecond * (end - block.timestamp);
+        rental.terms.duration = uint32(block.timestamp - state.since);
+        rental.state.status = RentalStatus.Terminated;
+        _credit(renter, refund);
         emit RentalTerminated(rentalId, block.timestamp, refund);
     }
 
     /// @inheritdoc IRentalEscrow
     function claimStartTimeout(uint256 rentalId) external override nonReentrant {
-        (uint256 offerId, Rental storage rental) = _liveRental(rentalId);
-        if (rental.status != RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, rental.status);
-        uint256 timeoutAt = rental.since + startTimeout;
+        (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
+        if (state.status != RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, state.status);
+        uint256 timeoutAt = state.since + startTimeout;
         if (block.timestamp <= timeoutAt) revert Escrow_StartTimeoutNotReached(rentalId, timeoutAt);
 
-        _settle(rentalId, offerId, rental, RentalStatus.TimedOut, 0, startSlashBps, SlashReason.StartTimeout);
+        _settle(rentalId, rental, state, RentalStatus.TimedOut, rental.terms.duration, startSlashBps);
     }
 
     /// @inheritdoc IRentalEscrow
     function finalize(uint256 rentalId) external override nonReentrant {
-        (uint256 offerId, Rental storage rental) = _liveRental(rentalId);
-        RentalStatus status = rental.status;
-        if (status != RentalStatus.Running && status != RentalStatus.Terminated) {
-            revert Escrow_RentalNotActive(rentalId, status);
-        }
-        uint256 duration = rental.duration;
-        uint256 finalizableAt = rental.since + duration + reportGrace;
+        (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
+        if (state.status == RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, state.status);
+        uint256 duration = rental.terms.duration;
+        uint256 finalizableAt = state.since + duration + reportGrace;
         if (block.timestamp < finalizableAt) revert Escrow_NotYetFinalizable(rentalId, finalizableAt);
 
-        _settleElapsed(rentalId, offerId, rental, RentalStatus.Expired, duration);
+        _settleElapsed(rentalId, rental, state, RentalStatus.Expired, duration);
     }
 
     /// @inheritdoc IRentalEscrow
@@ -230,13 +233,16 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
 
     /// @inheritdoc IRentalEscrow
     function start(uint256 rentalId) external override {
-        (uint256 offerId, Rental storage rental) = _liveRental(rentalId);
-        if (rental.status != RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, rental.status);
-        if (!registry.isProviderOrAgent(offerId, msg.sender)) revert Escrow_NotProviderOrAgent(rentalId, msg.sender);
-        if (block.timestamp > rental.since + startTimeout) revert Escrow_StartTimedOut(rentalId);
+        (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
+        if (state.status != RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, state.status);
+        if (!registry.isProviderOrAgent(rentalId >> 32, msg.sender)) {
+            revert Escrow_NotProviderOrAgent(rentalId, msg.sender);
+        }
+        if (block.timestamp > state.since + startTimeout) revert Escrow_StartTimedOut(rentalId);
 
-        rental.since = uint40(block.timestamp);
-        rental.status = RentalStatus.Running;
+        state.since = uint40(block.timestamp);
+        state.status = RentalStatus.Running;
+        rental.state = state;
         emit RentalStarted(rentalId, block.timestamp, false);
     }
 
@@ -250,7 +256,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         Config memory config = _config;
         _verifySignatures(_batchDigest(reports, config.oracleSetVersion), signatures, config);
 
-        bool anyApplied;
+        bool anyApplied = false;
         for (uint256 i; i < reports.length; ++i) {
             if (_applyReport(reports[i])) anyApplied = true;
         }
@@ -329,24 +335,25 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     {
         uint32 nonce = uint32(rentalId);
         Rental storage rental = _rentals[rentalId >> 32];
-        if (nonce == 0 || rental.nonce != nonce) return (RentalStatus.None, address(0), 0, 0, 0, 0, 0, 0, 0);
+        if (nonce == 0 || rental.terms.nonce != nonce) return (RentalStatus.None, address(0), 0, 0, 0, 0, 0, 0, 0);
+        RentalState memory state = rental.state;
         return (
-            rental.status,
-            rental.renter,
-            rental.pricePerSecond,
-            rental.duration,
-            rental.since,
-            rental.seq,
-            rental.reportedSeconds,
-            rental.deliveredSeconds,
-            rental.earned
+            state.status,
+            rental.terms.renter,
+            rental.terms.pricePerSecond,
+            rental.terms.duration,
+            state.since,
+            state.seq,
+            state.reportedSeconds,
+            state.deliveredSeconds,
+            state.earned
         );
     }
 
     /// @inheritdoc IRentalEscrow
     function liveRentalOf(uint256 offerId) external view override returns (uint256) {
         Rental storage rental = _rentals[offerId];
-        return _isLive(rental.status) ? (offerId << 32) | rental.nonce : 0;
+        return _isLive(rental.state.status) ? (offerId << 32) | rental.terms.nonce : 0;
     }
 
     /// @inheritdoc IRentalEscrow
@@ -379,75 +386,76 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
                                INTERNALS
     //////////////////////////////////////////////////////////////*/
 
-    /// @dev Applies one report, or skips it with an event when its rental no longer takes reports.
+    /// @dev Applies one report, or skips it with an event when its rental no longer takes reports. The
+    /// rental's state word is read once and written once.
     function _applyReport(Report calldata report) private returns (bool applied) {
         uint256 rentalId = report.rentalId;
         Rental storage rental = _rentals[rentalId >> 32];
-        (bool takesReports, SkipReason skipReason) = _takesReports(rental, uint32(rentalId));
-        if (!takesReports) {
-            emit ReportSkipped(rentalId, report.seq, skipReason);
+        uint32 nonce = uint32(rentalId);
+        if (nonce == 0 || rental.terms.nonce != nonce) {
+            emit ReportSkipped(rentalId, report.seq, SkipReason.UnknownRental);
             return false;
         }
-        uint256 elapsed = _accrue(rental, report);
+        RentalState memory state = rental.state;
+        if (state.status == RentalStatus.Open && block.timestamp > state.since + startTimeout) {
+            emit ReportSkipped(rentalId, report.seq, SkipReason.StartTimedOut);
+            return false;
+        }
+        if (!_isLive(state.status)) {
+            emit ReportSkipped(rentalId, report.seq, SkipReason.RentalClosed);
+            return false;
+        }
+
+        uint256 elapsed = _accrue(rental, state, report);
         if (report.status == uint8(ReportStatus.Completed)) {
-            _settleElapsed(rentalId, rentalId >> 32, rental, RentalStatus.Completed, elapsed);
+            _settleElapsed(rentalId, rental, state, RentalStatus.Completed, elapsed);
         } else if (report.status == uint8(ReportStatus.Failed)) {
-            _settleElapsed(rentalId, rentalId >> 32, rental, RentalStatus.Failed, elapsed);
+            _settleElapsed(rentalId, rental, state, RentalStatus.Failed, elapsed);
         }
         return true;
     }
 
-    /// @dev Validates a report and accrues its earnings to the rental; returns the seconds from the rental's
-    /// start to the end of the reported period.
-    function _accrue(Rental storage rental, Report calldata report) private returns (uint256 elapsed) {
-        (uint256 periodEnd, uint256 delivered) = _checkedPeriod(rental, report);
+    /// @dev Validates a report and accrues its earnings to the rental, writing the state word once; returns the
+    /// seconds from the rental's start to the end of the reported period.
+    function _accrue(Rental storage rental, RentalState memory state, Report calldata report)
+        private
+        returns (uint256 elapsed)
+    {
+        (uint256 periodEnd, uint256 delivered) = _checkedPeriod(state, rental.terms.duration, report);
         uint256 amount =
-            RentalMath.earnings(rental.pricePerSecond, delivered, rental.utilFloorBps, report.avgUtilBps);
-        uint256 since = rental.since;
-        elapsed = periodEnd - since;
-
+            RentalMath.earnings(rental.terms.pricePerSecond, delivered, state.utilFloorBps, report.avgUtilBps);
+        elapsed = periodEnd - state.since;
         // Bounds: reportedSeconds and deliveredSeconds <= duration (uint32); earned <= price * duration, which is
         // below 2^96 because price < 2^64 and duration < 2^32.
-        rental.seq = report.seq;
-        rental.reportedSeconds = uint32(elapsed);
-        rental.deliveredSeconds += uint32(delivered);
-        rental.earned += uint96(amount);
-        if (rental.status == RentalStatus.Open) {
+        state.seq = report.seq;
+        state.reportedSeconds = uint32(elapsed);
+        state.deliveredSeconds += uint32(delivered);
+        state.earned += uint96(amount);
+        if (state.status == RentalStatus.Open) {
             // A rental the provider did not start explicitly is billed from its opening.
-            rental.status = RentalStatus.Running;
-            emit RentalStarted(report.rentalId, since, true);
+            state.status = RentalStatus.Running;
+            emit RentalStarted(report.rentalId, state.since, true);
         }
+        rental.state = state;
         emit ReportApplied(
             report.rentalId, report.seq, periodEnd, delivered, report.avgUtilBps, amount, report.telemetryRoot
         );
     }
 
-    /// @dev Whether the offer's rental is the one with `nonce` and still takes reports, or why not.
-    function _takesReports(Rental storage rental, uint32 nonce) private view returns (bool, SkipReason) {
-        if (nonce == 0 || rental.nonce != nonce) return (false, SkipReason.UnknownRental);
-        RentalStatus status = rental.status;
-        if (status == RentalStatus.Open && block.timestamp > rental.since + startTimeout) {
-            return (false, SkipReason.StartTimedOut);
-        }
-        if (!_isLive(status)) return (false, SkipReason.RentalClosed);
-        return (true, SkipReason.UnknownRental);
-    }
-
     /// @dev Validates a report against its rental and returns its period end and delivered seconds, both
     /// clamped to the rental's end: time past the end is neither billed nor counted.
-    function _checkedPeriod(Rental storage rental, Report calldata report)
+    function _checkedPeriod(RentalState memory state, uint256 duration, Report calldata report)
         private
         view
         returns (uint256 periodEnd, uint256 delivered)
     {
         uint256 rentalId = report.rentalId;
-        uint256 expectedSeq = uint256(rental.seq) + 1;
+        uint256 expectedSeq = uint256(state.seq) + 1;
         if (report.seq != expectedSeq) revert Escrow_UnexpectedSeq(rentalId, expectedSeq, report.seq);
         if (report.avgUtilBps > RentalMath.BPS) revert Escrow_UtilisationOutOfRange(rentalId, report.avgUtilBps);
         if (report.status > uint8(ReportStatus.Failed)) revert Escrow_UnknownReportStatus(rentalId, report.status);
 
-        uint256 since = rental.since;
-        uint256 lastEnd = since + rental.reportedSeconds;
+        uint256 lastEnd = state.since + state.reportedSeconds;
         uint256 rawEnd = report.periodEnd;
         if (rawEnd > block.timestamp) revert Escrow_PeriodEndInFuture(rentalId, rawEnd, block.timestamp);
         if (rawEnd <= lastEnd) revert Escrow_PeriodEndNotAfterLast(rentalId, rawEnd, lastEnd);
@@ -455,7 +463,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
             revert Escrow_DeliveredExceedsPeriod(rentalId, report.deliveredSeconds, rawEnd - lastEnd);
         }
 
-        uint256 end = since + rental.duration;
+        uint256 end = state.since + duration;
         periodEnd = rawEnd < end ? rawEnd : end;
         // lastEnd <= end: reports never cover time past the end, and a termination keeps what was reported.
         uint256 periodSeconds = periodEnd - lastEnd;
@@ -466,53 +474,56 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     /// and missing more than the SLA allows slashes collateral in proportion.
     function _settleElapsed(
         uint256 rentalId,
-        uint256 offerId,
         Rental storage rental,
+        RentalState memory state,
         RentalStatus finalStatus,
         uint256 elapsed
     ) private {
-        uint256 missed = elapsed - rental.deliveredSeconds;
-        uint256 slashBps = RentalMath.slaSlashBps(missed, elapsed, slaBps, slaSlashBps);
-        _settle(
-            rentalId, offerId, rental, finalStatus, missed, slashBps, slashBps == 0 ? SlashReason.None : SlashReason.SlaBreach
-        );
+        uint256 missed = elapsed - state.deliveredSeconds;
+        _settle(rentalId, rental, state, finalStatus, missed, RentalMath.slaSlashBps(missed, elapsed, slaBps, slaSlashBps));
     }
 
-    /// @dev Moves a rental to its final status, lets the registry settle its collateral and credits every party.
+    /// @dev What a settlement credited, gathered in memory for the {RentalFinalized} event.
+    struct Settlement {
+        uint256 payout;
+        uint256 fee;
+        uint256 refund;
+        uint256 missed;
+        uint256 slashed;
+        SlashReason reason;
+    }
+
+    /// @dev Moves a rental to its final status, lets the registry settle its collateral and credits every party:
+    /// the provider its earnings less the fee, the treasury the fee, the renter the rest of the deposit.
     function _settle(
         uint256 rentalId,
-        uint256 offerId,
         Rental storage rental,
+        RentalState memory state,
         RentalStatus finalStatus,
         uint256 missed,
-        uint256 slashBps,
-        SlashReason reason
+        uint256 slashBps
     ) private {
-        rental.status = finalStatus;
-        bool started = finalStatus != RentalStatus.TimedOut && finalStatus != RentalStatus.Cancelled;
-        (address provider, uint256 slashed) =
-            registry.settle(offerId, rental.renter, started, rental.deliveredSeconds, missed, slashBps, reason);
-        _payOut(rentalId, rental, provider, missed, slashed, reason);
-    }
+        state.status = finalStatus;
+        rental.state = state;
 
-    /// @dev Credits the provider its earnings less the fee, the treasury the fee and the renter the rest of
-    /// the deposit, and records the settlement.
-    function _payOut(
-        uint256 rentalId,
-        Rental storage rental,
-        address provider,
-        uint256 missed,
-        uint256 slashed,
-        SlashReason reason
-    ) private {
-        uint256 earned = rental.earned;
-        uint256 fee = (earned * rental.feeBps) / RentalMath.BPS;
-        uint256 refund = uint256(rental.pricePerSecond) * rental.duration - earned;
-        _credit(provider, earned - fee);
-        _credit(_config.treasury, fee);
-        _credit(rental.renter, refund);
+        Settlement memory s;
+        s.missed = missed;
+        if (slashBps != 0) s.reason = finalStatus == RentalStatus.TimedOut ? SlashReason.StartTimeout : SlashReason.SlaBreach;
+        address renter = rental.terms.renter;
+        bool started = finalStatus != RentalStatus.TimedOut && finalStatus != RentalStatus.Cancelled;
+        address provider;
+        (provider, s.slashed) =
+            registry.settle(rentalId >> 32, renter, started, state.deliveredSeconds, missed, slashBps, s.reason);
+
+        uint256 earned = state.earned;
+        s.fee = (earned * rental.terms.feeBps) / RentalMath.BPS;
+        s.payout = earned - s.fee;
+        s.refund = uint256(rental.terms.pricePerSecond) * rental.terms.duration - earned;
+        _credit(provider, s.payout);
+        _credit(_config.treasury, s.fee);
+        _credit(renter, s.refund);
         emit RentalFinalized(
-            rentalId, rental.status, earned - fee, fee, refund, rental.deliveredSeconds, missed, slashed, reason
+            rentalId, finalStatus, s.payout, s.fee, s.refund, state.deliveredSeconds, s.missed, s.slashed, s.reason
         );
     }
 
@@ -520,42 +531,44 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         if (amount != 0) _balances[account].credited += uint128(amount);
     }
 
-    /// @dev Pulls exactly `amount` from `from`, rejecting tokens that deliver less (fee-on-transfer).
-    function _pullExactly(address from, uint256 amount) private {
+    /// @dev Pulls exactly `amount` from the caller, rejecting tokens that deliver less (fee-on-transfer).
+    function _pullExactly(uint256 amount) private {
         uint256 balanceBefore = paymentToken.balanceOf(address(this));
-        paymentToken.safeTransferFrom(from, address(this), amount);
+        paymentToken.safeTransferFrom(msg.sender, address(this), amount);
         uint256 received = paymentToken.balanceOf(address(this)) - balanceBefore;
         if (received != amount) revert Escrow_TransferAmountMismatch(amount, received);
     }
 
-    /// @dev The rental with this id if it is the offer's current one and not final.
-    function _liveRental(uint256 rentalId) private view returns (uint256 offerId, Rental storage rental) {
-        offerId = rentalId >> 32;
-        rental = _rentals[offerId];
+    /// @dev The rental with this id and its state, if it is the offer's current rental and not final.
+    function _liveRental(uint256 rentalId) private view returns (Rental storage rental, RentalState memory state) {
+        rental = _rentals[rentalId >> 32];
         uint32 nonce = uint32(rentalId);
-        if (nonce == 0 || rental.nonce != nonce) revert Escrow_UnknownRental(rentalId);
-        if (!_isLive(rental.status)) revert Escrow_RentalNotActive(rentalId, rental.status);
+        if (nonce == 0 || rental.terms.nonce != nonce) revert Escrow_UnknownRental(rentalId);
+        state = rental.state;
+        if (!_isLive(state.status)) revert Escrow_RentalNotActive(rentalId, state.status);
     }
 
+    /// @dev hashStruct of every report, hashed straight from calldata: a Report is seven static words, so
+    /// TYPEHASH followed by them is exactly its `abi.encode`. A word with dirty high bits cannot slip through:
+    /// it changes the digest, and reading the field later reverts in the ABI decoder.
     function _batchDigest(Report[] calldata reports, uint64 version) private view returns (bytes32) {
         uint256 count = reports.length;
         bytes32[] memory hashes = new bytes32[](count);
-        for (uint256 i; i < count; ++i) {
-            Report calldata r = reports[i];
-            hashes[i] = keccak256(
-                abi.encode(
-                    REPORT_TYPEHASH,
-                    r.rentalId,
-                    r.seq,
-                    r.periodEnd,
-                    r.deliveredSeconds,
-                    r.avgUtilBps,
-                    r.status,
-                    r.telemetryRoot
-                )
-            );
+        bytes32 typehash = REPORT_TYPEHASH;
+        assembly ("memory-safe") {
+            let buffer := mload(0x40)
+            mstore(buffer, typehash)
+            let out := add(hashes, 0x20)
+            for { let i := 0 } lt(i, count) { i := add(i, 1) } {
+                calldatacopy(add(buffer, 0x20), add(reports.offset, mul(i, 0xe0)), 0xe0)
+                mstore(add(out, mul(i, 0x20)), keccak256(buffer, 0x100))
+            }
         }
-        return _hashTypedDataV4(keccak256(abi.encode(BATCH_TYPEHASH, version, keccak256(abi.encodePacked(hashes)))));
+        bytes32 reportsHash;
+        assembly ("memory-safe") {
+            reportsHash := keccak256(add(hashes, 0x20), mul(count, 0x20))
+        }
+        return _hashTypedDataV4(keccak256(abi.encode(BATCH_TYPEHASH, version, reportsHash)));
     }
 
     /// @dev Requires at least `threshold` signatures, each from a distinct oracle of the current set.
@@ -563,7 +576,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         if (config.oracleSetVersion == 0) revert Escrow_NoOracleSet();
         uint256 count = signatures.length;
         if (count < config.threshold || count == 0) revert Escrow_NotEnoughSignatures(count, config.threshold);
-        uint256 seen;
+        uint256 seen = 0;
         for (uint256 i; i < count; ++i) {
             address signer = ECDSA.recover(digest, signatures[i]);
             OracleSlot memory slot = _oracles[signer];

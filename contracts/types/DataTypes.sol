@@ -104,10 +104,8 @@ struct Report {
     bytes32 telemetryRoot; // Merkle root of the raw samples, for audit
 }
 
-/// @notice The live (or last) rental of an offer. Storage is reused by every rental of the same offer, so
-/// opening a rental rewrites warm slots instead of allocating new ones; older rentals live in events.
-struct Rental {
-    // slot 0: settlement state, rewritten by every applied report
+/// @notice The settlement state of a rental: one storage word, read and written whole by every report.
+struct RentalState {
     uint40 since; // opening time while Open, start time once started
     uint32 reportedSeconds; // seconds after the start covered by applied reports
     uint32 seq; // last applied report seq
@@ -115,11 +113,22 @@ struct Rental {
     RentalStatus status;
     uint16 utilFloorBps;
     uint96 earned; // gross provider earnings accrued by reports, before the protocol fee
-    // slot 1: terms fixed at opening (duration is shortened by a termination)
+}
+
+/// @notice The terms of a rental, fixed at opening (a termination shortens the duration).
+struct RentalTerms {
+    // slot 0
     uint32 nonce; // rentals opened on this offer so far; the rental id is offerId << 32 | nonce
     uint64 pricePerSecond;
     uint32 duration;
     uint16 feeBps;
-    // slot 2
+    // slot 1
     address renter;
+}
+
+/// @notice The live (or last) rental of an offer. Storage is reused by every rental of the same offer, so
+/// opening a rental rewrites warm slots instead of allocating new ones; older rentals live in events.
+struct Rental {
+    RentalState state; // slot 0
+    RentalTerms terms; // slots 1-2
 }
