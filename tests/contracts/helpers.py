@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from enum import IntEnum
 
 from brownie import chain
 from eth_account import Account
@@ -28,3 +29,58 @@ def report(rental, seq, period_end, delivered, util=10_000, status=ReportStatus.
 
 def now():
     return chain.time()
+
+
+class RentalStatus(IntEnum):
+    NONE = 0
+    OPEN = 1
+    RUNNING = 2
+    TERMINATED = 3
+    COMPLETED = 4
+    FAILED = 5
+    EXPIRED = 6
+    TIMED_OUT = 7
+    CANCELLED = 8
+
+
+class SkipReason(IntEnum):
+    UNKNOWN_RENTAL = 0
+    RENTAL_CLOSED = 1
+    START_TIMED_OUT = 2
+
+
+class SlashReason(IntEnum):
+    NONE = 0
+    START_TIMEOUT = 1
+    SLA_BREACH = 2
+
+
+def error(name, *args):
+    """The revert string Brownie 1.22 decodes a custom error into: `Name: arg, arg`.
+
+    Brownie writes addresses in lower case, bytes32 as a Python bytes literal and enums as integers,
+    and leaves a trailing space after the colon of an error without arguments.
+    """
+
+    def fmt(arg):
+        if hasattr(arg, "address"):
+            arg = arg.address
+        if isinstance(arg, str):
+            return arg.lower()
+        if isinstance(arg, bytes):
+            return repr(bytes(arg))
+        return str(int(arg))
+
+    return f"{name}: {', '.join(fmt(a) for a in args)}"
+
+
+def block_time():
+    """Timestamp of the latest block; the next transaction's block is never earlier, so a report period
+    ending here is never in the future."""
+    return chain[-1].timestamp
+
+
+def wait(seconds):
+    """Moves chain time forward and mines a block so that `block_time()` reflects it."""
+    chain.sleep(seconds)
+    chain.mine()
