@@ -7,8 +7,6 @@ completion); everyone withdraws. The script exits non-zero unless every token is
 
 from __future__ import annotations
 
-import sys
-
 from brownie import TestStablecoin, accounts, chain
 from eth_account import Account
 from eth_utils import keccak
@@ -94,5 +92,6 @@ def main():
     }
     for name, ok in checks.items():
         print(f"[{'ok' if ok else 'FAIL'}] {name}")
-    if not all(checks.values()):
-        sys.exit(1)
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise RuntimeError(f"ledger check failed: {', '.join(failed)}")
