@@ -144,7 +144,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         rentalId = (offerId << 32) | nonce;
         uint256 deposit = price * duration;
         // The registry stores price as uint64 and bounds duration by the offer's uint32 maximum.
-        rental.state = RentalState({
+        _rentals[offerId].state = RentalState({
             since: uint40(block.timestamp),
             reportedSeconds: 0,
             seq: 0,
@@ -153,7 +153,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
             utilFloorBps: uint16(utilFloorBps),
             earned: 0
         });
-        rental.terms = RentalTerms({
+        _rentals[offerId].terms = RentalTerms({
             nonce: nonce,
             pricePerSecond: uint64(price),
             duration: uint32(duration),
@@ -480,7 +480,8 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         uint256 elapsed
     ) private {
         uint256 missed = elapsed - state.deliveredSeconds;
-        _settle(rentalId, rental, state, finalStatus, missed, RentalMath.slaSlashBps(missed, elapsed, slaBps, slaSlashBps));
+        uint256 slashBps = RentalMath.slaSlashBps(missed, elapsed, slaBps, slaSlashBps);
+        _settle(rentalId, rental, state, finalStatus, missed, slashBps);
     }
 
     /// @dev What a settlement credited, gathered in memory for the {RentalFinalized} event.
@@ -506,9 +507,11 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         state.status = finalStatus;
         rental.state = state;
 
-        Settlement memory s;
-        s.missed = missed;
-        if (slashBps != 0) s.reason = finalStatus == RentalStatus.TimedOut ? SlashReason.StartTimeout : SlashReason.SlaBreach;
+        Settlement memory s =
+            Settlement({payout: 0, fee: 0, refund: 0, missed: missed, slashed: 0, reason: SlashReason.None});
+        if (slashBps != 0) {
+            s.reason = finalStatus == RentalStatus.TimedOut ? SlashReason.StartTimeout : SlashReason.SlaBreach;
+        }
         address renter = rental.terms.renter;
         bool started = finalStatus != RentalStatus.TimedOut && finalStatus != RentalStatus.Cancelled;
         address provider;
