@@ -51,7 +51,7 @@ lint: compile
 
 ## gas: the gas table of a fixed scenario, against the budgets of issue #2.
 gas: compile
-	brownie run scripts/gas.py
+	$(PY) -m scripts.run gas
 
 ## fuzz: the stateful invariant suite with more than 10,000 steps (not in CI).
 fuzz: setup
@@ -59,7 +59,7 @@ fuzz: setup
 
 ## demo: deploys to a local anvil and runs one rental end to end.
 demo: compile
-	brownie run scripts/demo.py
+	$(PY) -m scripts.run demo
 
 clean:
 	rm -rf build reports .hypothesis
