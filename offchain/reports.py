@@ -39,7 +39,7 @@ class ReportStatus(IntEnum):
 class Report(BaseModel):
     """One usage report for one rental, with the bounds the escrow enforces on its field types."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
 
     rental_id: int = Field(ge=1, lt=2**256)
     seq: int = Field(ge=1, lt=2**32)
@@ -77,7 +77,7 @@ class Report(BaseModel):
 class EscrowDomain(BaseModel):
     """Where a batch may be applied: the EIP-712 domain plus the oracle set version signed into the batch."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
 
     chain_id: int = Field(ge=1)
     escrow: str

@@ -1,0 +1,97 @@
+"""Settings of the off-chain services (pydantic-settings, environment prefix `GPUEX_`).
+
+Private keys are `SecretStr` and never printed; each may be given inline (`GPUEX_..._KEY`) or as a path to a
+file holding the hex key (`GPUEX_..._KEY_FILE`), never on the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KeyConfigError(ValueError):
+    """A key was given both inline and as a file, neither, or is not a 32-byte hex key."""
+
+
+def read_key(inline: SecretStr | None, key_file: Path | None, what: str) -> SecretStr:
+    """The private key from exactly one of an inline secret or a key file, checked to be 32 hex bytes."""
+    if (inline is None) == (key_file is None):
+        raise KeyConfigError(f"{what}: give exactly one of the key or the key file")
+    raw = inline.get_secret_value() if inline is not None else key_file.read_text()
+    key = raw.strip().removeprefix("0x")
+    if len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key):
+        raise KeyConfigError(f"{what}: not a 32-byte hex private key")
+    return SecretStr("0x" + key.lower())
+
+
+class ChainSettings(BaseModel):
+    """Where the contracts are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int = Field(default=1337, ge=1)
+    registry: str
+    escrow: str
+
+    @field_validator("registry", "escrow")
+    @classmethod
+    def _checksummed(cls, value: str) -> str:
+        from web3 import Web3
+
+        if not Web3.is_address(value):
+            raise ValueError(f"not an address: {value}")
+        return Web3.to_checksum_address(value)
+
+
+class _ServiceSettings(BaseSettings):
+    """Shared by the agent and the oracle: the chain and whether simulated telemetry is accepted."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUEX_", env_nested_delimiter="__", extra="forbid")
+
+    chain: ChainSettings
+    allow_simulated: bool = False  # dev and demo only: real deployments refuse simulated telemetry
+    state_dir: Path = Path(".gpuex")
+
+
+class OracleSettings(_ServiceSettings):
+    """One oracle of the k-of-n set."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUEX_ORACLE_", env_nested_delimiter="__", extra="forbid")
+
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    peers: list[str] = []  # base URLs of the other oracles, for co-signing
+    epoch_seconds: float = Field(default=30.0, gt=0)
+    max_batch_reports: int = Field(default=100, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_clock_skew_seconds: int = Field(default=30, ge=0)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "OracleSettings":
+        self.key = read_key(self.key, self.key_file, "oracle key")
+        self.key_file = None
+        return self
+
+
+class AgentSettings(_ServiceSettings):
+    """The provider machine's agent."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUEX_AGENT_", env_nested_delimiter="__", extra="forbid")
+
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    provider: str
+    oracles: list[str]
+    report_interval_seconds: float = Field(default=60.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "AgentSettings":
+        self.key = read_key(self.key, self.key_file, "agent key")
+        self.key_file = None
+        return self

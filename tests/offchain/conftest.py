@@ -1,0 +1,81 @@
+"""Fixtures for off-chain tests: a suite deployed on Brownie's real anvil, services pointed at it over HTTP.
+
+Run through Brownie (`brownie test tests/offchain`), which launches anvil; the services under test talk to
+it with their own AsyncWeb3 client, as they would to any node.
+"""
+
+from __future__ import annotations
+
+import pytest
+from brownie import web3
+from eth_account import Account
+from eth_utils import keccak
+
+from offchain.config import ChainSettings
+from offchain.messages import gpu_uuid_hash
+from scripts.deploy import USDC, SuiteParams, deploy_suite
+
+ORACLE_KEYS = [keccak(text=f"gpuex offchain oracle {i}") for i in range(3)]
+ORACLES = [Account.from_key(k) for k in ORACLE_KEYS]
+AGENT_KEY = keccak(text="gpuex offchain agent")
+AGENT = Account.from_key(AGENT_KEY)
+GPU_UUIDS = ("GPU-0b1f7c2e-8d7a-4a51-9e0c-3f6d2b9a1c11", "GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22")
+PRICE = 1_000
+
+
+@pytest.fixture(scope="session")
+def rpc_url():
+    return web3.provider.endpoint_uri
+
+
+@pytest.fixture(scope="module")
+def deployer(accounts):
+    return accounts[0]
+
+
+@pytest.fixture(scope="module")
+def provider(accounts):
+    return accounts[2]
+
+
+@pytest.fixture(scope="module")
+def renter(accounts):
+    return accounts[4]
+
+
+@pytest.fixture(scope="module")
+def relayer(accounts):
+    """Sends the oracles' transactions (an unlocked anvil account)."""
+    return accounts[8]
+
+
+@pytest.fixture(scope="module")
+def token(TestStablecoin, deployer):
+    return TestStablecoin.deploy(deployer, {"from": deployer})
+
+
+@pytest.fixture(scope="module")
+def suite(deployer, accounts, token):
+    """Registry + escrow with a 2-of-3 oracle set; payment and stake token are the same tUSD."""
+    return deploy_suite(deployer, token, token, accounts[1], [o.address for o in ORACLES], 2, SuiteParams())
+
+
+@pytest.fixture(scope="module")
+def chain_settings(rpc_url, suite):
+    return ChainSettings(rpc_url=rpc_url, chain_id=web3.eth.chain_id, registry=suite.registry.address,
+                         escrow=suite.escrow.address)
+
+
+@pytest.fixture(scope="module")
+def offer(suite, token, deployer, provider, renter):
+    """An offer of the two GPU_UUIDS by `provider`, whose agent key is AGENT; `renter` is funded."""
+    for account in (provider, renter):
+        token.mint(account, 1_000_000 * USDC, {"from": deployer})
+        token.approve(suite.registry, 2**256 - 1, {"from": account})
+        token.approve(suite.escrow, 2**256 - 1, {"from": account})
+    suite.registry.stake(10_000 * USDC, {"from": provider})
+    suite.registry.setAgent(AGENT.address, {"from": provider})
+    hashes = [gpu_uuid_hash(u) for u in GPU_UUIDS]
+    suite.registry.registerGpus(hashes, {"from": provider})
+    terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, hashes)
+    return suite.registry.createOffer(terms, {"from": provider}).return_value
