@@ -16,7 +16,7 @@ SLITHER_VERSION := 0.11.6
 STATEFUL_EXAMPLES ?= 120
 STATEFUL_STEPS ?= 30
 
-.PHONY: setup compile test test-contracts lint gas fuzz demo clean
+.PHONY: setup compile test test-contracts test-offchain lint gas fuzz demo clean
 
 setup: $(SETUP_STAMP) link-tools
 
@@ -25,7 +25,10 @@ $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	$(PY) -m pip install -q --upgrade pip
 	@# The compiled (mypyc) wheel breaks stateful tests and network config: build Brownie pure-Python.
 	BROWNIE_NOCOMPILE=1 $(PY) -m pip install -q --no-binary eth-brownie eth-brownie==$(BROWNIE_VERSION)
-	$(PY) -m pip install -q -e . slither-analyzer==$(SLITHER_VERSION)
+	@# Brownie pins the shared libraries (web3, aiohttp, pydantic, eth-account) and python-dotenv==0.16.0, which
+	@# every pydantic-settings release asks to be >= 0.21: install ours without dependencies so no pin moves.
+	$(PY) -m pip install -q --no-deps -e . pydantic-settings==2.12.0 nvidia-ml-py==13.580.82 coincurve==21.0.0
+	$(PY) -m pip install -q slither-analyzer==$(SLITHER_VERSION)
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -39,11 +42,14 @@ link-tools: $(SETUP_STAMP)
 compile: setup
 	brownie compile
 
-## test: everything CI runs — static analysis, then the contract suite on a real anvil.
-test: lint test-contracts
+## test: everything CI runs — static analysis, the contract suite and the off-chain suite on a real anvil.
+test: lint test-contracts test-offchain
 
 test-contracts: setup
 	GPUEX_STATEFUL_EXAMPLES=$(STATEFUL_EXAMPLES) GPUEX_STATEFUL_STEPS=$(STATEFUL_STEPS) brownie test tests/contracts
+
+test-offchain: compile
+	brownie test tests/offchain
 
 lint: compile
 	slither contracts/ --solc-standard-json --solc-remaps "@openzeppelin=node_modules/@openzeppelin" \

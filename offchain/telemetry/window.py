@@ -1,0 +1,83 @@
+"""Turns the samples of one report period into the figures a telemetry report carries."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from fractions import Fraction
+from typing import Collection, Iterable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from offchain.telemetry.merkle import merkle_root, sorted_leaves
+from offchain.telemetry.models import GpuSample
+
+
+class WindowSummary(BaseModel):
+    """What one report period [period_start, period_end) delivered on the offer's GPUs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    period_start: int = Field(ge=0)
+    period_end: int = Field(ge=0)
+    delivered_seconds: int = Field(
+        ge=0, description="seconds in which every GPU of the offer sampled, and sampled healthy"
+    )
+    avg_util_bps: int = Field(
+        ge=0, le=10_000, description="mean GPU utilisation over the delivered seconds and GPUs, rounded down"
+    )
+    peak_mem_mib: int = Field(ge=0, description="most memory any one GPU used in a healthy sample")
+    sample_count: int = Field(ge=0, description="samples of the offer's GPUs in the period, healthy or not")
+    telemetry_root: bytes = Field(min_length=32, max_length=32, description="Merkle root over those samples")
+    simulated: bool = Field(description="whether any of those samples is not a live NVML measurement")
+
+    @model_validator(mode="after")
+    def _period(self) -> WindowSummary:
+        if self.period_end < self.period_start:
+            raise ValueError("the period ends before it starts")
+        if self.delivered_seconds > self.period_end - self.period_start:
+            raise ValueError("more seconds delivered than the period holds")
+        return self
+
+
+def summarize(
+    samples: Iterable[GpuSample], gpu_uuids: Collection[str], start: int, end: int
+) -> WindowSummary:
+    """The summary of [start, end) over the GPUs `gpu_uuids`.
+
+    A sample belongs to the second `floor(timestamp)`. A second is delivered when each GPU of the offer
+    has at least one sample in it and all of that GPU's samples in it are healthy; a GPU missing for a
+    second takes that second away. Samples of other GPUs and outside the period are ignored. Utilisation
+    averages each GPU's samples within a second, then the GPUs, then the delivered seconds, in exact
+    arithmetic so every party that holds the same samples gets the same integer.
+    """
+    if not gpu_uuids:
+        raise ValueError("an offer has at least one GPU")
+    if end < start:
+        raise ValueError("the period ends before it starts")
+    expected = frozenset(gpu_uuids)
+    in_period = [s for s in samples if s.uuid in expected and start <= s.timestamp < end]
+
+    by_second: dict[int, dict[str, list[GpuSample]]] = defaultdict(lambda: defaultdict(list))
+    for sample in in_period:
+        by_second[math.floor(sample.timestamp)][sample.uuid].append(sample)
+
+    delivered = 0
+    util_pct_sum = Fraction(0)
+    for per_gpu in by_second.values():
+        if per_gpu.keys() != expected or not all(s.healthy for gpu in per_gpu.values() for s in gpu):
+            continue
+        delivered += 1
+        gpu_means = (Fraction(sum(s.gpu_util_pct for s in gpu), len(gpu)) for gpu in per_gpu.values())
+        util_pct_sum += sum(gpu_means, Fraction(0)) / len(expected)
+
+    return WindowSummary(
+        period_start=start,
+        period_end=end,
+        delivered_seconds=delivered,
+        avg_util_bps=math.floor(util_pct_sum * 100 / delivered) if delivered else 0,
+        peak_mem_mib=max((s.mem_used_mib for s in in_period if s.healthy), default=0),
+        sample_count=len(in_period),
+        telemetry_root=merkle_root(sorted_leaves(in_period)),
+        simulated=any(s.source != "nvml" for s in in_period),
+    )
