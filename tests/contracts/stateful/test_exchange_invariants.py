@@ -1,0 +1,912 @@
+"""Stateful invariants of the whole exchange: stake, rent, report, settle and withdraw against a Python model.
+
+Modelled on curve-dao-contracts' stateful tests: every rule either asserts the named revert of the branch it
+hits or applies its action to a plain-Python model, and every invariant compares the chain with that model or
+checks a property that must hold whatever the model says (solvency, bounded earnings, forward-only status).
+
+Block time is the model's clock. Every transaction is mined at exactly `self.now` (anvil's
+`evm_setNextBlockTimestamp` accepts the last block's timestamp again) and only the sleep rules move it, so the
+model decides every deadline branch and hypothesis replays and shrinks a failing run exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from dataclasses import dataclass
+
+import brownie
+import pytest
+from brownie import chain, web3
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak
+from hypothesis import Phase
+from hypothesis import strategies as st
+
+from offchain.reports import EscrowDomain, ReportStatus, sign_batch, typed_batch
+from scripts.deploy import USDC, SuiteParams
+from tests.contracts.helpers import (
+    ORACLE_KEYS,
+    ORACLES,
+    RentalStatus,
+    SkipReason,
+    SlashReason,
+    error,
+    new_gpu_hashes,
+    report,
+)
+from tests.contracts.unit.RentalEscrow.escrow_helpers import BPS, earnings, fee_of, sla_slash_bps, unchecked_report
+
+PARAMS = SuiteParams()
+THRESHOLD = 2  # the suite fixture's oracle set is 2 of 3
+OUTSIDER_KEY = keccak(text="gpuex stateful outsider oracle")
+TELEMETRY_ROOT = b"\x33" * 32
+JOB_SPEC = b"\x11" * 32
+
+# (provider index, GPUs, price per second, utilisation floor bps, min duration, max duration): pure-time
+# (floor 10000) and utilisation-weighted offers, locking 100 to 300 tUSD of collateral.
+OFFERS = (
+    (0, 1, 1_000, 10_000, 60, 3_600),
+    (0, 2, 2_500, 3_000, 120, 7_200),
+    (1, 1, 700, 0, 60, 3_600),
+    (1, 3, 4_000, 6_000, 60, 5_000),
+    (2, 2, 10_000, 10_000, 300, 2_000),
+)
+# Provider 0 cannot back both its offers at once, provider 1 exactly can, provider 2 must stake first.
+INITIAL_STAKE = (200 * USDC, 400 * USDC, 0)
+
+LIVE = (RentalStatus.OPEN, RentalStatus.RUNNING, RentalStatus.TERMINATED)
+NEVER_STARTED = (RentalStatus.TIMED_OUT, RentalStatus.CANCELLED)
+OFFER_ACTIVE, OFFER_PAUSED = 1, 2  # OfferStatus
+
+# How a rule picks its rental (see `_target`).
+UNKNOWN_ID, ANY_RENTAL, WANTED_FIRST = 0, 1, 2
+
+
+@dataclass
+class StakeModel:
+    staked: int
+    locked: int = 0
+    unbonding: int = 0
+    unbonding_ends_at: int = 0
+    rentals_completed: int = 0
+    slashes: int = 0
+    seconds_delivered: int = 0
+    seconds_missed: int = 0
+
+    @property
+    def free(self):
+        return self.staked - self.locked - self.unbonding
+
+    def as_tuple(self):
+        """`getProvider` without the agent key."""
+        return (self.staked, self.locked, self.unbonding, self.unbonding_ends_at, self.rentals_completed,
+                self.slashes, self.seconds_delivered, self.seconds_missed)
+
+
+@dataclass
+class RentalModel:
+    rental_id: int
+    renter: object
+    price: int
+    duration: int  # shortened by a termination
+    since: int  # opening time while Open, start time once started
+    util_floor_bps: int
+    fee_bps: int
+    status: RentalStatus = RentalStatus.OPEN
+    seq: int = 0
+    reported: int = 0
+    delivered: int = 0
+    earned: int = 0
+
+    @property
+    def deposit(self):
+        """What the escrow holds for the rental while it is live: a termination refunds the rest at once."""
+        return self.price * self.duration
+
+    @property
+    def live(self):
+        return self.status in LIVE
+
+    @property
+    def last_end(self):
+        return self.since + self.reported
+
+    @property
+    def end(self):
+        return self.since + self.duration
+
+    def as_tuple(self):
+        """What `getRental` returns for it."""
+        return (self.status, self.renter.address, self.price, self.duration, self.since, self.seq,
+                self.reported, self.delivered, self.earned)
+
+
+@dataclass
+class OfferModel:
+    offer_id: int
+    provider: object
+    collateral: int
+    price: int
+    util_floor_bps: int
+    min_duration: int
+    max_duration: int
+    active: bool = True
+    nonce: int = 0
+    rental: RentalModel | None = None  # the offer's latest rental; earlier ones are superseded
+
+    def rental_id(self, nonce):
+        return (self.offer_id << 32) | nonce
+
+    def unknown_rental_id(self):
+        """A superseded id of the offer if it has one, else the id its next rental will get."""
+        return self.rental_id(self.nonce - 1 if self.nonce >= 2 else self.nonce + 1)
+
+
+def is_live(rental):
+    return rental.live
+
+
+def is_open(rental):
+    return rental.status == RentalStatus.OPEN
+
+
+def is_open_or_running(rental):
+    return rental.status in (RentalStatus.OPEN, RentalStatus.RUNNING)
+
+
+def is_started_and_live(rental):
+    return rental.status in (RentalStatus.RUNNING, RentalStatus.TERMINATED)
+
+
+@dataclass
+class ChainView:
+    """What the invariants compare, read in one JSON-RPC batch after each step."""
+
+    now: int
+    escrow_tokens: int
+    registry_tokens: int
+    wallets: dict
+    balances: dict
+    compensation: dict
+    stakes: dict  # address -> Provider struct
+    rentals: list  # per offer: getRental of its latest id (of nonce 1 if it has none yet)
+    superseded: list  # per offer: getRental of the id before its latest, None if it has no such id
+    live_rental_ids: list
+    offers: list  # per offer: the Offer struct
+
+
+def join_confirmation_threads():
+    """Waits for Brownie's confirmation threads, which outlive the transaction call.
+
+    A thread still running when the chain reverts for the next run marks that run's transaction with the same
+    sender and nonce as dropped ("Tx dropped without known replacement").
+    """
+    for thread in threading.enumerate():
+        if "_await_confirmation" in thread.name:
+            thread.join()
+
+
+def read_batch(calls):
+    """Runs `(contract call, args)` pairs as one JSON-RPC batch of eth_calls and decodes the results.
+
+    One call at a time costs about 4 ms through Brownie; the invariants read ~50 values after every step.
+    """
+    replies = web3.provider.make_batch_request(
+        [("eth_call", [{"to": fn._address, "data": fn.encode_input(*args)}, "latest"]) for fn, args in calls]
+    )
+    return [fn.decode_output(reply["result"]) for (fn, _), reply in zip(calls, replies)]
+
+
+@pytest.fixture(scope="module")
+def exchange(accounts, token, registry, escrow, deployer, treasury, provider, provider_b, renter, renter_b,
+             agent, stranger, params):
+    """Funds a third provider and renter, stakes INITIAL_STAKE, sets provider 0's agent key, lists OFFERS."""
+    assert params == PARAMS
+    providers = (provider, provider_b, accounts[8])
+    renters = (renter, renter_b, accounts[9])
+    for account in (providers[2], renters[2]):
+        token.mint(account, 1_000_000 * USDC, {"from": deployer})
+        token.approve(registry, 2**256 - 1, {"from": account})
+        token.approve(escrow, 2**256 - 1, {"from": account})
+    for account, amount in zip(providers, INITIAL_STAKE):
+        if amount:
+            registry.stake(amount, {"from": account})
+    registry.setAgent(agent, {"from": providers[0]})
+
+    offer_ids = []
+    for index, gpus, price, util_floor_bps, min_duration, max_duration in OFFERS:
+        hashes = new_gpu_hashes(gpus)
+        registry.registerGpus(hashes, {"from": providers[index]})
+        terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, price, min_duration, max_duration,
+                 b"eu-west".ljust(16, b"\0"), util_floor_bps, hashes)
+        offer_ids.append(registry.createOffer(terms, {"from": providers[index]}).events["OfferCreated"]["offerId"])
+    return dict(token=token, registry=registry, escrow=escrow, deployer=deployer, treasury=treasury,
+                providers=providers, renters=renters, agent=agent, stranger=stranger, offer_ids=offer_ids)
+
+
+class ExchangeStateMachine:
+    st_index = st.integers(0, 2)
+    st_offer = st.integers(0, len(OFFERS) - 1)
+    st_account = st.integers(0, 6)  # providers, renters, treasury
+    st_pick = st.integers(0, 9)  # UNKNOWN_ID, ANY_RENTAL, else WANTED_FIRST
+    st_flag = st.booleans()
+    st_percent = st.integers(0, 100)
+    st_stake = st.integers(0, 400 * USDC)
+    st_unstake_percent = st.integers(0, 110)  # above 100: more than the free stake
+    st_initial_rentals = st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, len(OFFERS) - 1), st.integers(0, 100), st.booleans()),
+        min_size=1, max_size=3,
+    )
+    st_duration = st.one_of(st.integers(60, 2_000), st.integers(1, 8_000))
+    st_max_price = st.sampled_from(["price", "below", "any"])
+    st_caller = st.sampled_from(["provider", "provider", "agent", "renter", "stranger"])
+    # Mostly short: one long sleep times out every rental not started yet (start timeout 600 s); the deadline
+    # rule reaches the end of long rentals.
+    st_sleep = st.one_of(st.integers(1, 120), st.integers(1, 600), st.integers(600, 4_000))
+    st_deadline = st.sampled_from(["start_timeout", "end", "finalizable"])
+    st_delta = st.integers(-1, 1)
+    st_report_wait = st.one_of(st.just(0), st.integers(1, 900))
+    st_delivered_percent = st.one_of(st.just(100), st.integers(90, 100), st.integers(0, 100))
+    st_util = st.one_of(st.just(BPS), st.just(0), st.integers(0, BPS))
+    st_report_status = st.sampled_from([ReportStatus.RUNNING] * 6 + [ReportStatus.COMPLETED, ReportStatus.FAILED])
+    st_stale_slot = st.sampled_from([None, None, "first", "last"])
+    st_signers = st.sampled_from([list(p) for n in (2, 3) for p in itertools.permutations(range(3), n)])
+    st_batch_flaw = st.sampled_from([
+        "seq", "utilisation", "status", "future_end", "end_not_after_last", "over_delivered",
+        "empty", "one_signature", "no_signature", "duplicate_signer", "outsider_signer", "old_oracle_set",
+    ])
+    st_excess = st.integers(1, 1_000)
+    st_fee = st.integers(0, 1_200)
+    st_price = st.integers(0, 20_000)
+
+    def __init__(cls, exchange):
+        for name, value in exchange.items():
+            setattr(cls, name, value)
+        cls.accounts = cls.providers + cls.renters + (cls.treasury,)
+        cls.domain = EscrowDomain(chain_id=chain.id, escrow=cls.escrow.address,
+                                  oracle_set_version=cls.escrow.oracleSet()[0])
+        cls.initial_wallets = {a.address: cls.token.balanceOf(a) for a in cls.accounts}
+        cls.initial_stakes = {p.address: cls.registry.getProvider(p)[0] for p in cls.providers}
+        cls.initial_fee_bps = cls.escrow.feeConfig()[0]
+        cls.initial_offers = []
+        for offer_id in cls.offer_ids:
+            provider, _, util_floor_bps, _, min_duration, price, max_duration, *_ = cls.registry.getOffer(offer_id)
+            cls.initial_offers.append(dict(
+                offer_id=offer_id, provider=next(p for p in cls.providers if p == provider),
+                collateral=cls.registry.collateralOf(offer_id), price=price, util_floor_bps=util_floor_bps,
+                min_duration=min_duration, max_duration=max_duration,
+            ))
+
+    def setup(self):
+        self.now = web3.eth.get_block("latest").timestamp
+        self.wallets = dict(self.initial_wallets)
+        self.balances = {a.address: 0 for a in self.accounts}
+        self.compensation = {a.address: 0 for a in self.accounts}
+        self.stakes = {address: StakeModel(staked) for address, staked in self.initial_stakes.items()}
+        self.offers = [OfferModel(**terms) for terms in self.initial_offers]
+        self.fee_bps = self.initial_fee_bps
+        self.settlements = []  # (slashed, collateral) of every settlement, as the chain reported them
+        self.seen = {}  # rental id -> (status, seq) at the previous step
+        self._view = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _tx(self, fn, *args, sender):
+        """Sends a transaction mined at the model's clock."""
+        web3.provider.make_request("evm_setNextBlockTimestamp", [self.now])
+        self._view = None
+        try:
+            return fn(*args, {"from": sender})
+        finally:
+            join_confirmation_threads()
+
+    def _assert_reverts(self, message, fn, *args, sender):
+        with brownie.reverts(message):
+            self._tx(fn, *args, sender=sender)
+
+    def _sleep(self, seconds):
+        chain.sleep(seconds)
+        self.now += seconds
+        # Without the pin the block would also take the wall-clock seconds the run has taken so far.
+        web3.provider.make_request("evm_setNextBlockTimestamp", [self.now])
+        chain.mine()
+        self._view = None
+
+    def _sign(self, reports, keys, domain=None):
+        return [sign_batch(reports, domain or self.domain, key) for key in keys]
+
+    def _submit(self, reports, signatures):
+        """Relays a batch from a stranger: anyone may submit what the oracles signed."""
+        return self._tx(self.escrow.submitReports, [r.as_tuple() for r in reports], signatures,
+                        sender=self.stranger)
+
+    def _target(self, index, pick, wanted=is_live):
+        """The offer and rental a rule acts on: with WANTED_FIRST a `wanted` rental if there is one, with
+        ANY_RENTAL any offer's latest rental, live or final, and with UNKNOWN_ID an id that is no offer's latest
+        rental (no model)."""
+        rented = [offer for offer in self.offers if offer.rental is not None]
+        preferred = [offer for offer in rented if wanted(offer.rental)] if pick >= WANTED_FIRST else []
+        candidates = preferred or rented or self.offers
+        offer = candidates[index % len(candidates)]
+        if offer.rental is None or pick == UNKNOWN_ID:
+            return offer, offer.unknown_rental_id(), None
+        return offer, offer.rental.rental_id, offer.rental
+
+    @staticmethod
+    def _inactive_error(rental_id, rental):
+        """The revert of `_liveRental` for this target, or None if it is live."""
+        if rental is None:
+            return error("Escrow_UnknownRental", rental_id)
+        if not rental.live:
+            return error("Escrow_RentalNotActive", rental_id, rental.status)
+        return None
+
+    def _skip_reason(self, rental):
+        """Why the escrow skips a report of this target, or None if the rental takes reports."""
+        if rental is None:
+            return SkipReason.UNKNOWN_RENTAL
+        if rental.status == RentalStatus.OPEN and self.now > rental.since + PARAMS.start_timeout:
+            return SkipReason.START_TIMED_OUT
+        if not rental.live:
+            return SkipReason.RENTAL_CLOSED
+        return None
+
+    def _start(self, rental, sender):
+        self._tx(self.escrow.start, rental.rental_id, sender=sender)
+        rental.since = self.now
+        rental.status = RentalStatus.RUNNING
+
+    def _settle(self, offer, rental, status, missed, slash_bps, tx):
+        """The model of `_settle`: the registry slashes and unlocks the collateral and counts the rental, the
+        escrow credits the provider its earnings less the fee, the treasury the fee and the renter the rest."""
+        rental.status = status
+        stake = self.stakes[offer.provider.address]
+        slashed = offer.collateral * slash_bps // BPS
+        stake.locked -= offer.collateral
+        stake.staked -= slashed
+        if status not in NEVER_STARTED:
+            stake.rentals_completed += 1
+            stake.seconds_delivered += rental.delivered
+        stake.seconds_missed += missed
+        if slashed:
+            stake.slashes += 1
+            self.compensation[rental.renter.address] += slashed
+        fee = fee_of(rental.earned, rental.fee_bps)
+        refund = rental.deposit - rental.earned
+        self.balances[offer.provider.address] += rental.earned - fee
+        self.balances[self.treasury.address] += fee
+        self.balances[rental.renter.address] += refund
+
+        finalized = [dict(e) for e in tx.events["RentalFinalized"] if e["rentalId"] == rental.rental_id]
+        assert len(finalized) == 1
+        self.settlements.append((finalized[0]["slashed"], offer.collateral))
+        if not slashed:
+            reason = SlashReason.NONE
+        else:
+            reason = SlashReason.START_TIMEOUT if status == RentalStatus.TIMED_OUT else SlashReason.SLA_BREACH
+        assert finalized[0] == {
+            "rentalId": rental.rental_id, "status": status, "providerPayout": rental.earned - fee, "fee": fee,
+            "refund": refund, "deliveredSeconds": rental.delivered, "missedSeconds": missed, "slashed": slashed,
+            "slashReason": reason,
+        }
+
+    def _settle_elapsed(self, offer, rental, status, elapsed, tx):
+        missed = elapsed - rental.delivered
+        self._settle(offer, rental, status, missed,
+                     sla_slash_bps(missed, elapsed, PARAMS.sla_bps, PARAMS.sla_slash_bps), tx)
+
+    # ------------------------------------------------------------------ stake
+
+    def rule_stake(self, index="st_index", amount="st_stake"):
+        provider = self.providers[index]
+        if amount == 0:
+            self._assert_reverts(error("Registry_ZeroAmount"), self.registry.stake, 0, sender=provider)
+            return
+        self._tx(self.registry.stake, amount, sender=provider)
+        self.stakes[provider.address].staked += amount
+        self.wallets[provider.address] -= amount
+
+    def rule_request_unstake(self, index="st_index", percent="st_unstake_percent"):
+        provider = self.providers[index]
+        stake = self.stakes[provider.address]
+        free = stake.free
+        amount = free * percent // 100 if percent <= 100 else free + percent - 100
+        if amount == 0:
+            self._assert_reverts(error("Registry_ZeroAmount"), self.registry.requestUnstake, 0, sender=provider)
+        elif amount > free:
+            self._assert_reverts(error("Registry_InsufficientFreeStake", provider, free, amount),
+                                 self.registry.requestUnstake, amount, sender=provider)
+        else:
+            self._tx(self.registry.requestUnstake, amount, sender=provider)
+            stake.unbonding += amount
+            stake.unbonding_ends_at = self.now + PARAMS.unbonding_period
+
+    def rule_withdraw_unstaked(self, index="st_index", pick="st_pick"):
+        provider = self._owed_first(self.providers, lambda p: self.stakes[p.address].unbonding, index, pick)
+        stake = self.stakes[provider.address]
+        if stake.unbonding == 0:
+            self._assert_reverts(error("Registry_NothingUnbonding", provider), self.registry.withdrawUnstaked,
+                                 sender=provider)
+        elif self.now < stake.unbonding_ends_at:
+            self._assert_reverts(error("Registry_UnbondingNotOver", provider, stake.unbonding_ends_at),
+                                 self.registry.withdrawUnstaked, sender=provider)
+        else:
+            self._tx(self.registry.withdrawUnstaked, sender=provider)
+            stake.staked -= stake.unbonding
+            self.wallets[provider.address] += stake.unbonding
+            stake.unbonding = 0
+
+    # ------------------------------------------------------------------ offers and governance
+
+    def rule_update_price(self, offer="st_offer", price="st_price", by_provider="st_flag"):
+        model = self.offers[offer]
+        sender = model.provider if by_provider else self.stranger
+        if not by_provider:
+            self._assert_reverts(error("Registry_NotOfferProvider", model.offer_id, sender),
+                                 self.registry.updateOfferPrice, model.offer_id, price, sender=sender)
+        elif price == 0:
+            self._assert_reverts(error("Registry_InvalidTerms"), self.registry.updateOfferPrice, model.offer_id,
+                                 0, sender=sender)
+        else:
+            self._tx(self.registry.updateOfferPrice, model.offer_id, price, sender=sender)
+            model.price = price
+
+    def rule_pause_or_resume_offer(self, offer="st_offer", wrong_way="st_flag"):
+        model = self.offers[offer]
+        pause = model.active != wrong_way
+        fn = self.registry.pauseOffer if pause else self.registry.resumeOffer
+        if wrong_way:
+            name = "Registry_OfferNotActive" if pause else "Registry_OfferNotPaused"
+            self._assert_reverts(error(name, model.offer_id), fn, model.offer_id, sender=model.provider)
+            return
+        self._tx(fn, model.offer_id, sender=model.provider)
+        model.active = not pause
+
+    def rule_set_fee(self, fee_bps="st_fee"):
+        if fee_bps > PARAMS.fee_cap_bps:
+            self._assert_reverts(error("Escrow_FeeAboveCap", fee_bps, PARAMS.fee_cap_bps), self.escrow.setFee,
+                                 fee_bps, sender=self.deployer)
+            return
+        self._tx(self.escrow.setFee, fee_bps, sender=self.deployer)
+        self.fee_bps = fee_bps
+
+    # ------------------------------------------------------------------ rentals
+
+    def initialize_rentals(self, rentals="st_initial_rentals"):
+        """Starts every run with rentals opened and some started, so the rental rules act on something early."""
+        for index, offer, percent, start in rentals:
+            model = self.offers[offer]
+            duration = model.min_duration + (model.max_duration - model.min_duration) * percent // 100
+            self.rule_open_rental(index, offer, duration, "any")
+            if start and model.rental is not None and model.rental.status == RentalStatus.OPEN:
+                self._start(model.rental, model.provider)
+
+    def rule_open_rental(self, index="st_index", offer="st_offer", duration="st_duration",
+                         max_price="st_max_price"):
+        renter = self.renters[index]
+        model = self.offers[offer]
+        stake = self.stakes[model.provider.address]
+        limit = {"price": model.price, "below": model.price - 1, "any": 2**64 - 1}[max_price]
+        if model.rental is not None and model.rental.live:
+            revert = error("Escrow_OfferRented", model.offer_id)
+        elif not model.active:
+            revert = error("Registry_OfferNotActive", model.offer_id)
+        elif not model.min_duration <= duration <= model.max_duration:
+            revert = error("Registry_DurationOutOfRange", model.offer_id, duration, model.min_duration,
+                           model.max_duration)
+        elif model.collateral > stake.free:
+            revert = error("Registry_InsufficientFreeStake", model.provider, stake.free, model.collateral)
+        elif model.price > limit:
+            revert = error("Escrow_PriceAboveMax", model.offer_id, model.price, limit)
+        else:
+            revert = None
+        args = (model.offer_id, duration, limit, JOB_SPEC)
+        if revert:
+            self._assert_reverts(revert, self.escrow.openRental, *args, sender=renter)
+            return
+
+        tx = self._tx(self.escrow.openRental, *args, sender=renter)
+        model.nonce += 1
+        model.rental = RentalModel(model.rental_id(model.nonce), renter, model.price, duration, self.now,
+                                   model.util_floor_bps, self.fee_bps)
+        assert tx.events["RentalOpened"]["rentalId"] == model.rental.rental_id
+        stake.locked += model.collateral
+        self.wallets[renter.address] -= model.rental.deposit
+
+    def rule_start(self, offer="st_offer", pick="st_pick", caller="st_caller"):
+        model, rental_id, rental = self._target(offer, pick, wanted=is_open)
+        sender = {"provider": model.provider, "agent": self.agent, "renter": self.renters[0],
+                  "stranger": self.stranger}[caller]
+        authorised = sender == model.provider or (sender == self.agent and model.provider == self.providers[0])
+        revert = self._inactive_error(rental_id, rental)
+        if revert is None and rental.status != RentalStatus.OPEN:
+            revert = error("Escrow_RentalNotActive", rental_id, rental.status)
+        if revert is None and not authorised:
+            revert = error("Escrow_NotProviderOrAgent", rental_id, sender)
+        if revert is None and self.now > rental.since + PARAMS.start_timeout:
+            revert = error("Escrow_StartTimedOut", rental_id)
+        if revert:
+            self._assert_reverts(revert, self.escrow.start, rental_id, sender=sender)
+            return
+        self._start(rental, sender)
+
+    def rule_terminate(self, offer="st_offer", pick="st_pick", by_renter="st_flag"):
+        model, rental_id, rental = self._target(offer, pick, wanted=is_open_or_running)
+        sender = rental.renter if rental is not None and by_renter else self.stranger
+        revert = self._inactive_error(rental_id, rental)
+        if revert is None and sender != rental.renter:
+            revert = error("Escrow_NotRenter", rental_id, sender)
+        if revert is None:
+            if rental.status == RentalStatus.OPEN:
+                if self.now > rental.since + PARAMS.start_timeout:
+                    revert = error("Escrow_StartTimedOut", rental_id)
+            elif rental.status != RentalStatus.RUNNING:
+                revert = error("Escrow_RentalNotActive", rental_id, rental.status)
+            elif self.now >= rental.end:
+                revert = error("Escrow_RentalEnded", rental_id, rental.end)
+        if revert:
+            self._assert_reverts(revert, self.escrow.terminate, rental_id, sender=sender)
+            return
+
+        tx = self._tx(self.escrow.terminate, rental_id, sender=sender)
+        if rental.status == RentalStatus.OPEN:
+            self._settle(model, rental, RentalStatus.CANCELLED, 0, 0, tx)
+            return
+        self.balances[rental.renter.address] += rental.price * (rental.end - self.now)
+        rental.duration = self.now - rental.since
+        rental.status = RentalStatus.TERMINATED
+
+    def rule_claim_start_timeout(self, offer="st_offer", pick="st_pick"):
+        model, rental_id, rental = self._target(offer, pick, wanted=is_open)
+        revert = self._inactive_error(rental_id, rental)
+        if revert is None and rental.status != RentalStatus.OPEN:
+            revert = error("Escrow_RentalNotActive", rental_id, rental.status)
+        if revert is None and self.now <= rental.since + PARAMS.start_timeout:
+            revert = error("Escrow_StartTimeoutNotReached", rental_id, rental.since + PARAMS.start_timeout)
+        if revert:
+            self._assert_reverts(revert, self.escrow.claimStartTimeout, rental_id, sender=self.stranger)
+            return
+        tx = self._tx(self.escrow.claimStartTimeout, rental_id, sender=self.stranger)
+        # The provider missed the whole rental.
+        self._settle(model, rental, RentalStatus.TIMED_OUT, rental.duration, PARAMS.start_slash_bps, tx)
+
+    def rule_finalize(self, offer="st_offer", pick="st_pick"):
+        model, rental_id, rental = self._target(offer, pick, wanted=is_started_and_live)
+        revert = self._inactive_error(rental_id, rental)
+        if revert is None and rental.status == RentalStatus.OPEN:
+            revert = error("Escrow_RentalNotActive", rental_id, rental.status)
+        if revert is None and self.now < rental.end + PARAMS.report_grace:
+            revert = error("Escrow_NotYetFinalizable", rental_id, rental.end + PARAMS.report_grace)
+        if revert:
+            self._assert_reverts(revert, self.escrow.finalize, rental_id, sender=self.stranger)
+            return
+        tx = self._tx(self.escrow.finalize, rental_id, sender=self.stranger)
+        self._settle_elapsed(model, rental, RentalStatus.EXPIRED, rental.duration, tx)
+
+    # ------------------------------------------------------------------ oracle reports
+
+    def _valid_reports(self, rental, end_percent, delivered_percent, util, status, split):
+        """Reports from the rental's last reported second to a drawn time <= now, optionally as two reports."""
+        period = 1 + (self.now - rental.last_end - 1) * end_percent // 100
+        delivered = period * delivered_percent // 100
+        if split and period >= 2:
+            first_period = period // 2
+            first_delivered = min(delivered, first_period)
+            return [
+                report(rental.rental_id, rental.seq + 1, rental.last_end + first_period, first_delivered, util,
+                       root=TELEMETRY_ROOT),
+                report(rental.rental_id, rental.seq + 2, rental.last_end + period, delivered - first_delivered,
+                       util, status, TELEMETRY_ROOT),
+            ]
+        return [report(rental.rental_id, rental.seq + 1, rental.last_end + period, delivered, util, status,
+                       TELEMETRY_ROOT)]
+
+    def _stale_report(self, offer):
+        """A report the escrow must skip: of a final or start-timed-out rental, or of an id it does not know."""
+        reason = self._skip_reason(offer.rental)
+        if offer.rental is None or reason is None:
+            return report(offer.unknown_rental_id(), 1, self.now, 0), SkipReason.UNKNOWN_RENTAL
+        return report(offer.rental.rental_id, offer.rental.seq + 1, self.now, 0), reason
+
+    def _apply_report(self, offer, rental, rep, tx):
+        """The model of `_accrue` and of the settlement a Completed or Failed report triggers."""
+        period_end = min(rep.period_end, rental.end)
+        delivered = min(rep.delivered_seconds, period_end - rental.last_end)
+        rental.earned += earnings(rental.price, delivered, rental.util_floor_bps, rep.avg_util_bps)
+        rental.seq = rep.seq
+        rental.reported = period_end - rental.since
+        rental.delivered += delivered
+        if rental.status == RentalStatus.OPEN:
+            rental.status = RentalStatus.RUNNING
+        if rep.status == ReportStatus.COMPLETED:
+            self._settle_elapsed(offer, rental, RentalStatus.COMPLETED, rental.reported, tx)
+        elif rep.status == ReportStatus.FAILED:
+            self._settle_elapsed(offer, rental, RentalStatus.FAILED, rental.reported, tx)
+
+    def rule_submit_reports(self, offer="st_offer", pick="st_pick", wait="st_report_wait",
+                            end_percent="st_percent", delivered_percent="st_delivered_percent", util="st_util",
+                            status="st_report_status", split="st_flag", stale_offer="st_offer",
+                            stale_slot="st_stale_slot", signers="st_signers"):
+        """A signed batch of valid reports for one rental, sometimes with a report the escrow must skip."""
+        if wait:
+            self._sleep(wait)
+        model, rental_id, rental = self._target(offer, pick, wanted=lambda r: self._skip_reason(r) is None)
+        revert = None
+        reason = self._skip_reason(rental)
+        if reason is not None:
+            batch = [(report(rental_id, rental.seq + 1 if rental else 1, self.now, 0), reason)]
+        elif rental.last_end == self.now:
+            batch = [(report(rental_id, rental.seq + 1, self.now, 0), None)]
+            revert = error("Escrow_PeriodEndNotAfterLast", rental_id, self.now, rental.last_end)
+        else:
+            reports = self._valid_reports(rental, end_percent, delivered_percent, util, status, split)
+            batch = [(r, None) for r in reports]
+        if stale_slot == "first":
+            batch.insert(0, self._stale_report(self.offers[stale_offer]))
+        elif stale_slot == "last":
+            batch.append(self._stale_report(self.offers[stale_offer]))
+        if revert is None and all(reason is not None for _, reason in batch):
+            revert = error("Escrow_BatchHadNoEffect")
+
+        reports = [r for r, _ in batch]
+        signatures = self._sign(reports, [ORACLE_KEYS[i] for i in signers])
+        if revert:
+            with brownie.reverts(revert):
+                self._submit(reports, signatures)
+            return
+
+        tx = self._submit(reports, signatures)
+        skipped = [(e["rentalId"], e["seq"], e["reason"]) for e in tx.events["ReportSkipped"]] \
+            if "ReportSkipped" in tx.events else []
+        assert skipped == [(r.rental_id, r.seq, reason) for r, reason in batch if reason is not None]
+        applied = [e["seq"] for e in tx.events["ReportApplied"] if e["rentalId"] == rental_id]
+        assert applied == list(range(rental.seq + 1, rental.seq + 1 + len(applied)))
+        for rep, reason in batch:
+            if reason is None:
+                self._apply_report(model, rental, rep, tx)
+
+    def rule_submit_rejected_batch(self, offer="st_offer", pick="st_pick", flaw="st_batch_flaw",
+                                   excess="st_excess"):
+        """A batch with one flaw: a report the escrow must reject, or signatures that must not verify."""
+        _, rental_id, rental = self._target(offer, pick)
+        seq = rental.seq + 1 if rental else 1
+        last_end = rental.last_end if rental else self.now
+        fields = dict(rental_id=rental_id, seq=seq, period_end=self.now, delivered=0)
+        keys = ORACLE_KEYS[:THRESHOLD]
+        revert = None
+        if flaw == "seq":
+            fields["seq"] = seq + excess
+            revert = error("Escrow_UnexpectedSeq", rental_id, seq, seq + excess)
+        elif flaw == "utilisation":
+            fields["util"] = BPS + excess
+            revert = error("Escrow_UtilisationOutOfRange", rental_id, BPS + excess)
+        elif flaw == "status":
+            fields["status"] = ReportStatus.FAILED + 1 + excess % 253
+            revert = error("Escrow_UnknownReportStatus", rental_id, fields["status"])
+        elif flaw == "future_end":
+            fields["period_end"] = self.now + excess
+            revert = error("Escrow_PeriodEndInFuture", rental_id, self.now + excess, self.now)
+        elif flaw == "end_not_after_last" or (flaw == "over_delivered" and self.now == last_end):
+            fields["period_end"] = min(last_end - excess + 1, self.now) if flaw == "end_not_after_last" else self.now
+            revert = error("Escrow_PeriodEndNotAfterLast", rental_id, fields["period_end"], last_end)
+        elif flaw == "over_delivered":
+            fields["delivered"] = self.now - last_end + excess
+            revert = error("Escrow_DeliveredExceedsPeriod", rental_id, fields["delivered"], self.now - last_end)
+        if revert is not None and self._skip_reason(rental) is not None:
+            revert = error("Escrow_BatchHadNoEffect")  # a skipped report is never validated
+
+        reports = [unchecked_report(**fields, root=TELEMETRY_ROOT)]
+        signatures = None
+        if flaw == "empty":
+            reports = []
+            revert = error("Escrow_EmptyBatch")
+        elif flaw == "one_signature":
+            keys = keys[:1]
+            revert = error("Escrow_NotEnoughSignatures", 1, THRESHOLD)
+        elif flaw == "no_signature":
+            keys = []
+            revert = error("Escrow_NotEnoughSignatures", 0, THRESHOLD)
+        elif flaw == "duplicate_signer":
+            keys = [keys[0], keys[0]]
+            revert = error("Escrow_DuplicateSigner", ORACLES[0].address)
+        elif flaw == "outsider_signer":
+            keys = [keys[0], OUTSIDER_KEY]
+            revert = error("Escrow_SignerNotInOracleSet", Account.from_key(OUTSIDER_KEY).address)
+        elif flaw == "old_oracle_set":
+            # Signed over another set version the digest differs, so the first signature recovers a stranger.
+            other = self.domain.model_copy(update={"oracle_set_version": self.domain.oracle_set_version + 1})
+            signatures = self._sign(reports, keys, other)
+            signed = encode_typed_data(full_message=typed_batch(reports, self.domain))
+            revert = error("Escrow_SignerNotInOracleSet", Account.recover_message(signed, signature=signatures[0]))
+
+        with brownie.reverts(revert):
+            self._submit(reports, signatures or self._sign(reports, keys))
+
+    # ------------------------------------------------------------------ withdrawals
+
+    @staticmethod
+    def _owed_first(accounts, owed, index, pick):
+        """Mostly an account that is owed something, sometimes (UNKNOWN_ID) any account."""
+        candidates = (pick != UNKNOWN_ID and [a for a in accounts if owed(a)]) or accounts
+        return candidates[index % len(candidates)]
+
+    def rule_withdraw(self, index="st_account", pick="st_pick"):
+        account = self._owed_first(self.accounts, lambda a: self.balances[a.address], index, pick)
+        amount = self.balances[account.address]
+        if amount == 0:
+            self._assert_reverts(error("Escrow_NothingToWithdraw", account), self.escrow.withdraw, sender=account)
+            return
+        self._tx(self.escrow.withdraw, sender=account)
+        self.balances[account.address] = 0
+        self.wallets[account.address] += amount
+
+    def rule_withdraw_compensation(self, index="st_account", pick="st_pick"):
+        account = self._owed_first(self.accounts, lambda a: self.compensation[a.address], index, pick)
+        amount = self.compensation[account.address]
+        if amount == 0:
+            self._assert_reverts(error("Registry_NothingToWithdraw", account), self.registry.withdrawCompensation,
+                                 sender=account)
+            return
+        self._tx(self.registry.withdrawCompensation, sender=account)
+        self.compensation[account.address] = 0
+        self.wallets[account.address] += amount
+
+    # ------------------------------------------------------------------ time
+
+    def rule_sleep(self, seconds="st_sleep"):
+        self._sleep(seconds)
+
+    def rule_sleep_to_rental_deadline(self, offer="st_offer", deadline="st_deadline", delta="st_delta"):
+        """Moves to one second before, at or after a deadline of a live rental, where branches flip."""
+        _, _, rental = self._target(offer, WANTED_FIRST)
+        if rental is None:
+            return
+        at = delta + {"start_timeout": rental.since + PARAMS.start_timeout, "end": rental.end,
+                      "finalizable": rental.end + PARAMS.report_grace}[deadline]
+        if at > self.now:
+            self._sleep(at - self.now)
+
+    def rule_sleep_to_unbonding_end(self, index="st_index", delta="st_delta"):
+        """Moves to one second before, at or after the end of a provider's unbonding period."""
+        unbonding = [stake for stake in self.stakes.values() if stake.unbonding]
+        if not unbonding:
+            return
+        at = unbonding[index % len(unbonding)].unbonding_ends_at + delta
+        if at > self.now:
+            self._sleep(at - self.now)
+
+    # ------------------------------------------------------------------ invariants
+
+    def _chain(self):
+        """The chain state after the last step, read once for all invariants."""
+        if self._view is not None:
+            return self._view
+        escrow, registry, token = self.escrow, self.registry, self.token
+        calls = [(token.balanceOf, (escrow,)), (token.balanceOf, (registry,))]
+        calls += [(token.balanceOf, (a,)) for a in self.accounts]
+        calls += [(escrow.balanceOf, (a,)) for a in self.accounts]
+        calls += [(registry.compensationOf, (a,)) for a in self.accounts]
+        calls += [(registry.getProvider, (p,)) for p in self.providers]
+        calls += [(escrow.getRental, (o.rental_id(max(o.nonce, 1)),)) for o in self.offers]
+        calls += [(escrow.getRental, (o.rental_id(max(o.nonce - 1, 1)),)) for o in self.offers]
+        calls += [(escrow.liveRentalOf, (o.offer_id,)) for o in self.offers]
+        calls += [(registry.getOffer, (o.offer_id,)) for o in self.offers]
+        values = iter(read_batch(calls))
+
+        def take(count):
+            return [next(values) for _ in range(count)]
+
+        addresses = [a.address for a in self.accounts]
+        self._view = ChainView(
+            now=web3.eth.get_block("latest").timestamp,
+            escrow_tokens=next(values),
+            registry_tokens=next(values),
+            wallets=dict(zip(addresses, take(len(addresses)))),
+            balances=dict(zip(addresses, take(len(addresses)))),
+            compensation=dict(zip(addresses, take(len(addresses)))),
+            stakes=dict(zip((p.address for p in self.providers), take(len(self.providers)))),
+            rentals=take(len(self.offers)),
+            superseded=[v if o.nonce >= 2 else None for o, v in zip(self.offers, take(len(self.offers)))],
+            live_rental_ids=take(len(self.offers)),
+            offers=take(len(self.offers)),
+        )
+        return self._view
+
+    def invariant_block_time_is_the_model_clock(self):
+        assert self._chain().now == self.now
+
+    def invariant_escrow_holds_what_it_owes(self):
+        """Its token balance is the deposits of live rentals plus every withdrawable balance, to the unit."""
+        view = self._chain()
+        live_deposits = sum(r[2] * r[3] for r in view.rentals if r[0] in LIVE)
+        assert view.escrow_tokens == live_deposits + sum(view.balances.values())
+        assert view.escrow_tokens == sum(o.rental.deposit for o in self.offers if o.rental and o.rental.live) \
+            + sum(self.balances.values())
+
+    def invariant_registry_holds_what_it_owes(self):
+        """Its token balance is every provider's stake plus the compensation owed to renters, to the unit."""
+        view = self._chain()
+        assert view.registry_tokens == sum(p[0] for p in view.stakes.values()) + sum(view.compensation.values())
+        assert view.registry_tokens == sum(s.staked for s in self.stakes.values()) \
+            + sum(self.compensation.values())
+
+    def invariant_balances_match_model(self):
+        view = self._chain()
+        assert view.wallets == self.wallets
+        assert view.balances == self.balances
+        assert view.compensation == self.compensation
+
+    def invariant_stakes_match_model(self):
+        """Locked collateral is that of the provider's live rentals and never exceeds the stake."""
+        view = self._chain()
+        for address, stake in self.stakes.items():
+            provider = view.stakes[address]
+            staked, locked, unbonding = provider[:3]
+            assert locked <= staked
+            assert locked + unbonding <= staked
+            assert locked == sum(o.collateral for o in self.offers
+                                 if o.provider == address and o.rental is not None and o.rental.live)
+            assert tuple(provider[:8]) == stake.as_tuple()
+
+    def invariant_offers_match_model(self):
+        view = self._chain()
+        for model, offer in zip(self.offers, view.offers):
+            assert offer[5] == model.price
+            assert offer[3] == (OFFER_ACTIVE if model.active else OFFER_PAUSED)
+
+    def invariant_rentals_match_model(self):
+        view = self._chain()
+        for model, rental, superseded, live_id in zip(self.offers, view.rentals, view.superseded,
+                                                      view.live_rental_ids):
+            if model.rental is None:
+                assert rental[0] == RentalStatus.NONE
+            else:
+                assert tuple(rental) == model.rental.as_tuple()
+            if superseded is not None:
+                assert superseded[0] == RentalStatus.NONE
+            assert live_id == (model.rental.rental_id if model.rental is not None and model.rental.live else 0)
+
+    def invariant_rental_earnings_bounded(self):
+        """Earnings never exceed the deposit nor price x the reported seconds, and reports never reach past
+        the rental's end or the block time."""
+        view = self._chain()
+        for _, _, price, duration, since, _, reported, delivered, earned in view.rentals:
+            assert earned <= price * duration
+            assert earned <= price * reported
+            assert delivered <= reported <= duration
+            assert since + reported <= view.now
+
+    def invariant_rentals_move_forward(self):
+        """Status only moves forward (Open -> Running -> Terminated -> final, Open -> TimedOut / Cancelled)
+        and the applied seq never goes back."""
+        view = self._chain()
+        for model, rental in zip(self.offers, view.rentals):
+            if model.rental is None:
+                continue
+            status, seq = RentalStatus(rental[0]), rental[5]
+            previous = self.seen.get(model.rental.rental_id)
+            if previous is not None:
+                previous_status, previous_seq = previous
+                assert status >= previous_status
+                assert previous_status in LIVE or status == previous_status
+                if status in NEVER_STARTED:
+                    assert previous_status in (RentalStatus.OPEN, status)
+                assert seq >= previous_seq
+            self.seen[model.rental.rental_id] = (status, seq)
+
+    def invariant_slashes_within_collateral(self):
+        for slashed, collateral in self.settlements:
+            assert slashed <= collateral
+
+
+def test_exchange_invariants(state_machine, exchange):
+    settings = {
+        "max_examples": int(os.environ.get("GPUEX_STATEFUL_EXAMPLES", "30")),
+        "stateful_step_count": int(os.environ.get("GPUEX_STATEFUL_STEPS", "20")),
+        # No target() observations here, and the target phase's pareto pass would replay runs for minutes.
+        "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+    }
+    state_machine(ExchangeStateMachine, exchange, settings=settings)
