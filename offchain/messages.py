@@ -7,7 +7,7 @@ accepts it turns it into the on-chain `Report` that k of n oracles co-sign (`off
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Sequence
 
 from eth_account import Account
@@ -21,6 +21,25 @@ AGENT_DOMAIN_NAME = "gpuex Agent Telemetry"
 AGENT_DOMAIN_VERSION = "1"
 
 Bytes32 = bytes
+
+# The EIP-712 struct an agent signs, in encoding order (the oracle's fast digest in `offchain.oracle.digest`
+# builds its type hash from this list).
+TELEMETRY_REPORT_FIELDS = [
+    {"name": "rentalId", "type": "uint256"},
+    {"name": "seq", "type": "uint32"},
+    {"name": "periodStart", "type": "uint40"},
+    {"name": "periodEnd", "type": "uint40"},
+    {"name": "deliveredSeconds", "type": "uint32"},
+    {"name": "avgUtilBps", "type": "uint16"},
+    {"name": "peakMemMiB", "type": "uint32"},
+    {"name": "sampleCount", "type": "uint32"},
+    {"name": "gpuUuidHashes", "type": "bytes32[]"},
+    {"name": "telemetryRoot", "type": "bytes32"},
+    {"name": "status", "type": "uint8"},
+    {"name": "exitCode", "type": "int16"},
+    {"name": "resultDigest", "type": "bytes32"},
+    {"name": "simulated", "type": "bool"},
+]
 
 
 def gpu_uuid_hash(uuid: str) -> bytes:
@@ -89,22 +108,7 @@ class TelemetryReport(BaseModel):
                     {"name": "chainId", "type": "uint256"},
                     {"name": "verifyingContract", "type": "address"},
                 ],
-                "TelemetryReport": [
-                    {"name": "rentalId", "type": "uint256"},
-                    {"name": "seq", "type": "uint32"},
-                    {"name": "periodStart", "type": "uint40"},
-                    {"name": "periodEnd", "type": "uint40"},
-                    {"name": "deliveredSeconds", "type": "uint32"},
-                    {"name": "avgUtilBps", "type": "uint16"},
-                    {"name": "peakMemMiB", "type": "uint32"},
-                    {"name": "sampleCount", "type": "uint32"},
-                    {"name": "gpuUuidHashes", "type": "bytes32[]"},
-                    {"name": "telemetryRoot", "type": "bytes32"},
-                    {"name": "status", "type": "uint8"},
-                    {"name": "exitCode", "type": "int16"},
-                    {"name": "resultDigest", "type": "bytes32"},
-                    {"name": "simulated", "type": "bool"},
-                ],
+                "TelemetryReport": TELEMETRY_REPORT_FIELDS,
             },
             "primaryType": "TelemetryReport",
             "domain": {
@@ -167,6 +171,68 @@ class CosignResponse(BaseModel):
 
     signer: str
     signature: bytes = Field(min_length=65, max_length=65)
+
+
+class TelemetryAck(BaseModel):
+    """An oracle's answer to a report it holds: 202 when it newly accepted it, 200 with `duplicate` when it already
+    held this exact report, so an agent's retry is always safe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accepted: bool = True
+    rental_id: int
+    seq: int
+    duplicate: bool = False
+
+
+class RejectReason(StrEnum):
+    """Machine-readable reason codes of an oracle's refusals (`OracleError.error`).
+
+    `chain_unavailable` (503) is the oracle's own trouble: retry later. `seq_gap` means an earlier report is
+    missing: send it first. Every other reason is final for that body.
+    """
+
+    INVALID_BODY = "invalid_body"  # not JSON, or not the model: see `errors`
+    BODY_TOO_LARGE = "body_too_large"
+    SIMULATED_REFUSED = "simulated_refused"  # simulated telemetry and the oracle does not allow it
+    PERIOD_IN_FUTURE = "period_in_future"  # period_end beyond the oracle's clock plus the allowed skew
+    PERIOD_TOO_OLD = "period_too_old"  # period_end older than the oracle accepts
+    BAD_SIGNATURE = "bad_signature"  # not a canonical (low-s, v 27/28) recoverable signature
+    UNKNOWN_RENTAL = "unknown_rental"
+    RENTAL_NOT_LIVE = "rental_not_live"  # the rental is in a final state
+    RENTAL_START_TIMED_OUT = "rental_start_timed_out"  # never started and past the start timeout
+    AGENT_NOT_SET = "agent_not_set"  # the offer's provider has no agent key
+    SIGNER_NOT_AGENT = "signer_not_agent"  # signed by a key other than ProviderRegistry.agentOf(provider)
+    GPU_MISMATCH = "gpu_mismatch"  # the GPU UUIDs are not exactly the offer's registered GPUs
+    SEQ_CONFLICT = "seq_conflict"  # a different report with this rental and seq is already accepted
+    SEQ_STALE = "seq_stale"  # seq at or below the last accepted (or settled) one, and not held here
+    SEQ_GAP = "seq_gap"  # seq beyond the next expected one
+    PERIOD_DISCONTINUOUS = "period_discontinuous"  # period_start is not where the previous period ended
+    CHAIN_UNAVAILABLE = "chain_unavailable"
+    BATCH_TOO_LARGE = "batch_too_large"  # cosign: more reports than a batch may hold
+    ORACLE_SET_MISMATCH = "oracle_set_mismatch"  # cosign: not the escrow's current oracle set version
+    NOT_IN_ORACLE_SET = "not_in_oracle_set"  # cosign: this oracle's key is not in the current set
+
+
+class ValidationIssue(BaseModel):
+    """One pydantic validation error of a refused body, without the offending input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loc: tuple[str | int, ...]
+    type: str
+    msg: str
+
+
+class OracleError(BaseModel):
+    """The body of every oracle refusal. `index` names the submission of a cosign batch that was refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error: RejectReason
+    detail: str
+    errors: tuple[ValidationIssue, ...] = ()
+    index: int | None = None
 
 
 def chain_reports(submissions: Sequence[TelemetrySubmission]) -> list[Report]:

@@ -1,0 +1,224 @@
+"""k-of-n co-signing of report batches: the peer side (`Cosigner`) and the leader's client
+(`collect_cosignatures`).
+
+A peer signs a batch only if it would have accepted every report itself: a report it already holds counts, any
+other must pass the same verification as `POST /v1/telemetry` and follow its predecessor (held, earlier in the
+batch, or applied on chain). Reports that pass are stored, as if their agent had posted them here, so this
+oracle's view of each rental keeps up with what it signed. The signature is `offchain.reports.sign_batch` over
+the batch's on-chain reports for the escrow's current oracle set version, which the leader must name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import aiohttp
+from eth_account import Account
+from eth_utils import to_canonical_address, to_checksum_address
+from pydantic import SecretStr, ValidationError
+
+from offchain.messages import (
+    CosignRequest,
+    CosignResponse,
+    OracleError,
+    RejectReason,
+    TelemetryReport,
+    TelemetrySubmission,
+    chain_reports,
+)
+from offchain.oracle.chainview import ChainView, RentalState
+from offchain.oracle.digest import TelemetryDomain, recover_address
+from offchain.oracle.store import LastAccepted, NewSubmission, SubmissionKey, SubmissionStore, key_of
+from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
+from offchain.reports import EscrowDomain, batch_digest, sign_batch
+
+COSIGN_PATH = "/v1/cosign"
+
+
+class Cosigner:
+    """Signs batches of reports this oracle verified, with its own oracle key."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        store: SubmissionStore,
+        chain: ChainView,
+        domain: TelemetryDomain,
+        chain_id: int,
+        escrow: str,
+        key: SecretStr,
+        max_batch_reports: int,
+    ) -> None:
+        self._verifier = verifier
+        self._store = store
+        self._chain = chain
+        self._domain = domain
+        self._chain_id = chain_id
+        self._escrow = escrow
+        self._key = key
+        self._max_batch_reports = max_batch_reports
+        self.address: str = Account.from_key(key.get_secret_value()).address
+
+    async def cosign(self, request: CosignRequest) -> CosignResponse:
+        """This oracle's signature over the batch, or Rejected (with the index of the refused submission)."""
+        submissions = request.submissions
+        if len(submissions) > self._max_batch_reports:
+            raise Rejected(
+                RejectReason.BATCH_TOO_LARGE, f"{len(submissions)} reports; a batch holds {self._max_batch_reports}"
+            )
+        oracle_set = await self._chain.oracle_set()
+        if request.oracle_set_version != oracle_set.version:
+            raise Rejected(
+                RejectReason.ORACLE_SET_MISMATCH,
+                f"batch names oracle set version {request.oracle_set_version}, the escrow's is {oracle_set.version}",
+            )
+        if self.address not in oracle_set.signers:
+            raise Rejected(RejectReason.NOT_IN_ORACLE_SET, f"{self.address} is not in oracle set {oracle_set.version}")
+
+        digests = [self._domain.digest(s.report) for s in submissions]
+        rentals: dict[int, RentalState] = {}  # by index, for the submissions not held
+        for index, (submission, digest) in enumerate(zip(submissions, digests)):
+            if self._holds(submission.report, digest):
+                continue
+            try:
+                rentals[index] = await self._verifier.verify(submission, digest)
+            except Rejected as exc:
+                raise _at(index, exc) from exc
+
+        refreshed: set[int] = set()
+        while True:
+            try:
+                new = self._place(submissions, digests, rentals)
+                break
+            except Rejected as exc:
+                failed_index = exc.index
+                rental_id = submissions[failed_index].report.rental_id
+                if exc.reason not in LAG_SENSITIVE_REASONS or rental_id in refreshed:
+                    raise
+            # The cached rental may lag the chain: read it now and check the whole batch again.
+            refreshed.add(rental_id)
+            try:
+                fresh = await self._verifier.refreshed_rental(rental_id)
+            except Rejected as exc:
+                raise _at(failed_index, exc) from exc
+            for index in rentals:
+                if submissions[index].report.rental_id == rental_id:
+                    rentals[index] = fresh
+        if new:
+            self._store.add(new)
+
+        domain = EscrowDomain(chain_id=self._chain_id, escrow=self._escrow, oracle_set_version=oracle_set.version)
+        signature = sign_batch(chain_reports(submissions), domain, self._key.get_secret_value())
+        return CosignResponse(signer=self.address, signature=signature)
+
+    def _place(
+        self,
+        submissions: Sequence[TelemetrySubmission],
+        digests: Sequence[bytes],
+        rentals: dict[int, RentalState],
+    ) -> list[NewSubmission]:
+        """The submissions not yet held, each checked to follow its predecessor (held, earlier in the batch or on
+        chain). Synchronous, so that no other request changes the store between these checks and the insert."""
+        previous: dict[int, LastAccepted] = {}
+        new: list[NewSubmission] = []
+        for index, (submission, digest) in enumerate(zip(submissions, digests)):
+            report = submission.report
+            if not self._holds(report, digest):
+                # Not held when first checked either (the store never drops a report), so `rentals` has its state.
+                if self._store.held(key_of(submission)) is not None:
+                    raise _at(index, Rejected(RejectReason.SEQ_CONFLICT, "a different report with this seq is held"))
+                last = previous.get(report.rental_id) or self._store.last_accepted(report.rental_id)
+                try:
+                    check_continuity(report, last, rentals[index])
+                except Rejected as exc:
+                    raise _at(index, exc) from exc
+                new.append(NewSubmission(submission, digest, submission.model_dump_json().encode()))
+            previous[report.rental_id] = LastAccepted(report.seq, report.period_end)
+        return new
+
+    def _holds(self, report: TelemetryReport, digest: bytes) -> bool:
+        held = self._store.held(SubmissionKey(report.rental_id, report.seq))
+        return held is not None and held.report_digest == digest
+
+
+def _at(index: int, rejected: Rejected) -> Rejected:
+    return Rejected(rejected.reason, f"submission {index}: {rejected.detail}", rejected.errors, index=index)
+
+
+@dataclass(frozen=True)
+class Cosignatures:
+    """What a leader collected: signatures by oracle address, and why each peer that gave none did not."""
+
+    signatures: dict[str, bytes] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+async def collect_cosignatures(
+    session: aiohttp.ClientSession,
+    peers: Sequence[str],
+    request: CosignRequest,
+    domain: EscrowDomain,
+    signers: Sequence[str],
+    needed: int,
+    timeout: float,
+) -> Cosignatures:
+    """Asks every peer (a base URL) to co-sign `request` at once; returns when `needed` valid signatures from
+    distinct members of `signers` are in, or when every peer has answered, failed or run out of `timeout` seconds.
+
+    A signature counts only if it recovers, over the batch digest for `domain`, to the oracle that claims it and that
+    oracle is in `signers`; the requests still running when enough are in are cancelled.
+    """
+    digest = batch_digest(chain_reports(request.submissions), domain)
+    members = {to_canonical_address(s) for s in signers}
+    body = request.model_dump_json().encode()
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def ask(peer: str) -> tuple[str, CosignResponse | str]:
+        """The peer's checked answer, or why there is none."""
+        try:
+            async with session.post(
+                peer.rstrip("/") + COSIGN_PATH,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=client_timeout,
+            ) as response:
+                payload = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return peer, f"{type(exc).__name__}: {exc}"
+        if status != 200:
+            try:
+                error = OracleError.model_validate_json(payload)
+            except ValidationError:
+                return peer, f"HTTP {status}"
+            return peer, f"HTTP {status} {error.error}: {error.detail}"
+        try:
+            answer = CosignResponse.model_validate_json(payload)
+            signer = recover_address(digest, answer.signature)
+            claimed = to_canonical_address(answer.signer)
+        except ValueError as exc:  # a ValidationError, InvalidSignature or malformed address
+            return peer, f"unusable answer: {exc}"
+        if signer != claimed:
+            return peer, f"the signature is not by the claimed signer {answer.signer}"
+        if signer not in members:
+            return peer, f"{answer.signer} is not in the oracle set"
+        return peer, CosignResponse(signer=to_checksum_address(signer), signature=answer.signature)
+
+    tasks = [asyncio.create_task(ask(peer)) for peer in peers]
+    result = Cosignatures()
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            peer, outcome = await next_done
+            if isinstance(outcome, str):
+                result.failures[peer] = outcome
+                continue
+            result.signatures.setdefault(outcome.signer, outcome.signature)
+            if len(result.signatures) >= needed:
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return result

@@ -1,0 +1,211 @@
+"""The checks an oracle applies to an agent's telemetry submission, each failing with its own reason code.
+
+`Verifier.verify` runs every check that does not depend on what this oracle already holds: policy (simulated
+telemetry), time bounds, the agent signature against `ProviderRegistry.agentOf(offer.provider)`, the rental
+being live on chain and the report's GPUs being exactly the offer's. `check_continuity` then places the report
+after the previous one; the caller runs it with the store's answer and stores the report without awaiting in
+between, so two requests for one rental cannot interleave there.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from eth_utils import to_checksum_address
+from pydantic import BaseModel, ConfigDict, Field
+
+from offchain.config import OracleSettings
+from offchain.messages import RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
+from offchain.oracle.chainview import ChainView, RentalState, RentalStatus
+from offchain.oracle.digest import InvalidSignature, recover_address, report_gpu_hashes
+from offchain.oracle.store import LastAccepted
+from offchain.reports import split_rental_id
+
+DEFAULT_MAX_REPORT_AGE_SECONDS = 24 * 3600
+
+# Continuity failures that a lagging cached rental (reports others applied, a start) can cause.
+LAG_SENSITIVE_REASONS = frozenset({RejectReason.SEQ_GAP, RejectReason.PERIOD_DISCONTINUOUS})
+
+HTTP_STATUS: dict[RejectReason, int] = {
+    RejectReason.INVALID_BODY: 400,
+    RejectReason.BODY_TOO_LARGE: 413,
+    RejectReason.BATCH_TOO_LARGE: 413,
+    RejectReason.BAD_SIGNATURE: 401,
+    RejectReason.SIMULATED_REFUSED: 403,
+    RejectReason.AGENT_NOT_SET: 403,
+    RejectReason.SIGNER_NOT_AGENT: 403,
+    RejectReason.NOT_IN_ORACLE_SET: 403,
+    RejectReason.UNKNOWN_RENTAL: 404,
+    RejectReason.RENTAL_NOT_LIVE: 409,
+    RejectReason.RENTAL_START_TIMED_OUT: 409,
+    RejectReason.SEQ_CONFLICT: 409,
+    RejectReason.SEQ_STALE: 409,
+    RejectReason.SEQ_GAP: 409,
+    RejectReason.PERIOD_DISCONTINUOUS: 409,
+    RejectReason.ORACLE_SET_MISMATCH: 409,
+    RejectReason.GPU_MISMATCH: 422,
+    RejectReason.PERIOD_IN_FUTURE: 422,
+    RejectReason.PERIOD_TOO_OLD: 422,
+    RejectReason.CHAIN_UNAVAILABLE: 503,
+}
+
+
+class Rejected(Exception):
+    """A request the oracle refuses, with its reason code and the HTTP status that goes with it. `index` names the
+    submission of a cosign batch that was refused."""
+
+    def __init__(
+        self,
+        reason: RejectReason,
+        detail: str,
+        errors: tuple[ValidationIssue, ...] = (),
+        index: int | None = None,
+    ) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.errors = errors
+        self.index = index
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.reason]
+
+
+class VerifyPolicy(BaseModel):
+    """What the oracle tolerates: simulated telemetry, clock skew, and how old a report may be."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_simulated: bool = False
+    max_clock_skew_seconds: int = Field(default=30, ge=0)
+    max_report_age_seconds: int = Field(default=DEFAULT_MAX_REPORT_AGE_SECONDS, ge=1)
+
+    @classmethod
+    def from_settings(
+        cls, settings: OracleSettings, max_report_age_seconds: int = DEFAULT_MAX_REPORT_AGE_SECONDS
+    ) -> "VerifyPolicy":
+        return cls(
+            allow_simulated=settings.allow_simulated,
+            max_clock_skew_seconds=settings.max_clock_skew_seconds,
+            max_report_age_seconds=max_report_age_seconds,
+        )
+
+
+class Verifier:
+    """Stateless and on-chain checks of submissions to one deployment."""
+
+    def __init__(self, chain: ChainView, policy: VerifyPolicy, clock: Callable[[], float] = time.time) -> None:
+        self._chain = chain
+        self._policy = policy
+        self._clock = clock
+
+    async def verify(self, submission: TelemetrySubmission, digest: bytes) -> RentalState:
+        """Raises Rejected unless the submission passes every check but continuity; returns the rental's state
+        for `check_continuity`. `digest` is the report's EIP-712 digest (`TelemetryDomain.digest`)."""
+        report = submission.report
+        now = self._clock()
+        self._check_policy_and_time(report, now)
+        try:
+            signer = recover_address(digest, submission.signature)
+        except InvalidSignature as exc:
+            raise Rejected(RejectReason.BAD_SIGNATURE, str(exc)) from exc
+
+        rental = await self._chain.rental(report.rental_id)
+        await self._check_rental(report.rental_id, rental, now)
+        offer_id, _nonce = split_rental_id(report.rental_id)
+        offer = await self._chain.offer(offer_id)
+        if offer is None:
+            raise Rejected(RejectReason.UNKNOWN_RENTAL, f"offer {offer_id} does not exist")
+        agent = await self._chain.agent_of(offer.provider)
+        if agent is None:
+            raise Rejected(RejectReason.AGENT_NOT_SET, f"provider {offer.provider} has no agent key")
+        if signer != agent:
+            raise Rejected(
+                RejectReason.SIGNER_NOT_AGENT,
+                f"signed by {to_checksum_address(signer)}; the agent of {offer.provider} is "
+                f"{to_checksum_address(agent)}",
+            )
+        if frozenset(report_gpu_hashes(report)) != offer.gpu_uuid_hashes:
+            raise Rejected(
+                RejectReason.GPU_MISMATCH,
+                f"the report's {len(report.gpu_uuids)} GPU UUIDs are not the {len(offer.gpu_uuid_hashes)} GPUs "
+                f"registered for offer {offer_id}",
+            )
+        return rental
+
+    async def refreshed_rental(self, rental_id: int) -> RentalState:
+        """The rental re-read from the chain and checked as `verify` checks it, for a report that does not follow
+        the cached state (`LAG_SENSITIVE_REASONS`)."""
+        rental = await self._chain.refresh_rental(rental_id)
+        await self._check_rental(rental_id, rental, self._clock())
+        return rental
+
+    def _check_policy_and_time(self, report: TelemetryReport, now: float) -> None:
+        if report.simulated and not self._policy.allow_simulated:
+            raise Rejected(RejectReason.SIMULATED_REFUSED, "this oracle does not accept simulated telemetry")
+        latest = now + self._policy.max_clock_skew_seconds
+        if report.period_end > latest:
+            raise Rejected(
+                RejectReason.PERIOD_IN_FUTURE,
+                f"period_end {report.period_end} is after {int(latest)} (now plus the allowed clock skew)",
+            )
+        oldest = now - self._policy.max_report_age_seconds
+        if report.period_end < oldest:
+            raise Rejected(
+                RejectReason.PERIOD_TOO_OLD,
+                f"period_end {report.period_end} is before {int(oldest)} (now minus the maximum report age)",
+            )
+
+    async def _check_rental(self, rental_id: int, rental: RentalState, now: float) -> None:
+        if rental.status == RentalStatus.NONE:
+            raise Rejected(RejectReason.UNKNOWN_RENTAL, f"rental {rental_id} does not exist or was superseded")
+        if not rental.is_live:
+            raise Rejected(RejectReason.RENTAL_NOT_LIVE, f"rental {rental_id} is {rental.status.name}")
+        if rental.status == RentalStatus.OPEN and now > rental.since + await self._chain.start_timeout():
+            raise Rejected(
+                RejectReason.RENTAL_START_TIMED_OUT, f"rental {rental_id} was never started within the start timeout"
+            )
+
+
+def check_continuity(report: TelemetryReport, previous: LastAccepted | None, rental: RentalState) -> None:
+    """Raises Rejected unless `report` directly follows the rental's previous report.
+
+    `previous` is the latest report of the rental that this oracle holds (or that precedes it in a cosign batch).
+    If the chain has applied further reports than that (this oracle missed some), the chain's last report is the
+    one to follow; the chain clamps a period at the rental's end, so after the end any later start is accepted.
+    The first report of a Running or Terminated rental starts at its start time `since`. An Open rental is started
+    by its first report and billed from its opening `since`; the agent begins measuring when it sees the rental, so
+    its first period may start at or after `since` (the gap counts against the provider, never the renter).
+    """
+    if rental.last_seq > (previous.seq if previous else 0):
+        expected_seq, expected_start = rental.last_seq + 1, rental.last_period_end
+        start_ok = report.period_start == expected_start or (
+            expected_start >= rental.end and report.period_start >= expected_start
+        )
+    elif previous is not None:
+        expected_seq, expected_start = previous.seq + 1, previous.period_end
+        start_ok = report.period_start == expected_start
+    else:
+        expected_seq, expected_start = 1, rental.since
+        if rental.status == RentalStatus.OPEN:
+            start_ok = report.period_start >= expected_start
+        else:
+            start_ok = report.period_start == expected_start
+
+    if report.seq < expected_seq:
+        raise Rejected(
+            RejectReason.SEQ_STALE,
+            f"seq {report.seq} of rental {report.rental_id} is at or below the last accepted seq {expected_seq - 1}",
+        )
+    if report.seq > expected_seq:
+        raise Rejected(
+            RejectReason.SEQ_GAP, f"seq {report.seq} of rental {report.rental_id}: the next expected is {expected_seq}"
+        )
+    if not start_ok:
+        raise Rejected(
+            RejectReason.PERIOD_DISCONTINUOUS,
+            f"period_start {report.period_start} of rental {report.rental_id} seq {report.seq} does not follow the "
+            f"previous period, which ended at {expected_start}",
+        )

@@ -1,0 +1,41 @@
+"""Shared by the agent tests: bounded waits and signed reports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from eth_account import Account
+from eth_utils import keccak
+
+from offchain.messages import TelemetryReport, TelemetrySubmission
+
+AGENT_KEY = keccak(text="gpuex offchain agent")  # tests/offchain/conftest.py's AGENT
+AGENT_ADDRESS = Account.from_key(AGENT_KEY).address
+CHAIN_ID = 1337
+REGISTRY = "0x2222222222222222222222222222222222222222"
+UUIDS = ("GPU-0b1f7c2e-8d7a-4a51-9e0c-3f6d2b9a1c11", "GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22")
+
+
+class WaitTimedOut(AssertionError):
+    pass
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float, what: str, poll: float = 0.02) -> None:
+    """Waits until `condition()` holds, failing the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise WaitTimedOut(f"timed out after {seconds} s waiting for {what}")
+        await asyncio.sleep(poll)
+
+
+def signed_submission(seq: int, rental_id: int = 1, period_seconds: int = 10) -> TelemetrySubmission:
+    """A report of a made-up rental, always the same for the same arguments, signed by the agent key."""
+    start = 1_700_000_000 + (seq - 1) * period_seconds
+    report = TelemetryReport(
+        rental_id=rental_id, seq=seq, period_start=start, period_end=start + period_seconds,
+        delivered_seconds=period_seconds, avg_util_bps=9_000, peak_mem_mib=40_000, sample_count=2 * period_seconds,
+        gpu_uuids=UUIDS, telemetry_root=keccak(text=f"{rental_id}/{seq}"))
+    return TelemetrySubmission(report=report, signature=report.sign(AGENT_KEY, CHAIN_ID, REGISTRY))

@@ -1,0 +1,138 @@
+"""Job specs: the canonical JSON and hash a renter puts on chain, and where the agent finds a spec's body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+from eth_utils import keccak
+from pydantic import ValidationError
+
+from offchain.agent.jobspec import JobSpec, JobSpecError, JobSpecStore
+
+SPEC = JobSpec(command=("python", "train.py"), args=("--lr", "3e-4"), env={"WANDB_MODE": "offline"},
+               working_dir="src", timeout_seconds=3600, result_file="out/model.safetensors")
+
+
+def test_canonical_json_is_sorted_compact_and_complete():
+    assert JobSpec(command=("nvidia-smi",)).canonical_json() == (
+        b'{"args":[],"command":["nvidia-smi"],"env":{},"image":null,"result_file":null,'
+        b'"timeout_seconds":null,"working_dir":"."}'
+    )
+
+
+def test_hash_is_keccak_of_the_canonical_json():
+    assert SPEC.spec_hash() == keccak(SPEC.canonical_json())
+
+
+def test_hash_ignores_key_order_and_whitespace_of_the_body():
+    shuffled = json.dumps(dict(reversed(list(json.loads(SPEC.canonical_json()).items()))), indent=4)
+
+    assert JobSpec.model_validate_json(shuffled).spec_hash() == SPEC.spec_hash()
+
+
+@pytest.mark.parametrize("change", [
+    {"command": ("python", "eval.py")},
+    {"args": ("--lr", "1e-4")},
+    {"env": {"WANDB_MODE": "online"}},
+    {"working_dir": "."},
+    {"image": "ghcr.io/acme/train:1"},
+    {"timeout_seconds": 3601},
+    {"result_file": None},
+])
+def test_every_field_changes_the_hash(change):
+    assert SPEC.model_copy(update=change).spec_hash() != SPEC.spec_hash()
+
+
+def test_non_ascii_is_escaped_so_every_language_hashes_the_same_bytes():
+    spec = JobSpec(command=("echo", "grüße"))
+
+    assert b'"grue' not in spec.canonical_json() and b"gr\\u00fc\\u00dfe" in spec.canonical_json()
+
+
+@pytest.mark.parametrize("fields", [
+    {"command": ()},
+    {"command": ("a",), "working_dir": "/etc"},
+    {"command": ("a",), "working_dir": "../other"},
+    {"command": ("a",), "result_file": "../../secret"},
+    {"command": ("a",), "env": {"BAD-NAME": "x"}},
+    {"command": ("a",), "timeout_seconds": 0},
+    {"command": ("a",), "unknown": 1},
+])
+def test_invalid_specs_are_rejected(fields):
+    with pytest.raises(ValidationError):
+        JobSpec(**fields)
+
+
+def test_store_finds_a_spec_in_its_directory(tmp_path):
+    store = JobSpecStore(tmp_path)
+    spec_hash = store.put(SPEC)
+
+    assert store.path_of(spec_hash) == tmp_path / f"0x{spec_hash.hex()}.json"
+    assert asyncio.run(store.get(spec_hash)) == SPEC
+
+
+def test_store_refuses_a_body_of_another_hash(tmp_path):
+    store = JobSpecStore(tmp_path)
+    wanted = SPEC.spec_hash()
+    store.path_of(wanted).write_bytes(JobSpec(command=("rm", "-rf", "data")).canonical_json())
+
+    with pytest.raises(JobSpecError, match="hashes to"):
+        asyncio.run(store.get(wanted))
+
+
+def test_store_without_url_reports_a_missing_spec(tmp_path):
+    with pytest.raises(JobSpecError, match="no spec URL"):
+        asyncio.run(JobSpecStore(tmp_path).get(SPEC.spec_hash()))
+
+
+def serve_specs(bodies: dict[str, bytes]):
+    """A spec server on loopback: GET /specs/{hash} answers the body for that hash, or 404."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = bodies.get(request.match_info["hash"])
+        return web.Response(body=body, content_type="application/json") if body else web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/specs/{hash}", handler)
+    return web.AppRunner(app)
+
+
+def fetch_over_http(tmp_path, bodies: dict[str, bytes], spec_hash: bytes) -> JobSpec:
+    async def main() -> JobSpec:
+        runner = serve_specs(bodies)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            store = JobSpecStore(tmp_path / "specs", f"http://{host}:{port}/specs/{{hash}}", timeout_seconds=5)
+            return await store.get(spec_hash)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(main())
+
+
+def test_store_fetches_a_missing_spec_over_http_and_keeps_it(tmp_path):
+    spec_hash = SPEC.spec_hash()
+    body = json.dumps(json.loads(SPEC.canonical_json()), indent=2).encode()
+
+    assert fetch_over_http(tmp_path, {f"0x{spec_hash.hex()}": body}, spec_hash) == SPEC
+    assert asyncio.run(JobSpecStore(tmp_path / "specs").get(spec_hash)) == SPEC
+
+
+def test_store_reports_an_http_miss(tmp_path):
+    with pytest.raises(JobSpecError, match="answered 404"):
+        fetch_over_http(tmp_path, {}, SPEC.spec_hash())
+
+
+def test_store_refuses_a_fetched_body_of_another_hash(tmp_path):
+    spec_hash = SPEC.spec_hash()
+    other = JobSpec(command=("curl", "evil.example")).canonical_json()
+
+    with pytest.raises(JobSpecError, match="hashes to"):
+        fetch_over_http(tmp_path, {f"0x{spec_hash.hex()}": other}, spec_hash)
+    assert not (tmp_path / "specs" / f"0x{spec_hash.hex()}.json").exists()
