@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,26 +26,13 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 
 from offchain.chain import contract
+from offchain.status import RentalStatus
 from offchain.txmgr import TRANSIENT_RPC_ERRORS, Backoff, TxManager, open_db, wait_any, write_transaction
 
 log = logging.getLogger(__name__)
 
 #: Escrow events whose first indexed argument is the rental id and that make a rental worth a look.
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "RentalTerminated", "RentalFinalized")
-
-
-class RentalStatus(IntEnum):
-    """`RentalStatus` in DataTypes.sol."""
-
-    NONE = 0
-    OPEN = 1
-    RUNNING = 2
-    TERMINATED = 3
-    COMPLETED = 4
-    FAILED = 5
-    EXPIRED = 6
-    TIMED_OUT = 7
-    CANCELLED = 8
 
 
 class KeeperAction(BaseModel):
@@ -238,7 +224,7 @@ class Keeper:
                 block_identifier=head
             )
             status = RentalStatus(status_code)
-            if status is RentalStatus.NONE or status >= RentalStatus.COMPLETED:
+            if status is RentalStatus.NONE or status.is_final:
                 self._db.execute("UPDATE keeper_rental SET closed = 1 WHERE escrow = ? AND rental_id = ?",
                                  (self.escrow, str(rental_id)))
                 continue

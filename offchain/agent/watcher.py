@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -24,6 +23,7 @@ from web3 import AsyncWeb3
 
 from offchain.agent.store import transaction
 from offchain.reports import split_rental_id
+from offchain.status import RentalStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +33,6 @@ CREATE TABLE IF NOT EXISTS watch_cursor (
     next_block INTEGER NOT NULL
 );
 """
-
-
-class RentalStatus(IntEnum):
-    """`RentalStatus` in DataTypes.sol."""
-
-    NONE = 0
-    OPEN = 1
-    RUNNING = 2
-    TERMINATED = 3
-    COMPLETED = 4
-    FAILED = 5
-    EXPIRED = 6
-    TIMED_OUT = 7
-    CANCELLED = 8
-
-    @property
-    def is_final(self) -> bool:
-        return self >= RentalStatus.COMPLETED
 
 
 @dataclass(frozen=True)

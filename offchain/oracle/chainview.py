@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from enum import IntEnum
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 import aiohttp
@@ -27,6 +26,7 @@ from web3.exceptions import ContractLogicError, Web3Exception
 
 from offchain.chain import abi, contract
 from offchain.config import ChainSettings
+from offchain.status import RentalStatus
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +37,6 @@ MAX_LOG_RANGE_BLOCKS = 2_000
 
 # Escrow events whose first indexed argument is the rental id and that change a rental's status, start or end.
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "RentalTerminated", "RentalFinalized")
-
-
-class RentalStatus(IntEnum):
-    """`RentalStatus` in DataTypes.sol."""
-
-    NONE = 0
-    OPEN = 1
-    RUNNING = 2
-    TERMINATED = 3
-    COMPLETED = 4
-    FAILED = 5
-    EXPIRED = 6
-    TIMED_OUT = 7
-    CANCELLED = 8
-
-
-LIVE_STATUSES = frozenset({RentalStatus.OPEN, RentalStatus.RUNNING, RentalStatus.TERMINATED})
 
 
 class RentalState(BaseModel):
@@ -69,7 +52,7 @@ class RentalState(BaseModel):
 
     @property
     def is_live(self) -> bool:
-        return self.status in LIVE_STATUSES
+        return self.status.is_live
 
     @property
     def last_period_end(self) -> int:
