@@ -16,7 +16,7 @@ SLITHER_VERSION := 0.11.6
 STATEFUL_EXAMPLES ?= 120
 STATEFUL_STEPS ?= 30
 
-.PHONY: setup compile test test-contracts test-offchain lint gas fuzz demo clean
+.PHONY: setup compile test test-contracts test-offchain test-e2e lint gas fuzz demo clean
 
 setup: $(SETUP_STAMP) link-tools
 
@@ -43,13 +43,17 @@ compile: setup
 	brownie compile
 
 ## test: everything CI runs — static analysis, the contract suite and the off-chain suite on a real anvil.
-test: lint test-contracts test-offchain
+test: lint test-contracts test-offchain test-e2e
 
 test-contracts: setup
 	GPUEX_STATEFUL_EXAMPLES=$(STATEFUL_EXAMPLES) GPUEX_STATEFUL_STEPS=$(STATEFUL_STEPS) brownie test tests/contracts
 
 test-offchain: compile
 	brownie test tests/offchain
+
+## test-e2e: agent -> three oracles (2-of-3) -> chain -> balances, for every way a rental ends.
+test-e2e: compile
+	brownie test tests/e2e
 
 lint: compile
 	slither contracts/ --solc-standard-json --solc-remaps "@openzeppelin=node_modules/@openzeppelin" \

@@ -67,6 +67,9 @@ class OracleSettings(_ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=0, le=65535)
     peers: list[str] = []  # base URLs of the other oracles, for co-signing
+    leader: bool = False  # the leader batches reports, collects co-signatures and sends transactions
+    keeper: bool = True  # with `leader`: also finalise and time out due rentals
+    keeper_interval_seconds: float = Field(default=5.0, gt=0)
     epoch_seconds: float = Field(default=30.0, gt=0)
     max_batch_reports: int = Field(default=100, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)

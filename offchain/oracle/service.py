@@ -1,0 +1,98 @@
+"""One oracle process: the HTTP app (ingest, co-signing, health, metrics) and, on the leader, the batcher, the
+keeper and the tx manager that sends their transactions from the oracle's key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from web3 import AsyncWeb3
+
+from offchain.chain import connect, contract
+from offchain.config import OracleSettings
+from offchain.keeper import Keeper
+from offchain.oracle.app import create_app
+from offchain.oracle.batcher import Batcher
+from offchain.oracle.chainview import ChainView
+from offchain.oracle.metrics import OracleMetrics
+from offchain.oracle.store import SubmissionStore
+from offchain.txmgr import TxManager
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "oracle.sqlite3"
+TXMGR_FILE = "txmgr.sqlite3"
+KEEPER_FILE = "keeper.sqlite3"
+
+
+class OracleService:
+    """Runs one oracle until `stop` is set; all state lives in `settings.state_dir`."""
+
+    def __init__(self, settings: OracleSettings, w3: AsyncWeb3 | None = None) -> None:
+        self.settings = settings
+        self._owns_w3 = w3 is None
+        self.w3 = w3 or connect(settings.chain.rpc_url)
+        self.metrics = OracleMetrics()
+        state = Path(settings.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.store = SubmissionStore(state / STORE_FILE)
+        self.chain = ChainView(self.w3, settings.chain)
+        self.txmgr: TxManager | None = None
+        self.batcher: Batcher | None = None
+        self.keeper: Keeper | None = None
+        self.port: int | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        app = create_app(settings, chain=self.chain, store=self.store, metrics=self.metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        log.info("oracle listening on %s:%d (leader: %s)", settings.host, self.port, settings.leader)
+        tasks: list[asyncio.Task] = []
+        session = aiohttp.ClientSession()
+        try:
+            if settings.leader:
+                tasks = await self._start_leader(session, stop)
+            await stop.wait()
+        finally:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await session.close()
+            await runner.cleanup()
+            for part in (self.keeper, self.txmgr):
+                if part is not None:
+                    part.close()
+            self.store.close()
+            if self._owns_w3:
+                await self.w3.provider.disconnect()
+
+    async def _start_leader(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> list[asyncio.Task]:
+        settings = self.settings
+        state = Path(settings.state_dir)
+        self.txmgr = TxManager(self.w3, state / TXMGR_FILE, settings.key, settings.chain.chain_id,
+                               on_final=self._on_final)
+        await self.txmgr.start()
+        escrow = contract(self.w3, "RentalEscrow", settings.chain.escrow)
+        self.batcher = Batcher(
+            store=self.store, chain=self.chain, txmgr=self.txmgr, session=session, escrow=escrow,
+            chain_id=settings.chain.chain_id, key=settings.key, peers=settings.peers,
+            max_batch_reports=settings.max_batch_reports, metrics=self.metrics,
+        )
+        tasks = [
+            asyncio.create_task(self.txmgr.run(stop), name="tx manager"),
+            asyncio.create_task(self.batcher.run(stop, settings.epoch_seconds), name="batcher"),
+        ]
+        if settings.keeper:
+            self.keeper = Keeper(self.w3, settings.chain.escrow, self.txmgr, state / KEEPER_FILE)
+            await self.keeper.start()
+            tasks.append(asyncio.create_task(self.keeper.run(stop, settings.keeper_interval_seconds), name="keeper"))
+        return tasks
+
+    def _on_final(self, record) -> None:
+        if self.batcher is not None:
+            self.batcher.on_final(record)

@@ -1,0 +1,282 @@
+"""Agent -> oracles -> chain -> balances, end to end: three real oracles (2-of-3, the leader batching, co-signing
+with its peers and keeping), one real provider agent running real jobs with replayed or simulated telemetry,
+the real escrow on anvil. Each scenario checks the rental's final state, every escrow balance it moved, and that
+every report the oracles accepted landed on chain exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from brownie import web3
+
+from offchain.agent.jobspec import JobSpec, JobSpecStore
+from offchain.agent.rentals import Phase
+from offchain.agent.watcher import RentalStatus
+from offchain.reports import ReportStatus
+from offchain.telemetry.replay import ReplaySource
+from offchain.telemetry.simulated import Outage, SimulatedSource
+from tests.e2e.conftest import PARAMS, running_exchange, stored_reports
+from tests.offchain.conftest import PRICE
+
+TRACE = Path(__file__).resolve().parents[1] / "data" / "trace-simulated-2gpu.jsonl"
+PY = sys.executable
+DURATION = 300  # seconds paid for; every scenario ends long before
+BPS = 10_000
+SLASH_NONE, SLASH_START_TIMEOUT, SLASH_SLA = 0, 1, 2
+
+
+def job(code: str) -> JobSpec:
+    return JobSpec(command=(PY, "-c", code))
+
+
+def rental_state(suite, rental_id: int) -> dict:
+    names = ("status", "renter", "pricePerSecond", "duration", "since", "lastSeq", "reportedSeconds",
+             "deliveredSeconds", "earned")
+    state = dict(zip(names, suite.escrow.getRental(rental_id)))
+    state["status"] = RentalStatus(state["status"])
+    return state
+
+
+def events(suite, name: str, rental_id: int, from_block: int) -> list[dict]:
+    escrow = web3.eth.contract(address=suite.escrow.address, abi=suite.escrow.abi)
+    logs = getattr(escrow.events, name)().get_logs(from_block=from_block, argument_filters={"rentalId": rental_id})
+    return [dict(log["args"]) for log in logs]
+
+
+@dataclass(frozen=True)
+class Balances:
+    provider: int
+    treasury: int
+    renter: int
+    compensation: int
+
+    @classmethod
+    def of(cls, suite, provider, treasury, renter) -> "Balances":
+        return cls(suite.escrow.balanceOf(provider), suite.escrow.balanceOf(treasury), suite.escrow.balanceOf(renter),
+                   suite.registry.compensationOf(renter))
+
+    def __sub__(self, other: "Balances") -> "Balances":
+        return Balances(self.provider - other.provider, self.treasury - other.treasury, self.renter - other.renter,
+                        self.compensation - other.compensation)
+
+
+def open_rental(suite, offer_id: int, spec: JobSpec, renter) -> int:
+    return suite.escrow.openRental(offer_id, DURATION, PRICE, spec.spec_hash(), {"from": renter}).return_value
+
+
+def put_spec(state_root: Path, spec: JobSpec) -> None:
+    JobSpecStore(state_root / "agent" / "specs").put(spec)
+
+
+def sla_slash(collateral: int, missed: int, elapsed: int) -> int:
+    """RentalMath.slaSlashBps applied to the collateral, as the registry slashes it."""
+    if elapsed == 0 or missed * BPS <= (BPS - PARAMS.sla_bps) * elapsed:
+        return 0
+    return collateral * (PARAMS.sla_slash_bps * missed // elapsed) // BPS
+
+
+def assert_reports_landed_once(suite, rental_id: int, from_block: int, state_root: Path) -> list:
+    """Every report the leader accepted landed on chain exactly once, as reported, in one of its batches; none was
+    skipped; the peers hold the same reports (a peer may miss one the chain had already applied when it came)."""
+    held = [stored_reports(state_root, i, rental_id) for i in range(3)]
+    reports = [submission.report for submission, _ in held[0]]
+    assert reports, "the oracles accepted no report"
+    for other in held[1:]:
+        assert len(other) >= len(reports) - 1, "a peer missed reports"
+        assert all(s.report == reports[s.report.seq - 1] for s, _ in other), "the oracles hold different reports"
+    assert all(key is not None and key.startswith("reports:") for _, key in held[0]), \
+        "the leader left a report out of its batches"
+    applied = events(suite, "ReportApplied", rental_id, from_block)
+    assert [e["seq"] for e in applied] == [r.seq for r in reports] == list(range(1, len(reports) + 1))
+    # The chain clamps a period at the rental's end: a report the agent closed just after a termination it had
+    # not seen yet counts only up to the new end.
+    state = rental_state(suite, rental_id)
+    end = state["since"] + state["duration"]
+    expected, last_end = [], state["since"]
+    for r in reports:
+        period_end = min(r.period_end, end)
+        expected.append((period_end, min(r.delivered_seconds, period_end - last_end), r.avg_util_bps, r.telemetry_root))
+        last_end = period_end
+    assert [(e["periodEnd"], e["deliveredSeconds"], e["avgUtilBps"], bytes(e["telemetryRoot"])) for e in applied] == \
+        expected
+    assert events(suite, "ReportSkipped", rental_id, from_block) == []
+    return reports
+
+
+def assert_settled(suite, rental_id: int, offer_id: int, from_block: int, moved: Balances, status: RentalStatus,
+                   elapsed: int) -> dict:
+    """The one RentalFinalized of the rental and the balances it moved: provider and treasury split price x
+    delivered seconds by the fee, the renter gets the rest of the deposit, and the collateral slashed for the
+    SLA (if missed seconds exceed its share of `elapsed`) is the renter's compensation."""
+    (final,) = events(suite, "RentalFinalized", rental_id, from_block)
+    state = rental_state(suite, rental_id)
+    assert state["status"] is status and final["status"] == status
+    delivered = state["deliveredSeconds"]
+    earned = PRICE * delivered
+    assert state["earned"] == earned
+    fee = earned * PARAMS.fee_bps // BPS
+    assert (final["providerPayout"], final["fee"], final["refund"]) == (
+        earned - fee, fee, PRICE * state["duration"] - earned)
+    assert (final["deliveredSeconds"], final["missedSeconds"]) == (delivered, elapsed - delivered)
+    slashed = sla_slash(suite.registry.collateralOf(offer_id), elapsed - delivered, elapsed)
+    assert (final["slashed"], final["slashReason"]) == (slashed, SLASH_SLA if slashed else SLASH_NONE)
+    assert moved == Balances(provider=earned - fee, treasury=fee, renter=PRICE * DURATION - earned,
+                             compensation=slashed)
+    return final
+
+
+@pytest.fixture(scope="module")
+def replay_offer(list_offer):
+    """An offer of the GPUs of the replayed trace (rented by one scenario after another)."""
+    return list_offer([gpu.uuid for gpu in ReplaySource(TRACE).gpus()])
+
+
+def run_to_final(suite, chain_settings, provider, renter, tmp_path, offer_id: int, spec: JobSpec, source,
+                 seconds: float = 60) -> int:
+    """Opens a rental of `offer_id` running `spec` and runs the exchange until the rental is final."""
+    put_spec(tmp_path, spec)
+
+    async def main() -> int:
+        async with running_exchange(chain_settings, tmp_path, provider.address, source) as ex:
+            rental_id = await asyncio.to_thread(open_rental, suite, offer_id, spec, renter)
+            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final, seconds,
+                                 f"rental {rental_id} to be final")
+            await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
+            return rental_id
+
+    return asyncio.run(main())
+
+
+def test_completed_job_pays_the_provider_for_delivered_seconds(suite, chain_settings, provider, treasury, renter,
+                                                               replay_offer, tmp_path):
+    spec = job("import time; time.sleep(4); print('trained')")
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+
+    rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, replay_offer, spec,
+                             ReplaySource(TRACE, rebase=True))
+
+    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    assert len(reports) >= 3 and {r.status for r in reports[:-1]} == {ReportStatus.RUNNING}
+    assert (reports[-1].status, reports[-1].exit_code) == (ReportStatus.COMPLETED, 0)
+    assert all(r.simulated for r in reports)
+    state = rental_state(suite, rental_id)
+    assert state["deliveredSeconds"] == sum(r.delivered_seconds for r in reports) >= 3
+    moved = Balances.of(suite, provider, treasury, renter) - before
+    assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.COMPLETED,
+                   elapsed=reports[-1].period_end - state["since"])
+
+
+def test_failed_job_settles_failed_with_its_exit_code(suite, chain_settings, provider, treasury, renter,
+                                                      replay_offer, tmp_path):
+    spec = job("import sys, time; time.sleep(3); sys.exit(3)")
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+
+    rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, replay_offer, spec,
+                             ReplaySource(TRACE, rebase=True))
+
+    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    assert (reports[-1].status, reports[-1].exit_code) == (ReportStatus.FAILED, 3)
+    state = rental_state(suite, rental_id)
+    moved = Balances.of(suite, provider, treasury, renter) - before
+    assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.FAILED,
+                   elapsed=reports[-1].period_end - state["since"])
+
+
+def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(suite, chain_settings, provider, treasury, renter,
+                                                                   list_offer, tmp_path):
+    # GPU 1 of 2 is down for 5 s of a ~10 s rental: far more than the 5% the 95% SLA allows.
+    source = SimulatedSource("NVIDIA H100 80GB HBM3", 2, seed=4242, outages=[Outage(gpu_index=1, start_s=2, end_s=7)])
+    offer_id = list_offer([gpu.uuid for gpu in source.gpus()])
+    spec = job("import time; time.sleep(8)")
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+
+    rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, offer_id, spec, source)
+
+    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    assert reports[-1].status is ReportStatus.COMPLETED
+    state = rental_state(suite, rental_id)
+    elapsed = reports[-1].period_end - state["since"]
+    assert elapsed - state["deliveredSeconds"] >= 4, "the outage's seconds were not missed"
+    moved = Balances.of(suite, provider, treasury, renter) - before
+    final = assert_settled(suite, rental_id, offer_id, from_block, moved, RentalStatus.COMPLETED, elapsed)
+    assert final["slashed"] > 0 and final["slashReason"] == SLASH_SLA
+    assert moved.compensation == final["slashed"]
+
+
+def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_settings, provider, treasury,
+                                                                   renter, replay_offer, tmp_path):
+    spec = job("import os, time; open('job.pid', 'w').write(str(os.getpid())); time.sleep(300)")
+    put_spec(tmp_path, spec)
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+
+    async def main() -> tuple[int, int]:
+        async with running_exchange(chain_settings, tmp_path, provider.address,
+                                    ReplaySource(TRACE, rebase=True)) as ex:
+            rental_id = await asyncio.to_thread(open_rental, suite, replay_offer, spec, renter)
+            pid_file = tmp_path / "agent" / "rentals" / str(rental_id) / "work" / "job.pid"
+            await ex.until_chain(lambda: len(events(suite, "ReportApplied", rental_id, from_block)) >= 3, 30,
+                                 "three reports on chain")
+            assert pid_file.exists()
+            pid = int(pid_file.read_text())
+            tx = await asyncio.to_thread(suite.escrow.terminate, rental_id, {"from": renter})
+            ends_at = tx.events["RentalTerminated"]["endsAt"]
+            await ex.until(lambda: not pid_alive(pid), 10, "the job to be stopped")
+            await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
+            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final,
+                                 PARAMS.report_grace + 30, "the keeper to finalise the rental")
+            assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == \
+                [f"finalize:{rental_id}"]
+            return rental_id, ends_at
+
+    rental_id, ends_at = asyncio.run(main())
+
+    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    assert {r.status for r in reports} == {ReportStatus.RUNNING}
+    assert reports[-1].period_end >= ends_at, "the last report covers the time up to the termination"
+    assert events(suite, "ReportApplied", rental_id, from_block)[-1]["periodEnd"] == ends_at
+    state = rental_state(suite, rental_id)
+    assert state["since"] + state["duration"] == ends_at
+    moved = Balances.of(suite, provider, treasury, renter) - before
+    assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.EXPIRED, elapsed=state["duration"])
+
+
+def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings, provider, treasury, renter,
+                                                          list_offer, tmp_path):
+    offer_id = list_offer()  # its provider runs no agent for it
+    spec = job("print('never runs')")
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+
+    async def main() -> int:
+        async with running_exchange(chain_settings, tmp_path, provider.address, None) as ex:
+            rental_id = await asyncio.to_thread(open_rental, suite, offer_id, spec, renter)
+            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final,
+                                 PARAMS.start_timeout + 30, "the keeper to claim the start timeout")
+            assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == \
+                [f"timeout:{rental_id}"]
+            return rental_id
+
+    rental_id = asyncio.run(main())
+
+    assert rental_state(suite, rental_id)["status"] is RentalStatus.TIMED_OUT
+    compensation = suite.registry.collateralOf(offer_id) * PARAMS.start_slash_bps // BPS
+    (final,) = events(suite, "RentalFinalized", rental_id, from_block)
+    assert (final["providerPayout"], final["fee"], final["refund"], final["deliveredSeconds"]) == (
+        0, 0, PRICE * DURATION, 0)
+    assert (final["slashed"], final["slashReason"]) == (compensation, SLASH_START_TIMEOUT)
+    moved = Balances.of(suite, provider, treasury, renter) - before
+    assert moved == Balances(provider=0, treasury=0, renter=PRICE * DURATION, compensation=compensation)
+    assert events(suite, "ReportApplied", rental_id, from_block) == []
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
