@@ -56,6 +56,7 @@ from offchain.chain import connect, contract
 from offchain.messages import TelemetryReport, TelemetrySubmission, gpu_uuid_hash
 from offchain.reports import ReportStatus
 from offchain.telemetry.models import GpuSample
+from offchain.telemetry.nvml import NvmlSource
 from offchain.telemetry.source import TelemetryError, TelemetrySource, TraceExhausted
 from offchain.telemetry.ticks import ticks
 from offchain.telemetry.window import summarize
@@ -343,6 +344,9 @@ class ProviderAgent:
             outcome = JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=False, stopped=False)
             await self._complete(self._record(rental_id), gpu_uuids, buffer, outcome)
             return
+        if isinstance(self._source, NvmlSource):
+            # The job leads its own process group; NVML's process list then tells whether it is on each GPU.
+            self._source.expected_pids = {job.pid}
         exit_task = asyncio.create_task(job.wait())
         try:
             await self._report_until_done(rental_id, gpu_uuids, buffer, job, exit_task)

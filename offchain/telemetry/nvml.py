@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import importlib
 import time
 from typing import Any, Callable, Iterable
@@ -130,7 +131,7 @@ class NvmlSource(TelemetrySource):
             if pids:
                 processes = self._supported(self._nvml.nvmlDeviceGetComputeRunningProcesses, handle)
                 if processes is not None:
-                    readings["job_on_gpu"] = not pids.isdisjoint(p.pid for p in processes)
+                    readings["job_on_gpu"] = any(_in_job(p.pid, pids) for p in processes)
         except self._nvml.NVMLError as exc:
             readings["error"] = f"{type(exc).__name__}: {exc}"
         return GpuSample(
@@ -148,3 +149,14 @@ class NvmlSource(TelemetrySource):
             return read(*args)
         except self._nvml.NVMLError_NotSupported:
             return None
+
+
+def _in_job(pid: int, job_pids: frozenset[int]) -> bool:
+    """Whether `pid` is one of the job's processes: listed itself, or in the process group of a listed process
+    (the agent lists the job's group leader; the GPU work usually runs in a child)."""
+    if pid in job_pids:
+        return True
+    try:
+        return os.getpgid(pid) in job_pids
+    except OSError:  # gone, or not visible from here (another PID namespace)
+        return False

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 
-from offchain.telemetry.nvml import NvmlSource
+from offchain.telemetry.nvml import NvmlSource, _in_job
 from offchain.telemetry.source import TelemetryError, TelemetryUnavailable
 from tests.offchain.telemetry.fake_nvml import MIB, FakeGpu, FakeNvml, NVMLError_LibraryNotFound
 from tests.offchain.telemetry.helpers import REAL_NVML_PROBLEM
@@ -194,3 +197,17 @@ def test_real_gpus_sample_healthy():
         assert [s.uuid for s in tick] == [g.uuid for g in gpus]
         assert all(s.source == "nvml" and s.healthy for s in tick), tick
     assert second[0].timestamp > first[0].timestamp
+
+
+def test_a_process_in_the_job_group_counts_as_the_job():
+    """The agent lists the job's group leader; a GPU process that is a child in that group is the job's."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        child_group = os.getpgid(child.pid)
+        assert _in_job(child.pid, frozenset({child_group}))
+        assert _in_job(os.getpid(), frozenset({os.getpgid(0)}))
+        assert not _in_job(os.getpid(), frozenset({child.pid}))
+        assert not _in_job(2**22 + 12_345, frozenset({child.pid}))  # no such process
+    finally:
+        child.kill()
+        child.wait()
