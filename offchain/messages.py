@@ -15,7 +15,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from offchain.reports import Report, ReportStatus
+from offchain.reports import EIP712_DOMAIN_FIELDS, Report, ReportStatus
 
 AGENT_DOMAIN_NAME = "gpuex Agent Telemetry"
 AGENT_DOMAIN_VERSION = "1"
@@ -102,12 +102,7 @@ class TelemetryReport(BaseModel):
         """The EIP-712 document the agent signs."""
         return {
             "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
+                "EIP712Domain": EIP712_DOMAIN_FIELDS,
                 "TelemetryReport": TELEMETRY_REPORT_FIELDS,
             },
             "primaryType": "TelemetryReport",

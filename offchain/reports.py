@@ -17,6 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 DOMAIN_NAME = "gpuex RentalEscrow"
 DOMAIN_VERSION = "1"
 
+#: The EIP712Domain type every gpuex signature uses: name, version, chain id and verifying contract.
+EIP712_DOMAIN_FIELDS = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+
 REPORT_FIELDS = [
     {"name": "rentalId", "type": "uint256"},
     {"name": "seq", "type": "uint32"},
@@ -98,12 +106,7 @@ def typed_batch(reports: Sequence[Report], domain: EscrowDomain) -> dict[str, An
     """The full EIP-712 typed-data document of a batch, as wallets and eth-account take it."""
     return {
         "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
+            "EIP712Domain": EIP712_DOMAIN_FIELDS,
             "ReportBatch": [
                 {"name": "oracleSetVersion", "type": "uint64"},
                 {"name": "reports", "type": "Report[]"},

@@ -10,6 +10,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from offchain.reports import Report, ReportStatus
+from offchain.status import RentalStatus  # noqa: F401 (re-exported for the tests)
 
 ORACLE_KEYS = [keccak(text=f"gpuex test oracle {i}") for i in range(3)]
 ORACLES = [Account.from_key(k) for k in ORACLE_KEYS]
@@ -29,18 +30,6 @@ def report(rental, seq, period_end, delivered, util=10_000, status=ReportStatus.
 
 def now():
     return chain.time()
-
-
-class RentalStatus(IntEnum):
-    NONE = 0
-    OPEN = 1
-    RUNNING = 2
-    TERMINATED = 3
-    COMPLETED = 4
-    FAILED = 5
-    EXPIRED = 6
-    TIMED_OUT = 7
-    CANCELLED = 8
 
 
 class SkipReason(IntEnum):
