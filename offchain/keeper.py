@@ -26,8 +26,9 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 
 from offchain.chain import contract
+from offchain.sqlite import open_db, transaction
 from offchain.status import RentalStatus
-from offchain.txmgr import TRANSIENT_RPC_ERRORS, Backoff, TxManager, open_db, wait_any, write_transaction
+from offchain.txmgr import TRANSIENT_RPC_ERRORS, Backoff, TxManager, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class Keeper:
                 "toBlock": to_block,
                 "topics": [self._topics],
             })
-            with write_transaction(self._db) as db:
+            with transaction(self._db) as db:
                 for entry in logs:
                     db.execute(
                         "INSERT INTO keeper_rental (escrow, rental_id, first_seen_block) VALUES (?, ?, ?)"

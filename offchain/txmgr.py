@@ -31,13 +31,12 @@ import logging
 import math
 import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import aiohttp
 from eth_abi import decode as abi_decode
@@ -60,6 +59,7 @@ from web3.exceptions import (
 )
 
 from offchain.chain import abi
+from offchain.sqlite import open_db, transaction
 
 log = logging.getLogger(__name__)
 
@@ -356,28 +356,6 @@ CREATE INDEX IF NOT EXISTS tx_attempt_by_tx ON tx_attempt (tx_id, nonce, id);
 """
 
 
-def open_db(path: str | Path) -> sqlite3.Connection:
-    """A SQLite connection in WAL mode with full sync, autocommit outside explicit transactions."""
-    db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA foreign_keys=ON")
-    return db
-
-
-@contextmanager
-def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 def _datetime(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
@@ -482,7 +460,7 @@ class TxManager:
             raise ValueError("gas_limit must be positive")
         payload = bytes(HexBytes(data))
         now = time.time()
-        with write_transaction(self._db) as db:
+        with transaction(self._db) as db:
             db.execute(
                 "INSERT INTO tx (key, chain_id, from_address, to_address, data, requested_gas_limit, state,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
@@ -664,7 +642,7 @@ class TxManager:
         })
         tx_hash = "0x" + keccak(raw).hex()
         now = time.time()
-        with write_transaction(self._db) as db:
+        with transaction(self._db) as db:
             db.execute(
                 "INSERT INTO tx_attempt (tx_id, nonce, hash, raw, gas_limit, max_fee, tip, sent_block, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -859,7 +837,7 @@ class TxManager:
             columns["state"] = columns["state"].value
         columns["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        with write_transaction(self._db) as db:
+        with transaction(self._db) as db:
             db.execute(f"UPDATE tx SET {assignments} WHERE id = ?", (*columns.values(), tx_id))
 
     def _finish(self, tx_id: int, state: TxState, **columns: Any) -> None:

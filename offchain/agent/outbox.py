@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import aiohttp
 from pydantic import ValidationError
 
-from offchain.agent.store import transaction
+from offchain.sqlite import transaction
 from offchain.messages import OracleError, RejectReason, TelemetryAck, TelemetrySubmission
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
 
-from offchain.agent.store import transaction
+from offchain.sqlite import transaction
 from offchain.agent.watcher import RentalEvent, RentalFinalized, RentalOpened, RentalTerminated
 
 SCHEMA = """

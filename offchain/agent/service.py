@@ -50,7 +50,7 @@ from offchain.agent.jobspec import JobSpec, JobSpecError, JobSpecStore
 from offchain.agent.outbox import Outbox, RetryPolicy
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
-from offchain.agent.store import open_db, transaction
+from offchain.sqlite import open_db, transaction
 from offchain.agent.watcher import ChainWatcher, RentalStatus
 from offchain.chain import connect, contract
 from offchain.messages import TelemetryReport, TelemetrySubmission, gpu_uuid_hash

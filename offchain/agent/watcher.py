@@ -21,7 +21,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
-from offchain.agent.store import transaction
+from offchain.sqlite import transaction
 from offchain.reports import split_rental_id
 from offchain.status import RentalStatus
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from offchain.agent.outbox import Outbox, RetryPolicy
-from offchain.agent.store import open_db
+from offchain.sqlite import open_db
 from tests.offchain.agent.helpers import signed_submission
 
 

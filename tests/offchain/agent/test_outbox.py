@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from offchain.agent.outbox import Outbox, OutboxConflict, RetryPolicy
-from offchain.agent.store import open_db
+from offchain.sqlite import open_db
 from offchain.chain import PROJECT_ROOT
 from offchain.messages import OracleError, RejectReason
 from tests.offchain.agent.helpers import AGENT_ADDRESS, CHAIN_ID, REGISTRY, signed_submission, wait_until

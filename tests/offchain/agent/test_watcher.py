@@ -6,7 +6,7 @@ import asyncio
 
 from brownie import web3
 
-from offchain.agent.store import open_db
+from offchain.sqlite import open_db
 from offchain.agent.watcher import ChainWatcher, RentalFinalized, RentalOpened, RentalStatus, RentalTerminated
 from offchain.chain import connect, contract
 from offchain.messages import gpu_uuid_hash
