@@ -8,7 +8,7 @@ scenario moves chain time (`chain.sleep`) and later scenarios are not thrown off
 block only per transaction, so the harness also mines an empty block every second, as a real chain would: the
 keeper judges what is due by the latest block's timestamp, which otherwise stands still while nothing is sent.
 
-Constants (keys, price) come from tests/offchain/conftest.py; its fixtures are not inherited by this directory.
+Constants (keys, price) and the role, token and chain-settings fixtures come from tests/offchain/conftest.py.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from offchain.oracle.service import STORE_FILE, OracleService
 from offchain.telemetry.source import TelemetrySource
 from scripts.deploy import USDC, SuiteParams, deploy_suite
 from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE
+# Shared fixtures; their dependencies (e.g. `suite` for chain_settings) resolve to this directory's fixtures.
+from tests.offchain.conftest import chain_settings, deployer, provider, renter, rpc_url, token  # noqa: F401
 
 #: Short timers so that the keeper's calls come due on the wall clock within seconds.
 START_TIMEOUT = 8
@@ -53,28 +55,8 @@ class WaitTimedOut(AssertionError):
 
 
 @pytest.fixture(scope="module")
-def deployer(accounts):
-    return accounts[0]
-
-
-@pytest.fixture(scope="module")
 def treasury(accounts):
     return accounts[1]
-
-
-@pytest.fixture(scope="module")
-def provider(accounts):
-    return accounts[2]
-
-
-@pytest.fixture(scope="module")
-def renter(accounts):
-    return accounts[4]
-
-
-@pytest.fixture(scope="module")
-def token(TestStablecoin, deployer):
-    return TestStablecoin.deploy(deployer, {"from": deployer})
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +73,6 @@ def suite(deployer, treasury, token, provider, renter):
     for address in [AGENT.address, *(o.address for o in ORACLES)]:
         deployer.transfer(address, "10 ether")
     return suite
-
-
-@pytest.fixture(scope="module")
-def chain_settings(suite):
-    return ChainSettings(rpc_url=web3.provider.endpoint_uri, chain_id=web3.eth.chain_id,
-                         registry=suite.registry.address, escrow=suite.escrow.address)
 
 
 @pytest.fixture(scope="module")
