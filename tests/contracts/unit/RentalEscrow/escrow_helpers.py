@@ -6,6 +6,7 @@ from __future__ import annotations
 from offchain.reports import Report
 
 BPS = 10_000
+DURATION = 3_600  # seconds a test rental runs unless a test says otherwise
 
 
 def rental_state(escrow, rental_id):

@@ -6,27 +6,18 @@ import pytest
 
 from offchain.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SlashReason, wait
-from tests.contracts.unit.RentalEscrow.escrow_helpers import BPS, earnings, event, fee_of, rental_state, sla_slash_bps
+from tests.contracts.unit.RentalEscrow.escrow_helpers import (
+    BPS,
+    DURATION,
+    earnings,
+    event,
+    fee_of,
+    rental_state,
+    sla_slash_bps,
+)
 
-DURATION = 3_600
 DEPOSIT = PRICE * DURATION
 STAKED, LOCKED, RENTALS_COMPLETED, SLASHES = 0, 1, 4, 5  # fields of IProviderRegistry.Provider
-
-
-@pytest.fixture
-def offer(list_offer, provider):
-    return list_offer(provider)
-
-
-@pytest.fixture
-def rid(open_rental, renter, offer):
-    return open_rental(renter, offer, duration=DURATION)
-
-
-@pytest.fixture
-def started(escrow, rid, provider):
-    """Starts `rid` and returns its start time."""
-    return escrow.start(rid, {"from": provider}).timestamp
 
 
 # start

@@ -5,10 +5,9 @@ import brownie
 from offchain.reports import rental_id
 from scripts.deploy import USDC
 from tests.contracts.helpers import PRICE, error, RentalStatus
-from tests.contracts.unit.RentalEscrow.escrow_helpers import event, rental_state
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state
 
 JOB = b"\x11" * 32
-DURATION = 3_600
 MAX_PRICE = 2**64 - 1
 
 

@@ -5,26 +5,9 @@ import pytest
 
 from offchain.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SkipReason, wait
-from tests.contracts.unit.RentalEscrow.escrow_helpers import event, rental_state, unchecked_report
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state, unchecked_report
 
-DURATION = 3_600
 ROOT = b"\x22" * 32
-
-
-@pytest.fixture
-def offer(list_offer, provider):
-    return list_offer(provider)
-
-
-@pytest.fixture
-def rid(open_rental, renter, offer):
-    return open_rental(renter, offer, duration=DURATION)
-
-
-@pytest.fixture
-def started(escrow, rid, provider):
-    """Starts `rid` and returns its start time."""
-    return escrow.start(rid, {"from": provider}).timestamp
 
 
 @pytest.fixture

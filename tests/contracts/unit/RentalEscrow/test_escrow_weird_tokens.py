@@ -11,9 +11,8 @@ import pytest
 from offchain.reports import ReportStatus
 from scripts.deploy import USDC, deploy_suite
 from tests.contracts.helpers import ORACLES, PRICE, error, report, wait
-from tests.contracts.unit.RentalEscrow.escrow_helpers import fee_of, rental_state
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, fee_of, rental_state
 
-DURATION = 3_600
 DEPOSIT = PRICE * DURATION
 RENTER_FUNDS = 1_000 * USDC
 
