@@ -150,9 +150,11 @@ class Batcher:
     async def _live_unbatched(self) -> list[TelemetrySubmission]:
         """Waiting reports the chain still takes, in (rental, seq) order; the others are dropped for good."""
         waiting = self._store.unbatched(self._max_reports)
+        # One fresh read per rental, not per report: a rental usually has several reports waiting.
+        rentals = {rid: await self._chain.refresh_rental(rid) for rid in {s.report.rental_id for s in waiting}}
         live: list[TelemetrySubmission] = []
         for submission in sorted(waiting, key=lambda s: (s.report.rental_id, s.report.seq)):
-            rental = await self._chain.refresh_rental(submission.report.rental_id)
+            rental = rentals[submission.report.rental_id]
             if rental.is_live and submission.report.seq > rental.last_seq:
                 live.append(submission)
             else:
