@@ -29,6 +29,8 @@ $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	@# every pydantic-settings release asks to be >= 0.21: install ours without dependencies so no pin moves.
 	$(PY) -m pip install -q --no-deps -e . pydantic-settings==2.12.0 nvidia-ml-py==13.580.82 coincurve==21.0.0
 	$(PY) -m pip install -q slither-analyzer==$(SLITHER_VERSION)
+	@# Demo progress and plots, and the browser test's driver; none of these moves a Brownie pin.
+	$(PY) -m pip install -q rich==15.0.0 matplotlib==3.11.2 selenium==4.51.0
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
