@@ -1,32 +1,33 @@
-"""Deploys a gpuex suite: ProviderRegistry bound to the RentalEscrow deployed right after it.
+"""Deploys a gpuex suite to the active Brownie network: `brownie run scripts/deploy.py --network sepolia`.
 
-`deploy_suite` is the one deployment routine: tests, the gas table and the demo all call it.
+`main` is the front end for live networks (and any other): it reads the deployer key and the suite's settings
+from the environment (`GPUEX_DEPLOY_*`, see `DeploySettings`), reaches the chain through the network's RPC as
+Brownie resolved it, and runs `offchain.deploy.deploy`, which is idempotent, checks what a re-run finds, writes
+`deployments/<chainId>.json` and has a dry-run mode (`GPUEX_DEPLOY_DRY_RUN=1`).
+
+`deploy_suite` deploys through Brownie's own accounts and returns Brownie contract objects, for the tests and
+the gas table; it takes the same constructor arguments from `offchain.deploy`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
-from brownie import ProviderRegistry, RentalEscrow, TestStablecoin, accounts
+from brownie import ProviderRegistry, RentalEscrow, network, web3
+from eth_account import Account
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from offchain.chain import connect
+from offchain.config import read_key
+from offchain.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
 from offchain.deployment import create_address
+from offchain.devnet import ANVIL_KEYS
+from offchain.wallet import Wallet
 
-USDC = 10**6
-
-
-@dataclass(frozen=True)
-class SuiteParams:
-    """Protocol parameters fixed at deployment (fee is the only one governance may change later)."""
-
-    min_stake_per_gpu: int = 100 * USDC
-    unbonding_period: int = 7 * 24 * 3600
-    fee_bps: int = 250
-    fee_cap_bps: int = 1_000
-    start_timeout: int = 600
-    report_grace: int = 300
-    sla_bps: int = 9_500
-    sla_slash_bps: int = 2_000
-    start_slash_bps: int = 1_000
+__all__ = ["USDC", "SuiteParams", "Suite", "deploy_suite", "DeploySettings", "main"]
 
 
 @dataclass(frozen=True)
@@ -38,41 +39,73 @@ class Suite:
 
 
 def deploy_suite(deployer, payment_token, stake_token, treasury, oracles=(), threshold=1, params=SuiteParams()):
-    """Deploys the registry and escrow from `deployer` and, if given, sets the oracle set.
+    """Deploys the registry and escrow from the Brownie account `deployer` and, if given, sets the oracle set.
 
     The registry takes the escrow's address at construction; it is predicted from the deployer's nonce,
     and the escrow's constructor reverts if the prediction was wrong.
     """
     escrow_address = create_address(deployer.address, deployer.nonce + 1)
-    registry = ProviderRegistry.deploy(
-        stake_token, escrow_address, params.min_stake_per_gpu, params.unbonding_period, {"from": deployer}
-    )
+    registry = ProviderRegistry.deploy(*registry_args(params, stake_token, escrow_address), {"from": deployer})
     escrow = RentalEscrow.deploy(
-        (
-            payment_token,
-            registry,
-            deployer,
-            treasury,
-            params.fee_bps,
-            params.fee_cap_bps,
-            params.start_timeout,
-            params.report_grace,
-            params.sla_bps,
-            params.sla_slash_bps,
-            params.start_slash_bps,
-        ),
-        {"from": deployer},
-    )
+        *escrow_args(params, payment_token, registry, deployer, treasury), {"from": deployer})
     if oracles:
         escrow.setOracleSet(list(oracles), threshold, {"from": deployer})
     return Suite(registry, escrow, payment_token, stake_token)
 
 
+class DeploySettings(BaseSettings):
+    """What `main` deploys, from `GPUEX_DEPLOY_*` environment variables (`GPUEX_DEPLOY_ORACLES` is a JSON list).
+
+    The key is never taken from the command line: `GPUEX_DEPLOY_KEY` or `GPUEX_DEPLOY_KEY_FILE`. On a development
+    network without either, anvil's first dev account deploys.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GPUEX_DEPLOY_", extra="forbid")
+
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    oracles: list[str] = []  # default: the deployer alone, 1-of-1 (a single-oracle testnet)
+    threshold: int = Field(default=1, ge=1)
+    treasury: str | None = None  # default: the deployer
+    payment_token: str | None = None  # default: the recorded one, else a new TestStablecoin
+    stake_token: str | None = None  # default: the payment token
+    fee_bps: int = Field(default=SuiteParams.fee_bps, ge=0)
+    start_timeout: int = Field(default=SuiteParams.start_timeout, ge=1)
+    report_grace: int = Field(default=SuiteParams.report_grace, ge=0)
+    min_stake_per_gpu: int = Field(default=SuiteParams.min_stake_per_gpu, ge=0)
+    unbonding_period: int = Field(default=SuiteParams.unbonding_period, ge=0)
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _key_source(self) -> "DeploySettings":
+        if self.key is not None or self.key_file is not None:
+            self.key = read_key(self.key, self.key_file, "deployer key")
+            self.key_file = None
+        return self
+
+    def request(self, network_name: str, deployer: str) -> DeployRequest:
+        params = SuiteParams(fee_bps=self.fee_bps, start_timeout=self.start_timeout, report_grace=self.report_grace,
+                             min_stake_per_gpu=self.min_stake_per_gpu, unbonding_period=self.unbonding_period)
+        return DeployRequest(network=network_name, treasury=self.treasury or deployer,
+                             oracles=self.oracles or [deployer], threshold=self.threshold,
+                             payment_token=self.payment_token, stake_token=self.stake_token, params=params)
+
+
 def main():
-    """Deploys a test token and a suite to the active (development) network."""
-    deployer = accounts[0]
-    token = TestStablecoin.deploy(deployer, {"from": deployer})
-    suite = deploy_suite(deployer, token, token, treasury=deployer, oracles=[deployer], threshold=1)
-    print(f"TestStablecoin   {token.address}")
-    print(f"ProviderRegistry {suite.registry.address}")
-    print(f"RentalEscrow     {suite.escrow.address}")
+    settings = DeploySettings()
+    name = network.show_active()
+    if settings.key is not None:
+        account = Account.from_key(settings.key.get_secret_value())
+    elif network.is_development():
+        account = Account.from_key(ANVIL_KEYS[0])
+    else:
+        raise SystemExit(f"set GPUEX_DEPLOY_KEY or GPUEX_DEPLOY_KEY_FILE to deploy to the live network {name}")
+
+    async def run() -> None:
+        w3 = connect(web3.provider.endpoint_uri, timeout=60)
+        try:
+            await deploy(w3, Wallet(w3, account), settings.request(name, account.address), settings.dry_run)
+        finally:
+            await w3.provider.disconnect()
+
+    asyncio.run(run())
