@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brownie import ProviderRegistry, RentalEscrow, network, web3
+from brownie._config import CONFIG
 from eth_account import Account
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,7 +97,7 @@ def main():
     name = network.show_active()
     if settings.key is not None:
         account = Account.from_key(settings.key.get_secret_value())
-    elif network.is_development():
+    elif CONFIG.network_type == "development":
         account = Account.from_key(ANVIL_KEYS[0])
     else:
         raise SystemExit(f"set GPUEX_DEPLOY_KEY or GPUEX_DEPLOY_KEY_FILE to deploy to the live network {name}")
