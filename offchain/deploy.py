@@ -102,17 +102,7 @@ async def _deploy_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, c
     payment_token = request.payment_token
     test_token = payment_token is None
     if dry_run:
-        nonce = await w3.eth.get_transaction_count(wallet.address)
-        plan = []
-        if test_token:
-            plan.append("deploy TestStablecoin (payment token with a faucet)")
-            nonce += 1
-        escrow_address = create_address(wallet.address, nonce + 1)
-        plan += [f"deploy ProviderRegistry bound to the escrow predicted at {escrow_address}",
-                 "deploy RentalEscrow", f"setOracleSet({request.oracles}, {request.threshold})",
-                 f"write {deployments.record_path(chain_id)}"]
-        for step in plan:
-            say(f"[dry run] would {step}")
+        await _plan_fresh(w3, wallet, request, chain_id, say)
         return None
     if test_token:
         sent = await wallet.deploy("TestStablecoin", wallet.address)
@@ -138,6 +128,29 @@ async def _deploy_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, c
         start_block=registry.block_number, config=_config(params, request))
     say(f"wrote {deployments.save(record)}")
     return record
+
+
+async def _plan_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, chain_id: int,
+                      say: Callable[[str], None]) -> None:
+    """Prints what a fresh deployment would send, with the gas of what can be estimated before it exists."""
+    nonce = await w3.eth.get_transaction_count(wallet.address)
+    placeholder = wallet.address  # stands in for addresses that do not exist yet; gas barely depends on them
+    total = 0
+    if request.payment_token is None:
+        gas = await wallet.estimate(wallet.constructor("TestStablecoin", wallet.address))
+        total += gas
+        say(f"[dry run] would deploy TestStablecoin, the payment token with a faucet (gas {gas:,})")
+        nonce += 1
+    escrow_address = create_address(wallet.address, nonce + 1)
+    gas = await wallet.estimate(wallet.constructor(
+        "ProviderRegistry", *registry_args(request.params, request.stake_token or placeholder, escrow_address)))
+    total += gas
+    say(f"[dry run] would deploy ProviderRegistry bound to the escrow predicted at {escrow_address} (gas {gas:,})")
+    say("[dry run] would deploy RentalEscrow (its constructor checks the registry, so it is estimated only then)")
+    say(f"[dry run] would send setOracleSet({request.oracles}, {request.threshold})")
+    say(f"[dry run] would write {deployments.record_path(chain_id)}")
+    gas_price = await w3.eth.gas_price
+    say(f"[dry run] estimated so far: {total:,} gas, {total * gas_price / 10**18:.6f} ETH at the current gas price")
 
 
 def _config(params: SuiteParams, request: DeployRequest) -> SuiteConfig:

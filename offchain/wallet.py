@@ -65,11 +65,14 @@ class Wallet:
             raise TxFailed(self.decoder.explain(exc)) from None
         return await self._send(call)
 
-    async def deploy(self, name: str, *args: Any) -> Sent:
-        """Deploys contract `name` from its Brownie build artifact with constructor `args`."""
+    def constructor(self, name: str, *args: Any) -> Any:
+        """The constructor call of contract `name` (Brownie build artifact) with `args`, to estimate or deploy."""
         artifact = load_artifact(name)
-        factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        return await self._send(factory.constructor(*args))
+        return self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"]).constructor(*args)
+
+    async def deploy(self, name: str, *args: Any) -> Sent:
+        """Deploys contract `name` with constructor `args`."""
+        return await self._send(self.constructor(name, *args))
 
     async def _send(self, call: Any) -> Sent:
         gas = int(await self.estimate(call) * GAS_HEADROOM)
