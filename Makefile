@@ -69,7 +69,8 @@ gas: compile
 fuzz: setup
 	GPUEX_STATEFUL_EXAMPLES=400 GPUEX_STATEFUL_STEPS=50 brownie test tests/contracts/stateful
 
-## demo: deploys to a local anvil and runs one rental end to end.
+## demo: a whole local exchange on anvil: two providers, three rentals (completed, terminated, timed out), a
+## ledger that must sum to zero, and out/demo.png.
 demo: compile
 	$(PY) -m scripts.run demo
 
