@@ -8,6 +8,8 @@
     anvil.log            anvil's output
     oracle.log, oracle/  the oracle's output and its SQLite state
     keys/<role>.key      the roles' private keys (anvil's public dev keys: never fund them anywhere real)
+    specs/               job specs by hash, where `gpuex rent` puts them and the devnet's agents read them
+    agents/<address>/    the state of each `gpuex agent run` on the devnet, by agent key
 
 The deployment record goes to `deployments/<chainId>.json` like any other. The oracle is a single leader with
 the keeper (a 1-of-1 oracle set) that accepts simulated telemetry, so a machine without a GPU can rent too.
@@ -17,7 +19,6 @@ Anvil mines a block every second, so time moves for the keeper even when nobody 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -96,6 +97,14 @@ class DevnetStatus(BaseModel):
 
 def key_path(state_dir: Path, role: str) -> Path:
     return state_dir / "keys" / f"{role}.key"
+
+
+def spec_dir(state_dir: Path) -> Path:
+    return state_dir / "specs"
+
+
+def agent_dir(state_dir: Path, agent: str) -> Path:
+    return state_dir / "agents" / agent
 
 
 def _state_file(state_dir: Path) -> Path:

@@ -7,7 +7,7 @@ Amounts stay in token units (`int`) everywhere; `TokenInfo` turns them into huma
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from enum import IntEnum
 from typing import Literal
 
@@ -52,6 +52,12 @@ class TokenInfo(BaseModel):
     def format(self, units: int) -> str:
         return f"{self.to_human(units):,.{min(self.decimals, 6)}f} {self.symbol}"
 
+    def per_second(self, per_hour: Decimal | str | int, rounding: str = ROUND_HALF_UP) -> int:
+        """A price per hour in human units as token units per second, rounded to the nearest unit by default (an
+        offer's price is per second: `price_per_hour` of the result is the effective hourly price)."""
+        units = Decimal(per_hour).scaleb(self.decimals) / SECONDS_PER_HOUR
+        return int(units.to_integral_value(rounding=rounding))
+
 
 async def read_token(w3: AsyncWeb3, address: str) -> TokenInfo:
     """Symbol and decimals of an ERC-20 token."""
@@ -94,8 +100,8 @@ class ProviderRecord(BaseModel):
                    seconds_missed=missed, agent=agent)
 
 
-def _text(raw: bytes) -> str:
-    """A left-aligned, zero-padded bytesN field (gpuModel, region) as text."""
+def unpack_text(raw: bytes) -> str:
+    """A left-aligned, zero-padded bytesN field (gpuModel, region) as text; the inverse of `pack_text`."""
     return raw.rstrip(b"\0").decode("utf-8", errors="replace")
 
 
@@ -163,8 +169,8 @@ async def read_offer(w3: AsyncWeb3, registry_address: str, escrow_address: str, 
     cache = providers if providers is not None else {}
     if provider not in cache:
         cache[provider] = await read_provider(w3, registry_address, provider)
-    return OfferRecord(offer_id=offer_id, provider=provider, status=OfferStatus(status), gpu_model=_text(model),
-                       gpu_count=gpu_count, vram_mib=vram, region=_text(region), price_per_second=price,
+    return OfferRecord(offer_id=offer_id, provider=provider, status=OfferStatus(status), gpu_model=unpack_text(model),
+                       gpu_count=gpu_count, vram_mib=vram, region=unpack_text(region), price_per_second=price,
                        min_duration=min_duration, max_duration=max_duration, util_floor_bps=util_floor,
                        gpu_uuid_hashes=["0x" + h.hex() for h in hashes], live_rental_id=live,
                        reputation=cache[provider])
@@ -200,6 +206,7 @@ class OfferQuery(BaseModel):
     region: str | None = None  # case-insensitive prefix, "eu" matches "eu-west"
     min_reliability: float | None = Field(default=None, ge=0, le=1)  # excludes providers with no history
     min_duration: int | None = Field(default=None, ge=1)  # the offer must allow a rental this long
+    provider: str | None = None  # only this provider's offers (an address, any case)
     include_unavailable: bool = False  # also list paused, closed and rented offers
     sort: SortKey = "price"
     limit: int | None = Field(default=None, ge=1)
@@ -224,6 +231,8 @@ def search_offers(offers: list[OfferRecord], query: OfferQuery, token: TokenInfo
         if query.min_reliability is not None and (offer.reliability or 0.0) < query.min_reliability:
             return False
         if query.min_duration is not None and not offer.min_duration <= query.min_duration <= offer.max_duration:
+            return False
+        if query.provider is not None and offer.provider.lower() != query.provider.lower():
             return False
         return True
 

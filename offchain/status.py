@@ -1,4 +1,5 @@
-"""The escrow's rental lifecycle (`RentalStatus` in contracts/types/DataTypes.sol), for every off-chain reader."""
+"""The escrow's rental lifecycle (`RentalStatus` in contracts/types/DataTypes.sol) and the reasons its events carry
+(`SkipReason`, `SlashReason`), for every off-chain reader."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ class RentalStatus(IntEnum):
     def is_final(self) -> bool:
         """Settled: nothing about the rental changes any more."""
         return self >= RentalStatus.COMPLETED
+
+
+class SkipReason(IntEnum):
+    """`ReportSkipped.reason`: why a report of a signed batch was not applied."""
+
+    UNKNOWN_RENTAL = 0
+    RENTAL_CLOSED = 1
+    START_TIMED_OUT = 2
+
+
+class SlashReason(IntEnum):
+    """`RentalFinalized.slashReason`: why collateral was slashed to the renter."""
+
+    NONE = 0
+    START_TIMEOUT = 1
+    SLA_BREACH = 2

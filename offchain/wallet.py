@@ -35,6 +35,7 @@ class Sent:
     block_number: int
     gas_used: int
     contract_address: str | None = None  # for deployments
+    logs: tuple[Any, ...] = ()  # the receipt's logs, for reading the events the call emitted
 
 
 class Wallet:
@@ -97,7 +98,7 @@ class Wallet:
         if receipt["status"] != 1:
             raise TxFailed(f"transaction 0x{tx_hash.hex()} reverted: {await self._revert_reason(tx, receipt)}")
         return Sent(tx_hash="0x" + tx_hash.hex(), block_number=receipt["blockNumber"], gas_used=receipt["gasUsed"],
-                    contract_address=receipt.get("contractAddress"))
+                    contract_address=receipt.get("contractAddress"), logs=tuple(receipt["logs"]))
 
     async def _tip(self) -> int:
         try:

@@ -1,0 +1,83 @@
+"""`gpuex`: the exchange's command line, a thin layer over the library (`offchain.exchange`, `offchain.market`,
+`offchain.devnet`, the agent and oracle services). Each command parses its arguments, resolves the network and
+key (`offchain.cli.context`), calls the library and renders the result for people or, with `--json`, for scripts.
+
+Exit status: 0 done; 1 the action failed (a revert, named after its custom error; a transaction failure; not
+found; an unreachable RPC); 2 bad input (usage, a missing key or setting, the wrong network); 130 interrupted.
+Every error is one line on stderr: `gpuex: error: ...`.
+
+Each module named in `COMMAND_MODULES` has `register(subparsers)` adding its commands; a new command group is one
+more name there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import sys
+
+import aiohttp
+from pydantic import ValidationError
+from web3.exceptions import Web3Exception
+
+from offchain.chain import ArtifactMissing
+from offchain.config import KeyConfigError
+from offchain.deploy import DeployError
+from offchain.devnet import DevnetError
+from offchain.exchange import ExchangeError, InsufficientAllowance
+from offchain.cli.context import CliParser, UsageError, add_common_options, invalid
+from offchain.telemetry.source import TelemetryError
+from offchain.wallet import TxFailed
+
+COMMAND_MODULES = ("devnet", "provider", "offer", "offers", "rental", "agent", "oracle")
+
+#: Errors of an action that could not be done: exit status 1.
+FAILURES = (ExchangeError, TxFailed, DevnetError, DeployError, TelemetryError, ArtifactMissing, aiohttp.ClientError,
+            OSError, asyncio.TimeoutError, Web3Exception)
+
+
+def build_parser() -> CliParser:
+    parser = CliParser(prog="gpuex", description="gpuex: a GPU compute exchange settled on chain")
+    add_common_options(parser, top_level=True)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"offchain.cli.{name}").register(commands)
+    return parser
+
+
+def _error(message: object) -> None:
+    lines = str(message).strip().splitlines() or [type(message).__name__]
+    print(f"gpuex: error: {lines[0]}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one `gpuex` command and returns its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already reported
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        status = args.handler(args)
+        if inspect.isawaitable(status):
+            status = asyncio.run(status)
+        return status or 0
+    except BrokenPipeError:  # the reader went away (`gpuex ... | head`): nothing more to say, and nowhere to say it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except InsufficientAllowance as exc:
+        _error(f"{exc} (re-run with --approve)")
+        return 1
+    except (UsageError, KeyConfigError) as exc:
+        _error(exc)
+        return 2
+    except ValidationError as exc:
+        _error(invalid(exc, "settings"))
+        return 2
+    except FAILURES as exc:
+        _error(exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,103 @@
+"""`gpuex agent run`: the provider agent (`offchain.agent.service.ProviderAgent`) on this machine, until SIGINT or
+SIGTERM.
+
+Settings are `GPUEX_AGENT_*` (`ProviderAgentSettings`); the key is `GPUEX_AGENT_KEY` or `GPUEX_AGENT_KEY_FILE`.
+What the command line resolves fills the rest unless the environment sets it: the chain from the deployment
+record, the provider from the registry (the provider whose agent this key is), the oracle from the devnet, and on
+the devnet the spec directory (where `gpuex rent` puts specs) and a state directory per agent key. On a live
+network the agent fetches specs it does not hold from `GPUEX_AGENT_SPEC_URL` (a URL template with `{hash}`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from eth_account import Account
+from pydantic import ValidationError
+
+from offchain import devnet
+from offchain.agent.service import ProviderAgent
+from offchain.agent.settings import ProviderAgentSettings
+from offchain.cli import parse
+from offchain.cli.context import UsageError, add_command, add_group, env_sets, invalid, load_key, open_context
+from offchain.cli.gpus import add_gpu_options, telemetry_source
+from offchain.exchange import ExchangeError
+from offchain.telemetry.source import TelemetrySource
+
+PREFIX = "GPUEX_AGENT_"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = add_group(commands, "agent", "the provider agent: runs rentals' jobs and reports their telemetry")
+    run_parser = add_command(group, "run", run, "run the agent until interrupted (NVML telemetry by default)")
+    run_parser.add_argument("--provider", type=parse.address,
+                            help=f"the provider (${PREFIX}PROVIDER; default: the provider whose agent the key is)")
+    run_parser.add_argument("--oracle", dest="oracles", action="append", metavar="URL",
+                            help=f"an oracle's base URL; repeat for more (${PREFIX}ORACLES; default on the devnet: "
+                                 "its oracle)")
+    add_gpu_options(run_parser, by_uuid=False)
+
+
+async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, TelemetrySource]:
+    """The agent's settings and its telemetry source."""
+    agent = Account.from_key(load_key(f"{PREFIX}KEY", f"{PREFIX}KEY_FILE").get_secret_value()).address
+    async with open_context(args, key=False) as ctx:
+        provider = args.provider or os.environ.get(f"{PREFIX}PROVIDER") or await ctx.client.provider_of_agent(agent)
+        if provider is None:
+            raise ExchangeError(f"the key {agent} is no provider's agent: the provider runs "
+                                f"`gpuex provider set-agent {agent}` first")
+        registered = (await ctx.client.provider(provider)).agent
+        if registered != agent:
+            raise ExchangeError(f"provider {provider}'s agent is {registered}, not this key {agent}")
+        values: dict = {"provider": provider}
+        if not env_sets(f"{PREFIX}CHAIN"):
+            values["chain"] = ctx.deployment.chain_settings(ctx.rpc_url)
+        if args.oracles:
+            values["oracles"] = args.oracles
+        elif not env_sets(f"{PREFIX}ORACLES"):
+            if ctx.devnet is None:
+                raise UsageError(f"no oracle: pass --oracle URL or set {PREFIX}ORACLES")
+            values["oracles"] = [ctx.devnet.oracle_url]
+        if ctx.devnet is not None:
+            if not env_sets(f"{PREFIX}SPEC_DIR"):
+                values["spec_dir"] = devnet.spec_dir(ctx.devnet_dir)
+            if not env_sets(f"{PREFIX}STATE_DIR"):
+                values["state_dir"] = devnet.agent_dir(ctx.devnet_dir, agent)
+        if args.simulated is not None:
+            values["allow_simulated"] = True
+        source = telemetry_source(args, ctx, provider)
+    try:
+        return ProviderAgentSettings(**values), source
+    except ValidationError as exc:
+        source.close()
+        raise invalid(exc, f"{PREFIX}* settings") from None
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings, source = await _settings(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    logging.getLogger(__name__).info("agent for provider %s on %s, reporting to %s", settings.provider,
+                                     settings.chain.rpc_url, ", ".join(settings.oracles))
+    async with source:
+        await run_until_signal(ProviderAgent(settings, source).run())
+    return 0
+
+
+async def run_until_signal(service) -> None:
+    """Runs the coroutine `service` until it returns, or until SIGINT or SIGTERM cancel it (a clean stop)."""
+    task = asyncio.ensure_future(service)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

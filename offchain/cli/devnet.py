@@ -1,0 +1,72 @@
+"""`gpuex devnet up|down|status`: a local chain with the suite deployed and an oracle, in the background
+(`offchain.devnet`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from offchain import devnet
+from offchain.cli.context import Output, add_command, add_group, devnet_dir
+from offchain.exchange import NotFound
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = add_group(commands, "devnet", "a local chain with the suite deployed and an oracle running")
+    up_parser = add_command(group, "up", up, "start anvil and the oracle in the background, deploy and fund roles")
+    up_parser.add_argument("--port", type=int, default=devnet.DEFAULT_PORT, help="anvil's port (default %(default)s)")
+    up_parser.add_argument("--oracle-port", type=int, default=devnet.DEFAULT_ORACLE_PORT,
+                           help="the oracle's port (default %(default)s)")
+    up_parser.add_argument("--epoch-seconds", type=float, default=5.0,
+                           help="how often the oracle batches reports on chain (default %(default)s)")
+    add_command(group, "down", down, "stop the devnet (its chain is kept for the next `up`)")
+    add_command(group, "status", status, "whether the devnet runs (exit status 1 when it does not)")
+
+
+def _keys(state_dir, state: devnet.DevnetState) -> dict[str, dict[str, str]]:
+    return {role: {"address": address, "key_file": str(devnet.key_path(state_dir, role))}
+            for role, address in state.accounts.items()}
+
+
+def _render_state(out: Output, state_dir, state: devnet.DevnetState) -> None:
+    d = state.deployment
+    out.fields(f"devnet in {state_dir}", [
+        ("rpc", state.rpc_url), ("chain id", state.chain_id), ("oracle", state.oracle_url),
+        ("registry", d.registry), ("escrow", d.escrow), ("payment token", d.payment_token),
+    ])
+    out.fields("roles (use one with GPUEX_KEY_FILE=<key file>)",
+               [(role, f"{v['address']}  {v['key_file']}") for role, v in _keys(state_dir, state).items()])
+
+
+async def up(args: argparse.Namespace) -> int:
+    out = Output(args)
+    state_dir = devnet_dir(args)
+    state = await devnet.up(state_dir, args.port, args.oracle_port, epoch_seconds=args.epoch_seconds, say=out.note)
+    out.emit({"state_dir": str(state_dir), **state.model_dump(mode="json"), "keys": _keys(state_dir, state)},
+             lambda: _render_state(out, state_dir, state))
+    return 0
+
+
+def down(args: argparse.Namespace) -> int:
+    out = Output(args)
+    state_dir = devnet_dir(args)
+    if devnet.read_state(state_dir) is None:
+        raise NotFound(f"no devnet in {state_dir}")
+    stopped = devnet.down(state_dir, say=out.note)
+    out.emit({"state_dir": str(state_dir), "stopped": stopped}, lambda: None)
+    return 0
+
+
+async def status(args: argparse.Namespace) -> int:
+    out = Output(args)
+    current = await devnet.status(devnet_dir(args))
+
+    def human() -> None:
+        out.fields(f"devnet in {current.state_dir}: {'running' if current.running else 'not running'}", [
+            ("anvil", "alive" if current.anvil_alive else "stopped"), ("block", current.block_number),
+            ("oracle", "healthy" if current.oracle_healthy else "alive" if current.oracle_alive else "stopped"),
+            ("rpc", current.state.rpc_url if current.state else None),
+            ("oracle url", current.state.oracle_url if current.state else None),
+        ])
+
+    out.emit(current, human)
+    return 0 if current.running else 1

@@ -1,0 +1,102 @@
+"""Argument types in human units (`type=` of argparse): amounts of a token, prices per hour, GiB, durations,
+percentages, ids and addresses. Each raises `ArgumentTypeError`, which `gpuex` reports as a usage error (exit 2).
+
+Token amounts stay `Decimal` here: converting them to token units needs the token's decimals, which the command
+reads from the chain (`TokenInfo.to_units`, `TokenInfo.per_second`).
+"""
+
+from __future__ import annotations
+
+import re
+from argparse import ArgumentTypeError
+from decimal import Decimal, InvalidOperation
+
+from web3 import Web3
+
+_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def _decimal(text: str, what: str) -> Decimal:
+    try:
+        value = Decimal(text.strip().replace("_", ""))
+    except InvalidOperation:
+        raise ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not value.is_finite():
+        raise ArgumentTypeError(f"not {what}: {text!r}")
+    return value
+
+
+def amount(text: str) -> Decimal:
+    """A positive amount of a token in human units (`500`, `12.5`)."""
+    value = _decimal(text, "an amount")
+    if value <= 0:
+        raise ArgumentTypeError(f"the amount must be positive: {text!r}")
+    return value
+
+
+def price(text: str) -> Decimal:
+    """A positive price in token per hour (`7.20`); a leading `$` is allowed."""
+    value = _decimal(text.strip().removeprefix("$"), "a price")
+    if value <= 0:
+        raise ArgumentTypeError(f"the price must be positive: {text!r}")
+    return value
+
+
+def gib(text: str) -> Decimal:
+    """A non-negative size in GiB (`80`, `23.5`)."""
+    value = _decimal(text.strip().removesuffix("GiB").removesuffix("G"), "a size in GiB")
+    if value < 0:
+        raise ArgumentTypeError(f"the size must not be negative: {text!r}")
+    return value
+
+
+def percent(text: str) -> float:
+    """A percentage from 0 to 100 (`95`, `99.5%`)."""
+    value = _decimal(text.strip().removesuffix("%"), "a percentage")
+    if not 0 <= value <= 100:
+        raise ArgumentTypeError(f"a percentage is from 0 to 100: {text!r}")
+    return float(value)
+
+
+def duration(text: str) -> int:
+    """A positive duration in seconds: `3600`, `90m`, `2h`, `1h30m`, `1d`."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit():
+        seconds = int(cleaned)
+    else:
+        match = _DURATION.match(cleaned)
+        if not cleaned or match is None:
+            raise ArgumentTypeError(f"not a duration: {text!r} (write 3600, 90m, 2h or 1h30m)")
+        seconds = sum(int(part or 0) * factor for part, factor in zip(match.groups(), _UNITS.values()))
+    if seconds <= 0:
+        raise ArgumentTypeError(f"the duration must be positive: {text!r}")
+    return seconds
+
+
+def positive_int(text: str) -> int:
+    """A positive integer (an offer or rental id, a count)."""
+    try:
+        value = int(text.strip(), 0)
+    except ValueError:
+        raise ArgumentTypeError(f"not a positive integer: {text!r}") from None
+    if value <= 0:
+        raise ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
+
+
+def address(text: str) -> str:
+    """An Ethereum address, returned checksummed."""
+    if not Web3.is_address(text.strip()):
+        raise ArgumentTypeError(f"not an address: {text!r}")
+    return Web3.to_checksum_address(text.strip())
+
+
+def format_duration(seconds: int) -> str:
+    """`5400` -> `1h30m`, `45` -> `45s`, `0` -> `0s`."""
+    parts = []
+    for unit, size in _UNITS.items():
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"

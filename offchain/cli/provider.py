@@ -1,0 +1,112 @@
+"""`gpuex provider stake|unstake|withdraw|set-agent|register-gpus|show`: a provider's stake, agent key and GPUs."""
+
+from __future__ import annotations
+
+import argparse
+
+from offchain.cli import parse
+from offchain.cli.context import Context, Output, add_command, add_group, amount_units, money, open_context, when
+from offchain.cli.gpus import add_gpu_options, local_gpus
+from offchain.exchange import ProviderResult
+from offchain.market import ProviderRecord, TokenInfo
+from offchain.messages import gpu_uuid_hash
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = add_group(commands, "provider", "a provider's stake, agent key and GPUs")
+    stake_parser = add_command(group, "stake", stake, "add stake (collateral for rentals of your offers)")
+    stake_parser.add_argument("--amount", type=parse.amount, required=True, help="in the stake token, e.g. 500")
+    stake_parser.add_argument("--approve", action="store_true",
+                              help="approve the registry to take exactly the amount if the allowance falls short")
+    unstake_parser = add_command(group, "unstake", unstake,
+                                 "start unbonding free stake (withdraw it after the unbonding period)")
+    unstake_parser.add_argument("--amount", type=parse.amount, required=True, help="in the stake token")
+    add_command(group, "withdraw", withdraw, "withdraw stake whose unbonding period has ended")
+    agent_parser = add_command(group, "set-agent", set_agent,
+                               "set the key your provider machine's agent signs telemetry with")
+    agent_parser.add_argument("agent", type=parse.address, help="the agent key's address")
+    gpus_parser = add_command(group, "register-gpus", register_gpus,
+                              "claim this machine's GPUs (NVML UUIDs) so that offers can list them")
+    add_gpu_options(gpus_parser)
+    show_parser = add_command(group, "show", show, "a provider's stake, reputation and agent key")
+    show_parser.add_argument("provider", type=parse.address, nargs="?", help="default: your key's account")
+
+
+def render_provider(out: Output, token: TokenInfo, p: ProviderRecord) -> None:
+    reliability = None if p.reliability is None else f"{p.reliability:.2%}"
+    unbonding = money(token, p.unbonding) + (f" (until {when(p.unbonding_ends_at)})" if p.unbonding else "")
+    out.fields(f"provider {p.address}", [
+        ("staked", money(token, p.staked)), ("locked", money(token, p.locked)), ("unbonding", unbonding),
+        ("free", money(token, p.free)), ("agent", p.agent if int(p.agent, 16) else "not set"),
+        ("rentals completed", p.rentals_completed), ("slashes", p.slashes),
+        ("seconds delivered", f"{p.seconds_delivered:,}"), ("seconds missed", f"{p.seconds_missed:,}"),
+        ("reliability", reliability),
+    ])
+
+
+async def _provider_action(args: argparse.Namespace, act) -> int:
+    out = Output(args)
+    async with open_context(args, key=True) as ctx:
+        token = await ctx.client.stake_token()
+        result: ProviderResult = await act(ctx, token)
+
+    def human() -> None:
+        out.sent(result)
+        render_provider(out, token, result.provider)
+
+    out.emit(result, human)
+    return 0
+
+
+async def stake(args: argparse.Namespace) -> int:
+    async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
+        return await ctx.client.stake(amount_units(token, args.amount), approve=args.approve)
+
+    return await _provider_action(args, act)
+
+
+async def unstake(args: argparse.Namespace) -> int:
+    async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
+        return await ctx.client.request_unstake(amount_units(token, args.amount))
+
+    return await _provider_action(args, act)
+
+
+async def withdraw(args: argparse.Namespace) -> int:
+    async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
+        return await ctx.client.withdraw_unstaked()
+
+    return await _provider_action(args, act)
+
+
+async def set_agent(args: argparse.Namespace) -> int:
+    async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
+        return await ctx.client.set_agent(args.agent)
+
+    return await _provider_action(args, act)
+
+
+async def register_gpus(args: argparse.Namespace) -> int:
+    out = Output(args)
+    async with open_context(args, key=True) as ctx:
+        gpus = local_gpus(args, ctx, ctx.client.address)
+        result = await ctx.client.register_gpus([gpu_uuid_hash(g.uuid) for g in gpus])
+    names = {"0x" + gpu_uuid_hash(g.uuid).hex(): g for g in gpus}
+
+    def human() -> None:
+        out.sent(result)
+        for label, hashes in (("registered", result.registered), ("already yours", result.already_registered)):
+            for h in hashes:
+                out.print(f"{label}: {names[h].uuid} ({names[h].name}, hash {h})")
+
+    out.emit({**result.model_dump(mode="json"), "gpus": [g.model_dump(mode="json") for g in gpus]}, human)
+    return 0
+
+
+async def show(args: argparse.Namespace) -> int:
+    out = Output(args)
+    async with open_context(args, key=args.provider is None) as ctx:
+        token = await ctx.client.stake_token()
+        record = await ctx.client.provider(args.provider)
+    out.emit(record, lambda: render_provider(out, token, record))
+    return 0

@@ -1,0 +1,229 @@
+"""`gpuex rent`, `gpuex rental status|terminate|watch` and `gpuex withdraw`: a renter's side of the exchange.
+
+The job spec (JSON, `offchain.agent.jobspec.JobSpec`) stays off chain; its hash goes on chain with the rental.
+The provider's agent finds the body by hash in its spec directory or at its `GPUEX_AGENT_SPEC_URL`. On the devnet
+`rent` writes the spec into the devnet's spec directory, which `gpuex agent run` reads there by default; on a live
+network publish `<hash>.json` where the provider's agent fetches specs (or give `--spec-dir` a directory that
+serves them).
+"""
+
+from __future__ import annotations
+
+import argparse
+from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from offchain import devnet
+from offchain.agent.jobspec import JobSpec, JobSpecStore
+from offchain.cli import parse
+from offchain.cli.context import (
+    Output,
+    UsageError,
+    add_command,
+    add_group,
+    invalid,
+    money,
+    open_context,
+    per_hour,
+    percent_bps,
+    when,
+)
+from offchain.exchange import (
+    RentalEvent,
+    RentalFinalized,
+    RentalOpened,
+    RentalStarted,
+    RentalTerminated,
+    RentalView,
+    ReportApplied,
+    ReportSkipped,
+)
+from offchain.market import TokenInfo
+
+#: Reports `rental status` lists (the most recent ones); `--json` has them all.
+SHOWN_REPORTS = 10
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    rent_parser = add_command(commands, "rent", rent, "rent an offer: pay its deposit into escrow with a job to run")
+    rent_parser.add_argument("offer_id", type=parse.positive_int, metavar="OFFER")
+    rent_parser.add_argument("--duration", type=parse.duration, required=True, help="e.g. 90m, 2h, 3600 (seconds)")
+    rent_parser.add_argument("--spec", type=Path, required=True, metavar="FILE", help="the job spec (JSON)")
+    rent_parser.add_argument("--max-price-per-hour", type=parse.price, metavar="PRICE",
+                             help="refuse a price above this (default: the price listed now)")
+    rent_parser.add_argument("--approve", action="store_true",
+                             help="approve the escrow to take exactly the deposit if the allowance falls short")
+    rent_parser.add_argument("--spec-dir", type=Path, metavar="DIR",
+                             help="also save the spec here as <hash>.json (default on the devnet: its spec directory)")
+
+    group = add_group(commands, "rental", "a rental's state, live utilisation and early end")
+    for name, handler, text in (
+        ("status", status, "state, deposit, paid, refunded, slash, delivered seconds and utilisation"),
+        ("terminate", terminate, "end your rental now: cancel before the start, else refund the unused time"),
+        ("watch", watch, "print each report (utilisation, delivered seconds) as it lands, until settled"),
+    ):
+        parser = add_command(group, name, handler, text)
+        parser.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
+        if name == "watch":
+            parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default 2)")
+
+    add_command(commands, "withdraw", withdraw,
+                "withdraw what the escrow credited you (earnings, refunds) and slash compensation")
+
+
+def _load_spec(path: Path) -> JobSpec:
+    try:
+        return JobSpec.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"--spec {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise invalid(exc, f"job spec {path}") from None
+
+
+def _max_price_units(token: TokenInfo, per_hour_price: Decimal) -> int:
+    """A price cap per hour as whole token units per second, rounded down (a cap never rounds up)."""
+    units = token.per_second(per_hour_price, rounding=ROUND_FLOOR)
+    if units <= 0:
+        raise UsageError(f"--max-price-per-hour {per_hour_price} is below 1 token unit per second")
+    return units
+
+
+async def rent(args: argparse.Namespace) -> int:
+    out = Output(args)
+    spec = _load_spec(args.spec)
+    async with open_context(args, key=True) as ctx:
+        token = await ctx.client.payment_token()
+        max_price = None if args.max_price_per_hour is None else _max_price_units(token, args.max_price_per_hour)
+        spec_dir = args.spec_dir or (devnet.spec_dir(ctx.devnet_dir) if ctx.devnet is not None else None)
+        if spec_dir is not None:
+            JobSpecStore(spec_dir).put(spec)
+        result = await ctx.client.open_rental(args.offer_id, args.duration, spec.spec_hash(), max_price, args.approve)
+    rental = result.rental
+
+    def human() -> None:
+        out.sent(result)
+        out.print(f"rental {rental.rental_id} opened on offer {rental.offer_id}: "
+                  f"{parse.format_duration(rental.duration)} at {per_hour(token, rental.price_per_second)}, "
+                  f"deposit {money(token, rental.deposit)}")
+        if spec_dir is not None:
+            out.print(f"job spec {rental.job_spec_hash} saved in {spec_dir}")
+        else:
+            out.print(f"publish the job spec as {rental.job_spec_hash}.json where the provider's agent fetches specs "
+                      "(its GPUEX_AGENT_SPEC_URL)")
+        out.print(f"follow it with `gpuex rental watch {rental.rental_id}`")
+
+    out.emit({**result.model_dump(mode="json"), "spec_dir": str(spec_dir) if spec_dir else None}, human)
+    return 0
+
+
+def render_rental(out: Output, token: TokenInfo, r: RentalView) -> None:
+    s = r.settlement
+    rows = [
+        ("status", r.status.lower()), ("offer", r.offer_id), ("renter", r.renter),
+        ("price", per_hour(token, r.price_per_second)), ("duration", parse.format_duration(r.duration)),
+        ("deposit", money(token, r.deposit)), ("job spec", r.job_spec_hash),
+        ("started", when(r.started_at)), ("ends", when(r.ends_at)),
+        ("delivered", f"{r.delivered_seconds:,} s of {r.reported_seconds:,} s reported"),
+        ("utilisation", percent_bps(r.avg_util_bps)),
+        ("paid", money(token, r.paid)), ("refunded", money(token, r.refunded)),
+    ]
+    if s is not None:
+        slash = "none" if not s.slashed else f"{money(token, s.slashed)} to the renter ({s.slash_reason.lower()})"
+        rows += [("provider payout", money(token, s.provider_payout)), ("fee", money(token, s.fee)),
+                 ("missed", f"{s.missed_seconds:,} s"), ("slashed", slash)]
+    out.fields(f"rental {r.rental_id}", rows)
+    if r.reports:
+        earlier = len(r.reports) - SHOWN_REPORTS
+        out.print(f"reports ({earlier} earlier not shown):" if earlier > 0 else "reports:")
+        previous = r.started_at
+        for index, report in enumerate(r.reports):
+            if index >= earlier:
+                out.print("  " + _report_line(token, report, previous))
+            previous = report.period_end
+
+
+def _report_line(token: TokenInfo, report: ReportApplied, period_start: int | None) -> str:
+    period = f" of {report.period_end - period_start} s" if period_start is not None else ""
+    return (f"#{report.seq} to {when(report.period_end)}: {report.delivered_seconds} s delivered{period}, "
+            f"utilisation {percent_bps(report.avg_util_bps)}, earned {money(token, report.earned)}")
+
+
+async def status(args: argparse.Namespace) -> int:
+    out = Output(args)
+    async with open_context(args, key=False) as ctx:
+        token = await ctx.client.payment_token()
+        rental = await ctx.client.rental(args.rental_id)
+    out.emit(rental, lambda: render_rental(out, token, rental))
+    return 0
+
+
+async def terminate(args: argparse.Namespace) -> int:
+    out = Output(args)
+    async with open_context(args, key=True) as ctx:
+        token = await ctx.client.payment_token()
+        result = await ctx.client.terminate(args.rental_id)
+
+    def human() -> None:
+        out.sent(result)
+        render_rental(out, token, result.rental)
+
+    out.emit(result, human)
+    return 0
+
+
+def _event_line(token: TokenInfo, event: RentalEvent, period_start: int | None) -> str:
+    match event:
+        case RentalOpened():
+            return (f"opened (block {event.block_number}): offer {event.offer_id}, "
+                    f"{parse.format_duration(event.duration)} at {per_hour(token, event.price_per_second)}, "
+                    f"deposit {money(token, event.deposit)}")
+        case RentalStarted():
+            return f"started at {when(event.started_at)}{' by its first report' if event.by_report else ''}"
+        case ReportApplied():
+            return "report " + _report_line(token, event, period_start)
+        case ReportSkipped():
+            return f"report #{event.seq} skipped: {event.reason.lower()}"
+        case RentalTerminated():
+            return f"terminated: ends at {when(event.ends_at)}, {money(token, event.refund)} refunded"
+        case RentalFinalized():
+            slash = f", {money(token, event.slashed)} slashed ({event.slash_reason.lower()})" if event.slashed else ""
+            return (f"settled {event.status.lower()}: {event.delivered_seconds} s delivered, {event.missed_seconds} s "
+                    f"missed; provider {money(token, event.provider_payout)}, fee {money(token, event.fee)}, "
+                    f"refund {money(token, event.refund)}{slash}")
+    raise AssertionError(event)
+
+
+async def watch(args: argparse.Namespace) -> int:
+    out = Output(args)
+    async with open_context(args, key=False) as ctx:
+        token = await ctx.client.payment_token()
+        await ctx.client.rental(args.rental_id)
+        period_start = None
+        async for event in ctx.client.watch_rental(args.rental_id, args.interval):
+            if out.json:
+                out.json_line(event)
+            else:
+                out.print(_event_line(token, event, period_start))
+            if isinstance(event, RentalStarted):
+                period_start = event.started_at
+            elif isinstance(event, ReportApplied):
+                period_start = event.period_end
+    return 0
+
+
+async def withdraw(args: argparse.Namespace) -> int:
+    out = Output(args)
+    async with open_context(args, key=True) as ctx:
+        token = await ctx.client.payment_token()
+        stake_token = await ctx.client.stake_token()
+        result = await ctx.client.withdraw()
+
+    def human() -> None:
+        out.sent(result)
+        out.print(f"withdrew {money(token, result.escrow_amount)} from the escrow"
+                  + (f" and {money(stake_token, result.compensation)} of compensation" if result.compensation else ""))
+
+    out.emit(result, human)
+    return 0

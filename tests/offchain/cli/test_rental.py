@@ -1,0 +1,130 @@
+"""`gpuex rent`, `gpuex rental status|terminate|watch`, `gpuex withdraw`, and `gpuex agent run` serving a rental
+from `rent` to its settlement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from offchain.agent.jobspec import JobSpec
+from offchain.devnet import spec_dir
+from tests.offchain.cli.conftest import stop
+
+SPEC = {"command": ["sleep", "4"]}
+UNKNOWN_RENTAL = 12345
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(SPEC))
+    return path
+
+
+def test_rent_without_allowance_says_to_approve(cli, market, spec_file):
+    error = cli.fails(1, "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, role="renter")
+    assert error.startswith("insufficient allowance: the escrow may take ")
+    assert error.endswith("(re-run with --approve)")
+
+
+def test_rent_of_an_unknown_offer(cli, market, spec_file):
+    error = cli.fails(1, "rent", 999, "--duration", "1m", "--spec", spec_file, role="renter")
+    assert error.startswith("no offer 999 ")
+
+
+def test_rent_refuses_a_duration_the_offer_does_not_allow(cli, market, spec_file):
+    error = cli.fails(1, "rent", market.offer_id, "--duration", "5", "--spec", spec_file, role="renter")
+    assert error == f"offer {market.offer_id} rents for 10 to 7200 s, not 5 s"
+    assert "not a duration" in cli.fails(2, "rent", market.offer_id, "--duration", "5x", "--spec", spec_file)
+
+
+def test_rent_refuses_a_price_above_the_maximum(cli, market, spec_file):
+    error = cli.fails(1, "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--max-price-per-hour", "7",
+                      role="renter")
+    assert error == f"offer {market.offer_id} costs 7.200000 tUSD/h, above the maximum of 6.998400 tUSD/h"
+
+
+def test_rent_refuses_a_bad_job_spec(cli, market, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"cmd": "sleep 4"}))
+    error = cli.fails(2, "rent", market.offer_id, "--duration", "1m", "--spec", tmp_path / "bad.json", role="renter")
+    assert error.startswith(f"bad job spec {tmp_path / 'bad.json'}: ")
+    error = cli.fails(2, "rent", market.offer_id, "--duration", "1m", "--spec", tmp_path / "none.json", role="renter")
+    assert error == f"--spec {tmp_path / 'none.json'}: No such file or directory"
+
+
+def test_rent_of_a_provider_without_stake_names_the_revert(cli, spec_file):
+    gpu = "GPU-0c105e00-0000-4000-8000-000000000002"
+    cli.ok("provider", "register-gpus", "--gpu", gpu, role="provider2")
+    offer = cli.ok("offer", "create", "--gpu", gpu, "--model", "NVIDIA L4", "--vram", "22.5", "--price-per-hour", "1",
+                   "--region", "us-east", "--json", role="provider2").json()["offer"]
+    error = cli.fails(1, "rent", offer["offer_id"], "--duration", "1m", "--spec", spec_file, "--approve",
+                      role="renter2")
+    assert error.startswith("Registry_InsufficientFreeStake: ")
+
+
+def test_terminate_before_the_start_cancels_with_a_full_refund(cli, market, spec_file):
+    rented = cli.ok("rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json",
+                    role="renter").json()
+    rental = rented["rental"]
+    assert rental["status"] == "OPEN" and rental["deposit"] == 2_000 * 60
+    assert (spec_dir(cli.state_dir) / f"{rental['job_spec_hash']}.json").is_file()
+    rental_id = rental["rental_id"]
+    assert cli.fails(1, "rental", "terminate", rental_id, role="renter2").startswith(f"Escrow_NotRenter: {rental_id}")
+    terminated = cli.ok("rental", "terminate", rental_id, "--json", role="renter").json()["rental"]
+    assert terminated["status"] == "CANCELLED" and terminated["refunded"] == rental["deposit"]
+    assert terminated["paid"] == 0
+    error = cli.fails(1, "rental", "terminate", rental_id, role="renter")
+    assert error == f"Escrow_RentalNotActive: {rental_id}, 8"
+
+
+def test_status_and_watch_of_an_unknown_rental(cli):
+    assert cli.fails(1, "rental", "status", UNKNOWN_RENTAL) == f"no rental {UNKNOWN_RENTAL}"
+    assert cli.fails(1, "rental", "watch", UNKNOWN_RENTAL) == f"no rental {UNKNOWN_RENTAL}"
+    assert "not a positive integer" in cli.fails(2, "rental", "status", "latest")
+
+
+def test_withdraw_with_nothing_credited_names_the_revert(cli):
+    assert cli.fails(1, "withdraw", role="provider2").startswith("Escrow_NothingToWithdraw: ")
+
+
+def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file, tmp_path):
+    """The agent (simulated GPUs) starts the rental, runs the job and reports until it completes; `rental watch`
+    follows it live, `rental status` shows the settlement, and the renter withdraws its refund."""
+    start_block = cli.ok("devnet", "status", "--json").json()["block_number"]
+    agent = cli.spawn("agent", "run", "--simulated", "2", log=tmp_path / "agent.log", env={
+        "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"), "GPUEX_AGENT_START_BLOCK": str(start_block),
+        "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1", "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.5",
+        "GPUEX_AGENT_STOP_GRACE_SECONDS": "1", "GPUEX_AGENT_RETRY_INITIAL_SECONDS": "0.2"})
+    try:
+        rented = cli.ok("rent", market.offer_id, "--duration", "2m", "--spec", spec_file, "--approve",
+                        role="renter")
+        assert "follow it with `gpuex rental watch" in rented.out
+        rental_id = int(rented.out.split("rental watch ")[1].split("`")[0])
+        watch = cli.spawn("rental", "watch", rental_id, "--json", "--interval", "0.5")
+        out, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+    finally:
+        status = stop(agent)
+    assert status == 0, (tmp_path / "agent.log").read_text()[-2000:]
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    kinds = [e["kind"] for e in events]
+    assert kinds[:2] == ["opened", "started"] and kinds[-1] == "finalized" and "report" in kinds
+    settled = events[-1]
+    assert settled["status"] == "COMPLETED"
+
+    rental = cli.ok("rental", "status", rental_id, "--json").json()
+    assert rental["status"] == "COMPLETED" and rental["final"] is True
+    assert rental["delivered_seconds"] > 0 and rental["avg_util_bps"] > 0
+    assert rental["paid"] == rental["earned"] == sum(r["earned"] for r in rental["reports"]) > 0
+    assert rental["paid"] + rental["refunded"] == rental["deposit"]
+    shown = cli.ok("rental", "status", rental_id).out
+    assert "completed" in shown and "utilisation" in shown and "provider payout" in shown
+    if rental_id & 0xFFFF_FFFF > 1:  # the offer's earlier rental, which this one replaced, reads from its events
+        replaced = cli.ok("rental", "status", rental_id - 1, "--json").json()
+        assert replaced["final"] is True and replaced["paid"] + replaced["refunded"] == replaced["deposit"]
+
+    withdrawn = cli.ok("withdraw", "--json", role="renter").json()
+    assert withdrawn["escrow_amount"] >= rental["refunded"] and withdrawn["compensation"] == settled["slashed"]
+    assert cli.fails(1, "withdraw", role="renter").startswith("Escrow_NothingToWithdraw: ")
+    assert JobSpec.model_validate(SPEC).spec_hash().hex() in rental["job_spec_hash"]
