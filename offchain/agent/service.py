@@ -237,6 +237,10 @@ class ProviderAgent:
         gpu_uuids = await self._offer_gpus(record.offer_id)
         if spec.image is not None and self._settings.container_runtime is None:
             raise RentalNotRunnable("the job spec names a container image and no container runtime is configured")
+        # Sample from before the start is sent: the rental is billed from the start block's timestamp, and a
+        # sampler that waited for the receipt would miss that first second and count it as not delivered.
+        self._buffers[rental_id] = _SampleBuffer(frozenset(gpu_uuids))
+        self._sampling.set()
         state = await self._start_on_chain(rental_id)
         if state["status"] not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
             self.book.finish(rental_id, f"not started: rental is {state['status'].name}")
@@ -321,7 +325,9 @@ class ProviderAgent:
         if record.finalized:
             self.book.finish(rental_id, "finalized on chain")
             return
-        buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(gpu_uuids))
+        buffer = self._buffers.get(rental_id)
+        if buffer is None:  # an agent restarted mid-rental: what it did not sample while down is not delivered
+            buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(gpu_uuids))
         self._sampling.set()
         if record.terminated or self._clock() >= record.ends_at:
             await self._close_period(record, gpu_uuids, buffer)

@@ -217,6 +217,8 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
     assert_continuous(reports, since)
     assert reports[-1].period_end == since + 4
     assert all(r.status is ReportStatus.RUNNING for r in reports)
+    first = reports[0]
+    assert first.delivered_seconds == first.period_end - first.period_start, "sampled from the billed start"
     assert agent_outcome(settings, rental) == "ended before the job"
     assert not pid_alive(int((settings.rentals_dir / str(rental) / "work" / "job.pid").read_text()))
     settle(suite, relayer, reports)
