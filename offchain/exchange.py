@@ -108,6 +108,11 @@ class Withdrawal(ActionResult):
     compensation: int  # slashed stake the registry credited to the account as a renter
 
 
+class FaucetClaim(ActionResult):
+    amount: int  # what the faucet minted to the account
+    balance: int  # the account's payment token balance after the claim
+
+
 class OfferTerms(BaseModel):
     """What `createOffer` takes; the GPU count is the number of hashes."""
 
@@ -500,6 +505,18 @@ class ExchangeClient:
             await self._send(sent, "withdrawCompensation", self.registry.functions.withdrawCompensation())
         return Withdrawal(account=self.address, transactions=sent, escrow_amount=balances["escrow"],
                           compensation=balances["compensation"])
+
+    async def claim_faucet(self) -> FaucetClaim:
+        """Claims the test payment token's faucet; refused for a deployment whose payment token is a real one."""
+        if not self.deployment.test_token:
+            raise ExchangeError(f"the payment token {self.deployment.payment_token} is not the test token: "
+                                "it has no faucet")
+        token = contract(self.w3, "TestStablecoin", self.deployment.payment_token)
+        before = await token.functions.balanceOf(self.address).call()
+        sent: list[SentTx] = []
+        await self._send(sent, "faucet", token.functions.faucet())
+        after = await token.functions.balanceOf(self.address).call()
+        return FaucetClaim(account=self.address, transactions=sent, amount=after - before, balance=after)
 
     # ------------------------------------------------------------------------------------------- internals
 

@@ -1,4 +1,5 @@
-"""`gpuex rent`, `gpuex rental status|terminate|watch` and `gpuex withdraw`: a renter's side of the exchange.
+"""`gpuex rent`, `gpuex rental status|terminate|watch`, `gpuex withdraw` and `gpuex faucet`: a renter's side of the
+exchange.
 
 The job spec (JSON, `offchain.agent.jobspec.JobSpec`) stays off chain; its hash goes on chain with the rental.
 The provider's agent finds the body by hash in its spec directory or at its `GPUEX_AGENT_SPEC_URL`. On the devnet
@@ -71,6 +72,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     add_command(commands, "withdraw", withdraw,
                 "withdraw what the escrow credited you (earnings, refunds) and slash compensation")
+    add_command(commands, "faucet", faucet, "claim test payment tokens (deployments with the test token only)")
 
 
 def _load_spec(path: Path) -> JobSpec:
@@ -224,6 +226,20 @@ async def withdraw(args: argparse.Namespace) -> int:
         out.sent(result)
         out.print(f"withdrew {money(token, result.escrow_amount)} from the escrow"
                   + (f" and {money(stake_token, result.compensation)} of compensation" if result.compensation else ""))
+
+    out.emit(result, human)
+    return 0
+
+
+async def faucet(args: argparse.Namespace) -> int:
+    out = Output(args)
+    async with open_context(args, key=True) as ctx:
+        token = await ctx.client.payment_token()
+        result = await ctx.client.claim_faucet()
+
+    def human() -> None:
+        out.sent(result)
+        out.print(f"claimed {money(token, result.amount)}; balance {money(token, result.balance)}")
 
     out.emit(result, human)
     return 0

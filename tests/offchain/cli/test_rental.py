@@ -128,3 +128,11 @@ def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file,
     assert withdrawn["escrow_amount"] >= rental["refunded"] and withdrawn["compensation"] == settled["slashed"]
     assert cli.fails(1, "withdraw", role="renter").startswith("Escrow_NothingToWithdraw: ")
     assert JobSpec.model_validate(SPEC).spec_hash().hex() in rental["job_spec_hash"]
+
+
+def test_faucet_mints_test_tokens_once_a_day(cli):
+    claimed = cli.ok("faucet", "--json", role="agent2").json()
+    assert claimed["amount"] == 10_000 * 10**6 and claimed["balance"] >= claimed["amount"]
+    assert [t["action"] for t in claimed["transactions"]] == ["faucet"]
+    assert cli.fails(1, "faucet", role="agent2").startswith("TestStablecoin_FaucetCooldown: ")
+    assert "GPUEX_KEY" in cli.fails(2, "faucet")
