@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from enum import IntEnum
 
 from brownie import chain
 from eth_account import Account
 from eth_utils import keccak
 
 from offchain.reports import Report, ReportStatus
-from offchain.status import RentalStatus  # noqa: F401 (re-exported for the tests)
+from offchain.status import RentalStatus, SkipReason, SlashReason  # noqa: F401 (re-exported for the tests)
 
 ORACLE_KEYS = [keccak(text=f"gpuex test oracle {i}") for i in range(3)]
 ORACLES = [Account.from_key(k) for k in ORACLE_KEYS]
@@ -30,18 +29,6 @@ def report(rental, seq, period_end, delivered, util=10_000, status=ReportStatus.
 
 def now():
     return chain.time()
-
-
-class SkipReason(IntEnum):
-    UNKNOWN_RENTAL = 0
-    RENTAL_CLOSED = 1
-    START_TIMED_OUT = 2
-
-
-class SlashReason(IntEnum):
-    NONE = 0
-    START_TIMEOUT = 1
-    SLA_BREACH = 2
 
 
 def error(name, *args):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Callable
-
 from eth_account import Account
 from eth_utils import keccak
 
+from offchain.inprocess import wait_until  # noqa: F401 (re-exported for the tests)
 from offchain.messages import TelemetryReport, TelemetrySubmission
 
 AGENT_KEY = keccak(text="gpuex offchain agent")  # tests/offchain/conftest.py's AGENT
@@ -16,19 +13,6 @@ AGENT_ADDRESS = Account.from_key(AGENT_KEY).address
 CHAIN_ID = 1337
 REGISTRY = "0x2222222222222222222222222222222222222222"
 UUIDS = ("GPU-0b1f7c2e-8d7a-4a51-9e0c-3f6d2b9a1c11", "GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22")
-
-
-class WaitTimedOut(AssertionError):
-    pass
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float, what: str, poll: float = 0.02) -> None:
-    """Waits until `condition()` holds, failing the test after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise WaitTimedOut(f"timed out after {seconds} s waiting for {what}")
-        await asyncio.sleep(poll)
 
 
 def signed_submission(seq: int, rental_id: int = 1, period_seconds: int = 10) -> TelemetrySubmission:
