@@ -16,7 +16,7 @@ SLITHER_VERSION := 0.11.6
 STATEFUL_EXAMPLES ?= 120
 STATEFUL_STEPS ?= 30
 
-.PHONY: setup compile test test-contracts test-offchain test-e2e lint gas fuzz demo clean
+.PHONY: setup compile test test-contracts test-offchain test-e2e lint gas fuzz demo clean browser
 
 setup: $(SETUP_STAMP) link-tools
 
@@ -53,9 +53,19 @@ test-contracts: setup
 test-offchain: compile
 	brownie test tests/offchain
 
-## test-e2e: agent -> three oracles (2-of-3) -> chain -> balances, for every way a rental ends.
-test-e2e: compile
+## test-e2e: agent -> three oracles (2-of-3) -> chain -> balances, for every way a rental ends; the web page in
+## a headless Chromium.
+test-e2e: compile browser
 	brownie test tests/e2e
+
+## browser: Debian's chromium and chromedriver, which the web page's browser test drives (apt, as root or
+## through sudo). Selenium is never let download a browser or driver.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+		echo "make browser: /usr/bin/chromium or /usr/bin/chromedriver is missing; install the Debian packages" \
+			"chromium and chromium-driver as root" >&2; exit 1; fi; \
+	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 
 lint: compile
 	slither contracts/ --solc-standard-json --solc-remaps "@openzeppelin=node_modules/@openzeppelin" \

@@ -74,6 +74,8 @@ class OracleSettings(_ServiceSettings):
     max_batch_reports: int = Field(default=100, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_clock_skew_seconds: int = Field(default=30, ge=0)
+    web: bool = False  # also serve the marketplace web page under /web/ (needs the deployment record)
+    web_confirmations: int = Field(default=0, ge=0)  # blocks the page's event index stays behind the head
 
     @model_validator(mode="after")
     def _one_key(self) -> "OracleSettings":

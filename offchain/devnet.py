@@ -213,7 +213,7 @@ async def up(state_dir: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, oracle_por
                    GPUEX_ORACLE_CHAIN__REGISTRY=record.registry, GPUEX_ORACLE_CHAIN__ESCROW=record.escrow,
                    GPUEX_ORACLE_PORT=str(oracle_port), GPUEX_ORACLE_LEADER="true", GPUEX_ORACLE_KEEPER="true",
                    GPUEX_ORACLE_ALLOW_SIMULATED="true", GPUEX_ORACLE_STATE_DIR=str(oracle_dir),
-                   GPUEX_ORACLE_EPOCH_SECONDS=str(epoch_seconds))
+                   GPUEX_ORACLE_EPOCH_SECONDS=str(epoch_seconds), GPUEX_ORACLE_WEB="true")
         env.pop("GPUEX_ORACLE_KEY", None)
         oracle = _spawn([sys.executable, "-m", "offchain.oracle"], oracle_log, env)
         oracle_url = f"http://127.0.0.1:{oracle_port}"

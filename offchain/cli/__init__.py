@@ -31,7 +31,7 @@ from offchain.cli.context import CliParser, UsageError, add_common_options, inva
 from offchain.telemetry.source import TelemetryError
 from offchain.wallet import TxFailed
 
-COMMAND_MODULES = ("devnet", "provider", "offer", "offers", "rental", "agent", "oracle")
+COMMAND_MODULES = ("devnet", "provider", "offer", "offers", "rental", "agent", "oracle", "web")
 
 #: Errors of an action that could not be done: exit status 1.
 FAILURES = (ExchangeError, TxFailed, DevnetError, DeployError, TelemetryError, ArtifactMissing, aiohttp.ClientError,

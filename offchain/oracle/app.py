@@ -3,7 +3,8 @@
 `create_app` builds the application from `OracleSettings`; the chain view, store, metrics and clock can be
 injected (tests, benchmarks), and whatever the app creates itself it also closes. Resources live in a
 `cleanup_ctx`: the node connection, the SQLite store, the chain follower and the WAL checkpoint tasks start
-before the first request and are released after the last in-flight request has finished.
+before the first request and are released after the last in-flight request has finished. With `settings.web`
+the read-only marketplace page (`offchain.web`) is served under `/web/` as well, from its own event index.
 
 Every refusal is JSON `OracleError` {"error": reason code, "detail": text}: 400 for a body that is not the
 model, 401/403/404/409/413/422 for failed checks, 503 when the chain cannot be read. A rejected request leaves
@@ -37,6 +38,7 @@ from offchain.oracle.ingest import Ingest
 from offchain.oracle.metrics import CONTENT_TYPE, OracleMetrics
 from offchain.oracle.store import SubmissionStore
 from offchain.oracle.verify import Rejected, Verifier, VerifyPolicy
+from offchain.web.app import create_web_app, deployment_of, mount
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,9 @@ def create_app(
                 await w3.provider.disconnect()
 
     app.cleanup_ctx.append(resources)
+    if settings.web:
+        mount(app, create_web_app(settings.chain.rpc_url, deployment_of(settings.chain),
+                                  confirmations=settings.web_confirmations))
     app.router.add_post(TELEMETRY_PATH, post_telemetry)
     app.router.add_post(COSIGN_PATH, post_cosign)
     app.router.add_get("/healthz", get_healthz)

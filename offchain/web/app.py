@@ -1,0 +1,306 @@
+"""The marketplace web page: an aiohttp sub-application over an `EventIndex` of one deployment.
+
+It is mounted under `/web/` in the oracle's app when `OracleSettings.web` is on (the devnet's oracle does so),
+or served alone by `gpuex web`. Read-only: it never signs anything and needs no wallet. Everything it shows comes
+from the index, which follows the chain in a background task; until the index has caught up once, the API
+answers 503.
+
+    GET /web/                          offers (filters and sort of `gpuex offers search`) and recent rentals
+    GET /web/rental?id=<rental id>     a rental: amounts, settlement, utilisation and delivered seconds chart
+    GET /web/provider?address=<0x...>  a provider: stake, reputation, offers, rentals and history
+    GET /web/api/market                chain, contracts, tokens and how far the index is
+    GET /web/api/offers?<OfferQuery>   the offers that pass the query; 400 with the reason for a bad query
+    GET /web/api/rentals?limit=<n>     the most recently opened rentals
+    GET /web/api/rentals/<id>          one rental with its reports
+    GET /web/api/providers/<address>   one provider
+    GET /web/api/events                server-sent events: `index` (`IndexStatus`) whenever the index moved
+
+The pages are static HTML, CSS and JavaScript shipped in this package (no CDN, no build step); they refetch what
+they show on every `index` event. Refusals are JSON `WebError` {"error", "detail"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+from aiohttp import web
+from multidict import MultiMapping
+from pydantic import BaseModel, ValidationError
+from web3 import AsyncWeb3
+
+from offchain import deployments
+from offchain.chain import connect
+from offchain.config import ChainSettings
+from offchain.deployments import Deployment, DeploymentNotFound
+from offchain.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex, IndexedRental
+from offchain.market import OfferQuery, TokenInfo, read_token, search_offers
+from offchain.web.views import (
+    IndexStatus,
+    MarketInfo,
+    OffersPage,
+    OfferView,
+    RentalSummary,
+    RentalsPage,
+    WebError,
+    provider_view,
+    rental_summary,
+    rental_view,
+)
+
+log = logging.getLogger(__name__)
+
+WEB_PREFIX = "/web"
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+HEARTBEAT_SECONDS = 15.0
+STOP_TIMEOUT_SECONDS = 15.0
+RECONNECT_MILLISECONDS = 2_000
+DEFAULT_RENTALS = 20
+MAX_RENTALS = 500
+
+
+@dataclass
+class Market:
+    """What the handlers read: the index and the tokens' display metadata (None until read from the chain).
+    `stopping` ends the index and the event streams."""
+
+    deployment: Deployment
+    index: EventIndex
+    token: TokenInfo | None = None
+    stake_token: TokenInfo | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+MARKET = web.AppKey("market", Market)
+
+
+def create_web_app(rpc_url: str, deployment: Deployment, *, confirmations: int = 0,
+                   poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS) -> web.Application:
+    """The web sub-application of `deployment`, reading the chain through `rpc_url`; mount it with `mount`."""
+    app = web.Application()
+    w3 = connect(rpc_url)
+    app[MARKET] = Market(deployment, EventIndex.for_deployment(w3, deployment, confirmations=confirmations))
+
+    async def follower(app: web.Application) -> AsyncIterator[None]:
+        market = app[MARKET]
+        task = asyncio.create_task(_follow(w3, market, poll_interval), name="web event index")
+        try:
+            yield
+        finally:
+            market.stopping.set()
+            # The index stops between two requests (see `EventIndex.run`); cancelled only if the node hangs.
+            done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_SECONDS)
+            if not done:
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await w3.provider.disconnect()
+
+    async def stop(app: web.Application) -> None:
+        """Stops the index and ends the event streams before the server waits for its requests to finish."""
+        app[MARKET].stopping.set()
+        await app[MARKET].index.wake()
+
+    app.cleanup_ctx.append(follower)
+    app.on_shutdown.append(stop)
+    for path, page in (("/", "offers.html"), ("/rental", "rental.html"), ("/provider", "provider.html")):
+        app.router.add_get(path, _page(PAGES_DIR / page))
+    app.router.add_static("/static", STATIC_DIR)
+    app.router.add_get("/api/market", get_market)
+    app.router.add_get("/api/offers", get_offers)
+    app.router.add_get("/api/rentals", get_rentals)
+    app.router.add_get("/api/rentals/{rental_id}", get_rental)
+    app.router.add_get("/api/providers/{address}", get_provider)
+    app.router.add_get("/api/events", get_events)
+    return app
+
+
+def mount(app: web.Application, web_app: web.Application) -> None:
+    """Serves `web_app` under `/web/` in `app`; `/` and `/web` redirect there."""
+
+    async def to_web(_: web.Request) -> web.Response:
+        raise web.HTTPFound(WEB_PREFIX + "/")
+
+    # Before the sub-application, which would otherwise answer `/web` itself (with a 404).
+    app.router.add_get("/", to_web)
+    app.router.add_get(WEB_PREFIX, to_web)
+    app.add_subapp(WEB_PREFIX, web_app)
+
+
+def create_standalone_app(rpc_url: str, deployment: Deployment, **options) -> web.Application:
+    """An application that serves only the web page (`gpuex web`)."""
+    app = web.Application()
+    mount(app, create_web_app(rpc_url, deployment, **options))
+    return app
+
+
+def deployment_of(chain: ChainSettings) -> Deployment:
+    """The deployment record of the contracts in `chain` (for its start block and tokens)."""
+    record = deployments.load(chain.chain_id)
+    if (record.registry, record.escrow) != (chain.registry, chain.escrow):
+        raise DeploymentNotFound(f"the deployment record of chain {chain.chain_id} is of registry {record.registry}, "
+                                 f"not {chain.registry}; point {deployments.DIR_ENV} at the right records")
+    return record
+
+
+async def _follow(w3: AsyncWeb3, market: Market, poll_interval: float) -> None:
+    """Reads the tokens' symbols and decimals, then keeps the index up to date until `market.stopping` is set;
+    retries while the node is down."""
+    deployment = market.deployment
+    while market.token is None and not market.stopping.is_set():
+        try:
+            token = await read_token(w3, deployment.payment_token)
+            market.stake_token = await read_token(w3, deployment.stake_token)
+            market.token = token
+        except CHAIN_ERRORS as exc:
+            log.warning("web: cannot read the tokens: %s: %s", type(exc).__name__, exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(market.stopping.wait(), poll_interval)
+    await market.index.run(market.stopping, poll_interval)
+
+
+def _page(path: Path):
+    async def handler(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return handler
+
+
+# ---------------------------------------------------------------------------------------------------- the API
+
+
+async def get_market(request: web.Request) -> web.Response:
+    market = request.app[MARKET]
+    if market.token is None or market.stake_token is None:
+        raise _refusal(web.HTTPServiceUnavailable, "indexing", "the page has not reached the chain yet")
+    d = market.deployment
+    return _json(MarketInfo(chain_id=d.chain_id, registry=d.registry, escrow=d.escrow, payment_token=market.token,
+                            stake_token=market.stake_token, index=_status(market.index)))
+
+
+async def get_offers(request: web.Request) -> web.Response:
+    market, token, _ = _ready(request)
+    try:
+        query = parse_offer_query(request.query)
+    except ValueError as exc:  # pydantic's ValidationError included
+        raise _refusal(web.HTTPBadRequest, "bad_query", _reason(exc)) from None
+    offers = search_offers(market.index.offers(), query, token)
+    return _json(OffersPage(block=market.index.block, token=token, query=query,
+                            offers=[OfferView.of(o, token) for o in offers]))
+
+
+async def get_rentals(request: web.Request) -> web.Response:
+    market, token, _ = _ready(request)
+    limit = _int_param(request.query.get("limit", str(DEFAULT_RENTALS)), "limit", 1, MAX_RENTALS)
+    index = market.index
+    return _json(RentalsPage(block=index.block, rentals=_summaries(index, index.rentals(limit), token)))
+
+
+async def get_rental(request: web.Request) -> web.Response:
+    market, token, stake_token = _ready(request)
+    rental_id = _int_param(request.match_info["rental_id"], "rental id", 1, 2**256 - 1)
+    rental = market.index.rental(rental_id)
+    offer = market.index.offer(rental.offer_id) if rental is not None else None
+    if rental is None or offer is None:
+        raise _refusal(web.HTTPNotFound, "unknown_rental", f"no rental {rental_id} (as of block {market.index.block})")
+    return _json(rental_view(rental, offer, token, stake_token))
+
+
+async def get_provider(request: web.Request) -> web.Response:
+    market, token, stake_token = _ready(request)
+    address = request.match_info["address"]
+    if not AsyncWeb3.is_address(address):
+        raise _refusal(web.HTTPBadRequest, "bad_address", f"not an address: {address!r}")
+    index = market.index
+    provider = index.provider(address)
+    if provider is None or provider.record is None:
+        raise _refusal(web.HTTPNotFound, "unknown_provider", f"{address} has no registry events")
+    offers = search_offers(index.offers(), OfferQuery(provider=provider.address, include_unavailable=True,
+                                                      sort="offer"), token)
+    rentals = [index.rental(i) for i in reversed(provider.rental_ids)]
+    return _json(provider_view(provider, [OfferView.of(o, token) for o in offers],
+                               _summaries(index, rentals, token), token, stake_token))
+
+
+async def get_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the index status now and whenever it moves, a comment every HEARTBEAT_SECONDS."""
+    market = request.app[MARKET]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    sent = None
+    try:
+        await response.write(f"retry: {RECONNECT_MILLISECONDS}\n\n".encode())
+        while not market.stopping.is_set():
+            version = market.index.version
+            if version != sent:
+                data = _status(market.index).model_dump_json()
+                await response.write(f"event: index\ndata: {data}\n\n".encode())
+                sent = version
+            else:
+                await response.write(b": idle\n\n")
+            await market.index.wait_for_change(sent, HEARTBEAT_SECONDS)
+    except ConnectionResetError:  # the page went away
+        pass
+    return response
+
+
+def parse_offer_query(params: MultiMapping[str]) -> OfferQuery:
+    """Query parameters as an `OfferQuery`; an empty parameter (a blank form field) counts as not given."""
+    values = {}
+    for key in set(params.keys()):
+        given = params.getall(key)
+        if len(given) > 1:
+            raise ValueError(f"{key} is given {len(given)} times")
+        if given[0].strip():
+            values[key] = given[0].strip()
+    return OfferQuery.model_validate(values)
+
+
+def _summaries(index: EventIndex, rentals: list[IndexedRental], token: TokenInfo) -> list[RentalSummary]:
+    """Rows for the rentals, leaving out any whose provider the index has not read yet (for a moment, while it
+    indexes a provider's first events)."""
+    offers = {r.offer_id: index.offer(r.offer_id) for r in rentals}
+    return [rental_summary(r, offers[r.offer_id], token) for r in rentals if offers[r.offer_id] is not None]
+
+
+def _ready(request: web.Request) -> tuple[Market, TokenInfo, TokenInfo]:
+    market = request.app[MARKET]
+    if not market.index.ready or market.token is None or market.stake_token is None:
+        raise _refusal(web.HTTPServiceUnavailable, "indexing",
+                       f"the index is catching up with the chain (at block {market.index.block})")
+    return market, market.token, market.stake_token
+
+
+def _status(index: EventIndex) -> IndexStatus:
+    return IndexStatus(ready=index.ready, block=index.block, version=index.version)
+
+
+def _int_param(text: str, what: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise _refusal(web.HTTPBadRequest, "bad_query", f"{what} is not a whole number: {text!r}") from None
+    if not low <= value <= high:
+        raise _refusal(web.HTTPBadRequest, "bad_query", f"{what} must be between {low} and {high}")
+    return value
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                         for e in exc.errors(include_url=False, include_input=False))
+    return str(exc)
+
+
+def _refusal(kind: type[web.HTTPError], error: str, detail: str) -> web.HTTPError:
+    return kind(text=WebError(error=error, detail=detail).model_dump_json(), content_type="application/json")
+
+
+def _json(model: BaseModel) -> web.Response:
+    return web.Response(body=model.model_dump_json().encode(), content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+

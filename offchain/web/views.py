@@ -1,0 +1,274 @@
+"""The web API's JSON bodies: what the index holds, in human units.
+
+Amounts are decimal strings of the token (`"3.600000"` for 3.6 USDC), prices are per hour, VRAM is in GiB,
+utilisation in percent, times are Unix seconds; rental ids are strings (they exceed what a JavaScript number holds
+exactly). Stake and slashes are in the stake token, everything a renter pays or is refunded in the payment token.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict
+
+from offchain.index import HistoryEntry, IndexedProvider, IndexedRental
+from offchain.market import SECONDS_PER_HOUR, OfferQuery, OfferRecord, TokenInfo, unpack_text
+from offchain.status import RentalStatus, SlashReason
+
+BPS_PER_PERCENT = 100
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebError(_View):
+    """Every refusal: a reason code and a sentence for people."""
+
+    error: str
+    detail: str
+
+
+class IndexStatus(_View):
+    """How far the index is; sent on every change over the event stream."""
+
+    ready: bool
+    block: int | None
+    version: int
+
+
+class MarketInfo(_View):
+    chain_id: int
+    registry: str
+    escrow: str
+    payment_token: TokenInfo
+    stake_token: TokenInfo
+    index: IndexStatus
+
+
+class OfferView(_View):
+    offer_id: int
+    provider: str
+    status: str  # active, paused, closed
+    available: bool  # active and not rented
+    rental_id: str | None  # the live rental
+    gpu_model: str
+    gpu_count: int
+    vram_gib: float  # per GPU
+    region: str
+    price_per_hour: Decimal  # whole offer
+    price_per_gpu_hour: Decimal
+    min_duration: int
+    max_duration: int
+    util_floor_pct: float
+    reliability: float | None  # share of rented seconds delivered; None before the first settled second
+    rentals_completed: int
+    slashes: int
+
+    @classmethod
+    def of(cls, offer: OfferRecord, token: TokenInfo) -> OfferView:
+        per_hour = token.to_human(offer.price_per_hour)
+        return cls(offer_id=offer.offer_id, provider=offer.provider, status=offer.status.name.lower(),
+                   available=offer.rentable, rental_id=str(offer.live_rental_id) if offer.live_rental_id else None,
+                   gpu_model=offer.gpu_model, gpu_count=offer.gpu_count, vram_gib=round(offer.vram_gib, 2),
+                   region=offer.region, price_per_hour=per_hour,
+                   price_per_gpu_hour=(per_hour / offer.gpu_count).quantize(Decimal(1).scaleb(-token.decimals)),
+                   min_duration=offer.min_duration, max_duration=offer.max_duration,
+                   util_floor_pct=offer.util_floor_bps / BPS_PER_PERCENT, reliability=offer.reliability,
+                   rentals_completed=offer.reputation.rentals_completed, slashes=offer.reputation.slashes)
+
+
+class OffersPage(_View):
+    block: int | None
+    token: TokenInfo
+    query: OfferQuery
+    offers: list[OfferView]
+
+
+class ReportView(_View):
+    seq: int
+    period_end: int
+    delivered_seconds: int
+    avg_util_pct: float
+    earned: Decimal
+
+
+class SettlementView(_View):
+    status: str
+    settled_at: int
+    provider_payout: Decimal
+    fee: Decimal
+    refund: Decimal
+    missed_seconds: int
+    slashed: Decimal  # stake token
+    slash_reason: str  # none, start_timeout, sla_breach
+
+
+class RentalSummary(_View):
+    """A row of a rentals table."""
+
+    rental_id: str
+    offer_id: int
+    provider: str
+    renter: str
+    status: str
+    live: bool  # open, running or terminated: it still holds its offer
+    gpu_model: str
+    gpu_count: int
+    price_per_hour: Decimal
+    opened_at: int
+    since: int  # opening time while open, start time once started
+    ends_at: int
+    delivered_seconds: int
+    last_util_pct: float | None
+    paid: Decimal  # earnings accrued by applied reports: what the renter pays, fee included
+
+
+class RentalsPage(_View):
+    block: int | None
+    rentals: list[RentalSummary]
+
+
+class RentalView(RentalSummary):
+    deposit: Decimal
+    refunded: Decimal
+    booked_duration: int
+    duration: int
+    started_at: int | None
+    started_by_report: bool
+    terminated_at: int | None
+    job_spec_hash: str
+    settlement: SettlementView | None
+    reports: list[ReportView]
+
+
+def rental_summary(rental: IndexedRental, offer: OfferRecord, token: TokenInfo) -> RentalSummary:
+    return RentalSummary(**_summary_fields(rental, offer, token))
+
+
+def rental_view(rental: IndexedRental, offer: OfferRecord, token: TokenInfo, stake_token: TokenInfo) -> RentalView:
+    settlement = rental.settlement
+    return RentalView(
+        **_summary_fields(rental, offer, token), deposit=token.to_human(rental.deposit),
+        refunded=token.to_human(rental.refunded), booked_duration=rental.booked_duration, duration=rental.duration,
+        started_at=rental.started_at, started_by_report=rental.started_by_report, terminated_at=rental.terminated_at,
+        job_spec_hash=rental.job_spec_hash,
+        settlement=None if settlement is None else SettlementView(
+            status=settlement.status.name.lower(), settled_at=settlement.timestamp,
+            provider_payout=token.to_human(settlement.provider_payout), fee=token.to_human(settlement.fee),
+            refund=token.to_human(settlement.refund), missed_seconds=settlement.missed_seconds,
+            slashed=stake_token.to_human(settlement.slashed), slash_reason=settlement.slash_reason.name.lower()),
+        reports=[ReportView(seq=r.seq, period_end=r.period_end, delivered_seconds=r.delivered_seconds,
+                            avg_util_pct=r.avg_util_bps / BPS_PER_PERCENT, earned=token.to_human(r.earned))
+                 for r in rental.reports])
+
+
+def _summary_fields(rental: IndexedRental, offer: OfferRecord, token: TokenInfo) -> dict:
+    return dict(
+        rental_id=str(rental.rental_id), offer_id=rental.offer_id, provider=rental.provider, renter=rental.renter,
+        status=rental.status.name.lower(), live=rental.status.is_live, gpu_model=offer.gpu_model,
+        gpu_count=offer.gpu_count, price_per_hour=token.to_human(rental.price_per_second * SECONDS_PER_HOUR),
+        opened_at=rental.opened_at, since=rental.since, ends_at=rental.ends_at,
+        delivered_seconds=rental.delivered_seconds,
+        last_util_pct=rental.reports[-1].avg_util_bps / BPS_PER_PERCENT if rental.reports else None,
+        paid=token.to_human(rental.earned))
+
+
+class HistoryView(_View):
+    block: int
+    timestamp: int
+    tx_hash: str
+    event: str
+    offer_id: int | None
+    rental_id: str | None
+    summary: str
+
+
+class ProviderView(_View):
+    address: str
+    staked: Decimal
+    locked: Decimal
+    unbonding: Decimal
+    free: Decimal
+    unbonding_ends_at: int
+    agent: str
+    rentals_completed: int
+    slashes: int
+    seconds_delivered: int
+    seconds_missed: int
+    reliability: float | None
+    offers: list[OfferView]
+    rentals: list[RentalSummary]
+    history: list[HistoryView]  # the newest first
+
+
+def provider_view(provider: IndexedProvider, offers: list[OfferView], rentals: list[RentalSummary],
+                  token: TokenInfo, stake_token: TokenInfo) -> ProviderView:
+    """`provider` must have its record read (the index is ready)."""
+    record = provider.record
+    assert record is not None
+    return ProviderView(
+        address=provider.address, staked=stake_token.to_human(record.staked),
+        locked=stake_token.to_human(record.locked), unbonding=stake_token.to_human(record.unbonding),
+        free=stake_token.to_human(record.free), unbonding_ends_at=record.unbonding_ends_at, agent=record.agent,
+        rentals_completed=record.rentals_completed, slashes=record.slashes,
+        seconds_delivered=record.seconds_delivered, seconds_missed=record.seconds_missed,
+        reliability=record.reliability, offers=offers, rentals=rentals,
+        history=[HistoryView(block=h.block, timestamp=h.timestamp, tx_hash=h.tx_hash, event=h.event,
+                             offer_id=h.offer_id, rental_id=None if h.rental_id is None else str(h.rental_id),
+                             summary=history_summary(h, token, stake_token))
+                 for h in reversed(provider.history)])
+
+
+def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInfo) -> str:
+    """One sentence for a provider's history table."""
+    args, offer = entry.args, f"offer #{entry.offer_id}"
+    match entry.event:
+        case "Staked":
+            return f"staked {stake_token.format(args['amount'])}"
+        case "UnstakeRequested":
+            return (f"asked to unstake {stake_token.format(args['amount'])} "
+                    f"({stake_token.format(args['unbonding'])} unbonding in all)")
+        case "UnstakeWithdrawn":
+            return f"withdrew {stake_token.format(args['amount'])} of unbonded stake"
+        case "AgentSet":
+            return f"set its agent key to {args['agent']}"
+        case "OfferCreated":
+            terms = args["terms"]
+            model = unpack_text(bytes.fromhex(terms["gpuModel"][2:]))
+            return (f"listed {offer}: {len(terms['gpuUuidHashes'])} x {model} at "
+                    f"{_per_hour(token, terms['pricePerSecond'])}")
+        case "OfferPriceUpdated":
+            return f"set the price of {offer} to {_per_hour(token, args['pricePerSecond'])}"
+        case "OfferPaused" | "OfferResumed" | "OfferClosed":
+            return f"{entry.event.removeprefix('Offer').lower()} {offer}"
+        case "Slashed":
+            reason = SlashReason(args["reason"]).name.lower().replace("_", " ")
+            return f"slashed {stake_token.format(args['amount'])} to {args['renter']} on {offer} ({reason})"
+        case "RentalOpened":
+            return (f"{args['renter']} rented {offer} for {duration_text(args['duration'])}, "
+                    f"deposit {token.format(args['deposit'])}")
+        case "RentalStarted":
+            return "rental started by its first report" if args["byReport"] else "rental started"
+        case "RentalTerminated":
+            return f"the renter terminated the rental; {token.format(args['refund'])} refunded"
+        case "RentalFinalized":
+            status = RentalStatus(args["status"]).name.lower().replace("_", " ")
+            text = (f"rental settled {status}: {token.format(args['providerPayout'])} to the provider, "
+                    f"{token.format(args['refund'])} refunded")
+            if args["slashed"]:
+                reason = SlashReason(args["slashReason"]).name.lower().replace("_", " ")
+                text += f", {stake_token.format(args['slashed'])} slashed ({reason})"
+            return text
+    return entry.event
+
+
+def duration_text(seconds: int) -> str:
+    """`5400` -> `1h 30m`; `45` -> `45s`."""
+    parts = [(seconds // 86_400, "d"), (seconds % 86_400 // 3_600, "h"), (seconds % 3_600 // 60, "m"),
+             (seconds % 60, "s")]
+    return " ".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+def _per_hour(token: TokenInfo, price_per_second: int) -> str:
+    return f"{token.format(price_per_second * SECONDS_PER_HOUR)}/h"

@@ -1,0 +1,271 @@
+"""The marketplace web page in a real headless Chromium (Debian's `chromium` through its `chromedriver`), served by
+the oracle of a devnet brought up as `gpuex devnet up` does: two providers list four offers, a renter rents one,
+and a provider agent runs in this process on simulated GPUs so that usage reports land on chain while the pages
+are open. Screenshots of each page go to out/test-artifacts/.
+
+Needs `make browser` (apt packages chromium and chromium-driver); the test fails, saying so, without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from eth_account import Account
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from offchain import deployments, devnet
+from offchain.agent.jobspec import JobSpec, JobSpecStore
+from offchain.agent.service import ProviderAgent
+from offchain.agent.settings import ProviderAgentSettings
+from offchain.chain import PROJECT_ROOT, connect, contract
+from offchain.deploy import USDC
+from offchain.market import pack_text
+from offchain.messages import gpu_uuid_hash
+from offchain.reports import rental_id
+from offchain.telemetry.simulated import SimulatedSource
+from offchain.wallet import Wallet
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = PROJECT_ROOT / "out" / "test-artifacts"
+ANVIL_PORT = 8585
+ORACLE_PORT = 8785
+WAIT_SECONDS = 20
+MAX_UINT = 2**256 - 1
+RENTAL_SECONDS = 3_600
+#: (provider role, GPUs, model, VRAM MiB, region, price per second in tUSD units); the first is the one rented.
+OFFERS = [
+    ("provider", 2, "H100-80GB", 81_559, "eu-west", 1_400),  # 5.04 tUSD/h
+    ("provider", 1, "H100-80GB", 81_559, "eu-central", 700),  # 2.52 tUSD/h
+    ("provider2", 4, "A100-80GB", 81_920, "us-east", 2_000),  # 7.20 tUSD/h
+    ("provider2", 1, "L4", 23_034, "ap-south", 200),  # 0.72 tUSD/h
+]
+#: Legend swatches alone paint about 60 pixels of each colour; a drawn series paints far more.
+SERIES_PIXELS = 400
+SCREENSHOT_REPORTS = 10
+
+#: A series' pixels, antialiased edges included: strongly blue (utilisation) or strongly orange (delivered).
+COUNT_SERIES_PIXELS = """
+const canvas = document.getElementById("chart");
+const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+let utilisation = 0, delivered = 0;
+for (let i = 0; i < data.length; i += 4) {
+  if (data[i + 3] < 128) continue;
+  if (data[i + 2] - data[i] > 80) utilisation++;
+  if (data[i] - data[i + 2] > 80) delivered++;
+}
+return [utilisation, delivered];
+"""
+TABLE_TEXT = """
+return Array.from(document.querySelectorAll("#" + arguments[0] + " tbody tr"),
+                  (row) => Array.from(row.cells, (cell) => cell.innerText.trim()));
+"""
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.fail("Chromium and its driver are not installed: run `make browser` (apt chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,900", "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    # An explicit driver path: Selenium Manager is never asked to find (or download) one.
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, monkeypatch, browser):
+    monkeypatch.setenv(deployments.DIR_ENV, str(tmp_path / "deployments"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "web-failure.png").unlink(missing_ok=True)
+    asyncio.run(_scenario(tmp_path, browser))
+
+
+async def _scenario(tmp_path: Path, driver) -> None:
+    state_dir = tmp_path / "devnet"
+    state = await devnet.up(state_dir, port=ANVIL_PORT, oracle_port=ORACLE_PORT, epoch_seconds=1.0,
+                            say=lambda _: None)
+    w3 = connect(state.rpc_url)
+    agent_task = None
+    try:
+        source = SimulatedSource(gpu_count=2, seed=7)
+        rented = await _market(w3, state, state_dir, source, tmp_path / "agent" / "specs")
+        agent = ProviderAgent(ProviderAgentSettings(
+            chain=state.deployment.chain_settings(state.rpc_url), key=_key(state_dir, "agent"),
+            provider=state.accounts["provider"], oracles=[state.oracle_url], allow_simulated=True,
+            state_dir=tmp_path / "agent", report_interval_seconds=1.0, chain_poll_seconds=0.5,
+            start_block=state.deployment.start_block, retry_initial_seconds=0.2, retry_max_seconds=1.0), source)
+        agent_task = asyncio.create_task(agent.run(), name="agent")
+        web = f"{state.oracle_url}/web"
+        await _until_reports(f"{web}/api/rentals/{rented}", 2, agent_task)
+        await asyncio.to_thread(_check_offers_page, driver, web)
+        await asyncio.to_thread(_check_rental_page, driver, web, rented)
+        await asyncio.to_thread(_check_provider_page, driver, web, state.accounts["provider"])
+        await asyncio.to_thread(_open_rental_page, driver, web, rented)
+        renter = Wallet(w3, Account.from_key(_key(state_dir, "renter")))
+        await renter.transact(contract(w3, "RentalEscrow", state.deployment.escrow).functions.terminate(rented))
+        await asyncio.to_thread(_check_termination_arrives, driver)
+    finally:
+        if agent_task is not None:
+            agent_task.cancel()
+            await asyncio.gather(agent_task, return_exceptions=True)
+        await w3.provider.disconnect()
+        devnet.down(state_dir, say=lambda _: None)
+
+
+def _key(state_dir: Path, role: str) -> str:
+    return devnet.key_path(state_dir, role).read_text().strip()
+
+
+async def _market(w3, state, state_dir: Path, source: SimulatedSource, spec_dir: Path) -> int:
+    """Stakes both providers, lists OFFERS as offers 1 to 4 (the first over the GPUs of `source`, with the agent
+    key set) and rents offer 1; returns the rental id."""
+    record = state.deployment
+    token = contract(w3, "TestStablecoin", record.payment_token)
+    registry = contract(w3, "ProviderRegistry", record.registry)
+    escrow = contract(w3, "RentalEscrow", record.escrow)
+    wallets = {role: Wallet(w3, Account.from_key(_key(state_dir, role)))
+               for role in ("provider", "provider2", "renter")}
+    uuids = {role: [f"GPU-web-test-{role}-{i}" for i in range(sum(c for r, c, *_ in OFFERS if r == role))]
+             for role in ("provider", "provider2")}
+    uuids["provider"][:2] = [gpu.uuid for gpu in source.gpus()]
+
+    async def provider(role: str) -> None:
+        wallet = wallets[role]
+        await wallet.transact(token.functions.approve(record.registry, MAX_UINT))
+        await wallet.transact(registry.functions.stake(1_000 * USDC))
+        if role == "provider":
+            await wallet.transact(registry.functions.setAgent(state.accounts["agent"]))
+        await wallet.transact(registry.functions.registerGpus([gpu_uuid_hash(u) for u in uuids[role]]))
+
+    await asyncio.gather(provider("provider"), provider("provider2"),
+                         wallets["renter"].transact(token.functions.approve(record.escrow, MAX_UINT)))
+    for role, count, model, vram, region, price in OFFERS:  # one at a time, so that the ids are 1 to 4
+        hashes = [gpu_uuid_hash(uuids[role].pop(0)) for _ in range(count)]
+        terms = (pack_text(model, 32), vram, price, 60, 86_400, pack_text(region, 16), 10_000, hashes)
+        await wallets[role].transact(registry.functions.createOffer(terms))
+    spec = JobSpec(command=(sys.executable, "-c", "import time; time.sleep(600)"))
+    JobSpecStore(spec_dir).put(spec)
+    await wallets["renter"].transact(escrow.functions.openRental(1, RENTAL_SECONDS, OFFERS[0][5], spec.spec_hash()))
+    return rental_id(1, 1)
+
+
+async def _until_reports(url: str, count: int, agent_task: asyncio.Task) -> None:
+    """Waits until the page's API shows `count` applied reports of the rental."""
+    deadline = time.monotonic() + 2 * WAIT_SECONDS
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if agent_task.done():
+                agent_task.result()
+                raise AssertionError("the agent stopped")
+            async with session.get(url) as response:
+                if response.status == 200 and len((await response.json())["reports"]) >= count:
+                    return
+            assert time.monotonic() < deadline, f"no {count} applied reports within {2 * WAIT_SECONDS} s"
+            await asyncio.sleep(0.5)
+
+
+def _wait(driver, condition, what: str):
+    """Waits for `condition(driver)` to be truthy; on a timeout, saves web-failure.png and names the browser's
+    console errors."""
+    try:
+        return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.2).until(condition)
+    except TimeoutException:
+        _screenshot(driver, "web-failure.png")
+        console = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        raise AssertionError(f"timed out after {WAIT_SECONDS} s waiting for {what} at {driver.current_url} "
+                             f"(out/test-artifacts/web-failure.png); browser errors: {console}") from None
+
+
+def _rows(driver, table: str) -> list[list[str]]:
+    """The cells' text of a table's body, read in one go (a live refresh may replace the rows at any time)."""
+    return driver.execute_script(TABLE_TEXT, table)
+
+
+def _screenshot(driver, name: str) -> None:
+    """A screenshot of the whole page (beyond the window) in out/test-artifacts/."""
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
+
+
+def _check_offers_page(driver, web: str) -> None:
+    driver.get(web + "/")
+    # Rentable offers only, cheapest first: the rented one is left out.
+    _wait(driver, lambda d: len(_rows(d, "offers")) == 3, "the three rentable offers")
+    rows = _rows(driver, "offers")
+    assert [(r[0], r[2], r[4], r[5]) for r in rows] == [
+        ("#4", "L4", "ap-south", "0.72 tUSD"), ("#2", "H100-80GB", "eu-central", "2.52 tUSD"),
+        ("#3", "A100-80GB", "us-east", "7.20 tUSD")]
+    assert all(r[10] == "available" for r in rows)
+    _wait(driver, lambda d: len(_rows(d, "rentals")) == 1, "the recent rental")
+    assert _rows(driver, "rentals")[0][1:3] == ["#1", "2 × H100-80GB"]
+    _screenshot(driver, "web-offers.png")
+
+    driver.find_element(By.NAME, "gpu_model").send_keys("h100")
+    driver.find_element(By.NAME, "include_unavailable").click()
+    driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    _wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#2", "#1"], "the H100 offers, rented included")
+    assert _rows(driver, "offers")[1][10] == "rented"
+    assert "gpu_model=h100" in driver.current_url and "include_unavailable=true" in driver.current_url
+
+    driver.get(web + "/?sort=-price&min_gpus=2")
+    _wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#3"], "the offers of 2+ GPUs, dearest first")
+    driver.get(web + "/?min_gpus=0")
+    error = _wait(driver, lambda d: d.find_element(By.ID, "offers-error").is_displayed()
+                  and d.find_element(By.ID, "offers-error"), "the refusal of a bad filter")
+    assert "min_gpus" in error.text and "greater than or equal to 1" in error.text
+
+
+def _open_rental_page(driver, web: str, rented: int):
+    """Loads the rental's page and waits until its chart shows at least two reports; returns the canvas."""
+    driver.get(f"{web}/rental?id={rented}")
+    return _wait(driver, lambda d: int(d.find_element(By.ID, "chart").get_attribute("data-points") or 0) >= 2
+                 and d.find_element(By.ID, "chart"), "the chart of the first reports")
+
+
+def _check_rental_page(driver, web: str, rented: int) -> None:
+    chart = _open_rental_page(driver, web, rented)
+    utilisation, delivered = driver.execute_script(COUNT_SERIES_PIXELS)
+    assert utilisation > SERIES_PIXELS and delivered > SERIES_PIXELS, (utilisation, delivered)
+    assert driver.find_element(By.ID, "status").text == "running"
+    assert "5.04 tUSD" in driver.find_element(By.ID, "cards").text  # the deposit: an hour at 5.04 tUSD/h
+    assert len(_rows(driver, "reports")) >= 2
+    points = int(chart.get_attribute("data-points"))
+    # Live: more reports arrive over the event stream without a reload (enough for a screenshot worth a look).
+    enough = max(points + 1, SCREENSHOT_REPORTS)
+    _wait(driver, lambda d: int(chart.get_attribute("data-points")) >= enough, f"{enough} reports, arriving live")
+    _screenshot(driver, "web-rental.png")
+
+
+def _check_provider_page(driver, web: str, address: str) -> None:
+    driver.get(f"{web}/provider?address={address}")
+    _wait(driver, lambda d: len(_rows(d, "offers")) == 2, "the provider's two offers")
+    cards = driver.find_element(By.ID, "cards").text
+    assert "1,000.00 tUSD" in cards  # staked
+    assert [r[7] for r in _rows(driver, "offers")] == ["rented", "available"]
+    oldest_first = [r[2] for r in reversed(_rows(driver, "history"))]
+    assert oldest_first[:6] == ["Staked", "AgentSet", "OfferCreated", "OfferCreated", "RentalOpened",
+                                "RentalStarted"]
+    _screenshot(driver, "web-provider.png")
+
+
+def _check_termination_arrives(driver) -> None:
+    """The open rental page turns to the terminated rental, with the refund, without a reload."""
+    _wait(driver, lambda d: d.find_element(By.ID, "status").text == "terminated", "the termination")
+    (refunded,) = [c for c in driver.find_elements(By.CSS_SELECTOR, "#cards .card") if "REFUNDED" in c.text.upper()]
+    assert "0.00 tUSD" not in refunded.text

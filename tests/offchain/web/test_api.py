@@ -1,0 +1,211 @@
+"""The web page's JSON API and event stream over the event index of the real suite: the offer search is
+`gpuex offers search`'s, amounts are in human units, bad input is refused with its reason, and the oracle serves
+the page when told to."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
+from brownie import chain, web3
+from eth_utils import keccak
+from pydantic import SecretStr
+
+from offchain import deployments
+from offchain.chain import connect
+from offchain.config import OracleSettings
+from offchain.market import OfferQuery, read_offers, read_token, search_offers
+from offchain.messages import gpu_uuid_hash
+from offchain.oracle.app import create_app
+from offchain.reports import EscrowDomain, Report, sign_batch
+from tests.offchain.conftest import ORACLE_KEYS, PRICE
+from tests.offchain.web.conftest import until_block
+
+DURATION = 3_600
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def list_l4_offer(suite, provider) -> int:
+    hashes = [gpu_uuid_hash("GPU-web-api-test-l4")]
+    suite.registry.registerGpus(hashes, {"from": provider})
+    terms = (b"L4".ljust(32, b"\0"), 23_034, PRICE // 4, 60, 7_200, b"us-east".ljust(16, b"\0"), 5_000, hashes)
+    return suite.registry.createOffer(terms, {"from": provider}).return_value
+
+
+def open_running_rental(suite, offer_id: int, provider, renter, relayer) -> int:
+    """A rental of `offer_id`, started, with one applied report: 10 s delivered at 90% utilisation."""
+    rental_id = suite.escrow.openRental(offer_id, DURATION, PRICE, keccak(text="job"), {"from": renter}).return_value
+    suite.escrow.start(rental_id, {"from": provider})
+    since = suite.escrow.getRental(rental_id)[4]
+    chain.sleep(10)
+    chain.mine()
+    report = Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10, avg_util_bps=9_000)
+    domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
+                          oracle_set_version=suite.escrow.oracleSet()[0])
+    suite.escrow.submitReports([report.as_tuple()], [sign_batch([report], domain, k) for k in ORACLE_KEYS[:2]],
+                               {"from": relayer})
+    return rental_id
+
+
+def test_offers_are_those_of_the_shared_search_in_human_units(web_client, chain_settings, suite, offer, provider):
+    l4 = list_l4_offer(suite, provider)
+    queries = [{}, {"gpu_model": "l4"}, {"sort": "-price"}, {"max_price_per_hour": "3"},
+               {"min_vram_gib": "40", "region": "EU"}, {"include_unavailable": "on", "sort": "gpus", "limit": "1"},
+               {"gpu_model": "", "min_gpus": " "}]  # blank form fields count as not given
+
+    async def scenario():
+        async with web_client() as client:
+            pages = [await (await client.get("/web/api/offers", params=q)).json() for q in queries]
+            w3 = connect(chain_settings.rpc_url)
+            try:
+                on_chain = await read_offers(w3, chain_settings.registry, chain_settings.escrow)
+                token = await read_token(w3, suite.payment_token.address)
+            finally:
+                await w3.provider.disconnect()
+            return pages, on_chain, token
+
+    pages, on_chain, token = run(scenario())
+    for query, page in zip(queries, pages):
+        expected = search_offers(on_chain, OfferQuery(**{k: v for k, v in query.items() if v.strip()}), token)
+        assert [o["offer_id"] for o in page["offers"]] == [o.offer_id for o in expected], query
+    assert [o["offer_id"] for o in pages[0]["offers"]] == [l4, offer]
+    h100 = pages[0]["offers"][1]
+    assert (h100["gpu_model"], h100["gpu_count"], h100["vram_gib"], h100["region"], h100["status"]) == (
+        "H100-80GB", 2, 79.65, "eu-west", "active")
+    assert (h100["price_per_hour"], h100["price_per_gpu_hour"], h100["util_floor_pct"]) == ("3.600000", "1.800000",
+                                                                                        100.0)
+    assert (h100["available"], h100["rental_id"], h100["reliability"]) == (True, None, None)
+    assert pages[0]["token"]["symbol"] == "tUSD"
+
+
+def test_a_bad_offer_query_is_refused_with_its_reason(web_client, offer):
+    refused = {"min_gpus=0": "min_gpus", "sort=cheapest": "sort", "colour=red": "colour",
+               "max_price_per_hour=lots": "max_price_per_hour", "limit=1&limit=2": "limit is given 2 times"}
+
+    async def scenario():
+        async with web_client() as client:
+            return [(r.status, await r.json()) for r in [await client.get("/web/api/offers?" + q) for q in refused]]
+
+    for (status, body), reason in zip(run(scenario()), refused.values()):
+        assert status == 400 and body["error"] == "bad_query" and reason in body["detail"], body
+
+
+def test_a_rental_and_its_provider_in_human_units(web_client, suite, offer, provider, renter, relayer):
+    rental_id = open_running_rental(suite, offer, provider, renter, relayer)
+
+    async def scenario():
+        async with web_client() as client:
+            return [await (await client.get(path)).json() for path in (
+                f"/web/api/rentals/{rental_id}", "/web/api/rentals", f"/web/api/providers/{provider.address.lower()}")]
+
+    rental, recent, indexed_provider = run(scenario())
+    assert (rental["rental_id"], rental["offer_id"], rental["status"], rental["live"]) == (
+        str(rental_id), offer, "running", True)
+    assert (rental["deposit"], rental["paid"], rental["refunded"], rental["price_per_hour"]) == (
+        "3.600000", "0.010000", "0.000000", "3.600000")
+    assert rental["reports"] == [{"seq": 1, "period_end": rental["since"] + 10, "delivered_seconds": 10,
+                                  "avg_util_pct": 90.0, "earned": "0.010000"}]
+    assert (rental["gpu_model"], rental["gpu_count"], rental["settlement"]) == ("H100-80GB", 2, None)
+    assert [r["rental_id"] for r in recent["rentals"]] == [str(rental_id)]
+    assert indexed_provider["address"] == provider.address
+    assert (indexed_provider["staked"], indexed_provider["locked"]) == ("10000.000000", "200.000000")
+    assert [o["offer_id"] for o in indexed_provider["offers"]] == [offer]
+    assert indexed_provider["offers"][0]["rental_id"] == str(rental_id)
+    opened = next(h for h in indexed_provider["history"] if h["event"] == "RentalOpened")
+    assert opened["summary"] == f"{renter.address} rented offer #{offer} for 1h, deposit 3.600000 tUSD"
+    assert indexed_provider["history"][-1]["summary"] == "staked 10,000.000000 tUSD"  # the oldest last
+
+
+def test_unknown_rentals_and_providers_are_refused(web_client, offer, deployer):
+    async def scenario():
+        async with web_client() as client:
+            paths = ["/web/api/rentals/99", "/web/api/rentals/x", f"/web/api/providers/{deployer.address}",
+                     "/web/api/providers/0x12", "/web/api/rentals?limit=0"]
+            return [(r.status, (await r.json())["error"]) for r in [await client.get(p) for p in paths]]
+
+    assert run(scenario()) == [(404, "unknown_rental"), (400, "bad_query"), (404, "unknown_provider"),
+                               (400, "bad_address"), (400, "bad_query")]
+
+
+def test_the_event_stream_announces_each_move_of_the_index(web_client, suite, offer, renter):
+    async def next_event(stream) -> dict:
+        while True:
+            line = (await asyncio.wait_for(stream.content.readline(), 10)).decode().strip()
+            if line.startswith("data: "):
+                return json.loads(line.removeprefix("data: "))
+
+    async def scenario():
+        async with web_client() as client:
+            stream = await client.get("/web/api/events")
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            first = await next_event(stream)
+            rental_id = suite.escrow.openRental(offer, DURATION, PRICE, keccak(text="job"),
+                                                {"from": renter}).return_value
+            moved = await next_event(stream)
+            rental = await (await client.get(f"/web/api/rentals/{rental_id}")).json()
+            stream.close()
+            return first, moved, rental
+
+    first, moved, rental = run(scenario())
+    assert first["ready"] and moved["ready"]
+    assert moved["version"] > first["version"] and moved["block"] == web3.eth.block_number
+    assert rental["status"] == "open"
+
+
+def test_an_open_event_stream_does_not_hold_up_a_shutdown(web_client):
+    async def scenario():
+        async with aiohttp.ClientSession() as session:
+            async with web_client() as client:
+                stream = await session.get(client.make_url("/web/api/events"))
+                assert (await stream.content.readline()).startswith(b"retry:")
+                closing = time.monotonic()
+            shutdown_seconds = time.monotonic() - closing
+            ended = await asyncio.wait_for(stream.content.read(), 5)  # the rest of the stream, up to its end
+            return shutdown_seconds, ended
+
+    shutdown_seconds, ended = run(scenario())
+    assert shutdown_seconds < 2  # not the stream's heartbeat interval, nor the server's shutdown timeout
+    assert b"event: index" in ended
+
+
+def test_the_page_answers_503_until_its_index_reaches_the_deployment(web_client, deployment):
+    lagging = deployment.model_copy(update={"start_block": web3.eth.block_number + 1_000})  # a node far behind
+
+    async def scenario():
+        async with web_client(lagging, ready=False) as client:
+            await asyncio.sleep(0.3)  # several rounds of the index
+            market = await (await client.get("/web/api/market")).json()
+            refusals = [(r.status, (await r.json())["error"]) for r in
+                        [await client.get(p) for p in ("/web/api/offers", "/web/api/rentals", "/web/api/rentals/1")]]
+            return market["index"], refusals
+
+    index, refusals = run(scenario())
+    assert (index["ready"], index["block"]) == (False, None)
+    assert refusals == [(503, "indexing")] * 3
+
+
+def test_the_oracle_serves_the_page_when_web_is_on(chain_settings, deployment, tmp_path, monkeypatch, offer):
+    monkeypatch.setenv(deployments.DIR_ENV, str(tmp_path))
+    deployments.save(deployment)
+    settings = OracleSettings(chain=chain_settings, key=SecretStr("0x" + ORACLE_KEYS[0].hex()),
+                              state_dir=tmp_path / "oracle", web=True)
+
+    async def scenario():
+        async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
+            await until_block(client, web3.eth.block_number)
+            root = await client.get("/", allow_redirects=False)
+            page = await client.get("/web/")
+            offers = await (await client.get("/web/api/offers")).json()
+            health = await client.get("/healthz")
+            return root.status, root.headers["Location"], page.status, await page.text(), offers, health.status
+
+    root, location, page, html, offers, health = run(scenario())
+    assert (root, location, page, health) == (302, "/web/", 200, 200)
+    assert "<title>gpuex market · offers</title>" in html
+    assert [o["offer_id"] for o in offers["offers"]] == [offer]
