@@ -7,7 +7,7 @@ accepts it turns it into the on-chain `Report` that k of n oracles co-sign (`off
 
 from __future__ import annotations
 
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Any, Sequence
 
 from eth_account import Account

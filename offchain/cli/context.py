@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -300,3 +301,12 @@ def amount_units(token: TokenInfo, amount, what: str = "--amount") -> int:
         return token.to_units(amount)
     except ValueError as exc:
         raise UsageError(f"{what}: {exc}") from None
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets: long-running commands (services, servers) stop cleanly on either."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

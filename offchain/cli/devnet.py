@@ -8,6 +8,7 @@ import argparse
 from offchain import devnet
 from offchain.cli.context import Output, add_command, add_group, devnet_dir
 from offchain.exchange import NotFound
+from offchain.web.app import WEB_PREFIX
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def _render_state(out: Output, state_dir, state: devnet.DevnetState) -> None:
     d = state.deployment
     out.fields(f"devnet in {state_dir}", [
         ("rpc", state.rpc_url), ("chain id", state.chain_id), ("oracle", state.oracle_url),
-        ("registry", d.registry), ("escrow", d.escrow), ("payment token", d.payment_token),
+        ("web page", f"{state.oracle_url}{WEB_PREFIX}/"), ("registry", d.registry), ("escrow", d.escrow), ("payment token", d.payment_token),
     ])
     out.fields("roles (use one with GPUEX_KEY_FILE=<key file>)",
                [(role, f"{v['address']}  {v['key_file']}") for role, v in _keys(state_dir, state).items()])

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from offchain.chain import connect
-from offchain.cli.context import add_command, add_group, env_sets, invalid, load_key, open_context
+from offchain.cli.context import add_command, add_group, env_sets, invalid, load_key, open_context, stop_on_signals
 from offchain.config import OracleSettings
 from offchain.keeper import Keeper
 from offchain.oracle.service import KEEPER_FILE, TXMGR_FILE, OracleService
@@ -48,14 +47,6 @@ async def _settings(args: argparse.Namespace) -> tuple[OracleSettings, int]:
         raise invalid(exc, f"{PREFIX}* settings") from None
 
 
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 def _logging(role: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(name)s %(levelname)s %(message)s")
 
@@ -63,7 +54,7 @@ def _logging(role: str) -> None:
 async def serve(args: argparse.Namespace) -> int:
     settings, _ = await _settings(args)
     _logging("oracle")
-    await OracleService(settings).run(_stop_on_signals())
+    await OracleService(settings).run(stop_on_signals())
     return 0
 
 
@@ -72,7 +63,7 @@ async def keeper(args: argparse.Namespace) -> int:
     _logging("keeper")
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     w3 = connect(settings.chain.rpc_url)
     txmgr = TxManager(w3, state / TXMGR_FILE, settings.key, settings.chain.chain_id)
     keeper_service = Keeper(w3, settings.chain.escrow, txmgr, state / KEEPER_FILE, start_block=start_block)

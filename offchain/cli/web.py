@@ -5,13 +5,11 @@ network whose deployment record and RPC the command resolves, with no key."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 from aiohttp import web
 
 from offchain.cli import parse
-from offchain.cli.context import Output, UsageError, add_command, open_context
+from offchain.cli.context import Output, UsageError, add_command, open_context, stop_on_signals
 from offchain.web.app import WEB_PREFIX, create_standalone_app
 
 DEFAULT_PORT = 8710
@@ -38,11 +36,7 @@ async def serve(args: argparse.Namespace) -> int:
         await web.TCPSite(runner, args.host, args.port).start()
         out.note(f"gpuex web: http://{args.host}:{args.port}{WEB_PREFIX}/ ({deployment.network}, chain "
                  f"{deployment.chain_id}, indexed from block {deployment.start_block} through {rpc_url})")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await stop_on_signals().wait()
     finally:
         await runner.cleanup()
     return 0

@@ -2,7 +2,6 @@
 utilisation-weighted pricing."""
 
 import brownie
-import pytest
 
 from offchain.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SlashReason, wait
