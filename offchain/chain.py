@@ -3,12 +3,15 @@ Brownie's build artifacts (`build/contracts/*.json`), so no ABI is written twice
 
 from __future__ import annotations
 
+import asyncio
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3._utils.http_session_manager import HTTPSessionManager
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIR = PROJECT_ROOT / "build" / "contracts"
@@ -32,9 +35,38 @@ def abi(name: str) -> list[dict[str, Any]]:
     return load_artifact(name)["abi"]
 
 
+class _LoopSessions(HTTPSessionManager):
+    """One aiohttp session per event loop for one provider, found without a lock.
+
+    web3 7.16 looks each request's session up in a cache guarded by a process-wide `threading.Lock` that it
+    acquires in a worker thread. A request cancelled while it waits for that lock (a timeout around a call) leaves
+    the lock acquired for good, and every later request of the process hangs. A provider belongs to one process
+    and its requests to event loops, so a plain dict keyed by the running loop needs no lock.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The loop is kept with its session: while it is referenced, no later loop can take its id.
+        self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, ClientSession]] = {}
+
+    async def async_cache_and_return_session(self, endpoint_uri: Any, session: ClientSession | None = None,
+                                             request_timeout: ClientTimeout | None = None) -> ClientSession:
+        loop = asyncio.get_running_loop()
+        _, cached = self._sessions.get(id(loop), (None, None))
+        if cached is None or cached.closed:
+            # As web3 builds it: a connection per request, so a node restart never leaves a stale one behind.
+            cached = session or ClientSession(
+                raise_for_status=True, connector=TCPConnector(force_close=True, enable_cleanup_closed=True))
+            self._sessions[id(loop)] = (loop, cached)
+            self.session_cache.cache(f"{id(loop)}:{endpoint_uri}", cached)  # closed by the provider's disconnect
+        return cached
+
+
 def connect(rpc_url: str, timeout: float = 10.0) -> AsyncWeb3:
-    """An AsyncWeb3 over HTTP with a request timeout."""
-    return AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    """An AsyncWeb3 over HTTP with a request timeout (and without web3's session lock, see `_LoopSessions`)."""
+    provider = AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+    provider._request_session_manager = _LoopSessions()
+    return AsyncWeb3(provider)
 
 
 def contract(w3: AsyncWeb3, name: str, address: str):
