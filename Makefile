@@ -75,6 +75,13 @@ lint: compile
 gas: compile
 	$(PY) -m scripts.run gas
 
+## bench: gas, oracle ingest, 10,000 simulated agents through one oracle, and sampler CPU, each against its target;
+## writes docs/PERFORMANCE.md and docs/performance.png. It moves its chain's clock: give it a network of its own.
+BENCH_NETWORK ?= development
+.PHONY: bench
+bench: compile
+	$(PY) -m bench --network $(BENCH_NETWORK)
+
 ## fuzz: the stateful invariant suite with more than 10,000 steps (not in CI).
 fuzz: setup
 	GPUEX_STATEFUL_EXAMPLES=400 GPUEX_STATEFUL_STEPS=50 brownie test tests/contracts/stateful
