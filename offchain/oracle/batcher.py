@@ -19,6 +19,7 @@ from typing import Sequence
 
 import aiohttp
 from eth_account import Account
+from eth_utils import keccak
 from pydantic import SecretStr
 
 from offchain.messages import CosignRequest, TelemetrySubmission, chain_reports
@@ -162,8 +163,11 @@ class Batcher:
         return live
 
     def _fresh_key(self, reports) -> str:
-        """`reports:<rentalId>-<seq>,...`, suffixed when an earlier transaction with that key failed."""
-        base = "reports:" + ",".join(f"{r.rental_id}-{r.seq}" for r in reports)
+        """`reports:<count>:<digest of the rentalId-seq list>`, suffixed when an earlier transaction with that key
+        failed. The same reports always give the same key (a restarted leader finds its transaction again), and the
+        key stays short at any batch size."""
+        listed = ",".join(f"{r.rental_id}-{r.seq}" for r in reports)
+        base = f"reports:{len(reports)}:{keccak(text=listed).hex()[:32]}"
         key, attempt = base, 1
         while (existing := self._txmgr.record(key)) is not None and existing.state in (TxState.FAILED, TxState.FATAL):
             attempt += 1

@@ -5,7 +5,7 @@ from bench.scale import measure
 
 
 def test_every_accepted_report_lands_on_chain_exactly_once():
-    result = measure(agents=12, minutes=2, minute_seconds=4.0, drain_seconds=30.0)
+    result = measure(agents=120, minutes=2, minute_seconds=4.0, drain_seconds=30.0)  # batches of 100 and more
 
     chain_checks = [f for f in result.figures if f.target.source == "issue #5"]
     assert {f.name for f in chain_checks} >= {"reports lost", "reports duplicated on chain",
