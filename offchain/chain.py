@@ -62,11 +62,21 @@ class _LoopSessions(HTTPSessionManager):
         return cached
 
 
+#: Default web3 middleware we never need and that costs on every call: `validation` asks the node for its chain
+#: id before each eth_call and gas estimate (we sign raw transactions with an explicit chain id), and ENS name
+#: resolution scans every argument for names (we only ever pass addresses).
+_UNUSED_MIDDLEWARE = ("validation", "ens_name_to_address")
+
+
 def connect(rpc_url: str, timeout: float = 10.0) -> AsyncWeb3:
-    """An AsyncWeb3 over HTTP with a request timeout (and without web3's session lock, see `_LoopSessions`)."""
+    """An AsyncWeb3 over HTTP with a request timeout, without web3's session lock (see `_LoopSessions`) and
+    without the middleware of `_UNUSED_MIDDLEWARE`."""
     provider = AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
     provider._request_session_manager = _LoopSessions()
-    return AsyncWeb3(provider)
+    w3 = AsyncWeb3(provider)
+    for name in _UNUSED_MIDDLEWARE:
+        w3.middleware_onion.remove(name)
+    return w3
 
 
 def contract(w3: AsyncWeb3, name: str, address: str):

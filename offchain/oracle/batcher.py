@@ -151,8 +151,9 @@ class Batcher:
     async def _live_unbatched(self) -> list[TelemetrySubmission]:
         """Waiting reports the chain still takes, in (rental, seq) order; the others are dropped for good."""
         waiting = self._store.unbatched(self._max_reports)
-        # One fresh read per rental, not per report: a rental usually has several reports waiting.
-        rentals = {rid: await self._chain.refresh_rental(rid) for rid in {s.report.rental_id for s in waiting}}
+        # One fresh read per rental, not per report (a rental usually has several reports waiting), all at once.
+        rental_ids = sorted({s.report.rental_id for s in waiting})
+        rentals = dict(zip(rental_ids, await asyncio.gather(*(self._chain.refresh_rental(r) for r in rental_ids))))
         live: list[TelemetrySubmission] = []
         for submission in sorted(waiting, key=lambda s: (s.report.rental_id, s.report.seq)):
             rental = rentals[submission.report.rental_id]
