@@ -26,6 +26,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -107,8 +108,8 @@ def create_web_app(rpc_url: str, deployment: Deployment, *, confirmations: int =
 
     app.cleanup_ctx.append(follower)
     app.on_shutdown.append(stop)
-    for path, page in (("/", "offers.html"), ("/rental", "rental.html"), ("/provider", "provider.html")):
-        app.router.add_get(path, _page(PAGES_DIR / page))
+    for path, (name, scripts) in PAGES.items():
+        app.router.add_get(path, _page(render_page(name, scripts)))
     app.router.add_static("/static", STATIC_DIR)
     app.router.add_get("/api/market", get_market)
     app.router.add_get("/api/offers", get_offers)
@@ -163,9 +164,25 @@ async def _follow(w3: AsyncWeb3, market: Market, poll_interval: float) -> None:
     await market.index.run(market.stopping, poll_interval)
 
 
-def _page(path: Path):
-    async def handler(_: web.Request) -> web.FileResponse:
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+#: Each page by path: its name (title, and its body in `pages/<name>.html`) and the scripts it loads after
+#: `common.js`. Every page shares `pages/layout.html`: the head, the header bar and the footer.
+PAGES = {
+    "/": ("offers", ("offers.js",)),
+    "/rental": ("rental", ("chart.js", "rental.js")),
+    "/provider": ("provider", ("provider.js",)),
+}
+
+
+def render_page(name: str, scripts: tuple[str, ...]) -> str:
+    """The HTML of page `name`: its body in the shared layout."""
+    layout = Template((PAGES_DIR / "layout.html").read_text())
+    tags = "\n".join(f'  <script src="static/{script}" defer></script>' for script in ("common.js", *scripts))
+    return layout.substitute(title=name, scripts=tags, main=(PAGES_DIR / f"{name}.html").read_text())
+
+
+def _page(html: str):
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     return handler
 
