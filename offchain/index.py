@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Iterable, TypeVar
+from typing import Any, Iterable
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
@@ -38,7 +38,6 @@ DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 READ_CONCURRENCY = 16
 CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
-T = TypeVar("T")
 
 REGISTRY_EVENTS = ("Staked", "UnstakeRequested", "UnstakeWithdrawn", "AgentSet", "OfferCreated", "OfferPriceUpdated",
                    "OfferPaused", "OfferResumed", "OfferClosed", "Slashed")
@@ -287,8 +286,7 @@ class EventIndex:
     async def run(self, stop: asyncio.Event, poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS) -> None:
         """Syncs every `poll_interval` seconds until `stop` is set; a node error is logged and retried next time.
 
-        Stop it with `stop` rather than by cancelling it: web3 7's HTTP providers share one process-wide lock,
-        and a request cancelled while it waits for that lock leaves it held, hanging every later request."""
+        Stop it with `stop`: it stops between two syncs, so no sync is cut off halfway."""
         while not stop.is_set():
             try:
                 await self.sync()
@@ -346,7 +344,7 @@ class EventIndex:
                 block = await self._w3.eth.get_block(number)
             return number, _Block(timestamp=block["timestamp"], hash=bytes(block["hash"]))
 
-        return dict(await _gather(one(n) for n in numbers))
+        return dict(await asyncio.gather(*(one(n) for n in numbers)))
 
     async def _read_providers(self, state: _State, block: int) -> None:
         """Reads the touched providers' accounts at `block` (the indexed head) and only then stores them all."""
@@ -358,7 +356,7 @@ class EventIndex:
             return ProviderRecord.from_chain(address, values)
 
         addresses = sorted(state.stale_providers)
-        for address, record in zip(addresses, await _gather(one(a) for a in addresses)):
+        for address, record in zip(addresses, await asyncio.gather(*(one(a) for a in addresses))):
             state.providers[address].record = record
         state.stale_providers.clear()
 
@@ -451,16 +449,6 @@ class EventIndex:
         self._provider(state, provider).history.append(
             HistoryEntry(event=name, offer_id=offer_id, rental_id=rental_id, args=_json_args(args), **at))
         state.stale_providers.add(provider)
-
-
-async def _gather(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """Awaits every call, then raises the first failure: unlike a plain `asyncio.gather`, a failure leaves no
-    request running behind, to be cancelled later (see `EventIndex.run`)."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def _json_args(value: Any) -> Any:
