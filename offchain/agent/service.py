@@ -238,8 +238,13 @@ class ProviderAgent:
         if spec.image is not None and self._settings.container_runtime is None:
             raise RentalNotRunnable("the job spec names a container image and no container runtime is configured")
         # Sample from before the start is sent: the rental is billed from the start block's timestamp, and a
-        # sampler that waited for the receipt would miss that first second and count it as not delivered.
-        self._buffers[rental_id] = _SampleBuffer(frozenset(gpu_uuids))
+        # sampler that waited for the receipt would miss that first second and count it as not delivered. The
+        # sample taken here covers the current second, whose mid-second tick may already have passed.
+        buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(gpu_uuids))
+        try:
+            buffer.add(await self._source.sample())
+        except TelemetryError as exc:
+            log.warning("telemetry sample failed: %s", exc)
         self._sampling.set()
         state = await self._start_on_chain(rental_id)
         if state["status"] not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
