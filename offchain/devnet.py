@@ -35,6 +35,7 @@ from offchain import deployments
 from offchain.chain import PROJECT_ROOT, connect, contract
 from offchain.deploy import USDC, DeployRequest, SuiteParams, deploy
 from offchain.deployments import Deployment
+from offchain.processes import process_alive
 from offchain.wallet import Wallet
 
 #: Anvil's default mnemonic: its dev accounts are public knowledge, so they only ever hold devnet ether.
@@ -114,20 +115,6 @@ def _state_file(state_dir: Path) -> Path:
 def read_state(state_dir: Path) -> DevnetState | None:
     path = _state_file(state_dir)
     return DevnetState.model_validate_json(path.read_text()) if path.is_file() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by a parent that is this process) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -268,7 +255,7 @@ def _stop_group(pid: int, timeout: float = 10.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not process_alive(pid):
                 return
             time.sleep(0.1)
 
@@ -282,7 +269,7 @@ def down(state_dir: Path = DEFAULT_DIR, say=print) -> bool:
         return False
     stopped = False
     for name, pid in (("oracle", state.oracle_pid), ("anvil", state.anvil_pid)):
-        if _alive(pid):
+        if process_alive(pid):
             _stop_group(pid)
             say(f"stopped {name} (pid {pid})")
             stopped = True
@@ -295,8 +282,8 @@ async def status(state_dir: Path = DEFAULT_DIR) -> DevnetStatus:
     """Whether the devnet's processes are alive and answering."""
     state_dir = Path(state_dir).resolve()
     state = read_state(state_dir)
-    anvil_alive = state is not None and _alive(state.anvil_pid)
-    oracle_alive = state is not None and _alive(state.oracle_pid)
+    anvil_alive = state is not None and process_alive(state.anvil_pid)
+    oracle_alive = state is not None and process_alive(state.oracle_pid)
     block_number = None
     oracle_healthy = False
     if state is not None and anvil_alive:

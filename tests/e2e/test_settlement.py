@@ -6,7 +6,6 @@ every report the oracles accepted landed on chain exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from offchain.agent.watcher import RentalStatus
 from offchain.reports import ReportStatus
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.simulated import Outage, SimulatedSource
+from offchain.processes import process_alive
 from tests.e2e.conftest import PARAMS, running_exchange, stored_reports
 from tests.offchain.conftest import PRICE
 
@@ -225,7 +225,7 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_
             pid = int(pid_file.read_text())
             tx = await asyncio.to_thread(suite.escrow.terminate, rental_id, {"from": renter})
             ends_at = tx.events["RentalTerminated"]["endsAt"]
-            await ex.until(lambda: not pid_alive(pid), 10, "the job to be stopped")
+            await ex.until(lambda: not process_alive(pid), 10, "the job to be stopped")
             await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
             await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final,
                                  PARAMS.report_grace + 30, "the keeper to finalise the rental")
@@ -271,12 +271,3 @@ def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings,
     moved = Balances.of(suite, provider, treasury, renter) - before
     assert moved == Balances(provider=0, treasury=0, renter=PRICE * DURATION, compensation=compensation)
     assert events(suite, "ReportApplied", rental_id, from_block) == []
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"

@@ -24,6 +24,7 @@ from offchain.agent.job import (
     processes_with_token,
 )
 from offchain.agent.jobspec import JobSpec
+from offchain.processes import process_alive
 
 UUIDS = ("GPU-aaaaaaaa-0000-4000-8000-000000000001", "GPU-aaaaaaaa-0000-4000-8000-000000000002")
 PY = sys.executable
@@ -47,16 +48,6 @@ def run_job(spec: JobSpec, rental_dir: Path, *, grace: float = 2.0, deadline: fl
         return await asyncio.wait_for(job.wait(), 30)
 
     return asyncio.run(main())
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A killed child of an exited parent is reaped by init; until then it is a zombie, which counts as gone.
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_for_file(path: Path, seconds: float = 10.0) -> str:
@@ -123,7 +114,7 @@ def test_stop_kills_the_whole_process_group(tmp_path):
 
     assert outcome.exit_code == -signal.SIGTERM
     assert outcome.stopped and not outcome.timed_out
-    assert not alive(child)
+    assert not process_alive(child)
 
 
 def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
@@ -167,7 +158,7 @@ def test_children_left_behind_by_an_exiting_job_are_stopped(tmp_path):
     outcome = run_job(python_spec(code), tmp_path)
 
     assert outcome.exit_code == 0
-    assert not alive(int((tmp_path / "work" / "orphan.pid").read_text()))
+    assert not process_alive(int((tmp_path / "work" / "orphan.pid").read_text()))
 
 
 def test_kill_stale_job_finds_the_processes_by_token_only(tmp_path):

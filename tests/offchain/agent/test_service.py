@@ -27,6 +27,7 @@ from offchain.chain import PROJECT_ROOT
 from offchain.messages import TelemetryReport
 from offchain.reports import EscrowDomain, Report, ReportStatus, sign_batch
 from offchain.telemetry.replay import ReplaySource
+from offchain.processes import process_alive
 from tests.offchain.agent.helpers import wait_until
 from tests.offchain.agent.oracle_server import RecordingOracle
 from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, PRICE
@@ -96,15 +97,6 @@ def rental_state(suite, rental_id: int) -> dict:
     state = dict(zip(names, suite.escrow.getRental(rental_id)))
     state["status"] = RentalStatus(state["status"])
     return state
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter, relayer, gpu_offer, agent_settings,
@@ -220,7 +212,7 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
     first = reports[0]
     assert first.delivered_seconds == first.period_end - first.period_start, "sampled from the billed start"
     assert agent_outcome(settings, rental) == "ended before the job"
-    assert not pid_alive(int((settings.rentals_dir / str(rental) / "work" / "job.pid").read_text()))
+    assert not process_alive(int((settings.rentals_dir / str(rental) / "work" / "job.pid").read_text()))
     settle(suite, relayer, reports)
     assert rental_state(suite, rental)["reportedSeconds"] == 4
 
@@ -253,7 +245,7 @@ def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, rent
     rental, oracle, ends_at, stopped_after = asyncio.run(main())
 
     job_pid = int((settings.rentals_dir / str(rental) / "work" / "job.pid").read_text())
-    assert not pid_alive(job_pid)
+    assert not process_alive(job_pid)
     assert stopped_after < 10
     reports = oracle.accepted_reports(rental)
     state = rental_state(suite, rental)
@@ -460,6 +452,6 @@ def test_kill_9_and_restart_loses_no_report_and_resends_none_an_oracle_acked(sui
     assert len(launches) == 3, "the job was launched again after each restart"
     assert [int(p) for p in (work / "stopped").read_text().split()] == launches[:2], \
         "each restart stopped the job the dead agent left running"
-    assert not any(pid_alive(pid) for pid in launches)
+    assert not any(process_alive(pid) for pid in launches)
     settle(suite, relayer, reports)
     assert rental_state(suite, rental)["status"] is RentalStatus.COMPLETED
