@@ -25,8 +25,8 @@ from offchain.inprocess import Exchange, ProviderMachine
 from offchain.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.oracle.service import STORE_FILE
 from offchain.telemetry.source import TelemetrySource
-from scripts.deploy import USDC, SuiteParams, deploy_suite
-from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE
+from scripts.deploy import SuiteParams, deploy_suite
+from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE, fund_and_stake
 # Shared fixtures; their dependencies (e.g. `suite` for chain_settings) resolve to this directory's fixtures.
 from tests.offchain.conftest import chain_settings, deployer, provider, renter, rpc_url, token  # noqa: F401
 
@@ -49,12 +49,7 @@ def suite(deployer, treasury, token, provider, renter):
     """Registry + escrow with the 2-of-3 oracle set of ORACLE_KEYS; the provider staked with AGENT as its agent
     key, the renter funded; the agent and every oracle key hold ETH for gas."""
     suite = deploy_suite(deployer, token, token, treasury, [o.address for o in ORACLES], 2, PARAMS)
-    for account in (provider, renter):
-        token.mint(account, 1_000_000 * USDC, {"from": deployer})
-        token.approve(suite.registry, 2**256 - 1, {"from": account})
-        token.approve(suite.escrow, 2**256 - 1, {"from": account})
-    suite.registry.stake(10_000 * USDC, {"from": provider})
-    suite.registry.setAgent(AGENT.address, {"from": provider})
+    fund_and_stake(suite, token, deployer, provider, renter)
     for address in [AGENT.address, *(o.address for o in ORACLES)]:
         deployer.transfer(address, "10 ether")
     return suite

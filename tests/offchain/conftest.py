@@ -66,15 +66,21 @@ def chain_settings(rpc_url, suite):
                          escrow=suite.escrow.address)
 
 
-@pytest.fixture(scope="module")
-def offer(suite, token, deployer, provider, renter):
-    """An offer of the two GPU_UUIDS by `provider`, whose agent key is AGENT; `renter` is funded."""
+def fund_and_stake(suite, token, deployer, provider, renter) -> None:
+    """Funds the provider and the renter, lets both contracts take their tokens, and stakes the provider with
+    AGENT as its agent key."""
     for account in (provider, renter):
         token.mint(account, 1_000_000 * USDC, {"from": deployer})
         token.approve(suite.registry, 2**256 - 1, {"from": account})
         token.approve(suite.escrow, 2**256 - 1, {"from": account})
     suite.registry.stake(10_000 * USDC, {"from": provider})
     suite.registry.setAgent(AGENT.address, {"from": provider})
+
+
+@pytest.fixture(scope="module")
+def offer(suite, token, deployer, provider, renter):
+    """An offer of the two GPU_UUIDS by `provider`, whose agent key is AGENT; `renter` is funded."""
+    fund_and_stake(suite, token, deployer, provider, renter)
     hashes = [gpu_uuid_hash(u) for u in GPU_UUIDS]
     suite.registry.registerGpus(hashes, {"from": provider})
     terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, hashes)
