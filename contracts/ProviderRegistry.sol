@@ -9,7 +9,7 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 import {IRentalEscrow} from "./interfaces/IRentalEscrow.sol";
 import {RentalMath} from "./libraries/RentalMath.sol";
-import {Offer, OfferStatus, OfferTerms, Provider, SlashReason} from "./types/DataTypes.sol";
+import {Offer, OfferStatus, OfferTerms, Provider, RentalStatus, SlashReason} from "./types/DataTypes.sol";
 
 /// @title ProviderRegistry
 /// @notice See {IProviderRegistry}. Holds provider stake in the stake token; the escrow bound at deployment
@@ -172,6 +172,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             utilFloorBps: terms.utilFloorBps,
             status: OfferStatus.Active,
             minDuration: terms.minDuration,
+            egress: terms.egress,
             pricePerSecond: terms.pricePerSecond,
             maxDuration: terms.maxDuration,
             vramMiB: terms.vramMiB,
@@ -275,7 +276,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     function settle(
         uint256 offerId,
         address renter,
-        bool started,
+        RentalStatus finalStatus,
         uint256 deliveredSeconds,
         uint256 missedSeconds,
         uint256 slashBps,
@@ -293,7 +294,10 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             p.locked -= uint128(collateral);
             p.staked -= uint128(slashed);
         }
-        if (started) {
+        if (finalStatus == RentalStatus.Declined) {
+            ++p.declines;
+        } else if (finalStatus != RentalStatus.TimedOut && finalStatus != RentalStatus.Cancelled) {
+            // Only a rental that started counts as completed.
             ++p.rentalsCompleted;
             p.secondsDelivered += uint64(deliveredSeconds);
         }

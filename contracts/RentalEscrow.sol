@@ -14,7 +14,15 @@ import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 import {IRentalEscrow} from "./interfaces/IRentalEscrow.sol";
 import {RentalMath} from "./libraries/RentalMath.sol";
 import {
-    Rental, RentalState, RentalStatus, RentalTerms, Report, ReportStatus, SkipReason, SlashReason
+    DeclineReason,
+    Rental,
+    RentalState,
+    RentalStatus,
+    RentalTerms,
+    Report,
+    ReportStatus,
+    SkipReason,
+    SlashReason
 } from "./types/DataTypes.sol";
 
 /// @title RentalEscrow
@@ -244,6 +252,24 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         state.status = RentalStatus.Running;
         rental.state = state;
         emit RentalStarted(rentalId, block.timestamp, false);
+    }
+
+    /// @inheritdoc IRentalEscrow
+    function decline(uint256 rentalId, uint8 reason) external override nonReentrant {
+        // Checks
+        (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
+        if (state.status != RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, state.status);
+        if (!registry.isProviderOrAgent(rentalId >> 32, msg.sender)) {
+            revert Escrow_NotProviderOrAgent(rentalId, msg.sender);
+        }
+        // After the timeout the renter is owed the start-timeout slash, which a decline must not dodge.
+        if (block.timestamp > state.since + startTimeout) revert Escrow_StartTimedOut(rentalId);
+        if (reason > uint8(type(DeclineReason).max)) revert Escrow_UnknownDeclineReason(rentalId, reason);
+
+        // Effects: `_settle` writes the final status, has the registry release the collateral unslashed and count
+        // the decline, and credits the renter the whole deposit.
+        emit RentalDeclined(rentalId, DeclineReason(reason));
+        _settle(rentalId, rental, state, RentalStatus.Declined, 0, 0);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -513,10 +539,9 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
             s.reason = finalStatus == RentalStatus.TimedOut ? SlashReason.StartTimeout : SlashReason.SlaBreach;
         }
         address renter = rental.terms.renter;
-        bool started = finalStatus != RentalStatus.TimedOut && finalStatus != RentalStatus.Cancelled;
         address provider;
         (provider, s.slashed) =
-            registry.settle(rentalId >> 32, renter, started, state.deliveredSeconds, missed, slashBps, s.reason);
+            registry.settle(rentalId >> 32, renter, finalStatus, state.deliveredSeconds, missed, slashBps, s.reason);
 
         uint256 earned = state.earned;
         s.fee = (earned * rental.terms.feeBps) / RentalMath.BPS;

@@ -1,5 +1,5 @@
 """The escrow's rental lifecycle (`RentalStatus` in contracts/types/DataTypes.sol) and the reasons its events carry
-(`SkipReason`, `SlashReason`), for every off-chain reader."""
+(`SkipReason`, `SlashReason`, `DeclineReason`), for every off-chain reader."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class RentalStatus(IntEnum):
     EXPIRED = 6
     TIMED_OUT = 7
     CANCELLED = 8
+    DECLINED = 9
 
     @property
     def is_live(self) -> bool:
@@ -44,3 +45,29 @@ class SlashReason(IntEnum):
     NONE = 0
     START_TIMEOUT = 1
     SLA_BREACH = 2
+
+
+class DeclineReason(IntEnum):
+    """`RentalDeclined.reason`: why the provider's agent declined a rental instead of starting it."""
+
+    SPEC_MISSING = 0
+    SPEC_INVALID = 1
+    IMAGE_UNAVAILABLE = 2
+    EXCEEDS_OFFER = 3
+    GPUS_UNAVAILABLE = 4
+    AGENT_FAILURE = 5
+
+    def describe(self) -> str:
+        """What the reason means, in a few words for people (the CLI and the web page show it)."""
+        return _DECLINE_DESCRIPTIONS[self]
+
+
+_DECLINE_DESCRIPTIONS = {
+    DeclineReason.SPEC_MISSING: "the job spec never reached the provider's agent",
+    DeclineReason.SPEC_INVALID: "the job spec is unreadable, does not match the rental's hash or asks for something "
+                                "refused",
+    DeclineReason.IMAGE_UNAVAILABLE: "the job's container image cannot be had",
+    DeclineReason.EXCEEDS_OFFER: "the job asks for more memory, CPUs or network than the offer has",
+    DeclineReason.GPUS_UNAVAILABLE: "the offer's GPUs are not on the provider's machine",
+    DeclineReason.AGENT_FAILURE: "the provider's agent failed preparing the job",
+}

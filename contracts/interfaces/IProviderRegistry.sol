@@ -3,7 +3,7 @@ pragma solidity 0.8.28;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 
-import {Offer, OfferTerms, Provider, SlashReason} from "../types/DataTypes.sol";
+import {Offer, OfferTerms, Provider, RentalStatus, SlashReason} from "../types/DataTypes.sol";
 
 /// @title IProviderRegistry
 /// @notice Provider stake, GPU identities, offers, rental collateral and reputation counters for gpuex.
@@ -122,8 +122,9 @@ interface IProviderRegistry {
     function deregisterGpus(bytes32[] calldata uuidHashes) external;
 
     /// @notice Lists the caller's registered GPUs as one offer and returns its id.
-    /// @dev Emits {OfferCreated}. Requirements: price > 0; 0 < minDuration <= maxDuration; utilFloorBps <=
-    /// 10000; 1..MAX_GPUS_PER_OFFER hashes, each owned by the caller and in no other open offer.
+    /// @dev Emits {OfferCreated}. Notes: `egress` is fixed for the offer's life, like its GPUs; no setter changes
+    /// it. Requirements: price > 0; 0 < minDuration <= maxDuration; utilFloorBps <= 10000; 1..MAX_GPUS_PER_OFFER
+    /// hashes, each owned by the caller and in no other open offer.
     function createOffer(OfferTerms calldata terms) external returns (uint256 offerId);
 
     /// @notice Sets the price per second for rentals opened from now on; live rentals keep their price.
@@ -162,13 +163,14 @@ interface IProviderRegistry {
     /// @notice Settles the collateral of a finished rental: slashes `slashBps` of it to the renter, unlocks the
     /// rest and updates the provider's reputation counters.
     /// @dev Only the escrow. Emits {Slashed} when something is slashed, then {CollateralReleased}.
-    /// @param started Whether the rental ever started; only started rentals count as completed.
+    /// @param finalStatus The rental's final status. A rental that started (any final status but TimedOut,
+    /// Cancelled and Declined) counts as completed with its delivered seconds; a Declined one counts a decline.
     /// @return provider The offer's provider, who is owed the rental's earnings.
     /// @return slashed The amount of stake credited to the renter.
     function settle(
         uint256 offerId,
         address renter,
-        bool started,
+        RentalStatus finalStatus,
         uint256 deliveredSeconds,
         uint256 missedSeconds,
         uint256 slashBps,

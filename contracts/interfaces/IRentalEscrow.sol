@@ -4,7 +4,7 @@ pragma solidity 0.8.28;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 
 import {IProviderRegistry} from "./IProviderRegistry.sol";
-import {Report, RentalStatus, SkipReason, SlashReason} from "../types/DataTypes.sol";
+import {DeclineReason, Report, RentalStatus, SkipReason, SlashReason} from "../types/DataTypes.sol";
 
 /// @title IRentalEscrow
 /// @notice Renter deposits for GPU rentals, settled per second of delivered GPU time by usage reports that
@@ -62,6 +62,8 @@ interface IRentalEscrow {
     error Escrow_UtilisationOutOfRange(uint256 rentalId, uint256 avgUtilBps);
     /// @notice The report's status is not a ReportStatus.
     error Escrow_UnknownReportStatus(uint256 rentalId, uint256 status);
+    /// @notice The reason given to `decline` is not a DeclineReason.
+    error Escrow_UnknownDeclineReason(uint256 rentalId, uint256 reason);
     /// @notice The account has no balance to withdraw.
     error Escrow_NothingToWithdraw(address account);
     /// @notice The oracle set is empty, too large, holds the zero address or a duplicate, or the threshold is
@@ -106,6 +108,8 @@ interface IRentalEscrow {
     event ReportSkipped(uint256 indexed rentalId, uint256 indexed seq, SkipReason reason);
     /// @notice Emitted when the renter ends a running rental early; the unused time was refunded.
     event RentalTerminated(uint256 indexed rentalId, uint256 endsAt, uint256 refund);
+    /// @notice Emitted when the provider declines a rental before its start; {RentalFinalized} follows.
+    event RentalDeclined(uint256 indexed rentalId, DeclineReason reason);
     /// @notice Emitted when a rental reaches a final state, with every amount it settled.
     event RentalFinalized(
         uint256 indexed rentalId,
@@ -167,6 +171,17 @@ interface IRentalEscrow {
     /// @notice Starts an open rental now; billing runs from now to now + duration.
     /// @dev Emits {RentalStarted}. Requirements: caller is the provider or its agent key; within the timeout.
     function start(uint256 rentalId) external;
+
+    /// @notice Declines an open rental whose job the provider's agent cannot run (see `DeclineReason`) instead of
+    /// letting it time out: the renter is credited the whole deposit, the collateral is released without a slash
+    /// and the provider's `declines` counter goes up.
+    /// @dev Emits {RentalDeclined}, then {RentalFinalized} with status Declined, the deposit as refund and zero for
+    /// every other amount. Notes: once the start timeout has passed the renter is owed the start-timeout slash, so
+    /// a decline is refused and `claimStartTimeout` settles the rental. Works while paused. Requirements: caller is
+    /// the offer's provider or its agent key; the rental is Open and within the start timeout; `reason` is a
+    /// DeclineReason.
+    /// @param reason A `DeclineReason`, carried as uint8 so that an out-of-range value gets a named error.
+    function decline(uint256 rentalId, uint8 reason) external;
 
     /*//////////////////////////////////////////////////////////////
                              ORACLE ACTIONS

@@ -10,7 +10,7 @@ enum OfferStatus {
 }
 
 /// @notice Lifecycle of a rental. It only moves forward: Open -> Running -> Terminated -> a final state,
-/// or Open -> TimedOut / Cancelled. Every state from `Completed` on is final.
+/// or Open -> TimedOut / Cancelled / Declined. Every state from `Completed` on is final.
 enum RentalStatus {
     None, // no rental with this id (or an id superseded by a later rental of the same offer)
     Open, // deposit held, provider has not started
@@ -20,7 +20,18 @@ enum RentalStatus {
     Failed, // final: a report said the job failed
     Expired, // final: finalised after its end plus the report grace
     TimedOut, // final: the provider never started; the renter was refunded and compensated
-    Cancelled // final: the renter cancelled before the start
+    Cancelled, // final: the renter cancelled before the start
+    Declined // final: the provider declined the job before the start; the renter was refunded, nothing slashed
+}
+
+/// @notice Why a provider's agent declined a rental instead of starting it (`RentalEscrow.decline`).
+enum DeclineReason {
+    SpecMissing, // the job spec never arrived within the agent's wait
+    SpecInvalid, // the job spec does not parse, hashes to another value than the rental's, or holds refused values
+    ImageUnavailable, // the job's container image cannot be had
+    ExceedsOffer, // the job asks for more memory, CPUs or network than the offer has
+    GpusUnavailable, // the offer's GPUs are not on the agent's machine
+    AgentFailure // the agent failed preparing the job
 }
 
 /// @notice The job state an oracle report carries, as `Report.status`.
@@ -55,6 +66,7 @@ struct Provider {
     // slot 2: reputation counters
     uint32 rentalsCompleted; // rentals that started and were settled
     uint32 slashes;
+    uint32 declines; // rentals the provider declined before the start
     uint64 secondsDelivered;
     uint64 secondsMissed;
     // slot 3
@@ -69,6 +81,7 @@ struct Offer {
     uint16 utilFloorBps; // 10000 = pure time pricing; lower = utilisation-weighted with that floor
     OfferStatus status;
     uint32 minDuration;
+    bool egress; // jobs may open outbound network connections when their spec asks for it
     // slot 1
     uint64 pricePerSecond; // payment token units, whole offer
     uint32 maxDuration;
@@ -89,6 +102,7 @@ struct OfferTerms {
     uint32 maxDuration;
     bytes16 region;
     uint16 utilFloorBps;
+    bool egress; // jobs may open outbound network connections when their spec asks for it; fixed for the offer
     bytes32[] gpuUuidHashes;
 }
 

@@ -97,12 +97,12 @@ def list_offer(registry, params):
     """Stakes, registers GPUs and lists an offer for `provider`; returns the offer id."""
 
     def _list_offer(provider, gpus=2, price=PRICE, util_floor_bps=10_000, min_duration=60,
-                    max_duration=30 * 86_400, stake=None):
+                    max_duration=30 * 86_400, stake=None, egress=False):
         hashes = new_gpu_hashes(gpus)
         registry.stake(stake if stake is not None else params.min_stake_per_gpu * gpus, {"from": provider})
         registry.registerGpus(hashes, {"from": provider})
         terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, price, min_duration, max_duration,
-                 b"eu-west".ljust(16, b"\0"), util_floor_bps, hashes)
+                 b"eu-west".ljust(16, b"\0"), util_floor_bps, egress, hashes)
         return registry.createOffer(terms, {"from": provider}).return_value
 
     return _list_offer

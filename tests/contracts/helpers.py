@@ -9,7 +9,12 @@ from eth_account import Account
 from eth_utils import keccak
 
 from offchain.reports import Report, ReportStatus
-from offchain.status import RentalStatus, SkipReason, SlashReason  # noqa: F401 (re-exported for the tests)
+from offchain.status import (  # noqa: F401 (re-exported for the tests)
+    DeclineReason,
+    RentalStatus,
+    SkipReason,
+    SlashReason,
+)
 
 ORACLE_KEYS = [keccak(text=f"gpuex test oracle {i}") for i in range(3)]
 ORACLES = [Account.from_key(k) for k in ORACLE_KEYS]

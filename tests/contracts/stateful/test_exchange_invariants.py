@@ -30,6 +30,7 @@ from scripts.deploy import USDC, SuiteParams
 from tests.contracts.helpers import (
     ORACLE_KEYS,
     ORACLES,
+    DeclineReason,
     RentalStatus,
     SkipReason,
     SlashReason,
@@ -45,20 +46,20 @@ OUTSIDER_KEY = keccak(text="gpuex stateful outsider oracle")
 TELEMETRY_ROOT = b"\x33" * 32
 JOB_SPEC = b"\x11" * 32
 
-# (provider index, GPUs, price per second, utilisation floor bps, min duration, max duration): pure-time
-# (floor 10000) and utilisation-weighted offers, locking 100 to 300 tUSD of collateral.
+# (provider index, GPUs, price per second, utilisation floor bps, min duration, max duration, egress): pure-time
+# (floor 10000) and utilisation-weighted offers, locking 100 to 300 tUSD of collateral, some allowing egress.
 OFFERS = (
-    (0, 1, 1_000, 10_000, 60, 3_600),
-    (0, 2, 2_500, 3_000, 120, 7_200),
-    (1, 1, 700, 0, 60, 3_600),
-    (1, 3, 4_000, 6_000, 60, 5_000),
-    (2, 2, 10_000, 10_000, 300, 2_000),
+    (0, 1, 1_000, 10_000, 60, 3_600, False),
+    (0, 2, 2_500, 3_000, 120, 7_200, True),
+    (1, 1, 700, 0, 60, 3_600, False),
+    (1, 3, 4_000, 6_000, 60, 5_000, True),
+    (2, 2, 10_000, 10_000, 300, 2_000, False),
 )
 # Provider 0 cannot back both its offers at once, provider 1 exactly can, provider 2 must stake first.
 INITIAL_STAKE = (200 * USDC, 400 * USDC, 0)
 
 LIVE = (RentalStatus.OPEN, RentalStatus.RUNNING, RentalStatus.TERMINATED)
-NEVER_STARTED = (RentalStatus.TIMED_OUT, RentalStatus.CANCELLED)
+NEVER_STARTED = (RentalStatus.TIMED_OUT, RentalStatus.CANCELLED, RentalStatus.DECLINED)
 OFFER_ACTIVE, OFFER_PAUSED = 1, 2  # OfferStatus
 
 # How a rule picks its rental (see `_target`).
@@ -73,6 +74,7 @@ class StakeModel:
     unbonding_ends_at: int = 0
     rentals_completed: int = 0
     slashes: int = 0
+    declines: int = 0
     seconds_delivered: int = 0
     seconds_missed: int = 0
 
@@ -80,10 +82,12 @@ class StakeModel:
     def free(self):
         return self.staked - self.locked - self.unbonding
 
-    def as_tuple(self):
-        """`getProvider` without the agent key."""
-        return (self.staked, self.locked, self.unbonding, self.unbonding_ends_at, self.rentals_completed,
-                self.slashes, self.seconds_delivered, self.seconds_missed)
+    def as_dict(self):
+        """`getProvider` without the agent key, by field name."""
+        return {"staked": self.staked, "locked": self.locked, "unbonding": self.unbonding,
+                "unbondingEndsAt": self.unbonding_ends_at, "rentalsCompleted": self.rentals_completed,
+                "slashes": self.slashes, "declines": self.declines, "secondsDelivered": self.seconds_delivered,
+                "secondsMissed": self.seconds_missed}
 
 
 @dataclass
@@ -133,6 +137,7 @@ class OfferModel:
     util_floor_bps: int
     min_duration: int
     max_duration: int
+    egress: bool
     active: bool = True
     nonce: int = 0
     rental: RentalModel | None = None  # the offer's latest rental; earlier ones are superseded
@@ -217,11 +222,11 @@ def exchange(accounts, token, registry, escrow, deployer, treasury, provider, pr
     registry.setAgent(agent, {"from": providers[0]})
 
     offer_ids = []
-    for index, gpus, price, util_floor_bps, min_duration, max_duration in OFFERS:
+    for index, gpus, price, util_floor_bps, min_duration, max_duration, egress in OFFERS:
         hashes = new_gpu_hashes(gpus)
         registry.registerGpus(hashes, {"from": providers[index]})
         terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, price, min_duration, max_duration,
-                 b"eu-west".ljust(16, b"\0"), util_floor_bps, hashes)
+                 b"eu-west".ljust(16, b"\0"), util_floor_bps, egress, hashes)
         offer_ids.append(registry.createOffer(terms, {"from": providers[index]}).events["OfferCreated"]["offerId"])
     return dict(token=token, registry=registry, escrow=escrow, deployer=deployer, treasury=treasury,
                 providers=providers, renters=renters, agent=agent, stranger=stranger, offer_ids=offer_ids)
@@ -243,6 +248,8 @@ class ExchangeStateMachine:
     st_duration = st.one_of(st.integers(60, 2_000), st.integers(1, 8_000))
     st_max_price = st.sampled_from(["price", "below", "any"])
     st_caller = st.sampled_from(["provider", "provider", "agent", "renter", "stranger"])
+    # Mostly a DeclineReason, sometimes a value past the last one.
+    st_decline_reason = st.one_of(st.sampled_from(list(DeclineReason)), st.integers(len(DeclineReason), 255))
     # Mostly short: one long sleep times out every rental not started yet (start timeout 600 s); the deadline
     # rule reaches the end of long rentals.
     st_sleep = st.one_of(st.integers(1, 120), st.integers(1, 600), st.integers(600, 4_000))
@@ -269,15 +276,16 @@ class ExchangeStateMachine:
         cls.domain = EscrowDomain(chain_id=chain.id, escrow=cls.escrow.address,
                                   oracle_set_version=cls.escrow.oracleSet()[0])
         cls.initial_wallets = {a.address: cls.token.balanceOf(a) for a in cls.accounts}
-        cls.initial_stakes = {p.address: cls.registry.getProvider(p)[0] for p in cls.providers}
+        cls.initial_stakes = {p.address: cls.registry.getProvider(p)["staked"] for p in cls.providers}
         cls.initial_fee_bps = cls.escrow.feeConfig()[0]
         cls.initial_offers = []
         for offer_id in cls.offer_ids:
-            provider, _, util_floor_bps, _, min_duration, price, max_duration, *_ = cls.registry.getOffer(offer_id)
+            offer = cls.registry.getOffer(offer_id)
             cls.initial_offers.append(dict(
-                offer_id=offer_id, provider=next(p for p in cls.providers if p == provider),
-                collateral=cls.registry.collateralOf(offer_id), price=price, util_floor_bps=util_floor_bps,
-                min_duration=min_duration, max_duration=max_duration,
+                offer_id=offer_id, provider=next(p for p in cls.providers if p == offer["provider"]),
+                collateral=cls.registry.collateralOf(offer_id), price=offer["pricePerSecond"],
+                util_floor_bps=offer["utilFloorBps"], min_duration=offer["minDuration"],
+                max_duration=offer["maxDuration"], egress=offer["egress"],
             ))
 
     def setup(self):
@@ -367,7 +375,9 @@ class ExchangeStateMachine:
         slashed = offer.collateral * slash_bps // BPS
         stake.locked -= offer.collateral
         stake.staked -= slashed
-        if status not in NEVER_STARTED:
+        if status == RentalStatus.DECLINED:
+            stake.declines += 1
+        elif status not in NEVER_STARTED:
             stake.rentals_completed += 1
             stake.seconds_delivered += rental.delivered
         stake.seconds_missed += missed
@@ -532,6 +542,28 @@ class ExchangeStateMachine:
             self._assert_reverts(revert, self.escrow.start, rental_id, sender=sender)
             return
         self._start(rental, sender)
+
+    def rule_decline(self, offer="st_offer", pick="st_pick", caller="st_caller", reason="st_decline_reason"):
+        """The provider or its agent declines an open rental: the deposit back, the collateral unslashed."""
+        model, rental_id, rental = self._target(offer, pick, wanted=is_open)
+        sender = {"provider": model.provider, "agent": self.agent, "renter": self.renters[0],
+                  "stranger": self.stranger}[caller]
+        authorised = sender == model.provider or (sender == self.agent and model.provider == self.providers[0])
+        revert = self._inactive_error(rental_id, rental)
+        if revert is None and rental.status != RentalStatus.OPEN:
+            revert = error("Escrow_RentalNotActive", rental_id, rental.status)
+        if revert is None and not authorised:
+            revert = error("Escrow_NotProviderOrAgent", rental_id, sender)
+        if revert is None and self.now > rental.since + PARAMS.start_timeout:
+            revert = error("Escrow_StartTimedOut", rental_id)
+        if revert is None and reason >= len(DeclineReason):
+            revert = error("Escrow_UnknownDeclineReason", rental_id, reason)
+        if revert:
+            self._assert_reverts(revert, self.escrow.decline, rental_id, reason, sender=sender)
+            return
+        tx = self._tx(self.escrow.decline, rental_id, reason, sender=sender)
+        assert dict(tx.events["RentalDeclined"]) == {"rentalId": rental_id, "reason": reason}
+        self._settle(model, rental, RentalStatus.DECLINED, 0, 0, tx)
 
     def rule_terminate(self, offer="st_offer", pick="st_pick", by_renter="st_flag"):
         model, rental_id, rental = self._target(offer, pick, wanted=is_open_or_running)
@@ -821,7 +853,7 @@ class ExchangeStateMachine:
     def invariant_escrow_holds_what_it_owes(self):
         """Its token balance is the deposits of live rentals plus every withdrawable balance, to the unit."""
         view = self._chain()
-        live_deposits = sum(r[2] * r[3] for r in view.rentals if r[0] in LIVE)
+        live_deposits = sum(r["pricePerSecond"] * r["duration"] for r in view.rentals if r["status"] in LIVE)
         assert view.escrow_tokens == live_deposits + sum(view.balances.values())
         assert view.escrow_tokens == sum(o.rental.deposit for o in self.offers if o.rental and o.rental.live) \
             + sum(self.balances.values())
@@ -829,7 +861,8 @@ class ExchangeStateMachine:
     def invariant_registry_holds_what_it_owes(self):
         """Its token balance is every provider's stake plus the compensation owed to renters, to the unit."""
         view = self._chain()
-        assert view.registry_tokens == sum(p[0] for p in view.stakes.values()) + sum(view.compensation.values())
+        assert view.registry_tokens == sum(p["staked"] for p in view.stakes.values()) \
+            + sum(view.compensation.values())
         assert view.registry_tokens == sum(s.staked for s in self.stakes.values()) \
             + sum(self.compensation.values())
 
@@ -844,18 +877,20 @@ class ExchangeStateMachine:
         view = self._chain()
         for address, stake in self.stakes.items():
             provider = view.stakes[address]
-            staked, locked, unbonding = provider[:3]
+            staked, locked, unbonding = provider["staked"], provider["locked"], provider["unbonding"]
             assert locked <= staked
             assert locked + unbonding <= staked
             assert locked == sum(o.collateral for o in self.offers
                                  if o.provider == address and o.rental is not None and o.rental.live)
-            assert tuple(provider[:8]) == stake.as_tuple()
+            expected = stake.as_dict()
+            assert {name: provider[name] for name in expected} == expected
 
     def invariant_offers_match_model(self):
         view = self._chain()
         for model, offer in zip(self.offers, view.offers):
-            assert offer[5] == model.price
-            assert offer[3] == (OFFER_ACTIVE if model.active else OFFER_PAUSED)
+            assert offer["pricePerSecond"] == model.price
+            assert offer["status"] == (OFFER_ACTIVE if model.active else OFFER_PAUSED)
+            assert offer["egress"] is model.egress
 
     def invariant_rentals_match_model(self):
         view = self._chain()
@@ -880,8 +915,8 @@ class ExchangeStateMachine:
             assert since + reported <= view.now
 
     def invariant_rentals_move_forward(self):
-        """Status only moves forward (Open -> Running -> Terminated -> final, Open -> TimedOut / Cancelled)
-        and the applied seq never goes back."""
+        """Status only moves forward (Open -> Running -> Terminated -> final, Open -> TimedOut / Cancelled /
+        Declined) and the applied seq never goes back."""
         view = self._chain()
         for model, rental in zip(self.offers, view.rentals):
             if model.rental is None:

@@ -8,7 +8,7 @@ from brownie import ZERO_ADDRESS, chain, history
 
 from offchain.reports import ReportStatus
 from scripts.deploy import USDC
-from tests.contracts.helpers import PRICE, new_gpu_hashes, report, error
+from tests.contracts.helpers import PRICE, DeclineReason, RentalStatus, error, new_gpu_hashes, report
 
 ACTIVE, PAUSED, CLOSED = 1, 2, 3
 SLASH_NONE, SLASH_START_TIMEOUT, SLASH_SLA_BREACH = 0, 1, 2
@@ -24,12 +24,18 @@ def hexstr(value: bytes) -> str:
     return "0x" + value.hex()
 
 
-def offer_terms(hashes, price=PRICE, min_duration=60, max_duration=86_400, util_floor_bps=10_000):
-    return (GPU_MODEL, VRAM_MIB, price, min_duration, max_duration, REGION, util_floor_bps, hashes)
+def offer_terms(hashes, price=PRICE, min_duration=60, max_duration=86_400, util_floor_bps=10_000, egress=False):
+    return (GPU_MODEL, VRAM_MIB, price, min_duration, max_duration, REGION, util_floor_bps, egress, hashes)
 
 
 def offer_gpus(registry, offer_id):
     return [bytes(h) for h in registry.getOffer(offer_id)["gpuUuidHashes"]]
+
+
+def counters(registry, provider):
+    """The provider's reputation counters: rentals completed, slashes, declines, seconds delivered and missed."""
+    account = registry.getProvider(provider)
+    return [account[k] for k in ("rentalsCompleted", "slashes", "declines", "secondsDelivered", "secondsMissed")]
 
 
 def advance(seconds):
@@ -418,7 +424,7 @@ def test_create_offer_stores_the_terms(registry, provider, register):
 
     assert registry.getOffer(offer).dict() == {
         "provider": provider, "gpuCount": 2, "utilFloorBps": 6_000, "status": ACTIVE, "minDuration": 120,
-        "pricePerSecond": 777, "maxDuration": 7_200, "vramMiB": VRAM_MIB, "region": hexstr(REGION),
+        "egress": False, "pricePerSecond": 777, "maxDuration": 7_200, "vramMiB": VRAM_MIB, "region": hexstr(REGION),
         "gpuModel": hexstr(GPU_MODEL), "gpuUuidHashes": tuple(hexstr(h) for h in hashes),
     }
 
@@ -430,8 +436,31 @@ def test_create_offer_emits_offer_created_with_the_terms(registry, provider, reg
 
     event = tx.events["OfferCreated"]
     assert (event["offerId"], event["provider"]) == (tx.return_value, provider)
-    assert event["terms"] == (hexstr(GPU_MODEL), VRAM_MIB, PRICE, 60, 86_400, hexstr(REGION), 10_000,
+    assert event["terms"] == (hexstr(GPU_MODEL), VRAM_MIB, PRICE, 60, 86_400, hexstr(REGION), 10_000, False,
                               [hexstr(h) for h in hashes])
+
+
+@pytest.mark.parametrize("egress", [True, False])
+def test_create_offer_stores_the_egress_flag(registry, provider, register, egress):
+    offer = registry.createOffer(offer_terms(register(provider), egress=egress), {"from": provider}).return_value
+
+    assert registry.getOffer(offer)["egress"] is egress
+
+
+def test_offer_created_carries_the_egress_flag(registry, provider, register):
+    tx = registry.createOffer(offer_terms(register(provider), egress=True), {"from": provider})
+
+    assert tx.events["OfferCreated"]["terms"]["egress"] is True
+
+
+def test_egress_flag_of_an_offer_outlives_price_and_status_changes(registry, provider, register):
+    offer = registry.createOffer(offer_terms(register(provider), egress=True), {"from": provider}).return_value
+
+    registry.updateOfferPrice(offer, 2 * PRICE, {"from": provider})
+    registry.pauseOffer(offer, {"from": provider})
+    registry.resumeOffer(offer, {"from": provider})
+
+    assert registry.getOffer(offer)["egress"] is True
 
 
 def test_create_offer_numbers_offers_from_one(registry, provider, provider_b, register):
@@ -822,7 +851,7 @@ def test_settle_by_anyone_but_the_escrow_reverts(registry, provider, renter, lis
     account = request.getfixturevalue(caller)
 
     with brownie.reverts(error("Registry_CallerNotEscrow", account)):
-        registry.settle(offer, account, True, 3_600, 0, 0, SLASH_NONE, {"from": account})
+        registry.settle(offer, account, RentalStatus.COMPLETED, 3_600, 0, 0, SLASH_NONE, {"from": account})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -936,7 +965,39 @@ def test_cancelled_rental_leaves_the_reputation_counters_alone(registry, escrow,
     escrow.terminate(open_rental(renter, list_offer(provider)), {"from": renter})
 
     account = registry.getProvider(provider)
-    assert [account[k] for k in ("rentalsCompleted", "slashes", "secondsDelivered", "secondsMissed")] == [0] * 4
+    assert counters(registry, provider) == [0] * 5
+
+
+def test_declined_rental_releases_all_collateral(registry, escrow, provider, renter, list_offer, open_rental,
+                                                 collateral):
+    offer = list_offer(provider, stake=STAKE)
+
+    tx = escrow.decline(open_rental(renter, offer), DeclineReason.SPEC_MISSING, {"from": provider})
+
+    assert dict(tx.events["CollateralReleased"]) == {"provider": provider, "offerId": offer, "amount": collateral}
+    assert "Slashed" not in tx.events
+    account = registry.getProvider(provider)
+    assert (account["staked"], account["locked"]) == (STAKE, 0)
+    assert registry.freeStake(provider) == STAKE
+    assert registry.compensationOf(renter) == 0
+
+
+def test_declined_rental_counts_a_decline_and_nothing_else(registry, escrow, provider, renter, list_offer,
+                                                           open_rental):
+    escrow.decline(open_rental(renter, list_offer(provider)), DeclineReason.IMAGE_UNAVAILABLE, {"from": provider})
+
+    assert counters(registry, provider) == [0, 0, 1, 0, 0]
+
+
+def test_declines_add_up_beside_the_other_counters(registry, escrow, provider, renter, list_offer, open_rental,
+                                                   complete_rental):
+    offer = list_offer(provider)
+    escrow.decline(open_rental(renter, offer), DeclineReason.EXCEEDS_OFFER, {"from": provider})
+    complete_rental(open_rental(renter, offer), seconds=300, delivered=300)
+
+    escrow.decline(open_rental(renter, offer), DeclineReason.AGENT_FAILURE, {"from": provider})
+
+    assert counters(registry, provider) == [1, 0, 2, 300, 0]
 
 
 def test_start_timeout_slashes_collateral_to_the_renter_and_releases_the_rest(
@@ -975,8 +1036,7 @@ def test_start_timeout_counts_a_slash_but_no_completed_rental(registry, escrow, 
 
     escrow.claimStartTimeout(rental, {"from": renter})
 
-    account = registry.getProvider(provider)
-    assert (account["rentalsCompleted"], account["slashes"], account["secondsDelivered"]) == (0, 1, 0)
+    assert counters(registry, provider) == [0, 1, 0, 0, 3_600]
 
 
 def test_completed_rental_releases_all_collateral(registry, provider, renter, list_offer, open_rental,
@@ -996,8 +1056,8 @@ def test_completed_rental_counts_as_completed_with_its_delivered_seconds(registr
     complete_rental(open_rental(renter, list_offer(provider)), seconds=300, delivered=300)
 
     account = registry.getProvider(provider)
-    assert [account[k] for k in ("rentalsCompleted", "slashes", "secondsDelivered", "secondsMissed")] == [
-        1, 0, 300, 0,
+    assert counters(registry, provider) == [
+        1, 0, 0, 300, 0,
     ]
 
 
@@ -1011,8 +1071,8 @@ def test_completed_rental_that_missed_the_sla_is_slashed_and_counts_missed_secon
     assert tx.events["Slashed"]["amount"] == slashed
     assert tx.events["Slashed"]["reason"] == SLASH_SLA_BREACH
     account = registry.getProvider(provider)
-    assert [account[k] for k in ("rentalsCompleted", "slashes", "secondsDelivered", "secondsMissed")] == [
-        1, 1, 200, 100,
+    assert counters(registry, provider) == [
+        1, 1, 0, 200, 100,
     ]
 
 
@@ -1025,8 +1085,8 @@ def test_expired_rental_counts_its_unreported_time_as_missed(registry, escrow, p
     escrow.finalize(rental, {"from": renter})
 
     account = registry.getProvider(provider)
-    assert [account[k] for k in ("rentalsCompleted", "slashes", "secondsDelivered", "secondsMissed")] == [
-        1, 1, 0, 3_600,
+    assert counters(registry, provider) == [
+        1, 1, 0, 0, 3_600,
     ]
 
 
@@ -1038,8 +1098,8 @@ def test_reputation_counters_add_up_over_rentals(registry, provider, renter, lis
     complete_rental(open_rental(renter, offer), seconds=400, delivered=390)
 
     account = registry.getProvider(provider)
-    assert [account[k] for k in ("rentalsCompleted", "slashes", "secondsDelivered", "secondsMissed")] == [
-        2, 0, 690, 10,
+    assert counters(registry, provider) == [
+        2, 0, 0, 690, 10,
     ]
 
 
@@ -1089,7 +1149,7 @@ def test_views_return_the_deployment_parameters(registry, escrow, token, params)
 
 
 def test_unknown_account_has_an_empty_provider_record(registry, stranger):
-    assert registry.getProvider(stranger) == (0, 0, 0, 0, 0, 0, 0, 0, ZERO_ADDRESS)
+    assert registry.getProvider(stranger) == (0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO_ADDRESS)
     assert registry.freeStake(stranger) == 0
     assert registry.compensationOf(stranger) == 0
 

@@ -102,7 +102,7 @@ def test_compensation_in_a_no_return_token_is_paid_exactly(no_return_suite, no_r
     registry.stake(STAKE, {"from": provider})
     registry.registerGpus(gpus, {"from": provider})
     offer = registry.createOffer(
-        (b"\0" * 32, 81_559, PRICE, 60, 86_400, b"\0" * 16, 10_000, gpus), {"from": provider}
+        (b"\0" * 32, 81_559, PRICE, 60, 86_400, b"\0" * 16, 10_000, False, gpus), {"from": provider}
     ).return_value
     rental = escrow.openRental(offer, 3_600, PRICE, b"\0" * 32, {"from": renter}).return_value
     advance(params.start_timeout + 1)

@@ -16,7 +16,6 @@ from tests.contracts.unit.RentalEscrow.escrow_helpers import (
 )
 
 DEPOSIT = PRICE * DURATION
-STAKED, LOCKED, RENTALS_COMPLETED, SLASHES = 0, 1, 4, 5  # fields of IProviderRegistry.Provider
 
 
 # start
@@ -75,12 +74,12 @@ def test_terminate_before_start_cancels_with_full_refund(escrow, offer, rid, ren
 
 
 def test_terminate_before_start_releases_collateral_without_slash(escrow, registry, offer, rid, provider, renter):
-    staked = registry.getProvider(provider)[STAKED]
+    staked = registry.getProvider(provider)["staked"]
 
     tx = escrow.terminate(rid, {"from": renter})
 
     account = registry.getProvider(provider)
-    assert (account[STAKED], account[LOCKED], account[RENTALS_COMPLETED], account[SLASHES]) == (staked, 0, 0, 0)
+    assert (account["staked"], account["locked"], account["rentalsCompleted"], account["slashes"]) == (staked, 0, 0, 0)
     assert registry.compensationOf(renter) == 0
     assert "Slashed" not in tx.events
     assert event(tx, "CollateralReleased") == {
@@ -199,7 +198,7 @@ def test_claim_start_timeout_refunds_whole_deposit(escrow, registry, offer, rid,
 
 def test_claim_start_timeout_slashes_start_share_of_collateral_to_renter(escrow, registry, token, offer, rid,
                                                                          provider, renter, stranger, params):
-    staked = registry.getProvider(provider)[STAKED]
+    staked = registry.getProvider(provider)["staked"]
     wait(params.start_timeout + 1)
 
     tx = escrow.claimStartTimeout(rid, {"from": stranger})
@@ -208,7 +207,7 @@ def test_claim_start_timeout_slashes_start_share_of_collateral_to_renter(escrow,
     assert slashed == 20_000_000
     assert registry.compensationOf(renter) == slashed
     account = registry.getProvider(provider)
-    assert (account[STAKED], account[LOCKED], account[SLASHES]) == (staked - slashed, 0, 1)
+    assert (account["staked"], account["locked"], account["slashes"]) == (staked - slashed, 0, 1)
     assert event(tx, "Slashed") == {
         "provider": provider.address, "offerId": offer, "renter": renter.address, "amount": slashed,
         "reason": SlashReason.START_TIMEOUT,
@@ -394,7 +393,7 @@ def test_delivery_at_exactly_the_sla_is_not_slashed(escrow, registry, rid, start
 def test_missing_more_than_the_sla_slashes_collateral_in_proportion(escrow, registry, offer, rid, started,
                                                                     provider, renter, stranger, submit, params):
     delivered = DURATION * params.sla_bps // BPS - 1
-    staked = registry.getProvider(provider)[STAKED]
+    staked = registry.getProvider(provider)["staked"]
 
     tx = _finalize_with_delivery(escrow, rid, started, delivered, submit, params, stranger)
 
@@ -406,7 +405,7 @@ def test_missing_more_than_the_sla_slashes_collateral_in_proportion(escrow, regi
     assert (finalized["missedSeconds"], finalized["slashed"]) == (missed, slashed)
     assert finalized["slashReason"] == SlashReason.SLA_BREACH
     assert registry.compensationOf(renter) == slashed
-    assert registry.getProvider(provider)[STAKED] == staked - slashed
+    assert registry.getProvider(provider)["staked"] == staked - slashed
 
 
 def test_nothing_delivered_slashes_the_whole_sla_share(escrow, registry, offer, rid, started, stranger, params):

@@ -57,7 +57,7 @@ def test_open_rental_locks_the_offers_collateral(escrow, registry, provider, ren
 
     collateral = registry.collateralOf(offer)
     assert collateral == 200 * USDC
-    assert registry.getProvider(provider)[1] == collateral
+    assert registry.getProvider(provider)["locked"] == collateral
     assert registry.freeStake(provider) == free_before - collateral
     assert event(tx, "CollateralLocked") == {"provider": provider.address, "offerId": offer, "amount": collateral}
 
