@@ -214,7 +214,7 @@ def deploy_fleet(rentals: int, providers: int, gpus_per_offer: int, backdate_sec
         for provider, offers in zip(provider_addresses, offers_of):
             for k in offers:
                 terms = (b"H100".ljust(32, b"\0"), 81_559, PRICE, 60, 30 * 86_400, b"bench".ljust(16, b"\0"), 10_000,
-                         [gpu_uuid_hash(u) for u in uuids[k]])
+                         False, [gpu_uuid_hash(u) for u in uuids[k]])
                 sender.send(provider, registry, CREATE_OFFER(terms), 200_000 + 60_000 * gpus_per_offer)
         sender.mine()
         offer_ids = _offer_ids(rpc, registry, first_offer_block, provider_addresses, offers_of, rentals)

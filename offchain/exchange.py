@@ -33,14 +33,14 @@ from offchain.market import (
     read_token,
 )
 from offchain.reports import split_rental_id
-from offchain.status import RentalStatus, SkipReason, SlashReason
+from offchain.status import DeclineReason, RentalStatus, SkipReason, SlashReason
 from offchain.wallet import Sent, Wallet
 
 #: Blocks per `eth_getLogs` request; public RPC endpoints refuse much wider ranges.
 MAX_BLOCK_RANGE = 10_000
 #: Escrow events whose first indexed argument is the rental id.
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "ReportSkipped", "RentalTerminated",
-                 "RentalFinalized")
+                 "RentalDeclined", "RentalFinalized")
 
 
 class ExchangeError(RuntimeError):
@@ -125,6 +125,7 @@ class OfferTerms(BaseModel):
     max_duration: int = Field(ge=1, lt=2**32)
     region: str
     util_floor_bps: int = Field(ge=0, le=10_000)
+    egress: bool = False  # jobs may open outbound network connections when their spec asks; fixed for the offer
     gpu_uuid_hashes: list[bytes] = Field(min_length=1)
 
     @field_validator("gpu_model", "region")
@@ -143,7 +144,8 @@ class OfferTerms(BaseModel):
     def as_tuple(self) -> tuple:
         """The `OfferTerms` struct as the ABI encodes it."""
         return (pack_text(self.gpu_model, 32), self.vram_mib, self.price_per_second, self.min_duration,
-                self.max_duration, pack_text(self.region, 16), self.util_floor_bps, self.gpu_uuid_hashes)
+                self.max_duration, pack_text(self.region, 16), self.util_floor_bps, self.egress,
+                self.gpu_uuid_hashes)
 
 
 # ------------------------------------------------------------------------------------------- rental events
@@ -202,6 +204,19 @@ class RentalTerminated(BaseModel):
     refund: int
 
 
+class RentalDeclined(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["declined"] = "declined"
+    block_number: int
+    reason: str  # a DeclineReason name
+
+    @computed_field
+    @property
+    def detail(self) -> str:
+        return DeclineReason[self.reason].describe()
+
+
 class RentalFinalized(BaseModel):
     model_config = _FROZEN
 
@@ -217,7 +232,8 @@ class RentalFinalized(BaseModel):
     slash_reason: str  # a SlashReason name
 
 
-RentalEvent = RentalOpened | RentalStarted | ReportApplied | ReportSkipped | RentalTerminated | RentalFinalized
+RentalEvent = (RentalOpened | RentalStarted | ReportApplied | ReportSkipped | RentalTerminated | RentalDeclined
+               | RentalFinalized)
 
 
 class RentalView(BaseModel):
@@ -241,6 +257,7 @@ class RentalView(BaseModel):
     delivered_seconds: int
     earned: int  # gross earnings the reports accrued, before the protocol fee
     termination_refund: int
+    decline: RentalDeclined | None  # why the provider declined it (status DECLINED)
     reports: list[ReportApplied]
     skipped_reports: int
     settlement: RentalFinalized | None
@@ -367,6 +384,7 @@ class ExchangeClient:
         started = next((e for e in events if isinstance(e, RentalStarted)), None)
         reports = [e for e in events if isinstance(e, ReportApplied)]
         terminated = next((e for e in events if isinstance(e, RentalTerminated)), None)
+        declined = next((e for e in events if isinstance(e, RentalDeclined)), None)
         settlement = next((e for e in events if isinstance(e, RentalFinalized)), None)
         status, _, _, duration, since, last_seq, reported, delivered, earned = live
         if RentalStatus(status) is RentalStatus.NONE:  # replaced by a later rental: settled, so events tell all
@@ -383,7 +401,8 @@ class ExchangeClient:
             deposit=opened.deposit, job_spec_hash=opened.job_spec_hash, opened_block=opened.block_number,
             started_at=started.started_at if started else None, last_seq=last_seq, reported_seconds=reported,
             delivered_seconds=delivered, earned=earned, termination_refund=terminated.refund if terminated else 0,
-            reports=reports, skipped_reports=sum(isinstance(e, ReportSkipped) for e in events), settlement=settlement)
+            decline=declined, reports=reports, skipped_reports=sum(isinstance(e, ReportSkipped) for e in events),
+            settlement=settlement)
 
     async def watch_rental(self, rental_id: int, poll_seconds: float = 2.0) -> AsyncIterator[RentalEvent]:
         """Every event of the rental, past ones first, then new ones as they are mined, until it is settled."""
@@ -573,6 +592,8 @@ class ExchangeClient:
                 return ReportSkipped(block_number=block, seq=args["seq"], reason=SkipReason(args["reason"]).name)
             case "RentalTerminated":
                 return RentalTerminated(block_number=block, ends_at=args["endsAt"], refund=args["refund"])
+            case "RentalDeclined":
+                return RentalDeclined(block_number=block, reason=DeclineReason(args["reason"]).name)
             case _:
                 return RentalFinalized(block_number=block, status=RentalStatus(args["status"]).name,
                                        provider_payout=args["providerPayout"], fee=args["fee"], refund=args["refund"],

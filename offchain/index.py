@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
-from offchain.chain import contract
+from offchain.chain import contract, returned_struct
 from offchain.deployments import Deployment
 from offchain.market import OfferRecord, OfferStatus, ProviderRecord, unpack_text
-from offchain.status import RentalStatus, SlashReason
+from offchain.status import DeclineReason, RentalStatus, SlashReason
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, asyncio.TimeoutError, OSErro
 
 REGISTRY_EVENTS = ("Staked", "UnstakeRequested", "UnstakeWithdrawn", "AgentSet", "OfferCreated", "OfferPriceUpdated",
                    "OfferPaused", "OfferResumed", "OfferClosed", "Slashed")
-ESCROW_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "RentalTerminated", "RentalFinalized")
+ESCROW_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "RentalTerminated", "RentalDeclined",
+                 "RentalFinalized")
 
 
 class HistoryEntry(BaseModel):
@@ -113,6 +114,7 @@ class IndexedRental(BaseModel):
     started_by_report: bool = False
     terminated_at: int | None = None
     terminate_refund: int = 0
+    decline_reason: DeclineReason | None = None  # why the provider declined it (status Declined)
     reports: list[ReportPoint] = []
     settlement: Settlement | None = None
 
@@ -161,6 +163,7 @@ class _Offer:
     max_duration: int
     region: str
     util_floor_bps: int
+    egress: bool
     gpu_uuid_hashes: list[str]
     live_rental_id: int = 0
 
@@ -169,8 +172,9 @@ class _Offer:
                            gpu_model=self.gpu_model, gpu_count=len(self.gpu_uuid_hashes), vram_mib=self.vram_mib,
                            region=self.region, price_per_second=self.price_per_second,
                            min_duration=self.min_duration, max_duration=self.max_duration,
-                           util_floor_bps=self.util_floor_bps, gpu_uuid_hashes=self.gpu_uuid_hashes,
-                           live_rental_id=self.live_rental_id, reputation=reputation)
+                           util_floor_bps=self.util_floor_bps, egress=self.egress,
+                           gpu_uuid_hashes=self.gpu_uuid_hashes, live_rental_id=self.live_rental_id,
+                           reputation=reputation)
 
 
 @dataclass
@@ -351,9 +355,10 @@ class EventIndex:
         limit = asyncio.Semaphore(READ_CONCURRENCY)
 
         async def one(address: str) -> ProviderRecord:
+            function = self._registry.functions.getProvider(address)
             async with limit:
-                values = await self._registry.functions.getProvider(address).call(block_identifier=block)
-            return ProviderRecord.from_chain(address, values)
+                values = await function.call(block_identifier=block)
+            return ProviderRecord.from_chain(address, returned_struct(function, values))
 
         addresses = sorted(state.stale_providers)
         for address, record in zip(addresses, await asyncio.gather(*(one(a) for a in addresses))):
@@ -390,7 +395,7 @@ class EventIndex:
                 gpu_model=unpack_text(terms["gpuModel"]), vram_mib=terms["vramMiB"],
                 price_per_second=terms["pricePerSecond"], min_duration=terms["minDuration"],
                 max_duration=terms["maxDuration"], region=unpack_text(terms["region"]),
-                util_floor_bps=terms["utilFloorBps"],
+                util_floor_bps=terms["utilFloorBps"], egress=terms["egress"],
                 gpu_uuid_hashes=["0x" + bytes(h).hex() for h in terms["gpuUuidHashes"]])
             self._provider(state, args["provider"]).offer_ids.append(offer_id)
         elif name == "OfferPriceUpdated":
@@ -426,6 +431,8 @@ class EventIndex:
         elif name == "RentalTerminated":
             rental.status, rental.terminated_at = RentalStatus.TERMINATED, args["endsAt"]
             rental.duration, rental.terminate_refund = args["endsAt"] - rental.since, args["refund"]
+        elif name == "RentalDeclined":
+            rental.decline_reason = DeclineReason(args["reason"])
         elif name == "RentalFinalized":
             rental.status = RentalStatus(args["status"])
             rental.settlement = Settlement(

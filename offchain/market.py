@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from decimal import ROUND_HALF_UP, Decimal
 from enum import IntEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import AsyncWeb3
 
-from offchain.chain import contract
+from offchain.chain import contract, returned_struct
 
 SECONDS_PER_HOUR = 3600
 MIB_PER_GIB = 1024
@@ -78,6 +78,7 @@ class ProviderRecord(BaseModel):
     unbonding_ends_at: int
     rentals_completed: int
     slashes: int
+    declines: int  # rentals the provider declined before the start (refunded in full, nothing slashed)
     seconds_delivered: int
     seconds_missed: int
     agent: str
@@ -93,11 +94,13 @@ class ProviderRecord(BaseModel):
         return self.seconds_delivered / total if total else None
 
     @classmethod
-    def from_chain(cls, address: str, values: tuple) -> ProviderRecord:
-        staked, locked, unbonding, ends_at, completed, slashes, delivered, missed, agent = values
-        return cls(address=address, staked=staked, locked=locked, unbonding=unbonding, unbonding_ends_at=ends_at,
-                   rentals_completed=completed, slashes=slashes, seconds_delivered=delivered,
-                   seconds_missed=missed, agent=agent)
+    def from_chain(cls, address: str, provider: dict[str, Any]) -> ProviderRecord:
+        """From the registry's `Provider` struct by field name (`returned_struct` of `getProvider`)."""
+        return cls(address=address, staked=provider["staked"], locked=provider["locked"],
+                   unbonding=provider["unbonding"], unbonding_ends_at=provider["unbondingEndsAt"],
+                   rentals_completed=provider["rentalsCompleted"], slashes=provider["slashes"],
+                   declines=provider["declines"], seconds_delivered=provider["secondsDelivered"],
+                   seconds_missed=provider["secondsMissed"], agent=provider["agent"])
 
 
 def unpack_text(raw: bytes) -> str:
@@ -129,6 +132,7 @@ class OfferRecord(BaseModel):
     min_duration: int
     max_duration: int
     util_floor_bps: int
+    egress: bool  # jobs may open outbound network connections when their spec asks; fixed for the offer
     gpu_uuid_hashes: list[str]
     live_rental_id: int  # 0 when the offer is free
     reputation: ProviderRecord
@@ -154,7 +158,8 @@ class OfferRecord(BaseModel):
 async def read_provider(w3: AsyncWeb3, registry_address: str, provider: str) -> ProviderRecord:
     registry = contract(w3, "ProviderRegistry", registry_address)
     provider = AsyncWeb3.to_checksum_address(provider)
-    return ProviderRecord.from_chain(provider, await registry.functions.getProvider(provider).call())
+    function = registry.functions.getProvider(provider)
+    return ProviderRecord.from_chain(provider, returned_struct(function, await function.call()))
 
 
 async def read_offer(w3: AsyncWeb3, registry_address: str, escrow_address: str, offer_id: int,
@@ -162,18 +167,20 @@ async def read_offer(w3: AsyncWeb3, registry_address: str, escrow_address: str, 
     """One offer (reverts with `Registry_UnknownOffer` if there is none); `providers` caches reputations."""
     registry = contract(w3, "ProviderRegistry", registry_address)
     escrow = contract(w3, "RentalEscrow", escrow_address)
-    offer, live = await asyncio.gather(registry.functions.getOffer(offer_id).call(),
-                                       escrow.functions.liveRentalOf(offer_id).call())
-    (provider, gpu_count, util_floor, status, min_duration, price, max_duration, vram, region, model,
-     hashes) = offer
+    function = registry.functions.getOffer(offer_id)
+    values, live = await asyncio.gather(function.call(), escrow.functions.liveRentalOf(offer_id).call())
+    offer = returned_struct(function, values)
+    provider = offer["provider"]
     cache = providers if providers is not None else {}
     if provider not in cache:
         cache[provider] = await read_provider(w3, registry_address, provider)
-    return OfferRecord(offer_id=offer_id, provider=provider, status=OfferStatus(status), gpu_model=unpack_text(model),
-                       gpu_count=gpu_count, vram_mib=vram, region=unpack_text(region), price_per_second=price,
-                       min_duration=min_duration, max_duration=max_duration, util_floor_bps=util_floor,
-                       gpu_uuid_hashes=["0x" + h.hex() for h in hashes], live_rental_id=live,
-                       reputation=cache[provider])
+    return OfferRecord(offer_id=offer_id, provider=provider, status=OfferStatus(offer["status"]),
+                       gpu_model=unpack_text(offer["gpuModel"]), gpu_count=offer["gpuCount"],
+                       vram_mib=offer["vramMiB"], region=unpack_text(offer["region"]),
+                       price_per_second=offer["pricePerSecond"], min_duration=offer["minDuration"],
+                       max_duration=offer["maxDuration"], util_floor_bps=offer["utilFloorBps"],
+                       egress=offer["egress"], gpu_uuid_hashes=["0x" + h.hex() for h in offer["gpuUuidHashes"]],
+                       live_rental_id=live, reputation=cache[provider])
 
 
 async def read_offers(w3: AsyncWeb3, registry_address: str, escrow_address: str,
@@ -207,6 +214,7 @@ class OfferQuery(BaseModel):
     min_reliability: float | None = Field(default=None, ge=0, le=1)  # excludes providers with no history
     min_duration: int | None = Field(default=None, ge=1)  # the offer must allow a rental this long
     provider: str | None = None  # only this provider's offers (an address, any case)
+    egress: bool | None = None  # True: only offers whose jobs may open outbound connections; False: only others
     include_unavailable: bool = False  # also list paused, closed and rented offers
     sort: SortKey = "price"
     limit: int | None = Field(default=None, ge=1)
@@ -233,6 +241,8 @@ def search_offers(offers: list[OfferRecord], query: OfferQuery, token: TokenInfo
         if query.min_duration is not None and not offer.min_duration <= query.min_duration <= offer.max_duration:
             return False
         if query.provider is not None and offer.provider.lower() != query.provider.lower():
+            return False
+        if query.egress is not None and offer.egress is not query.egress:
             return False
         return True
 

@@ -361,7 +361,7 @@ def _set_up(console: Console, source: TelemetrySource) -> Market:
 def _list_offer(suite, provider, name: str, gpus: list[GpuInfo], price: int, region: str, served: bool) -> Offer:
     hashes = [gpu_uuid_hash(g.uuid) for g in gpus]
     terms = (gpus[0].name.encode()[:32].ljust(32, b"\0"), gpus[0].mem_total_mib, price, 1, 86_400,
-             region.encode().ljust(16, b"\0"), BPS, hashes)
+             region.encode().ljust(16, b"\0"), BPS, False, hashes)
     tx = suite.registry.createOffer(terms, {"from": provider}, silent=True)
     return Offer(tx.events["OfferCreated"]["offerId"], name, tuple(gpus), price, served)
 

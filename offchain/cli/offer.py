@@ -41,6 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                                help="longest rental, e.g. 24h (default 1d)")
     create_parser.add_argument("--util-floor", type=parse.percent, default=100.0, metavar="PCT",
                                help="100 (default): pay for time; lower: pay by GPU utilisation, at least this share")
+    create_parser.add_argument("--egress", action="store_true",
+                               help="let jobs open outbound network connections when their spec asks (off by "
+                                    "default; fixed for the offer's life)")
     add_gpu_options(create_parser)
     update_parser = add_command(group, "update", update, "set the price of rentals opened from now on")
     update_parser.add_argument("offer_id", type=parse.positive_int, metavar="OFFER")
@@ -81,7 +84,7 @@ async def create(args: argparse.Namespace) -> int:
         try:
             terms = OfferTerms(gpu_model=model, vram_mib=vram_mib, price_per_second=price,
                                min_duration=args.min_duration, max_duration=args.max_duration, region=args.region,
-                               util_floor_bps=round(args.util_floor * 100),
+                               util_floor_bps=round(args.util_floor * 100), egress=args.egress,
                                gpu_uuid_hashes=[gpu_uuid_hash(g.uuid) for g in gpus])
         except ValidationError as exc:
             raise invalid(exc, "offer terms") from None

@@ -27,6 +27,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                     "fails)")
     search_parser.add_argument("--min-duration", type=parse.duration, metavar="DURATION",
                                help="offers that allow a rental this long (e.g. 2h)")
+    search_parser.add_argument("--egress", action="store_true",
+                               help="only offers whose jobs may open outbound network connections")
     search_parser.add_argument("--all", action="store_true", help="also paused, closed and rented offers")
     search_parser.add_argument("--sort", default="price", choices=typing.get_args(SortKey),
                                help="sort order (default %(default)s; --sort=-price for the dearest first; "
@@ -47,15 +49,17 @@ def render_offers(out: Output, token: TokenInfo, offers: list[OfferRecord]) -> N
         out.print("no offers match")
         return
     table = Table(title_justify="left")
-    for column in ("id", "gpus", "vram/gpu", "price", "per gpu", "region", "durations", "reliability", "rentals",
-                   "status", "provider"):
-        table.add_column(column, justify="right" if column in ("id", "price", "per gpu", "rentals") else "left")
+    for column in ("id", "gpus", "vram/gpu", "price", "per gpu", "region", "durations", "egress", "reliability",
+                   "rentals", "declines", "status", "provider"):
+        table.add_column(column, justify="right" if column in ("id", "price", "per gpu", "rentals", "declines")
+                         else "left")
     for o in offers:
         reliability = "new" if o.reliability is None else f"{o.reliability:.1%}"
         durations = f"{parse.format_duration(o.min_duration)}-{parse.format_duration(o.max_duration)}"
         table.add_row(str(o.offer_id), f"{o.gpu_count}x {o.gpu_model}", gib(o.vram_mib),
                       per_hour(token, o.price_per_second), per_hour(token, o.price_per_second // o.gpu_count),
-                      o.region or "-", durations, reliability, str(o.reputation.rentals_completed), availability(o),
+                      o.region or "-", durations, "yes" if o.egress else "no", reliability,
+                      str(o.reputation.rentals_completed), str(o.reputation.declines), availability(o),
                       short(o.provider))
     out.print(table)
 
@@ -74,7 +78,8 @@ async def search(args: argparse.Namespace) -> int:
                        min_vram_gib=float(args.min_vram) if args.min_vram is not None else None,
                        max_price_per_hour=args.max_price_per_hour, region=args.region,
                        min_reliability=None if args.min_reliability is None else args.min_reliability / 100,
-                       min_duration=args.min_duration, include_unavailable=args.all, sort=args.sort, limit=args.limit)
+                       min_duration=args.min_duration, egress=True if args.egress else None,
+                       include_unavailable=args.all, sort=args.sort, limit=args.limit)
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
         found = search_offers(await ctx.client.offers(), query, token)

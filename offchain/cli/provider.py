@@ -38,7 +38,7 @@ def render_provider(out: Output, token: TokenInfo, p: ProviderRecord) -> None:
     out.fields(f"provider {p.address}", [
         ("staked", money(token, p.staked)), ("locked", money(token, p.locked)), ("unbonding", unbonding),
         ("free", money(token, p.free)), ("agent", p.agent if int(p.agent, 16) else "not set"),
-        ("rentals completed", p.rentals_completed), ("slashes", p.slashes),
+        ("rentals completed", p.rentals_completed), ("slashes", p.slashes), ("declines", p.declines),
         ("seconds delivered", f"{p.seconds_delivered:,}"), ("seconds missed", f"{p.seconds_missed:,}"),
         ("reliability", reliability),
     ])

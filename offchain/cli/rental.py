@@ -32,6 +32,7 @@ from offchain.cli.context import (
     when,
 )
 from offchain.exchange import (
+    RentalDeclined,
     RentalEvent,
     RentalFinalized,
     RentalOpened,
@@ -131,6 +132,8 @@ def render_rental(out: Output, token: TokenInfo, r: RentalView) -> None:
         ("utilisation", percent_bps(r.avg_util_bps)),
         ("paid", money(token, r.paid)), ("refunded", money(token, r.refunded)),
     ]
+    if r.decline is not None:
+        rows.insert(1, ("declined", f"{r.decline.reason.lower()}: {r.decline.detail}"))
     if s is not None:
         slash = "none" if not s.slashed else f"{money(token, s.slashed)} to the renter ({s.slash_reason.lower()})"
         rows += [("provider payout", money(token, s.provider_payout)), ("fee", money(token, s.fee)),
@@ -189,6 +192,8 @@ def _event_line(token: TokenInfo, event: RentalEvent, period_start: int | None) 
             return f"report #{event.seq} skipped: {event.reason.lower()}"
         case RentalTerminated():
             return f"terminated: ends at {when(event.ends_at)}, {money(token, event.refund)} refunded"
+        case RentalDeclined():
+            return f"declined by the provider ({event.reason.lower()}): {event.detail}"
         case RentalFinalized():
             slash = f", {money(token, event.slashed)} slashed ({event.slash_reason.lower()})" if event.slashed else ""
             return (f"settled {event.status.lower()}: {event.delivered_seconds} s delivered, {event.missed_seconds} s "

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3Exception
 
-from offchain.chain import abi, contract
+from offchain.chain import abi, contract, returned_struct
 from offchain.config import ChainSettings
 from offchain.status import RentalStatus
 
@@ -246,12 +246,13 @@ class ChainView:
         )
 
     async def _read_offer(self, offer_id: int) -> OfferGpus | None:
+        function = self._registry.functions.getOffer(offer_id)
         try:
-            offer = await _rpc(self._registry.functions.getOffer(offer_id).call())
+            offer = returned_struct(function, await _rpc(function.call()))
         except ContractLogicError:
             return None
-        provider, gpu_uuid_hashes = offer[0], offer[-1]
-        return OfferGpus(provider=provider, gpu_uuid_hashes=frozenset(bytes(h) for h in gpu_uuid_hashes))
+        return OfferGpus(provider=offer["provider"],
+                         gpu_uuid_hashes=frozenset(bytes(h) for h in offer["gpuUuidHashes"]))
 
     async def _read_agent(self, provider: str) -> bytes | None:
         agent = to_canonical_address(await _rpc(self._registry.functions.agentOf(provider).call()))

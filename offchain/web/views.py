@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from offchain.index import HistoryEntry, IndexedProvider, IndexedRental
 from offchain.market import SECONDS_PER_HOUR, OfferQuery, OfferRecord, TokenInfo, unpack_text
-from offchain.status import RentalStatus, SlashReason
+from offchain.status import DeclineReason, RentalStatus, SlashReason
 
 BPS_PER_PERCENT = 100
 
@@ -61,9 +61,11 @@ class OfferView(_View):
     min_duration: int
     max_duration: int
     util_floor_pct: float
+    egress: bool  # jobs may open outbound network connections when their spec asks
     reliability: float | None  # share of rented seconds delivered; None before the first settled second
     rentals_completed: int
     slashes: int
+    declines: int
 
     @classmethod
     def of(cls, offer: OfferRecord, token: TokenInfo) -> OfferView:
@@ -74,8 +76,9 @@ class OfferView(_View):
                    region=offer.region, price_per_hour=per_hour,
                    price_per_gpu_hour=(per_hour / offer.gpu_count).quantize(Decimal(1).scaleb(-token.decimals)),
                    min_duration=offer.min_duration, max_duration=offer.max_duration,
-                   util_floor_pct=offer.util_floor_bps / BPS_PER_PERCENT, reliability=offer.reliability,
-                   rentals_completed=offer.reputation.rentals_completed, slashes=offer.reputation.slashes)
+                   util_floor_pct=offer.util_floor_bps / BPS_PER_PERCENT, egress=offer.egress,
+                   reliability=offer.reliability, rentals_completed=offer.reputation.rentals_completed,
+                   slashes=offer.reputation.slashes, declines=offer.reputation.declines)
 
 
 class OffersPage(_View):
@@ -137,6 +140,8 @@ class RentalView(RentalSummary):
     started_at: int | None
     started_by_report: bool
     terminated_at: int | None
+    decline_reason: str | None  # spec_missing, spec_invalid, ... when the provider declined it
+    decline_detail: str | None  # what the reason means, for people
     job_spec_hash: str
     settlement: SettlementView | None
     reports: list[ReportView]
@@ -147,12 +152,13 @@ def rental_summary(rental: IndexedRental, offer: OfferRecord, token: TokenInfo) 
 
 
 def rental_view(rental: IndexedRental, offer: OfferRecord, token: TokenInfo, stake_token: TokenInfo) -> RentalView:
-    settlement = rental.settlement
+    settlement, declined = rental.settlement, rental.decline_reason
     return RentalView(
         **_summary_fields(rental, offer, token), deposit=token.to_human(rental.deposit),
         refunded=token.to_human(rental.refunded), booked_duration=rental.booked_duration, duration=rental.duration,
         started_at=rental.started_at, started_by_report=rental.started_by_report, terminated_at=rental.terminated_at,
-        job_spec_hash=rental.job_spec_hash,
+        decline_reason=None if declined is None else declined.name.lower(),
+        decline_detail=None if declined is None else declined.describe(), job_spec_hash=rental.job_spec_hash,
         settlement=None if settlement is None else SettlementView(
             status=settlement.status.name.lower(), settled_at=settlement.timestamp,
             provider_payout=token.to_human(settlement.provider_payout), fee=token.to_human(settlement.fee),
@@ -194,6 +200,7 @@ class ProviderView(_View):
     agent: str
     rentals_completed: int
     slashes: int
+    declines: int
     seconds_delivered: int
     seconds_missed: int
     reliability: float | None
@@ -211,7 +218,7 @@ def provider_view(provider: IndexedProvider, offers: list[OfferView], rentals: l
         address=provider.address, staked=stake_token.to_human(record.staked),
         locked=stake_token.to_human(record.locked), unbonding=stake_token.to_human(record.unbonding),
         free=stake_token.to_human(record.free), unbonding_ends_at=record.unbonding_ends_at, agent=record.agent,
-        rentals_completed=record.rentals_completed, slashes=record.slashes,
+        rentals_completed=record.rentals_completed, slashes=record.slashes, declines=record.declines,
         seconds_delivered=record.seconds_delivered, seconds_missed=record.seconds_missed,
         reliability=record.reliability, offers=offers, rentals=rentals,
         history=[HistoryView(block=h.block, timestamp=h.timestamp, tx_hash=h.tx_hash, event=h.event,
@@ -237,7 +244,7 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
             terms = args["terms"]
             model = unpack_text(bytes.fromhex(terms["gpuModel"][2:]))
             return (f"listed {offer}: {len(terms['gpuUuidHashes'])} x {model} at "
-                    f"{_per_hour(token, terms['pricePerSecond'])}")
+                    f"{_per_hour(token, terms['pricePerSecond'])}" + (", egress allowed" if terms["egress"] else ""))
         case "OfferPriceUpdated":
             return f"set the price of {offer} to {_per_hour(token, args['pricePerSecond'])}"
         case "OfferPaused" | "OfferResumed" | "OfferClosed":
@@ -252,6 +259,8 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
             return "rental started by its first report" if args["byReport"] else "rental started"
         case "RentalTerminated":
             return f"the renter terminated the rental; {token.format(args['refund'])} refunded"
+        case "RentalDeclined":
+            return f"declined the rental: {DeclineReason(args['reason']).describe()}"
         case "RentalFinalized":
             status = RentalStatus(args["status"]).name.lower().replace("_", " ")
             text = (f"rental settled {status}: {token.format(args['providerPayout'])} to the provider, "

@@ -64,7 +64,7 @@ def list_offer(suite, provider):
         hashes = [gpu_uuid_hash(u) for u in uuids]
         suite.registry.registerGpus(hashes, {"from": provider})
         terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, min_duration, 86_400, b"eu-west".ljust(16, b"\0"),
-                 UTIL_FLOOR_BPS, hashes)
+                 UTIL_FLOOR_BPS, False, hashes)
         return suite.registry.createOffer(terms, {"from": provider}).return_value
 
     return _list

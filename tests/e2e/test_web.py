@@ -157,7 +157,7 @@ async def _market(w3, state, state_dir: Path, source: SimulatedSource, spec_dir:
                          wallets["renter"].transact(token.functions.approve(record.escrow, MAX_UINT)))
     for role, count, model, vram, region, price in OFFERS:  # one at a time, so that the ids are 1 to 4
         hashes = [gpu_uuid_hash(uuids[role].pop(0)) for _ in range(count)]
-        terms = (pack_text(model, 32), vram, price, 60, 86_400, pack_text(region, 16), 10_000, hashes)
+        terms = (pack_text(model, 32), vram, price, 60, 86_400, pack_text(region, 16), 10_000, False, hashes)
         await wallets[role].transact(registry.functions.createOffer(terms))
     spec = JobSpec(command=(sys.executable, "-c", "import time; time.sleep(600)"))
     JobSpecStore(spec_dir).put(spec)
@@ -211,7 +211,7 @@ def _check_offers_page(driver, web: str) -> None:
     assert [(r[0], r[2], r[4], r[5]) for r in rows] == [
         ("#4", "L4", "ap-south", "0.72 tUSD"), ("#2", "H100-80GB", "eu-central", "2.52 tUSD"),
         ("#3", "A100-80GB", "us-east", "7.20 tUSD")]
-    assert all(r[10] == "available" for r in rows)
+    assert all((r[8], r[11], r[12]) == ("no", "0", "available") for r in rows)  # egress, declines, status
     _wait(driver, lambda d: len(_rows(d, "rentals")) == 1, "the recent rental")
     assert _rows(driver, "rentals")[0][1:3] == ["#1", "2 × H100-80GB"]
     _screenshot(driver, "web-offers.png")
@@ -220,7 +220,7 @@ def _check_offers_page(driver, web: str) -> None:
     driver.find_element(By.NAME, "include_unavailable").click()
     driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
     _wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#2", "#1"], "the H100 offers, rented included")
-    assert _rows(driver, "offers")[1][10] == "rented"
+    assert _rows(driver, "offers")[1][12] == "rented"
     assert "gpu_model=h100" in driver.current_url and "include_unavailable=true" in driver.current_url
 
     driver.get(web + "/?sort=-price&min_gpus=2")
@@ -257,7 +257,7 @@ def _check_provider_page(driver, web: str, address: str) -> None:
     _wait(driver, lambda d: len(_rows(d, "offers")) == 2, "the provider's two offers")
     cards = driver.find_element(By.ID, "cards").text
     assert "1,000.00 tUSD" in cards  # staked
-    assert [r[7] for r in _rows(driver, "offers")] == ["rented", "available"]
+    assert [r[8] for r in _rows(driver, "offers")] == ["rented", "available"]
     oldest_first = [r[2] for r in reversed(_rows(driver, "history"))]
     assert oldest_first[:6] == ["Staked", "AgentSet", "OfferCreated", "OfferCreated", "RentalOpened",
                                 "RentalStarted"]

@@ -83,5 +83,6 @@ def offer(suite, token, deployer, provider, renter):
     fund_and_stake(suite, token, deployer, provider, renter)
     hashes = [gpu_uuid_hash(u) for u in GPU_UUIDS]
     suite.registry.registerGpus(hashes, {"from": provider})
-    terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, hashes)
+    terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, False,
+             hashes)
     return suite.registry.createOffer(terms, {"from": provider}).return_value

@@ -37,11 +37,11 @@
     const rows = page.offers.map((o) => [
       "#" + o.offer_id, o.gpu_count, o.gpu_model, o.vram_gib.toFixed(1) + " GiB", o.region,
       amount(o.price_per_hour, token.symbol), amount(o.price_per_gpu_hour, token.symbol),
-      duration(o.min_duration) + " – " + duration(o.max_duration), providerLink(o.provider),
-      percent(o.reliability),
+      duration(o.min_duration) + " – " + duration(o.max_duration), o.egress ? "allowed" : "no",
+      providerLink(o.provider), percent(o.reliability), o.declines,
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
     ]);
-    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 9], document.getElementById("offers-empty"));
+    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11], document.getElementById("offers-empty"));
   }
 
   async function loadRentals() {

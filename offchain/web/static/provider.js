@@ -25,10 +25,12 @@
       card("Reliability", percent(p.reliability), "share of rented seconds delivered"),
       card("Rentals completed", p.rentals_completed),
       card("Delivered", duration(p.seconds_delivered), duration(p.seconds_missed) + " missed"),
-      card("Slashes", p.slashes, null, p.slashes > 0));
+      card("Slashes", p.slashes, null, p.slashes > 0),
+      card("Declines", p.declines, "rentals declined before the start, refunded in full"));
     fillTable(document.getElementById("offers"), p.offers.map((o) => [
       "#" + o.offer_id, o.gpu_count, o.gpu_model, o.vram_gib.toFixed(1) + " GiB", o.region,
       amount(o.price_per_hour, pay), duration(o.min_duration) + " – " + duration(o.max_duration),
+      o.egress ? "allowed" : "no",
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
     ]), [1, 3, 5], document.getElementById("offers-empty"));
     fillTable(document.getElementById("rentals"), p.rentals.map((r) => [

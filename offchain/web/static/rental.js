@@ -45,6 +45,7 @@
     const timeline = [["Opened", time(r.opened_at)]];
     if (started) timeline.push(["Started", time(r.started_at) + (r.started_by_report ? " (by its first report)" : "")]);
     if (r.terminated_at !== null) timeline.push(["Terminated", time(r.terminated_at) + " by the renter"]);
+    if (r.decline_reason !== null) timeline.push(["Declined", "by the provider: " + r.decline_detail]);
     if (s) {
       timeline.push(["Settled", time(s.settled_at) + ": " + s.status.replace("_", " ")]);
       timeline.push(["Settlement", amount(s.provider_payout, pay) + " to the provider, " + amount(s.fee, pay) +

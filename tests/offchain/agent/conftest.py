@@ -43,7 +43,7 @@ def gpu_offer(suite, provider, funded_agent):
         hashes = [gpu_uuid_hash(gpu.uuid) for gpu in source.gpus()]
         suite.registry.registerGpus(hashes, {"from": provider})
         terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, min_duration, 86_400, b"eu-west".ljust(16, b"\0"),
-                 10_000, hashes)
+                 10_000, False, hashes)
         return ListedOffer(suite.registry.createOffer(terms, {"from": provider}).return_value, source, seed)
 
     return _gpu_offer

@@ -28,7 +28,7 @@ def list_offer_of(suite, token, deployer, account, uuid: str) -> int:
     token.approve(suite.registry, 2**256 - 1, {"from": account})
     suite.registry.stake(1_000 * USDC, {"from": account})
     suite.registry.registerGpus([gpu_uuid_hash(uuid)], {"from": account})
-    terms = (b"L4".ljust(32, b"\0"), 23_034, PRICE, 60, 86_400, b"us-east".ljust(16, b"\0"), 10_000,
+    terms = (b"L4".ljust(32, b"\0"), 23_034, PRICE, 60, 86_400, b"us-east".ljust(16, b"\0"), 10_000, False,
              [gpu_uuid_hash(uuid)])
     return suite.registry.createOffer(terms, {"from": account}).return_value
 

@@ -14,6 +14,7 @@ def test_create_lists_the_simulated_gpus(market):
     assert offer["price_per_second"] == 2_000 and offer["price_per_hour"] == "7.2"
     assert (offer["min_duration"], offer["max_duration"], offer["util_floor_bps"]) == (10, 7_200, 10_000)
     assert offer["available"] is True
+    assert offer["egress"] is False and offer["reputation"]["declines"] == 0
 
 
 def test_create_of_unregistered_gpus_names_the_revert(cli, market):
@@ -79,6 +80,21 @@ def test_close_delists_for_good(cli, market):
     assert closed["status"] == "CLOSED"
     error = cli.fails(1, "offer", "close", created["offer_id"], role="provider")
     assert error == f"Registry_OfferClosed: {created['offer_id']}"
+
+
+def test_create_with_egress_and_search_for_it(cli, market):
+    gpu = "GPU-0c105e00-0000-4000-8000-000000000003"
+    cli.ok("provider", "register-gpus", "--gpu", gpu, role="provider")
+    created = cli.ok("offer", "create", "--gpu", gpu, "--model", "NVIDIA L4", "--vram", "22.5", "--price-per-hour",
+                     "0.5", "--region", "us-east", "--egress", "--json", role="provider").json()["offer"]
+    try:
+        assert created["egress"] is True
+        assert _ids(cli, "--egress") == [created["offer_id"]]
+        assert {market.offer_id, created["offer_id"]} <= set(_ids(cli))
+        row = next(line for line in cli.ok("offers", "search", "--egress").out.splitlines() if "NVIDIA L4" in line)
+        assert " yes " in row
+    finally:
+        cli.ok("offer", "close", created["offer_id"], role="provider")
 
 
 def test_list_shows_the_providers_offers(cli, market):

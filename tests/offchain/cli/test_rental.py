@@ -3,13 +3,20 @@ from `rent` to its settlement."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 
 import pytest
+from eth_account import Account
 
+from offchain import devnet
 from offchain.agent.jobspec import JobSpec
+from offchain.chain import connect, contract
 from offchain.devnet import spec_dir
-from tests.offchain.cli.conftest import stop
+from offchain.status import DeclineReason
+from offchain.wallet import Wallet
+from tests.offchain.cli.conftest import PORT, stop
 
 SPEC = {"command": ["sleep", "4"]}
 UNKNOWN_RENTAL = 12345
@@ -76,6 +83,44 @@ def test_terminate_before_the_start_cancels_with_a_full_refund(cli, market, spec
     assert terminated["paid"] == 0
     error = cli.fails(1, "rental", "terminate", rental_id, role="renter")
     assert error == f"Escrow_RentalNotActive: {rental_id}, 8"
+
+
+def decline(cli, rental_id: int, reason: DeclineReason) -> None:
+    """Declines the rental with the provider's agent key, as an agent does with a job it cannot run."""
+
+    async def send() -> None:
+        w3 = connect(f"http://127.0.0.1:{PORT}")
+        try:
+            state = devnet.read_state(cli.state_dir)
+            escrow = contract(w3, "RentalEscrow", state.deployment.escrow)
+            agent = Account.from_key(devnet.key_path(cli.state_dir, "agent").read_text().strip())
+            await Wallet(w3, agent).transact(escrow.functions.decline(rental_id, reason))
+        finally:
+            await w3.provider.disconnect()
+
+    asyncio.run(send())
+
+
+def test_a_declined_rental_shows_its_reason_and_the_full_refund(cli, market, spec_file):
+    declines = cli.ok("provider", "show", cli.address("provider"), "--json").json()["declines"]
+    rental = cli.ok("rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json",
+                    role="renter").json()["rental"]
+    rental_id = rental["rental_id"]
+
+    decline(cli, rental_id, DeclineReason.SPEC_INVALID)
+
+    shown = cli.ok("rental", "status", rental_id, "--json").json()
+    assert (shown["status"], shown["final"], shown["paid"], shown["refunded"]) == (
+        "DECLINED", True, 0, rental["deposit"])
+    assert shown["decline"]["reason"] == "SPEC_INVALID"
+    assert shown["decline"]["detail"] == DeclineReason.SPEC_INVALID.describe()
+    assert shown["settlement"]["slashed"] == 0
+    assert re.search(r"declined +spec_invalid: the job spec", cli.ok("rental", "status", rental_id).out)
+    watched = cli.ok("rental", "watch", rental_id, "--json").out.splitlines()
+    assert [json.loads(line)["kind"] for line in watched] == ["opened", "declined", "finalized"]
+    assert "declined by the provider (spec_invalid)" in cli.ok("rental", "watch", rental_id).out
+    assert cli.ok("provider", "show", cli.address("provider"), "--json").json()["declines"] == declines + 1
+    assert cli.fails(1, "rental", "terminate", rental_id, role="renter") == f"Escrow_RentalNotActive: {rental_id}, 9"
 
 
 def test_status_and_watch_of_an_unknown_rental(cli):

@@ -11,7 +11,7 @@ from eth_utils import keccak
 from offchain.market import OfferStatus, read_offers, read_provider
 from offchain.messages import gpu_uuid_hash
 from offchain.reports import EscrowDomain, Report, sign_batch
-from offchain.status import RentalStatus, SlashReason
+from offchain.status import DeclineReason, RentalStatus, SlashReason
 from scripts.deploy import USDC, SuiteParams
 from tests.offchain.conftest import ORACLE_KEYS, PRICE
 
@@ -39,7 +39,7 @@ def apply_reports(suite, reports: list[Report], relayer) -> None:
 def list_second_offer(suite, provider, price: int = 2 * PRICE) -> int:
     hashes = [gpu_uuid_hash("GPU-index-test-l4")]
     suite.registry.registerGpus(hashes, {"from": provider})
-    terms = (b"L4".ljust(32, b"\0"), 23_034, price, 60, 7_200, b"us-east".ljust(16, b"\0"), 5_000, hashes)
+    terms = (b"L4".ljust(32, b"\0"), 23_034, price, 60, 7_200, b"us-east".ljust(16, b"\0"), 5_000, True, hashes)
     return suite.registry.createOffer(terms, {"from": provider}).return_value
 
 
@@ -64,6 +64,7 @@ def test_offers_agree_with_the_registry_views(node, make_index, chain_settings, 
     assert (first.offer_id, first.gpu_model, first.gpu_count, first.region, first.live_rental_id) == (
         offer, "H100-80GB", 2, "eu-west", rental_id)
     assert (paused.status, paused.price_per_second, paused.util_floor_bps) == (OfferStatus.PAUSED, 3 * PRICE, 5_000)
+    assert (first.egress, paused.egress) == (False, True)
     assert first.reputation.staked == 10_000 * USDC
 
 
@@ -140,6 +141,30 @@ def test_a_start_timeout_slash_is_recorded_with_its_reason(node, make_index, cha
         offer, renter.address, rental.settlement.slashed, SlashReason.START_TIMEOUT)
     assert indexed_provider.record == on_chain
     assert on_chain.slashes == 1 and on_chain.staked == 10_000 * USDC - rental.settlement.slashed
+
+
+def test_a_declined_rental_is_final_with_its_reason_and_counted(node, make_index, chain_settings, suite, offer,
+                                                                provider, renter):
+    rental_id = open_rental(suite, offer, renter)
+    suite.escrow.decline(rental_id, DeclineReason.IMAGE_UNAVAILABLE, {"from": provider})
+
+    async def scenario():
+        async with node() as w3:
+            index = make_index(w3)
+            await index.sync()
+            on_chain = await read_provider(w3, chain_settings.registry, provider.address)
+            return index.rental(rental_id), index.offer(offer), index.provider(provider.address), on_chain
+
+    rental, indexed_offer, indexed_provider, on_chain = run(scenario())
+    assert (rental.status, rental.decline_reason) == (RentalStatus.DECLINED, DeclineReason.IMAGE_UNAVAILABLE)
+    assert rental.started_at is None
+    assert (rental.settlement.refund, rental.settlement.slashed, rental.refunded) == (
+        rental.deposit, 0, rental.deposit)
+    assert indexed_offer.live_rental_id == 0
+    assert [h.event for h in indexed_provider.history if h.rental_id == rental_id] == [
+        "RentalOpened", "RentalDeclined", "RentalFinalized"]
+    assert indexed_provider.record == on_chain
+    assert (on_chain.declines, on_chain.slashes, on_chain.rentals_completed) == (1, 0, 0)
 
 
 def test_indexing_in_small_ranges_resumes_where_it_stopped(node, make_index, suite, offer, provider, renter):

@@ -14,8 +14,8 @@ USDC = TokenInfo(address="0x" + "11" * 20, symbol="tUSD", decimals=6)
 
 def provider(address: str, delivered: int = 0, missed: int = 0) -> ProviderRecord:
     return ProviderRecord(address=address, staked=1000, locked=0, unbonding=0, unbonding_ends_at=0,
-                          rentals_completed=1, slashes=0, seconds_delivered=delivered, seconds_missed=missed,
-                          agent="0x" + "00" * 20)
+                          rentals_completed=1, slashes=0, declines=0, seconds_delivered=delivered,
+                          seconds_missed=missed, agent="0x" + "00" * 20)
 
 
 RELIABLE = provider("0x" + "aa" * 20, delivered=990, missed=10)
@@ -24,10 +24,11 @@ NEW = provider("0x" + "cc" * 20)
 
 
 def offer(offer_id: int, *, model="H100-80GB", gpus=1, vram_mib=81_559, region="eu-west", price=1_000,
-          status=OfferStatus.ACTIVE, live=0, reputation=RELIABLE, min_duration=60, max_duration=86_400):
+          status=OfferStatus.ACTIVE, live=0, reputation=RELIABLE, min_duration=60, max_duration=86_400,
+          egress=False):
     return OfferRecord(offer_id=offer_id, provider=reputation.address, status=status, gpu_model=model,
                        gpu_count=gpus, vram_mib=vram_mib, region=region, price_per_second=price,
-                       min_duration=min_duration, max_duration=max_duration, util_floor_bps=10_000,
+                       min_duration=min_duration, max_duration=max_duration, util_floor_bps=10_000, egress=egress,
                        gpu_uuid_hashes=["0x" + "00" * 32] * gpus, live_rental_id=live, reputation=reputation)
 
 
@@ -37,7 +38,7 @@ OFFERS = [
     offer(3, model="RTX4090", vram_mib=24_564, price=150, reputation=NEW),
     offer(4, price=900, status=OfferStatus.PAUSED),
     offer(5, price=800, live=(5 << 32) | 1),
-    offer(6, model="H100-80GB", price=1_200, gpus=2, region="eu-central", reputation=SHAKY),
+    offer(6, model="H100-80GB", price=1_200, gpus=2, region="eu-central", reputation=SHAKY, egress=True),
 ]
 
 
@@ -65,6 +66,8 @@ def test_unavailable_offers_only_on_request():
     (OfferQuery(min_reliability=0.8), [2, 6, 1]),
     (OfferQuery(min_duration=100_000), []),
     (OfferQuery(gpu_model="h100", region="eu-c"), [6]),
+    (OfferQuery(egress=True), [6]),
+    (OfferQuery(egress=False), [3, 2, 1]),
 ])
 def test_each_filter(query, expected):
     assert ids(query) == expected

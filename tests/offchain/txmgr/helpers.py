@@ -47,7 +47,8 @@ def new_offer(suite, provider, gpus=1):
     hashes = [keccak(text=f"txmgr test GPU {next(_gpu_counter)}") for _ in range(gpus)]
     suite.registry.stake(200 * USDC * gpus, {"from": provider})
     suite.registry.registerGpus(hashes, {"from": provider})
-    terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, 1_000, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, hashes)
+    terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, 1_000, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, False,
+             hashes)
     return suite.registry.createOffer(terms, {"from": provider}).return_value
 
 

@@ -8,6 +8,7 @@ from brownie import chain
 
 from offchain.chain import connect
 from offchain.keeper import Keeper, RentalStatus
+from offchain.status import DeclineReason
 from offchain.txmgr import TxManager, TxState
 from scripts.deploy import deploy_suite
 from tests.offchain.conftest import ORACLES
@@ -104,6 +105,33 @@ def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, rente
         f"timeout:{never_started}", f"finalize:{expires}", f"finalize:{terminated}", f"timeout:{fresh}"
     ]
     assert keys == [a.tx_key for a in actions]
+
+
+def test_the_keeper_drops_a_declined_rental_as_final(suite, offer, renter, provider, sender, chain_id, tmp_path,
+                                                     rpc_url):
+    start_block = latest_block().number
+    declined = open_rental(suite, renter, new_offer(suite, provider))
+    suite.escrow.decline(declined, DeclineReason.GPUS_UNAVAILABLE, {"from": provider})
+    chain.sleep(suite.escrow.startTimeout() + 1)
+    chain.mine()
+    db_path = tmp_path / "oracle.sqlite"
+
+    async def run():
+        w3 = connect(rpc_url)
+        manager = TxManager(w3, db_path, sender, chain_id)
+        keeper = Keeper(w3, suite.escrow.address, manager, db_path, start_block=start_block)
+        await manager.start()
+        await keeper.start()
+        try:
+            return await keeper.tick(), keeper.watched(), keeper.actions()
+        finally:
+            keeper.close()
+            manager.close()
+            await w3.provider.disconnect()
+
+    submitted, watched, actions = asyncio.run(run())
+    assert (submitted, watched, actions) == ([], [], [])
+    assert status(suite, declined) is RentalStatus.DECLINED
 
 
 def test_the_keeper_scans_logs_in_chunks_reads_rentals_in_rotation_and_ignores_other_escrows(

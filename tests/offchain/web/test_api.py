@@ -21,6 +21,7 @@ from offchain.market import OfferQuery, read_offers, read_token, search_offers
 from offchain.messages import gpu_uuid_hash
 from offchain.oracle.app import create_app
 from offchain.reports import EscrowDomain, Report, sign_batch
+from offchain.status import DeclineReason
 from tests.offchain.conftest import ORACLE_KEYS, PRICE
 from tests.offchain.web.conftest import until_block
 
@@ -34,7 +35,8 @@ def run(coroutine):
 def list_l4_offer(suite, provider) -> int:
     hashes = [gpu_uuid_hash("GPU-web-api-test-l4")]
     suite.registry.registerGpus(hashes, {"from": provider})
-    terms = (b"L4".ljust(32, b"\0"), 23_034, PRICE // 4, 60, 7_200, b"us-east".ljust(16, b"\0"), 5_000, hashes)
+    terms = (b"L4".ljust(32, b"\0"), 23_034, PRICE // 4, 60, 7_200, b"us-east".ljust(16, b"\0"), 5_000, True,
+             hashes)
     return suite.registry.createOffer(terms, {"from": provider}).return_value
 
 
@@ -57,7 +59,7 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, chain_
     l4 = list_l4_offer(suite, provider)
     queries = [{}, {"gpu_model": "l4"}, {"sort": "-price"}, {"max_price_per_hour": "3"},
                {"min_vram_gib": "40", "region": "EU"}, {"include_unavailable": "on", "sort": "gpus", "limit": "1"},
-               {"gpu_model": "", "min_gpus": " "}]  # blank form fields count as not given
+               {"egress": "true"}, {"gpu_model": "", "min_gpus": " "}]  # blank form fields count as not given
 
     async def scenario():
         async with web_client() as client:
@@ -81,6 +83,8 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, chain_
     assert (h100["price_per_hour"], h100["price_per_gpu_hour"], h100["util_floor_pct"]) == ("3.600000", "1.800000",
                                                                                         100.0)
     assert (h100["available"], h100["rental_id"], h100["reliability"]) == (True, None, None)
+    assert (h100["egress"], h100["declines"], pages[0]["offers"][0]["egress"]) == (False, 0, True)
+    assert [o["offer_id"] for o in pages[6]["offers"]] == [l4]
     assert pages[0]["token"]["symbol"] == "tUSD"
 
 
@@ -120,6 +124,26 @@ def test_a_rental_and_its_provider_in_human_units(web_client, suite, offer, prov
     opened = next(h for h in indexed_provider["history"] if h["event"] == "RentalOpened")
     assert opened["summary"] == f"{renter.address} rented offer #{offer} for 1h, deposit 3.600000 tUSD"
     assert indexed_provider["history"][-1]["summary"] == "staked 10,000.000000 tUSD"  # the oldest last
+
+
+def test_a_declined_rental_shows_its_reason_and_the_providers_declines(web_client, suite, offer, provider, renter):
+    rental_id = suite.escrow.openRental(offer, DURATION, PRICE, keccak(text="job"), {"from": renter}).return_value
+    suite.escrow.decline(rental_id, DeclineReason.EXCEEDS_OFFER, {"from": provider})
+
+    async def scenario():
+        async with web_client() as client:
+            return [await (await client.get(path)).json() for path in (
+                f"/web/api/rentals/{rental_id}", f"/web/api/providers/{provider.address}", "/web/api/offers")]
+
+    rental, indexed_provider, offers = run(scenario())
+    assert (rental["status"], rental["live"], rental["decline_reason"]) == ("declined", False, "exceeds_offer")
+    assert rental["decline_detail"] == DeclineReason.EXCEEDS_OFFER.describe()
+    assert (rental["settlement"]["refund"], rental["settlement"]["slashed"], rental["refunded"]) == (
+        "3.600000", "0.000000", "3.600000")
+    assert (indexed_provider["declines"], indexed_provider["slashes"]) == (1, 0)
+    assert [o["declines"] for o in offers["offers"]] == [1]
+    declined = next(h for h in indexed_provider["history"] if h["event"] == "RentalDeclined")
+    assert declined["summary"] == "declined the rental: " + DeclineReason.EXCEEDS_OFFER.describe()
 
 
 def test_unknown_rentals_and_providers_are_refused(web_client, offer, deployer):
