@@ -60,6 +60,7 @@ BUDGETS: dict[str, tuple[Target, str]] = {
                              "finalize's 75k budget plus a slash of the collateral"),
     "claimStartTimeout": (Target(op="<=", threshold=90_000, source=OURS),
                           "finalize's 75k budget plus a slash of the collateral"),
+    "decline": (Target(op="<=", threshold=75_000, source=OURS), "finalize's budget: a settlement, nothing slashed"),
     "terminate (running)": (Target(op="<=", threshold=75_000, source=OURS), "finalize's budget: a settlement"),
     "withdraw": (Target(op="<=", threshold=45_000, source=ISSUE_2), ""),
     "withdrawCompensation": (Target(op="<=", threshold=45_000, source=OURS), "withdraw's budget"),
@@ -138,7 +139,7 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
 
     def offer_terms(hashes):
         return (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000,
-                hashes)
+                False, hashes)
 
     def wait(seconds):
         chain.sleep(seconds)
@@ -187,6 +188,10 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     rid = escrow.openRental(offer_b, 600, PRICE, b"\x13" * 32, {"from": renter}).return_value
     wait(escrow.startTimeout() + 1)
     gas["claimStartTimeout"] = escrow.claimStartTimeout(rid, {"from": relayer}).gas_used
+
+    # The provider's agent key declines a job it cannot run: the whole deposit back, the collateral unslashed.
+    rid = escrow.openRental(offer_b, 600, PRICE, b"\x16" * 32, {"from": renter}).return_value
+    gas["decline"] = escrow.decline(rid, 0, {"from": provider_b}).gas_used
 
     rid = escrow.openRental(offer_a, 600, PRICE, b"\x14" * 32, {"from": renter}).return_value
     escrow.start(rid, {"from": provider})
