@@ -8,8 +8,15 @@ itself travels off chain. The agent looks for it, in order:
 2. over HTTP, `GET` of the configured URL template with `{hash}` replaced by `0x<hash hex>`; a body fetched
    this way is saved to the spec directory so a restarted agent does not fetch it again.
 
-Either way the body is parsed and hashed again; a body whose hash differs is refused. The body may be any JSON
-that parses to the same spec (whitespace and key order do not matter).
+Either way the body is parsed and hashed again. A body that is not the renter's (its hash differs) is treated as
+no body at all: the agent keeps looking until its wait runs out (`JobSpecMissing`). A body that is the renter's
+(its keccak256 is the hash on chain) but breaks a rule below is the renter's mistake, final at once
+(`JobSpecInvalid`): the agent declines the rental instead of waiting.
+
+A spec is untrusted input from a stranger, so every field is bounded: lengths and counts, no NUL byte anywhere,
+paths relative to the workspace with components a file system accepts, an image reference that can never be read
+as an option, and no environment variable that steers the container runtime, the dynamic loader or the GPU
+driver (`RESERVED_ENV_PREFIXES`).
 """
 
 from __future__ import annotations
@@ -18,35 +25,91 @@ import json
 import os
 import re
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import aiohttp
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_SPEC_BYTES = 256 * 1024
+MAX_ARGV_ITEMS = 256  # command and args together
+MAX_ARG_CHARS = 8192
+MAX_ENV_VARS = 128
+MAX_ENV_NAME_CHARS = 128
+MAX_ENV_VALUE_CHARS = 32 * 1024  # below the 64 KiB line limit of the runtimes' env-file readers
+MAX_PATH_CHARS = 1024
+MAX_PATH_COMPONENT_BYTES = 255  # NAME_MAX of every common Linux file system
+MAX_IMAGE_CHARS = 255
+MAX_TIMEOUT_SECONDS = 31 * 86_400
+#: Environment names a spec may not set: they steer the container runtime and its client (`CONTAINERS_*`,
+#: `DOCKER_*`, `PODMAN_*`, `BUILDAH_*`), the dynamic loader (`LD_*`), the GPU driver and its container hook
+#: (`NVIDIA_*`, `CUDA_VISIBLE_DEVICES`: only the rented GPUs are visible, and the agent says which), or carry what
+#: the agent sets itself (`GPUEX_*`).
+RESERVED_ENV_PREFIXES = ("LD_", "CONTAINERS_", "DOCKER_", "PODMAN_", "BUILDAH_", "NVIDIA_", "GPUEX_")
+RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES"})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An OCI image reference as the distribution spec writes it: [registry[:port]/]path[:tag][@algo:digest]. It starts
+# with a letter or digit, so it can never be taken for a command-line option.
+_IMAGE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$"
+)
 
 
 class JobSpecError(Exception):
-    """The spec for a hash cannot be had (yet): not found, unreachable, malformed or of another hash."""
+    """The spec for a hash cannot be had."""
 
 
-def _relative_path(value: str, what: str) -> str:
-    path = PurePosixPath(value)
-    if path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{what} must be a relative path inside the rental's workspace: {value!r}")
+class JobSpecMissing(JobSpecError):
+    """No body of this hash (yet): not found, unreachable, or a body that is not the renter's."""
+
+
+class JobSpecInvalid(JobSpecError):
+    """The renter's own body (its keccak256 is the hash on chain) is not a spec the agent can run."""
+
+
+def _no_nul(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{what} holds a NUL byte")
     return value
 
 
-class JobSpec(BaseModel):
-    """A command to run for a rental.
+def _relative_path(value: str, what: str) -> str:
+    _no_nul(value, what)
+    if len(value) > MAX_PATH_CHARS:
+        raise ValueError(f"{what} is longer than {MAX_PATH_CHARS} characters")
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{what} must be a relative path inside the rental's workspace: {value!r}")
+    for part in path.parts:
+        if len(part.encode()) > MAX_PATH_COMPONENT_BYTES:
+            raise ValueError(f"{what} has a path component longer than {MAX_PATH_COMPONENT_BYTES} bytes")
+    return value
 
-    The process runs `command + args` in `working_dir`, a path relative to the rental's workspace directory
-    (in container mode the workspace is mounted at `/workspace`). `env` is added to the job's environment.
-    With `image`, the agent runs the command in that container image with its configured container runtime;
-    an agent without one refuses such a spec. `timeout_seconds` stops the job (reported Failed) once exceeded.
-    `result_file`, relative to the working directory, is the file whose keccak256 is the result digest of the
-    completion report; without it the digest is keccak256 of the job's standard output.
+
+class JobResources(BaseModel):
+    """What a job asks for beyond its GPUs; the agent refuses a spec that asks for more than the offer gives.
+    Unset fields get the offer's whole allowance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_mib: int | None = Field(default=None, ge=16, le=16 * 1024 * 1024)
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+
+
+class JobSpec(BaseModel):
+    """A command to run for a rental, in a container of `image`.
+
+    The command (`command + args`, replacing the image's entrypoint) runs in `working_dir`, a path relative to the
+    rental's workspace, which is mounted at `/workspace` and is the only place the job can write to that outlives
+    it. `env` is added to the job's environment (reserved names refused). Without `image` the agent uses its
+    provider's default image, and declines when there is none. `timeout_seconds` stops the job (reported Failed)
+    once exceeded. `result_file`, relative to the working directory, is the file whose keccak256 is the result
+    digest of the completion report; without it the digest is keccak256 of the job's standard output.
+    `network` is `none` (no network at all, the default) or `egress` (outbound connections), which only an offer
+    that allows egress can give. `resources` asks for memory and CPUs within the offer's allowance.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,15 +119,52 @@ class JobSpec(BaseModel):
     env: dict[str, str] = {}
     working_dir: str = "."
     image: str | None = Field(default=None, min_length=1)
-    timeout_seconds: int | None = Field(default=None, ge=1)
+    timeout_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
     result_file: str | None = Field(default=None, min_length=1)
+    network: Literal["none", "egress"] = "none"
+    resources: JobResources = JobResources()
+
+    @field_validator("command", "args")
+    @classmethod
+    def _arguments(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for argument in value:
+            _no_nul(argument, "an argument")
+            if len(argument) > MAX_ARG_CHARS:
+                raise ValueError(f"an argument is longer than {MAX_ARG_CHARS} characters")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _argument_count(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) >= MAX_ARGV_ITEMS:
+            raise ValueError(f"command and args hold more than {MAX_ARGV_ITEMS} items")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_ARGV_ITEMS:
+            raise ValueError(f"command and args hold more than {MAX_ARGV_ITEMS} items")
+        if not value[0]:
+            raise ValueError("the command's program is empty")
+        return value
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"not an environment variable name: {name!r}")
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_ENV_VARS:
+            raise ValueError(f"more than {MAX_ENV_VARS} environment variables")
+        for name, text in value.items():
+            if len(name) > MAX_ENV_NAME_CHARS or not _ENV_NAME.match(name):
+                raise ValueError(f"not an environment variable name: {name[:MAX_ENV_NAME_CHARS]!r}")
+            if name in RESERVED_ENV_NAMES or name.upper().startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"environment variable {name} is reserved: it steers the container runtime, the "
+                                 "loader or the GPUs, which the provider's agent controls")
+            if len(text) > MAX_ENV_VALUE_CHARS:
+                raise ValueError(f"environment variable {name} is longer than {MAX_ENV_VALUE_CHARS} characters")
+            if any(c in text for c in "\x00\r\n"):
+                raise ValueError(f"environment variable {name} holds a line break or NUL byte; put multi-line "
+                                 "data in a file of the workspace")
         return value
 
     @field_validator("working_dir")
@@ -76,6 +176,13 @@ class JobSpec(BaseModel):
     @classmethod
     def _result_file(cls, value: str | None) -> str | None:
         return None if value is None else _relative_path(value, "result_file")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > MAX_IMAGE_CHARS or not _IMAGE.match(value)):
+            raise ValueError(f"not an image reference (name[:tag][@sha256:digest]): {value[:MAX_IMAGE_CHARS]!r}")
+        return value
 
     @property
     def argv(self) -> list[str]:
@@ -95,14 +202,20 @@ class JobSpec(BaseModel):
 
 
 def parse_spec(body: bytes, expected_hash: bytes) -> JobSpec:
-    """The spec in `body`, checked to hash to `expected_hash`."""
+    """The spec in `body`, checked to hash to `expected_hash`. Raises `JobSpecInvalid` when the body is the
+    renter's (its keccak256 is the expected hash) but no valid spec, `JobSpecMissing` when it is someone else's."""
+    own_body = keccak(body) == expected_hash
     try:
         spec = JobSpec.model_validate_json(body)
     except ValidationError as exc:
-        raise JobSpecError(f"job spec 0x{expected_hash.hex()} is malformed: {exc.error_count()} error(s): "
-                           f"{exc.errors()[0]['msg']}") from exc
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        reason = f"job spec 0x{expected_hash.hex()} is invalid: {where + ': ' if where else ''}{error['msg']}"
+        raise (JobSpecInvalid if own_body else JobSpecMissing)(reason) from exc
     if spec.spec_hash() != expected_hash:
-        raise JobSpecError(f"job spec body hashes to 0x{spec.spec_hash().hex()}, not 0x{expected_hash.hex()}")
+        if own_body:
+            raise JobSpecInvalid(f"job spec 0x{expected_hash.hex()} is not in canonical form (JobSpec.canonical_json)")
+        raise JobSpecMissing(f"job spec body hashes to 0x{spec.spec_hash().hex()}, not 0x{expected_hash.hex()}")
     return spec
 
 
@@ -127,12 +240,16 @@ class JobSpecStore:
         return spec_hash
 
     async def get(self, spec_hash: bytes) -> JobSpec:
-        """The spec whose hash is `spec_hash`; raises `JobSpecError` when it cannot be had now."""
+        """The spec whose hash is `spec_hash`; raises `JobSpecMissing` when it cannot be had now and
+        `JobSpecInvalid` when the renter's body is no valid spec."""
         path = self.path_of(spec_hash)
         if path.is_file():
-            return parse_spec(path.read_bytes(), spec_hash)
+            body = path.read_bytes()[:MAX_SPEC_BYTES + 1]
+            if len(body) > MAX_SPEC_BYTES:
+                raise JobSpecInvalid(f"job spec 0x{spec_hash.hex()} is larger than {MAX_SPEC_BYTES} bytes")
+            return parse_spec(body, spec_hash)
         if self._url is None:
-            raise JobSpecError(f"no job spec 0x{spec_hash.hex()} in {self._dir} and no spec URL configured")
+            raise JobSpecMissing(f"no job spec 0x{spec_hash.hex()} in {self._dir} and no spec URL configured")
         body = await self._fetch(self._url.replace("{hash}", f"0x{spec_hash.hex()}"))
         spec = parse_spec(body, spec_hash)
         self._save(spec_hash, body)
@@ -143,12 +260,12 @@ class JobSpecStore:
             async with aiohttp.ClientSession(timeout=self._timeout) as session:
                 async with session.get(url) as response:
                     if response.status != 200:
-                        raise JobSpecError(f"GET {url} answered {response.status}")
+                        raise JobSpecMissing(f"GET {url} answered {response.status}")
                     body = await response.content.read(MAX_SPEC_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise JobSpecError(f"GET {url} failed: {exc!r}") from exc
+            raise JobSpecMissing(f"GET {url} failed: {exc!r}") from exc
         if len(body) > MAX_SPEC_BYTES:
-            raise JobSpecError(f"GET {url}: job spec larger than {MAX_SPEC_BYTES} bytes")
+            raise JobSpecMissing(f"GET {url}: job spec larger than {MAX_SPEC_BYTES} bytes")
         return body
 
     def _save(self, spec_hash: bytes, body: bytes) -> None:

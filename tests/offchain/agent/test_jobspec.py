@@ -10,7 +10,7 @@ from aiohttp import web
 from eth_utils import keccak
 from pydantic import ValidationError
 
-from offchain.agent.jobspec import JobSpec, JobSpecError, JobSpecStore
+from offchain.agent.jobspec import JobResources, JobSpec, JobSpecInvalid, JobSpecMissing, JobSpecStore, parse_spec
 
 SPEC = JobSpec(command=("python", "train.py"), args=("--lr", "3e-4"), env={"WANDB_MODE": "offline"},
                working_dir="src", timeout_seconds=3600, result_file="out/model.safetensors")
@@ -18,8 +18,8 @@ SPEC = JobSpec(command=("python", "train.py"), args=("--lr", "3e-4"), env={"WAND
 
 def test_canonical_json_is_sorted_compact_and_complete():
     assert JobSpec(command=("nvidia-smi",)).canonical_json() == (
-        b'{"args":[],"command":["nvidia-smi"],"env":{},"image":null,"result_file":null,'
-        b'"timeout_seconds":null,"working_dir":"."}'
+        b'{"args":[],"command":["nvidia-smi"],"env":{},"image":null,"network":"none",'
+        b'"resources":{"cpus":null,"memory_mib":null},"result_file":null,"timeout_seconds":null,"working_dir":"."}'
     )
 
 
@@ -41,6 +41,8 @@ def test_hash_ignores_key_order_and_whitespace_of_the_body():
     {"image": "ghcr.io/acme/train:1"},
     {"timeout_seconds": 3601},
     {"result_file": None},
+    {"network": "egress"},
+    {"resources": JobResources(memory_mib=1024)},
 ])
 def test_every_field_changes_the_hash(change):
     assert SPEC.model_copy(update=change).spec_hash() != SPEC.spec_hash()
@@ -60,10 +62,67 @@ def test_non_ascii_is_escaped_so_every_language_hashes_the_same_bytes():
     {"command": ("a",), "env": {"BAD-NAME": "x"}},
     {"command": ("a",), "timeout_seconds": 0},
     {"command": ("a",), "unknown": 1},
+    {"command": ("",)},
+    {"command": ("a\x00b",)},
+    {"command": ("a",), "args": ("x" * 8193,)},
+    {"command": ("a",), "args": ("x",) * 256},
+    {"command": ("a",), "working_dir": "x" * 300},
+    {"command": ("a",), "working_dir": "/".join(["abc"] * 300)},
+    {"command": ("a",), "working_dir": "a\x00b"},
+    {"command": ("a",), "result_file": "r" * 256},
+    {"command": ("a",), "env": {"LD_PRELOAD": "/workspace/evil.so"}},
+    {"command": ("a",), "env": {"ld_library_path": "/x"}},
+    {"command": ("a",), "env": {"NVIDIA_VISIBLE_DEVICES": "all"}},
+    {"command": ("a",), "env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}},
+    {"command": ("a",), "env": {"CONTAINERS_CONF": "/x"}},
+    {"command": ("a",), "env": {"DOCKER_HOST": "tcp://x"}},
+    {"command": ("a",), "env": {"GPUEX_RENTAL_ID": "1"}},
+    {"command": ("a",), "env": {"OK": "line\nLD_PRELOAD=/x.so"}},
+    {"command": ("a",), "env": {"OK": "nul\x00"}},
+    {"command": ("a",), "env": {"OK": "x" * 40_000}},
+    {"command": ("a",), "env": {f"V{i}": "x" for i in range(129)}},
+    {"command": ("a",), "image": "--privileged"},
+    {"command": ("a",), "image": "-v=/:/host"},
+    {"command": ("a",), "image": "Ubuntu"},
+    {"command": ("a",), "image": "busybox@sha256:abc"},
+    {"command": ("a",), "image": "a" * 256},
+    {"command": ("a",), "timeout_seconds": 40 * 86_400},
+    {"command": ("a",), "network": "host"},
+    {"command": ("a",), "resources": {"memory_mib": 1}},
+    {"command": ("a",), "resources": {"cpus": 0}},
+    {"command": ("a",), "resources": {"gpus": 8}},
 ])
 def test_invalid_specs_are_rejected(fields):
     with pytest.raises(ValidationError):
         JobSpec(**fields)
+
+
+@pytest.mark.parametrize("image", ["busybox", "busybox:1.36", "localhost/gpuex/job:busybox",
+                                   "ghcr.io/acme/train:1.0", "registry.example:5000/team/model-server:v2.1-rc1",
+                                   "docker.io/nvidia/cuda:12.4.0-base-ubuntu22.04",
+                                   "busybox@sha256:" + "ab" * 32, "busybox:1.36@sha256:" + "0f" * 32])
+def test_image_references_by_tag_or_digest(image):
+    assert JobSpec(command=("a",), image=image).image == image
+
+
+def test_the_renters_own_invalid_body_is_final_at_once():
+    """A body whose keccak256 is the hash on chain is the renter's: invalid means decline, not wait."""
+    body = b'{"command": ["sh"], "env": {"LD_PRELOAD": "/workspace/x.so"}}'
+
+    with pytest.raises(JobSpecInvalid, match="env"):
+        parse_spec(body, keccak(body))
+    with pytest.raises(JobSpecMissing):
+        parse_spec(body, keccak(b"another spec"))
+    garbage = b"\x00not json"
+    with pytest.raises(JobSpecInvalid):
+        parse_spec(garbage, keccak(garbage))
+
+
+def test_the_renters_non_canonical_body_is_invalid():
+    body = JobSpec(command=("sh",)).model_dump_json(indent=2).encode()
+
+    with pytest.raises(JobSpecInvalid, match="canonical"):
+        parse_spec(body, keccak(body))
 
 
 def test_store_finds_a_spec_in_its_directory(tmp_path):
@@ -79,12 +138,12 @@ def test_store_refuses_a_body_of_another_hash(tmp_path):
     wanted = SPEC.spec_hash()
     store.path_of(wanted).write_bytes(JobSpec(command=("rm", "-rf", "data")).canonical_json())
 
-    with pytest.raises(JobSpecError, match="hashes to"):
+    with pytest.raises(JobSpecMissing, match="hashes to"):
         asyncio.run(store.get(wanted))
 
 
 def test_store_without_url_reports_a_missing_spec(tmp_path):
-    with pytest.raises(JobSpecError, match="no spec URL"):
+    with pytest.raises(JobSpecMissing, match="no spec URL"):
         asyncio.run(JobSpecStore(tmp_path).get(SPEC.spec_hash()))
 
 
@@ -125,7 +184,7 @@ def test_store_fetches_a_missing_spec_over_http_and_keeps_it(tmp_path):
 
 
 def test_store_reports_an_http_miss(tmp_path):
-    with pytest.raises(JobSpecError, match="answered 404"):
+    with pytest.raises(JobSpecMissing, match="answered 404"):
         fetch_over_http(tmp_path, {}, SPEC.spec_hash())
 
 
@@ -133,6 +192,6 @@ def test_store_refuses_a_fetched_body_of_another_hash(tmp_path):
     spec_hash = SPEC.spec_hash()
     other = JobSpec(command=("curl", "evil.example")).canonical_json()
 
-    with pytest.raises(JobSpecError, match="hashes to"):
+    with pytest.raises(JobSpecMissing, match="hashes to"):
         fetch_over_http(tmp_path, {f"0x{spec_hash.hex()}": other}, spec_hash)
     assert not (tmp_path / "specs" / f"0x{spec_hash.hex()}.json").exists()
