@@ -16,7 +16,7 @@ SLITHER_VERSION := 0.11.6
 STATEFUL_EXAMPLES ?= 120
 STATEFUL_STEPS ?= 30
 
-.PHONY: setup compile test test-contracts test-offchain test-e2e lint gas fuzz demo clean browser
+.PHONY: setup compile test test-contracts test-offchain test-e2e lint gas fuzz demo clean browser containers
 
 setup: $(SETUP_STAMP) link-tools
 
@@ -50,12 +50,12 @@ test: lint test-contracts test-offchain test-e2e
 test-contracts: setup
 	GPUEX_STATEFUL_EXAMPLES=$(STATEFUL_EXAMPLES) GPUEX_STATEFUL_STEPS=$(STATEFUL_STEPS) brownie test tests/contracts
 
-test-offchain: compile
+test-offchain: compile containers
 	brownie test tests/offchain
 
 ## test-e2e: agent -> three oracles (2-of-3) -> chain -> balances, for every way a rental ends; the web page in
 ## a headless Chromium.
-test-e2e: compile browser
+test-e2e: compile browser containers
 	brownie test tests/e2e
 
 ## browser: Debian's chromium and chromedriver, which the web page's browser test drives (apt, as root or
@@ -66,6 +66,18 @@ browser:
 		echo "make browser: /usr/bin/chromium or /usr/bin/chromedriver is missing; install the Debian packages" \
 			"chromium and chromium-driver as root" >&2; exit 1; fi; \
 	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+
+## containers: what the agent runs renters' jobs with (Debian's podman, runc and catatonit, apt as root or through
+## sudo), and the busybox job image of the demo, the devnet and the tests, built here from Debian's busybox-static.
+containers:
+	@missing=""; for tool in podman runc catatonit; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then missing="$$missing busybox-static"; fi; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+			echo "make containers: missing$$missing; install these Debian packages as root" >&2; exit 1; fi; \
+		$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	tools/build-job-image
 
 lint: compile
 	slither contracts/ --solc-standard-json --solc-remaps "@openzeppelin=node_modules/@openzeppelin" \
@@ -79,7 +91,7 @@ gas: compile
 ## writes docs/PERFORMANCE.md and docs/performance.png. It moves its chain's clock: give it a network of its own.
 BENCH_NETWORK ?= development
 .PHONY: bench
-bench: compile
+bench: compile containers
 	$(PY) -m bench --network $(BENCH_NETWORK)
 
 ## fuzz: the stateful invariant suite with more than 10,000 steps (not in CI).
@@ -88,7 +100,7 @@ fuzz: setup
 
 ## demo: a whole local exchange on anvil: two providers, three rentals (completed, terminated, timed out), a
 ## ledger that must sum to zero, and out/demo.png.
-demo: compile
+demo: compile containers
 	$(PY) -m scripts.run demo
 
 clean:

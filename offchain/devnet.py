@@ -64,6 +64,9 @@ DEVNET_CHAIN_ID = 31337
 #: Shorter than a public deployment's so that timeouts and finalisation come within minutes.
 DEVNET_PARAMS = SuiteParams(start_timeout=120, report_grace=60, unbonding_period=600)
 START_TIMEOUT_SECONDS = 30.0
+#: The image the devnet's agents run jobs in when a spec names none (and the demo's and the tests' jobs): Debian's
+#: static busybox, built on this machine by `tools/build-job-image`, never pulled.
+DEV_JOB_IMAGE = "localhost/gpuex/job:busybox"
 
 
 class DevnetError(RuntimeError):
@@ -94,6 +97,17 @@ class DevnetStatus(BaseModel):
     block_number: int | None
     oracle_healthy: bool
     state: DevnetState | None
+
+
+def build_job_image(image: str = DEV_JOB_IMAGE) -> None:
+    """Builds the busybox job image with podman unless it is there already."""
+    try:
+        subprocess.run([str(PROJECT_ROOT / "tools" / "build-job-image"), image], check=True, capture_output=True,
+                       text=True, timeout=300)
+    except FileNotFoundError as exc:
+        raise DevnetError(f"cannot build the job image {image}: {exc}") from exc
+    except subprocess.CalledProcessError as exc:
+        raise DevnetError(f"cannot build the job image {image}: {exc.stderr.strip() or exc}") from exc
 
 
 def key_path(state_dir: Path, role: str) -> Path:

@@ -21,10 +21,12 @@ from typing import AsyncIterator, Callable, Sequence
 from pydantic import SecretStr
 from web3 import AsyncWeb3
 
+from offchain.agent.containers import ContainerSettings
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.chain import connect
 from offchain.config import ChainSettings, OracleSettings
+from offchain.devnet import DEV_JOB_IMAGE, build_job_image
 from offchain.oracle.service import OracleService
 from offchain.telemetry.source import TelemetrySource
 
@@ -122,7 +124,8 @@ def _agent_settings(chain: ChainSettings, state_root: Path, machine: ProviderMac
         chain=chain, key="0x" + machine.agent_key.hex(), provider=machine.provider, oracles=oracles,
         allow_simulated=machine.source.simulated, state_dir=state_root / "agent", spec_dir=agent_spec_dir(state_root),
         report_interval_seconds=timers.report_interval_seconds, chain_poll_seconds=0.2, stop_grace_seconds=1.0,
-        start_block=start_block, retry_initial_seconds=0.1, retry_max_seconds=0.5, tx_timeout_seconds=20)
+        start_block=start_block, retry_initial_seconds=0.1, retry_max_seconds=0.5, tx_timeout_seconds=20,
+        container=ContainerSettings(default_image=DEV_JOB_IMAGE), keep_jobs_on_exit=False)
 
 
 @asynccontextmanager
@@ -130,8 +133,9 @@ async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: 
                            machine: ProviderMachine | None, *, timers: ExchangeTimers = ExchangeTimers(),
                            allow_simulated: bool = True) -> AsyncIterator[Exchange]:
     """Starts oracles 1 and 2, then the leader (oracle 0, with the keeper) co-signing with them, then the block
-    producer and, for `machine`, the agent reporting to all three, watching from the next block on; stops
-    everything on the way out (the agent first, so that it stops its jobs).
+    producer and, for `machine`, the agent reporting to all three, watching from the next block on, running jobs
+    in containers of the busybox job image (`offchain.devnet.DEV_JOB_IMAGE`, built if missing) unless a spec names
+    another; stops everything on the way out (the agent first, so that it stops its jobs).
 
     `oracle_keys` are the three keys of the escrow's 2-of-3 oracle set; each service keeps its state under
     `state_root` (`oracle0/`..`oracle2/`, `agent/`). The oracles accept simulated telemetry only with
@@ -159,6 +163,7 @@ async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: 
         exchange.tasks.append(asyncio.create_task(
             _produce_blocks(w3, stop, timers.block_interval_seconds), name="block producer"))
         if machine is not None:
+            await asyncio.to_thread(build_job_image)
             urls = [f"http://127.0.0.1:{o.port}" for o in exchange.oracles]
             start_block = await w3.eth.block_number + 1
             exchange.agent = ProviderAgent(

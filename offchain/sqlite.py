@@ -39,3 +39,13 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def add_missing_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Adds the `columns` (name -> SQL declaration) that `table` lacks: how a database written by an earlier
+    version takes on new nullable or defaulted columns."""
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    with transaction(db):
+        for name, declaration in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")

@@ -48,6 +48,7 @@ from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
 from offchain.chain import PROJECT_ROOT
 from offchain.config import ChainSettings
+from offchain.devnet import DEV_JOB_IMAGE
 from offchain.inprocess import Exchange, ExchangeTimers, ProviderMachine, agent_spec_dir, running_exchange
 from offchain.messages import gpu_uuid_hash
 from offchain.status import RentalStatus
@@ -82,18 +83,20 @@ JOB_WAIT = 60
 SETTLE_WAIT = PARAMS.report_grace + 30
 TIMEOUT_WAIT = PARAMS.start_timeout + 30
 
+#: The jobs run in the busybox job image (`offchain.devnet.DEV_JOB_IMAGE`, the demo agent's default image), in a
+#: hardened container: a "training" loop that logs a falling loss and writes its result file, and a server that runs
+#: until its renter ends the rental.
 TRAINING_JOB = JobSpec(
-    command=(sys.executable, "-c", (
-        "import json, time\n"
-        "loss = 2.5\n"
-        f"for step in range(1, {RUN_SECONDS + 1}):\n"
-        "    time.sleep(1)\n"
-        "    loss *= 0.9\n"
-        "    print(f'step {step}: loss {loss:.4f}', flush=True)\n"
-        f"json.dump({{'steps': {RUN_SECONDS}, 'loss': round(loss, 4)}}, open('result.json', 'w'))\n")),
+    command=("sh", "-c", (
+        "loss=25000; step=1\n"
+        f"while [ $step -le {RUN_SECONDS} ]; do\n"
+        "  sleep 1; loss=$((loss * 9 / 10))\n"
+        "  printf 'step %d: loss %d.%04d\\n' $step $((loss / 10000)) $((loss % 10000)); step=$((step + 1))\n"
+        "done\n"
+        f"printf '{{\"steps\": {RUN_SECONDS}, \"loss\": %d.%04d}}\\n' $((loss / 10000)) $((loss % 10000)) "
+        "> result.json\n")),
     result_file="result.json", timeout_seconds=60)
-SERVER_JOB = JobSpec(
-    command=(sys.executable, "-c", "import time\nwhile True:\n    time.sleep(1)\n"), timeout_seconds=DURATION)
+SERVER_JOB = JobSpec(command=("sh", "-c", "while true; do sleep 1; done"), timeout_seconds=DURATION)
 
 
 class Ending(StrEnum):
@@ -392,7 +395,8 @@ async def _play(console: Console, market: Market, source: TelemetrySource, state
     async with running_exchange(chain_settings, state_root, ORACLE_KEYS, machine, timers=TIMERS,
                                 allow_simulated=source.simulated) as exchange:
         console.print(f"oracles on ports {', '.join(str(o.port) for o in exchange.oracles)}; agent "
-                      f"{exchange.agent.address}")
+                      f"{exchange.agent.address}, running each job in a hardened podman container of {DEV_JOB_IMAGE} "
+                      "(non-root, read-only, no capabilities, no network, memory/CPU/pid limits)")
         settled = {plan.label: asyncio.Event() for plan in market.plans}
         with _progress(console, "{task.fields[state]}") as progress:
             await asyncio.gather(*(_rent(exchange, market, plan, progress, settled) for plan in market.plans))

@@ -1,19 +1,13 @@
-"""A rental's job as a supervised subprocess: its own process group, output to log files, a timeout, a stop
-that escalates from SIGTERM to SIGKILL, the exit code and a result digest.
+"""A rental's job while it runs: started, waited for (up to its deadline), stopped, and how it ended.
 
-The job is the leader of a new session (`start_new_session=True`), so its process group id is its pid and every
-process it forks stays in that group unless it leaves on purpose. Stopping signals the whole group: SIGTERM,
-then SIGKILL to whatever is left after the grace period. Processes of the group that outlive the leader are
-stopped the same way when the leader exits.
+Every job is a `ContainerJob`: a detached container (`offchain.agent.containers`) that outlives the agent, found
+again by name after a restart (`ContainerJob.attach`). `offchain.agent.bareprocess.BareProcessJob` runs the command
+as a host process instead; the agent allows it only on a local development chain, when told to.
 
-Every job carries `GPUEX_JOB_TOKEN` (random, per launch) in its environment. An agent restarted after a crash
-finds the processes of the job it lost track of by that token (`kill_stale_job`), so it never signals an
-unrelated process that happens to reuse an old pid.
-
-Exit code: the process's exit status, or `-N` when signal N ended it (Python's convention). Result digest:
-keccak256 of the spec's `result_file` (zero bytes32 if the job did not write it), else of the job's stdout.
-Each launch starts with empty `stdout.log` / `stderr.log`, so a job launched again after an agent restart is
-digested over its last launch only.
+Exit code: the job's exit status; a container stopped by a signal exits with 128 + the signal (143 for SIGTERM,
+137 for SIGKILL, which is also what the kernel's out-of-memory killer sends). Result digest: keccak256 of the
+spec's `result_file` (zero bytes32 if the job did not leave a regular file there), else of the job's stdout. The
+reason says in words why a job did not succeed, for the renter to read.
 """
 
 from __future__ import annotations
@@ -21,310 +15,227 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import time
-from dataclasses import dataclass, field
-from enum import StrEnum
-from pathlib import Path, PurePosixPath
-from typing import Iterable
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 
 from eth_hash.auto import keccak
 
-from offchain.agent.jobspec import JobSpec
+from offchain.agent.containers import (
+    ContainerPlan,
+    ContainerState,
+    Engine,
+    EngineError,
+    copy_engine_log,
+    write_env_file,
+)
+from offchain.agent.logs import stream_digest
+from offchain.agent.workspace import UnsafePath, open_beneath
 
 log = logging.getLogger(__name__)
 
-CONTAINER_WORKSPACE = "/workspace"
-JOB_TOKEN_VAR = "GPUEX_JOB_TOKEN"
 ZERO_DIGEST = b"\x00" * 32
 NOT_STARTED_EXIT_CODE = 127  # the exit code reported for a command that could not be started, as shells do
-_GROUP_POLL_SECONDS = 0.05
 _DIGEST_CHUNK = 1 << 20
-
-
-class ContainerRuntime(StrEnum):
-    """A container runtime the agent can run images with."""
-
-    DOCKER = "docker"
-    PODMAN = "podman"
-
-
-@dataclass(frozen=True)
-class JobLaunch:
-    """Everything needed to start one job: the command line, its environment and where its files go.
-
-    `kill_argv`, set in container mode, kills the container by name: a container runtime client killed with
-    SIGKILL cannot forward the signal, and the container would keep running without it.
-    """
-
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    cwd: Path
-    stdout_path: Path
-    stderr_path: Path
-    result_path: Path | None
-    token: str
-    kill_argv: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class JobOutcome:
-    """How a job ended."""
+    """How a job ended. `reason` is None for a success; `finished_at` is unix time when known."""
 
     exit_code: int
     result_digest: bytes
     timed_out: bool
     stopped: bool  # the agent stopped it (rental terminated or ended, agent shutdown), not the job itself
+    reason: str | None = None
+    finished_at: float | None = None
 
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
 
 
-def container_name(rental_id: int, token: str) -> str:
-    """The container name of a rental's job launch."""
-    return f"gpuex-{rental_id:x}-{token[:12]}"
+def describe_exit(exit_code: int, *, timed_out: bool, stopped: bool, oom_killed: bool = False,
+                  memory_mib: int | None = None, timeout_seconds: float | None = None) -> str | None:
+    """Why a job did not succeed, in a sentence for its renter; None when it did."""
+    if timed_out:
+        return f"stopped after running past its timeout of {timeout_seconds:g} s" if timeout_seconds else \
+            "stopped after running past its timeout"
+    if stopped:
+        return "stopped by the provider's agent because the rental ended"
+    if exit_code == 0:
+        return None
+    limit = f" of {memory_mib} MiB" if memory_mib else ""
+    if oom_killed:
+        return f"killed for using more than its memory limit{limit}"
+    if exit_code in (128 + signal.SIGKILL, -signal.SIGKILL):
+        return f"killed by SIGKILL (exit code {exit_code}): most likely it ran out of its memory limit{limit}"
+    if exit_code > 128 or exit_code < 0:
+        number = exit_code - 128 if exit_code > 128 else -exit_code
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"ended by {name} (exit code {exit_code})"
+    return f"exited with code {exit_code}"
 
 
-def container_argv(
-    runtime: ContainerRuntime,
-    spec: JobSpec,
-    *,
-    name: str,
-    workspace: Path,
-    gpu_uuids: Iterable[str],
-    env_names: Iterable[str],
-) -> tuple[str, ...]:
-    """The `docker run` / `podman run` command line of a containerised job.
-
-    The workspace is mounted at /workspace and the spec's working directory is taken inside it. Environment
-    variables are passed by name only (`--env NAME`): the runtime copies their values from the client's
-    environment, so they do not show up in the host's process list. Only the rental's GPUs are exposed:
-    Docker's `--gpus "device=UUID,..."`, Podman's CDI devices `nvidia.com/gpu=UUID`.
-    """
-    if spec.image is None:
-        raise ValueError("the job spec names no container image")
-    uuids = list(gpu_uuids)
-    argv = [str(runtime), "run", "--rm", "--init", "--name", name,
-            "--volume", f"{workspace}:{CONTAINER_WORKSPACE}",
-            "--workdir", str(PurePosixPath(CONTAINER_WORKSPACE) / spec.working_dir)]
-    if runtime is ContainerRuntime.DOCKER:
-        # The value is parsed as CSV, so a list of devices must be quoted inside the argument.
-        argv += ["--gpus", f'"device={",".join(uuids)}"']
-    else:
-        for uuid in uuids:
-            argv += ["--device", f"nvidia.com/gpu={uuid}"]
-    for env_name in sorted(env_names):
-        argv += ["--env", env_name]
-    return (*argv, spec.image, *spec.argv)
-
-
-def plan_job(
-    spec: JobSpec,
-    *,
-    rental_id: int,
-    rental_dir: Path,
-    gpu_uuids: Iterable[str],
-    runtime: ContainerRuntime | None = None,
-) -> JobLaunch:
-    """How to launch `spec` for a rental whose files live in `rental_dir` (workspace `work/`, logs beside it).
-
-    The job's environment is the spec's `env` plus, set by the agent and not overridable by the spec,
-    `PATH` (the agent's), `HOME` (the workspace on the host), `CUDA_VISIBLE_DEVICES` (the rental's GPU UUIDs),
-    `GPUEX_RENTAL_ID` and `GPUEX_JOB_TOKEN`.
-    """
-    uuids = list(gpu_uuids)
-    workspace = rental_dir / "work"
-    cwd = workspace / spec.working_dir
-    cwd.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    agent_env = {
-        "CUDA_VISIBLE_DEVICES": ",".join(uuids),
-        "GPUEX_RENTAL_ID": str(rental_id),
-        JOB_TOKEN_VAR: token,
-    }
-    env = {**spec.env, **agent_env}
-    host_env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(workspace)}
-    result_path = cwd / spec.result_file if spec.result_file is not None else None
-    common = dict(cwd=cwd, stdout_path=rental_dir / "stdout.log", stderr_path=rental_dir / "stderr.log",
-                  result_path=result_path, token=token)
-    if spec.image is None:
-        return JobLaunch(argv=tuple(spec.argv), env={**env, **host_env}, **common)
-    if runtime is None:
-        raise ValueError("the job spec needs a container image but no container runtime is configured")
-    name = container_name(rental_id, token)
-    argv = container_argv(runtime, spec, name=name, workspace=workspace, gpu_uuids=uuids, env_names=env)
-    return JobLaunch(argv=argv, env={**env, **host_env}, kill_argv=(str(runtime), "kill", name), **common)
-
-
-def file_digest(path: Path) -> bytes:
-    """keccak256 of a file's bytes, read in chunks."""
+def file_digest(fd: int) -> bytes:
+    """keccak256 of the rest of an open file, read in chunks (the descriptor is closed)."""
     hasher = keccak.new(b"")
-    with path.open("rb") as stream:
+    with os.fdopen(fd, "rb") as stream:
         while chunk := stream.read(_DIGEST_CHUNK):
             hasher.update(chunk)
     return hasher.digest()
 
 
-def result_digest(launch: JobLaunch) -> bytes:
-    """The result digest of a finished launch (see the module docstring)."""
-    if launch.result_path is None:
-        return file_digest(launch.stdout_path)
-    return file_digest(launch.result_path) if launch.result_path.is_file() else ZERO_DIGEST
-
-
-def _group_alive(pgid: int) -> bool:
+def result_file_digest(workspace: Path, relative: str) -> bytes:
+    """keccak256 of a regular file the job left under its workspace, never following a link; the zero digest when
+    there is none (or only a link)."""
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = open_beneath(workspace, relative)
+    except UnsafePath:
+        return ZERO_DIGEST
+    return ZERO_DIGEST if fd is None else file_digest(fd)
 
 
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-
-
-async def _wait_group_gone(pgid: int, seconds: float) -> bool:
-    """Waits up to `seconds` for the group to have no process left; whether it is gone."""
-    deadline = time.monotonic() + seconds
-    while _group_alive(pgid):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(_GROUP_POLL_SECONDS)
-    return True
-
-
-async def _run_quietly(argv: tuple[str, ...], timeout_seconds: float) -> None:
-    """Runs a helper command (a container kill), logging instead of raising when it fails."""
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-    except OSError as exc:
-        log.warning("could not run %s: %s", argv[0], exc)
-        return
-    try:
-        await asyncio.wait_for(process.wait(), timeout_seconds)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-
-
-@dataclass
-class SupervisedJob:
-    """One launch of a job. `start`, then `wait` for its outcome; `stop` from elsewhere ends it early.
+class Job(ABC):
+    """One launch of a rental's job. `start` (or `attach`), then `wait` for its outcome; `stop` ends it early.
 
     `deadline` (unix time) is when the job times out; the agent keeps it across its own restarts.
     """
 
-    launch: JobLaunch
-    stop_grace_seconds: float = 10.0
-    deadline: float | None = None
-    _process: asyncio.subprocess.Process | None = field(default=None, init=False, repr=False)
-    _stopping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
-    _stopped: bool = field(default=False, init=False)
-    _timed_out: bool = field(default=False, init=False)
+    def __init__(self, *, deadline: float | None, stop_grace_seconds: float, timeout_seconds: float | None) -> None:
+        self.deadline = deadline
+        self.stop_grace_seconds = stop_grace_seconds
+        self.timeout_seconds = timeout_seconds
+        self._stopped = False
+        self._timed_out = False
+        self.started_at: float | None = None  # unix time the job began running, once known
 
     @property
-    def pid(self) -> int:
-        """The job's pid, which is also its process group id."""
-        if self._process is None:
-            raise RuntimeError("the job has not started")
-        return self._process.pid
+    @abstractmethod
+    def host_pid(self) -> int | None:
+        """A host pid whose process group or descendants are the job (what NVML's process list should show)."""
 
+    @abstractmethod
     async def start(self) -> None:
-        """Spawns the job in a new session with its output going to the log files (truncated)."""
-        self.launch.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.launch.stdout_path.open("wb") as stdout, self.launch.stderr_path.open("wb") as stderr:
-            self._process = await asyncio.create_subprocess_exec(
-                *self.launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                cwd=self.launch.cwd, env=self.launch.env, start_new_session=True)
-        log.info("job started: pid %d, %s", self._process.pid, self.launch.argv[0])
+        """Launches the job. A job that cannot be launched is not an error here: `wait` reports it."""
+
+    @abstractmethod
+    async def _wait_exit(self) -> None:
+        """Returns once the job exited."""
+
+    @abstractmethod
+    async def _terminate(self) -> None:
+        """Ends the job: SIGTERM, then SIGKILL after the grace period."""
+
+    @abstractmethod
+    async def _outcome(self) -> JobOutcome:
+        """How the job ended, once it has."""
 
     async def wait(self) -> JobOutcome:
-        """Waits for the job to exit (stopping it at its deadline) and returns how it ended; processes of its
-        group that outlive it are stopped first."""
-        process = self._process
-        if process is None:
-            raise RuntimeError("the job has not started")
+        """Waits for the job to exit, stopping it at its deadline, and returns how it ended."""
         timeout = None if self.deadline is None else max(0.0, self.deadline - time.time())
+        exited = asyncio.ensure_future(self._wait_exit())
         try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), timeout)
+            await asyncio.wait_for(asyncio.shield(exited), timeout)
         except TimeoutError:
             self._timed_out = True
-            log.warning("job %d ran past its timeout: stopping it", process.pid)
-            await self.stop()
-        await self._stop_group()
-        assert process.returncode is not None
-        digest = await asyncio.to_thread(result_digest, self.launch)
-        return JobOutcome(exit_code=process.returncode, result_digest=digest, timed_out=self._timed_out,
-                          stopped=self._stopped and not self._timed_out)
+            log.warning("job ran past its timeout: stopping it")
+            await self._terminate()
+            await exited
+        finally:
+            if not exited.done():
+                exited.cancel()
+        return await self._outcome()
 
     async def stop(self) -> None:
-        """Ends the job: SIGTERM to its group, then after the grace period the container kill (if any) and
-        SIGKILL to whatever is left. Safe to call more than once and after the job exited."""
-        if self._process is None:
-            return
+        """Ends the job early (the rental ended); safe to call more than once and after it exited."""
         self._stopped = True
-        await self._stop_group()
-        await self._process.wait()
-
-    async def _stop_group(self) -> None:
-        assert self._process is not None
-        async with self._stopping:
-            pgid = self._process.pid
-            if not _group_alive(pgid):
-                return
-            _signal_group(pgid, signal.SIGTERM)
-            if await _wait_group_gone(pgid, self.stop_grace_seconds):
-                return
-            log.warning("job group %d still alive %.1f s after SIGTERM: killing it", pgid, self.stop_grace_seconds)
-            if self.launch.kill_argv is not None:
-                await _run_quietly(self.launch.kill_argv, self.stop_grace_seconds)
-            _signal_group(pgid, signal.SIGKILL)
-            await _wait_group_gone(pgid, self.stop_grace_seconds)
+        await self._terminate()
 
 
-def processes_with_token(token: str, proc: Path = Path("/proc")) -> list[int]:
-    """Pids of this user's processes whose environment carries `GPUEX_JOB_TOKEN=token` (Linux /proc)."""
-    marker = f"{JOB_TOKEN_VAR}={token}".encode()
-    pids = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
+class ContainerJob(Job):
+    """A rental's job as a detached container named `plan.name`."""
+
+    def __init__(self, engine: Engine, plan: ContainerPlan, env: dict[str, str], *, result_file: str | None,
+                 deadline: float | None, stop_grace_seconds: float, timeout_seconds: float | None) -> None:
+        super().__init__(deadline=deadline, stop_grace_seconds=stop_grace_seconds, timeout_seconds=timeout_seconds)
+        self.engine = engine
+        self.plan = plan
+        self._env = env
+        self._result_file = result_file
+        self._start_error: str | None = None
+        self._pid: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def host_pid(self) -> int | None:
+        return self._pid
+
+    async def start(self) -> None:
+        """Creates and starts the container. The environment reaches it through an env file readable by the
+        agent's user only, removed as soon as the engine has read it."""
         try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+            write_env_file(self.plan.env_file, self._env)
+            try:
+                await self.engine.run(self.plan)
+            finally:
+                self.plan.env_file.unlink(missing_ok=True)
+        except (EngineError, OSError, ValueError) as exc:
+            self._start_error = str(exc)
+            log.error("container %s did not start: %s", self.name, exc)
+            return
+        await self._learn_pid()
+        log.info("container %s started (%s)", self.name, self.plan.image)
 
+    async def attach(self) -> None:
+        """Takes over the container of an earlier life of the agent (it exists, running or exited)."""
+        await self._learn_pid()
+        log.info("container %s re-attached", self.name)
 
-async def kill_stale_job(token: str, kill_argv: tuple[str, ...] | None, grace_seconds: float) -> int:
-    """Stops the processes of a job launched by an earlier life of the agent (found by its token): SIGTERM,
-    then SIGKILL after the grace period. Returns how many processes it found."""
-    pids = processes_with_token(token)
-    for pid in pids:
+    async def _learn_pid(self) -> None:
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_seconds
-    while processes_with_token(token) and time.monotonic() < deadline:
-        await asyncio.sleep(_GROUP_POLL_SECONDS)
-    if kill_argv is not None:
-        await _run_quietly(kill_argv, grace_seconds)
-    for pid in processes_with_token(token):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(pids)
+            state = await self.engine.inspect(self.name)
+        except EngineError as exc:
+            log.warning("container %s: inspect failed: %s", self.name, exc)
+            return
+        if state is not None:
+            self._pid = state.pid or None
+            self.started_at = state.started_at
+
+    async def _wait_exit(self) -> None:
+        if self._start_error is None:
+            await self.engine.wait(self.name)
+
+    async def _terminate(self) -> None:
+        if self._start_error is None:
+            await self.engine.stop(self.name, self.stop_grace_seconds)
+
+    async def _outcome(self) -> JobOutcome:
+        if self._start_error is not None:
+            return JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=False, stopped=False,
+                              reason=f"could not start: {self._start_error}")
+        state = await self.engine.inspect(self.name)
+        if state is None:
+            return JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=self._timed_out, stopped=self._stopped,
+                              reason="its container disappeared from the provider's machine")
+        await asyncio.to_thread(copy_engine_log, state, self.plan.log_path)
+        digest = await asyncio.to_thread(self._digest, state)
+        return JobOutcome(
+            exit_code=state.exit_code, result_digest=digest, timed_out=self._timed_out, stopped=self._stopped,
+            reason=describe_exit(state.exit_code, timed_out=self._timed_out, stopped=self._stopped,
+                                 oom_killed=state.oom_killed, memory_mib=self.plan.memory_mib,
+                                 timeout_seconds=self.timeout_seconds),
+            finished_at=state.finished_at)
+
+    def _digest(self, state: ContainerState) -> bytes:
+        if self._result_file is not None:
+            return result_file_digest(self.plan.workspace, os.path.join(self.plan.working_dir, self._result_file))
+        return stream_digest(self.plan.log_path, self.engine.settings.engine.log_format)

@@ -1,21 +1,23 @@
 """What the agent remembers of each rental of its offers, in SQLite, so that a restarted agent resumes where it
-stopped: the phase, the start time and end from the chain, the next report's seq and period start, and the job
-launch it may have left running.
+stopped: the phase, the start time and end from the chain, the next report's seq and period start, the job's
+container (or bare process token), how the job ended, and a decline it decided on.
 
 Phases move forward only: `opened` (seen on chain, not started by the agent yet) -> `running` (started on
-chain; the job runs and reports flow) -> `done` (nothing more to do; its reports may still be in the outbox).
-`next_seq` and `period_start` advance in the same transaction that queues each report in the outbox.
+chain; the job runs and reports flow) -> `done` (nothing more to do; its reports may still be in the outbox, its
+folder stays until the retention period has passed). `next_seq` and `period_start` advance in the same transaction
+that queues each report in the outbox, and the job's outcome is written in the one that queues its completion.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Callable
 
-from offchain.sqlite import transaction
 from offchain.agent.watcher import RentalEvent, RentalFinalized, RentalOpened, RentalTerminated
+from offchain.sqlite import add_missing_columns, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rentals (
@@ -29,12 +31,25 @@ CREATE TABLE IF NOT EXISTS rentals (
     finalized     INTEGER NOT NULL DEFAULT 0,
     next_seq      INTEGER NOT NULL DEFAULT 1,
     period_start  INTEGER,
-    job_token     TEXT,                 -- GPUEX_JOB_TOKEN of the latest launch
-    job_kill_argv TEXT,                 -- JSON list: the container kill command of that launch, if any
+    job_token     TEXT,                 -- GPUEX_JOB_TOKEN of the latest bare-process launch
     job_deadline  REAL,                 -- unix time the job times out, fixed at its first launch
     outcome       TEXT                  -- why the rental is done, for operators
 );
 """
+#: Columns added after the first release; `RentalBook` adds them to an older database.
+LATER_COLUMNS = {
+    "container": "TEXT",              # name of the latest launch's container
+    "isolation": "TEXT",              # 'container' or 'bare-process'
+    "exit_code": "INTEGER",           # how the job ended, once it has
+    "job_reason": "TEXT",             # why it failed, for the renter
+    "job_finished_at": "REAL",
+    "decline_reason": "INTEGER",      # DeclineReason the agent decided on, sent until the chain has it
+    "decline_detail": "TEXT",
+    "start_confirmed_at": "REAL",     # when the agent saw the rental running on chain (its start receipt)
+    "job_started_at": "REAL",         # when the latest launch began running
+    "done_at": "REAL",                # when the phase became done
+    "cleaned_at": "REAL",             # when its folder was removed
+}
 
 
 class Phase(StrEnum):
@@ -56,9 +71,19 @@ class RentalRecord:
     next_seq: int
     period_start: int | None
     job_token: str | None
-    job_kill_argv: tuple[str, ...] | None
     job_deadline: float | None
     outcome: str | None
+    container: str | None
+    isolation: str | None
+    exit_code: int | None
+    job_reason: str | None
+    job_finished_at: float | None
+    decline_reason: int | None
+    decline_detail: str | None
+    start_confirmed_at: float | None
+    job_started_at: float | None
+    done_at: float | None
+    cleaned_at: float | None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> RentalRecord:
@@ -74,26 +99,40 @@ class RentalRecord:
             next_seq=row["next_seq"],
             period_start=row["period_start"],
             job_token=row["job_token"],
-            job_kill_argv=None if row["job_kill_argv"] is None else tuple(json.loads(row["job_kill_argv"])),
             job_deadline=row["job_deadline"],
             outcome=row["outcome"],
+            **{name: row[name] for name in LATER_COLUMNS},
         )
 
 
 class RentalBook:
     """The `rentals` table."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
         self._db = db
+        self._clock = clock
         db.executescript(SCHEMA)
+        add_missing_columns(db, "rentals", LATER_COLUMNS)
 
     def get(self, rental_id: int) -> RentalRecord | None:
         row = self._db.execute("SELECT * FROM rentals WHERE rental_id = ?", (str(rental_id),)).fetchone()
         return None if row is None else RentalRecord.from_row(row)
 
+    def by_container(self, name: str) -> RentalRecord | None:
+        """The rental whose latest launch is the container `name`."""
+        row = self._db.execute("SELECT * FROM rentals WHERE container = ?", (name,)).fetchone()
+        return None if row is None else RentalRecord.from_row(row)
+
     def unfinished(self) -> list[RentalRecord]:
         """Rentals not done, oldest first."""
         rows = self._db.execute("SELECT * FROM rentals WHERE phase != 'done' ORDER BY rowid").fetchall()
+        return [RentalRecord.from_row(row) for row in rows]
+
+    def expired_folders(self, done_before: float) -> list[RentalRecord]:
+        """Done rentals whose folder is still there, done before `done_before`."""
+        rows = self._db.execute(
+            "SELECT * FROM rentals WHERE phase = 'done' AND cleaned_at IS NULL AND done_at IS NOT NULL "
+            "AND done_at < ? ORDER BY done_at", (done_before,)).fetchall()
         return [RentalRecord.from_row(row) for row in rows]
 
     def apply(self, event: RentalEvent) -> bool:
@@ -120,28 +159,49 @@ class RentalBook:
     def mark_started(self, rental_id: int, *, since: int, ends_at: int, next_seq: int, period_start: int) -> None:
         """The rental runs on chain from `since`; reports continue at `next_seq` from `period_start`."""
         self._update(rental_id, phase=Phase.RUNNING.value, since=since, ends_at=ends_at, next_seq=next_seq,
-                     period_start=period_start)
+                     period_start=period_start, start_confirmed_at=self._clock())
 
     def sync_chain(self, rental_id: int, *, ends_at: int, terminated: bool, finalized: bool) -> None:
         """Takes the end and state the chain holds now (for events missed while the agent was down)."""
         self._update(rental_id, ends_at=ends_at, terminated=int(terminated), finalized=int(finalized))
 
-    def set_launch(self, rental_id: int, *, token: str, kill_argv: tuple[str, ...] | None,
+    def set_launch(self, rental_id: int, *, isolation: str, container: str | None, token: str | None,
                    deadline: float | None) -> None:
-        """Remembers a job launch before the process is spawned, so a crash right after still finds it."""
-        self._update(rental_id, job_token=token, job_kill_argv=None if kill_argv is None else json.dumps(kill_argv),
-                     job_deadline=deadline)
+        """Remembers a job launch before it is made, so a crash right after still finds it."""
+        self._update(rental_id, isolation=isolation, container=container, job_token=token, job_deadline=deadline)
 
-    def advance(self, rental_id: int, *, next_seq: int, period_start: int, done: str | None = None) -> None:
-        """Moves past a queued report; `done` (the outcome) closes the rental. Joins the caller's transaction."""
+    def set_job_started(self, rental_id: int, started_at: float | None) -> None:
+        """When the latest launch began running."""
+        self._update(rental_id, job_started_at=started_at)
+
+    def set_decline(self, rental_id: int, reason: int, detail: str) -> None:
+        """Remembers the decision to decline the rental, so a restarted agent sends the same decline."""
+        self._update(rental_id, decline_reason=reason, decline_detail=detail)
+
+    def advance(self, rental_id: int, *, next_seq: int, period_start: int, done: str | None = None,
+                exit_code: int | None = None, job_reason: str | None = None,
+                job_finished_at: float | None = None) -> None:
+        """Moves past a queued report; `done` (the outcome) closes the rental, with how its job ended if it did.
+        Joins the caller's transaction."""
         fields: dict[str, object] = {"next_seq": next_seq, "period_start": period_start}
         if done is not None:
-            fields.update(phase=Phase.DONE.value, outcome=done)
+            fields.update(phase=Phase.DONE.value, outcome=done, done_at=self._clock())
+        if exit_code is not None:
+            fields.update(exit_code=exit_code, job_reason=job_reason, job_finished_at=job_finished_at)
         self._update(rental_id, **fields)
+
+    def record_exit(self, rental_id: int, *, exit_code: int, job_reason: str | None,
+                    job_finished_at: float | None) -> None:
+        """How the job ended, for a rental that sends no completion report for it."""
+        self._update(rental_id, exit_code=exit_code, job_reason=job_reason, job_finished_at=job_finished_at)
 
     def finish(self, rental_id: int, outcome: str) -> None:
         """Closes the rental without a report."""
-        self._update(rental_id, phase=Phase.DONE.value, outcome=outcome)
+        self._update(rental_id, phase=Phase.DONE.value, outcome=outcome, done_at=self._clock())
+
+    def mark_cleaned(self, rental_id: int) -> None:
+        """The rental's folder was removed."""
+        self._update(rental_id, cleaned_at=self._clock())
 
     def _update(self, rental_id: int, **fields: object) -> None:
         assignments = ", ".join(f"{name} = ?" for name in fields)

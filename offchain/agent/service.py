@@ -1,35 +1,49 @@
-"""The provider agent's loop: rentals from the chain, their jobs, telemetry, and signed reports to the oracles.
+"""The provider agent's loop: rentals from the chain, their jobs in containers, telemetry, and signed reports to the
+oracles.
 
 For each rental opened on one of the provider's offers, the agent:
 
-1. gets the job spec of the rental's `jobSpecHash` (`JobSpecStore`), retrying while the rental is open;
-2. checks it can run it here: every GPU of the offer is one this machine's telemetry source sees, and a spec
-   that names a container image has a container runtime to go with it;
+1. gets the job spec of the rental's `jobSpecHash` (`JobSpecStore`), waiting for it at most `spec_wait_seconds`
+   (and never more than half the escrow's start timeout);
+2. checks that it can serve the rental (`offchain.agent.admission`): the offer's GPUs are on this machine, the job
+   has an image and asks for no more than the offer gives, and the image is here or can be pulled. A rental it
+   cannot serve, or whose spec is invalid or never came, it declines at once (`RentalEscrow.decline`, with a
+   reason code): the renter gets the whole deposit back and the provider is not slashed;
 3. calls `escrow.start(rentalId)` with its agent key. When `start` reverts because the rental already runs
    (its first report started it, or an earlier life of this agent did), it carries on from the rental's
    on-chain state; reports always continue from the chain's `since`, `lastSeq` and `reportedSeconds`;
-4. launches the job (`SupervisedJob`) and, every `report_interval_seconds`, summarises the telemetry samples of
-   the period (`offchain.telemetry.window.summarize`), signs the `TelemetryReport` and commits it to the outbox
-   together with the rental's next seq and period start;
+4. runs the job in a hardened container (`offchain.agent.containers`) and, every `report_interval_seconds`,
+   summarises the telemetry samples of the period (`offchain.telemetry.window.summarize`), signs the
+   `TelemetryReport` and commits it to the outbox together with the rental's next seq and period start;
 5. when the job exits, sends the completion report: Completed for exit code 0, Failed otherwise (including a
-   job timeout, and a command that cannot be started, reported as exit code 127), with the exit code and result
-   digest. When the renter terminates the rental, or its paid time
-   runs out, it stops the job and sends a last Running report up to the rental's end; the rental is then
-   settled by `finalize`. A finalised rental stops its job without a report.
+   job timeout, a job killed for its memory, and a command that could not be started), with the exit code and
+   result digest, and keeps the reason in words for the renter. When the renter terminates the rental, or its
+   paid time runs out, it stops the job and sends a last Running report up to the rental's end; the rental is
+   then settled by `finalize`. A finalised rental stops its job without a report.
 
-An agent restarted after a crash resumes every unfinished rental: it stops what is left of the job it lost
-(found by the job's token), launches the job again with its original deadline, and continues the report
-sequence; seconds without samples while it was down are simply not delivered.
+Containers are not the agent's children: one left running by an agent that crashed or was stopped is found again
+by name when the agent restarts, which waits for it and reports on; nothing is reported twice (reports and their
+seq are committed together). A job whose container is gone is launched again with its original deadline.
+Seconds without samples while the agent was down are simply not delivered. Every finished rental's folder (its
+workspace, results and logs) is removed after `workspace_retention_seconds`; a janitor also removes containers of
+rentals that are done.
+
+Nothing a rental brings can take the agent down: any error while preparing or running one rental ends that
+rental (declined while it is open, else a Failed report with the reason) while the agent serves the others.
 
 Simulated telemetry (a `TelemetrySource` whose `simulated` is True: the simulator, or a replayed trace) is
 refused unless the settings allow it; when allowed, every log line of the agent says SIMULATED and every report
-carries `simulated=True`.
+carries `simulated=True`. Running jobs as bare host processes (`unsafe_bare_process`, local chains only) labels
+every log line too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -38,23 +52,21 @@ import aiohttp
 from eth_account import Account
 from web3.exceptions import Web3Exception
 
-from offchain.agent.job import (
-    NOT_STARTED_EXIT_CODE,
-    ZERO_DIGEST,
-    JobOutcome,
-    SupervisedJob,
-    kill_stale_job,
-    plan_job,
-)
-from offchain.agent.jobspec import JobSpec, JobSpecError, JobSpecStore
+from offchain.agent.admission import Allowance, RentalRefused, admit, offer_gpus_here
+from offchain.agent.bareprocess import BareProcessJob, kill_stale_job, new_token
+from offchain.agent.containers import AGENT_LABEL, ContainerPlan, Engine, EngineError, ImageUnavailable, labels
+from offchain.agent.job import NOT_STARTED_EXIT_CODE, ZERO_DIGEST, ContainerJob, Job, JobOutcome
+from offchain.agent.jobspec import JobSpec, JobSpecInvalid, JobSpecMissing, JobSpecStore
 from offchain.agent.outbox import Outbox, RetryPolicy
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
-from offchain.sqlite import open_db, transaction
-from offchain.agent.watcher import ChainWatcher, RentalStatus
+from offchain.agent.watcher import ChainWatcher
+from offchain.agent.workspace import RentalFiles
 from offchain.chain import connect, contract
-from offchain.messages import TelemetryReport, TelemetrySubmission, gpu_uuid_hash
+from offchain.messages import TelemetryReport, TelemetrySubmission
 from offchain.reports import ReportStatus
+from offchain.sqlite import open_db, transaction
+from offchain.status import DeclineReason, RentalStatus
 from offchain.telemetry.models import GpuSample
 from offchain.telemetry.nvml import NvmlSource
 from offchain.telemetry.source import TelemetryError, TelemetrySource, TraceExhausted
@@ -64,25 +76,34 @@ from offchain.telemetry.window import summarize
 log = logging.getLogger(__name__)
 
 CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, TimeoutError)
-AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.job", "offchain.agent.jobspec",
-                 "offchain.agent.outbox", "offchain.agent.watcher")
+AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.job", "offchain.agent.bareprocess",
+                 "offchain.agent.containers", "offchain.agent.jobspec", "offchain.agent.outbox",
+                 "offchain.agent.watcher")
 SIMULATED_LABEL = "[SIMULATED TELEMETRY] "
+UNSAFE_LABEL = "[UNSAFE: JOBS RUN AS BARE HOST PROCESSES] "
+ISOLATION_CONTAINER = "container"
+ISOLATION_BARE = "bare-process"
 
 
 class SimulatedTelemetryRefused(RuntimeError):
     """The telemetry source is simulated and the agent was not started with `allow_simulated`."""
 
 
-class RentalNotRunnable(Exception):
-    """This machine cannot serve the rental (its GPUs are not here, or the spec needs what is not configured)."""
+class ContainerEngineMissing(RuntimeError):
+    """The container engine the settings name is not installed on this machine."""
 
 
-class _SimulatedLabel(logging.Filter):
-    """Prefixes every record of the agent's loggers, so no log line of a simulated run reads as a real one."""
+class _Label(logging.Filter):
+    """Prefixes every record of the agent's loggers, so that no log line of a simulated or unsafe run reads as one
+    of a real, isolated one."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(SIMULATED_LABEL):
-            record.msg = SIMULATED_LABEL + str(record.msg)
+        if not str(record.msg).startswith(self.text):
+            record.msg = self.text + str(record.msg)
         return True
 
 
@@ -100,6 +121,20 @@ class _SampleBuffer:
         self.samples = [s for s in self.samples if s.timestamp >= timestamp]
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What running a rental's job takes: its spec, the offer's GPUs here, and (in containers) its allowance."""
+
+    spec: JobSpec
+    gpu_uuids: tuple[str, ...]
+    allowance: Allowance | None
+
+
+def container_name(rental_id: int) -> str:
+    """A fresh container name for a launch of a rental's job."""
+    return f"gpuex-{rental_id:x}-{secrets.token_hex(6)}"
+
+
 class ProviderAgent:
     """One provider machine's agent. `await agent.run()` until cancelled."""
 
@@ -110,6 +145,11 @@ class ProviderAgent:
             raise SimulatedTelemetryRefused(
                 "the telemetry source is simulated (not a live measurement of this machine's GPUs); "
                 "start the agent with allow_simulated only for development and demos")
+        self._engine = None if settings.unsafe_bare_process else Engine(settings.container)
+        if self._engine is not None and not self._engine.available():
+            raise ContainerEngineMissing(
+                f"{self._engine.name} is not installed: every job runs in a container; install "
+                f"{self._engine.name} (or set GPUEX_AGENT_CONTAINER__ENGINE)")
         assert settings.key is not None  # AgentSettings resolves the key or fails validation
         self._settings = settings
         self._source = source
@@ -120,7 +160,7 @@ class ProviderAgent:
         self._escrow = contract(self._w3, "RentalEscrow", settings.chain.escrow)
         self._registry = contract(self._w3, "ProviderRegistry", settings.chain.registry)
         self._db = open_db(settings.db_path)
-        self.book = RentalBook(self._db)
+        self.book = RentalBook(self._db, clock)
         self.outbox = Outbox(
             self._db, settings.oracles,
             retry=RetryPolicy(settings.retry_initial_seconds, settings.retry_max_seconds),
@@ -130,17 +170,35 @@ class ProviderAgent:
         self._specs = JobSpecStore(settings.spec_directory, settings.spec_url, settings.http_timeout_seconds)
         self._wakeups: dict[int, asyncio.Event] = {}
         self._buffers: dict[int, _SampleBuffer] = {}
+        self._job_pids: dict[int, int] = {}
         self._sampling = asyncio.Event()
         self._tx_lock = asyncio.Lock()
+        self._start_timeout: int | None = None
         self._group: asyncio.TaskGroup | None = None
-        self._label = _SimulatedLabel() if source.simulated else None
+        labels_ = ([_Label(SIMULATED_LABEL)] if source.simulated else []) + (
+            [_Label(UNSAFE_LABEL)] if settings.unsafe_bare_process else [])
+        self._labels = labels_
+
+    @property
+    def isolation(self) -> str:
+        """How this agent runs jobs: `container`, or `bare-process` in the unsafe development mode."""
+        return ISOLATION_BARE if self._engine is None else ISOLATION_CONTAINER
+
+    def files_of(self, rental_id: int) -> RentalFiles:
+        """The rental's folder on this machine."""
+        return RentalFiles(self._settings.rentals_dir / str(rental_id))
 
     async def run(self) -> None:
-        """Runs the agent until cancelled; on the way out, stops the jobs it supervises."""
-        self._install_label()
+        """Runs the agent until cancelled; on the way out, stops the jobs it supervises unless it may leave
+        their containers running for its next start."""
+        self._install_labels()
         try:
-            log.info("agent %s for provider %s: %d oracle(s), report every %.0f s", self.address,
-                     self._settings.provider, len(self.outbox.oracles), self._settings.report_interval_seconds)
+            if self._engine is None:
+                log.warning("jobs run as bare processes of this agent's user, with no isolation: a job can read the "
+                            "agent's key and every other rental's files. Development chains only.")
+            log.info("agent %s for provider %s: %d oracle(s), report every %.0f s, jobs in %s", self.address,
+                     self._settings.provider, len(self.outbox.oracles), self._settings.report_interval_seconds,
+                     "bare processes" if self._engine is None else f"{self._engine.name} containers")
             async with self.outbox, asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self.outbox.run())
@@ -149,21 +207,22 @@ class ProviderAgent:
                     log.info("resuming rental %d (%s)", record.rental_id, record.phase)
                     self._ensure_runner(record.rental_id)
                 group.create_task(self._watch_loop())
+                group.create_task(self._janitor_loop())
         finally:
             self._group = None
             self._db.close()
             await self._w3.provider.disconnect()
-            self._remove_label()
+            self._remove_labels()
 
-    def _install_label(self) -> None:
-        if self._label is not None:
+    def _install_labels(self) -> None:
+        for label in self._labels:
             for name in AGENT_LOGGERS:
-                logging.getLogger(name).addFilter(self._label)
+                logging.getLogger(name).addFilter(label)
 
-    def _remove_label(self) -> None:
-        if self._label is not None:
+    def _remove_labels(self) -> None:
+        for label in self._labels:
             for name in AGENT_LOGGERS:
-                logging.getLogger(name).removeFilter(self._label)
+                logging.getLogger(name).removeFilter(label)
 
     # ---------------------------------------------------------------- chain events
 
@@ -198,8 +257,8 @@ class ProviderAgent:
     # ---------------------------------------------------------------- one rental
 
     async def _run_rental(self, rental_id: int) -> None:
-        """Takes a rental from wherever it is to done. Chain failures before its job is launched (the only
-        point where the runner talks to the chain) retry the whole step, which is idempotent."""
+        """Takes a rental from wherever it is to done. Chain failures retry the whole step, which is idempotent;
+        any other error ends this rental only."""
         try:
             while True:
                 try:
@@ -213,15 +272,34 @@ class ProviderAgent:
                 except CHAIN_ERRORS as exc:
                     log.warning("rental %d: chain request failed, retrying: %r", rental_id, exc)
                     await self._sleep_or_wake(rental_id, self._settings.chain_poll_seconds)
-                except (RentalNotRunnable, JobSpecError) as exc:
-                    log.error("rental %d: not served: %s", rental_id, exc)
-                    self.book.finish(rental_id, f"not runnable: {exc}")
-                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a rental's trouble must never end the agent: contain it to this rental
+            log.exception("rental %d: unexpected error: %s", rental_id, exc)
+            await self._contain(rental_id, f"the provider's agent failed: {type(exc).__name__}: {exc}")
         finally:
             self._wakeups.pop(rental_id, None)
             self._buffers.pop(rental_id, None)
+            self._forget_job(rental_id)
             if not self._buffers:
                 self._sampling.clear()
+
+    async def _contain(self, rental_id: int, detail: str) -> None:
+        """Ends a rental whose handling failed: declined while it is open, else a Failed report; the rental is
+        closed in the book whatever happens here."""
+        try:
+            record = self._record(rental_id)
+            if record.phase is Phase.OPENED:
+                await self._decline(record, DeclineReason.AGENT_FAILURE, detail)
+            elif record.phase is Phase.RUNNING:
+                await self._fail_running(record, detail)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("rental %d: could not end it cleanly: %s", rental_id, exc)
+        record = self.book.get(rental_id)
+        if record is not None and record.phase is not Phase.DONE:
+            self.book.finish(rental_id, f"abandoned: {detail}")
 
     def _record(self, rental_id: int) -> RentalRecord:
         record = self.book.get(rental_id)
@@ -229,52 +307,123 @@ class ProviderAgent:
         return record
 
     async def _open(self, record: RentalRecord) -> None:
-        """Gets the spec, checks the rental can run here and starts it on chain (or finds it started)."""
+        """Gets the spec, checks the rental can be served here and starts it on chain (or finds it started);
+        declines it when it cannot be served."""
         rental_id = record.rental_id
-        spec = await self._await_spec(record)
-        if spec is None:
+        if record.decline_reason is not None:
+            await self._decline(record, DeclineReason(record.decline_reason), record.decline_detail or "")
             return
-        gpu_uuids = await self._offer_gpus(record.offer_id)
-        if spec.image is not None and self._settings.container_runtime is None:
-            raise RentalNotRunnable("the job spec names a container image and no container runtime is configured")
+        state = await self._rental_state(rental_id)
+        if not state["status"].is_live:
+            self.book.finish(rental_id, f"not started: rental is {state['status'].name}")
+            return
+        try:
+            spec = await self._await_spec(record, state)
+            if spec is None:
+                return
+            prepared = await self._prepare(record, spec, state)
+        except RentalRefused as refusal:
+            if state["status"] is RentalStatus.OPEN:
+                await self._decline(record, refusal.reason, refusal.detail)
+                return
+            # Already running (a report started it): too late to decline, so the job fails at once instead.
+            self._mark_started(record, state)
+            await self._fail_running(self._record(rental_id), refusal.detail)
+            return
         # Sample from before the start is sent: the rental is billed from the start block's timestamp, and a
         # sampler that waited for the receipt would miss that first second and count it as not delivered. The
         # sample taken here covers the current second, whose mid-second tick may already have passed.
-        buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(gpu_uuids))
+        buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(prepared.gpu_uuids))
         try:
             buffer.add(await self._source.sample())
         except TelemetryError as exc:
             log.warning("telemetry sample failed: %s", exc)
         self._sampling.set()
-        state = await self._start_on_chain(rental_id)
+        state = await self._send_agent_tx(rental_id, "start", self._escrow.functions.start(rental_id))
         if state["status"] not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
             self.book.finish(rental_id, f"not started: rental is {state['status'].name}")
             log.warning("rental %d cannot be started: it is %s", rental_id, state["status"].name)
             return
-        since = state["since"]
-        self.book.mark_started(rental_id, since=since, ends_at=since + state["duration"],
-                               next_seq=state["lastSeq"] + 1, period_start=since + state["reportedSeconds"])
-        log.info("rental %d started at %d on %d GPU(s): %s", rental_id, since, len(gpu_uuids), " ".join(spec.argv))
+        self._mark_started(record, state)
+        log.info("rental %d started at %d on %d GPU(s): %s", rental_id, state["since"], len(prepared.gpu_uuids),
+                 " ".join(prepared.spec.argv)[:200])
 
-    async def _await_spec(self, record: RentalRecord) -> JobSpec | None:
-        """The rental's job spec, retried while the rental is open; None once it is not."""
+    def _mark_started(self, record: RentalRecord, state: dict[str, Any]) -> None:
+        since = state["since"]
+        self.book.mark_started(record.rental_id, since=since, ends_at=since + state["duration"],
+                               next_seq=state["lastSeq"] + 1, period_start=since + state["reportedSeconds"])
+
+    async def _await_spec(self, record: RentalRecord, state: dict[str, Any]) -> JobSpec | None:
+        """The rental's job spec, waited for until its deadline (then `RentalRefused`); None once the rental is
+        no longer open. A spec that is the renter's but invalid is refused at once."""
+        deadline = state["since"] + min(self._settings.spec_wait_seconds, await self._start_timeout_seconds() / 2)
         while True:
             try:
                 return await self._specs.get(record.spec_hash)
-            except JobSpecError as exc:
+            except JobSpecInvalid as exc:
+                raise RentalRefused(DeclineReason.SPEC_INVALID, str(exc)) from exc
+            except JobSpecMissing as exc:
+                if self._clock() >= deadline:
+                    raise RentalRefused(DeclineReason.SPEC_MISSING, f"no job spec arrived in time: {exc}") from exc
                 log.warning("rental %d: %s", record.rental_id, exc)
             state = await self._rental_state(record.rental_id)
-            if state["status"] is not RentalStatus.OPEN:
+            if not state["status"].is_live:
                 self.book.finish(record.rental_id, f"no job spec while open; rental is {state['status'].name}")
                 return None
-            await self._sleep_or_wake(record.rental_id, self._settings.chain_poll_seconds)
+            await self._sleep_or_wake(record.rental_id, min(self._settings.chain_poll_seconds,
+                                                            max(0.05, deadline - self._clock())))
 
-    async def _start_on_chain(self, rental_id: int) -> dict[str, Any]:
-        """Sends `start(rentalId)` signed by the agent key, then returns the rental's state on chain. A start
-        that reverts (the rental already runs, or can no longer start) is not an error: the state says which."""
+    async def _prepare(self, record: RentalRecord, spec: JobSpec, state: dict[str, Any] | None = None) -> _Prepared:
+        """Checks that this machine can serve the rental (`offchain.agent.admission`) and has the image;
+        raises `RentalRefused` when it cannot."""
+        offer = await self._offer(record.offer_id)
+        gpu_uuids = offer_gpus_here(offer["gpuUuidHashes"], (gpu.uuid for gpu in self._source.gpus()),
+                                    record.offer_id)
+        if self._engine is None:
+            return _Prepared(spec, gpu_uuids, None)
+        allowance = admit(spec, self._settings.container, gpu_count=len(gpu_uuids), offer_egress=offer["egress"])
+        pull_window = None
+        if state is not None:
+            # A pull must end in time to start the rental (or decline it) before the start timeout.
+            pull_window = state["since"] + await self._start_timeout_seconds() * 3 / 4 - self._clock()
+            if pull_window <= 0:
+                raise RentalRefused(DeclineReason.IMAGE_UNAVAILABLE,
+                                    f"no time left to get image {allowance.image} before the start timeout")
+        try:
+            await self._engine.ensure_image(allowance.image, timeout=pull_window)
+        except ImageUnavailable as exc:
+            raise RentalRefused(DeclineReason.IMAGE_UNAVAILABLE, str(exc)) from exc
+        return _Prepared(spec, gpu_uuids, allowance)
+
+    async def _decline(self, record: RentalRecord, reason: DeclineReason, detail: str) -> None:
+        """Declines the rental on chain with `reason` (the decision is kept first, so a restarted agent sends the
+        same decline), then closes it."""
+        rental_id = record.rental_id
+        if record.decline_reason is None:
+            self.book.set_decline(rental_id, int(reason), detail)
+            log.warning("rental %d: declining (%s): %s", rental_id, reason.name, detail)
+        while True:
+            state = await self._send_agent_tx(rental_id, "decline",
+                                              self._escrow.functions.decline(rental_id, int(reason)))
+            status = state["status"]
+            if status is RentalStatus.DECLINED:
+                self.book.finish(rental_id, f"declined ({reason.name}): {detail}")
+                log.info("rental %d declined: the renter is refunded in full", rental_id)
+                return
+            if status is not RentalStatus.OPEN:
+                self.book.finish(rental_id, f"not declined: rental is {status.name}")
+                return
+            if self._clock() > state["since"] + await self._start_timeout_seconds():
+                self.book.finish(rental_id, "not declined before the start timeout")
+                return
+            await self._sleep_or_wake(rental_id, self._settings.chain_poll_seconds)
+
+    async def _send_agent_tx(self, rental_id: int, what: str, function: Any) -> dict[str, Any]:
+        """Sends `function` signed by the agent key, then returns the rental's state on chain. A call that
+        reverts (the rental already moved on) is not an error: the state says where it is."""
         async with self._tx_lock:
             try:
-                tx = await self._escrow.functions.start(rental_id).build_transaction({
+                tx = await function.build_transaction({
                     "from": self.address,
                     "nonce": await self._w3.eth.get_transaction_count(self.address, "pending"),
                     "chainId": self._settings.chain.chain_id,
@@ -283,9 +432,9 @@ class ProviderAgent:
                 tx_hash = await self._w3.eth.send_raw_transaction(signed.raw_transaction)
                 receipt = await self._w3.eth.wait_for_transaction_receipt(
                     tx_hash, timeout=self._settings.tx_timeout_seconds)
-                log.info("rental %d: start tx %s status %d", rental_id, tx_hash.hex(), receipt["status"])
+                log.info("rental %d: %s tx %s status %d", rental_id, what, tx_hash.hex(), receipt["status"])
             except Web3Exception as exc:
-                log.info("rental %d: start not sent or reverted (%s); reading the rental", rental_id, exc)
+                log.info("rental %d: %s not sent or reverted (%s); reading the rental", rental_id, what, exc)
         return await self._rental_state(rental_id)
 
     async def _rental_state(self, rental_id: int) -> dict[str, Any]:
@@ -295,18 +444,19 @@ class ProviderAgent:
         state["status"] = RentalStatus(state["status"])
         return state
 
-    async def _offer_gpus(self, offer_id: int) -> list[str]:
-        """The UUIDs of the offer's GPUs, in the offer's order, as this machine's telemetry source names them."""
+    async def _offer(self, offer_id: int) -> dict[str, Any]:
         function = self._registry.functions.getOffer(offer_id)
         offer = await function.call()
         names = [c["name"] for c in function.abi["outputs"][0]["components"]]
-        hashes = [bytes(h) for h in dict(zip(names, offer))["gpuUuidHashes"]]
-        here = {gpu_uuid_hash(gpu.uuid): gpu.uuid for gpu in self._source.gpus()}
-        missing = [h for h in hashes if h not in here]
-        if missing:
-            raise RentalNotRunnable(f"{len(missing)} GPU(s) of offer {offer_id} are not on this machine "
-                                    f"(first: 0x{missing[0].hex()})")
-        return [here[h] for h in hashes]
+        values = dict(zip(names, offer))
+        values["gpuUuidHashes"] = [bytes(h) for h in values["gpuUuidHashes"]]
+        return values
+
+    async def _start_timeout_seconds(self) -> int:
+        """The escrow's start timeout (immutable: read once)."""
+        if self._start_timeout is None:
+            self._start_timeout = await self._escrow.functions.startTimeout().call()
+        return self._start_timeout
 
     async def _sync_from_chain(self, record: RentalRecord) -> RentalRecord:
         """Takes the rental's end and state from the chain, for events missed while the agent was down."""
@@ -319,55 +469,139 @@ class ProviderAgent:
         return self._record(record.rental_id)
 
     async def _supervise(self, record: RentalRecord) -> None:
-        """Runs the job and reports until the rental is done."""
+        """Runs the job (or takes over the one an earlier life of the agent left running) and reports until the
+        rental is done."""
         rental_id = record.rental_id
-        spec = await self._specs.get(record.spec_hash)
-        gpu_uuids = await self._offer_gpus(record.offer_id)
-        if record.job_token is not None:
-            found = await kill_stale_job(record.job_token, record.job_kill_argv, self._settings.stop_grace_seconds)
-            log.warning("rental %d: stopped %d process(es) left by the agent's previous run", rental_id, found)
+        try:
+            prepared = await self._prepare(record, await self._specs.get(record.spec_hash))
+        except (RentalRefused, JobSpecMissing, JobSpecInvalid) as exc:
+            await self._fail_running(record, getattr(exc, "detail", str(exc)))
+            return
         record = await self._sync_from_chain(record)
         if record.finalized:
+            await self._discard_job(record)
             self.book.finish(rental_id, "finalized on chain")
             return
         buffer = self._buffers.get(rental_id)
         if buffer is None:  # an agent restarted mid-rental: what it did not sample while down is not delivered
-            buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(gpu_uuids))
+            buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(prepared.gpu_uuids))
         self._sampling.set()
         if record.terminated or self._clock() >= record.ends_at:
-            await self._close_period(record, gpu_uuids, buffer)
+            await self._discard_job(record)
+            await self._close_period(record, prepared.gpu_uuids, buffer)
             return
 
-        try:
-            launch = plan_job(spec, rental_id=rental_id, rental_dir=self._settings.rentals_dir / str(rental_id),
-                              gpu_uuids=gpu_uuids, runtime=self._settings.container_runtime)
-        except ValueError as exc:
-            raise RentalNotRunnable(str(exc)) from exc
-        deadline = record.job_deadline
-        if deadline is None and spec.timeout_seconds is not None:
-            deadline = self._clock() + spec.timeout_seconds
-        self.book.set_launch(rental_id, token=launch.token, kill_argv=launch.kill_argv, deadline=deadline)
-        job = SupervisedJob(launch, self._settings.stop_grace_seconds, deadline)
-        try:
-            await job.start()
-        except OSError as exc:
-            log.error("rental %d: the job could not be started: %s", rental_id, exc)
-            outcome = JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=False, stopped=False)
-            await self._complete(self._record(rental_id), gpu_uuids, buffer, outcome)
-            return
-        if isinstance(self._source, NvmlSource):
-            # The job leads its own process group; NVML's process list then tells whether it is on each GPU.
-            self._source.expected_pids = {job.pid}
+        job = await self._job_for(record, prepared)
+        self.book.set_job_started(rental_id, job.started_at)
+        self._watch_job_pid(rental_id, job)
         exit_task = asyncio.create_task(job.wait())
         try:
-            await self._report_until_done(rental_id, gpu_uuids, buffer, job, exit_task)
+            await self._report_until_done(rental_id, prepared.gpu_uuids, buffer, job, exit_task)
+        except asyncio.CancelledError:
+            if isinstance(job, ContainerJob) and self._settings.keep_jobs_on_exit:
+                exit_task.cancel()
+                await asyncio.gather(exit_task, return_exceptions=True)
+                log.info("rental %d: container %s keeps running for the agent's next start", rental_id, job.name)
+            raise
         finally:
             if not exit_task.done():
                 await asyncio.shield(job.stop())
                 await asyncio.shield(exit_task)
+        await self._remove_container(self._record(rental_id))
 
-    async def _report_until_done(self, rental_id: int, gpu_uuids: list[str], buffer: _SampleBuffer,
-                                 job: SupervisedJob, exit_task: asyncio.Task[JobOutcome]) -> None:
+    async def _job_for(self, record: RentalRecord, prepared: _Prepared) -> Job:
+        """The rental's job: its container still there (running or exited) taken over, else a new launch."""
+        rental_id = record.rental_id
+        spec = prepared.spec
+        files = self.files_of(rental_id)
+        deadline = record.job_deadline
+        if deadline is None and spec.timeout_seconds is not None:
+            deadline = self._clock() + spec.timeout_seconds
+        if self._engine is None:
+            if record.job_token is not None:
+                found = await kill_stale_job(record.job_token, self._settings.stop_grace_seconds)
+                log.warning("rental %d: stopped %d process(es) left by the agent's previous run", rental_id, found)
+            token = new_token()
+            self.book.set_launch(rental_id, isolation=ISOLATION_BARE, container=None, token=token, deadline=deadline)
+            job: Job = BareProcessJob(spec, files, rental_id=rental_id, gpu_uuids=prepared.gpu_uuids, token=token,
+                                      deadline=deadline, stop_grace_seconds=self._settings.stop_grace_seconds)
+            await job.start()
+            return job
+        if record.container is not None:
+            state = await self._engine.inspect(record.container)
+            if state is not None and (state.running or state.exited):
+                job = self._container_job(record, prepared, record.container, record.job_deadline)
+                await job.attach()
+                return job
+            if state is not None:
+                await self._engine.remove(record.container)
+            log.warning("rental %d: container %s is gone: launching the job again", rental_id, record.container)
+        name = container_name(rental_id)
+        self.book.set_launch(rental_id, isolation=ISOLATION_CONTAINER, container=name, token=None, deadline=deadline)
+        await asyncio.to_thread(files.prepare, spec.working_dir, self._job_owner())
+        job = self._container_job(record, prepared, name, deadline)
+        await job.start()
+        return job
+
+    def _job_owner(self) -> tuple[int, int] | None:
+        """Who owns the workspace: the job's user when the agent may give files away (it runs as root), else
+        nobody in particular (the workspace is then writable by every user that can reach it)."""
+        settings = self._settings.container
+        return (settings.uid, settings.gid) if os.geteuid() == 0 else None
+
+    def _container_job(self, record: RentalRecord, prepared: _Prepared, name: str,
+                       deadline: float | None) -> ContainerJob:
+        assert self._engine is not None and prepared.allowance is not None
+        spec, allowance = prepared.spec, prepared.allowance
+        files = self.files_of(record.rental_id)
+        # Simulated GPUs exist nowhere: a container of a simulated machine gets no GPU device.
+        devices = () if self._source.simulated else prepared.gpu_uuids
+        plan = ContainerPlan(
+            name=name, image=allowance.image, argv=tuple(spec.argv), workspace=files.work,
+            working_dir=spec.working_dir, env_file=files.env_file, log_path=files.container_log,
+            gpu_uuids=devices, memory_mib=allowance.memory_mib, cpus=allowance.cpus,
+            egress=allowance.egress, labels=labels(self.address, record.rental_id))
+        env = {**spec.env, "HOME": "/workspace", "CUDA_VISIBLE_DEVICES": ",".join(prepared.gpu_uuids),
+               "GPUEX_RENTAL_ID": str(record.rental_id)}
+        return ContainerJob(self._engine, plan, env, result_file=spec.result_file, deadline=deadline,
+                            stop_grace_seconds=self._settings.stop_grace_seconds,
+                            timeout_seconds=spec.timeout_seconds)
+
+    async def _discard_job(self, record: RentalRecord) -> None:
+        """Stops whatever is left of a rental's job that nobody waits for any more (after a restart)."""
+        if self._engine is None:
+            if record.job_token is not None:
+                await kill_stale_job(record.job_token, self._settings.stop_grace_seconds)
+            return
+        if record.container is not None:
+            await self._engine.stop(record.container, self._settings.stop_grace_seconds)
+            await self._remove_container(record)
+
+    async def _remove_container(self, record: RentalRecord) -> None:
+        """Removes a done rental's container (its logs stay in the rental's folder); the janitor retries."""
+        if self._engine is None or record.container is None:
+            return
+        try:
+            await self._engine.remove(record.container)
+        except EngineError as exc:
+            log.warning("rental %d: container %s not removed yet: %s", record.rental_id, record.container, exc)
+
+    def _watch_job_pid(self, rental_id: int, job: Job) -> None:
+        """Tells NVML which processes are jobs, so that a sample says whether a job is on each GPU."""
+        if job.host_pid is not None:
+            self._job_pids[rental_id] = job.host_pid
+            self._update_expected_pids()
+
+    def _forget_job(self, rental_id: int) -> None:
+        if self._job_pids.pop(rental_id, None) is not None:
+            self._update_expected_pids()
+
+    def _update_expected_pids(self) -> None:
+        if isinstance(self._source, NvmlSource):
+            self._source.expected_pids = set(self._job_pids.values())
+
+    async def _report_until_done(self, rental_id: int, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer,
+                                 job: Job, exit_task: asyncio.Task[JobOutcome]) -> None:
         interval = self._settings.report_interval_seconds
         wakeup = self._wakeups[rental_id]
         while True:
@@ -378,6 +612,7 @@ class ProviderAgent:
                 return
             if record.finalized:
                 await job.stop()
+                self._record_exit(rental_id, await exit_task)
                 self.book.finish(rental_id, "finalized on chain")
                 log.info("rental %d finalised on chain: job stopped", rental_id)
                 return
@@ -386,6 +621,7 @@ class ProviderAgent:
                 log.info("rental %d %s: stopping the job", rental_id,
                          "terminated by the renter" if record.terminated else "reached its end")
                 await job.stop()
+                self._record_exit(rental_id, await exit_task)
                 await self._close_period(record, gpu_uuids, buffer)
                 return
             if now >= record.period_start + interval:
@@ -399,20 +635,44 @@ class ProviderAgent:
             finally:
                 woken.cancel()
 
-    async def _complete(self, record: RentalRecord, gpu_uuids: list[str], buffer: _SampleBuffer,
+    def _record_exit(self, rental_id: int, outcome: JobOutcome) -> None:
+        self.book.record_exit(rental_id, exit_code=outcome.exit_code, job_reason=outcome.reason,
+                              job_finished_at=outcome.finished_at)
+
+    async def _complete(self, record: RentalRecord, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer,
                         outcome: JobOutcome) -> None:
         """The completion report of a job that exited by itself (or timed out)."""
         status = ReportStatus.COMPLETED if outcome.succeeded else ReportStatus.FAILED
         log.info("rental %d: job exited with %d%s: reporting %s", record.rental_id, outcome.exit_code,
-                 " after its timeout" if outcome.timed_out else "", status.name)
-        period_end = await self._period_end(record)
+                 f" ({outcome.reason})" if outcome.reason else "", status.name)
+        period_end = await self._period_end(record, outcome.finished_at)
         if period_end is None:
+            self._record_exit(record.rental_id, outcome)
             self.book.finish(record.rental_id, f"job {status.name.lower()} after the rental's end")
             return
-        self._commit_report(record, gpu_uuids, buffer, period_end, status=status, exit_code=outcome.exit_code,
-                            result_digest=outcome.result_digest)
+        self._commit_report(record, gpu_uuids, buffer, period_end, status=status, outcome=outcome)
 
-    async def _close_period(self, record: RentalRecord, gpu_uuids: list[str], buffer: _SampleBuffer) -> None:
+    async def _fail_running(self, record: RentalRecord, reason: str) -> None:
+        """Ends a started rental whose job cannot run (any more) with a Failed report that says why."""
+        log.error("rental %d: the job cannot run: %s", record.rental_id, reason)
+        await self._discard_job(record)
+        outcome = JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=False, stopped=False, reason=reason)
+        record = await self._sync_from_chain(record)
+        period_end = None if record.finalized else await self._period_end(record)
+        try:
+            offer = await self._offer(record.offer_id)
+            gpu_uuids = offer_gpus_here(offer["gpuUuidHashes"], (gpu.uuid for gpu in self._source.gpus()),
+                                        record.offer_id)
+        except RentalRefused:
+            period_end = None  # a report names the offer's GPUs, and they are no longer here
+        if period_end is None:
+            self._record_exit(record.rental_id, outcome)
+            self.book.finish(record.rental_id, f"failed: {reason}")
+            return
+        buffer = self._buffers.get(record.rental_id) or _SampleBuffer(frozenset(gpu_uuids))
+        self._commit_report(record, gpu_uuids, buffer, period_end, status=ReportStatus.FAILED, outcome=outcome)
+
+    async def _close_period(self, record: RentalRecord, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer) -> None:
         """The last Running report, up to the rental's end, of a rental that ended before its job did."""
         period_end = await self._period_end(record)
         if period_end is None:
@@ -420,9 +680,10 @@ class ProviderAgent:
             return
         self._commit_report(record, gpu_uuids, buffer, period_end, done="ended before the job")
 
-    async def _period_end(self, record: RentalRecord) -> int | None:
-        """The end of a rental's last period: now, but at most its end and at least one second after the period
-        start (waiting for it); None when the period start already reached the end."""
+    async def _period_end(self, record: RentalRecord, at: float | None = None) -> int | None:
+        """The end of a rental's last period: now (or `at`, when the job ended earlier), but at most the rental's
+        end and at least one second after the period start (waiting for it); None when the period start already
+        reached the end."""
         assert record.period_start is not None and record.ends_at is not None
         if record.period_start >= record.ends_at:
             return None
@@ -430,27 +691,33 @@ class ProviderAgent:
         now = self._clock()
         if now < earliest:
             await asyncio.sleep(earliest - now)
-        return min(max(int(self._clock()), earliest), record.ends_at)
+        end = self._clock() if at is None else min(self._clock(), math.ceil(at))
+        return min(max(int(end), earliest), record.ends_at)
 
-    def _commit_report(self, record: RentalRecord, gpu_uuids: list[str], buffer: _SampleBuffer, period_end: int,
-                       *, status: ReportStatus = ReportStatus.RUNNING, exit_code: int = 0,
-                       result_digest: bytes = ZERO_DIGEST, done: str | None = None) -> None:
-        """Builds, signs and queues the report of [period_start, period_end), advancing the rental in the same
-        transaction."""
+    def _commit_report(self, record: RentalRecord, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer,
+                       period_end: int, *, status: ReportStatus = ReportStatus.RUNNING,
+                       outcome: JobOutcome | None = None, done: str | None = None) -> None:
+        """Builds, signs and queues the report of [period_start, period_end), advancing the rental (and, for a
+        completion, recording how its job ended) in the same transaction."""
         assert record.period_start is not None
-        summary = summarize(buffer.samples, gpu_uuids, record.period_start, period_end)
+        exit_code = 0 if outcome is None else outcome.exit_code
+        summary = summarize(buffer.samples, list(gpu_uuids), record.period_start, period_end)
         report = TelemetryReport(
             rental_id=record.rental_id, seq=record.next_seq, period_start=record.period_start,
             period_end=period_end, delivered_seconds=summary.delivered_seconds, avg_util_bps=summary.avg_util_bps,
             peak_mem_mib=summary.peak_mem_mib, sample_count=summary.sample_count, gpu_uuids=tuple(gpu_uuids),
             telemetry_root=summary.telemetry_root, status=status, exit_code=exit_code,
-            result_digest=result_digest, simulated=self._source.simulated or summary.simulated)
+            result_digest=ZERO_DIGEST if outcome is None else outcome.result_digest,
+            simulated=self._source.simulated or summary.simulated)
         signature = report.sign(self._key, self._settings.chain.chain_id, self._settings.chain.registry)
         if status is not ReportStatus.RUNNING:
             done = f"job {status.name.lower()} (exit code {exit_code})"
+        exit_fields: dict[str, Any] = {} if outcome is None else {
+            "exit_code": outcome.exit_code, "job_reason": outcome.reason, "job_finished_at": outcome.finished_at}
         with transaction(self._db):
             self.outbox.enqueue(TelemetrySubmission(report=report, signature=signature))
-            self.book.advance(record.rental_id, next_seq=record.next_seq + 1, period_start=period_end, done=done)
+            self.book.advance(record.rental_id, next_seq=record.next_seq + 1, period_start=period_end, done=done,
+                              **exit_fields)
         buffer.drop_before(period_end)
         log.info("rental %d: report %d [%d, %d) %s: %d s delivered, %d bps, %d samples", record.rental_id,
                  report.seq, report.period_start, report.period_end, status.name, report.delivered_seconds,
@@ -463,6 +730,33 @@ class ProviderAgent:
             await asyncio.wait_for(wakeup.wait(), seconds)
         except TimeoutError:
             pass
+
+    # ---------------------------------------------------------------- housekeeping
+
+    async def _janitor_loop(self) -> None:
+        """Removes containers of rentals that are done, and folders of rentals done longer than the retention
+        period, now and every `janitor_interval_seconds`."""
+        while True:
+            try:
+                await self.clean_up()
+            except (EngineError, OSError) as exc:
+                log.warning("clean-up failed: %s", exc)
+            await asyncio.sleep(self._settings.janitor_interval_seconds)
+
+    async def clean_up(self) -> None:
+        """One pass of the janitor."""
+        if self._engine is not None:
+            for name in await self._engine.labelled(AGENT_LABEL, self.address):
+                record = self.book.by_container(name)
+                if record is None or (record.phase is Phase.DONE and record.rental_id not in self._wakeups):
+                    log.info("removing container %s of a finished or unknown rental", name)
+                    await self._engine.remove(name)
+        for record in self.book.expired_folders(self._clock() - self._settings.workspace_retention_seconds):
+            if record.rental_id in self._wakeups:
+                continue
+            await asyncio.to_thread(self.files_of(record.rental_id).remove)
+            self.book.mark_cleaned(record.rental_id)
+            log.info("rental %d: folder removed after the retention period", record.rental_id)
 
     # ---------------------------------------------------------------- telemetry
 
@@ -482,4 +776,4 @@ class ProviderAgent:
                 return
             except TelemetryError as exc:
                 log.warning("telemetry sample failed: %s", exc)
-                await asyncio.sleep(interval)
+                await asyncio.sleep(self._settings.sample_interval_seconds)

@@ -1,18 +1,27 @@
 """The agent's settings: `AgentSettings` plus what only the job runner, watcher and outbox need.
 
-Same environment prefix (`GPUEX_AGENT_`); for example `GPUEX_AGENT_SPEC_URL=https://specs.example/{hash}`,
-`GPUEX_AGENT_CONTAINER_RUNTIME=podman`.
+Same environment prefix (`GPUEX_AGENT_`), nested keys with `__`; for example
+`GPUEX_AGENT_SPEC_URL=https://specs.example/{hash}`, `GPUEX_AGENT_CONTAINER__MEMORY_MIB_PER_GPU=32768`,
+`GPUEX_AGENT_CONTAINER__DEFAULT_IMAGE=docker.io/pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from offchain.agent.job import ContainerRuntime
+from offchain.agent.containers import ContainerSettings
 from offchain.agent.store import DB_FILE_NAME
 from offchain.config import AgentSettings
+
+#: Chain ids of local development chains (Brownie's and Hardhat's, anvil's): the only chains on which the agent
+#: may run jobs as bare host processes.
+LOCAL_CHAIN_IDS = frozenset({1337, 31337})
+
+
+class UnsafeModeRefused(ValueError):
+    """`unsafe_bare_process` was asked for on a chain that is not a local development chain."""
 
 
 class ProviderAgentSettings(AgentSettings):
@@ -20,7 +29,14 @@ class ProviderAgentSettings(AgentSettings):
 
     spec_dir: Path | None = None  # job specs by hash; default `<state_dir>/specs`
     spec_url: str | None = None  # URL template with `{hash}` to fetch specs that are not in spec_dir
-    container_runtime: ContainerRuntime | None = None  # needed for job specs that name an image
+    spec_wait_seconds: float = Field(default=120.0, gt=0)  # then the rental is declined (capped: see service)
+    container: ContainerSettings = ContainerSettings()
+    # Runs jobs as bare processes of the agent's own user, with no isolation at all: local chains only.
+    unsafe_bare_process: bool = False
+    # A clean stop leaves running containers to a restarted agent; False stops them (demos and tests).
+    keep_jobs_on_exit: bool = True
+    workspace_retention_seconds: float = Field(default=7 * 86_400.0, ge=0)  # results and logs after the end
+    janitor_interval_seconds: float = Field(default=60.0, gt=0)
     stop_grace_seconds: float = Field(default=10.0, gt=0)
     sample_interval_seconds: float = Field(default=1.0, gt=0)
     chain_poll_seconds: float = Field(default=2.0, gt=0)
@@ -38,6 +54,15 @@ class ProviderAgentSettings(AgentSettings):
             raise ValueError("spec_url must contain {hash}")
         return value
 
+    @model_validator(mode="after")
+    def _unsafe_only_locally(self) -> "ProviderAgentSettings":
+        if self.unsafe_bare_process and self.chain.chain_id not in LOCAL_CHAIN_IDS:
+            raise UnsafeModeRefused(
+                f"unsafe_bare_process is refused on chain {self.chain.chain_id}: it runs renters' jobs as bare "
+                f"processes of the agent's user, for a local development chain "
+                f"({', '.join(map(str, sorted(LOCAL_CHAIN_IDS)))}) only")
+        return self
+
     @property
     def spec_directory(self) -> Path:
         return self.spec_dir if self.spec_dir is not None else self.state_dir / "specs"
@@ -48,5 +73,5 @@ class ProviderAgentSettings(AgentSettings):
 
     @property
     def rentals_dir(self) -> Path:
-        """Per-rental workspaces and job logs: `<state_dir>/rentals/<rental id>/`."""
+        """Per-rental folders: `<state_dir>/rentals/<rental id>/` (`offchain.agent.workspace.RentalFiles`)."""
         return self.state_dir / "rentals"

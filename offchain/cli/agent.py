@@ -4,8 +4,12 @@ SIGTERM.
 Settings are `GPUEX_AGENT_*` (`ProviderAgentSettings`); the key is `GPUEX_AGENT_KEY` or `GPUEX_AGENT_KEY_FILE`.
 What the command line resolves fills the rest unless the environment sets it: the chain from the deployment
 record, the provider from the registry (the provider whose agent this key is), the oracle from the devnet, and on
-the devnet the spec directory (where `gpuex rent` puts specs) and a state directory per agent key. On a live
-network the agent fetches specs it does not hold from `GPUEX_AGENT_SPEC_URL` (a URL template with `{hash}`).
+the devnet the spec directory (where `gpuex rent` puts specs), a state directory per agent key and the busybox job
+image (built here if missing) for specs that name no image. On a live network the agent fetches specs it does not
+hold from `GPUEX_AGENT_SPEC_URL` (a URL template with `{hash}`).
+
+Every job runs in a hardened podman (or docker) container. `--unsafe-bare-process` runs jobs as bare processes of
+the agent's own user instead, with no isolation; the agent refuses it on every chain but a local development one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--oracle", dest="oracles", action="append", metavar="URL",
                             help=f"an oracle's base URL; repeat for more (${PREFIX}ORACLES; default on the devnet: "
                                  "its oracle)")
+    run_parser.add_argument("--unsafe-bare-process", action="store_true",
+                            help="run jobs as bare processes of this user, unisolated (local dev chains only; "
+                                 f"${PREFIX}UNSAFE_BARE_PROCESS)")
     add_gpu_options(run_parser, by_uuid=False)
 
 
@@ -67,6 +74,11 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
                 values["spec_dir"] = devnet.spec_dir(ctx.devnet_dir)
             if not env_sets(f"{PREFIX}STATE_DIR"):
                 values["state_dir"] = devnet.agent_dir(ctx.devnet_dir, agent)
+            if not args.unsafe_bare_process and not env_sets(f"{PREFIX}CONTAINER__DEFAULT_IMAGE"):
+                devnet.build_job_image()
+                values["container"] = {"default_image": devnet.DEV_JOB_IMAGE}
+        if args.unsafe_bare_process:
+            values["unsafe_bare_process"] = True
         if args.simulated is not None:
             values["allow_simulated"] = True
         source = telemetry_source(args, ctx, provider)

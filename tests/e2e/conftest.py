@@ -28,7 +28,7 @@ from offchain.telemetry.source import TelemetrySource
 from scripts.deploy import SuiteParams, deploy_suite
 from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE, fund_and_stake
 # Shared fixtures; their dependencies (e.g. `suite` for chain_settings) resolve to this directory's fixtures.
-from tests.offchain.conftest import chain_settings, deployer, provider, renter, rpc_url, token  # noqa: F401
+from tests.offchain.conftest import chain_settings, deployer, job_image, provider, renter, rpc_url, token  # noqa: F401
 
 #: Short timers so that the keeper's calls come due on the wall clock within seconds.
 START_TIMEOUT = 8

@@ -6,32 +6,31 @@ every report the oracles accepted landed on chain exactly once."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from brownie import web3
+from eth_utils import keccak
 
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
-from offchain.agent.watcher import RentalStatus
 from offchain.reports import ReportStatus
+from offchain.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.simulated import Outage, SimulatedSource
-from offchain.processes import process_alive
 from tests.e2e.conftest import PARAMS, running_exchange, stored_reports
 from tests.offchain.conftest import PRICE
 
 TRACE = Path(__file__).resolve().parents[1] / "data" / "trace-simulated-2gpu.jsonl"
-PY = sys.executable
 DURATION = 300  # seconds paid for; every scenario ends long before
 BPS = 10_000
 SLASH_NONE, SLASH_START_TIMEOUT, SLASH_SLA = 0, 1, 2
 
 
-def job(code: str) -> JobSpec:
-    return JobSpec(command=(PY, "-c", code))
+def job(script: str) -> JobSpec:
+    """A shell script, run in a container of the busybox job image (the in-process agent's default image)."""
+    return JobSpec(command=("sh", "-c", script))
 
 
 def rental_state(suite, rental_id: int) -> dict:
@@ -154,7 +153,7 @@ def run_to_final(suite, chain_settings, provider, renter, tmp_path, offer_id: in
 
 def test_completed_job_pays_the_provider_for_delivered_seconds(suite, chain_settings, provider, treasury, renter,
                                                                replay_offer, tmp_path):
-    spec = job("import time; time.sleep(4); print('trained')")
+    spec = job("sleep 4; echo trained")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
     rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, replay_offer, spec,
@@ -173,7 +172,7 @@ def test_completed_job_pays_the_provider_for_delivered_seconds(suite, chain_sett
 
 def test_failed_job_settles_failed_with_its_exit_code(suite, chain_settings, provider, treasury, renter,
                                                       replay_offer, tmp_path):
-    spec = job("import sys, time; time.sleep(3); sys.exit(3)")
+    spec = job("sleep 3; exit 3")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
     rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, replay_offer, spec,
@@ -192,7 +191,7 @@ def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(suite, chain_s
     # GPU 1 of 2 is down for 5 s of a ~10 s rental: far more than the 5% the 95% SLA allows.
     source = SimulatedSource("NVIDIA H100 80GB HBM3", 2, seed=4242, outages=[Outage(gpu_index=1, start_s=2, end_s=7)])
     offer_id = list_offer([gpu.uuid for gpu in source.gpus()])
-    spec = job("import time; time.sleep(8)")
+    spec = job("sleep 8")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
     rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, offer_id, spec, source)
@@ -210,7 +209,7 @@ def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(suite, chain_s
 
 def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_settings, provider, treasury,
                                                                    renter, replay_offer, tmp_path):
-    spec = job("import os, time; open('job.pid', 'w').write(str(os.getpid())); time.sleep(300)")
+    spec = job("touch started; sleep 300")
     put_spec(tmp_path, spec)
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
@@ -218,14 +217,13 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_
         async with running_exchange(chain_settings, tmp_path, provider.address,
                                     ReplaySource(TRACE, rebase=True)) as ex:
             rental_id = await asyncio.to_thread(open_rental, suite, replay_offer, spec, renter)
-            pid_file = tmp_path / "agent" / "rentals" / str(rental_id) / "work" / "job.pid"
+            started = tmp_path / "agent" / "rentals" / str(rental_id) / "work" / "started"
             await ex.until_chain(lambda: len(events(suite, "ReportApplied", rental_id, from_block)) >= 3, 30,
                                  "three reports on chain")
-            assert pid_file.exists()
-            pid = int(pid_file.read_text())
+            assert started.exists()
             tx = await asyncio.to_thread(suite.escrow.terminate, rental_id, {"from": renter})
             ends_at = tx.events["RentalTerminated"]["endsAt"]
-            await ex.until(lambda: not process_alive(pid), 10, "the job to be stopped")
+            await ex.until(lambda: ex.agent.book.get(rental_id).exit_code is not None, 15, "the job to be stopped")
             await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
             await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final,
                                  PARAMS.report_grace + 30, "the keeper to finalise the rental")
@@ -248,7 +246,7 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_
 def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings, provider, treasury, renter,
                                                           list_offer, tmp_path):
     offer_id = list_offer()  # its provider runs no agent for it
-    spec = job("print('never runs')")
+    spec = job("echo never runs")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
     async def main() -> int:
@@ -271,3 +269,34 @@ def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings,
     moved = Balances.of(suite, provider, treasury, renter) - before
     assert moved == Balances(provider=0, treasury=0, renter=PRICE * DURATION, compensation=compensation)
     assert events(suite, "ReportApplied", rental_id, from_block) == []
+
+
+def test_a_rental_the_agent_cannot_serve_is_declined_and_refunded_in_full(suite, chain_settings, provider, treasury,
+                                                                         renter, replay_offer, tmp_path):
+    """The renter never hands over its spec: the agent declines within its spec wait (half the start timeout), the
+    renter gets the whole deposit back, nothing is slashed, and the keeper has nothing to do."""
+    spec_hash = keccak(text="a spec the renter never sends")
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+    declines = suite.registry.getProvider(provider).dict()["declines"]
+
+    async def main() -> int:
+        async with running_exchange(chain_settings, tmp_path, provider.address,
+                                    ReplaySource(TRACE, rebase=True)) as ex:
+            tx = await asyncio.to_thread(suite.escrow.openRental, replay_offer, DURATION, PRICE, spec_hash,
+                                         {"from": renter})
+            rental_id = tx.return_value
+            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final, PARAMS.start_timeout,
+                                 "the decline")
+            assert [a for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == []
+            return rental_id
+
+    rental_id = asyncio.run(main())
+
+    assert rental_state(suite, rental_id)["status"] is RentalStatus.DECLINED
+    (declined,) = events(suite, "RentalDeclined", rental_id, from_block)
+    assert declined["reason"] == DeclineReason.SPEC_MISSING
+    (final,) = events(suite, "RentalFinalized", rental_id, from_block)
+    assert (final["refund"], final["slashed"], final["providerPayout"]) == (PRICE * DURATION, 0, 0)
+    moved = Balances.of(suite, provider, treasury, renter) - before
+    assert moved == Balances(provider=0, treasury=0, renter=PRICE * DURATION, compensation=0)
+    assert suite.registry.getProvider(provider).dict()["declines"] == declines + 1

@@ -134,7 +134,7 @@ def test_the_deploy_script_records_the_suite_and_a_rerun_sends_nothing(deploymen
     assert nonce == 4, "token, registry, escrow, oracle set: and nothing from the rerun"
 
 
-def test_one_rental_through_the_cli(deployment, testnet):
+def test_one_rental_through_the_cli(deployment, testnet, job_image):
     _, record = deployment
     root, env, keys, w3 = testnet
     token = w3.eth.contract(address=record["payment_token"], abi=load_artifact("TestStablecoin")["abi"])
@@ -177,7 +177,7 @@ def test_one_rental_through_the_cli(deployment, testnet):
             "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "2"})
         time.sleep(3)  # the agent watches the chain from its head: let it start before the rental opens
         spec = root / "job.json"
-        spec.write_text(json.dumps({"command": [sys.executable, "-c", "import time; time.sleep(6)"]}))
+        spec.write_text(json.dumps({"command": ["sleep", "6"], "image": job_image}))
         rental = gpuex("renter", "rent", str(offer), "--duration", f"{RENTAL_SECONDS}s", "--spec", str(spec),
                        "--approve", "--spec-dir", str(root / "specs"))["rental"]["rental_id"]
         deadline = time.monotonic() + 90

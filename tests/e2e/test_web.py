@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from offchain import deployments, devnet
+from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
@@ -89,14 +89,14 @@ def browser():
         driver.quit()
 
 
-def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, monkeypatch, browser):
+def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, monkeypatch, browser, job_image):
     monkeypatch.setenv(deployments.DIR_ENV, str(tmp_path / "deployments"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "web-failure.png").unlink(missing_ok=True)
-    asyncio.run(_scenario(tmp_path, browser))
+    asyncio.run(_scenario(tmp_path, browser, job_image))
 
 
-async def _scenario(tmp_path: Path, driver) -> None:
+async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
     state_dir = tmp_path / "devnet"
     state = await devnet.up(state_dir, port=ANVIL_PORT, oracle_port=ORACLE_PORT, epoch_seconds=1.0,
                             say=lambda _: None)
@@ -109,7 +109,8 @@ async def _scenario(tmp_path: Path, driver) -> None:
             chain=state.deployment.chain_settings(state.rpc_url), key=_key(state_dir, "agent"),
             provider=state.accounts["provider"], oracles=[state.oracle_url], allow_simulated=True,
             state_dir=tmp_path / "agent", report_interval_seconds=1.0, chain_poll_seconds=0.5,
-            start_block=state.deployment.start_block, retry_initial_seconds=0.2, retry_max_seconds=1.0), source)
+            start_block=state.deployment.start_block, retry_initial_seconds=0.2, retry_max_seconds=1.0,
+            container=ContainerSettings(default_image=job_image), keep_jobs_on_exit=False), source)
         agent_task = asyncio.create_task(agent.run(), name="agent")
         web = f"{state.oracle_url}/web"
         await _until_reports(f"{web}/api/rentals/{rented}", 2, agent_task)
@@ -159,7 +160,7 @@ async def _market(w3, state, state_dir: Path, source: SimulatedSource, spec_dir:
         hashes = [gpu_uuid_hash(uuids[role].pop(0)) for _ in range(count)]
         terms = (pack_text(model, 32), vram, price, 60, 86_400, pack_text(region, 16), 10_000, False, hashes)
         await wallets[role].transact(registry.functions.createOffer(terms))
-    spec = JobSpec(command=(sys.executable, "-c", "import time; time.sleep(600)"))
+    spec = JobSpec(command=("sleep", "600"))
     JobSpecStore(spec_dir).put(spec)
     await wallets["renter"].transact(escrow.functions.openRental(1, RENTAL_SECONDS, OFFERS[0][5], spec.spec_hash()))
     return rental_id(1, 1)

@@ -12,6 +12,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from offchain.config import ChainSettings
+from offchain.devnet import DEV_JOB_IMAGE, build_job_image
 from offchain.messages import gpu_uuid_hash
 from scripts.deploy import USDC, SuiteParams, deploy_suite
 
@@ -21,6 +22,13 @@ AGENT_KEY = keccak(text="gpuex offchain agent")
 AGENT = Account.from_key(AGENT_KEY)
 GPU_UUIDS = ("GPU-0b1f7c2e-8d7a-4a51-9e0c-3f6d2b9a1c11", "GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22")
 PRICE = 1_000
+
+
+@pytest.fixture(scope="session")
+def job_image() -> str:
+    """The busybox job image, built with podman from Debian's busybox-static if it is not there yet."""
+    build_job_image()
+    return DEV_JOB_IMAGE
 
 
 @pytest.fixture(scope="session")

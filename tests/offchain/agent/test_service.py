@@ -1,5 +1,5 @@
-"""The provider agent end to end: rentals opened on the real anvil, jobs run as real processes, reports posted to
-real oracle endpoints on loopback, and the reports then applied by the real escrow."""
+"""The provider agent end to end: rentals opened on the real anvil, jobs run in real podman containers, reports posted
+to real oracle endpoints on loopback, and the reports then applied by the real escrow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sqlite3
-import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,26 +17,27 @@ import pytest
 from brownie import web3
 from eth_utils import keccak
 
-from offchain.agent.job import ZERO_DIGEST
-from offchain.agent.jobspec import JobSpec, JobSpecStore
+from offchain.agent.containers import AGENT_LABEL, Engine
+from offchain.agent.jobspec import JobResources, JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
 from offchain.agent.service import SIMULATED_LABEL, ProviderAgent, SimulatedTelemetryRefused
-from offchain.agent.watcher import RentalStatus
 from offchain.chain import PROJECT_ROOT
 from offchain.messages import TelemetryReport
 from offchain.reports import EscrowDomain, Report, ReportStatus, sign_batch
+from offchain.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
-from offchain.processes import process_alive
+from offchain.telemetry.simulated import SimulatedSource
+from offchain.telemetry.source import TelemetrySource
 from tests.offchain.agent.helpers import wait_until
 from tests.offchain.agent.oracle_server import RecordingOracle
 from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, PRICE
 
-PY = sys.executable
 DURATION = 600
 
 
-def job(code: str, **fields) -> JobSpec:
-    return JobSpec(command=(PY, "-c", code), **fields)
+def job(script: str, **fields) -> JobSpec:
+    """A shell script run in the busybox job image (the agent's default image in these tests)."""
+    return JobSpec(command=("sh", "-c", script), **fields)
 
 
 async def start_oracles(settings, count: int = 2) -> list[RecordingOracle]:
@@ -66,6 +66,25 @@ async def running(agent: ProviderAgent) -> AsyncIterator[Callable[..., object]]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def agent_with_oracles(settings, source, count: int = 1):
+    """A running agent reporting to `count` recording oracles; yields (agent, oracles, until)."""
+    oracles = await start_oracles(settings, count)
+    agent = ProviderAgent(settings.model_copy(update={"oracles": [o.url for o in oracles]}), source)
+    try:
+        async with running(agent) as until:
+            yield agent, oracles, until
+    finally:
+        for oracle in oracles:
+            await oracle.stop()
+
+
+async def open_rental(suite, renter, offer_id: int, spec: JobSpec, duration: int = DURATION) -> int:
+    tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, duration, PRICE, spec.spec_hash(),
+                                 {"from": renter})
+    return tx.return_value
 
 
 def final_report(oracle: RecordingOracle, rental_id: int) -> TelemetryReport | None:
@@ -99,26 +118,42 @@ def rental_state(suite, rental_id: int) -> dict:
     return state
 
 
+def book_row(settings, rental_id: int) -> sqlite3.Row:
+    with sqlite3.connect(settings.db_path) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute("SELECT * FROM rentals WHERE rental_id = ?", (str(rental_id),)).fetchone()
+
+
+def agent_outcome(settings, rental_id: int) -> str:
+    return book_row(settings, rental_id)["outcome"]
+
+
+def undelivered(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT COUNT(*) FROM outbox_deliveries WHERE state != 'acked'").fetchone()[0]
+
+
+def our_containers(engine: Engine) -> list[str]:
+    return asyncio.run(engine.labelled(AGENT_LABEL, AGENT.address))
+
+
 def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter, relayer, gpu_offer, agent_settings,
                                                                  caplog):
     caplog.set_level(logging.INFO, logger="offchain.agent")
     listed = gpu_offer()
     settings = agent_settings([])
-    spec = job("import time; time.sleep(4); print('trained')")
+    spec = job("sleep 4; echo trained")
     JobSpecStore(settings.spec_directory).put(spec)
 
     async def main():
-        oracles = await start_oracles(settings)
-        agent = ProviderAgent(settings.model_copy(update={"oracles": [o.url for o in oracles]}), listed.source)
-        try:
-            async with running(agent) as until:
-                rental = (await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, DURATION, PRICE,
-                                                  spec.spec_hash(), {"from": renter})).return_value
-                await until(lambda: all(final_report(o, rental) for o in oracles), 40, "the completion report")
-                await until(lambda: agent.book.get(rental).phase is Phase.DONE, 5, "the rental to be done")
-        finally:
-            for oracle in oracles:
-                await oracle.stop()
+        async with agent_with_oracles(settings, listed.source, count=2) as (agent, oracles, until):
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
+            await until(lambda: all(final_report(o, rental) for o in oracles), 40, "the completion report")
+            await until(lambda: agent.book.get(rental).phase is Phase.DONE, 5, "the rental to be done")
+            engine, name = Engine(settings.container), agent.book.get(rental).container
+            deadline = time.monotonic() + 10
+            while name in await engine.labelled(AGENT_LABEL, AGENT.address) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
         return rental, oracles
 
     rental, oracles = asyncio.run(main())
@@ -136,6 +171,10 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
     assert sum(r.delivered_seconds for r in reports) >= 2
     assert all(r.sample_count >= 2 * r.delivered_seconds for r in reports)
     assert all(o.violations == [] and set(o.statuses()) == {202} for o in oracles)
+    row = book_row(settings, rental)
+    assert (row["isolation"], row["exit_code"], row["job_reason"]) == ("container", 0, None)
+    assert row["container"] not in our_containers(Engine(settings.container)), "removed once reported"
+    assert b"trained" in (settings.rentals_dir / str(rental) / "container.log").read_bytes()
 
     settle(suite, relayer, reports)
     settled = rental_state(suite, rental)
@@ -146,29 +185,26 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
     assert agent_lines and all(r.getMessage().startswith(SIMULATED_LABEL) for r in agent_lines)
 
 
-@pytest.mark.parametrize("spec, exit_code, digest", [
-    pytest.param(job("import sys, time; time.sleep(2); open('loss.txt', 'w').write('nan'); sys.exit(3)",
-                     result_file="loss.txt"), 3, keccak(b"nan"), id="exit-3"),
-    pytest.param(job("import time; time.sleep(300)", timeout_seconds=2), -signal.SIGTERM, keccak(b""),
-                 id="timeout"),
-    pytest.param(JobSpec(command=("/nonexistent/bin/train",)), 127, ZERO_DIGEST, id="not-startable"),
+@pytest.mark.parametrize("spec, exit_code, digest, reason", [
+    pytest.param(job("sleep 2; printf nan > loss.txt; exit 3", result_file="loss.txt"), 3, keccak(b"nan"),
+                 "exited with code 3", id="exit-3"),
+    pytest.param(job("sleep 300", timeout_seconds=2), 143, keccak(b""), "timeout of 2 s", id="timeout"),
+    pytest.param(JobSpec(command=("/nonexistent/bin/train",)), 1, keccak(b""), "exited with code 1",
+                 id="not-in-image"),
+    pytest.param(job("head -c 300000000 /dev/zero | tail", resources=JobResources(memory_mib=32)), 137, keccak(b""),
+                 "memory limit of 32 MiB", id="out-of-memory"),
 ])
-def test_a_failing_job_sends_a_failed_report_with_its_exit_code_and_result(suite, renter, relayer, gpu_offer,
-                                                                          agent_settings, spec, exit_code, digest):
+def test_a_failing_job_sends_a_failed_report_with_its_exit_code_and_reason(suite, renter, relayer, gpu_offer,
+                                                                          agent_settings, spec, exit_code, digest,
+                                                                          reason):
     listed = gpu_offer()
     settings = agent_settings([])
     JobSpecStore(settings.spec_directory).put(spec)
 
     async def main():
-        oracles = await start_oracles(settings, count=1)
-        agent = ProviderAgent(settings.model_copy(update={"oracles": [oracles[0].url]}), listed.source)
-        try:
-            async with running(agent) as until:
-                rental = (await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, DURATION, PRICE,
-                                                  spec.spec_hash(), {"from": renter})).return_value
-                await until(lambda: final_report(oracles[0], rental) is not None, 30, "the completion report")
-        finally:
-            await oracles[0].stop()
+        async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
+            await until(lambda: final_report(oracles[0], rental) is not None, 30, "the completion report")
         return rental, oracles[0]
 
     rental, oracle = asyncio.run(main())
@@ -177,6 +213,7 @@ def test_a_failing_job_sends_a_failed_report_with_its_exit_code_and_result(suite
     assert_continuous(reports, rental_state(suite, rental)["since"])
     assert (reports[-1].status, reports[-1].exit_code, reports[-1].result_digest) == (
         ReportStatus.FAILED, exit_code, digest)
+    assert reason in book_row(settings, rental)["job_reason"]
     settle(suite, relayer, reports)
     assert rental_state(suite, rental)["status"] is RentalStatus.FAILED
 
@@ -185,21 +222,15 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
                                                                           agent_settings):
     listed = gpu_offer(min_duration=1)
     settings = agent_settings([])
-    spec = job("import os, time; open('job.pid', 'w').write(str(os.getpid())); time.sleep(300)")
+    spec = job("trap 'echo stopped >> stopped; exit 0' TERM; while true; do sleep 0.1; done")
     JobSpecStore(settings.spec_directory).put(spec)
 
     async def main():
-        oracles = await start_oracles(settings, count=1)
-        agent = ProviderAgent(settings.model_copy(update={"oracles": [oracles[0].url]}), listed.source)
-        try:
-            async with running(agent) as until:
-                rental = (await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, 4, PRICE,
-                                                  spec.spec_hash(), {"from": renter})).return_value
-                await until(lambda: agent.book.get(rental) is not None
-                            and agent.book.get(rental).phase is Phase.DONE, 30, "the rental to end")
-                await until(lambda: agent.outbox.pending_count() == 0, 10, "the last report to be delivered")
-        finally:
-            await oracles[0].stop()
+        async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
+            rental = await open_rental(suite, renter, listed.offer_id, spec, duration=4)
+            await until(lambda: agent.book.get(rental) is not None
+                        and agent.book.get(rental).phase is Phase.DONE, 30, "the rental to end")
+            await until(lambda: agent.outbox.pending_count() == 0, 10, "the last report to be delivered")
         return rental, oracles[0]
 
     rental, oracle = asyncio.run(main())
@@ -212,7 +243,8 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
     first = reports[0]
     assert first.delivered_seconds == first.period_end - first.period_start, "sampled from the billed start"
     assert agent_outcome(settings, rental) == "ended before the job"
-    assert not process_alive(int((settings.rentals_dir / str(rental) / "work" / "job.pid").read_text()))
+    assert (settings.rentals_dir / str(rental) / "work" / "stopped").read_text() == "stopped\n"
+    assert book_row(settings, rental)["job_reason"] == "stopped by the provider's agent because the rental ended"
     settle(suite, relayer, reports)
     assert rental_state(suite, rental)["reportedSeconds"] == 4
 
@@ -221,32 +253,26 @@ def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, rent
                                                                      agent_settings):
     listed = gpu_offer()
     settings = agent_settings([])
-    spec = job("import os, time; open('job.pid', 'w').write(str(os.getpid())); time.sleep(300)")
+    spec = job("sleep 300")
     JobSpecStore(settings.spec_directory).put(spec)
 
     async def main():
-        oracles = await start_oracles(settings, count=1)
-        oracle = oracles[0]
-        agent = ProviderAgent(settings.model_copy(update={"oracles": [oracle.url]}), listed.source)
-        try:
-            async with running(agent) as until:
-                rental = (await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, DURATION, PRICE,
-                                                  spec.spec_hash(), {"from": renter})).return_value
-                await until(lambda: len(oracle.accepted_reports(rental)) >= 2, 30, "two reports")
-                terminate = await asyncio.to_thread(suite.escrow.terminate, rental, {"from": renter})
-                terminated_at = time.monotonic()
-                await until(lambda: agent.book.get(rental).phase is Phase.DONE, 15, "the agent to close the rental")
-                stopped_after = time.monotonic() - terminated_at
-                await until(lambda: agent.outbox.pending_count() == 0, 10, "the last report to be delivered")
-        finally:
-            await oracle.stop()
-        return rental, oracle, terminate.timestamp, stopped_after
+        async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
+            oracle = oracles[0]
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
+            await until(lambda: len(oracle.accepted_reports(rental)) >= 2, 30, "two reports")
+            terminate = await asyncio.to_thread(suite.escrow.terminate, rental, {"from": renter})
+            terminated_at = time.monotonic()
+            await until(lambda: agent.book.get(rental).phase is Phase.DONE, 15, "the agent to close the rental")
+            stopped_after = time.monotonic() - terminated_at
+            await until(lambda: agent.outbox.pending_count() == 0, 10, "the last report to be delivered")
+            container = agent.book.get(rental).container
+        return rental, oracle, terminate.timestamp, stopped_after, container
 
-    rental, oracle, ends_at, stopped_after = asyncio.run(main())
+    rental, oracle, ends_at, stopped_after, container = asyncio.run(main())
 
-    job_pid = int((settings.rentals_dir / str(rental) / "work" / "job.pid").read_text())
-    assert not process_alive(job_pid)
-    assert stopped_after < 10
+    assert container not in our_containers(Engine(settings.container))
+    assert stopped_after < 15
     reports = oracle.accepted_reports(rental)
     state = rental_state(suite, rental)
     assert state["status"] is RentalStatus.TERMINATED
@@ -260,23 +286,13 @@ def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, rent
     assert rental_state(suite, rental)["lastSeq"] == reports[-1].seq
 
 
-def undelivered(db_path: Path) -> int:
-    with sqlite3.connect(db_path) as db:
-        return db.execute("SELECT COUNT(*) FROM outbox_deliveries WHERE state != 'acked'").fetchone()[0]
-
-
-def agent_outcome(settings, rental_id: int) -> str:
-    with sqlite3.connect(settings.db_path) as db:
-        return db.execute("SELECT outcome FROM rentals WHERE rental_id = ?", (str(rental_id),)).fetchone()[0]
-
-
 def test_a_rental_its_first_report_already_started_continues_from_the_chain(suite, renter, relayer, gpu_offer,
                                                                            agent_settings):
     """start() reverts (the rental runs since its opening, started by a report): the agent sends no transaction
     and continues the report sequence from the chain's lastSeq and reportedSeconds."""
     listed = gpu_offer()
     settings = agent_settings([])
-    spec = job("import time; time.sleep(2)")
+    spec = job("sleep 2")
     JobSpecStore(settings.spec_directory).put(spec)
     opened = suite.escrow.openRental(listed.offer_id, DURATION, PRICE, spec.spec_hash(), {"from": renter})
     rental, opened_at = opened.return_value, opened.timestamp
@@ -316,19 +332,13 @@ def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, 
     listed = gpu_offer(source=ReplaySource(PROJECT_ROOT / "tests" / "data" / "trace-simulated-2gpu.jsonl",
                                            rebase=True))
     settings = agent_settings([])
-    spec = job("import time; time.sleep(3)")
+    spec = job("sleep 3")
     JobSpecStore(settings.spec_directory).put(spec)
 
     async def main():
-        oracles = await start_oracles(settings, count=1)
-        agent = ProviderAgent(settings.model_copy(update={"oracles": [oracles[0].url]}), listed.source)
-        try:
-            async with running(agent) as until:
-                rental = (await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, DURATION, PRICE,
-                                                  spec.spec_hash(), {"from": renter})).return_value
-                await until(lambda: final_report(oracles[0], rental) is not None, 30, "the completion report")
-        finally:
-            await oracles[0].stop()
+        async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
+            await until(lambda: final_report(oracles[0], rental) is not None, 30, "the completion report")
         return rental, oracles[0]
 
     rental, oracle = asyncio.run(main())
@@ -348,24 +358,16 @@ def test_simulated_telemetry_is_refused_without_the_explicit_flag(gpu_offer, age
         ProviderAgent(agent_settings(["http://127.0.0.1:9"], allow_simulated=False), gpu_offer().source)
 
 
-def test_kill_9_and_restart_loses_no_report_and_resends_none_an_oracle_acked(suite, renter, relayer, gpu_offer,
-                                                                            agent_settings, tmp_path):
+def test_kill_9_and_restart_reattaches_to_the_running_container(suite, renter, relayer, gpu_offer, agent_settings,
+                                                                 tmp_path):
     """The agent runs as its own process, configured from the environment. It is SIGKILLed twice: once at a random
     point after two reports, once right after the first oracle accepted a report but before the agent saw the 202.
-    Each restart stops the job the dead agent left running and launches it again. In the end each oracle holds
-    every report exactly once, in one continuous sequence that the escrow applies, and the only repeat is the
-    report whose ack the killed agent never saw."""
+    The job's container outlives both: each restart re-attaches to it instead of launching it again, the job runs
+    once and one completion report lands. Each oracle holds every report exactly once, in one continuous sequence
+    that the escrow applies, and the only repeat is the report whose ack the killed agent never saw."""
     listed = gpu_offer()
     settings = agent_settings([])
-    spec = job(
-        "import os, signal, sys, time\n"
-        "def stopped(*_):\n"
-        "    open('stopped', 'a').write(f'{os.getpid()}\\n')\n"
-        "    sys.exit(143)\n"
-        "signal.signal(signal.SIGTERM, stopped)\n"
-        "open('pids', 'a').write(f'{os.getpid()}\\n')\n"
-        "time.sleep(6)\n"
-        "print('ok')\n")
+    spec = job("echo launched >> launches; sleep 8; echo ok")
     JobSpecStore(settings.spec_directory).put(spec)
     key_file = tmp_path / "agent.key"
     key_file.write_text(AGENT_KEY.hex())
@@ -373,7 +375,7 @@ def test_kill_9_and_restart_loses_no_report_and_resends_none_an_oracle_acked(sui
     async def main():
         oracles = await start_oracles(settings)
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("GPUEX_")},
             "PYTHONPATH": str(PROJECT_ROOT),
             "GPUEX_AGENT_CHAIN__RPC_URL": settings.chain.rpc_url,
             "GPUEX_AGENT_CHAIN__CHAIN_ID": str(settings.chain.chain_id),
@@ -390,8 +392,9 @@ def test_kill_9_and_restart_loses_no_report_and_resends_none_an_oracle_acked(sui
             "GPUEX_AGENT_RETRY_INITIAL_SECONDS": "0.1",
             "GPUEX_AGENT_RETRY_MAX_SECONDS": "0.5",
             "GPUEX_AGENT_START_BLOCK": str(settings.start_block),
+            "GPUEX_AGENT_CONTAINER__DEFAULT_IMAGE": settings.container.default_image,
         }
-        argv = [PY, str(Path(__file__).with_name("agent_process.py")), str(listed.seed)]
+        argv = [os.sys.executable, str(Path(__file__).with_name("agent_process.py")), str(listed.seed)]
         log_file = (tmp_path / "agent.log").open("ab")
         agents: list[asyncio.subprocess.Process] = []
         ack_window_seq: list[int] = []
@@ -410,8 +413,7 @@ def test_kill_9_and_restart_loses_no_report_and_resends_none_an_oracle_acked(sui
         rental = None
         try:
             process = await spawn()
-            rental = (await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, DURATION, PRICE,
-                                              spec.spec_hash(), {"from": renter})).return_value
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
             await wait_until(lambda: len(oracles[0].accepted_reports(rental)) >= 2, 30, "two reports")
             await asyncio.sleep(0.37)
             process.send_signal(signal.SIGKILL)
@@ -429,7 +431,7 @@ def test_kill_9_and_restart_loses_no_report_and_resends_none_an_oracle_acked(sui
             for process in agents:
                 if process.returncode is None:
                     process.send_signal(signal.SIGTERM)
-                    await asyncio.wait_for(process.wait(), 10)
+                    await asyncio.wait_for(process.wait(), 20)
             for oracle in oracles:
                 await oracle.stop()
             log_file.close()
@@ -442,16 +444,262 @@ def test_kill_9_and_restart_loses_no_report_and_resends_none_an_oracle_acked(sui
     assert_continuous(reports, rental_state(suite, rental)["since"])
     assert (reports[-1].status, reports[-1].exit_code, reports[-1].result_digest) == (
         ReportStatus.COMPLETED, 0, keccak(b"ok\n"))
+    assert [r.status for r in reports].count(ReportStatus.COMPLETED) == 1
     for oracle in oracles:
         assert oracle.violations == [], "no report was posted before it was committed, or after its ack was"
         assert sorted(oracle.accepted) == [(rental, r.seq) for r in reports], "every report exactly once"
         assert set(oracle.statuses()) <= {200, 202}
     assert any(a.status == 200 for a in oracles[0].answers), "the report whose ack was lost was sent again"
     work = settings.rentals_dir / str(rental) / "work"
-    launches = [int(p) for p in (work / "pids").read_text().split()]
-    assert len(launches) == 3, "the job was launched again after each restart"
-    assert [int(p) for p in (work / "stopped").read_text().split()] == launches[:2], \
-        "each restart stopped the job the dead agent left running"
-    assert not any(process_alive(pid) for pid in launches)
+    assert (work / "launches").read_text() == "launched\n", "the job ran once: each restart re-attached"
+    assert "re-attached" in (tmp_path / "agent.log").read_text()
     settle(suite, relayer, reports)
     assert rental_state(suite, rental)["status"] is RentalStatus.COMPLETED
+
+
+# ------------------------------------------------------------------ declines
+
+
+def declines_of(suite, provider) -> int:
+    return suite.registry.getProvider(provider).dict()["declines"]
+
+
+UNRUNNABLE = {
+    "spec-never-arrives": (DeclineReason.SPEC_MISSING, None),
+    "spec-invalid": (DeclineReason.SPEC_INVALID, b'{"command":["sh"],"env":{"LD_PRELOAD":"/workspace/x.so"}}'),
+    "long-working-dir": (DeclineReason.SPEC_INVALID,
+                         b'{"command":["sh"],"working_dir":"' + b"d" * 300 + b'"}'),
+    "image-unavailable": (DeclineReason.IMAGE_UNAVAILABLE, job("true", image="localhost/gpuex/no-such-image:1")),
+    "more-memory-than-offered": (DeclineReason.EXCEEDS_OFFER,
+                                 job("true", resources=JobResources(memory_mib=10 ** 6))),
+    "egress-not-offered": (DeclineReason.EXCEEDS_OFFER, job("true", network="egress")),
+    "gpus-not-here": (DeclineReason.GPUS_UNAVAILABLE, job("true")),
+}
+
+
+@pytest.mark.parametrize("case", list(UNRUNNABLE))
+def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_full(
+        suite, provider, renter, gpu_offer, agent_settings, case):
+    reason, spec = UNRUNNABLE[case]
+    listed = gpu_offer()
+    settings = agent_settings([], spec_wait_seconds=2)
+    source = listed.source
+    if case == "gpus-not-here":
+        source = SimulatedSource("NVIDIA H100 80GB HBM3", 2, seed=99_999)  # another machine's GPUs
+    if isinstance(spec, JobSpec):
+        JobSpecStore(settings.spec_directory).put(spec)
+        spec_hash = spec.spec_hash()
+    elif spec is None:
+        spec_hash = keccak(text=f"a spec nobody ever sends {case}")
+    else:  # the renter's own body, hashed as it is
+        spec_hash = keccak(spec)
+        settings.spec_directory.mkdir(parents=True, exist_ok=True)
+        JobSpecStore(settings.spec_directory).path_of(spec_hash).write_bytes(spec)
+    balance, compensation = suite.escrow.balanceOf(renter), suite.registry.compensationOf(renter)
+    declines, staked = declines_of(suite, provider), suite.registry.getProvider(provider).dict()["staked"]
+
+    async def main():
+        async with agent_with_oracles(settings, source) as (agent, oracles, until):
+            tx = await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, DURATION, PRICE, spec_hash,
+                                         {"from": renter})
+            rental = tx.return_value
+            opened = time.monotonic()
+            await until(lambda: agent.book.get(rental) is not None and agent.book.get(rental).phase is Phase.DONE,
+                        30, "the decline")
+            took = time.monotonic() - opened
+            assert oracles[0].answers == [], "a declined rental sends no report"
+        return rental, took
+
+    rental, took = asyncio.run(main())
+
+    assert took < 15
+    assert rental_state(suite, rental)["status"] is RentalStatus.DECLINED
+    assert suite.escrow.balanceOf(renter) - balance == PRICE * DURATION, "the whole deposit back"
+    assert suite.registry.compensationOf(renter) == compensation, "nothing slashed"
+    assert suite.registry.getProvider(provider).dict()["staked"] == staked
+    assert declines_of(suite, provider) == declines + 1
+    row = book_row(settings, rental)
+    assert row["decline_reason"] == reason and row["outcome"].startswith(f"declined ({reason.name})")
+
+
+def test_a_rental_whose_handling_fails_is_declined_while_the_agent_serves_the_others(
+        suite, renter, relayer, gpu_offer, agent_settings, monkeypatch):
+    """An unexpected error preparing one rental ends that rental only (declined, reason AGENT_FAILURE)."""
+    broken, healthy = gpu_offer(), gpu_offer()
+    settings = agent_settings([])
+    spec = job("sleep 2; echo fine")
+    JobSpecStore(settings.spec_directory).put(spec)
+    prepare = ProviderAgent._prepare
+
+    async def flaky_prepare(self, record, spec, state=None):
+        if record.offer_id == broken.offer_id:
+            raise OSError(36, "File name too long")
+        return await prepare(self, record, spec, state)
+
+    monkeypatch.setattr(ProviderAgent, "_prepare", flaky_prepare)
+
+    async def main():
+        oracles = await start_oracles(settings, count=1)
+        agent = ProviderAgent(settings.model_copy(update={"oracles": [oracles[0].url]}), _Machine(broken, healthy))
+        try:
+            async with running(agent) as until:
+                first = await open_rental(suite, renter, broken.offer_id, spec)
+                second = await open_rental(suite, renter, healthy.offer_id, spec)
+                await until(lambda: final_report(oracles[0], second) is not None, 30, "the healthy rental's end")
+                await until(lambda: agent.book.get(first).phase is Phase.DONE, 10, "the broken rental's decline")
+        finally:
+            await oracles[0].stop()
+        return first, second
+
+    first, second = asyncio.run(main())
+
+    assert rental_state(suite, first)["status"] is RentalStatus.DECLINED
+    row = book_row(settings, first)
+    assert row["decline_reason"] == DeclineReason.AGENT_FAILURE and "File name too long" in row["decline_detail"]
+    assert book_row(settings, second)["exit_code"] == 0
+
+
+class _Machine(TelemetrySource):
+    """One machine serving several listed offers: it sees the GPUs of each."""
+
+    def __init__(self, *listed) -> None:
+        self._sources = [item.source for item in listed]
+
+    @property
+    def simulated(self) -> bool:
+        return True
+
+    def gpus(self):
+        return [gpu for source in self._sources for gpu in source.gpus()]
+
+    async def sample(self):
+        return [sample for source in self._sources for sample in await source.sample()]
+
+    def close(self) -> None:
+        for source in self._sources:
+            source.close()
+
+
+# ------------------------------------------------------------------ hostile jobs
+
+
+def test_a_hostile_job_reaches_nothing_of_the_agent_and_the_agent_stays_up(
+        suite, renter, relayer, gpu_offer, agent_settings, tmp_path):
+    """The job tries the agent's key file and database by path, the agent's environment through /proc, another
+    rental's workspace, the oracle's port, and writing outside its workspace; it prints what it got. Every attempt
+    fails; the rental is reported Completed and settles; the agent keeps running."""
+    listed, other = gpu_offer(), gpu_offer()
+    key_file = tmp_path / "agent.key"
+    key_file.write_text(AGENT_KEY.hex())
+    settings = agent_settings([])
+    bystander = job("echo bystander secret > secret.txt; sleep 30")
+    JobSpecStore(settings.spec_directory).put(bystander)
+
+    def attempt(what: str, command: str) -> str:
+        return f"if {command} >/dev/null 2>&1; then echo '{what}: REACHED'; else echo '{what}: denied'; fi; "
+
+    async def main():
+        async with agent_with_oracles(settings, _Machine(listed, other)) as (agent, oracles, until):
+            oracle_port = oracles[0].url.rsplit(":", 1)[1]
+            victim = await open_rental(suite, renter, other.offer_id, bystander)
+            await until(lambda: (settings.rentals_dir / str(victim) / "work" / "secret.txt").exists(), 30,
+                        "the bystander's secret")
+            script = (
+                attempt("key file", f"cat {key_file}")
+                + attempt("agent database", f"cat {settings.db_path}")
+                + attempt("agent environment", f"cat /proc/{os.getpid()}/environ")
+                + attempt("host processes", f"test -d /proc/{os.getpid()}")
+                + attempt("other workspace", f"cat {settings.rentals_dir / str(victim) / 'work' / 'secret.txt'}")
+                + attempt("oracle port", f"nc -z -w 2 127.0.0.1 {oracle_port}")
+                + attempt("host network", "ping -c 1 -W 1 8.8.8.8")
+                + attempt("write root", "touch /evil")
+                + attempt("write etc", "touch /etc/evil")
+                + attempt("become root", "su -c true")
+                + "echo done")
+            spec = job(script)
+            JobSpecStore(settings.spec_directory).put(spec)
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
+            await until(lambda: final_report(oracles[0], rental) is not None, 30, "the hostile job's report")
+            await asyncio.to_thread(suite.escrow.terminate, victim, {"from": renter})
+            await until(lambda: agent.book.get(victim).phase is Phase.DONE, 20, "the bystander to end")
+        return rental, oracles[0]
+
+    rental, oracle = asyncio.run(main())
+
+    log = (settings.rentals_dir / str(rental) / "container.log").read_text()
+    lines = [line.split(" ", 3)[3] for line in log.splitlines() if " stdout " in line]
+    assert lines[-1] == "done"
+    assert [line for line in lines if line.endswith("REACHED")] == []
+    assert len([line for line in lines if line.endswith("denied")]) == 10
+    assert final_report(oracle, rental).status is ReportStatus.COMPLETED
+    assert key_file.read_text() == AGENT_KEY.hex()
+
+
+def test_fork_bombs_and_memory_hogs_are_contained_and_reported(suite, renter, relayer, gpu_offer, agent_settings):
+    bomb_offer, hog_offer = gpu_offer(), gpu_offer()
+    settings = agent_settings([])
+    bomb = job("bomb() { bomb | bomb & }; bomb; sleep 4; exit 0", timeout_seconds=6)
+    hog = job("head -c 2000000000 /dev/zero | tail", resources=JobResources(memory_mib=64))
+    for spec in (bomb, hog):
+        JobSpecStore(settings.spec_directory).put(spec)
+
+    async def main():
+        async with agent_with_oracles(settings, _Machine(bomb_offer, hog_offer)) as (agent, oracles, until):
+            rentals = [await open_rental(suite, renter, bomb_offer.offer_id, bomb),
+                       await open_rental(suite, renter, hog_offer.offer_id, hog)]
+            await until(lambda: all(final_report(oracles[0], r) for r in rentals), 60, "both reports")
+        return rentals, oracles[0]
+
+    (bomb_rental, hog_rental), oracle = asyncio.run(main())
+
+    assert final_report(oracle, hog_rental).status is ReportStatus.FAILED
+    assert "memory limit of 64 MiB" in book_row(settings, hog_rental)["job_reason"]
+    bomb_log = (settings.rentals_dir / str(bomb_rental) / "container.log").read_text()
+    assert "can't fork" in bomb_log or "Resource temporarily unavailable" in bomb_log
+    assert final_report(oracle, bomb_rental).status in (ReportStatus.COMPLETED, ReportStatus.FAILED)
+    assert our_containers(Engine(settings.container)) == [], "nothing of either job is left running"
+
+
+# ------------------------------------------------------------------ housekeeping and the unsafe mode
+
+
+def test_finished_rentals_folders_go_after_the_retention_period(suite, renter, gpu_offer, agent_settings):
+    listed = gpu_offer()
+    settings = agent_settings([], workspace_retention_seconds=1, janitor_interval_seconds=0.5)
+    spec = job("echo result > out.txt")
+    JobSpecStore(settings.spec_directory).put(spec)
+
+    async def main():
+        async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
+            await until(lambda: agent.book.get(rental) is not None and agent.book.get(rental).phase is Phase.DONE,
+                        30, "the rental to be done")
+            assert (settings.rentals_dir / str(rental) / "work" / "out.txt").exists()
+            await until(lambda: agent.book.get(rental).cleaned_at is not None, 10, "the folder's removal")
+        return rental
+
+    rental = asyncio.run(main())
+
+    assert not (settings.rentals_dir / str(rental)).exists()
+
+
+def test_unsafe_bare_process_runs_jobs_unisolated_and_says_so(suite, renter, relayer, gpu_offer, agent_settings,
+                                                              caplog):
+    caplog.set_level(logging.INFO, logger="offchain.agent")
+    listed = gpu_offer()
+    settings = agent_settings([], unsafe_bare_process=True)
+    spec = JobSpec(command=(os.sys.executable, "-c", "import os; print(os.getuid())"))
+    JobSpecStore(settings.spec_directory).put(spec)
+
+    async def main():
+        async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
+            assert agent.isolation == "bare-process"
+            rental = await open_rental(suite, renter, listed.offer_id, spec)
+            await until(lambda: final_report(oracles[0], rental) is not None, 30, "the completion report")
+        return rental, oracles[0]
+
+    rental, oracle = asyncio.run(main())
+
+    assert final_report(oracle, rental).result_digest == keccak(f"{os.getuid()}\n".encode())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("offchain.agent")]
+    assert lines and all("[UNSAFE: JOBS RUN AS BARE HOST PROCESSES]" in line for line in lines)

@@ -1,0 +1,141 @@
+"""A rental's folder on the provider machine, and safe file access inside the part a job controls.
+
+Layout of `<state_dir>/rentals/<rental id>/` (the folder itself readable by the agent's user only):
+
+- `work/`: the job's workspace, mounted at `/workspace` in its container and owned by the job's user;
+- `container.log`: the engine's log of the job's stdout and stderr (`offchain.agent.logs`);
+- `stdout.log`, `stderr.log`: the same for a bare host process (`--unsafe-bare-process` only);
+- `job.env`: the job's environment while its container is being created (mode 0600, removed right after).
+
+A job writes whatever it likes under `work/`, symbolic links included, so the agent never follows a link there:
+it walks paths one component at a time from an open directory with `O_NOFOLLOW` (`open_beneath`,
+`make_dirs_beneath`), and removes the folder with `shutil.rmtree`, which on Linux does not follow links either.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(OSError):
+    """A path under the workspace goes through a symbolic link or something that is not a directory."""
+
+
+@dataclass(frozen=True)
+class RentalFiles:
+    """Where one rental's files live."""
+
+    root: Path
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def container_log(self) -> Path:
+        return self.root / "container.log"
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.root / "stderr.log"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "job.env"
+
+    def prepare(self, working_dir: str, owner: tuple[int, int] | None) -> None:
+        """Creates the rental folder (mode 0700) and the workspace with `working_dir` inside it, owned by
+        `owner` (uid, gid), so that a job running as that user can write there. Without an owner (an agent that
+        may not give files away) the workspace folders are writable by every user instead; the rental folder
+        around them still keeps every other user out."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        if not self.work.exists():
+            self.work.mkdir()
+            if owner is not None:
+                os.chown(self.work, *owner)
+            os.chmod(self.work, 0o700 if owner is not None else 0o777)
+        make_dirs_beneath(self.work, working_dir, owner)
+
+    def remove(self) -> None:
+        """Deletes the rental's folder and everything in it (links are removed, never followed)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _open_dir(name: str, dir_fd: int | None) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(exc.errno, f"{name!r} is a symbolic link or not a directory") from exc
+        raise
+
+
+def _components(relative: str) -> list[str]:
+    path = PurePosixPath(relative)
+    if path.is_absolute() or ".." in path.parts:
+        raise UnsafePath(errno.EINVAL, f"not a relative path inside the workspace: {relative!r}")
+    return [part for part in path.parts if part != "."]
+
+
+def make_dirs_beneath(root: Path, relative: str, owner: tuple[int, int] | None) -> None:
+    """Creates the folders of `relative` under `root` that do not exist yet, owned by `owner` when given (else
+    writable by everyone); refuses to pass through a symbolic link."""
+    fd = _open_dir(str(root), None)
+    try:
+        for part in _components(relative):
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            child = _open_dir(part, fd)
+            os.close(fd)
+            fd = child
+            if created and owner is not None:
+                os.fchown(fd, *owner)
+            elif created:
+                os.fchmod(fd, 0o777)
+    finally:
+        os.close(fd)
+
+
+def open_beneath(root: Path, relative: str) -> int | None:
+    """A read-only file descriptor of the regular file `relative` under `root`, or None when there is no such
+    regular file; raises `UnsafePath` when the path goes through a symbolic link. The caller closes it."""
+    parts = _components(relative)
+    if not parts:
+        return None
+    fd = _open_dir(str(root), None)
+    try:
+        for part in parts[:-1]:
+            child = _open_dir(part, fd)
+            os.close(fd)
+            fd = child
+        try:
+            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(exc.errno, f"{relative!r} is a symbolic link") from exc
+            raise
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            os.close(file_fd)
+            return None
+        return file_fd
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(fd)
