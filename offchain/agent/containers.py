@@ -17,7 +17,7 @@ file, never the engine client's own environment). What it enforces:
 Containers run detached: the engine's monitor (conmon for podman), not the agent, is their parent, so a job
 outlives an agent that crashes or restarts, and the restarted agent finds it again by name. Each container carries
 the labels `gpuex.agent` (the agent's address) and `gpuex.rental`, so the agent can find every container it left
-behind.
+behind (`agent_label`).
 
 Logs: podman writes the job's stdout and stderr to a `k8s-file` log the agent names (in the rental's folder, out of
 the job's reach); docker keeps a `json-file` log, which the agent copies next to it before it removes the
@@ -27,6 +27,7 @@ container. `offchain.agent.logs` reads both.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -323,8 +324,15 @@ class Engine:
         return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def agent_label(address: str, state_dir: Path) -> str:
+    """The `gpuex.agent` label of an agent's containers: its address and its state folder, so that two agents on
+    one machine (or two test runs) never take each other's containers for their own."""
+    folder = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    return f"{address}/{folder}"
+
+
 def labels(agent: str, rental_id: int) -> tuple[tuple[str, str], ...]:
-    """The labels of a rental's container."""
+    """The labels of a rental's container; `agent` is the agent's `agent_label`."""
     return ((AGENT_LABEL, agent), (RENTAL_LABEL, str(rental_id)))
 
 

@@ -42,8 +42,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -52,16 +50,15 @@ import aiohttp
 from eth_account import Account
 from web3.exceptions import Web3Exception
 
-from offchain.agent.admission import Allowance, RentalRefused, admit, offer_gpus_here
-from offchain.agent.bareprocess import BareProcessJob, kill_stale_job, new_token
-from offchain.agent.containers import AGENT_LABEL, ContainerPlan, Engine, EngineError, ImageUnavailable, labels
+from offchain.agent.admission import RentalRefused, admit, offer_gpus_here
+from offchain.agent.containers import EngineError, ImageUnavailable
 from offchain.agent.job import NOT_STARTED_EXIT_CODE, ZERO_DIGEST, ContainerJob, Job, JobOutcome
 from offchain.agent.jobspec import JobSpec, JobSpecInvalid, JobSpecMissing, JobSpecStore
+from offchain.agent.launcher import JobLauncher, PreparedJob
 from offchain.agent.outbox import Outbox, RetryPolicy
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.watcher import ChainWatcher
-from offchain.agent.workspace import RentalFiles
 from offchain.chain import connect, contract
 from offchain.messages import TelemetryReport, TelemetrySubmission
 from offchain.reports import ReportStatus
@@ -76,21 +73,15 @@ from offchain.telemetry.window import summarize
 log = logging.getLogger(__name__)
 
 CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, TimeoutError)
-AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.job", "offchain.agent.bareprocess",
-                 "offchain.agent.containers", "offchain.agent.jobspec", "offchain.agent.outbox",
-                 "offchain.agent.watcher")
+AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.launcher", "offchain.agent.job",
+                 "offchain.agent.bareprocess", "offchain.agent.containers", "offchain.agent.jobspec",
+                 "offchain.agent.outbox", "offchain.agent.watcher")
 SIMULATED_LABEL = "[SIMULATED TELEMETRY] "
 UNSAFE_LABEL = "[UNSAFE: JOBS RUN AS BARE HOST PROCESSES] "
-ISOLATION_CONTAINER = "container"
-ISOLATION_BARE = "bare-process"
 
 
 class SimulatedTelemetryRefused(RuntimeError):
     """The telemetry source is simulated and the agent was not started with `allow_simulated`."""
-
-
-class ContainerEngineMissing(RuntimeError):
-    """The container engine the settings name is not installed on this machine."""
 
 
 class _Label(logging.Filter):
@@ -121,20 +112,6 @@ class _SampleBuffer:
         self.samples = [s for s in self.samples if s.timestamp >= timestamp]
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """What running a rental's job takes: its spec, the offer's GPUs here, and (in containers) its allowance."""
-
-    spec: JobSpec
-    gpu_uuids: tuple[str, ...]
-    allowance: Allowance | None
-
-
-def container_name(rental_id: int) -> str:
-    """A fresh container name for a launch of a rental's job."""
-    return f"gpuex-{rental_id:x}-{secrets.token_hex(6)}"
-
-
 class ProviderAgent:
     """One provider machine's agent. `await agent.run()` until cancelled."""
 
@@ -145,11 +122,6 @@ class ProviderAgent:
             raise SimulatedTelemetryRefused(
                 "the telemetry source is simulated (not a live measurement of this machine's GPUs); "
                 "start the agent with allow_simulated only for development and demos")
-        self._engine = None if settings.unsafe_bare_process else Engine(settings.container)
-        if self._engine is not None and not self._engine.available():
-            raise ContainerEngineMissing(
-                f"{self._engine.name} is not installed: every job runs in a container; install "
-                f"{self._engine.name} (or set GPUEX_AGENT_CONTAINER__ENGINE)")
         assert settings.key is not None  # AgentSettings resolves the key or fails validation
         self._settings = settings
         self._source = source
@@ -161,6 +133,7 @@ class ProviderAgent:
         self._registry = contract(self._w3, "ProviderRegistry", settings.chain.registry)
         self._db = open_db(settings.db_path)
         self.book = RentalBook(self._db, clock)
+        self.jobs = JobLauncher(settings, self.book, self.address, real_gpus=not source.simulated, clock=clock)
         self.outbox = Outbox(
             self._db, settings.oracles,
             retry=RetryPolicy(settings.retry_initial_seconds, settings.retry_max_seconds),
@@ -182,23 +155,20 @@ class ProviderAgent:
     @property
     def isolation(self) -> str:
         """How this agent runs jobs: `container`, or `bare-process` in the unsafe development mode."""
-        return ISOLATION_BARE if self._engine is None else ISOLATION_CONTAINER
-
-    def files_of(self, rental_id: int) -> RentalFiles:
-        """The rental's folder on this machine."""
-        return RentalFiles(self._settings.rentals_dir / str(rental_id))
+        return self.jobs.isolation
 
     async def run(self) -> None:
         """Runs the agent until cancelled; on the way out, stops the jobs it supervises unless it may leave
         their containers running for its next start."""
         self._install_labels()
         try:
-            if self._engine is None:
+            engine = self.jobs.engine
+            if engine is None:
                 log.warning("jobs run as bare processes of this agent's user, with no isolation: a job can read the "
                             "agent's key and every other rental's files. Development chains only.")
             log.info("agent %s for provider %s: %d oracle(s), report every %.0f s, jobs in %s", self.address,
                      self._settings.provider, len(self.outbox.oracles), self._settings.report_interval_seconds,
-                     "bare processes" if self._engine is None else f"{self._engine.name} containers")
+                     "bare processes" if engine is None else f"{engine.name} containers")
             async with self.outbox, asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self.outbox.run())
@@ -373,14 +343,16 @@ class ProviderAgent:
             await self._sleep_or_wake(record.rental_id, min(self._settings.chain_poll_seconds,
                                                             max(0.05, deadline - self._clock())))
 
-    async def _prepare(self, record: RentalRecord, spec: JobSpec, state: dict[str, Any] | None = None) -> _Prepared:
+    async def _prepare(self, record: RentalRecord, spec: JobSpec, state: dict[str, Any] | None = None
+                       ) -> PreparedJob:
         """Checks that this machine can serve the rental (`offchain.agent.admission`) and has the image;
         raises `RentalRefused` when it cannot."""
         offer = await self._offer(record.offer_id)
         gpu_uuids = offer_gpus_here(offer["gpuUuidHashes"], (gpu.uuid for gpu in self._source.gpus()),
                                     record.offer_id)
-        if self._engine is None:
-            return _Prepared(spec, gpu_uuids, None)
+        engine = self.jobs.engine
+        if engine is None:
+            return PreparedJob(spec, gpu_uuids, None)
         allowance = admit(spec, self._settings.container, gpu_count=len(gpu_uuids), offer_egress=offer["egress"])
         pull_window = None
         if state is not None:
@@ -390,10 +362,10 @@ class ProviderAgent:
                 raise RentalRefused(DeclineReason.IMAGE_UNAVAILABLE,
                                     f"no time left to get image {allowance.image} before the start timeout")
         try:
-            await self._engine.ensure_image(allowance.image, timeout=pull_window)
+            await engine.ensure_image(allowance.image, timeout=pull_window)
         except ImageUnavailable as exc:
             raise RentalRefused(DeclineReason.IMAGE_UNAVAILABLE, str(exc)) from exc
-        return _Prepared(spec, gpu_uuids, allowance)
+        return PreparedJob(spec, gpu_uuids, allowance)
 
     async def _decline(self, record: RentalRecord, reason: DeclineReason, detail: str) -> None:
         """Declines the rental on chain with `reason` (the decision is kept first, so a restarted agent sends the
@@ -479,7 +451,7 @@ class ProviderAgent:
             return
         record = await self._sync_from_chain(record)
         if record.finalized:
-            await self._discard_job(record)
+            await self.jobs.discard(record)
             self.book.finish(rental_id, "finalized on chain")
             return
         buffer = self._buffers.get(rental_id)
@@ -487,11 +459,11 @@ class ProviderAgent:
             buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(prepared.gpu_uuids))
         self._sampling.set()
         if record.terminated or self._clock() >= record.ends_at:
-            await self._discard_job(record)
+            await self.jobs.discard(record)
             await self._close_period(record, prepared.gpu_uuids, buffer)
             return
 
-        job = await self._job_for(record, prepared)
+        job = await self.jobs.job_for(record, prepared)
         self.book.set_job_started(rental_id, job.started_at)
         self._watch_job_pid(rental_id, job)
         exit_task = asyncio.create_task(job.wait())
@@ -507,84 +479,7 @@ class ProviderAgent:
             if not exit_task.done():
                 await asyncio.shield(job.stop())
                 await asyncio.shield(exit_task)
-        await self._remove_container(self._record(rental_id))
-
-    async def _job_for(self, record: RentalRecord, prepared: _Prepared) -> Job:
-        """The rental's job: its container still there (running or exited) taken over, else a new launch."""
-        rental_id = record.rental_id
-        spec = prepared.spec
-        files = self.files_of(rental_id)
-        deadline = record.job_deadline
-        if deadline is None and spec.timeout_seconds is not None:
-            deadline = self._clock() + spec.timeout_seconds
-        if self._engine is None:
-            if record.job_token is not None:
-                found = await kill_stale_job(record.job_token, self._settings.stop_grace_seconds)
-                log.warning("rental %d: stopped %d process(es) left by the agent's previous run", rental_id, found)
-            token = new_token()
-            self.book.set_launch(rental_id, isolation=ISOLATION_BARE, container=None, token=token, deadline=deadline)
-            job: Job = BareProcessJob(spec, files, rental_id=rental_id, gpu_uuids=prepared.gpu_uuids, token=token,
-                                      deadline=deadline, stop_grace_seconds=self._settings.stop_grace_seconds)
-            await job.start()
-            return job
-        if record.container is not None:
-            state = await self._engine.inspect(record.container)
-            if state is not None and (state.running or state.exited):
-                job = self._container_job(record, prepared, record.container, record.job_deadline)
-                await job.attach()
-                return job
-            if state is not None:
-                await self._engine.remove(record.container)
-            log.warning("rental %d: container %s is gone: launching the job again", rental_id, record.container)
-        name = container_name(rental_id)
-        self.book.set_launch(rental_id, isolation=ISOLATION_CONTAINER, container=name, token=None, deadline=deadline)
-        await asyncio.to_thread(files.prepare, spec.working_dir, self._job_owner())
-        job = self._container_job(record, prepared, name, deadline)
-        await job.start()
-        return job
-
-    def _job_owner(self) -> tuple[int, int] | None:
-        """Who owns the workspace: the job's user when the agent may give files away (it runs as root), else
-        nobody in particular (the workspace is then writable by every user that can reach it)."""
-        settings = self._settings.container
-        return (settings.uid, settings.gid) if os.geteuid() == 0 else None
-
-    def _container_job(self, record: RentalRecord, prepared: _Prepared, name: str,
-                       deadline: float | None) -> ContainerJob:
-        assert self._engine is not None and prepared.allowance is not None
-        spec, allowance = prepared.spec, prepared.allowance
-        files = self.files_of(record.rental_id)
-        # Simulated GPUs exist nowhere: a container of a simulated machine gets no GPU device.
-        devices = () if self._source.simulated else prepared.gpu_uuids
-        plan = ContainerPlan(
-            name=name, image=allowance.image, argv=tuple(spec.argv), workspace=files.work,
-            working_dir=spec.working_dir, env_file=files.env_file, log_path=files.container_log,
-            gpu_uuids=devices, memory_mib=allowance.memory_mib, cpus=allowance.cpus,
-            egress=allowance.egress, labels=labels(self.address, record.rental_id))
-        env = {**spec.env, "HOME": "/workspace", "CUDA_VISIBLE_DEVICES": ",".join(prepared.gpu_uuids),
-               "GPUEX_RENTAL_ID": str(record.rental_id)}
-        return ContainerJob(self._engine, plan, env, result_file=spec.result_file, deadline=deadline,
-                            stop_grace_seconds=self._settings.stop_grace_seconds,
-                            timeout_seconds=spec.timeout_seconds)
-
-    async def _discard_job(self, record: RentalRecord) -> None:
-        """Stops whatever is left of a rental's job that nobody waits for any more (after a restart)."""
-        if self._engine is None:
-            if record.job_token is not None:
-                await kill_stale_job(record.job_token, self._settings.stop_grace_seconds)
-            return
-        if record.container is not None:
-            await self._engine.stop(record.container, self._settings.stop_grace_seconds)
-            await self._remove_container(record)
-
-    async def _remove_container(self, record: RentalRecord) -> None:
-        """Removes a done rental's container (its logs stay in the rental's folder); the janitor retries."""
-        if self._engine is None or record.container is None:
-            return
-        try:
-            await self._engine.remove(record.container)
-        except EngineError as exc:
-            log.warning("rental %d: container %s not removed yet: %s", record.rental_id, record.container, exc)
+        await self.jobs.remove_container(self._record(rental_id))
 
     def _watch_job_pid(self, rental_id: int, job: Job) -> None:
         """Tells NVML which processes are jobs, so that a sample says whether a job is on each GPU."""
@@ -655,7 +550,7 @@ class ProviderAgent:
     async def _fail_running(self, record: RentalRecord, reason: str) -> None:
         """Ends a started rental whose job cannot run (any more) with a Failed report that says why."""
         log.error("rental %d: the job cannot run: %s", record.rental_id, reason)
-        await self._discard_job(record)
+        await self.jobs.discard(record)
         outcome = JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=False, stopped=False, reason=reason)
         record = await self._sync_from_chain(record)
         period_end = None if record.finalized else await self._period_end(record)
@@ -734,29 +629,14 @@ class ProviderAgent:
     # ---------------------------------------------------------------- housekeeping
 
     async def _janitor_loop(self) -> None:
-        """Removes containers of rentals that are done, and folders of rentals done longer than the retention
-        period, now and every `janitor_interval_seconds`."""
+        """Clears finished rentals' containers and (after the retention period) folders, now and every
+        `janitor_interval_seconds`."""
         while True:
             try:
-                await self.clean_up()
+                await self.jobs.clean_up(active=set(self._wakeups))
             except (EngineError, OSError) as exc:
                 log.warning("clean-up failed: %s", exc)
             await asyncio.sleep(self._settings.janitor_interval_seconds)
-
-    async def clean_up(self) -> None:
-        """One pass of the janitor."""
-        if self._engine is not None:
-            for name in await self._engine.labelled(AGENT_LABEL, self.address):
-                record = self.book.by_container(name)
-                if record is None or (record.phase is Phase.DONE and record.rental_id not in self._wakeups):
-                    log.info("removing container %s of a finished or unknown rental", name)
-                    await self._engine.remove(name)
-        for record in self.book.expired_folders(self._clock() - self._settings.workspace_retention_seconds):
-            if record.rental_id in self._wakeups:
-                continue
-            await asyncio.to_thread(self.files_of(record.rental_id).remove)
-            self.book.mark_cleaned(record.rental_id)
-            log.info("rental %d: folder removed after the retention period", record.rental_id)
 
     # ---------------------------------------------------------------- telemetry
 

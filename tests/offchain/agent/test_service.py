@@ -17,10 +17,11 @@ import pytest
 from brownie import web3
 from eth_utils import keccak
 
-from offchain.agent.containers import AGENT_LABEL, Engine
+from offchain.agent.containers import AGENT_LABEL, ContainerPlan, Engine, agent_label, labels
 from offchain.agent.jobspec import JobResources, JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
 from offchain.agent.service import SIMULATED_LABEL, ProviderAgent, SimulatedTelemetryRefused
+from offchain.agent.workspace import RentalFiles
 from offchain.chain import PROJECT_ROOT
 from offchain.messages import TelemetryReport
 from offchain.reports import EscrowDomain, Report, ReportStatus, sign_batch
@@ -133,8 +134,14 @@ def undelivered(db_path: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM outbox_deliveries WHERE state != 'acked'").fetchone()[0]
 
 
-def our_containers(engine: Engine) -> list[str]:
-    return asyncio.run(engine.labelled(AGENT_LABEL, AGENT.address))
+async def containers_gone(settings, names: list[str], seconds: float = 15) -> None:
+    """Waits until none of `names` is among the agent's containers (it removes a done rental's container right
+    after its last report is committed)."""
+    engine, deadline = Engine(settings.container), time.monotonic() + seconds
+    label = agent_label(AGENT.address, settings.state_dir)
+    while set(names) & set(await engine.labelled(AGENT_LABEL, label)):
+        assert time.monotonic() < deadline, f"containers {names} still there"
+        await asyncio.sleep(0.2)
 
 
 def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter, relayer, gpu_offer, agent_settings,
@@ -150,10 +157,7 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
             rental = await open_rental(suite, renter, listed.offer_id, spec)
             await until(lambda: all(final_report(o, rental) for o in oracles), 40, "the completion report")
             await until(lambda: agent.book.get(rental).phase is Phase.DONE, 5, "the rental to be done")
-            engine, name = Engine(settings.container), agent.book.get(rental).container
-            deadline = time.monotonic() + 10
-            while name in await engine.labelled(AGENT_LABEL, AGENT.address) and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
+            await containers_gone(settings, [agent.book.get(rental).container])
         return rental, oracles
 
     rental, oracles = asyncio.run(main())
@@ -173,7 +177,6 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
     assert all(o.violations == [] and set(o.statuses()) == {202} for o in oracles)
     row = book_row(settings, rental)
     assert (row["isolation"], row["exit_code"], row["job_reason"]) == ("container", 0, None)
-    assert row["container"] not in our_containers(Engine(settings.container)), "removed once reported"
     assert b"trained" in (settings.rentals_dir / str(rental) / "container.log").read_bytes()
 
     settle(suite, relayer, reports)
@@ -266,12 +269,11 @@ def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, rent
             await until(lambda: agent.book.get(rental).phase is Phase.DONE, 15, "the agent to close the rental")
             stopped_after = time.monotonic() - terminated_at
             await until(lambda: agent.outbox.pending_count() == 0, 10, "the last report to be delivered")
-            container = agent.book.get(rental).container
-        return rental, oracle, terminate.timestamp, stopped_after, container
+            await containers_gone(settings, [agent.book.get(rental).container])
+        return rental, oracle, terminate.timestamp, stopped_after
 
-    rental, oracle, ends_at, stopped_after, container = asyncio.run(main())
+    rental, oracle, ends_at, stopped_after = asyncio.run(main())
 
-    assert container not in our_containers(Engine(settings.container))
     assert stopped_after < 15
     reports = oracle.accepted_reports(rental)
     state = rental_state(suite, rental)
@@ -648,6 +650,7 @@ def test_fork_bombs_and_memory_hogs_are_contained_and_reported(suite, renter, re
             rentals = [await open_rental(suite, renter, bomb_offer.offer_id, bomb),
                        await open_rental(suite, renter, hog_offer.offer_id, hog)]
             await until(lambda: all(final_report(oracles[0], r) for r in rentals), 60, "both reports")
+            await containers_gone(settings, [agent.book.get(r).container for r in rentals])
         return rentals, oracles[0]
 
     (bomb_rental, hog_rental), oracle = asyncio.run(main())
@@ -657,7 +660,6 @@ def test_fork_bombs_and_memory_hogs_are_contained_and_reported(suite, renter, re
     bomb_log = (settings.rentals_dir / str(bomb_rental) / "container.log").read_text()
     assert "can't fork" in bomb_log or "Resource temporarily unavailable" in bomb_log
     assert final_report(oracle, bomb_rental).status in (ReportStatus.COMPLETED, ReportStatus.FAILED)
-    assert our_containers(Engine(settings.container)) == [], "nothing of either job is left running"
 
 
 # ------------------------------------------------------------------ housekeeping and the unsafe mode
@@ -703,3 +705,37 @@ def test_unsafe_bare_process_runs_jobs_unisolated_and_says_so(suite, renter, rel
     assert final_report(oracle, rental).result_digest == keccak(f"{os.getuid()}\n".encode())
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("offchain.agent")]
     assert lines and all("[UNSAFE: JOBS RUN AS BARE HOST PROCESSES]" in line for line in lines)
+
+
+def test_the_janitor_removes_its_own_stray_containers_and_no_one_elses(gpu_offer, agent_settings, tmp_path,
+                                                                       job_image):
+    """A container labelled with this agent (address and state folder) whose rental the agent does not know is
+    removed; one of another agent on the same machine (another state folder) is left alone."""
+    settings = agent_settings([])
+    agent = ProviderAgent(settings.model_copy(update={"oracles": ["http://127.0.0.1:9"]}), gpu_offer().source)
+    engine = agent.jobs.engine
+    other_label = agent_label(AGENT.address, tmp_path / "another-agent")
+
+    async def main() -> list[str]:
+        names = []
+        for label in (agent.jobs.label, other_label):
+            files = RentalFiles(tmp_path / label.rsplit("/", 1)[1])
+            files.prepare(".", None)
+            files.env_file.write_text("")
+            plan = ContainerPlan(name=f"gpuex-stray-{label.rsplit('/', 1)[1]}", image=job_image, argv=("sleep", "60"),
+                                 workspace=files.work, working_dir=".", env_file=files.env_file,
+                                 log_path=files.container_log, gpu_uuids=(), memory_mib=64, cpus=1, egress=False,
+                                 labels=labels(label, 999))
+            await engine.run(plan)
+            names.append(plan.name)
+        try:
+            await agent.jobs.clean_up(active=())
+            return await engine.labelled(AGENT_LABEL, agent.jobs.label) + \
+                await engine.labelled(AGENT_LABEL, other_label)
+        finally:
+            for name in names:
+                await engine.remove(name)
+
+    left = asyncio.run(main())
+
+    assert left == [f"gpuex-stray-{other_label.rsplit('/', 1)[1]}"]
