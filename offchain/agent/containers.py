@@ -234,14 +234,15 @@ class Engine:
         """Whether the engine's client is installed here."""
         return shutil.which(self.name) is not None
 
-    async def call(self, *args: str, timeout: float | None = None, check: bool = True) -> tuple[int, str, str]:
-        """Runs `<engine> <global args> <args>` with the client environment; (exit code, stdout, stderr).
-        Raises `EngineError` when it cannot run, times out, or (with `check`) exits non-zero."""
+    async def call(self, *args: str, timeout: float | None = None, check: bool = True,
+                   cwd: Path | None = None) -> tuple[int, str, str]:
+        """Runs `<engine> <global args> <args>` with the client environment, in `cwd` if given; (exit code,
+        stdout, stderr). Raises `EngineError` when it cannot run, times out, or (with `check`) exits non-zero."""
         argv = [self.name, *self.settings.global_args, *args]
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=client_env(), start_new_session=True)
+                stderr=asyncio.subprocess.PIPE, env=client_env(), start_new_session=True, cwd=cwd)
         except OSError as exc:
             raise EngineError(f"cannot run {self.name}: {exc.strerror or exc}") from exc
         try:
@@ -283,9 +284,12 @@ class Engine:
 
     async def run(self, plan: ContainerPlan) -> None:
         """Creates and starts the plan's container, detached. Raises `EngineError` when it does not start (the
-        container may then exist as `created`: remove it)."""
+        container may then exist as `created`: remove it).
+
+        The client runs in the rental's folder: podman's monitor (conmon) stays in its client's working folder and
+        writes its out-of-memory marker (`oom_marker`) there."""
         argv = run_argv(self.settings, plan)
-        await self.call(*argv[1 + len(self.settings.global_args):])
+        await self.call(*argv[1 + len(self.settings.global_args):], cwd=plan.log_path.parent)
 
     async def inspect(self, name: str) -> ContainerState | None:
         """The container's state, or None when no container has this name."""
@@ -334,6 +338,12 @@ def agent_label(address: str, state_dir: Path) -> str:
 def labels(agent: str, rental_id: int) -> tuple[tuple[str, str], ...]:
     """The labels of a rental's container; `agent` is the agent's `agent_label`."""
     return ((AGENT_LABEL, agent), (RENTAL_LABEL, str(rental_id)))
+
+
+def oom_marker(plan: ContainerPlan) -> Path:
+    """The file podman's monitor (conmon) writes in its working folder when the kernel's out-of-memory killer
+    ends the container: evidence of an OOM kill where the engine's own `OOMKilled` misses it (cgroups v1)."""
+    return plan.log_path.parent / "oom"
 
 
 def copy_engine_log(state: ContainerState, destination: Path) -> None:

@@ -29,6 +29,7 @@ from offchain.agent.containers import (
     Engine,
     EngineError,
     copy_engine_log,
+    oom_marker,
     write_env_file,
 )
 from offchain.agent.logs import stream_digest
@@ -183,6 +184,7 @@ class ContainerJob(Job):
         """Creates and starts the container. The environment reaches it through an env file readable by the
         agent's user only, removed as soon as the engine has read it."""
         try:
+            oom_marker(self.plan).unlink(missing_ok=True)  # a marker of an earlier launch says nothing of this one
             write_env_file(self.plan.env_file, self._env)
             try:
                 await self.engine.run(self.plan)
@@ -231,7 +233,8 @@ class ContainerJob(Job):
         return JobOutcome(
             exit_code=state.exit_code, result_digest=digest, timed_out=self._timed_out, stopped=self._stopped,
             reason=describe_exit(state.exit_code, timed_out=self._timed_out, stopped=self._stopped,
-                                 oom_killed=state.oom_killed, memory_mib=self.plan.memory_mib,
+                                 oom_killed=state.oom_killed or oom_marker(self.plan).exists(),
+                                 memory_mib=self.plan.memory_mib,
                                  timeout_seconds=self.timeout_seconds),
             finished_at=state.finished_at)
 

@@ -176,7 +176,8 @@ def test_a_job_over_its_memory_limit_is_killed_and_told_why(tmp_path, job_image)
     outcome = run(job)
 
     assert outcome.exit_code == 128 + signal.SIGKILL
-    assert "memory limit of 32 MiB" in outcome.reason
+    assert outcome.reason == "killed for using more than its memory limit of 32 MiB"
+    assert not Path("oom").exists(), "the engine's out-of-memory marker stays in the rental's folder"
 
 
 def test_a_fork_bomb_is_contained_by_the_pid_limit(tmp_path, job_image):
