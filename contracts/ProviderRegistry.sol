@@ -22,6 +22,8 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
 
     /// @notice Most GPUs one offer may list; bounds the loops of createOffer and closeOffer.
     uint256 public constant MAX_GPUS_PER_OFFER = 64;
+    /// @notice Longest agent URL a provider may publish, in bytes; bounds the storage and the event.
+    uint256 public constant MAX_AGENT_URL_BYTES = 256;
 
     /// @inheritdoc IProviderRegistry
     IERC20 public immutable override stakeToken;
@@ -37,6 +39,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     mapping(bytes32 uuidHash => address provider) private _gpuOwners;
     mapping(bytes32 uuidHash => uint256 offerId) private _gpuOffers;
     mapping(address renter => uint256 amount) private _compensation;
+    mapping(address provider => string url) private _agentUrls;
     uint256 private _offerCount;
 
     modifier onlyEscrow() {
@@ -110,6 +113,14 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     function setAgent(address agent) external override {
         _providers[msg.sender].agent = agent;
         emit AgentSet(msg.sender, agent);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function setAgentUrl(string calldata url) external override {
+        uint256 length = bytes(url).length;
+        if (length > MAX_AGENT_URL_BYTES) revert Registry_AgentUrlTooLong(length, MAX_AGENT_URL_BYTES);
+        _agentUrls[msg.sender] = url;
+        emit AgentUrlSet(msg.sender, url);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -327,6 +338,11 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     /// @inheritdoc IProviderRegistry
     function agentOf(address provider) external view override returns (address) {
         return _providers[provider].agent;
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function agentUrlOf(address provider) external view override returns (string memory) {
+        return _agentUrls[provider];
     }
 
     /// @inheritdoc IProviderRegistry

@@ -54,6 +54,8 @@ interface IProviderRegistry {
     error Registry_DurationOutOfRange(uint256 offerId, uint256 duration, uint256 min, uint256 max);
     /// @notice The renter has no compensation to withdraw.
     error Registry_NothingToWithdraw(address account);
+    /// @notice The agent URL is longer than a provider may publish.
+    error Registry_AgentUrlTooLong(uint256 length, uint256 max);
 
     /*//////////////////////////////////////////////////////////////
                                  EVENTS
@@ -67,6 +69,8 @@ interface IProviderRegistry {
     event UnstakeWithdrawn(address indexed provider, uint256 amount);
     /// @notice Emitted when a provider sets its telemetry signing key.
     event AgentSet(address indexed provider, address indexed agent);
+    /// @notice Emitted when a provider publishes, replaces or clears (empty `url`) its agent's URL.
+    event AgentUrlSet(address indexed provider, string url);
     /// @notice Emitted when a provider registers GPU UUID hashes.
     event GpusRegistered(address indexed provider, bytes32[] uuidHashes);
     /// @notice Emitted when a provider releases GPU UUID hashes it no longer lists.
@@ -112,6 +116,13 @@ interface IProviderRegistry {
     /// @notice Sets the key whose signature the oracles accept on the caller's telemetry (zero unsets it).
     /// @dev Emits {AgentSet}.
     function setAgent(address agent) external;
+
+    /// @notice Publishes the public base URL of the caller's agent API, where renters reach the agent (job spec
+    /// upload, logs, results); replaces the one published before, and an empty `url` clears it.
+    /// @dev Emits {AgentUrlSet}. Notes: the registry stores the bytes as given and does not parse them; clients
+    /// check the scheme and form, and that the agent behind the URL signs with the provider's {agentOf} key, since
+    /// nothing on chain vouches for the URL. Requirements: `url` is at most `MAX_AGENT_URL_BYTES` (256) bytes.
+    function setAgentUrl(string calldata url) external;
 
     /// @notice Claims GPU identities (hashes of NVML UUIDs) for the caller.
     /// @dev Emits {GpusRegistered}. Requirements: each hash is unregistered, so one card is listed once.
@@ -201,6 +212,9 @@ interface IProviderRegistry {
 
     /// @notice The provider's telemetry signing key (zero if unset).
     function agentOf(address provider) external view returns (address);
+
+    /// @notice The base URL of the provider's agent API as the provider published it (empty if unset).
+    function agentUrlOf(address provider) external view returns (string memory);
 
     /// @notice The offer with this id (reverts if unknown).
     function getOffer(uint256 offerId) external view returns (Offer memory);

@@ -13,6 +13,9 @@ from tests.contracts.helpers import PRICE, DeclineReason, RentalStatus, error, n
 ACTIVE, PAUSED, CLOSED = 1, 2, 3
 SLASH_NONE, SLASH_START_TIMEOUT, SLASH_SLA_BREACH = 0, 1, 2
 MAX_GPUS_PER_OFFER = 64
+MAX_AGENT_URL_BYTES = 256
+AGENT_URL = "https://agent.example.net:8443"
+LONG_AGENT_URL = "https://gpu-provider-machine-07.eu-west.example.net:8443/gpuex/agent"  # 68 bytes: stored in slots of its own
 STAKE = 1_000 * USDC
 GPU_MODEL = b"H100-80GB".ljust(32, b"\0")
 REGION = b"eu-west".ljust(16, b"\0")
@@ -306,6 +309,83 @@ def test_set_agent_to_zero_unsets_it(registry, provider, agent):
 
 def test_agent_of_an_unknown_account_is_zero(registry, stranger):
     assert registry.agentOf(stranger) == ZERO_ADDRESS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# agent URL
+
+
+def test_set_agent_url_records_the_url_and_emits(registry, provider):
+    tx = registry.setAgentUrl(AGENT_URL, {"from": provider})
+
+    assert registry.agentUrlOf(provider) == AGENT_URL
+    assert dict(tx.events["AgentUrlSet"]) == {"provider": provider, "url": AGENT_URL}
+
+
+def test_set_agent_url_replaces_the_previous_url(registry, provider):
+    registry.setAgentUrl(LONG_AGENT_URL, {"from": provider})
+
+    tx = registry.setAgentUrl(AGENT_URL, {"from": provider})
+
+    assert registry.agentUrlOf(provider) == AGENT_URL
+    assert tx.events["AgentUrlSet"]["url"] == AGENT_URL
+
+
+def test_set_agent_url_to_empty_clears_it(registry, provider):
+    registry.setAgentUrl(LONG_AGENT_URL, {"from": provider})
+
+    tx = registry.setAgentUrl("", {"from": provider})
+
+    assert registry.agentUrlOf(provider) == ""
+    assert dict(tx.events["AgentUrlSet"]) == {"provider": provider, "url": ""}
+
+
+def test_agent_url_of_an_unknown_account_is_empty(registry, stranger):
+    assert registry.agentUrlOf(stranger) == ""
+
+
+def test_agent_url_of_exactly_the_maximum_length_is_accepted(registry, provider):
+    url = "https://" + "a" * (MAX_AGENT_URL_BYTES - len("https://"))
+
+    registry.setAgentUrl(url, {"from": provider})
+
+    assert registry.MAX_AGENT_URL_BYTES() == MAX_AGENT_URL_BYTES
+    assert registry.agentUrlOf(provider) == url
+
+
+def test_agent_url_one_byte_over_the_maximum_reverts(registry, provider):
+    url = "https://" + "a" * (MAX_AGENT_URL_BYTES + 1 - len("https://"))
+
+    with brownie.reverts(error("Registry_AgentUrlTooLong", MAX_AGENT_URL_BYTES + 1, MAX_AGENT_URL_BYTES)):
+        registry.setAgentUrl(url, {"from": provider})
+
+
+def test_agent_url_length_is_counted_in_bytes_not_characters(registry, provider):
+    url = "https://" + "\u00e9" * 125  # 8 + 250 bytes of UTF-8
+
+    with brownie.reverts(error("Registry_AgentUrlTooLong", 258, MAX_AGENT_URL_BYTES)):
+        registry.setAgentUrl(url, {"from": provider})
+
+
+def test_a_provider_sets_only_its_own_agent_url(registry, provider, provider_b):
+    registry.setAgentUrl(AGENT_URL, {"from": provider})
+
+    registry.setAgentUrl(LONG_AGENT_URL, {"from": provider_b})
+    registry.setAgentUrl("", {"from": provider_b})
+
+    assert registry.agentUrlOf(provider) == AGENT_URL
+    assert registry.agentUrlOf(provider_b) == ""
+
+
+def test_set_agent_url_leaves_the_provider_account_alone(registry, provider, agent):
+    registry.stake(STAKE, {"from": provider})
+    registry.setAgent(agent, {"from": provider})
+    before = registry.getProvider(provider)
+
+    registry.setAgentUrl(AGENT_URL, {"from": provider})
+
+    assert registry.getProvider(provider) == before
+    assert registry.agentOf(provider) == agent
 
 
 # ---------------------------------------------------------------------------------------------------------
