@@ -27,6 +27,7 @@ from offchain.reports import EscrowDomain, Report, ReportStatus, sign_batch
 SECTION = "Gas"
 ORACLE_KEY = keccak(text="gpuex gas oracle")
 PRICE = 1_000
+AGENT_URL = "https://agent.example.net:8443"  # 30 bytes
 BATCH_SIZES = (1, 2, 5, 10, 20, 50, 100)
 TABLE_BATCH_SIZES = (1, 10, 50, 100)
 
@@ -49,6 +50,9 @@ BUDGETS: dict[str, tuple[Target, str]] = {
     "stake": (Target(op="<=", threshold=50_000, source=OURS), "withdraw's 45k budget plus the pull of the tokens"),
     "registerGpus (2 GPUs)": (Target(op="<=", threshold=21_000 + 2 * FRESH_SLOT + 10_000, source=OURS),
                               "the intrinsic 21k, a fresh slot per GPU, 10k for the event, calldata and loop"),
+    "setAgentUrl (30-byte URL)": (Target(op="<=", threshold=21_000 + FRESH_SLOT + 10_000, source=OURS),
+                                  "the intrinsic 21k, one fresh slot (a URL of up to 31 bytes fits one), 10k for "
+                                  "the event and calldata"),
     "createOffer (2 GPUs)": (Target(op="<=", threshold=250_000, source=OURS),
                              "a one-off per listing: about ten fresh slots"),
     "openRental (first rental of an offer)": (Target(op="<=", threshold=90_000 + 3 * FRESH_SLOT, source=OURS),
@@ -155,6 +159,7 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     gas["createOffer (2 GPUs)"], offer_a = tx.gas_used, tx.return_value
     offer_b = registry.createOffer(offer_terms(gpus[2:]), {"from": provider}).return_value
     registry.setAgent(provider_b, {"from": provider})
+    gas["setAgentUrl (30-byte URL)"] = registry.setAgentUrl(AGENT_URL, {"from": provider}).gas_used
 
     # First rental of an offer: its storage is written for the first time.
     tx = escrow.openRental(offer_a, 3_600, PRICE, b"\x11" * 32, {"from": renter})
