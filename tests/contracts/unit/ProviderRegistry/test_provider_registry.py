@@ -15,7 +15,8 @@ SLASH_NONE, SLASH_START_TIMEOUT, SLASH_SLA_BREACH = 0, 1, 2
 MAX_GPUS_PER_OFFER = 64
 MAX_AGENT_URL_BYTES = 256
 AGENT_URL = "https://agent.example.net:8443"
-LONG_AGENT_URL = "https://gpu-provider-machine-07.eu-west.example.net:8443/gpuex/agent"  # 68 bytes: stored in slots of its own
+# 68 bytes: over 31, so its bytes take slots of their own (a short string shares one slot with its length).
+LONG_AGENT_URL = "https://gpu-provider-machine-07.eu-west.example.net:8443/gpuex/agent"
 STAKE = 1_000 * USDC
 GPU_MODEL = b"H100-80GB".ljust(32, b"\0")
 REGION = b"eu-west".ljust(16, b"\0")
