@@ -7,9 +7,9 @@ contracts in ranges of at most `max_block_range` blocks, up to the head less `co
 it resumes from the first block it has not indexed; when the last block it indexed is no longer on the chain (a
 reorg deeper than `confirmations`, or a devnet reverted to a snapshot) it starts over from `start_block`.
 
-Offers and rentals are built from events alone. A provider's stake and reputation counters are read from the
-registry (`getProvider`) at the indexed head for every provider an event touched, so the reliability shown is
-the one the registry keeps, not a second computation of it.
+Offers and rentals are built from events alone. A provider's stake, reputation counters and agent URL are read
+from the registry (`getProvider`, `agentUrlOf`) at the indexed head for every provider an event touched (an
+`AgentUrlSet` among them), so the reliability shown is the one the registry keeps, not a second computation of it.
 """
 
 from __future__ import annotations
@@ -25,22 +25,22 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
-from offchain.chain import contract, returned_struct
+from offchain.chain import contract
 from offchain.deployments import Deployment
-from offchain.market import OfferRecord, OfferStatus, ProviderRecord, unpack_text
+from offchain.market import OfferRecord, OfferStatus, ProviderRecord, read_provider, unpack_text
 from offchain.status import DeclineReason, RentalStatus, SlashReason
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BLOCK_RANGE = 2_000
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
-#: Concurrent `eth_getBlock` / `getProvider` reads while a range is indexed.
+#: Concurrent `eth_getBlock` / provider (`read_provider`) reads while a range is indexed.
 READ_CONCURRENCY = 16
 CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
-REGISTRY_EVENTS = ("Staked", "UnstakeRequested", "UnstakeWithdrawn", "AgentSet", "OfferCreated", "OfferPriceUpdated",
-                   "OfferPaused", "OfferResumed", "OfferClosed", "Slashed")
+REGISTRY_EVENTS = ("Staked", "UnstakeRequested", "UnstakeWithdrawn", "AgentSet", "AgentUrlSet", "OfferCreated",
+                   "OfferPriceUpdated", "OfferPaused", "OfferResumed", "OfferClosed", "Slashed")
 ESCROW_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "RentalTerminated", "RentalDeclined",
                  "RentalFinalized")
 
@@ -355,10 +355,8 @@ class EventIndex:
         limit = asyncio.Semaphore(READ_CONCURRENCY)
 
         async def one(address: str) -> ProviderRecord:
-            function = self._registry.functions.getProvider(address)
             async with limit:
-                values = await function.call(block_identifier=block)
-            return ProviderRecord.from_chain(address, returned_struct(function, values))
+                return await read_provider(self._w3, self._registry.address, address, block)
 
         addresses = sorted(state.stale_providers)
         for address, record in zip(addresses, await asyncio.gather(*(one(a) for a in addresses))):

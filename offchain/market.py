@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import AsyncWeb3
+from web3.types import BlockIdentifier
 
 from offchain.chain import contract, returned_struct
 
@@ -67,7 +68,8 @@ async def read_token(w3: AsyncWeb3, address: str) -> TokenInfo:
 
 
 class ProviderRecord(BaseModel):
-    """A provider's stake and the reputation counters the registry keeps (`Provider` in DataTypes.sol)."""
+    """A provider's stake and the reputation counters the registry keeps (`Provider` in DataTypes.sol), and the
+    URL of its agent's API (`agentUrlOf`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +84,7 @@ class ProviderRecord(BaseModel):
     seconds_delivered: int
     seconds_missed: int
     agent: str
+    agent_url: str | None  # as published, None when unset; check it with `offchain.agenturl.check_agent_url`
 
     @property
     def free(self) -> int:
@@ -94,13 +97,14 @@ class ProviderRecord(BaseModel):
         return self.seconds_delivered / total if total else None
 
     @classmethod
-    def from_chain(cls, address: str, provider: dict[str, Any]) -> ProviderRecord:
-        """From the registry's `Provider` struct by field name (`returned_struct` of `getProvider`)."""
+    def from_chain(cls, address: str, provider: dict[str, Any], agent_url: str) -> ProviderRecord:
+        """From the registry's `Provider` struct by field name (`returned_struct` of `getProvider`) and the
+        provider's `agentUrlOf`."""
         return cls(address=address, staked=provider["staked"], locked=provider["locked"],
                    unbonding=provider["unbonding"], unbonding_ends_at=provider["unbondingEndsAt"],
                    rentals_completed=provider["rentalsCompleted"], slashes=provider["slashes"],
                    declines=provider["declines"], seconds_delivered=provider["secondsDelivered"],
-                   seconds_missed=provider["secondsMissed"], agent=provider["agent"])
+                   seconds_missed=provider["secondsMissed"], agent=provider["agent"], agent_url=agent_url or None)
 
 
 def unpack_text(raw: bytes) -> str:
@@ -155,11 +159,15 @@ class OfferRecord(BaseModel):
         return self.reputation.reliability
 
 
-async def read_provider(w3: AsyncWeb3, registry_address: str, provider: str) -> ProviderRecord:
+async def read_provider(w3: AsyncWeb3, registry_address: str, provider: str,
+                        block: BlockIdentifier = "latest") -> ProviderRecord:
+    """The provider's account and agent URL, both read at `block`."""
     registry = contract(w3, "ProviderRegistry", registry_address)
     provider = AsyncWeb3.to_checksum_address(provider)
     function = registry.functions.getProvider(provider)
-    return ProviderRecord.from_chain(provider, returned_struct(function, await function.call()))
+    values, agent_url = await asyncio.gather(function.call(block_identifier=block),
+                                             registry.functions.agentUrlOf(provider).call(block_identifier=block))
+    return ProviderRecord.from_chain(provider, returned_struct(function, values), agent_url)
 
 
 async def read_offer(w3: AsyncWeb3, registry_address: str, escrow_address: str, offer_id: int,

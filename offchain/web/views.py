@@ -198,6 +198,7 @@ class ProviderView(_View):
     free: Decimal
     unbonding_ends_at: int
     agent: str
+    agent_url: str | None  # as the provider published it: the chain does not vouch for it
     rentals_completed: int
     slashes: int
     declines: int
@@ -218,7 +219,8 @@ def provider_view(provider: IndexedProvider, offers: list[OfferView], rentals: l
         address=provider.address, staked=stake_token.to_human(record.staked),
         locked=stake_token.to_human(record.locked), unbonding=stake_token.to_human(record.unbonding),
         free=stake_token.to_human(record.free), unbonding_ends_at=record.unbonding_ends_at, agent=record.agent,
-        rentals_completed=record.rentals_completed, slashes=record.slashes, declines=record.declines,
+        agent_url=record.agent_url, rentals_completed=record.rentals_completed, slashes=record.slashes,
+        declines=record.declines,
         seconds_delivered=record.seconds_delivered, seconds_missed=record.seconds_missed,
         reliability=record.reliability, offers=offers, rentals=rentals,
         history=[HistoryView(block=h.block, timestamp=h.timestamp, tx_hash=h.tx_hash, event=h.event,
@@ -240,6 +242,8 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
             return f"withdrew {stake_token.format(args['amount'])} of unbonded stake"
         case "AgentSet":
             return f"set its agent key to {args['agent']}"
+        case "AgentUrlSet":
+            return f"published its agent URL {args['url']}" if args["url"] else "cleared its agent URL"
         case "OfferCreated":
             terms = args["terms"]
             model = unpack_text(bytes.fromhex(terms["gpuModel"][2:]))

@@ -6,12 +6,15 @@ it with their own AsyncWeb3 client, as they would to any node.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 from brownie import web3
 from eth_account import Account
 from eth_utils import keccak
 
 from offchain.config import ChainSettings
+from offchain.deployments import Deployment, SuiteConfig
 from offchain.devnet import DEV_JOB_IMAGE, build_job_image
 from offchain.messages import gpu_uuid_hash
 from scripts.deploy import USDC, SuiteParams, deploy_suite
@@ -72,6 +75,18 @@ def suite(deployer, accounts, token):
 def chain_settings(rpc_url, suite):
     return ChainSettings(rpc_url=rpc_url, chain_id=web3.eth.chain_id, registry=suite.registry.address,
                          escrow=suite.escrow.address)
+
+
+@pytest.fixture(scope="module")
+def deployment(suite, deployer, accounts) -> Deployment:
+    """The record `gpuex devnet up` would have written for the `suite` fixture's contracts."""
+    params = SuiteParams()
+    config = SuiteConfig(**{f.name: getattr(params, f.name) for f in fields(params)}, treasury=accounts[1].address,
+                         oracles=[o.address for o in ORACLES], threshold=2)
+    return Deployment(chain_id=web3.eth.chain_id, network="development", deployer=deployer.address,
+                      registry=suite.registry.address, escrow=suite.escrow.address,
+                      payment_token=suite.payment_token.address, stake_token=suite.stake_token.address,
+                      test_token=True, start_block=suite.registry.tx.block_number, config=config)
 
 
 def fund_and_stake(suite, token, deployer, provider, renter) -> None:

@@ -16,8 +16,12 @@
     const stake = info.stake_token.symbol;
     document.title = "gpuex market · provider " + p.address;
     document.getElementById("address").textContent = p.address;
-    document.getElementById("agent").textContent =
-      /^0x0+$/.test(p.agent) ? "No agent key set." : "Agent key " + p.agent;
+    // The agent URL is text, never a link: the chain does not vouch for what a provider publishes.
+    document.getElementById("agent").replaceChildren(
+      /^0x0+$/.test(p.agent) ? "No agent key set. " : "Agent key " + p.agent + ". ",
+      p.agent_url ? el("span", null, "Agent API at ", el("span", { class: "mono", id: "agent-url" }, p.agent_url),
+                       " (as the provider published it).")
+                  : "No agent URL published.");
     const unbondingNote = Number(p.unbonding) > 0 ? "until " + time(p.unbonding_ends_at) : null;
     document.getElementById("cards").replaceChildren(
       card("Staked", amount(p.staked, stake)), card("Locked", amount(p.locked, stake), "collateral of live rentals"),

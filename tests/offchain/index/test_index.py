@@ -167,6 +167,32 @@ def test_a_declined_rental_is_final_with_its_reason_and_counted(node, make_index
     assert (on_chain.declines, on_chain.slashes, on_chain.rentals_completed) == (1, 0, 0)
 
 
+def test_the_agent_url_is_followed_as_the_provider_publishes_and_clears_it(node, make_index, chain_settings, suite,
+                                                                           offer, provider):
+    url = "https://agent.example.net:8443"
+
+    async def scenario():
+        async with node() as w3:
+            index = make_index(w3)
+            await index.sync()
+            unset = index.provider(provider.address).record.agent_url
+            suite.registry.setAgentUrl(url, {"from": provider})
+            assert await index.sync()
+            published = index.provider(provider.address)
+            on_chain = await read_provider(w3, chain_settings.registry, provider.address)
+            suite.registry.setAgentUrl("", {"from": provider})
+            assert await index.sync()
+            return unset, published, on_chain, index.provider(provider.address)
+
+    unset, published, on_chain, cleared = run(scenario())
+    assert unset is None
+    assert published.record.agent_url == url and published.record == on_chain
+    assert cleared.record.agent_url is None
+    assert [(h.event, h.args) for h in cleared.history if h.event == "AgentUrlSet"] == [
+        ("AgentUrlSet", {"provider": provider.address, "url": url}),
+        ("AgentUrlSet", {"provider": provider.address, "url": ""})]
+
+
 def test_indexing_in_small_ranges_resumes_where_it_stopped(node, make_index, suite, offer, provider, renter):
     async def scenario():
         async with node() as w3:

@@ -15,7 +15,7 @@ USDC = TokenInfo(address="0x" + "11" * 20, symbol="tUSD", decimals=6)
 def provider(address: str, delivered: int = 0, missed: int = 0) -> ProviderRecord:
     return ProviderRecord(address=address, staked=1000, locked=0, unbonding=0, unbonding_ends_at=0,
                           rentals_completed=1, slashes=0, declines=0, seconds_delivered=delivered,
-                          seconds_missed=missed, agent="0x" + "00" * 20)
+                          seconds_missed=missed, agent="0x" + "00" * 20, agent_url=None)
 
 
 RELIABLE = provider("0x" + "aa" * 20, delivered=990, missed=10)

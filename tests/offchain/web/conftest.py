@@ -1,5 +1,5 @@
-"""Fixtures of the web page's API tests, on top of tests/offchain/conftest.py: the suite's deployment record and a
-test client of the page served on its own (`gpuex web`'s app), indexing the suite through Brownie's anvil. Every
+"""Fixtures of the web page's API tests, on top of tests/offchain/conftest.py: a test client of the page served on
+its own (`gpuex web`'s app) for the suite's deployment record, indexing the suite through Brownie's anvil. Every
 test starts from the same chain state."""
 
 from __future__ import annotations
@@ -7,17 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from dataclasses import fields
 from typing import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from brownie import web3
 
-from offchain.deployments import Deployment, SuiteConfig
+from offchain.deployments import Deployment
 from offchain.web.app import create_standalone_app
-from scripts.deploy import SuiteParams
-from tests.offchain.conftest import ORACLES
 
 POLL_SECONDS = 0.05
 
@@ -25,18 +22,6 @@ POLL_SECONDS = 0.05
 @pytest.fixture(autouse=True)
 def isolation(fn_isolation):
     pass
-
-
-@pytest.fixture(scope="module")
-def deployment(suite, deployer, accounts) -> Deployment:
-    """The record `gpuex devnet up` would have written for the `suite` fixture's contracts."""
-    params = SuiteParams()
-    config = SuiteConfig(**{f.name: getattr(params, f.name) for f in fields(params)}, treasury=accounts[1].address,
-                         oracles=[o.address for o in ORACLES], threshold=2)
-    return Deployment(chain_id=web3.eth.chain_id, network="development", deployer=deployer.address,
-                      registry=suite.registry.address, escrow=suite.escrow.address,
-                      payment_token=suite.payment_token.address, stake_token=suite.stake_token.address,
-                      test_token=True, start_block=suite.registry.tx.block_number, config=config)
 
 
 @pytest.fixture

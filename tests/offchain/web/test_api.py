@@ -146,6 +146,24 @@ def test_a_declined_rental_shows_its_reason_and_the_providers_declines(web_clien
     assert declined["summary"] == "declined the rental: " + DeclineReason.EXCEEDS_OFFER.describe()
 
 
+def test_a_provider_shows_its_published_agent_url_and_when_it_changed(web_client, suite, offer, provider):
+    url = "https://agent.example.net:8443"
+
+    async def provider_page():
+        async with web_client() as client:
+            return await (await client.get(f"/web/api/providers/{provider.address}")).json()
+
+    assert run(provider_page())["agent_url"] is None
+    suite.registry.setAgentUrl(url, {"from": provider})
+    published = run(provider_page())
+    suite.registry.setAgentUrl("", {"from": provider})
+    cleared = run(provider_page())
+
+    assert published["agent_url"] == url and cleared["agent_url"] is None
+    assert [h["summary"] for h in cleared["history"] if h["event"] == "AgentUrlSet"] == [
+        "cleared its agent URL", f"published its agent URL {url}"]  # the newest first
+
+
 def test_unknown_rentals_and_providers_are_refused(web_client, offer, deployer):
     async def scenario():
         async with web_client() as client:
