@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
+from offchain.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.chain import contract
 from offchain.deployments import Deployment
 from offchain.market import (
@@ -111,6 +112,18 @@ class Withdrawal(ActionResult):
 class FaucetClaim(ActionResult):
     amount: int  # what the faucet minted to the account
     balance: int  # the account's payment token balance after the claim
+
+
+class AgentEndpoint(BaseModel):
+    """Where a renter reaches the agent of an offer's provider, and the key the agent there must prove it holds
+    (the chain does not vouch for the URL, only for the key)."""
+
+    model_config = _FROZEN
+
+    offer_id: int
+    provider: str
+    agent: str  # the provider's registered agent key (`agentOf`)
+    url: str  # the agent API's base URL (`agentUrlOf`), passed by `check_agent_url`
 
 
 class OfferTerms(BaseModel):
@@ -352,6 +365,27 @@ class ExchangeClient:
                                                      self.registry.functions.compensationOf(address).call())
         return {"escrow": escrow, "compensation": compensation}
 
+    async def agent_url(self, address: str | None = None) -> str | None:
+        """The agent URL the provider published (`agentUrlOf`) as it stands on chain; None when unset."""
+        address = AsyncWeb3.to_checksum_address(address or self.address)
+        return await self.registry.functions.agentUrlOf(address).call() or None
+
+    async def agent_endpoint_of_offer(self, offer_id: int) -> AgentEndpoint:
+        """The agent API of the offer's provider: its URL, checked as `check_agent_url` checks it, and the agent key
+        the agent answering there must hold. `NotFound` without the offer; `ExchangeError` when the provider has no
+        agent key or no URL, or published one that fails the check."""
+        provider = (await self.offer(offer_id)).reputation
+        whose = f"the provider {provider.address} of offer {offer_id}"
+        if not int(provider.agent, 16):
+            raise ExchangeError(f"{whose} has set no agent key")
+        if provider.agent_url is None:
+            raise ExchangeError(f"{whose} has published no agent URL")
+        try:
+            url = check_agent_url(provider.agent_url)
+        except AgentUrlInvalid as exc:
+            raise ExchangeError(f"{whose} published an agent URL that cannot be used: {exc}") from None
+        return AgentEndpoint(offer_id=offer_id, provider=provider.address, agent=provider.agent, url=url)
+
     async def provider_of_agent(self, agent: str) -> str | None:
         """The provider whose telemetry key `agent` is now (from `AgentSet` events, checked against `agentOf`)."""
         agent = AsyncWeb3.to_checksum_address(agent)
@@ -440,6 +474,18 @@ class ExchangeClient:
         agent = AsyncWeb3.to_checksum_address(agent)
         sent: list[SentTx] = []
         await self._send(sent, "setAgent", self.registry.functions.setAgent(agent))
+        return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
+
+    async def set_agent_url(self, url: str) -> ProviderResult:
+        """Publishes `url` as the base URL of the account's agent API, in the form `check_agent_url` gives it (no
+        trailing slash); an empty `url` clears the one published."""
+        if url:
+            try:
+                url = check_agent_url(url)
+            except AgentUrlInvalid as exc:
+                raise ExchangeError(str(exc)) from None
+        sent: list[SentTx] = []
+        await self._send(sent, "setAgentUrl", self.registry.functions.setAgentUrl(url))
         return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
 
     async def register_gpus(self, uuid_hashes: list[bytes]) -> GpusRegistered:

@@ -1,5 +1,5 @@
 """Argument types in human units (`type=` of argparse): amounts of a token, prices per hour, GiB, durations,
-percentages, ids and addresses. Each raises `ArgumentTypeError`, which `gpuex` reports as a usage error (exit 2).
+percentages, ids, addresses and URLs. Each raises `ArgumentTypeError`, which `gpuex` reports as a usage error (exit 2).
 
 Token amounts stay `Decimal` here: converting them to token units needs the token's decimals, which the command
 reads from the chain (`TokenInfo.to_units`, `TokenInfo.per_second`).
@@ -12,6 +12,8 @@ from argparse import ArgumentTypeError
 from decimal import Decimal, InvalidOperation
 
 from web3 import Web3
+
+from offchain.agenturl import AgentUrlInvalid, check_agent_url
 
 _UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -90,6 +92,17 @@ def address(text: str) -> str:
     if not Web3.is_address(text.strip()):
         raise ArgumentTypeError(f"not an address: {text!r}")
     return Web3.to_checksum_address(text.strip())
+
+
+def agent_url(text: str) -> str:
+    """The public base URL of an agent API (`offchain.agenturl.check_agent_url`), without its trailing slash; an
+    empty string stays empty (it clears the published URL)."""
+    if not text:
+        return ""
+    try:
+        return check_agent_url(text)
+    except AgentUrlInvalid as exc:
+        raise ArgumentTypeError(str(exc)) from None
 
 
 def format_duration(seconds: int) -> str:

@@ -1,4 +1,5 @@
-"""`gpuex provider stake|unstake|withdraw|set-agent|register-gpus|show`: a provider's stake, agent key and GPUs."""
+"""`gpuex provider stake|unstake|withdraw|set-agent|set-agent-url|register-gpus|show`: a provider's stake, agent key,
+agent URL and GPUs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from offchain.messages import gpu_uuid_hash
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "provider", "a provider's stake, agent key and GPUs")
+    group = add_group(commands, "provider", "a provider's stake, agent key, agent URL and GPUs")
     stake_parser = add_command(group, "stake", stake, "add stake (collateral for rentals of your offers)")
     stake_parser.add_argument("--amount", type=parse.amount, required=True, help="in the stake token, e.g. 500")
     stake_parser.add_argument("--approve", action="store_true",
@@ -25,10 +26,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     agent_parser = add_command(group, "set-agent", set_agent,
                                "set the key your provider machine's agent signs telemetry with")
     agent_parser.add_argument("agent", type=parse.address, help="the agent key's address")
+    url_parser = add_command(group, "set-agent-url", set_agent_url,
+                             "publish the public URL of your agent's API, where renters reach the agent")
+    url_choice = url_parser.add_mutually_exclusive_group(required=True)
+    url_choice.add_argument("url", type=parse.agent_url, nargs="?",
+                            help="http(s)://host[:port][/path], at most 256 bytes; an empty string clears it")
+    url_choice.add_argument("--clear", action="store_true", help="clear the published URL")
     gpus_parser = add_command(group, "register-gpus", register_gpus,
                               "claim this machine's GPUs (NVML UUIDs) so that offers can list them")
     add_gpu_options(gpus_parser)
-    show_parser = add_command(group, "show", show, "a provider's stake, reputation and agent key")
+    show_parser = add_command(group, "show", show, "a provider's stake, reputation, agent key and agent URL")
     show_parser.add_argument("provider", type=parse.address, nargs="?", help="default: your key's account")
 
 
@@ -38,6 +45,7 @@ def render_provider(out: Output, token: TokenInfo, p: ProviderRecord) -> None:
     out.fields(f"provider {p.address}", [
         ("staked", money(token, p.staked)), ("locked", money(token, p.locked)), ("unbonding", unbonding),
         ("free", money(token, p.free)), ("agent", p.agent if int(p.agent, 16) else "not set"),
+        ("agent URL", p.agent_url or "not set"),
         ("rentals completed", p.rentals_completed), ("slashes", p.slashes), ("declines", p.declines),
         ("seconds delivered", f"{p.seconds_delivered:,}"), ("seconds missed", f"{p.seconds_missed:,}"),
         ("reliability", reliability),
@@ -82,6 +90,13 @@ async def withdraw(args: argparse.Namespace) -> int:
 async def set_agent(args: argparse.Namespace) -> int:
     async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
         return await ctx.client.set_agent(args.agent)
+
+    return await _provider_action(args, act)
+
+
+async def set_agent_url(args: argparse.Namespace) -> int:
+    async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
+        return await ctx.client.set_agent_url("" if args.clear else args.url)
 
     return await _provider_action(args, act)
 

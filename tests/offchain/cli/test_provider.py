@@ -1,4 +1,4 @@
-"""`gpuex provider stake|unstake|withdraw|set-agent|register-gpus|show`."""
+"""`gpuex provider stake|unstake|withdraw|set-agent|set-agent-url|register-gpus|show`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from offchain.deploy import USDC
 from offchain.messages import gpu_uuid_hash
 from tests.offchain.cli.conftest import SIMULATED_GPUS, STAGING
 from tests.offchain.telemetry.fake_nvml import FakeGpu, FakeNvml, NVMLError_LibraryNotFound
+
+AGENT_URL = "https://agent.example.net:8443"
+
+
+def field(out: str, name: str) -> str:
+    """The value of the row `name` in a command's table for people."""
+    rows = dict(line.strip().partition("  ")[::2] for line in out.splitlines())
+    return rows[name].strip()
 
 
 def test_stake_with_approve_approves_exactly_the_amount(market):
@@ -62,6 +70,57 @@ def test_set_agent(cli, market):
 
 def test_set_agent_refuses_a_bad_address(cli):
     assert "not an address: '0x1234'" in cli.fails(2, "provider", "set-agent", "0x1234", role="provider")
+
+
+def test_set_agent_url_publishes_it_without_the_trailing_slash(cli):
+    result = cli.ok("provider", "set-agent-url", AGENT_URL + "/", "--json", role="provider2").json()
+
+    assert [tx["action"] for tx in result["transactions"]] == ["setAgentUrl"]
+    assert result["provider"]["agent_url"] == AGENT_URL
+    shown = cli.ok("provider", "show", cli.address("provider2"), "--json").json()
+    assert shown["agent_url"] == AGENT_URL
+    assert field(cli.ok("provider", "show", role="provider2").out, "agent URL") == AGENT_URL
+
+
+@pytest.mark.parametrize("clear", [("--clear",), ("",)])
+def test_set_agent_url_clear_or_empty_clears_it(cli, clear):
+    cli.ok("provider", "set-agent-url", AGENT_URL, role="provider2")
+
+    cleared = cli.ok("provider", "set-agent-url", *clear, role="provider2")
+
+    assert "sent setAgentUrl" in cleared.out and field(cleared.out, "agent URL") == "not set"
+    assert cli.ok("provider", "show", "--json", role="provider2").json()["agent_url"] is None
+
+
+def test_set_agent_url_of_exactly_256_bytes(cli):
+    url = "https://" + "a" * 248
+
+    assert cli.ok("provider", "set-agent-url", url, "--json", role="provider2").json()["provider"]["agent_url"] == url
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("ftp://agent.example.net", "'ftp://agent.example.net': the scheme must be http or https, not ftp"),
+    ("agent.example.net", "'agent.example.net': the scheme must be http or https"),
+    ("https://", "'https://' has no host"),
+    ("https://operator:secret@agent.example.net",
+     "'https://operator:secret@agent.example.net': a public URL holds no user name or password (user@host)"),
+    ("https://agent.example.net/?token=1",
+     "'https://agent.example.net/?token=1': a base URL takes no query or fragment (? or #)"),
+    ("https://agent.example.net#top",
+     "'https://agent.example.net#top': a base URL takes no query or fragment (? or #)"),
+    ("https://" + "a" * 249, "the agent URL is 257 bytes long; the registry takes at most 256"),
+])
+def test_set_agent_url_refuses_a_bad_url_in_one_line(cli, url, reason):
+    error = cli.fails(2, "provider", "set-agent-url", url, role="provider2")
+
+    assert error == f"argument url: {reason} (see `gpuex provider set-agent-url --help`)"
+
+
+def test_set_agent_url_takes_a_url_or_clear(cli):
+    assert cli.fails(2, "provider", "set-agent-url", role="provider2").startswith(
+        "one of the arguments url --clear is required")
+    assert cli.fails(2, "provider", "set-agent-url", AGENT_URL, "--clear", role="provider2").startswith(
+        "argument --clear: not allowed with argument url")
 
 
 def test_register_gpus_registers_simulated_gpus_once(cli, market):
