@@ -84,7 +84,8 @@ SETTLE_WAIT = PARAMS.report_grace + 30
 TIMEOUT_WAIT = PARAMS.start_timeout + 30
 
 #: The jobs run in the busybox job image (`offchain.devnet.DEV_JOB_IMAGE`, the demo agent's default image), in a
-#: hardened container: a "training" loop that logs a falling loss and writes its result file, and a server that runs
+#: hardened container: a "training" loop that logs a falling loss and leaves its result in its output folder (`out/`,
+#: which its renter downloads with `gpuex rental results`), and a server that runs
 #: until its renter ends the rental.
 TRAINING_JOB = JobSpec(
     command=("sh", "-c", (
@@ -93,9 +94,10 @@ TRAINING_JOB = JobSpec(
         "  sleep 1; loss=$((loss * 9 / 10))\n"
         "  printf 'step %d: loss %d.%04d\\n' $step $((loss / 10000)) $((loss % 10000)); step=$((step + 1))\n"
         "done\n"
+        "mkdir -p out\n"
         f"printf '{{\"steps\": {RUN_SECONDS}, \"loss\": %d.%04d}}\\n' $((loss / 10000)) $((loss % 10000)) "
-        "> result.json\n")),
-    result_file="result.json", timeout_seconds=60)
+        "> out/result.json\n")),
+    timeout_seconds=60)
 SERVER_JOB = JobSpec(command=("sh", "-c", "while true; do sleep 1; done"), timeout_seconds=DURATION)
 
 

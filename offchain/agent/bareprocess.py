@@ -26,8 +26,15 @@ import signal
 import time
 from pathlib import Path
 
-from offchain.agent.job import NOT_STARTED_EXIT_CODE, ZERO_DIGEST, Job, JobOutcome, describe_exit, file_digest, \
-    result_file_digest
+from offchain.agent.job import (
+    NOT_STARTED_EXIT_CODE,
+    ZERO_DIGEST,
+    Job,
+    JobOutcome,
+    describe_exit,
+    file_digest,
+    pack_results,
+)
 from offchain.agent.jobspec import JobSpec
 from offchain.agent.workspace import RentalFiles
 
@@ -69,18 +76,21 @@ async def _wait_group_gone(pgid: int, seconds: float) -> bool:
 
 
 class BareProcessJob(Job):
-    """`spec`'s command as a host process in `files.work`. Its environment is the spec's `env` plus, set by the
+    """`spec`'s command as a host process in `files.work`. Its environment is the spec's `env` and `secrets`, plus,
+    set by the
     agent and not overridable by the spec, `PATH` (the agent's), `HOME` (the workspace), `CUDA_VISIBLE_DEVICES`
     (the rental's GPU UUIDs), `GPUEX_RENTAL_ID` and `GPUEX_JOB_TOKEN`."""
 
     def __init__(self, spec: JobSpec, files: RentalFiles, *, rental_id: int, gpu_uuids: tuple[str, ...],
-                 token: str, deadline: float | None, stop_grace_seconds: float) -> None:
+                 token: str, deadline: float | None, stop_grace_seconds: float,
+                 secrets: dict[str, str] | None = None) -> None:
         super().__init__(deadline=deadline, stop_grace_seconds=stop_grace_seconds,
                          timeout_seconds=spec.timeout_seconds)
         self.spec = spec
         self.files = files
         self.token = token
-        self.env = {**spec.env, "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids), "GPUEX_RENTAL_ID": str(rental_id),
+        self.env = {**spec.env, **(secrets or {}), "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids),
+                    "GPUEX_RENTAL_ID": str(rental_id),
                     JOB_TOKEN_VAR: token, "PATH": os.environ.get("PATH", os.defpath), "HOME": str(files.work)}
         self._process: asyncio.subprocess.Process | None = None
         self._start_error: str | None = None
@@ -132,9 +142,9 @@ class BareProcessJob(Job):
                           finished_at=time.time())
 
     def _digest(self) -> bytes:
-        if self.spec.result_file is not None:
-            return result_file_digest(self.files.work, os.path.join(self.spec.working_dir, self.spec.result_file))
-        return file_digest(os.open(self.files.stdout_log, os.O_RDONLY | os.O_CLOEXEC))
+        packed = pack_results(self.files.work, os.path.join(self.spec.working_dir, self.spec.output_dir),
+                              self.files.results)
+        return packed if packed is not None else file_digest(os.open(self.files.stdout_log, os.O_RDONLY | os.O_CLOEXEC))
 
     async def _stop_group(self) -> None:
         assert self._process is not None

@@ -5,9 +5,10 @@ again by name after a restart (`ContainerJob.attach`). `offchain.agent.bareproce
 as a host process instead; the agent allows it only on a local development chain, when told to.
 
 Exit code: the job's exit status; a container stopped by a signal exits with 128 + the signal (143 for SIGTERM,
-137 for SIGKILL, which is also what the kernel's out-of-memory killer sends). Result digest: keccak256 of the
-spec's `result_file` (zero bytes32 if the job did not leave a regular file there), else of the job's stdout. The
-reason says in words why a job did not succeed, for the renter to read.
+137 for SIGKILL, which is also what the kernel's out-of-memory killer sends). Results: the spec's `output_dir`,
+packed into the rental's `results.tar` once the job has ended (`offchain.agent.workspace.pack_beneath`); the
+result digest is keccak256 of that tar, or of the job's stdout when it left no output folder. The reason says in
+words why a job did not succeed, for the renter to read.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from eth_hash.auto import keccak
 
 from offchain.agent.containers import (
     ContainerPlan,
-    ContainerState,
     Engine,
     EngineError,
     copy_engine_log,
@@ -33,7 +33,8 @@ from offchain.agent.containers import (
     write_env_file,
 )
 from offchain.agent.logs import stream_digest
-from offchain.agent.workspace import UnsafePath, open_beneath
+from offchain.agent.rentals import JobExit
+from offchain.agent.workspace import pack_beneath
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class JobOutcome:
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+    def as_exit(self) -> JobExit:
+        """What the agent's book keeps of it."""
+        return JobExit(self.exit_code, self.reason, self.finished_at, self.result_digest)
 
 
 def describe_exit(exit_code: int, *, timed_out: bool, stopped: bool, oom_killed: bool = False,
@@ -92,14 +97,13 @@ def file_digest(fd: int) -> bytes:
     return hasher.digest()
 
 
-def result_file_digest(workspace: Path, relative: str) -> bytes:
-    """keccak256 of a regular file the job left under its workspace, never following a link; the zero digest when
-    there is none (or only a link)."""
-    try:
-        fd = open_beneath(workspace, relative)
-    except UnsafePath:
-        return ZERO_DIGEST
-    return ZERO_DIGEST if fd is None else file_digest(fd)
+def pack_results(workspace: Path, output_dir: str, results: Path) -> bytes | None:
+    """Packs the job's output folder into `results` and returns the tar's keccak256; None when the job left no
+    output folder (a stale tar of an earlier launch is removed)."""
+    if not pack_beneath(workspace, output_dir, results):
+        results.unlink(missing_ok=True)
+        return None
+    return file_digest(os.open(results, os.O_RDONLY | os.O_CLOEXEC))
 
 
 class Job(ABC):
@@ -162,13 +166,15 @@ class Job(ABC):
 class ContainerJob(Job):
     """A rental's job as a detached container named `plan.name`."""
 
-    def __init__(self, engine: Engine, plan: ContainerPlan, env: dict[str, str], *, result_file: str | None,
-                 deadline: float | None, stop_grace_seconds: float, timeout_seconds: float | None) -> None:
+    def __init__(self, engine: Engine, plan: ContainerPlan, env: dict[str, str], *, output_dir: str,
+                 results: Path, deadline: float | None, stop_grace_seconds: float,
+                 timeout_seconds: float | None) -> None:
         super().__init__(deadline=deadline, stop_grace_seconds=stop_grace_seconds, timeout_seconds=timeout_seconds)
         self.engine = engine
         self.plan = plan
         self._env = env
-        self._result_file = result_file
+        self._output_dir = output_dir
+        self._results = results
         self._start_error: str | None = None
         self._pid: int | None = None
 
@@ -229,7 +235,7 @@ class ContainerJob(Job):
             return JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=self._timed_out, stopped=self._stopped,
                               reason="its container disappeared from the provider's machine")
         await asyncio.to_thread(copy_engine_log, state, self.plan.log_path)
-        digest = await asyncio.to_thread(self._digest, state)
+        digest = await asyncio.to_thread(self._digest)
         return JobOutcome(
             exit_code=state.exit_code, result_digest=digest, timed_out=self._timed_out, stopped=self._stopped,
             reason=describe_exit(state.exit_code, timed_out=self._timed_out, stopped=self._stopped,
@@ -238,7 +244,8 @@ class ContainerJob(Job):
                                  timeout_seconds=self.timeout_seconds),
             finished_at=state.finished_at)
 
-    def _digest(self, state: ContainerState) -> bytes:
-        if self._result_file is not None:
-            return result_file_digest(self.plan.workspace, os.path.join(self.plan.working_dir, self._result_file))
-        return stream_digest(self.plan.log_path, self.engine.settings.engine.log_format)
+    def _digest(self) -> bytes:
+        packed = pack_results(self.plan.workspace, os.path.join(self.plan.working_dir, self._output_dir),
+                              self._results)
+        return packed if packed is not None else stream_digest(self.plan.log_path,
+                                                               self.engine.settings.engine.log_format)

@@ -29,7 +29,7 @@ from typing import Literal
 
 import aiohttp
 from eth_utils import keccak
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_ARGV_ITEMS = 256  # command and args together
@@ -37,6 +37,7 @@ MAX_ARG_CHARS = 8192
 MAX_ENV_VARS = 128
 MAX_ENV_NAME_CHARS = 128
 MAX_ENV_VALUE_CHARS = 32 * 1024  # below the 64 KiB line limit of the runtimes' env-file readers
+MAX_SECRETS = 32
 MAX_PATH_CHARS = 1024
 MAX_PATH_COMPONENT_BYTES = 255  # NAME_MAX of every common Linux file system
 MAX_IMAGE_CHARS = 255
@@ -76,6 +77,14 @@ def _no_nul(value: str, what: str) -> str:
     return value
 
 
+def _env_name(name: str) -> None:
+    if len(name) > MAX_ENV_NAME_CHARS or not _ENV_NAME.match(name):
+        raise ValueError(f"not an environment variable name: {name[:MAX_ENV_NAME_CHARS]!r}")
+    if name in RESERVED_ENV_NAMES or name.upper().startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(f"environment variable {name} is reserved: it steers the container runtime, the "
+                         "loader or the GPUs, which the provider's agent controls")
+
+
 def _relative_path(value: str, what: str) -> str:
     _no_nul(value, what)
     if len(value) > MAX_PATH_CHARS:
@@ -104,12 +113,14 @@ class JobSpec(BaseModel):
 
     The command (`command + args`, replacing the image's entrypoint) runs in `working_dir`, a path relative to the
     rental's workspace, which is mounted at `/workspace` and is the only place the job can write to that outlives
-    it. `env` is added to the job's environment (reserved names refused). Without `image` the agent uses its
-    provider's default image, and declines when there is none. `timeout_seconds` stops the job (reported Failed)
-    once exceeded. `result_file`, relative to the working directory, is the file whose keccak256 is the result
-    digest of the completion report; without it the digest is keccak256 of the job's standard output.
-    `network` is `none` (no network at all, the default) or `egress` (outbound connections), which only an offer
-    that allows egress can give. `resources` asks for memory and CPUs within the offer's allowance.
+    it. `env` is added to the job's environment (reserved names refused); the values of the names in `secret_env`
+    come separately, sealed to the agent's key (`offchain.renterapi.SpecUpload`), so that they never travel or rest
+    in the clear. Without `image` the agent uses its provider's default image, and declines when there is none.
+    `timeout_seconds` stops the job (reported Failed) once exceeded. `output_dir`, relative to the working
+    directory, is what the job leaves for its renter: packed as a tar when the job ends, its keccak256 is the
+    completion report's result digest (without it, the digest is keccak256 of the job's stdout). `network` is
+    `none` (no network at all, the default) or `egress` (outbound connections), which only an offer that allows
+    egress can give. `resources` asks for memory and CPUs within the offer's allowance.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -117,10 +128,11 @@ class JobSpec(BaseModel):
     command: tuple[str, ...] = Field(min_length=1)
     args: tuple[str, ...] = ()
     env: dict[str, str] = {}
+    secret_env: tuple[str, ...] = ()
     working_dir: str = "."
     image: str | None = Field(default=None, min_length=1)
     timeout_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
-    result_file: str | None = Field(default=None, min_length=1)
+    output_dir: str = Field(default="out", min_length=1)
     network: Literal["none", "egress"] = "none"
     resources: JobResources = JobResources()
 
@@ -155,11 +167,7 @@ class JobSpec(BaseModel):
         if len(value) > MAX_ENV_VARS:
             raise ValueError(f"more than {MAX_ENV_VARS} environment variables")
         for name, text in value.items():
-            if len(name) > MAX_ENV_NAME_CHARS or not _ENV_NAME.match(name):
-                raise ValueError(f"not an environment variable name: {name[:MAX_ENV_NAME_CHARS]!r}")
-            if name in RESERVED_ENV_NAMES or name.upper().startswith(RESERVED_ENV_PREFIXES):
-                raise ValueError(f"environment variable {name} is reserved: it steers the container runtime, the "
-                                 "loader or the GPUs, which the provider's agent controls")
+            _env_name(name)
             if len(text) > MAX_ENV_VALUE_CHARS:
                 raise ValueError(f"environment variable {name} is longer than {MAX_ENV_VALUE_CHARS} characters")
             if any(c in text for c in "\x00\r\n"):
@@ -167,15 +175,32 @@ class JobSpec(BaseModel):
                                  "data in a file of the workspace")
         return value
 
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_SECRETS:
+            raise ValueError(f"more than {MAX_SECRETS} secret environment variables")
+        if len(set(value)) != len(value):
+            raise ValueError("secret_env names a variable twice")
+        for name in value:
+            _env_name(name)
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_apart(self) -> "JobSpec":
+        if both := sorted(set(self.env) & set(self.secret_env)):
+            raise ValueError(f"{both[0]} is both in env and in secret_env")
+        return self
+
     @field_validator("working_dir")
     @classmethod
     def _working_dir(cls, value: str) -> str:
         return _relative_path(value, "working_dir")
 
-    @field_validator("result_file")
+    @field_validator("output_dir")
     @classmethod
-    def _result_file(cls, value: str | None) -> str | None:
-        return None if value is None else _relative_path(value, "result_file")
+    def _output_dir(cls, value: str) -> str:
+        return _relative_path(value, "output_dir")
 
     @field_validator("image")
     @classmethod

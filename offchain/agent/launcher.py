@@ -9,20 +9,33 @@ launch is written there before it is made, so an agent that crashes right after 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Collection
+
+from eth_account import Account
 
 from offchain.agent.admission import Allowance
 from offchain.agent.bareprocess import BareProcessJob, kill_stale_job, new_token
-from offchain.agent.containers import AGENT_LABEL, ContainerPlan, Engine, EngineError, agent_label, labels
+from offchain.agent.containers import (
+    AGENT_LABEL,
+    ContainerEngine,
+    ContainerPlan,
+    Engine,
+    EngineError,
+    agent_label,
+    labels,
+)
 from offchain.agent.job import ContainerJob, Job
 from offchain.agent.jobspec import JobSpec
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.workspace import RentalFiles
+from offchain.renterapi import unseal
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +63,10 @@ def container_name(rental_id: int) -> str:
 
 
 class JobLauncher:
-    """The jobs of one agent (`agent` is its address, which with its state folder labels its containers)."""
+    """The jobs of one agent (its address, with its state folder, labels its containers; its key opens the jobs'
+    sealed secret values)."""
 
-    def __init__(self, settings: ProviderAgentSettings, book: RentalBook, agent: str, *, real_gpus: bool,
+    def __init__(self, settings: ProviderAgentSettings, book: RentalBook, key: str, *, real_gpus: bool,
                  clock: Callable[[], float]) -> None:
         self.engine = None if settings.unsafe_bare_process else Engine(settings.container)
         if self.engine is not None and not self.engine.available():
@@ -61,7 +75,8 @@ class JobLauncher:
                 f"{self.engine.name} (or set GPUEX_AGENT_CONTAINER__ENGINE)")
         self._settings = settings
         self._book = book
-        self.label = agent_label(agent, settings.state_dir)
+        self._key = key
+        self.label = agent_label(Account.from_key(key).address, settings.state_dir)
         self._real_gpus = real_gpus
         self._clock = clock
 
@@ -93,7 +108,8 @@ class JobLauncher:
                 await self.engine.remove(record.container)
             log.warning("rental %d: container %s is gone: launching the job again", rental_id, record.container)
         name = container_name(rental_id)
-        self._book.set_launch(rental_id, isolation=ISOLATION_CONTAINER, container=name, token=None, deadline=deadline)
+        self._book.set_launch(rental_id, isolation=ISOLATION_CONTAINER, container=name, token=None, deadline=deadline,
+                              gpus=prepared.gpu_uuids)
         await asyncio.to_thread(self.files_of(rental_id).prepare, spec.working_dir, self._job_owner())
         job = self._container_job(record, prepared, name, deadline)
         await job.start()
@@ -105,10 +121,12 @@ class JobLauncher:
             found = await kill_stale_job(record.job_token, self._settings.stop_grace_seconds)
             log.warning("rental %d: stopped %d process(es) left by the agent's previous run", rental_id, found)
         token = new_token()
-        self._book.set_launch(rental_id, isolation=ISOLATION_BARE, container=None, token=token, deadline=deadline)
+        self._book.set_launch(rental_id, isolation=ISOLATION_BARE, container=None, token=token, deadline=deadline,
+                              gpus=prepared.gpu_uuids)
         job = BareProcessJob(prepared.spec, self.files_of(rental_id), rental_id=rental_id,
                              gpu_uuids=prepared.gpu_uuids, token=token, deadline=deadline,
-                             stop_grace_seconds=self._settings.stop_grace_seconds)
+                             stop_grace_seconds=self._settings.stop_grace_seconds,
+                             secrets=self._secret_values(rental_id, prepared.spec))
         await job.start()
         return job
 
@@ -129,11 +147,40 @@ class JobLauncher:
             # Simulated GPUs exist nowhere: a container of a simulated machine gets no GPU device.
             gpu_uuids=prepared.gpu_uuids if self._real_gpus else (), memory_mib=allowance.memory_mib,
             cpus=allowance.cpus, egress=allowance.egress, labels=labels(self.label, record.rental_id))
-        env = {**spec.env, "HOME": "/workspace", "CUDA_VISIBLE_DEVICES": ",".join(prepared.gpu_uuids),
-               "GPUEX_RENTAL_ID": str(record.rental_id)}
-        return ContainerJob(self.engine, plan, env, result_file=spec.result_file, deadline=deadline,
-                            stop_grace_seconds=self._settings.stop_grace_seconds,
+        env = {**spec.env, **self._secret_values(record.rental_id, spec), "HOME": "/workspace",
+               "CUDA_VISIBLE_DEVICES": ",".join(prepared.gpu_uuids), "GPUEX_RENTAL_ID": str(record.rental_id)}
+        return ContainerJob(self.engine, plan, env, output_dir=spec.output_dir, results=files.results,
+                            deadline=deadline, stop_grace_seconds=self._settings.stop_grace_seconds,
                             timeout_seconds=spec.timeout_seconds)
+
+    def has_secrets(self, rental_id: int, spec: JobSpec) -> bool:
+        """Whether the sealed values of every `secret_env` name of the spec are here."""
+        if not spec.secret_env:
+            return True
+        path = self.files_of(rental_id).secrets
+        return path.is_file() and set(json.loads(path.read_bytes())) == set(spec.secret_env)
+
+    def _secret_values(self, rental_id: int, spec: JobSpec) -> dict[str, str]:
+        """The spec's secret values, opened with the agent's key for the env file of the job's start only."""
+        if not spec.secret_env:
+            return {}
+        sealed = json.loads(self.files_of(rental_id).secrets.read_bytes())
+        return {name: unseal(self._key, sealed[name]) for name in spec.secret_env}
+
+    def forget_secrets(self, rental_id: int) -> None:
+        """Removes a rental's sealed secret values (its job will not start again)."""
+        self.files_of(rental_id).secrets.unlink(missing_ok=True)
+
+    async def log_path(self, record: RentalRecord | None) -> Path | None:
+        """Where the job's engine log is now: in the rental's folder (podman; docker once the job ended), or the
+        engine's own file while a docker job runs; None before the first launch."""
+        if self.engine is None or record is None or record.container is None:
+            return None
+        files = self.files_of(record.rental_id)
+        if self.engine.settings.engine is ContainerEngine.PODMAN or files.container_log.exists():
+            return files.container_log
+        state = await self.engine.inspect(record.container)
+        return Path(state.log_path) if state is not None and state.log_path else None
 
     async def discard(self, record: RentalRecord) -> None:
         """Stops whatever is left of a rental's job that nobody waits for any more (after a restart)."""

@@ -4,6 +4,8 @@ Layout of `<state_dir>/rentals/<rental id>/` (the folder itself readable by the 
 
 - `work/`: the job's workspace, mounted at `/workspace` in its container and owned by the job's user;
 - `container.log`: the engine's log of the job's stdout and stderr (`offchain.agent.logs`);
+- `results.tar`: the job's output folder, packed when the job has ended (`pack_beneath`);
+- `secrets.json`: the job's secret values, sealed to the agent's key, until the rental is done;
 - `stdout.log`, `stderr.log`: the same for a bare host process (`--unsafe-bare-process` only);
 - `job.env`: the job's environment while its container is being created (mode 0600, removed right after).
 
@@ -18,6 +20,7 @@ import errno
 import os
 import shutil
 import stat
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -54,19 +57,31 @@ class RentalFiles:
     def env_file(self) -> Path:
         return self.root / "job.env"
 
+    @property
+    def results(self) -> Path:
+        return self.root / "results.tar"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets.json"
+
     def prepare(self, working_dir: str, owner: tuple[int, int] | None) -> None:
         """Creates the rental folder (mode 0700) and the workspace with `working_dir` inside it, owned by
         `owner` (uid, gid), so that a job running as that user can write there. Without an owner (an agent that
         may not give files away) the workspace folders are writable by every user instead; the rental folder
         around them still keeps every other user out."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        self.ensure_root()
         if not self.work.exists():
             self.work.mkdir()
             if owner is not None:
                 os.chown(self.work, *owner)
             os.chmod(self.work, 0o700 if owner is not None else 0o777)
         make_dirs_beneath(self.work, working_dir, owner)
+
+    def ensure_root(self) -> None:
+        """Creates the rental's folder, readable by the agent's user only."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
 
     def remove(self) -> None:
         """Deletes the rental's folder and everything in it (links are removed, never followed)."""
@@ -139,3 +154,32 @@ def open_beneath(root: Path, relative: str) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def _anonymous(entry: tarfile.TarInfo) -> tarfile.TarInfo:
+    entry.uid = entry.gid = 0
+    entry.uname = entry.gname = ""
+    return entry
+
+
+def pack_beneath(root: Path, relative: str, destination: Path) -> bool:
+    """Packs the folder `relative` under `root` into the tar `destination` and tells whether there was such a
+    folder. The folder is reached without following a link and pinned by an open descriptor; inside it, links are
+    stored as links, never followed; owners are stored as 0 with no names. The tar is written beside
+    `destination` and renamed into place whole."""
+    try:
+        fd = _open_dir(str(root), None)
+        for part in _components(relative):
+            child = _open_dir(part, fd)
+            os.close(fd)
+            fd = child
+    except (UnsafePath, FileNotFoundError):
+        return False
+    partial = destination.with_name(destination.name + ".partial")
+    try:
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(f"/proc/self/fd/{fd}/", arcname=".", filter=_anonymous)  # the slash follows the pin
+    finally:
+        os.close(fd)
+    os.replace(partial, destination)
+    return True

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ PY = sys.executable
 
 
 def container_job(tmp_path: Path, image: str, script: str, *, env: dict[str, str] | None = None,
-                  result_file: str | None = None, working_dir: str = ".", deadline: float | None = None,
+                  output_dir: str = "out", working_dir: str = ".", deadline: float | None = None,
                   grace: float = 2.0, memory_mib: int = 64, name: str | None = None
                   ) -> tuple[ContainerJob, RentalFiles]:
     files = RentalFiles(tmp_path / "rental")
@@ -37,8 +38,8 @@ def container_job(tmp_path: Path, image: str, script: str, *, env: dict[str, str
         name=name or f"gpuex-test-{os.urandom(6).hex()}", image=image, argv=("sh", "-c", script),
         workspace=files.work, working_dir=working_dir, env_file=files.env_file, log_path=files.container_log,
         gpu_uuids=(), memory_mib=memory_mib, cpus=1, egress=False, labels=labels("0xtest", 7))
-    job = ContainerJob(Engine(SETTINGS), plan, env or {}, result_file=result_file, deadline=deadline,
-                       stop_grace_seconds=grace, timeout_seconds=None if deadline is None else 1)
+    job = ContainerJob(Engine(SETTINGS), plan, env or {}, output_dir=output_dir, results=files.results,
+                       deadline=deadline, stop_grace_seconds=grace, timeout_seconds=None if deadline is None else 1)
     return job, files
 
 
@@ -79,24 +80,34 @@ def test_nonzero_exit_code_is_captured_with_its_reason(tmp_path, job_image):
     assert not outcome.succeeded
 
 
-def test_digest_is_of_the_result_file_when_the_spec_names_one(tmp_path, job_image):
-    job, _ = container_job(tmp_path, job_image, "mkdir -p out && printf weights > out/model.bin && echo noise",
-                           working_dir="run", result_file="out/model.bin")
+def test_the_output_folder_is_packed_and_its_tar_is_the_digest(tmp_path, job_image):
+    job, files = container_job(tmp_path, job_image,
+                               "mkdir -p out/ckpt && printf weights > out/ckpt/model.bin && echo noise && "
+                               "ln -s /etc/passwd out/passwd && ln -s ckpt out/latest", working_dir="run")
 
-    assert run(job).result_digest == keccak(b"weights")
+    outcome = run(job)
+
+    assert outcome.result_digest == keccak(files.results.read_bytes())
+    with tarfile.open(files.results) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert tar.extractfile(members["./ckpt/model.bin"]).read() == b"weights"
+    assert (members["./passwd"].issym(), members["./passwd"].linkname) == (True, "/etc/passwd"), "kept, not followed"
+    assert members["./latest"].issym()
+    assert {(m.uid, m.gid, m.uname, m.gname) for m in members.values()} == {(0, 0, "", "")}
 
 
 @pytest.mark.parametrize("script", [
-    pytest.param("echo forgot to save", id="missing"),
-    pytest.param("ln -s /etc/passwd model.bin", id="symlink-out"),
-    pytest.param("mkdir real && printf x > real/model.bin && ln -s real d && ln -s d/model.bin model.bin",
-                 id="symlink-in"),
-    pytest.param("mkfifo model.bin", id="fifo"),
+    pytest.param("echo no output folder", id="missing"),
+    pytest.param("ln -s /etc out", id="symlink-out"),
+    pytest.param("printf x > out", id="a-file"),
 ])
-def test_a_result_file_that_is_not_a_regular_file_gives_the_zero_digest(tmp_path, job_image, script):
-    job, _ = container_job(tmp_path, job_image, script, result_file="model.bin")
+def test_without_an_output_folder_the_digest_is_of_stdout(tmp_path, job_image, script):
+    job, files = container_job(tmp_path, job_image, script)
 
-    assert run(job).result_digest == ZERO_DIGEST
+    outcome = run(job)
+
+    assert outcome.result_digest == keccak(output(files))
+    assert not files.results.exists()
 
 
 def test_the_job_gets_its_env_through_a_private_file_that_is_gone_after_the_start(tmp_path, job_image):
@@ -215,8 +226,8 @@ def test_a_restarted_agent_takes_over_the_running_container(tmp_path, job_image)
     async def main() -> JobOutcome:
         await job.start()
         await asyncio.sleep(0.5)
-        again = ContainerJob(job.engine, job.plan, {}, result_file=None, deadline=None, stop_grace_seconds=2,
-                             timeout_seconds=None)
+        again = ContainerJob(job.engine, job.plan, {}, output_dir="out", results=files.results, deadline=None,
+                             stop_grace_seconds=2, timeout_seconds=None)
         await again.attach()
         assert again.host_pid is not None and process_alive(again.host_pid)
         try:

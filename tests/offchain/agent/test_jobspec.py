@@ -13,13 +13,13 @@ from pydantic import ValidationError
 from offchain.agent.jobspec import JobResources, JobSpec, JobSpecInvalid, JobSpecMissing, JobSpecStore, parse_spec
 
 SPEC = JobSpec(command=("python", "train.py"), args=("--lr", "3e-4"), env={"WANDB_MODE": "offline"},
-               working_dir="src", timeout_seconds=3600, result_file="out/model.safetensors")
+               working_dir="src", timeout_seconds=3600, output_dir="checkpoints", secret_env=("HF_TOKEN",))
 
 
 def test_canonical_json_is_sorted_compact_and_complete():
     assert JobSpec(command=("nvidia-smi",)).canonical_json() == (
-        b'{"args":[],"command":["nvidia-smi"],"env":{},"image":null,"network":"none",'
-        b'"resources":{"cpus":null,"memory_mib":null},"result_file":null,"timeout_seconds":null,"working_dir":"."}'
+        b'{"args":[],"command":["nvidia-smi"],"env":{},"image":null,"network":"none","output_dir":"out",'
+        b'"resources":{"cpus":null,"memory_mib":null},"secret_env":[],"timeout_seconds":null,"working_dir":"."}'
     )
 
 
@@ -40,7 +40,8 @@ def test_hash_ignores_key_order_and_whitespace_of_the_body():
     {"working_dir": "."},
     {"image": "ghcr.io/acme/train:1"},
     {"timeout_seconds": 3601},
-    {"result_file": None},
+    {"output_dir": "out"},
+    {"secret_env": ()},
     {"network": "egress"},
     {"resources": JobResources(memory_mib=1024)},
 ])
@@ -58,7 +59,8 @@ def test_non_ascii_is_escaped_so_every_language_hashes_the_same_bytes():
     {"command": ()},
     {"command": ("a",), "working_dir": "/etc"},
     {"command": ("a",), "working_dir": "../other"},
-    {"command": ("a",), "result_file": "../../secret"},
+    {"command": ("a",), "output_dir": "../../secret"},
+    {"command": ("a",), "output_dir": "/etc"},
     {"command": ("a",), "env": {"BAD-NAME": "x"}},
     {"command": ("a",), "timeout_seconds": 0},
     {"command": ("a",), "unknown": 1},
@@ -69,7 +71,11 @@ def test_non_ascii_is_escaped_so_every_language_hashes_the_same_bytes():
     {"command": ("a",), "working_dir": "x" * 300},
     {"command": ("a",), "working_dir": "/".join(["abc"] * 300)},
     {"command": ("a",), "working_dir": "a\x00b"},
-    {"command": ("a",), "result_file": "r" * 256},
+    {"command": ("a",), "output_dir": "r" * 256},
+    {"command": ("a",), "secret_env": ("LD_PRELOAD",)},
+    {"command": ("a",), "secret_env": ("A", "A")},
+    {"command": ("a",), "secret_env": ("A",), "env": {"A": "1"}},
+    {"command": ("a",), "secret_env": tuple(f"S{i}" for i in range(33))},
     {"command": ("a",), "env": {"LD_PRELOAD": "/workspace/evil.so"}},
     {"command": ("a",), "env": {"ld_library_path": "/x"}},
     {"command": ("a",), "env": {"NVIDIA_VISIBLE_DEVICES": "all"}},
