@@ -27,10 +27,12 @@ $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	BROWNIE_NOCOMPILE=1 $(PY) -m pip install -q --no-binary eth-brownie eth-brownie==$(BROWNIE_VERSION)
 	@# Brownie pins the shared libraries (web3, aiohttp, pydantic, eth-account) and python-dotenv==0.16.0, which
 	@# every pydantic-settings release asks to be >= 0.21: install ours without dependencies so no pin moves.
-	$(PY) -m pip install -q --no-deps -e . pydantic-settings==2.12.0 nvidia-ml-py==13.580.82 coincurve==21.0.0
+	@# eciespy seals renters' secret values to the agent's key (it needs only coincurve and pycryptodome, both here).
+	$(PY) -m pip install -q --no-deps -e . pydantic-settings==2.12.0 nvidia-ml-py==13.580.82 coincurve==21.0.0 \
+		eciespy==0.4.7
 	$(PY) -m pip install -q slither-analyzer==$(SLITHER_VERSION)
 	@# Demo progress and plots, and the browser test's driver; none of these moves a Brownie pin.
-	$(PY) -m pip install -q rich==15.0.0 matplotlib==3.11.2 selenium==4.51.0
+	$(PY) -m pip install -q rich==15.0.0 matplotlib==3.11.2 selenium==4.51.0 pexpect==4.9.0
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 

@@ -125,7 +125,7 @@ def _agent_settings(chain: ChainSettings, state_root: Path, machine: ProviderMac
         allow_simulated=machine.source.simulated, state_dir=state_root / "agent", spec_dir=agent_spec_dir(state_root),
         report_interval_seconds=timers.report_interval_seconds, chain_poll_seconds=0.2, stop_grace_seconds=1.0,
         start_block=start_block, retry_initial_seconds=0.1, retry_max_seconds=0.5, tx_timeout_seconds=20,
-        container=ContainerSettings(default_image=DEV_JOB_IMAGE), keep_jobs_on_exit=False)
+        container=ContainerSettings(default_image=DEV_JOB_IMAGE), keep_jobs_on_exit=False, api_port=0)
 
 
 @asynccontextmanager

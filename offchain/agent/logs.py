@@ -33,30 +33,32 @@ class LogFormat(StrEnum):
 
 @dataclass(frozen=True)
 class LogChunk:
-    """Bytes one stream of the job wrote, and when (the engine's timestamp, as it wrote it)."""
+    """Bytes one stream of the job wrote, when (the engine's timestamp, as it wrote it), and the byte offset of
+    the log right after its entry (where a reader that has this chunk resumes)."""
 
     stream: str
     data: bytes
     time: str
+    end: int = 0
 
 
-def _parse_k8s(line: bytes) -> LogChunk | None:
+def _parse_k8s(line: bytes, end: int) -> LogChunk | None:
     parts = line.split(b" ", 3)
     if len(parts) < 3 or parts[1].decode(errors="replace") not in STREAMS:
         return None
     text = parts[3] if len(parts) == 4 else b""
     full = b"P" not in parts[2].split(b":")
-    return LogChunk(parts[1].decode(), text + (b"\n" if full else b""), parts[0].decode(errors="replace"))
+    return LogChunk(parts[1].decode(), text + (b"\n" if full else b""), parts[0].decode(errors="replace"), end)
 
 
-def _parse_json(line: bytes) -> LogChunk | None:
+def _parse_json(line: bytes, end: int) -> LogChunk | None:
     try:
         entry = json.loads(line)
     except ValueError:
         return None
     if not isinstance(entry, dict) or entry.get("stream") not in STREAMS or not isinstance(entry.get("log"), str):
         return None
-    return LogChunk(entry["stream"], entry["log"].encode(), str(entry.get("time", "")))
+    return LogChunk(entry["stream"], entry["log"].encode(), str(entry.get("time", "")), end)
 
 
 _PARSERS = {LogFormat.K8S_FILE: _parse_k8s, LogFormat.JSON_FILE: _parse_json}
@@ -73,11 +75,15 @@ def read_chunks(path: Path, fmt: LogFormat, offset: int = 0, limit_bytes: int | 
             data = stream.read(limit_bytes if limit_bytes is not None else -1)
     except FileNotFoundError:
         return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
+    last = data.rfind(b"\n")
+    if last < 0:
         return [], offset
-    chunks = [chunk for line in data[:end].split(b"\n") if (chunk := parse(line)) is not None]
-    return chunks, offset + end + 1
+    chunks, position = [], offset
+    for line in data[:last].split(b"\n"):
+        position += len(line) + 1
+        if (chunk := parse(line, position)) is not None:
+            chunks.append(chunk)
+    return chunks, offset + last + 1
 
 
 def iter_stream(path: Path, fmt: LogFormat, stream: str) -> Iterator[bytes]:

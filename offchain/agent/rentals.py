@@ -10,6 +10,7 @@ that queues each report in the outbox, and the job's outcome is written in the o
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -38,10 +39,13 @@ CREATE TABLE IF NOT EXISTS rentals (
 """
 #: Columns added after the first release; `RentalBook` adds them to an older database.
 LATER_COLUMNS = {
+    "renter": "TEXT",                 # who opened it (RentalOpened), the only one the renter API answers
     "container": "TEXT",              # name of the latest launch's container
+    "gpus": "TEXT",                   # JSON list: the UUIDs of the GPUs the job runs on
     "isolation": "TEXT",              # 'container' or 'bare-process'
     "exit_code": "INTEGER",           # how the job ended, once it has
     "job_reason": "TEXT",             # why it failed, for the renter
+    "result_digest": "BLOB",          # the completion report's: keccak256 of results.tar, or of stdout
     "job_finished_at": "REAL",
     "decline_reason": "INTEGER",      # DeclineReason the agent decided on, sent until the chain has it
     "decline_detail": "TEXT",
@@ -50,6 +54,20 @@ LATER_COLUMNS = {
     "done_at": "REAL",                # when the phase became done
     "cleaned_at": "REAL",             # when its folder was removed
 }
+
+
+@dataclass(frozen=True)
+class JobExit:
+    """How a job ended, as the book keeps it."""
+
+    exit_code: int
+    reason: str | None
+    finished_at: float | None
+    result_digest: bytes
+
+    def fields(self) -> dict[str, object]:
+        return {"exit_code": self.exit_code, "job_reason": self.reason, "job_finished_at": self.finished_at,
+                "result_digest": self.result_digest}
 
 
 class Phase(StrEnum):
@@ -73,10 +91,13 @@ class RentalRecord:
     job_token: str | None
     job_deadline: float | None
     outcome: str | None
+    renter: str | None
     container: str | None
+    gpus: tuple[str, ...]
     isolation: str | None
     exit_code: int | None
     job_reason: str | None
+    result_digest: bytes | None
     job_finished_at: float | None
     decline_reason: int | None
     decline_detail: str | None
@@ -101,7 +122,9 @@ class RentalRecord:
             job_token=row["job_token"],
             job_deadline=row["job_deadline"],
             outcome=row["outcome"],
-            **{name: row[name] for name in LATER_COLUMNS},
+            **{name: row[name] for name in LATER_COLUMNS if name not in ("result_digest", "gpus")},
+            result_digest=None if row["result_digest"] is None else bytes(row["result_digest"]),
+            gpus=tuple(json.loads(row["gpus"])) if row["gpus"] else (),
         )
 
 
@@ -140,9 +163,9 @@ class RentalBook:
         match event:
             case RentalOpened():
                 self._db.execute(
-                    "INSERT INTO rentals (rental_id, offer_id, spec_hash, phase) VALUES (?, ?, ?, 'opened') "
-                    "ON CONFLICT (rental_id) DO NOTHING",
-                    (str(event.rental_id), str(event.offer_id), event.job_spec_hash),
+                    "INSERT INTO rentals (rental_id, offer_id, spec_hash, phase, renter) "
+                    "VALUES (?, ?, ?, 'opened', ?) ON CONFLICT (rental_id) DO NOTHING",
+                    (str(event.rental_id), str(event.offer_id), event.job_spec_hash, event.renter),
                 )
                 return True
             case RentalTerminated():
@@ -166,9 +189,10 @@ class RentalBook:
         self._update(rental_id, ends_at=ends_at, terminated=int(terminated), finalized=int(finalized))
 
     def set_launch(self, rental_id: int, *, isolation: str, container: str | None, token: str | None,
-                   deadline: float | None) -> None:
+                   deadline: float | None, gpus: tuple[str, ...]) -> None:
         """Remembers a job launch before it is made, so a crash right after still finds it."""
-        self._update(rental_id, isolation=isolation, container=container, job_token=token, job_deadline=deadline)
+        self._update(rental_id, isolation=isolation, container=container, job_token=token, job_deadline=deadline,
+                     gpus=json.dumps(list(gpus)))
 
     def set_job_started(self, rental_id: int, started_at: float | None) -> None:
         """When the latest launch began running."""
@@ -179,21 +203,19 @@ class RentalBook:
         self._update(rental_id, decline_reason=reason, decline_detail=detail)
 
     def advance(self, rental_id: int, *, next_seq: int, period_start: int, done: str | None = None,
-                exit_code: int | None = None, job_reason: str | None = None,
-                job_finished_at: float | None = None) -> None:
+                job_exit: JobExit | None = None) -> None:
         """Moves past a queued report; `done` (the outcome) closes the rental, with how its job ended if it did.
         Joins the caller's transaction."""
         fields: dict[str, object] = {"next_seq": next_seq, "period_start": period_start}
         if done is not None:
             fields.update(phase=Phase.DONE.value, outcome=done, done_at=self._clock())
-        if exit_code is not None:
-            fields.update(exit_code=exit_code, job_reason=job_reason, job_finished_at=job_finished_at)
+        if job_exit is not None:
+            fields.update(job_exit.fields())
         self._update(rental_id, **fields)
 
-    def record_exit(self, rental_id: int, *, exit_code: int, job_reason: str | None,
-                    job_finished_at: float | None) -> None:
+    def record_exit(self, rental_id: int, job_exit: JobExit) -> None:
         """How the job ended, for a rental that sends no completion report for it."""
-        self._update(rental_id, exit_code=exit_code, job_reason=job_reason, job_finished_at=job_finished_at)
+        self._update(rental_id, **job_exit.fields())
 
     def finish(self, rental_id: int, outcome: str) -> None:
         """Closes the rental without a report."""

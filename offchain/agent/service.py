@@ -51,6 +51,7 @@ from eth_account import Account
 from web3.exceptions import Web3Exception
 
 from offchain.agent.admission import RentalRefused, admit, offer_gpus_here
+from offchain.agent.api import RenterApi
 from offchain.agent.containers import EngineError, ImageUnavailable
 from offchain.agent.job import NOT_STARTED_EXIT_CODE, ZERO_DIGEST, ContainerJob, Job, JobOutcome
 from offchain.agent.jobspec import JobSpec, JobSpecInvalid, JobSpecMissing, JobSpecStore
@@ -73,7 +74,7 @@ from offchain.telemetry.window import summarize
 log = logging.getLogger(__name__)
 
 CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, TimeoutError)
-AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.launcher", "offchain.agent.job",
+AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.api", "offchain.agent.launcher", "offchain.agent.job",
                  "offchain.agent.bareprocess", "offchain.agent.containers", "offchain.agent.jobspec",
                  "offchain.agent.outbox", "offchain.agent.watcher")
 SIMULATED_LABEL = "[SIMULATED TELEMETRY] "
@@ -133,7 +134,7 @@ class ProviderAgent:
         self._registry = contract(self._w3, "ProviderRegistry", settings.chain.registry)
         self._db = open_db(settings.db_path)
         self.book = RentalBook(self._db, clock)
-        self.jobs = JobLauncher(settings, self.book, self.address, real_gpus=not source.simulated, clock=clock)
+        self.jobs = JobLauncher(settings, self.book, self._key, real_gpus=not source.simulated, clock=clock)
         self.outbox = Outbox(
             self._db, settings.oracles,
             retry=RetryPolicy(settings.retry_initial_seconds, settings.retry_max_seconds),
@@ -141,6 +142,8 @@ class ProviderAgent:
         self._watcher = ChainWatcher(self._w3, self._escrow, self._registry, settings.provider, self._db,
                                      start_block=settings.start_block, confirmations=settings.confirmations)
         self._specs = JobSpecStore(settings.spec_directory, settings.spec_url, settings.http_timeout_seconds)
+        self.api = None if settings.api_port is None else RenterApi(
+            settings, self._key, self.book, self.jobs, self._specs, self._db, self._ensure_runner, clock)
         self._wakeups: dict[int, asyncio.Event] = {}
         self._buffers: dict[int, _SampleBuffer] = {}
         self._job_pids: dict[int, int] = {}
@@ -169,6 +172,8 @@ class ProviderAgent:
             log.info("agent %s for provider %s: %d oracle(s), report every %.0f s, jobs in %s", self.address,
                      self._settings.provider, len(self.outbox.oracles), self._settings.report_interval_seconds,
                      "bare processes" if engine is None else f"{engine.name} containers")
+            if self.api is not None:
+                await self.api.start()
             async with self.outbox, asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self.outbox.run())
@@ -180,6 +185,8 @@ class ProviderAgent:
                 group.create_task(self._janitor_loop())
         finally:
             self._group = None
+            if self.api is not None:
+                await self.api.stop()
             self._db.close()
             await self._w3.provider.disconnect()
             self._remove_labels()
@@ -251,6 +258,11 @@ class ProviderAgent:
             self._wakeups.pop(rental_id, None)
             self._buffers.pop(rental_id, None)
             self._forget_job(rental_id)
+            if self.api is not None:
+                self.api.close_shells(rental_id)
+            record = self.book.get(rental_id)
+            if record is not None and record.phase is Phase.DONE:
+                self.jobs.forget_secrets(rental_id)
             if not self._buffers:
                 self._sampling.clear()
 
@@ -329,7 +341,11 @@ class ProviderAgent:
         deadline = state["since"] + min(self._settings.spec_wait_seconds, await self._start_timeout_seconds() / 2)
         while True:
             try:
-                return await self._specs.get(record.spec_hash)
+                spec = await self._specs.get(record.spec_hash)
+                if self.jobs.has_secrets(record.rental_id, spec):
+                    return spec
+                raise JobSpecMissing("the sealed values of its secret environment variables have not arrived "
+                                     "(the renter uploads them with the spec)")
             except JobSpecInvalid as exc:
                 raise RentalRefused(DeclineReason.SPEC_INVALID, str(exc)) from exc
             except JobSpecMissing as exc:
@@ -467,6 +483,8 @@ class ProviderAgent:
         self.book.set_job_started(rental_id, job.started_at)
         self._watch_job_pid(rental_id, job)
         exit_task = asyncio.create_task(job.wait())
+        if self.api is not None:
+            exit_task.add_done_callback(lambda _: self.api.close_shells(rental_id))
         try:
             await self._report_until_done(rental_id, prepared.gpu_uuids, buffer, job, exit_task)
         except asyncio.CancelledError:
@@ -531,8 +549,7 @@ class ProviderAgent:
                 woken.cancel()
 
     def _record_exit(self, rental_id: int, outcome: JobOutcome) -> None:
-        self.book.record_exit(rental_id, exit_code=outcome.exit_code, job_reason=outcome.reason,
-                              job_finished_at=outcome.finished_at)
+        self.book.record_exit(rental_id, outcome.as_exit())
 
     async def _complete(self, record: RentalRecord, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer,
                         outcome: JobOutcome) -> None:
@@ -607,12 +624,10 @@ class ProviderAgent:
         signature = report.sign(self._key, self._settings.chain.chain_id, self._settings.chain.registry)
         if status is not ReportStatus.RUNNING:
             done = f"job {status.name.lower()} (exit code {exit_code})"
-        exit_fields: dict[str, Any] = {} if outcome is None else {
-            "exit_code": outcome.exit_code, "job_reason": outcome.reason, "job_finished_at": outcome.finished_at}
         with transaction(self._db):
             self.outbox.enqueue(TelemetrySubmission(report=report, signature=signature))
             self.book.advance(record.rental_id, next_seq=record.next_seq + 1, period_start=period_end, done=done,
-                              **exit_fields)
+                              job_exit=None if outcome is None else outcome.as_exit())
         buffer.drop_before(period_end)
         log.info("rental %d: report %d [%d, %d) %s: %d s delivered, %d bps, %d samples", record.rental_id,
                  report.seq, report.period_start, report.period_end, status.name, report.delivered_seconds,

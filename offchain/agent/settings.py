@@ -35,6 +35,10 @@ class ProviderAgentSettings(AgentSettings):
     unsafe_bare_process: bool = False
     # A clean stop leaves running containers to a restarted agent; False stops them (demos and tests).
     keep_jobs_on_exit: bool = True
+    # The renter API (offchain.agent.api): where it listens. The provider publishes the URL renters reach it at on
+    # chain (`gpuex provider set-agent-url`); put TLS in front of it anywhere but on a local chain.
+    api_host: str = "127.0.0.1"
+    api_port: int | None = Field(default=8780, ge=0, le=65535)  # None: no renter API; 0: any free port
     workspace_retention_seconds: float = Field(default=7 * 86_400.0, ge=0)  # results and logs after the end
     janitor_interval_seconds: float = Field(default=60.0, gt=0)
     stop_grace_seconds: float = Field(default=10.0, gt=0)

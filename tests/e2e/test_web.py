@@ -110,7 +110,7 @@ async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
             provider=state.accounts["provider"], oracles=[state.oracle_url], allow_simulated=True,
             state_dir=tmp_path / "agent", report_interval_seconds=1.0, chain_poll_seconds=0.5,
             start_block=state.deployment.start_block, retry_initial_seconds=0.2, retry_max_seconds=1.0,
-            container=ContainerSettings(default_image=job_image), keep_jobs_on_exit=False), source)
+            container=ContainerSettings(default_image=job_image), keep_jobs_on_exit=False, api_port=0), source)
         agent_task = asyncio.create_task(agent.run(), name="agent")
         web = f"{state.oracle_url}/web"
         await _until_reports(f"{web}/api/rentals/{rented}", 2, agent_task)

@@ -74,6 +74,7 @@ def agent_settings(chain_settings, provider, tmp_path, job_image):
             container=ContainerSettings(default_image=job_image, memory_mib_per_gpu=256, cpus_per_gpu=1,
                                         pids_limit=128),
             keep_jobs_on_exit=False,
+            api_port=0,
         )
         fields.update(overrides)
         return ProviderAgentSettings(**fields)

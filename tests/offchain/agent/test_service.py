@@ -9,9 +9,7 @@ import os
 import signal
 import sqlite3
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import pytest
 from brownie import web3
@@ -29,69 +27,17 @@ from offchain.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.simulated import SimulatedSource
 from offchain.telemetry.source import TelemetrySource
+from tests.offchain.agent.harness import (
+    DURATION,
+    agent_with_oracles,
+    final_report,
+    job,
+    open_rental,
+    running,
+    start_oracles,
+)
 from tests.offchain.agent.helpers import wait_until
-from tests.offchain.agent.oracle_server import RecordingOracle
 from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, PRICE
-
-DURATION = 600
-
-
-def job(script: str, **fields) -> JobSpec:
-    """A shell script run in the busybox job image (the agent's default image in these tests)."""
-    return JobSpec(command=("sh", "-c", script), **fields)
-
-
-async def start_oracles(settings, count: int = 2) -> list[RecordingOracle]:
-    """Oracle endpoints that check the agent's signature for this deployment and its outbox at `settings.db_path`."""
-    oracles = [RecordingOracle(settings.chain.chain_id, settings.chain.registry, AGENT.address,
-                               agent_db=settings.db_path) for _ in range(count)]
-    for oracle in oracles:
-        await oracle.start()
-    return oracles
-
-
-@asynccontextmanager
-async def running(agent: ProviderAgent) -> AsyncIterator[Callable[..., object]]:
-    """Runs the agent; yields `until(condition, seconds, what)`, a bounded wait that also fails if the agent
-    died."""
-    task = asyncio.create_task(agent.run())
-
-    async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-        await wait_until(lambda: condition() or task.done(), seconds, what)
-        if task.done():
-            task.result()
-            raise AssertionError(f"the agent stopped while waiting for {what}")
-
-    try:
-        yield until
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-@asynccontextmanager
-async def agent_with_oracles(settings, source, count: int = 1):
-    """A running agent reporting to `count` recording oracles; yields (agent, oracles, until)."""
-    oracles = await start_oracles(settings, count)
-    agent = ProviderAgent(settings.model_copy(update={"oracles": [o.url for o in oracles]}), source)
-    try:
-        async with running(agent) as until:
-            yield agent, oracles, until
-    finally:
-        for oracle in oracles:
-            await oracle.stop()
-
-
-async def open_rental(suite, renter, offer_id: int, spec: JobSpec, duration: int = DURATION) -> int:
-    tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, duration, PRICE, spec.spec_hash(),
-                                 {"from": renter})
-    return tx.return_value
-
-
-def final_report(oracle: RecordingOracle, rental_id: int) -> TelemetryReport | None:
-    reports = oracle.accepted_reports(rental_id)
-    return reports[-1] if reports and reports[-1].status is not ReportStatus.RUNNING else None
-
 
 def assert_continuous(reports: list[TelemetryReport], since: int) -> None:
     assert [r.seq for r in reports] == list(range(reports[0].seq, reports[0].seq + len(reports)))
@@ -189,8 +135,7 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
 
 
 @pytest.mark.parametrize("spec, exit_code, digest, reason", [
-    pytest.param(job("sleep 2; printf nan > loss.txt; exit 3", result_file="loss.txt"), 3, keccak(b"nan"),
-                 "exited with code 3", id="exit-3"),
+    pytest.param(job("sleep 2; printf nan; exit 3"), 3, keccak(b"nan"), "exited with code 3", id="exit-3"),
     pytest.param(job("sleep 300", timeout_seconds=2), 143, keccak(b""), "timeout of 2 s", id="timeout"),
     pytest.param(JobSpec(command=("/nonexistent/bin/train",)), 1, keccak(b""), "exited with code 1",
                  id="not-in-image"),

@@ -1,0 +1,77 @@
+"""An agent running against recording oracles on loopback, with the helpers the agent's service and API tests share:
+jobs in the busybox image, rentals opened by a renter, the completion report an oracle received."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+from offchain.agent.jobspec import JobSpec
+from offchain.agent.service import ProviderAgent
+from offchain.messages import TelemetryReport
+from offchain.reports import ReportStatus
+from tests.offchain.agent.helpers import AGENT_ADDRESS, wait_until
+from tests.offchain.agent.oracle_server import RecordingOracle
+from tests.offchain.conftest import PRICE
+
+DURATION = 600
+
+
+def job(script: str, **fields) -> JobSpec:
+    """A shell script run in the busybox job image (the agent's default image in these tests)."""
+    return JobSpec(command=("sh", "-c", script), **fields)
+
+
+async def start_oracles(settings, count: int = 2) -> list[RecordingOracle]:
+    """Oracle endpoints that check the agent's signature for this deployment and its outbox at `settings.db_path`."""
+    oracles = [RecordingOracle(settings.chain.chain_id, settings.chain.registry, AGENT_ADDRESS,
+                               agent_db=settings.db_path) for _ in range(count)]
+    for oracle in oracles:
+        await oracle.start()
+    return oracles
+
+
+@asynccontextmanager
+async def running(agent: ProviderAgent) -> AsyncIterator[Callable[..., object]]:
+    """Runs the agent; yields `until(condition, seconds, what)`, a bounded wait that also fails if the agent
+    died."""
+    task = asyncio.create_task(agent.run())
+
+    async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+        await wait_until(lambda: condition() or task.done(), seconds, what)
+        if task.done():
+            task.result()
+            raise AssertionError(f"the agent stopped while waiting for {what}")
+
+    try:
+        yield until
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def agent_with_oracles(settings, source, count: int = 1):
+    """A running agent reporting to `count` recording oracles, its renter API listening; yields (agent, oracles,
+    until)."""
+    oracles = await start_oracles(settings, count)
+    agent = ProviderAgent(settings.model_copy(update={"oracles": [o.url for o in oracles]}), source)
+    try:
+        async with running(agent) as until:
+            await until(lambda: agent.api is None or agent.api.port is not None, 10, "the renter API")
+            yield agent, oracles, until
+    finally:
+        for oracle in oracles:
+            await oracle.stop()
+
+
+async def open_rental(suite, renter, offer_id: int, spec: JobSpec, duration: int = DURATION) -> int:
+    tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, duration, PRICE, spec.spec_hash(),
+                                 {"from": renter})
+    return tx.return_value
+
+
+def final_report(oracle: RecordingOracle, rental_id: int) -> TelemetryReport | None:
+    reports = oracle.accepted_reports(rental_id)
+    return reports[-1] if reports and reports[-1].status is not ReportStatus.RUNNING else None
