@@ -37,6 +37,14 @@ from offchain.renterapi import (
 
 DOWNLOAD_CHUNK = 1 << 20
 LOG_RECONNECT_SECONDS = 0.5
+#: What a refused websocket handshake means (its body, which says it in full, does not reach a websocket client).
+_SHELL_REFUSALS = {
+    401: ("unsigned", "the agent refused the request's signature (a clock far off, or a replay)"),
+    403: ("not_renter", "this key is not the rental's renter"),
+    404: ("unknown_rental", "the provider's agent knows no such rental"),
+    409: ("not_now", "the rental's job is not running"),
+    501: ("unsupported", "this agent runs no containers to open a shell in"),
+}
 
 
 class RenterApiError(Exception):
@@ -176,7 +184,8 @@ class RenterClient:
                 self._url(rental_id, "shell"), params={"rows": str(rows), "cols": str(cols), "shell": shell},
                 headers=self._headers(rental_id, Action.SHELL), heartbeat=30)
         except aiohttp.WSServerHandshakeError as exc:
-            raise RenterApiError(exc.status, "refused", exc.message) from exc
+            code, detail = _SHELL_REFUSALS.get(exc.status, ("refused", f"{exc.status} {exc.message}"))
+            raise RenterApiError(exc.status, code, detail) from exc
         except aiohttp.ClientConnectionError as exc:
             raise RenterApiError(0, "unreachable", f"{self.base_url}: {exc}") from exc
 

@@ -27,6 +27,7 @@ from offchain.config import KeyConfigError
 from offchain.deploy import DeployError
 from offchain.devnet import DevnetError
 from offchain.exchange import ExchangeError, InsufficientAllowance
+from offchain.renterclient import RenterApiError
 from offchain.cli.context import CliParser, UsageError, add_common_options, invalid
 from offchain.telemetry.source import TelemetryError
 from offchain.wallet import TxFailed
@@ -35,7 +36,7 @@ COMMAND_MODULES = ("devnet", "provider", "offer", "offers", "rental", "agent", "
 
 #: Errors of an action that could not be done: exit status 1.
 FAILURES = (ExchangeError, TxFailed, DevnetError, DeployError, TelemetryError, ArtifactMissing, aiohttp.ClientError,
-            OSError, asyncio.TimeoutError, Web3Exception)
+            OSError, asyncio.TimeoutError, Web3Exception, RenterApiError)
 
 
 def build_parser() -> CliParser:

@@ -87,6 +87,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number, zero or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise ArgumentTypeError(f"must be zero or more: {value}")
+    return value
+
+
 def address(text: str) -> str:
     """An Ethereum address, returned checksummed."""
     if not Web3.is_address(text.strip()):

@@ -2,10 +2,11 @@
 exchange.
 
 The job spec (JSON, `offchain.agent.jobspec.JobSpec`) stays off chain; its hash goes on chain with the rental.
-The provider's agent finds the body by hash in its spec directory or at its `GPUEX_AGENT_SPEC_URL`. On the devnet
-`rent` writes the spec into the devnet's spec directory, which `gpuex agent run` reads there by default; on a live
-network publish `<hash>.json` where the provider's agent fetches specs (or give `--spec-dir` a directory that
-serves them).
+`rent` uploads the body, with the values of its secret environment variables sealed to the agent's key, to the
+renter API of the provider's agent (its URL is on chain, `gpuex provider set-agent-url`); the agent checks it
+against the hash. A provider that publishes no agent URL finds specs by hash in its spec directory (where `rent`
+writes them on the devnet) or at its `GPUEX_AGENT_SPEC_URL`. `gpuex rental send-spec|logs|results|shell` are in
+`offchain.cli.access`.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ import argparse
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 
-from pydantic import ValidationError
 
 from offchain import devnet
-from offchain.agent.jobspec import JobSpec, JobSpecStore
-from offchain.cli import parse
+from offchain.agent.jobspec import JobSpecStore
+from offchain.cli import access, parse
 from offchain.cli.context import (
     Output,
     UsageError,
     add_command,
     add_group,
-    invalid,
     money,
     open_context,
     per_hour,
@@ -32,6 +31,7 @@ from offchain.cli.context import (
     when,
 )
 from offchain.exchange import (
+    ExchangeError,
     RentalDeclined,
     RentalEvent,
     RentalFinalized,
@@ -43,6 +43,7 @@ from offchain.exchange import (
     ReportSkipped,
 )
 from offchain.market import TokenInfo
+from offchain.renterapi import JobStatus
 
 #: Reports `rental status` lists (the most recent ones); `--json` has them all.
 SHOWN_REPORTS = 10
@@ -52,7 +53,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     rent_parser = add_command(commands, "rent", rent, "rent an offer: pay its deposit into escrow with a job to run")
     rent_parser.add_argument("offer_id", type=parse.positive_int, metavar="OFFER")
     rent_parser.add_argument("--duration", type=parse.duration, required=True, help="e.g. 90m, 2h, 3600 (seconds)")
-    rent_parser.add_argument("--spec", type=Path, required=True, metavar="FILE", help="the job spec (JSON)")
+    access.add_spec_options(rent_parser)
     rent_parser.add_argument("--max-price-per-hour", type=parse.price, metavar="PRICE",
                              help="refuse a price above this (default: the price listed now)")
     rent_parser.add_argument("--approve", action="store_true",
@@ -60,7 +61,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     rent_parser.add_argument("--spec-dir", type=Path, metavar="DIR",
                              help="also save the spec here as <hash>.json (default on the devnet: its spec directory)")
 
-    group = add_group(commands, "rental", "a rental's state, live utilisation and early end")
+    group = add_group(commands, "rental", "a rental's state, live utilisation, early end, and its job: spec, logs, "
+                                          "results, shell")
     for name, handler, text in (
         ("status", status, "state, deposit, paid, refunded, slash, delivered seconds and utilisation"),
         ("terminate", terminate, "end your rental now: cancel before the start, else refund the unused time"),
@@ -71,18 +73,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         if name == "watch":
             parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default 2)")
 
+    access.register(group)
+
     add_command(commands, "withdraw", withdraw,
                 "withdraw what the escrow credited you (earnings, refunds) and slash compensation")
     add_command(commands, "faucet", faucet, "claim test payment tokens (deployments with the test token only)")
-
-
-def _load_spec(path: Path) -> JobSpec:
-    try:
-        return JobSpec.model_validate_json(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"--spec {path}: {exc.strerror}") from None
-    except ValidationError as exc:
-        raise invalid(exc, f"job spec {path}") from None
 
 
 def _max_price_units(token: TokenInfo, per_hour_price: Decimal) -> int:
@@ -95,29 +90,50 @@ def _max_price_units(token: TokenInfo, per_hour_price: Decimal) -> int:
 
 async def rent(args: argparse.Namespace) -> int:
     out = Output(args)
-    spec = _load_spec(args.spec)
+    spec, secrets = access.load_spec(args.spec, args.secret_env)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
         max_price = None if args.max_price_per_hour is None else _max_price_units(token, args.max_price_per_hour)
-        spec_dir = args.spec_dir or (devnet.spec_dir(ctx.devnet_dir) if ctx.devnet is not None else None)
+        try:
+            agent_url: str | None = (await ctx.client.agent_endpoint_of_offer(args.offer_id)).url
+        except ExchangeError:
+            agent_url = None  # no agent URL published (or no such offer, which opening reports)
+        if agent_url is None and secrets:
+            raise UsageError(f"offer {args.offer_id}'s provider publishes no agent URL: secret values travel only "
+                             "through its agent's renter API")
+        spec_dir = args.spec_dir or (devnet.spec_dir(ctx.devnet_dir) if ctx.devnet is not None and agent_url is None
+                                     else None)
         if spec_dir is not None:
             JobSpecStore(spec_dir).put(spec)
         result = await ctx.client.open_rental(args.offer_id, args.duration, spec.spec_hash(), max_price, args.approve)
-    rental = result.rental
+        rental = result.rental
+        if agent_url is not None:
+            try:
+                await access.send_spec(ctx, rental.rental_id, spec, secrets)
+            except ExchangeError as exc:
+                raise ExchangeError(
+                    f"rental {rental.rental_id} is open, but {exc}; send it again with `gpuex rental send-spec "
+                    f"{rental.rental_id} --spec {args.spec}` (a rental without its spec is declined and refunded in "
+                    "full)") from None
 
     def human() -> None:
         out.sent(result)
         out.print(f"rental {rental.rental_id} opened on offer {rental.offer_id}: "
                   f"{parse.format_duration(rental.duration)} at {per_hour(token, rental.price_per_second)}, "
                   f"deposit {money(token, rental.deposit)}")
+        if agent_url is not None:
+            out.print(f"job spec {rental.job_spec_hash} sent to the provider's agent at {agent_url}"
+                      + (f", with {len(secrets)} sealed secret value(s)" if secrets else ""))
         if spec_dir is not None:
             out.print(f"job spec {rental.job_spec_hash} saved in {spec_dir}")
-        else:
+        elif agent_url is None:
             out.print(f"publish the job spec as {rental.job_spec_hash}.json where the provider's agent fetches specs "
                       "(its GPUEX_AGENT_SPEC_URL)")
-        out.print(f"follow it with `gpuex rental watch {rental.rental_id}`")
+        out.print(f"follow it with `gpuex rental watch {rental.rental_id}` and `gpuex rental logs "
+                  f"{rental.rental_id} --follow`")
 
-    out.emit({**result.model_dump(mode="json"), "spec_dir": str(spec_dir) if spec_dir else None}, human)
+    out.emit({**result.model_dump(mode="json"), "spec_dir": str(spec_dir) if spec_dir else None,
+              "spec_sent_to": agent_url}, human)
     return 0
 
 
@@ -160,8 +176,29 @@ async def status(args: argparse.Namespace) -> int:
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
         rental = await ctx.client.rental(args.rental_id)
-    out.emit(rental, lambda: render_rental(out, token, rental))
+        job = await access.job_status(ctx, args.rental_id)
+
+    def human() -> None:
+        render_rental(out, token, rental)
+        if job is not None:
+            render_job(out, job)
+
+    out.emit({**rental.model_dump(mode="json"), "job": None if job is None else job.model_dump(mode="json")}, human)
     return 0
+
+
+def render_job(out: Output, job: JobStatus) -> None:
+    """What the provider's agent says of the job (its renter only)."""
+    container = job.container
+    rows = [
+        ("isolation", job.isolation), ("image", job.image), ("GPUs", ", ".join(job.gpus) or None),
+        ("container", None if container is None else f"{container.name} ({container.state})"),
+        ("exit code", job.exit_code), ("reason", job.reason), ("result digest", job.result_digest),
+        ("results", "ready: `gpuex rental results` downloads them" if job.results_available else None),
+    ]
+    if not job.spec_received:
+        rows.insert(0, ("spec", "not received yet: `gpuex rental send-spec` sends it"))
+    out.fields("job (from the provider's agent)", rows)
 
 
 async def terminate(args: argparse.Namespace) -> int:

@@ -60,6 +60,13 @@ def test_rent_refuses_a_bad_job_spec(cli, market, tmp_path):
     assert error == f"--spec {tmp_path / 'none.json'}: No such file or directory"
 
 
+def test_secret_values_need_the_providers_agent_url(cli, market, spec_file):
+    error = cli.fails(2, "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--secret-env", "TOKEN",
+                      role="renter", env={"TOKEN": "x"})
+    assert error == (f"offer {market.offer_id}'s provider publishes no agent URL: secret values travel only through "
+                     "its agent's renter API")
+
+
 def test_rent_of_a_provider_without_stake_names_the_revert(cli, spec_file):
     gpu = "GPU-0c105e00-0000-4000-8000-000000000002"
     cli.ok("provider", "register-gpus", "--gpu", gpu, role="provider2")
@@ -139,6 +146,7 @@ def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file,
     start_block = cli.ok("devnet", "status", "--json").json()["block_number"]
     agent = cli.spawn("agent", "run", "--simulated", "2", log=tmp_path / "agent.log", env={
         "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"), "GPUEX_AGENT_START_BLOCK": str(start_block),
+        "GPUEX_AGENT_API_PORT": "0",
         "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1", "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.5",
         "GPUEX_AGENT_STOP_GRACE_SECONDS": "1", "GPUEX_AGENT_RETRY_INITIAL_SECONDS": "0.2"})
     try:
