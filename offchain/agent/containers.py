@@ -235,9 +235,13 @@ class Engine:
         return shutil.which(self.name) is not None
 
     async def call(self, *args: str, timeout: float | None = None, check: bool = True,
-                   cwd: Path | None = None) -> tuple[int, str, str]:
+                   cwd: Path | None = None, interruptible: bool = False) -> tuple[int, str, str]:
         """Runs `<engine> <global args> <args>` with the client environment, in `cwd` if given; (exit code,
-        stdout, stderr). Raises `EngineError` when it cannot run, times out, or (with `check`) exits non-zero."""
+        stdout, stderr). Raises `EngineError` when it cannot run, times out, or (with `check`) exits non-zero.
+
+        A caller cancelled meanwhile waits for the command to end (within its timeout) before it lets the
+        cancellation through: a client killed halfway can leave a container half created or half removed. Only an
+        `interruptible` command (one that only waits) is killed at once."""
         argv = [self.name, *self.settings.global_args, *args]
         try:
             process = await asyncio.create_subprocess_exec(
@@ -245,15 +249,18 @@ class Engine:
                 stderr=asyncio.subprocess.PIPE, env=client_env(), start_new_session=True, cwd=cwd)
         except OSError as exc:
             raise EngineError(f"cannot run {self.name}: {exc.strerror or exc}") from exc
+        limit = timeout or self.settings.command_timeout_seconds
+        finished = asyncio.ensure_future(asyncio.wait_for(process.communicate(), limit))
         try:
-            stdout, stderr = await asyncio.wait_for(
-                process.communicate(), timeout or self.settings.command_timeout_seconds)
+            stdout, stderr = await asyncio.shield(finished)
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise EngineError(f"`{self.name} {args[0]}` did not answer within "
-                              f"{timeout or self.settings.command_timeout_seconds:.0f} s") from None
+            raise EngineError(f"`{self.name} {args[0]}` did not answer within {limit:.0f} s") from None
         except asyncio.CancelledError:
+            if interruptible and process.returncode is None:
+                process.kill()
+            await asyncio.gather(finished, return_exceptions=True)
             if process.returncode is None:
                 process.kill()
                 await process.wait()
@@ -309,7 +316,7 @@ class Engine:
 
     async def wait(self, name: str) -> None:
         """Returns once the container is no longer running (at once if it is not)."""
-        await self.call("wait", name, timeout=float("inf"), check=False)
+        await self.call("wait", name, timeout=float("inf"), check=False, interruptible=True)
 
     async def stop(self, name: str, grace_seconds: float) -> None:
         """Stops the container: its stop signal (SIGTERM), then SIGKILL after the grace period."""

@@ -187,6 +187,10 @@ class ProviderAgent:
             self._group = None
             if self.api is not None:
                 await self.api.stop()
+            try:  # what finished rentals left (a removal the stop interrupted) goes now, not at the next start
+                await asyncio.wait_for(self.jobs.clean_up(active=()), self._settings.container.command_timeout_seconds)
+            except (EngineError, OSError, TimeoutError) as exc:
+                log.warning("clean-up on the way out failed: %s", exc)
             self._db.close()
             await self._w3.provider.disconnect()
             self._remove_labels()
@@ -492,6 +496,10 @@ class ProviderAgent:
                 exit_task.cancel()
                 await asyncio.gather(exit_task, return_exceptions=True)
                 log.info("rental %d: container %s keeps running for the agent's next start", rental_id, job.name)
+            elif isinstance(job, ContainerJob):
+                await asyncio.shield(job.stop())
+                await asyncio.gather(exit_task, return_exceptions=True)
+                await asyncio.shield(self.jobs.remove_container(self._record(rental_id)))
             raise
         finally:
             if not exit_task.done():
