@@ -174,8 +174,8 @@ async def results_command(args: argparse.Namespace) -> int:
               "directory": str(args.output), "skipped": skipped}
 
     def human() -> None:
-        out.print(f"results of rental {args.rental_id}: {size:,} bytes, digest 0x{digest.hex()} (the completion "
-                  f"report's), unpacked into {args.output}")
+        out.print(f"results of rental {args.rental_id}: {size:,} bytes, digest 0x{digest.hex()} (as the agent "
+                  f"reported it), unpacked into {args.output}")
         for entry in skipped:
             out.print(f"  skipped {entry}")
 
