@@ -19,7 +19,10 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from eth_utils import keccak
 
 from bench.agents import percentile
 from bench.records import Figure, SectionResult, Target
@@ -29,6 +32,7 @@ from offchain.agent.job import ContainerJob, Job
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.store import DB_FILE_NAME
 from offchain.agent.workspace import RentalFiles
+from offchain.config import ChainSettings
 from offchain.devnet import DEV_JOB_IMAGE, build_job_image
 from offchain.inprocess import ProviderMachine, agent_spec_dir, running_exchange
 from offchain.messages import gpu_uuid_hash
@@ -42,17 +46,34 @@ DURATION = 600
 START_TARGET = Target(op="<=", threshold=3.0, source="issue #10")
 
 
-def _suite_and_offers(runs: int):
-    """A suite with the 2-of-3 oracle set, a staked provider whose agent key is funded, a funded renter, and one
-    offer per run of two of the simulated machine's GPUs."""
-    from brownie import TestStablecoin, accounts
+RENTER_KEY = "0x" + keccak(text="gpuex bench renter").hex()
+
+
+@dataclass(frozen=True)
+class BenchMarket:
+    """A suite with the 2-of-3 oracle set, a staked provider whose agent key is funded, a funded renter whose key
+    is known (it signs renter API requests), and offers of two of the simulated machine's GPUs each."""
+
+    suite: object
+    chain: ChainSettings
+    provider: object
+    renter: object
+    oracle_keys: list[bytes]
+    agent_key: bytes
+    source: SimulatedSource
+    offers: list[int]
+
+
+def deploy_market(offers: int) -> BenchMarket:
+    from brownie import TestStablecoin, accounts, web3
     from eth_account import Account
-    from eth_utils import keccak
 
     from offchain.deploy import USDC
     from scripts.deploy import SuiteParams, deploy_suite
 
-    deployer, treasury, provider, renter = accounts[0], accounts[1], accounts[2], accounts[3]
+    deployer, treasury, provider = accounts[0], accounts[1], accounts[2]
+    renter = accounts.add(RENTER_KEY)
+    deployer.transfer(renter, "10 ether")
     oracle_keys = [keccak(text=f"gpuex bench containers oracle {i}") for i in range(3)]
     agent_key = keccak(text="gpuex bench containers agent")
     token = TestStablecoin.deploy(deployer, {"from": deployer})
@@ -67,36 +88,32 @@ def _suite_and_offers(runs: int):
     suite.registry.setAgent(agent, {"from": provider})
     for address in [agent, *(Account.from_key(k).address for k in oracle_keys)]:
         deployer.transfer(address, "10 ether")
-    source = SimulatedSource("NVIDIA H100 80GB HBM3", 2 * runs, seed=10)
+    source = SimulatedSource("NVIDIA H100 80GB HBM3", 2 * offers, seed=10)
     uuids = [gpu.uuid for gpu in source.gpus()]
     suite.registry.registerGpus([gpu_uuid_hash(u) for u in uuids], {"from": provider})
-    offers = []
-    for i in range(runs):
+    offer_ids = []
+    for i in range(offers):
         terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"bench".ljust(16, b"\0"), 10_000, False,
                  [gpu_uuid_hash(u) for u in uuids[2 * i:2 * i + 2]])
-        offers.append(suite.registry.createOffer(terms, {"from": provider}).return_value)
-    return suite, provider, renter, oracle_keys, agent_key, source, offers
+        offer_ids.append(suite.registry.createOffer(terms, {"from": provider}).return_value)
+    chain = ChainSettings(rpc_url=web3.provider.endpoint_uri, chain_id=web3.eth.chain_id,
+                          registry=suite.registry.address, escrow=suite.escrow.address)
+    return BenchMarket(suite, chain, provider, renter, oracle_keys, agent_key, source, offer_ids)
 
 
 async def _start_latencies(runs: int) -> list[tuple[float, float]]:
     """(start receipt -> running, opened -> running) in seconds, one pair per rental."""
-    from brownie import web3
-
-    from offchain.config import ChainSettings
-
-    suite, provider, renter, oracle_keys, agent_key, source, offers = _suite_and_offers(runs)
-    chain = ChainSettings(rpc_url=web3.provider.endpoint_uri, chain_id=web3.eth.chain_id,
-                          registry=suite.registry.address, escrow=suite.escrow.address)
+    market = deploy_market(runs)
     spec = JobSpec(command=("sleep", "2"))
     pairs = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         JobSpecStore(agent_spec_dir(root)).put(spec)
-        machine = ProviderMachine(provider.address, agent_key, source)
-        async with running_exchange(chain, root, oracle_keys, machine) as exchange:
-            for offer in offers:
-                tx = await asyncio.to_thread(suite.escrow.openRental, offer, DURATION, PRICE, spec.spec_hash(),
-                                             {"from": renter})
+        machine = ProviderMachine(market.provider.address, market.agent_key, market.source)
+        async with running_exchange(market.chain, root, market.oracle_keys, machine) as exchange:
+            for offer in market.offers:
+                tx = await asyncio.to_thread(market.suite.escrow.openRental, offer, DURATION, PRICE,
+                                             spec.spec_hash(), {"from": market.renter})
                 opened_at = time.time()
                 rental = tx.return_value
                 await exchange.until(lambda: _row(root, rental) is not None
@@ -138,7 +155,8 @@ async def _overhead(runs: int) -> tuple[float, float]:
                                  log_path=files.container_log, gpu_uuids=(), memory_mib=256, cpus=1, egress=False,
                                  labels=labels("bench", i))
             container_times.append(await _one_second_job(lambda: ContainerJob(
-                engine, plan, {}, result_file=None, deadline=None, stop_grace_seconds=2, timeout_seconds=None)))
+                engine, plan, {}, output_dir="out", results=files.results, deadline=None, stop_grace_seconds=2,
+                timeout_seconds=None)))
             await engine.remove(plan.name)
             bare_times.append(await _one_second_job(lambda: BareProcessJob(
                 spec, RentalFiles(Path(scratch) / f"b{i}"), rental_id=i, gpu_uuids=(), token=new_token(),

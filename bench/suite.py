@@ -10,12 +10,12 @@ from typing import Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench import containers, gas, ingest, sampler, scale
+from bench import containers, gas, ingest, renterapi, sampler, scale
 from bench.machine import PROJECT_ROOT, this_machine
 from bench.records import BenchReport, SectionResult
 from bench.render import print_section, write
 
-SECTIONS = ("gas", "sampler", "ingest", "scale", "containers")
+SECTIONS = ("gas", "sampler", "ingest", "scale", "containers", "renterapi")
 
 
 class Options(BaseModel):
@@ -41,6 +41,7 @@ def _runners(options: Options) -> dict[str, Callable[[], SectionResult]]:
         "ingest": lambda: ingest.measure(options.ingest_agents, options.ingest_reports),
         "scale": lambda: scale.measure(options.scale_agents, options.scale_minutes, options.scale_minute_seconds),
         "containers": containers.measure,
+        "renterapi": renterapi.measure,
     }
 
 

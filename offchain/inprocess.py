@@ -169,6 +169,9 @@ async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: 
             exchange.agent = ProviderAgent(
                 _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source)
             exchange.tasks.append(asyncio.create_task(exchange.agent.run(), name="agent"))
+            agent = exchange.agent
+            await exchange.until(lambda: agent.api is None or agent.api.port is not None, SERVICE_START_SECONDS,
+                                 "the agent's renter API to listen")
         yield exchange
     finally:
         agent_tasks = [t for t in exchange.tasks if t.get_name() == "agent"]
