@@ -4,11 +4,15 @@ jobs in the busybox image, rentals opened by a renter, the completion report an 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from offchain.agent.jobspec import JobSpec
 from offchain.agent.service import ProviderAgent
+from offchain.chain import PROJECT_ROOT
 from offchain.messages import TelemetryReport
 from offchain.reports import ReportStatus
 from tests.offchain.agent.helpers import AGENT_ADDRESS, wait_until
@@ -75,3 +79,32 @@ async def open_rental(suite, renter, offer_id: int, spec: JobSpec, duration: int
 def final_report(oracle: RecordingOracle, rental_id: int) -> TelemetryReport | None:
     reports = oracle.accepted_reports(rental_id)
     return reports[-1] if reports and reports[-1].status is not ReportStatus.RUNNING else None
+
+
+def agent_process(settings, key_file: Path, oracles: list[RecordingOracle], seed: int, **extra: str
+                  ) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of an agent in its own process (`agent_process.py`), configured from the
+    environment as a deployed agent is: `settings`' chain, state and job image, fast timers, and `extra`
+    (`GPUEX_AGENT_*` names without the prefix)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GPUEX_")},
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "GPUEX_AGENT_CHAIN__RPC_URL": settings.chain.rpc_url,
+        "GPUEX_AGENT_CHAIN__CHAIN_ID": str(settings.chain.chain_id),
+        "GPUEX_AGENT_CHAIN__REGISTRY": settings.chain.registry,
+        "GPUEX_AGENT_CHAIN__ESCROW": settings.chain.escrow,
+        "GPUEX_AGENT_KEY_FILE": str(key_file),
+        "GPUEX_AGENT_PROVIDER": settings.provider,
+        "GPUEX_AGENT_ORACLES": "[" + ",".join(f'"{o.url}"' for o in oracles) + "]",
+        "GPUEX_AGENT_ALLOW_SIMULATED": "true",
+        "GPUEX_AGENT_STATE_DIR": str(settings.state_dir),
+        "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1",
+        "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.2",
+        "GPUEX_AGENT_STOP_GRACE_SECONDS": "1",
+        "GPUEX_AGENT_RETRY_INITIAL_SECONDS": "0.1",
+        "GPUEX_AGENT_RETRY_MAX_SECONDS": "0.5",
+        "GPUEX_AGENT_START_BLOCK": str(settings.start_block),
+        "GPUEX_AGENT_CONTAINER__DEFAULT_IMAGE": settings.container.default_image,
+        **{f"GPUEX_AGENT_{name.upper()}": value for name, value in extra.items()},
+    }
+    return [sys.executable, str(Path(__file__).with_name("agent_process.py")), str(seed)], env

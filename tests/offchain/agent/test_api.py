@@ -7,12 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import signal
 import socket
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,10 +18,9 @@ from eth_utils import keccak
 
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
-from offchain.chain import PROJECT_ROOT
 from offchain.renterapi import Action, LogEnd, LogEntry, seal, sign_request
 from offchain.renterclient import RenterApiError, RenterClient, extract_results
-from tests.offchain.agent.harness import agent_with_oracles, final_report, job, start_oracles
+from tests.offchain.agent.harness import agent_process, agent_with_oracles, final_report, job, start_oracles
 from tests.offchain.agent.helpers import wait_until
 from tests.offchain.conftest import AGENT_KEY, PRICE
 
@@ -296,25 +292,7 @@ def test_after_a_kill_9_logs_are_whole_results_match_and_a_new_shell_works(suite
 
     async def main():
         oracles = await start_oracles(settings, count=1)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GPUEX_")},
-            "PYTHONPATH": str(PROJECT_ROOT),
-            "GPUEX_AGENT_CHAIN__RPC_URL": settings.chain.rpc_url,
-            "GPUEX_AGENT_CHAIN__CHAIN_ID": str(settings.chain.chain_id),
-            "GPUEX_AGENT_CHAIN__REGISTRY": settings.chain.registry,
-            "GPUEX_AGENT_CHAIN__ESCROW": settings.chain.escrow,
-            "GPUEX_AGENT_KEY_FILE": str(key_file),
-            "GPUEX_AGENT_PROVIDER": settings.provider,
-            "GPUEX_AGENT_ORACLES": f'["{oracles[0].url}"]',
-            "GPUEX_AGENT_ALLOW_SIMULATED": "true",
-            "GPUEX_AGENT_STATE_DIR": str(settings.state_dir),
-            "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1",
-            "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.2",
-            "GPUEX_AGENT_START_BLOCK": str(settings.start_block),
-            "GPUEX_AGENT_CONTAINER__DEFAULT_IMAGE": settings.container.default_image,
-            "GPUEX_AGENT_API_PORT": str(port),
-        }
-        argv = [sys.executable, str(Path(__file__).with_name("agent_process.py")), str(listed.seed)]
+        argv, env = agent_process(settings, key_file, oracles, listed.seed, api_port=str(port))
         log_file = (tmp_path / "agent.log").open("ab")
         spawn = lambda: asyncio.create_subprocess_exec(*argv, env=env, stdout=log_file, stderr=log_file)  # noqa: E731
         agent = await spawn()

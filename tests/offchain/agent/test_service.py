@@ -29,6 +29,7 @@ from offchain.telemetry.simulated import SimulatedSource
 from offchain.telemetry.source import TelemetrySource
 from tests.offchain.agent.harness import (
     DURATION,
+    agent_process,
     agent_with_oracles,
     final_report,
     job,
@@ -38,6 +39,7 @@ from tests.offchain.agent.harness import (
 )
 from tests.offchain.agent.helpers import wait_until
 from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, PRICE
+
 
 def assert_continuous(reports: list[TelemetryReport], since: int) -> None:
     assert [r.seq for r in reports] == list(range(reports[0].seq, reports[0].seq + len(reports)))
@@ -321,27 +323,7 @@ def test_kill_9_and_restart_reattaches_to_the_running_container(suite, renter, r
 
     async def main():
         oracles = await start_oracles(settings)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GPUEX_")},
-            "PYTHONPATH": str(PROJECT_ROOT),
-            "GPUEX_AGENT_CHAIN__RPC_URL": settings.chain.rpc_url,
-            "GPUEX_AGENT_CHAIN__CHAIN_ID": str(settings.chain.chain_id),
-            "GPUEX_AGENT_CHAIN__REGISTRY": settings.chain.registry,
-            "GPUEX_AGENT_CHAIN__ESCROW": settings.chain.escrow,
-            "GPUEX_AGENT_KEY_FILE": str(key_file),
-            "GPUEX_AGENT_PROVIDER": settings.provider,
-            "GPUEX_AGENT_ORACLES": "[" + ",".join(f'"{o.url}"' for o in oracles) + "]",
-            "GPUEX_AGENT_ALLOW_SIMULATED": "true",
-            "GPUEX_AGENT_STATE_DIR": str(settings.state_dir),
-            "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1",
-            "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.2",
-            "GPUEX_AGENT_STOP_GRACE_SECONDS": "1",
-            "GPUEX_AGENT_RETRY_INITIAL_SECONDS": "0.1",
-            "GPUEX_AGENT_RETRY_MAX_SECONDS": "0.5",
-            "GPUEX_AGENT_START_BLOCK": str(settings.start_block),
-            "GPUEX_AGENT_CONTAINER__DEFAULT_IMAGE": settings.container.default_image,
-        }
-        argv = [os.sys.executable, str(Path(__file__).with_name("agent_process.py")), str(listed.seed)]
+        argv, env = agent_process(settings, key_file, oracles, listed.seed)
         log_file = (tmp_path / "agent.log").open("ab")
         agents: list[asyncio.subprocess.Process] = []
         ack_window_seq: list[int] = []
