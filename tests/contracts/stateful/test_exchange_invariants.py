@@ -526,8 +526,9 @@ class ExchangeStateMachine:
         stake.locked += model.collateral
         self.wallets[renter.address] -= model.rental.deposit
 
-    def rule_start(self, offer="st_offer", pick="st_pick", caller="st_caller"):
-        model, rental_id, rental = self._target(offer, pick, wanted=is_open)
+    def _before_the_start(self, model, rental_id: int, rental, caller: str):
+        """The sender of a `start` or `decline` by `caller`, and the revert the escrow owes it (or None): the
+        rental must be open, within its start timeout, and the sender its provider or the provider's agent."""
         sender = {"provider": model.provider, "agent": self.agent, "renter": self.renters[0],
                   "stranger": self.stranger}[caller]
         authorised = sender == model.provider or (sender == self.agent and model.provider == self.providers[0])
@@ -538,6 +539,11 @@ class ExchangeStateMachine:
             revert = error("Escrow_NotProviderOrAgent", rental_id, sender)
         if revert is None and self.now > rental.since + PARAMS.start_timeout:
             revert = error("Escrow_StartTimedOut", rental_id)
+        return sender, revert
+
+    def rule_start(self, offer="st_offer", pick="st_pick", caller="st_caller"):
+        model, rental_id, rental = self._target(offer, pick, wanted=is_open)
+        sender, revert = self._before_the_start(model, rental_id, rental, caller)
         if revert:
             self._assert_reverts(revert, self.escrow.start, rental_id, sender=sender)
             return
@@ -546,16 +552,7 @@ class ExchangeStateMachine:
     def rule_decline(self, offer="st_offer", pick="st_pick", caller="st_caller", reason="st_decline_reason"):
         """The provider or its agent declines an open rental: the deposit back, the collateral unslashed."""
         model, rental_id, rental = self._target(offer, pick, wanted=is_open)
-        sender = {"provider": model.provider, "agent": self.agent, "renter": self.renters[0],
-                  "stranger": self.stranger}[caller]
-        authorised = sender == model.provider or (sender == self.agent and model.provider == self.providers[0])
-        revert = self._inactive_error(rental_id, rental)
-        if revert is None and rental.status != RentalStatus.OPEN:
-            revert = error("Escrow_RentalNotActive", rental_id, rental.status)
-        if revert is None and not authorised:
-            revert = error("Escrow_NotProviderOrAgent", rental_id, sender)
-        if revert is None and self.now > rental.since + PARAMS.start_timeout:
-            revert = error("Escrow_StartTimedOut", rental_id)
+        sender, revert = self._before_the_start(model, rental_id, rental, caller)
         if revert is None and reason >= len(DeclineReason):
             revert = error("Escrow_UnknownDeclineReason", rental_id, reason)
         if revert:
