@@ -78,6 +78,9 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
                 devnet.build_job_image()
                 values["container"] = {"default_image": devnet.DEV_JOB_IMAGE}
         if args.unsafe_bare_process:
+            if ctx.devnet is None:
+                raise UsageError("--unsafe-bare-process is for the devnet only: everywhere else every job runs in a "
+                                 "container")
             values["unsafe_bare_process"] = True
         if args.simulated is not None:
             values["allow_simulated"] = True

@@ -38,6 +38,13 @@ def test_agent_run_off_the_devnet_needs_an_oracle_and_real_gpus(cli, market, sta
     assert error.startswith("--simulated is for the devnet")
 
 
+def test_agent_run_refuses_bare_processes_off_the_devnet(cli, market, staging):
+    env = {**staging, "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"), "GPUEX_AGENT_ALLOW_SIMULATED": "true"}
+    error = cli.fails(2, "agent", "run", "--simulated", "2", "--oracle", "http://127.0.0.1:8775",
+                      "--unsafe-bare-process", *STAGING, env=env)
+    assert error == "--unsafe-bare-process is for the devnet only: everywhere else every job runs in a container"
+
+
 def test_oracle_serve_until_sigterm(cli, tmp_path):
     oracle = cli.spawn("oracle", "serve", log=tmp_path / "oracle.log", env={
         "GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"), "GPUEX_ORACLE_PORT": str(SERVE_PORT),
