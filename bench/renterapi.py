@@ -8,16 +8,20 @@ on loopback; a shell keystroke's round trip p99 <= 50 ms. A real exchange runs i
 
 - Log latency: a job prints a line every 50 ms (400 lines); the client follows the log and takes, for every line,
   its arrival time less the engine's timestamp of the line (both this machine's clock).
-- Results: a job leaves a 256 MiB output folder; the client downloads the tar (checking its keccak256 as it
-  reads, as the CLI does); megabytes of tar a second of the whole download.
+- Results: a job leaves a 256 MiB output folder; a client in another process (the renter's machine) downloads
+  the tar three times (checking its keccak256 as it reads, as the CLI does); megabytes of tar a second of the
+  median download.
 - Shell: in a shell of a running job, 300 single keystrokes, each timed from sending to its echo's return.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -75,14 +79,29 @@ async def _log_latencies(exchange: Exchange, market, client: RenterClient) -> li
     return latencies
 
 
+def _download(url: str, chain_id: int, escrow: str, rental_id: int, destination: Path) -> float:
+    """In a process of its own (a renter's machine): downloads the results, checking their digest; seconds."""
+
+    async def main() -> float:
+        async with RenterClient(url, chain_id, escrow, RENTER_KEY) as client:
+            started = time.perf_counter()
+            await client.download_results(rental_id, destination)
+            return time.perf_counter() - started
+
+    return asyncio.run(main())
+
+
 async def _results_rate(exchange: Exchange, market, client: RenterClient, scratch: Path) -> float:
+    """Megabytes a second of the median of three downloads, each by a client in another process."""
     rental = await _open(exchange, market, market.offers[1], RESULT_JOB, client)
     agent = exchange.agent
     await exchange.until(lambda: agent.book.get(rental).result_digest is not None, 120, "the job's results")
-    started = time.perf_counter()
-    await client.download_results(rental, scratch / "results.tar")
-    took = time.perf_counter() - started
-    return (scratch / "results.tar").stat().st_size / 1e6 / took
+    destination = scratch / "results.tar"
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as renter_machine:
+        seconds = [await loop.run_in_executor(renter_machine, _download, client.base_url, market.chain.chain_id,
+                                              market.chain.escrow, rental, destination) for _ in range(3)]
+    return destination.stat().st_size / 1e6 / statistics.median(seconds)
 
 
 async def _keystroke_round_trips(exchange: Exchange, market, client: RenterClient) -> list[float]:
@@ -141,7 +160,7 @@ def measure() -> SectionResult:
                note=f"p50 {percentile(ms, 0.5):.0f} ms, max {max(ms):.0f} ms"),
         Figure(section=SECTION, name=f"results download, {RESULT_MIB} MiB output folder", value=rate, unit="MB/s",
                target=Target(op=">=", threshold=100, source=ISSUE_11),
-               note="loopback, digest checked while reading"),
+               note="loopback, a client in another process, digest checked while reading; median of 3"),
         Figure(section=SECTION, name=f"shell keystroke round trip, p99 of {len(rtt)}", value=percentile(rtt, 0.99),
                unit="ms", target=Target(op="<=", threshold=50, source=ISSUE_11),
                note=f"p50 {percentile(rtt, 0.5):.1f} ms, max {max(rtt):.1f} ms"),
