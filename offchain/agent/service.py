@@ -483,7 +483,12 @@ class ProviderAgent:
             await self._close_period(record, prepared.gpu_uuids, buffer)
             return
 
-        job = await self.jobs.job_for(record, prepared)
+        try:
+            job = await self.jobs.job_for(record, prepared)
+        except asyncio.CancelledError:
+            if not self._settings.keep_jobs_on_exit:  # stopped while launching: the launch goes too
+                await asyncio.shield(self.jobs.discard(self._record(rental_id)))
+            raise
         self.book.set_job_started(rental_id, job.started_at)
         self._watch_job_pid(rental_id, job)
         exit_task = asyncio.create_task(job.wait())
