@@ -26,7 +26,6 @@ import sqlite3
 import struct
 import termios
 import time
-from pathlib import Path
 from typing import Callable
 
 from aiohttp import WSMsgType, web
@@ -39,6 +38,7 @@ from offchain.agent.launcher import ISOLATION_CONTAINER, JobLauncher
 from offchain.agent.logs import read_chunks
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
+from offchain.agent.workspace import write_private
 from offchain.renterapi import (
     RESULT_DIGEST_HEADER,
     Action,
@@ -202,7 +202,7 @@ class RenterApi:
                               f"{name} is not sealed to this agent's key {self.info.public_key}") from None
         files = self._jobs.files_of(record.rental_id)
         await asyncio.to_thread(files.ensure_root)
-        await asyncio.to_thread(_write_private, files.secrets, json.dumps(upload.secrets).encode())
+        await asyncio.to_thread(write_private, files.secrets, json.dumps(upload.secrets).encode())
         await asyncio.to_thread(self._specs.put, spec)
         log.info("rental %d: job spec received from its renter (%d secret value(s), sealed)", record.rental_id,
                  len(upload.secrets))
@@ -332,15 +332,6 @@ def _size(value: str | None, default: int) -> int:
         return min(max(int(value), 1), 1000) if value is not None else default
     except ValueError:
         return default
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Writes a file readable by the agent's user only, whole (a partial file never takes its place)."""
-    partial = path.with_name(path.name + ".partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(data)
-    os.replace(partial, path)
 
 
 def _set_window(fd: int, rows: int, cols: int) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from offchain.agent.logs import LogFormat
+from offchain.agent.workspace import write_private
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +173,7 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
     for name, value in env.items():
         if any(c in name + value for c in "\x00\r\n") or "=" in name:
             raise ValueError(f"environment variable {name!r} cannot go into an env file")
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as stream:
-        stream.writelines(f"{name}={value}\n" for name, value in env.items())
+    write_private(path, "".join(f"{name}={value}\n" for name, value in env.items()).encode())
 
 
 class EngineError(Exception):

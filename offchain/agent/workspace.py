@@ -183,3 +183,12 @@ def pack_beneath(root: Path, relative: str, destination: Path) -> bool:
         os.close(fd)
     os.replace(partial, destination)
     return True
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Writes a file readable by the agent's user only (mode 0600), whole: a partial file never takes its place."""
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(data)
+    os.replace(partial, path)

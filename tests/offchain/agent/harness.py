@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from offchain.agent.jobspec import JobSpec
+from offchain.agent.rentals import Phase
 from offchain.agent.service import ProviderAgent
 from offchain.chain import PROJECT_ROOT
 from offchain.messages import TelemetryReport
@@ -74,6 +75,12 @@ async def open_rental(suite, renter, offer_id: int, spec: JobSpec, duration: int
     tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, duration, PRICE, spec.spec_hash(),
                                  {"from": renter})
     return tx.return_value
+
+
+def rental_done(agent: ProviderAgent, rental_id: int) -> bool:
+    """Whether the agent has seen the rental and has nothing more to do for it."""
+    record = agent.book.get(rental_id)
+    return record is not None and record.phase is Phase.DONE
 
 
 def final_report(oracle: RecordingOracle, rental_id: int) -> TelemetryReport | None:

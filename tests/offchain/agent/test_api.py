@@ -20,7 +20,14 @@ from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
 from offchain.renterapi import Action, LogEnd, LogEntry, seal, sign_request
 from offchain.renterclient import RenterApiError, RenterClient, extract_results
-from tests.offchain.agent.harness import agent_process, agent_with_oracles, final_report, job, start_oracles
+from tests.offchain.agent.harness import (
+    agent_process,
+    agent_with_oracles,
+    final_report,
+    job,
+    rental_done,
+    start_oracles,
+)
 from tests.offchain.agent.helpers import wait_until
 from tests.offchain.conftest import AGENT_KEY, PRICE
 
@@ -259,8 +266,7 @@ def test_a_spec_that_asks_for_secrets_waits_for_them_and_is_declined_without(sui
     async def main():
         async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
             rental = await open_rental(suite, renter, listed.offer_id, spec)
-            await until(lambda: agent.book.get(rental) is not None and agent.book.get(rental).phase is Phase.DONE,
-                        30, "the decline")
+            await until(lambda: rental_done(agent, rental), 30, "the decline")
             return agent.book.get(rental)
 
     record = asyncio.run(main())

@@ -34,6 +34,7 @@ from tests.offchain.agent.harness import (
     final_report,
     job,
     open_rental,
+    rental_done,
     running,
     start_oracles,
 )
@@ -178,8 +179,7 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
     async def main():
         async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
             rental = await open_rental(suite, renter, listed.offer_id, spec, duration=4)
-            await until(lambda: agent.book.get(rental) is not None
-                        and agent.book.get(rental).phase is Phase.DONE, 30, "the rental to end")
+            await until(lambda: rental_done(agent, rental), 30, "the rental to end")
             await until(lambda: agent.outbox.pending_count() == 0, 10, "the last report to be delivered")
         return rental, oracles[0]
 
@@ -433,8 +433,7 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
                                          {"from": renter})
             rental = tx.return_value
             opened = time.monotonic()
-            await until(lambda: agent.book.get(rental) is not None and agent.book.get(rental).phase is Phase.DONE,
-                        30, "the decline")
+            await until(lambda: rental_done(agent, rental), 30, "the decline")
             took = time.monotonic() - opened
             assert oracles[0].answers == [], "a declined rental sends no report"
         return rental, took
@@ -601,8 +600,7 @@ def test_finished_rentals_folders_go_after_the_retention_period(suite, renter, g
     async def main():
         async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
             rental = await open_rental(suite, renter, listed.offer_id, spec)
-            await until(lambda: agent.book.get(rental) is not None and agent.book.get(rental).phase is Phase.DONE,
-                        30, "the rental to be done")
+            await until(lambda: rental_done(agent, rental), 30, "the rental to be done")
             assert (settings.rentals_dir / str(rental) / "work" / "out.txt").exists()
             await until(lambda: agent.book.get(rental).cleaned_at is not None, 10, "the folder's removal")
         return rental
