@@ -19,9 +19,9 @@ from coincurve import PrivateKey
 from eth_utils import keccak
 
 from bench.fleet import FleetRental
-from offchain.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.app import TELEMETRY_PATH
-from offchain.oracle.digest import TelemetryDomain
+from offchain.protocol.digest import TelemetryDomain
 
 HOST = "127.0.0.1"
 

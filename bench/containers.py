@@ -1,7 +1,7 @@
 """Job containers: how soon a rented job runs, and what the container costs a short job.
 
 Issue #10 asks that a rental's container run at most 3 s after the agent's start transaction is mined (p50 of
-20 rentals, local image). A real exchange runs in this process (`offchain.inprocess`: three oracles and the
+20 rentals, local image). A real exchange runs in this process (`offchain.ops.inprocess`: three oracles and the
 provider agent with simulated GPUs), on the Brownie network's anvil; 20 rentals are opened one after another, each
 on an offer of its own, with a job in the busybox image. For each: when the renter sent `openRental`, the agent's
 start receipt (`start_confirmed_at`) and the container's own start time (`StartedAt` from the engine, as the
@@ -34,9 +34,9 @@ from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.store import DB_FILE_NAME
 from offchain.agent.workspace import RentalFiles
 from offchain.config import ChainSettings
-from offchain.devnet import DEV_JOB_IMAGE, build_job_image
-from offchain.inprocess import ProviderMachine, agent_spec_dir, running_exchange
-from offchain.messages import gpu_uuid_hash
+from offchain.ops.devnet import DEV_JOB_IMAGE, build_job_image
+from offchain.ops.inprocess import ProviderMachine, agent_spec_dir, running_exchange
+from offchain.protocol.messages import gpu_uuid_hash
 from offchain.telemetry.simulated import SimulatedSource
 
 SECTION = "Job containers"
@@ -69,7 +69,7 @@ def deploy_market(offers: int) -> BenchMarket:
     from brownie import TestStablecoin, accounts, web3
     from eth_account import Account
 
-    from offchain.deploy import USDC
+    from offchain.ops.deploy import USDC
     from scripts.deploy import SuiteParams, deploy_suite
 
     deployer, treasury, provider = accounts[0], accounts[1], accounts[2]

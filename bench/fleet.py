@@ -29,9 +29,9 @@ from eth_account import Account
 from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector, keccak
 from eth_utils.abi import collapse_if_tuple
 
-from offchain.chain import abi
+from offchain.chain.contracts import abi
 from offchain.config import ChainSettings
-from offchain.messages import gpu_uuid_hash
+from offchain.protocol.messages import gpu_uuid_hash
 
 ORACLE_KEY = keccak(text="gpuex bench oracle")
 PRICE = 1_000  # token units a second

@@ -22,7 +22,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from bench.records import Figure, Point, SectionResult, Series, Target
-from offchain.reports import EscrowDomain, Report, ReportStatus, sign_batch
+from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch
 
 SECTION = "Gas"
 ORACLE_KEY = keccak(text="gpuex gas oracle")

@@ -3,8 +3,8 @@ fast results download, how quickly a keystroke in `gpuex rental shell` comes bac
 
 Issue #11's targets: a printed line reaches a following client with p99 <= 1 s; results download at >= 100 MB/s
 on loopback; a shell keystroke's round trip p99 <= 50 ms. A real exchange runs in this process
-(`offchain.inprocess`, the provider's agent serving its renter API on loopback), the renter's client
-(`offchain.renterclient`, as the CLI uses it) in this process too; every request is signed as the CLI signs it.
+(`offchain.ops.inprocess`, the provider's agent serving its renter API on loopback), the renter's client
+(`offchain.market.renterclient`, as the CLI uses it) in this process too; every request is signed as the CLI signs it.
 
 - Log latency: a job prints a line every 50 ms (400 lines); the client follows the log and takes, for every line,
   its arrival time less the engine's timestamp of the line (both this machine's clock).
@@ -31,10 +31,10 @@ from bench.agents import percentile
 from bench.containers import DURATION, PRICE, RENTER_KEY, deploy_market
 from bench.records import Figure, SectionResult, Target
 from offchain.agent.jobspec import JobSpec
-from offchain.devnet import build_job_image
-from offchain.inprocess import Exchange, ProviderMachine, running_exchange
-from offchain.renterapi import LogEntry
-from offchain.renterclient import RenterClient
+from offchain.ops.devnet import build_job_image
+from offchain.ops.inprocess import Exchange, ProviderMachine, running_exchange
+from offchain.protocol.renterapi import LogEntry
+from offchain.market.renterclient import RenterClient
 
 SECTION = "Renter API"
 ISSUE_11 = "issue #11"

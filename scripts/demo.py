@@ -1,7 +1,7 @@
 """`make demo`: a whole exchange on a local anvil, a short market on it, and a ledger that must balance.
 
 Brownie (`python -m scripts.run demo`) starts anvil and stops it when the script returns. `run_demo` deploys a
-suite with short protocol timers and runs the real services in this process (`offchain.inprocess`: three
+suite with short protocol timers and runs the real services in this process (`offchain.ops.inprocess`: three
 oracles, 2-of-3, the leader batching and keeping, and provider A's agent), then plays a market:
 
 1. provider A stakes, registers its GPUs (this machine's, measured through NVML; without NVML, SIMULATED ones,
@@ -46,12 +46,12 @@ from rich.table import Table
 
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
-from offchain.chain import PROJECT_ROOT
+from offchain.chain.contracts import PROJECT_ROOT
 from offchain.config import ChainSettings
-from offchain.devnet import DEV_JOB_IMAGE
-from offchain.inprocess import Exchange, ExchangeTimers, ProviderMachine, agent_spec_dir, running_exchange
-from offchain.messages import gpu_uuid_hash
-from offchain.status import RentalStatus
+from offchain.ops.devnet import DEV_JOB_IMAGE
+from offchain.ops.inprocess import Exchange, ExchangeTimers, ProviderMachine, agent_spec_dir, running_exchange
+from offchain.protocol.messages import gpu_uuid_hash
+from offchain.protocol.status import RentalStatus
 from offchain.telemetry.models import GpuInfo
 from offchain.telemetry.nvml import NvmlSource
 from offchain.telemetry.simulated import GPU_MODELS, SimulatedSource
@@ -83,7 +83,7 @@ JOB_WAIT = 60
 SETTLE_WAIT = PARAMS.report_grace + 30
 TIMEOUT_WAIT = PARAMS.start_timeout + 30
 
-#: The jobs run in the busybox job image (`offchain.devnet.DEV_JOB_IMAGE`, the demo agent's default image), in a
+#: The jobs run in the busybox job image (`offchain.ops.devnet.DEV_JOB_IMAGE`, the demo agent's default image), in a
 #: hardened container: a "training" loop that logs a falling loss and leaves its result in its output folder (`out/`,
 #: which its renter downloads with `gpuex rental results`), and a server that runs
 #: until its renter ends the rental.

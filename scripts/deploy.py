@@ -2,11 +2,11 @@
 
 `main` is the front end for live networks (and any other): it reads the deployer key and the suite's settings
 from the environment (`GPUEX_DEPLOY_*`, see `DeploySettings`), reaches the chain through the network's RPC as
-Brownie resolved it, and runs `offchain.deploy.deploy`, which is idempotent, checks what a re-run finds, writes
+Brownie resolved it, and runs `offchain.ops.deploy.deploy`, which is idempotent, checks what a re-run finds, writes
 `deployments/<chainId>.json` and has a dry-run mode (`GPUEX_DEPLOY_DRY_RUN=1`).
 
 `deploy_suite` deploys through Brownie's own accounts and returns Brownie contract objects, for the tests and
-the gas table; it takes the same constructor arguments from `offchain.deploy`.
+the gas table; it takes the same constructor arguments from `offchain.ops.deploy`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from eth_account import Account
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from offchain.chain import connect
+from offchain.chain.rpc import connect
 from offchain.config import read_key
-from offchain.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
-from offchain.deployment import create_address
-from offchain.devnet import ANVIL_KEYS
-from offchain.wallet import Wallet
+from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
+from offchain.ops.deployments import create_address
+from offchain.ops.devnet import ANVIL_KEYS
+from offchain.chain.wallet import Wallet
 
 __all__ = ["USDC", "SuiteParams", "Suite", "deploy_suite", "DeploySettings", "main"]
 

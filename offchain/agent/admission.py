@@ -15,8 +15,8 @@ from typing import Iterable
 
 from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobSpec
-from offchain.messages import gpu_uuid_hash
-from offchain.status import DeclineReason
+from offchain.protocol.messages import gpu_uuid_hash
+from offchain.protocol.status import DeclineReason
 
 
 class RentalRefused(Exception):

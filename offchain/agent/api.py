@@ -1,5 +1,5 @@
 """The renter API the agent serves (aiohttp): a rental's renter uploads its job spec privately, reads its job's
-status and logs, downloads its results and opens a shell in its running container. `offchain.renterapi` defines
+status and logs, downloads its results and opens a shell in its running container. `offchain.protocol.renterapi` defines
 the paths, the wire models and the request signatures; this module answers them.
 
 Every rental request is checked in this order, and a refused one changes nothing: a valid EIP-712 signature whose
@@ -39,7 +39,7 @@ from offchain.agent.logs import read_chunks
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.workspace import write_private
-from offchain.renterapi import (
+from offchain.protocol.renterapi import (
     RESULT_DIGEST_HEADER,
     Action,
     AgentInfo,
@@ -56,7 +56,7 @@ from offchain.renterapi import (
     unseal,
 )
 from offchain.sqlite import transaction
-from offchain.status import DeclineReason
+from offchain.protocol.status import DeclineReason
 
 log = logging.getLogger(__name__)
 

@@ -114,7 +114,7 @@ class JobSpec(BaseModel):
     The command (`command + args`, replacing the image's entrypoint) runs in `working_dir`, a path relative to the
     rental's workspace, which is mounted at `/workspace` and is the only place the job can write to that outlives
     it. `env` is added to the job's environment (reserved names refused); the values of the names in `secret_env`
-    come separately, sealed to the agent's key (`offchain.renterapi.SpecUpload`), so that they never travel or rest
+    come separately, sealed to the agent's key (`offchain.protocol.renterapi.SpecUpload`), so that they never travel or rest
     in the clear. Without `image` the agent uses its provider's default image, and declines when there is none.
     `timeout_seconds` stops the job (reported Failed) once exceeded. `output_dir`, relative to the working
     directory, is what the job leaves for its renter: packed as a tar when the job ends, its keccak256 is the

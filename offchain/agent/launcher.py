@@ -35,7 +35,7 @@ from offchain.agent.jobspec import JobSpec
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.workspace import RentalFiles
-from offchain.renterapi import unseal
+from offchain.protocol.renterapi import unseal
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from offchain.sqlite import transaction
-from offchain.messages import OracleError, RejectReason, TelemetryAck, TelemetrySubmission
+from offchain.protocol.messages import OracleError, RejectReason, TelemetryAck, TelemetrySubmission
 
 log = logging.getLogger(__name__)
 

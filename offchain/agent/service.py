@@ -60,11 +60,12 @@ from offchain.agent.outbox import Outbox, RetryPolicy
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.watcher import ChainWatcher
-from offchain.chain import connect, contract
-from offchain.messages import TelemetryReport, TelemetrySubmission
-from offchain.reports import ReportStatus
+from offchain.chain.contracts import contract
+from offchain.chain.rpc import connect
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.reports import ReportStatus
 from offchain.sqlite import open_db, transaction
-from offchain.status import DeclineReason, RentalStatus
+from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.telemetry.models import GpuSample
 from offchain.telemetry.nvml import NvmlSource
 from offchain.telemetry.source import TelemetryError, TelemetrySource, TraceExhausted

@@ -22,8 +22,8 @@ from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
 from offchain.sqlite import transaction
-from offchain.reports import split_rental_id
-from offchain.status import RentalStatus
+from offchain.protocol.reports import split_rental_id
+from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""`gpuex`: the exchange's command line, a thin layer over the library (`offchain.exchange`, `offchain.market`,
-`offchain.devnet`, the agent and oracle services). Each command parses its arguments, resolves the network and
+"""`gpuex`: the exchange's command line, a thin layer over the library (`offchain.market.exchange`, `offchain.market.offers`,
+`offchain.ops.devnet`, the agent and oracle services). Each command parses its arguments, resolves the network and
 key (`offchain.cli.context`), calls the library and renders the result for people or, with `--json`, for scripts.
 
 Exit status: 0 done; 1 the action failed (a revert, named after its custom error; a transaction failure; not
@@ -22,15 +22,15 @@ import aiohttp
 from pydantic import ValidationError
 from web3.exceptions import Web3Exception
 
-from offchain.chain import ArtifactMissing
+from offchain.chain.contracts import ArtifactMissing
 from offchain.config import KeyConfigError
-from offchain.deploy import DeployError
-from offchain.devnet import DevnetError
-from offchain.exchange import ExchangeError, InsufficientAllowance
-from offchain.renterclient import RenterApiError
+from offchain.ops.deploy import DeployError
+from offchain.ops.devnet import DevnetError
+from offchain.market.exchange import ExchangeError, InsufficientAllowance
+from offchain.market.renterclient import RenterApiError
 from offchain.cli.context import CliParser, UsageError, add_common_options, invalid
 from offchain.telemetry.source import TelemetryError
-from offchain.wallet import TxFailed
+from offchain.chain.wallet import TxFailed
 
 COMMAND_MODULES = ("devnet", "provider", "offer", "offers", "rental", "agent", "oracle", "web")
 

@@ -1,5 +1,5 @@
 """`gpuex rental send-spec|logs|results|shell`: a renter's access to its job through the renter API of the provider's
-agent (`offchain.renterapi`), and the pieces `gpuex rent` and `gpuex rental status` use.
+agent (`offchain.protocol.renterapi`), and the pieces `gpuex rent` and `gpuex rental status` use.
 
 The agent's URL and key come from the chain (`agentUrlOf`, `agentOf` of the offer's provider); every request is
 signed with the renter's key (`GPUEX_KEY` / `GPUEX_KEY_FILE`), and the agent must prove it holds the registered
@@ -28,9 +28,9 @@ from pydantic import ValidationError
 from offchain.agent.jobspec import JobSpec
 from offchain.cli import parse
 from offchain.cli.context import Context, Output, UsageError, add_command, invalid, load_account, open_context
-from offchain.exchange import ExchangeError
-from offchain.renterapi import JobStatus, LogEnd
-from offchain.renterclient import RenterApiError, RenterClient, extract_results
+from offchain.market.exchange import ExchangeError
+from offchain.protocol.renterapi import JobStatus, LogEnd
+from offchain.market.renterclient import RenterApiError, RenterClient, extract_results
 
 #: How long `rent` and `send-spec` keep trying while the agent has not seen the rental yet or cannot be reached.
 SPEC_UPLOAD_SECONDS = 90.0

@@ -23,13 +23,13 @@ import signal
 from eth_account import Account
 from pydantic import ValidationError
 
-from offchain import devnet
+from offchain.ops import devnet
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.cli import parse
 from offchain.cli.context import UsageError, add_command, add_group, env_sets, invalid, load_key, open_context
 from offchain.cli.gpus import add_gpu_options, telemetry_source
-from offchain.exchange import ExchangeError
+from offchain.market.exchange import ExchangeError
 from offchain.telemetry.source import TelemetrySource
 
 PREFIX = "GPUEX_AGENT_"

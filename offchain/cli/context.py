@@ -35,15 +35,15 @@ from rich.table import Table
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
-from offchain import deployments
-from offchain.chain import connect
+from offchain.ops import deployments
+from offchain.chain.rpc import connect
 from offchain.config import read_key
-from offchain.deployments import Deployment
-from offchain.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
-from offchain.devnet import DevnetState, read_state
-from offchain.exchange import ActionResult, ExchangeClient, ExchangeError
-from offchain.market import SECONDS_PER_HOUR, TokenInfo
-from offchain.wallet import Wallet
+from offchain.ops.deployments import Deployment
+from offchain.ops.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
+from offchain.ops.devnet import DevnetState, read_state
+from offchain.market.exchange import ActionResult, ExchangeClient, ExchangeError
+from offchain.market.offers import SECONDS_PER_HOUR, TokenInfo
+from offchain.chain.wallet import Wallet
 
 NETWORK_ENV = "GPUEX_NETWORK"
 RPC_URL_ENV = "GPUEX_RPC_URL"

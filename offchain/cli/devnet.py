@@ -1,13 +1,13 @@
 """`gpuex devnet up|down|status`: a local chain with the suite deployed and an oracle, in the background
-(`offchain.devnet`)."""
+(`offchain.ops.devnet`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from offchain import devnet
+from offchain.ops import devnet
 from offchain.cli.context import Output, add_command, add_group, devnet_dir
-from offchain.exchange import NotFound
+from offchain.market.exchange import NotFound
 from offchain.web.app import WEB_PREFIX
 
 

@@ -1,5 +1,5 @@
 """The GPUs a provider command works on: given by UUID, seen by NVML (the default), or a provider's SIMULATED GPUs
-on the devnet (`offchain.gpus`)."""
+on the devnet (`offchain.telemetry.local`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 from offchain.cli import parse
 from offchain.cli.context import DEVNET, Context, UsageError
-from offchain.gpus import DEFAULT_SIMULATED_MODEL, local_source
+from offchain.telemetry.local import DEFAULT_SIMULATED_MODEL, local_source
 from offchain.telemetry.models import GpuInfo
 from offchain.telemetry.simulated import GPU_MODELS
 from offchain.telemetry.source import TelemetrySource, TelemetryUnavailable

@@ -20,9 +20,9 @@ from offchain.cli.context import (
 )
 from offchain.cli.gpus import add_gpu_options, local_gpus
 from offchain.cli.offers import offer_json, render_offers
-from offchain.exchange import OfferResult, OfferTerms
-from offchain.market import MIB_PER_GIB, SECONDS_PER_HOUR, OfferQuery, TokenInfo, search_offers
-from offchain.messages import gpu_uuid_hash
+from offchain.market.exchange import OfferResult, OfferTerms
+from offchain.market.offers import MIB_PER_GIB, SECONDS_PER_HOUR, OfferQuery, TokenInfo, search_offers
+from offchain.protocol.messages import gpu_uuid_hash
 
 
 def register(commands: argparse._SubParsersAction) -> None:

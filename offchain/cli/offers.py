@@ -1,5 +1,5 @@
 """`gpuex offers search`: the market, filtered and sorted in the spirit of `vastai search offers`
-(`offchain.market.search_offers`, shared with the web page)."""
+(`offchain.market.offers.search_offers`, shared with the web page)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 
 from offchain.cli import parse
 from offchain.cli.context import Output, add_command, add_group, gib, open_context, per_hour, short
-from offchain.market import OfferQuery, OfferRecord, OfferStatus, SortKey, TokenInfo, search_offers
+from offchain.market.offers import OfferQuery, OfferRecord, OfferStatus, SortKey, TokenInfo, search_offers
 
 
 def register(commands: argparse._SubParsersAction) -> None:

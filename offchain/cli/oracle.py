@@ -18,12 +18,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from offchain.chain import connect
+from offchain.chain.rpc import connect
 from offchain.cli.context import add_command, add_group, env_sets, invalid, load_key, open_context, stop_on_signals
 from offchain.config import OracleSettings
-from offchain.keeper import Keeper
+from offchain.oracle.keeper import Keeper
 from offchain.oracle.service import KEEPER_FILE, TXMGR_FILE, OracleService
-from offchain.txmgr import TxManager
+from offchain.chain.txmanager import TxManager
 
 PREFIX = "GPUEX_ORACLE_"
 log = logging.getLogger(__name__)

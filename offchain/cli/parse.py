@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from web3 import Web3
 
-from offchain.agenturl import AgentUrlInvalid, check_agent_url
+from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 
 _UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -106,7 +106,7 @@ def address(text: str) -> str:
 
 
 def agent_url(text: str) -> str:
-    """The public base URL of an agent API (`offchain.agenturl.check_agent_url`), without its trailing slash; an
+    """The public base URL of an agent API (`offchain.protocol.agenturl.check_agent_url`), without its trailing slash; an
     empty string stays empty (it clears the published URL)."""
     if not text:
         return ""

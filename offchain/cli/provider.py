@@ -8,9 +8,9 @@ import argparse
 from offchain.cli import parse
 from offchain.cli.context import Context, Output, add_command, add_group, amount_units, money, open_context, when
 from offchain.cli.gpus import add_gpu_options, local_gpus
-from offchain.exchange import ProviderResult
-from offchain.market import ProviderRecord, TokenInfo
-from offchain.messages import gpu_uuid_hash
+from offchain.market.exchange import ProviderResult
+from offchain.market.offers import ProviderRecord, TokenInfo
+from offchain.protocol.messages import gpu_uuid_hash
 
 
 def register(commands: argparse._SubParsersAction) -> None:

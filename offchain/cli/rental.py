@@ -16,7 +16,7 @@ from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 
 
-from offchain import devnet
+from offchain.ops import devnet
 from offchain.agent.jobspec import JobSpecStore
 from offchain.cli import access, parse
 from offchain.cli.context import (
@@ -30,7 +30,7 @@ from offchain.cli.context import (
     percent_bps,
     when,
 )
-from offchain.exchange import (
+from offchain.market.exchange import (
     ExchangeError,
     RentalDeclined,
     RentalEvent,
@@ -42,8 +42,8 @@ from offchain.exchange import (
     ReportApplied,
     ReportSkipped,
 )
-from offchain.market import TokenInfo
-from offchain.renterapi import JobStatus
+from offchain.market.offers import TokenInfo
+from offchain.protocol.renterapi import JobStatus
 
 #: Reports `rental status` lists (the most recent ones); `--json` has them all.
 SHOWN_REPORTS = 10

@@ -22,9 +22,9 @@ from typing import AsyncIterator, Callable, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from offchain.chain import connect
+from offchain.chain.rpc import connect
 from offchain.config import OracleSettings
-from offchain.messages import (
+from offchain.protocol.messages import (
     CosignRequest,
     OracleError,
     RejectReason,
@@ -33,7 +33,7 @@ from offchain.messages import (
 )
 from offchain.oracle.chainview import DEFAULT_POLL_INTERVAL_SECONDS, ChainUnavailable, ChainView
 from offchain.oracle.cosign import COSIGN_PATH, Cosigner
-from offchain.oracle.digest import TelemetryDomain
+from offchain.protocol.digest import TelemetryDomain
 from offchain.oracle.ingest import Ingest
 from offchain.oracle.metrics import CONTENT_TYPE, OracleMetrics
 from offchain.oracle.store import SubmissionStore

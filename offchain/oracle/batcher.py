@@ -22,13 +22,13 @@ from eth_account import Account
 from eth_utils import keccak
 from pydantic import SecretStr
 
-from offchain.messages import CosignRequest, TelemetrySubmission, chain_reports
+from offchain.protocol.messages import CosignRequest, TelemetrySubmission, chain_reports
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore, key_of
-from offchain.reports import EscrowDomain, sign_batch
-from offchain.txmgr import TxManager, TxRecord, TxState
+from offchain.protocol.reports import EscrowDomain, sign_batch
+from offchain.chain.txmanager import TxManager, TxRecord, TxState
 
 log = logging.getLogger(__name__)
 

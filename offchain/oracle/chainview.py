@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3Exception
 
-from offchain.chain import abi, contract, returned_struct
+from offchain.chain.contracts import abi, contract, returned_struct
 from offchain.config import ChainSettings
-from offchain.status import RentalStatus
+from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
 

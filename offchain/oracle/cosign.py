@@ -4,7 +4,7 @@
 A peer signs a batch only if it would have accepted every report itself: a report it already holds counts, any
 other must pass the same verification as `POST /v1/telemetry` and follow its predecessor (held, earlier in the
 batch, or applied on chain). Reports that pass are stored, as if their agent had posted them here, so this
-oracle's view of each rental keeps up with what it signed. The signature is `offchain.reports.sign_batch` over
+oracle's view of each rental keeps up with what it signed. The signature is `offchain.protocol.reports.sign_batch` over
 the batch's on-chain reports for the escrow's current oracle set version, which the leader must name.
 """
 
@@ -19,7 +19,7 @@ from eth_account import Account
 from eth_utils import to_canonical_address, to_checksum_address
 from pydantic import SecretStr, ValidationError
 
-from offchain.messages import (
+from offchain.protocol.messages import (
     CosignRequest,
     CosignResponse,
     OracleError,
@@ -29,10 +29,10 @@ from offchain.messages import (
     chain_reports,
 )
 from offchain.oracle.chainview import ChainView, RentalState
-from offchain.oracle.digest import TelemetryDomain, recover_address
+from offchain.protocol.digest import TelemetryDomain, recover_address
 from offchain.oracle.store import LastAccepted, NewSubmission, SubmissionKey, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
-from offchain.reports import EscrowDomain, batch_digest, sign_batch
+from offchain.protocol.reports import EscrowDomain, batch_digest, sign_batch
 
 COSIGN_PATH = "/v1/cosign"
 

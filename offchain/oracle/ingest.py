@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from offchain.messages import RejectReason, TelemetryAck, TelemetrySubmission
+from offchain.protocol.messages import RejectReason, TelemetryAck, TelemetrySubmission
 from offchain.oracle.chainview import ChainUnavailable, RentalState
-from offchain.oracle.digest import TelemetryDomain
+from offchain.protocol.digest import TelemetryDomain
 from offchain.oracle.store import NewSubmission, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
 

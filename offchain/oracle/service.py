@@ -11,15 +11,16 @@ import aiohttp
 from aiohttp import web
 from web3 import AsyncWeb3
 
-from offchain.chain import connect, contract
+from offchain.chain.contracts import contract
+from offchain.chain.rpc import connect
 from offchain.config import OracleSettings
-from offchain.keeper import Keeper
+from offchain.oracle.keeper import Keeper
 from offchain.oracle.app import create_app
 from offchain.oracle.batcher import Batcher
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore
-from offchain.txmgr import TxManager
+from offchain.chain.txmanager import TxManager
 
 log = logging.getLogger(__name__)
 

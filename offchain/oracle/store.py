@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
-from offchain.messages import TelemetrySubmission
+from offchain.protocol.messages import TelemetrySubmission
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (

@@ -16,11 +16,11 @@ from eth_utils import to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field
 
 from offchain.config import OracleSettings
-from offchain.messages import RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
+from offchain.protocol.messages import RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
 from offchain.oracle.chainview import ChainView, RentalState, RentalStatus
-from offchain.oracle.digest import InvalidSignature, recover_address, report_gpu_hashes
+from offchain.protocol.digest import InvalidSignature, recover_address, report_gpu_hashes
 from offchain.oracle.store import LastAccepted
-from offchain.reports import split_rental_id
+from offchain.protocol.reports import split_rental_id
 
 DEFAULT_MAX_REPORT_AGE_SECONDS = 24 * 3600
 

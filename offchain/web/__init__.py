@@ -1,5 +1,5 @@
 """The read-only marketplace web page: offers, rentals and providers, served from the on-chain event index
-(`offchain.index`) by the oracle's app or by `gpuex web`.
+(`offchain.market.index`) by the oracle's app or by `gpuex web`.
 
 - `app`: the aiohttp sub-application, its JSON API and event stream, and `mount` (start here).
 - `views`: the API's bodies in human units.

@@ -34,12 +34,12 @@ from multidict import MultiMapping
 from pydantic import BaseModel, ValidationError
 from web3 import AsyncWeb3
 
-from offchain import deployments
-from offchain.chain import connect
+from offchain.ops import deployments
+from offchain.chain.rpc import connect
 from offchain.config import ChainSettings
-from offchain.deployments import Deployment, DeploymentNotFound
-from offchain.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex, IndexedRental
-from offchain.market import OfferQuery, TokenInfo, read_token, search_offers
+from offchain.ops.deployments import Deployment, DeploymentNotFound
+from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex, IndexedRental
+from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
 from offchain.web.views import (
     IndexStatus,
     MarketInfo,

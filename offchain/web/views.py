@@ -11,9 +11,9 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
 
-from offchain.index import HistoryEntry, IndexedProvider, IndexedRental
-from offchain.market import SECONDS_PER_HOUR, OfferQuery, OfferRecord, TokenInfo, unpack_text
-from offchain.status import DeclineReason, RentalStatus, SlashReason
+from offchain.market.index import HistoryEntry, IndexedProvider, IndexedRental
+from offchain.market.offers import SECONDS_PER_HOUR, OfferQuery, OfferRecord, TokenInfo, unpack_text
+from offchain.protocol.status import DeclineReason, RentalStatus, SlashReason
 
 BPS_PER_PERCENT = 100
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from brownie import chain
 
-from offchain.reports import EscrowDomain, sign_batch
+from offchain.protocol.reports import EscrowDomain, sign_batch
 from scripts.deploy import USDC, SuiteParams, deploy_suite
 from tests.contracts.helpers import ORACLE_KEYS, ORACLES, PRICE, new_gpu_hashes
 

@@ -8,8 +8,8 @@ from brownie import chain
 from eth_account import Account
 from eth_utils import keccak
 
-from offchain.reports import Report, ReportStatus
-from offchain.status import (  # noqa: F401 (re-exported for the tests)
+from offchain.protocol.reports import Report, ReportStatus
+from offchain.protocol.status import (  # noqa: F401 (re-exported for the tests)
     DeclineReason,
     RentalStatus,
     SkipReason,

@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end tests: one suite on Brownie's anvil with a 2-of-3 oracle set, the provider staked
 with the AGENT key, and `running_exchange`: three real `OracleService`s (2-of-3, oracle 0 the leader with the
-keeper) and one real `ProviderAgent` in-process on loopback (`offchain.inprocess`, which the demo runs too).
+keeper) and one real `ProviderAgent` in-process on loopback (`offchain.ops.inprocess`, which the demo runs too).
 
 The suite is deployed with a short start timeout and report grace so that every scenario runs on the wall clock:
 the agent and the oracles time report periods by the wall clock and the chain stamps blocks with it, so no
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from offchain import inprocess
+from offchain.ops import inprocess
 from offchain.config import ChainSettings
-from offchain.inprocess import Exchange, ProviderMachine
-from offchain.messages import TelemetrySubmission, gpu_uuid_hash
+from offchain.ops.inprocess import Exchange, ProviderMachine
+from offchain.protocol.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.oracle.service import STORE_FILE
 from offchain.telemetry.source import TelemetrySource
 from scripts.deploy import SuiteParams, deploy_suite

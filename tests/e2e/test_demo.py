@@ -12,8 +12,8 @@ from brownie import web3
 from matplotlib.image import imread
 from rich.console import Console
 
-from offchain.reports import split_rental_id
-from offchain.status import RentalStatus
+from offchain.protocol.reports import split_rental_id
+from offchain.protocol.status import RentalStatus
 from scripts.demo import BPS, PARAMS, DemoResult, Ending, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -15,8 +15,8 @@ from eth_utils import keccak
 
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
-from offchain.reports import ReportStatus
-from offchain.status import DeclineReason, RentalStatus
+from offchain.protocol.reports import ReportStatus
+from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.simulated import Outage, SimulatedSource
 from tests.e2e.conftest import PARAMS, running_exchange, stored_reports

@@ -22,8 +22,8 @@ import pytest
 from eth_account import Account
 from web3 import HTTPProvider, Web3
 
-from offchain.chain import PROJECT_ROOT, load_artifact
-from offchain.devnet import ANVIL_KEYS
+from offchain.chain.contracts import PROJECT_ROOT, load_artifact
+from offchain.ops.devnet import ANVIL_KEYS
 
 CHAIN_ID = 11_155_111
 NETWORK = "gpuex-rehearsal"

@@ -22,18 +22,19 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from offchain import deployments, devnet
+from offchain.ops import deployments, devnet
 from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
-from offchain.chain import PROJECT_ROOT, connect, contract
-from offchain.deploy import USDC
-from offchain.market import pack_text
-from offchain.messages import gpu_uuid_hash
-from offchain.reports import rental_id
+from offchain.chain.contracts import PROJECT_ROOT, contract
+from offchain.chain.rpc import connect
+from offchain.ops.deploy import USDC
+from offchain.market.offers import pack_text
+from offchain.protocol.messages import gpu_uuid_hash
+from offchain.protocol.reports import rental_id
 from offchain.telemetry.simulated import SimulatedSource
-from offchain.wallet import Wallet
+from offchain.chain.wallet import Wallet
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

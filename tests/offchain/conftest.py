@@ -14,9 +14,9 @@ from eth_account import Account
 from eth_utils import keccak
 
 from offchain.config import ChainSettings
-from offchain.deployments import Deployment, SuiteConfig
-from offchain.devnet import DEV_JOB_IMAGE, build_job_image
-from offchain.messages import gpu_uuid_hash
+from offchain.ops.deployments import Deployment, SuiteConfig
+from offchain.ops.devnet import DEV_JOB_IMAGE, build_job_image
+from offchain.protocol.messages import gpu_uuid_hash
 from scripts.deploy import USDC, SuiteParams, deploy_suite
 
 ORACLE_KEYS = [keccak(text=f"gpuex offchain oracle {i}") for i in range(3)]

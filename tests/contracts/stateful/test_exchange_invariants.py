@@ -25,7 +25,7 @@ from eth_utils import keccak
 from hypothesis import Phase
 from hypothesis import strategies as st
 
-from offchain.reports import EscrowDomain, ReportStatus, sign_batch, typed_batch
+from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch, typed_batch
 from scripts.deploy import USDC, SuiteParams
 from tests.contracts.helpers import (
     ORACLE_KEYS,

@@ -12,7 +12,7 @@ from brownie import web3
 
 from offchain.agent.containers import ContainerSettings
 from offchain.agent.settings import ProviderAgentSettings
-from offchain.messages import gpu_uuid_hash
+from offchain.protocol.messages import gpu_uuid_hash
 from offchain.telemetry.simulated import SimulatedSource
 from offchain.telemetry.source import TelemetrySource
 from tests.offchain.conftest import AGENT, AGENT_KEY, PRICE

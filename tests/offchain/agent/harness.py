@@ -13,9 +13,9 @@ from typing import AsyncIterator, Callable
 from offchain.agent.jobspec import JobSpec
 from offchain.agent.rentals import Phase
 from offchain.agent.service import ProviderAgent
-from offchain.chain import PROJECT_ROOT
-from offchain.messages import TelemetryReport
-from offchain.reports import ReportStatus
+from offchain.chain.contracts import PROJECT_ROOT
+from offchain.protocol.messages import TelemetryReport
+from offchain.protocol.reports import ReportStatus
 from tests.offchain.agent.helpers import AGENT_ADDRESS, wait_until
 from tests.offchain.agent.oracle_server import RecordingOracle
 from tests.offchain.conftest import PRICE

@@ -5,8 +5,8 @@ from __future__ import annotations
 from eth_account import Account
 from eth_utils import keccak
 
-from offchain.inprocess import wait_until  # noqa: F401 (re-exported for the tests)
-from offchain.messages import TelemetryReport, TelemetrySubmission
+from offchain.ops.inprocess import wait_until  # noqa: F401 (re-exported for the tests)
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 
 AGENT_KEY = keccak(text="gpuex offchain agent")  # tests/offchain/conftest.py's AGENT
 AGENT_ADDRESS = Account.from_key(AGENT_KEY).address

@@ -27,7 +27,7 @@ from eth_keys.exceptions import BadSignature
 from pydantic import ValidationError
 
 from offchain.agent.outbox import normalize_oracle_url
-from offchain.messages import OracleError, RejectReason, TelemetryAck, TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import OracleError, RejectReason, TelemetryAck, TelemetryReport, TelemetrySubmission
 
 
 @dataclass

@@ -8,8 +8,8 @@ import pytest
 from offchain.agent.admission import Allowance, RentalRefused, admit, offer_gpus_here
 from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobResources, JobSpec
-from offchain.messages import gpu_uuid_hash
-from offchain.status import DeclineReason
+from offchain.protocol.messages import gpu_uuid_hash
+from offchain.protocol.status import DeclineReason
 
 UUIDS = ("GPU-aaaaaaaa-0000-4000-8000-000000000001", "GPU-aaaaaaaa-0000-4000-8000-000000000002")
 SETTINGS = ContainerSettings(memory_mib_per_gpu=1024, cpus_per_gpu=2, allow_egress=True,

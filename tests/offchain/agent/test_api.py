@@ -18,8 +18,8 @@ from eth_utils import keccak
 
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
-from offchain.renterapi import Action, LogEnd, LogEntry, seal, sign_request
-from offchain.renterclient import RenterApiError, RenterClient, extract_results
+from offchain.protocol.renterapi import Action, LogEnd, LogEntry, seal, sign_request
+from offchain.market.renterclient import RenterApiError, RenterClient, extract_results
 from tests.offchain.agent.harness import (
     agent_process,
     agent_with_oracles,

@@ -20,7 +20,7 @@ from offchain.agent.job import NOT_STARTED_EXIT_CODE, ZERO_DIGEST, ContainerJob,
 from offchain.agent.jobspec import JobSpec
 from offchain.agent.logs import LogFormat, read_chunks
 from offchain.agent.workspace import RentalFiles
-from offchain.processes import process_alive
+from offchain.ops.processes import process_alive
 
 UUIDS = ("GPU-aaaaaaaa-0000-4000-8000-000000000001", "GPU-aaaaaaaa-0000-4000-8000-000000000002")
 SETTINGS = ContainerSettings(memory_mib_per_gpu=64, cpus_per_gpu=1, pids_limit=64)

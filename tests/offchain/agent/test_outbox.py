@@ -16,8 +16,8 @@ from aiohttp import web
 
 from offchain.agent.outbox import Outbox, OutboxConflict, RetryPolicy
 from offchain.sqlite import open_db
-from offchain.chain import PROJECT_ROOT
-from offchain.messages import OracleError, RejectReason
+from offchain.chain.contracts import PROJECT_ROOT
+from offchain.protocol.messages import OracleError, RejectReason
 from tests.offchain.agent.helpers import AGENT_ADDRESS, CHAIN_ID, REGISTRY, signed_submission, wait_until
 from tests.offchain.agent.oracle_server import RecordingOracle
 

@@ -20,10 +20,10 @@ from offchain.agent.jobspec import JobResources, JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
 from offchain.agent.service import SIMULATED_LABEL, ProviderAgent, SimulatedTelemetryRefused
 from offchain.agent.workspace import RentalFiles
-from offchain.chain import PROJECT_ROOT
-from offchain.messages import TelemetryReport
-from offchain.reports import EscrowDomain, Report, ReportStatus, sign_batch
-from offchain.status import DeclineReason, RentalStatus
+from offchain.chain.contracts import PROJECT_ROOT
+from offchain.protocol.messages import TelemetryReport
+from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch
+from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.simulated import SimulatedSource
 from offchain.telemetry.source import TelemetrySource

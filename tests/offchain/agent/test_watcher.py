@@ -8,8 +8,9 @@ from brownie import web3
 
 from offchain.sqlite import open_db
 from offchain.agent.watcher import ChainWatcher, RentalFinalized, RentalOpened, RentalStatus, RentalTerminated
-from offchain.chain import connect, contract
-from offchain.messages import gpu_uuid_hash
+from offchain.chain.contracts import contract
+from offchain.chain.rpc import connect
+from offchain.protocol.messages import gpu_uuid_hash
 from scripts.deploy import USDC
 from tests.offchain.conftest import PRICE
 

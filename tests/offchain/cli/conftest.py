@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import pytest
 
-from offchain import deployments, devnet
-from offchain.chain import PROJECT_ROOT
+from offchain.ops import deployments, devnet
+from offchain.chain.contracts import PROJECT_ROOT
 from offchain.cli import main
-from offchain.deploy import SuiteParams
+from offchain.ops.deploy import SuiteParams
 
 PORT = 8575
 ORACLE_PORT = 8775

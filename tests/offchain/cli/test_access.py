@@ -14,7 +14,7 @@ import time
 import pexpect
 import pytest
 
-from offchain.chain import PROJECT_ROOT
+from offchain.chain.contracts import PROJECT_ROOT
 from tests.offchain.cli.conftest import _clean_environ, stop, wait_for
 
 SECRET = "hf_cli-s3cr3t value"

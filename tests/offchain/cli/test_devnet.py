@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from offchain.devnet import DEVNET_CHAIN_ID
+from offchain.ops.devnet import DEVNET_CHAIN_ID
 from tests.offchain.cli.conftest import PORT, SPARE_ORACLE_PORT, SPARE_PORT
 
 

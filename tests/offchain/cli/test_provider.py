@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from offchain.deploy import USDC
-from offchain.messages import gpu_uuid_hash
+from offchain.ops.deploy import USDC
+from offchain.protocol.messages import gpu_uuid_hash
 from tests.offchain.cli.conftest import SIMULATED_GPUS, STAGING
 from tests.offchain.telemetry.fake_nvml import FakeGpu, FakeNvml, NVMLError_LibraryNotFound
 

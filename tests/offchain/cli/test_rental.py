@@ -10,12 +10,13 @@ import re
 import pytest
 from eth_account import Account
 
-from offchain import devnet
+from offchain.ops import devnet
 from offchain.agent.jobspec import JobSpec
-from offchain.chain import connect, contract
-from offchain.devnet import spec_dir
-from offchain.status import DeclineReason
-from offchain.wallet import Wallet
+from offchain.chain.contracts import contract
+from offchain.chain.rpc import connect
+from offchain.ops.devnet import spec_dir
+from offchain.protocol.status import DeclineReason
+from offchain.chain.wallet import Wallet
 from tests.offchain.cli.conftest import PORT, stop
 
 SPEC = {"command": ["sleep", "4"]}

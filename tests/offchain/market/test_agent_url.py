@@ -8,11 +8,11 @@ import asyncio
 import pytest
 from eth_account import Account
 
-from offchain.agenturl import MAX_AGENT_URL_BYTES, AgentUrlInvalid, check_agent_url
-from offchain.chain import connect
-from offchain.exchange import AgentEndpoint, ExchangeClient, ExchangeError, NotFound
-from offchain.market import read_provider
-from offchain.wallet import Wallet
+from offchain.protocol.agenturl import MAX_AGENT_URL_BYTES, AgentUrlInvalid, check_agent_url
+from offchain.chain.rpc import connect
+from offchain.market.exchange import AgentEndpoint, ExchangeClient, ExchangeError, NotFound
+from offchain.market.offers import read_provider
+from offchain.chain.wallet import Wallet
 from tests.offchain.conftest import AGENT
 
 AGENT_URL = "https://agent.example.net:8443"

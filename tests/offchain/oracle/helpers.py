@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from brownie import web3
 
 from offchain.config import OracleSettings
-from offchain.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.app import DB_FILENAME, create_app
 from tests.offchain.conftest import AGENT_KEY, GPU_UUIDS
 

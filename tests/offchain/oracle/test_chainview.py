@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from offchain.chain import connect
+from offchain.chain.rpc import connect
 from offchain.oracle.chainview import ChainView, RentalStatus, _TtlCache
 from tests.offchain.conftest import AGENT
 from tests.offchain.oracle.helpers import run

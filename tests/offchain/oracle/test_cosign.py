@@ -14,11 +14,11 @@ from aiohttp.test_utils import TestServer
 from brownie import chain
 from eth_utils import keccak
 
-from offchain.messages import CosignRequest, CosignResponse, chain_reports
+from offchain.protocol.messages import CosignRequest, CosignResponse, chain_reports
 from offchain.oracle.app import STORE, TELEMETRY_PATH
 from offchain.oracle.chainview import RentalStatus
 from offchain.oracle.cosign import COSIGN_PATH, collect_cosignatures
-from offchain.reports import EscrowDomain, ReportStatus, sign_batch
+from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch
 from tests.offchain.conftest import ORACLE_KEYS, ORACLES
 from tests.offchain.oracle.helpers import (
     PERIOD,

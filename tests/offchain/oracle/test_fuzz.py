@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, assume, settings as hypothesis_settings, str
 from hypothesis.core import given  # hypothesis' own, not the one Brownie patches in (see above)
 from pydantic import ValidationError
 
-from offchain.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.app import TELEMETRY_PATH, create_app
-from offchain.oracle.digest import SECP256K1_N
+from offchain.protocol.digest import SECP256K1_N
 from tests.offchain.conftest import GPU_UUIDS
 from tests.offchain.oracle.helpers import PERIOD, body, chain_state, db_rows, post, report, submission
 

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from eth_utils import keccak
 
-from offchain.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.store import AlreadyHeld, NewSubmission, NotBatchable, SubmissionKey, SubmissionStore
 
 BIG_RENTAL = 2**200 + 7  # beyond SQLite's 64-bit integers

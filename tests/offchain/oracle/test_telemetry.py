@@ -12,12 +12,12 @@ from brownie import ZERO_ADDRESS, chain
 from eth_account import Account
 from eth_utils import keccak
 
-from offchain.messages import TelemetrySubmission
+from offchain.protocol.messages import TelemetrySubmission
 from offchain.oracle.app import DB_FILENAME, TELEMETRY_PATH
-from offchain.oracle.digest import SECP256K1_N
+from offchain.protocol.digest import SECP256K1_N
 from offchain.oracle.store import SubmissionStore
 from offchain.oracle.verify import VerifyPolicy
-from offchain.reports import EscrowDomain, rental_id as make_rental_id, sign_batch
+from offchain.protocol.reports import EscrowDomain, rental_id as make_rental_id, sign_batch
 from tests.offchain.conftest import AGENT_KEY, GPU_UUIDS, ORACLE_KEYS
 from tests.offchain.oracle.helpers import (
     PERIOD,

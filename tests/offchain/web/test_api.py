@@ -14,14 +14,14 @@ from brownie import chain, web3
 from eth_utils import keccak
 from pydantic import SecretStr
 
-from offchain import deployments
-from offchain.chain import connect
+from offchain.ops import deployments
+from offchain.chain.rpc import connect
 from offchain.config import OracleSettings
-from offchain.market import OfferQuery, read_offers, read_token, search_offers
-from offchain.messages import gpu_uuid_hash
+from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
+from offchain.protocol.messages import gpu_uuid_hash
 from offchain.oracle.app import create_app
-from offchain.reports import EscrowDomain, Report, sign_batch
-from offchain.status import DeclineReason
+from offchain.protocol.reports import EscrowDomain, Report, sign_batch
+from offchain.protocol.status import DeclineReason
 from tests.offchain.conftest import ORACLE_KEYS, PRICE
 from tests.offchain.web.conftest import until_block
 

@@ -6,7 +6,7 @@ import brownie
 import pytest
 from brownie import ZERO_ADDRESS, chain, history
 
-from offchain.reports import ReportStatus
+from offchain.protocol.reports import ReportStatus
 from scripts.deploy import USDC
 from tests.contracts.helpers import PRICE, DeclineReason, RentalStatus, error, new_gpu_hashes, report
 

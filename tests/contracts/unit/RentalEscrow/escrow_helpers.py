@@ -3,7 +3,7 @@ RentalMath. Enums, revert strings and time live in tests/contracts/helpers.py.""
 
 from __future__ import annotations
 
-from offchain.reports import Report
+from offchain.protocol.reports import Report
 
 BPS = 10_000
 DURATION = 3_600  # seconds a test rental runs unless a test says otherwise

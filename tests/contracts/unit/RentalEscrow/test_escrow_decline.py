@@ -5,7 +5,7 @@ import brownie
 import pytest
 from brownie import web3
 
-from offchain.reports import ReportStatus, rental_id
+from offchain.protocol.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, DeclineReason, RentalStatus, SkipReason, SlashReason, error, report, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state
 

@@ -3,7 +3,7 @@ utilisation-weighted pricing."""
 
 import brownie
 
-from offchain.reports import ReportStatus, rental_id
+from offchain.protocol.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SlashReason, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import (
     BPS,

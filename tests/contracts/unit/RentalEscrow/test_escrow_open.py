@@ -2,7 +2,7 @@
 
 import brownie
 
-from offchain.reports import rental_id
+from offchain.protocol.reports import rental_id
 from scripts.deploy import USDC
 from tests.contracts.helpers import PRICE, error, RentalStatus
 from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state

@@ -3,7 +3,7 @@
 import brownie
 import pytest
 
-from offchain.reports import ReportStatus, rental_id
+from offchain.protocol.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SkipReason, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state, unchecked_report
 

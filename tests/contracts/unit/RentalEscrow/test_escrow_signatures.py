@@ -9,7 +9,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
-from offchain.reports import EscrowDomain, ReportStatus, batch_digest, sign_batch, typed_batch
+from offchain.protocol.reports import EscrowDomain, ReportStatus, batch_digest, sign_batch, typed_batch
 from scripts.deploy import deploy_suite
 from tests.contracts.helpers import ORACLE_KEYS, ORACLES, error, report, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import event, rental_state

@@ -8,7 +8,7 @@ the conftest's `suite` (and with it `registry`, `escrow` and every helper fixtur
 import brownie
 import pytest
 
-from offchain.reports import ReportStatus
+from offchain.protocol.reports import ReportStatus
 from scripts.deploy import USDC, deploy_suite
 from tests.contracts.helpers import ORACLES, PRICE, error, report, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, fee_of, rental_state

@@ -1,0 +1,43 @@
+"""Contract handles for the off-chain services, whose ABIs come from Brownie's build artifacts
+(`build/contracts/*.json`), so no ABI is written twice."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from web3 import AsyncWeb3
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS_DIR = PROJECT_ROOT / "build" / "contracts"
+
+
+class ArtifactMissing(RuntimeError):
+    """The Brownie build artifact is absent: run `make compile` (or `brownie compile`) first."""
+
+
+@lru_cache(maxsize=None)
+def load_artifact(name: str, artifacts_dir: Path = ARTIFACTS_DIR) -> dict[str, Any]:
+    """The Brownie build artifact of contract `name` (abi, bytecode, ...)."""
+    path = artifacts_dir / f"{name}.json"
+    if not path.is_file():
+        raise ArtifactMissing(f"no build artifact {path}; run `make compile` first")
+    return json.loads(path.read_text())
+
+
+def abi(name: str) -> list[dict[str, Any]]:
+    """The ABI of contract `name` from its build artifact."""
+    return load_artifact(name)["abi"]
+
+
+def contract(w3: AsyncWeb3, name: str, address: str):
+    """An async contract handle for the deployed `name` at `address`."""
+    return w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=abi(name))
+
+
+def returned_struct(function: Any, values: tuple) -> dict[str, Any]:
+    """The struct a contract view returned (`getProvider`, `getOffer`) as a dict by its ABI's field names, so that
+    a reader does not depend on the order of the struct's fields."""
+    return dict(zip((c["name"] for c in function.abi["outputs"][0]["components"]), values))

@@ -1,0 +1,648 @@
+"""What providers and renters do on a gpuex suite, as async actions of one account: stake, list and price offers,
+rent, terminate, withdraw; and the reads those actions need, such as a rental's history from the escrow's events.
+
+`gpuex` (and any other front end) parses and renders; the decisions live here. Every action sends through a
+`Wallet`, so a call that would revert fails before anything is signed, named after its custom error
+(`TxFailed("Registry_UnknownOffer: 7")`); checks that need no transaction fail with an `ExchangeError` that says
+what to do. Actions return pydantic results: what was sent, then the state it led to.
+
+Amounts are token units (`int`) throughout; `TokenInfo` converts human units at the front end's edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from web3 import AsyncWeb3
+from web3.logs import DISCARD
+
+from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
+from offchain.chain.contracts import contract
+from offchain.ops.deployments import Deployment
+from offchain.market.offers import (
+    SECONDS_PER_HOUR,
+    OfferRecord,
+    OfferStatus,
+    ProviderRecord,
+    TokenInfo,
+    pack_text,
+    read_offer,
+    read_offers,
+    read_provider,
+    read_token,
+)
+from offchain.protocol.reports import split_rental_id
+from offchain.protocol.status import DeclineReason, RentalStatus, SkipReason, SlashReason
+from offchain.chain.wallet import Sent, Wallet
+
+#: Blocks per `eth_getLogs` request; public RPC endpoints refuse much wider ranges.
+MAX_BLOCK_RANGE = 10_000
+#: Escrow events whose first indexed argument is the rental id.
+RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "ReportSkipped", "RentalTerminated",
+                 "RentalDeclined", "RentalFinalized")
+
+
+class ExchangeError(RuntimeError):
+    """The action cannot be done as asked; the message says why."""
+
+
+class NotFound(ExchangeError):
+    """No offer, rental or provider with that id."""
+
+
+class InsufficientFunds(ExchangeError):
+    """The account holds less of a token than the action needs."""
+
+
+class InsufficientAllowance(ExchangeError):
+    """The account has not allowed a contract to take what the action needs; `approve=True` approves exactly it."""
+
+    def __init__(self, token: TokenInfo, spender: str, allowance: int, needed: int):
+        super().__init__(f"insufficient allowance: {spender} may take {token.format(allowance)} of yours, "
+                         f"{token.format(needed)} needed")
+        self.token = token
+        self.spender = spender
+        self.allowance = allowance
+        self.needed = needed
+
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class SentTx(BaseModel):
+    """A mined, successful transaction of an action."""
+
+    model_config = _FROZEN
+
+    action: str  # the contract function, e.g. "approve", "openRental"
+    tx_hash: str
+    block_number: int
+    gas_used: int
+
+
+class ActionResult(BaseModel):
+    """The transactions an action sent, in order (none when there was nothing to do)."""
+
+    model_config = _FROZEN
+
+    account: str
+    transactions: list[SentTx] = []
+
+
+class ProviderResult(ActionResult):
+    provider: ProviderRecord
+
+
+class GpusRegistered(ActionResult):
+    registered: list[str]  # UUID hashes this call registered
+    already_registered: list[str]  # UUID hashes the account owned already
+
+
+class OfferResult(ActionResult):
+    offer: OfferRecord
+
+
+class Withdrawal(ActionResult):
+    escrow_amount: int  # earnings, refunds and fees the escrow credited
+    compensation: int  # slashed stake the registry credited to the account as a renter
+
+
+class FaucetClaim(ActionResult):
+    amount: int  # what the faucet minted to the account
+    balance: int  # the account's payment token balance after the claim
+
+
+class AgentEndpoint(BaseModel):
+    """Where a renter reaches the agent of an offer's provider, and the key the agent there must prove it holds
+    (the chain does not vouch for the URL, only for the key)."""
+
+    model_config = _FROZEN
+
+    offer_id: int
+    provider: str
+    agent: str  # the provider's registered agent key (`agentOf`)
+    url: str  # the agent API's base URL (`agentUrlOf`), passed by `check_agent_url`
+
+
+class OfferTerms(BaseModel):
+    """What `createOffer` takes; the GPU count is the number of hashes."""
+
+    model_config = _FROZEN
+
+    gpu_model: str = Field(min_length=1)
+    vram_mib: int = Field(ge=1, lt=2**32)  # per GPU
+    price_per_second: int = Field(ge=1, lt=2**64)  # token units, whole offer
+    min_duration: int = Field(ge=1, lt=2**32)
+    max_duration: int = Field(ge=1, lt=2**32)
+    region: str
+    util_floor_bps: int = Field(ge=0, le=10_000)
+    egress: bool = False  # jobs may open outbound network connections when their spec asks; fixed for the offer
+    gpu_uuid_hashes: list[bytes] = Field(min_length=1)
+
+    @field_validator("gpu_model", "region")
+    @classmethod
+    def _fits(cls, value: str, info) -> str:
+        pack_text(value, 32 if info.field_name == "gpu_model" else 16)
+        return value
+
+    @field_validator("gpu_uuid_hashes")
+    @classmethod
+    def _bytes32(cls, value: list[bytes]) -> list[bytes]:
+        if any(len(h) != 32 for h in value):
+            raise ValueError("a GPU UUID hash is 32 bytes")
+        return value
+
+    def as_tuple(self) -> tuple:
+        """The `OfferTerms` struct as the ABI encodes it."""
+        return (pack_text(self.gpu_model, 32), self.vram_mib, self.price_per_second, self.min_duration,
+                self.max_duration, pack_text(self.region, 16), self.util_floor_bps, self.egress,
+                self.gpu_uuid_hashes)
+
+
+# ------------------------------------------------------------------------------------------- rental events
+
+
+class RentalOpened(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["opened"] = "opened"
+    block_number: int
+    offer_id: int
+    renter: str
+    price_per_second: int
+    duration: int
+    deposit: int
+    job_spec_hash: str
+
+
+class RentalStarted(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["started"] = "started"
+    block_number: int
+    started_at: int
+    by_report: bool
+
+
+class ReportApplied(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["report"] = "report"
+    block_number: int
+    seq: int
+    period_end: int
+    delivered_seconds: int
+    avg_util_bps: int
+    earned: int  # gross, before the protocol fee
+    telemetry_root: str
+
+
+class ReportSkipped(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["skipped"] = "skipped"
+    block_number: int
+    seq: int
+    reason: str  # a SkipReason name
+
+
+class RentalTerminated(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["terminated"] = "terminated"
+    block_number: int
+    ends_at: int
+    refund: int
+
+
+class RentalDeclined(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["declined"] = "declined"
+    block_number: int
+    reason: str  # a DeclineReason name
+
+    @computed_field
+    @property
+    def detail(self) -> str:
+        return DeclineReason[self.reason].describe()
+
+
+class RentalFinalized(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["finalized"] = "finalized"
+    block_number: int
+    status: str  # a final RentalStatus name
+    provider_payout: int
+    fee: int
+    refund: int
+    delivered_seconds: int
+    missed_seconds: int
+    slashed: int  # stake credited to the renter
+    slash_reason: str  # a SlashReason name
+
+
+RentalEvent = (RentalOpened | RentalStarted | ReportApplied | ReportSkipped | RentalTerminated | RentalDeclined
+               | RentalFinalized)
+
+
+class RentalView(BaseModel):
+    """A rental as the escrow's state and events tell it. A rental a later one of the same offer replaced reads
+    `None` on chain; its history then comes from the events alone."""
+
+    model_config = _FROZEN
+
+    rental_id: int
+    offer_id: int
+    renter: str
+    status: str  # a RentalStatus name
+    price_per_second: int
+    duration: int  # seconds; shortened by a termination
+    deposit: int
+    job_spec_hash: str
+    opened_block: int
+    started_at: int | None
+    last_seq: int
+    reported_seconds: int
+    delivered_seconds: int
+    earned: int  # gross earnings the reports accrued, before the protocol fee
+    termination_refund: int
+    decline: RentalDeclined | None  # why the provider declined it (status DECLINED)
+    reports: list[ReportApplied]
+    skipped_reports: int
+    settlement: RentalFinalized | None
+
+    @computed_field
+    @property
+    def final(self) -> bool:
+        return RentalStatus[self.status].is_final
+
+    @computed_field
+    @property
+    def ends_at(self) -> int | None:
+        return None if self.started_at is None else self.started_at + self.duration
+
+    @computed_field
+    @property
+    def refunded(self) -> int:
+        """Credited back to the renter so far: a termination's refund plus the settlement's."""
+        return self.termination_refund + (self.settlement.refund if self.settlement else 0)
+
+    @computed_field
+    @property
+    def paid(self) -> int:
+        """What the renter paid for: the gross earnings (provider payout plus fee once settled)."""
+        return self.earned
+
+    @computed_field
+    @property
+    def avg_util_bps(self) -> int | None:
+        """GPU utilisation over the delivered seconds of every applied report; None before the first."""
+        delivered = sum(r.delivered_seconds for r in self.reports)
+        if not delivered:
+            return None
+        return round(sum(r.avg_util_bps * r.delivered_seconds for r in self.reports) / delivered)
+
+
+class RentalResult(ActionResult):
+    rental: RentalView
+
+
+# ---------------------------------------------------------------------------------------------- the client
+
+
+class ExchangeClient:
+    """One gpuex suite (`deployment`) through `w3`, acting as `wallet`'s account when one is given."""
+
+    def __init__(self, w3: AsyncWeb3, deployment: Deployment, wallet: Wallet | None = None):
+        self.w3 = w3
+        self.deployment = deployment
+        self.wallet = wallet
+        self.registry = contract(w3, "ProviderRegistry", deployment.registry)
+        self.escrow = contract(w3, "RentalEscrow", deployment.escrow)
+        self._tokens: dict[str, TokenInfo] = {}
+        self._rental_events = {event.topic: event for event in (getattr(self.escrow.events, name)
+                                                               for name in RENTAL_EVENTS)}
+
+    @property
+    def address(self) -> str:
+        if self.wallet is None:
+            raise ExchangeError("this action needs an account (a key)")
+        return self.wallet.address
+
+    async def token(self, address: str) -> TokenInfo:
+        if address not in self._tokens:
+            self._tokens[address] = await read_token(self.w3, address)
+        return self._tokens[address]
+
+    async def payment_token(self) -> TokenInfo:
+        return await self.token(self.deployment.payment_token)
+
+    async def stake_token(self) -> TokenInfo:
+        return await self.token(self.deployment.stake_token)
+
+    # ----------------------------------------------------------------------------------------------- reads
+
+    async def provider(self, address: str | None = None) -> ProviderRecord:
+        return await read_provider(self.w3, self.deployment.registry, address or self.address)
+
+    async def offer(self, offer_id: int) -> OfferRecord:
+        count = await self.registry.functions.offerCount().call()
+        if not 1 <= offer_id <= count:
+            raise NotFound(f"no offer {offer_id} (offers run from 1 to {count})")
+        return await read_offer(self.w3, self.deployment.registry, self.deployment.escrow, offer_id)
+
+    async def offers(self) -> list[OfferRecord]:
+        return await read_offers(self.w3, self.deployment.registry, self.deployment.escrow)
+
+    async def balances(self, address: str | None = None) -> dict[str, int]:
+        """What `address` can withdraw: `escrow` (earnings and refunds) and `compensation` (slashed stake)."""
+        address = address or self.address
+        escrow, compensation = await asyncio.gather(self.escrow.functions.balanceOf(address).call(),
+                                                     self.registry.functions.compensationOf(address).call())
+        return {"escrow": escrow, "compensation": compensation}
+
+    async def agent_url(self, address: str | None = None) -> str | None:
+        """The agent URL the provider published (`agentUrlOf`) as it stands on chain; None when unset."""
+        address = AsyncWeb3.to_checksum_address(address or self.address)
+        return await self.registry.functions.agentUrlOf(address).call() or None
+
+    async def agent_endpoint_of_offer(self, offer_id: int) -> AgentEndpoint:
+        """The agent API of the offer's provider: its URL, checked as `check_agent_url` checks it, and the agent key
+        the agent answering there must hold. `NotFound` without the offer; `ExchangeError` when the provider has no
+        agent key or no URL, or published one that fails the check."""
+        provider = (await self.offer(offer_id)).reputation
+        whose = f"the provider {provider.address} of offer {offer_id}"
+        if not int(provider.agent, 16):
+            raise ExchangeError(f"{whose} has set no agent key")
+        if provider.agent_url is None:
+            raise ExchangeError(f"{whose} has published no agent URL")
+        try:
+            url = check_agent_url(provider.agent_url)
+        except AgentUrlInvalid as exc:
+            raise ExchangeError(f"{whose} published an agent URL that cannot be used: {exc}") from None
+        return AgentEndpoint(offer_id=offer_id, provider=provider.address, agent=provider.agent, url=url)
+
+    async def provider_of_agent(self, agent: str) -> str | None:
+        """The provider whose telemetry key `agent` is now (from `AgentSet` events, checked against `agentOf`)."""
+        agent = AsyncWeb3.to_checksum_address(agent)
+        event = self.registry.events.AgentSet
+        topics = [event.topic, None, "0x" + bytes(12).hex() + agent[2:].lower()]
+        logs = await self._logs(self.registry.address, topics, self.deployment.start_block)
+        for entry in reversed(logs):
+            provider = event().process_log(entry)["args"]["provider"]
+            if await self.registry.functions.agentOf(provider).call() == agent:
+                return provider
+        return None
+
+    async def rental_events(self, rental_id: int, from_block: int | None = None,
+                            to_block: int | None = None) -> list[RentalEvent]:
+        """The escrow's events of one rental, in chain order."""
+        topics = [list(self._rental_events), "0x" + rental_id.to_bytes(32, "big").hex()]
+        start = self.deployment.start_block if from_block is None else from_block
+        logs = await self._logs(self.escrow.address, topics, start, to_block)
+        return [self._decode(entry) for entry in logs]
+
+    async def rental(self, rental_id: int) -> RentalView:
+        """The rental's state and history; `NotFound` if it was never opened."""
+        if not 0 < rental_id < 2**256:
+            raise NotFound(f"no rental {rental_id}")
+        events, live = await asyncio.gather(self.rental_events(rental_id),
+                                            self.escrow.functions.getRental(rental_id).call())
+        opened = next((e for e in events if isinstance(e, RentalOpened)), None)
+        if opened is None:
+            raise NotFound(f"no rental {rental_id}")
+        started = next((e for e in events if isinstance(e, RentalStarted)), None)
+        reports = [e for e in events if isinstance(e, ReportApplied)]
+        terminated = next((e for e in events if isinstance(e, RentalTerminated)), None)
+        declined = next((e for e in events if isinstance(e, RentalDeclined)), None)
+        settlement = next((e for e in events if isinstance(e, RentalFinalized)), None)
+        status, _, _, duration, since, last_seq, reported, delivered, earned = live
+        if RentalStatus(status) is RentalStatus.NONE:  # replaced by a later rental: settled, so events tell all
+            status = RentalStatus[settlement.status] if settlement else RentalStatus.NONE
+            duration = (opened.duration if terminated is None or started is None
+                        else terminated.ends_at - started.started_at)
+            last_seq = max((r.seq for r in reports), default=0)
+            reported = (reports[-1].period_end - started.started_at) if reports and started else 0
+            delivered = settlement.delivered_seconds if settlement else sum(r.delivered_seconds for r in reports)
+            earned = sum(r.earned for r in reports)
+        return RentalView(
+            rental_id=rental_id, offer_id=split_rental_id(rental_id)[0], renter=opened.renter,
+            status=RentalStatus(status).name, price_per_second=opened.price_per_second, duration=duration,
+            deposit=opened.deposit, job_spec_hash=opened.job_spec_hash, opened_block=opened.block_number,
+            started_at=started.started_at if started else None, last_seq=last_seq, reported_seconds=reported,
+            delivered_seconds=delivered, earned=earned, termination_refund=terminated.refund if terminated else 0,
+            decline=declined, reports=reports, skipped_reports=sum(isinstance(e, ReportSkipped) for e in events),
+            settlement=settlement)
+
+    async def watch_rental(self, rental_id: int, poll_seconds: float = 2.0) -> AsyncIterator[RentalEvent]:
+        """Every event of the rental, past ones first, then new ones as they are mined, until it is settled."""
+        next_block = self.deployment.start_block
+        while True:
+            head = await self.w3.eth.block_number
+            for event in await self.rental_events(rental_id, next_block, head):
+                yield event
+                if isinstance(event, RentalFinalized):
+                    return
+            next_block = head + 1
+            await asyncio.sleep(poll_seconds)
+
+    # ------------------------------------------------------------------------------------- provider actions
+
+    async def stake(self, amount: int, approve: bool = False) -> ProviderResult:
+        """Adds `amount` of the stake token to the account's stake."""
+        sent: list[SentTx] = []
+        await self._allowance(sent, await self.stake_token(), self.registry.address, "the registry", amount, approve)
+        await self._send(sent, "stake", self.registry.functions.stake(amount))
+        return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
+
+    async def request_unstake(self, amount: int) -> ProviderResult:
+        """Starts unbonding `amount` of free stake (which restarts the period for all that is unbonding)."""
+        sent: list[SentTx] = []
+        await self._send(sent, "requestUnstake", self.registry.functions.requestUnstake(amount))
+        return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
+
+    async def withdraw_unstaked(self) -> ProviderResult:
+        sent: list[SentTx] = []
+        await self._send(sent, "withdrawUnstaked", self.registry.functions.withdrawUnstaked())
+        return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
+
+    async def set_agent(self, agent: str) -> ProviderResult:
+        agent = AsyncWeb3.to_checksum_address(agent)
+        sent: list[SentTx] = []
+        await self._send(sent, "setAgent", self.registry.functions.setAgent(agent))
+        return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
+
+    async def set_agent_url(self, url: str) -> ProviderResult:
+        """Publishes `url` as the base URL of the account's agent API, in the form `check_agent_url` gives it (no
+        trailing slash); an empty `url` clears the one published."""
+        if url:
+            try:
+                url = check_agent_url(url)
+            except AgentUrlInvalid as exc:
+                raise ExchangeError(str(exc)) from None
+        sent: list[SentTx] = []
+        await self._send(sent, "setAgentUrl", self.registry.functions.setAgentUrl(url))
+        return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
+
+    async def register_gpus(self, uuid_hashes: list[bytes]) -> GpusRegistered:
+        """Claims the GPUs the account does not own yet; one it owns already is left alone."""
+        owners = await asyncio.gather(*(self.registry.functions.gpuOwner(h).call() for h in uuid_hashes))
+        mine = [h for h, owner in zip(uuid_hashes, owners) if owner == self.address]
+        new = [h for h in uuid_hashes if h not in mine]
+        sent: list[SentTx] = []
+        if new:
+            await self._send(sent, "registerGpus", self.registry.functions.registerGpus(new))
+        return GpusRegistered(account=self.address, transactions=sent, registered=["0x" + h.hex() for h in new],
+                              already_registered=["0x" + h.hex() for h in mine])
+
+    async def create_offer(self, terms: OfferTerms) -> OfferResult:
+        sent: list[SentTx] = []
+        receipt = await self._send(sent, "createOffer", self.registry.functions.createOffer(terms.as_tuple()))
+        created = self.registry.events.OfferCreated().process_receipt({"logs": receipt.logs}, errors=DISCARD)
+        return OfferResult(account=self.address, transactions=sent,
+                           offer=await self.offer(created[0]["args"]["offerId"]))
+
+    async def update_offer_price(self, offer_id: int, price_per_second: int) -> OfferResult:
+        return await self._offer_action(offer_id, "updateOfferPrice", price_per_second)
+
+    async def pause_offer(self, offer_id: int) -> OfferResult:
+        return await self._offer_action(offer_id, "pauseOffer")
+
+    async def resume_offer(self, offer_id: int) -> OfferResult:
+        return await self._offer_action(offer_id, "resumeOffer")
+
+    async def close_offer(self, offer_id: int) -> OfferResult:
+        return await self._offer_action(offer_id, "closeOffer")
+
+    async def _offer_action(self, offer_id: int, function: str, *args: Any) -> OfferResult:
+        await self.offer(offer_id)
+        sent: list[SentTx] = []
+        await self._send(sent, function, getattr(self.registry.functions, function)(offer_id, *args))
+        return OfferResult(account=self.address, transactions=sent, offer=await self.offer(offer_id))
+
+    # --------------------------------------------------------------------------------------- renter actions
+
+    async def open_rental(self, offer_id: int, duration: int, job_spec_hash: bytes,
+                          max_price_per_second: int | None = None, approve: bool = False) -> RentalResult:
+        """Rents `offer_id` for `duration` seconds at no more than `max_price_per_second` (default: its price now),
+        approving exactly the deposit first when `approve` and the allowance falls short."""
+        offer = await self.offer(offer_id)
+        if offer.status is not OfferStatus.ACTIVE:
+            raise ExchangeError(f"offer {offer_id} is {offer.status.name.lower()}")
+        if offer.live_rental_id:
+            raise ExchangeError(f"offer {offer_id} is rented (rental {offer.live_rental_id})")
+        if not offer.min_duration <= duration <= offer.max_duration:
+            raise ExchangeError(f"offer {offer_id} rents for {offer.min_duration} to {offer.max_duration} s, "
+                                f"not {duration} s")
+        token = await self.payment_token()
+        max_price = offer.price_per_second if max_price_per_second is None else max_price_per_second
+        if offer.price_per_second > max_price:
+            raise ExchangeError(f"offer {offer_id} costs {token.format(offer.price_per_hour)}/h, above the maximum of "
+                                f"{token.format(max_price * SECONDS_PER_HOUR)}/h")
+        deposit = offer.price_per_second * duration
+        sent: list[SentTx] = []
+        await self._allowance(sent, token, self.escrow.address, "the escrow", deposit, approve)
+        receipt = await self._send(sent, "openRental",
+                                   self.escrow.functions.openRental(offer_id, duration, max_price, job_spec_hash))
+        opened = self.escrow.events.RentalOpened().process_receipt({"logs": receipt.logs}, errors=DISCARD)
+        return RentalResult(account=self.address, transactions=sent,
+                            rental=await self.rental(opened[0]["args"]["rentalId"]))
+
+    async def terminate(self, rental_id: int) -> RentalResult:
+        """Ends the account's rental now: cancels it before the start, else refunds the unused time."""
+        await self.rental(rental_id)
+        sent: list[SentTx] = []
+        await self._send(sent, "terminate", self.escrow.functions.terminate(rental_id))
+        return RentalResult(account=self.address, transactions=sent, rental=await self.rental(rental_id))
+
+    async def withdraw(self) -> Withdrawal:
+        """Withdraws the account's escrow balance and its slash compensation; the escrow's
+        `Escrow_NothingToWithdraw` when there is neither."""
+        balances = await self.balances()
+        sent: list[SentTx] = []
+        if balances["escrow"] or not balances["compensation"]:
+            await self._send(sent, "withdraw", self.escrow.functions.withdraw())
+        if balances["compensation"]:
+            await self._send(sent, "withdrawCompensation", self.registry.functions.withdrawCompensation())
+        return Withdrawal(account=self.address, transactions=sent, escrow_amount=balances["escrow"],
+                          compensation=balances["compensation"])
+
+    async def claim_faucet(self) -> FaucetClaim:
+        """Claims the test payment token's faucet; refused for a deployment whose payment token is a real one."""
+        if not self.deployment.test_token:
+            raise ExchangeError(f"the payment token {self.deployment.payment_token} is not the test token: "
+                                "it has no faucet")
+        token = contract(self.w3, "TestStablecoin", self.deployment.payment_token)
+        before = await token.functions.balanceOf(self.address).call()
+        sent: list[SentTx] = []
+        await self._send(sent, "faucet", token.functions.faucet())
+        after = await token.functions.balanceOf(self.address).call()
+        return FaucetClaim(account=self.address, transactions=sent, amount=after - before, balance=after)
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    async def _send(self, sent: list[SentTx], action: str, call: Any) -> Sent:
+        """Sends `call` (the contract function `action`) and records it in `sent`; returns the receipt."""
+        if self.wallet is None:
+            raise ExchangeError("this action needs an account (a key)")
+        receipt = await self.wallet.transact(call)
+        sent.append(SentTx(action=action, tx_hash=receipt.tx_hash, block_number=receipt.block_number,
+                           gas_used=receipt.gas_used))
+        return receipt
+
+    async def _allowance(self, sent: list[SentTx], token: TokenInfo, spender: str, spender_name: str, needed: int,
+                         approve: bool) -> None:
+        """Checks that the account holds `needed` and allows `spender` to take it; with `approve`, approves exactly
+        `needed` when the allowance falls short."""
+        erc20 = contract(self.w3, "IERC20", token.address)
+        balance, allowance = await asyncio.gather(erc20.functions.balanceOf(self.address).call(),
+                                                  erc20.functions.allowance(self.address, spender).call())
+        if balance < needed:
+            raise InsufficientFunds(f"insufficient balance: {token.format(balance)} held, {token.format(needed)} "
+                                    "needed")
+        if allowance >= needed:
+            return
+        if not approve:
+            raise InsufficientAllowance(token, spender_name, allowance, needed)
+        await self._send(sent, "approve", erc20.functions.approve(spender, needed))
+
+    async def _logs(self, address: str, topics: list, from_block: int, to_block: int | None = None) -> list:
+        """`eth_getLogs` over [from_block, to_block or the head] in ranges of `MAX_BLOCK_RANGE`, in chain order."""
+        last = await self.w3.eth.block_number if to_block is None else to_block
+        logs: list = []
+        for start in range(from_block, last + 1, MAX_BLOCK_RANGE):
+            logs += await self.w3.eth.get_logs({"address": address, "fromBlock": start,
+                                                "toBlock": min(last, start + MAX_BLOCK_RANGE - 1),
+                                                "topics": topics})
+        return sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"]))
+
+    def _decode(self, entry: Any) -> RentalEvent:
+        decoded = self._rental_events["0x" + bytes(entry["topics"][0]).hex()]().process_log(entry)
+        args, block = decoded["args"], decoded["blockNumber"]
+        match decoded["event"]:
+            case "RentalOpened":
+                return RentalOpened(block_number=block, offer_id=args["offerId"], renter=args["renter"],
+                                    price_per_second=args["pricePerSecond"], duration=args["duration"],
+                                    deposit=args["deposit"], job_spec_hash="0x" + bytes(args["jobSpecHash"]).hex())
+            case "RentalStarted":
+                return RentalStarted(block_number=block, started_at=args["startedAt"], by_report=args["byReport"])
+            case "ReportApplied":
+                return ReportApplied(block_number=block, seq=args["seq"], period_end=args["periodEnd"],
+                                     delivered_seconds=args["deliveredSeconds"], avg_util_bps=args["avgUtilBps"],
+                                     earned=args["earned"], telemetry_root="0x" + bytes(args["telemetryRoot"]).hex())
+            case "ReportSkipped":
+                return ReportSkipped(block_number=block, seq=args["seq"], reason=SkipReason(args["reason"]).name)
+            case "RentalTerminated":
+                return RentalTerminated(block_number=block, ends_at=args["endsAt"], refund=args["refund"])
+            case "RentalDeclined":
+                return RentalDeclined(block_number=block, reason=DeclineReason(args["reason"]).name)
+            case _:
+                return RentalFinalized(block_number=block, status=RentalStatus(args["status"]).name,
+                                       provider_payout=args["providerPayout"], fee=args["fee"], refund=args["refund"],
+                                       delivered_seconds=args["deliveredSeconds"],
+                                       missed_seconds=args["missedSeconds"], slashed=args["slashed"],
+                                       slash_reason=SlashReason(args["slashReason"]).name)

@@ -1,0 +1,330 @@
+"""A local gpuex exchange in the background: anvil, the suite deployed on it, funded roles and one oracle.
+
+`gpuex devnet up|down|status` is the front end. Everything lives in a state directory the user can look into
+(`./gpuex-devnet` by default):
+
+    devnet.json          what is running: RPC URL, chain id, process ids, the oracle's URL, the roles
+    anvil-state.json     the chain, dumped by anvil on exit and loaded on the next `up`
+    anvil.log            anvil's output
+    oracle.log, oracle/  the oracle's output and its SQLite state
+    keys/<role>.key      the roles' private keys (anvil's public dev keys: never fund them anywhere real)
+    specs/               job specs by hash, where `gpuex rent` puts them and the devnet's agents read them
+    agents/<address>/    the state of each `gpuex agent run` on the devnet, by agent key
+
+The deployment record goes to `deployments/<chainId>.json` like any other. The oracle is a single leader with
+the keeper (a 1-of-1 oracle set) that accepts simulated telemetry, so a machine without a GPU can rent too.
+Anvil mines a block every second, so time moves for the keeper even when nobody sends a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from eth_account import Account
+from pydantic import BaseModel, ConfigDict
+
+from offchain.ops import deployments
+from offchain.chain.contracts import PROJECT_ROOT, contract
+from offchain.chain.rpc import connect
+from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy
+from offchain.ops.deployments import Deployment
+from offchain.ops.processes import process_alive
+from offchain.chain.wallet import Wallet
+
+#: Anvil's default mnemonic: its dev accounts are public knowledge, so they only ever hold devnet ether.
+ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
+ANVIL_ACCOUNTS = 10
+
+
+def _derive_keys(count: int) -> list[str]:
+    Account.enable_unaudited_hdwallet_features()
+    return ["0x" + Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key.hex()
+            for i in range(count)]
+
+
+ANVIL_KEYS = _derive_keys(ANVIL_ACCOUNTS)
+
+#: The devnet's roles and the anvil account each one uses.
+ROLES = {"deployer": 0, "oracle": 1, "provider": 2, "agent": 3, "renter": 4, "renter2": 5, "provider2": 6,
+         "agent2": 7}
+FUNDED_ROLES = ("provider", "renter", "renter2", "provider2")
+FUNDING = 100_000 * USDC
+
+DEFAULT_DIR = Path("gpuex-devnet")
+DEFAULT_PORT = 8555
+DEFAULT_ORACLE_PORT = 8700
+DEVNET_CHAIN_ID = 31337
+#: Shorter than a public deployment's so that timeouts and finalisation come within minutes.
+DEVNET_PARAMS = SuiteParams(start_timeout=120, report_grace=60, unbonding_period=600)
+START_TIMEOUT_SECONDS = 30.0
+#: The image the devnet's agents run jobs in when a spec names none (and the demo's and the tests' jobs): Debian's
+#: static busybox, built on this machine by `tools/build-job-image`, never pulled.
+DEV_JOB_IMAGE = "localhost/gpuex/job:busybox"
+
+
+class DevnetError(RuntimeError):
+    """The devnet cannot be brought up, or is not up."""
+
+
+class DevnetState(BaseModel):
+    """`devnet.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpc_url: str
+    chain_id: int
+    anvil_pid: int
+    oracle_pid: int
+    oracle_url: str
+    accounts: dict[str, str]  # role -> address
+    deployment: Deployment
+
+
+class DevnetStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: str
+    running: bool
+    anvil_alive: bool
+    oracle_alive: bool
+    block_number: int | None
+    oracle_healthy: bool
+    state: DevnetState | None
+
+
+def build_job_image(image: str = DEV_JOB_IMAGE) -> None:
+    """Builds the busybox job image with podman unless it is there already."""
+    try:
+        subprocess.run([str(PROJECT_ROOT / "tools" / "build-job-image"), image], check=True, capture_output=True,
+                       text=True, timeout=300)
+    except FileNotFoundError as exc:
+        raise DevnetError(f"cannot build the job image {image}: {exc}") from exc
+    except subprocess.CalledProcessError as exc:
+        raise DevnetError(f"cannot build the job image {image}: {exc.stderr.strip() or exc}") from exc
+
+
+def key_path(state_dir: Path, role: str) -> Path:
+    return state_dir / "keys" / f"{role}.key"
+
+
+def spec_dir(state_dir: Path) -> Path:
+    return state_dir / "specs"
+
+
+def agent_dir(state_dir: Path, agent: str) -> Path:
+    return state_dir / "agents" / agent
+
+
+def _state_file(state_dir: Path) -> Path:
+    return state_dir / "devnet.json"
+
+
+def read_state(state_dir: Path) -> DevnetState | None:
+    path = _state_file(state_dir)
+    return DevnetState.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Nothing listens on the port (sockets of stopped processes lingering in TIME_WAIT do not count)."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) != 0
+
+
+def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Starts `command` in its own session (it outlives this process and gets no terminal signals)."""
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=PROJECT_ROOT)
+    finally:
+        log.close()
+
+
+async def _wait_for(check, what: str, process: subprocess.Popen, log_path: Path,
+                    timeout: float = START_TIMEOUT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+            raise DevnetError(f"{what} exited with status {process.returncode}: {' '.join(tail) or 'no output'}"
+                              f" (see {log_path})")
+        try:
+            if await check():
+                return
+        except (aiohttp.ClientError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise DevnetError(f"{what} did not come up within {timeout:.0f} s (see {log_path})")
+        await asyncio.sleep(0.2)
+
+
+async def up(state_dir: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, oracle_port: int = DEFAULT_ORACLE_PORT,
+             params: SuiteParams = DEVNET_PARAMS, epoch_seconds: float = 5.0, say=print) -> DevnetState:
+    """Starts anvil and the oracle in the background and deploys (or re-checks) the suite; returns the state.
+
+    Idempotent: with a devnet already up it only returns its state; a devnet brought down keeps its chain and
+    deployment, which the next `up` re-checks instead of redeploying.
+    """
+    state_dir = Path(state_dir).resolve()
+    current = await status(state_dir)
+    if current.running and current.state is not None:
+        say(f"devnet already up at {current.state.rpc_url}")
+        return current.state
+    if current.anvil_alive or current.oracle_alive:
+        down(state_dir, say=lambda _: None)
+    for what, p in (("anvil", port), ("the oracle", oracle_port)):
+        if not _port_free("127.0.0.1", p):
+            raise DevnetError(f"port {p} for {what} is in use; pick another with --port / --oracle-port")
+    (state_dir / "keys").mkdir(parents=True, exist_ok=True)
+    for role, index in ROLES.items():
+        path = key_path(state_dir, role)
+        path.write_text(ANVIL_KEYS[index] + "\n")
+        path.chmod(0o600)
+
+    rpc_url = f"http://127.0.0.1:{port}"
+    anvil_log = state_dir / "anvil.log"
+    anvil = _spawn(["anvil", "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(DEVNET_CHAIN_ID),
+                    "--block-time", "1", "--accounts", str(ANVIL_ACCOUNTS), "--balance", "10000",
+                    "--mnemonic", ANVIL_MNEMONIC, "--state", str(state_dir / "anvil-state.json")], anvil_log)
+    w3 = connect(rpc_url)
+    oracle = None
+    try:
+        await _wait_for(w3.is_connected, "anvil", anvil, anvil_log)
+        say(f"anvil listening on {rpc_url} (pid {anvil.pid}, chain {DEVNET_CHAIN_ID}, a block a second)")
+        addresses = {role: Account.from_key(ANVIL_KEYS[i]).address for role, i in ROLES.items()}
+        deployer = Wallet(w3, Account.from_key(ANVIL_KEYS[ROLES["deployer"]]))
+        request = DeployRequest(network="devnet", treasury=addresses["deployer"], oracles=[addresses["oracle"]],
+                                threshold=1, params=params)
+        record = await _deploy_or_check(w3, deployer, request, say)
+        await _fund(w3, deployer, record, [addresses[r] for r in FUNDED_ROLES], say)
+
+        oracle_dir = state_dir / "oracle"
+        oracle_log = state_dir / "oracle.log"
+        env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT),
+                   GPUEX_ORACLE_KEY_FILE=str(key_path(state_dir, "oracle")),
+                   GPUEX_ORACLE_CHAIN__RPC_URL=rpc_url, GPUEX_ORACLE_CHAIN__CHAIN_ID=str(DEVNET_CHAIN_ID),
+                   GPUEX_ORACLE_CHAIN__REGISTRY=record.registry, GPUEX_ORACLE_CHAIN__ESCROW=record.escrow,
+                   GPUEX_ORACLE_PORT=str(oracle_port), GPUEX_ORACLE_LEADER="true", GPUEX_ORACLE_KEEPER="true",
+                   GPUEX_ORACLE_ALLOW_SIMULATED="true", GPUEX_ORACLE_STATE_DIR=str(oracle_dir),
+                   GPUEX_ORACLE_EPOCH_SECONDS=str(epoch_seconds), GPUEX_ORACLE_WEB="true")
+        env.pop("GPUEX_ORACLE_KEY", None)
+        oracle = _spawn([sys.executable, "-m", "offchain.oracle"], oracle_log, env)
+        oracle_url = f"http://127.0.0.1:{oracle_port}"
+        async with aiohttp.ClientSession() as session:
+            async def healthy() -> bool:
+                async with session.get(f"{oracle_url}/healthz") as response:
+                    return response.status == 200
+
+            await _wait_for(healthy, "the oracle", oracle, oracle_log)
+        say(f"oracle listening on {oracle_url} (pid {oracle.pid}, leader and keeper)")
+        state = DevnetState(rpc_url=rpc_url, chain_id=DEVNET_CHAIN_ID, anvil_pid=anvil.pid, oracle_pid=oracle.pid,
+                            oracle_url=oracle_url, accounts=addresses, deployment=record)
+        _state_file(state_dir).write_text(state.model_dump_json(indent=2) + "\n")
+        say(f"devnet up; state in {state_dir}")
+        return state
+    except BaseException:
+        for process in (oracle, anvil):
+            if process is not None and process.poll() is None:
+                _stop_group(process.pid)
+        raise
+    finally:
+        await w3.provider.disconnect()
+
+
+async def _deploy_or_check(w3, wallet: Wallet, request: DeployRequest, say) -> Deployment:
+    """Reuses the devnet's recorded suite while the chain still has it; redeploys after a wiped chain."""
+    try:
+        recorded = deployments.load(DEVNET_CHAIN_ID)
+    except deployments.DeploymentNotFound:
+        recorded = None
+    if recorded is not None and (recorded.network != "devnet" or not await w3.eth.get_code(recorded.registry)):
+        deployments.record_path(DEVNET_CHAIN_ID).unlink()
+    return await deploy(w3, wallet, request, say=say)
+
+
+async def _fund(w3, deployer: Wallet, record: Deployment, accounts: list[str], say) -> None:
+    """Tops every funded role up to `FUNDING` test dollars (the deployer owns the TestStablecoin)."""
+    token = contract(w3, "TestStablecoin", record.payment_token)
+    for account in accounts:
+        balance = await token.functions.balanceOf(account).call()
+        if balance < FUNDING:
+            await deployer.transact(token.functions.mint(account, FUNDING - balance))
+    say(f"funded {len(accounts)} roles with {FUNDING // USDC:,} test dollars each")
+
+
+def _stop_group(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM to the process group of `pid`, SIGKILL if it is still there after `timeout`."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def down(state_dir: Path = DEFAULT_DIR, say=print) -> bool:
+    """Stops the oracle, then anvil (which dumps the chain to `anvil-state.json`); False if nothing ran."""
+    state_dir = Path(state_dir).resolve()
+    state = read_state(state_dir)
+    if state is None:
+        say(f"no devnet in {state_dir}")
+        return False
+    stopped = False
+    for name, pid in (("oracle", state.oracle_pid), ("anvil", state.anvil_pid)):
+        if process_alive(pid):
+            _stop_group(pid)
+            say(f"stopped {name} (pid {pid})")
+            stopped = True
+    if not stopped:
+        say("devnet was not running")
+    return stopped
+
+
+async def status(state_dir: Path = DEFAULT_DIR) -> DevnetStatus:
+    """Whether the devnet's processes are alive and answering."""
+    state_dir = Path(state_dir).resolve()
+    state = read_state(state_dir)
+    anvil_alive = state is not None and process_alive(state.anvil_pid)
+    oracle_alive = state is not None and process_alive(state.oracle_pid)
+    block_number = None
+    oracle_healthy = False
+    if state is not None and anvil_alive:
+        block_number = await _block_number(state.rpc_url)
+    if state is not None and oracle_alive:
+        oracle_healthy = await _healthy(state.oracle_url)
+    return DevnetStatus(state_dir=str(state_dir), running=anvil_alive and oracle_alive and block_number is not None,
+                        anvil_alive=anvil_alive, oracle_alive=oracle_alive, block_number=block_number,
+                        oracle_healthy=oracle_healthy, state=state)
+
+
+async def _block_number(rpc_url: str) -> int | None:
+    w3 = connect(rpc_url, timeout=2)
+    try:
+        return await w3.eth.block_number
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        return None
+    finally:
+        await w3.provider.disconnect()
+
+
+async def _healthy(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            async with session.get(f"{url}/healthz") as response:
+                return response.status == 200
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        return False
+

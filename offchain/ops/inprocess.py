@@ -1,0 +1,200 @@
+"""A whole exchange in this process, for the demo and the end-to-end tests: three real `OracleService`s
+(2-of-3, oracle 0 the leader with the batcher and the keeper) and, if asked, one real `ProviderAgent`, all on
+loopback against a local chain that some other party (Brownie, a test) started.
+
+Every service times its work by the wall clock, and anvil stamps its blocks with it. Anvil mines a block only per
+transaction, though, and the keeper judges what is due by the latest block's timestamp, which would otherwise
+stand still while nothing is sent: `running_exchange` therefore also mines an empty block every
+`block_interval_seconds`, as a real chain would, and stops when it returns (the chain's mining mode is never
+changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable, Sequence
+
+from pydantic import SecretStr
+from web3 import AsyncWeb3
+
+from offchain.agent.containers import ContainerSettings
+from offchain.agent.service import ProviderAgent
+from offchain.agent.settings import ProviderAgentSettings
+from offchain.chain.rpc import connect
+from offchain.config import ChainSettings, OracleSettings
+from offchain.ops.devnet import DEV_JOB_IMAGE, build_job_image
+from offchain.oracle.service import OracleService
+from offchain.telemetry.source import TelemetrySource
+
+SERVICE_START_SECONDS = 15
+SERVICE_STOP_SECONDS = 20
+
+
+class WaitTimedOut(AssertionError):
+    """A bounded wait ran out; an AssertionError so that a test reads it as the failure it is."""
+
+
+@dataclass(frozen=True)
+class ExchangeTimers:
+    """How often the services act: short, so that a rental plays out in seconds."""
+
+    epoch_seconds: float = 1.0  # the leader batches and co-signs reports this often
+    report_interval_seconds: float = 1.0  # the agent closes a report period this often
+    keeper_interval_seconds: float = 1.0
+    block_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class ProviderMachine:
+    """A provider machine to run an agent on: the agent key the provider registered and the GPUs' telemetry."""
+
+    provider: str
+    agent_key: bytes
+    source: TelemetrySource
+
+
+def agent_spec_dir(state_root: Path) -> Path:
+    """The agent's job spec directory: a renter hands its job spec to the provider off chain, into here."""
+    return state_root / "agent" / "specs"
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float, what: str, poll: float = 0.1) -> None:
+    """Waits until `condition()` holds, failing after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise WaitTimedOut(f"timed out after {seconds} s waiting for {what}")
+        await asyncio.sleep(poll)
+
+
+@dataclass
+class Exchange:
+    """Three running oracles (index 0 the leader) and, unless none was asked for, one running agent."""
+
+    oracles: list[OracleService]
+    agent: ProviderAgent | None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def leader(self) -> OracleService:
+        return self.oracles[0]
+
+    def check_alive(self) -> None:
+        """Raises the error of a service that stopped by itself."""
+        for task in self.tasks:
+            if task.done():
+                task.result()
+                raise AssertionError(f"{task.get_name()} stopped")
+
+    async def until(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        """A bounded wait that fails early if a service died."""
+
+        def check() -> bool:
+            self.check_alive()
+            return condition()
+
+        await wait_until(check, seconds, what)
+
+    async def until_chain(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        """Like `until`, for a blocking condition (one that reads the chain through a synchronous client): it runs
+        in a thread, so the services keep running meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not await asyncio.to_thread(condition):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise WaitTimedOut(f"timed out after {seconds} s waiting for {what}")
+            await asyncio.sleep(0.25)
+
+
+def _oracle_settings(chain: ChainSettings, state_root: Path, index: int, key: bytes, allow_simulated: bool,
+                     **overrides) -> OracleSettings:
+    values = dict(chain=chain, key=SecretStr("0x" + key.hex()), state_dir=state_root / f"oracle{index}",
+                  host="127.0.0.1", port=0, allow_simulated=allow_simulated, max_clock_skew_seconds=30, leader=False,
+                  keeper=False)
+    return OracleSettings(**{**values, **overrides})
+
+
+def _agent_settings(chain: ChainSettings, state_root: Path, machine: ProviderMachine, oracles: list[str],
+                    start_block: int, timers: ExchangeTimers) -> ProviderAgentSettings:
+    return ProviderAgentSettings(
+        chain=chain, key="0x" + machine.agent_key.hex(), provider=machine.provider, oracles=oracles,
+        allow_simulated=machine.source.simulated, state_dir=state_root / "agent", spec_dir=agent_spec_dir(state_root),
+        report_interval_seconds=timers.report_interval_seconds, chain_poll_seconds=0.2, stop_grace_seconds=1.0,
+        start_block=start_block, retry_initial_seconds=0.1, retry_max_seconds=0.5, tx_timeout_seconds=20,
+        container=ContainerSettings(default_image=DEV_JOB_IMAGE), keep_jobs_on_exit=False, api_port=0)
+
+
+@asynccontextmanager
+async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: Sequence[bytes],
+                           machine: ProviderMachine | None, *, timers: ExchangeTimers = ExchangeTimers(),
+                           allow_simulated: bool = True) -> AsyncIterator[Exchange]:
+    """Starts oracles 1 and 2, then the leader (oracle 0, with the keeper) co-signing with them, then the block
+    producer and, for `machine`, the agent reporting to all three, watching from the next block on, running jobs
+    in containers of the busybox job image (`offchain.ops.devnet.DEV_JOB_IMAGE`, built if missing) unless a spec names
+    another; stops everything on the way out (the agent first, so that it stops its jobs).
+
+    `oracle_keys` are the three keys of the escrow's 2-of-3 oracle set; each service keeps its state under
+    `state_root` (`oracle0/`..`oracle2/`, `agent/`). The oracles accept simulated telemetry only with
+    `allow_simulated`.
+    """
+    if len(oracle_keys) != 3:
+        raise ValueError("the in-process exchange runs a 2-of-3 oracle set: give three oracle keys")
+    stop = asyncio.Event()
+    w3 = connect(chain.rpc_url)
+    exchange = Exchange(oracles=[], agent=None)
+    try:
+        peers = [OracleService(_oracle_settings(chain, state_root, i, oracle_keys[i], allow_simulated))
+                 for i in (1, 2)]
+        for i, peer in zip((1, 2), peers):
+            exchange.tasks.append(asyncio.create_task(peer.run(stop), name=f"oracle {i}"))
+        await exchange.until(lambda: all(p.port for p in peers), SERVICE_START_SECONDS, "the peer oracles to listen")
+        leader = OracleService(_oracle_settings(
+            chain, state_root, 0, oracle_keys[0], allow_simulated, leader=True, keeper=True,
+            epoch_seconds=timers.epoch_seconds, keeper_interval_seconds=timers.keeper_interval_seconds,
+            peers=[f"http://127.0.0.1:{p.port}" for p in peers]))
+        exchange.tasks.insert(0, asyncio.create_task(leader.run(stop), name="oracle 0 (leader)"))
+        exchange.oracles = [leader, *peers]
+        await exchange.until(lambda: leader.port is not None and leader.keeper is not None, SERVICE_START_SECONDS,
+                             "the leader to listen and start its keeper")
+        exchange.tasks.append(asyncio.create_task(
+            _produce_blocks(w3, stop, timers.block_interval_seconds), name="block producer"))
+        if machine is not None:
+            await asyncio.to_thread(build_job_image)
+            urls = [f"http://127.0.0.1:{o.port}" for o in exchange.oracles]
+            start_block = await w3.eth.block_number + 1
+            exchange.agent = ProviderAgent(
+                _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source)
+            exchange.tasks.append(asyncio.create_task(exchange.agent.run(), name="agent"))
+            agent = exchange.agent
+            await exchange.until(lambda: agent.api is None or agent.api.port is not None, SERVICE_START_SECONDS,
+                                 "the agent's renter API to listen")
+        yield exchange
+    finally:
+        agent_tasks = [t for t in exchange.tasks if t.get_name() == "agent"]
+        for task in agent_tasks:
+            task.cancel()
+        await asyncio.gather(*agent_tasks, return_exceptions=True)
+        stop.set()
+        other_tasks = [t for t in exchange.tasks if t.get_name() != "agent"]
+        if other_tasks:
+            _, pending = await asyncio.wait(other_tasks, timeout=SERVICE_STOP_SECONDS)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*other_tasks, return_exceptions=True)
+        for oracle in exchange.oracles:
+            await oracle.w3.provider.disconnect()
+        await w3.provider.disconnect()
+
+
+async def _produce_blocks(w3: AsyncWeb3, stop: asyncio.Event, interval: float) -> None:
+    """Mines an empty block every `interval` seconds until `stop` is set (anvil has no block time here)."""
+    while not stop.is_set():
+        await w3.provider.make_request("evm_mine", [])
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            pass

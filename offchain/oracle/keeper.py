@@ -1,0 +1,251 @@
+"""Keeper: calls `claimStartTimeout` and `finalize` on rentals once the chain says they are due.
+
+Anyone may call both; an oracle runs this next to its report batcher, on the same TxManager. Rentals are
+discovered from the escrow's rental events (scanned with `eth_getLogs` from a start block, the last scanned block
+kept in SQLite) and judged by `getRental` against the latest block's timestamp, so the keeper's own clock never
+matters:
+
+- an Open rental past `since + startTimeout` gets `claimStartTimeout`, key `timeout:<rentalId>`;
+- a Running or Terminated rental at or past `since + duration + reportGrace` gets `finalize`, key
+  `finalize:<rentalId>`.
+
+Every submission is recorded once in `keeper_action`; the TxManager's record under the same key tells how it
+ended. A rental is watched until `getRental` shows it final (or superseded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from eth_utils import event_abi_to_log_topic
+from pydantic import BaseModel, ConfigDict
+from web3 import AsyncWeb3
+
+from offchain.chain.contracts import contract
+from offchain.sqlite import open_db, transaction
+from offchain.protocol.status import RentalStatus
+from offchain.chain.txmanager import TRANSIENT_RPC_ERRORS, Backoff, TxManager, wait_any
+
+log = logging.getLogger(__name__)
+
+#: Escrow events whose first indexed argument is the rental id and that make a rental worth a look.
+RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "RentalTerminated", "RentalFinalized")
+
+
+class KeeperAction(BaseModel):
+    """A settlement call the keeper submitted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rental_id: int
+    action: Literal["timeout", "finalize"]
+    tx_key: str
+    due_at: int  # chain time from which the call succeeds
+    block_number: int  # chain head when it was submitted
+    block_timestamp: int
+    created_at: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keeper_cursor (
+    escrow TEXT PRIMARY KEY,
+    last_block INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keeper_rental (
+    escrow TEXT NOT NULL,
+    rental_id TEXT NOT NULL,  -- uint256 in decimal
+    first_seen_block INTEGER NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (escrow, rental_id)
+);
+CREATE TABLE IF NOT EXISTS keeper_action (
+    escrow TEXT NOT NULL,
+    rental_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    tx_key TEXT NOT NULL UNIQUE,
+    due_at INTEGER NOT NULL,
+    block_number INTEGER NOT NULL,
+    block_timestamp INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class Keeper:
+    """Finds due rentals of one escrow and submits their settlement through `txmgr`.
+
+    `start_block`: where the first scan begins (the escrow's deployment block). `reorg_margin`: blocks re-scanned
+    below the cursor each time, so a rental opened in a block replaced by a reorg is still found.
+    """
+
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        escrow_address: str,
+        txmgr: TxManager,
+        db_path: str | Path,
+        *,
+        start_block: int = 0,
+        max_block_range: int = 2_000,
+        reorg_margin: int = 5,
+        max_checks_per_tick: int = 1_000,
+        max_backoff: float = 30.0,
+    ):
+        if max_block_range < 1 or reorg_margin < 0 or max_checks_per_tick < 1:
+            raise ValueError("max_block_range and max_checks_per_tick must be >= 1, reorg_margin >= 0")
+        self._w3 = w3
+        self._escrow = contract(w3, "RentalEscrow", escrow_address)
+        self._txmgr = txmgr
+        self._start_block = start_block
+        self._max_block_range = max_block_range
+        self._reorg_margin = reorg_margin
+        self._max_checks_per_tick = max_checks_per_tick
+        self._max_backoff = max_backoff
+        self._topics = ["0x" + event_abi_to_log_topic(self._event_abi(name)).hex() for name in RENTAL_EVENTS]
+        self._db = open_db(db_path)
+        self._db.executescript(_SCHEMA)
+        self._rotation = 0
+        self._start_timeout: int | None = None
+        self._report_grace: int | None = None
+
+    def _event_abi(self, name: str) -> dict[str, Any]:
+        return next(item for item in self._escrow.abi if item.get("type") == "event" and item["name"] == name)
+
+    @property
+    def escrow(self) -> str:
+        return self._escrow.address
+
+    @property
+    def last_scanned_block(self) -> int | None:
+        row = self._db.execute("SELECT last_block FROM keeper_cursor WHERE escrow = ?", (self.escrow,)).fetchone()
+        return None if row is None else row["last_block"]
+
+    def watched(self) -> list[int]:
+        """Rentals seen in events and not yet known to be final, oldest first."""
+        rows = self._db.execute(
+            "SELECT rental_id FROM keeper_rental WHERE escrow = ? AND closed = 0 ORDER BY first_seen_block, rowid",
+            (self.escrow,),
+        )
+        return [int(r["rental_id"]) for r in rows]
+
+    def actions(self) -> list[KeeperAction]:
+        """Everything the keeper submitted, in order."""
+        rows = self._db.execute("SELECT * FROM keeper_action WHERE escrow = ? ORDER BY rowid", (self.escrow,))
+        return [
+            KeeperAction(rental_id=int(r["rental_id"]), action=r["action"], tx_key=r["tx_key"], due_at=r["due_at"],
+                         block_number=r["block_number"], block_timestamp=r["block_timestamp"],
+                         created_at=r["created_at"])
+            for r in rows
+        ]
+
+    async def start(self) -> None:
+        """Reads the escrow's timing parameters (immutable); with the RPC down, the first tick does."""
+        try:
+            await self._load_params()
+        except TRANSIENT_RPC_ERRORS as exc:
+            log.warning("keeper: RPC unavailable at start (%s); parameters read on the first tick", exc)
+
+    async def tick(self) -> list[KeeperAction]:
+        """Scans new events, checks every watched rental and submits the calls that are due; returns the new
+        submissions."""
+        if self._start_timeout is None:
+            await self._load_params()
+        head = await self._w3.eth.get_block("latest")
+        await self._scan(int(head["number"]))
+        return await self._submit_due(int(head["number"]), int(head["timestamp"]))
+
+    async def run(self, stop_event: asyncio.Event, interval: float = 5.0) -> None:
+        """Ticks every `interval` seconds until `stop_event` is set, backing off exponentially while the RPC is
+        down. The TxManager must be running too (its own `run`) for the submissions to be sent."""
+        backoff = Backoff(interval, self._max_backoff)
+        while not stop_event.is_set():
+            try:
+                await self.tick()
+            except TRANSIENT_RPC_ERRORS as exc:
+                backoff.failed()
+                log.warning("keeper: RPC unavailable (%s: %s); retrying in %.2fs", type(exc).__name__, exc,
+                            backoff.delay)
+            except Exception:
+                backoff.failed()
+                log.exception("keeper: tick failed; retrying in %.2fs", backoff.delay)
+            else:
+                backoff.succeeded()
+            await wait_any([stop_event.wait()], backoff.delay)
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def _load_params(self) -> None:
+        self._start_timeout = int(await self._escrow.functions.startTimeout().call())
+        self._report_grace = int(await self._escrow.functions.reportGrace().call())
+
+    async def _scan(self, head: int) -> None:
+        """Records the rentals named by rental events up to `head`, in chunks of `max_block_range` blocks."""
+        last = self.last_scanned_block
+        from_block = self._start_block if last is None else max(self._start_block, last + 1 - self._reorg_margin)
+        while from_block <= head:
+            to_block = min(head, from_block + self._max_block_range - 1)
+            logs = await self._w3.eth.get_logs({
+                "address": self.escrow,
+                "fromBlock": from_block,
+                "toBlock": to_block,
+                "topics": [self._topics],
+            })
+            with transaction(self._db) as db:
+                for entry in logs:
+                    db.execute(
+                        "INSERT INTO keeper_rental (escrow, rental_id, first_seen_block) VALUES (?, ?, ?)"
+                        " ON CONFLICT (escrow, rental_id) DO NOTHING",
+                        (self.escrow, str(int.from_bytes(entry["topics"][1], "big")), int(entry["blockNumber"])),
+                    )
+                db.execute(
+                    "INSERT INTO keeper_cursor (escrow, last_block) VALUES (?, ?)"
+                    " ON CONFLICT (escrow) DO UPDATE SET last_block = MAX(last_block, excluded.last_block)",
+                    (self.escrow, to_block),
+                )
+            from_block = to_block + 1
+
+    def _due_for_check(self) -> list[int]:
+        """The watched rentals to read this tick: all of them, or the next `max_checks_per_tick` in rotation."""
+        watched = self.watched()
+        if len(watched) <= self._max_checks_per_tick:
+            return watched
+        start = self._rotation % len(watched)
+        self._rotation = start + self._max_checks_per_tick
+        return (watched[start:] + watched[:start])[: self._max_checks_per_tick]
+
+    async def _submit_due(self, head: int, now: int) -> list[KeeperAction]:
+        submitted = []
+        for rental_id in self._due_for_check():
+            status_code, _, _, duration, since, *_ = await self._escrow.functions.getRental(rental_id).call(
+                block_identifier=head
+            )
+            status = RentalStatus(status_code)
+            if status is RentalStatus.NONE or status.is_final:
+                self._db.execute("UPDATE keeper_rental SET closed = 1 WHERE escrow = ? AND rental_id = ?",
+                                 (self.escrow, str(rental_id)))
+                continue
+            if status is RentalStatus.OPEN:
+                action, function, due_at = "timeout", "claimStartTimeout", since + self._start_timeout + 1
+            else:
+                action, function, due_at = "finalize", "finalize", since + duration + self._report_grace
+            if now < due_at:
+                continue
+            key = f"{action}:{rental_id}"
+            if self._db.execute("SELECT 1 FROM keeper_action WHERE tx_key = ?", (key,)).fetchone():
+                continue
+            await self._txmgr.submit(key, self.escrow, self._escrow.encode_abi(function, args=[rental_id]))
+            record = KeeperAction(rental_id=rental_id, action=action, tx_key=key, due_at=due_at, block_number=head,
+                                  block_timestamp=now, created_at=time.time())
+            self._db.execute(
+                "INSERT INTO keeper_action (escrow, rental_id, action, tx_key, due_at, block_number,"
+                " block_timestamp, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.escrow, str(rental_id), action, key, due_at, head, now, record.created_at),
+            )
+            log.info("keeper: rental %d due since %d; submitted %s", rental_id, due_at, key)
+            submitted.append(record)
+        return submitted

@@ -1,0 +1,235 @@
+"""Messages between provider agents and oracles, as pydantic models with their EIP-712 signatures.
+
+An agent signs each `TelemetryReport` with its key (`ProviderRegistry.agentOf(provider)`); the domain binds
+the chain and the registry, so a report cannot be replayed against another deployment. An oracle that
+accepts it turns it into the on-chain `Report` that k of n oracles co-sign (`offchain.protocol.reports`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Sequence
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak, to_checksum_address
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from offchain.protocol.reports import EIP712_DOMAIN_FIELDS, Report, ReportStatus
+
+AGENT_DOMAIN_NAME = "gpuex Agent Telemetry"
+AGENT_DOMAIN_VERSION = "1"
+
+Bytes32 = bytes
+
+# The EIP-712 struct an agent signs, in encoding order (the oracle's fast digest in `offchain.protocol.digest`
+# builds its type hash from this list).
+TELEMETRY_REPORT_FIELDS = [
+    {"name": "rentalId", "type": "uint256"},
+    {"name": "seq", "type": "uint32"},
+    {"name": "periodStart", "type": "uint40"},
+    {"name": "periodEnd", "type": "uint40"},
+    {"name": "deliveredSeconds", "type": "uint32"},
+    {"name": "avgUtilBps", "type": "uint16"},
+    {"name": "peakMemMiB", "type": "uint32"},
+    {"name": "sampleCount", "type": "uint32"},
+    {"name": "gpuUuidHashes", "type": "bytes32[]"},
+    {"name": "telemetryRoot", "type": "bytes32"},
+    {"name": "status", "type": "uint8"},
+    {"name": "exitCode", "type": "int16"},
+    {"name": "resultDigest", "type": "bytes32"},
+    {"name": "simulated", "type": "bool"},
+]
+
+
+def gpu_uuid_hash(uuid: str) -> bytes:
+    """The hash a GPU is registered under on chain: keccak256 of its NVML UUID string (e.g. `GPU-5f2e...`)."""
+    return keccak(text=uuid)
+
+
+class TelemetryReport(BaseModel):
+    """One report period of one rental, measured on the provider machine.
+
+    `seq` and the period follow the rental's on-chain report sequence: seq 1 starts at the rental's start and
+    each later period starts where the previous one ended.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
+
+    rental_id: int = Field(ge=1, lt=2**256)
+    seq: int = Field(ge=1, lt=2**32)
+    period_start: int = Field(ge=0, lt=2**40)
+    period_end: int = Field(ge=0, lt=2**40)
+    delivered_seconds: int = Field(ge=0, lt=2**32)
+    avg_util_bps: int = Field(ge=0, le=10_000)
+    peak_mem_mib: int = Field(ge=0, lt=2**32)
+    sample_count: int = Field(ge=0, lt=2**32)
+    gpu_uuids: tuple[str, ...] = Field(min_length=1, max_length=64)
+    telemetry_root: bytes = Field(min_length=32, max_length=32)
+    status: ReportStatus = ReportStatus.RUNNING
+    exit_code: int = Field(default=0, ge=-(2**15), lt=2**15)
+    result_digest: bytes = Field(default=b"\x00" * 32, min_length=32, max_length=32)
+    simulated: bool = False
+
+    @field_validator("gpu_uuids")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("GPU UUIDs must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _period(self) -> "TelemetryReport":
+        if self.period_end <= self.period_start:
+            raise ValueError("period_end must be after period_start")
+        if self.delivered_seconds > self.period_end - self.period_start:
+            raise ValueError("delivered_seconds exceeds the period")
+        return self
+
+    def to_chain_report(self) -> Report:
+        """The on-chain report the oracles co-sign for this period."""
+        return Report(
+            rental_id=self.rental_id,
+            seq=self.seq,
+            period_end=self.period_end,
+            delivered_seconds=self.delivered_seconds,
+            avg_util_bps=self.avg_util_bps,
+            status=self.status,
+            telemetry_root=self.telemetry_root,
+        )
+
+    def typed_data(self, chain_id: int, registry: str) -> dict[str, Any]:
+        """The EIP-712 document the agent signs."""
+        return {
+            "types": {
+                "EIP712Domain": EIP712_DOMAIN_FIELDS,
+                "TelemetryReport": TELEMETRY_REPORT_FIELDS,
+            },
+            "primaryType": "TelemetryReport",
+            "domain": {
+                "name": AGENT_DOMAIN_NAME,
+                "version": AGENT_DOMAIN_VERSION,
+                "chainId": chain_id,
+                "verifyingContract": to_checksum_address(registry),
+            },
+            "message": {
+                "rentalId": self.rental_id,
+                "seq": self.seq,
+                "periodStart": self.period_start,
+                "periodEnd": self.period_end,
+                "deliveredSeconds": self.delivered_seconds,
+                "avgUtilBps": self.avg_util_bps,
+                "peakMemMiB": self.peak_mem_mib,
+                "sampleCount": self.sample_count,
+                "gpuUuidHashes": [gpu_uuid_hash(u) for u in self.gpu_uuids],
+                "telemetryRoot": self.telemetry_root,
+                "status": int(self.status),
+                "exitCode": self.exit_code,
+                "resultDigest": self.result_digest,
+                "simulated": self.simulated,
+            },
+        }
+
+    def sign(self, private_key: bytes | str, chain_id: int, registry: str) -> bytes:
+        """The agent's 65-byte signature."""
+        return bytes(Account.sign_typed_data(private_key, full_message=self.typed_data(chain_id, registry)).signature)
+
+    def signer(self, signature: bytes, chain_id: int, registry: str) -> str:
+        """The address that produced `signature` over this report (raises on a malformed signature)."""
+        signable = encode_typed_data(full_message=self.typed_data(chain_id, registry))
+        return Account.recover_message(signable, signature=signature)
+
+
+class TelemetrySubmission(BaseModel):
+    """The body of `POST /v1/telemetry`: a report and its agent signature, hex-encoded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
+
+    report: TelemetryReport
+    signature: bytes = Field(min_length=65, max_length=65)
+
+
+class CosignRequest(BaseModel):
+    """The body of `POST /v1/cosign`: a leader asks a peer oracle to sign a batch of on-chain reports that each
+    carry the agent submission it came from, so the peer can verify every report itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
+
+    oracle_set_version: int = Field(ge=1)
+    submissions: tuple[TelemetrySubmission, ...] = Field(min_length=1)
+
+
+class CosignResponse(BaseModel):
+    """A peer's signature over the batch digest, or why it refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
+
+    signer: str
+    signature: bytes = Field(min_length=65, max_length=65)
+
+
+class TelemetryAck(BaseModel):
+    """An oracle's answer to a report it holds: 202 when it newly accepted it, 200 with `duplicate` when it already
+    held this exact report, so an agent's retry is always safe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accepted: bool = True
+    rental_id: int
+    seq: int
+    duplicate: bool = False
+
+
+class RejectReason(StrEnum):
+    """Machine-readable reason codes of an oracle's refusals (`OracleError.error`).
+
+    `chain_unavailable` (503) is the oracle's own trouble: retry later. `seq_gap` means an earlier report is
+    missing: send it first. Every other reason is final for that body.
+    """
+
+    INVALID_BODY = "invalid_body"  # not JSON, or not the model: see `errors`
+    BODY_TOO_LARGE = "body_too_large"
+    SIMULATED_REFUSED = "simulated_refused"  # simulated telemetry and the oracle does not allow it
+    PERIOD_IN_FUTURE = "period_in_future"  # period_end beyond the oracle's clock plus the allowed skew
+    PERIOD_TOO_OLD = "period_too_old"  # period_end older than the oracle accepts
+    BAD_SIGNATURE = "bad_signature"  # not a canonical (low-s, v 27/28) recoverable signature
+    UNKNOWN_RENTAL = "unknown_rental"
+    RENTAL_NOT_LIVE = "rental_not_live"  # the rental is in a final state
+    RENTAL_START_TIMED_OUT = "rental_start_timed_out"  # never started and past the start timeout
+    AGENT_NOT_SET = "agent_not_set"  # the offer's provider has no agent key
+    SIGNER_NOT_AGENT = "signer_not_agent"  # signed by a key other than ProviderRegistry.agentOf(provider)
+    GPU_MISMATCH = "gpu_mismatch"  # the GPU UUIDs are not exactly the offer's registered GPUs
+    SEQ_CONFLICT = "seq_conflict"  # a different report with this rental and seq is already accepted
+    SEQ_STALE = "seq_stale"  # seq at or below the last accepted (or settled) one, and not held here
+    SEQ_GAP = "seq_gap"  # seq beyond the next expected one
+    PERIOD_DISCONTINUOUS = "period_discontinuous"  # period_start is not where the previous period ended
+    CHAIN_UNAVAILABLE = "chain_unavailable"
+    BATCH_TOO_LARGE = "batch_too_large"  # cosign: more reports than a batch may hold
+    ORACLE_SET_MISMATCH = "oracle_set_mismatch"  # cosign: not the escrow's current oracle set version
+    NOT_IN_ORACLE_SET = "not_in_oracle_set"  # cosign: this oracle's key is not in the current set
+
+
+class ValidationIssue(BaseModel):
+    """One pydantic validation error of a refused body, without the offending input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loc: tuple[str | int, ...]
+    type: str
+    msg: str
+
+
+class OracleError(BaseModel):
+    """The body of every oracle refusal. `index` names the submission of a cosign batch that was refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error: RejectReason
+    detail: str
+    errors: tuple[ValidationIssue, ...] = ()
+    index: int | None = None
+
+
+def chain_reports(submissions: Sequence[TelemetrySubmission]) -> list[Report]:
+    """The on-chain reports of a batch, in submission order."""
+    return [s.report.to_chain_report() for s in submissions]
