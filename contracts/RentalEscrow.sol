@@ -389,7 +389,12 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     }
 
     /// @inheritdoc IRentalEscrow
-    function oracleSet() external view override returns (uint256, address[] memory, uint256) {
+    function oracleSet()
+        external
+        view
+        override
+        returns (uint256 version, address[] memory signers, uint256 threshold)
+    {
         return (_config.oracleSetVersion, _oracleSigners, _config.threshold);
     }
 

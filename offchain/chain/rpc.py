@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
+import aiohttp
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3._utils.http_session_manager import HTTPSessionManager
+
+T = TypeVar("T")
 
 
 class _LoopSessions(HTTPSessionManager):
@@ -52,3 +55,23 @@ def connect(rpc_url: str, timeout: float = 10.0) -> AsyncWeb3:
     for name in _UNUSED_MIDDLEWARE:
         w3.middleware_onion.remove(name)
     return w3
+
+
+class ChainUnreachable(ConnectionError):
+    """The chain's node did not answer: refused or dropped connection, timeout. The one spelling of "the node is
+    down" for every layer; a revert or an error the node returned is not this."""
+
+
+#: What a request to a node raises when the node cannot be reached (`ChainUnreachable` wraps them).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+async def reach(call: Awaitable[T]) -> T:
+    """Awaits one request to the node, turning a transport failure into `ChainUnreachable` (anything else, such as
+    a revert, passes through)."""
+    try:
+        return await call
+    except ChainUnreachable:
+        raise
+    except TRANSPORT_ERRORS as exc:
+        raise ChainUnreachable(f"the chain's node did not answer: {type(exc).__name__}: {exc}") from exc

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from offchain.cli import parse
 from offchain.cli.context import Output, add_command, add_group, gib, open_context, per_hour, short
-from offchain.market.offers import OfferQuery, OfferRecord, OfferStatus, SortKey, TokenInfo, search_offers
+from offchain.market.offers import OfferQuery, OfferRecord, SortKey, TokenInfo, search_offers
+from offchain.protocol.status import OfferStatus
 
 
 def register(commands: argparse._SubParsersAction) -> None:

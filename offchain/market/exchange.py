@@ -24,7 +24,6 @@ from offchain.ops.deployments import Deployment
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
     OfferRecord,
-    OfferStatus,
     ProviderRecord,
     TokenInfo,
     pack_text,
@@ -33,6 +32,7 @@ from offchain.market.offers import (
     read_provider,
     read_token,
 )
+from offchain.protocol.status import OfferStatus
 from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import DeclineReason, RentalStatus, SkipReason, SlashReason
 from offchain.chain.wallet import Sent, Wallet

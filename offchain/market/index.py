@@ -27,7 +27,8 @@ from web3.exceptions import Web3Exception
 
 from offchain.chain.contracts import contract
 from offchain.ops.deployments import Deployment
-from offchain.market.offers import OfferRecord, OfferStatus, ProviderRecord, read_provider, unpack_text
+from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
+from offchain.protocol.status import OfferStatus
 from offchain.protocol.status import DeclineReason, RentalStatus, SlashReason
 
 log = logging.getLogger(__name__)

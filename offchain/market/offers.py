@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from decimal import ROUND_HALF_UP, Decimal
-from enum import IntEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,18 +15,10 @@ from web3 import AsyncWeb3
 from web3.types import BlockIdentifier
 
 from offchain.chain.contracts import contract, returned_struct
+from offchain.protocol.status import OfferStatus
 
 SECONDS_PER_HOUR = 3600
 MIB_PER_GIB = 1024
-
-
-class OfferStatus(IntEnum):
-    """`OfferStatus` in contracts/types/DataTypes.sol."""
-
-    NONE = 0
-    ACTIVE = 1
-    PAUSED = 2
-    CLOSED = 3
 
 
 class TokenInfo(BaseModel):

@@ -1,9 +1,18 @@
-"""The escrow's rental lifecycle (`RentalStatus` in contracts/types/DataTypes.sol) and the reasons its events carry
-(`SkipReason`, `SlashReason`, `DeclineReason`), for every off-chain reader."""
+"""The offer and rental lifecycles (`OfferStatus`, `RentalStatus` in contracts/types/DataTypes.sol) and the
+reasons the escrow's events carry (`SkipReason`, `SlashReason`, `DeclineReason`), for every off-chain reader."""
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+
+class OfferStatus(IntEnum):
+    """`OfferStatus` in contracts/types/DataTypes.sol: what `ProviderRegistry.getOffer(...).status` reads."""
+
+    NONE = 0
+    ACTIVE = 1
+    PAUSED = 2
+    CLOSED = 3
 
 
 class RentalStatus(IntEnum):

@@ -8,7 +8,8 @@ import asyncio
 from brownie import chain, web3
 from eth_utils import keccak
 
-from offchain.market.offers import OfferStatus, read_offers, read_provider
+from offchain.market.offers import read_offers, read_provider
+from offchain.protocol.status import OfferStatus
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import EscrowDomain, Report, sign_batch
 from offchain.protocol.status import DeclineReason, RentalStatus, SlashReason

@@ -7,7 +7,8 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from offchain.market.offers import OfferQuery, OfferRecord, OfferStatus, ProviderRecord, TokenInfo, pack_text, search_offers
+from offchain.market.offers import OfferQuery, OfferRecord, ProviderRecord, TokenInfo, pack_text, search_offers
+from offchain.protocol.status import OfferStatus
 
 USDC = TokenInfo(address="0x" + "11" * 20, symbol="tUSD", decimals=6)
 
