@@ -20,7 +20,7 @@ def read_key(inline: SecretStr | None, key_file: Path | None, what: str) -> Secr
     """The private key from exactly one of an inline secret or a key file, checked to be 32 hex bytes."""
     if (inline is None) == (key_file is None):
         raise KeyConfigError(f"{what}: give exactly one of the key or the key file")
-    raw = inline.get_secret_value() if inline is not None else key_file.read_text()
+    raw = inline.get_secret_value() if inline is not None else Path(str(key_file)).read_text()
     key = raw.strip().removeprefix("0x")
     if len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key):
         raise KeyConfigError(f"{what}: not a 32-byte hex private key")
@@ -48,13 +48,23 @@ class ChainSettings(BaseModel):
 
 
 class _ServiceSettings(BaseSettings):
-    """Shared by the agent and the oracle: the chain and whether simulated telemetry is accepted."""
+    """Shared by the agent and the oracle: the service's key, the chain and whether simulated telemetry is
+    accepted."""
 
     model_config = SettingsConfigDict(env_prefix="GPUEX_", env_nested_delimiter="__", extra="forbid")
 
+    key: SecretStr | None = None
+    key_file: Path | None = None
     chain: ChainSettings
     allow_simulated: bool = False  # dev and demo only: real deployments refuse simulated telemetry
     state_dir: Path = Path(".gpuex")
+
+    @property
+    def private_key(self) -> SecretStr:
+        """The service's key, which validation read from `key` or `key_file` (so it is always set)."""
+        if self.key is None:
+            raise KeyConfigError("no key: the settings were built without validation")
+        return self.key
 
 
 class OracleSettings(_ServiceSettings):
@@ -62,8 +72,6 @@ class OracleSettings(_ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="GPUEX_ORACLE_", env_nested_delimiter="__", extra="forbid")
 
-    key: SecretStr | None = None
-    key_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=0, le=65535)
     peers: list[str] = []  # base URLs of the other oracles, for co-signing
@@ -89,8 +97,6 @@ class AgentSettings(_ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="GPUEX_AGENT_", env_nested_delimiter="__", extra="forbid")
 
-    key: SecretStr | None = None
-    key_file: Path | None = None
     provider: str
     oracles: list[str]
     report_interval_seconds: float = Field(default=60.0, ge=1.0)

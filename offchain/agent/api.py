@@ -274,6 +274,8 @@ class RenterApi:
             if chunks:
                 continue
             current = self._book.get(rental_id)
+            if current is None:  # the rental's record went away (its retention ran out): nothing more will come
+                break
             ended = current.exit_code is not None or current.phase is Phase.DONE
             if ended or not follow:
                 if ended:

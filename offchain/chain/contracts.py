@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from web3 import AsyncWeb3
+from web3.contract import AsyncContract
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = PROJECT_ROOT / "build" / "contracts"
@@ -24,20 +25,22 @@ def load_artifact(name: str, artifacts_dir: Path = ARTIFACTS_DIR) -> dict[str, A
     path = artifacts_dir / f"{name}.json"
     if not path.is_file():
         raise ArtifactMissing(f"no build artifact {path}; run `make compile` first")
-    return json.loads(path.read_text())
+    artifact: dict[str, Any] = json.loads(path.read_text())
+    return artifact
 
 
 def abi(name: str) -> list[dict[str, Any]]:
     """The ABI of contract `name` from its build artifact."""
-    return load_artifact(name)["abi"]
+    entries: list[dict[str, Any]] = load_artifact(name)["abi"]
+    return entries
 
 
-def contract(w3: AsyncWeb3, name: str, address: str):
+def contract(w3: AsyncWeb3[Any], name: str, address: str) -> AsyncContract:
     """An async contract handle for the deployed `name` at `address`."""
     return w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=abi(name))
 
 
-def returned_struct(function: Any, values: tuple) -> dict[str, Any]:
+def returned_struct(function: Any, values: tuple[Any, ...]) -> dict[str, Any]:
     """The struct a contract view returned (`getProvider`, `getOffer`) as a dict by its ABI's field names, so that
     a reader does not depend on the order of the struct's fields."""
     return dict(zip((c["name"] for c in function.abi["outputs"][0]["components"]), values))

@@ -154,7 +154,7 @@ class ChainReader:
         FeeConfig: ("RentalEscrow", "feeConfig"),
     }
 
-    def __init__(self, w3: AsyncWeb3, registry: str, escrow: str) -> None:
+    def __init__(self, w3: AsyncWeb3[Any], registry: str, escrow: str) -> None:
         self.w3 = w3
         self.registry: AsyncContract = contract(w3, "ProviderRegistry", registry)
         self.escrow: AsyncContract = contract(w3, "RentalEscrow", escrow)

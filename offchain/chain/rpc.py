@@ -46,7 +46,7 @@ class _LoopSessions(HTTPSessionManager):
 _UNUSED_MIDDLEWARE = ("validation", "ens_name_to_address")
 
 
-def connect(rpc_url: str, timeout: float = 10.0) -> AsyncWeb3:
+def connect(rpc_url: str, timeout: float = 10.0) -> AsyncWeb3[Any]:
     """An AsyncWeb3 over HTTP with a request timeout, without web3's session lock (see `_LoopSessions`) and
     without the middleware of `_UNUSED_MIDDLEWARE`."""
     provider = AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout})

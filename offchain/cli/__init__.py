@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         status = args.handler(args)
-        if inspect.isawaitable(status):
+        if inspect.iscoroutine(status):
             status = asyncio.run(status)
         return status or 0
     except BrokenPipeError:  # the reader went away (`gpuex ... | head`): nothing more to say, and nowhere to say it

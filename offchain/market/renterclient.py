@@ -60,7 +60,7 @@ class RenterApiError(Exception):
 class RenterClient:
     """`async with RenterClient(url, chain_id, escrow, key, agent=address) as client: ...`"""
 
-    def __init__(self, base_url: str, chain_id: int, escrow: str, key: str, *, agent: str | None = None,
+    def __init__(self, base_url: str, chain_id: int, escrow: str, key: bytes | str, *, agent: str | None = None,
                  timeout_seconds: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._chain_id = chain_id
@@ -213,7 +213,7 @@ class _Request:
                 error = ApiError.model_validate_json(text)
                 raise RenterApiError(self._response.status, error.error.value, error.detail)
             except ValueError:
-                raise RenterApiError(self._response.status, "http_error", text[:500] or self._response.reason)
+                raise RenterApiError(self._response.status, "http_error", text[:500] or self._response.reason or "")
         return self._response
 
     async def __aexit__(self, *exc_info) -> None:

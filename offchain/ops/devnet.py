@@ -248,7 +248,10 @@ async def _deploy_or_check(w3, wallet: Wallet, request: DeployRequest, say) -> D
         recorded = None
     if recorded is not None and (recorded.network != "devnet" or not await w3.eth.get_code(recorded.registry)):
         deployments.record_path(DEVNET_CHAIN_ID).unlink()
-    return await deploy(w3, wallet, request, say=say)
+    record = await deploy(w3, wallet, request, say=say)
+    if record is None:  # only a dry run returns no record, and this is none
+        raise DevnetError("the deployment returned no record")
+    return record
 
 
 async def _fund(w3, deployer: Wallet, record: Deployment, accounts: list[str], say) -> None:

@@ -120,7 +120,7 @@ def create_app(
             domain,
             settings.chain.chain_id,
             settings.chain.escrow,
-            settings.key,
+            settings.private_key,
             settings.max_batch_reports,
         )
         await app[CHAIN].start_following()

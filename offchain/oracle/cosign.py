@@ -94,6 +94,8 @@ class Cosigner:
                 break
             except Rejected as exc:
                 failed_index = exc.index
+                if failed_index is None:  # a refusal of the whole batch rather than of one submission
+                    raise
                 rental_id = submissions[failed_index].report.rental_id
                 if exc.reason not in LAG_SENSITIVE_REASONS or rental_id in refreshed:
                     raise

@@ -75,13 +75,13 @@ class OracleService:
     async def _start_leader(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> list[asyncio.Task]:
         settings = self.settings
         state = Path(settings.state_dir)
-        self.txmgr = TxManager(self.w3, state / TXMGR_FILE, settings.key, settings.chain.chain_id,
+        self.txmgr = TxManager(self.w3, state / TXMGR_FILE, settings.private_key, settings.chain.chain_id,
                                on_final=self._on_final)
         await self.txmgr.start()
         escrow = contract(self.w3, "RentalEscrow", settings.chain.escrow)
         self.batcher = Batcher(
             store=self.store, chain=self.chain, txmgr=self.txmgr, session=session, escrow=escrow,
-            chain_id=settings.chain.chain_id, key=settings.key, peers=settings.peers,
+            chain_id=settings.chain.chain_id, key=settings.private_key, peers=settings.peers,
             max_batch_reports=settings.max_batch_reports, metrics=self.metrics,
         )
         tasks = [

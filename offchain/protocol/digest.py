@@ -25,7 +25,7 @@ try:
     # safe-pysha3 (installed with eth-brownie) hashes about six times faster than eth-hash's default pycryptodome.
     from eth_hash.backends.pysha3 import keccak256 as keccak
 except ImportError:
-    from eth_utils import keccak
+    from eth_utils import keccak  # type: ignore[assignment]  # keyword-only extras; called with bytes alone here
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_N = SECP256K1_N // 2

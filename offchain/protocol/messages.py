@@ -137,7 +137,7 @@ class TelemetryReport(BaseModel):
     def signer(self, signature: bytes, chain_id: int, registry: str) -> str:
         """The address that produced `signature` over this report (raises on a malformed signature)."""
         signable = encode_typed_data(full_message=self.typed_data(chain_id, registry))
-        return Account.recover_message(signable, signature=signature)
+        return str(Account.recover_message(signable, signature=signature))
 
 
 class TelemetrySubmission(BaseModel):

@@ -69,7 +69,7 @@ class Report(BaseModel):
             "telemetryRoot": self.telemetry_root,
         }
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[Any, ...]:
         """The report as the ABI tuple `submitReports` takes."""
         return (
             self.rental_id,

@@ -68,7 +68,8 @@ def summarize(
         if per_gpu.keys() != expected or not all(s.healthy for gpu in per_gpu.values() for s in gpu):
             continue
         delivered += 1
-        gpu_means = (Fraction(sum(s.gpu_util_pct for s in gpu), len(gpu)) for gpu in per_gpu.values())
+        # Healthy samples carry every reading (GpuSample.healthy), so `or 0` never stands in for one.
+        gpu_means = (Fraction(sum(s.gpu_util_pct or 0 for s in gpu), len(gpu)) for gpu in per_gpu.values())
         util_pct_sum += sum(gpu_means, Fraction(0)) / len(expected)
 
     return WindowSummary(
@@ -76,7 +77,7 @@ def summarize(
         period_end=end,
         delivered_seconds=delivered,
         avg_util_bps=math.floor(util_pct_sum * 100 / delivered) if delivered else 0,
-        peak_mem_mib=max((s.mem_used_mib for s in in_period if s.healthy), default=0),
+        peak_mem_mib=max((s.mem_used_mib or 0 for s in in_period if s.healthy), default=0),
         sample_count=len(in_period),
         telemetry_root=merkle_root(sorted_leaves(in_period)),
         simulated=any(s.source != "nvml" for s in in_period),

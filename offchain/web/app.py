@@ -238,7 +238,7 @@ async def get_provider(request: web.Request) -> web.Response:
         raise _refusal(web.HTTPNotFound, "unknown_provider", f"{address} has no registry events")
     offers = search_offers(index.offers(), OfferQuery(provider=provider.address, include_unavailable=True,
                                                       sort="offer"), token)
-    rentals = [index.rental(i) for i in reversed(provider.rental_ids)]
+    rentals = [rental for i in reversed(provider.rental_ids) if (rental := index.rental(i)) is not None]
     return _json(provider_view(provider, [OfferView.of(o, token) for o in offers],
                                _summaries(index, rentals, token), token, stake_token))
 
@@ -248,7 +248,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     market = request.app[MARKET]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    sent = None
+    sent = -1  # below every version: the first pass sends the status
     try:
         await response.write(f"retry: {RECONNECT_MILLISECONDS}\n\n".encode())
         while not market.stopping.is_set():
@@ -280,8 +280,12 @@ def parse_offer_query(params: MultiMapping[str]) -> OfferQuery:
 def _summaries(index: EventIndex, rentals: list[IndexedRental], token: TokenInfo) -> list[RentalSummary]:
     """Rows for the rentals, leaving out any whose provider the index has not read yet (for a moment, while it
     indexes a provider's first events)."""
-    offers = {r.offer_id: index.offer(r.offer_id) for r in rentals}
-    return [rental_summary(r, offers[r.offer_id], token) for r in rentals if offers[r.offer_id] is not None]
+    rows = []
+    for rental in rentals:
+        offer = index.offer(rental.offer_id)
+        if offer is not None:
+            rows.append(rental_summary(rental, offer, token))
+    return rows
 
 
 def _ready(request: web.Request) -> tuple[Market, TokenInfo, TokenInfo]:
