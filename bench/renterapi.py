@@ -32,7 +32,7 @@ from bench.containers import DURATION, PRICE, RENTER_KEY, deploy_market
 from bench.records import Figure, SectionResult, Target
 from offchain.agent.jobspec import JobSpec
 from offchain.ops.devnet import build_job_image
-from offchain.ops.inprocess import Exchange, ProviderMachine, running_exchange
+from offchain.ops.inprocess import LocalExchange, ProviderMachine, running_exchange
 from offchain.protocol.renterapi import LogEntry
 from offchain.market.renterclient import RenterClient
 
@@ -55,7 +55,7 @@ def _engine_time(text: str) -> float:
     return datetime.fromisoformat(head + zone).timestamp() + float("0." + fraction)
 
 
-async def _open(exchange: Exchange, market, offer: int, spec: JobSpec, client: RenterClient) -> int:
+async def _open(exchange: LocalExchange, market, offer: int, spec: JobSpec, client: RenterClient) -> int:
     tx = await asyncio.to_thread(market.suite.escrow.openRental, offer, DURATION, PRICE, spec.spec_hash(),
                                  {"from": market.renter})
     rental = tx.return_value
@@ -70,7 +70,7 @@ async def _open(exchange: Exchange, market, offer: int, spec: JobSpec, client: R
     return rental
 
 
-async def _log_latencies(exchange: Exchange, market, client: RenterClient) -> list[float]:
+async def _log_latencies(exchange: LocalExchange, market, client: RenterClient) -> list[float]:
     rental = await _open(exchange, market, market.offers[0], LOG_JOB, client)
     latencies = []
     async for item in client.logs(rental, follow=True):
@@ -91,7 +91,7 @@ def _download(url: str, chain_id: int, escrow: str, rental_id: int, destination:
     return asyncio.run(main())
 
 
-async def _results_rate(exchange: Exchange, market, client: RenterClient, scratch: Path) -> float:
+async def _results_rate(exchange: LocalExchange, market, client: RenterClient, scratch: Path) -> float:
     """Megabytes a second of the median of three downloads, each by a client in another process."""
     rental = await _open(exchange, market, market.offers[1], RESULT_JOB, client)
     agent = exchange.agent
@@ -104,7 +104,7 @@ async def _results_rate(exchange: Exchange, market, client: RenterClient, scratc
     return destination.stat().st_size / 1e6 / statistics.median(seconds)
 
 
-async def _keystroke_round_trips(exchange: Exchange, market, client: RenterClient) -> list[float]:
+async def _keystroke_round_trips(exchange: LocalExchange, market, client: RenterClient) -> list[float]:
     rental = await _open(exchange, market, market.offers[2], SHELL_JOB, client)
     ws = await client.shell(rental, 24, 200)
     try:

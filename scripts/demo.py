@@ -49,7 +49,7 @@ from offchain.agent.rentals import Phase
 from offchain.chain.contracts import PROJECT_ROOT
 from offchain.config import ChainSettings
 from offchain.ops.devnet import DEV_JOB_IMAGE
-from offchain.ops.inprocess import Exchange, ExchangeTimers, ProviderMachine, agent_spec_dir, running_exchange
+from offchain.ops.inprocess import LocalExchange, ExchangeTimers, ProviderMachine, agent_spec_dir, running_exchange
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.status import RentalStatus
 from offchain.telemetry.models import GpuInfo
@@ -136,7 +136,7 @@ class Plan:
 
 
 @dataclass
-class Market:
+class DemoMarket:
     """Everything deployed and who is who."""
 
     suite: Suite
@@ -296,7 +296,7 @@ def _telemetry_source(console: Console) -> TelemetrySource:
     return source
 
 
-def _set_up(console: Console, source: TelemetrySource) -> Market:
+def _set_up(console: Console, source: TelemetrySource) -> DemoMarket:
     deployer, treasury, provider_a, provider_b, renter_1, renter_2 = accounts[:6]
     parties = {"treasury": treasury, "provider A": provider_a, "provider B": provider_b, "renter 1": renter_1,
                "renter 2": renter_2}
@@ -360,7 +360,7 @@ def _set_up(console: Console, source: TelemetrySource) -> Market:
         Plan("rental 2", "renter 2", offers_a[-1], Ending.TERMINATED, SERVER_JOB, after="rental 1" if shared else None),
         Plan("rental 3", "renter 2", offer_b, Ending.NEVER_STARTS, TRAINING_JOB),
     ]
-    return Market(suite, token, parties, [*offers_a, offer_b], plans, from_block, source.simulated, before)
+    return DemoMarket(suite, token, parties, [*offers_a, offer_b], plans, from_block, source.simulated, before)
 
 
 def _list_offer(suite, provider, name: str, gpus: list[GpuInfo], price: int, region: str, served: bool) -> Offer:
@@ -385,7 +385,7 @@ def _progress(console: Console, right: str) -> Progress:
 # ------------------------------------------------------------------------------------------------ the market
 
 
-async def _play(console: Console, market: Market, source: TelemetrySource, state_root: Path) -> None:
+async def _play(console: Console, market: DemoMarket, source: TelemetrySource, state_root: Path) -> None:
     """Runs the services and the three rentals side by side until each is settled and the agent is done."""
     provider_a = market.parties["provider A"]
     suite = market.suite
@@ -404,7 +404,7 @@ async def _play(console: Console, market: Market, source: TelemetrySource, state
             await asyncio.gather(*(_rent(exchange, market, plan, progress, settled) for plan in market.plans))
 
 
-async def _rent(exchange: Exchange, market: Market, plan: Plan, progress: Progress,
+async def _rent(exchange: LocalExchange, market: DemoMarket, plan: Plan, progress: Progress,
                 settled: dict[str, asyncio.Event]) -> None:
     """Plays one rental from opening to settlement, advancing its progress bar at each milestone."""
     milestones = {Ending.COMPLETES: 3, Ending.TERMINATED: 5, Ending.NEVER_STARTS: 2}[plan.ending]  # `say`s below
@@ -468,7 +468,7 @@ def _describe(state: dict) -> str:
             f"{_tusd(state['earned'])} tUSD")
 
 
-def _withdraw_everything(console: Console, market: Market) -> None:
+def _withdraw_everything(console: Console, market: DemoMarket) -> None:
     """Every party takes out what the contracts owe it; the providers unstake (a short unbonding period)."""
     registry, escrow = market.suite.registry, market.suite.escrow
     parties = market.parties
@@ -508,7 +508,7 @@ def _events(contract, name: str, from_block: int) -> list[dict]:
     return [dict(log["args"]) for log in getattr(handle.events, name)().get_logs(from_block=from_block)]
 
 
-def _settlement(market: Market, plan: Plan) -> Settlement:
+def _settlement(market: DemoMarket, plan: Plan) -> Settlement:
     escrow = market.suite.escrow
     rental_id = market.rental_ids[plan.label]
 
@@ -529,7 +529,7 @@ def _settlement(market: Market, plan: Plan) -> Settlement:
         collateral=plan.offer.collateral, utilisation=utilisation)
 
 
-def _ledger(market: Market, settlements: list[Settlement]) -> list[LedgerRow]:
+def _ledger(market: DemoMarket, settlements: list[Settlement]) -> list[LedgerRow]:
     """A row per party (its balance before the market and now, and the flows the settlements explain) and a row
     per contract."""
     flows = {name: dict(rentals=0, payouts=0, fees=0, slashes=0) for name in market.parties}
@@ -548,7 +548,7 @@ def _ledger(market: Market, settlements: list[Settlement]) -> list[LedgerRow]:
     return rows
 
 
-def _checks(market: Market, settlements: list[Settlement], ledger: list[LedgerRow]) -> list[Check]:
+def _checks(market: DemoMarket, settlements: list[Settlement], ledger: list[LedgerRow]) -> list[Check]:
     """The ledger's balances against the settlement events, and both against the protocol's arithmetic."""
     by_ending = {s.ending: s for s in settlements}
     completed, terminated, timed_out = (by_ending[e] for e in Ending)
@@ -604,7 +604,7 @@ def _signed(units: int) -> str:
     return ("+" if units > 0 else "") + _tusd(units)
 
 
-def _offers_table(market: Market) -> Table:
+def _offers_table(market: DemoMarket) -> Table:
     table = Table(title="Offers", title_justify="left")
     for column in ("offer", "provider", "GPUs", "price tUSD/h", "collateral tUSD", "served by"):
         table.add_column(column, justify="right" if "tUSD" in column else "left")

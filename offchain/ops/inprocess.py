@@ -72,7 +72,7 @@ async def wait_until(condition: Callable[[], bool], seconds: float, what: str, p
 
 
 @dataclass
-class Exchange:
+class LocalExchange:
     """Three running oracles (index 0 the leader) and, unless none was asked for, one running agent."""
 
     oracles: list[OracleService]
@@ -131,7 +131,7 @@ def _agent_settings(chain: ChainSettings, state_root: Path, machine: ProviderMac
 @asynccontextmanager
 async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: Sequence[bytes],
                            machine: ProviderMachine | None, *, timers: ExchangeTimers = ExchangeTimers(),
-                           allow_simulated: bool = True) -> AsyncIterator[Exchange]:
+                           allow_simulated: bool = True) -> AsyncIterator[LocalExchange]:
     """Starts oracles 1 and 2, then the leader (oracle 0, with the keeper) co-signing with them, then the block
     producer and, for `machine`, the agent reporting to all three, watching from the next block on, running jobs
     in containers of the busybox job image (`offchain.ops.devnet.DEV_JOB_IMAGE`, built if missing) unless a spec names
@@ -145,7 +145,7 @@ async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: 
         raise ValueError("the in-process exchange runs a 2-of-3 oracle set: give three oracle keys")
     stop = asyncio.Event()
     w3 = connect(chain.rpc_url)
-    exchange = Exchange(oracles=[], agent=None)
+    exchange = LocalExchange(oracles=[], agent=None)
     try:
         peers = [OracleService(_oracle_settings(chain, state_root, i, oracle_keys[i], allow_simulated))
                  for i in (1, 2)]

@@ -66,7 +66,7 @@ MAX_RENTALS = 500
 
 
 @dataclass
-class Market:
+class WebState:
     """What the handlers read: the index and the tokens' display metadata (None until read from the chain).
     `stopping` ends the index and the event streams."""
 
@@ -77,7 +77,7 @@ class Market:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-MARKET = web.AppKey("market", Market)
+MARKET = web.AppKey("market", WebState)
 
 
 def create_web_app(rpc_url: str, deployment: Deployment, *, confirmations: int = 0,
@@ -85,7 +85,7 @@ def create_web_app(rpc_url: str, deployment: Deployment, *, confirmations: int =
     """The web sub-application of `deployment`, reading the chain through `rpc_url`; mount it with `mount`."""
     app = web.Application()
     w3 = connect(rpc_url)
-    app[MARKET] = Market(deployment, EventIndex.for_deployment(w3, deployment, confirmations=confirmations))
+    app[MARKET] = WebState(deployment, EventIndex.for_deployment(w3, deployment, confirmations=confirmations))
 
     async def follower(app: web.Application) -> AsyncIterator[None]:
         market = app[MARKET]
@@ -148,7 +148,7 @@ def deployment_of(chain: ChainSettings) -> Deployment:
     return record
 
 
-async def _follow(w3: AsyncWeb3, market: Market, poll_interval: float) -> None:
+async def _follow(w3: AsyncWeb3, market: WebState, poll_interval: float) -> None:
     """Reads the tokens' symbols and decimals, then keeps the index up to date until `market.stopping` is set;
     retries while the node is down."""
     deployment = market.deployment
@@ -288,7 +288,7 @@ def _summaries(index: EventIndex, rentals: list[IndexedRental], token: TokenInfo
     return rows
 
 
-def _ready(request: web.Request) -> tuple[Market, TokenInfo, TokenInfo]:
+def _ready(request: web.Request) -> tuple[WebState, TokenInfo, TokenInfo]:
     market = request.app[MARKET]
     if not market.index.ready or market.token is None or market.stake_token is None:
         raise _refusal(web.HTTPServiceUnavailable, "indexing",

@@ -21,7 +21,7 @@ import pytest
 
 from offchain.ops import inprocess
 from offchain.config import ChainSettings
-from offchain.ops.inprocess import Exchange, ProviderMachine
+from offchain.ops.inprocess import LocalExchange, ProviderMachine
 from offchain.protocol.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.oracle.service import STORE_FILE
 from offchain.telemetry.source import TelemetrySource
@@ -71,7 +71,7 @@ def list_offer(suite, provider):
 
 
 def running_exchange(chain_settings: ChainSettings, state_root: Path, provider: str,
-                     source: TelemetrySource | None) -> AbstractAsyncContextManager[Exchange]:
+                     source: TelemetrySource | None) -> AbstractAsyncContextManager[LocalExchange]:
     """The in-process exchange of ORACLE_KEYS and, if `source` is given, the provider's agent with AGENT_KEY."""
     machine = None if source is None else ProviderMachine(provider, AGENT_KEY, source)
     return inprocess.running_exchange(chain_settings, state_root, ORACLE_KEYS, machine)
