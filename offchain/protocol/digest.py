@@ -13,10 +13,11 @@ from functools import lru_cache
 from coincurve import PublicKey
 from eth_utils import to_canonical_address
 
+from offchain.protocol.eip712 import DOMAIN_TYPE
 from offchain.protocol.messages import (
     AGENT_DOMAIN_NAME,
     AGENT_DOMAIN_VERSION,
-    TELEMETRY_REPORT_FIELDS,
+    TELEMETRY_REPORT_TYPE,
     TelemetryReport,
     gpu_uuid_hash,
 )
@@ -30,10 +31,8 @@ except ImportError:
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_N = SECP256K1_N // 2
 
-DOMAIN_TYPEHASH = keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
-TELEMETRY_REPORT_TYPEHASH = keccak(
-    ("TelemetryReport(" + ",".join(f"{f['type']} {f['name']}" for f in TELEMETRY_REPORT_FIELDS) + ")").encode()
-)
+DOMAIN_TYPEHASH = keccak(DOMAIN_TYPE.encode())
+TELEMETRY_REPORT_TYPEHASH = keccak(TELEMETRY_REPORT_TYPE.encode())
 
 
 # A rental's GPUs appear in every one of its reports. NVML UUIDs are 40 characters; longer strings (only ever
@@ -60,7 +59,7 @@ def _word(value: int) -> bytes:
 
 
 def report_struct_hash(report: TelemetryReport) -> bytes:
-    """`hashStruct(TelemetryReport)`: fields encoded in `TELEMETRY_REPORT_FIELDS` order."""
+    """`hashStruct(TelemetryReport)`: fields encoded in `TELEMETRY_REPORT_TYPE` order."""
     return keccak(
         b"".join(
             (

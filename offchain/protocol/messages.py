@@ -15,31 +15,20 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from offchain.protocol.reports import EIP712_DOMAIN_FIELDS, Report, ReportStatus
+from offchain.protocol.eip712 import EIP712_DOMAIN_FIELDS, struct_fields
+from offchain.protocol.reports import Report, ReportStatus
 
 AGENT_DOMAIN_NAME = "gpuex Agent Telemetry"
 AGENT_DOMAIN_VERSION = "1"
 
 Bytes32 = bytes
 
-# The EIP-712 struct an agent signs, in encoding order (the oracle's fast digest in `offchain.protocol.digest`
-# builds its type hash from this list).
-TELEMETRY_REPORT_FIELDS = [
-    {"name": "rentalId", "type": "uint256"},
-    {"name": "seq", "type": "uint32"},
-    {"name": "periodStart", "type": "uint40"},
-    {"name": "periodEnd", "type": "uint40"},
-    {"name": "deliveredSeconds", "type": "uint32"},
-    {"name": "avgUtilBps", "type": "uint16"},
-    {"name": "peakMemMiB", "type": "uint32"},
-    {"name": "sampleCount", "type": "uint32"},
-    {"name": "gpuUuidHashes", "type": "bytes32[]"},
-    {"name": "telemetryRoot", "type": "bytes32"},
-    {"name": "status", "type": "uint8"},
-    {"name": "exitCode", "type": "int16"},
-    {"name": "resultDigest", "type": "bytes32"},
-    {"name": "simulated", "type": "bool"},
-]
+#: The EIP-712 struct an agent signs (the oracle's fast digest in `offchain.protocol.digest` hashes this type).
+TELEMETRY_REPORT_TYPE = ("TelemetryReport(uint256 rentalId,uint32 seq,uint40 periodStart,uint40 periodEnd,"
+                         "uint32 deliveredSeconds,uint16 avgUtilBps,uint32 peakMemMiB,uint32 sampleCount,"
+                         "bytes32[] gpuUuidHashes,bytes32 telemetryRoot,uint8 status,int16 exitCode,"
+                         "bytes32 resultDigest,bool simulated)")
+TELEMETRY_REPORT_FIELDS = struct_fields(TELEMETRY_REPORT_TYPE)
 
 
 def gpu_uuid_hash(uuid: str) -> bytes:

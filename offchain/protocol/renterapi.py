@@ -37,7 +37,7 @@ from eth_keys import keys
 from eth_utils import keccak, to_checksum_address
 from pydantic import BaseModel, ConfigDict
 
-from offchain.protocol.reports import EIP712_DOMAIN_FIELDS
+from offchain.protocol.eip712 import EIP712_DOMAIN_FIELDS, struct_fields
 
 API_DOMAIN_NAME = "gpuex Renter API"
 API_DOMAIN_VERSION = "1"
@@ -48,13 +48,8 @@ NONCE_HEADER = "Gpuex-Nonce"
 SIGNATURE_HEADER = "Gpuex-Signature"
 RESULT_DIGEST_HEADER = "Gpuex-Result-Digest"
 ZERO_HASH = b"\x00" * 32
-RENTER_REQUEST_FIELDS = [
-    {"name": "rentalId", "type": "uint256"},
-    {"name": "action", "type": "string"},
-    {"name": "expiry", "type": "uint64"},
-    {"name": "nonce", "type": "bytes32"},
-    {"name": "bodyHash", "type": "bytes32"},
-]
+RENTER_REQUEST_FIELDS = struct_fields(
+    "RenterRequest(uint256 rentalId,string action,uint64 expiry,bytes32 nonce,bytes32 bodyHash)")
 
 
 class Action(StrEnum):

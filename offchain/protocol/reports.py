@@ -14,26 +14,17 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field
 
+from offchain.protocol.eip712 import EIP712_DOMAIN_FIELDS, struct_fields
+
 DOMAIN_NAME = "gpuex RentalEscrow"
 DOMAIN_VERSION = "1"
 
-#: The EIP712Domain type every gpuex signature uses: name, version, chain id and verifying contract.
-EIP712_DOMAIN_FIELDS = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
-
-REPORT_FIELDS = [
-    {"name": "rentalId", "type": "uint256"},
-    {"name": "seq", "type": "uint32"},
-    {"name": "periodEnd", "type": "uint40"},
-    {"name": "deliveredSeconds", "type": "uint32"},
-    {"name": "avgUtilBps", "type": "uint16"},
-    {"name": "status", "type": "uint8"},
-    {"name": "telemetryRoot", "type": "bytes32"},
-]
+#: `Report` as `RentalEscrow.REPORT_TYPEHASH` hashes it.
+REPORT_TYPE = ("Report(uint256 rentalId,uint32 seq,uint40 periodEnd,uint32 deliveredSeconds,uint16 avgUtilBps,"
+               "uint8 status,bytes32 telemetryRoot)")
+#: `ReportBatch` as `RentalEscrow.BATCH_TYPEHASH` hashes it (followed by `REPORT_TYPE`, which it references).
+BATCH_TYPE = "ReportBatch(uint64 oracleSetVersion,Report[] reports)"
+REPORT_FIELDS = struct_fields(REPORT_TYPE)
 
 
 class ReportStatus(IntEnum):
@@ -107,10 +98,7 @@ def typed_batch(reports: Sequence[Report], domain: EscrowDomain) -> dict[str, An
     return {
         "types": {
             "EIP712Domain": EIP712_DOMAIN_FIELDS,
-            "ReportBatch": [
-                {"name": "oracleSetVersion", "type": "uint64"},
-                {"name": "reports", "type": "Report[]"},
-            ],
+            "ReportBatch": struct_fields(BATCH_TYPE),
             "Report": REPORT_FIELDS,
         },
         "primaryType": "ReportBatch",
