@@ -29,7 +29,15 @@ from typing import Literal
 
 import aiohttp
 from eth_utils import keccak
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_ARGV_ITEMS = 256  # command and args together
@@ -138,25 +146,20 @@ class JobSpec(BaseModel):
 
     @field_validator("command", "args")
     @classmethod
-    def _arguments(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _arguments(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # `args` leaves room for the program, which `command` holds.
+        limit = MAX_ARGV_ITEMS if info.field_name == "command" else MAX_ARGV_ITEMS - 1
+        if len(value) > limit:
+            raise ValueError(f"command and args hold more than {MAX_ARGV_ITEMS} items")
         for argument in value:
             _no_nul(argument, "an argument")
             if len(argument) > MAX_ARG_CHARS:
                 raise ValueError(f"an argument is longer than {MAX_ARG_CHARS} characters")
         return value
 
-    @field_validator("args")
-    @classmethod
-    def _argument_count(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) >= MAX_ARGV_ITEMS:
-            raise ValueError(f"command and args hold more than {MAX_ARGV_ITEMS} items")
-        return value
-
     @field_validator("command")
     @classmethod
     def _command(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > MAX_ARGV_ITEMS:
-            raise ValueError(f"command and args hold more than {MAX_ARGV_ITEMS} items")
         if not value[0]:
             raise ValueError("the command's program is empty")
         return value

@@ -31,39 +31,29 @@ class UnsafePath(OSError):
     """A path under the workspace goes through a symbolic link or something that is not a directory."""
 
 
+class _Member:
+    """A path in the rental's folder, read as an attribute of `RentalFiles`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, files: RentalFiles, owner: type | None = None) -> Path:
+        return files.root / self.name
+
+
 @dataclass(frozen=True)
 class RentalFiles:
     """Where one rental's files live."""
 
     root: Path
 
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
-
-    @property
-    def container_log(self) -> Path:
-        return self.root / "container.log"
-
-    @property
-    def stdout_log(self) -> Path:
-        return self.root / "stdout.log"
-
-    @property
-    def stderr_log(self) -> Path:
-        return self.root / "stderr.log"
-
-    @property
-    def env_file(self) -> Path:
-        return self.root / "job.env"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.tar"
-
-    @property
-    def secrets(self) -> Path:
-        return self.root / "secrets.json"
+    work = _Member("work")
+    container_log = _Member("container.log")
+    stdout_log = _Member("stdout.log")
+    stderr_log = _Member("stderr.log")
+    env_file = _Member("job.env")
+    results = _Member("results.tar")
+    secrets = _Member("secrets.json")
 
     def prepare(self, working_dir: str, owner: tuple[int, int] | None) -> None:
         """Creates the rental folder (mode 0700) and the workspace with `working_dir` inside it, owned by

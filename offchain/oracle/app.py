@@ -34,6 +34,7 @@ from offchain.protocol.messages import (
 from offchain.oracle.chainview import DEFAULT_POLL_INTERVAL_SECONDS, ChainUnavailable, ChainView
 from offchain.oracle.cosign import COSIGN_PATH, Cosigner
 from offchain.protocol.digest import TelemetryDomain
+from offchain.protocol.reports import BatchSigner
 from offchain.oracle.ingest import Ingest
 from offchain.oracle.metrics import CONTENT_TYPE, OracleMetrics
 from offchain.oracle.store import SubmissionStore
@@ -118,9 +119,7 @@ def create_app(
             app[STORE],
             app[CHAIN],
             domain,
-            settings.chain.chain_id,
-            settings.chain.escrow,
-            settings.private_key,
+            BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow),
             settings.max_batch_reports,
         )
         await app[CHAIN].start_following()

@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import aiohttp
-from eth_account import Account
 from eth_utils import keccak
-from pydantic import SecretStr
 
 from offchain.protocol.messages import CosignRequest, TelemetrySubmission, chain_reports
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore, key_of
-from offchain.protocol.reports import EscrowDomain, sign_batch
+from offchain.protocol.reports import BatchSigner
 from offchain.chain.txmanager import TxManager, TxRecord, TxState
 
 log = logging.getLogger(__name__)
@@ -61,8 +59,7 @@ class Batcher:
         txmgr: TxManager,
         session: aiohttp.ClientSession,
         escrow,
-        chain_id: int,
-        key: SecretStr,
+        signer: BatchSigner,
         peers: Sequence[str],
         max_batch_reports: int,
         metrics: OracleMetrics,
@@ -73,9 +70,7 @@ class Batcher:
         self._txmgr = txmgr
         self._session = session
         self._escrow = escrow
-        self._chain_id = chain_id
-        self._key = key
-        self._address = Account.from_key(key.get_secret_value()).address
+        self._signer = signer
         self._peers = list(peers)
         self._max_reports = max(1, min(max_batch_reports, MAX_REPORTS_BY_GAS))
         self._metrics = metrics
@@ -87,18 +82,15 @@ class Batcher:
         if not submissions:
             return BatchOutcome(None, 0, "no reports waiting")
         oracle_set = await self._chain.oracle_set()
-        domain = EscrowDomain(
-            chain_id=self._chain_id, escrow=self._escrow.address, oracle_set_version=oracle_set.version
-        )
         reports = chain_reports(submissions)
-        signatures = {self._address: sign_batch(reports, domain, self._key.get_secret_value())}
+        signatures = {self._signer.address: self._signer.sign(reports, oracle_set.version)}
         needed = oracle_set.threshold - 1
         if needed > 0:
             collected = await collect_cosignatures(
                 self._session,
                 self._peers,
                 CosignRequest(oracle_set_version=oracle_set.version, submissions=tuple(submissions)),
-                domain,
+                self._signer.domain(oracle_set.version),
                 oracle_set.signers,
                 needed,
                 self._cosign_timeout,

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import aiohttp
-from eth_account import Account
 from eth_utils import to_canonical_address, to_checksum_address
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from offchain.protocol.messages import (
     CosignRequest,
@@ -32,43 +31,34 @@ from offchain.oracle.chainview import ChainView, RentalState
 from offchain.protocol.digest import TelemetryDomain, recover_address
 from offchain.oracle.store import LastAccepted, NewSubmission, SubmissionKey, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
-from offchain.protocol.reports import EscrowDomain, batch_digest, sign_batch
+from offchain.protocol.reports import BatchSigner, EscrowDomain, batch_digest
 
 COSIGN_PATH = "/v1/cosign"
 
 
+@dataclass(frozen=True)
 class Cosigner:
     """Signs batches of reports this oracle verified, with its own oracle key."""
 
-    def __init__(
-        self,
-        verifier: Verifier,
-        store: SubmissionStore,
-        chain: ChainView,
-        domain: TelemetryDomain,
-        chain_id: int,
-        escrow: str,
-        key: SecretStr,
-        max_batch_reports: int,
-    ) -> None:
-        self._verifier = verifier
-        self._store = store
-        self._chain = chain
-        self._domain = domain
-        self._chain_id = chain_id
-        self._escrow = escrow
-        self._key = key
-        self._max_batch_reports = max_batch_reports
-        self.address: str = Account.from_key(key.get_secret_value()).address
+    verifier: Verifier
+    store: SubmissionStore
+    chain: ChainView
+    domain: TelemetryDomain
+    signer: BatchSigner
+    max_batch_reports: int
+
+    @property
+    def address(self) -> str:
+        return self.signer.address
 
     async def cosign(self, request: CosignRequest) -> CosignResponse:
         """This oracle's signature over the batch, or Rejected (with the index of the refused submission)."""
         submissions = request.submissions
-        if len(submissions) > self._max_batch_reports:
+        if len(submissions) > self.max_batch_reports:
             raise Rejected(
-                RejectReason.BATCH_TOO_LARGE, f"{len(submissions)} reports; a batch holds {self._max_batch_reports}"
+                RejectReason.BATCH_TOO_LARGE, f"{len(submissions)} reports; a batch holds {self.max_batch_reports}"
             )
-        oracle_set = await self._chain.oracle_set()
+        oracle_set = await self.chain.oracle_set()
         if request.oracle_set_version != oracle_set.version:
             raise Rejected(
                 RejectReason.ORACLE_SET_MISMATCH,
@@ -77,13 +67,13 @@ class Cosigner:
         if self.address not in oracle_set.signers:
             raise Rejected(RejectReason.NOT_IN_ORACLE_SET, f"{self.address} is not in oracle set {oracle_set.version}")
 
-        digests = [self._domain.digest(s.report) for s in submissions]
+        digests = [self.domain.digest(s.report) for s in submissions]
         rentals: dict[int, RentalState] = {}  # by index, for the submissions not held
         for index, (submission, digest) in enumerate(zip(submissions, digests)):
             if self._holds(submission.report, digest):
                 continue
             try:
-                rentals[index] = await self._verifier.verify(submission, digest)
+                rentals[index] = await self.verifier.verify(submission, digest)
             except Rejected as exc:
                 raise _at(index, exc) from exc
 
@@ -102,17 +92,16 @@ class Cosigner:
             # The cached rental may lag the chain: read it now and check the whole batch again.
             refreshed.add(rental_id)
             try:
-                fresh = await self._verifier.refreshed_rental(rental_id)
+                fresh = await self.verifier.refreshed_rental(rental_id)
             except Rejected as exc:
                 raise _at(failed_index, exc) from exc
             for index in rentals:
                 if submissions[index].report.rental_id == rental_id:
                     rentals[index] = fresh
         if new:
-            self._store.add(new)
+            self.store.add(new)
 
-        domain = EscrowDomain(chain_id=self._chain_id, escrow=self._escrow, oracle_set_version=oracle_set.version)
-        signature = sign_batch(chain_reports(submissions), domain, self._key.get_secret_value())
+        signature = self.signer.sign(chain_reports(submissions), oracle_set.version)
         return CosignResponse(signer=self.address, signature=signature)
 
     def _place(
@@ -129,9 +118,9 @@ class Cosigner:
             report = submission.report
             if not self._holds(report, digest):
                 # Not held when first checked either (the store never drops a report), so `rentals` has its state.
-                if self._store.held(key_of(submission)) is not None:
+                if self.store.held(key_of(submission)) is not None:
                     raise _at(index, Rejected(RejectReason.SEQ_CONFLICT, "a different report with this seq is held"))
-                last = previous.get(report.rental_id) or self._store.last_accepted(report.rental_id)
+                last = previous.get(report.rental_id) or self.store.last_accepted(report.rental_id)
                 try:
                     check_continuity(report, last, rentals[index])
                 except Rejected as exc:
@@ -141,7 +130,7 @@ class Cosigner:
         return new
 
     def _holds(self, report: TelemetryReport, digest: bytes) -> bool:
-        held = self._store.held(SubmissionKey(report.rental_id, report.seq))
+        held = self.store.held(SubmissionKey(report.rental_id, report.seq))
         return held is not None and held.report_digest == digest
 
 

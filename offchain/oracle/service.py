@@ -21,6 +21,7 @@ from offchain.oracle.chainview import ChainView
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore
 from offchain.chain.txmanager import TxManager
+from offchain.protocol.reports import BatchSigner
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,10 @@ class OracleService:
                                on_final=self._on_final)
         await self.txmgr.start()
         escrow = contract(self.w3, "RentalEscrow", settings.chain.escrow)
+        signer = BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow)
         self.batcher = Batcher(
-            store=self.store, chain=self.chain, txmgr=self.txmgr, session=session, escrow=escrow,
-            chain_id=settings.chain.chain_id, key=settings.private_key, peers=settings.peers,
-            max_batch_reports=settings.max_batch_reports, metrics=self.metrics,
+            store=self.store, chain=self.chain, txmgr=self.txmgr, session=session, escrow=escrow, signer=signer,
+            peers=settings.peers, max_batch_reports=settings.max_batch_reports, metrics=self.metrics,
         )
         tasks = [
             asyncio.create_task(self.txmgr.run(stop), name="tx manager"),

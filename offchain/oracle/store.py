@@ -201,18 +201,17 @@ class SubmissionStore:
 
     def unbatched(self, limit: int) -> list[TelemetrySubmission]:
         """Up to `limit` submissions no transaction carries yet, oldest first."""
-        self._commit_group()
-        rows = self._db.execute(
-            "SELECT body FROM submissions WHERE batched_tx_key IS NULL ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
-        return [TelemetrySubmission.model_validate_json(body) for (body,) in rows]
+        return self._submissions("batched_tx_key IS NULL ORDER BY id LIMIT ?", (limit,))
 
     def batched(self, tx_key: str) -> list[TelemetrySubmission]:
         """The submissions marked with `tx_key`, in acceptance order (to rebuild a batch after a restart)."""
+        return self._submissions("batched_tx_key = ? ORDER BY id", (tx_key,))
+
+    def _submissions(self, where: str, params: tuple[object, ...]) -> list[TelemetrySubmission]:
+        """The stored submissions the `where` clause (with its ORDER BY and LIMIT) selects, after the pending group
+        of writes is committed."""
         self._commit_group()
-        rows = self._db.execute(
-            "SELECT body FROM submissions WHERE batched_tx_key = ? ORDER BY id", (tx_key,)
-        ).fetchall()
+        rows = self._db.execute(f"SELECT body FROM submissions WHERE {where}", params).fetchall()
         return [TelemetrySubmission.model_validate_json(body) for (body,) in rows]
 
     def mark_batched(self, keys: Iterable[SubmissionKey], tx_key: str) -> None:

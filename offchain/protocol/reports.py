@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from offchain.protocol.eip712 import EIP712_DOMAIN_FIELDS, struct_fields
 
@@ -81,6 +81,23 @@ class EscrowDomain(BaseModel):
     chain_id: int = Field(ge=1)
     escrow: str
     oracle_set_version: int = Field(ge=1, lt=2**64)
+
+
+class BatchSigner:
+    """One oracle's key, signing report batches for one escrow; the oracle set version is given per batch."""
+
+    def __init__(self, key: SecretStr, chain_id: int, escrow: str) -> None:
+        self._key = key
+        self.chain_id = chain_id
+        self.escrow = escrow
+        self.address: str = Account.from_key(key.get_secret_value()).address
+
+    def domain(self, oracle_set_version: int) -> EscrowDomain:
+        return EscrowDomain(chain_id=self.chain_id, escrow=self.escrow, oracle_set_version=oracle_set_version)
+
+    def sign(self, reports: Sequence[Report], oracle_set_version: int) -> bytes:
+        """This oracle's signature over the batch, as `RentalEscrow.submitReports` checks it."""
+        return sign_batch(reports, self.domain(oracle_set_version), self._key.get_secret_value())
 
 
 def rental_id(offer_id: int, nonce: int) -> int:

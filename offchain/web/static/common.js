@@ -147,6 +147,13 @@ const gpuex = (() => {
     connect();
   }
 
+  /** A figure card: a label, a value and an optional note; `alert` marks it as bad news. */
+  function card(label, value, note, alert) {
+    return el("div", { class: alert ? "card alert" : "card" },
+              el("div", { class: "label" }, label), el("div", { class: "value" }, value),
+              note ? el("div", { class: "note" }, note) : null);
+  }
+
   return { ApiError, api, el, fillTable, amount, duration, time, clock, percent, short, providerLink, rentalLink,
-           badge, showError, market, live };
+           badge, card, showError, market, live };
 })();

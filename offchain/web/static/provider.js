@@ -2,14 +2,8 @@
 "use strict";
 
 (() => {
-  const { el, api, amount, duration, time, percent, rentalLink, badge, fillTable } = gpuex;
+  const { el, api, amount, duration, time, percent, rentalLink, badge, card, fillTable } = gpuex;
   const address = new URLSearchParams(location.search).get("address") || "";
-
-  function card(label, value, note, alert) {
-    return el("div", { class: alert ? "card alert" : "card" },
-              el("div", { class: "label" }, label), el("div", { class: "value" }, value),
-              note ? el("div", { class: "note" }, note) : null);
-  }
 
   function render(p, info) {
     const pay = info.payment_token.symbol;

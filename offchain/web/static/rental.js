@@ -2,17 +2,11 @@
 "use strict";
 
 (() => {
-  const { el, api, amount, duration, time, providerLink, badge } = gpuex;
+  const { el, api, amount, duration, time, providerLink, badge, card } = gpuex;
   const rentalId = new URLSearchParams(location.search).get("id") || "";
   const canvas = document.getElementById("chart");
   const REPORT_ROWS = 50;
   let shown = null;
-
-  function card(label, value, note, alert) {
-    return el("div", { class: alert ? "card alert" : "card" },
-              el("div", { class: "label" }, label), el("div", { class: "value" }, value),
-              note ? el("div", { class: "note" }, note) : null);
-  }
 
   function render(r, info) {
     const pay = info.payment_token.symbol;
