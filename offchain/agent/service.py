@@ -61,7 +61,7 @@ from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.watcher import ChainWatcher
 from offchain.chain.contracts import contract
-from offchain.chain.rpc import connect
+from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.protocol.reports import ReportStatus
 from offchain.sqlite import open_db, transaction
@@ -74,7 +74,7 @@ from offchain.telemetry.window import summarize
 
 log = logging.getLogger(__name__)
 
-CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, TimeoutError)
+CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, TimeoutError, ChainUnreachable)
 AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.api", "offchain.agent.launcher", "offchain.agent.job",
                  "offchain.agent.bareprocess", "offchain.agent.containers", "offchain.agent.jobspec",
                  "offchain.agent.outbox", "offchain.agent.watcher")
@@ -218,7 +218,11 @@ class ProviderAgent:
                 continue
             with transaction(self._db):
                 known = [event for event in batch.events if self.book.apply(event)]
-                self._watcher.save_cursor(batch.next_block)
+                self._watcher.save_cursor(batch)
+            if batch.rewound:
+                log.warning("chain: blocks from %d left the chain; their events are read again", batch.next_block)
+                for record in self.book.unfinished():  # each re-reads its rental from the chain as it is now
+                    self._ensure_runner(record.rental_id)
             for event in known:
                 log.info("chain: %s", event)
                 self._ensure_runner(event.rental_id)

@@ -1,11 +1,13 @@
 """Watches the escrow for the events that concern a provider: rentals opened on its offers, and the termination
 and finalisation of those rentals.
 
-Polls `eth_getLogs` from a block remembered in SQLite up to the head less `confirmations`, in ranges of at most
-`max_block_range` blocks. The caller handles a batch of events and commits the new cursor (`save_cursor`) in the
-same transaction as what it recorded of them, so a crash between the two replays the batch instead of losing
-it; handlers must therefore be idempotent. With no remembered block, watching starts at `start_block`, or
-after the current head when that is None (a new agent does not replay history it was not asked to).
+Follows the escrow's logs with an `EventFollower` up to the head less `confirmations`, in ranges of at most
+`max_block_range` blocks, its position kept in the agent's SQLite database (`watch_cursor`). The caller handles a
+batch of events and commits it (`save_cursor`) in the same transaction as what it recorded of them, so a crash
+between the two replays the batch instead of losing it; handlers must therefore be idempotent. With nothing
+remembered, watching starts at `start_block`, or after the current head when that is None (a new agent does not
+replay history it was not asked to). After a reorg, a batch says so (`rewound`) and the events from the block
+where the chains part come again from the new chain.
 
 A rental id is `offerId << 32 | nonce`, so every event names its offer; an offer's provider never changes,
 and is read from the registry once per offer.
@@ -15,25 +17,17 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
-from offchain.sqlite import transaction
+from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, SqliteStore, Step
 from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS watch_cursor (
-    escrow     TEXT    PRIMARY KEY,
-    next_block INTEGER NOT NULL
-);
-"""
-
 
 @dataclass(frozen=True)
 class RentalOpened:
@@ -67,12 +61,16 @@ RentalEvent = RentalOpened | RentalTerminated | RentalFinalized
 
 @dataclass(frozen=True)
 class EventBatch:
-    """Events of blocks up to `next_block - 1`, in chain order; commit `next_block` once they are handled.
-    `caught_up`: the batch reaches the confirmed head, so the next poll may wait."""
+    """Events of blocks up to `next_block - 1`, in chain order; commit the batch (`save_cursor`) once they are
+    handled. `caught_up`: the batch reaches the confirmed head, so the next poll may wait. `rewound`: a reorg took
+    away blocks from `next_block` on that earlier batches covered (the batch has no events); what was recorded of
+    their events may no longer hold, and those the new chain has come again."""
 
     events: list[RentalEvent]
     next_block: int
     caught_up: bool
+    rewound: bool = False
+    step: Step | None = field(default=None, repr=False, compare=False)  # what `save_cursor` commits
 
 
 class ChainWatcher:
@@ -88,63 +86,38 @@ class ChainWatcher:
         *,
         start_block: int | None = None,
         confirmations: int = 0,
-        max_block_range: int = 2_000,
+        max_block_range: int = DEFAULT_MAX_BLOCK_RANGE,
     ) -> None:
-        if confirmations < 0 or max_block_range < 1:
-            raise ValueError("confirmations must be >= 0 and max_block_range >= 1")
-        self._w3 = w3
-        self._escrow = escrow
         self._registry = registry
         self._provider = to_checksum_address(provider)
-        self._db = db
-        self._start_block = start_block
-        self._confirmations = confirmations
-        self._max_range = max_block_range
         self._offer_provider: dict[int, str] = {}
         self._events = {
             event.topic: event
             for event in (escrow.events.RentalOpened, escrow.events.RentalTerminated, escrow.events.RentalFinalized)
         }
-        db.executescript(SCHEMA)
+        self._follower = EventFollower(w3, [escrow.address], [list(self._events)], start_block,
+                                       confirmations=confirmations, max_block_range=max_block_range,
+                                       store=SqliteStore(db, "watch_cursor", "escrow", escrow.address))
 
-    def cursor(self) -> int | None:
-        """The next block to scan, or None before the first batch."""
-        row = self._db.execute(
-            "SELECT next_block FROM watch_cursor WHERE escrow = ?", (self._escrow.address,)
-        ).fetchone()
-        return None if row is None else row["next_block"]
-
-    def save_cursor(self, next_block: int) -> None:
-        """Remembers that every block before `next_block` was handled (in the caller's transaction if open)."""
-        with transaction(self._db) as db:
-            db.execute(
-                "INSERT INTO watch_cursor (escrow, next_block) VALUES (?, ?) "
-                "ON CONFLICT (escrow) DO UPDATE SET next_block = excluded.next_block",
-                (self._escrow.address, next_block),
-            )
+    def save_cursor(self, batch: EventBatch) -> None:
+        """Remembers that `batch` was handled (in the caller's transaction if open)."""
+        if batch.step is not None:
+            self._follower.commit(batch.step)
 
     async def poll(self) -> EventBatch:
-        """The provider's events from the cursor up to the confirmed head (at most `max_block_range` blocks);
-        the cursor itself is not moved."""
-        head = await self._w3.eth.block_number - self._confirmations
-        from_block = self.cursor()
-        if from_block is None:
-            from_block = self._start_block if self._start_block is not None else max(0, head + 1)
-        to_block = min(head, from_block + self._max_range - 1)
-        if to_block < from_block:
-            return EventBatch([], from_block, caught_up=True)
-        logs = await self._w3.eth.get_logs({
-            "address": self._escrow.address,
-            "fromBlock": from_block,
-            "toBlock": to_block,
-            "topics": [list(self._events)],
-        })
+        """The provider's events from the cursor up to the confirmed head (at most `max_block_range` blocks), or
+        the rewind of a reorg; the cursor itself is not moved."""
+        step = await self._follower.poll()
+        if step is None:
+            return EventBatch([], self._follower.next_block, caught_up=True)
+        if not isinstance(step, LogBatch):
+            return EventBatch([], step.next_block, caught_up=False, rewound=True, step=step)
         events = []
-        for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
+        for entry in step.logs:
             event = await self._decode(entry)
             if event is not None:
                 events.append(event)
-        return EventBatch(events, to_block + 1, caught_up=to_block >= head)
+        return EventBatch(events, step.to_block + 1, caught_up=step.caught_up, step=step)
 
     async def provider_of(self, offer_id: int) -> str:
         """The provider of an offer (cached: it never changes)."""

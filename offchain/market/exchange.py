@@ -20,6 +20,7 @@ from web3.logs import DISCARD
 
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.chain.contracts import contract
+from offchain.chain.follower import EventFollower, LogBatch, Rewind
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
@@ -37,8 +38,6 @@ from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import DeclineReason, RentalStatus, SkipReason, SlashReason
 from offchain.chain.wallet import Sent, Wallet
 
-#: Blocks per `eth_getLogs` request; public RPC endpoints refuse much wider ranges.
-MAX_BLOCK_RANGE = 10_000
 #: Escrow events whose first indexed argument is the rental id.
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "ReportSkipped", "RentalTerminated",
                  "RentalDeclined", "RentalFinalized")
@@ -391,19 +390,16 @@ class ExchangeClient:
         agent = AsyncWeb3.to_checksum_address(agent)
         event = self.registry.events.AgentSet
         topics = [event.topic, None, "0x" + bytes(12).hex() + agent[2:].lower()]
-        logs = await self._logs(self.registry.address, topics, self.deployment.start_block)
+        logs = await self._logs(self.registry.address, topics)
         for entry in reversed(logs):
             provider = event().process_log(entry)["args"]["provider"]
             if await self.registry.functions.agentOf(provider).call() == agent:
                 return provider
         return None
 
-    async def rental_events(self, rental_id: int, from_block: int | None = None,
-                            to_block: int | None = None) -> list[RentalEvent]:
+    async def rental_events(self, rental_id: int) -> list[RentalEvent]:
         """The escrow's events of one rental, in chain order."""
-        topics = [list(self._rental_events), "0x" + rental_id.to_bytes(32, "big").hex()]
-        start = self.deployment.start_block if from_block is None else from_block
-        logs = await self._logs(self.escrow.address, topics, start, to_block)
+        logs = await self._logs(self.escrow.address, self._rental_topics(rental_id))
         return [self._decode(entry) for entry in logs]
 
     async def rental(self, rental_id: int) -> RentalView:
@@ -439,16 +435,22 @@ class ExchangeClient:
             settlement=settlement)
 
     async def watch_rental(self, rental_id: int, poll_seconds: float = 2.0) -> AsyncIterator[RentalEvent]:
-        """Every event of the rental, past ones first, then new ones as they are mined, until it is settled."""
-        next_block = self.deployment.start_block
+        """Every event of the rental, past ones first, then new ones as they are mined, until it is settled. After a
+        reorg, the events from the block where the chains part come again as the new chain has them."""
+        follower = EventFollower(self.w3, [self.escrow.address], self._rental_topics(rental_id),
+                                 self.deployment.start_block)
         while True:
-            head = await self.w3.eth.block_number
-            for event in await self.rental_events(rental_id, next_block, head):
-                yield event
-                if isinstance(event, RentalFinalized):
-                    return
-            next_block = head + 1
-            await asyncio.sleep(poll_seconds)
+            step = await follower.poll()
+            if step is None:
+                await asyncio.sleep(poll_seconds)
+                continue
+            if isinstance(step, LogBatch):
+                for entry in step.logs:
+                    event = self._decode(entry)
+                    yield event
+                    if isinstance(event, RentalFinalized):
+                        return
+            follower.commit(step)
 
     # ------------------------------------------------------------------------------------- provider actions
 
@@ -610,15 +612,21 @@ class ExchangeClient:
             raise InsufficientAllowance(token, spender_name, allowance, needed)
         await self._send(sent, "approve", erc20.functions.approve(spender, needed))
 
-    async def _logs(self, address: str, topics: list, from_block: int, to_block: int | None = None) -> list:
-        """`eth_getLogs` over [from_block, to_block or the head] in ranges of `MAX_BLOCK_RANGE`, in chain order."""
-        last = await self.w3.eth.block_number if to_block is None else to_block
+    def _rental_topics(self, rental_id: int) -> list:
+        return [list(self._rental_events), "0x" + rental_id.to_bytes(32, "big").hex()]
+
+    async def _logs(self, address: str, topics: list) -> list:
+        """The logs of `address` matching `topics` from the deployment's start block to the head, in chain order."""
         logs: list = []
-        for start in range(from_block, last + 1, MAX_BLOCK_RANGE):
-            logs += await self.w3.eth.get_logs({"address": address, "fromBlock": start,
-                                                "toBlock": min(last, start + MAX_BLOCK_RANGE - 1),
-                                                "topics": topics})
-        return sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"]))
+
+        async def on_logs(batch: LogBatch) -> None:
+            logs.extend(batch.logs)
+
+        async def on_rewind(rewind: Rewind) -> None:
+            logs[:] = [entry for entry in logs if entry["blockNumber"] < rewind.next_block]
+
+        await EventFollower(self.w3, [address], topics, self.deployment.start_block).sync(on_logs, on_rewind)
+        return logs
 
     def _decode(self, entry: Any) -> RentalEvent:
         decoded = self._rental_events["0x" + bytes(entry["topics"][0]).hex()]().process_log(entry)

@@ -2,10 +2,11 @@
 provider's history, for the web page.
 
 The chain is the source of truth, so nothing is stored: the index is built from the deployment's `start_block`
-when it starts. It follows the chain the way the oracle's `ChainView.follow` does, with `eth_getLogs` over both
-contracts in ranges of at most `max_block_range` blocks, up to the head less `confirmations`. After a node error
-it resumes from the first block it has not indexed; when the last block it indexed is no longer on the chain (a
-reorg deeper than `confirmations`, or a devnet reverted to a snapshot) it starts over from `start_block`.
+when it starts. It follows both contracts' logs with an `EventFollower`, in ranges of at most `max_block_range`
+blocks, up to the head less `confirmations`. After a node error it resumes from the first block it has not
+indexed; when a block it indexed is no longer on the chain (a reorg deeper than `confirmations`, or a devnet
+reverted to a snapshot) it starts over from `start_block`, since what the orphaned blocks changed cannot be told
+apart from the rest.
 
 Offers and rentals are built from events alone. A provider's stake, reputation counters and agent URL are read
 from the registry (`getProvider`, `agentUrlOf`) at the indexed head for every provider an event touched (an
@@ -26,6 +27,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
 from offchain.chain.contracts import contract
+from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, Rewind
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
 from offchain.protocol.status import OfferStatus
@@ -33,7 +35,6 @@ from offchain.protocol.status import DeclineReason, RentalStatus, SlashReason
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BLOCK_RANGE = 2_000
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 #: Concurrent `eth_getBlock` / provider (`read_provider`) reads while a range is indexed.
 READ_CONCURRENCY = 16
@@ -182,19 +183,11 @@ class _Offer:
 class _State:
     """Everything indexed from `start_block` up to `last_block`."""
 
-    next_block: int
     last_block: int | None = None
-    last_hash: bytes | None = None
     providers: dict[str, IndexedProvider] = field(default_factory=dict)
     offers: dict[int, _Offer] = field(default_factory=dict)
     rentals: dict[int, IndexedRental] = field(default_factory=dict)
     stale_providers: set[str] = field(default_factory=set)  # touched since their record was last read
-
-
-@dataclass(frozen=True)
-class _Block:
-    timestamp: int
-    hash: bytes
 
 
 class EventIndex:
@@ -203,20 +196,18 @@ class EventIndex:
 
     def __init__(self, w3: AsyncWeb3, registry: str, escrow: str, start_block: int, *, confirmations: int = 0,
                  max_block_range: int = DEFAULT_MAX_BLOCK_RANGE) -> None:
-        if confirmations < 0 or max_block_range < 1 or start_block < 0:
-            raise ValueError("start_block and confirmations must be >= 0 and max_block_range >= 1")
         self._w3 = w3
         self._registry = contract(w3, "ProviderRegistry", registry)
         self._escrow = contract(w3, "RentalEscrow", escrow)
         self._start_block = start_block
-        self._confirmations = confirmations
-        self._max_range = max_block_range
         self._events = {
             (c.address, getattr(c.events, name).topic): getattr(c.events, name)
             for c, names in ((self._registry, REGISTRY_EVENTS), (self._escrow, ESCROW_EVENTS)) for name in names
         }
-        self._topics = sorted({topic for _, topic in self._events})
-        self._state = _State(next_block=start_block)
+        self._follower = EventFollower(w3, [self._registry.address, self._escrow.address],
+                                       [sorted({topic for _, topic in self._events})], start_block,
+                                       confirmations=confirmations, max_block_range=max_block_range)
+        self._state = _State()
         self._ready = False
         self._version = 0
         self._changed = asyncio.Condition()
@@ -302,28 +293,26 @@ class EventIndex:
 
     async def sync(self) -> bool:
         """Indexes every confirmed block not indexed yet; True if anything the readers return changed."""
-        head = await self._w3.eth.block_number - self._confirmations
-        if not await self._still_on_chain(head):
-            log.warning("event index: block %s left the chain; re-indexing from block %d", self._state.last_block,
-                        self._start_block)
-            self._state = _State(next_block=self._start_block)
-            self._ready = False
-            await self._bump()
         changed = False
+        while (step := await self._follower.poll()) is not None:
+            if isinstance(step, Rewind):
+                log.warning("event index: block %s left the chain; re-indexing from block %d", step.last_block,
+                            self._start_block)
+                self._state = _State()
+                self._ready = False
+                self._follower.restart()
+                await self._bump()
+                continue
+            state = self._state
+            timestamps = await self._timestamps({entry["blockNumber"] for entry in step.logs})
+            for entry in step.logs:
+                self._apply(state, entry, timestamps[entry["blockNumber"]])
+            state.last_block = step.to_block
+            self._follower.commit(step)
+            changed = changed or bool(step.logs)
+            if step.caught_up:
+                break
         state = self._state
-        while state.next_block <= head:
-            to_block = min(head, state.next_block + self._max_range - 1)
-            logs = await self._w3.eth.get_logs({
-                "address": [self._registry.address, self._escrow.address],
-                "topics": [self._topics],
-                "fromBlock": state.next_block,
-                "toBlock": to_block,
-            })
-            blocks = await self._blocks({entry["blockNumber"] for entry in logs} | {to_block})
-            for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
-                self._apply(state, entry, blocks[entry["blockNumber"]].timestamp)
-            state.next_block, state.last_block, state.last_hash = to_block + 1, to_block, blocks[to_block].hash
-            changed = changed or bool(logs)
         if state.stale_providers and state.last_block is not None:
             await self._read_providers(state, state.last_block)
             changed = True
@@ -333,21 +322,13 @@ class EventIndex:
             await self._bump()
         return changed
 
-    async def _still_on_chain(self, head: int) -> bool:
-        state = self._state
-        if state.last_block is None:
-            return True
-        if head < state.last_block:
-            return False
-        return bytes((await self._w3.eth.get_block(state.last_block))["hash"]) == state.last_hash
-
-    async def _blocks(self, numbers: Iterable[int]) -> dict[int, _Block]:
+    async def _timestamps(self, numbers: Iterable[int]) -> dict[int, int]:
         limit = asyncio.Semaphore(READ_CONCURRENCY)
 
-        async def one(number: int) -> tuple[int, _Block]:
+        async def one(number: int) -> tuple[int, int]:
             async with limit:
                 block = await self._w3.eth.get_block(number)
-            return number, _Block(timestamp=block["timestamp"], hash=bytes(block["hash"]))
+            return number, block["timestamp"]
 
         return dict(await asyncio.gather(*(one(n) for n in numbers)))
 

@@ -2,8 +2,9 @@
 
 An agent reports each rental about once a minute, so a cache that merely expires after a short time would miss
 on nearly every report. Entries are instead kept for `cache_ttl_seconds` (a backstop) and dropped as soon as
-`follow()`, a background task, sees an event that changes what verification relies on: a rental opened,
-started, terminated or finalised, an agent key set. Applied reports are not followed (one event per report
+`follow()`, a background task following the chain with an `EventFollower`, sees an event that changes what
+verification relies on: a rental opened, started, terminated or finalised, an agent key set. A reorg drops every
+cached rental and agent key. Applied reports are not followed (one event per report
 would cost a log decode each); the chain's last seq of a rental therefore lags, and ingest re-reads the rental
 when a report does not fit (`refresh_rental`). An offer's provider and GPU list never change, so offers stay
 cached until evicted. Concurrent misses on one key share a single chain read.
@@ -25,6 +26,8 @@ from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3Exception
 
 from offchain.chain.contracts import abi, contract, returned_struct
+from offchain.chain.follower import EventFollower, LogBatch, Rewind
+from offchain.chain.rpc import ChainUnreachable
 from offchain.config import ChainSettings
 from offchain.protocol.status import RentalStatus
 
@@ -33,7 +36,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_TTL_SECONDS = 300.0
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 MAX_CACHE_ENTRIES = 100_000
-MAX_LOG_RANGE_BLOCKS = 2_000
 
 # Escrow events whose first indexed argument is the rental id and that change a rental's status, start or end.
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "RentalTerminated", "RentalFinalized")
@@ -155,7 +157,7 @@ class ChainView:
         self._agents: _TtlCache[str, bytes | None] = _TtlCache(cache_ttl_seconds, max_entries, clock)
         self._offers: _TtlCache[int, OfferGpus | None] = _TtlCache(float("inf"), max_entries, clock)
         self._start_timeout: int | None = None
-        self._next_block: int | None = None  # the first block `follow` has not looked at
+        self._follower: EventFollower | None = None  # None until the block to follow from is known
         self._rental_topics = {_topic("RentalEscrow", name) for name in RENTAL_EVENTS}
         self._agent_topic = _topic("ProviderRegistry", "AgentSet")
         self._followed_topics = ["0x" + t.hex() for t in (*self._rental_topics, self._agent_topic)]
@@ -196,37 +198,36 @@ class ChainView:
         is cached; if the node does not answer now, `follow` starts from the first head it sees and drops what
         was cached before."""
         with contextlib.suppress(ChainUnavailable):
-            self._next_block = await self.block_number() + 1
+            self._follower = self._follower_from(await self.block_number() + 1)
 
     async def follow(self, poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS) -> None:
         """Runs until cancelled: every `poll_interval` seconds, drops the cached rentals and agent keys that new
         escrow and registry events touch. A node error is logged and the same blocks are asked again next time."""
         while True:
             try:
-                head = await self.block_number()
-                if self._next_block is None or head < self._next_block - 1:
-                    # Not started, or the chain went back (reorg, devnet revert): nothing cached can be trusted.
-                    self._rentals.clear()
-                    self._agents.clear()
-                    self._next_block = head + 1
-                while self._next_block <= head:
-                    to_block = min(head, self._next_block + MAX_LOG_RANGE_BLOCKS - 1)
-                    logs = await _rpc(
-                        self.w3.eth.get_logs(
-                            {
-                                "address": [self._escrow.address, self._registry.address],
-                                "topics": [self._followed_topics],
-                                "fromBlock": self._next_block,
-                                "toBlock": to_block,
-                            }
-                        )
-                    )
-                    for entry in logs:
-                        self._apply_log(entry)
-                    self._next_block = to_block + 1
-            except ChainUnavailable as exc:
+                if self._follower is None:
+                    start = await self.block_number() + 1
+                    self._drop_followed()  # cached before the start was known: nothing says it is current
+                    self._follower = self._follower_from(start)
+                await self._follower.sync(self._on_logs, self._on_rewind)
+            except (ChainUnavailable, ChainUnreachable, Web3Exception) as exc:
                 log.warning("chain follower: %s", exc)
             await asyncio.sleep(poll_interval)
+
+    def _follower_from(self, start_block: int) -> EventFollower:
+        return EventFollower(self.w3, [self._escrow.address, self._registry.address], [self._followed_topics],
+                             start_block)
+
+    async def _on_logs(self, batch: LogBatch) -> None:
+        for entry in batch.logs:
+            self._apply_log(entry)
+
+    async def _on_rewind(self, rewind: Rewind) -> None:
+        self._drop_followed()  # cached values may come from the orphaned blocks
+
+    def _drop_followed(self) -> None:
+        self._rentals.clear()
+        self._agents.clear()
 
     def _apply_log(self, entry) -> None:
         topics = [bytes(t) for t in entry["topics"]]

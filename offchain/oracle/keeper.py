@@ -1,9 +1,9 @@
 """Keeper: calls `claimStartTimeout` and `finalize` on rentals once the chain says they are due.
 
 Anyone may call both; an oracle runs this next to its report batcher, on the same TxManager. Rentals are
-discovered from the escrow's rental events (scanned with `eth_getLogs` from a start block, the last scanned block
-kept in SQLite) and judged by `getRental` against the latest block's timestamp, so the keeper's own clock never
-matters:
+discovered from the escrow's rental events (followed with an `EventFollower` from a start block, its position kept
+in SQLite; a reorg forgets the rentals first seen in the orphaned blocks, and those the new chain has come again)
+and judged by `getRental` against the latest block's timestamp, so the keeper's own clock never matters:
 
 - an Open rental past `since + startTimeout` gets `claimStartTimeout`, key `timeout:<rentalId>`;
 - a Running or Terminated rental at or past `since + duration + reportGrace` gets `finalize`, key
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 
 from offchain.chain.contracts import contract
+from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, Rewind, SqliteStore
 from offchain.sqlite import open_db, transaction
 from offchain.protocol.status import RentalStatus
 from offchain.chain.txmanager import TRANSIENT_RPC_ERRORS, Backoff, TxManager, wait_any
@@ -51,10 +53,6 @@ class KeeperAction(BaseModel):
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS keeper_cursor (
-    escrow TEXT PRIMARY KEY,
-    last_block INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS keeper_rental (
     escrow TEXT NOT NULL,
     rental_id TEXT NOT NULL,  -- uint256 in decimal
@@ -78,8 +76,7 @@ CREATE TABLE IF NOT EXISTS keeper_action (
 class Keeper:
     """Finds due rentals of one escrow and submits their settlement through `txmgr`.
 
-    `start_block`: where the first scan begins (the escrow's deployment block). `reorg_margin`: blocks re-scanned
-    below the cursor each time, so a rental opened in a block replaced by a reorg is still found.
+    `start_block`: where the first scan begins (the escrow's deployment block).
     """
 
     def __init__(
@@ -90,24 +87,23 @@ class Keeper:
         db_path: str | Path,
         *,
         start_block: int = 0,
-        max_block_range: int = 2_000,
-        reorg_margin: int = 5,
+        max_block_range: int = DEFAULT_MAX_BLOCK_RANGE,
         max_checks_per_tick: int = 1_000,
         max_backoff: float = 30.0,
     ):
-        if max_block_range < 1 or reorg_margin < 0 or max_checks_per_tick < 1:
-            raise ValueError("max_block_range and max_checks_per_tick must be >= 1, reorg_margin >= 0")
+        if max_checks_per_tick < 1:
+            raise ValueError("max_checks_per_tick must be >= 1")
         self._w3 = w3
         self._escrow = contract(w3, "RentalEscrow", escrow_address)
         self._txmgr = txmgr
-        self._start_block = start_block
-        self._max_block_range = max_block_range
-        self._reorg_margin = reorg_margin
         self._max_checks_per_tick = max_checks_per_tick
         self._max_backoff = max_backoff
-        self._topics = ["0x" + event_abi_to_log_topic(self._event_abi(name)).hex() for name in RENTAL_EVENTS]
+        topics = ["0x" + event_abi_to_log_topic(self._event_abi(name)).hex() for name in RENTAL_EVENTS]
         self._db = open_db(db_path)
         self._db.executescript(_SCHEMA)
+        _migrate_cursor(self._db)
+        self._follower = EventFollower(w3, [self.escrow], [topics], start_block, max_block_range=max_block_range,
+                                       store=SqliteStore(self._db, "keeper_cursor", "escrow", self.escrow))
         self._rotation = 0
         self._start_timeout: int | None = None
         self._report_grace: int | None = None
@@ -121,8 +117,8 @@ class Keeper:
 
     @property
     def last_scanned_block(self) -> int | None:
-        row = self._db.execute("SELECT last_block FROM keeper_cursor WHERE escrow = ?", (self.escrow,)).fetchone()
-        return None if row is None else row["last_block"]
+        next_block = self._follower.next_block
+        return None if next_block is None else next_block - 1
 
     def watched(self) -> list[int]:
         """Rentals seen in events and not yet known to be final, oldest first."""
@@ -154,8 +150,8 @@ class Keeper:
         submissions."""
         if self._start_timeout is None:
             await self._load_params()
+        await self._follower.sync(self._record_rentals, self._forget_orphaned)
         head = await self._w3.eth.get_block("latest")
-        await self._scan(int(head["number"]))
         return await self._submit_due(int(head["number"]), int(head["timestamp"]))
 
     async def run(self, stop_event: asyncio.Event, interval: float = 5.0) -> None:
@@ -183,31 +179,18 @@ class Keeper:
         self._start_timeout = int(await self._escrow.functions.startTimeout().call())
         self._report_grace = int(await self._escrow.functions.reportGrace().call())
 
-    async def _scan(self, head: int) -> None:
-        """Records the rentals named by rental events up to `head`, in chunks of `max_block_range` blocks."""
-        last = self.last_scanned_block
-        from_block = self._start_block if last is None else max(self._start_block, last + 1 - self._reorg_margin)
-        while from_block <= head:
-            to_block = min(head, from_block + self._max_block_range - 1)
-            logs = await self._w3.eth.get_logs({
-                "address": self.escrow,
-                "fromBlock": from_block,
-                "toBlock": to_block,
-                "topics": [self._topics],
-            })
-            with transaction(self._db) as db:
-                for entry in logs:
-                    db.execute(
-                        "INSERT INTO keeper_rental (escrow, rental_id, first_seen_block) VALUES (?, ?, ?)"
-                        " ON CONFLICT (escrow, rental_id) DO NOTHING",
-                        (self.escrow, str(int.from_bytes(entry["topics"][1], "big")), int(entry["blockNumber"])),
-                    )
+    async def _record_rentals(self, batch: LogBatch) -> None:
+        with transaction(self._db) as db:
+            for entry in batch.logs:
                 db.execute(
-                    "INSERT INTO keeper_cursor (escrow, last_block) VALUES (?, ?)"
-                    " ON CONFLICT (escrow) DO UPDATE SET last_block = MAX(last_block, excluded.last_block)",
-                    (self.escrow, to_block),
+                    "INSERT INTO keeper_rental (escrow, rental_id, first_seen_block) VALUES (?, ?, ?)"
+                    " ON CONFLICT (escrow, rental_id) DO NOTHING",
+                    (self.escrow, str(int.from_bytes(entry["topics"][1], "big")), int(entry["blockNumber"])),
                 )
-            from_block = to_block + 1
+
+    async def _forget_orphaned(self, rewind: Rewind) -> None:
+        self._db.execute("DELETE FROM keeper_rental WHERE escrow = ? AND first_seen_block >= ?",
+                         (self.escrow, rewind.next_block))
 
     def _due_for_check(self) -> list[int]:
         """The watched rentals to read this tick: all of them, or the next `max_checks_per_tick` in rotation."""
@@ -249,3 +232,12 @@ class Keeper:
             log.info("keeper: rental %d due since %d; submitted %s", rental_id, due_at, key)
             submitted.append(record)
         return submitted
+
+
+def _migrate_cursor(db: sqlite3.Connection) -> None:
+    """Earlier versions kept the last scanned block in `keeper_cursor.last_block`; the follower keeps the next
+    block to read in `next_block`."""
+    if "last_block" in {row[1] for row in db.execute("PRAGMA table_info(keeper_cursor)")}:
+        with transaction(db):
+            db.execute("ALTER TABLE keeper_cursor RENAME COLUMN last_block TO next_block")
+            db.execute("UPDATE keeper_cursor SET next_block = next_block + 1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from brownie import web3
+from brownie import chain, web3
 
 from offchain.sqlite import open_db
 from offchain.agent.watcher import ChainWatcher, RentalFinalized, RentalOpened, RentalStatus, RentalTerminated
@@ -50,14 +50,14 @@ def test_watcher_reports_the_providers_rentals_and_only_those(suite, token, depl
         await asyncio.to_thread(suite.escrow.openRental, other_offer, 120, PRICE, SPEC_HASH, {"from": renter})
         await asyncio.to_thread(suite.escrow.terminate, cancelled, {"from": renter})
         first = await watcher.poll()
-        watcher.save_cursor(first.next_block)
+        watcher.save_cursor(first)
 
         running = (await asyncio.to_thread(suite.escrow.openRental, offer_id, 120, PRICE, SPEC_HASH,
                                            {"from": renter})).return_value
         await asyncio.to_thread(suite.escrow.start, running, {"from": provider})
         terminate = await asyncio.to_thread(suite.escrow.terminate, running, {"from": renter})
         second = await watcher.poll()
-        watcher.save_cursor(second.next_block)
+        watcher.save_cursor(second)
         again = await watcher_for(w3, chain_settings, provider.address, db, start_block).poll()
         await w3.provider.disconnect()
         return cancelled, first, running, second, terminate, again
@@ -87,7 +87,7 @@ def test_a_new_watcher_without_start_block_begins_at_the_head(suite, provider, r
         w3 = connect(chain_settings.rpc_url)
         watcher = watcher_for(w3, chain_settings, provider.address, db, start_block=None)
         before = await watcher.poll()
-        watcher.save_cursor(before.next_block)
+        watcher.save_cursor(before)
         await asyncio.to_thread(suite.escrow.terminate, rental, {"from": renter})
         after = await watcher.poll()
         await w3.provider.disconnect()
@@ -97,3 +97,58 @@ def test_a_new_watcher_without_start_block_begins_at_the_head(suite, provider, r
 
     assert before.events == []
     assert [(type(e), e.rental_id) for e in after.events] == [(RentalFinalized, rental)]
+
+
+def test_a_reorg_is_reported_and_the_events_of_the_new_chain_come_again(suite, provider, renter, gpu_offer,
+                                                                      chain_settings, tmp_path):
+    offer_id = gpu_offer().offer_id
+    db = open_db(tmp_path / "agent.sqlite")
+    start_block = web3.eth.block_number + 1
+
+    async def main():
+        w3 = connect(chain_settings.rpc_url)
+        watcher = watcher_for(w3, chain_settings, provider.address, db, start_block)
+        watcher.save_cursor(await watcher.poll())
+        fork = web3.eth.block_number
+        chain.snapshot()
+        orphaned = (await asyncio.to_thread(suite.escrow.openRental, offer_id, 120, PRICE, SPEC_HASH,
+                                            {"from": renter})).return_value
+        seen = await watcher.poll()
+        watcher.save_cursor(seen)
+        chain.revert()
+        await asyncio.to_thread(chain.mine, 2)
+        replaced = (await asyncio.to_thread(suite.escrow.openRental, offer_id, 600, PRICE, SPEC_HASH,
+                                            {"from": renter})).return_value
+        rewound = await watcher.poll()
+        watcher.save_cursor(rewound)
+        again = await watcher.poll()
+        watcher.save_cursor(again)
+        await w3.provider.disconnect()
+        return fork, orphaned, seen, rewound, replaced, again
+
+    fork, orphaned, seen, rewound, replaced, again = asyncio.run(main())
+    assert [(type(e), e.rental_id, e.duration) for e in seen.events] == [(RentalOpened, orphaned, 120)]
+    assert (rewound.rewound, rewound.events, rewound.next_block, rewound.caught_up) == (True, [], fork + 1, False)
+    assert [(type(e), e.rental_id, e.duration) for e in again.events] == [(RentalOpened, replaced, 600)]
+    assert again.caught_up
+
+
+def test_the_cursor_an_earlier_agent_kept_is_where_watching_resumes(suite, provider, renter, gpu_offer,
+                                                                   chain_settings, tmp_path):
+    offer_id = gpu_offer().offer_id
+    before = suite.escrow.openRental(offer_id, 120, PRICE, SPEC_HASH, {"from": renter}).return_value
+    suite.escrow.terminate(before, {"from": renter})
+    db = open_db(tmp_path / "agent.sqlite")
+    db.execute("CREATE TABLE watch_cursor (escrow TEXT PRIMARY KEY, next_block INTEGER NOT NULL)")
+    db.execute("INSERT INTO watch_cursor (escrow, next_block) VALUES (?, ?)",
+               (chain_settings.escrow, web3.eth.block_number + 1))
+    after = suite.escrow.openRental(offer_id, 120, PRICE, SPEC_HASH, {"from": renter}).return_value
+
+    async def main():
+        w3 = connect(chain_settings.rpc_url)
+        batch = await watcher_for(w3, chain_settings, provider.address, db, start_block=0).poll()
+        await w3.provider.disconnect()
+        return batch
+
+    batch = asyncio.run(main())
+    assert [(type(e), e.rental_id) for e in batch.events] == [(RentalOpened, after)]

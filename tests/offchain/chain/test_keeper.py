@@ -7,6 +7,7 @@ import asyncio
 from brownie import chain
 
 from offchain.chain.rpc import connect
+from offchain.sqlite import open_db
 from offchain.oracle.keeper import Keeper, RentalStatus
 from offchain.protocol.status import DeclineReason
 from offchain.chain.txmanager import TxManager, TxState
@@ -151,7 +152,7 @@ def test_the_keeper_scans_logs_in_chunks_reads_rentals_in_rotation_and_ignores_o
         w3 = connect(rpc_url)
         manager = TxManager(w3, tmp_path / "db.sqlite", sender, chain_id)
         keeper = Keeper(w3, suite.escrow.address, manager, tmp_path / "db.sqlite", start_block=start_block,
-                        max_block_range=2, reorg_margin=0, max_checks_per_tick=1)
+                        max_block_range=2, max_checks_per_tick=1)
         try:
             assert await keeper.tick() == []
             assert keeper.watched() == rentals and keeper.last_scanned_block >= head
@@ -166,3 +167,53 @@ def test_the_keeper_scans_logs_in_chunks_reads_rentals_in_rotation_and_ignores_o
 
     per_tick = asyncio.run(scenario())
     assert per_tick == [[rentals[1]], [rentals[2]], [rentals[0]], []]
+
+
+def test_the_keeper_forgets_a_rental_a_reorg_took_away(suite, offer, renter, provider, sender, chain_id, tmp_path,
+                                                      rpc_url):
+    start_block = latest_block().number
+    kept = open_rental(suite, renter, new_offer(suite, provider))
+    offer_id = new_offer(suite, provider)
+
+    async def scenario():
+        w3 = connect(rpc_url)
+        manager = TxManager(w3, tmp_path / "db.sqlite", sender, chain_id)
+        keeper = Keeper(w3, suite.escrow.address, manager, tmp_path / "db.sqlite", start_block=start_block)
+        try:
+            chain.snapshot()
+            orphaned = open_rental(suite, renter, offer_id)
+            await keeper.tick()
+            seen = keeper.watched()
+            chain.revert()  # the rental was never opened
+            chain.mine(3)
+            await keeper.tick()
+            return orphaned, seen, keeper.watched()
+        finally:
+            keeper.close()
+            manager.close()
+            await w3.provider.disconnect()
+
+    orphaned, seen, after = asyncio.run(scenario())
+    assert seen == [kept, orphaned]
+    assert after == [kept]
+
+
+def test_the_keeper_resumes_from_the_cursor_an_earlier_version_kept(suite, sender, chain_id, tmp_path, rpc_url):
+    db_path = tmp_path / "oracle.sqlite"
+    db = open_db(db_path)
+    db.execute("CREATE TABLE keeper_cursor (escrow TEXT PRIMARY KEY, last_block INTEGER NOT NULL)")
+    db.execute("INSERT INTO keeper_cursor (escrow, last_block) VALUES (?, 41)", (suite.escrow.address,))
+    db.close()
+
+    async def scenario():
+        w3 = connect(rpc_url)
+        manager = TxManager(w3, db_path, sender, chain_id)
+        keeper = Keeper(w3, suite.escrow.address, manager, db_path)
+        try:
+            return keeper.last_scanned_block
+        finally:
+            keeper.close()
+            manager.close()
+            await w3.provider.disconnect()
+
+    assert asyncio.run(scenario()) == 41

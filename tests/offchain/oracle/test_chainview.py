@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from brownie import chain
+
 from offchain.chain.rpc import connect
 from offchain.oracle.chainview import ChainView, RentalStatus, _TtlCache
 from tests.offchain.conftest import AGENT
@@ -121,3 +123,34 @@ def test_follower_drops_a_rental_the_escrow_changed(chain_settings, rental, suit
             await w3.provider.disconnect()
 
     run(scenario())
+
+
+def test_follower_drops_every_cached_rental_when_a_reorg_takes_its_change_away(chain_settings, rental, suite,
+                                                                             renter):
+    async def scenario():
+        w3 = connect(chain_settings.rpc_url)
+        view = ChainView(w3, chain_settings, cache_ttl_seconds=3_600)
+        await view.start_following()
+        follower = asyncio.create_task(view.follow(poll_interval=0.05))
+        try:
+            assert (await view.rental(rental.rental_id)).status == RentalStatus.RUNNING  # cached
+            chain.snapshot()
+            suite.escrow.terminate(rental.rental_id, {"from": renter})
+            await wait_for_status(view, rental.rental_id, RentalStatus.TERMINATED)  # the follower saw the block
+            chain.revert()  # the termination is no longer on the chain
+            chain.mine(3)
+            await wait_for_status(view, rental.rental_id, RentalStatus.RUNNING)
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await w3.provider.disconnect()
+
+    run(scenario())
+
+
+async def wait_for_status(view: ChainView, rental_id: int, status: RentalStatus) -> None:
+    for _ in range(100):
+        if (await view.rental(rental_id)).status == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the cached rental never became {status.name}")
