@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 from web3 import AsyncWeb3
 from web3.exceptions import BlockNotFound
-from web3.types import LogReceipt
+from web3.types import FilterParams, LogReceipt
 
 from offchain.chain.rpc import reach
 from offchain.sqlite import add_missing_columns, transaction
@@ -141,7 +141,7 @@ class EventFollower:
 
     def __init__(
         self,
-        w3: AsyncWeb3,
+        w3: AsyncWeb3[Any],
         addresses: Sequence[str],
         topics: Sequence[Any],
         start_block: int | None,
@@ -156,7 +156,8 @@ class EventFollower:
         if max_block_range < 1 or remembered_blocks < 1:
             raise ValueError("max_block_range and remembered_blocks must be >= 1")
         self._w3 = w3
-        self._filter = {"address": list(addresses), "topics": list(topics)}
+        self._addresses = [AsyncWeb3.to_checksum_address(a) for a in addresses]
+        self._topics = list(topics)
         self._start_block = start_block
         self._confirmations = confirmations
         self._max_range = max_block_range
@@ -186,7 +187,9 @@ class EventFollower:
         block_hash = await self._hash_of(to_block)
         if block_hash is None:  # the chain got shorter since its head was read: the next poll sees why
             return None
-        logs = await reach(self._w3.eth.get_logs({**self._filter, "fromBlock": state.next_block, "toBlock": to_block}))
+        query: FilterParams = {"address": self._addresses, "topics": self._topics, "fromBlock": state.next_block,
+                               "toBlock": to_block}
+        logs = await reach(self._w3.eth.get_logs(query))
         return LogBatch(state.next_block, to_block, sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])),
                         block_hash, caught_up=to_block >= head)
 
