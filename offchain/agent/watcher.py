@@ -21,9 +21,9 @@ from typing import Any
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
+from offchain.chain.events import RentalFinalized, RentalOpened, RentalTerminated, decode_log
 from offchain.sqlite import transaction
 from offchain.protocol.reports import split_rental_id
-from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
 
@@ -35,34 +35,8 @@ CREATE TABLE IF NOT EXISTS watch_cursor (
 """
 
 
-@dataclass(frozen=True)
-class RentalOpened:
-    rental_id: int
-    offer_id: int
-    renter: str
-    price_per_second: int
-    duration: int
-    deposit: int
-    job_spec_hash: bytes
-    block_number: int
-
-
-@dataclass(frozen=True)
-class RentalTerminated:
-    rental_id: int
-    ends_at: int
-    refund: int
-    block_number: int
-
-
-@dataclass(frozen=True)
-class RentalFinalized:
-    rental_id: int
-    status: RentalStatus
-    block_number: int
-
-
-RentalEvent = RentalOpened | RentalTerminated | RentalFinalized
+#: The escrow's events that concern a provider's agent.
+WatchedEvent = RentalOpened | RentalTerminated | RentalFinalized
 
 
 @dataclass(frozen=True)
@@ -70,7 +44,7 @@ class EventBatch:
     """Events of blocks up to `next_block - 1`, in chain order; commit `next_block` once they are handled.
     `caught_up`: the batch reaches the confirmed head, so the next poll may wait."""
 
-    events: list[RentalEvent]
+    events: list[WatchedEvent]
     next_block: int
     caught_up: bool
 
@@ -153,18 +127,10 @@ class ChainWatcher:
             self._offer_provider[offer_id] = to_checksum_address(offer[0])
         return self._offer_provider[offer_id]
 
-    async def _decode(self, entry: Any) -> RentalEvent | None:
-        topic = "0x" + bytes(entry["topics"][0]).hex()
-        decoded = self._events[topic].process_log(entry)
-        args, block = decoded["args"], decoded["blockNumber"]
-        offer_id, _ = split_rental_id(args["rentalId"])
-        if await self.provider_of(offer_id) != self._provider:
+    async def _decode(self, entry: Any) -> WatchedEvent | None:
+        """The event of the log, if it is of a rental of the provider's offers."""
+        event = decode_log("RentalEscrow", entry)
+        if not isinstance(event, WatchedEvent):
             return None
-        match decoded["event"]:
-            case "RentalOpened":
-                return RentalOpened(args["rentalId"], args["offerId"], args["renter"], args["pricePerSecond"],
-                                    args["duration"], args["deposit"], bytes(args["jobSpecHash"]), block)
-            case "RentalTerminated":
-                return RentalTerminated(args["rentalId"], args["endsAt"], args["refund"], block)
-            case _:
-                return RentalFinalized(args["rentalId"], RentalStatus(args["status"]), block)
+        offer_id, _ = split_rental_id(event.rental_id)
+        return event if await self.provider_of(offer_id) == self._provider else None
