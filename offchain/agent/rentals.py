@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Callable
 
-from offchain.agent.watcher import RentalEvent, RentalFinalized, RentalOpened, RentalTerminated
+from offchain.agent.watcher import WatchedEvent
+from offchain.chain.events import RentalFinalized, RentalOpened, RentalTerminated
 from offchain.sqlite import add_missing_columns, transaction
 
 SCHEMA = """
@@ -158,7 +159,7 @@ class RentalBook:
             "AND done_at < ? ORDER BY done_at", (done_before,)).fetchall()
         return [RentalRecord.from_row(row) for row in rows]
 
-    def apply(self, event: RentalEvent) -> bool:
+    def apply(self, event: WatchedEvent) -> bool:
         """Records a chain event (idempotent); whether it concerns a rental the agent knows."""
         match event:
             case RentalOpened():

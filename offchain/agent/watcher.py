@@ -23,40 +23,14 @@ from typing import Any
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
+from offchain.chain.events import RentalFinalized, RentalOpened, RentalTerminated, decode_log
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, SqliteStore, Step
 from offchain.protocol.reports import split_rental_id
-from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class RentalOpened:
-    rental_id: int
-    offer_id: int
-    renter: str
-    price_per_second: int
-    duration: int
-    deposit: int
-    job_spec_hash: bytes
-    block_number: int
-
-
-@dataclass(frozen=True)
-class RentalTerminated:
-    rental_id: int
-    ends_at: int
-    refund: int
-    block_number: int
-
-
-@dataclass(frozen=True)
-class RentalFinalized:
-    rental_id: int
-    status: RentalStatus
-    block_number: int
-
-
-RentalEvent = RentalOpened | RentalTerminated | RentalFinalized
+#: The escrow's events that concern a provider's agent.
+WatchedEvent = RentalOpened | RentalTerminated | RentalFinalized
 
 
 @dataclass(frozen=True)
@@ -66,7 +40,7 @@ class EventBatch:
     away blocks from `next_block` on that earlier batches covered (the batch has no events); what was recorded of
     their events may no longer hold, and those the new chain has come again."""
 
-    events: list[RentalEvent]
+    events: list[WatchedEvent]
     next_block: int
     caught_up: bool
     rewound: bool = False
@@ -91,11 +65,8 @@ class ChainWatcher:
         self._registry = registry
         self._provider = to_checksum_address(provider)
         self._offer_provider: dict[int, str] = {}
-        self._events = {
-            event.topic: event
-            for event in (escrow.events.RentalOpened, escrow.events.RentalTerminated, escrow.events.RentalFinalized)
-        }
-        self._follower = EventFollower(w3, [escrow.address], [list(self._events)], start_block,
+        topics = [getattr(escrow.events, event.__name__).topic for event in WatchedEvent.__args__]
+        self._follower = EventFollower(w3, [escrow.address], [topics], start_block,
                                        confirmations=confirmations, max_block_range=max_block_range,
                                        store=SqliteStore(db, "watch_cursor", "escrow", escrow.address))
 
@@ -126,18 +97,10 @@ class ChainWatcher:
             self._offer_provider[offer_id] = to_checksum_address(offer[0])
         return self._offer_provider[offer_id]
 
-    async def _decode(self, entry: Any) -> RentalEvent | None:
-        topic = "0x" + bytes(entry["topics"][0]).hex()
-        decoded = self._events[topic].process_log(entry)
-        args, block = decoded["args"], decoded["blockNumber"]
-        offer_id, _ = split_rental_id(args["rentalId"])
-        if await self.provider_of(offer_id) != self._provider:
+    async def _decode(self, entry: Any) -> WatchedEvent | None:
+        """The event of the log, if it is of a rental of the provider's offers."""
+        event = decode_log("RentalEscrow", entry)
+        if not isinstance(event, WatchedEvent):
             return None
-        match decoded["event"]:
-            case "RentalOpened":
-                return RentalOpened(args["rentalId"], args["offerId"], args["renter"], args["pricePerSecond"],
-                                    args["duration"], args["deposit"], bytes(args["jobSpecHash"]), block)
-            case "RentalTerminated":
-                return RentalTerminated(args["rentalId"], args["endsAt"], args["refund"], block)
-            case _:
-                return RentalFinalized(args["rentalId"], RentalStatus(args["status"]), block)
+        offer_id, _ = split_rental_id(event.rental_id)
+        return event if await self.provider_of(offer_id) == self._provider else None

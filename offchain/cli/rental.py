@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from decimal import ROUND_FLOOR, Decimal
+from enum import IntEnum
 from pathlib import Path
 
 
@@ -30,19 +31,19 @@ from offchain.cli.context import (
     percent_bps,
     when,
 )
-from offchain.market.exchange import (
-    ExchangeError,
+from offchain.chain.events import (
     RentalDeclined,
     RentalEvent,
     RentalFinalized,
     RentalOpened,
     RentalStarted,
     RentalTerminated,
-    RentalView,
     ReportApplied,
     ReportSkipped,
 )
+from offchain.market.exchange import ExchangeError, RentalResult
 from offchain.market.offers import TokenInfo
+from offchain.market.rentals import RentalHistory
 from offchain.protocol.renterapi import JobStatus
 
 #: Reports `rental status` lists (the most recent ones); `--json` has them all.
@@ -132,26 +133,70 @@ async def rent(args: argparse.Namespace) -> int:
         out.print(f"follow it with `gpuex rental watch {rental.rental_id}` and `gpuex rental logs "
                   f"{rental.rental_id} --follow`")
 
-    out.emit({**result.model_dump(mode="json"), "spec_dir": str(spec_dir) if spec_dir else None,
-              "spec_sent_to": agent_url}, human)
+    out.emit({**result_json(result), "spec_dir": str(spec_dir) if spec_dir else None, "spec_sent_to": agent_url},
+             human)
     return 0
 
 
-def render_rental(out: Output, token: TokenInfo, r: RentalView) -> None:
+def result_json(result: RentalResult) -> dict:
+    """What `rent --json` and `rental terminate --json` print of an action on a rental."""
+    return {**result.model_dump(mode="json", exclude={"rental"}), "rental": rental_json(result.rental)}
+
+
+def rental_json(r: RentalHistory) -> dict:
+    """What `rental status --json` prints of a rental (amounts in token units, enums by name)."""
+    return {
+        "rental_id": r.rental_id, "offer_id": r.offer_id, "renter": r.renter, "status": r.status.name,
+        "price_per_second": r.price_per_second, "duration": r.duration, "deposit": r.deposit,
+        "job_spec_hash": r.job_spec_hash, "opened_block": r.opened.block_number, "started_at": r.started_at,
+        "last_seq": r.last_seq, "reported_seconds": r.reported_seconds, "delivered_seconds": r.delivered_seconds,
+        "earned": r.earned, "termination_refund": r.termination_refund,
+        "decline": None if r.declined is None else event_json(r.declined),
+        "reports": [event_json(report) for report in r.reports], "skipped_reports": len(r.skipped),
+        "settlement": None if r.settlement is None else event_json(r.settlement),
+        "final": r.status.is_final, "ends_at": r.ends_at, "refunded": r.refunded, "paid": r.earned,
+        "avg_util_bps": r.avg_util_bps,
+    }
+
+
+_EVENT_KINDS = {RentalOpened: "opened", RentalStarted: "started", ReportApplied: "report", ReportSkipped: "skipped",
+                RentalTerminated: "terminated", RentalDeclined: "declined", RentalFinalized: "finalized"}
+
+
+def event_json(event: RentalEvent) -> dict:
+    """A rental's event as `rental watch --json` prints it: its `kind`, block and arguments but the rental id (bytes
+    as 0x-hex, enums by name); a decline also says what its reason means."""
+    fields = event.model_dump(exclude={"rental_id", "log_index", "tx_hash"})
+    body = {"kind": _EVENT_KINDS[type(event)], **{name: _json_value(value) for name, value in fields.items()}}
+    if isinstance(event, RentalDeclined):
+        body["detail"] = event.reason.describe()
+    return body
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, IntEnum):
+        return value.name
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return value
+
+
+def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
     s = r.settlement
     rows = [
-        ("status", r.status.lower()), ("offer", r.offer_id), ("renter", r.renter),
+        ("status", r.status.name.lower()), ("offer", r.offer_id), ("renter", r.renter),
         ("price", per_hour(token, r.price_per_second)), ("duration", parse.format_duration(r.duration)),
         ("deposit", money(token, r.deposit)), ("job spec", r.job_spec_hash),
         ("started", when(r.started_at)), ("ends", when(r.ends_at)),
         ("delivered", f"{r.delivered_seconds:,} s of {r.reported_seconds:,} s reported"),
         ("utilisation", percent_bps(r.avg_util_bps)),
-        ("paid", money(token, r.paid)), ("refunded", money(token, r.refunded)),
+        ("paid", money(token, r.earned)), ("refunded", money(token, r.refunded)),
     ]
-    if r.decline is not None:
-        rows.insert(1, ("declined", f"{r.decline.reason.lower()}: {r.decline.detail}"))
+    if r.decline_reason is not None:
+        rows.insert(1, ("declined", f"{r.decline_reason.name.lower()}: {r.decline_reason.describe()}"))
     if s is not None:
-        slash = "none" if not s.slashed else f"{money(token, s.slashed)} to the renter ({s.slash_reason.lower()})"
+        slash = ("none" if not s.slashed
+                 else f"{money(token, s.slashed)} to the renter ({s.slash_reason.name.lower()})")
         rows += [("provider payout", money(token, s.provider_payout)), ("fee", money(token, s.fee)),
                  ("missed", f"{s.missed_seconds:,} s"), ("slashed", slash)]
     out.fields(f"rental {r.rental_id}", rows)
@@ -183,7 +228,7 @@ async def status(args: argparse.Namespace) -> int:
         if job is not None:
             render_job(out, job)
 
-    out.emit({**rental.model_dump(mode="json"), "job": None if job is None else job.model_dump(mode="json")}, human)
+    out.emit({**rental_json(rental), "job": None if job is None else job.model_dump(mode="json")}, human)
     return 0
 
 
@@ -211,7 +256,7 @@ async def terminate(args: argparse.Namespace) -> int:
         out.sent(result)
         render_rental(out, token, result.rental)
 
-    out.emit(result, human)
+    out.emit(result_json(result), human)
     return 0
 
 
@@ -226,16 +271,17 @@ def _event_line(token: TokenInfo, event: RentalEvent, period_start: int | None) 
         case ReportApplied():
             return "report " + _report_line(token, event, period_start)
         case ReportSkipped():
-            return f"report #{event.seq} skipped: {event.reason.lower()}"
+            return f"report #{event.seq} skipped: {event.reason.name.lower()}"
         case RentalTerminated():
             return f"terminated: ends at {when(event.ends_at)}, {money(token, event.refund)} refunded"
         case RentalDeclined():
-            return f"declined by the provider ({event.reason.lower()}): {event.detail}"
+            return f"declined by the provider ({event.reason.name.lower()}): {event.reason.describe()}"
         case RentalFinalized():
-            slash = f", {money(token, event.slashed)} slashed ({event.slash_reason.lower()})" if event.slashed else ""
-            return (f"settled {event.status.lower()}: {event.delivered_seconds} s delivered, {event.missed_seconds} s "
-                    f"missed; provider {money(token, event.provider_payout)}, fee {money(token, event.fee)}, "
-                    f"refund {money(token, event.refund)}{slash}")
+            slash = (f", {money(token, event.slashed)} slashed ({event.slash_reason.name.lower()})" if event.slashed
+                     else "")
+            return (f"settled {event.status.name.lower()}: {event.delivered_seconds} s delivered, "
+                    f"{event.missed_seconds} s missed; provider {money(token, event.provider_payout)}, "
+                    f"fee {money(token, event.fee)}, refund {money(token, event.refund)}{slash}")
     raise AssertionError(event)
 
 
@@ -247,7 +293,7 @@ async def watch(args: argparse.Namespace) -> int:
         period_start = None
         async for event in ctx.client.watch_rental(args.rental_id, args.interval):
             if out.json:
-                out.json_line(event)
+                out.json_line(event_json(event))
             else:
                 out.print(_event_line(token, event, period_start))
             if isinstance(event, RentalStarted):

@@ -12,14 +12,14 @@ Amounts are token units (`int`) throughout; `TokenInfo` converts human units at 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from web3 import AsyncWeb3
-from web3.logs import DISCARD
 
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.chain.contracts import contract
+from offchain.chain.events import ChainEvent, OfferCreated, RentalEvent, RentalFinalized, RentalOpened, decode_log
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import (
@@ -33,14 +33,15 @@ from offchain.market.offers import (
     read_provider,
     read_token,
 )
+from offchain.market.rentals import RentalHistory
 from offchain.protocol.status import OfferStatus
-from offchain.protocol.reports import split_rental_id
-from offchain.protocol.status import DeclineReason, RentalStatus, SkipReason, SlashReason
 from offchain.chain.wallet import Sent, Wallet
 
 #: Escrow events whose first indexed argument is the rental id.
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "ReportSkipped", "RentalTerminated",
                  "RentalDeclined", "RentalFinalized")
+
+E = TypeVar("E", bound=ChainEvent)
 
 
 class ExchangeError(RuntimeError):
@@ -94,7 +95,7 @@ class ProviderResult(ActionResult):
     provider: ProviderRecord
 
 
-class GpusRegistered(ActionResult):
+class GpuRegistration(ActionResult):
     registered: list[str]  # UUID hashes this call registered
     already_registered: list[str]  # UUID hashes the account owned already
 
@@ -160,154 +161,8 @@ class OfferTerms(BaseModel):
                 self.gpu_uuid_hashes)
 
 
-# ------------------------------------------------------------------------------------------- rental events
-
-
-class RentalOpened(BaseModel):
-    model_config = _FROZEN
-
-    kind: Literal["opened"] = "opened"
-    block_number: int
-    offer_id: int
-    renter: str
-    price_per_second: int
-    duration: int
-    deposit: int
-    job_spec_hash: str
-
-
-class RentalStarted(BaseModel):
-    model_config = _FROZEN
-
-    kind: Literal["started"] = "started"
-    block_number: int
-    started_at: int
-    by_report: bool
-
-
-class ReportApplied(BaseModel):
-    model_config = _FROZEN
-
-    kind: Literal["report"] = "report"
-    block_number: int
-    seq: int
-    period_end: int
-    delivered_seconds: int
-    avg_util_bps: int
-    earned: int  # gross, before the protocol fee
-    telemetry_root: str
-
-
-class ReportSkipped(BaseModel):
-    model_config = _FROZEN
-
-    kind: Literal["skipped"] = "skipped"
-    block_number: int
-    seq: int
-    reason: str  # a SkipReason name
-
-
-class RentalTerminated(BaseModel):
-    model_config = _FROZEN
-
-    kind: Literal["terminated"] = "terminated"
-    block_number: int
-    ends_at: int
-    refund: int
-
-
-class RentalDeclined(BaseModel):
-    model_config = _FROZEN
-
-    kind: Literal["declined"] = "declined"
-    block_number: int
-    reason: str  # a DeclineReason name
-
-    @computed_field
-    @property
-    def detail(self) -> str:
-        return DeclineReason[self.reason].describe()
-
-
-class RentalFinalized(BaseModel):
-    model_config = _FROZEN
-
-    kind: Literal["finalized"] = "finalized"
-    block_number: int
-    status: str  # a final RentalStatus name
-    provider_payout: int
-    fee: int
-    refund: int
-    delivered_seconds: int
-    missed_seconds: int
-    slashed: int  # stake credited to the renter
-    slash_reason: str  # a SlashReason name
-
-
-RentalEvent = (RentalOpened | RentalStarted | ReportApplied | ReportSkipped | RentalTerminated | RentalDeclined
-               | RentalFinalized)
-
-
-class RentalView(BaseModel):
-    """A rental as the escrow's state and events tell it. A rental a later one of the same offer replaced reads
-    `None` on chain; its history then comes from the events alone."""
-
-    model_config = _FROZEN
-
-    rental_id: int
-    offer_id: int
-    renter: str
-    status: str  # a RentalStatus name
-    price_per_second: int
-    duration: int  # seconds; shortened by a termination
-    deposit: int
-    job_spec_hash: str
-    opened_block: int
-    started_at: int | None
-    last_seq: int
-    reported_seconds: int
-    delivered_seconds: int
-    earned: int  # gross earnings the reports accrued, before the protocol fee
-    termination_refund: int
-    decline: RentalDeclined | None  # why the provider declined it (status DECLINED)
-    reports: list[ReportApplied]
-    skipped_reports: int
-    settlement: RentalFinalized | None
-
-    @computed_field
-    @property
-    def final(self) -> bool:
-        return RentalStatus[self.status].is_final
-
-    @computed_field
-    @property
-    def ends_at(self) -> int | None:
-        return None if self.started_at is None else self.started_at + self.duration
-
-    @computed_field
-    @property
-    def refunded(self) -> int:
-        """Credited back to the renter so far: a termination's refund plus the settlement's."""
-        return self.termination_refund + (self.settlement.refund if self.settlement else 0)
-
-    @computed_field
-    @property
-    def paid(self) -> int:
-        """What the renter paid for: the gross earnings (provider payout plus fee once settled)."""
-        return self.earned
-
-    @computed_field
-    @property
-    def avg_util_bps(self) -> int | None:
-        """GPU utilisation over the delivered seconds of every applied report; None before the first."""
-        delivered = sum(r.delivered_seconds for r in self.reports)
-        if not delivered:
-            return None
-        return round(sum(r.avg_util_bps * r.delivered_seconds for r in self.reports) / delivered)
-
-
 class RentalResult(ActionResult):
-    rental: RentalView
+    rental: RentalHistory
 
 
 # ---------------------------------------------------------------------------------------------- the client
@@ -323,8 +178,7 @@ class ExchangeClient:
         self.registry = contract(w3, "ProviderRegistry", deployment.registry)
         self.escrow = contract(w3, "RentalEscrow", deployment.escrow)
         self._tokens: dict[str, TokenInfo] = {}
-        self._rental_events = {event.topic: event for event in (getattr(self.escrow.events, name)
-                                                               for name in RENTAL_EVENTS)}
+        self._rental_event_topics = [getattr(self.escrow.events, name).topic for name in RENTAL_EVENTS]
 
     @property
     def address(self) -> str:
@@ -392,7 +246,7 @@ class ExchangeClient:
         topics = [event.topic, None, "0x" + bytes(12).hex() + agent[2:].lower()]
         logs = await self._logs(self.registry.address, topics)
         for entry in reversed(logs):
-            provider = event().process_log(entry)["args"]["provider"]
+            provider = decode_log("ProviderRegistry", entry).provider
             if await self.registry.functions.agentOf(provider).call() == agent:
                 return provider
         return None
@@ -400,39 +254,16 @@ class ExchangeClient:
     async def rental_events(self, rental_id: int) -> list[RentalEvent]:
         """The escrow's events of one rental, in chain order."""
         logs = await self._logs(self.escrow.address, self._rental_topics(rental_id))
-        return [self._decode(entry) for entry in logs]
+        return [decode_log("RentalEscrow", entry) for entry in logs]
 
-    async def rental(self, rental_id: int) -> RentalView:
-        """The rental's state and history; `NotFound` if it was never opened."""
+    async def rental(self, rental_id: int) -> RentalHistory:
+        """The rental's state and history, from its events alone; `NotFound` if it was never opened."""
         if not 0 < rental_id < 2**256:
             raise NotFound(f"no rental {rental_id}")
-        events, live = await asyncio.gather(self.rental_events(rental_id),
-                                            self.escrow.functions.getRental(rental_id).call())
-        opened = next((e for e in events if isinstance(e, RentalOpened)), None)
-        if opened is None:
+        rental = RentalHistory.fold(await self.rental_events(rental_id))
+        if rental is None:
             raise NotFound(f"no rental {rental_id}")
-        started = next((e for e in events if isinstance(e, RentalStarted)), None)
-        reports = [e for e in events if isinstance(e, ReportApplied)]
-        terminated = next((e for e in events if isinstance(e, RentalTerminated)), None)
-        declined = next((e for e in events if isinstance(e, RentalDeclined)), None)
-        settlement = next((e for e in events if isinstance(e, RentalFinalized)), None)
-        status, _, _, duration, since, last_seq, reported, delivered, earned = live
-        if RentalStatus(status) is RentalStatus.NONE:  # replaced by a later rental: settled, so events tell all
-            status = RentalStatus[settlement.status] if settlement else RentalStatus.NONE
-            duration = (opened.duration if terminated is None or started is None
-                        else terminated.ends_at - started.started_at)
-            last_seq = max((r.seq for r in reports), default=0)
-            reported = (reports[-1].period_end - started.started_at) if reports and started else 0
-            delivered = settlement.delivered_seconds if settlement else sum(r.delivered_seconds for r in reports)
-            earned = sum(r.earned for r in reports)
-        return RentalView(
-            rental_id=rental_id, offer_id=split_rental_id(rental_id)[0], renter=opened.renter,
-            status=RentalStatus(status).name, price_per_second=opened.price_per_second, duration=duration,
-            deposit=opened.deposit, job_spec_hash=opened.job_spec_hash, opened_block=opened.block_number,
-            started_at=started.started_at if started else None, last_seq=last_seq, reported_seconds=reported,
-            delivered_seconds=delivered, earned=earned, termination_refund=terminated.refund if terminated else 0,
-            decline=declined, reports=reports, skipped_reports=sum(isinstance(e, ReportSkipped) for e in events),
-            settlement=settlement)
+        return rental
 
     async def watch_rental(self, rental_id: int, poll_seconds: float = 2.0) -> AsyncIterator[RentalEvent]:
         """Every event of the rental, past ones first, then new ones as they are mined, until it is settled. After a
@@ -446,7 +277,7 @@ class ExchangeClient:
                 continue
             if isinstance(step, LogBatch):
                 for entry in step.logs:
-                    event = self._decode(entry)
+                    event = decode_log("RentalEscrow", entry)
                     yield event
                     if isinstance(event, RentalFinalized):
                         return
@@ -490,7 +321,7 @@ class ExchangeClient:
         await self._send(sent, "setAgentUrl", self.registry.functions.setAgentUrl(url))
         return ProviderResult(account=self.address, transactions=sent, provider=await self.provider())
 
-    async def register_gpus(self, uuid_hashes: list[bytes]) -> GpusRegistered:
+    async def register_gpus(self, uuid_hashes: list[bytes]) -> GpuRegistration:
         """Claims the GPUs the account does not own yet; one it owns already is left alone."""
         owners = await asyncio.gather(*(self.registry.functions.gpuOwner(h).call() for h in uuid_hashes))
         mine = [h for h, owner in zip(uuid_hashes, owners) if owner == self.address]
@@ -498,15 +329,14 @@ class ExchangeClient:
         sent: list[SentTx] = []
         if new:
             await self._send(sent, "registerGpus", self.registry.functions.registerGpus(new))
-        return GpusRegistered(account=self.address, transactions=sent, registered=["0x" + h.hex() for h in new],
+        return GpuRegistration(account=self.address, transactions=sent, registered=["0x" + h.hex() for h in new],
                               already_registered=["0x" + h.hex() for h in mine])
 
     async def create_offer(self, terms: OfferTerms) -> OfferResult:
         sent: list[SentTx] = []
         receipt = await self._send(sent, "createOffer", self.registry.functions.createOffer(terms.as_tuple()))
-        created = self.registry.events.OfferCreated().process_receipt({"logs": receipt.logs}, errors=DISCARD)
-        return OfferResult(account=self.address, transactions=sent,
-                           offer=await self.offer(created[0]["args"]["offerId"]))
+        (created,) = self._emitted(receipt, OfferCreated)
+        return OfferResult(account=self.address, transactions=sent, offer=await self.offer(created.offer_id))
 
     async def update_offer_price(self, offer_id: int, price_per_second: int) -> OfferResult:
         return await self._offer_action(offer_id, "updateOfferPrice", price_per_second)
@@ -550,9 +380,8 @@ class ExchangeClient:
         await self._allowance(sent, token, self.escrow.address, "the escrow", deposit, approve)
         receipt = await self._send(sent, "openRental",
                                    self.escrow.functions.openRental(offer_id, duration, max_price, job_spec_hash))
-        opened = self.escrow.events.RentalOpened().process_receipt({"logs": receipt.logs}, errors=DISCARD)
-        return RentalResult(account=self.address, transactions=sent,
-                            rental=await self.rental(opened[0]["args"]["rentalId"]))
+        (opened,) = self._emitted(receipt, RentalOpened)
+        return RentalResult(account=self.address, transactions=sent, rental=await self.rental(opened.rental_id))
 
     async def terminate(self, rental_id: int) -> RentalResult:
         """Ends the account's rental now: cancels it before the start, else refunds the unused time."""
@@ -613,7 +442,7 @@ class ExchangeClient:
         await self._send(sent, "approve", erc20.functions.approve(spender, needed))
 
     def _rental_topics(self, rental_id: int) -> list:
-        return [list(self._rental_events), "0x" + rental_id.to_bytes(32, "big").hex()]
+        return [self._rental_event_topics, "0x" + rental_id.to_bytes(32, "big").hex()]
 
     async def _logs(self, address: str, topics: list) -> list:
         """The logs of `address` matching `topics` from the deployment's start block to the head, in chain order."""
@@ -628,29 +457,13 @@ class ExchangeClient:
         await EventFollower(self.w3, [address], topics, self.deployment.start_block).sync(on_logs, on_rewind)
         return logs
 
-    def _decode(self, entry: Any) -> RentalEvent:
-        decoded = self._rental_events["0x" + bytes(entry["topics"][0]).hex()]().process_log(entry)
-        args, block = decoded["args"], decoded["blockNumber"]
-        match decoded["event"]:
-            case "RentalOpened":
-                return RentalOpened(block_number=block, offer_id=args["offerId"], renter=args["renter"],
-                                    price_per_second=args["pricePerSecond"], duration=args["duration"],
-                                    deposit=args["deposit"], job_spec_hash="0x" + bytes(args["jobSpecHash"]).hex())
-            case "RentalStarted":
-                return RentalStarted(block_number=block, started_at=args["startedAt"], by_report=args["byReport"])
-            case "ReportApplied":
-                return ReportApplied(block_number=block, seq=args["seq"], period_end=args["periodEnd"],
-                                     delivered_seconds=args["deliveredSeconds"], avg_util_bps=args["avgUtilBps"],
-                                     earned=args["earned"], telemetry_root="0x" + bytes(args["telemetryRoot"]).hex())
-            case "ReportSkipped":
-                return ReportSkipped(block_number=block, seq=args["seq"], reason=SkipReason(args["reason"]).name)
-            case "RentalTerminated":
-                return RentalTerminated(block_number=block, ends_at=args["endsAt"], refund=args["refund"])
-            case "RentalDeclined":
-                return RentalDeclined(block_number=block, reason=DeclineReason(args["reason"]).name)
-            case _:
-                return RentalFinalized(block_number=block, status=RentalStatus(args["status"]).name,
-                                       provider_payout=args["providerPayout"], fee=args["fee"], refund=args["refund"],
-                                       delivered_seconds=args["deliveredSeconds"],
-                                       missed_seconds=args["missedSeconds"], slashed=args["slashed"],
-                                       slash_reason=SlashReason(args["slashReason"]).name)
+    def _emitted(self, receipt: Sent, record: type[E]) -> list[E]:
+        """The `record` events that the registry and the escrow emitted in the transaction."""
+        contract_names = {self.registry.address: "ProviderRegistry", self.escrow.address: "RentalEscrow"}
+        events = []
+        for entry in receipt.logs:
+            name = contract_names.get(AsyncWeb3.to_checksum_address(entry["address"]))
+            event = None if name is None else decode_log(name, entry)
+            if isinstance(event, record):
+                events.append(event)
+        return events

@@ -8,9 +8,10 @@ indexed; when a block it indexed is no longer on the chain (a reorg deeper than 
 reverted to a snapshot) it starts over from `start_block`, since what the orphaned blocks changed cannot be told
 apart from the rest.
 
-Offers and rentals are built from events alone. A provider's stake, reputation counters and agent URL are read
-from the registry (`getProvider`, `agentUrlOf`) at the indexed head for every provider an event touched (an
-`AgentUrlSet` among them), so the reliability shown is the one the registry keeps, not a second computation of it.
+Offers and rentals are built from events alone, a rental as `offchain.market.rentals.RentalHistory`. A provider's
+stake, reputation counters and agent URL are read from the registry (`getProvider`, `agentUrlOf`) at the indexed
+head for every provider an event touched (an `AgentUrlSet` among them), so the reliability shown is the one the
+registry keeps, not a second computation of it.
 """
 
 from __future__ import annotations
@@ -27,11 +28,24 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
 from offchain.chain.contracts import contract
+from offchain.chain.events import (
+    ChainEvent,
+    OfferClosed,
+    OfferCreated,
+    OfferPaused,
+    OfferPriceUpdated,
+    OfferResumed,
+    RentalEvent,
+    RentalFinalized,
+    RentalOpened,
+    ReportApplied,
+    decode_log,
+)
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, Rewind
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
+from offchain.market.rentals import RentalHistory
 from offchain.protocol.status import OfferStatus
-from offchain.protocol.status import DeclineReason, RentalStatus, SlashReason
 
 log = logging.getLogger(__name__)
 
@@ -45,98 +59,23 @@ REGISTRY_EVENTS = ("Staked", "UnstakeRequested", "UnstakeWithdrawn", "AgentSet",
                    "OfferPriceUpdated", "OfferPaused", "OfferResumed", "OfferClosed", "Slashed")
 ESCROW_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "RentalTerminated", "RentalDeclined",
                  "RentalFinalized")
+_OFFER_STATUS_AFTER = {OfferPaused: OfferStatus.PAUSED, OfferResumed: OfferStatus.ACTIVE,
+                       OfferClosed: OfferStatus.CLOSED}
 
 
 class HistoryEntry(BaseModel):
-    """One event in a provider's history, with its arguments as JSON values (bytes as 0x-hex)."""
+    """One event in a provider's history, with its block's time."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    block: int
-    log_index: int
+    record: ChainEvent
     timestamp: int
-    tx_hash: str
-    event: str
     offer_id: int | None = None
     rental_id: int | None = None
-    args: dict[str, Any]
-
-
-class ReportPoint(BaseModel):
-    """One applied usage report (`ReportApplied`): the period ends at `period_end`, amounts in token units."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seq: int
-    period_end: int
-    delivered_seconds: int
-    avg_util_bps: int
-    earned: int
-    block: int
-
-
-class Settlement(BaseModel):
-    """`RentalFinalized`: what the settlement credited. `slashed` is in the stake token, the rest in the payment
-    token."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    status: RentalStatus
-    provider_payout: int
-    fee: int
-    refund: int
-    delivered_seconds: int
-    missed_seconds: int
-    slashed: int
-    slash_reason: SlashReason
-    block: int
-    timestamp: int
-
-
-class IndexedRental(BaseModel):
-    """A rental as its events tell it. `since` is the opening time while Open, the start time once started;
-    `duration` is shortened by a termination (`booked_duration` keeps what was paid for)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rental_id: int
-    offer_id: int
-    provider: str
-    renter: str
-    price_per_second: int
-    booked_duration: int
-    duration: int
-    deposit: int
-    job_spec_hash: str
-    opened_at: int
-    opened_block: int
-    status: RentalStatus = RentalStatus.OPEN
-    since: int
-    started_at: int | None = None
-    started_by_report: bool = False
-    terminated_at: int | None = None
-    terminate_refund: int = 0
-    decline_reason: DeclineReason | None = None  # why the provider declined it (status Declined)
-    reports: list[ReportPoint] = []
-    settlement: Settlement | None = None
 
     @property
-    def ends_at(self) -> int:
-        return self.since + self.duration
-
-    @property
-    def delivered_seconds(self) -> int:
-        return sum(r.delivered_seconds for r in self.reports)
-
-    @property
-    def earned(self) -> int:
-        """Gross earnings accrued by the applied reports: what the renter pays, fee included."""
-        return sum(r.earned for r in self.reports)
-
-    @property
-    def refunded(self) -> int:
-        """Deposit credited back to the renter so far: at a termination and at the settlement."""
-        return self.terminate_refund + (self.settlement.refund if self.settlement else 0)
+    def event(self) -> str:
+        return self.record.name
 
 
 class IndexedProvider(BaseModel):
@@ -186,7 +125,7 @@ class _State:
     last_block: int | None = None
     providers: dict[str, IndexedProvider] = field(default_factory=dict)
     offers: dict[int, _Offer] = field(default_factory=dict)
-    rentals: dict[int, IndexedRental] = field(default_factory=dict)
+    rentals: dict[int, RentalHistory] = field(default_factory=dict)
     stale_providers: set[str] = field(default_factory=set)  # touched since their record was last read
 
 
@@ -200,12 +139,12 @@ class EventIndex:
         self._registry = contract(w3, "ProviderRegistry", registry)
         self._escrow = contract(w3, "RentalEscrow", escrow)
         self._start_block = start_block
-        self._events = {
-            (c.address, getattr(c.events, name).topic): getattr(c.events, name)
-            for c, names in ((self._registry, REGISTRY_EVENTS), (self._escrow, ESCROW_EVENTS)) for name in names
-        }
-        self._follower = EventFollower(w3, [self._registry.address, self._escrow.address],
-                                       [sorted({topic for _, topic in self._events})], start_block,
+        self._contract_names = {self._registry.address: "ProviderRegistry", self._escrow.address: "RentalEscrow"}
+        self._followed = {*REGISTRY_EVENTS, *ESCROW_EVENTS}
+        topics = sorted(getattr(c.events, name).topic
+                        for c, names in ((self._registry, REGISTRY_EVENTS), (self._escrow, ESCROW_EVENTS))
+                        for name in names)
+        self._follower = EventFollower(w3, [self._registry.address, self._escrow.address], [topics], start_block,
                                        confirmations=confirmations, max_block_range=max_block_range)
         self._state = _State()
         self._ready = False
@@ -251,14 +190,14 @@ class EventIndex:
         reputation = self._state.providers[offer.provider].record
         return offer.record(reputation) if reputation is not None else None
 
-    def rental(self, rental_id: int) -> IndexedRental | None:
-        rental = self._state.rentals.get(rental_id)
-        return rental.model_copy(deep=True) if rental else None
+    def rental(self, rental_id: int) -> RentalHistory | None:
+        return self._state.rentals.get(rental_id)
 
-    def rentals(self, limit: int | None = None) -> list[IndexedRental]:
+    def rentals(self, limit: int | None = None) -> list[RentalHistory]:
         """Rentals, the most recently opened first."""
-        newest = sorted(self._state.rentals.values(), key=lambda r: (r.opened_block, r.rental_id), reverse=True)
-        return [r.model_copy(deep=True) for r in newest[:limit]]
+        newest = sorted(self._state.rentals.values(), key=lambda r: (r.opened.block_number, r.rental_id),
+                        reverse=True)
+        return newest[:limit]
 
     def provider(self, address: str) -> IndexedProvider | None:
         provider = self._state.providers.get(AsyncWeb3.to_checksum_address(address))
@@ -353,97 +292,57 @@ class EventIndex:
     # ------------------------------------------------------------------------------------------------ events
 
     def _apply(self, state: _State, entry: Any, timestamp: int) -> None:
-        topic = "0x" + bytes(entry["topics"][0]).hex()
-        event = self._events.get((AsyncWeb3.to_checksum_address(entry["address"]), topic))
-        if event is None:
+        contract_name = self._contract_names.get(AsyncWeb3.to_checksum_address(entry["address"]))
+        event = None if contract_name is None else decode_log(contract_name, entry)
+        if event is None or event.name not in self._followed:
             return
-        decoded = event.process_log(entry)
-        name, args = decoded["event"], decoded["args"]
-        at = dict(block=decoded["blockNumber"], log_index=decoded["logIndex"], timestamp=timestamp,
-                  tx_hash="0x" + bytes(decoded["transactionHash"]).hex())
-        if name in ESCROW_EVENTS:
-            self._apply_rental_event(state, name, args, at)
+        if isinstance(event, RentalEvent):
+            self._apply_rental_event(state, event, timestamp)
         else:
-            self._apply_registry_event(state, name, args, at)
+            self._apply_registry_event(state, event, timestamp)
 
-    def _apply_registry_event(self, state: _State, name: str, args: Any, at: dict[str, Any]) -> None:
-        offer_id = args.get("offerId")
-        if name == "OfferCreated":
-            terms = args["terms"]
-            state.offers[offer_id] = _Offer(
-                offer_id=offer_id, provider=args["provider"], status=OfferStatus.ACTIVE,
-                gpu_model=unpack_text(terms["gpuModel"]), vram_mib=terms["vramMiB"],
-                price_per_second=terms["pricePerSecond"], min_duration=terms["minDuration"],
-                max_duration=terms["maxDuration"], region=unpack_text(terms["region"]),
-                util_floor_bps=terms["utilFloorBps"], egress=terms["egress"],
-                gpu_uuid_hashes=["0x" + bytes(h).hex() for h in terms["gpuUuidHashes"]])
-            self._provider(state, args["provider"]).offer_ids.append(offer_id)
-        elif name == "OfferPriceUpdated":
-            state.offers[offer_id].price_per_second = args["pricePerSecond"]
-        elif name in ("OfferPaused", "OfferResumed", "OfferClosed"):
-            state.offers[offer_id].status = {"OfferPaused": OfferStatus.PAUSED, "OfferResumed": OfferStatus.ACTIVE,
-                                             "OfferClosed": OfferStatus.CLOSED}[name]
-        provider = args["provider"] if "provider" in args else state.offers[offer_id].provider
-        self._record(state, provider, name, args, at, offer_id=offer_id)
+    def _apply_registry_event(self, state: _State, event: ChainEvent, timestamp: int) -> None:
+        match event:
+            case OfferCreated(terms=terms):
+                state.offers[event.offer_id] = _Offer(
+                    offer_id=event.offer_id, provider=event.provider, status=OfferStatus.ACTIVE,
+                    gpu_model=unpack_text(terms.gpu_model), vram_mib=terms.vram_mib,
+                    price_per_second=terms.price_per_second, min_duration=terms.min_duration,
+                    max_duration=terms.max_duration, region=unpack_text(terms.region),
+                    util_floor_bps=terms.util_floor_bps, egress=terms.egress,
+                    gpu_uuid_hashes=["0x" + h.hex() for h in terms.gpu_uuid_hashes])
+                self._provider(state, event.provider).offer_ids.append(event.offer_id)
+            case OfferPriceUpdated():
+                state.offers[event.offer_id].price_per_second = event.price_per_second
+            case OfferPaused() | OfferResumed() | OfferClosed():
+                state.offers[event.offer_id].status = _OFFER_STATUS_AFTER[type(event)]
+        offer_id = getattr(event, "offer_id", None)
+        provider = getattr(event, "provider", None) or state.offers[offer_id].provider
+        self._record(state, provider, event, timestamp, offer_id=offer_id)
 
-    def _apply_rental_event(self, state: _State, name: str, args: Any, at: dict[str, Any]) -> None:
-        rental_id = args["rentalId"]
-        if name == "RentalOpened":
-            offer = state.offers[args["offerId"]]
-            state.rentals[rental_id] = IndexedRental(
-                rental_id=rental_id, offer_id=offer.offer_id, provider=offer.provider, renter=args["renter"],
-                price_per_second=args["pricePerSecond"], booked_duration=args["duration"],
-                duration=args["duration"], deposit=args["deposit"],
-                job_spec_hash="0x" + bytes(args["jobSpecHash"]).hex(), opened_at=at["timestamp"],
-                opened_block=at["block"], since=at["timestamp"])
-            offer.live_rental_id = rental_id
-            self._provider(state, offer.provider).rental_ids.append(rental_id)
-        rental = state.rentals[rental_id]
-        if name == "RentalStarted":
-            rental.status, rental.since, rental.started_at = RentalStatus.RUNNING, args["startedAt"], args["startedAt"]
-            rental.started_by_report = args["byReport"]
-        elif name == "ReportApplied":
-            rental.reports.append(ReportPoint(seq=args["seq"], period_end=args["periodEnd"],
-                                              delivered_seconds=args["deliveredSeconds"],
-                                              avg_util_bps=args["avgUtilBps"], earned=args["earned"],
-                                              block=at["block"]))
+    def _apply_rental_event(self, state: _State, event: RentalEvent, timestamp: int) -> None:
+        if isinstance(event, RentalOpened):
+            state.rentals[event.rental_id] = RentalHistory(opened=event, opened_at=timestamp)
+            offer = state.offers[event.offer_id]
+            offer.live_rental_id = event.rental_id
+            self._provider(state, offer.provider).rental_ids.append(event.rental_id)
+        else:
+            state.rentals[event.rental_id] = state.rentals[event.rental_id].apply(event, timestamp)
+        offer = state.offers[state.rentals[event.rental_id].offer_id]
+        if isinstance(event, RentalFinalized) and offer.live_rental_id == event.rental_id:
+            offer.live_rental_id = 0
+        if isinstance(event, ReportApplied):
             return  # one per report period: too frequent for the provider's history
-        elif name == "RentalTerminated":
-            rental.status, rental.terminated_at = RentalStatus.TERMINATED, args["endsAt"]
-            rental.duration, rental.terminate_refund = args["endsAt"] - rental.since, args["refund"]
-        elif name == "RentalDeclined":
-            rental.decline_reason = DeclineReason(args["reason"])
-        elif name == "RentalFinalized":
-            rental.status = RentalStatus(args["status"])
-            rental.settlement = Settlement(
-                status=rental.status, provider_payout=args["providerPayout"], fee=args["fee"], refund=args["refund"],
-                delivered_seconds=args["deliveredSeconds"], missed_seconds=args["missedSeconds"],
-                slashed=args["slashed"], slash_reason=SlashReason(args["slashReason"]), block=at["block"],
-                timestamp=at["timestamp"])
-            offer = state.offers[rental.offer_id]
-            if offer.live_rental_id == rental_id:
-                offer.live_rental_id = 0
-        self._record(state, rental.provider, name, args, at, offer_id=rental.offer_id, rental_id=rental_id)
+        self._record(state, offer.provider, event, timestamp, offer_id=offer.offer_id, rental_id=event.rental_id)
 
     def _provider(self, state: _State, address: str) -> IndexedProvider:
         if address not in state.providers:
             state.providers[address] = IndexedProvider(address=address)
         return state.providers[address]
 
-    def _record(self, state: _State, provider: str, name: str, args: Any, at: dict[str, Any],
-                offer_id: int | None = None, rental_id: int | None = None) -> None:
+    def _record(self, state: _State, provider: str, event: ChainEvent, timestamp: int, offer_id: int | None = None,
+                rental_id: int | None = None) -> None:
         """Adds the event to the provider's history and marks its account for a fresh read."""
         self._provider(state, provider).history.append(
-            HistoryEntry(event=name, offer_id=offer_id, rental_id=rental_id, args=_json_args(args), **at))
+            HistoryEntry(record=event, timestamp=timestamp, offer_id=offer_id, rental_id=rental_id))
         state.stale_providers.add(provider)
-
-
-def _json_args(value: Any) -> Any:
-    """Decoded event arguments as JSON values: bytes as 0x-hex, structs as objects."""
-    if isinstance(value, (bytes, bytearray)):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {k: _json_args(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_args(v) for v in value]
-    return value

@@ -38,8 +38,9 @@ from offchain.ops import deployments
 from offchain.chain.rpc import connect
 from offchain.config import ChainSettings
 from offchain.ops.deployments import Deployment, DeploymentNotFound
-from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex, IndexedRental
+from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex
 from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
+from offchain.market.rentals import RentalHistory
 from offchain.web.views import (
     IndexStatus,
     MarketInfo,
@@ -49,8 +50,8 @@ from offchain.web.views import (
     RentalsPage,
     WebError,
     provider_view,
+    rental_detail,
     rental_summary,
-    rental_view,
 )
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ async def get_rental(request: web.Request) -> web.Response:
     offer = market.index.offer(rental.offer_id) if rental is not None else None
     if rental is None or offer is None:
         raise _refusal(web.HTTPNotFound, "unknown_rental", f"no rental {rental_id} (as of block {market.index.block})")
-    return _json(rental_view(rental, offer, token, stake_token))
+    return _json(rental_detail(rental, offer, token, stake_token))
 
 
 async def get_provider(request: web.Request) -> web.Response:
@@ -277,7 +278,7 @@ def parse_offer_query(params: MultiMapping[str]) -> OfferQuery:
     return OfferQuery.model_validate(values)
 
 
-def _summaries(index: EventIndex, rentals: list[IndexedRental], token: TokenInfo) -> list[RentalSummary]:
+def _summaries(index: EventIndex, rentals: list[RentalHistory], token: TokenInfo) -> list[RentalSummary]:
     """Rows for the rentals, leaving out any whose provider the index has not read yet (for a moment, while it
     indexes a provider's first events)."""
     rows = []

@@ -8,12 +8,31 @@ exactly). Stake and slashes are in the stake token, everything a renter pays or 
 from __future__ import annotations
 
 from decimal import Decimal
+from enum import IntEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from offchain.market.index import HistoryEntry, IndexedProvider, IndexedRental
+from offchain.chain.events import (
+    AgentSet,
+    AgentUrlSet,
+    OfferClosed,
+    OfferCreated,
+    OfferPaused,
+    OfferPriceUpdated,
+    OfferResumed,
+    RentalDeclined,
+    RentalFinalized,
+    RentalOpened,
+    RentalStarted,
+    RentalTerminated,
+    Slashed,
+    Staked,
+    UnstakeRequested,
+    UnstakeWithdrawn,
+)
+from offchain.market.index import HistoryEntry, IndexedProvider
 from offchain.market.offers import SECONDS_PER_HOUR, OfferQuery, OfferRecord, TokenInfo, unpack_text
-from offchain.protocol.status import DeclineReason, RentalStatus, SlashReason
+from offchain.market.rentals import RentalHistory
 
 BPS_PER_PERCENT = 100
 
@@ -132,7 +151,7 @@ class RentalsPage(_View):
     rentals: list[RentalSummary]
 
 
-class RentalView(RentalSummary):
+class RentalDetail(RentalSummary):
     deposit: Decimal
     refunded: Decimal
     booked_duration: int
@@ -147,20 +166,20 @@ class RentalView(RentalSummary):
     reports: list[ReportView]
 
 
-def rental_summary(rental: IndexedRental, offer: OfferRecord, token: TokenInfo) -> RentalSummary:
+def rental_summary(rental: RentalHistory, offer: OfferRecord, token: TokenInfo) -> RentalSummary:
     return RentalSummary(**_summary_fields(rental, offer, token))
 
 
-def rental_view(rental: IndexedRental, offer: OfferRecord, token: TokenInfo, stake_token: TokenInfo) -> RentalView:
+def rental_detail(rental: RentalHistory, offer: OfferRecord, token: TokenInfo, stake_token: TokenInfo) -> RentalDetail:
     settlement, declined = rental.settlement, rental.decline_reason
-    return RentalView(
+    return RentalDetail(
         **_summary_fields(rental, offer, token), deposit=token.to_human(rental.deposit),
         refunded=token.to_human(rental.refunded), booked_duration=rental.booked_duration, duration=rental.duration,
         started_at=rental.started_at, started_by_report=rental.started_by_report, terminated_at=rental.terminated_at,
         decline_reason=None if declined is None else declined.name.lower(),
         decline_detail=None if declined is None else declined.describe(), job_spec_hash=rental.job_spec_hash,
         settlement=None if settlement is None else SettlementView(
-            status=settlement.status.name.lower(), settled_at=settlement.timestamp,
+            status=settlement.status.name.lower(), settled_at=rental.settled_at,
             provider_payout=token.to_human(settlement.provider_payout), fee=token.to_human(settlement.fee),
             refund=token.to_human(settlement.refund), missed_seconds=settlement.missed_seconds,
             slashed=stake_token.to_human(settlement.slashed), slash_reason=settlement.slash_reason.name.lower()),
@@ -169,9 +188,9 @@ def rental_view(rental: IndexedRental, offer: OfferRecord, token: TokenInfo, sta
                  for r in rental.reports])
 
 
-def _summary_fields(rental: IndexedRental, offer: OfferRecord, token: TokenInfo) -> dict:
+def _summary_fields(rental: RentalHistory, offer: OfferRecord, token: TokenInfo) -> dict:
     return dict(
-        rental_id=str(rental.rental_id), offer_id=rental.offer_id, provider=rental.provider, renter=rental.renter,
+        rental_id=str(rental.rental_id), offer_id=rental.offer_id, provider=offer.provider, renter=rental.renter,
         status=rental.status.name.lower(), live=rental.status.is_live, gpu_model=offer.gpu_model,
         gpu_count=offer.gpu_count, price_per_hour=token.to_human(rental.price_per_second * SECONDS_PER_HOUR),
         opened_at=rental.opened_at, since=rental.since, ends_at=rental.ends_at,
@@ -223,55 +242,49 @@ def provider_view(provider: IndexedProvider, offers: list[OfferView], rentals: l
         declines=record.declines,
         seconds_delivered=record.seconds_delivered, seconds_missed=record.seconds_missed,
         reliability=record.reliability, offers=offers, rentals=rentals,
-        history=[HistoryView(block=h.block, timestamp=h.timestamp, tx_hash=h.tx_hash, event=h.event,
-                             offer_id=h.offer_id, rental_id=None if h.rental_id is None else str(h.rental_id),
+        history=[HistoryView(block=h.record.block_number, timestamp=h.timestamp, tx_hash=h.record.tx_hash,
+                             event=h.event, offer_id=h.offer_id,
+                             rental_id=None if h.rental_id is None else str(h.rental_id),
                              summary=history_summary(h, token, stake_token))
                  for h in reversed(provider.history)])
 
 
 def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInfo) -> str:
     """One sentence for a provider's history table."""
-    args, offer = entry.args, f"offer #{entry.offer_id}"
-    match entry.event:
-        case "Staked":
-            return f"staked {stake_token.format(args['amount'])}"
-        case "UnstakeRequested":
-            return (f"asked to unstake {stake_token.format(args['amount'])} "
-                    f"({stake_token.format(args['unbonding'])} unbonding in all)")
-        case "UnstakeWithdrawn":
-            return f"withdrew {stake_token.format(args['amount'])} of unbonded stake"
-        case "AgentSet":
-            return f"set its agent key to {args['agent']}"
-        case "AgentUrlSet":
-            return f"published its agent URL {args['url']}" if args["url"] else "cleared its agent URL"
-        case "OfferCreated":
-            terms = args["terms"]
-            model = unpack_text(bytes.fromhex(terms["gpuModel"][2:]))
-            return (f"listed {offer}: {len(terms['gpuUuidHashes'])} x {model} at "
-                    f"{_per_hour(token, terms['pricePerSecond'])}" + (", egress allowed" if terms["egress"] else ""))
-        case "OfferPriceUpdated":
-            return f"set the price of {offer} to {_per_hour(token, args['pricePerSecond'])}"
-        case "OfferPaused" | "OfferResumed" | "OfferClosed":
+    offer = f"offer #{entry.offer_id}"
+    match entry.record:
+        case Staked(amount=amount):
+            return f"staked {stake_token.format(amount)}"
+        case UnstakeRequested(amount=amount, unbonding=unbonding):
+            return f"asked to unstake {stake_token.format(amount)} ({stake_token.format(unbonding)} unbonding in all)"
+        case UnstakeWithdrawn(amount=amount):
+            return f"withdrew {stake_token.format(amount)} of unbonded stake"
+        case AgentSet(agent=agent):
+            return f"set its agent key to {agent}"
+        case AgentUrlSet(url=url):
+            return f"published its agent URL {url}" if url else "cleared its agent URL"
+        case OfferCreated(terms=terms):
+            return (f"listed {offer}: {len(terms.gpu_uuid_hashes)} x {unpack_text(terms.gpu_model)} at "
+                    f"{_per_hour(token, terms.price_per_second)}" + (", egress allowed" if terms.egress else ""))
+        case OfferPriceUpdated(price_per_second=price):
+            return f"set the price of {offer} to {_per_hour(token, price)}"
+        case OfferPaused() | OfferResumed() | OfferClosed():
             return f"{entry.event.removeprefix('Offer').lower()} {offer}"
-        case "Slashed":
-            reason = SlashReason(args["reason"]).name.lower().replace("_", " ")
-            return f"slashed {stake_token.format(args['amount'])} to {args['renter']} on {offer} ({reason})"
-        case "RentalOpened":
-            return (f"{args['renter']} rented {offer} for {duration_text(args['duration'])}, "
-                    f"deposit {token.format(args['deposit'])}")
-        case "RentalStarted":
-            return "rental started by its first report" if args["byReport"] else "rental started"
-        case "RentalTerminated":
-            return f"the renter terminated the rental; {token.format(args['refund'])} refunded"
-        case "RentalDeclined":
-            return f"declined the rental: {DeclineReason(args['reason']).describe()}"
-        case "RentalFinalized":
-            status = RentalStatus(args["status"]).name.lower().replace("_", " ")
-            text = (f"rental settled {status}: {token.format(args['providerPayout'])} to the provider, "
-                    f"{token.format(args['refund'])} refunded")
-            if args["slashed"]:
-                reason = SlashReason(args["slashReason"]).name.lower().replace("_", " ")
-                text += f", {stake_token.format(args['slashed'])} slashed ({reason})"
+        case Slashed(amount=amount, renter=renter, reason=reason):
+            return f"slashed {stake_token.format(amount)} to {renter} on {offer} ({_reason(reason)})"
+        case RentalOpened(renter=renter, duration=duration, deposit=deposit):
+            return f"{renter} rented {offer} for {duration_text(duration)}, deposit {token.format(deposit)}"
+        case RentalStarted(by_report=by_report):
+            return "rental started by its first report" if by_report else "rental started"
+        case RentalTerminated(refund=refund):
+            return f"the renter terminated the rental; {token.format(refund)} refunded"
+        case RentalDeclined(reason=reason):
+            return f"declined the rental: {reason.describe()}"
+        case RentalFinalized() as settled:
+            text = (f"rental settled {_reason(settled.status)}: {token.format(settled.provider_payout)} to the "
+                    f"provider, {token.format(settled.refund)} refunded")
+            if settled.slashed:
+                text += f", {stake_token.format(settled.slashed)} slashed ({_reason(settled.slash_reason)})"
             return text
     return entry.event
 
@@ -281,6 +294,11 @@ def duration_text(seconds: int) -> str:
     parts = [(seconds // 86_400, "d"), (seconds % 86_400 // 3_600, "h"), (seconds % 3_600 // 60, "m"),
              (seconds % 60, "s")]
     return " ".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+def _reason(value: IntEnum) -> str:
+    """A status or reason in words: `SLA_BREACH` -> `sla breach`."""
+    return value.name.lower().replace("_", " ")
 
 
 def _per_hour(token: TokenInfo, price_per_second: int) -> str:

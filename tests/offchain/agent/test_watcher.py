@@ -7,10 +7,12 @@ import asyncio
 from brownie import chain, web3
 
 from offchain.sqlite import open_db
-from offchain.agent.watcher import ChainWatcher, RentalFinalized, RentalOpened, RentalStatus, RentalTerminated
+from offchain.agent.watcher import ChainWatcher
+from offchain.chain.events import RentalFinalized, RentalOpened, RentalTerminated
 from offchain.chain.contracts import contract
 from offchain.chain.rpc import connect
 from offchain.protocol.messages import gpu_uuid_hash
+from offchain.protocol.status import RentalStatus
 from scripts.deploy import USDC
 from tests.offchain.conftest import PRICE
 
@@ -69,7 +71,10 @@ def test_watcher_reports_the_providers_rentals_and_only_those(suite, token, depl
     assert (opened.rental_id, opened.offer_id, opened.renter, opened.price_per_second, opened.duration,
             opened.deposit, opened.job_spec_hash) == (cancelled, offer_id, renter.address, PRICE, 120, PRICE * 120,
                                                       SPEC_HASH)
-    assert first.events[1:] == [RentalFinalized(cancelled, RentalStatus.CANCELLED, first.events[1].block_number)]
+    (cancellation,) = first.events[1:]
+    assert isinstance(cancellation, RentalFinalized)
+    assert (cancellation.rental_id, cancellation.status, cancellation.refund) == (cancelled, RentalStatus.CANCELLED,
+                                                                                  PRICE * 120)
     assert [type(e) for e in second.events] == [RentalOpened, RentalTerminated]
     assert second.events[0].rental_id == second.events[1].rental_id == running
     assert second.events[1].ends_at == terminate.timestamp

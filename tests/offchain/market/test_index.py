@@ -138,7 +138,7 @@ def test_a_start_timeout_slash_is_recorded_with_its_reason(node, make_index, cha
         collateral * PARAMS.start_slash_bps // 10_000, SlashReason.START_TIMEOUT)
     assert rental.refunded == rental.deposit
     (slash,) = [h for h in indexed_provider.history if h.event == "Slashed"]
-    assert (slash.offer_id, slash.args["renter"], slash.args["amount"], slash.args["reason"]) == (
+    assert (slash.offer_id, slash.record.renter, slash.record.amount, slash.record.reason) == (
         offer, renter.address, rental.settlement.slashed, SlashReason.START_TIMEOUT)
     assert indexed_provider.record == on_chain
     assert on_chain.slashes == 1 and on_chain.staked == 10_000 * USDC - rental.settlement.slashed
@@ -189,9 +189,8 @@ def test_the_agent_url_is_followed_as_the_provider_publishes_and_clears_it(node,
     assert unset is None
     assert published.record.agent_url == url and published.record == on_chain
     assert cleared.record.agent_url is None
-    assert [(h.event, h.args) for h in cleared.history if h.event == "AgentUrlSet"] == [
-        ("AgentUrlSet", {"provider": provider.address, "url": url}),
-        ("AgentUrlSet", {"provider": provider.address, "url": ""})]
+    assert [(h.event, h.record.provider, h.record.url) for h in cleared.history if h.event == "AgentUrlSet"] == [
+        ("AgentUrlSet", provider.address, url), ("AgentUrlSet", provider.address, "")]
 
 
 def test_indexing_in_small_ranges_resumes_where_it_stopped(node, make_index, suite, offer, provider, renter):
