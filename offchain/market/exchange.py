@@ -20,6 +20,7 @@ from web3.logs import DISCARD
 
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.chain.contracts import contract
+from offchain.chain.reads import ChainReader
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
@@ -321,8 +322,9 @@ class ExchangeClient:
         self.w3 = w3
         self.deployment = deployment
         self.wallet = wallet
-        self.registry = contract(w3, "ProviderRegistry", deployment.registry)
-        self.escrow = contract(w3, "RentalEscrow", deployment.escrow)
+        self.reader = ChainReader(w3, deployment.registry, deployment.escrow)
+        self.registry = self.reader.registry
+        self.escrow = self.reader.escrow
         self._tokens: dict[str, TokenInfo] = {}
         self._rental_events = {event.topic: event for event in (getattr(self.escrow.events, name)
                                                                for name in RENTAL_EVENTS)}
@@ -335,7 +337,7 @@ class ExchangeClient:
 
     async def token(self, address: str) -> TokenInfo:
         if address not in self._tokens:
-            self._tokens[address] = await read_token(self.w3, address)
+            self._tokens[address] = await read_token(self.reader, address)
         return self._tokens[address]
 
     async def payment_token(self) -> TokenInfo:
@@ -347,28 +349,27 @@ class ExchangeClient:
     # ----------------------------------------------------------------------------------------------- reads
 
     async def provider(self, address: str | None = None) -> ProviderRecord:
-        return await read_provider(self.w3, self.deployment.registry, address or self.address)
+        return await read_provider(self.reader, address or self.address)
 
     async def offer(self, offer_id: int) -> OfferRecord:
-        count = await self.registry.functions.offerCount().call()
+        count = await self.reader.offer_count()
         if not 1 <= offer_id <= count:
             raise NotFound(f"no offer {offer_id} (offers run from 1 to {count})")
-        return await read_offer(self.w3, self.deployment.registry, self.deployment.escrow, offer_id)
+        return await read_offer(self.reader, offer_id)
 
     async def offers(self) -> list[OfferRecord]:
-        return await read_offers(self.w3, self.deployment.registry, self.deployment.escrow)
+        return await read_offers(self.reader)
 
     async def balances(self, address: str | None = None) -> dict[str, int]:
         """What `address` can withdraw: `escrow` (earnings and refunds) and `compensation` (slashed stake)."""
         address = address or self.address
-        escrow, compensation = await asyncio.gather(self.escrow.functions.balanceOf(address).call(),
-                                                     self.registry.functions.compensationOf(address).call())
+        escrow, compensation = await asyncio.gather(self.reader.escrow_balance(address),
+                                                     self.reader.compensation_of(address))
         return {"escrow": escrow, "compensation": compensation}
 
     async def agent_url(self, address: str | None = None) -> str | None:
         """The agent URL the provider published (`agentUrlOf`) as it stands on chain; None when unset."""
-        address = AsyncWeb3.to_checksum_address(address or self.address)
-        return await self.registry.functions.agentUrlOf(address).call() or None
+        return await self.reader.agent_url_of(address or self.address)
 
     async def agent_endpoint_of_offer(self, offer_id: int) -> AgentEndpoint:
         """The agent API of the offer's provider: its URL, checked as `check_agent_url` checks it, and the agent key
@@ -394,7 +395,7 @@ class ExchangeClient:
         logs = await self._logs(self.registry.address, topics, self.deployment.start_block)
         for entry in reversed(logs):
             provider = event().process_log(entry)["args"]["provider"]
-            if await self.registry.functions.agentOf(provider).call() == agent:
+            if await self.reader.agent_of(provider) == agent:
                 return provider
         return None
 
@@ -410,8 +411,7 @@ class ExchangeClient:
         """The rental's state and history; `NotFound` if it was never opened."""
         if not 0 < rental_id < 2**256:
             raise NotFound(f"no rental {rental_id}")
-        events, live = await asyncio.gather(self.rental_events(rental_id),
-                                            self.escrow.functions.getRental(rental_id).call())
+        events, live = await asyncio.gather(self.rental_events(rental_id), self.reader.rental(rental_id))
         opened = next((e for e in events if isinstance(e, RentalOpened)), None)
         if opened is None:
             raise NotFound(f"no rental {rental_id}")
@@ -420,8 +420,9 @@ class ExchangeClient:
         terminated = next((e for e in events if isinstance(e, RentalTerminated)), None)
         declined = next((e for e in events if isinstance(e, RentalDeclined)), None)
         settlement = next((e for e in events if isinstance(e, RentalFinalized)), None)
-        status, _, _, duration, since, last_seq, reported, delivered, earned = live
-        if RentalStatus(status) is RentalStatus.NONE:  # replaced by a later rental: settled, so events tell all
+        status, duration, last_seq = live.status, live.duration, live.last_seq
+        reported, delivered, earned = live.reported_seconds, live.delivered_seconds, live.earned
+        if status is RentalStatus.NONE:  # replaced by a later rental: settled, so events tell all
             status = RentalStatus[settlement.status] if settlement else RentalStatus.NONE
             duration = (opened.duration if terminated is None or started is None
                         else terminated.ends_at - started.started_at)
@@ -431,7 +432,7 @@ class ExchangeClient:
             earned = sum(r.earned for r in reports)
         return RentalView(
             rental_id=rental_id, offer_id=split_rental_id(rental_id)[0], renter=opened.renter,
-            status=RentalStatus(status).name, price_per_second=opened.price_per_second, duration=duration,
+            status=status.name, price_per_second=opened.price_per_second, duration=duration,
             deposit=opened.deposit, job_spec_hash=opened.job_spec_hash, opened_block=opened.block_number,
             started_at=started.started_at if started else None, last_seq=last_seq, reported_seconds=reported,
             delivered_seconds=delivered, earned=earned, termination_refund=terminated.refund if terminated else 0,
@@ -490,7 +491,7 @@ class ExchangeClient:
 
     async def register_gpus(self, uuid_hashes: list[bytes]) -> GpusRegistered:
         """Claims the GPUs the account does not own yet; one it owns already is left alone."""
-        owners = await asyncio.gather(*(self.registry.functions.gpuOwner(h).call() for h in uuid_hashes))
+        owners = await asyncio.gather(*(self.reader.gpu_owner(h) for h in uuid_hashes))
         mine = [h for h, owner in zip(uuid_hashes, owners) if owner == self.address]
         new = [h for h in uuid_hashes if h not in mine]
         sent: list[SentTx] = []
@@ -577,10 +578,10 @@ class ExchangeClient:
             raise ExchangeError(f"the payment token {self.deployment.payment_token} is not the test token: "
                                 "it has no faucet")
         token = contract(self.w3, "TestStablecoin", self.deployment.payment_token)
-        before = await token.functions.balanceOf(self.address).call()
+        before = await self.reader.token_balance(token.address, self.address)
         sent: list[SentTx] = []
         await self._send(sent, "faucet", token.functions.faucet())
-        after = await token.functions.balanceOf(self.address).call()
+        after = await self.reader.token_balance(token.address, self.address)
         return FaucetClaim(account=self.address, transactions=sent, amount=after - before, balance=after)
 
     # ------------------------------------------------------------------------------------------- internals
@@ -598,9 +599,8 @@ class ExchangeClient:
                          approve: bool) -> None:
         """Checks that the account holds `needed` and allows `spender` to take it; with `approve`, approves exactly
         `needed` when the allowance falls short."""
-        erc20 = contract(self.w3, "IERC20", token.address)
-        balance, allowance = await asyncio.gather(erc20.functions.balanceOf(self.address).call(),
-                                                  erc20.functions.allowance(self.address, spender).call())
+        balance, allowance = await asyncio.gather(self.reader.token_balance(token.address, self.address),
+                                                  self.reader.token_allowance(token.address, self.address, spender))
         if balance < needed:
             raise InsufficientFunds(f"insufficient balance: {token.format(balance)} held, {token.format(needed)} "
                                     "needed")
@@ -608,6 +608,7 @@ class ExchangeClient:
             return
         if not approve:
             raise InsufficientAllowance(token, spender_name, allowance, needed)
+        erc20 = contract(self.w3, "IERC20", token.address)
         await self._send(sent, "approve", erc20.functions.approve(spender, needed))
 
     async def _logs(self, address: str, topics: list, from_block: int, to_block: int | None = None) -> list:
