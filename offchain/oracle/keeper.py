@@ -23,9 +23,8 @@ from typing import Any, Literal
 
 from eth_utils import event_abi_to_log_topic
 from pydantic import BaseModel, ConfigDict
-from web3 import AsyncWeb3
 
-from offchain.chain.contracts import contract
+from offchain.chain.reads import ChainReader
 from offchain.sqlite import open_db, transaction
 from offchain.protocol.status import RentalStatus
 from offchain.chain.txmanager import TRANSIENT_RPC_ERRORS, Backoff, TxManager, wait_any
@@ -76,7 +75,7 @@ CREATE TABLE IF NOT EXISTS keeper_action (
 
 
 class Keeper:
-    """Finds due rentals of one escrow and submits their settlement through `txmgr`.
+    """Finds due rentals of `reader`'s escrow and submits their settlement through `txmgr`.
 
     `start_block`: where the first scan begins (the escrow's deployment block). `reorg_margin`: blocks re-scanned
     below the cursor each time, so a rental opened in a block replaced by a reorg is still found.
@@ -84,8 +83,7 @@ class Keeper:
 
     def __init__(
         self,
-        w3: AsyncWeb3,
-        escrow_address: str,
+        reader: ChainReader,
         txmgr: TxManager,
         db_path: str | Path,
         *,
@@ -97,8 +95,9 @@ class Keeper:
     ):
         if max_block_range < 1 or reorg_margin < 0 or max_checks_per_tick < 1:
             raise ValueError("max_block_range and max_checks_per_tick must be >= 1, reorg_margin >= 0")
-        self._w3 = w3
-        self._escrow = contract(w3, "RentalEscrow", escrow_address)
+        self._reader = reader
+        self._w3 = reader.w3
+        self._escrow = reader.escrow
         self._txmgr = txmgr
         self._start_block = start_block
         self._max_block_range = max_block_range
@@ -180,8 +179,8 @@ class Keeper:
         self._db.close()
 
     async def _load_params(self) -> None:
-        self._start_timeout = int(await self._escrow.functions.startTimeout().call())
-        self._report_grace = int(await self._escrow.functions.reportGrace().call())
+        self._start_timeout = await self._reader.start_timeout()
+        self._report_grace = await self._reader.report_grace()
 
     async def _scan(self, head: int) -> None:
         """Records the rentals named by rental events up to `head`, in chunks of `max_block_range` blocks."""
@@ -221,18 +220,15 @@ class Keeper:
     async def _submit_due(self, head: int, now: int) -> list[KeeperAction]:
         submitted = []
         for rental_id in self._due_for_check():
-            status_code, _, _, duration, since, *_ = await self._escrow.functions.getRental(rental_id).call(
-                block_identifier=head
-            )
-            status = RentalStatus(status_code)
-            if status is RentalStatus.NONE or status.is_final:
+            rental = await self._reader.rental(rental_id, head)
+            if rental.status is RentalStatus.NONE or rental.status.is_final:
                 self._db.execute("UPDATE keeper_rental SET closed = 1 WHERE escrow = ? AND rental_id = ?",
                                  (self.escrow, str(rental_id)))
                 continue
-            if status is RentalStatus.OPEN:
-                action, function, due_at = "timeout", "claimStartTimeout", since + self._start_timeout + 1
+            if rental.status is RentalStatus.OPEN:
+                action, function, due_at = "timeout", "claimStartTimeout", rental.since + self._start_timeout + 1
             else:
-                action, function, due_at = "finalize", "finalize", since + duration + self._report_grace
+                action, function, due_at = "finalize", "finalize", rental.end + self._report_grace
             if now < due_at:
                 continue
             key = f"{action}:{rental_id}"

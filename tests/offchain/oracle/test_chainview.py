@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from offchain.chain.rpc import connect
-from offchain.oracle.chainview import ChainView, RentalStatus, _TtlCache
+from offchain.oracle.chainview import ChainView, _TtlCache
+from offchain.protocol.status import RentalStatus
 from tests.offchain.conftest import AGENT
 from tests.offchain.oracle.helpers import run
 
