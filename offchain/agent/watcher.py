@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
-from web3 import AsyncWeb3
 
+from offchain.chain.reads import ChainReader
 from offchain.sqlite import transaction
 from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import RentalStatus
@@ -76,13 +76,11 @@ class EventBatch:
 
 
 class ChainWatcher:
-    """Finds the provider's rental events on `escrow` (async web3 contract handles of the escrow and registry)."""
+    """Finds the provider's rental events on `reader`'s escrow."""
 
     def __init__(
         self,
-        w3: AsyncWeb3,
-        escrow: Any,
-        registry: Any,
+        reader: ChainReader,
         provider: str,
         db: sqlite3.Connection,
         *,
@@ -92,9 +90,9 @@ class ChainWatcher:
     ) -> None:
         if confirmations < 0 or max_block_range < 1:
             raise ValueError("confirmations must be >= 0 and max_block_range >= 1")
-        self._w3 = w3
-        self._escrow = escrow
-        self._registry = registry
+        self._reader = reader
+        self._w3 = reader.w3
+        self._escrow = reader.escrow
         self._provider = to_checksum_address(provider)
         self._db = db
         self._start_block = start_block
@@ -103,7 +101,8 @@ class ChainWatcher:
         self._offer_provider: dict[int, str] = {}
         self._events = {
             event.topic: event
-            for event in (escrow.events.RentalOpened, escrow.events.RentalTerminated, escrow.events.RentalFinalized)
+            for event in (self._escrow.events.RentalOpened, self._escrow.events.RentalTerminated,
+                          self._escrow.events.RentalFinalized)
         }
         db.executescript(SCHEMA)
 
@@ -149,8 +148,7 @@ class ChainWatcher:
     async def provider_of(self, offer_id: int) -> str:
         """The provider of an offer (cached: it never changes)."""
         if offer_id not in self._offer_provider:
-            offer = await self._registry.functions.getOffer(offer_id).call()
-            self._offer_provider[offer_id] = to_checksum_address(offer[0])
+            self._offer_provider[offer_id] = (await self._reader.offer(offer_id)).provider
         return self._offer_provider[offer_id]
 
     async def _decode(self, entry: Any) -> RentalEvent | None:

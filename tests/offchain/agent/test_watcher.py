@@ -8,7 +8,7 @@ from brownie import web3
 
 from offchain.sqlite import open_db
 from offchain.agent.watcher import ChainWatcher, RentalFinalized, RentalOpened, RentalStatus, RentalTerminated
-from offchain.chain.contracts import contract
+from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.protocol.messages import gpu_uuid_hash
 from scripts.deploy import USDC
@@ -18,8 +18,7 @@ SPEC_HASH = bytes.fromhex("5e" * 32)
 
 
 def watcher_for(w3, chain_settings, provider, db, start_block):
-    return ChainWatcher(w3, contract(w3, "RentalEscrow", chain_settings.escrow),
-                        contract(w3, "ProviderRegistry", chain_settings.registry), provider, db,
+    return ChainWatcher(ChainReader(w3, chain_settings.registry, chain_settings.escrow), provider, db,
                         start_block=start_block)
 
 
