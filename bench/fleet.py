@@ -15,6 +15,7 @@ one of the benchmark's own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import time
@@ -23,19 +24,21 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
 import requests
-from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector, keccak
 from eth_utils.abi import collapse_if_tuple
 
 from offchain.chain.contracts import abi
+from offchain.chain.reads import ChainReader, read_once
 from offchain.config import ChainSettings
 from offchain.protocol.messages import gpu_uuid_hash
 
 ORACLE_KEY = keccak(text="gpuex bench oracle")
 PRICE = 1_000  # token units a second
 RPC_BATCH = 500
+#: Concurrent requests of one read through `ChainReader` (each is a connection of its own).
+READ_CONCURRENCY = 32
 ETHER = 10**18
 
 
@@ -98,7 +101,6 @@ class Call:
         item = _abi_item(contract, "function", function)
         self._selector = function_abi_to_4byte_selector(item)
         self._types = [collapse_if_tuple(i) for i in item["inputs"]]
-        self.output_types = [collapse_if_tuple(o) for o in item["outputs"]]
 
     def __call__(self, *args: Any) -> str:
         return "0x" + (self._selector + abi_encode(self._types, list(args))).hex()
@@ -112,7 +114,6 @@ REGISTER_GPUS = Call("ProviderRegistry", "registerGpus")
 CREATE_OFFER = Call("ProviderRegistry", "createOffer")
 OPEN_RENTAL = Call("RentalEscrow", "openRental")
 START = Call("RentalEscrow", "start")
-GET_RENTAL = Call("RentalEscrow", "getRental")
 
 
 @dataclass(frozen=True)
@@ -267,14 +268,19 @@ def _address_topic(topic: str) -> str:
     return "0x" + topic[-40:].lower()
 
 
-def last_seqs(rpc_url: str, escrow: str, rental_ids: Sequence[int]) -> dict[int, int]:
-    """Each rental's last applied seq, read from `getRental` now."""
-    rpc = JsonRpc(rpc_url)
-    try:
-        answers = rpc.batch([("eth_call", [{"to": escrow, "data": GET_RENTAL(r)}, "latest"]) for r in rental_ids])
-    finally:
-        rpc.close()
-    return {r: abi_decode(GET_RENTAL.output_types, bytes.fromhex(a[2:]))[5] for r, a in zip(rental_ids, answers)}
+def last_seqs(chain: ChainSettings, rental_ids: Sequence[int]) -> dict[int, int]:
+    """Each rental's last applied seq, read from the escrow now, `READ_CONCURRENCY` rentals at a time."""
+
+    async def read(reader: ChainReader) -> list[int]:
+        limit = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def one(rental_id: int) -> int:
+            async with limit:
+                return (await reader.rental(rental_id)).last_seq
+
+        return await asyncio.gather(*(one(r) for r in rental_ids))
+
+    return dict(zip(rental_ids, read_once(chain.rpc_url, chain.registry, chain.escrow, read)))
 
 
 class AppliedReport(NamedTuple):

@@ -14,6 +14,7 @@ issue #2's two report budgets, a fixed `BATCH_FIXED_BUDGET` per transaction plus
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import time
@@ -149,6 +150,11 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
         chain.sleep(seconds)
         chain.mine()
 
+    def started_at(rental_id):
+        return suite.read(lambda r: r.rental(rental_id)).since
+
+    start_timeout, report_grace = suite.read(lambda r: asyncio.gather(r.start_timeout(), r.report_grace()))
+
     # Provider onboarding.
     gas["stake (first)"] = registry.stake(10_000 * USDC, {"from": provider}).gas_used
     gas["stake"] = registry.stake(10_000 * USDC, {"from": provider}).gas_used
@@ -166,7 +172,7 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     gas["openRental (first rental of an offer)"], rid = tx.gas_used, tx.return_value
     gas["start"] = escrow.start(rid, {"from": provider_b}).gas_used
     wait(60)
-    since = escrow.getRental(rid)[4]
+    since = started_at(rid)
     submit([Report(rental_id=rid, seq=1, period_end=since + 60, delivered_seconds=60, avg_util_bps=9_000)])
     wait(60)
     submit([Report(rental_id=rid, seq=2, period_end=since + 120, delivered_seconds=60, avg_util_bps=9_000,
@@ -176,22 +182,22 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     tx = escrow.openRental(offer_a, 600, PRICE, b"\x12" * 32, {"from": renter})
     gas["openRental"], rid = tx.gas_used, tx.return_value
     wait(600)
-    since = escrow.getRental(rid)[4]
+    since = started_at(rid)
     submit([Report(rental_id=rid, seq=1, period_end=since + 600, delivered_seconds=600, avg_util_bps=10_000)])
-    wait(escrow.reportGrace())
+    wait(report_grace)
     gas["finalize"] = escrow.finalize(rid, {"from": relayer}).gas_used
     gas["withdraw"] = escrow.withdraw({"from": renter}).gas_used
 
     # Half of the rental is never reported: the SLA slash pays the renter from the collateral.
     rid = escrow.openRental(offer_a, 600, PRICE, b"\x12" * 32, {"from": renter}).return_value
     wait(300)
-    since = escrow.getRental(rid)[4]
+    since = started_at(rid)
     submit([Report(rental_id=rid, seq=1, period_end=since + 300, delivered_seconds=300, avg_util_bps=10_000)])
-    wait(300 + escrow.reportGrace())
+    wait(300 + report_grace)
     gas["finalize (SLA slash)"] = escrow.finalize(rid, {"from": relayer}).gas_used
 
     rid = escrow.openRental(offer_b, 600, PRICE, b"\x13" * 32, {"from": renter}).return_value
-    wait(escrow.startTimeout() + 1)
+    wait(start_timeout + 1)
     gas["claimStartTimeout"] = escrow.claimStartTimeout(rid, {"from": relayer}).gas_used
 
     # The provider's agent key declines a job it cannot run: the whole deposit back, the collateral unslashed.
@@ -215,8 +221,8 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
         offer = registry.createOffer(offer_terms([gpu]), {"from": provider_b}).return_value
         rentals.append(escrow.openRental(offer, 3_600, PRICE, b"\x15" * 32, {"from": renter_b}).return_value)
     wait(60)
-    latest = {r: Report(rental_id=r, seq=1, period_end=escrow.getRental(r)[4] + 60, delivered_seconds=55,
-                        avg_util_bps=8_000) for r in rentals}
+    latest = {r: Report(rental_id=r, seq=1, period_end=started_at(r) + 60, delivered_seconds=55, avg_util_bps=8_000)
+              for r in rentals}
     submit(list(latest.values()))
     per_report = {}
     for size in BATCH_SIZES:

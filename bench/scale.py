@@ -245,7 +245,7 @@ def measure(agents: int = 10_000, minutes: int = 2, minute_seconds: float = 30.0
                                                drain_seconds, load_core))
     events = applied_reports(fleet.chain.rpc_url, fleet.chain.escrow, fleet.ready_block)
     batches = batch_transactions(fleet.chain.rpc_url, sorted({e.tx_hash for e in events}))
-    seqs = last_seqs(fleet.chain.rpc_url, fleet.chain.escrow, [r.rental_id for r in fleet.rentals])
+    seqs = last_seqs(fleet.chain, [r.rental_id for r in fleet.rentals])
     setting = (f"{agents:,} agents ({providers} providers, {GPUS_PER_OFFER}-GPU offers, set up in "
                f"{setup_seconds:,.0f} s), one report each simulated minute for {minutes} minutes; a simulated minute "
                f"lasts {minute_seconds:g} s ({PERIOD_SECONDS / minute_seconds:.1f}× real time), the batcher's epoch "

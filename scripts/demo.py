@@ -47,6 +47,7 @@ from rich.table import Table
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
 from offchain.chain.contracts import PROJECT_ROOT
+from offchain.chain.reads import Rental
 from offchain.config import ChainSettings
 from offchain.ops.devnet import DEV_JOB_IMAGE
 from offchain.ops.inprocess import LocalExchange, ExchangeTimers, ProviderMachine, agent_spec_dir, running_exchange
@@ -334,8 +335,7 @@ def _set_up(console: Console, source: TelemetrySource) -> DemoMarket:
                                   {"from": account}, silent=True)
 
         step("minting tUSD for providers and renters", fund)
-        holders = {**parties, "escrow": escrow, "registry": registry}
-        before = {name: token.balanceOf(holder) for name, holder in holders.items()}
+        before = _token_balances(suite, token, {**parties, "escrow": escrow, "registry": registry})
         step("provider A stakes", lambda: registry.stake(
             PARAMS.min_stake_per_gpu * len(gpus), {"from": provider_a}, silent=True))
         step("provider A sets its agent key", lambda: registry.setAgent(
@@ -426,66 +426,73 @@ async def _rent(exchange: LocalExchange, market: DemoMarket, plan: Plan, progres
     say(f"{plan.renter} opened rental {rental_id:#x} for {DURATION} s ({_tusd(tx.events['RentalOpened']['deposit'])} "
         f"tUSD deposit); {plan.ending}")
 
-    async def follow(condition: Callable[[dict], bool], seconds: float, what: str) -> dict:
+    async def follow(condition: Callable[[Rental], bool], seconds: float, what: str) -> Rental:
         def check() -> bool:
-            state = _rental_state(escrow, rental_id)
+            state = _rental_state(market.suite, rental_id)
             progress.update(task, state=_describe(state))
             return condition(state)
 
         await exchange.until_chain(check, seconds, f"{plan.label} {what}")
-        return _rental_state(escrow, rental_id)
+        return await asyncio.to_thread(_rental_state, market.suite, rental_id)
 
     if plan.ending is Ending.NEVER_STARTS:
-        state = await follow(lambda s: s["status"].is_final, TIMEOUT_WAIT, "to time out")
-        say(f"the keeper claimed the start timeout: {state['status'].name}")
+        state = await follow(lambda s: s.status.is_final, TIMEOUT_WAIT, "to time out")
+        say(f"the keeper claimed the start timeout: {state.status.name}")
     else:
-        await follow(lambda s: s["status"] is not RentalStatus.OPEN, START_WAIT, "to start")
+        await follow(lambda s: s.status is not RentalStatus.OPEN, START_WAIT, "to start")
         say("provider A's agent started it and runs the job")
         if plan.ending is Ending.TERMINATED:
-            await follow(lambda s: s["lastSeq"] >= RUN_SECONDS, JOB_WAIT, "to have reports on chain")
+            await follow(lambda s: s.last_seq >= RUN_SECONDS, JOB_WAIT, "to have reports on chain")
             say(f"{RUN_SECONDS} usage reports on chain")
             tx = await asyncio.to_thread(escrow.terminate, rental_id, {"from": renter}, silent=True)
             say(f"{plan.renter} terminated it; {_tusd(tx.events['RentalTerminated']['refund'])} tUSD refunded now")
-        state = await follow(lambda s: s["status"].is_final, SETTLE_WAIT if plan.ending is Ending.TERMINATED
+        state = await follow(lambda s: s.status.is_final, SETTLE_WAIT if plan.ending is Ending.TERMINATED
                              else JOB_WAIT, "to settle")
-        say(f"settled: {state['status'].name}, {state['deliveredSeconds']} s delivered")
+        say(f"settled: {state.status.name}, {state.delivered_seconds} s delivered")
         await exchange.until(lambda: exchange.agent.book.get(rental_id).phase is Phase.DONE, START_WAIT,
                              f"the agent to be done with {plan.label}")
     progress.update(task, state=_describe(state))
     settled[plan.label].set()
 
 
-def _rental_state(escrow, rental_id: int) -> dict:
-    state = escrow.getRental(rental_id).dict()
-    state["status"] = RentalStatus(state["status"])
-    return state
+def _rental_state(suite: Suite, rental_id: int) -> Rental:
+    return suite.read(lambda r: r.rental(rental_id))
 
 
-def _describe(state: dict) -> str:
-    if state["status"] is RentalStatus.OPEN:
+def _token_balances(suite: Suite, token, holders: dict[str, object]) -> dict[str, int]:
+    """The `token` balance of each holder (an account or a contract), by name."""
+    balances = suite.read(lambda r: asyncio.gather(*(r.token_balance(token.address, h.address)
+                                                     for h in holders.values())))
+    return dict(zip(holders, balances))
+
+
+def _describe(state: Rental) -> str:
+    if state.status is RentalStatus.OPEN:
         return "open, not started"
-    return (f"{_status_name(state['status'])}: {state['lastSeq']} reports, {state['deliveredSeconds']} s, "
-            f"{_tusd(state['earned'])} tUSD")
+    return (f"{_status_name(state.status)}: {state.last_seq} reports, {state.delivered_seconds} s, "
+            f"{_tusd(state.earned)} tUSD")
 
 
 def _withdraw_everything(console: Console, market: DemoMarket) -> None:
     """Every party takes out what the contracts owe it; the providers unstake (a short unbonding period)."""
-    registry, escrow = market.suite.registry, market.suite.escrow
+    suite = market.suite
+    registry, escrow = suite.registry, suite.escrow
     parties = market.parties
-    market.compensation_owed = {name: registry.compensationOf(account) for name, account in parties.items()
-                                if name.startswith("renter")}
+    market.compensation_owed = {name: suite.read(lambda r: r.compensation_of(account.address))
+                                for name, account in parties.items() if name.startswith("renter")}
     providers = [name for name in parties if name.startswith("provider")]
     with _progress(console, "{task.completed}/{task.total}") as progress:
         task = progress.add_task("withdrawing", total=len(parties) + 2 * len(providers))
         unbonding_ends = 0
         for name in providers:
             progress.update(task, description=f"{name} requests to unstake")
-            tx = registry.requestUnstake(registry.freeStake(parties[name]), {"from": parties[name]}, silent=True)
+            free = suite.read(lambda r: r.free_stake(parties[name].address))
+            tx = registry.requestUnstake(free, {"from": parties[name]}, silent=True)
             unbonding_ends = max(unbonding_ends, tx.events["UnstakeRequested"]["endsAt"])
             progress.advance(task)
         for name, account in parties.items():
             progress.update(task, description=f"{name} withdraws")
-            if escrow.balanceOf(account) > 0:
+            if suite.read(lambda r: r.escrow_balance(account.address)) > 0:
                 escrow.withdraw({"from": account}, silent=True)
             if market.compensation_owed.get(name):
                 registry.withdrawCompensation({"from": account}, silent=True)
@@ -539,12 +546,12 @@ def _ledger(market: DemoMarket, settlements: list[Settlement]) -> list[LedgerRow
         flows[s.provider]["payouts"] += s.provider_payout
         flows[s.provider]["slashes"] -= s.slashed
         flows["treasury"]["fees"] += s.fee
-    token = market.token
-    rows = [LedgerRow(name, account.address, market.before[name], token.balanceOf(account), **flows[name])
+    contracts = {"escrow": market.suite.escrow, "registry": market.suite.registry}
+    after = _token_balances(market.suite, market.token, {**market.parties, **contracts})
+    rows = [LedgerRow(name, account.address, market.before[name], after[name], **flows[name])
             for name, account in market.parties.items()]
-    for name, contract in (("escrow", market.suite.escrow), ("registry", market.suite.registry)):
-        rows.append(LedgerRow(name, contract.address, market.before[name], token.balanceOf(contract),
-                              is_contract=True))
+    rows += [LedgerRow(name, contract.address, market.before[name], after[name], is_contract=True)
+             for name, contract in contracts.items()]
     return rows
 
 

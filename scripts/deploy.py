@@ -12,8 +12,10 @@ the gas table; it takes the same constructor arguments from `offchain.ops.deploy
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from brownie import ProviderRegistry, RentalEscrow, network, web3
 from brownie._config import CONFIG
@@ -21,6 +23,7 @@ from eth_account import Account
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from offchain.chain.reads import ChainReader, read_once
 from offchain.chain.rpc import connect
 from offchain.config import read_key
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
@@ -30,6 +33,8 @@ from offchain.chain.wallet import Wallet
 
 __all__ = ["USDC", "SuiteParams", "Suite", "deploy_suite", "DeploySettings", "main"]
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -37,6 +42,11 @@ class Suite:
     escrow: object
     payment_token: object
     stake_token: object
+
+    def read(self, call: Callable[[ChainReader], Awaitable[T]]) -> T:
+        """What `call` returns from a `ChainReader` of this suite on Brownie's network, such as
+        `suite.read(lambda r: r.rental(rental_id))`: the contracts' views for Brownie scripts and tests."""
+        return read_once(web3.provider.endpoint_uri, self.registry.address, self.escrow.address, call)
 
 
 def deploy_suite(deployer, payment_token, stake_token, treasury, oracles=(), threshold=1, params=SuiteParams()):

@@ -60,7 +60,7 @@ from offchain.agent.outbox import Outbox, RetryPolicy
 from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.watcher import ChainWatcher
-from offchain.chain.contracts import contract
+from offchain.chain.reads import ChainReader, Rental
 from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.protocol.reports import ReportStatus
@@ -131,8 +131,8 @@ class ProviderAgent:
         self._key = settings.key.get_secret_value()
         self.address = Account.from_key(self._key).address
         self._w3 = connect(settings.chain.rpc_url)
-        self._escrow = contract(self._w3, "RentalEscrow", settings.chain.escrow)
-        self._registry = contract(self._w3, "ProviderRegistry", settings.chain.registry)
+        self._reader = ChainReader(self._w3, settings.chain.registry, settings.chain.escrow)
+        self._escrow = self._reader.escrow
         self._db = open_db(settings.db_path)
         self.book = RentalBook(self._db, clock)
         self.jobs = JobLauncher(settings, self.book, self._key, real_gpus=not source.simulated, clock=clock)
@@ -140,8 +140,8 @@ class ProviderAgent:
             self._db, settings.oracles,
             retry=RetryPolicy(settings.retry_initial_seconds, settings.retry_max_seconds),
             request_timeout_seconds=settings.http_timeout_seconds, clock=clock)
-        self._watcher = ChainWatcher(self._w3, self._escrow, self._registry, settings.provider, self._db,
-                                     start_block=settings.start_block, confirmations=settings.confirmations)
+        self._watcher = ChainWatcher(self._reader, settings.provider, self._db, start_block=settings.start_block,
+                                     confirmations=settings.confirmations)
         self._specs = JobSpecStore(settings.spec_directory, settings.spec_url, settings.http_timeout_seconds)
         self.api = None if settings.api_port is None else RenterApi(
             settings, self._key, self.book, self.jobs, self._specs, self._db, self._ensure_runner, clock)
@@ -305,8 +305,8 @@ class ProviderAgent:
             await self._decline(record, DeclineReason(record.decline_reason), record.decline_detail or "")
             return
         state = await self._rental_state(rental_id)
-        if not state["status"].is_live:
-            self.book.finish(rental_id, f"not started: rental is {state['status'].name}")
+        if not state.status.is_live:
+            self.book.finish(rental_id, f"not started: rental is {state.status.name}")
             return
         try:
             spec = await self._await_spec(record, state)
@@ -314,7 +314,7 @@ class ProviderAgent:
                 return
             prepared = await self._prepare(record, spec, state)
         except RentalRefused as refusal:
-            if state["status"] is RentalStatus.OPEN:
+            if state.status is RentalStatus.OPEN:
                 await self._decline(record, refusal.reason, refusal.detail)
                 return
             # Already running (a report started it): too late to decline, so the job fails at once instead.
@@ -331,23 +331,22 @@ class ProviderAgent:
             log.warning("telemetry sample failed: %s", exc)
         self._sampling.set()
         state = await self._send_agent_tx(rental_id, "start", self._escrow.functions.start(rental_id))
-        if state["status"] not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
-            self.book.finish(rental_id, f"not started: rental is {state['status'].name}")
-            log.warning("rental %d cannot be started: it is %s", rental_id, state["status"].name)
+        if state.status not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
+            self.book.finish(rental_id, f"not started: rental is {state.status.name}")
+            log.warning("rental %d cannot be started: it is %s", rental_id, state.status.name)
             return
         self._mark_started(record, state)
-        log.info("rental %d started at %d on %d GPU(s): %s", rental_id, state["since"], len(prepared.gpu_uuids),
+        log.info("rental %d started at %d on %d GPU(s): %s", rental_id, state.since, len(prepared.gpu_uuids),
                  " ".join(prepared.spec.argv)[:200])
 
-    def _mark_started(self, record: RentalRecord, state: dict[str, Any]) -> None:
-        since = state["since"]
-        self.book.mark_started(record.rental_id, since=since, ends_at=since + state["duration"],
-                               next_seq=state["lastSeq"] + 1, period_start=since + state["reportedSeconds"])
+    def _mark_started(self, record: RentalRecord, state: Rental) -> None:
+        self.book.mark_started(record.rental_id, since=state.since, ends_at=state.end, next_seq=state.last_seq + 1,
+                               period_start=state.last_period_end)
 
-    async def _await_spec(self, record: RentalRecord, state: dict[str, Any]) -> JobSpec | None:
+    async def _await_spec(self, record: RentalRecord, state: Rental) -> JobSpec | None:
         """The rental's job spec, waited for until its deadline (then `RentalRefused`); None once the rental is
         no longer open. A spec that is the renter's but invalid is refused at once."""
-        deadline = state["since"] + min(self._settings.spec_wait_seconds, await self._start_timeout_seconds() / 2)
+        deadline = state.since + min(self._settings.spec_wait_seconds, await self._start_timeout_seconds() / 2)
         while True:
             try:
                 spec = await self._specs.get(record.spec_hash)
@@ -362,27 +361,26 @@ class ProviderAgent:
                     raise RentalRefused(DeclineReason.SPEC_MISSING, f"no job spec arrived in time: {exc}") from exc
                 log.warning("rental %d: %s", record.rental_id, exc)
             state = await self._rental_state(record.rental_id)
-            if not state["status"].is_live:
-                self.book.finish(record.rental_id, f"no job spec while open; rental is {state['status'].name}")
+            if not state.status.is_live:
+                self.book.finish(record.rental_id, f"no job spec while open; rental is {state.status.name}")
                 return None
             await self._sleep_or_wake(record.rental_id, min(self._settings.chain_poll_seconds,
                                                             max(0.05, deadline - self._clock())))
 
-    async def _prepare(self, record: RentalRecord, spec: JobSpec, state: dict[str, Any] | None = None
-                       ) -> PreparedJob:
+    async def _prepare(self, record: RentalRecord, spec: JobSpec, state: Rental | None = None) -> PreparedJob:
         """Checks that this machine can serve the rental (`offchain.agent.admission`) and has the image;
         raises `RentalRefused` when it cannot."""
-        offer = await self._offer(record.offer_id)
-        gpu_uuids = offer_gpus_here(offer["gpuUuidHashes"], (gpu.uuid for gpu in self._source.gpus()),
+        offer = await self._reader.offer(record.offer_id)
+        gpu_uuids = offer_gpus_here(offer.gpu_uuid_hashes, (gpu.uuid for gpu in self._source.gpus()),
                                     record.offer_id)
         engine = self.jobs.engine
         if engine is None:
             return PreparedJob(spec, gpu_uuids, None)
-        allowance = admit(spec, self._settings.container, gpu_count=len(gpu_uuids), offer_egress=offer["egress"])
+        allowance = admit(spec, self._settings.container, gpu_count=len(gpu_uuids), offer_egress=offer.egress)
         pull_window = None
         if state is not None:
             # A pull must end in time to start the rental (or decline it) before the start timeout.
-            pull_window = state["since"] + await self._start_timeout_seconds() * 3 / 4 - self._clock()
+            pull_window = state.since + await self._start_timeout_seconds() * 3 / 4 - self._clock()
             if pull_window <= 0:
                 raise RentalRefused(DeclineReason.IMAGE_UNAVAILABLE,
                                     f"no time left to get image {allowance.image} before the start timeout")
@@ -402,7 +400,7 @@ class ProviderAgent:
         while True:
             state = await self._send_agent_tx(rental_id, "decline",
                                               self._escrow.functions.decline(rental_id, int(reason)))
-            status = state["status"]
+            status = state.status
             if status is RentalStatus.DECLINED:
                 self.book.finish(rental_id, f"declined ({reason.name}): {detail}")
                 log.info("rental %d declined: the renter is refunded in full", rental_id)
@@ -410,12 +408,12 @@ class ProviderAgent:
             if status is not RentalStatus.OPEN:
                 self.book.finish(rental_id, f"not declined: rental is {status.name}")
                 return
-            if self._clock() > state["since"] + await self._start_timeout_seconds():
+            if self._clock() > state.since + await self._start_timeout_seconds():
                 self.book.finish(rental_id, "not declined before the start timeout")
                 return
             await self._sleep_or_wake(rental_id, self._settings.chain_poll_seconds)
 
-    async def _send_agent_tx(self, rental_id: int, what: str, function: Any) -> dict[str, Any]:
+    async def _send_agent_tx(self, rental_id: int, what: str, function: Any) -> Rental:
         """Sends `function` signed by the agent key, then returns the rental's state on chain. A call that
         reverts (the rental already moved on) is not an error: the state says where it is."""
         async with self._tx_lock:
@@ -434,33 +432,21 @@ class ProviderAgent:
                 log.info("rental %d: %s not sent or reverted (%s); reading the rental", rental_id, what, exc)
         return await self._rental_state(rental_id)
 
-    async def _rental_state(self, rental_id: int) -> dict[str, Any]:
-        function = self._escrow.functions.getRental(rental_id)
-        values = await function.call()
-        state = dict(zip((o["name"] for o in function.abi["outputs"]), values))
-        state["status"] = RentalStatus(state["status"])
-        return state
-
-    async def _offer(self, offer_id: int) -> dict[str, Any]:
-        function = self._registry.functions.getOffer(offer_id)
-        offer = await function.call()
-        names = [c["name"] for c in function.abi["outputs"][0]["components"]]
-        values = dict(zip(names, offer))
-        values["gpuUuidHashes"] = [bytes(h) for h in values["gpuUuidHashes"]]
-        return values
+    async def _rental_state(self, rental_id: int) -> Rental:
+        return await self._reader.rental(rental_id)
 
     async def _start_timeout_seconds(self) -> int:
         """The escrow's start timeout (immutable: read once)."""
         if self._start_timeout is None:
-            self._start_timeout = await self._escrow.functions.startTimeout().call()
+            self._start_timeout = await self._reader.start_timeout()
         return self._start_timeout
 
     async def _sync_from_chain(self, record: RentalRecord) -> RentalRecord:
         """Takes the rental's end and state from the chain, for events missed while the agent was down."""
         state = await self._rental_state(record.rental_id)
-        status = state["status"]
+        status = state.status
         self.book.sync_chain(
-            record.rental_id, ends_at=state["since"] + state["duration"],
+            record.rental_id, ends_at=state.end,
             terminated=record.terminated or status is RentalStatus.TERMINATED,
             finalized=record.finalized or status.is_final or status is RentalStatus.NONE)
         return self._record(record.rental_id)
@@ -590,8 +576,8 @@ class ProviderAgent:
         record = await self._sync_from_chain(record)
         period_end = None if record.finalized else await self._period_end(record)
         try:
-            offer = await self._offer(record.offer_id)
-            gpu_uuids = offer_gpus_here(offer["gpuUuidHashes"], (gpu.uuid for gpu in self._source.gpus()),
+            offer = await self._reader.offer(record.offer_id)
+            gpu_uuids = offer_gpus_here(offer.gpu_uuid_hashes, (gpu.uuid for gpu in self._source.gpus()),
                                         record.offer_id)
         except RentalRefused:
             period_end = None  # a report names the offer's GPUs, and they are no longer here

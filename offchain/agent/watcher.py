@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_utils import to_checksum_address
-from web3 import AsyncWeb3
 
 from offchain.chain.events import RentalFinalized, RentalOpened, RentalTerminated, decode_log
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, SqliteStore, Step
+from offchain.chain.reads import ChainReader
 from offchain.protocol.reports import split_rental_id
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,11 @@ class EventBatch:
 
 
 class ChainWatcher:
-    """Finds the provider's rental events on `escrow` (async web3 contract handles of the escrow and registry)."""
+    """Finds the provider's rental events on `reader`'s escrow."""
 
     def __init__(
         self,
-        w3: AsyncWeb3,
-        escrow: Any,
-        registry: Any,
+        reader: ChainReader,
         provider: str,
         db: sqlite3.Connection,
         *,
@@ -62,11 +60,12 @@ class ChainWatcher:
         confirmations: int = 0,
         max_block_range: int = DEFAULT_MAX_BLOCK_RANGE,
     ) -> None:
-        self._registry = registry
+        self._reader = reader
         self._provider = to_checksum_address(provider)
         self._offer_provider: dict[int, str] = {}
+        escrow = reader.escrow
         topics = [getattr(escrow.events, event.__name__).topic for event in WatchedEvent.__args__]
-        self._follower = EventFollower(w3, [escrow.address], [topics], start_block,
+        self._follower = EventFollower(reader.w3, [escrow.address], [topics], start_block,
                                        confirmations=confirmations, max_block_range=max_block_range,
                                        store=SqliteStore(db, "watch_cursor", "escrow", escrow.address))
 
@@ -93,8 +92,7 @@ class ChainWatcher:
     async def provider_of(self, offer_id: int) -> str:
         """The provider of an offer (cached: it never changes)."""
         if offer_id not in self._offer_provider:
-            offer = await self._registry.functions.getOffer(offer_id).call()
-            self._offer_provider[offer_id] = to_checksum_address(offer[0])
+            self._offer_provider[offer_id] = (await self._reader.offer(offer_id)).provider
         return self._offer_provider[offer_id]
 
     async def _decode(self, entry: Any) -> WatchedEvent | None:

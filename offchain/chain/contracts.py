@@ -38,9 +38,3 @@ def abi(name: str) -> list[dict[str, Any]]:
 def contract(w3: AsyncWeb3[Any], name: str, address: str) -> AsyncContract:
     """An async contract handle for the deployed `name` at `address`."""
     return w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=abi(name))
-
-
-def returned_struct(function: Any, values: tuple[Any, ...]) -> dict[str, Any]:
-    """The struct a contract view returned (`getProvider`, `getOffer`) as a dict by its ABI's field names, so that
-    a reader does not depend on the order of the struct's fields."""
-    return dict(zip((c["name"] for c in function.abi["outputs"][0]["components"]), values))

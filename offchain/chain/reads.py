@@ -14,7 +14,7 @@ through as web3's `ContractLogicError`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,12 +24,13 @@ from web3.contract import AsyncContract
 from web3.types import BlockIdentifier
 
 from offchain.chain.contracts import contract
-from offchain.chain.rpc import reach
+from offchain.chain.rpc import connect, reach
 from offchain.protocol.status import OfferStatus, RentalStatus
 
 ZERO_ADDRESS = "0x" + "00" * 20
 
 R = TypeVar("R", bound="ChainRecord")
+T = TypeVar("T")
 
 
 class AbiMismatch(TypeError):
@@ -198,9 +199,26 @@ class ChainReader:
         """Slashed stake credited to `renter` and not withdrawn yet (stake token units)."""
         return int(await self._value(self.registry.functions.compensationOf(_address(renter)), block))
 
-    async def collateral_of(self, rental_id: int, block: BlockIdentifier = "latest") -> int:
-        """Stake the registry locks for the rental (stake token units)."""
-        return int(await self._value(self.registry.functions.collateralOf(rental_id), block))
+    async def collateral_of(self, offer_id: int, block: BlockIdentifier = "latest") -> int:
+        """Stake one rental of the offer locks (stake token units)."""
+        return int(await self._value(self.registry.functions.collateralOf(offer_id), block))
+
+    async def free_stake(self, provider: str, block: BlockIdentifier = "latest") -> int:
+        """Stake the provider can lock or unbond now: staked less locked and unbonding."""
+        return int(await self._value(self.registry.functions.freeStake(_address(provider)), block))
+
+    async def registry_escrow(self, block: BlockIdentifier = "latest") -> str:
+        """The escrow the registry was bound to at construction."""
+        return str(await self._value(self.registry.functions.escrow(), block))
+
+    async def stake_token(self, block: BlockIdentifier = "latest") -> str:
+        return str(await self._value(self.registry.functions.stakeToken(), block))
+
+    async def min_stake_per_gpu(self, block: BlockIdentifier = "latest") -> int:
+        return int(await self._value(self.registry.functions.minStakePerGpu(), block))
+
+    async def unbonding_period(self, block: BlockIdentifier = "latest") -> int:
+        return int(await self._value(self.registry.functions.unbondingPeriod(), block))
 
     # -------------------------------------------------------------------------------------------- escrow
 
@@ -218,6 +236,29 @@ class ChainReader:
     async def report_grace(self, block: BlockIdentifier = "latest") -> int:
         return int(await self._value(self.escrow.functions.reportGrace(), block))
 
+    async def escrow_registry(self, block: BlockIdentifier = "latest") -> str:
+        """The registry the escrow was built against."""
+        return str(await self._value(self.escrow.functions.registry(), block))
+
+    async def payment_token(self, block: BlockIdentifier = "latest") -> str:
+        return str(await self._value(self.escrow.functions.paymentToken(), block))
+
+    async def escrow_owner(self, block: BlockIdentifier = "latest") -> str:
+        """The account that governs the escrow (oracle set, fee, treasury)."""
+        return str(await self._value(self.escrow.functions.owner(), block))
+
+    async def fee_cap_bps(self, block: BlockIdentifier = "latest") -> int:
+        return int(await self._value(self.escrow.functions.feeCapBps(), block))
+
+    async def sla_bps(self, block: BlockIdentifier = "latest") -> int:
+        return int(await self._value(self.escrow.functions.slaBps(), block))
+
+    async def sla_slash_bps(self, block: BlockIdentifier = "latest") -> int:
+        return int(await self._value(self.escrow.functions.slaSlashBps(), block))
+
+    async def start_slash_bps(self, block: BlockIdentifier = "latest") -> int:
+        return int(await self._value(self.escrow.functions.startSlashBps(), block))
+
     # -------------------------------------------------------------------------------------------- tokens
 
     async def token_metadata(self, token: str) -> TokenMetadata:
@@ -230,7 +271,7 @@ class ChainReader:
         erc20 = contract(self.w3, "IERC20", token)
         return int(await self._value(erc20.functions.balanceOf(_address(account)), block))
 
-    async def allowance(self, token: str, owner: str, spender: str, block: BlockIdentifier = "latest") -> int:
+    async def token_allowance(self, token: str, owner: str, spender: str, block: BlockIdentifier = "latest") -> int:
         erc20 = contract(self.w3, "IERC20", token)
         return int(await self._value(erc20.functions.allowance(_address(owner), _address(spender)), block))
 
@@ -242,6 +283,20 @@ class ChainReader:
 
     async def _record(self, record: type[R], function: Any, block: BlockIdentifier) -> R:
         return record.from_returned(function.abi["outputs"], await self._value(function, block))
+
+
+def read_once(rpc_url: str, registry: str, escrow: str, call: Callable[[ChainReader], Awaitable[T]]) -> T:
+    """What `call` returns from a `ChainReader` over a connection of its own to `rpc_url`, closed afterwards: the
+    read layer for synchronous code (Brownie scripts and tests). It runs an event loop, so not from inside one."""
+
+    async def read() -> T:
+        w3 = connect(rpc_url)
+        try:
+            return await call(ChainReader(w3, registry, escrow))
+        finally:
+            await w3.provider.disconnect()
+
+    return asyncio.run(read())
 
 
 def _address(address: str) -> str:

@@ -26,6 +26,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from offchain.agent.jobspec import JobSpec
+from offchain.chain.rpc import ChainUnreachable
 from offchain.cli import parse
 from offchain.cli.context import Context, Output, UsageError, add_command, invalid, load_account, open_context
 from offchain.market.exchange import ExchangeError
@@ -123,7 +124,7 @@ async def job_status(ctx: Context, rental_id: int) -> JobStatus | None:
     try:
         async with renter_client(ctx, rental_id) as client:
             return await asyncio.wait_for(client.status(rental_id), 10)
-    except (ExchangeError, RenterApiError, asyncio.TimeoutError, aiohttp.ClientError):
+    except (ExchangeError, RenterApiError, asyncio.TimeoutError, aiohttp.ClientError, ChainUnreachable):
         return None
 
 

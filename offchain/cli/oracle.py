@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.cli.context import add_command, add_group, env_sets, invalid, load_key, open_context, stop_on_signals
 from offchain.config import OracleSettings
@@ -66,7 +67,8 @@ async def keeper(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     w3 = connect(settings.chain.rpc_url)
     txmgr = TxManager(w3, state / TXMGR_FILE, settings.key, settings.chain.chain_id)
-    keeper_service = Keeper(w3, settings.chain.escrow, txmgr, state / KEEPER_FILE, start_block=start_block)
+    keeper_service = Keeper(ChainReader(w3, settings.chain.registry, settings.chain.escrow), txmgr, state / KEEPER_FILE,
+                            start_block=start_block)
     try:
         await txmgr.start()
         await keeper_service.start()

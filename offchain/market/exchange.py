@@ -21,6 +21,7 @@ from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.chain.contracts import contract
 from offchain.chain.events import ChainEvent, OfferCreated, RentalEvent, RentalFinalized, RentalOpened, decode_log
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
+from offchain.chain.reads import ChainReader
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
@@ -175,8 +176,9 @@ class ExchangeClient:
         self.w3 = w3
         self.deployment = deployment
         self.wallet = wallet
-        self.registry = contract(w3, "ProviderRegistry", deployment.registry)
-        self.escrow = contract(w3, "RentalEscrow", deployment.escrow)
+        self.reader = ChainReader(w3, deployment.registry, deployment.escrow)
+        self.registry = self.reader.registry
+        self.escrow = self.reader.escrow
         self._tokens: dict[str, TokenInfo] = {}
         self._rental_event_topics = [getattr(self.escrow.events, name).topic for name in RENTAL_EVENTS]
 
@@ -188,7 +190,7 @@ class ExchangeClient:
 
     async def token(self, address: str) -> TokenInfo:
         if address not in self._tokens:
-            self._tokens[address] = await read_token(self.w3, address)
+            self._tokens[address] = await read_token(self.reader, address)
         return self._tokens[address]
 
     async def payment_token(self) -> TokenInfo:
@@ -200,28 +202,27 @@ class ExchangeClient:
     # ----------------------------------------------------------------------------------------------- reads
 
     async def provider(self, address: str | None = None) -> ProviderRecord:
-        return await read_provider(self.w3, self.deployment.registry, address or self.address)
+        return await read_provider(self.reader, address or self.address)
 
     async def offer(self, offer_id: int) -> OfferRecord:
-        count = await self.registry.functions.offerCount().call()
+        count = await self.reader.offer_count()
         if not 1 <= offer_id <= count:
             raise NotFound(f"no offer {offer_id} (offers run from 1 to {count})")
-        return await read_offer(self.w3, self.deployment.registry, self.deployment.escrow, offer_id)
+        return await read_offer(self.reader, offer_id)
 
     async def offers(self) -> list[OfferRecord]:
-        return await read_offers(self.w3, self.deployment.registry, self.deployment.escrow)
+        return await read_offers(self.reader)
 
     async def balances(self, address: str | None = None) -> dict[str, int]:
         """What `address` can withdraw: `escrow` (earnings and refunds) and `compensation` (slashed stake)."""
         address = address or self.address
-        escrow, compensation = await asyncio.gather(self.escrow.functions.balanceOf(address).call(),
-                                                     self.registry.functions.compensationOf(address).call())
+        escrow, compensation = await asyncio.gather(self.reader.escrow_balance(address),
+                                                     self.reader.compensation_of(address))
         return {"escrow": escrow, "compensation": compensation}
 
     async def agent_url(self, address: str | None = None) -> str | None:
         """The agent URL the provider published (`agentUrlOf`) as it stands on chain; None when unset."""
-        address = AsyncWeb3.to_checksum_address(address or self.address)
-        return await self.registry.functions.agentUrlOf(address).call() or None
+        return await self.reader.agent_url_of(address or self.address)
 
     async def agent_endpoint_of_offer(self, offer_id: int) -> AgentEndpoint:
         """The agent API of the offer's provider: its URL, checked as `check_agent_url` checks it, and the agent key
@@ -247,7 +248,7 @@ class ExchangeClient:
         logs = await self._logs(self.registry.address, topics)
         for entry in reversed(logs):
             provider = decode_log("ProviderRegistry", entry).provider
-            if await self.registry.functions.agentOf(provider).call() == agent:
+            if await self.reader.agent_of(provider) == agent:
                 return provider
         return None
 
@@ -323,7 +324,7 @@ class ExchangeClient:
 
     async def register_gpus(self, uuid_hashes: list[bytes]) -> GpuRegistration:
         """Claims the GPUs the account does not own yet; one it owns already is left alone."""
-        owners = await asyncio.gather(*(self.registry.functions.gpuOwner(h).call() for h in uuid_hashes))
+        owners = await asyncio.gather(*(self.reader.gpu_owner(h) for h in uuid_hashes))
         mine = [h for h, owner in zip(uuid_hashes, owners) if owner == self.address]
         new = [h for h in uuid_hashes if h not in mine]
         sent: list[SentTx] = []
@@ -408,10 +409,10 @@ class ExchangeClient:
             raise ExchangeError(f"the payment token {self.deployment.payment_token} is not the test token: "
                                 "it has no faucet")
         token = contract(self.w3, "TestStablecoin", self.deployment.payment_token)
-        before = await token.functions.balanceOf(self.address).call()
+        before = await self.reader.token_balance(token.address, self.address)
         sent: list[SentTx] = []
         await self._send(sent, "faucet", token.functions.faucet())
-        after = await token.functions.balanceOf(self.address).call()
+        after = await self.reader.token_balance(token.address, self.address)
         return FaucetClaim(account=self.address, transactions=sent, amount=after - before, balance=after)
 
     # ------------------------------------------------------------------------------------------- internals
@@ -429,9 +430,8 @@ class ExchangeClient:
                          approve: bool) -> None:
         """Checks that the account holds `needed` and allows `spender` to take it; with `approve`, approves exactly
         `needed` when the allowance falls short."""
-        erc20 = contract(self.w3, "IERC20", token.address)
-        balance, allowance = await asyncio.gather(erc20.functions.balanceOf(self.address).call(),
-                                                  erc20.functions.allowance(self.address, spender).call())
+        balance, allowance = await asyncio.gather(self.reader.token_balance(token.address, self.address),
+                                                  self.reader.token_allowance(token.address, self.address, spender))
         if balance < needed:
             raise InsufficientFunds(f"insufficient balance: {token.format(balance)} held, {token.format(needed)} "
                                     "needed")
@@ -439,6 +439,7 @@ class ExchangeClient:
             return
         if not approve:
             raise InsufficientAllowance(token, spender_name, allowance, needed)
+        erc20 = contract(self.w3, "IERC20", token.address)
         await self._send(sent, "approve", erc20.functions.approve(spender, needed))
 
     def _rental_topics(self, rental_id: int) -> list:

@@ -42,6 +42,7 @@ from offchain.chain.events import (
     decode_log,
 )
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, Rewind
+from offchain.chain.reads import ChainReader
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
 from offchain.market.rentals import RentalHistory
@@ -274,10 +275,11 @@ class EventIndex:
     async def _read_providers(self, state: _State, block: int) -> None:
         """Reads the touched providers' accounts at `block` (the indexed head) and only then stores them all."""
         limit = asyncio.Semaphore(READ_CONCURRENCY)
+        reader = ChainReader(self._w3, self._registry.address, self._escrow.address)
 
         async def one(address: str) -> ProviderRecord:
             async with limit:
-                return await read_provider(self._w3, self._registry.address, address, block)
+                return await read_provider(reader, address, block)
 
         addresses = sorted(state.stale_providers)
         for address, record in zip(addresses, await asyncio.gather(*(one(a) for a in addresses))):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import AsyncWeb3
 from web3.types import BlockIdentifier
 
-from offchain.chain.contracts import contract, returned_struct
+from offchain.chain.reads import ChainReader, Offer, Provider
 from offchain.protocol.status import OfferStatus
 
 SECONDS_PER_HOUR = 3600
@@ -51,11 +51,9 @@ class TokenInfo(BaseModel):
         return int(units.to_integral_value(rounding=rounding))
 
 
-async def read_token(w3: AsyncWeb3, address: str) -> TokenInfo:
+async def read_token(reader: ChainReader, address: str) -> TokenInfo:
     """Symbol and decimals of an ERC-20 token."""
-    token = contract(w3, "IERC20Metadata", address)
-    symbol, decimals = await asyncio.gather(token.functions.symbol().call(), token.functions.decimals().call())
-    return TokenInfo(address=token.address, symbol=symbol, decimals=decimals)
+    return TokenInfo(**(await reader.token_metadata(address)).model_dump())
 
 
 class ProviderRecord(BaseModel):
@@ -88,14 +86,9 @@ class ProviderRecord(BaseModel):
         return self.seconds_delivered / total if total else None
 
     @classmethod
-    def from_chain(cls, address: str, provider: dict[str, Any], agent_url: str) -> ProviderRecord:
-        """From the registry's `Provider` struct by field name (`returned_struct` of `getProvider`) and the
-        provider's `agentUrlOf`."""
-        return cls(address=address, staked=provider["staked"], locked=provider["locked"],
-                   unbonding=provider["unbonding"], unbonding_ends_at=provider["unbondingEndsAt"],
-                   rentals_completed=provider["rentalsCompleted"], slashes=provider["slashes"],
-                   declines=provider["declines"], seconds_delivered=provider["secondsDelivered"],
-                   seconds_missed=provider["secondsMissed"], agent=provider["agent"], agent_url=agent_url or None)
+    def from_chain(cls, address: str, provider: Provider, agent_url: str | None) -> ProviderRecord:
+        """From the registry's account of the provider and the agent URL it published (None when unset)."""
+        return cls(address=address, **provider.model_dump(), agent_url=agent_url)
 
 
 def unpack_text(raw: bytes) -> str:
@@ -149,50 +142,43 @@ class OfferRecord(BaseModel):
     def reliability(self) -> float | None:
         return self.reputation.reliability
 
+    @classmethod
+    def from_chain(cls, offer_id: int, offer: Offer, live_rental_id: int, reputation: ProviderRecord) -> OfferRecord:
+        """From the registry's offer, the rental holding it (0 when free) and its provider's record."""
+        return cls(offer_id=offer_id, provider=offer.provider, status=offer.status,
+                   gpu_model=unpack_text(offer.gpu_model), gpu_count=offer.gpu_count, vram_mib=offer.vram_mib,
+                   region=unpack_text(offer.region), price_per_second=offer.price_per_second,
+                   min_duration=offer.min_duration, max_duration=offer.max_duration,
+                   util_floor_bps=offer.util_floor_bps, egress=offer.egress,
+                   gpu_uuid_hashes=["0x" + bytes(h).hex() for h in offer.gpu_uuid_hashes],
+                   live_rental_id=live_rental_id, reputation=reputation)
 
-async def read_provider(w3: AsyncWeb3, registry_address: str, provider: str,
-                        block: BlockIdentifier = "latest") -> ProviderRecord:
+
+async def read_provider(reader: ChainReader, provider: str, block: BlockIdentifier = "latest") -> ProviderRecord:
     """The provider's account and agent URL, both read at `block`."""
-    registry = contract(w3, "ProviderRegistry", registry_address)
-    provider = AsyncWeb3.to_checksum_address(provider)
-    function = registry.functions.getProvider(provider)
-    values, agent_url = await asyncio.gather(function.call(block_identifier=block),
-                                             registry.functions.agentUrlOf(provider).call(block_identifier=block))
-    return ProviderRecord.from_chain(provider, returned_struct(function, values), agent_url)
+    account, agent_url = await asyncio.gather(reader.provider(provider, block), reader.agent_url_of(provider, block))
+    return ProviderRecord.from_chain(AsyncWeb3.to_checksum_address(provider), account, agent_url)
 
 
-async def read_offer(w3: AsyncWeb3, registry_address: str, escrow_address: str, offer_id: int,
+async def read_offer(reader: ChainReader, offer_id: int,
                      providers: dict[str, ProviderRecord] | None = None) -> OfferRecord:
     """One offer (reverts with `Registry_UnknownOffer` if there is none); `providers` caches reputations."""
-    registry = contract(w3, "ProviderRegistry", registry_address)
-    escrow = contract(w3, "RentalEscrow", escrow_address)
-    function = registry.functions.getOffer(offer_id)
-    values, live = await asyncio.gather(function.call(), escrow.functions.liveRentalOf(offer_id).call())
-    offer = returned_struct(function, values)
-    provider = offer["provider"]
+    offer, live = await asyncio.gather(reader.offer(offer_id), reader.live_rental_of(offer_id))
     cache = providers if providers is not None else {}
-    if provider not in cache:
-        cache[provider] = await read_provider(w3, registry_address, provider)
-    return OfferRecord(offer_id=offer_id, provider=provider, status=OfferStatus(offer["status"]),
-                       gpu_model=unpack_text(offer["gpuModel"]), gpu_count=offer["gpuCount"],
-                       vram_mib=offer["vramMiB"], region=unpack_text(offer["region"]),
-                       price_per_second=offer["pricePerSecond"], min_duration=offer["minDuration"],
-                       max_duration=offer["maxDuration"], util_floor_bps=offer["utilFloorBps"],
-                       egress=offer["egress"], gpu_uuid_hashes=["0x" + h.hex() for h in offer["gpuUuidHashes"]],
-                       live_rental_id=live, reputation=cache[provider])
+    if offer.provider not in cache:
+        cache[offer.provider] = await read_provider(reader, offer.provider)
+    return OfferRecord.from_chain(offer_id, offer, live, cache[offer.provider])
 
 
-async def read_offers(w3: AsyncWeb3, registry_address: str, escrow_address: str,
-                      concurrency: int = 16) -> list[OfferRecord]:
+async def read_offers(reader: ChainReader, concurrency: int = 16) -> list[OfferRecord]:
     """Every offer ever listed, by id; each provider's reputation is read once."""
-    registry = contract(w3, "ProviderRegistry", registry_address)
-    count = await registry.functions.offerCount().call()
+    count = await reader.offer_count()
     providers: dict[str, ProviderRecord] = {}
     limit = asyncio.Semaphore(concurrency)
 
     async def one(offer_id: int) -> OfferRecord:
         async with limit:
-            return await read_offer(w3, registry_address, escrow_address, offer_id, providers)
+            return await read_offer(reader, offer_id, providers)
 
     return list(await asyncio.gather(*(one(i) for i in range(1, count + 1))))
 

@@ -22,6 +22,7 @@ from web3 import AsyncWeb3
 
 from offchain.ops import deployments
 from offchain.chain.contracts import contract
+from offchain.chain.reads import ChainReader
 from offchain.ops.deployments import create_address
 from offchain.ops.deployments import Deployment, SuiteConfig
 from offchain.chain.wallet import Wallet
@@ -168,21 +169,20 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
         if not await w3.eth.get_code(address):
             raise DeployError(f"the recorded {name} {address} has no code on chain {record.chain_id}: "
                               f"the chain was reset; delete {deployments.record_path(record.chain_id)} to redeploy")
-    registry = contract(w3, "ProviderRegistry", record.registry)
-    escrow = contract(w3, "RentalEscrow", record.escrow)
+    reader = ChainReader(w3, record.registry, record.escrow)
     on_chain = {
-        "registry.escrow": (await registry.functions.escrow().call(), record.escrow),
-        "escrow.registry": (await escrow.functions.registry().call(), record.registry),
-        "escrow.paymentToken": (await escrow.functions.paymentToken().call(), record.payment_token),
-        "registry.stakeToken": (await registry.functions.stakeToken().call(), record.stake_token),
-        "min_stake_per_gpu": (await registry.functions.minStakePerGpu().call(), record.config.min_stake_per_gpu),
-        "unbonding_period": (await registry.functions.unbondingPeriod().call(), record.config.unbonding_period),
-        "fee_cap_bps": (await escrow.functions.feeCapBps().call(), record.config.fee_cap_bps),
-        "start_timeout": (await escrow.functions.startTimeout().call(), record.config.start_timeout),
-        "report_grace": (await escrow.functions.reportGrace().call(), record.config.report_grace),
-        "sla_bps": (await escrow.functions.slaBps().call(), record.config.sla_bps),
-        "sla_slash_bps": (await escrow.functions.slaSlashBps().call(), record.config.sla_slash_bps),
-        "start_slash_bps": (await escrow.functions.startSlashBps().call(), record.config.start_slash_bps),
+        "registry.escrow": (await reader.registry_escrow(), record.escrow),
+        "escrow.registry": (await reader.escrow_registry(), record.registry),
+        "escrow.paymentToken": (await reader.payment_token(), record.payment_token),
+        "registry.stakeToken": (await reader.stake_token(), record.stake_token),
+        "min_stake_per_gpu": (await reader.min_stake_per_gpu(), record.config.min_stake_per_gpu),
+        "unbonding_period": (await reader.unbonding_period(), record.config.unbonding_period),
+        "fee_cap_bps": (await reader.fee_cap_bps(), record.config.fee_cap_bps),
+        "start_timeout": (await reader.start_timeout(), record.config.start_timeout),
+        "report_grace": (await reader.report_grace(), record.config.report_grace),
+        "sla_bps": (await reader.sla_bps(), record.config.sla_bps),
+        "sla_slash_bps": (await reader.sla_slash_bps(), record.config.sla_slash_bps),
+        "start_slash_bps": (await reader.start_slash_bps(), record.config.start_slash_bps),
     }
     for what, (actual, expected) in on_chain.items():
         if actual != expected:
@@ -204,23 +204,23 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
 async def _reconcile(w3: AsyncWeb3, wallet: Wallet, record: Deployment, request: DeployRequest, dry_run: bool,
                      say: Callable[[str], None]) -> Deployment | None:
     """Sends the governance calls that bring the oracle set, fee and treasury to what `request` asks."""
-    escrow = contract(w3, "RentalEscrow", record.escrow)
-    _, signers, threshold = await escrow.functions.oracleSet().call()
-    fee_bps, treasury = await escrow.functions.feeConfig().call()
+    reader = ChainReader(w3, record.registry, record.escrow)
+    escrow = reader.escrow
+    oracle_set, fee = await reader.oracle_set(), await reader.fee_config()
     oracles = [AsyncWeb3.to_checksum_address(o) for o in request.oracles]
     wanted_treasury = AsyncWeb3.to_checksum_address(request.treasury)
     calls = []
-    if list(signers) != oracles or threshold != request.threshold:
+    if list(oracle_set.signers) != oracles or oracle_set.threshold != request.threshold:
         calls.append((f"setOracleSet({oracles}, {request.threshold})",
                       escrow.functions.setOracleSet(oracles, request.threshold)))
-    if fee_bps != request.params.fee_bps:
+    if fee.fee_bps != request.params.fee_bps:
         calls.append((f"setFee({request.params.fee_bps})", escrow.functions.setFee(request.params.fee_bps)))
-    if treasury != wanted_treasury:
+    if fee.treasury != wanted_treasury:
         calls.append((f"setTreasury({wanted_treasury})", escrow.functions.setTreasury(wanted_treasury)))
     if not calls:
         say("the deployed suite already matches: nothing to send")
     else:
-        owner = await escrow.functions.owner().call()
+        owner = await reader.escrow_owner()
         if owner != wallet.address:
             raise DeployError(f"the escrow's owner is {owner}, not the deployer {wallet.address}: "
                               f"cannot send {', '.join(what for what, _ in calls)}")

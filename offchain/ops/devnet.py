@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from offchain.ops import deployments
 from offchain.chain.contracts import PROJECT_ROOT, contract
+from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy
 from offchain.ops.deployments import Deployment
@@ -256,9 +257,10 @@ async def _deploy_or_check(w3, wallet: Wallet, request: DeployRequest, say) -> D
 
 async def _fund(w3, deployer: Wallet, record: Deployment, accounts: list[str], say) -> None:
     """Tops every funded role up to `FUNDING` test dollars (the deployer owns the TestStablecoin)."""
+    reader = ChainReader(w3, record.registry, record.escrow)
     token = contract(w3, "TestStablecoin", record.payment_token)
     for account in accounts:
-        balance = await token.functions.balanceOf(account).call()
+        balance = await reader.token_balance(token.address, account)
         if balance < FUNDING:
             await deployer.transact(token.functions.mint(account, FUNDING - balance))
     say(f"funded {len(accounts)} roles with {FUNDING // USDC:,} test dollars each")

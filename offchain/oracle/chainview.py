@@ -25,11 +25,11 @@ from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3Exception
 
-from offchain.chain.contracts import abi, contract, returned_struct
+from offchain.chain.contracts import abi
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
+from offchain.chain.reads import ChainReader, OracleSet, Rental
 from offchain.chain.rpc import ChainUnreachable
 from offchain.config import ChainSettings
-from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +41,6 @@ MAX_CACHE_ENTRIES = 100_000
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "RentalTerminated", "RentalFinalized")
 
 
-class RentalState(BaseModel):
-    """The parts of `RentalEscrow.getRental` that verification needs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    status: RentalStatus
-    since: int  # opening time while Open, start time once started
-    duration: int
-    last_seq: int
-    reported_seconds: int  # seconds after `since` covered by applied reports, clamped to the rental's end
-
-    @property
-    def is_live(self) -> bool:
-        return self.status.is_live
-
-    @property
-    def last_period_end(self) -> int:
-        """Where the chain's last applied report ended (clamped to the rental's end)."""
-        return self.since + self.reported_seconds
-
-    @property
-    def end(self) -> int:
-        return self.since + self.duration
-
-
 class OfferGpus(BaseModel):
     """An offer's provider and registered GPU UUID hashes (fixed when the offer is created)."""
 
@@ -73,16 +48,6 @@ class OfferGpus(BaseModel):
 
     provider: str
     gpu_uuid_hashes: frozenset[bytes]
-
-
-class OracleSet(BaseModel):
-    """`RentalEscrow.oracleSet()`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: int
-    signers: tuple[str, ...]
-    threshold: int
 
 
 class ChainUnavailable(RuntimeError):
@@ -140,7 +105,8 @@ class _TtlCache(Generic[K, V]):
 
 
 class ChainView:
-    """Cached reads of one deployment's registry and escrow."""
+    """Cached reads of one deployment's registry and escrow, through `reader` (the one to use for reads that need no
+    cache)."""
 
     def __init__(
         self,
@@ -151,9 +117,10 @@ class ChainView:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.w3 = w3
-        self._registry = contract(w3, "ProviderRegistry", chain.registry)
-        self._escrow = contract(w3, "RentalEscrow", chain.escrow)
-        self._rentals: _TtlCache[int, RentalState] = _TtlCache(cache_ttl_seconds, max_entries, clock)
+        self.reader = ChainReader(w3, chain.registry, chain.escrow)
+        self._registry = self.reader.registry
+        self._escrow = self.reader.escrow
+        self._rentals: _TtlCache[int, Rental] = _TtlCache(cache_ttl_seconds, max_entries, clock)
         self._agents: _TtlCache[str, bytes | None] = _TtlCache(cache_ttl_seconds, max_entries, clock)
         self._offers: _TtlCache[int, OfferGpus | None] = _TtlCache(float("inf"), max_entries, clock)
         self._start_timeout: int | None = None
@@ -162,11 +129,11 @@ class ChainView:
         self._agent_topic = _topic("ProviderRegistry", "AgentSet")
         self._followed_topics = ["0x" + t.hex() for t in (*self._rental_topics, self._agent_topic)]
 
-    async def rental(self, rental_id: int) -> RentalState:
+    async def rental(self, rental_id: int) -> Rental:
         """The rental's state (status NONE for an unknown or superseded id); its last seq may lag the chain."""
         return await self._rentals.get(rental_id, lambda: self._read_rental(rental_id))
 
-    async def refresh_rental(self, rental_id: int) -> RentalState:
+    async def refresh_rental(self, rental_id: int) -> Rental:
         """The rental's state read from the chain now (and cached)."""
         self._rentals.invalidate(rental_id)
         return await self.rental(rental_id)
@@ -182,13 +149,12 @@ class ChainView:
     async def start_timeout(self) -> int:
         """`RentalEscrow.startTimeout` (immutable)."""
         if self._start_timeout is None:
-            self._start_timeout = await _rpc(self._escrow.functions.startTimeout().call())
+            self._start_timeout = await _rpc(self.reader.start_timeout())
         return self._start_timeout
 
     async def oracle_set(self) -> OracleSet:
         """The escrow's current oracle set, read now (never cached: co-signing must use the live version)."""
-        version, signers, threshold = await _rpc(self._escrow.functions.oracleSet().call())
-        return OracleSet(version=version, signers=tuple(signers), threshold=threshold)
+        return await _rpc(self.reader.oracle_set())
 
     async def block_number(self) -> int:
         return await _rpc(self.w3.eth.block_number)
@@ -238,25 +204,18 @@ class ChainView:
         elif topics[0] == self._agent_topic:
             self._agents.invalidate(AsyncWeb3.to_checksum_address(topics[1][12:]))
 
-    async def _read_rental(self, rental_id: int) -> RentalState:
-        status, _renter, _price, duration, since, last_seq, reported, _delivered, _earned = await _rpc(
-            self._escrow.functions.getRental(rental_id).call()
-        )
-        return RentalState(
-            status=RentalStatus(status), since=since, duration=duration, last_seq=last_seq, reported_seconds=reported
-        )
+    async def _read_rental(self, rental_id: int) -> Rental:
+        return await _rpc(self.reader.rental(rental_id))
 
     async def _read_offer(self, offer_id: int) -> OfferGpus | None:
-        function = self._registry.functions.getOffer(offer_id)
         try:
-            offer = returned_struct(function, await _rpc(function.call()))
+            offer = await _rpc(self.reader.offer(offer_id))
         except ContractLogicError:
             return None
-        return OfferGpus(provider=offer["provider"],
-                         gpu_uuid_hashes=frozenset(bytes(h) for h in offer["gpuUuidHashes"]))
+        return OfferGpus(provider=offer.provider, gpu_uuid_hashes=frozenset(bytes(h) for h in offer.gpu_uuid_hashes))
 
     async def _read_agent(self, provider: str) -> bytes | None:
-        agent = to_canonical_address(await _rpc(self._registry.functions.agentOf(provider).call()))
+        agent = to_canonical_address(await _rpc(self.reader.agent_of(provider)))
         return None if agent == bytes(20) else agent
 
 

@@ -27,7 +27,8 @@ from offchain.protocol.messages import (
     TelemetrySubmission,
     chain_reports,
 )
-from offchain.oracle.chainview import ChainView, RentalState
+from offchain.chain.reads import Rental
+from offchain.oracle.chainview import ChainView
 from offchain.protocol.digest import TelemetryDomain, recover_address
 from offchain.oracle.store import LastAccepted, NewSubmission, SubmissionKey, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
@@ -68,7 +69,7 @@ class Cosigner:
             raise Rejected(RejectReason.NOT_IN_ORACLE_SET, f"{self.address} is not in oracle set {oracle_set.version}")
 
         digests = [self.domain.digest(s.report) for s in submissions]
-        rentals: dict[int, RentalState] = {}  # by index, for the submissions not held
+        rentals: dict[int, Rental] = {}  # by index, for the submissions not held
         for index, (submission, digest) in enumerate(zip(submissions, digests)):
             if self._holds(submission.report, digest):
                 continue
@@ -108,7 +109,7 @@ class Cosigner:
         self,
         submissions: Sequence[TelemetrySubmission],
         digests: Sequence[bytes],
-        rentals: dict[int, RentalState],
+        rentals: dict[int, Rental],
     ) -> list[NewSubmission]:
         """The submissions not yet held, each checked to follow its predecessor (held, earlier in the batch or on
         chain). Synchronous, so that no other request changes the store between these checks and the insert."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from offchain.protocol.messages import RejectReason, TelemetryAck, TelemetrySubmission
-from offchain.oracle.chainview import ChainUnavailable, RentalState
+from offchain.chain.reads import Rental
+from offchain.oracle.chainview import ChainUnavailable
 from offchain.protocol.digest import TelemetryDomain
 from offchain.oracle.store import NewSubmission, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
@@ -41,7 +42,7 @@ class Ingest:
         return await self._accept(submission, digest, body, await self._verifier.refreshed_rental(report.rental_id))
 
     async def _accept(
-        self, submission: TelemetrySubmission, digest: bytes, body: bytes, rental: RentalState
+        self, submission: TelemetrySubmission, digest: bytes, body: bytes, rental: Rental
     ) -> TelemetryAck:
         """Stores the submission after the rental's previous report. Nothing awaits between these checks and the
         insert (`add_in_group` inserts before its first await), so no other request changes the store under

@@ -24,10 +24,9 @@ from typing import Any, Literal
 
 from eth_utils import event_abi_to_log_topic
 from pydantic import BaseModel, ConfigDict
-from web3 import AsyncWeb3
 
-from offchain.chain.contracts import contract
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, Rewind, SqliteStore
+from offchain.chain.reads import ChainReader
 from offchain.sqlite import open_db, transaction
 from offchain.protocol.status import RentalStatus
 from offchain.chain.txmanager import TRANSIENT_RPC_ERRORS, Backoff, TxManager, wait_any
@@ -74,15 +73,14 @@ CREATE TABLE IF NOT EXISTS keeper_action (
 
 
 class Keeper:
-    """Finds due rentals of one escrow and submits their settlement through `txmgr`.
+    """Finds due rentals of `reader`'s escrow and submits their settlement through `txmgr`.
 
     `start_block`: where the first scan begins (the escrow's deployment block).
     """
 
     def __init__(
         self,
-        w3: AsyncWeb3,
-        escrow_address: str,
+        reader: ChainReader,
         txmgr: TxManager,
         db_path: str | Path,
         *,
@@ -93,8 +91,9 @@ class Keeper:
     ):
         if max_checks_per_tick < 1:
             raise ValueError("max_checks_per_tick must be >= 1")
-        self._w3 = w3
-        self._escrow = contract(w3, "RentalEscrow", escrow_address)
+        self._reader = reader
+        self._w3 = reader.w3
+        self._escrow = reader.escrow
         self._txmgr = txmgr
         self._max_checks_per_tick = max_checks_per_tick
         self._max_backoff = max_backoff
@@ -102,7 +101,7 @@ class Keeper:
         self._db = open_db(db_path)
         self._db.executescript(_SCHEMA)
         _migrate_cursor(self._db)
-        self._follower = EventFollower(w3, [self.escrow], [topics], start_block, max_block_range=max_block_range,
+        self._follower = EventFollower(reader.w3, [self.escrow], [topics], start_block, max_block_range=max_block_range,
                                        store=SqliteStore(self._db, "keeper_cursor", "escrow", self.escrow))
         self._rotation = 0
         self._start_timeout: int | None = None
@@ -176,8 +175,8 @@ class Keeper:
         self._db.close()
 
     async def _load_params(self) -> None:
-        self._start_timeout = int(await self._escrow.functions.startTimeout().call())
-        self._report_grace = int(await self._escrow.functions.reportGrace().call())
+        self._start_timeout = await self._reader.start_timeout()
+        self._report_grace = await self._reader.report_grace()
 
     async def _record_rentals(self, batch: LogBatch) -> None:
         with transaction(self._db) as db:
@@ -204,18 +203,15 @@ class Keeper:
     async def _submit_due(self, head: int, now: int) -> list[KeeperAction]:
         submitted = []
         for rental_id in self._due_for_check():
-            status_code, _, _, duration, since, *_ = await self._escrow.functions.getRental(rental_id).call(
-                block_identifier=head
-            )
-            status = RentalStatus(status_code)
-            if status is RentalStatus.NONE or status.is_final:
+            rental = await self._reader.rental(rental_id, head)
+            if rental.status is RentalStatus.NONE or rental.status.is_final:
                 self._db.execute("UPDATE keeper_rental SET closed = 1 WHERE escrow = ? AND rental_id = ?",
                                  (self.escrow, str(rental_id)))
                 continue
-            if status is RentalStatus.OPEN:
-                action, function, due_at = "timeout", "claimStartTimeout", since + self._start_timeout + 1
+            if rental.status is RentalStatus.OPEN:
+                action, function, due_at = "timeout", "claimStartTimeout", rental.since + self._start_timeout + 1
             else:
-                action, function, due_at = "finalize", "finalize", since + duration + self._report_grace
+                action, function, due_at = "finalize", "finalize", rental.end + self._report_grace
             if now < due_at:
                 continue
             key = f"{action}:{rental_id}"

@@ -90,7 +90,7 @@ class OracleService:
             asyncio.create_task(self.batcher.run(stop, settings.epoch_seconds), name="batcher"),
         ]
         if settings.keeper:
-            self.keeper = Keeper(self.w3, settings.chain.escrow, self.txmgr, state / KEEPER_FILE)
+            self.keeper = Keeper(self.chain.reader, self.txmgr, state / KEEPER_FILE)
             await self.keeper.start()
             tasks.append(asyncio.create_task(self.keeper.run(stop, settings.keeper_interval_seconds), name="keeper"))
         return tasks

@@ -1,10 +1,10 @@
 """The checks an oracle applies to an agent's telemetry submission, each failing with its own reason code.
 
 `Verifier.verify` runs every check that does not depend on what this oracle already holds: policy (simulated
-telemetry), time bounds, the agent signature against `ProviderRegistry.agentOf(offer.provider)`, the rental
-being live on chain and the report's GPUs being exactly the offer's. `check_continuity` then places the report
-after the previous one; the caller runs it with the store's answer and stores the report without awaiting in
-between, so two requests for one rental cannot interleave there.
+telemetry), time bounds, the agent signature against the agent key the registry holds for the offer's provider
+(`agentOf`), the rental being live on chain and the report's GPUs being exactly the offer's. `check_continuity`
+then places the report after the previous one; the caller runs it with the store's answer and stores the report
+without awaiting in between, so two requests for one rental cannot interleave there.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from offchain.config import OracleSettings
 from offchain.protocol.messages import RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
-from offchain.oracle.chainview import ChainView, RentalState, RentalStatus
+from offchain.chain.reads import Rental
+from offchain.oracle.chainview import ChainView
 from offchain.protocol.digest import InvalidSignature, recover_address, report_gpu_hashes
 from offchain.oracle.store import LastAccepted
 from offchain.protocol.reports import split_rental_id
+from offchain.protocol.status import RentalStatus
 
 DEFAULT_MAX_REPORT_AGE_SECONDS = 24 * 3600
 
@@ -101,7 +103,7 @@ class Verifier:
         self._policy = policy
         self._clock = clock
 
-    async def verify(self, submission: TelemetrySubmission, digest: bytes) -> RentalState:
+    async def verify(self, submission: TelemetrySubmission, digest: bytes) -> Rental:
         """Raises Rejected unless the submission passes every check but continuity; returns the rental's state
         for `check_continuity`. `digest` is the report's EIP-712 digest (`TelemetryDomain.digest`)."""
         report = submission.report
@@ -135,7 +137,7 @@ class Verifier:
             )
         return rental
 
-    async def refreshed_rental(self, rental_id: int) -> RentalState:
+    async def refreshed_rental(self, rental_id: int) -> Rental:
         """The rental re-read from the chain and checked as `verify` checks it, for a report that does not follow
         the cached state (`LAG_SENSITIVE_REASONS`)."""
         rental = await self._chain.refresh_rental(rental_id)
@@ -158,7 +160,7 @@ class Verifier:
                 f"period_end {report.period_end} is before {int(oldest)} (now minus the maximum report age)",
             )
 
-    async def _check_rental(self, rental_id: int, rental: RentalState, now: float) -> None:
+    async def _check_rental(self, rental_id: int, rental: Rental, now: float) -> None:
         if rental.status == RentalStatus.NONE:
             raise Rejected(RejectReason.UNKNOWN_RENTAL, f"rental {rental_id} does not exist or was superseded")
         if not rental.is_live:
@@ -169,7 +171,7 @@ class Verifier:
             )
 
 
-def check_continuity(report: TelemetryReport, previous: LastAccepted | None, rental: RentalState) -> None:
+def check_continuity(report: TelemetryReport, previous: LastAccepted | None, rental: Rental) -> None:
     """Raises Rejected unless `report` directly follows the rental's previous report.
 
     `previous` is the latest report of the rental that this oracle holds (or that precedes it in a cosign batch).

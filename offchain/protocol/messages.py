@@ -1,6 +1,6 @@
 """Messages between provider agents and oracles, as pydantic models with their EIP-712 signatures.
 
-An agent signs each `TelemetryReport` with its key (`ProviderRegistry.agentOf(provider)`); the domain binds
+An agent signs each `TelemetryReport` with its key (the provider's `agentOf` in the registry); the domain binds
 the chain and the registry, so a report cannot be replayed against another deployment. An oracle that
 accepts it turns it into the on-chain `Report` that k of n oracles co-sign (`offchain.protocol.reports`).
 """
@@ -186,7 +186,7 @@ class RejectReason(StrEnum):
     RENTAL_NOT_LIVE = "rental_not_live"  # the rental is in a final state
     RENTAL_START_TIMED_OUT = "rental_start_timed_out"  # never started and past the start timeout
     AGENT_NOT_SET = "agent_not_set"  # the offer's provider has no agent key
-    SIGNER_NOT_AGENT = "signer_not_agent"  # signed by a key other than ProviderRegistry.agentOf(provider)
+    SIGNER_NOT_AGENT = "signer_not_agent"  # signed by a key other than the provider's agentOf
     GPU_MISMATCH = "gpu_mismatch"  # the GPU UUIDs are not exactly the offer's registered GPUs
     SEQ_CONFLICT = "seq_conflict"  # a different report with this rental and seq is already accepted
     SEQ_STALE = "seq_stale"  # seq at or below the last accepted (or settled) one, and not held here

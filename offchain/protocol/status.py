@@ -7,7 +7,7 @@ from enum import IntEnum
 
 
 class OfferStatus(IntEnum):
-    """`OfferStatus` in contracts/types/DataTypes.sol: what `ProviderRegistry.getOffer(...).status` reads."""
+    """`OfferStatus` in contracts/types/DataTypes.sol: what the `status` of `ProviderRegistry.getOffer` reads."""
 
     NONE = 0
     ACTIVE = 1
@@ -16,7 +16,7 @@ class OfferStatus(IntEnum):
 
 
 class RentalStatus(IntEnum):
-    """`RentalEscrow.getRental(...).status`; NONE also stands for an id a later rental of the offer replaced."""
+    """The `status` of `RentalEscrow.getRental`; NONE also stands for an id a later rental of the offer replaced."""
 
     NONE = 0
     OPEN = 1

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from web3 import AsyncWeb3
 
 from offchain.ops import deployments
+from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.config import ChainSettings
 from offchain.ops.deployments import Deployment, DeploymentNotFound
@@ -153,10 +154,11 @@ async def _follow(w3: AsyncWeb3, market: WebState, poll_interval: float) -> None
     """Reads the tokens' symbols and decimals, then keeps the index up to date until `market.stopping` is set;
     retries while the node is down."""
     deployment = market.deployment
+    reader = ChainReader(w3, deployment.registry, deployment.escrow)
     while market.token is None and not market.stopping.is_set():
         try:
-            token = await read_token(w3, deployment.payment_token)
-            market.stake_token = await read_token(w3, deployment.stake_token)
+            token = await read_token(reader, deployment.payment_token)
+            market.stake_token = await read_token(reader, deployment.stake_token)
             market.token = token
         except CHAIN_ERRORS as exc:
             log.warning("web: cannot read the tokens: %s: %s", type(exc).__name__, exc)

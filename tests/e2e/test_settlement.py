@@ -15,6 +15,7 @@ from eth_utils import keccak
 
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
+from offchain.chain.reads import Rental
 from offchain.protocol.reports import ReportStatus
 from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
@@ -33,12 +34,8 @@ def job(script: str) -> JobSpec:
     return JobSpec(command=("sh", "-c", script))
 
 
-def rental_state(suite, rental_id: int) -> dict:
-    names = ("status", "renter", "pricePerSecond", "duration", "since", "lastSeq", "reportedSeconds",
-             "deliveredSeconds", "earned")
-    state = dict(zip(names, suite.escrow.getRental(rental_id)))
-    state["status"] = RentalStatus(state["status"])
-    return state
+def rental_state(suite, rental_id: int) -> Rental:
+    return suite.read(lambda r: r.rental(rental_id))
 
 
 def events(suite, name: str, rental_id: int, from_block: int) -> list[dict]:
@@ -56,8 +53,9 @@ class Balances:
 
     @classmethod
     def of(cls, suite, provider, treasury, renter) -> "Balances":
-        return cls(suite.escrow.balanceOf(provider), suite.escrow.balanceOf(treasury), suite.escrow.balanceOf(renter),
-                   suite.registry.compensationOf(renter))
+        return cls(*suite.read(lambda r: asyncio.gather(
+            r.escrow_balance(provider.address), r.escrow_balance(treasury.address), r.escrow_balance(renter.address),
+            r.compensation_of(renter.address))))
 
     def __sub__(self, other: "Balances") -> "Balances":
         return Balances(self.provider - other.provider, self.treasury - other.treasury, self.renter - other.renter,
@@ -95,8 +93,8 @@ def assert_reports_landed_once(suite, rental_id: int, from_block: int, state_roo
     # The chain clamps a period at the rental's end: a report the agent closed just after a termination it had
     # not seen yet counts only up to the new end.
     state = rental_state(suite, rental_id)
-    end = state["since"] + state["duration"]
-    expected, last_end = [], state["since"]
+    end = state.end
+    expected, last_end = [], state.since
     for r in reports:
         period_end = min(r.period_end, end)
         expected.append((period_end, min(r.delivered_seconds, period_end - last_end), r.avg_util_bps, r.telemetry_root))
@@ -114,15 +112,15 @@ def assert_settled(suite, rental_id: int, offer_id: int, from_block: int, moved:
     SLA (if missed seconds exceed its share of `elapsed`) is the renter's compensation."""
     (final,) = events(suite, "RentalFinalized", rental_id, from_block)
     state = rental_state(suite, rental_id)
-    assert state["status"] is status and final["status"] == status
-    delivered = state["deliveredSeconds"]
+    assert state.status is status and final["status"] == status
+    delivered = state.delivered_seconds
     earned = PRICE * delivered
-    assert state["earned"] == earned
+    assert state.earned == earned
     fee = earned * PARAMS.fee_bps // BPS
     assert (final["providerPayout"], final["fee"], final["refund"]) == (
-        earned - fee, fee, PRICE * state["duration"] - earned)
+        earned - fee, fee, PRICE * state.duration - earned)
     assert (final["deliveredSeconds"], final["missedSeconds"]) == (delivered, elapsed - delivered)
-    slashed = sla_slash(suite.registry.collateralOf(offer_id), elapsed - delivered, elapsed)
+    slashed = sla_slash(suite.read(lambda r: r.collateral_of(offer_id)), elapsed - delivered, elapsed)
     assert (final["slashed"], final["slashReason"]) == (slashed, SLASH_SLA if slashed else SLASH_NONE)
     assert moved == Balances(provider=earned - fee, treasury=fee, renter=PRICE * DURATION - earned,
                              compensation=slashed)
@@ -143,7 +141,7 @@ def run_to_final(suite, chain_settings, provider, renter, tmp_path, offer_id: in
     async def main() -> int:
         async with running_exchange(chain_settings, tmp_path, provider.address, source) as ex:
             rental_id = await asyncio.to_thread(open_rental, suite, offer_id, spec, renter)
-            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final, seconds,
+            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final, seconds,
                                  f"rental {rental_id} to be final")
             await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
             return rental_id
@@ -164,10 +162,10 @@ def test_completed_job_pays_the_provider_for_delivered_seconds(suite, chain_sett
     assert (reports[-1].status, reports[-1].exit_code) == (ReportStatus.COMPLETED, 0)
     assert all(r.simulated for r in reports)
     state = rental_state(suite, rental_id)
-    assert state["deliveredSeconds"] == sum(r.delivered_seconds for r in reports) >= 3
+    assert state.delivered_seconds == sum(r.delivered_seconds for r in reports) >= 3
     moved = Balances.of(suite, provider, treasury, renter) - before
     assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.COMPLETED,
-                   elapsed=reports[-1].period_end - state["since"])
+                   elapsed=reports[-1].period_end - state.since)
 
 
 def test_failed_job_settles_failed_with_its_exit_code(suite, chain_settings, provider, treasury, renter,
@@ -183,7 +181,7 @@ def test_failed_job_settles_failed_with_its_exit_code(suite, chain_settings, pro
     state = rental_state(suite, rental_id)
     moved = Balances.of(suite, provider, treasury, renter) - before
     assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.FAILED,
-                   elapsed=reports[-1].period_end - state["since"])
+                   elapsed=reports[-1].period_end - state.since)
 
 
 def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(suite, chain_settings, provider, treasury, renter,
@@ -199,8 +197,8 @@ def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(suite, chain_s
     reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
     assert reports[-1].status is ReportStatus.COMPLETED
     state = rental_state(suite, rental_id)
-    elapsed = reports[-1].period_end - state["since"]
-    assert elapsed - state["deliveredSeconds"] >= 4, "the outage's seconds were not missed"
+    elapsed = reports[-1].period_end - state.since
+    assert elapsed - state.delivered_seconds >= 4, "the outage's seconds were not missed"
     moved = Balances.of(suite, provider, treasury, renter) - before
     final = assert_settled(suite, rental_id, offer_id, from_block, moved, RentalStatus.COMPLETED, elapsed)
     assert final["slashed"] > 0 and final["slashReason"] == SLASH_SLA
@@ -225,7 +223,7 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_
             ends_at = tx.events["RentalTerminated"]["endsAt"]
             await ex.until(lambda: ex.agent.book.get(rental_id).exit_code is not None, 15, "the job to be stopped")
             await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
-            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final,
+            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final,
                                  PARAMS.report_grace + 30, "the keeper to finalise the rental")
             assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == \
                 [f"finalize:{rental_id}"]
@@ -238,9 +236,9 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_
     assert reports[-1].period_end >= ends_at, "the last report covers the time up to the termination"
     assert events(suite, "ReportApplied", rental_id, from_block)[-1]["periodEnd"] == ends_at
     state = rental_state(suite, rental_id)
-    assert state["since"] + state["duration"] == ends_at
+    assert state.end == ends_at
     moved = Balances.of(suite, provider, treasury, renter) - before
-    assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.EXPIRED, elapsed=state["duration"])
+    assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.EXPIRED, elapsed=state.duration)
 
 
 def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings, provider, treasury, renter,
@@ -252,7 +250,7 @@ def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings,
     async def main() -> int:
         async with running_exchange(chain_settings, tmp_path, provider.address, None) as ex:
             rental_id = await asyncio.to_thread(open_rental, suite, offer_id, spec, renter)
-            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final,
+            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final,
                                  PARAMS.start_timeout + 30, "the keeper to claim the start timeout")
             assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == \
                 [f"timeout:{rental_id}"]
@@ -260,8 +258,8 @@ def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings,
 
     rental_id = asyncio.run(main())
 
-    assert rental_state(suite, rental_id)["status"] is RentalStatus.TIMED_OUT
-    compensation = suite.registry.collateralOf(offer_id) * PARAMS.start_slash_bps // BPS
+    assert rental_state(suite, rental_id).status is RentalStatus.TIMED_OUT
+    compensation = suite.read(lambda r: r.collateral_of(offer_id)) * PARAMS.start_slash_bps // BPS
     (final,) = events(suite, "RentalFinalized", rental_id, from_block)
     assert (final["providerPayout"], final["fee"], final["refund"], final["deliveredSeconds"]) == (
         0, 0, PRICE * DURATION, 0)
@@ -277,7 +275,7 @@ def test_a_rental_the_agent_cannot_serve_is_declined_and_refunded_in_full(suite,
     renter gets the whole deposit back, nothing is slashed, and the keeper has nothing to do."""
     spec_hash = keccak(text="a spec the renter never sends")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
-    declines = suite.registry.getProvider(provider).dict()["declines"]
+    declines = suite.read(lambda r: r.provider(provider.address)).declines
 
     async def main() -> int:
         async with running_exchange(chain_settings, tmp_path, provider.address,
@@ -285,18 +283,18 @@ def test_a_rental_the_agent_cannot_serve_is_declined_and_refunded_in_full(suite,
             tx = await asyncio.to_thread(suite.escrow.openRental, replay_offer, DURATION, PRICE, spec_hash,
                                          {"from": renter})
             rental_id = tx.return_value
-            await ex.until_chain(lambda: rental_state(suite, rental_id)["status"].is_final, PARAMS.start_timeout,
+            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final, PARAMS.start_timeout,
                                  "the decline")
             assert [a for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == []
             return rental_id
 
     rental_id = asyncio.run(main())
 
-    assert rental_state(suite, rental_id)["status"] is RentalStatus.DECLINED
+    assert rental_state(suite, rental_id).status is RentalStatus.DECLINED
     (declined,) = events(suite, "RentalDeclined", rental_id, from_block)
     assert declined["reason"] == DeclineReason.SPEC_MISSING
     (final,) = events(suite, "RentalFinalized", rental_id, from_block)
     assert (final["refund"], final["slashed"], final["providerPayout"]) == (PRICE * DURATION, 0, 0)
     moved = Balances.of(suite, provider, treasury, renter) - before
     assert moved == Balances(provider=0, treasury=0, renter=PRICE * DURATION, compensation=0)
-    assert suite.registry.getProvider(provider).dict()["declines"] == declines + 1
+    assert suite.read(lambda r: r.provider(provider.address)).declines == declines + 1

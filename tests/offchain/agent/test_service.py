@@ -21,6 +21,7 @@ from offchain.agent.rentals import Phase
 from offchain.agent.service import SIMULATED_LABEL, ProviderAgent, SimulatedTelemetryRefused
 from offchain.agent.workspace import RentalFiles
 from offchain.chain.contracts import PROJECT_ROOT
+from offchain.chain.reads import Rental
 from offchain.protocol.messages import TelemetryReport
 from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch
 from offchain.protocol.status import DeclineReason, RentalStatus
@@ -55,17 +56,13 @@ def settle(suite, relayer, reports: list[TelemetryReport]):
     """Applies the agent's reports on chain as two of the three oracles would, in one batch."""
     chain_reports: list[Report] = [r.to_chain_report() for r in reports]
     domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.escrow.oracleSet()[0])
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     signatures = [sign_batch(chain_reports, domain, key) for key in ORACLE_KEYS[:2]]
     return suite.escrow.submitReports([r.as_tuple() for r in chain_reports], signatures, {"from": relayer})
 
 
-def rental_state(suite, rental_id: int) -> dict:
-    names = ("status", "renter", "pricePerSecond", "duration", "since", "lastSeq", "reportedSeconds",
-             "deliveredSeconds", "earned")
-    state = dict(zip(names, suite.escrow.getRental(rental_id)))
-    state["status"] = RentalStatus(state["status"])
-    return state
+def rental_state(suite, rental_id: int) -> Rental:
+    return suite.read(lambda r: r.rental(rental_id))
 
 
 def book_row(settings, rental_id: int) -> sqlite3.Row:
@@ -112,10 +109,10 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
     rental, oracles = asyncio.run(main())
 
     state = rental_state(suite, rental)
-    assert state["status"] is RentalStatus.RUNNING and state["lastSeq"] == 0, "started by the agent's start()"
+    assert state.status is RentalStatus.RUNNING and state.last_seq == 0, "started by the agent's start()"
     reports = oracles[0].accepted_reports(rental)
     assert reports == oracles[1].accepted_reports(rental)
-    assert_continuous(reports, state["since"])
+    assert_continuous(reports, state.since)
     assert len(reports) >= 3
     assert {r.status for r in reports[:-1]} == {ReportStatus.RUNNING}
     last = reports[-1]
@@ -130,8 +127,8 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
 
     settle(suite, relayer, reports)
     settled = rental_state(suite, rental)
-    assert settled["status"] is RentalStatus.COMPLETED
-    assert settled["deliveredSeconds"] == sum(r.delivered_seconds for r in reports)
+    assert settled.status is RentalStatus.COMPLETED
+    assert settled.delivered_seconds == sum(r.delivered_seconds for r in reports)
 
     agent_lines = [r for r in caplog.records if r.name.startswith("offchain.agent")]
     assert agent_lines and all(r.getMessage().startswith(SIMULATED_LABEL) for r in agent_lines)
@@ -161,12 +158,12 @@ def test_a_failing_job_sends_a_failed_report_with_its_exit_code_and_reason(suite
     rental, oracle = asyncio.run(main())
 
     reports = oracle.accepted_reports(rental)
-    assert_continuous(reports, rental_state(suite, rental)["since"])
+    assert_continuous(reports, rental_state(suite, rental).since)
     assert (reports[-1].status, reports[-1].exit_code, reports[-1].result_digest) == (
         ReportStatus.FAILED, exit_code, digest)
     assert reason in book_row(settings, rental)["job_reason"]
     settle(suite, relayer, reports)
-    assert rental_state(suite, rental)["status"] is RentalStatus.FAILED
+    assert rental_state(suite, rental).status is RentalStatus.FAILED
 
 
 def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite, renter, relayer, gpu_offer,
@@ -186,7 +183,7 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
     rental, oracle = asyncio.run(main())
 
     reports = oracle.accepted_reports(rental)
-    since = rental_state(suite, rental)["since"]
+    since = rental_state(suite, rental).since
     assert_continuous(reports, since)
     assert reports[-1].period_end == since + 4
     assert all(r.status is ReportStatus.RUNNING for r in reports)
@@ -196,7 +193,7 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
     assert (settings.rentals_dir / str(rental) / "work" / "stopped").read_text() == "stopped\n"
     assert book_row(settings, rental)["job_reason"] == "stopped by the provider's agent because the rental ended"
     settle(suite, relayer, reports)
-    assert rental_state(suite, rental)["reportedSeconds"] == 4
+    assert rental_state(suite, rental).reported_seconds == 4
 
 
 def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, renter, relayer, gpu_offer,
@@ -224,15 +221,15 @@ def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, rent
     assert stopped_after < 15
     reports = oracle.accepted_reports(rental)
     state = rental_state(suite, rental)
-    assert state["status"] is RentalStatus.TERMINATED
-    assert_continuous(reports, state["since"])
+    assert state.status is RentalStatus.TERMINATED
+    assert_continuous(reports, state.since)
     assert all(r.status is ReportStatus.RUNNING for r in reports)
     # The agent learns of the termination a poll after it: its last period either closes at the new end or, when
     # a regular report already crossed it, was the one before (the escrow clamps it to the end).
     assert reports[-1].period_start < ends_at <= reports[-1].period_end
     assert agent_outcome(settings, rental) in ("ended before the job", "ended; every second was already reported")
     settle(suite, relayer, reports)
-    assert rental_state(suite, rental)["lastSeq"] == reports[-1].seq
+    assert rental_state(suite, rental).last_seq == reports[-1].seq
 
 
 def test_a_rental_its_first_report_already_started_continues_from_the_chain(suite, renter, relayer, gpu_offer,
@@ -249,7 +246,7 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(suit
         time.sleep(0.1)
     first = Report(rental_id=rental, seq=1, period_end=opened_at + 1, delivered_seconds=1, avg_util_bps=9_000)
     domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.escrow.oracleSet()[0])
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     suite.escrow.submitReports([first.as_tuple()], [sign_batch([first], domain, k) for k in ORACLE_KEYS[:2]],
                                {"from": relayer})
     nonce_before = web3.eth.get_transaction_count(AGENT.address)
@@ -272,7 +269,7 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(suit
     assert reports[0].seq == 2
     assert_continuous(reports, opened_at + 1)
     settle(suite, relayer, reports)
-    assert rental_state(suite, rental)["status"] is RentalStatus.COMPLETED
+    assert rental_state(suite, rental).status is RentalStatus.COMPLETED
 
 
 def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, agent_settings):
@@ -293,13 +290,13 @@ def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, 
     rental, oracle = asyncio.run(main())
 
     reports = oracle.accepted_reports(rental)
-    assert_continuous(reports, rental_state(suite, rental)["since"])
+    assert_continuous(reports, rental_state(suite, rental).since)
     assert reports[-1].status is ReportStatus.COMPLETED
     assert all(r.simulated for r in reports)
     assert sum(r.delivered_seconds for r in reports) >= 2
     assert max(r.peak_mem_mib for r in reports) > 0
     settle(suite, relayer, reports)
-    assert rental_state(suite, rental)["status"] is RentalStatus.COMPLETED
+    assert rental_state(suite, rental).status is RentalStatus.COMPLETED
 
 
 def test_simulated_telemetry_is_refused_without_the_explicit_flag(gpu_offer, agent_settings):
@@ -370,7 +367,7 @@ def test_kill_9_and_restart_reattaches_to_the_running_container(suite, renter, r
 
     reports = oracles[0].accepted_reports(rental)
     assert reports == oracles[1].accepted_reports(rental)
-    assert_continuous(reports, rental_state(suite, rental)["since"])
+    assert_continuous(reports, rental_state(suite, rental).since)
     assert (reports[-1].status, reports[-1].exit_code, reports[-1].result_digest) == (
         ReportStatus.COMPLETED, 0, keccak(b"ok\n"))
     assert [r.status for r in reports].count(ReportStatus.COMPLETED) == 1
@@ -383,14 +380,10 @@ def test_kill_9_and_restart_reattaches_to_the_running_container(suite, renter, r
     assert (work / "launches").read_text() == "launched\n", "the job ran once: each restart re-attached"
     assert "re-attached" in (tmp_path / "agent.log").read_text()
     settle(suite, relayer, reports)
-    assert rental_state(suite, rental)["status"] is RentalStatus.COMPLETED
+    assert rental_state(suite, rental).status is RentalStatus.COMPLETED
 
 
 # ------------------------------------------------------------------ declines
-
-
-def declines_of(suite, provider) -> int:
-    return suite.registry.getProvider(provider).dict()["declines"]
 
 
 UNRUNNABLE = {
@@ -424,8 +417,8 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
         spec_hash = keccak(spec)
         settings.spec_directory.mkdir(parents=True, exist_ok=True)
         JobSpecStore(settings.spec_directory).path_of(spec_hash).write_bytes(spec)
-    balance, compensation = suite.escrow.balanceOf(renter), suite.registry.compensationOf(renter)
-    declines, staked = declines_of(suite, provider), suite.registry.getProvider(provider).dict()["staked"]
+    balance, compensation, account = suite.read(lambda r: asyncio.gather(
+        r.escrow_balance(renter.address), r.compensation_of(renter.address), r.provider(provider.address)))
 
     async def main():
         async with agent_with_oracles(settings, source) as (agent, oracles, until):
@@ -441,11 +434,13 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
     rental, took = asyncio.run(main())
 
     assert took < 15
-    assert rental_state(suite, rental)["status"] is RentalStatus.DECLINED
-    assert suite.escrow.balanceOf(renter) - balance == PRICE * DURATION, "the whole deposit back"
-    assert suite.registry.compensationOf(renter) == compensation, "nothing slashed"
-    assert suite.registry.getProvider(provider).dict()["staked"] == staked
-    assert declines_of(suite, provider) == declines + 1
+    assert rental_state(suite, rental).status is RentalStatus.DECLINED
+    balance_after, compensation_after, account_after = suite.read(lambda r: asyncio.gather(
+        r.escrow_balance(renter.address), r.compensation_of(renter.address), r.provider(provider.address)))
+    assert balance_after - balance == PRICE * DURATION, "the whole deposit back"
+    assert compensation_after == compensation, "nothing slashed"
+    assert account_after.staked == account.staked
+    assert account_after.declines == account.declines + 1
     row = book_row(settings, rental)
     assert row["decline_reason"] == reason and row["outcome"].startswith(f"declined ({reason.name})")
 
@@ -481,7 +476,7 @@ def test_a_rental_whose_handling_fails_is_declined_while_the_agent_serves_the_ot
 
     first, second = asyncio.run(main())
 
-    assert rental_state(suite, first)["status"] is RentalStatus.DECLINED
+    assert rental_state(suite, first).status is RentalStatus.DECLINED
     row = book_row(settings, first)
     assert row["decline_reason"] == DeclineReason.AGENT_FAILURE and "File name too long" in row["decline_detail"]
     assert book_row(settings, second)["exit_code"] == 0

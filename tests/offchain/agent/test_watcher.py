@@ -9,7 +9,7 @@ from brownie import chain, web3
 from offchain.sqlite import open_db
 from offchain.agent.watcher import ChainWatcher
 from offchain.chain.events import RentalFinalized, RentalOpened, RentalTerminated
-from offchain.chain.contracts import contract
+from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.status import RentalStatus
@@ -20,8 +20,7 @@ SPEC_HASH = bytes.fromhex("5e" * 32)
 
 
 def watcher_for(w3, chain_settings, provider, db, start_block):
-    return ChainWatcher(w3, contract(w3, "RentalEscrow", chain_settings.escrow),
-                        contract(w3, "ProviderRegistry", chain_settings.registry), provider, db,
+    return ChainWatcher(ChainReader(w3, chain_settings.registry, chain_settings.escrow), provider, db,
                         start_block=start_block)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from brownie import chain, web3
 from eth_utils import keccak
 
+from offchain.chain.reads import Rental
 from offchain.chain.rpc import connect
 from offchain.protocol.reports import EscrowDomain, Report, sign_batch
 from offchain.chain.txmanager import FINAL_STATES, TxManager
@@ -66,7 +67,7 @@ def started_rental(suite, renter, provider, duration=600):
 def report_calldata(suite, rental_id, seq, period_end, delivered):
     """`submitReports` calldata of a one-report batch co-signed by two of the three conftest oracles."""
     domain = EscrowDomain(chain_id=chain.id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.escrow.oracleSet()[0])
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     reports = [Report(rental_id=rental_id, seq=seq, period_end=period_end, delivered_seconds=delivered,
                       avg_util_bps=9_000)]
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
@@ -149,17 +150,15 @@ def sent_count(address, block="latest"):
     return web3.eth.get_transaction_count(address, block)
 
 
-def rental_state(suite, rental_id):
-    """(status, since, duration, lastSeq) of a rental, from `getRental`."""
-    status, _, _, duration, since, last_seq, *_ = suite.escrow.getRental(rental_id)
-    return status, since, duration, last_seq
+def rental_state(suite, rental_id) -> Rental:
+    return suite.read(lambda r: r.rental(rental_id))
 
 
 def first_report_calldata(suite, rental_id, elapsed=30):
     """Lets `elapsed` seconds of a started rental pass and returns the calldata of its seq-1 report."""
     chain.sleep(elapsed)
     chain.mine()
-    since = rental_state(suite, rental_id)[1]
+    since = rental_state(suite, rental_id).since
     period_end = latest_block().timestamp
     return report_calldata(suite, rental_id, 1, period_end, period_end - since)
 

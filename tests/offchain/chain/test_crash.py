@@ -103,7 +103,7 @@ def test_killed_after_send_before_the_receipt_the_report_lands_once(suite, offer
     assert resumed.state is TxState.CONFIRMED and resumed.hash == sent.hash and resumed.attempts == 1
     assert resumed.data == calldata
     assert sent_count(sender.address) == 1
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
     assert report_applied_count(suite, rental) == 1
 
 
@@ -136,5 +136,5 @@ def test_killed_between_broadcast_and_bookkeeping_the_report_lands_once(suite, o
 
     assert resumed.state is TxState.CONFIRMED and resumed.hash == attempt.hash and resumed.attempts == 1
     assert sent_count(sender.address) == 1
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
     assert report_applied_count(suite, rental) == 1

@@ -6,6 +6,7 @@ import asyncio
 
 from brownie import chain
 
+from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.sqlite import open_db
 from offchain.oracle.keeper import Keeper, RentalStatus
@@ -16,13 +17,17 @@ from tests.offchain.conftest import ORACLES
 from tests.offchain.chain.helpers import latest_block, new_offer, open_rental, rental_state, settle, started_rental
 
 
+def make_keeper(w3, suite, manager, db_path, **options) -> Keeper:
+    return Keeper(ChainReader(w3, suite.registry.address, suite.escrow.address), manager, db_path, **options)
+
+
 def status(suite, rental_id):
-    return RentalStatus(rental_state(suite, rental_id)[0])
+    return rental_state(suite, rental_id).status
 
 
 def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, renter, provider, sender, chain_id,
                                                             tmp_path, rpc_url):
-    start_timeout, report_grace = suite.escrow.startTimeout(), suite.escrow.reportGrace()
+    start_timeout, report_grace = suite.read(lambda r: asyncio.gather(r.start_timeout(), r.report_grace()))
     start_block = latest_block().number
     never_started = open_rental(suite, renter, new_offer(suite, provider))
     expires = started_rental(suite, renter, provider, duration=120)
@@ -34,7 +39,7 @@ def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, rente
     async def first_run():
         w3 = connect(rpc_url)
         manager = TxManager(w3, db_path, sender, chain_id)
-        keeper = Keeper(w3, suite.escrow.address, manager, db_path, start_block=start_block)
+        keeper = make_keeper(w3, suite, manager, db_path, start_block=start_block)
         await manager.start()
         await keeper.start()
         try:
@@ -77,7 +82,7 @@ def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, rente
     async def second_run():
         w3 = connect(rpc_url)
         manager = TxManager(w3, db_path, sender, chain_id)
-        keeper = Keeper(w3, suite.escrow.address, manager, db_path, start_block=start_block)
+        keeper = make_keeper(w3, suite, manager, db_path, start_block=start_block)
         await manager.start()
         await keeper.start()
         assert keeper.last_scanned_block == scanned and keeper.watched() == [fresh]
@@ -113,14 +118,14 @@ def test_the_keeper_drops_a_declined_rental_as_final(suite, offer, renter, provi
     start_block = latest_block().number
     declined = open_rental(suite, renter, new_offer(suite, provider))
     suite.escrow.decline(declined, DeclineReason.GPUS_UNAVAILABLE, {"from": provider})
-    chain.sleep(suite.escrow.startTimeout() + 1)
+    chain.sleep(suite.read(lambda r: r.start_timeout()) + 1)
     chain.mine()
     db_path = tmp_path / "oracle.sqlite"
 
     async def run():
         w3 = connect(rpc_url)
         manager = TxManager(w3, db_path, sender, chain_id)
-        keeper = Keeper(w3, suite.escrow.address, manager, db_path, start_block=start_block)
+        keeper = make_keeper(w3, suite, manager, db_path, start_block=start_block)
         await manager.start()
         await keeper.start()
         try:
@@ -147,16 +152,17 @@ def test_the_keeper_scans_logs_in_chunks_reads_rentals_in_rotation_and_ignores_o
         rentals.append(open_rental(suite, renter, new_offer(suite, provider)))
         open_rental(other, renter, new_offer(other, provider))
     head = latest_block().number
+    start_timeout = suite.read(lambda r: r.start_timeout())
 
     async def scenario():
         w3 = connect(rpc_url)
         manager = TxManager(w3, tmp_path / "db.sqlite", sender, chain_id)
-        keeper = Keeper(w3, suite.escrow.address, manager, tmp_path / "db.sqlite", start_block=start_block,
-                        max_block_range=2, max_checks_per_tick=1)
+        keeper = make_keeper(w3, suite, manager, tmp_path / "db.sqlite", start_block=start_block,
+                             max_block_range=2, max_checks_per_tick=1)
         try:
             assert await keeper.tick() == []
             assert keeper.watched() == rentals and keeper.last_scanned_block >= head
-            chain.sleep(suite.escrow.startTimeout() + 1)
+            chain.sleep(start_timeout + 1)
             chain.mine()
             # One rental read per tick: all three are due, one is submitted per tick.
             return [[a.rental_id for a in await keeper.tick()] for _ in range(4)]
@@ -178,7 +184,7 @@ def test_the_keeper_forgets_a_rental_a_reorg_took_away(suite, offer, renter, pro
     async def scenario():
         w3 = connect(rpc_url)
         manager = TxManager(w3, tmp_path / "db.sqlite", sender, chain_id)
-        keeper = Keeper(w3, suite.escrow.address, manager, tmp_path / "db.sqlite", start_block=start_block)
+        keeper = make_keeper(w3, suite, manager, tmp_path / "db.sqlite", start_block=start_block)
         try:
             chain.snapshot()
             orphaned = open_rental(suite, renter, offer_id)
@@ -208,7 +214,7 @@ def test_the_keeper_resumes_from_the_cursor_an_earlier_version_kept(suite, sende
     async def scenario():
         w3 = connect(rpc_url)
         manager = TxManager(w3, db_path, sender, chain_id)
-        keeper = Keeper(w3, suite.escrow.address, manager, db_path)
+        keeper = make_keeper(w3, suite, manager, db_path)
         try:
             return keeper.last_scanned_block
         finally:

@@ -8,27 +8,17 @@ import asyncio
 import pytest
 
 from offchain.chain.contracts import abi
-from offchain.chain.reads import AbiMismatch, ChainReader, Offer, Rental
-from offchain.chain.rpc import ChainUnreachable, connect
+from offchain.chain.reads import AbiMismatch, ChainReader, Offer, Rental, read_once
+from offchain.chain.rpc import ChainUnreachable
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.status import OfferStatus, RentalStatus
+from scripts.deploy import USDC, SuiteParams
 from tests.offchain.conftest import AGENT, GPU_UUIDS, ORACLES, PRICE
 
 
 @pytest.fixture(autouse=True)
 def isolation(fn_isolation):
     pass
-
-
-def read(rpc_url, suite, call):
-    async def run():
-        w3 = connect(rpc_url)
-        try:
-            return await call(ChainReader(w3, suite.registry.address, suite.escrow.address))
-        finally:
-            await w3.provider.disconnect()
-
-    return asyncio.run(run())
 
 
 def _outputs(contract_name: str, function: str) -> list[dict]:
@@ -62,7 +52,7 @@ def test_a_renamed_or_missing_field_is_refused_by_name():
         Rental.from_returned(outputs[:-1], range(len(outputs) - 1))
 
 
-def test_the_reader_returns_the_suite_state_by_name(rpc_url, suite, offer, provider, renter):
+def test_the_reader_returns_the_suite_state_by_name(suite, offer, provider, renter):
     rental_id = suite.escrow.openRental(offer, 120, PRICE, b"\x01" * 32, {"from": renter}).return_value
 
     async def reads(reader: ChainReader):
@@ -70,17 +60,66 @@ def test_the_reader_returns_the_suite_state_by_name(rpc_url, suite, offer, provi
                                     reader.agent_of(provider.address), reader.live_rental_of(offer),
                                     reader.oracle_set(), reader.offer_count())
 
-    listed, rental, account, agent, live, oracles, count = read(rpc_url, suite, reads)
+    listed, rental, account, agent, live, oracles, count = suite.read(reads)
     assert isinstance(listed, Offer)
     assert (listed.provider, listed.status, listed.price_per_second, listed.vram_mib) == (
         provider.address, OfferStatus.ACTIVE, PRICE, 81_559)
     assert listed.gpu_uuid_hashes == tuple(gpu_uuid_hash(u) for u in GPU_UUIDS)
-    assert (rental.status, rental.renter, rental.duration, rental.last_seq) == (RentalStatus.OPEN, renter.address, 120, 0)
+    assert (rental.status, rental.renter, rental.duration, rental.last_seq) == (
+        RentalStatus.OPEN, renter.address, 120, 0)
     assert account.agent == agent == AGENT.address and account.staked > 0
     assert live == rental_id and count == offer
     assert (oracles.signers, oracles.threshold) == (tuple(o.address for o in ORACLES), 2)
 
 
+def test_the_reader_returns_the_suite_wiring_and_parameters(suite, deployer, accounts):
+    async def reads(reader: ChainReader):
+        return await asyncio.gather(
+            reader.registry_escrow(), reader.escrow_registry(), reader.payment_token(), reader.stake_token(),
+            reader.escrow_owner(), reader.fee_config(), reader.min_stake_per_gpu(), reader.unbonding_period(),
+            reader.fee_cap_bps(), reader.start_timeout(), reader.report_grace(), reader.sla_bps(),
+            reader.sla_slash_bps(), reader.start_slash_bps())
+
+    registry_escrow, escrow_registry, payment_token, stake_token, owner, fee, *params = suite.read(reads)
+    assert (registry_escrow, escrow_registry) == (suite.escrow.address, suite.registry.address)
+    assert (payment_token, stake_token, owner) == (
+        suite.payment_token.address, suite.stake_token.address, deployer.address)
+    expected = SuiteParams()
+    assert (fee.fee_bps, fee.treasury) == (expected.fee_bps, accounts[1].address)
+    assert params == [expected.min_stake_per_gpu, expected.unbonding_period, expected.fee_cap_bps,
+                      expected.start_timeout, expected.report_grace, expected.sla_bps, expected.sla_slash_bps,
+                      expected.start_slash_bps]
+
+
+def test_the_reader_returns_stakes_balances_and_token_amounts(suite, offer, provider, renter):
+    token = suite.payment_token.address
+
+    async def reads(reader: ChainReader):
+        return await asyncio.gather(
+            reader.provider(provider.address), reader.free_stake(provider.address), reader.collateral_of(offer),
+            reader.escrow_balance(renter.address), reader.compensation_of(renter.address),
+            reader.token_balance(token, renter.address),
+            reader.token_allowance(token, renter.address, suite.escrow.address), reader.token_metadata(token))
+
+    account, free, collateral, escrow_balance, compensation, balance, allowance, metadata = suite.read(reads)
+    rental_id = suite.escrow.openRental(offer, 120, PRICE, b"\x01" * 32, {"from": renter}).return_value
+    _, free_while_rented, *_ = suite.read(reads)
+    suite.escrow.terminate(rental_id, {"from": renter})  # before the start: cancelled, the deposit credited back
+    _, free_after, _, escrow_after, compensation_after, balance_after, allowance_after, _ = suite.read(reads)
+
+    assert (account.staked, account.locked, account.unbonding) == (10_000 * USDC, 0, 0)
+    assert free == free_after == account.staked
+    assert collateral == 2 * SuiteParams().min_stake_per_gpu and free_while_rented == free - collateral
+    assert (escrow_after - escrow_balance, balance - balance_after) == (120 * PRICE, 120 * PRICE)
+    assert compensation == compensation_after == 0
+    assert allowance == allowance_after == 2**256 - 1
+    assert (metadata.address, metadata.symbol, metadata.decimals) == (token, "tUSD", 6)
+
+
+def test_a_synchronous_caller_reads_once_over_a_connection_of_its_own(rpc_url, suite, offer):
+    assert read_once(rpc_url, suite.registry.address, suite.escrow.address, lambda r: r.offer_count()) == offer
+
+
 def test_an_unreachable_node_is_chain_unreachable(suite):
     with pytest.raises(ChainUnreachable):
-        read("http://127.0.0.1:9", suite, lambda reader: reader.rental(1))
+        read_once("http://127.0.0.1:9", suite.registry.address, suite.escrow.address, lambda r: r.rental(1))

@@ -62,7 +62,7 @@ def test_a_report_batch_moves_from_unstarted_to_confirmed(suite, offer, renter, 
 
     with manual_mining():
         asyncio.run(scenario())
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
     assert sent_count(sender.address) == 1
 
 
@@ -92,14 +92,13 @@ def test_resubmitting_a_key_returns_the_stored_record_and_sends_nothing(suite, o
 
     asyncio.run(scenario())
     assert sent_count(sender.address) == 1
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
 
 
 def test_a_dry_run_revert_is_failed_with_the_custom_error_and_nothing_is_sent(suite, offer, renter, provider,
                                                                                sender, chain_id, db_path, rpc_url):
     rental = started_rental(suite, renter, provider, duration=600)
-    _, since, duration, _ = rental_state(suite, rental)
-    finalizable_at = since + duration + suite.escrow.reportGrace()
+    finalizable_at = rental_state(suite, rental).end + suite.read(lambda r: r.report_grace())
     calldata = first_report_calldata(suite, rental)
 
     async def scenario():
@@ -119,7 +118,7 @@ def test_a_dry_run_revert_is_failed_with_the_custom_error_and_nothing_is_sent(su
             assert report.state is TxState.CONFIRMED and report.nonce == 0
 
     asyncio.run(scenario())
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
 
 
 def test_a_gas_limit_below_the_intrinsic_cost_fails_the_dry_run(suite, offer, renter, provider, sender, chain_id,
@@ -212,7 +211,7 @@ def test_a_nonce_taken_by_another_sender_requeues_the_transaction(suite, offer, 
         record = asyncio.run(scenario())
     assert record.state is TxState.CONFIRMED and record.nonce == 1 and record.error is None
     assert sent_count(sender.address) == 2
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
 
 
 def test_a_stuck_transaction_is_bumped_and_the_replacement_lands_under_the_same_nonce(
@@ -252,7 +251,7 @@ def test_a_stuck_transaction_is_bumped_and_the_replacement_lands_under_the_same_
     with pytest.raises(TransactionNotFound):
         web3.eth.get_transaction_receipt(first.hash)
     assert sent_count(sender.address) == 1
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
 
 
 def test_bumps_stop_at_the_fee_cap(suite, offer, renter, provider, sender, chain_id, db_path, rpc_url):
@@ -323,7 +322,7 @@ def test_a_reorged_transaction_is_sent_again_and_lands_once(suite, offer, renter
     assert record.state is TxState.CONFIRMED and record.hash == before.hash and record.attempts == 1
     assert record.block_hash != before.block_hash
     assert sent_count(sender.address) == 1
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
 
 
 def test_a_transaction_beaten_in_its_block_is_failed_with_the_on_chain_error(suite, offer, renter, provider, sender,
@@ -350,7 +349,7 @@ def test_a_transaction_beaten_in_its_block_is_failed_with_the_on_chain_error(sui
     assert record.state is TxState.FAILED and record.gas_used is not None
     assert record.error == f"reverted on chain in block {block}: Escrow_UnexpectedSeq: {rental}, 2, 1"
     assert sent_count(sender.address) == 1
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
 
 
 def test_an_unlocked_node_account_has_the_node_sign(suite, offer, renter, provider, relayer, chain_id, db_path,
@@ -368,7 +367,7 @@ def test_an_unlocked_node_account_has_the_node_sign(suite, offer, renter, provid
     record = asyncio.run(scenario())
     assert record.state is TxState.CONFIRMED and record.nonce == nonce_before
     assert web3.eth.get_transaction(record.hash)["from"] == relayer.address
-    assert rental_state(suite, rental)[3] == 1
+    assert rental_state(suite, rental).last_seq == 1
 
 
 def test_run_sends_what_is_submitted_and_reports_each_final_record(suite, offer, renter, provider, sender, chain_id,
@@ -393,5 +392,5 @@ def test_run_sends_what_is_submitted_and_reports_each_final_record(suite, offer,
     records = asyncio.run(scenario())
     assert [r.state for r in records] == [TxState.CONFIRMED] * 3
     assert [r.nonce for r in records] == [0, 1, 2]
-    assert [rental_state(suite, r)[3] for r in rentals] == [1, 1, 1]
+    assert [rental_state(suite, r).last_seq for r in rentals] == [1, 1, 1]
     assert sorted(finished, key=lambda r: r.nonce) == records

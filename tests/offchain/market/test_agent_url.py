@@ -104,33 +104,22 @@ def test_the_length_is_counted_after_the_trailing_slash_is_stripped():
 # the provider record
 
 
-def test_the_provider_record_reads_the_agent_url_and_none_when_unset(rpc_url, suite, provider):
-    async def read():
-        w3 = connect(rpc_url)
-        try:
-            return await read_provider(w3, suite.registry.address, provider.address)
-        finally:
-            await w3.provider.disconnect()
+def test_the_provider_record_reads_the_agent_url_and_none_when_unset(suite, provider):
+    def read():
+        return suite.read(lambda r: read_provider(r, provider.address))
 
-    assert run(read()).agent_url is None
+    assert read().agent_url is None
     suite.registry.setAgentUrl(AGENT_URL, {"from": provider})
-    assert run(read()).agent_url == AGENT_URL
+    assert read().agent_url == AGENT_URL
     suite.registry.setAgentUrl("", {"from": provider})
-    assert run(read()).agent_url is None
+    assert read().agent_url is None
 
 
-def test_the_provider_record_reads_the_agent_url_at_the_block_asked(rpc_url, suite, provider):
+def test_the_provider_record_reads_the_agent_url_at_the_block_asked(suite, provider):
     before = suite.registry.setAgentUrl(AGENT_URL, {"from": provider}).block_number
     suite.registry.setAgentUrl("https://moved.example.net", {"from": provider})
 
-    async def read():
-        w3 = connect(rpc_url)
-        try:
-            return await read_provider(w3, suite.registry.address, provider.address, before)
-        finally:
-            await w3.provider.disconnect()
-
-    assert run(read()).agent_url == AGENT_URL
+    assert suite.read(lambda r: read_provider(r, provider.address, before)).agent_url == AGENT_URL
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,7 +131,7 @@ def test_set_agent_url_publishes_the_checked_form(client, suite, local_provider)
 
     assert [tx.action for tx in result.transactions] == ["setAgentUrl"]
     assert result.provider.agent_url == AGENT_URL
-    assert suite.registry.agentUrlOf(local_provider.address) == AGENT_URL
+    assert suite.read(lambda r: r.agent_url_of(local_provider.address)) == AGENT_URL
     assert client()(lambda c: c.agent_url(local_provider.address)) == AGENT_URL
 
 
@@ -160,7 +149,7 @@ def test_set_agent_url_refuses_an_invalid_url_before_sending(client, suite, loca
     with pytest.raises(ExchangeError, match="no query or fragment"):
         client(local_provider)(lambda c: c.set_agent_url(AGENT_URL + "?x=1"))
 
-    assert suite.registry.agentUrlOf(local_provider.address) == ""
+    assert suite.read(lambda r: r.agent_url_of(local_provider.address)) is None
 
 
 def test_the_agent_endpoint_of_an_offer(client, suite, offer, provider):

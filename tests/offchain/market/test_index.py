@@ -8,6 +8,7 @@ import asyncio
 from brownie import chain, web3
 from eth_utils import keccak
 
+from offchain.chain.reads import ChainReader
 from offchain.market.offers import read_offers, read_provider
 from offchain.protocol.status import OfferStatus
 from offchain.protocol.messages import gpu_uuid_hash
@@ -32,7 +33,7 @@ def open_rental(suite, offer_id: int, renter) -> int:
 def apply_reports(suite, reports: list[Report], relayer) -> None:
     """Applies `reports` as two of the three oracles would, in one batch."""
     domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.escrow.oracleSet()[0])
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
     suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
 
@@ -55,7 +56,7 @@ def test_offers_agree_with_the_registry_views(node, make_index, chain_settings, 
             index = make_index(w3)
             assert not index.ready
             assert await index.sync()
-            viewed = await read_offers(w3, chain_settings.registry, chain_settings.escrow)
+            viewed = await read_offers(ChainReader(w3, chain_settings.registry, chain_settings.escrow))
             return index.ready, index.offers(), viewed
 
     ready, indexed, viewed = run(scenario())
@@ -72,7 +73,7 @@ def test_offers_agree_with_the_registry_views(node, make_index, chain_settings, 
 def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite, offer, provider, renter, relayer):
     rental_id = open_rental(suite, offer, renter)
     suite.escrow.start(rental_id, {"from": provider})
-    since = suite.escrow.getRental(rental_id)[4]
+    since = suite.read(lambda r: r.rental(rental_id)).since
     chain.sleep(20)
     chain.mine()
     apply_reports(suite, [Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10,
@@ -103,8 +104,9 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
         (1, since + 10, 10, 9_000, 10 * PRICE), (2, since + 20, 6, 4_000, 6 * PRICE)]
     assert running.refunded == PRICE * (since + DURATION - ends_at)
 
-    status, _, _, duration, _, _, _, delivered, earned = suite.escrow.getRental(rental_id)
-    assert final.status is RentalStatus(status) is RentalStatus.EXPIRED
+    on_chain = suite.read(lambda r: r.rental(rental_id))
+    duration, delivered, earned = on_chain.duration, on_chain.delivered_seconds, on_chain.earned
+    assert final.status is on_chain.status is RentalStatus.EXPIRED
     assert (final.duration, final.delivered_seconds, final.earned) == (duration, delivered, earned)
     fee = earned * PARAMS.fee_bps // 10_000
     settlement = final.settlement
@@ -128,12 +130,13 @@ def test_a_start_timeout_slash_is_recorded_with_its_reason(node, make_index, cha
         async with node() as w3:
             index = make_index(w3)
             await index.sync()
-            on_chain = await read_provider(w3, chain_settings.registry, provider.address)
+            on_chain = await read_provider(ChainReader(w3, chain_settings.registry, chain_settings.escrow),
+                                           provider.address)
             return index.rental(rental_id), index.provider(provider.address), on_chain
 
     rental, indexed_provider, on_chain = run(scenario())
     assert rental.status is RentalStatus.TIMED_OUT and rental.started_at is None
-    collateral = suite.registry.collateralOf(offer)
+    collateral = suite.read(lambda r: r.collateral_of(offer))
     assert (rental.settlement.slashed, rental.settlement.slash_reason) == (
         collateral * PARAMS.start_slash_bps // 10_000, SlashReason.START_TIMEOUT)
     assert rental.refunded == rental.deposit
@@ -153,7 +156,8 @@ def test_a_declined_rental_is_final_with_its_reason_and_counted(node, make_index
         async with node() as w3:
             index = make_index(w3)
             await index.sync()
-            on_chain = await read_provider(w3, chain_settings.registry, provider.address)
+            on_chain = await read_provider(ChainReader(w3, chain_settings.registry, chain_settings.escrow),
+                                           provider.address)
             return index.rental(rental_id), index.offer(offer), index.provider(provider.address), on_chain
 
     rental, indexed_offer, indexed_provider, on_chain = run(scenario())
@@ -180,7 +184,8 @@ def test_the_agent_url_is_followed_as_the_provider_publishes_and_clears_it(node,
             suite.registry.setAgentUrl(url, {"from": provider})
             assert await index.sync()
             published = index.provider(provider.address)
-            on_chain = await read_provider(w3, chain_settings.registry, provider.address)
+            on_chain = await read_provider(ChainReader(w3, chain_settings.registry, chain_settings.escrow),
+                                           provider.address)
             suite.registry.setAgentUrl("", {"from": provider})
             assert await index.sync()
             return unset, published, on_chain, index.provider(provider.address)

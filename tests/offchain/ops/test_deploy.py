@@ -11,6 +11,7 @@ from eth_account import Account
 
 from offchain.ops import deployments
 from offchain.chain.contracts import contract
+from offchain.chain.reads import read_once
 from offchain.chain.rpc import connect
 from offchain.ops.deploy import DeployError, DeployRequest, SuiteParams, deploy, verify
 from offchain.chain.wallet import TxFailed, Wallet
@@ -53,15 +54,8 @@ def run_deploy(rpc_url, account, req, dry_run=False, lines=None):
     return asyncio.run(go())
 
 
-def read(rpc_url, name, address, fn, *args):
-    async def go():
-        w3 = connect(rpc_url)
-        try:
-            return await getattr(contract(w3, name, address).functions, fn)(*args).call()
-        finally:
-            await w3.provider.disconnect()
-
-    return asyncio.run(go())
+def read(rpc_url, record, call):
+    return read_once(rpc_url, record.registry, record.escrow, call)
 
 
 def test_fresh_deployment_writes_a_record_that_matches_the_chain(rpc_url, record_dir, deployer_account):
@@ -69,10 +63,10 @@ def test_fresh_deployment_writes_a_record_that_matches_the_chain(rpc_url, record
     assert record.chain_id == web3.eth.chain_id
     assert record.test_token and record.payment_token == record.stake_token
     assert deployments.load(record.chain_id) == record
-    assert read(rpc_url, "ProviderRegistry", record.registry, "escrow") == record.escrow
-    version, signers, threshold = read(rpc_url, "RentalEscrow", record.escrow, "oracleSet")
-    assert (list(signers), threshold) == ([o.address for o in ORACLES], 2)
-    assert read(rpc_url, "RentalEscrow", record.escrow, "startTimeout") == 30
+    assert read(rpc_url, record, lambda r: r.registry_escrow()) == record.escrow
+    oracle_set = read(rpc_url, record, lambda r: r.oracle_set())
+    assert (oracle_set.signers, oracle_set.threshold) == (tuple(o.address for o in ORACLES), 2)
+    assert read(rpc_url, record, lambda r: r.start_timeout()) == 30
     assert web3.eth.get_code(record.registry, record.start_block)
     assert not web3.eth.get_code(record.registry, record.start_block - 1)
 
@@ -103,8 +97,10 @@ def test_rerun_brings_fee_treasury_and_oracle_set_to_the_request(rpc_url, record
     dry = run_deploy(rpc_url, deployer_account, changed, dry_run=True, lines=lines)
     assert dry is None and sum("[dry run] would send" in line for line in lines) == 3
     record = run_deploy(rpc_url, deployer_account, changed)
-    assert read(rpc_url, "RentalEscrow", record.escrow, "feeConfig") == [500, ORACLES[2].address]
-    assert read(rpc_url, "RentalEscrow", record.escrow, "oracleSet")[1:] == [[ORACLES[1].address], 1]
+    fee = read(rpc_url, record, lambda r: r.fee_config())
+    assert (fee.fee_bps, fee.treasury) == (500, ORACLES[2].address)
+    oracle_set = read(rpc_url, record, lambda r: r.oracle_set())
+    assert (oracle_set.signers, oracle_set.threshold) == ((ORACLES[1].address,), 1)
     assert deployments.load(record.chain_id).config.fee_bps == 500
 
 

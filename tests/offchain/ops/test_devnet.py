@@ -10,8 +10,7 @@ import socket
 import pytest
 
 from offchain.ops import deployments, devnet
-from offchain.chain.contracts import contract
-from offchain.chain.rpc import connect
+from offchain.chain.reads import read_once
 from offchain.ops.deploy import SuiteParams
 
 PORT, ORACLE_PORT = 8595, 8795
@@ -33,15 +32,9 @@ def up(state_dir):
 
 
 def balance_of(state, account):
-    async def go():
-        w3 = connect(state.rpc_url)
-        try:
-            token = contract(w3, "TestStablecoin", state.deployment.payment_token)
-            return await token.functions.balanceOf(account).call()
-        finally:
-            await w3.provider.disconnect()
-
-    return asyncio.run(go())
+    deployment = state.deployment
+    return read_once(state.rpc_url, deployment.registry, deployment.escrow,
+                     lambda r: r.token_balance(deployment.payment_token, account))
 
 
 def test_up_runs_anvil_and_the_oracle_and_records_the_deployment(devnet_dir):

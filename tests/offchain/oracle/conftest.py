@@ -22,14 +22,14 @@ def isolation(fn_isolation):
 def open_rental(suite, offer, renter):
     """A rental of `offer` that the provider has not started."""
     rental_id = suite.escrow.openRental(offer, RENTAL_SECONDS, 10**9, keccak(text="job"), {"from": renter}).return_value
-    return Rental(rental_id, suite.escrow.getRental(rental_id)[4])
+    return Rental(rental_id, suite.read(lambda r: r.rental(rental_id)).since)
 
 
 @pytest.fixture
 def rental(suite, open_rental, provider):
     """A running rental of `offer`, started by its provider; `since` is its start time."""
     suite.escrow.start(open_rental.rental_id, {"from": provider})
-    return Rental(open_rental.rental_id, suite.escrow.getRental(open_rental.rental_id)[4])
+    return Rental(open_rental.rental_id, suite.read(lambda r: r.rental(open_rental.rental_id)).since)
 
 
 @pytest.fixture

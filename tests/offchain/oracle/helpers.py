@@ -75,9 +75,10 @@ def db_rows(settings: OracleSettings) -> list[tuple]:
         return db.execute("SELECT * FROM submissions ORDER BY id").fetchall()
 
 
-def chain_state(escrow, rental_id: int) -> tuple:
-    """What a rejected request must not change on chain: the block height and the rental."""
-    return web3.eth.block_number, tuple(escrow.getRental(rental_id))
+def chain_state(suite, rental_id: int) -> tuple:
+    """What a rejected request must not change on chain: the block height and the rental. It runs an event loop of
+    its own: from a coroutine, call it in a thread."""
+    return web3.eth.block_number, suite.read(lambda r: r.rental(rental_id))
 
 
 def run(coroutine):

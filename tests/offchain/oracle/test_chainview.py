@@ -7,7 +7,8 @@ import asyncio
 from brownie import chain
 
 from offchain.chain.rpc import connect
-from offchain.oracle.chainview import ChainView, RentalStatus, _TtlCache
+from offchain.oracle.chainview import ChainView, _TtlCache
+from offchain.protocol.status import RentalStatus
 from tests.offchain.conftest import AGENT
 from tests.offchain.oracle.helpers import run
 

@@ -16,9 +16,9 @@ from eth_utils import keccak
 
 from offchain.protocol.messages import CosignRequest, CosignResponse, chain_reports
 from offchain.oracle.app import STORE, TELEMETRY_PATH
-from offchain.oracle.chainview import RentalStatus
 from offchain.oracle.cosign import COSIGN_PATH, collect_cosignatures
 from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch
+from offchain.protocol.status import RentalStatus
 from tests.offchain.conftest import ORACLE_KEYS, ORACLES
 from tests.offchain.oracle.helpers import (
     PERIOD,
@@ -34,9 +34,8 @@ from tests.offchain.oracle.helpers import (
 
 
 def escrow_domain(suite, settings) -> EscrowDomain:
-    return EscrowDomain(
-        chain_id=settings.chain.chain_id, escrow=suite.escrow.address, oracle_set_version=suite.escrow.oracleSet()[0]
-    )
+    return EscrowDomain(chain_id=settings.chain.chain_id, escrow=suite.escrow.address,
+                        oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
 
 
 def base_url(client) -> str:
@@ -78,19 +77,21 @@ def test_two_of_three_cosigned_batch_settles_the_rental_on_chain(make_settings, 
         [r.as_tuple() for r in reports], [leader_signature, collected.signatures[ORACLES[2].address]],
         {"from": relayer},
     )
-    status, *_, last_seq, reported, delivered, _earned = suite.escrow.getRental(rental.rental_id)
-    assert (status, last_seq, reported, delivered) == (RentalStatus.COMPLETED, 2, 2 * PERIOD, 2 * PERIOD - 6)
+    settled = suite.read(lambda r: r.rental(rental.rental_id))
+    assert (settled.status, settled.last_seq, settled.reported_seconds, settled.delivered_seconds) == (
+        RentalStatus.COMPLETED, 2, 2 * PERIOD, 2 * PERIOD - 6)
 
 
 def test_peer_signs_a_batch_it_already_holds(make_settings, clock, rental, suite):
     peer = make_settings(1)
     chain.sleep(PERIOD)
     held = submission(peer, report(rental, 1))
+    version = suite.read(lambda r: r.oracle_set()).version
 
     async def scenario():
         async with oracle_client(peer, clock=clock) as client:
             assert (await post(client, TELEMETRY_PATH, held.model_dump_json().encode()))[0] == 202
-            request = CosignRequest(oracle_set_version=suite.escrow.oracleSet()[0], submissions=(held,))
+            request = CosignRequest(oracle_set_version=version, submissions=(held,))
             return await post(client, COSIGN_PATH, request.model_dump_json().encode())
 
     status, payload = run(scenario())
@@ -124,11 +125,11 @@ def test_peer_checks_a_batch_against_reports_settled_since_it_cached_the_rental(
 
 
 async def expect_refused(client, settings, suite, rental, request: bytes, status, reason, index=None):
-    rows, state = db_rows(settings), chain_state(suite.escrow, rental.rental_id)
+    rows, state = db_rows(settings), await asyncio.to_thread(chain_state, suite, rental.rental_id)
     got_status, payload = await post(client, COSIGN_PATH, request)
     assert (got_status, payload.get("error"), payload.get("index")) == (status, reason, index), payload
     assert db_rows(settings) == rows
-    assert chain_state(suite.escrow, rental.rental_id) == state
+    assert await asyncio.to_thread(chain_state, suite, rental.rental_id) == state
 
 
 @pytest.mark.parametrize(
@@ -146,7 +147,7 @@ def test_peer_refuses_a_batch_it_cannot_verify_and_stores_none_of_it(
     make_settings, clock, rental, suite, case, status, reason, index
 ):
     peer = make_settings(1)
-    version = suite.escrow.oracleSet()[0]
+    version = suite.read(lambda r: r.oracle_set()).version
     chain.sleep(2 * PERIOD)
     good = [submission(peer, report(rental, seq)) for seq in (1, 2)]
     batches = {
@@ -175,9 +176,8 @@ def test_peer_refuses_a_batch_it_cannot_verify_and_stores_none_of_it(
 def test_oracle_outside_the_set_refuses_to_sign(make_settings, clock, rental, suite):
     outsider = make_settings(3, key=keccak(text="not an oracle"))
     chain.sleep(PERIOD)
-    request = CosignRequest(
-        oracle_set_version=suite.escrow.oracleSet()[0], submissions=(submission(outsider, report(rental, 1)),)
-    )
+    request = CosignRequest(oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+                            submissions=(submission(outsider, report(rental, 1)),))
 
     async def scenario():
         async with oracle_client(outsider, clock=clock) as client:
@@ -192,7 +192,7 @@ def test_batch_larger_than_the_cap_is_413(make_settings, clock, rental, suite):
     peer = make_settings(1, max_batch_reports=1)
     chain.sleep(2 * PERIOD)
     request = CosignRequest(
-        oracle_set_version=suite.escrow.oracleSet()[0],
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
         submissions=tuple(submission(peer, report(rental, seq)) for seq in (1, 2)),
     )
 

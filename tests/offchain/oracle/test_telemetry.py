@@ -35,14 +35,14 @@ from tests.offchain.oracle.helpers import (
 RENTAL_GRACE = 400  # more than SuiteParams.report_grace
 
 
-async def expect_rejected(client, settings, escrow, rental_id, data, status, reason) -> dict:
+async def expect_rejected(client, settings, suite, rental_id, data, status, reason) -> dict:
     """Posts `data`, checks the refusal, and that neither the oracle's database nor the chain changed."""
-    rows, state = db_rows(settings), chain_state(escrow, rental_id)
+    rows, state = db_rows(settings), await asyncio.to_thread(chain_state, suite, rental_id)
     got_status, payload = await post(client, TELEMETRY_PATH, data)
     assert (got_status, payload.get("error")) == (status, reason), payload
     assert payload["detail"]
     assert db_rows(settings) == rows
-    assert chain_state(escrow, rental_id) == state
+    assert await asyncio.to_thread(chain_state, suite, rental_id) == state
     return payload
 
 
@@ -106,7 +106,7 @@ def test_different_report_with_an_accepted_seq_is_a_conflict(settings, clock, re
             assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 1))))[0] == 202
             changed = report(rental, 1, avg_util_bps=1_000)
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, changed), 409, "seq_conflict"
+                client, settings, suite, rental.rental_id, body(settings, changed), 409, "seq_conflict"
             )
 
     chain.sleep(PERIOD)
@@ -126,7 +126,7 @@ def test_different_report_with_an_accepted_seq_is_a_conflict(settings, clock, re
 def test_body_that_is_not_a_submission_is_400(settings, clock, rental, suite, data):
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            payload = await expect_rejected(client, settings, suite.escrow, rental.rental_id, data, 400, "invalid_body")
+            payload = await expect_rejected(client, settings, suite, rental.rental_id, data, 400, "invalid_body")
             assert payload["errors"] and all({"loc", "type", "msg"} <= set(e) for e in payload["errors"])
 
     run(scenario())
@@ -148,7 +148,7 @@ def test_out_of_bounds_or_malformed_field_is_400_naming_it(settings, clock, rent
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            payload = await expect_rejected(client, settings, suite.escrow, rental.rental_id, data, 400, "invalid_body")
+            payload = await expect_rejected(client, settings, suite, rental.rental_id, data, 400, "invalid_body")
             assert error_loc in [e["loc"] for e in payload["errors"]]
 
     chain.sleep(PERIOD)
@@ -164,7 +164,7 @@ def test_body_over_the_size_limit_is_413(settings, clock, rental, suite):
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            await expect_rejected(client, settings, suite.escrow, rental.rental_id, data, 413, "body_too_large")
+            await expect_rejected(client, settings, suite, rental.rental_id, data, 413, "body_too_large")
             # Without a Content-Length (chunked), the limit holds as well.
             async with client.post(TELEMETRY_PATH, data=chunks()) as response:
                 assert response.status == 413
@@ -181,7 +181,7 @@ def test_simulated_telemetry_is_refused_unless_allowed(make_settings, clock, ren
     async def scenario():
         async with oracle_client(refusing, clock=clock) as client:
             await expect_rejected(
-                client, refusing, suite.escrow, rental.rental_id, body(refusing, simulated), 403, "simulated_refused"
+                client, refusing, suite, rental.rental_id, body(refusing, simulated), 403, "simulated_refused"
             )
         async with oracle_client(allowing, clock=clock) as client:
             assert (await post(client, TELEMETRY_PATH, body(allowing, simulated)))[0] == 202
@@ -196,7 +196,7 @@ def test_period_ending_beyond_the_clock_skew_is_422(settings, clock, rental, sui
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(rental, 1)), 422,
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 1)), 422,
                 "period_in_future",
             )
 
@@ -208,7 +208,7 @@ def test_period_older_than_the_age_limit_is_422(settings, clock, rental, suite):
     async def scenario():
         async with oracle_client(settings, clock=clock, policy=VerifyPolicy(max_report_age_seconds=600)) as client:
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(rental, 1)), 422,
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 1)), 422,
                 "period_too_old",
             )
 
@@ -230,7 +230,7 @@ def test_non_canonical_signature_is_401(settings, clock, rental, suite, defect):
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            await expect_rejected(client, settings, suite.escrow, rental.rental_id, data, 401, "bad_signature")
+            await expect_rejected(client, settings, suite, rental.rental_id, data, 401, "bad_signature")
 
     chain.sleep(PERIOD)
     run(scenario())
@@ -241,7 +241,7 @@ def test_report_signed_by_another_key_is_403(settings, clock, rental, suite):
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            await expect_rejected(client, settings, suite.escrow, rental.rental_id, data, 403, "signer_not_agent")
+            await expect_rejected(client, settings, suite, rental.rental_id, data, 403, "signer_not_agent")
 
     chain.sleep(PERIOD)
     run(scenario())
@@ -254,7 +254,7 @@ def test_report_signed_by_the_agent_for_another_registry_is_403(settings, clock,
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            await expect_rejected(client, settings, suite.escrow, rental.rental_id, data, 403, "signer_not_agent")
+            await expect_rejected(client, settings, suite, rental.rental_id, data, 403, "signer_not_agent")
 
     chain.sleep(PERIOD)
     run(scenario())
@@ -266,7 +266,7 @@ def test_provider_without_agent_key_is_403(settings, clock, rental, suite, provi
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(rental, 1)), 403,
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 1)), 403,
                 "agent_not_set",
             )
 
@@ -288,7 +288,7 @@ def test_gpus_other_than_the_offers_are_422(settings, clock, rental, suite, uuid
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            await expect_rejected(client, settings, suite.escrow, rental.rental_id, data, 422, "gpu_mismatch")
+            await expect_rejected(client, settings, suite, rental.rental_id, data, 422, "gpu_mismatch")
 
     chain.sleep(PERIOD)
     run(scenario())
@@ -310,7 +310,7 @@ def test_unknown_rental_is_404(settings, clock, rental, suite, offer):
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(unknown, 1)), 404,
+                client, settings, suite, rental.rental_id, body(settings, report(unknown, 1)), 404,
                 "unknown_rental",
             )
 
@@ -324,7 +324,7 @@ def test_cancelled_rental_is_409(settings, clock, open_rental, suite, renter):
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, open_rental.rental_id, body(settings, report(open_rental, 1)), 409,
+                client, settings, suite, open_rental.rental_id, body(settings, report(open_rental, 1)), 409,
                 "rental_not_live",
             )
 
@@ -336,11 +336,11 @@ def test_open_rental_past_its_start_timeout_is_409(settings, clock, open_rental,
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, open_rental.rental_id, body(settings, report(open_rental, 1)), 409,
+                client, settings, suite, open_rental.rental_id, body(settings, report(open_rental, 1)), 409,
                 "rental_start_timed_out",
             )
 
-    chain.sleep(suite.escrow.startTimeout() + 1)
+    chain.sleep(suite.read(lambda r: r.start_timeout()) + 1)
     run(scenario())
 
 
@@ -351,7 +351,7 @@ def test_first_report_of_an_open_rental_may_start_after_its_opening(settings, cl
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, open_rental.rental_id, body(settings, early), 409,
+                client, settings, suite, open_rental.rental_id, body(settings, early), 409,
                 "period_discontinuous",
             )
             assert (await post(client, TELEMETRY_PATH, body(settings, late)))[0] == 202
@@ -366,7 +366,7 @@ def test_first_report_of_a_running_rental_starts_at_its_start(settings, clock, r
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, shifted), 409,
+                client, settings, suite, rental.rental_id, body(settings, shifted), 409,
                 "period_discontinuous",
             )
 
@@ -378,11 +378,11 @@ def test_seq_beyond_the_next_is_409(settings, clock, rental, suite):
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(rental, 2)), 409, "seq_gap"
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 2)), 409, "seq_gap"
             )
             assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 1))))[0] == 202
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(rental, 3)), 409, "seq_gap"
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 3)), 409, "seq_gap"
             )
 
     chain.sleep(3 * PERIOD)
@@ -396,7 +396,7 @@ def test_period_not_starting_where_the_previous_ended_is_409(settings, clock, re
         async with oracle_client(settings, clock=clock) as client:
             assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 1))))[0] == 202
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, overlapping), 409,
+                client, settings, suite, rental.rental_id, body(settings, overlapping), 409,
                 "period_discontinuous",
             )
 
@@ -410,16 +410,15 @@ def test_reports_the_chain_already_applied_are_stale_and_the_next_follows_the_ch
     """An oracle that missed reports others settled continues from the chain's last applied report."""
     chain.sleep(2 * PERIOD)
     settled = report(rental, 1).to_chain_report()
-    domain = EscrowDomain(
-        chain_id=settings.chain.chain_id, escrow=suite.escrow.address, oracle_set_version=suite.escrow.oracleSet()[0]
-    )
+    domain = EscrowDomain(chain_id=settings.chain.chain_id, escrow=suite.escrow.address,
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     signatures = [sign_batch([settled], domain, key) for key in ORACLE_KEYS[1:]]
     suite.escrow.submitReports([settled.as_tuple()], signatures, {"from": relayer})
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(rental, 1)), 409, "seq_stale"
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 1)), 409, "seq_stale"
             )
             assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 2))))[0] == 202
 
@@ -504,16 +503,15 @@ def test_report_following_reports_settled_elsewhere_is_checked_against_a_fresh_r
     """The cache does not follow applied reports: a report that does not fit the cached rental is re-checked
     against the chain as it is now."""
     chain.sleep(3 * PERIOD)
-    domain = EscrowDomain(
-        chain_id=settings.chain.chain_id, escrow=suite.escrow.address, oracle_set_version=suite.escrow.oracleSet()[0]
-    )
+    domain = EscrowDomain(chain_id=settings.chain.chain_id, escrow=suite.escrow.address,
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     settled = [report(rental, seq).to_chain_report() for seq in (1, 2)]
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             # Caches the rental with no report applied.
             await expect_rejected(
-                client, settings, suite.escrow, rental.rental_id, body(settings, report(rental, 3)), 409, "seq_gap"
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 3)), 409, "seq_gap"
             )
             signatures = [sign_batch(settled, domain, key) for key in ORACLE_KEYS[1:]]
             suite.escrow.submitReports([r.as_tuple() for r in settled], signatures, {"from": relayer})

@@ -15,7 +15,6 @@ from eth_utils import keccak
 from pydantic import SecretStr
 
 from offchain.ops import deployments
-from offchain.chain.rpc import connect
 from offchain.config import OracleSettings
 from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
 from offchain.protocol.messages import gpu_uuid_hash
@@ -44,18 +43,18 @@ def open_running_rental(suite, offer_id: int, provider, renter, relayer) -> int:
     """A rental of `offer_id`, started, with one applied report: 10 s delivered at 90% utilisation."""
     rental_id = suite.escrow.openRental(offer_id, DURATION, PRICE, keccak(text="job"), {"from": renter}).return_value
     suite.escrow.start(rental_id, {"from": provider})
-    since = suite.escrow.getRental(rental_id)[4]
+    since = suite.read(lambda r: r.rental(rental_id)).since
     chain.sleep(10)
     chain.mine()
     report = Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10, avg_util_bps=9_000)
     domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.escrow.oracleSet()[0])
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     suite.escrow.submitReports([report.as_tuple()], [sign_batch([report], domain, k) for k in ORACLE_KEYS[:2]],
                                {"from": relayer})
     return rental_id
 
 
-def test_offers_are_those_of_the_shared_search_in_human_units(web_client, chain_settings, suite, offer, provider):
+def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite, offer, provider):
     l4 = list_l4_offer(suite, provider)
     queries = [{}, {"gpu_model": "l4"}, {"sort": "-price"}, {"max_price_per_hour": "3"},
                {"min_vram_gib": "40", "region": "EU"}, {"include_unavailable": "on", "sort": "gpus", "limit": "1"},
@@ -64,15 +63,10 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, chain_
     async def scenario():
         async with web_client() as client:
             pages = [await (await client.get("/web/api/offers", params=q)).json() for q in queries]
-            w3 = connect(chain_settings.rpc_url)
-            try:
-                on_chain = await read_offers(w3, chain_settings.registry, chain_settings.escrow)
-                token = await read_token(w3, suite.payment_token.address)
-            finally:
-                await w3.provider.disconnect()
-            return pages, on_chain, token
+            return pages
 
-    pages, on_chain, token = run(scenario())
+    pages = run(scenario())
+    on_chain, token = suite.read(lambda r: asyncio.gather(read_offers(r), read_token(r, suite.payment_token.address)))
     for query, page in zip(queries, pages):
         expected = search_offers(on_chain, OfferQuery(**{k: v for k, v in query.items() if v.strip()}), token)
         assert [o["offer_id"] for o in page["offers"]] == [o.offer_id for o in expected], query
