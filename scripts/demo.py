@@ -478,7 +478,7 @@ def _withdraw_everything(console: Console, market: DemoMarket) -> None:
     suite = market.suite
     registry, escrow = suite.registry, suite.escrow
     parties = market.parties
-    market.compensation_owed = {name: suite.read(lambda r: r.compensation_of(account.address))
+    market.compensation_owed = {name: suite.read(lambda r: r.balances(account.address)).compensation
                                 for name, account in parties.items() if name.startswith("renter")}
     providers = [name for name in parties if name.startswith("provider")]
     with _progress(console, "{task.completed}/{task.total}") as progress:
@@ -486,13 +486,14 @@ def _withdraw_everything(console: Console, market: DemoMarket) -> None:
         unbonding_ends = 0
         for name in providers:
             progress.update(task, description=f"{name} requests to unstake")
-            free = suite.read(lambda r: r.free_stake(parties[name].address))
+            stake = suite.read(lambda r: r.provider(parties[name].address))
+            free = stake.staked - stake.locked - stake.unbonding
             tx = registry.requestUnstake(free, {"from": parties[name]}, silent=True)
             unbonding_ends = max(unbonding_ends, tx.events["UnstakeRequested"]["endsAt"])
             progress.advance(task)
         for name, account in parties.items():
             progress.update(task, description=f"{name} withdraws")
-            if suite.read(lambda r: r.escrow_balance(account.address)) > 0:
+            if suite.read(lambda r: r.balances(account.address)).escrow > 0:
                 escrow.withdraw({"from": account}, silent=True)
             if market.compensation_owed.get(name):
                 registry.withdrawCompensation({"from": account}, silent=True)

@@ -112,7 +112,7 @@ class Provider(ChainRecord):
     unbonding_ends_at: int
     rentals_completed: int
     slashes: int
-    declines: int
+    declines: int  # rentals the provider declined before the start (refunded in full, nothing slashed)
     seconds_delivered: int
     seconds_missed: int
     agent: str  # the zero address when none is set
@@ -131,6 +131,48 @@ class FeeConfig(ChainRecord):
 
     fee_bps: int
     treasury: str
+
+
+class SuiteParameters(BaseModel):
+    """The protocol parameters a registry and escrow pair were deployed with (none changes later). Each is read
+    from the view named as the field in camel case: of the registry for `REGISTRY_VIEWS`, else of the escrow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    REGISTRY_VIEWS: ClassVar[frozenset[str]] = frozenset({"min_stake_per_gpu", "unbonding_period"})
+
+    min_stake_per_gpu: int
+    unbonding_period: int
+    fee_cap_bps: int
+    start_timeout: int
+    report_grace: int
+    sla_bps: int
+    sla_slash_bps: int
+    start_slash_bps: int
+
+
+class SuiteSettings(BaseModel):
+    """How a registry and escrow pair are wired and governed, read at one block: what a deployment record must
+    agree with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry_escrow: str  # the escrow the registry was bound to at construction
+    escrow_registry: str  # the registry the escrow was built against
+    payment_token: str
+    stake_token: str
+    owner: str  # the account that governs the escrow (oracle set, fee, treasury)
+    parameters: SuiteParameters
+
+
+class Balances(BaseModel):
+    """What an account can withdraw: `escrow` (earnings, refunds and fees, payment token) and `compensation`
+    (slashed stake credited to it as a renter, stake token)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    escrow: int
+    compensation: int
 
 
 class TokenMetadata(BaseModel):
@@ -178,10 +220,46 @@ class ChainReader:
     async def fee_config(self, block: BlockIdentifier = "latest") -> FeeConfig:
         return await self._record(FeeConfig, self.escrow.functions.feeConfig(), block)
 
-    # ------------------------------------------------------------------------------------------ registry
+    async def suite_settings(self, block: BlockIdentifier = "latest") -> SuiteSettings:
+        """How the registry and the escrow are wired and governed, read at `block`."""
+        registry, escrow = self.registry.functions, self.escrow.functions
+        names = list(SuiteParameters.model_fields)
+        views = [registry.escrow(), escrow.registry(), escrow.paymentToken(), registry.stakeToken(), escrow.owner(),
+                 *(getattr(registry if name in SuiteParameters.REGISTRY_VIEWS else escrow, to_camel(name))()
+                   for name in names)]
+        values = await asyncio.gather(*(self._value(view, block) for view in views))
+        return SuiteSettings(registry_escrow=values[0], escrow_registry=values[1], payment_token=values[2],
+                             stake_token=values[3], owner=values[4],
+                             parameters=SuiteParameters.model_validate(dict(zip(names, values[5:]))))
+
+    async def balances(self, account: str, block: BlockIdentifier = "latest") -> Balances:
+        """What `account` can withdraw from the escrow and from the registry."""
+        escrow, compensation = await asyncio.gather(
+            self._value(self.escrow.functions.balanceOf(_address(account)), block),
+            self._value(self.registry.functions.compensationOf(_address(account)), block))
+        return Balances(escrow=escrow, compensation=compensation)
+
+    # ------------------------------------------------------------------------------------------- values
+
+    async def start_timeout(self, block: BlockIdentifier = "latest") -> int:
+        """Seconds an opened rental may wait for its start before anyone may time it out (also in
+        `suite_settings`)."""
+        return int(await self._value(self.escrow.functions.startTimeout(), block))
+
+    async def report_grace(self, block: BlockIdentifier = "latest") -> int:
+        """Seconds after a rental's end that its last reports may still land (also in `suite_settings`)."""
+        return int(await self._value(self.escrow.functions.reportGrace(), block))
 
     async def offer_count(self, block: BlockIdentifier = "latest") -> int:
         return int(await self._value(self.registry.functions.offerCount(), block))
+
+    async def live_rental_of(self, offer_id: int, block: BlockIdentifier = "latest") -> int:
+        """The rental holding the offer; 0 when it is free."""
+        return int(await self._value(self.escrow.functions.liveRentalOf(offer_id), block))
+
+    async def collateral_of(self, offer_id: int, block: BlockIdentifier = "latest") -> int:
+        """Stake one rental of the offer locks (stake token units)."""
+        return int(await self._value(self.registry.functions.collateralOf(offer_id), block))
 
     async def agent_of(self, provider: str, block: BlockIdentifier = "latest") -> str:
         """The provider's telemetry key; the zero address when none is set."""
@@ -194,70 +272,6 @@ class ChainReader:
     async def gpu_owner(self, uuid_hash: bytes, block: BlockIdentifier = "latest") -> str:
         """The provider that registered the GPU; the zero address for one nobody registered."""
         return str(await self._value(self.registry.functions.gpuOwner(uuid_hash), block))
-
-    async def compensation_of(self, renter: str, block: BlockIdentifier = "latest") -> int:
-        """Slashed stake credited to `renter` and not withdrawn yet (stake token units)."""
-        return int(await self._value(self.registry.functions.compensationOf(_address(renter)), block))
-
-    async def collateral_of(self, offer_id: int, block: BlockIdentifier = "latest") -> int:
-        """Stake one rental of the offer locks (stake token units)."""
-        return int(await self._value(self.registry.functions.collateralOf(offer_id), block))
-
-    async def free_stake(self, provider: str, block: BlockIdentifier = "latest") -> int:
-        """Stake the provider can lock or unbond now: staked less locked and unbonding."""
-        return int(await self._value(self.registry.functions.freeStake(_address(provider)), block))
-
-    async def registry_escrow(self, block: BlockIdentifier = "latest") -> str:
-        """The escrow the registry was bound to at construction."""
-        return str(await self._value(self.registry.functions.escrow(), block))
-
-    async def stake_token(self, block: BlockIdentifier = "latest") -> str:
-        return str(await self._value(self.registry.functions.stakeToken(), block))
-
-    async def min_stake_per_gpu(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.registry.functions.minStakePerGpu(), block))
-
-    async def unbonding_period(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.registry.functions.unbondingPeriod(), block))
-
-    # -------------------------------------------------------------------------------------------- escrow
-
-    async def live_rental_of(self, offer_id: int, block: BlockIdentifier = "latest") -> int:
-        """The rental holding the offer; 0 when it is free."""
-        return int(await self._value(self.escrow.functions.liveRentalOf(offer_id), block))
-
-    async def escrow_balance(self, account: str, block: BlockIdentifier = "latest") -> int:
-        """What the escrow credited to `account` (earnings, refunds, fees) and it has not withdrawn yet."""
-        return int(await self._value(self.escrow.functions.balanceOf(_address(account)), block))
-
-    async def start_timeout(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.escrow.functions.startTimeout(), block))
-
-    async def report_grace(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.escrow.functions.reportGrace(), block))
-
-    async def escrow_registry(self, block: BlockIdentifier = "latest") -> str:
-        """The registry the escrow was built against."""
-        return str(await self._value(self.escrow.functions.registry(), block))
-
-    async def payment_token(self, block: BlockIdentifier = "latest") -> str:
-        return str(await self._value(self.escrow.functions.paymentToken(), block))
-
-    async def escrow_owner(self, block: BlockIdentifier = "latest") -> str:
-        """The account that governs the escrow (oracle set, fee, treasury)."""
-        return str(await self._value(self.escrow.functions.owner(), block))
-
-    async def fee_cap_bps(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.escrow.functions.feeCapBps(), block))
-
-    async def sla_bps(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.escrow.functions.slaBps(), block))
-
-    async def sla_slash_bps(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.escrow.functions.slaSlashBps(), block))
-
-    async def start_slash_bps(self, block: BlockIdentifier = "latest") -> int:
-        return int(await self._value(self.escrow.functions.startSlashBps(), block))
 
     # -------------------------------------------------------------------------------------------- tokens
 

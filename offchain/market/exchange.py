@@ -216,8 +216,8 @@ class ExchangeClient:
     async def balances(self, address: str | None = None) -> dict[str, int]:
         """What `address` can withdraw: `escrow` (earnings and refunds) and `compensation` (slashed stake)."""
         address = address or self.address
-        escrow, compensation = await asyncio.gather(self.reader.escrow_balance(address),
-                                                     self.reader.compensation_of(address))
+        balances = await self.reader.balances(address)
+        escrow, compensation = balances.escrow, balances.compensation
         return {"escrow": escrow, "compensation": compensation}
 
     async def agent_url(self, address: str | None = None) -> str | None:

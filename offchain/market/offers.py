@@ -56,23 +56,11 @@ async def read_token(reader: ChainReader, address: str) -> TokenInfo:
     return TokenInfo(**(await reader.token_metadata(address)).model_dump())
 
 
-class ProviderRecord(BaseModel):
-    """A provider's stake and the reputation counters the registry keeps (`Provider` in DataTypes.sol), and the
+class ProviderRecord(Provider):
+    """A provider's stake and the reputation counters the registry keeps (`getProvider`), with its address and the
     URL of its agent's API (`agentUrlOf`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     address: str
-    staked: int
-    locked: int
-    unbonding: int
-    unbonding_ends_at: int
-    rentals_completed: int
-    slashes: int
-    declines: int  # rentals the provider declined before the start (refunded in full, nothing slashed)
-    seconds_delivered: int
-    seconds_missed: int
-    agent: str
     agent_url: str | None  # as published, None when unset; check it with `offchain.protocol.agenturl.check_agent_url`
 
     @property

@@ -170,19 +170,13 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
             raise DeployError(f"the recorded {name} {address} has no code on chain {record.chain_id}: "
                               f"the chain was reset; delete {deployments.record_path(record.chain_id)} to redeploy")
     reader = ChainReader(w3, record.registry, record.escrow)
+    settings = await reader.suite_settings()
     on_chain = {
-        "registry.escrow": (await reader.registry_escrow(), record.escrow),
-        "escrow.registry": (await reader.escrow_registry(), record.registry),
-        "escrow.paymentToken": (await reader.payment_token(), record.payment_token),
-        "registry.stakeToken": (await reader.stake_token(), record.stake_token),
-        "min_stake_per_gpu": (await reader.min_stake_per_gpu(), record.config.min_stake_per_gpu),
-        "unbonding_period": (await reader.unbonding_period(), record.config.unbonding_period),
-        "fee_cap_bps": (await reader.fee_cap_bps(), record.config.fee_cap_bps),
-        "start_timeout": (await reader.start_timeout(), record.config.start_timeout),
-        "report_grace": (await reader.report_grace(), record.config.report_grace),
-        "sla_bps": (await reader.sla_bps(), record.config.sla_bps),
-        "sla_slash_bps": (await reader.sla_slash_bps(), record.config.sla_slash_bps),
-        "start_slash_bps": (await reader.start_slash_bps(), record.config.start_slash_bps),
+        "registry.escrow": (settings.registry_escrow, record.escrow),
+        "escrow.registry": (settings.escrow_registry, record.registry),
+        "escrow.paymentToken": (settings.payment_token, record.payment_token),
+        "registry.stakeToken": (settings.stake_token, record.stake_token),
+        **{name: (value, getattr(record.config, name)) for name, value in settings.parameters},
     }
     for what, (actual, expected) in on_chain.items():
         if actual != expected:
@@ -220,7 +214,7 @@ async def _reconcile(w3: AsyncWeb3, wallet: Wallet, record: Deployment, request:
     if not calls:
         say("the deployed suite already matches: nothing to send")
     else:
-        owner = await reader.escrow_owner()
+        owner = (await reader.suite_settings()).owner
         if owner != wallet.address:
             raise DeployError(f"the escrow's owner is {owner}, not the deployer {wallet.address}: "
                               f"cannot send {', '.join(what for what, _ in calls)}")

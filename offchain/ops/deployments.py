@@ -16,6 +16,7 @@ from eth_utils import keccak, to_canonical_address, to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from offchain.chain.contracts import PROJECT_ROOT
+from offchain.chain.reads import SuiteParameters
 from offchain.config import ChainSettings
 
 DEFAULT_DIR = PROJECT_ROOT / "deployments"
@@ -32,20 +33,10 @@ class DeploymentNotFound(LookupError):
     """No record for the chain or network asked for."""
 
 
-class SuiteConfig(BaseModel):
+class SuiteConfig(SuiteParameters):
     """The protocol parameters and governance settings a suite was deployed with."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_stake_per_gpu: int
-    unbonding_period: int
     fee_bps: int
-    fee_cap_bps: int
-    start_timeout: int
-    report_grace: int
-    sla_bps: int
-    sla_slash_bps: int
-    start_slash_bps: int
     treasury: str
     oracles: list[str]
     threshold: int

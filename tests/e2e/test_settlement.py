@@ -53,9 +53,9 @@ class Balances:
 
     @classmethod
     def of(cls, suite, provider, treasury, renter) -> "Balances":
-        return cls(*suite.read(lambda r: asyncio.gather(
-            r.escrow_balance(provider.address), r.escrow_balance(treasury.address), r.escrow_balance(renter.address),
-            r.compensation_of(renter.address))))
+        provider_, treasury_, renter_ = suite.read(lambda r: asyncio.gather(
+            r.balances(provider.address), r.balances(treasury.address), r.balances(renter.address)))
+        return cls(provider_.escrow, treasury_.escrow, renter_.escrow, renter_.compensation)
 
     def __sub__(self, other: "Balances") -> "Balances":
         return Balances(self.provider - other.provider, self.treasury - other.treasury, self.renter - other.renter,

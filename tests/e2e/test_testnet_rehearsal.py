@@ -134,7 +134,7 @@ def test_the_deploy_script_records_the_suite_and_a_rerun_sends_nothing(deploymen
     assert runs["deploy"].code == 0, runs["deploy"].out + runs["deploy"].err
     assert (record["chain_id"], record["network"], record["test_token"]) == (CHAIN_ID, NETWORK, True)
     assert record["config"]["oracles"] == [address("oracle")] and record["config"]["start_timeout"] == 30
-    assert read_once(RPC_URL, record["registry"], record["escrow"], lambda r: r.escrow_registry()) == record["registry"]
+    assert read_once(RPC_URL, record["registry"], record["escrow"], lambda r: r.suite_settings()).escrow_registry == record["registry"]
     assert runs["rerun"].code == 0 and "nothing to send" in runs["rerun"].out
     nonce = w3.eth.get_transaction_count(address("deployer"))
     assert nonce == 4, "token, registry, escrow, oracle set: and nothing from the rerun"

@@ -417,8 +417,7 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
         spec_hash = keccak(spec)
         settings.spec_directory.mkdir(parents=True, exist_ok=True)
         JobSpecStore(settings.spec_directory).path_of(spec_hash).write_bytes(spec)
-    balance, compensation, account = suite.read(lambda r: asyncio.gather(
-        r.escrow_balance(renter.address), r.compensation_of(renter.address), r.provider(provider.address)))
+    balances, account = suite.read(lambda r: asyncio.gather(r.balances(renter.address), r.provider(provider.address)))
 
     async def main():
         async with agent_with_oracles(settings, source) as (agent, oracles, until):
@@ -435,10 +434,10 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
 
     assert took < 15
     assert rental_state(suite, rental).status is RentalStatus.DECLINED
-    balance_after, compensation_after, account_after = suite.read(lambda r: asyncio.gather(
-        r.escrow_balance(renter.address), r.compensation_of(renter.address), r.provider(provider.address)))
-    assert balance_after - balance == PRICE * DURATION, "the whole deposit back"
-    assert compensation_after == compensation, "nothing slashed"
+    balances_after, account_after = suite.read(lambda r: asyncio.gather(r.balances(renter.address),
+                                                                        r.provider(provider.address)))
+    assert balances_after.escrow - balances.escrow == PRICE * DURATION, "the whole deposit back"
+    assert balances_after.compensation == balances.compensation, "nothing slashed"
     assert account_after.staked == account.staked
     assert account_after.declines == account.declines + 1
     row = book_row(settings, rental)

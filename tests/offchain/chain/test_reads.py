@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from offchain.chain.contracts import abi
-from offchain.chain.reads import AbiMismatch, ChainReader, Offer, Rental, read_once
+from offchain.chain.reads import AbiMismatch, ChainReader, Offer, Rental, SuiteParameters, read_once
 from offchain.chain.rpc import ChainUnreachable
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.status import OfferStatus, RentalStatus
@@ -74,21 +74,17 @@ def test_the_reader_returns_the_suite_state_by_name(suite, offer, provider, rent
 
 def test_the_reader_returns_the_suite_wiring_and_parameters(suite, deployer, accounts):
     async def reads(reader: ChainReader):
-        return await asyncio.gather(
-            reader.registry_escrow(), reader.escrow_registry(), reader.payment_token(), reader.stake_token(),
-            reader.escrow_owner(), reader.fee_config(), reader.min_stake_per_gpu(), reader.unbonding_period(),
-            reader.fee_cap_bps(), reader.start_timeout(), reader.report_grace(), reader.sla_bps(),
-            reader.sla_slash_bps(), reader.start_slash_bps())
+        return await asyncio.gather(reader.suite_settings(), reader.fee_config(), reader.start_timeout(),
+                                    reader.report_grace())
 
-    registry_escrow, escrow_registry, payment_token, stake_token, owner, fee, *params = suite.read(reads)
-    assert (registry_escrow, escrow_registry) == (suite.escrow.address, suite.registry.address)
-    assert (payment_token, stake_token, owner) == (
+    settings, fee, start_timeout, report_grace = suite.read(reads)
+    assert (settings.registry_escrow, settings.escrow_registry) == (suite.escrow.address, suite.registry.address)
+    assert (settings.payment_token, settings.stake_token, settings.owner) == (
         suite.payment_token.address, suite.stake_token.address, deployer.address)
     expected = SuiteParams()
     assert (fee.fee_bps, fee.treasury) == (expected.fee_bps, accounts[1].address)
-    assert params == [expected.min_stake_per_gpu, expected.unbonding_period, expected.fee_cap_bps,
-                      expected.start_timeout, expected.report_grace, expected.sla_bps, expected.sla_slash_bps,
-                      expected.start_slash_bps]
+    assert settings.parameters.model_dump() == {name: getattr(expected, name) for name in SuiteParameters.model_fields}
+    assert (start_timeout, report_grace) == (expected.start_timeout, expected.report_grace)
 
 
 def test_the_reader_returns_stakes_balances_and_token_amounts(suite, offer, provider, renter):
@@ -96,22 +92,21 @@ def test_the_reader_returns_stakes_balances_and_token_amounts(suite, offer, prov
 
     async def reads(reader: ChainReader):
         return await asyncio.gather(
-            reader.provider(provider.address), reader.free_stake(provider.address), reader.collateral_of(offer),
-            reader.escrow_balance(renter.address), reader.compensation_of(renter.address),
+            reader.provider(provider.address), reader.collateral_of(offer), reader.balances(renter.address),
             reader.token_balance(token, renter.address),
             reader.token_allowance(token, renter.address, suite.escrow.address), reader.token_metadata(token))
 
-    account, free, collateral, escrow_balance, compensation, balance, allowance, metadata = suite.read(reads)
+    account, collateral, balances, balance, allowance, metadata = suite.read(reads)
     rental_id = suite.escrow.openRental(offer, 120, PRICE, b"\x01" * 32, {"from": renter}).return_value
-    _, free_while_rented, *_ = suite.read(reads)
+    while_rented, *_ = suite.read(reads)
     suite.escrow.terminate(rental_id, {"from": renter})  # before the start: cancelled, the deposit credited back
-    _, free_after, _, escrow_after, compensation_after, balance_after, allowance_after, _ = suite.read(reads)
+    account_after, _, balances_after, balance_after, allowance_after, _ = suite.read(reads)
 
     assert (account.staked, account.locked, account.unbonding) == (10_000 * USDC, 0, 0)
-    assert free == free_after == account.staked
-    assert collateral == 2 * SuiteParams().min_stake_per_gpu and free_while_rented == free - collateral
-    assert (escrow_after - escrow_balance, balance - balance_after) == (120 * PRICE, 120 * PRICE)
-    assert compensation == compensation_after == 0
+    assert collateral == 2 * SuiteParams().min_stake_per_gpu and while_rented.locked == collateral
+    assert account_after.locked == 0
+    assert (balances_after.escrow - balances.escrow, balance - balance_after) == (120 * PRICE, 120 * PRICE)
+    assert balances.compensation == balances_after.compensation == 0
     assert allowance == allowance_after == 2**256 - 1
     assert (metadata.address, metadata.symbol, metadata.decimals) == (token, "tUSD", 6)
 

@@ -63,7 +63,7 @@ def test_fresh_deployment_writes_a_record_that_matches_the_chain(rpc_url, record
     assert record.chain_id == web3.eth.chain_id
     assert record.test_token and record.payment_token == record.stake_token
     assert deployments.load(record.chain_id) == record
-    assert read(rpc_url, record, lambda r: r.registry_escrow()) == record.escrow
+    assert read(rpc_url, record, lambda r: r.suite_settings()).registry_escrow == record.escrow
     oracle_set = read(rpc_url, record, lambda r: r.oracle_set())
     assert (oracle_set.signers, oracle_set.threshold) == (tuple(o.address for o in ORACLES), 2)
     assert read(rpc_url, record, lambda r: r.start_timeout()) == 30
