@@ -9,6 +9,7 @@ block's time: a caller that knows the times of the opening and of the settlement
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +24,19 @@ from offchain.chain.events import (
     ReportSkipped,
 )
 from offchain.protocol.status import DeclineReason, RentalStatus
+
+
+T = TypeVar("T")
+
+
+class _Opening(Generic[T]):
+    """A figure of the rental that its opening fixed, read from its `RentalOpened` event."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __get__(self, rental: RentalHistory, owner: type | None = None) -> T:
+        return cast(T, getattr(rental.opened, self.field))
 
 
 class RentalHistory(BaseModel):
@@ -72,30 +86,12 @@ class RentalHistory(BaseModel):
 
     # ------------------------------------------------------------------------------------- as opened
 
-    @property
-    def rental_id(self) -> int:
-        return self.opened.rental_id
-
-    @property
-    def offer_id(self) -> int:
-        return self.opened.offer_id
-
-    @property
-    def renter(self) -> str:
-        return self.opened.renter
-
-    @property
-    def price_per_second(self) -> int:
-        return self.opened.price_per_second
-
-    @property
-    def booked_duration(self) -> int:
-        """The duration paid for at the opening."""
-        return self.opened.duration
-
-    @property
-    def deposit(self) -> int:
-        return self.opened.deposit
+    rental_id: ClassVar[_Opening[int]] = _Opening("rental_id")
+    offer_id: ClassVar[_Opening[int]] = _Opening("offer_id")
+    renter: ClassVar[_Opening[str]] = _Opening("renter")
+    price_per_second: ClassVar[_Opening[int]] = _Opening("price_per_second")
+    booked_duration: ClassVar[_Opening[int]] = _Opening("duration")  # the duration paid for at the opening
+    deposit: ClassVar[_Opening[int]] = _Opening("deposit")
 
     @property
     def job_spec_hash(self) -> str:
