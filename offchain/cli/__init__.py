@@ -30,7 +30,7 @@ from offchain.market.exchange import ExchangeError, InsufficientAllowance
 from offchain.market.renterclient import RenterApiError
 from offchain.cli.context import CliParser, UsageError, add_common_options, invalid
 from offchain.telemetry.source import TelemetryError
-from offchain.chain.wallet import TxFailed
+from offchain.chain.tx.oneshot import TxFailed
 
 COMMAND_MODULES = ("devnet", "provider", "offer", "offers", "rental", "agent", "oracle", "web")
 

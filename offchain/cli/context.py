@@ -43,7 +43,7 @@ from offchain.ops.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
 from offchain.ops.devnet import DevnetState, read_state
 from offchain.market.exchange import ActionResult, ExchangeClient, ExchangeError
 from offchain.market.offers import SECONDS_PER_HOUR, TokenInfo
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 
 NETWORK_ENV = "GPUEX_NETWORK"
 RPC_URL_ENV = "GPUEX_RPC_URL"

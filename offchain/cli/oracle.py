@@ -23,7 +23,7 @@ from offchain.cli.context import add_command, add_group, env_sets, invalid, load
 from offchain.config import OracleSettings
 from offchain.oracle.keeper import Keeper
 from offchain.oracle.service import KEEPER_FILE, TXMGR_FILE, OracleService
-from offchain.chain.txmanager import TxManager
+from offchain.chain.tx.manager import TxManager
 
 PREFIX = "GPUEX_ORACLE_"
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from offchain.market.offers import (
 from offchain.protocol.status import OfferStatus
 from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import DeclineReason, RentalStatus, SkipReason, SlashReason
-from offchain.chain.wallet import Sent, Wallet
+from offchain.chain.tx.oneshot import Sent, Wallet
 
 #: Blocks per `eth_getLogs` request; public RPC endpoints refuse much wider ranges.
 MAX_BLOCK_RANGE = 10_000

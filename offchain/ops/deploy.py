@@ -24,7 +24,7 @@ from offchain.ops import deployments
 from offchain.chain.contracts import contract
 from offchain.ops.deployments import create_address
 from offchain.ops.deployments import Deployment, SuiteConfig
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 
 USDC = 10**6
 

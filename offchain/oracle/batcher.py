@@ -28,7 +28,8 @@ from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore, key_of
 from offchain.protocol.reports import EscrowDomain, sign_batch
-from offchain.chain.txmanager import TxManager, TxRecord, TxState
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxRecord, TxState
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,9 @@ from web3 import AsyncWeb3
 from offchain.chain.contracts import contract
 from offchain.sqlite import open_db, transaction
 from offchain.protocol.status import RentalStatus
-from offchain.chain.txmanager import TRANSIENT_RPC_ERRORS, Backoff, TxManager, wait_any
+from offchain.chain.tx.backoff import Backoff, wait_any
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.senderrors import TRANSIENT_RPC_ERRORS
 
 log = logging.getLogger(__name__)
 
