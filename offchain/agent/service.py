@@ -50,7 +50,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import aiohttp
 from eth_account import Account
 from web3.exceptions import Web3Exception
 
@@ -65,7 +64,7 @@ from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.watcher import ChainWatcher
 from offchain.chain.contracts import contract
-from offchain.chain.rpc import connect
+from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import TxState
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
@@ -80,7 +79,8 @@ from offchain.telemetry.window import summarize
 
 log = logging.getLogger(__name__)
 
-CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, TimeoutError)
+#: What a chain request fails with when a retry may succeed: the node did not answer, or answered with an error.
+CHAIN_ERRORS = (ChainUnreachable, Web3Exception)
 AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.api", "offchain.agent.launcher", "offchain.agent.job",
                  "offchain.agent.bareprocess", "offchain.agent.containers", "offchain.agent.jobspec",
                  "offchain.agent.outbox", "offchain.agent.watcher")

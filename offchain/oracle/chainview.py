@@ -25,6 +25,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3Exception
 
 from offchain.chain.contracts import abi, contract, returned_struct
+from offchain.chain.rpc import ChainUnreachable
 from offchain.config import ChainSettings
 from offchain.protocol.status import RentalStatus
 
@@ -81,10 +82,6 @@ class OracleSet(BaseModel):
     version: int
     signers: tuple[str, ...]
     threshold: int
-
-
-class ChainUnavailable(RuntimeError):
-    """The node did not answer (connection, timeout or RPC error)."""
 
 
 K = TypeVar("K", bound=Hashable)
@@ -195,7 +192,7 @@ class ChainView:
         """Takes the current head as seen, so that `follow` looks at the blocks after it. Call it before anything
         is cached; if the node does not answer now, `follow` starts from the first head it sees and drops what
         was cached before."""
-        with contextlib.suppress(ChainUnavailable):
+        with contextlib.suppress(ChainUnreachable):
             self._next_block = await self.block_number() + 1
 
     async def follow(self, poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS) -> None:
@@ -224,7 +221,7 @@ class ChainView:
                     for entry in logs:
                         self._apply_log(entry)
                     self._next_block = to_block + 1
-            except ChainUnavailable as exc:
+            except ChainUnreachable as exc:
                 log.warning("chain follower: %s", exc)
             await asyncio.sleep(poll_interval)
 
@@ -265,10 +262,10 @@ def _topic(contract_name: str, event: str) -> bytes:
 
 
 async def _rpc(call: Awaitable[V]) -> V:
-    """Awaits a node call, turning transport and RPC failures into ChainUnavailable (reverts pass through)."""
+    """Awaits a node call, turning transport and RPC failures into ChainUnreachable (reverts pass through)."""
     try:
         return await call
-    except ContractLogicError:
+    except (ContractLogicError, ChainUnreachable):
         raise
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, Web3Exception) as exc:
-        raise ChainUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise ChainUnreachable(f"{type(exc).__name__}: {exc}") from exc

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from enum import Enum
 
-import aiohttp
 from web3.exceptions import (
     ProviderConnectionError,
     RequestTimedOut,
@@ -14,11 +13,13 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from offchain.chain.rpc import TRANSPORT_ERRORS
+
 #: Errors that mean the RPC endpoint is unreachable or overloaded, not that a transaction is wrong: the tick is
-#: abandoned and retried with backoff. `OSError` includes `offchain.chain.rpc.ChainUnreachable`.
+#: abandoned and retried with backoff. A connection made by `offchain.chain.rpc.connect` raises `ChainUnreachable`
+#: (an `OSError`) for a node that does not answer; the other transport errors come from connections made otherwise.
 TRANSIENT_RPC_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,  # includes TimeoutError and ConnectionError
+    *TRANSPORT_ERRORS,
     ProviderConnectionError,
     RequestTimedOut,
     TooManyRequests,
