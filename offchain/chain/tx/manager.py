@@ -1,8 +1,8 @@
 """Transaction manager in the spirit of Chainlink's txmgr (`core/chains/evm/txmgr/`).
 
 Every transaction is written to SQLite before anything is sent, under an idempotency key chosen by the caller
-(`reports:<rentalId>-<seq>+...`, `finalize:<rentalId>`); submitting a key again returns the stored record. A
-transaction moves
+(the oracle's `reports:<rentalId>-<seq>+...` and `finalize:<rentalId>`, the agent's `start-<rentalId>`);
+submitting a key again returns the stored record. A transaction moves
 
     unstarted -> in_progress -> unconfirmed -> confirmed
 
