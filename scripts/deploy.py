@@ -29,7 +29,7 @@ from offchain.config import read_key
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
 from offchain.ops.deployments import create_address
 from offchain.ops.devnet import ANVIL_KEYS
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 
 __all__ = ["USDC", "SuiteParams", "Suite", "deploy_suite", "DeploySettings", "main"]
 

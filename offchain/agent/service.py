@@ -11,7 +11,11 @@ For each rental opened on one of the provider's offers, the agent:
    reason code): the renter gets the whole deposit back and the provider is not slashed;
 3. calls `escrow.start(rentalId)` with its agent key. When `start` reverts because the rental already runs
    (its first report started it, or an earlier life of this agent did), it carries on from the rental's
-   on-chain state; reports always continue from the chain's `since`, `lastSeq` and `reportedSeconds`;
+   on-chain state; reports always continue from the chain's `since`, `lastSeq` and `reportedSeconds`.
+   `start` and `decline` go through the agent's `TxManager` (`offchain.chain.tx.manager`, stored in
+   `<state_dir>/txmgr.sqlite`) under the keys `start-<rentalId>` and `decline-<rentalId>`: each is dry-run
+   before it is signed and persisted before it is sent, and an agent restarted between signing and mining
+   waits for the transaction it sent instead of sending another;
 4. runs the job in a hardened container (`offchain.agent.containers`) and, every `report_interval_seconds`,
    summarises the telemetry samples of the period (`offchain.telemetry.window.summarize`), signs the
    `TelemetryReport` and commits it to the outbox together with the rental's next seq and period start;
@@ -46,7 +50,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import aiohttp
 from eth_account import Account
 from web3.exceptions import Web3Exception
 
@@ -62,6 +65,8 @@ from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.watcher import ChainWatcher
 from offchain.chain.reads import ChainReader, Rental
 from offchain.chain.rpc import ChainUnreachable, connect
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxState
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.protocol.reports import ReportStatus
 from offchain.sqlite import open_db, transaction
@@ -74,7 +79,8 @@ from offchain.telemetry.window import summarize
 
 log = logging.getLogger(__name__)
 
-CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, TimeoutError, ChainUnreachable)
+#: What a chain request fails with when a retry may succeed: the node did not answer, or answered with an error.
+CHAIN_ERRORS = (ChainUnreachable, Web3Exception)
 AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.api", "offchain.agent.launcher", "offchain.agent.job",
                  "offchain.agent.bareprocess", "offchain.agent.containers", "offchain.agent.jobspec",
                  "offchain.agent.outbox", "offchain.agent.watcher")
@@ -134,6 +140,7 @@ class ProviderAgent:
         self._reader = ChainReader(self._w3, settings.chain.registry, settings.chain.escrow)
         self._escrow = self._reader.escrow
         self._db = open_db(settings.db_path)
+        self.txmgr = TxManager(self._w3, settings.tx_db_path, settings.key, settings.chain.chain_id)
         self.book = RentalBook(self._db, clock)
         self.jobs = JobLauncher(settings, self.book, self._key, real_gpus=not source.simulated, clock=clock)
         self.outbox = Outbox(
@@ -149,7 +156,6 @@ class ProviderAgent:
         self._buffers: dict[int, _SampleBuffer] = {}
         self._job_pids: dict[int, int] = {}
         self._sampling = asyncio.Event()
-        self._tx_lock = asyncio.Lock()
         self._start_timeout: int | None = None
         self._group: asyncio.TaskGroup | None = None
         labels_ = ([_Label(SIMULATED_LABEL)] if source.simulated else []) + (
@@ -175,8 +181,10 @@ class ProviderAgent:
                      "bare processes" if engine is None else f"{engine.name} containers")
             if self.api is not None:
                 await self.api.start()
+            await self.txmgr.start()
             async with self.outbox, asyncio.TaskGroup() as group:
                 self._group = group
+                group.create_task(self.txmgr.run(asyncio.Event()))  # stops when the group is cancelled
                 group.create_task(self.outbox.run())
                 group.create_task(self._sample_loop())
                 for record in self.book.unfinished():
@@ -193,6 +201,7 @@ class ProviderAgent:
             except (EngineError, OSError, TimeoutError) as exc:
                 log.warning("clean-up on the way out failed: %s", exc)
             self._db.close()
+            self.txmgr.close()
             await self._w3.provider.disconnect()
             self._remove_labels()
 
@@ -330,7 +339,7 @@ class ProviderAgent:
         except TelemetryError as exc:
             log.warning("telemetry sample failed: %s", exc)
         self._sampling.set()
-        state = await self._send_agent_tx(rental_id, "start", self._escrow.functions.start(rental_id))
+        state, _ = await self._send_agent_tx(rental_id, "start", rental_id)
         if state.status not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
             self.book.finish(rental_id, f"not started: rental is {state.status.name}")
             log.warning("rental %d cannot be started: it is %s", rental_id, state.status.name)
@@ -398,8 +407,7 @@ class ProviderAgent:
             self.book.set_decline(rental_id, int(reason), detail)
             log.warning("rental %d: declining (%s): %s", rental_id, reason.name, detail)
         while True:
-            state = await self._send_agent_tx(rental_id, "decline",
-                                              self._escrow.functions.decline(rental_id, int(reason)))
+            state, failure = await self._send_agent_tx(rental_id, "decline", rental_id, int(reason))
             status = state.status
             if status is RentalStatus.DECLINED:
                 self.book.finish(rental_id, f"declined ({reason.name}): {detail}")
@@ -408,29 +416,35 @@ class ProviderAgent:
             if status is not RentalStatus.OPEN:
                 self.book.finish(rental_id, f"not declined: rental is {status.name}")
                 return
+            if failure is not None:
+                self.book.finish(rental_id, f"not declined: {failure}")
+                return
             if self._clock() > state.since + await self._start_timeout_seconds():
                 self.book.finish(rental_id, "not declined before the start timeout")
                 return
             await self._sleep_or_wake(rental_id, self._settings.chain_poll_seconds)
 
-    async def _send_agent_tx(self, rental_id: int, what: str, function: Any) -> Rental:
-        """Sends `function` signed by the agent key, then returns the rental's state on chain. A call that
-        reverts (the rental already moved on) is not an error: the state says where it is."""
-        async with self._tx_lock:
-            try:
-                tx = await function.build_transaction({
-                    "from": self.address,
-                    "nonce": await self._w3.eth.get_transaction_count(self.address, "pending"),
-                    "chainId": self._settings.chain.chain_id,
-                })
-                signed = Account.sign_transaction(tx, self._key)
-                tx_hash = await self._w3.eth.send_raw_transaction(signed.raw_transaction)
-                receipt = await self._w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=self._settings.tx_timeout_seconds)
-                log.info("rental %d: %s tx %s status %d", rental_id, what, tx_hash.hex(), receipt["status"])
-            except Web3Exception as exc:
-                log.info("rental %d: %s not sent or reverted (%s); reading the rental", rental_id, what, exc)
-        return await self._rental_state(rental_id)
+    async def _send_agent_tx(self, rental_id: int, function: str, *args: Any) -> tuple[Rental, str | None]:
+        """Sends the escrow's `function(*args)` through the agent's TxManager and waits for it; returns the rental's
+        state on chain and, when the transaction failed for good, why. The idempotency key `<function>-<rentalId>`
+        makes a restarted agent wait for the transaction it sent before its crash instead of sending another. A
+        transaction that failed (its dry-run reverted once the rental had moved on, such as a renter who
+        terminated first) is never sent again: the state says where the rental is."""
+        key = f"{function}-{rental_id}"
+        await self.txmgr.submit(key, self._escrow.address, self._escrow.encode_abi(function, args=list(args)))
+        failure = None
+        try:
+            record = await self.txmgr.wait_confirmed(key, self._settings.tx_timeout_seconds)
+        except TimeoutError:
+            log.info("rental %d: %s not mined within %.0f s; reading the rental", rental_id, function,
+                     self._settings.tx_timeout_seconds)
+        else:
+            if record.state is TxState.CONFIRMED:
+                log.info("rental %d: %s tx %s mined", rental_id, function, record.hash)
+            else:
+                failure = f"{function} {record.state.value}: {record.error}"
+                log.warning("rental %d: %s; reading the rental", rental_id, failure)
+        return await self._rental_state(rental_id), failure
 
     async def _rental_state(self, rental_id: int) -> Rental:
         return await self._reader.rental(rental_id)

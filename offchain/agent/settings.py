@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from offchain.agent.containers import ContainerSettings
-from offchain.agent.store import DB_FILE_NAME
+from offchain.agent.store import DB_FILE_NAME, TX_DB_FILE_NAME
 from offchain.config import AgentSettings
 
 #: Chain ids of local development chains (Brownie's and Hardhat's, anvil's): the only chains on which the agent
@@ -74,6 +74,10 @@ class ProviderAgentSettings(AgentSettings):
     @property
     def db_path(self) -> Path:
         return self.state_dir / DB_FILE_NAME
+
+    @property
+    def tx_db_path(self) -> Path:
+        return self.state_dir / TX_DB_FILE_NAME
 
     @property
     def rentals_dir(self) -> Path:

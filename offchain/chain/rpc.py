@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3._utils.http_session_manager import HTTPSessionManager
+from web3.types import RPCEndpoint, RPCResponse
 
 T = TypeVar("T")
 
@@ -40,23 +41,6 @@ class _LoopSessions(HTTPSessionManager):
         return cached
 
 
-#: Default web3 middleware we never need and that costs on every call: `validation` asks the node for its chain
-#: id before each eth_call and gas estimate (we sign raw transactions with an explicit chain id), and ENS name
-#: resolution scans every argument for names (we only ever pass addresses).
-_UNUSED_MIDDLEWARE = ("validation", "ens_name_to_address")
-
-
-def connect(rpc_url: str, timeout: float = 10.0) -> AsyncWeb3[Any]:
-    """An AsyncWeb3 over HTTP with a request timeout, without web3's session lock (see `_LoopSessions`) and
-    without the middleware of `_UNUSED_MIDDLEWARE`."""
-    provider = AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
-    provider._request_session_manager = _LoopSessions()
-    w3 = AsyncWeb3(provider)
-    for name in _UNUSED_MIDDLEWARE:
-        w3.middleware_onion.remove(name)
-    return w3
-
-
 class ChainUnreachable(ConnectionError):
     """The chain's node did not answer: refused or dropped connection, timeout. The one spelling of "the node is
     down" for every layer; a revert or an error the node returned is not this."""
@@ -75,3 +59,33 @@ async def reach(call: Awaitable[T]) -> T:
         raise
     except TRANSPORT_ERRORS as exc:
         raise ChainUnreachable(f"the chain's node did not answer: {type(exc).__name__}: {exc}") from exc
+
+
+class _NodeProvider(AsyncHTTPProvider):
+    """An HTTP provider whose requests raise `ChainUnreachable` when the node does not answer, so that every
+    caller of a connection made by `connect` meets that one exception, whatever the call."""
+
+    async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        return await reach(super().make_request(method, params))
+
+    async def make_batch_request(self, batch_requests: list[tuple[RPCEndpoint, Any]]
+                                 ) -> list[RPCResponse] | RPCResponse:
+        return await reach(super().make_batch_request(batch_requests))
+
+
+#: Default web3 middleware we never need and that costs on every call: `validation` asks the node for its chain
+#: id before each eth_call and gas estimate (we sign raw transactions with an explicit chain id), and ENS name
+#: resolution scans every argument for names (we only ever pass addresses).
+_UNUSED_MIDDLEWARE = ("validation", "ens_name_to_address")
+
+
+def connect(rpc_url: str, timeout: float = 10.0) -> AsyncWeb3[Any]:
+    """An AsyncWeb3 over HTTP with a request timeout, whose requests raise `ChainUnreachable` when the node does
+    not answer (`_NodeProvider`), without web3's session lock (see `_LoopSessions`) and without the middleware of
+    `_UNUSED_MIDDLEWARE`."""
+    provider = _NodeProvider(rpc_url, request_kwargs={"timeout": timeout})
+    provider._request_session_manager = _LoopSessions()
+    w3 = AsyncWeb3(provider)
+    for name in _UNUSED_MIDDLEWARE:
+        w3.middleware_onion.remove(name)
+    return w3

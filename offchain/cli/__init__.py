@@ -1,10 +1,12 @@
-"""`gpuex`: the exchange's command line, a thin layer over the library (`offchain.market.exchange`, `offchain.market.offers`,
-`offchain.ops.devnet`, the agent and oracle services). Each command parses its arguments, resolves the network and
-key (`offchain.cli.context`), calls the library and renders the result for people or, with `--json`, for scripts.
+"""`gpuex`: the exchange's command line, a thin layer over the library (`offchain.market.exchange`,
+`offchain.market.offers`, `offchain.ops.devnet`, the agent and oracle services). Each command parses its arguments
+(`offchain.cli.args`, `offchain.cli.parse`), resolves the network (`offchain.cli.network`) and key
+(`offchain.cli.keys`), calls the library and renders the result (`offchain.cli.output`) for people or, with
+`--json`, for scripts.
 
-Exit status: 0 done; 1 the action failed (a revert, named after its custom error; a transaction failure; not
-found; an unreachable RPC); 2 bad input (usage, a missing key or setting, the wrong network); 130 interrupted.
-Every error is one line on stderr: `gpuex: error: ...`.
+Exit status (`ExitStatus`): 0 done; 1 the action failed (a revert, named after its custom error; a transaction
+failure; not found; an unreachable RPC); 2 bad input (usage, a missing key or setting, the wrong network); 130
+interrupted. Every error is one line on stderr: `gpuex: error: ...`.
 
 Each module named in `COMMAND_MODULES` has `register(subparsers)` adding its commands; a new command group is one
 more name there.
@@ -28,15 +30,17 @@ from offchain.ops.deploy import DeployError
 from offchain.ops.devnet import DevnetError
 from offchain.market.exchange import ExchangeError, InsufficientAllowance
 from offchain.market.renterclient import RenterApiError
-from offchain.cli.context import CliParser, UsageError, add_common_options, invalid
+from offchain.chain.rpc import ChainUnreachable
+from offchain.cli.args import CliParser, ExitStatus, UsageError, add_common_options, invalid
 from offchain.telemetry.source import TelemetryError
-from offchain.chain.wallet import TxFailed
+from offchain.chain.tx.oneshot import TxFailed
 
-COMMAND_MODULES = ("devnet", "provider", "offer", "offers", "rental", "agent", "oracle", "web")
+COMMAND_MODULES = ("devnet", "provider", "listing", "offers", "rental", "agent", "oracle", "web")
 
-#: Errors of an action that could not be done: exit status 1.
-FAILURES = (ExchangeError, TxFailed, DevnetError, DeployError, TelemetryError, ArtifactMissing, aiohttp.ClientError,
-            OSError, asyncio.TimeoutError, Web3Exception, RenterApiError)
+#: Errors of an action that could not be done: `ExitStatus.FAILED`. A node that does not answer is `ChainUnreachable`
+#: wherever the package meets it; the transport errors after it are those of other endpoints (an agent, an oracle).
+FAILURES = (ExchangeError, TxFailed, DevnetError, DeployError, TelemetryError, ArtifactMissing, ChainUnreachable,
+            aiohttp.ClientError, OSError, asyncio.TimeoutError, Web3Exception, RenterApiError)
 
 
 def build_parser() -> CliParser:
@@ -54,31 +58,31 @@ def _error(message: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one `gpuex` command and returns its exit status."""
+    """Runs one `gpuex` command and returns its exit status (an `ExitStatus`, or what argparse exited with)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already reported
-        return exc.code if isinstance(exc.code, int) else 0
+        return exc.code if isinstance(exc.code, int) else ExitStatus.OK
     try:
         status = args.handler(args)
         if inspect.iscoroutine(status):
             status = asyncio.run(status)
-        return status or 0
+        return status or ExitStatus.OK
     except BrokenPipeError:  # the reader went away (`gpuex ... | head`): nothing more to say, and nowhere to say it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return ExitStatus.FAILED
     except InsufficientAllowance as exc:
         _error(f"{exc} (re-run with --approve)")
-        return 1
+        return ExitStatus.FAILED
     except (UsageError, KeyConfigError) as exc:
         _error(exc)
-        return 2
+        return ExitStatus.USAGE
     except ValidationError as exc:
         _error(invalid(exc, "settings"))
-        return 2
+        return ExitStatus.USAGE
     except FAILURES as exc:
         _error(exc)
-        return 1
+        return ExitStatus.FAILED
     except KeyboardInterrupt:
-        return 130
+        return ExitStatus.INTERRUPTED

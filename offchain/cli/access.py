@@ -28,7 +28,10 @@ from pydantic import ValidationError
 from offchain.agent.jobspec import JobSpec
 from offchain.chain.rpc import ChainUnreachable
 from offchain.cli import parse
-from offchain.cli.context import Context, Output, UsageError, add_command, invalid, load_account, open_context
+from offchain.cli.args import ExitStatus, UsageError, add_command, invalid
+from offchain.cli.keys import load_account
+from offchain.cli.network import Context, open_context
+from offchain.cli.output import Output
 from offchain.market.exchange import ExchangeError
 from offchain.protocol.renterapi import JobStatus, LogEnd
 from offchain.market.renterclient import RenterApiError, RenterClient, extract_results
@@ -128,7 +131,7 @@ async def job_status(ctx: Context, rental_id: int) -> JobStatus | None:
         return None
 
 
-async def send_spec_command(args: argparse.Namespace) -> int:
+async def send_spec_command(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     spec, secrets = load_spec(args.spec, args.secret_env)
     async with open_context(args, key=True) as ctx:
@@ -140,10 +143,10 @@ async def send_spec_command(args: argparse.Namespace) -> int:
     out.emit({"rental_id": args.rental_id, "agent": url, "secrets": sorted(secrets)},
              lambda: out.print(f"job spec of rental {args.rental_id} sent to {url}"
                                + (f" with {len(secrets)} sealed secret value(s)" if secrets else "")))
-    return 0
+    return ExitStatus.OK
 
 
-async def logs_command(args: argparse.Namespace) -> int:
+async def logs_command(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx, renter_client(ctx, args.rental_id) as client:
         async for item in client.logs(args.rental_id, offset=args.offset, follow=args.follow):
@@ -156,10 +159,10 @@ async def logs_command(args: argparse.Namespace) -> int:
                 stream = sys.stdout if item.stream == "stdout" else sys.stderr
                 stream.write(item.data)
                 stream.flush()
-    return 0
+    return ExitStatus.OK
 
 
-async def results_command(args: argparse.Namespace) -> int:
+async def results_command(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx, renter_client(ctx, args.rental_id) as client:
         status = await client.status(args.rental_id)
@@ -181,10 +184,10 @@ async def results_command(args: argparse.Namespace) -> int:
             out.print(f"  skipped {entry}")
 
     out.emit(result, human)
-    return 0
+    return ExitStatus.OK
 
 
-async def shell_command(args: argparse.Namespace) -> int:
+async def shell_command(args: argparse.Namespace) -> ExitStatus:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("`gpuex rental shell` needs a terminal")
     async with open_context(args, key=True) as ctx, renter_client(ctx, args.rental_id) as client:
@@ -196,7 +199,7 @@ async def shell_command(args: argparse.Namespace) -> int:
             await ws.close()
 
 
-async def _interact(ws: aiohttp.ClientWebSocketResponse) -> int:
+async def _interact(ws: aiohttp.ClientWebSocketResponse) -> ExitStatus:
     """Relays this terminal (raw) and the remote shell until the remote side closes."""
     loop = asyncio.get_running_loop()
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
@@ -236,5 +239,5 @@ async def _interact(ws: aiohttp.ClientWebSocketResponse) -> int:
         termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
     if ws.close_code not in (None, 1000):
         print(f"\r\nthe shell closed: {closed_because or f'code {ws.close_code}'}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitStatus.FAILED
+    return ExitStatus.OK

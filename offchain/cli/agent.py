@@ -27,7 +27,9 @@ from offchain.ops import devnet
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.cli import parse
-from offchain.cli.context import UsageError, add_command, add_group, env_sets, invalid, load_key, open_context
+from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, env_sets, invalid
+from offchain.cli.keys import load_key
+from offchain.cli.network import open_context
 from offchain.cli.gpus import add_gpu_options, telemetry_source
 from offchain.market.exchange import ExchangeError
 from offchain.telemetry.source import TelemetrySource
@@ -92,14 +94,14 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
         raise invalid(exc, f"{PREFIX}* settings") from None
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> ExitStatus:
     settings, source = await _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
     logging.getLogger(__name__).info("agent for provider %s on %s, reporting to %s", settings.provider,
                                      settings.chain.rpc_url, ", ".join(settings.oracles))
     async with source:
         await run_until_signal(ProviderAgent(settings, source).run())
-    return 0
+    return ExitStatus.OK
 
 
 async def run_until_signal(service) -> None:

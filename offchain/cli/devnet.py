@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 
 from offchain.ops import devnet
-from offchain.cli.context import Output, add_command, add_group, devnet_dir
+from offchain.cli.args import ExitStatus, add_command, add_group
+from offchain.cli.network import devnet_dir
+from offchain.cli.output import Output
 from offchain.market.exchange import NotFound
 from offchain.web.app import WEB_PREFIX
 
@@ -32,32 +34,33 @@ def _render_state(out: Output, state_dir, state: devnet.DevnetState) -> None:
     d = state.deployment
     out.fields(f"devnet in {state_dir}", [
         ("rpc", state.rpc_url), ("chain id", state.chain_id), ("oracle", state.oracle_url),
-        ("web page", f"{state.oracle_url}{WEB_PREFIX}/"), ("registry", d.registry), ("escrow", d.escrow), ("payment token", d.payment_token),
+        ("web page", f"{state.oracle_url}{WEB_PREFIX}/"), ("registry", d.registry), ("escrow", d.escrow),
+        ("payment token", d.payment_token),
     ])
     out.fields("roles (use one with GPUEX_KEY_FILE=<key file>)",
                [(role, f"{v['address']}  {v['key_file']}") for role, v in _keys(state_dir, state).items()])
 
 
-async def up(args: argparse.Namespace) -> int:
+async def up(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     state_dir = devnet_dir(args)
     state = await devnet.up(state_dir, args.port, args.oracle_port, epoch_seconds=args.epoch_seconds, say=out.note)
     out.emit({"state_dir": str(state_dir), **state.model_dump(mode="json"), "keys": _keys(state_dir, state)},
              lambda: _render_state(out, state_dir, state))
-    return 0
+    return ExitStatus.OK
 
 
-def down(args: argparse.Namespace) -> int:
+def down(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     state_dir = devnet_dir(args)
     if devnet.read_state(state_dir) is None:
         raise NotFound(f"no devnet in {state_dir}")
     stopped = devnet.down(state_dir, say=out.note)
     out.emit({"state_dir": str(state_dir), "stopped": stopped}, lambda: None)
-    return 0
+    return ExitStatus.OK
 
 
-async def status(args: argparse.Namespace) -> int:
+async def status(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     current = await devnet.status(devnet_dir(args))
 
@@ -70,4 +73,4 @@ async def status(args: argparse.Namespace) -> int:
         ])
 
     out.emit(current, human)
-    return 0 if current.running else 1
+    return ExitStatus.OK if current.running else ExitStatus.FAILED

@@ -7,7 +7,8 @@ import argparse
 import os
 
 from offchain.cli import parse
-from offchain.cli.context import DEVNET, Context, UsageError
+from offchain.cli.args import UsageError
+from offchain.cli.network import DEVNET, Context
 from offchain.telemetry.local import DEFAULT_SIMULATED_MODEL, local_source
 from offchain.telemetry.models import GpuInfo
 from offchain.telemetry.simulated import GPU_MODELS

@@ -9,7 +9,9 @@ import typing
 from rich.table import Table
 
 from offchain.cli import parse
-from offchain.cli.context import Output, add_command, add_group, gib, open_context, per_hour, short
+from offchain.cli.args import ExitStatus, add_command, add_group
+from offchain.cli.network import open_context
+from offchain.cli.output import Output, format_duration, format_gib, per_hour, short
 from offchain.market.offers import OfferQuery, OfferRecord, SortKey, TokenInfo, search_offers
 from offchain.protocol.status import OfferStatus
 
@@ -56,8 +58,8 @@ def render_offers(out: Output, token: TokenInfo, offers: list[OfferRecord]) -> N
                          else "left")
     for o in offers:
         reliability = "new" if o.reliability is None else f"{o.reliability:.1%}"
-        durations = f"{parse.format_duration(o.min_duration)}-{parse.format_duration(o.max_duration)}"
-        table.add_row(str(o.offer_id), f"{o.gpu_count}x {o.gpu_model}", gib(o.vram_mib),
+        durations = f"{format_duration(o.min_duration)}-{format_duration(o.max_duration)}"
+        table.add_row(str(o.offer_id), f"{o.gpu_count}x {o.gpu_model}", format_gib(o.vram_mib),
                       per_hour(token, o.price_per_second), per_hour(token, o.price_per_second // o.gpu_count),
                       o.region or "-", durations, "yes" if o.egress else "no", reliability,
                       str(o.reputation.rentals_completed), str(o.reputation.declines), availability(o),
@@ -73,7 +75,7 @@ def offer_json(token: TokenInfo, offer: OfferRecord) -> dict:
             "vram_gib": offer.vram_gib, "reliability": offer.reliability, "available": offer.rentable}
 
 
-async def search(args: argparse.Namespace) -> int:
+async def search(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     query = OfferQuery(gpu_model=args.gpu_model, min_gpus=args.gpus,
                        min_vram_gib=float(args.min_vram) if args.min_vram is not None else None,
@@ -85,4 +87,4 @@ async def search(args: argparse.Namespace) -> int:
         token = await ctx.client.payment_token()
         found = search_offers(await ctx.client.offers(), query, token)
     out.emit([offer_json(token, o) for o in found], lambda: render_offers(out, token, found))
-    return 0
+    return ExitStatus.OK

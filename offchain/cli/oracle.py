@@ -20,11 +20,13 @@ from pydantic import ValidationError
 
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
-from offchain.cli.context import add_command, add_group, env_sets, invalid, load_key, open_context, stop_on_signals
+from offchain.cli.args import ExitStatus, add_command, add_group, env_sets, invalid, stop_on_signals
+from offchain.cli.keys import load_key
+from offchain.cli.network import open_context
 from offchain.config import OracleSettings
 from offchain.oracle.keeper import Keeper
 from offchain.oracle.service import KEEPER_FILE, TXMGR_FILE, OracleService
-from offchain.chain.txmanager import TxManager
+from offchain.chain.tx.manager import TxManager
 
 PREFIX = "GPUEX_ORACLE_"
 log = logging.getLogger(__name__)
@@ -52,14 +54,14 @@ def _logging(role: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(name)s %(levelname)s %(message)s")
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace) -> ExitStatus:
     settings, _ = await _settings(args)
     _logging("oracle")
     await OracleService(settings).run(stop_on_signals())
-    return 0
+    return ExitStatus.OK
 
 
-async def keeper(args: argparse.Namespace) -> int:
+async def keeper(args: argparse.Namespace) -> ExitStatus:
     settings, start_block = await _settings(args)
     _logging("keeper")
     state = Path(settings.state_dir)
@@ -79,4 +81,4 @@ async def keeper(args: argparse.Namespace) -> int:
         keeper_service.close()
         txmgr.close()
         await w3.provider.disconnect()
-    return 0
+    return ExitStatus.OK

@@ -1,8 +1,9 @@
 """Argument types in human units (`type=` of argparse): amounts of a token, prices per hour, GiB, durations,
-percentages, ids, addresses and URLs. Each raises `ArgumentTypeError`, which `gpuex` reports as a usage error (exit 2).
+percentages, ids, addresses and URLs. Each raises `ArgumentTypeError`, which `gpuex` reports as a usage error
+(`ExitStatus.USAGE`).
 
 Token amounts stay `Decimal` here: converting them to token units needs the token's decimals, which the command
-reads from the chain (`TokenInfo.to_units`, `TokenInfo.per_second`).
+reads from the chain (`offchain.cli.args.amount_units`, `price_units`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from web3 import Web3
 
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 
-_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+#: Duration units, largest first (`offchain.cli.output.format_duration` writes durations with them too).
+DURATION_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -46,7 +48,7 @@ def price(text: str) -> Decimal:
 
 
 def gib(text: str) -> Decimal:
-    """A non-negative size in GiB (`80`, `23.5`)."""
+    """A non-negative size in GiB (`80`, `23.5`); `offchain.cli.output.format_gib` writes one for people."""
     value = _decimal(text.strip().removesuffix("GiB").removesuffix("G"), "a size in GiB")
     if value < 0:
         raise ArgumentTypeError(f"the size must not be negative: {text!r}")
@@ -70,7 +72,7 @@ def duration(text: str) -> int:
         match = _DURATION.match(cleaned)
         if not cleaned or match is None:
             raise ArgumentTypeError(f"not a duration: {text!r} (write 3600, 90m, 2h or 1h30m)")
-        seconds = sum(int(part or 0) * factor for part, factor in zip(match.groups(), _UNITS.values()))
+        seconds = sum(int(part or 0) * factor for part, factor in zip(match.groups(), DURATION_UNITS.values()))
     if seconds <= 0:
         raise ArgumentTypeError(f"the duration must be positive: {text!r}")
     return seconds
@@ -106,21 +108,11 @@ def address(text: str) -> str:
 
 
 def agent_url(text: str) -> str:
-    """The public base URL of an agent API (`offchain.protocol.agenturl.check_agent_url`), without its trailing slash; an
-    empty string stays empty (it clears the published URL)."""
+    """The public base URL of an agent API (`offchain.protocol.agenturl.check_agent_url`), without its trailing
+    slash; an empty string stays empty (it clears the published URL)."""
     if not text:
         return ""
     try:
         return check_agent_url(text)
     except AgentUrlInvalid as exc:
         raise ArgumentTypeError(str(exc)) from None
-
-
-def format_duration(seconds: int) -> str:
-    """`5400` -> `1h30m`, `45` -> `45s`, `0` -> `0s`."""
-    parts = []
-    for unit, size in _UNITS.items():
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"

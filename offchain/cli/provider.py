@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 
 from offchain.cli import parse
-from offchain.cli.context import Context, Output, add_command, add_group, amount_units, money, open_context, when
+from offchain.cli.args import ExitStatus, add_command, add_group, amount_units
+from offchain.cli.network import Context, open_context
+from offchain.cli.output import Output, money, when
 from offchain.cli.gpus import add_gpu_options, local_gpus
 from offchain.market.exchange import ProviderResult
 from offchain.market.offers import ProviderRecord, TokenInfo
@@ -52,7 +54,7 @@ def render_provider(out: Output, token: TokenInfo, p: ProviderRecord) -> None:
     ])
 
 
-async def _provider_action(args: argparse.Namespace, act) -> int:
+async def _provider_action(args: argparse.Namespace, act) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.stake_token()
@@ -63,45 +65,45 @@ async def _provider_action(args: argparse.Namespace, act) -> int:
         render_provider(out, token, result.provider)
 
     out.emit(result, human)
-    return 0
+    return ExitStatus.OK
 
 
-async def stake(args: argparse.Namespace) -> int:
+async def stake(args: argparse.Namespace) -> ExitStatus:
     async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
         return await ctx.client.stake(amount_units(token, args.amount), approve=args.approve)
 
     return await _provider_action(args, act)
 
 
-async def unstake(args: argparse.Namespace) -> int:
+async def unstake(args: argparse.Namespace) -> ExitStatus:
     async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
         return await ctx.client.request_unstake(amount_units(token, args.amount))
 
     return await _provider_action(args, act)
 
 
-async def withdraw(args: argparse.Namespace) -> int:
+async def withdraw(args: argparse.Namespace) -> ExitStatus:
     async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
         return await ctx.client.withdraw_unstaked()
 
     return await _provider_action(args, act)
 
 
-async def set_agent(args: argparse.Namespace) -> int:
+async def set_agent(args: argparse.Namespace) -> ExitStatus:
     async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
         return await ctx.client.set_agent(args.agent)
 
     return await _provider_action(args, act)
 
 
-async def set_agent_url(args: argparse.Namespace) -> int:
+async def set_agent_url(args: argparse.Namespace) -> ExitStatus:
     async def act(ctx: Context, token: TokenInfo) -> ProviderResult:
         return await ctx.client.set_agent_url("" if args.clear else args.url)
 
     return await _provider_action(args, act)
 
 
-async def register_gpus(args: argparse.Namespace) -> int:
+async def register_gpus(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         gpus = local_gpus(args, ctx, ctx.client.address)
@@ -115,13 +117,13 @@ async def register_gpus(args: argparse.Namespace) -> int:
                 out.print(f"{label}: {names[h].uuid} ({names[h].name}, hash {h})")
 
     out.emit({**result.model_dump(mode="json"), "gpus": [g.model_dump(mode="json") for g in gpus]}, human)
-    return 0
+    return ExitStatus.OK
 
 
-async def show(args: argparse.Namespace) -> int:
+async def show(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=args.provider is None) as ctx:
         token = await ctx.client.stake_token()
         record = await ctx.client.provider(args.provider)
     out.emit(record, lambda: render_provider(out, token, record))
-    return 0
+    return ExitStatus.OK

@@ -20,17 +20,9 @@ from pathlib import Path
 from offchain.ops import devnet
 from offchain.agent.jobspec import JobSpecStore
 from offchain.cli import access, parse
-from offchain.cli.context import (
-    Output,
-    UsageError,
-    add_command,
-    add_group,
-    money,
-    open_context,
-    per_hour,
-    percent_bps,
-    when,
-)
+from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
+from offchain.cli.network import open_context
+from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
 from offchain.chain.events import (
     RentalDeclined,
     RentalEvent,
@@ -89,7 +81,7 @@ def _max_price_units(token: TokenInfo, per_hour_price: Decimal) -> int:
     return units
 
 
-async def rent(args: argparse.Namespace) -> int:
+async def rent(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     spec, secrets = access.load_spec(args.spec, args.secret_env)
     async with open_context(args, key=True) as ctx:
@@ -120,7 +112,7 @@ async def rent(args: argparse.Namespace) -> int:
     def human() -> None:
         out.sent(result)
         out.print(f"rental {rental.rental_id} opened on offer {rental.offer_id}: "
-                  f"{parse.format_duration(rental.duration)} at {per_hour(token, rental.price_per_second)}, "
+                  f"{format_duration(rental.duration)} at {per_hour(token, rental.price_per_second)}, "
                   f"deposit {money(token, rental.deposit)}")
         if agent_url is not None:
             out.print(f"job spec {rental.job_spec_hash} sent to the provider's agent at {agent_url}"
@@ -135,7 +127,7 @@ async def rent(args: argparse.Namespace) -> int:
 
     out.emit({**result_json(result), "spec_dir": str(spec_dir) if spec_dir else None, "spec_sent_to": agent_url},
              human)
-    return 0
+    return ExitStatus.OK
 
 
 def result_json(result: RentalResult) -> dict:
@@ -185,7 +177,7 @@ def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
     s = r.settlement
     rows = [
         ("status", r.status.name.lower()), ("offer", r.offer_id), ("renter", r.renter),
-        ("price", per_hour(token, r.price_per_second)), ("duration", parse.format_duration(r.duration)),
+        ("price", per_hour(token, r.price_per_second)), ("duration", format_duration(r.duration)),
         ("deposit", money(token, r.deposit)), ("job spec", r.job_spec_hash),
         ("started", when(r.started_at)), ("ends", when(r.ends_at)),
         ("delivered", f"{r.delivered_seconds:,} s of {r.reported_seconds:,} s reported"),
@@ -216,7 +208,7 @@ def _report_line(token: TokenInfo, report: ReportApplied, period_start: int | No
             f"utilisation {percent_bps(report.avg_util_bps)}, earned {money(token, report.earned)}")
 
 
-async def status(args: argparse.Namespace) -> int:
+async def status(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
@@ -229,7 +221,7 @@ async def status(args: argparse.Namespace) -> int:
             render_job(out, job)
 
     out.emit({**rental_json(rental), "job": None if job is None else job.model_dump(mode="json")}, human)
-    return 0
+    return ExitStatus.OK
 
 
 def render_job(out: Output, job: JobStatus) -> None:
@@ -246,7 +238,7 @@ def render_job(out: Output, job: JobStatus) -> None:
     out.fields("job (from the provider's agent)", rows)
 
 
-async def terminate(args: argparse.Namespace) -> int:
+async def terminate(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
@@ -257,14 +249,14 @@ async def terminate(args: argparse.Namespace) -> int:
         render_rental(out, token, result.rental)
 
     out.emit(result_json(result), human)
-    return 0
+    return ExitStatus.OK
 
 
 def _event_line(token: TokenInfo, event: RentalEvent, period_start: int | None) -> str:
     match event:
         case RentalOpened():
             return (f"opened (block {event.block_number}): offer {event.offer_id}, "
-                    f"{parse.format_duration(event.duration)} at {per_hour(token, event.price_per_second)}, "
+                    f"{format_duration(event.duration)} at {per_hour(token, event.price_per_second)}, "
                     f"deposit {money(token, event.deposit)}")
         case RentalStarted():
             return f"started at {when(event.started_at)}{' by its first report' if event.by_report else ''}"
@@ -285,7 +277,7 @@ def _event_line(token: TokenInfo, event: RentalEvent, period_start: int | None) 
     raise AssertionError(event)
 
 
-async def watch(args: argparse.Namespace) -> int:
+async def watch(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
@@ -300,10 +292,10 @@ async def watch(args: argparse.Namespace) -> int:
                 period_start = event.started_at
             elif isinstance(event, ReportApplied):
                 period_start = event.period_end
-    return 0
+    return ExitStatus.OK
 
 
-async def withdraw(args: argparse.Namespace) -> int:
+async def withdraw(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
@@ -316,10 +308,10 @@ async def withdraw(args: argparse.Namespace) -> int:
                   + (f" and {money(stake_token, result.compensation)} of compensation" if result.compensation else ""))
 
     out.emit(result, human)
-    return 0
+    return ExitStatus.OK
 
 
-async def faucet(args: argparse.Namespace) -> int:
+async def faucet(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
@@ -330,4 +322,4 @@ async def faucet(args: argparse.Namespace) -> int:
         out.print(f"claimed {money(token, result.amount)}; balance {money(token, result.balance)}")
 
     out.emit(result, human)
-    return 0
+    return ExitStatus.OK

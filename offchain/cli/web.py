@@ -9,7 +9,9 @@ import argparse
 from aiohttp import web
 
 from offchain.cli import parse
-from offchain.cli.context import Output, UsageError, add_command, open_context, stop_on_signals
+from offchain.cli.args import ExitStatus, UsageError, add_command, stop_on_signals
+from offchain.cli.network import open_context
+from offchain.cli.output import Output
 from offchain.web.app import WEB_PREFIX, create_standalone_app
 
 DEFAULT_PORT = 8710
@@ -24,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="blocks the page stays behind the head, against reorgs (default %(default)s)")
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     if args.confirmations < 0:
         raise UsageError("--confirmations must not be negative")
@@ -39,4 +41,4 @@ async def serve(args: argparse.Namespace) -> int:
         await stop_on_signals().wait()
     finally:
         await runner.cleanup()
-    return 0
+    return ExitStatus.OK

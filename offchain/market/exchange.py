@@ -36,7 +36,7 @@ from offchain.market.offers import (
 )
 from offchain.market.rentals import RentalHistory
 from offchain.protocol.status import OfferStatus
-from offchain.chain.wallet import Sent, Wallet
+from offchain.chain.tx.oneshot import Sent, Wallet
 
 #: Escrow events whose first indexed argument is the rental id.
 RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "ReportSkipped", "RentalTerminated",

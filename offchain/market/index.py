@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
@@ -43,6 +42,7 @@ from offchain.chain.events import (
 )
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, Rewind
 from offchain.chain.reads import ChainReader
+from offchain.chain.rpc import ChainUnreachable
 from offchain.ops.deployments import Deployment
 from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
 from offchain.market.rentals import RentalHistory
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 #: Concurrent `eth_getBlock` / provider (`read_provider`) reads while a range is indexed.
 READ_CONCURRENCY = 16
-CHAIN_ERRORS = (Web3Exception, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+#: What a sync fails with and retries: the node did not answer, or answered with an error.
+CHAIN_ERRORS = (ChainUnreachable, Web3Exception)
 
 
 REGISTRY_EVENTS = ("Staked", "UnstakeRequested", "UnstakeWithdrawn", "AgentSet", "AgentUrlSet", "OfferCreated",

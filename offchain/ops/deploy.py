@@ -25,7 +25,7 @@ from offchain.chain.contracts import contract
 from offchain.chain.reads import ChainReader
 from offchain.ops.deployments import create_address
 from offchain.ops.deployments import Deployment, SuiteConfig
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 
 USDC = 10**6
 

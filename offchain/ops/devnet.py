@@ -38,7 +38,7 @@ from offchain.chain.rpc import connect
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy
 from offchain.ops.deployments import Deployment
 from offchain.ops.processes import process_alive
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 
 #: Anvil's default mnemonic: its dev accounts are public knowledge, so they only ever hold devnet ether.
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"

@@ -22,7 +22,7 @@ from typing import AsyncIterator, Callable, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from offchain.chain.rpc import connect
+from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.config import OracleSettings
 from offchain.protocol.messages import (
     CosignRequest,
@@ -31,7 +31,7 @@ from offchain.protocol.messages import (
     TelemetrySubmission,
     ValidationIssue,
 )
-from offchain.oracle.chainview import DEFAULT_POLL_INTERVAL_SECONDS, ChainUnavailable, ChainView
+from offchain.oracle.chainview import DEFAULT_POLL_INTERVAL_SECONDS, ChainView
 from offchain.oracle.cosign import COSIGN_PATH, Cosigner
 from offchain.protocol.digest import TelemetryDomain
 from offchain.protocol.reports import BatchSigner
@@ -159,7 +159,7 @@ async def post_telemetry(request: web.Request) -> web.Response:
         body = await _read_body(request, app[SETTINGS].max_body_bytes)
         submission = _parse(TelemetrySubmission, body)
         ack = await app[INGEST].submit(submission, body)
-    except (Rejected, ChainUnavailable) as exc:
+    except (Rejected, ChainUnreachable) as exc:
         rejected = _as_rejected(exc)
         metrics.reports_rejected.inc(rejected.reason.value)
         response = _error_response(rejected)
@@ -177,7 +177,7 @@ async def post_cosign(request: web.Request) -> web.Response:
         body = await _read_body(request, cosign_body_limit(app[SETTINGS]))
         cosign_request = _parse(CosignRequest, body)
         answer = await app[COSIGNER].cosign(cosign_request)
-    except (Rejected, ChainUnavailable) as exc:
+    except (Rejected, ChainUnreachable) as exc:
         rejected = _as_rejected(exc)
         app[METRICS].cosign_requests.inc(rejected.reason.value)
         return _error_response(rejected)
@@ -190,7 +190,7 @@ async def get_healthz(request: web.Request) -> web.Response:
     try:
         block = await asyncio.wait_for(app[CHAIN].block_number(), HEALTH_TIMEOUT_SECONDS)
         chain = ComponentHealth(ok=True, block=block)
-    except (ChainUnavailable, asyncio.TimeoutError) as exc:
+    except (ChainUnreachable, asyncio.TimeoutError) as exc:
         chain = ComponentHealth(ok=False, error=f"{type(exc).__name__}: {exc}")
     try:
         app[STORE].check()
@@ -233,9 +233,9 @@ def _parse(model: type[M], body: bytes) -> M:
         ) from None
 
 
-def _as_rejected(exc: Rejected | ChainUnavailable) -> Rejected:
-    if isinstance(exc, ChainUnavailable):
-        log.warning("chain unavailable: %s", exc)
+def _as_rejected(exc: Rejected | ChainUnreachable) -> Rejected:
+    if isinstance(exc, ChainUnreachable):
+        log.warning("chain unreachable: %s", exc)
         return Rejected(RejectReason.CHAIN_UNAVAILABLE, "the oracle cannot read the chain now; retry later")
     return exc
 

@@ -25,8 +25,9 @@ from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore, key_of
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxRecord, TxState
 from offchain.protocol.reports import BatchSigner
-from offchain.chain.txmanager import TxManager, TxRecord, TxState
 
 log = logging.getLogger(__name__)
 

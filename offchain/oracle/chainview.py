@@ -50,8 +50,6 @@ class OfferGpus(BaseModel):
     gpu_uuid_hashes: frozenset[bytes]
 
 
-class ChainUnavailable(RuntimeError):
-    """The node did not answer (connection, timeout or RPC error)."""
 
 
 K = TypeVar("K", bound=Hashable)
@@ -163,7 +161,7 @@ class ChainView:
         """Takes the current head as seen, so that `follow` looks at the blocks after it. Call it before anything
         is cached; if the node does not answer now, `follow` starts from the first head it sees and drops what
         was cached before."""
-        with contextlib.suppress(ChainUnavailable):
+        with contextlib.suppress(ChainUnreachable):
             self._follower = self._follower_from(await self.block_number() + 1)
 
     async def follow(self, poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS) -> None:
@@ -176,7 +174,7 @@ class ChainView:
                     self._drop_followed()  # cached before the start was known: nothing says it is current
                     self._follower = self._follower_from(start)
                 await self._follower.sync(self._on_logs, self._on_rewind)
-            except (ChainUnavailable, ChainUnreachable, Web3Exception) as exc:
+            except (ChainUnreachable, Web3Exception) as exc:
                 log.warning("chain follower: %s", exc)
             await asyncio.sleep(poll_interval)
 
@@ -225,10 +223,10 @@ def _topic(contract_name: str, event: str) -> bytes:
 
 
 async def _rpc(call: Awaitable[V]) -> V:
-    """Awaits a node call, turning transport and RPC failures into ChainUnavailable (reverts pass through)."""
+    """Awaits a node call, turning transport and RPC failures into ChainUnreachable (reverts pass through)."""
     try:
         return await call
-    except ContractLogicError:
+    except (ContractLogicError, ChainUnreachable):
         raise
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, Web3Exception) as exc:
-        raise ChainUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise ChainUnreachable(f"{type(exc).__name__}: {exc}") from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from offchain.protocol.messages import RejectReason, TelemetryAck, TelemetrySubmission
 from offchain.chain.reads import Rental
-from offchain.oracle.chainview import ChainUnavailable
+from offchain.chain.rpc import ChainUnreachable
 from offchain.protocol.digest import TelemetryDomain
 from offchain.oracle.store import NewSubmission, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
@@ -30,7 +30,7 @@ class Ingest:
         digest = self._domain.digest(report)
         try:
             rental = await self._verifier.verify(submission, digest)
-        except (Rejected, ChainUnavailable):
+        except (Rejected, ChainUnreachable):
             if self._store.held(key_of(submission)) == (digest, submission.signature):
                 return TelemetryAck(rental_id=report.rental_id, seq=report.seq, duplicate=True)
             raise

@@ -29,7 +29,9 @@ from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogB
 from offchain.chain.reads import ChainReader
 from offchain.sqlite import open_db, transaction
 from offchain.protocol.status import RentalStatus
-from offchain.chain.txmanager import TRANSIENT_RPC_ERRORS, Backoff, TxManager, wait_any
+from offchain.chain.tx.backoff import Backoff, wait_any
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.senderrors import TRANSIENT_RPC_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from offchain.oracle.batcher import Batcher
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore
-from offchain.chain.txmanager import TxManager
+from offchain.chain.tx.manager import TxManager
 from offchain.protocol.reports import BatchSigner
 
 log = logging.getLogger(__name__)

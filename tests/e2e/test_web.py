@@ -34,7 +34,7 @@ from offchain.market.offers import pack_text
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import rental_id
 from offchain.telemetry.simulated import SimulatedSource
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

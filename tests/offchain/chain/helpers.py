@@ -18,7 +18,8 @@ from eth_utils import keccak
 from offchain.chain.reads import Rental
 from offchain.chain.rpc import connect
 from offchain.protocol.reports import EscrowDomain, Report, sign_batch
-from offchain.chain.txmanager import FINAL_STATES, TxManager
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import FINAL_STATES
 from scripts.deploy import USDC
 from tests.offchain.conftest import ORACLE_KEYS
 

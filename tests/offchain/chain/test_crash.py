@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from brownie import web3
 
-from offchain.chain.txmanager import TxManager, TxRecord, TxState
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxRecord, TxState
 from tests.offchain.chain.helpers import (
     first_report_calldata,
     manual_mining,

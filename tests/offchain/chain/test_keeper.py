@@ -11,7 +11,8 @@ from offchain.chain.rpc import connect
 from offchain.sqlite import open_db
 from offchain.oracle.keeper import Keeper, RentalStatus
 from offchain.protocol.status import DeclineReason
-from offchain.chain.txmanager import TxManager, TxState
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxState
 from scripts.deploy import deploy_suite
 from tests.offchain.conftest import ORACLES
 from tests.offchain.chain.helpers import latest_block, new_offer, open_rental, rental_state, settle, started_rental

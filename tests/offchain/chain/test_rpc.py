@@ -1,11 +1,14 @@
-"""`offchain.chain.rpc.connect`: requests cancelled mid-flight (timeouts around calls) never hang later ones, and one
-connection serves several event loops in turn."""
+"""`offchain.chain.rpc.connect`: requests cancelled mid-flight (timeouts around calls) never hang later ones, one
+connection serves several event loops in turn, and a node that does not answer is `ChainUnreachable` whatever the
+request."""
 
 from __future__ import annotations
 
 import asyncio
 
-from offchain.chain.rpc import connect
+import pytest
+
+from offchain.chain.rpc import ChainUnreachable, connect
 
 
 async def cancel_storms(w3, rounds: int = 30, concurrent: int = 40) -> int:
@@ -44,3 +47,18 @@ def test_one_connection_serves_successive_event_loops(rpc_url):
         await w3.provider.disconnect()
 
     asyncio.run(close())
+
+
+def test_every_request_to_a_node_that_does_not_answer_is_chain_unreachable():
+    w3 = connect("http://127.0.0.1:9", timeout=2)  # the discard port: nothing listens
+
+    async def scenario():
+        try:
+            for request in (w3.eth.chain_id, w3.eth.get_block("latest"), w3.eth.call({"to": "0x" + "11" * 20}),
+                            w3.eth.send_raw_transaction(b"\x02")):
+                with pytest.raises(ChainUnreachable, match="the chain's node did not answer"):
+                    await request
+        finally:
+            await w3.provider.disconnect()
+
+    asyncio.run(scenario())

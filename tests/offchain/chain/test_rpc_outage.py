@@ -14,7 +14,8 @@ from web3 import AsyncHTTPProvider, AsyncWeb3, HTTPProvider, Web3
 
 from offchain.chain.contracts import load_artifact
 from offchain.chain.reads import ZERO_ADDRESS, read_once
-from offchain.chain.txmanager import TxManager, TxState
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxState
 from tests.offchain.chain.helpers import OwnAnvil, free_port
 
 AMOUNT = 1_000

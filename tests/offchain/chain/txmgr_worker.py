@@ -20,7 +20,7 @@ import sys
 from pydantic import SecretStr
 
 from offchain.chain.rpc import connect
-from offchain.chain.txmanager import TxManager
+from offchain.chain.tx.manager import TxManager
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from offchain.chain.contracts import contract
 from offchain.chain.rpc import connect
 from offchain.ops.devnet import spec_dir
 from offchain.protocol.status import DeclineReason
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 from tests.offchain.cli.conftest import PORT, stop
 
 SPEC = {"command": ["sleep", "4"]}

@@ -12,7 +12,7 @@ from offchain.protocol.agenturl import MAX_AGENT_URL_BYTES, AgentUrlInvalid, che
 from offchain.chain.rpc import connect
 from offchain.market.exchange import AgentEndpoint, ExchangeClient, ExchangeError, NotFound
 from offchain.market.offers import read_provider
-from offchain.chain.wallet import Wallet
+from offchain.chain.tx.oneshot import Wallet
 from tests.offchain.conftest import AGENT
 
 AGENT_URL = "https://agent.example.net:8443"

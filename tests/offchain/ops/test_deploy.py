@@ -14,7 +14,7 @@ from offchain.chain.contracts import contract
 from offchain.chain.reads import read_once
 from offchain.chain.rpc import connect
 from offchain.ops.deploy import DeployError, DeployRequest, SuiteParams, deploy, verify
-from offchain.chain.wallet import TxFailed, Wallet
+from offchain.chain.tx.oneshot import TxFailed, Wallet
 from tests.offchain.conftest import ORACLES
 
 PARAMS = SuiteParams(start_timeout=30, report_grace=20)

@@ -9,9 +9,11 @@ import asyncio
 
 import pytest
 from brownie import web3
+from pydantic import SecretStr
 from web3.exceptions import TransactionNotFound
 
-from offchain.chain.txmanager import TxState
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxState
 from tests.offchain.chain.helpers import (
     first_report_calldata,
     latest_block,
@@ -394,3 +396,19 @@ def test_run_sends_what_is_submitted_and_reports_each_final_record(suite, offer,
     assert [r.nonce for r in records] == [0, 1, 2]
     assert [rental_state(suite, r).last_seq for r in rentals] == [1, 1, 1]
     assert sorted(finished, key=lambda r: r.nonce) == records
+
+
+def test_submit_stores_unstarted_and_wait_times_out_when_nothing_ticks(tmp_path):
+    async def scenario():
+        manager = TxManager(None, tmp_path / "db", SecretStr("0x" + "11" * 32), 1)
+        try:
+            record = await manager.submit("finalize:1", "0x" + "22" * 20, "0x4bb278f3")
+            assert (record.state.value, record.nonce, record.hash, record.attempts) == ("unstarted", None, None, 0)
+            with pytest.raises(TimeoutError):
+                await manager.wait_confirmed("finalize:1", timeout=0.2)
+            with pytest.raises(KeyError):
+                await manager.wait_confirmed("finalize:2", timeout=0.2)
+        finally:
+            manager.close()
+
+    asyncio.run(scenario())

@@ -8,16 +8,9 @@ from decimal import Decimal
 from pydantic import ValidationError
 
 from offchain.cli import parse
-from offchain.cli.context import (
-    Output,
-    UsageError,
-    add_command,
-    add_group,
-    invalid,
-    open_context,
-    per_hour,
-    price_units,
-)
+from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, invalid, price_units
+from offchain.cli.network import open_context
+from offchain.cli.output import Output, per_hour
 from offchain.cli.gpus import add_gpu_options, local_gpus
 from offchain.cli.offers import offer_json, render_offers
 from offchain.market.exchange import OfferResult, OfferTerms
@@ -66,7 +59,7 @@ def _render_result(out: Output, result: OfferResult, token: TokenInfo, note: str
     out.emit({**result.model_dump(mode="json"), "offer": offer_json(token, result.offer)}, human)
 
 
-async def create(args: argparse.Namespace) -> int:
+async def create(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         gpus = local_gpus(args, ctx, ctx.client.address)
@@ -90,7 +83,7 @@ async def create(args: argparse.Namespace) -> int:
             raise invalid(exc, "offer terms") from None
         result = await ctx.client.create_offer(terms)
     _render_result(out, result, token, _rounding_note(args.price_per_hour, token, price))
-    return 0
+    return ExitStatus.OK
 
 
 def _rounding_note(asked: Decimal, token: TokenInfo, price_per_second: int) -> str | None:
@@ -101,38 +94,38 @@ def _rounding_note(asked: Decimal, token: TokenInfo, price_per_second: int) -> s
     return f"note: prices are per second on chain; {asked}/h is {per_hour(token, price_per_second)} in effect"
 
 
-async def update(args: argparse.Namespace) -> int:
+async def update(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
         price = price_units(token, args.price_per_hour)
         result = await ctx.client.update_offer_price(args.offer_id, price)
     _render_result(out, result, token, _rounding_note(args.price_per_hour, token, price))
-    return 0
+    return ExitStatus.OK
 
 
-async def _status_change(args: argparse.Namespace, action: str) -> int:
+async def _status_change(args: argparse.Namespace, action: str) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
         result = await getattr(ctx.client, f"{action}_offer")(args.offer_id)
     _render_result(out, result, token)
-    return 0
+    return ExitStatus.OK
 
 
-async def pause(args: argparse.Namespace) -> int:
+async def pause(args: argparse.Namespace) -> ExitStatus:
     return await _status_change(args, "pause")
 
 
-async def resume(args: argparse.Namespace) -> int:
+async def resume(args: argparse.Namespace) -> ExitStatus:
     return await _status_change(args, "resume")
 
 
-async def close(args: argparse.Namespace) -> int:
+async def close(args: argparse.Namespace) -> ExitStatus:
     return await _status_change(args, "close")
 
 
-async def list_offers(args: argparse.Namespace) -> int:
+async def list_offers(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=args.provider is None) as ctx:
         provider = args.provider or ctx.client.address
@@ -140,4 +133,4 @@ async def list_offers(args: argparse.Namespace) -> int:
         offers = search_offers(await ctx.client.offers(),
                                OfferQuery(provider=provider, include_unavailable=True, sort="offer"), token)
     out.emit([offer_json(token, o) for o in offers], lambda: render_offers(out, token, offers))
-    return 0
+    return ExitStatus.OK

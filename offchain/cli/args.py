@@ -1,0 +1,111 @@
+"""The command line's parser and what every command shares in it: the common options, command registration, the
+exit statuses, usage errors, and human amounts and prices turned into token units."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from offchain.cli.output import per_hour
+from offchain.market.offers import TokenInfo
+from offchain.ops.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
+
+NETWORK_ENV = "GPUEX_NETWORK"
+RPC_URL_ENV = "GPUEX_RPC_URL"
+DEVNET_DIR_ENV = "GPUEX_DEVNET_DIR"
+
+
+class ExitStatus(IntEnum):
+    """What `gpuex` exits with."""
+
+    OK = 0
+    FAILED = 1  # the action failed: a revert, a transaction failure, not found, an unreachable RPC
+    USAGE = 2  # bad input: usage, a missing key or setting, the wrong network
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+
+class UsageError(Exception):
+    """Bad input: an argument, a missing setting, the wrong network. `gpuex` exits with `ExitStatus.USAGE`."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """Reports a usage error as one line, `gpuex: error: ...`, and exits with `ExitStatus.USAGE`."""
+
+    def error(self, message: str) -> None:
+        self.exit(ExitStatus.USAGE, f"gpuex: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
+    """The options every command takes. They are defined on the top-level parser (with defaults) and on every
+    command (suppressed when absent), so `gpuex --json offers search` and `gpuex offers search --json` agree."""
+    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+    group = parser.add_argument_group("common options")
+    group.add_argument("--network", default=default(None),
+                       help=f"'devnet', or a network name or chain id with a deployment record (${NETWORK_ENV})")
+    group.add_argument("--rpc-url", default=default(None), help=f"the chain's JSON-RPC URL (${RPC_URL_ENV})")
+    group.add_argument("--state-dir", type=Path, default=default(None),
+                       help=f"the devnet's state directory (${DEVNET_DIR_ENV}, default ./{DEFAULT_DEVNET_DIR})")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print the result as JSON, for scripts")
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], Any],
+                help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """Adds a command that runs `handler(args)` (a function returning an `ExitStatus`, or a coroutine of one)."""
+    parser = subparsers.add_parser(name, help=help, description=description or help)
+    add_common_options(parser, top_level=False)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """Adds a command group (`gpuex provider ...`) and returns the subparsers its commands go into."""
+    parser = subparsers.add_parser(name, help=help, description=help)
+    return parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+
+def env_sets(name: str) -> bool:
+    """Whether the environment sets the setting `name` or a nested key of it (`NAME__FIELD`), in any case."""
+    name = name.upper()
+    return any(key.upper() == name or key.upper().startswith(name + "__") for key in os.environ)
+
+
+def invalid(exc: ValidationError, what: str) -> UsageError:
+    """One line out of a pydantic validation failure: the first bad field and why."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return UsageError(f"bad {what}: {where + ': ' if where else ''}{message}")
+
+
+def price_units(token: TokenInfo, per_hour_price, what: str = "--price-per-hour") -> int:
+    """Token units per second of a human price per hour; refuses a price that rounds to zero."""
+    units = token.per_second(per_hour_price)
+    if units <= 0:
+        raise UsageError(f"{what} {per_hour_price} rounds to 0 {token.symbol} per second; the smallest price is "
+                         f"{per_hour(token, 1)}")
+    return units
+
+
+def amount_units(token: TokenInfo, amount, what: str = "--amount") -> int:
+    """Token units of a human amount; refuses amounts finer than the token's decimals."""
+    try:
+        return token.to_units(amount)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets: long-running commands (services, servers) stop cleanly on either."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,32 @@
+"""The acting account's key: from `GPUEX_KEY` or the file named by `GPUEX_KEY_FILE`, never the command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from pydantic import SecretStr
+
+from offchain.cli.args import UsageError
+from offchain.config import read_key
+
+KEY_ENV = "GPUEX_KEY"
+KEY_FILE_ENV = "GPUEX_KEY_FILE"
+
+
+def load_key(key_env: str, key_file_env: str) -> SecretStr:
+    """The private key from `$key_env` or the file named by `$key_file_env` (exactly one of them)."""
+    inline, path = os.environ.get(key_env), os.environ.get(key_file_env)
+    if not inline and not path:
+        raise UsageError(f"no key: set {key_file_env} to a file holding the hex private key (or {key_env})")
+    if path and not Path(path).is_file():
+        raise UsageError(f"{key_file_env}={path}: no such file")
+    return read_key(SecretStr(inline) if inline else None, Path(path) if path else None,
+                    f"{key_env} / {key_file_env}")
+
+
+def load_account() -> LocalAccount:
+    """The account of `GPUEX_KEY` / `GPUEX_KEY_FILE`."""
+    return Account.from_key(load_key(KEY_ENV, KEY_FILE_ENV).get_secret_value())
