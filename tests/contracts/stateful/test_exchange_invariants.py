@@ -25,6 +25,7 @@ from eth_utils import keccak
 from hypothesis import Phase
 from hypothesis import strategies as st
 
+from offchain.ops.roles import ACCOUNTS
 from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch, typed_batch
 from scripts.deploy import USDC, SuiteParams
 from tests.contracts.helpers import (
@@ -206,12 +207,12 @@ def read_batch(calls):
 
 
 @pytest.fixture(scope="module")
-def exchange(accounts, token, registry, escrow, deployer, treasury, provider, provider_b, renter, renter_b,
+def exchange(accounts, token, registry, escrow, deployer, treasury, provider, provider2, renter, renter2,
              agent, stranger, params):
     """Funds a third provider and renter, stakes INITIAL_STAKE, sets provider 0's agent key, lists OFFERS."""
     assert params == PARAMS
-    providers = (provider, provider_b, accounts[8])
-    renters = (renter, renter_b, accounts[9])
+    providers = (provider, provider2, accounts[ACCOUNTS["provider3"]])
+    renters = (renter, renter2, accounts[ACCOUNTS["renter3"]])
     for account in (providers[2], renters[2]):
         token.mint(account, 1_000_000 * USDC, {"from": deployer})
         token.approve(registry, 2**256 - 1, {"from": account})

@@ -35,7 +35,7 @@ def test_agent_declines_open_rental(escrow, registry, rid, provider, agent):
     assert rental_state(escrow, rid)["status"] == RentalStatus.DECLINED
 
 
-@pytest.mark.parametrize("caller", ["renter", "stranger", "provider_b"])
+@pytest.mark.parametrize("caller", ["renter", "stranger", "provider2"])
 def test_decline_by_neither_provider_nor_agent_reverts(escrow, rid, request, caller):
     account = request.getfixturevalue(caller)
 
@@ -126,9 +126,9 @@ def test_decline_of_unknown_rental_reverts(escrow, offer, rid, provider, nonce):
         escrow.decline(rental_id(offer, nonce), DeclineReason.SPEC_MISSING, {"from": provider})
 
 
-def test_decline_of_superseded_rental_reverts(escrow, offer, rid, provider, renter_b, open_rental):
+def test_decline_of_superseded_rental_reverts(escrow, offer, rid, provider, renter2, open_rental):
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
-    open_rental(renter_b, offer)
+    open_rental(renter2, offer)
 
     with brownie.reverts(error("Escrow_UnknownRental", rid)):
         escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
@@ -199,10 +199,10 @@ def test_decline_emits_declined_then_finalized_with_the_deposit_refunded(escrow,
     assert names.index("RentalDeclined") < names.index("RentalFinalized")
 
 
-def test_declined_offer_can_be_rented_again_at_once(escrow, offer, rid, provider, renter_b, open_rental):
+def test_declined_offer_can_be_rented_again_at_once(escrow, offer, rid, provider, renter2, open_rental):
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
 
-    again = open_rental(renter_b, offer)
+    again = open_rental(renter2, offer)
 
     assert again == rental_id(offer, 2)
     assert escrow.liveRentalOf(offer) == again
@@ -212,10 +212,10 @@ def test_declined_offer_can_be_rented_again_at_once(escrow, offer, rid, provider
 # a declined rental is final
 
 
-def test_report_of_declined_rental_is_skipped(escrow, rid, provider, list_offer, open_rental, provider_b,
-                                              renter_b, submit):
-    live = open_rental(renter_b, list_offer(provider_b))
-    live_started = escrow.start(live, {"from": provider_b}).timestamp
+def test_report_of_declined_rental_is_skipped(escrow, rid, provider, list_offer, open_rental, provider2,
+                                              renter2, submit):
+    live = open_rental(renter2, list_offer(provider2))
+    live_started = escrow.start(live, {"from": provider2}).timestamp
     opened = rental_state(escrow, rid)["since"]
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
     wait(60)

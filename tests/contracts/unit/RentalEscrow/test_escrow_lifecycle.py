@@ -331,9 +331,9 @@ def test_withdraw_works_while_escrow_paused(escrow, token, rid, deployer, renter
     assert token.balanceOf(renter) == balance + DEPOSIT
 
 
-def test_provider_collects_several_rentals_in_one_withdraw(escrow, token, provider, renter, renter_b, list_offer,
+def test_provider_collects_several_rentals_in_one_withdraw(escrow, token, provider, renter, renter2, list_offer,
                                                            open_rental, submit, params):
-    rentals = [open_rental(r, list_offer(provider)) for r in (renter, renter_b)]
+    rentals = [open_rental(r, list_offer(provider)) for r in (renter, renter2)]
     starts = [escrow.start(r, {"from": provider}).timestamp for r in rentals]
     wait(600)
     submit([report(r, 1, s + 600, 600, status=ReportStatus.COMPLETED) for r, s in zip(rentals, starts)])

@@ -11,10 +11,10 @@ ROOT = b"\x22" * 32
 
 
 @pytest.fixture
-def running_rental(escrow, list_offer, open_rental, provider_b, renter_b):
-    """A second running rental, on provider_b's offer; returns (rental id, start time)."""
-    rid = open_rental(renter_b, list_offer(provider_b), duration=DURATION)
-    return rid, escrow.start(rid, {"from": provider_b}).timestamp
+def running_rental(escrow, list_offer, open_rental, provider2, renter2):
+    """A second running rental, on provider2's offer; returns (rental id, start time)."""
+    rid = open_rental(renter2, list_offer(provider2), duration=DURATION)
+    return rid, escrow.start(rid, {"from": provider2}).timestamp
 
 
 def test_report_accrues_delivered_time(escrow, rid, started, submit):
@@ -200,11 +200,11 @@ def test_empty_batch_reverts(submit):
         submit([])
 
 
-def test_batch_of_many_reports_across_several_rentals(escrow, provider, provider_b, renter, renter_b, list_offer,
+def test_batch_of_many_reports_across_several_rentals(escrow, provider, provider2, renter, renter2, list_offer,
                                                       open_rental, submit):
-    rentals = [open_rental(r, list_offer(p)) for p, r in ((provider, renter), (provider_b, renter_b),
-                                                            (provider, renter_b), (provider_b, renter))]
-    starts = [escrow.start(r, {"from": p}).timestamp for r, p in zip(rentals, (provider, provider_b) * 2)]
+    rentals = [open_rental(r, list_offer(p)) for p, r in ((provider, renter), (provider2, renter2),
+                                                            (provider, renter2), (provider2, renter))]
+    starts = [escrow.start(r, {"from": p}).timestamp for r, p in zip(rentals, (provider, provider2) * 2)]
     wait(900)
     batch = [
         report(r, seq, s + 300 * seq, 300 - i * 10 - seq, status=ReportStatus.COMPLETED if seq == 3 and i == 0

@@ -62,8 +62,8 @@ def test_domain_separator_on_chain_equals_offchain_domain(escrow, rid, domain):
     assert escrow.domainSeparator() == "0x" + separator.hex()
 
 
-def test_any_relayer_may_submit_a_signed_batch(escrow, rid, reports, renter_b, submit):
-    submit(reports, sender=renter_b)
+def test_any_relayer_may_submit_a_signed_batch(escrow, rid, reports, renter2, submit):
+    submit(reports, sender=renter2)
 
     assert rental_state(escrow, rid)["last_seq"] == 1
 
