@@ -1045,7 +1045,6 @@ def test_cancelled_rental_leaves_the_reputation_counters_alone(registry, escrow,
                                                                open_rental):
     escrow.terminate(open_rental(renter, list_offer(provider)), {"from": renter})
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [0] * 5
 
 
@@ -1136,7 +1135,6 @@ def test_completed_rental_counts_as_completed_with_its_delivered_seconds(registr
                                                                         open_rental, complete_rental):
     complete_rental(open_rental(renter, list_offer(provider)), seconds=300, delivered=300)
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         1, 0, 0, 300, 0,
     ]
@@ -1151,7 +1149,6 @@ def test_completed_rental_that_missed_the_sla_is_slashed_and_counts_missed_secon
     slashed = collateral * (params.sla_slash_bps * 100 // 300) // 10_000
     assert tx.events["Slashed"]["amount"] == slashed
     assert tx.events["Slashed"]["reason"] == SLASH_SLA_BREACH
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         1, 1, 0, 200, 100,
     ]
@@ -1165,7 +1162,6 @@ def test_expired_rental_counts_its_unreported_time_as_missed(registry, escrow, p
 
     escrow.finalize(rental, {"from": renter})
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         1, 1, 0, 0, 3_600,
     ]
@@ -1178,7 +1174,6 @@ def test_reputation_counters_add_up_over_rentals(registry, provider, renter, lis
 
     complete_rental(open_rental(renter, offer), seconds=400, delivered=390)
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         2, 0, 0, 690, 10,
     ]
