@@ -81,7 +81,7 @@ def open_rental(escrow):
 def domain(escrow):
     def _domain(version=None):
         return EscrowDomain(chain_id=chain.id, escrow=escrow.address,
-                            oracle_set_version=version or escrow.oracleSet()[0])
+                            oracle_set_version=version or escrow.oracleSet()["version"])
 
     return _domain
 

@@ -1225,7 +1225,10 @@ def test_views_return_the_deployment_parameters(registry, escrow, token, params)
 
 
 def test_unknown_account_has_an_empty_provider_record(registry, stranger):
-    assert registry.getProvider(stranger) == (0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO_ADDRESS)
+    assert registry.getProvider(stranger).dict() == {
+        "staked": 0, "locked": 0, "unbonding": 0, "unbondingEndsAt": 0, "rentalsCompleted": 0, "slashes": 0,
+        "declines": 0, "secondsDelivered": 0, "secondsMissed": 0, "agent": ZERO_ADDRESS,
+    }
     assert registry.freeStake(stranger) == 0
     assert registry.compensationOf(stranger) == 0
 

@@ -5,7 +5,7 @@ import brownie
 from offchain.protocol.reports import rental_id
 from scripts.deploy import USDC
 from tests.contracts.helpers import PRICE, error, RentalStatus
-from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event
 
 JOB = b"\x11" * 32
 MAX_PRICE = 2**64 - 1
@@ -42,9 +42,9 @@ def test_open_rental_records_an_open_rental_since_the_opening(escrow, provider, 
 
     tx = escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter})
 
-    assert rental_state(escrow, tx.return_value) == {
-        "status": RentalStatus.OPEN, "renter": renter.address, "price": PRICE, "duration": DURATION,
-        "since": tx.timestamp, "last_seq": 0, "reported": 0, "delivered": 0, "earned": 0,
+    assert escrow.getRental(tx.return_value).dict() == {
+        "status": RentalStatus.OPEN, "renter": renter.address, "pricePerSecond": PRICE, "duration": DURATION,
+        "since": tx.timestamp, "lastSeq": 0, "reportedSeconds": 0, "deliveredSeconds": 0, "earned": 0,
     }
     assert escrow.liveRentalOf(offer) == tx.return_value
 
@@ -92,8 +92,8 @@ def test_second_rental_after_the_first_is_final_gets_nonce_2(escrow, provider, r
     second = open_rental(renter2, offer)
 
     assert second == rental_id(offer, 2)
-    assert rental_state(escrow, second)["status"] == RentalStatus.OPEN
-    assert rental_state(escrow, second)["renter"] == renter2.address
+    assert escrow.getRental(second)["status"] == RentalStatus.OPEN
+    assert escrow.getRental(second)["renter"] == renter2.address
     assert escrow.liveRentalOf(offer) == second
 
 
@@ -105,7 +105,10 @@ def test_second_rental_supersedes_the_first_in_the_offers_storage(escrow, provid
 
     open_rental(renter2, offer)
 
-    assert escrow.getRental(first) == (RentalStatus.NONE, brownie.ZERO_ADDRESS, 0, 0, 0, 0, 0, 0, 0)
+    assert escrow.getRental(first).dict() == {
+        "status": RentalStatus.NONE, "renter": brownie.ZERO_ADDRESS, "pricePerSecond": 0, "duration": 0, "since": 0,
+        "lastSeq": 0, "reportedSeconds": 0, "deliveredSeconds": 0, "earned": 0,
+    }
     with brownie.reverts(error("Escrow_UnknownRental", first)):
         escrow.finalize(first, {"from": renter})
 
@@ -157,7 +160,7 @@ def test_open_rental_at_exactly_the_max_price_succeeds(escrow, provider, renter,
 
     tx = escrow.openRental(offer, DURATION, PRICE, JOB, {"from": renter})
 
-    assert rental_state(escrow, tx.return_value)["price"] == PRICE
+    assert escrow.getRental(tx.return_value)["pricePerSecond"] == PRICE
 
 
 def test_open_rental_charges_the_price_current_at_opening(escrow, registry, token, provider, renter, list_offer):
@@ -167,7 +170,7 @@ def test_open_rental_charges_the_price_current_at_opening(escrow, registry, toke
 
     tx = escrow.openRental(offer, DURATION, PRICE, JOB, {"from": renter})
 
-    assert rental_state(escrow, tx.return_value)["price"] == PRICE // 2
+    assert escrow.getRental(tx.return_value)["pricePerSecond"] == PRICE // 2
     assert token.balanceOf(renter) == balance_before - PRICE // 2 * DURATION
 
 
