@@ -28,8 +28,8 @@ from offchain.chain.rpc import connect
 from offchain.config import read_key
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
 from offchain.ops.deployments import create_address
-from offchain.ops.devnet import ANVIL_KEYS
 from offchain.chain.tx.oneshot import Wallet
+from offchain.ops import roles
 
 __all__ = ["USDC", "SuiteParams", "Suite", "deploy_suite", "DeploySettings", "main"]
 
@@ -108,7 +108,7 @@ def main():
     if settings.key is not None:
         account = Account.from_key(settings.key.get_secret_value())
     elif CONFIG.network_type == "development":
-        account = Account.from_key(ANVIL_KEYS[0])
+        account = Account.from_key(roles.KEYS["deployer"])
     else:
         raise SystemExit(f"set GPUEX_DEPLOY_KEY or GPUEX_DEPLOY_KEY_FILE to deploy to the live network {name}")
 

@@ -31,7 +31,7 @@ import aiohttp
 from eth_account import Account
 from pydantic import BaseModel, ConfigDict
 
-from offchain.ops import deployments
+from offchain.ops import deployments, roles
 from offchain.chain.contracts import PROJECT_ROOT, contract
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
@@ -40,22 +40,8 @@ from offchain.ops.deployments import Deployment
 from offchain.ops.processes import process_alive
 from offchain.chain.tx.oneshot import Wallet
 
-#: Anvil's default mnemonic: its dev accounts are public knowledge, so they only ever hold devnet ether.
-ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
-ANVIL_ACCOUNTS = 10
-
-
-def _derive_keys(count: int) -> list[str]:
-    Account.enable_unaudited_hdwallet_features()
-    return ["0x" + Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key.hex()
-            for i in range(count)]
-
-
-ANVIL_KEYS = _derive_keys(ANVIL_ACCOUNTS)
-
-#: The devnet's roles and the anvil account each one uses.
-ROLES = {"deployer": 0, "oracle": 1, "provider": 2, "agent": 3, "renter": 4, "renter2": 5, "provider2": 6,
-         "agent2": 7}
+#: The roles the devnet writes a key file for (offchain.ops.roles has their accounts).
+ROLES = ("deployer", "treasury", "oracle", "provider", "agent", "renter", "renter2", "provider2", "agent2")
 FUNDED_ROLES = ("provider", "renter", "renter2", "provider2")
 FUNDING = 100_000 * USDC
 
@@ -186,24 +172,24 @@ async def up(state_dir: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, oracle_por
         if not _port_free("127.0.0.1", p):
             raise DevnetError(f"port {p} for {what} is in use; pick another with --port / --oracle-port")
     (state_dir / "keys").mkdir(parents=True, exist_ok=True)
-    for role, index in ROLES.items():
+    for role in ROLES:
         path = key_path(state_dir, role)
-        path.write_text(ANVIL_KEYS[index] + "\n")
+        path.write_text("0x" + roles.KEYS[role].hex() + "\n")
         path.chmod(0o600)
 
     rpc_url = f"http://127.0.0.1:{port}"
     anvil_log = state_dir / "anvil.log"
     anvil = _spawn(["anvil", "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(DEVNET_CHAIN_ID),
-                    "--block-time", "1", "--accounts", str(ANVIL_ACCOUNTS), "--balance", "10000",
-                    "--mnemonic", ANVIL_MNEMONIC, "--state", str(state_dir / "anvil-state.json")], anvil_log)
+                    "--block-time", "1", "--accounts", str(roles.ACCOUNT_COUNT), "--balance", "10000",
+                    "--mnemonic", roles.ANVIL_MNEMONIC, "--state", str(state_dir / "anvil-state.json")], anvil_log)
     w3 = connect(rpc_url)
     oracle = None
     try:
         await _wait_for(w3.is_connected, "anvil", anvil, anvil_log)
         say(f"anvil listening on {rpc_url} (pid {anvil.pid}, chain {DEVNET_CHAIN_ID}, a block a second)")
-        addresses = {role: Account.from_key(ANVIL_KEYS[i]).address for role, i in ROLES.items()}
-        deployer = Wallet(w3, Account.from_key(ANVIL_KEYS[ROLES["deployer"]]))
-        request = DeployRequest(network="devnet", treasury=addresses["deployer"], oracles=[addresses["oracle"]],
+        addresses = {role: roles.address(role) for role in ROLES}
+        deployer = Wallet(w3, Account.from_key(roles.KEYS["deployer"]))
+        request = DeployRequest(network="devnet", treasury=addresses["treasury"], oracles=[addresses["oracle"]],
                                 threshold=1, params=params)
         record = await _deploy_or_check(w3, deployer, request, say)
         await _fund(w3, deployer, record, [addresses[r] for r in FUNDED_ROLES], say)

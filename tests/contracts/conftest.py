@@ -1,4 +1,5 @@
-"""Shared fixtures: a deployed suite on a real anvil, funded roles and helpers to list, rent and report.
+"""Fixtures of the contract tests: a deployed suite on a real anvil, funded roles and helpers to list, rent and
+report. The roles' accounts and the token come from tests/conftest.py.
 
 Module-scoped deployments plus autouse `fn_isolation`: every test starts from the same chain state.
 """
@@ -12,59 +13,15 @@ from offchain.protocol.reports import EscrowDomain, sign_batch
 from scripts.deploy import USDC, SuiteParams, deploy_suite
 from tests.contracts.helpers import ORACLE_KEYS, ORACLES, PRICE, new_gpu_hashes
 
+
 @pytest.fixture(autouse=True)
 def isolation(fn_isolation):
     pass
 
 
 @pytest.fixture(scope="module")
-def deployer(accounts):
-    return accounts[0]
-
-
-@pytest.fixture(scope="module")
-def treasury(accounts):
-    return accounts[1]
-
-
-@pytest.fixture(scope="module")
-def provider(accounts):
-    return accounts[2]
-
-
-@pytest.fixture(scope="module")
-def provider_b(accounts):
-    return accounts[3]
-
-
-@pytest.fixture(scope="module")
-def renter(accounts):
-    return accounts[4]
-
-
-@pytest.fixture(scope="module")
-def renter_b(accounts):
-    return accounts[5]
-
-
-@pytest.fixture(scope="module")
-def agent(accounts):
-    return accounts[6]
-
-
-@pytest.fixture(scope="module")
-def stranger(accounts):
-    return accounts[7]
-
-
-@pytest.fixture(scope="module")
 def params():
     return SuiteParams()
-
-
-@pytest.fixture(scope="module")
-def token(TestStablecoin, deployer):
-    return TestStablecoin.deploy(deployer, {"from": deployer})
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +41,9 @@ def escrow(suite):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def funded(token, suite, deployer, provider, provider_b, renter, renter_b):
+def funded(token, suite, deployer, provider, provider2, renter, renter2):
     """Every provider and renter holds 1,000,000 tUSD and has approved both contracts."""
-    for account in (provider, provider_b, renter, renter_b):
+    for account in (provider, provider2, renter, renter2):
         token.mint(account, 1_000_000 * USDC, {"from": deployer})
         token.approve(suite.registry, 2**256 - 1, {"from": account})
         token.approve(suite.escrow, 2**256 - 1, {"from": account})
@@ -124,7 +81,7 @@ def open_rental(escrow):
 def domain(escrow):
     def _domain(version=None):
         return EscrowDomain(chain_id=chain.id, escrow=escrow.address,
-                            oracle_set_version=version or escrow.oracleSet()[0])
+                            oracle_set_version=version or escrow.oracleSet()["version"])
 
     return _domain
 

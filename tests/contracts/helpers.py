@@ -8,6 +8,7 @@ from brownie import chain
 from eth_account import Account
 from eth_utils import keccak
 
+from offchain.ops.roles import ORACLE_KEYS
 from offchain.protocol.reports import Report, ReportStatus
 from offchain.protocol.status import (  # noqa: F401 (re-exported for the tests)
     DeclineReason,
@@ -16,7 +17,6 @@ from offchain.protocol.status import (  # noqa: F401 (re-exported for the tests)
     SlashReason,
 )
 
-ORACLE_KEYS = [keccak(text=f"gpuex test oracle {i}") for i in range(3)]
 ORACLES = [Account.from_key(k) for k in ORACLE_KEYS]
 PRICE = 1_000  # token units per second: 3.6 tUSD per hour
 _gpu_counter = itertools.count(1)

@@ -6,7 +6,8 @@ The suite is deployed with a short start timeout and report grace so that every 
 the agent and the oracles time report periods by the wall clock and the chain stamps blocks with it, so no
 scenario moves chain time (`chain.sleep`) and later scenarios are not thrown off by an earlier one.
 
-Constants (keys, price) and the role, token and chain-settings fixtures come from tests/offchain/conftest.py.
+Constants (keys, price) come from tests/offchain/conftest.py; the role, token and chain-settings fixtures from
+tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from offchain.protocol.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.oracle.service import STORE_FILE
 from offchain.telemetry.source import TelemetrySource
 from scripts.deploy import SuiteParams, deploy_suite
-from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE, fund_and_stake
-# Shared fixtures; their dependencies (e.g. `suite` for chain_settings) resolve to this directory's fixtures.
-from tests.offchain.conftest import chain_settings, deployer, job_image, provider, renter, rpc_url, token  # noqa: F401
+from tests.offchain.conftest import AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE, fund_and_stake
 
 #: Short timers so that the keeper's calls come due on the wall clock within seconds.
 START_TIMEOUT = 8
@@ -40,18 +39,11 @@ _gpu_names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def treasury(accounts):
-    return accounts[1]
-
-
-@pytest.fixture(scope="module")
 def suite(deployer, treasury, token, provider, renter):
     """Registry + escrow with the 2-of-3 oracle set of ORACLE_KEYS; the provider staked with AGENT as its agent
-    key, the renter funded; the agent and every oracle key hold ETH for gas."""
+    key, the renter funded. The agent and the oracles pay their own gas: their keys are anvil's dev accounts."""
     suite = deploy_suite(deployer, token, token, treasury, [o.address for o in ORACLES], 2, PARAMS)
     fund_and_stake(suite, token, deployer, provider, renter)
-    for address in [AGENT.address, *(o.address for o in ORACLES)]:
-        deployer.transfer(address, "10 ether")
     return suite
 
 

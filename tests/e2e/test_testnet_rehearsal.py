@@ -19,19 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from offchain.chain.contracts import PROJECT_ROOT, load_artifact
 from offchain.chain.reads import read_once
-from offchain.ops.devnet import ANVIL_KEYS
+from offchain.ops import roles
 
 CHAIN_ID = 11_155_111
 NETWORK = "gpuex-rehearsal"
 PORT, ORACLE_PORT = 8605, 8805
 RPC_URL = f"http://127.0.0.1:{PORT}"
 BIN = Path(sys.executable).parent
-ROLES = {"deployer": 0, "oracle": 1, "provider": 2, "agent": 3, "renter": 4}
+ROLES = ("deployer", "oracle", "provider", "agent", "renter")
 PRICE_PER_HOUR = "3.6"  # 1,000 units of the 6-decimal test token per second
 RENTAL_SECONDS = 30
 
@@ -65,7 +64,8 @@ def testnet(tmp_path_factory):
     """Anvil as chain 11155111, known to Brownie as the live network `gpuex-rehearsal`; the role key files."""
     root = tmp_path_factory.mktemp("rehearsal")
     anvil = subprocess.Popen(
-        [str(BIN / "anvil"), "--port", str(PORT), "--chain-id", str(CHAIN_ID), "--block-time", "1", "--silent"],
+        [str(BIN / "anvil"), "--port", str(PORT), "--chain-id", str(CHAIN_ID), "--block-time", "1",
+         "--accounts", str(roles.ACCOUNT_COUNT), "--silent"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     env = base_env({"GPUEX_DEPLOYMENTS_DIR": str(root / "deployments")})
     brownie = str(BIN / "brownie")
@@ -73,9 +73,9 @@ def testnet(tmp_path_factory):
     added = run([brownie, "networks", "add", "Ethereum", NETWORK, f"host={RPC_URL}", f"chainid={CHAIN_ID}"], env)
     assert added.code == 0, added.out + added.err
     keys = {}
-    for role, index in ROLES.items():
+    for role in ROLES:
         keys[role] = root / f"{role}.key"
-        keys[role].write_text(ANVIL_KEYS[index] + "\n")
+        keys[role].write_text("0x" + roles.KEYS[role].hex() + "\n")
         keys[role].chmod(0o600)
     w3 = Web3(HTTPProvider(RPC_URL))
     deadline = time.monotonic() + 20
@@ -90,20 +90,16 @@ def testnet(tmp_path_factory):
         anvil.wait(10)
 
 
-def address(role: str) -> str:
-    return Account.from_key(ANVIL_KEYS[ROLES[role]]).address
-
-
 @pytest.fixture(scope="module")
 def deployment(testnet):
     """Runs the deploy script as the runbook says: without a key (refused), dry, for real, and once more."""
     root, env, keys, w3 = testnet
-    settings = {"GPUEX_DEPLOY_ORACLES": json.dumps([address("oracle")]), "GPUEX_DEPLOY_THRESHOLD": "1",
+    settings = {"GPUEX_DEPLOY_ORACLES": json.dumps([roles.address("oracle")]), "GPUEX_DEPLOY_THRESHOLD": "1",
                 "GPUEX_DEPLOY_START_TIMEOUT": "30", "GPUEX_DEPLOY_REPORT_GRACE": "10"}
     runs = {"no key": run(deploy_command(), {**env, **settings})}
     settings["GPUEX_DEPLOY_KEY_FILE"] = str(keys["deployer"])
     runs["dry run"] = run(deploy_command(), {**env, **settings, "GPUEX_DEPLOY_DRY_RUN": "1"})
-    runs["nonce after the dry run"] = w3.eth.get_transaction_count(address("deployer"))
+    runs["nonce after the dry run"] = w3.eth.get_transaction_count(roles.address("deployer"))
     runs["deploy"] = run(deploy_command(), {**env, **settings})
     runs["rerun"] = run(deploy_command(), {**env, **settings})
     return runs, json.loads((root / "deployments" / f"{CHAIN_ID}.json").read_text())
@@ -133,10 +129,11 @@ def test_the_deploy_script_records_the_suite_and_a_rerun_sends_nothing(deploymen
     _, _, _, w3 = testnet
     assert runs["deploy"].code == 0, runs["deploy"].out + runs["deploy"].err
     assert (record["chain_id"], record["network"], record["test_token"]) == (CHAIN_ID, NETWORK, True)
-    assert record["config"]["oracles"] == [address("oracle")] and record["config"]["start_timeout"] == 30
-    assert read_once(RPC_URL, record["registry"], record["escrow"], lambda r: r.suite_settings()).escrow_registry == record["registry"]
+    assert record["config"]["oracles"] == [roles.address("oracle")] and record["config"]["start_timeout"] == 30
+    settings = read_once(RPC_URL, record["registry"], record["escrow"], lambda r: r.suite_settings())
+    assert settings.escrow_registry == record["registry"]
     assert runs["rerun"].code == 0 and "nothing to send" in runs["rerun"].out
-    nonce = w3.eth.get_transaction_count(address("deployer"))
+    nonce = w3.eth.get_transaction_count(roles.address("deployer"))
     assert nonce == 4, "token, registry, escrow, oracle set: and nothing from the rerun"
 
 
@@ -145,7 +142,7 @@ def test_one_rental_through_the_cli(deployment, testnet, job_image):
     root, env, keys, w3 = testnet
     token = w3.eth.contract(address=record["payment_token"], abi=load_artifact("TestStablecoin")["abi"])
     for role in ("provider", "renter"):  # the test token's faucet step of the runbook
-        tx = token.functions.mint(address(role), 10_000 * 10**6).transact({"from": address("deployer")})
+        tx = token.functions.mint(roles.address(role), 10_000 * 10**6).transact({"from": roles.address("deployer")})
         w3.eth.wait_for_transaction_receipt(tx)
     network = ["--network", NETWORK, "--rpc-url", RPC_URL]
     # This rehearsal's oracle accepts simulated telemetry, so the provider may list simulated GPUs.
@@ -171,7 +168,7 @@ def test_one_rental_through_the_cli(deployment, testnet, job_image):
     agent = None
     try:
         gpuex("provider", "provider", "stake", "--amount", "1000", "--approve")
-        gpuex("provider", "provider", "set-agent", address("agent"))
+        gpuex("provider", "provider", "set-agent", roles.address("agent"))
         gpuex("provider", "provider", "register-gpus", "--simulated", "1")
         offer = gpuex("provider", "offer", "create", "--simulated", "1", "--price-per-hour", PRICE_PER_HOUR,
                       "--region", "eu-west", "--min-duration", "10")["offer"]["offer_id"]
@@ -195,9 +192,9 @@ def test_one_rental_through_the_cli(deployment, testnet, job_image):
         settlement = status["settlement"]
         assert settlement["delivered_seconds"] > 0 and settlement["provider_payout"] > 0
         assert settlement["refund"] > 0, "the job finished early: the unused time goes back"
-        before = payment_balance(record, address("renter"))
+        before = payment_balance(record, roles.address("renter"))
         gpuex("renter", "withdraw")
-        assert payment_balance(record, address("renter")) > before
+        assert payment_balance(record, roles.address("renter")) > before
         gpuex("provider", "withdraw")
     finally:
         for process in (agent, oracle):

@@ -1,7 +1,8 @@
 """Fixtures for off-chain tests: a suite deployed on Brownie's real anvil, services pointed at it over HTTP.
 
 Run through Brownie (`brownie test tests/offchain`), which launches anvil; the services under test talk to
-it with their own AsyncWeb3 client, as they would to any node.
+it with their own AsyncWeb3 client, as they would to any node. The roles' accounts, the token and
+`chain_settings` come from tests/conftest.py; ORACLES and AGENT are the accounts of offchain.ops.roles' keys.
 """
 
 from __future__ import annotations
@@ -11,77 +12,29 @@ from dataclasses import fields
 import pytest
 from brownie import web3
 from eth_account import Account
-from eth_utils import keccak
 
-from offchain.config import ChainSettings
 from offchain.ops.deployments import Deployment, SuiteConfig
-from offchain.ops.devnet import DEV_JOB_IMAGE, build_job_image
+from offchain.ops.roles import AGENT_KEY, ORACLE_KEYS
 from offchain.protocol.messages import gpu_uuid_hash
 from scripts.deploy import USDC, SuiteParams, deploy_suite
 
-ORACLE_KEYS = [keccak(text=f"gpuex offchain oracle {i}") for i in range(3)]
 ORACLES = [Account.from_key(k) for k in ORACLE_KEYS]
-AGENT_KEY = keccak(text="gpuex offchain agent")
 AGENT = Account.from_key(AGENT_KEY)
 GPU_UUIDS = ("GPU-0b1f7c2e-8d7a-4a51-9e0c-3f6d2b9a1c11", "GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22")
 PRICE = 1_000
 
 
-@pytest.fixture(scope="session")
-def job_image() -> str:
-    """The busybox job image, built with podman from Debian's busybox-static if it is not there yet."""
-    build_job_image()
-    return DEV_JOB_IMAGE
-
-
-@pytest.fixture(scope="session")
-def rpc_url():
-    return web3.provider.endpoint_uri
-
-
 @pytest.fixture(scope="module")
-def deployer(accounts):
-    return accounts[0]
-
-
-@pytest.fixture(scope="module")
-def provider(accounts):
-    return accounts[2]
-
-
-@pytest.fixture(scope="module")
-def renter(accounts):
-    return accounts[4]
-
-
-@pytest.fixture(scope="module")
-def relayer(accounts):
-    """Sends the oracles' transactions (an unlocked anvil account)."""
-    return accounts[8]
-
-
-@pytest.fixture(scope="module")
-def token(TestStablecoin, deployer):
-    return TestStablecoin.deploy(deployer, {"from": deployer})
-
-
-@pytest.fixture(scope="module")
-def suite(deployer, accounts, token):
+def suite(deployer, treasury, token):
     """Registry + escrow with a 2-of-3 oracle set; payment and stake token are the same tUSD."""
-    return deploy_suite(deployer, token, token, accounts[1], [o.address for o in ORACLES], 2, SuiteParams())
+    return deploy_suite(deployer, token, token, treasury, [o.address for o in ORACLES], 2, SuiteParams())
 
 
 @pytest.fixture(scope="module")
-def chain_settings(rpc_url, suite):
-    return ChainSettings(rpc_url=rpc_url, chain_id=web3.eth.chain_id, registry=suite.registry.address,
-                         escrow=suite.escrow.address)
-
-
-@pytest.fixture(scope="module")
-def deployment(suite, deployer, accounts) -> Deployment:
+def deployment(suite, deployer, treasury) -> Deployment:
     """The record `gpuex devnet up` would have written for the `suite` fixture's contracts."""
     params = SuiteParams()
-    config = SuiteConfig(**{f.name: getattr(params, f.name) for f in fields(params)}, treasury=accounts[1].address,
+    config = SuiteConfig(**{f.name: getattr(params, f.name) for f in fields(params)}, treasury=treasury.address,
                          oracles=[o.address for o in ORACLES], threshold=2)
     return Deployment(chain_id=web3.eth.chain_id, network="development", deployer=deployer.address,
                       registry=suite.registry.address, escrow=suite.escrow.address,

@@ -1,10 +1,30 @@
 """Stateful invariants of the whole exchange: stake, rent, report, settle and withdraw against a Python model.
 
-Modelled on curve-dao-contracts' stateful tests: every rule either asserts the named revert of the branch it
-hits or applies its action to a plain-Python model, and every invariant compares the chain with that model or
-checks a property that must hold whatever the model says (solvency, bounded earnings, forward-only status).
+After every step, whatever the rules did:
 
-Block time is the model's clock. Every transaction is mined at exactly `self.now` (anvil's
+- `invariant_block_time_is_the_model_clock`: the latest block's timestamp is the model's clock.
+- `invariant_escrow_holds_what_it_owes`: the escrow's token balance is the deposits of live rentals plus every
+  withdrawable balance, to the unit, by the chain's own records and by the model's.
+- `invariant_registry_holds_what_it_owes`: the registry's token balance is every provider's stake plus the
+  compensation owed to renters, to the unit, by the chain's own records and by the model's.
+- `invariant_balances_match_model`: wallets, escrow balances and compensation owed are the model's.
+- `invariant_stakes_match_model`: every provider's record is the model's; its locked collateral is that of its
+  live rentals and, with what is unbonding, never exceeds its stake.
+- `invariant_offers_match_model`: every offer's price, status (active or paused) and egress are the model's.
+- `invariant_rentals_match_model`: every offer's latest rental is the model's, a superseded id reads as no rental,
+  and the offer's live rental is the model's.
+- `invariant_rental_earnings_bounded`: earnings never exceed the deposit nor price x the reported seconds,
+  delivered <= reported <= duration, and reports never reach past the block time.
+- `invariant_rentals_move_forward`: a status only moves forward (Open -> Running -> Terminated -> final, Open ->
+  TimedOut / Cancelled / Declined) and the applied seq never goes back.
+- `invariant_slashes_within_collateral`: no settlement slashes more than the rental's collateral.
+
+Modelled on curve-dao-contracts' stateful tests: every `rule_*` either asserts the named revert of the branch it
+hits or applies its action to the plain-Python model (model.py), and every invariant compares the chain with that
+model or checks a property that must hold whatever the model says (solvency, bounded earnings, forward-only
+status). GPUEX_STATEFUL_EXAMPLES runs (default 30) of GPUEX_STATEFUL_STEPS steps (default 20) each.
+
+Block time is the model's clock. Every transaction is mined at exactly `self.model.now` (anvil's
 `evm_setNextBlockTimestamp` accepts the last block's timestamp again) and only the sleep rules move it, so the
 model decides every deadline branch and hypothesis replays and shrinks a failing run exactly.
 """
@@ -13,8 +33,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import brownie
 import pytest
@@ -25,7 +47,9 @@ from eth_utils import keccak
 from hypothesis import Phase
 from hypothesis import strategies as st
 
+from offchain.ops.roles import ACCOUNTS
 from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch, typed_batch
+from offchain.protocol.status import OfferStatus
 from scripts.deploy import USDC, SuiteParams
 from tests.contracts.helpers import (
     ORACLE_KEYS,
@@ -33,12 +57,22 @@ from tests.contracts.helpers import (
     DeclineReason,
     RentalStatus,
     SkipReason,
-    SlashReason,
     error,
     new_gpu_hashes,
     report,
 )
-from tests.contracts.unit.RentalEscrow.escrow_helpers import BPS, earnings, fee_of, sla_slash_bps, unchecked_report
+from tests.contracts.stateful.model import (
+    LIVE,
+    NEVER_STARTED,
+    ExchangeModel,
+    OfferModel,
+    StakeModel,
+    is_live,
+    is_open,
+    is_open_or_running,
+    is_started_and_live,
+)
+from tests.contracts.unit.RentalEscrow.escrow_helpers import BPS, unchecked_report
 
 PARAMS = SuiteParams()
 THRESHOLD = 2  # the suite fixture's oracle set is 2 of 3
@@ -58,112 +92,8 @@ OFFERS = (
 # Provider 0 cannot back both its offers at once, provider 1 exactly can, provider 2 must stake first.
 INITIAL_STAKE = (200 * USDC, 400 * USDC, 0)
 
-LIVE = (RentalStatus.OPEN, RentalStatus.RUNNING, RentalStatus.TERMINATED)
-NEVER_STARTED = (RentalStatus.TIMED_OUT, RentalStatus.CANCELLED, RentalStatus.DECLINED)
-OFFER_ACTIVE, OFFER_PAUSED = 1, 2  # OfferStatus
-
 # How a rule picks its rental (see `_target`).
 UNKNOWN_ID, ANY_RENTAL, WANTED_FIRST = 0, 1, 2
-
-
-@dataclass
-class StakeModel:
-    staked: int
-    locked: int = 0
-    unbonding: int = 0
-    unbonding_ends_at: int = 0
-    rentals_completed: int = 0
-    slashes: int = 0
-    declines: int = 0
-    seconds_delivered: int = 0
-    seconds_missed: int = 0
-
-    @property
-    def free(self):
-        return self.staked - self.locked - self.unbonding
-
-    def as_dict(self):
-        """`getProvider` without the agent key, by field name."""
-        return {"staked": self.staked, "locked": self.locked, "unbonding": self.unbonding,
-                "unbondingEndsAt": self.unbonding_ends_at, "rentalsCompleted": self.rentals_completed,
-                "slashes": self.slashes, "declines": self.declines, "secondsDelivered": self.seconds_delivered,
-                "secondsMissed": self.seconds_missed}
-
-
-@dataclass
-class RentalModel:
-    rental_id: int
-    renter: object
-    price: int
-    duration: int  # shortened by a termination
-    since: int  # opening time while Open, start time once started
-    util_floor_bps: int
-    fee_bps: int
-    status: RentalStatus = RentalStatus.OPEN
-    seq: int = 0
-    reported: int = 0
-    delivered: int = 0
-    earned: int = 0
-
-    @property
-    def deposit(self):
-        """What the escrow holds for the rental while it is live: a termination refunds the rest at once."""
-        return self.price * self.duration
-
-    @property
-    def live(self):
-        return self.status in LIVE
-
-    @property
-    def last_end(self):
-        return self.since + self.reported
-
-    @property
-    def end(self):
-        return self.since + self.duration
-
-    def as_tuple(self):
-        """What `getRental` returns for it."""
-        return (self.status, self.renter.address, self.price, self.duration, self.since, self.seq,
-                self.reported, self.delivered, self.earned)
-
-
-@dataclass
-class OfferModel:
-    offer_id: int
-    provider: object
-    collateral: int
-    price: int
-    util_floor_bps: int
-    min_duration: int
-    max_duration: int
-    egress: bool
-    active: bool = True
-    nonce: int = 0
-    rental: RentalModel | None = None  # the offer's latest rental; earlier ones are superseded
-
-    def rental_id(self, nonce):
-        return (self.offer_id << 32) | nonce
-
-    def unknown_rental_id(self):
-        """A superseded id of the offer if it has one, else the id its next rental will get."""
-        return self.rental_id(self.nonce - 1 if self.nonce >= 2 else self.nonce + 1)
-
-
-def is_live(rental):
-    return rental.live
-
-
-def is_open(rental):
-    return rental.status == RentalStatus.OPEN
-
-
-def is_open_or_running(rental):
-    return rental.status in (RentalStatus.OPEN, RentalStatus.RUNNING)
-
-
-def is_started_and_live(rental):
-    return rental.status in (RentalStatus.RUNNING, RentalStatus.TERMINATED)
 
 
 @dataclass
@@ -206,12 +136,12 @@ def read_batch(calls):
 
 
 @pytest.fixture(scope="module")
-def exchange(accounts, token, registry, escrow, deployer, treasury, provider, provider_b, renter, renter_b,
+def exchange(accounts, token, registry, escrow, deployer, treasury, provider, provider2, renter, renter2,
              agent, stranger, params):
     """Funds a third provider and renter, stakes INITIAL_STAKE, sets provider 0's agent key, lists OFFERS."""
     assert params == PARAMS
-    providers = (provider, provider_b, accounts[8])
-    renters = (renter, renter_b, accounts[9])
+    providers = (provider, provider2, accounts[ACCOUNTS["provider3"]])
+    renters = (renter, renter2, accounts[ACCOUNTS["renter3"]])
     for account in (providers[2], renters[2]):
         token.mint(account, 1_000_000 * USDC, {"from": deployer})
         token.approve(registry, 2**256 - 1, {"from": account})
@@ -274,10 +204,10 @@ class ExchangeStateMachine:
             setattr(cls, name, value)
         cls.accounts = cls.providers + cls.renters + (cls.treasury,)
         cls.domain = EscrowDomain(chain_id=chain.id, escrow=cls.escrow.address,
-                                  oracle_set_version=cls.escrow.oracleSet()[0])
+                                  oracle_set_version=cls.escrow.oracleSet()["version"])
         cls.initial_wallets = {a.address: cls.token.balanceOf(a) for a in cls.accounts}
         cls.initial_stakes = {p.address: cls.registry.getProvider(p)["staked"] for p in cls.providers}
-        cls.initial_fee_bps = cls.escrow.feeConfig()[0]
+        cls.initial_fee_bps = cls.escrow.feeConfig()["feeBps"]
         cls.initial_offers = []
         for offer_id in cls.offer_ids:
             offer = cls.registry.getOffer(offer_id)
@@ -289,13 +219,13 @@ class ExchangeStateMachine:
             ))
 
     def setup(self):
-        self.now = web3.eth.get_block("latest").timestamp
-        self.wallets = dict(self.initial_wallets)
-        self.balances = {a.address: 0 for a in self.accounts}
-        self.compensation = {a.address: 0 for a in self.accounts}
-        self.stakes = {address: StakeModel(staked) for address, staked in self.initial_stakes.items()}
-        self.offers = [OfferModel(**terms) for terms in self.initial_offers]
-        self.fee_bps = self.initial_fee_bps
+        self.model = ExchangeModel(
+            params=PARAMS, treasury=self.treasury.address, now=web3.eth.get_block("latest").timestamp,
+            wallets=dict(self.initial_wallets), balances={a.address: 0 for a in self.accounts},
+            compensation={a.address: 0 for a in self.accounts},
+            stakes={address: StakeModel(staked) for address, staked in self.initial_stakes.items()},
+            offers=[OfferModel(**terms) for terms in self.initial_offers], fee_bps=self.initial_fee_bps,
+        )
         self.settlements = []  # (slashed, collateral) of every settlement, as the chain reported them
         self.seen = {}  # rental id -> (status, seq) at the previous step
         self._view = None
@@ -304,7 +234,7 @@ class ExchangeStateMachine:
 
     def _tx(self, fn, *args, sender):
         """Sends a transaction mined at the model's clock."""
-        web3.provider.make_request("evm_setNextBlockTimestamp", [self.now])
+        web3.provider.make_request("evm_setNextBlockTimestamp", [self.model.now])
         self._view = None
         try:
             return fn(*args, {"from": sender})
@@ -317,9 +247,9 @@ class ExchangeStateMachine:
 
     def _sleep(self, seconds):
         chain.sleep(seconds)
-        self.now += seconds
+        self.model.now += seconds
         # Without the pin the block would also take the wall-clock seconds the run has taken so far.
-        web3.provider.make_request("evm_setNextBlockTimestamp", [self.now])
+        web3.provider.make_request("evm_setNextBlockTimestamp", [self.model.now])
         chain.mine()
         self._view = None
 
@@ -335,9 +265,9 @@ class ExchangeStateMachine:
         """The offer and rental a rule acts on: with WANTED_FIRST a `wanted` rental if there is one, with
         ANY_RENTAL any offer's latest rental, live or final, and with UNKNOWN_ID an id that is no offer's latest
         rental (no model)."""
-        rented = [offer for offer in self.offers if offer.rental is not None]
+        rented = [offer for offer in self.model.offers if offer.rental is not None]
         preferred = [offer for offer in rented if wanted(offer.rental)] if pick >= WANTED_FIRST else []
-        candidates = preferred or rented or self.offers
+        candidates = preferred or rented or self.model.offers
         offer = candidates[index % len(candidates)]
         if offer.rental is None or pick == UNKNOWN_ID:
             return offer, offer.unknown_rental_id(), None
@@ -352,61 +282,23 @@ class ExchangeStateMachine:
             return error("Escrow_RentalNotActive", rental_id, rental.status)
         return None
 
-    def _skip_reason(self, rental):
-        """Why the escrow skips a report of this target, or None if the rental takes reports."""
-        if rental is None:
-            return SkipReason.UNKNOWN_RENTAL
-        if rental.status == RentalStatus.OPEN and self.now > rental.since + PARAMS.start_timeout:
-            return SkipReason.START_TIMED_OUT
-        if not rental.live:
-            return SkipReason.RENTAL_CLOSED
-        return None
-
     def _start(self, rental, sender):
         self._tx(self.escrow.start, rental.rental_id, sender=sender)
-        rental.since = self.now
-        rental.status = RentalStatus.RUNNING
+        self.model.start(rental)
 
     def _settle(self, offer, rental, status, missed, slash_bps, tx):
-        """The model of `_settle`: the registry slashes and unlocks the collateral and counts the rental, the
-        escrow credits the provider its earnings less the fee, the treasury the fee and the renter the rest."""
-        rental.status = status
-        stake = self.stakes[offer.provider.address]
-        slashed = offer.collateral * slash_bps // BPS
-        stake.locked -= offer.collateral
-        stake.staked -= slashed
-        if status == RentalStatus.DECLINED:
-            stake.declines += 1
-        elif status not in NEVER_STARTED:
-            stake.rentals_completed += 1
-            stake.seconds_delivered += rental.delivered
-        stake.seconds_missed += missed
-        if slashed:
-            stake.slashes += 1
-            self.compensation[rental.renter.address] += slashed
-        fee = fee_of(rental.earned, rental.fee_bps)
-        refund = rental.deposit - rental.earned
-        self.balances[offer.provider.address] += rental.earned - fee
-        self.balances[self.treasury.address] += fee
-        self.balances[rental.renter.address] += refund
+        self._assert_finalized(offer, rental, self.model.settle(offer, rental, status, missed, slash_bps), tx)
 
+    def _settle_elapsed(self, offer, rental, status, elapsed, tx):
+        self._assert_finalized(offer, rental, self.model.settle_elapsed(offer, rental, status, elapsed), tx)
+
+    def _assert_finalized(self, offer, rental, expected, tx):
+        """`tx` emitted one RentalFinalized for the rental, the one the model expects; its slash is kept for
+        `invariant_slashes_within_collateral`."""
         finalized = [dict(e) for e in tx.events["RentalFinalized"] if e["rentalId"] == rental.rental_id]
         assert len(finalized) == 1
         self.settlements.append((finalized[0]["slashed"], offer.collateral))
-        if not slashed:
-            reason = SlashReason.NONE
-        else:
-            reason = SlashReason.START_TIMEOUT if status == RentalStatus.TIMED_OUT else SlashReason.SLA_BREACH
-        assert finalized[0] == {
-            "rentalId": rental.rental_id, "status": status, "providerPayout": rental.earned - fee, "fee": fee,
-            "refund": refund, "deliveredSeconds": rental.delivered, "missedSeconds": missed, "slashed": slashed,
-            "slashReason": reason,
-        }
-
-    def _settle_elapsed(self, offer, rental, status, elapsed, tx):
-        missed = elapsed - rental.delivered
-        self._settle(offer, rental, status, missed,
-                     sla_slash_bps(missed, elapsed, PARAMS.sla_bps, PARAMS.sla_slash_bps), tx)
+        assert finalized[0] == expected
 
     # ------------------------------------------------------------------ stake
 
@@ -416,12 +308,11 @@ class ExchangeStateMachine:
             self._assert_reverts(error("Registry_ZeroAmount"), self.registry.stake, 0, sender=provider)
             return
         self._tx(self.registry.stake, amount, sender=provider)
-        self.stakes[provider.address].staked += amount
-        self.wallets[provider.address] -= amount
+        self.model.stake(provider, amount)
 
     def rule_request_unstake(self, index="st_index", percent="st_unstake_percent"):
         provider = self.providers[index]
-        stake = self.stakes[provider.address]
+        stake = self.model.stakes[provider.address]
         free = stake.free
         amount = free * percent // 100 if percent <= 100 else free + percent - 100
         if amount == 0:
@@ -431,28 +322,25 @@ class ExchangeStateMachine:
                                  self.registry.requestUnstake, amount, sender=provider)
         else:
             self._tx(self.registry.requestUnstake, amount, sender=provider)
-            stake.unbonding += amount
-            stake.unbonding_ends_at = self.now + PARAMS.unbonding_period
+            self.model.request_unstake(provider, amount)
 
     def rule_withdraw_unstaked(self, index="st_index", pick="st_pick"):
-        provider = self._owed_first(self.providers, lambda p: self.stakes[p.address].unbonding, index, pick)
-        stake = self.stakes[provider.address]
+        provider = self._owed_first(self.providers, lambda p: self.model.stakes[p.address].unbonding, index, pick)
+        stake = self.model.stakes[provider.address]
         if stake.unbonding == 0:
             self._assert_reverts(error("Registry_NothingUnbonding", provider), self.registry.withdrawUnstaked,
                                  sender=provider)
-        elif self.now < stake.unbonding_ends_at:
+        elif self.model.now < stake.unbonding_ends_at:
             self._assert_reverts(error("Registry_UnbondingNotOver", provider, stake.unbonding_ends_at),
                                  self.registry.withdrawUnstaked, sender=provider)
         else:
             self._tx(self.registry.withdrawUnstaked, sender=provider)
-            stake.staked -= stake.unbonding
-            self.wallets[provider.address] += stake.unbonding
-            stake.unbonding = 0
+            self.model.withdraw_unstaked(provider)
 
     # ------------------------------------------------------------------ offers and governance
 
     def rule_update_price(self, offer="st_offer", price="st_price", by_provider="st_flag"):
-        model = self.offers[offer]
+        model = self.model.offers[offer]
         sender = model.provider if by_provider else self.stranger
         if not by_provider:
             self._assert_reverts(error("Registry_NotOfferProvider", model.offer_id, sender),
@@ -465,7 +353,7 @@ class ExchangeStateMachine:
             model.price = price
 
     def rule_pause_or_resume_offer(self, offer="st_offer", wrong_way="st_flag"):
-        model = self.offers[offer]
+        model = self.model.offers[offer]
         pause = model.active != wrong_way
         fn = self.registry.pauseOffer if pause else self.registry.resumeOffer
         if wrong_way:
@@ -481,14 +369,14 @@ class ExchangeStateMachine:
                                  fee_bps, sender=self.deployer)
             return
         self._tx(self.escrow.setFee, fee_bps, sender=self.deployer)
-        self.fee_bps = fee_bps
+        self.model.fee_bps = fee_bps
 
     # ------------------------------------------------------------------ rentals
 
     def initialize_rentals(self, rentals="st_initial_rentals"):
         """Starts every run with rentals opened and some started, so the rental rules act on something early."""
         for index, offer, percent, start in rentals:
-            model = self.offers[offer]
+            model = self.model.offers[offer]
             duration = model.min_duration + (model.max_duration - model.min_duration) * percent // 100
             self.rule_open_rental(index, offer, duration, "any")
             if start and model.rental is not None and model.rental.status == RentalStatus.OPEN:
@@ -497,8 +385,8 @@ class ExchangeStateMachine:
     def rule_open_rental(self, index="st_index", offer="st_offer", duration="st_duration",
                          max_price="st_max_price"):
         renter = self.renters[index]
-        model = self.offers[offer]
-        stake = self.stakes[model.provider.address]
+        model = self.model.offers[offer]
+        stake = self.model.stakes[model.provider.address]
         limit = {"price": model.price, "below": model.price - 1, "any": 2**64 - 1}[max_price]
         if model.rental is not None and model.rental.live:
             revert = error("Escrow_OfferRented", model.offer_id)
@@ -519,12 +407,8 @@ class ExchangeStateMachine:
             return
 
         tx = self._tx(self.escrow.openRental, *args, sender=renter)
-        model.nonce += 1
-        model.rental = RentalModel(model.rental_id(model.nonce), renter, model.price, duration, self.now,
-                                   model.util_floor_bps, self.fee_bps)
-        assert tx.events["RentalOpened"]["rentalId"] == model.rental.rental_id
-        stake.locked += model.collateral
-        self.wallets[renter.address] -= model.rental.deposit
+        rental = self.model.open_rental(model, renter, duration)
+        assert tx.events["RentalOpened"]["rentalId"] == rental.rental_id
 
     def _before_the_start(self, model, rental_id: int, rental, caller: str):
         """The sender of a `start` or `decline` by `caller`, and the revert the escrow owes it (or None): the
@@ -537,7 +421,7 @@ class ExchangeStateMachine:
             revert = error("Escrow_RentalNotActive", rental_id, rental.status)
         if revert is None and not authorised:
             revert = error("Escrow_NotProviderOrAgent", rental_id, sender)
-        if revert is None and self.now > rental.since + PARAMS.start_timeout:
+        if revert is None and self.model.now > rental.since + PARAMS.start_timeout:
             revert = error("Escrow_StartTimedOut", rental_id)
         return sender, revert
 
@@ -570,11 +454,11 @@ class ExchangeStateMachine:
             revert = error("Escrow_NotRenter", rental_id, sender)
         if revert is None:
             if rental.status == RentalStatus.OPEN:
-                if self.now > rental.since + PARAMS.start_timeout:
+                if self.model.now > rental.since + PARAMS.start_timeout:
                     revert = error("Escrow_StartTimedOut", rental_id)
             elif rental.status != RentalStatus.RUNNING:
                 revert = error("Escrow_RentalNotActive", rental_id, rental.status)
-            elif self.now >= rental.end:
+            elif self.model.now >= rental.end:
                 revert = error("Escrow_RentalEnded", rental_id, rental.end)
         if revert:
             self._assert_reverts(revert, self.escrow.terminate, rental_id, sender=sender)
@@ -584,16 +468,14 @@ class ExchangeStateMachine:
         if rental.status == RentalStatus.OPEN:
             self._settle(model, rental, RentalStatus.CANCELLED, 0, 0, tx)
             return
-        self.balances[rental.renter.address] += rental.price * (rental.end - self.now)
-        rental.duration = self.now - rental.since
-        rental.status = RentalStatus.TERMINATED
+        self.model.terminate(rental)
 
     def rule_claim_start_timeout(self, offer="st_offer", pick="st_pick"):
         model, rental_id, rental = self._target(offer, pick, wanted=is_open)
         revert = self._inactive_error(rental_id, rental)
         if revert is None and rental.status != RentalStatus.OPEN:
             revert = error("Escrow_RentalNotActive", rental_id, rental.status)
-        if revert is None and self.now <= rental.since + PARAMS.start_timeout:
+        if revert is None and self.model.now <= rental.since + PARAMS.start_timeout:
             revert = error("Escrow_StartTimeoutNotReached", rental_id, rental.since + PARAMS.start_timeout)
         if revert:
             self._assert_reverts(revert, self.escrow.claimStartTimeout, rental_id, sender=self.stranger)
@@ -607,7 +489,7 @@ class ExchangeStateMachine:
         revert = self._inactive_error(rental_id, rental)
         if revert is None and rental.status == RentalStatus.OPEN:
             revert = error("Escrow_RentalNotActive", rental_id, rental.status)
-        if revert is None and self.now < rental.end + PARAMS.report_grace:
+        if revert is None and self.model.now < rental.end + PARAMS.report_grace:
             revert = error("Escrow_NotYetFinalizable", rental_id, rental.end + PARAMS.report_grace)
         if revert:
             self._assert_reverts(revert, self.escrow.finalize, rental_id, sender=self.stranger)
@@ -619,7 +501,7 @@ class ExchangeStateMachine:
 
     def _valid_reports(self, rental, end_percent, delivered_percent, util, status, split):
         """Reports from the rental's last reported second to a drawn time <= now, optionally as two reports."""
-        period = 1 + (self.now - rental.last_end - 1) * end_percent // 100
+        period = 1 + (self.model.now - rental.last_end - 1) * end_percent // 100
         delivered = period * delivered_percent // 100
         if split and period >= 2:
             first_period = period // 2
@@ -635,25 +517,10 @@ class ExchangeStateMachine:
 
     def _stale_report(self, offer):
         """A report the escrow must skip: of a final or start-timed-out rental, or of an id it does not know."""
-        reason = self._skip_reason(offer.rental)
+        reason = self.model.skip_reason(offer.rental)
         if offer.rental is None or reason is None:
-            return report(offer.unknown_rental_id(), 1, self.now, 0), SkipReason.UNKNOWN_RENTAL
-        return report(offer.rental.rental_id, offer.rental.seq + 1, self.now, 0), reason
-
-    def _apply_report(self, offer, rental, rep, tx):
-        """The model of `_accrue` and of the settlement a Completed or Failed report triggers."""
-        period_end = min(rep.period_end, rental.end)
-        delivered = min(rep.delivered_seconds, period_end - rental.last_end)
-        rental.earned += earnings(rental.price, delivered, rental.util_floor_bps, rep.avg_util_bps)
-        rental.seq = rep.seq
-        rental.reported = period_end - rental.since
-        rental.delivered += delivered
-        if rental.status == RentalStatus.OPEN:
-            rental.status = RentalStatus.RUNNING
-        if rep.status == ReportStatus.COMPLETED:
-            self._settle_elapsed(offer, rental, RentalStatus.COMPLETED, rental.reported, tx)
-        elif rep.status == ReportStatus.FAILED:
-            self._settle_elapsed(offer, rental, RentalStatus.FAILED, rental.reported, tx)
+            return report(offer.unknown_rental_id(), 1, self.model.now, 0), SkipReason.UNKNOWN_RENTAL
+        return report(offer.rental.rental_id, offer.rental.seq + 1, self.model.now, 0), reason
 
     def rule_submit_reports(self, offer="st_offer", pick="st_pick", wait="st_report_wait",
                             end_percent="st_percent", delivered_percent="st_delivered_percent", util="st_util",
@@ -662,21 +529,21 @@ class ExchangeStateMachine:
         """A signed batch of valid reports for one rental, sometimes with a report the escrow must skip."""
         if wait:
             self._sleep(wait)
-        model, rental_id, rental = self._target(offer, pick, wanted=lambda r: self._skip_reason(r) is None)
+        model, rental_id, rental = self._target(offer, pick, wanted=lambda r: self.model.skip_reason(r) is None)
         revert = None
-        reason = self._skip_reason(rental)
+        reason = self.model.skip_reason(rental)
         if reason is not None:
-            batch = [(report(rental_id, rental.seq + 1 if rental else 1, self.now, 0), reason)]
-        elif rental.last_end == self.now:
-            batch = [(report(rental_id, rental.seq + 1, self.now, 0), None)]
-            revert = error("Escrow_PeriodEndNotAfterLast", rental_id, self.now, rental.last_end)
+            batch = [(report(rental_id, rental.seq + 1 if rental else 1, self.model.now, 0), reason)]
+        elif rental.last_end == self.model.now:
+            batch = [(report(rental_id, rental.seq + 1, self.model.now, 0), None)]
+            revert = error("Escrow_PeriodEndNotAfterLast", rental_id, self.model.now, rental.last_end)
         else:
             reports = self._valid_reports(rental, end_percent, delivered_percent, util, status, split)
             batch = [(r, None) for r in reports]
         if stale_slot == "first":
-            batch.insert(0, self._stale_report(self.offers[stale_offer]))
+            batch.insert(0, self._stale_report(self.model.offers[stale_offer]))
         elif stale_slot == "last":
-            batch.append(self._stale_report(self.offers[stale_offer]))
+            batch.append(self._stale_report(self.model.offers[stale_offer]))
         if revert is None and all(reason is not None for _, reason in batch):
             revert = error("Escrow_BatchHadNoEffect")
 
@@ -695,15 +562,17 @@ class ExchangeStateMachine:
         assert applied == list(range(rental.seq + 1, rental.seq + 1 + len(applied)))
         for rep, reason in batch:
             if reason is None:
-                self._apply_report(model, rental, rep, tx)
+                settled = self.model.apply_report(model, rental, rep)
+                if settled is not None:
+                    self._assert_finalized(model, rental, settled, tx)
 
     def rule_submit_rejected_batch(self, offer="st_offer", pick="st_pick", flaw="st_batch_flaw",
                                    excess="st_excess"):
         """A batch with one flaw: a report the escrow must reject, or signatures that must not verify."""
         _, rental_id, rental = self._target(offer, pick)
         seq = rental.seq + 1 if rental else 1
-        last_end = rental.last_end if rental else self.now
-        fields = dict(rental_id=rental_id, seq=seq, period_end=self.now, delivered=0)
+        last_end = rental.last_end if rental else self.model.now
+        fields = dict(rental_id=rental_id, seq=seq, period_end=self.model.now, delivered=0)
         keys = ORACLE_KEYS[:THRESHOLD]
         revert = None
         if flaw == "seq":
@@ -716,15 +585,17 @@ class ExchangeStateMachine:
             fields["status"] = ReportStatus.FAILED + 1 + excess % 253
             revert = error("Escrow_UnknownReportStatus", rental_id, fields["status"])
         elif flaw == "future_end":
-            fields["period_end"] = self.now + excess
-            revert = error("Escrow_PeriodEndInFuture", rental_id, self.now + excess, self.now)
-        elif flaw == "end_not_after_last" or (flaw == "over_delivered" and self.now == last_end):
-            fields["period_end"] = min(last_end - excess + 1, self.now) if flaw == "end_not_after_last" else self.now
+            fields["period_end"] = self.model.now + excess
+            revert = error("Escrow_PeriodEndInFuture", rental_id, self.model.now + excess, self.model.now)
+        elif flaw == "end_not_after_last" or (flaw == "over_delivered" and self.model.now == last_end):
+            fields["period_end"] = self.model.now
+            if flaw == "end_not_after_last":
+                fields["period_end"] = min(last_end - excess + 1, self.model.now)
             revert = error("Escrow_PeriodEndNotAfterLast", rental_id, fields["period_end"], last_end)
         elif flaw == "over_delivered":
-            fields["delivered"] = self.now - last_end + excess
-            revert = error("Escrow_DeliveredExceedsPeriod", rental_id, fields["delivered"], self.now - last_end)
-        if revert is not None and self._skip_reason(rental) is not None:
+            fields["delivered"] = self.model.now - last_end + excess
+            revert = error("Escrow_DeliveredExceedsPeriod", rental_id, fields["delivered"], self.model.now - last_end)
+        if revert is not None and self.model.skip_reason(rental) is not None:
             revert = error("Escrow_BatchHadNoEffect")  # a skipped report is never validated
 
         reports = [unchecked_report(**fields, root=TELEMETRY_ROOT)]
@@ -763,25 +634,23 @@ class ExchangeStateMachine:
         return candidates[index % len(candidates)]
 
     def rule_withdraw(self, index="st_account", pick="st_pick"):
-        account = self._owed_first(self.accounts, lambda a: self.balances[a.address], index, pick)
-        amount = self.balances[account.address]
+        account = self._owed_first(self.accounts, lambda a: self.model.balances[a.address], index, pick)
+        amount = self.model.balances[account.address]
         if amount == 0:
             self._assert_reverts(error("Escrow_NothingToWithdraw", account), self.escrow.withdraw, sender=account)
             return
         self._tx(self.escrow.withdraw, sender=account)
-        self.balances[account.address] = 0
-        self.wallets[account.address] += amount
+        self.model.withdraw(account)
 
     def rule_withdraw_compensation(self, index="st_account", pick="st_pick"):
-        account = self._owed_first(self.accounts, lambda a: self.compensation[a.address], index, pick)
-        amount = self.compensation[account.address]
+        account = self._owed_first(self.accounts, lambda a: self.model.compensation[a.address], index, pick)
+        amount = self.model.compensation[account.address]
         if amount == 0:
             self._assert_reverts(error("Registry_NothingToWithdraw", account), self.registry.withdrawCompensation,
                                  sender=account)
             return
         self._tx(self.registry.withdrawCompensation, sender=account)
-        self.compensation[account.address] = 0
-        self.wallets[account.address] += amount
+        self.model.withdraw_compensation(account)
 
     # ------------------------------------------------------------------ time
 
@@ -795,17 +664,17 @@ class ExchangeStateMachine:
             return
         at = delta + {"start_timeout": rental.since + PARAMS.start_timeout, "end": rental.end,
                       "finalizable": rental.end + PARAMS.report_grace}[deadline]
-        if at > self.now:
-            self._sleep(at - self.now)
+        if at > self.model.now:
+            self._sleep(at - self.model.now)
 
     def rule_sleep_to_unbonding_end(self, index="st_index", delta="st_delta"):
         """Moves to one second before, at or after the end of a provider's unbonding period."""
-        unbonding = [stake for stake in self.stakes.values() if stake.unbonding]
+        unbonding = [stake for stake in self.model.stakes.values() if stake.unbonding]
         if not unbonding:
             return
         at = unbonding[index % len(unbonding)].unbonding_ends_at + delta
-        if at > self.now:
-            self._sleep(at - self.now)
+        if at > self.model.now:
+            self._sleep(at - self.model.now)
 
     # ------------------------------------------------------------------ invariants
 
@@ -819,10 +688,10 @@ class ExchangeStateMachine:
         calls += [(escrow.balanceOf, (a,)) for a in self.accounts]
         calls += [(registry.compensationOf, (a,)) for a in self.accounts]
         calls += [(registry.getProvider, (p,)) for p in self.providers]
-        calls += [(escrow.getRental, (o.rental_id(max(o.nonce, 1)),)) for o in self.offers]
-        calls += [(escrow.getRental, (o.rental_id(max(o.nonce - 1, 1)),)) for o in self.offers]
-        calls += [(escrow.liveRentalOf, (o.offer_id,)) for o in self.offers]
-        calls += [(registry.getOffer, (o.offer_id,)) for o in self.offers]
+        calls += [(escrow.getRental, (o.rental_id(max(o.nonce, 1)),)) for o in self.model.offers]
+        calls += [(escrow.getRental, (o.rental_id(max(o.nonce - 1, 1)),)) for o in self.model.offers]
+        calls += [(escrow.liveRentalOf, (o.offer_id,)) for o in self.model.offers]
+        calls += [(registry.getOffer, (o.offer_id,)) for o in self.model.offers]
         values = iter(read_batch(calls))
 
         def take(count):
@@ -837,75 +706,75 @@ class ExchangeStateMachine:
             balances=dict(zip(addresses, take(len(addresses)))),
             compensation=dict(zip(addresses, take(len(addresses)))),
             stakes=dict(zip((p.address for p in self.providers), take(len(self.providers)))),
-            rentals=take(len(self.offers)),
-            superseded=[v if o.nonce >= 2 else None for o, v in zip(self.offers, take(len(self.offers)))],
-            live_rental_ids=take(len(self.offers)),
-            offers=take(len(self.offers)),
+            rentals=take(len(self.model.offers)),
+            superseded=[v if o.nonce >= 2 else None for o, v in zip(self.model.offers, take(len(self.model.offers)))],
+            live_rental_ids=take(len(self.model.offers)),
+            offers=take(len(self.model.offers)),
         )
         return self._view
 
     def invariant_block_time_is_the_model_clock(self):
-        assert self._chain().now == self.now
+        assert self._chain().now == self.model.now
 
     def invariant_escrow_holds_what_it_owes(self):
         """Its token balance is the deposits of live rentals plus every withdrawable balance, to the unit."""
         view = self._chain()
         live_deposits = sum(r["pricePerSecond"] * r["duration"] for r in view.rentals if r["status"] in LIVE)
         assert view.escrow_tokens == live_deposits + sum(view.balances.values())
-        assert view.escrow_tokens == sum(o.rental.deposit for o in self.offers if o.rental and o.rental.live) \
-            + sum(self.balances.values())
+        assert view.escrow_tokens == self.model.live_deposits() + sum(self.model.balances.values())
 
     def invariant_registry_holds_what_it_owes(self):
         """Its token balance is every provider's stake plus the compensation owed to renters, to the unit."""
         view = self._chain()
         assert view.registry_tokens == sum(p["staked"] for p in view.stakes.values()) \
             + sum(view.compensation.values())
-        assert view.registry_tokens == sum(s.staked for s in self.stakes.values()) \
-            + sum(self.compensation.values())
+        assert view.registry_tokens == sum(s.staked for s in self.model.stakes.values()) \
+            + sum(self.model.compensation.values())
 
     def invariant_balances_match_model(self):
         view = self._chain()
-        assert view.wallets == self.wallets
-        assert view.balances == self.balances
-        assert view.compensation == self.compensation
+        assert view.wallets == self.model.wallets
+        assert view.balances == self.model.balances
+        assert view.compensation == self.model.compensation
 
     def invariant_stakes_match_model(self):
         """Locked collateral is that of the provider's live rentals and never exceeds the stake."""
         view = self._chain()
-        for address, stake in self.stakes.items():
+        for address, stake in self.model.stakes.items():
             provider = view.stakes[address]
             staked, locked, unbonding = provider["staked"], provider["locked"], provider["unbonding"]
             assert locked <= staked
             assert locked + unbonding <= staked
-            assert locked == sum(o.collateral for o in self.offers
-                                 if o.provider == address and o.rental is not None and o.rental.live)
+            assert locked == self.model.locked_collateral(address)
             expected = stake.as_dict()
             assert {name: provider[name] for name in expected} == expected
 
     def invariant_offers_match_model(self):
         view = self._chain()
-        for model, offer in zip(self.offers, view.offers):
+        for model, offer in zip(self.model.offers, view.offers):
             assert offer["pricePerSecond"] == model.price
-            assert offer["status"] == (OFFER_ACTIVE if model.active else OFFER_PAUSED)
+            assert offer["status"] == (OfferStatus.ACTIVE if model.active else OfferStatus.PAUSED)
             assert offer["egress"] is model.egress
 
     def invariant_rentals_match_model(self):
         view = self._chain()
-        for model, rental, superseded, live_id in zip(self.offers, view.rentals, view.superseded,
+        for model, rental, superseded, live_id in zip(self.model.offers, view.rentals, view.superseded,
                                                       view.live_rental_ids):
             if model.rental is None:
-                assert rental[0] == RentalStatus.NONE
+                assert rental["status"] == RentalStatus.NONE
             else:
-                assert tuple(rental) == model.rental.as_tuple()
+                assert rental.dict() == model.rental.as_dict()
             if superseded is not None:
-                assert superseded[0] == RentalStatus.NONE
+                assert superseded["status"] == RentalStatus.NONE
             assert live_id == (model.rental.rental_id if model.rental is not None and model.rental.live else 0)
 
     def invariant_rental_earnings_bounded(self):
         """Earnings never exceed the deposit nor price x the reported seconds, and reports never reach past
         the rental's end or the block time."""
         view = self._chain()
-        for _, _, price, duration, since, _, reported, delivered, earned in view.rentals:
+        for rental in view.rentals:
+            price, duration, since = rental["pricePerSecond"], rental["duration"], rental["since"]
+            reported, delivered, earned = rental["reportedSeconds"], rental["deliveredSeconds"], rental["earned"]
             assert earned <= price * duration
             assert earned <= price * reported
             assert delivered <= reported <= duration
@@ -915,10 +784,10 @@ class ExchangeStateMachine:
         """Status only moves forward (Open -> Running -> Terminated -> final, Open -> TimedOut / Cancelled /
         Declined) and the applied seq never goes back."""
         view = self._chain()
-        for model, rental in zip(self.offers, view.rentals):
+        for model, rental in zip(self.model.offers, view.rentals):
             if model.rental is None:
                 continue
-            status, seq = RentalStatus(rental[0]), rental[5]
+            status, seq = RentalStatus(rental["status"]), rental["lastSeq"]
             previous = self.seen.get(model.rental.rental_id)
             if previous is not None:
                 previous_status, previous_seq = previous
@@ -942,3 +811,11 @@ def test_exchange_invariants(state_machine, exchange):
         "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
     }
     state_machine(ExchangeStateMachine, exchange, settings=settings)
+
+
+def test_the_docs_name_every_invariant():
+    """The module docstring and README.md list exactly the state machine's `invariant_*` methods."""
+    invariants = {name for name in dir(ExchangeStateMachine) if name.startswith("invariant_")}
+    readme = (Path(__file__).parent / "README.md").read_text()
+    for text in (__doc__, readme):
+        assert set(re.findall(r"`(invariant_\w+)`", text)) == invariants

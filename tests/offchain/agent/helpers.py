@@ -6,9 +6,9 @@ from eth_account import Account
 from eth_utils import keccak
 
 from offchain.ops.inprocess import wait_until  # noqa: F401 (re-exported for the tests)
+from offchain.ops.roles import AGENT_KEY
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 
-AGENT_KEY = keccak(text="gpuex offchain agent")  # tests/offchain/conftest.py's AGENT
 AGENT_ADDRESS = Account.from_key(AGENT_KEY).address
 CHAIN_ID = 1337
 REGISTRY = "0x2222222222222222222222222222222222222222"

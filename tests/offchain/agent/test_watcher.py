@@ -35,10 +35,10 @@ def list_offer_of(suite, token, deployer, account, uuid: str) -> int:
     return suite.registry.createOffer(terms, {"from": account}).return_value
 
 
-def test_watcher_reports_the_providers_rentals_and_only_those(suite, token, deployer, provider, renter, accounts,
+def test_watcher_reports_the_providers_rentals_and_only_those(suite, token, deployer, provider, provider2, renter,
                                                             gpu_offer, chain_settings, tmp_path):
     offer_id = gpu_offer().offer_id
-    other_offer = list_offer_of(suite, token, deployer, accounts[3], "GPU-other-provider-0001")
+    other_offer = list_offer_of(suite, token, deployer, provider2, "GPU-other-provider-0001")
     db = open_db(tmp_path / "agent.sqlite")
     start_block = web3.eth.block_number + 1
 

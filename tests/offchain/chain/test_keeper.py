@@ -142,10 +142,10 @@ def test_the_keeper_drops_a_declined_rental_as_final(suite, offer, renter, provi
 
 
 def test_the_keeper_scans_logs_in_chunks_reads_rentals_in_rotation_and_ignores_other_escrows(
-    suite, offer, token, deployer, accounts, renter, provider, sender, chain_id, tmp_path, rpc_url
+    suite, offer, token, deployer, treasury, renter, provider, sender, chain_id, tmp_path, rpc_url
 ):
     start_block = latest_block().number
-    other = deploy_suite(deployer, token, token, accounts[1], [o.address for o in ORACLES], 2)
+    other = deploy_suite(deployer, token, token, treasury, [o.address for o in ORACLES], 2)
     token.approve(other.registry, 2**256 - 1, {"from": provider})
     token.approve(other.escrow, 2**256 - 1, {"from": renter})
     rentals = []

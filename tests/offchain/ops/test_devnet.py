@@ -1,5 +1,6 @@
 """`offchain.ops.devnet`: a real anvil and oracle brought up in the background, checked, brought down and back up
-with the chain and deployment kept; and the refusals (port taken)."""
+with the chain and deployment kept; its roles, which must be the tests' (offchain.ops.roles); and the refusals
+(port taken)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 import socket
 
 import pytest
+from eth_account import Account
 
 from offchain.ops import deployments, devnet
 from offchain.chain.reads import read_once
 from offchain.ops.deploy import SuiteParams
+from tests.contracts.helpers import ORACLES as CONTRACT_TEST_ORACLES
+from tests.offchain.conftest import AGENT, ORACLES
 
 PORT, ORACLE_PORT = 8595, 8795
 PARAMS = SuiteParams(start_timeout=20, report_grace=10, unbonding_period=60)
@@ -48,6 +52,19 @@ def test_up_runs_anvil_and_the_oracle_and_records_the_deployment(devnet_dir):
     assert saved["oracle_url"] == f"http://127.0.0.1:{ORACLE_PORT}"
     key = devnet.key_path(devnet_dir, "provider")
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_devnet_roles_are_the_accounts_the_test_fixtures_give_them(devnet_dir, request):
+    state = up(devnet_dir)
+    assert state.accounts == {role: Account.from_key(devnet.key_path(devnet_dir, role).read_text().strip()).address
+                              for role in devnet.ROLES}
+    fixtures = {role: request.getfixturevalue(role).address
+                for role in ("deployer", "treasury", "provider", "provider2", "renter", "renter2", "agent")}
+    assert {role: state.accounts[role] for role in fixtures} == fixtures
+    assert state.accounts["agent"] == AGENT.address
+    assert state.accounts["oracle"] == ORACLES[0].address == CONTRACT_TEST_ORACLES[0].address
+    assert state.deployment.config.treasury == fixtures["treasury"]
+    assert state.deployment.config.oracles == [ORACLES[0].address]
 
 
 def test_blocks_come_every_second_without_transactions(devnet_dir):

@@ -368,14 +368,14 @@ def test_agent_url_length_is_counted_in_bytes_not_characters(registry, provider)
         registry.setAgentUrl(url, {"from": provider})
 
 
-def test_a_provider_sets_only_its_own_agent_url(registry, provider, provider_b):
+def test_a_provider_sets_only_its_own_agent_url(registry, provider, provider2):
     registry.setAgentUrl(AGENT_URL, {"from": provider})
 
-    registry.setAgentUrl(LONG_AGENT_URL, {"from": provider_b})
-    registry.setAgentUrl("", {"from": provider_b})
+    registry.setAgentUrl(LONG_AGENT_URL, {"from": provider2})
+    registry.setAgentUrl("", {"from": provider2})
 
     assert registry.agentUrlOf(provider) == AGENT_URL
-    assert registry.agentUrlOf(provider_b) == ""
+    assert registry.agentUrlOf(provider2) == ""
 
 
 def test_set_agent_url_leaves_the_provider_account_alone(registry, provider, agent):
@@ -415,11 +415,11 @@ def test_register_a_gpu_twice_reverts(registry, provider, register):
         registry.registerGpus([gpu], {"from": provider})
 
 
-def test_register_a_gpu_of_another_provider_reverts(registry, provider, provider_b, register):
+def test_register_a_gpu_of_another_provider_reverts(registry, provider, provider2, register):
     [gpu] = register(provider, 1)
 
     with brownie.reverts(error("Registry_GpuAlreadyRegistered", gpu, provider)):
-        registry.registerGpus([gpu], {"from": provider_b})
+        registry.registerGpus([gpu], {"from": provider2})
 
 
 def test_register_the_same_gpu_twice_in_one_call_reverts(registry, provider):
@@ -439,13 +439,13 @@ def test_deregister_gpus_releases_them_and_emits(registry, provider, register):
     assert tx.events["GpusDeregistered"]["uuidHashes"] == [hexstr(h) for h in hashes]
 
 
-def test_deregistered_gpu_can_be_registered_by_another_provider(registry, provider, provider_b, register):
+def test_deregistered_gpu_can_be_registered_by_another_provider(registry, provider, provider2, register):
     [gpu] = register(provider, 1)
     registry.deregisterGpus([gpu], {"from": provider})
 
-    registry.registerGpus([gpu], {"from": provider_b})
+    registry.registerGpus([gpu], {"from": provider2})
 
-    assert registry.gpuOwner(gpu) == provider_b
+    assert registry.gpuOwner(gpu) == provider2
 
 
 def test_deregister_no_gpus_reverts(registry, provider):
@@ -453,11 +453,11 @@ def test_deregister_no_gpus_reverts(registry, provider):
         registry.deregisterGpus([], {"from": provider})
 
 
-def test_deregister_a_gpu_of_another_provider_reverts(registry, provider, provider_b, register):
+def test_deregister_a_gpu_of_another_provider_reverts(registry, provider, provider2, register):
     [gpu] = register(provider, 1)
 
-    with brownie.reverts(error("Registry_GpuNotOwned", gpu, provider_b)):
-        registry.deregisterGpus([gpu], {"from": provider_b})
+    with brownie.reverts(error("Registry_GpuNotOwned", gpu, provider2)):
+        registry.deregisterGpus([gpu], {"from": provider2})
 
 
 def test_deregister_an_unregistered_gpu_reverts(registry, provider):
@@ -544,11 +544,11 @@ def test_egress_flag_of_an_offer_outlives_price_and_status_changes(registry, pro
     assert registry.getOffer(offer)["egress"] is True
 
 
-def test_create_offer_numbers_offers_from_one(registry, provider, provider_b, register):
+def test_create_offer_numbers_offers_from_one(registry, provider, provider2, register):
     assert registry.offerCount() == 0
 
     first = registry.createOffer(offer_terms(register(provider)), {"from": provider}).return_value
-    second = registry.createOffer(offer_terms(register(provider_b)), {"from": provider_b}).return_value
+    second = registry.createOffer(offer_terms(register(provider2)), {"from": provider2}).return_value
 
     assert (first, second) == (1, 2)
     assert registry.offerCount() == 2
@@ -621,8 +621,8 @@ def test_create_offer_with_an_unregistered_gpu_reverts(registry, provider, regis
         registry.createOffer(offer_terms(hashes), {"from": provider})
 
 
-def test_create_offer_with_a_gpu_of_another_provider_reverts(registry, provider, provider_b, register):
-    [gpu] = register(provider_b, 1)
+def test_create_offer_with_a_gpu_of_another_provider_reverts(registry, provider, provider2, register):
+    [gpu] = register(provider2, 1)
 
     with brownie.reverts(error("Registry_GpuNotOwned", gpu, provider)):
         registry.createOffer(offer_terms([gpu]), {"from": provider})
@@ -768,11 +768,11 @@ def test_pause_a_closed_offer_reverts(registry, provider, list_offer):
         registry.pauseOffer(offer, {"from": provider})
 
 
-def test_pause_an_offer_of_another_provider_reverts(registry, provider, provider_b, list_offer):
+def test_pause_an_offer_of_another_provider_reverts(registry, provider, provider2, list_offer):
     offer = list_offer(provider)
 
-    with brownie.reverts(error("Registry_NotOfferProvider", offer, provider_b)):
-        registry.pauseOffer(offer, {"from": provider_b})
+    with brownie.reverts(error("Registry_NotOfferProvider", offer, provider2)):
+        registry.pauseOffer(offer, {"from": provider2})
 
 
 def test_pause_an_unknown_offer_reverts(registry, provider):
@@ -816,12 +816,12 @@ def test_resume_a_closed_offer_reverts(registry, provider, list_offer):
         registry.resumeOffer(offer, {"from": provider})
 
 
-def test_resume_an_offer_of_another_provider_reverts(registry, provider, provider_b, list_offer):
+def test_resume_an_offer_of_another_provider_reverts(registry, provider, provider2, list_offer):
     offer = list_offer(provider)
     registry.pauseOffer(offer, {"from": provider})
 
-    with brownie.reverts(error("Registry_NotOfferProvider", offer, provider_b)):
-        registry.resumeOffer(offer, {"from": provider_b})
+    with brownie.reverts(error("Registry_NotOfferProvider", offer, provider2)):
+        registry.resumeOffer(offer, {"from": provider2})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -899,11 +899,11 @@ def test_close_an_offer_after_its_rental_settled_works(registry, escrow, provide
     assert registry.getOffer(offer)["status"] == CLOSED
 
 
-def test_close_an_offer_of_another_provider_reverts(registry, provider, provider_b, list_offer):
+def test_close_an_offer_of_another_provider_reverts(registry, provider, provider2, list_offer):
     offer = list_offer(provider)
 
-    with brownie.reverts(error("Registry_NotOfferProvider", offer, provider_b)):
-        registry.closeOffer(offer, {"from": provider_b})
+    with brownie.reverts(error("Registry_NotOfferProvider", offer, provider2)):
+        registry.closeOffer(offer, {"from": provider2})
 
 
 def test_close_an_unknown_offer_reverts(registry, provider):
@@ -991,13 +991,13 @@ def test_unbonding_stake_is_not_free_for_collateral(registry, provider, renter, 
         open_rental(renter, offer)
 
 
-def test_collateral_locked_by_one_rental_is_not_free_for_another(registry, provider, renter, renter_b,
+def test_collateral_locked_by_one_rental_is_not_free_for_another(registry, provider, renter, renter2,
                                                                  list_offer, open_rental, register, collateral):
     open_rental(renter, list_offer(provider, stake=collateral))
     second = registry.createOffer(offer_terms(register(provider)), {"from": provider}).return_value
 
     with brownie.reverts(error("Registry_InsufficientFreeStake", provider, 0, collateral)):
-        open_rental(renter_b, second)
+        open_rental(renter2, second)
 
 
 @pytest.mark.parametrize("duration", [59, 30 * 86_400 + 1], ids=["below-min", "above-max"])
@@ -1045,7 +1045,6 @@ def test_cancelled_rental_leaves_the_reputation_counters_alone(registry, escrow,
                                                                open_rental):
     escrow.terminate(open_rental(renter, list_offer(provider)), {"from": renter})
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [0] * 5
 
 
@@ -1136,7 +1135,6 @@ def test_completed_rental_counts_as_completed_with_its_delivered_seconds(registr
                                                                         open_rental, complete_rental):
     complete_rental(open_rental(renter, list_offer(provider)), seconds=300, delivered=300)
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         1, 0, 0, 300, 0,
     ]
@@ -1151,7 +1149,6 @@ def test_completed_rental_that_missed_the_sla_is_slashed_and_counts_missed_secon
     slashed = collateral * (params.sla_slash_bps * 100 // 300) // 10_000
     assert tx.events["Slashed"]["amount"] == slashed
     assert tx.events["Slashed"]["reason"] == SLASH_SLA_BREACH
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         1, 1, 0, 200, 100,
     ]
@@ -1165,7 +1162,6 @@ def test_expired_rental_counts_its_unreported_time_as_missed(registry, escrow, p
 
     escrow.finalize(rental, {"from": renter})
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         1, 1, 0, 0, 3_600,
     ]
@@ -1178,7 +1174,6 @@ def test_reputation_counters_add_up_over_rentals(registry, provider, renter, lis
 
     complete_rental(open_rental(renter, offer), seconds=400, delivered=390)
 
-    account = registry.getProvider(provider)
     assert counters(registry, provider) == [
         2, 0, 0, 690, 10,
     ]
@@ -1230,7 +1225,10 @@ def test_views_return_the_deployment_parameters(registry, escrow, token, params)
 
 
 def test_unknown_account_has_an_empty_provider_record(registry, stranger):
-    assert registry.getProvider(stranger) == (0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO_ADDRESS)
+    assert registry.getProvider(stranger).dict() == {
+        "staked": 0, "locked": 0, "unbonding": 0, "unbondingEndsAt": 0, "rentalsCompleted": 0, "slashes": 0,
+        "declines": 0, "secondsDelivered": 0, "secondsMissed": 0, "agent": ZERO_ADDRESS,
+    }
     assert registry.freeStake(stranger) == 0
     assert registry.compensationOf(stranger) == 0
 
@@ -1262,12 +1260,12 @@ def test_is_provider_or_agent_accepts_the_provider_and_its_agent(registry, provi
     assert registry.isProviderOrAgent(offer, agent)
 
 
-def test_is_provider_or_agent_rejects_other_accounts(registry, provider, provider_b, agent, stranger,
+def test_is_provider_or_agent_rejects_other_accounts(registry, provider, provider2, agent, stranger,
                                                      list_offer):
     offer = list_offer(provider)
     registry.setAgent(agent, {"from": provider})
 
-    assert not registry.isProviderOrAgent(offer, provider_b)
+    assert not registry.isProviderOrAgent(offer, provider2)
     assert not registry.isProviderOrAgent(offer, stranger)
 
 

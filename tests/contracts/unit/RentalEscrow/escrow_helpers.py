@@ -1,5 +1,5 @@
-"""Helpers for the RentalEscrow unit tests: readers of its views and events and a plain-Python model of
-RentalMath. Enums, revert strings and time live in tests/contracts/helpers.py."""
+"""Helpers for the RentalEscrow unit tests: a reader of its events and a plain-Python model of RentalMath.
+Enums, revert strings and time live in tests/contracts/helpers.py."""
 
 from __future__ import annotations
 
@@ -7,12 +7,6 @@ from offchain.protocol.reports import Report
 
 BPS = 10_000
 DURATION = 3_600  # seconds a test rental runs unless a test says otherwise
-
-
-def rental_state(escrow, rental_id):
-    """`getRental` as a dict named after the interface's return values."""
-    keys = ("status", "renter", "price", "duration", "since", "last_seq", "reported", "delivered", "earned")
-    return dict(zip(keys, escrow.getRental(rental_id)))
 
 
 def event(tx, name, index=0):

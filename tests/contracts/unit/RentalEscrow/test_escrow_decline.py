@@ -7,7 +7,7 @@ from brownie import web3
 
 from offchain.protocol.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, DeclineReason, RentalStatus, SkipReason, SlashReason, error, report, wait
-from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event
 
 DEPOSIT = PRICE * DURATION
 
@@ -23,7 +23,7 @@ def at_next_block(timestamp):
 def test_provider_declines_open_rental(escrow, offer, rid, provider):
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.DECLINED
+    assert escrow.getRental(rid)["status"] == RentalStatus.DECLINED
     assert escrow.liveRentalOf(offer) == 0
 
 
@@ -32,10 +32,10 @@ def test_agent_declines_open_rental(escrow, registry, rid, provider, agent):
 
     escrow.decline(rid, DeclineReason.GPUS_UNAVAILABLE, {"from": agent})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.DECLINED
+    assert escrow.getRental(rid)["status"] == RentalStatus.DECLINED
 
 
-@pytest.mark.parametrize("caller", ["renter", "stranger", "provider_b"])
+@pytest.mark.parametrize("caller", ["renter", "stranger", "provider2"])
 def test_decline_by_neither_provider_nor_agent_reverts(escrow, rid, request, caller):
     account = request.getfixturevalue(caller)
 
@@ -56,7 +56,7 @@ def test_decline_works_while_escrow_paused(escrow, rid, deployer, provider):
 
     escrow.decline(rid, DeclineReason.AGENT_FAILURE, {"from": provider})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.DECLINED
+    assert escrow.getRental(rid)["status"] == RentalStatus.DECLINED
 
 
 # when it may decline
@@ -68,7 +68,7 @@ def test_decline_of_running_rental_reverts(escrow, rid, started, provider):
 
 
 def test_decline_of_rental_started_by_its_first_report_reverts(escrow, rid, provider, submit):
-    opened = rental_state(escrow, rid)["since"]
+    opened = escrow.getRental(rid)["since"]
     wait(60)
     submit([report(rid, 1, opened + 60, 60)])
 
@@ -77,17 +77,17 @@ def test_decline_of_rental_started_by_its_first_report_reverts(escrow, rid, prov
 
 
 def test_decline_at_the_last_second_of_the_start_timeout_works(escrow, rid, provider, params):
-    opened = rental_state(escrow, rid)["since"]
+    opened = escrow.getRental(rid)["since"]
     at_next_block(opened + params.start_timeout)
 
     tx = escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
 
     assert tx.timestamp == opened + params.start_timeout
-    assert rental_state(escrow, rid)["status"] == RentalStatus.DECLINED
+    assert escrow.getRental(rid)["status"] == RentalStatus.DECLINED
 
 
 def test_decline_after_the_start_timeout_reverts(escrow, rid, provider, params):
-    opened = rental_state(escrow, rid)["since"]
+    opened = escrow.getRental(rid)["since"]
     at_next_block(opened + params.start_timeout + 1)
 
     with brownie.reverts(error("Escrow_StartTimedOut", rid)):
@@ -126,9 +126,9 @@ def test_decline_of_unknown_rental_reverts(escrow, offer, rid, provider, nonce):
         escrow.decline(rental_id(offer, nonce), DeclineReason.SPEC_MISSING, {"from": provider})
 
 
-def test_decline_of_superseded_rental_reverts(escrow, offer, rid, provider, renter_b, open_rental):
+def test_decline_of_superseded_rental_reverts(escrow, offer, rid, provider, renter2, open_rental):
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
-    open_rental(renter_b, offer)
+    open_rental(renter2, offer)
 
     with brownie.reverts(error("Escrow_UnknownRental", rid)):
         escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
@@ -199,24 +199,24 @@ def test_decline_emits_declined_then_finalized_with_the_deposit_refunded(escrow,
     assert names.index("RentalDeclined") < names.index("RentalFinalized")
 
 
-def test_declined_offer_can_be_rented_again_at_once(escrow, offer, rid, provider, renter_b, open_rental):
+def test_declined_offer_can_be_rented_again_at_once(escrow, offer, rid, provider, renter2, open_rental):
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
 
-    again = open_rental(renter_b, offer)
+    again = open_rental(renter2, offer)
 
     assert again == rental_id(offer, 2)
     assert escrow.liveRentalOf(offer) == again
-    assert rental_state(escrow, again)["status"] == RentalStatus.OPEN
+    assert escrow.getRental(again)["status"] == RentalStatus.OPEN
 
 
 # a declined rental is final
 
 
-def test_report_of_declined_rental_is_skipped(escrow, rid, provider, list_offer, open_rental, provider_b,
-                                              renter_b, submit):
-    live = open_rental(renter_b, list_offer(provider_b))
-    live_started = escrow.start(live, {"from": provider_b}).timestamp
-    opened = rental_state(escrow, rid)["since"]
+def test_report_of_declined_rental_is_skipped(escrow, rid, provider, list_offer, open_rental, provider2,
+                                              renter2, submit):
+    live = open_rental(renter2, list_offer(provider2))
+    live_started = escrow.start(live, {"from": provider2}).timestamp
+    opened = escrow.getRental(rid)["since"]
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
     wait(60)
 
@@ -224,8 +224,8 @@ def test_report_of_declined_rental_is_skipped(escrow, rid, provider, list_offer,
                  report(live, 1, live_started + 60, 60)])
 
     assert event(tx, "ReportSkipped") == {"rentalId": rid, "seq": 1, "reason": SkipReason.RENTAL_CLOSED}
-    assert rental_state(escrow, rid)["status"] == RentalStatus.DECLINED
-    assert rental_state(escrow, rid)["last_seq"] == 0
+    assert escrow.getRental(rid)["status"] == RentalStatus.DECLINED
+    assert escrow.getRental(rid)["lastSeq"] == 0
 
 
 def test_claim_start_timeout_of_declined_rental_reverts(escrow, rid, provider, stranger, params):

@@ -11,7 +11,6 @@ from tests.contracts.unit.RentalEscrow.escrow_helpers import (
     earnings,
     event,
     fee_of,
-    rental_state,
     sla_slash_bps,
 )
 
@@ -22,14 +21,14 @@ DEPOSIT = PRICE * DURATION
 
 
 def test_provider_starts_open_rental_and_billing_runs_from_now(escrow, rid, provider):
-    opened = rental_state(escrow, rid)["since"]
+    opened = escrow.getRental(rid)["since"]
     wait(100)
 
     tx = escrow.start(rid, {"from": provider})
 
     assert tx.timestamp >= opened + 100
-    assert rental_state(escrow, rid)["status"] == RentalStatus.RUNNING
-    assert rental_state(escrow, rid)["since"] == tx.timestamp
+    assert escrow.getRental(rid)["status"] == RentalStatus.RUNNING
+    assert escrow.getRental(rid)["since"] == tx.timestamp
     assert event(tx, "RentalStarted") == {"rentalId": rid, "startedAt": tx.timestamp, "byReport": False}
 
 
@@ -38,7 +37,7 @@ def test_agent_starts_open_rental(escrow, registry, rid, provider, agent):
 
     escrow.start(rid, {"from": agent})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.RUNNING
+    assert escrow.getRental(rid)["status"] == RentalStatus.RUNNING
 
 
 def test_start_by_neither_provider_nor_agent_reverts(escrow, rid, renter):
@@ -64,7 +63,7 @@ def test_start_of_running_rental_reverts(escrow, rid, started, provider):
 def test_terminate_before_start_cancels_with_full_refund(escrow, offer, rid, renter):
     tx = escrow.terminate(rid, {"from": renter})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.CANCELLED
+    assert escrow.getRental(rid)["status"] == RentalStatus.CANCELLED
     assert escrow.liveRentalOf(offer) == 0
     assert escrow.balanceOf(renter) == DEPOSIT
     assert event(tx, "RentalFinalized") == {
@@ -102,7 +101,7 @@ def test_terminate_running_rental_refunds_unused_time_at_once(escrow, rid, start
     refund = PRICE * (started + DURATION - tx.timestamp)
     assert escrow.balanceOf(renter) == refund
     assert event(tx, "RentalTerminated") == {"rentalId": rid, "endsAt": tx.timestamp, "refund": refund}
-    state = rental_state(escrow, rid)
+    state = escrow.getRental(rid)
     assert (state["status"], state["duration"]) == (RentalStatus.TERMINATED, tx.timestamp - started)
 
 
@@ -115,7 +114,7 @@ def test_terminated_rental_takes_reports_up_to_its_new_end(escrow, rid, started,
 
     applied = event(tx, "ReportApplied")
     assert (applied["periodEnd"], applied["deliveredSeconds"]) == (ended, ended - started)
-    assert rental_state(escrow, rid)["earned"] == PRICE * (ended - started)
+    assert escrow.getRental(rid)["earned"] == PRICE * (ended - started)
 
 
 def test_terminated_rental_is_not_finalizable_before_new_end_plus_grace(escrow, rid, started, renter, params):
@@ -176,7 +175,7 @@ def test_terminate_works_while_escrow_paused(escrow, rid, deployer, renter):
 
     escrow.terminate(rid, {"from": renter})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.CANCELLED
+    assert escrow.getRental(rid)["status"] == RentalStatus.CANCELLED
 
 
 # claimStartTimeout
@@ -188,7 +187,7 @@ def test_claim_start_timeout_refunds_whole_deposit(escrow, registry, offer, rid,
     tx = escrow.claimStartTimeout(rid, {"from": stranger})
 
     slashed = registry.collateralOf(offer) * params.start_slash_bps // BPS
-    assert rental_state(escrow, rid)["status"] == RentalStatus.TIMED_OUT
+    assert escrow.getRental(rid)["status"] == RentalStatus.TIMED_OUT
     assert escrow.balanceOf(renter) == DEPOSIT
     assert event(tx, "RentalFinalized") == {
         "rentalId": rid, "status": RentalStatus.TIMED_OUT, "providerPayout": 0, "fee": 0, "refund": DEPOSIT,
@@ -218,7 +217,7 @@ def test_claim_start_timeout_slashes_start_share_of_collateral_to_renter(escrow,
 
 
 def test_claim_start_timeout_before_timeout_reverts(escrow, rid, stranger, params):
-    opened = rental_state(escrow, rid)["since"]
+    opened = escrow.getRental(rid)["since"]
 
     with brownie.reverts(error("Escrow_StartTimeoutNotReached", rid, opened + params.start_timeout)):
         escrow.claimStartTimeout(rid, {"from": stranger})
@@ -246,7 +245,7 @@ def test_anyone_finalizes_after_end_plus_grace(escrow, offer, rid, started, stra
 
     escrow.finalize(rid, {"from": stranger})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.EXPIRED
+    assert escrow.getRental(rid)["status"] == RentalStatus.EXPIRED
     assert escrow.liveRentalOf(offer) == 0
 
 
@@ -256,7 +255,7 @@ def test_finalize_works_while_escrow_paused(escrow, rid, started, deployer, stra
 
     escrow.finalize(rid, {"from": stranger})
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.EXPIRED
+    assert escrow.getRental(rid)["status"] == RentalStatus.EXPIRED
 
 
 def test_finalize_counts_unreported_time_as_missed(escrow, rid, started, stranger, submit, params):
@@ -331,9 +330,9 @@ def test_withdraw_works_while_escrow_paused(escrow, token, rid, deployer, renter
     assert token.balanceOf(renter) == balance + DEPOSIT
 
 
-def test_provider_collects_several_rentals_in_one_withdraw(escrow, token, provider, renter, renter_b, list_offer,
+def test_provider_collects_several_rentals_in_one_withdraw(escrow, token, provider, renter, renter2, list_offer,
                                                            open_rental, submit, params):
-    rentals = [open_rental(r, list_offer(provider)) for r in (renter, renter_b)]
+    rentals = [open_rental(r, list_offer(provider)) for r in (renter, renter2)]
     starts = [escrow.start(r, {"from": provider}).timestamp for r in rentals]
     wait(600)
     submit([report(r, 1, s + 600, 600, status=ReportStatus.COMPLETED) for r, s in zip(rentals, starts)])
@@ -448,7 +447,7 @@ def test_utilisation_weighted_earnings_round_down(escrow, provider, renter, list
     assert [applied["earned"] for applied in tx.events["ReportApplied"]] == expected
     # The first period's exact earnings are fractional, so it checks the rounding.
     assert price * 700 * (floor * BPS + (BPS - floor) * 3_333) % BPS**2 != 0
-    assert rental_state(escrow, rid)["earned"] == sum(expected)
+    assert escrow.getRental(rid)["earned"] == sum(expected)
 
 
 def test_utilisation_weighted_rental_settles_on_its_earnings(escrow, provider, renter, list_offer, open_rental,

@@ -5,7 +5,7 @@ import brownie
 from offchain.protocol.reports import rental_id
 from scripts.deploy import USDC
 from tests.contracts.helpers import PRICE, error, RentalStatus
-from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event
 
 JOB = b"\x11" * 32
 MAX_PRICE = 2**64 - 1
@@ -42,9 +42,9 @@ def test_open_rental_records_an_open_rental_since_the_opening(escrow, provider, 
 
     tx = escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter})
 
-    assert rental_state(escrow, tx.return_value) == {
-        "status": RentalStatus.OPEN, "renter": renter.address, "price": PRICE, "duration": DURATION,
-        "since": tx.timestamp, "last_seq": 0, "reported": 0, "delivered": 0, "earned": 0,
+    assert escrow.getRental(tx.return_value).dict() == {
+        "status": RentalStatus.OPEN, "renter": renter.address, "pricePerSecond": PRICE, "duration": DURATION,
+        "since": tx.timestamp, "lastSeq": 0, "reportedSeconds": 0, "deliveredSeconds": 0, "earned": 0,
     }
     assert escrow.liveRentalOf(offer) == tx.return_value
 
@@ -72,67 +72,70 @@ def test_rental_id_is_offer_id_shifted_by_32_bits_or_nonce(escrow, provider, ren
     assert tx.return_value == (2 << 32) | 1 == 8589934593
 
 
-def test_nonces_count_per_offer(provider, provider_b, renter, renter_b, list_offer, open_rental):
+def test_nonces_count_per_offer(provider, provider2, renter, renter2, list_offer, open_rental):
     offer_a = list_offer(provider)
-    offer_b = list_offer(provider_b)
+    offer_b = list_offer(provider2)
 
     first_a = open_rental(renter, offer_a)
-    first_b = open_rental(renter_b, offer_b)
+    first_b = open_rental(renter2, offer_b)
 
     assert first_a == rental_id(offer_a, 1)
     assert first_b == rental_id(offer_b, 1)
 
 
-def test_second_rental_after_the_first_is_final_gets_nonce_2(escrow, provider, renter, renter_b, list_offer,
+def test_second_rental_after_the_first_is_final_gets_nonce_2(escrow, provider, renter, renter2, list_offer,
                                                              open_rental):
     offer = list_offer(provider)
     first = open_rental(renter, offer)
     escrow.terminate(first, {"from": renter})
 
-    second = open_rental(renter_b, offer)
+    second = open_rental(renter2, offer)
 
     assert second == rental_id(offer, 2)
-    assert rental_state(escrow, second)["status"] == RentalStatus.OPEN
-    assert rental_state(escrow, second)["renter"] == renter_b.address
+    assert escrow.getRental(second)["status"] == RentalStatus.OPEN
+    assert escrow.getRental(second)["renter"] == renter2.address
     assert escrow.liveRentalOf(offer) == second
 
 
-def test_second_rental_supersedes_the_first_in_the_offers_storage(escrow, provider, renter, renter_b, list_offer,
+def test_second_rental_supersedes_the_first_in_the_offers_storage(escrow, provider, renter, renter2, list_offer,
                                                                   open_rental):
     offer = list_offer(provider)
     first = open_rental(renter, offer)
     escrow.terminate(first, {"from": renter})
 
-    open_rental(renter_b, offer)
+    open_rental(renter2, offer)
 
-    assert escrow.getRental(first) == (RentalStatus.NONE, brownie.ZERO_ADDRESS, 0, 0, 0, 0, 0, 0, 0)
+    assert escrow.getRental(first).dict() == {
+        "status": RentalStatus.NONE, "renter": brownie.ZERO_ADDRESS, "pricePerSecond": 0, "duration": 0, "since": 0,
+        "lastSeq": 0, "reportedSeconds": 0, "deliveredSeconds": 0, "earned": 0,
+    }
     with brownie.reverts(error("Escrow_UnknownRental", first)):
         escrow.finalize(first, {"from": renter})
 
 
-def test_reopening_an_offer_rewrites_its_rental_slots_instead_of_allocating(escrow, provider, provider_b, renter,
-                                                                            renter_b, list_offer, open_rental):
+def test_reopening_an_offer_rewrites_its_rental_slots_instead_of_allocating(escrow, provider, provider2, renter,
+                                                                            renter2, list_offer, open_rental):
     reused = list_offer(provider)
     escrow.terminate(open_rental(renter, reused), {"from": renter})
-    fresh = list_offer(provider_b)
+    fresh = list_offer(provider2)
 
     gas_fresh = escrow.openRental(fresh, DURATION, MAX_PRICE, JOB, {"from": renter}).gas_used
-    gas_reused = escrow.openRental(reused, DURATION, MAX_PRICE, JOB, {"from": renter_b}).gas_used
+    gas_reused = escrow.openRental(reused, DURATION, MAX_PRICE, JOB, {"from": renter2}).gas_used
 
     # Three zero-to-nonzero slot writes (20,000 gas each) become nonzero-to-nonzero rewrites (2,900 each).
     assert gas_fresh - gas_reused > 3 * 15_000
 
 
-def test_open_rental_reverts_while_offer_has_an_open_rental(escrow, provider, renter, renter_b, list_offer,
+def test_open_rental_reverts_while_offer_has_an_open_rental(escrow, provider, renter, renter2, list_offer,
                                                             open_rental):
     offer = list_offer(provider)
     open_rental(renter, offer)
 
     with brownie.reverts(error("Escrow_OfferRented", offer)):
-        escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter_b})
+        escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter2})
 
 
-def test_open_rental_reverts_while_offers_rental_is_terminated_but_not_final(escrow, provider, renter, renter_b,
+def test_open_rental_reverts_while_offers_rental_is_terminated_but_not_final(escrow, provider, renter, renter2,
                                                                              list_offer, open_rental):
     offer = list_offer(provider)
     rid = open_rental(renter, offer)
@@ -140,7 +143,7 @@ def test_open_rental_reverts_while_offers_rental_is_terminated_but_not_final(esc
     escrow.terminate(rid, {"from": renter})
 
     with brownie.reverts(error("Escrow_OfferRented", offer)):
-        escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter_b})
+        escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter2})
 
 
 def test_open_rental_reverts_when_provider_raised_price_above_renters_max(escrow, registry, provider, renter,
@@ -157,7 +160,7 @@ def test_open_rental_at_exactly_the_max_price_succeeds(escrow, provider, renter,
 
     tx = escrow.openRental(offer, DURATION, PRICE, JOB, {"from": renter})
 
-    assert rental_state(escrow, tx.return_value)["price"] == PRICE
+    assert escrow.getRental(tx.return_value)["pricePerSecond"] == PRICE
 
 
 def test_open_rental_charges_the_price_current_at_opening(escrow, registry, token, provider, renter, list_offer):
@@ -167,7 +170,7 @@ def test_open_rental_charges_the_price_current_at_opening(escrow, registry, toke
 
     tx = escrow.openRental(offer, DURATION, PRICE, JOB, {"from": renter})
 
-    assert rental_state(escrow, tx.return_value)["price"] == PRICE // 2
+    assert escrow.getRental(tx.return_value)["pricePerSecond"] == PRICE // 2
     assert token.balanceOf(renter) == balance_before - PRICE // 2 * DURATION
 
 
@@ -214,14 +217,14 @@ def test_open_rental_reverts_when_providers_free_stake_is_short_of_collateral(es
         escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter})
 
 
-def test_open_rental_reverts_when_stake_is_locked_by_another_offers_rental(escrow, provider, renter, renter_b,
+def test_open_rental_reverts_when_stake_is_locked_by_another_offers_rental(escrow, provider, renter, renter2,
                                                                            list_offer, open_rental, params):
     first = list_offer(provider, gpus=1)
     second = list_offer(provider, gpus=1, stake=1)
     open_rental(renter, first)
 
     with brownie.reverts(error("Registry_InsufficientFreeStake", provider, 1, params.min_stake_per_gpu)):
-        escrow.openRental(second, DURATION, MAX_PRICE, JOB, {"from": renter_b})
+        escrow.openRental(second, DURATION, MAX_PRICE, JOB, {"from": renter2})
 
 
 def test_open_rental_without_allowance_reverts(escrow, token, deployer, provider, stranger, list_offer):

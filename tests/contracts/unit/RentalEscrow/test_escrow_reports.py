@@ -5,16 +5,16 @@ import pytest
 
 from offchain.protocol.reports import ReportStatus, rental_id
 from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SkipReason, wait
-from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, rental_state, unchecked_report
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, unchecked_report
 
 ROOT = b"\x22" * 32
 
 
 @pytest.fixture
-def running_rental(escrow, list_offer, open_rental, provider_b, renter_b):
-    """A second running rental, on provider_b's offer; returns (rental id, start time)."""
-    rid = open_rental(renter_b, list_offer(provider_b), duration=DURATION)
-    return rid, escrow.start(rid, {"from": provider_b}).timestamp
+def running_rental(escrow, list_offer, open_rental, provider2, renter2):
+    """A second running rental, on provider2's offer; returns (rental id, start time)."""
+    rid = open_rental(renter2, list_offer(provider2), duration=DURATION)
+    return rid, escrow.start(rid, {"from": provider2}).timestamp
 
 
 def test_report_accrues_delivered_time(escrow, rid, started, submit):
@@ -26,8 +26,9 @@ def test_report_accrues_delivered_time(escrow, rid, started, submit):
         "rentalId": rid, "seq": 1, "periodEnd": started + 600, "deliveredSeconds": 590, "avgUtilBps": 10_000,
         "earned": PRICE * 590, "telemetryRoot": "0x" + ROOT.hex(),
     }
-    state = rental_state(escrow, rid)
-    assert (state["last_seq"], state["reported"], state["delivered"], state["earned"]) == (1, 600, 590, PRICE * 590)
+    state = escrow.getRental(rid)
+    assert (state["lastSeq"], state["reportedSeconds"], state["deliveredSeconds"]) == (1, 600, 590)
+    assert state["earned"] == PRICE * 590
 
 
 def test_reports_apply_while_escrow_paused(escrow, rid, started, deployer, submit):
@@ -36,7 +37,7 @@ def test_reports_apply_while_escrow_paused(escrow, rid, started, deployer, submi
 
     submit([report(rid, 1, started + 600, 600)])
 
-    assert rental_state(escrow, rid)["last_seq"] == 1
+    assert escrow.getRental(rid)["lastSeq"] == 1
 
 
 def test_consecutive_reports_accumulate(escrow, rid, started, submit):
@@ -45,8 +46,9 @@ def test_consecutive_reports_accumulate(escrow, rid, started, submit):
 
     submit([report(rid, 2, started + 600, 200)])
 
-    state = rental_state(escrow, rid)
-    assert (state["last_seq"], state["reported"], state["delivered"], state["earned"]) == (2, 600, 500, PRICE * 500)
+    state = escrow.getRental(rid)
+    assert (state["lastSeq"], state["reportedSeconds"], state["deliveredSeconds"]) == (2, 600, 500)
+    assert state["earned"] == PRICE * 500
 
 
 def test_report_with_skipped_seq_reverts(rid, started, submit):
@@ -116,18 +118,18 @@ def test_report_past_the_rental_end_is_clamped_to_the_end(escrow, rid, started, 
     applied = event(tx, "ReportApplied")
     assert (applied["periodEnd"], applied["deliveredSeconds"], applied["earned"]) == (
         started + DURATION, DURATION, PRICE * DURATION)
-    assert rental_state(escrow, rid)["reported"] == DURATION
+    assert escrow.getRental(rid)["reportedSeconds"] == DURATION
 
 
 def test_first_report_starts_an_unstarted_rental_from_its_opening(escrow, rid, submit):
-    opened = rental_state(escrow, rid)["since"]
+    opened = escrow.getRental(rid)["since"]
     wait(300)
 
     tx = submit([report(rid, 1, opened + 300, 300)])
 
     assert event(tx, "RentalStarted") == {"rentalId": rid, "startedAt": opened, "byReport": True}
-    state = rental_state(escrow, rid)
-    assert (state["status"], state["since"], state["reported"]) == (RentalStatus.RUNNING, opened, 300)
+    state = escrow.getRental(rid)
+    assert (state["status"], state["since"], state["reportedSeconds"]) == (RentalStatus.RUNNING, opened, 300)
     assert state["earned"] == PRICE * 300
 
 
@@ -136,7 +138,7 @@ def test_completed_report_finalises_at_once(escrow, offer, rid, started, submit)
 
     tx = submit([report(rid, 1, started + 600, 600, status=ReportStatus.COMPLETED)])
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.COMPLETED
+    assert escrow.getRental(rid)["status"] == RentalStatus.COMPLETED
     assert event(tx, "RentalFinalized")["status"] == RentalStatus.COMPLETED
     assert escrow.liveRentalOf(offer) == 0
 
@@ -146,7 +148,7 @@ def test_failed_report_finalises_at_once(escrow, offer, rid, started, submit):
 
     tx = submit([report(rid, 1, started + 600, 600, status=ReportStatus.FAILED)])
 
-    assert rental_state(escrow, rid)["status"] == RentalStatus.FAILED
+    assert escrow.getRental(rid)["status"] == RentalStatus.FAILED
     assert event(tx, "RentalFinalized")["refund"] == PRICE * (DURATION - 600)
     assert escrow.liveRentalOf(offer) == 0
 
@@ -160,8 +162,8 @@ def test_batch_skips_report_of_final_rental_and_applies_live_one(escrow, rid, st
 
     assert event(tx, "ReportSkipped") == {"rentalId": rid, "seq": 2, "reason": SkipReason.RENTAL_CLOSED}
     assert event(tx, "ReportApplied")["rentalId"] == live
-    assert rental_state(escrow, live)["last_seq"] == 1
-    assert rental_state(escrow, rid)["last_seq"] == 1
+    assert escrow.getRental(live)["lastSeq"] == 1
+    assert escrow.getRental(rid)["lastSeq"] == 1
 
 
 def test_batch_skips_report_of_unknown_rental(escrow, offer, rid, running_rental, submit):
@@ -172,19 +174,19 @@ def test_batch_skips_report_of_unknown_rental(escrow, offer, rid, running_rental
     tx = submit([report(unknown, 1, live_started + 600, 600), report(live, 1, live_started + 600, 600)])
 
     assert event(tx, "ReportSkipped") == {"rentalId": unknown, "seq": 1, "reason": SkipReason.UNKNOWN_RENTAL}
-    assert rental_state(escrow, live)["last_seq"] == 1
+    assert escrow.getRental(live)["lastSeq"] == 1
 
 
 def test_batch_skips_report_of_rental_past_its_start_timeout(escrow, rid, running_rental, submit, params):
     live, live_started = running_rental
-    opened = rental_state(escrow, rid)["since"]
+    opened = escrow.getRental(rid)["since"]
     wait(params.start_timeout + 1)
 
     tx = submit([report(rid, 1, opened + 300, 300), report(live, 1, live_started + 600, 600)])
 
     assert event(tx, "ReportSkipped") == {"rentalId": rid, "seq": 1, "reason": SkipReason.START_TIMED_OUT}
-    assert rental_state(escrow, rid)["status"] == RentalStatus.OPEN
-    assert rental_state(escrow, live)["last_seq"] == 1
+    assert escrow.getRental(rid)["status"] == RentalStatus.OPEN
+    assert escrow.getRental(live)["lastSeq"] == 1
 
 
 def test_batch_with_every_report_skipped_reverts(offer, rid, started, submit):
@@ -200,11 +202,11 @@ def test_empty_batch_reverts(submit):
         submit([])
 
 
-def test_batch_of_many_reports_across_several_rentals(escrow, provider, provider_b, renter, renter_b, list_offer,
+def test_batch_of_many_reports_across_several_rentals(escrow, provider, provider2, renter, renter2, list_offer,
                                                       open_rental, submit):
-    rentals = [open_rental(r, list_offer(p)) for p, r in ((provider, renter), (provider_b, renter_b),
-                                                            (provider, renter_b), (provider_b, renter))]
-    starts = [escrow.start(r, {"from": p}).timestamp for r, p in zip(rentals, (provider, provider_b) * 2)]
+    rentals = [open_rental(r, list_offer(p)) for p, r in ((provider, renter), (provider2, renter2),
+                                                            (provider, renter2), (provider2, renter))]
+    starts = [escrow.start(r, {"from": p}).timestamp for r, p in zip(rentals, (provider, provider2) * 2)]
     wait(900)
     batch = [
         report(r, seq, s + 300 * seq, 300 - i * 10 - seq, status=ReportStatus.COMPLETED if seq == 3 and i == 0
@@ -217,9 +219,9 @@ def test_batch_of_many_reports_across_several_rentals(escrow, provider, provider
 
     assert len(tx.events["ReportApplied"]) == 12
     for i, r in enumerate(rentals):
-        state = rental_state(escrow, r)
+        state = escrow.getRental(r)
         delivered = sum(300 - i * 10 - seq for seq in (1, 2, 3))
-        assert (state["last_seq"], state["reported"], state["delivered"]) == (3, 900, delivered)
+        assert (state["lastSeq"], state["reportedSeconds"], state["deliveredSeconds"]) == (3, 900, delivered)
         assert state["earned"] == PRICE * delivered
-    assert rental_state(escrow, rentals[0])["status"] == RentalStatus.COMPLETED
-    assert [rental_state(escrow, r)["status"] for r in rentals[1:]] == [RentalStatus.RUNNING] * 3
+    assert escrow.getRental(rentals[0])["status"] == RentalStatus.COMPLETED
+    assert [escrow.getRental(r)["status"] for r in rentals[1:]] == [RentalStatus.RUNNING] * 3

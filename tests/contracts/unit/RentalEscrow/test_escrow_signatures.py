@@ -12,7 +12,7 @@ from eth_utils import keccak
 from offchain.protocol.reports import EscrowDomain, ReportStatus, batch_digest, sign_batch, typed_batch
 from scripts.deploy import deploy_suite
 from tests.contracts.helpers import ORACLE_KEYS, ORACLES, error, report, wait
-from tests.contracts.unit.RentalEscrow.escrow_helpers import event, rental_state
+from tests.contracts.unit.RentalEscrow.escrow_helpers import event
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 OUTSIDER_KEY = keccak(text="gpuex test outsider")
@@ -28,7 +28,7 @@ def rid(escrow, list_offer, open_rental, provider, renter):
 @pytest.fixture
 def reports(escrow, rid):
     """One valid report of `rid` covering its first 600 seconds."""
-    started = rental_state(escrow, rid)["since"]
+    started = escrow.getRental(rid)["since"]
     wait(600)
     return [report(rid, 1, started + 600, 600)]
 
@@ -62,16 +62,16 @@ def test_domain_separator_on_chain_equals_offchain_domain(escrow, rid, domain):
     assert escrow.domainSeparator() == "0x" + separator.hex()
 
 
-def test_any_relayer_may_submit_a_signed_batch(escrow, rid, reports, renter_b, submit):
-    submit(reports, sender=renter_b)
+def test_any_relayer_may_submit_a_signed_batch(escrow, rid, reports, renter2, submit):
+    submit(reports, sender=renter2)
 
-    assert rental_state(escrow, rid)["last_seq"] == 1
+    assert escrow.getRental(rid)["lastSeq"] == 1
 
 
 def test_batch_signed_by_every_oracle_verifies(escrow, rid, reports, submit):
     submit(reports, keys=ORACLE_KEYS)
 
-    assert rental_state(escrow, rid)["last_seq"] == 1
+    assert escrow.getRental(rid)["lastSeq"] == 1
 
 
 # domain and replay
@@ -102,7 +102,7 @@ def test_replayed_batch_of_live_rental_reverts(escrow, rid, reports, domain, str
 
 
 def test_replayed_batch_of_final_rental_reverts(escrow, rid, domain, stranger):
-    started = rental_state(escrow, rid)["since"]
+    started = escrow.getRental(rid)["since"]
     wait(600)
     reports = [report(rid, 1, started + 600, 600, status=ReportStatus.COMPLETED)]
     signatures = _signatures(reports, domain(), ORACLE_KEYS[:2])
@@ -154,7 +154,7 @@ def test_remaining_signers_verify_after_oracle_set_change(escrow, rid, reports, 
 
     submit(reports, keys=ORACLE_KEYS[1:])
 
-    assert rental_state(escrow, rid)["last_seq"] == 1
+    assert escrow.getRental(rid)["lastSeq"] == 1
 
 
 def test_batch_signed_under_previous_oracle_set_version_reverts(escrow, reports, deployer, domain, stranger):
@@ -216,7 +216,7 @@ def _raw_digest(escrow, words):
         for report_words in words
     )
     struct_hash = keccak(encode(["bytes32", "uint64", "bytes32"],
-                                [bytes(escrow.BATCH_TYPEHASH()), escrow.oracleSet()[0], keccak(report_hashes)]))
+                                [bytes(escrow.BATCH_TYPEHASH()), escrow.oracleSet()["version"], keccak(report_hashes)]))
     return keccak(b"\x19\x01" + bytes(escrow.domainSeparator()) + struct_hash)
 
 
@@ -235,7 +235,7 @@ def _raw_signatures(digest, keys):
 @pytest.fixture
 def words(escrow, rid):
     """The seven words of a valid first report of `rid`."""
-    started = rental_state(escrow, rid)["since"]
+    started = escrow.getRental(rid)["since"]
     wait(600)
     return [rid, 1, started + 600, 600, 10_000, 0, 0x22]
 
@@ -243,7 +243,7 @@ def words(escrow, rid):
 def test_batch_hashed_from_calldata_matches_the_abi_encoding(escrow, rid, words, stranger):
     _raw_submit(escrow, [words], _raw_signatures(_raw_digest(escrow, [words]), ORACLE_KEYS[:2]), stranger)
 
-    assert rental_state(escrow, rid)["last_seq"] == 1
+    assert escrow.getRental(rid)["lastSeq"] == 1
 
 
 def test_dirty_high_bits_in_a_report_word_change_the_digest(escrow, words, stranger):
@@ -262,7 +262,7 @@ def test_dirty_high_bits_signed_as_they_are_revert_in_the_abi_decoder(escrow, ri
         _raw_submit(escrow, [dirty], _raw_signatures(_raw_digest(escrow, [dirty]), ORACLE_KEYS[:2]), stranger)
 
     assert reverted.value.revert_msg is None
-    assert rental_state(escrow, rid)["last_seq"] == 0
+    assert escrow.getRental(rid)["lastSeq"] == 0
 
 
 # governance
@@ -274,7 +274,7 @@ def test_set_oracle_set_replaces_signers_and_bumps_version(escrow, deployer, str
     tx = escrow.setOracleSet(signers, 1, {"from": deployer})
 
     assert event(tx, "OracleSetUpdated") == {"version": 2, "signers": signers, "threshold": 1}
-    assert escrow.oracleSet() == (2, signers, 1)
+    assert escrow.oracleSet().dict() == {"version": 2, "signers": signers, "threshold": 1}
 
 
 INVALID_ORACLE_SETS = {
@@ -298,7 +298,7 @@ def test_set_oracle_set_of_255_signers_succeeds(escrow, deployer):
 
     escrow.setOracleSet(signers, 255, {"from": deployer})
 
-    assert escrow.oracleSet()[2] == 255
+    assert escrow.oracleSet()["threshold"] == 255
 
 
 def test_set_fee_above_cap_reverts(escrow, deployer, params):
@@ -310,7 +310,7 @@ def test_set_fee_at_cap_updates_fee(escrow, deployer, treasury, params):
     tx = escrow.setFee(params.fee_cap_bps, {"from": deployer})
 
     assert event(tx, "FeeUpdated") == {"feeBps": params.fee_cap_bps}
-    assert escrow.feeConfig() == (params.fee_cap_bps, treasury.address)
+    assert escrow.feeConfig().dict() == {"feeBps": params.fee_cap_bps, "treasury": treasury.address}
 
 
 def test_set_treasury_to_zero_address_reverts(escrow, deployer):
@@ -320,7 +320,7 @@ def test_set_treasury_to_zero_address_reverts(escrow, deployer):
 
 def test_set_treasury_redirects_later_fees(escrow, rid, deployer, treasury, stranger, submit, params):
     tx = escrow.setTreasury(stranger, {"from": deployer})
-    started = rental_state(escrow, rid)["since"]
+    started = escrow.getRental(rid)["since"]
     wait(600)
 
     submit([report(rid, 1, started + 600, 600, status=ReportStatus.COMPLETED)])

@@ -11,7 +11,7 @@ import pytest
 from offchain.protocol.reports import ReportStatus
 from scripts.deploy import USDC, deploy_suite
 from tests.contracts.helpers import ORACLES, PRICE, error, report, wait
-from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, fee_of, rental_state
+from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, fee_of
 
 DEPOSIT = PRICE * DURATION
 RENTER_FUNDS = 1_000 * USDC
@@ -76,7 +76,7 @@ def test_rental_in_token_returning_nothing_settles_and_withdraws_exactly(escrow,
 
     earned = PRICE * 600
     fee = fee_of(earned, params.fee_bps)
-    assert rental_state(escrow, rid)["earned"] == earned
+    assert escrow.getRental(rid)["earned"] == earned
     assert payment_token.balanceOf(provider) == earned - fee
     assert payment_token.balanceOf(treasury) == fee
     assert payment_token.balanceOf(renter) == RENTER_FUNDS - earned
