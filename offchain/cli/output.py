@@ -50,6 +50,15 @@ class Output:
         for tx in result.transactions:
             self.print(f"sent {tx.action}: {tx.tx_hash} (block {tx.block_number}, gas {tx.gas_used:,})")
 
+    def action(self, result: ActionResult, summary: str) -> None:
+        """An action's result: as JSON, or its transactions and then `summary` for people."""
+
+        def human() -> None:
+            self.sent(result)
+            self.print(summary)
+
+        self.emit(result, human)
+
     def fields(self, title: str, rows: list[tuple[str, Any]]) -> None:
         """A title line, then a two-column table of named values."""
         self.console.print(title, style="bold", markup=False)

@@ -12,6 +12,7 @@ writes them on the devnet) or at its `GPUEX_AGENT_SPEC_URL`. `gpuex rental send-
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
 from decimal import ROUND_FLOOR, Decimal
 from enum import IntEnum
 from pathlib import Path
@@ -21,19 +22,10 @@ from offchain.ops import devnet
 from offchain.agent.jobspec import JobSpecStore
 from offchain.cli import access, parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
-from offchain.cli.network import open_context
+from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
-from offchain.chain.events import (
-    RentalDeclined,
-    RentalEvent,
-    RentalFinalized,
-    RentalOpened,
-    RentalStarted,
-    RentalTerminated,
-    ReportApplied,
-    ReportSkipped,
-)
-from offchain.market.exchange import ExchangeError, RentalResult
+from offchain.chain import events
+from offchain.market.exchange import ActionResult, ExchangeError, RentalResult
 from offchain.market.offers import TokenInfo
 from offchain.market.rentals import RentalHistory
 from offchain.protocol.renterapi import JobStatus
@@ -151,16 +143,17 @@ def rental_json(r: RentalHistory) -> dict:
     }
 
 
-_EVENT_KINDS = {RentalOpened: "opened", RentalStarted: "started", ReportApplied: "report", ReportSkipped: "skipped",
-                RentalTerminated: "terminated", RentalDeclined: "declined", RentalFinalized: "finalized"}
+_EVENT_KINDS = {events.RentalOpened: "opened", events.RentalStarted: "started", events.ReportApplied: "report",
+                events.ReportSkipped: "skipped", events.RentalTerminated: "terminated",
+                events.RentalDeclined: "declined", events.RentalFinalized: "finalized"}
 
 
-def event_json(event: RentalEvent) -> dict:
+def event_json(event: events.RentalEvent) -> dict:
     """A rental's event as `rental watch --json` prints it: its `kind`, block and arguments but the rental id (bytes
     as 0x-hex, enums by name); a decline also says what its reason means."""
     fields = event.model_dump(exclude={"rental_id", "log_index", "tx_hash"})
     body = {"kind": _EVENT_KINDS[type(event)], **{name: _json_value(value) for name, value in fields.items()}}
-    if isinstance(event, RentalDeclined):
+    if isinstance(event, events.RentalDeclined):
         body["detail"] = event.reason.describe()
     return body
 
@@ -202,7 +195,7 @@ def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
             previous = report.period_end
 
 
-def _report_line(token: TokenInfo, report: ReportApplied, period_start: int | None) -> str:
+def _report_line(token: TokenInfo, report: events.ReportApplied, period_start: int | None) -> str:
     period = f" of {report.period_end - period_start} s" if period_start is not None else ""
     return (f"#{report.seq} to {when(report.period_end)}: {report.delivered_seconds} s delivered{period}, "
             f"utilisation {percent_bps(report.avg_util_bps)}, earned {money(token, report.earned)}")
@@ -252,23 +245,23 @@ async def terminate(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
-def _event_line(token: TokenInfo, event: RentalEvent, period_start: int | None) -> str:
+def _event_line(token: TokenInfo, event: events.RentalEvent, period_start: int | None) -> str:
     match event:
-        case RentalOpened():
+        case events.RentalOpened():
             return (f"opened (block {event.block_number}): offer {event.offer_id}, "
                     f"{format_duration(event.duration)} at {per_hour(token, event.price_per_second)}, "
                     f"deposit {money(token, event.deposit)}")
-        case RentalStarted():
+        case events.RentalStarted():
             return f"started at {when(event.started_at)}{' by its first report' if event.by_report else ''}"
-        case ReportApplied():
+        case events.ReportApplied():
             return "report " + _report_line(token, event, period_start)
-        case ReportSkipped():
+        case events.ReportSkipped():
             return f"report #{event.seq} skipped: {event.reason.name.lower()}"
-        case RentalTerminated():
+        case events.RentalTerminated():
             return f"terminated: ends at {when(event.ends_at)}, {money(token, event.refund)} refunded"
-        case RentalDeclined():
+        case events.RentalDeclined():
             return f"declined by the provider ({event.reason.name.lower()}): {event.reason.describe()}"
-        case RentalFinalized():
+        case events.RentalFinalized():
             slash = (f", {money(token, event.slashed)} slashed ({event.slash_reason.name.lower()})" if event.slashed
                      else "")
             return (f"settled {event.status.name.lower()}: {event.delivered_seconds} s delivered, "
@@ -288,38 +281,35 @@ async def watch(args: argparse.Namespace) -> ExitStatus:
                 out.json_line(event_json(event))
             else:
                 out.print(_event_line(token, event, period_start))
-            if isinstance(event, RentalStarted):
+            if isinstance(event, events.RentalStarted):
                 period_start = event.started_at
-            elif isinstance(event, ReportApplied):
+            elif isinstance(event, events.ReportApplied):
                 period_start = event.period_end
     return ExitStatus.OK
 
 
 async def withdraw(args: argparse.Namespace) -> ExitStatus:
-    out = Output(args)
-    async with open_context(args, key=True) as ctx:
-        token = await ctx.client.payment_token()
+    async def act(ctx: Context, token: TokenInfo) -> tuple[ActionResult, str]:
         stake_token = await ctx.client.stake_token()
         result = await ctx.client.withdraw()
+        compensation = f" and {money(stake_token, result.compensation)} of compensation" if result.compensation else ""
+        return result, f"withdrew {money(token, result.escrow_amount)} from the escrow{compensation}"
 
-    def human() -> None:
-        out.sent(result)
-        out.print(f"withdrew {money(token, result.escrow_amount)} from the escrow"
-                  + (f" and {money(stake_token, result.compensation)} of compensation" if result.compensation else ""))
-
-    out.emit(result, human)
-    return ExitStatus.OK
+    return await _account_action(args, act)
 
 
 async def faucet(args: argparse.Namespace) -> ExitStatus:
-    out = Output(args)
-    async with open_context(args, key=True) as ctx:
-        token = await ctx.client.payment_token()
+    async def act(ctx: Context, token: TokenInfo) -> tuple[ActionResult, str]:
         result = await ctx.client.claim_faucet()
+        return result, f"claimed {money(token, result.amount)}; balance {money(token, result.balance)}"
 
-    def human() -> None:
-        out.sent(result)
-        out.print(f"claimed {money(token, result.amount)}; balance {money(token, result.balance)}")
+    return await _account_action(args, act)
 
-    out.emit(result, human)
+
+async def _account_action(args: argparse.Namespace,
+                          act: Callable[[Context, TokenInfo], Awaitable[tuple[ActionResult, str]]]) -> ExitStatus:
+    """Runs `act` with the command's account and the payment token, then shows its result and summary line."""
+    async with open_context(args, key=True) as ctx:
+        result, summary = await act(ctx, await ctx.client.payment_token())
+    Output(args).action(result, summary)
     return ExitStatus.OK

@@ -265,7 +265,7 @@ class TxManager:
                 self._store.update(row["id"], state=TxState.UNCONFIRMED,
                                    broadcast_at=row["broadcast_at"] or time.time())
                 log.info("txmgr: %s sent, nonce %d hash %s (%s)", row["key"], row["nonce"], attempt["hash"],
-                         outcome.value)
+                         outcome.name.lower())
                 return True
             if outcome is SendOutcome.UNDERPRICED:
                 fees = bumped_fees(Fees(attempt["max_fee"], attempt["tip"]), await base_fee(self._w3),

@@ -3,7 +3,7 @@ answered eth_sendRawTransaction with a refusal, worded its own way by each clien
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, auto
 
 from web3.exceptions import (
     ProviderConnectionError,
@@ -36,15 +36,15 @@ _DOOMED_CALL = ("revert", "gas required exceeds", "out of gas", "intrinsic gas",
                 "invalid opcode")
 
 
-class SendOutcome(str, Enum):
+class SendOutcome(Enum):
     """How a node answered eth_sendRawTransaction."""
 
-    ACCEPTED = "accepted"
-    ALREADY_KNOWN = "already_known"
-    NONCE_TOO_LOW = "nonce_too_low"
-    UNDERPRICED = "underpriced"
-    RETRY_LATER = "retry_later"
-    REFUSED = "refused"
+    ACCEPTED = auto()
+    ALREADY_KNOWN = auto()
+    NONCE_TOO_LOW = auto()
+    UNDERPRICED = auto()
+    RETRY_LATER = auto()
+    REFUSED = auto()
 
 
 #: Outcomes after which the transaction is with the node (or was mined already).

@@ -25,7 +25,7 @@ def open_rental(suite, renter, offer_id: int, spec_hash: bytes) -> int:
 
 
 def status_of(suite, rental_id: int) -> RentalStatus:
-    return RentalStatus(suite.escrow.getRental(rental_id)[0])
+    return suite.read(lambda r: r.rental(rental_id)).status
 
 
 def sent_by_agent() -> int:

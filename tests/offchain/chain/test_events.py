@@ -100,7 +100,7 @@ def assert_decoded_as_brownie_does(tx, contract_name: str, address: str) -> list
 
 def apply_reports(suite, reports: list[Report], relayer):
     domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.escrow.oracleSet()[0])
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
     return suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
 

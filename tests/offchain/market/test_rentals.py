@@ -36,21 +36,20 @@ def report(suite, relayer, rental_id: int, seq: int, period_end: int, delivered:
     reports = [Report(rental_id=rental_id, seq=seq, period_end=period_end, delivered_seconds=delivered,
                       avg_util_bps=util_bps, status=status)]
     domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.escrow.oracleSet()[0])
+                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
     suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
 
 
 def assert_agrees_with_the_escrow(suite, rental: RentalHistory) -> None:
     """The folded rental reads what `getRental` returns of it (the opening time aside, which logs do not carry)."""
-    status, renter, price, duration, since, last_seq, reported, delivered, earned = suite.escrow.getRental(
-        rental.rental_id)
+    on_chain = suite.read(lambda r: r.rental(rental.rental_id))
     assert (rental.status, rental.renter, rental.price_per_second, rental.duration) == (
-        RentalStatus(status), renter, price, duration)
+        on_chain.status, on_chain.renter, on_chain.price_per_second, on_chain.duration)
     assert (rental.last_seq, rental.reported_seconds, rental.delivered_seconds, rental.earned) == (
-        last_seq, reported, delivered, earned)
+        on_chain.last_seq, on_chain.reported_seconds, on_chain.delivered_seconds, on_chain.earned)
     opened_at = web3.eth.get_block(rental.opened.block_number).timestamp
-    assert rental.model_copy(update={"opened_at": opened_at}).since == since
+    assert rental.model_copy(update={"opened_at": opened_at}).since == on_chain.since
 
 
 def started(suite, provider, offer, renter) -> tuple[int, int]:
@@ -156,7 +155,7 @@ def test_a_replaced_rental_reads_from_its_events_alone(suite, offer, provider, r
 
     later = open_rental(suite, offer, renter)
 
-    assert suite.escrow.getRental(rental_id)[0] == RentalStatus.NONE and later != rental_id
+    assert suite.read(lambda r: r.rental(rental_id)).status is RentalStatus.NONE and later != rental_id
     replaced = history(suite, rental_id)
     assert replaced == settled
     assert (replaced.status, replaced.duration, replaced.last_seq, replaced.reported_seconds) == (
