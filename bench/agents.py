@@ -19,9 +19,9 @@ from coincurve import PrivateKey
 from eth_utils import keccak
 
 from bench.fleet import FleetRental
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.app import TELEMETRY_PATH
 from offchain.protocol.digest import TelemetryDomain
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 
 HOST = "127.0.0.1"
 
@@ -67,9 +67,17 @@ class ReportSigner:
         """The `seq`-th report of the rental, its periods `period_seconds` long from the rental's start."""
         start = rental.since + (seq - 1) * period_seconds
         report = TelemetryReport(
-            rental_id=rental.rental_id, seq=seq, period_start=start, period_end=start + period_seconds,
-            delivered_seconds=period_seconds, avg_util_bps=9_000, peak_mem_mib=40_000, sample_count=period_seconds,
-            gpu_uuids=rental.gpu_uuids, telemetry_root=keccak(seq.to_bytes(32, "big")), simulated=True,
+            rental_id=rental.rental_id,
+            seq=seq,
+            period_start=start,
+            period_end=start + period_seconds,
+            delivered_seconds=period_seconds,
+            avg_util_bps=9_000,
+            peak_mem_mib=40_000,
+            sample_count=period_seconds,
+            gpu_uuids=rental.gpu_uuids,
+            telemetry_root=keccak(seq.to_bytes(32, "big")),
+            simulated=True,
         )
         recoverable = self._keys[rental.agent].sign_recoverable(self._domain.digest(report), hasher=None)
         signature = recoverable[:64] + bytes((recoverable[64] + 27,))

@@ -78,8 +78,15 @@ def deploy_market(offers: int) -> BenchMarket:
     oracle_keys = [keccak(text=f"gpuex bench containers oracle {i}") for i in range(3)]
     agent_key = keccak(text="gpuex bench containers agent")
     token = TestStablecoin.deploy(deployer, {"from": deployer})
-    suite = deploy_suite(deployer, token, token, treasury, [Account.from_key(k).address for k in oracle_keys], 2,
-                         SuiteParams(min_stake_per_gpu=USDC))
+    suite = deploy_suite(
+        deployer,
+        token,
+        token,
+        treasury,
+        [Account.from_key(k).address for k in oracle_keys],
+        2,
+        SuiteParams(min_stake_per_gpu=USDC),
+    )
     for account in (provider, renter):
         token.mint(account, 10_000_000 * USDC, {"from": deployer})
         token.approve(suite.registry, 2**256 - 1, {"from": account})
@@ -94,11 +101,24 @@ def deploy_market(offers: int) -> BenchMarket:
     suite.registry.registerGpus([gpu_uuid_hash(u) for u in uuids], {"from": provider})
     offer_ids = []
     for i in range(offers):
-        terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"bench".ljust(16, b"\0"), 10_000, False,
-                 [gpu_uuid_hash(u) for u in uuids[2 * i:2 * i + 2]])
+        terms = (
+            b"H100-80GB".ljust(32, b"\0"),
+            81_559,
+            PRICE,
+            60,
+            86_400,
+            b"bench".ljust(16, b"\0"),
+            10_000,
+            False,
+            [gpu_uuid_hash(u) for u in uuids[2 * i : 2 * i + 2]],
+        )
         offer_ids.append(suite.registry.createOffer(terms, {"from": provider}).return_value)
-    chain = ChainSettings(rpc_url=web3.provider.endpoint_uri, chain_id=web3.eth.chain_id,
-                          registry=suite.registry.address, escrow=suite.escrow.address)
+    chain = ChainSettings(
+        rpc_url=web3.provider.endpoint_uri,
+        chain_id=web3.eth.chain_id,
+        registry=suite.registry.address,
+        escrow=suite.escrow.address,
+    )
     return BenchMarket(suite, chain, provider, renter, oracle_keys, agent_key, source, offer_ids)
 
 
@@ -114,11 +134,17 @@ async def _start_latencies(runs: int) -> list[tuple[float, float]]:
         async with running_exchange(market.chain, root, market.oracle_keys, machine) as exchange:
             for offer in market.offers:
                 sent_at = time.time()
-                tx = await asyncio.to_thread(market.suite.escrow.openRental, offer, DURATION, PRICE,
-                                             spec.spec_hash(), {"from": market.renter})
+                tx = await asyncio.to_thread(
+                    market.suite.escrow.openRental, offer, DURATION, PRICE, spec.spec_hash(), {"from": market.renter}
+                )
                 rental = tx.return_value
-                await exchange.until(lambda: _row(root, rental) is not None
-                                     and _row(root, rental)["job_started_at"] is not None, 30, "the container")
+                await exchange.until(
+                    lambda rental=rental: (
+                        _row(root, rental) is not None and _row(root, rental)["job_started_at"] is not None
+                    ),
+                    30,
+                    "the container",
+                )
                 row = _row(root, rental)
                 pairs.append((row["job_started_at"] - row["start_confirmed_at"], row["job_started_at"] - sent_at))
     return pairs
@@ -151,17 +177,48 @@ async def _overhead(runs: int) -> tuple[float, float]:
         for i in range(runs):
             files = RentalFiles(Path(scratch) / f"c{i}")
             files.prepare(".", (settings.uid, settings.gid))
-            plan = ContainerPlan(name=f"gpuex-bench-{i}-{new_token()[:8]}", image=DEV_JOB_IMAGE, argv=tuple(spec.argv),
-                                 workspace=files.work, working_dir=".", env_file=files.env_file,
-                                 log_path=files.container_log, gpu_uuids=(), memory_mib=256, cpus=1, egress=False,
-                                 labels=labels("bench", i))
-            container_times.append(await _one_second_job(lambda: ContainerJob(
-                engine, plan, {}, output_dir="out", results=files.results, deadline=None, stop_grace_seconds=2,
-                timeout_seconds=None)))
+            plan = ContainerPlan(
+                name=f"gpuex-bench-{i}-{new_token()[:8]}",
+                image=DEV_JOB_IMAGE,
+                argv=tuple(spec.argv),
+                workspace=files.work,
+                working_dir=".",
+                env_file=files.env_file,
+                log_path=files.container_log,
+                gpu_uuids=(),
+                memory_mib=256,
+                cpus=1,
+                egress=False,
+                labels=labels("bench", i),
+            )
+            container_times.append(
+                await _one_second_job(
+                    lambda plan=plan, files=files: ContainerJob(
+                        engine,
+                        plan,
+                        {},
+                        output_dir="out",
+                        results=files.results,
+                        deadline=None,
+                        stop_grace_seconds=2,
+                        timeout_seconds=None,
+                    )
+                )
+            )
             await engine.remove(plan.name)
-            bare_times.append(await _one_second_job(lambda: BareProcessJob(
-                spec, RentalFiles(Path(scratch) / f"b{i}"), rental_id=i, gpu_uuids=(), token=new_token(),
-                deadline=None, stop_grace_seconds=2)))
+            bare_times.append(
+                await _one_second_job(
+                    lambda i=i: BareProcessJob(
+                        spec,
+                        RentalFiles(Path(scratch) / f"b{i}"),
+                        rental_id=i,
+                        gpu_uuids=(),
+                        token=new_token(),
+                        deadline=None,
+                        stop_grace_seconds=2,
+                    )
+                )
+            )
     return statistics.median(container_times), statistics.median(bare_times)
 
 
@@ -173,22 +230,51 @@ def measure(runs: int = RUNS, overhead_runs: int = OVERHEAD_RUNS) -> SectionResu
     after_receipt = [p[0] for p in pairs]
     after_open = [p[1] for p in pairs]
     figures = (
-        Figure(section=SECTION, name=f"start receipt -> container running, p50 of {runs}",
-               value=percentile(after_receipt, 0.5), unit="s", target=START_TARGET,
-               note=f"max {max(after_receipt):.2f} s"),
-        Figure(section=SECTION, name=f"openRental sent -> container running, p50 of {runs}",
-               value=percentile(after_open, 0.5), unit="s",
-               note=f"max {max(after_open):.2f} s; the renter's transaction mined, the agent's 0.2 s chain poll, "
-                    "its start transaction"),
-        Figure(section=SECTION, name="1-second job in a container, median wall time", value=container, unit="s",
-               note=f"{overhead_runs} runs"),
-        Figure(section=SECTION, name="1-second job as a bare process, median wall time", value=bare, unit="s",
-               note=f"{overhead_runs} runs"),
-        Figure(section=SECTION, name="container overhead on a 1-second job", value=container - bare, unit="s",
-               note="median against median"),
+        Figure(
+            section=SECTION,
+            name=f"start receipt -> container running, p50 of {runs}",
+            value=percentile(after_receipt, 0.5),
+            unit="s",
+            target=START_TARGET,
+            note=f"max {max(after_receipt):.2f} s",
+        ),
+        Figure(
+            section=SECTION,
+            name=f"openRental sent -> container running, p50 of {runs}",
+            value=percentile(after_open, 0.5),
+            unit="s",
+            note=f"max {max(after_open):.2f} s; the renter's transaction mined, the agent's 0.2 s chain poll, "
+            "its start transaction",
+        ),
+        Figure(
+            section=SECTION,
+            name="1-second job in a container, median wall time",
+            value=container,
+            unit="s",
+            note=f"{overhead_runs} runs",
+        ),
+        Figure(
+            section=SECTION,
+            name="1-second job as a bare process, median wall time",
+            value=bare,
+            unit="s",
+            note=f"{overhead_runs} runs",
+        ),
+        Figure(
+            section=SECTION,
+            name="container overhead on a 1-second job",
+            value=container - bare,
+            unit="s",
+            note="median against median",
+        ),
     )
     return SectionResult(
-        title=SECTION, figures=figures, wall_seconds=time.perf_counter() - started,
-        notes=(f"image {DEV_JOB_IMAGE} (local, never pulled); podman with the agent's hardened run command",
-               "the container's start time is the engine's StartedAt; the start receipt time is the agent's clock "
-               "when the receipt arrived"))
+        title=SECTION,
+        figures=figures,
+        wall_seconds=time.perf_counter() - started,
+        notes=(
+            f"image {DEV_JOB_IMAGE} (local, never pulled); podman with the agent's hardened run command",
+            "the container's start time is the engine's StartedAt; the start receipt time is the agent's clock "
+            "when the receipt arrived",
+        ),
+    )

@@ -82,9 +82,15 @@ class JsonRpc:
         return results
 
     def logs(self, address: str, topic: bytes, from_block: int, to_block: int | str = "latest") -> list[dict]:
-        return self.call("eth_getLogs", {"address": address, "topics": ["0x" + topic.hex()],
-                                         "fromBlock": hex(from_block),
-                                         "toBlock": to_block if isinstance(to_block, str) else hex(to_block)})
+        return self.call(
+            "eth_getLogs",
+            {
+                "address": address,
+                "topics": ["0x" + topic.hex()],
+                "fromBlock": hex(from_block),
+                "toBlock": to_block if isinstance(to_block, str) else hex(to_block),
+            },
+        )
 
     def block_number(self) -> int:
         return int(self.call("eth_blockNumber"), 16)
@@ -195,8 +201,10 @@ def deploy_fleet(rentals: int, providers: int, gpus_per_offer: int, backdate_sec
 
     try:
         rpc.call("evm_setAutomine", False)
-        rpc.batch([("anvil_setBalance", [a, hex(1_000 * ETHER)]) for a in [oracle, *provider_addresses]]
-                  + [("anvil_impersonateAccount", [a]) for a in provider_addresses])
+        rpc.batch(
+            [("anvil_setBalance", [a, hex(1_000 * ETHER)]) for a in [oracle, *provider_addresses]]
+            + [("anvil_impersonateAccount", [a]) for a in provider_addresses]
+        )
         for provider, offers in zip(provider_addresses, offers_of):
             sender.send(deployer.address, token.address, MINT(provider, len(offers) * stake_per_offer), 100_000)
             sender.send(provider, token.address, APPROVE(registry, 2**256 - 1), 60_000)
@@ -214,8 +222,17 @@ def deploy_fleet(rentals: int, providers: int, gpus_per_offer: int, backdate_sec
         first_offer_block = rpc.block_number() + 1
         for provider, offers in zip(provider_addresses, offers_of):
             for k in offers:
-                terms = (b"H100".ljust(32, b"\0"), 81_559, PRICE, 60, 30 * 86_400, b"bench".ljust(16, b"\0"), 10_000,
-                         False, [gpu_uuid_hash(u) for u in uuids[k]])
+                terms = (
+                    b"H100".ljust(32, b"\0"),
+                    81_559,
+                    PRICE,
+                    60,
+                    30 * 86_400,
+                    b"bench".ljust(16, b"\0"),
+                    10_000,
+                    False,
+                    [gpu_uuid_hash(u) for u in uuids[k]],
+                )
                 sender.send(provider, registry, CREATE_OFFER(terms), 200_000 + 60_000 * gpus_per_offer)
         sender.mine()
         offer_ids = _offer_ids(rpc, registry, first_offer_block, provider_addresses, offers_of, rentals)
@@ -223,14 +240,17 @@ def deploy_fleet(rentals: int, providers: int, gpus_per_offer: int, backdate_sec
         rpc.call("evm_setTime", int(time.time()) - backdate_seconds)
         first_start_block = rpc.block_number() + 1
         for k in range(rentals):
-            sender.send(renter.address, escrow, OPEN_RENTAL(offer_ids[k], duration, PRICE, keccak(text="bench")),
-                        250_000)
+            sender.send(
+                renter.address, escrow, OPEN_RENTAL(offer_ids[k], duration, PRICE, keccak(text="bench")), 250_000
+            )
         sender.mine()
         for k in range(rentals):
             sender.send(provider_addresses[k % providers], escrow, START((offer_ids[k] << 32) | 1), 100_000)
         sender.mine()
-        starts = {int(log["topics"][1], 16): int(log["data"][2:66], 16)
-                  for log in rpc.logs(escrow, RENTAL_STARTED, first_start_block)}
+        starts = {
+            int(log["topics"][1], 16): int(log["data"][2:66], 16)
+            for log in rpc.logs(escrow, RENTAL_STARTED, first_start_block)
+        }
     finally:
         rpc.call("evm_setTime", int(time.time()))
         rpc.call("evm_setAutomine", True)
@@ -242,13 +262,15 @@ def deploy_fleet(rentals: int, providers: int, gpus_per_offer: int, backdate_sec
         if rental_id not in starts:
             raise RuntimeError(f"setup failed: rental {rental_id} (offer {offer_ids[k]}) was not started")
         fleet_rentals.append(FleetRental(rental_id, starts[rental_id], uuids[k], k % providers))
-    chain = ChainSettings(rpc_url=web3.provider.endpoint_uri, chain_id=web3.eth.chain_id, registry=registry,
-                          escrow=escrow)
+    chain = ChainSettings(
+        rpc_url=web3.provider.endpoint_uri, chain_id=web3.eth.chain_id, registry=registry, escrow=escrow
+    )
     return Fleet(chain, ORACLE_KEY, agent_keys, tuple(fleet_rentals), web3.eth.block_number + 1)
 
 
-def _offer_ids(rpc: JsonRpc, registry: str, from_block: int, providers: list[str], offers_of: list[list[int]],
-               count: int) -> list[int]:
+def _offer_ids(
+    rpc: JsonRpc, registry: str, from_block: int, providers: list[str], offers_of: list[list[int]], count: int
+) -> list[int]:
     """The offer id of each planned offer k. A provider's transactions are mined in nonce order, so its offers'
     ids, in increasing order, are its planned offers in the order they were sent."""
     ids_by_provider: dict[str, list[int]] = defaultdict(list)
@@ -302,8 +324,10 @@ def applied_reports(rpc_url: str, escrow: str, from_block: int) -> list[AppliedR
         head, found, first = rpc.block_number(), [], from_block
         while first <= head:
             last = min(head, first + 1_999)
-            found += [AppliedReport(int(log["topics"][1], 16), int(log["topics"][2], 16), log["transactionHash"])
-                      for log in rpc.logs(escrow, REPORT_APPLIED, first, last)]
+            found += [
+                AppliedReport(int(log["topics"][1], 16), int(log["topics"][2], 16), log["transactionHash"])
+                for log in rpc.logs(escrow, REPORT_APPLIED, first, last)
+            ]
             first = last + 1
         return found
     finally:
@@ -319,5 +343,7 @@ def batch_transactions(rpc_url: str, tx_hashes: Sequence[str]) -> list[BatchTran
         blocks = dict(zip(numbers, rpc.batch([("eth_getBlockByNumber", [n, False]) for n in numbers])))
     finally:
         rpc.close()
-    return [BatchTransaction(h, int(blocks[r["blockNumber"]]["timestamp"], 16), int(r["gasUsed"], 16))
-            for h, r in zip(tx_hashes, receipts)]
+    return [
+        BatchTransaction(h, int(blocks[r["blockNumber"]]["timestamp"], 16), int(r["gasUsed"], 16))
+        for h, r in zip(tx_hashes, receipts)
+    ]

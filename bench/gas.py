@@ -49,22 +49,33 @@ def report_budget(batch_size: int) -> float:
 BUDGETS: dict[str, tuple[Target, str]] = {
     "stake (first)": (Target(op="<=", threshold=90_000, source=OURS), "as openRental: a call that writes fresh slots"),
     "stake": (Target(op="<=", threshold=50_000, source=OURS), "withdraw's 45k budget plus the pull of the tokens"),
-    "registerGpus (2 GPUs)": (Target(op="<=", threshold=21_000 + 2 * FRESH_SLOT + 10_000, source=OURS),
-                              "the intrinsic 21k, a fresh slot per GPU, 10k for the event, calldata and loop"),
-    "setAgentUrl (30-byte URL)": (Target(op="<=", threshold=21_000 + FRESH_SLOT + 10_000, source=OURS),
-                                  "the intrinsic 21k, one fresh slot (a URL of up to 31 bytes fits one), 10k for "
-                                  "the event and calldata"),
-    "createOffer (2 GPUs)": (Target(op="<=", threshold=250_000, source=OURS),
-                             "a one-off per listing: about ten fresh slots"),
-    "openRental (first rental of an offer)": (Target(op="<=", threshold=90_000 + 3 * FRESH_SLOT, source=OURS),
-                                              "openRental's budget plus the three fresh slots later rentals reuse"),
+    "registerGpus (2 GPUs)": (
+        Target(op="<=", threshold=21_000 + 2 * FRESH_SLOT + 10_000, source=OURS),
+        "the intrinsic 21k, a fresh slot per GPU, 10k for the event, calldata and loop",
+    ),
+    "setAgentUrl (30-byte URL)": (
+        Target(op="<=", threshold=21_000 + FRESH_SLOT + 10_000, source=OURS),
+        "the intrinsic 21k, one fresh slot (a URL of up to 31 bytes fits one), 10k for the event and calldata",
+    ),
+    "createOffer (2 GPUs)": (
+        Target(op="<=", threshold=250_000, source=OURS),
+        "a one-off per listing: about ten fresh slots",
+    ),
+    "openRental (first rental of an offer)": (
+        Target(op="<=", threshold=90_000 + 3 * FRESH_SLOT, source=OURS),
+        "openRental's budget plus the three fresh slots later rentals reuse",
+    ),
     "openRental": (Target(op="<=", threshold=90_000, source=ISSUE_2), ""),
     "start": (Target(op="<=", threshold=45_000, source=OURS), "withdraw's budget: one state word rewritten"),
     "finalize": (Target(op="<=", threshold=75_000, source=ISSUE_2), ""),
-    "finalize (SLA slash)": (Target(op="<=", threshold=90_000, source=OURS),
-                             "finalize's 75k budget plus a slash of the collateral"),
-    "claimStartTimeout": (Target(op="<=", threshold=90_000, source=OURS),
-                          "finalize's 75k budget plus a slash of the collateral"),
+    "finalize (SLA slash)": (
+        Target(op="<=", threshold=90_000, source=OURS),
+        "finalize's 75k budget plus a slash of the collateral",
+    ),
+    "claimStartTimeout": (
+        Target(op="<=", threshold=90_000, source=OURS),
+        "finalize's 75k budget plus a slash of the collateral",
+    ),
     "decline": (Target(op="<=", threshold=75_000, source=OURS), "finalize's budget: a settlement, nothing slashed"),
     "terminate (running)": (Target(op="<=", threshold=75_000, source=OURS), "finalize's budget: a settlement"),
     "withdraw": (Target(op="<=", threshold=45_000, source=ISSUE_2), ""),
@@ -79,8 +90,10 @@ def batch_row(size: int) -> str:
 def batch_budget(size: int) -> tuple[Target, str]:
     if size in (1, 50):
         return Target(op="<=", threshold=report_budget(size), source=ISSUE_2), ""
-    return (Target(op="<=", threshold=round(report_budget(size)), source=OURS),
-            "on the line through issue #2's 1-report and 50-report budgets")
+    return (
+        Target(op="<=", threshold=round(report_budget(size)), source=OURS),
+        "on the line through issue #2's 1-report and 50-report budgets",
+    )
 
 
 def measure() -> SectionResult:
@@ -95,15 +108,32 @@ def measure() -> SectionResult:
         if name == "openRental":
             for size in TABLE_BATCH_SIZES:
                 target, note = batch_budget(size)
-                figures.append(Figure(section=SECTION, name=batch_row(size), value=per_report[size], unit="gas",
-                                      target=target, note=note))
+                figures.append(
+                    Figure(
+                        section=SECTION,
+                        name=batch_row(size),
+                        value=per_report[size],
+                        unit="gas",
+                        target=target,
+                        note=note,
+                    )
+                )
     series = (
-        Series(panel="gas", label="measured, per report",
-               points=tuple(Point(x=n, y=per_report[n]) for n in BATCH_SIZES)),
-        Series(panel="gas", label="budget: issue #2's at 1 and 50, the line through them between", style="target",
-               points=tuple(Point(x=n, y=report_budget(n)) for n in BATCH_SIZES)),
-        Series(panel="gas", label="15,000: issue #2's budget per report in a batch of 50", style="target",
-               points=(Point(x=min(BATCH_SIZES), y=15_000), Point(x=max(BATCH_SIZES), y=15_000))),
+        Series(
+            panel="gas", label="measured, per report", points=tuple(Point(x=n, y=per_report[n]) for n in BATCH_SIZES)
+        ),
+        Series(
+            panel="gas",
+            label="budget: issue #2's at 1 and 50, the line through them between",
+            style="target",
+            points=tuple(Point(x=n, y=report_budget(n)) for n in BATCH_SIZES),
+        ),
+        Series(
+            panel="gas",
+            label="15,000: issue #2's budget per report in a batch of 50",
+            style="target",
+            points=(Point(x=min(BATCH_SIZES), y=15_000), Point(x=max(BATCH_SIZES), y=15_000)),
+        ),
     )
     return SectionResult(
         title=SECTION,
@@ -115,7 +145,10 @@ def measure() -> SectionResult:
             "4 gas a zero byte and 16 a non-zero one.",
             "submitReports per report: the transaction's gas divided by its reports, one-GPU rentals in their "
             "steady state (first report already applied). Curve over batch sizes "
-            + ", ".join(map(str, BATCH_SIZES)) + ": " + ", ".join(f"{per_report[n]:,}" for n in BATCH_SIZES) + ".",
+            + ", ".join(map(str, BATCH_SIZES))
+            + ": "
+            + ", ".join(f"{per_report[n]:,}" for n in BATCH_SIZES)
+            + ".",
         ),
         wall_seconds=time.perf_counter() - started,
     )
@@ -139,12 +172,22 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     gas: dict[str, int] = {}
 
     def submit(reports):
-        return escrow.submitReports([r.as_tuple() for r in reports], [sign_batch(reports, domain, ORACLE_KEY)],
-                                    {"from": relayer})
+        return escrow.submitReports(
+            [r.as_tuple() for r in reports], [sign_batch(reports, domain, ORACLE_KEY)], {"from": relayer}
+        )
 
     def offer_terms(hashes):
-        return (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000,
-                False, hashes)
+        return (
+            b"H100-80GB".ljust(32, b"\0"),
+            81_559,
+            PRICE,
+            60,
+            86_400,
+            b"eu-west".ljust(16, b"\0"),
+            10_000,
+            False,
+            hashes,
+        )
 
     def wait(seconds):
         chain.sleep(seconds)
@@ -175,8 +218,18 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     since = started_at(rid)
     submit([Report(rental_id=rid, seq=1, period_end=since + 60, delivered_seconds=60, avg_util_bps=9_000)])
     wait(60)
-    submit([Report(rental_id=rid, seq=2, period_end=since + 120, delivered_seconds=60, avg_util_bps=9_000,
-                   status=ReportStatus.COMPLETED)])
+    submit(
+        [
+            Report(
+                rental_id=rid,
+                seq=2,
+                period_end=since + 120,
+                delivered_seconds=60,
+                avg_util_bps=9_000,
+                status=ReportStatus.COMPLETED,
+            )
+        ]
+    )
 
     # Steady state: the offer is rented again; parties already hold balances.
     tx = escrow.openRental(offer_a, 600, PRICE, b"\x12" * 32, {"from": renter})
@@ -221,14 +274,24 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
         offer = registry.createOffer(offer_terms([gpu]), {"from": provider_b}).return_value
         rentals.append(escrow.openRental(offer, 3_600, PRICE, b"\x15" * 32, {"from": renter_b}).return_value)
     wait(60)
-    latest = {r: Report(rental_id=r, seq=1, period_end=started_at(r) + 60, delivered_seconds=55, avg_util_bps=8_000)
-              for r in rentals}
+    latest = {
+        r: Report(rental_id=r, seq=1, period_end=started_at(r) + 60, delivered_seconds=55, avg_util_bps=8_000)
+        for r in rentals
+    }
     submit(list(latest.values()))
     per_report = {}
     for size in BATCH_SIZES:
         wait(60)
-        batch = [Report(rental_id=r, seq=latest[r].seq + 1, period_end=latest[r].period_end + 60,
-                        delivered_seconds=60, avg_util_bps=7_500) for r in rentals[:size]]
+        batch = [
+            Report(
+                rental_id=r,
+                seq=latest[r].seq + 1,
+                period_end=latest[r].period_end + 60,
+                delivered_seconds=60,
+                avg_util_bps=7_500,
+            )
+            for r in rentals[:size]
+        ]
         per_report[size] = submit(batch).gas_used // size
         latest.update((r.rental_id, r) for r in batch)
     return gas, per_report

@@ -58,8 +58,9 @@ class RunResult(NamedTuple):
         return percentile(self.latencies_ms, fraction)
 
 
-def measure(phases: Sequence[int] = (1, 10, 100), reports_per_run: int = 10_000,
-            max_seconds: float = 60.0) -> SectionResult:
+def measure(
+    phases: Sequence[int] = (1, 10, 100), reports_per_run: int = 10_000, max_seconds: float = 60.0
+) -> SectionResult:
     """Runs every phase on the connected Brownie network (a fresh deployment on a chain of the benchmark's own)."""
     if 1 + 2 * (reports_per_run // min(phases)) > BACKDATE_SECONDS // PERIOD_SECONDS:
         raise ValueError("too many reports per agent for the backdated rentals")
@@ -74,8 +75,9 @@ def measure(phases: Sequence[int] = (1, 10, 100), reports_per_run: int = 10_000,
 # --- the agents' process -------------------------------------------------------------------------------------
 
 
-async def _play_agent(port: int, requests: list[bytes], deadline: float, latencies: list[float],
-                      interval: float | None, offset: float) -> tuple[int, str]:
+async def _play_agent(
+    port: int, requests: list[bytes], deadline: float, latencies: list[float], interval: float | None, offset: float
+) -> tuple[int, str]:
     """Posts `requests` in order on one connection until done or past `deadline`; (accepted, first refusal).
 
     Back to back when `interval` is None; otherwise the k-th request is due at start + offset + k * interval and
@@ -105,27 +107,45 @@ async def _play_agent(port: int, requests: list[bytes], deadline: float, latenci
     return accepted, error
 
 
-async def _play(port: int, run: str, requests_by_agent: list[list[bytes]], max_seconds: float,
-                rate: float | None = None) -> RunResult:
+async def _play(
+    port: int, run: str, requests_by_agent: list[list[bytes]], max_seconds: float, rate: float | None = None
+) -> RunResult:
     """All agents at once, back to back or together at `rate` reports a second."""
     agents = len(requests_by_agent)
     interval = None if rate is None else agents / rate
     latencies: list[float] = []
     started = time.perf_counter()
-    outcomes = await asyncio.gather(*(
-        _play_agent(port, requests, started + max_seconds, latencies, interval,
-                    0.0 if interval is None else i * interval / agents)
-        for i, requests in enumerate(requests_by_agent)
-    ))
+    outcomes = await asyncio.gather(
+        *(
+            _play_agent(
+                port,
+                requests,
+                started + max_seconds,
+                latencies,
+                interval,
+                0.0 if interval is None else i * interval / agents,
+            )
+            for i, requests in enumerate(requests_by_agent)
+        )
+    )
     wall = time.perf_counter() - started
     errors = [e for _, e in outcomes if e]
-    return RunResult(agents, run, len(latencies), sum(a for a, _ in outcomes), wall, latencies,
-                     errors[0] if errors else "")
+    return RunResult(
+        agents, run, len(latencies), sum(a for a, _ in outcomes), wall, latencies, errors[0] if errors else ""
+    )
 
 
-def _drive(port: int, chain: ChainSettings, agent_keys: tuple[bytes, ...], rentals: tuple[FleetRental, ...],
-           phases: list[int], reports_per_run: int, max_seconds: float, core: int,
-           results: multiprocessing.Queue) -> None:
+def _drive(
+    port: int,
+    chain: ChainSettings,
+    agent_keys: tuple[bytes, ...],
+    rentals: tuple[FleetRental, ...],
+    phases: list[int],
+    reports_per_run: int,
+    max_seconds: float,
+    core: int,
+    results: multiprocessing.Queue,
+) -> None:
     """The agents' process. Each phase has rentals of its own (a run cut short by its time limit leaves no gap
     for the next phase) and up to three runs: every agent's first report, `reports_per_run` reports back to back,
     then as many at the target rate (skipped for a single agent, which cannot carry it)."""
@@ -134,8 +154,10 @@ def _drive(port: int, chain: ChainSettings, agent_keys: tuple[bytes, ...], renta
         first_rental = 0
         for agents in phases:
             per_agent = max(1, reports_per_run // agents)
-            signed = [[signer.request(rental, seq, PERIOD_SECONDS) for seq in range(1, 2 + 2 * per_agent)]
-                      for rental in rentals[first_rental : first_rental + agents]]
+            signed = [
+                [signer.request(rental, seq, PERIOD_SECONDS) for seq in range(1, 2 + 2 * per_agent)]
+                for rental in rentals[first_rental : first_rental + agents]
+            ]
             first_rental += agents
             runs = [(COLD, [r[:1] for r in signed], None), (BACK_TO_BACK, [r[1 : 1 + per_agent] for r in signed], None)]
             if agents > 1:
@@ -149,14 +171,16 @@ def _drive(port: int, chain: ChainSettings, agent_keys: tuple[bytes, ...], renta
 # --- the oracle's process ------------------------------------------------------------------------------------
 
 
-async def _serve_and_measure(fleet: Fleet, phases: list[int], reports_per_run: int, max_seconds: float,
-                             load_core: int) -> list[RunResult]:
+async def _serve_and_measure(
+    fleet: Fleet, phases: list[int], reports_per_run: int, max_seconds: float, load_core: int
+) -> list[RunResult]:
     """Serves the oracle while the agents' process plays; each run's result with this process's CPU seconds."""
     from aiohttp import web
 
     with tempfile.TemporaryDirectory() as state_dir:
-        settings = OracleSettings(chain=fleet.chain, key=SecretStr("0x" + fleet.oracle_key.hex()),
-                                  state_dir=state_dir, allow_simulated=True)
+        settings = OracleSettings(
+            chain=fleet.chain, key=SecretStr("0x" + fleet.oracle_key.hex()), state_dir=state_dir, allow_simulated=True
+        )
         runner = web.AppRunner(create_app(settings), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, HOST, 0)
@@ -164,8 +188,20 @@ async def _serve_and_measure(fleet: Fleet, phases: list[int], reports_per_run: i
         port = runner.addresses[0][1]
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()
-        agents = context.Process(target=_drive, args=(port, fleet.chain, fleet.agent_keys, fleet.rentals, phases,
-                                                      reports_per_run, max_seconds, load_core, messages))
+        agents = context.Process(
+            target=_drive,
+            args=(
+                port,
+                fleet.chain,
+                fleet.agent_keys,
+                fleet.rentals,
+                phases,
+                reports_per_run,
+                max_seconds,
+                load_core,
+                messages,
+            ),
+        )
         agents.start()
         measured = []
         loop = asyncio.get_running_loop()
@@ -190,8 +226,9 @@ async def _serve_and_measure(fleet: Fleet, phases: list[int], reports_per_run: i
 # --- figures -------------------------------------------------------------------------------------------------
 
 
-def _result(runs: list[RunResult], phases: list[int], reports_per_run: int, oracle_core: int, load_core: int,
-            wall: float) -> SectionResult:
+def _result(
+    runs: list[RunResult], phases: list[int], reports_per_run: int, oracle_core: int, load_core: int, wall: float
+) -> SectionResult:
     by = {(r.agents, r.run): r for r in runs}
     figures: list[Figure] = []
     p99_target = Target(op="<", threshold=TARGET_P99_MS, source=ISSUE_3)
@@ -200,24 +237,54 @@ def _result(runs: list[RunResult], phases: list[int], reports_per_run: int, orac
         saturated = by[(agents, BACK_TO_BACK)]
         name = f"{agents} agent{'s' if agents > 1 else ''}"
         if agents > 1:
-            figures.append(Figure(section=SECTION, name=f"{name}, back to back: verified reports/s",
-                                  value=saturated.rate, unit="reports/s",
-                                  target=Target(op=">=", threshold=TARGET_REPORTS_PER_SECOND, source=ISSUE_3)))
+            figures.append(
+                Figure(
+                    section=SECTION,
+                    name=f"{name}, back to back: verified reports/s",
+                    value=saturated.rate,
+                    unit="reports/s",
+                    target=Target(op=">=", threshold=TARGET_REPORTS_PER_SECOND, source=ISSUE_3),
+                )
+            )
             loaded, load = by[(agents, PACED)], f" at {TARGET_REPORTS_PER_SECOND:,}/s"
         else:
-            figures.append(Figure(section=SECTION, name=f"{name}, back to back: verified reports/s",
-                                  value=saturated.rate, unit="reports/s",
-                                  target=Target(op=">=", threshold=1_000, source="ours"),
-                                  note="one agent waits for each answer: this is 1 / round trip, at most 1 ms"))
+            figures.append(
+                Figure(
+                    section=SECTION,
+                    name=f"{name}, back to back: verified reports/s",
+                    value=saturated.rate,
+                    unit="reports/s",
+                    target=Target(op=">=", threshold=1_000, source="ours"),
+                    note="one agent waits for each answer: this is 1 / round trip, at most 1 ms",
+                )
+            )
             loaded, load = saturated, ", back to back"
-        figures.append(Figure(section=SECTION, name=f"{name}{load}: p50 latency", value=loaded.p(0.50), unit="ms",
-                              target=p50_target, note="a fifth of issue #3's p99 target"))
-        figures.append(Figure(section=SECTION, name=f"{name}{load}: p99 latency", value=loaded.p(0.99), unit="ms",
-                              target=p99_target))
+        figures.append(
+            Figure(
+                section=SECTION,
+                name=f"{name}{load}: p50 latency",
+                value=loaded.p(0.50),
+                unit="ms",
+                target=p50_target,
+                note="a fifth of issue #3's p99 target",
+            )
+        )
+        figures.append(
+            Figure(
+                section=SECTION, name=f"{name}{load}: p99 latency", value=loaded.p(0.99), unit="ms", target=p99_target
+            )
+        )
     refused = sum(r.sent - r.accepted for r in runs)
-    figures.append(Figure(section=SECTION, name="reports refused, all runs", value=refused, unit="reports",
-                          target=Target(op="==", threshold=0, source="ours"),
-                          note=next((f"first refusal: {r.first_error[:160]}" for r in runs if r.first_error), "")))
+    figures.append(
+        Figure(
+            section=SECTION,
+            name="reports refused, all runs",
+            value=refused,
+            unit="reports",
+            target=Target(op="==", threshold=0, source="ours"),
+            note=next((f"first refusal: {r.first_error[:160]}" for r in runs if r.first_error), ""),
+        )
+    )
 
     series = []
     for run, label in ((BACK_TO_BACK, "back to back"), (PACED, f"at {TARGET_REPORTS_PER_SECOND:,} reports/s")):
@@ -225,13 +292,20 @@ def _result(runs: list[RunResult], phases: list[int], reports_per_run: int, orac
             points = tuple(Point(x=r.agents, y=r.p(fraction)) for r in runs if r.run == run)
             if points:
                 series.append(Series(panel="ingest", label=f"{quantile}, {label}", points=points))
-    series.append(Series(panel="ingest", label=f"p99 target ({TARGET_P99_MS:.0f} ms, issue #3)", style="target",
-                         points=(Point(x=min(phases), y=TARGET_P99_MS), Point(x=max(phases), y=TARGET_P99_MS))))
+    series.append(
+        Series(
+            panel="ingest",
+            label=f"p99 target ({TARGET_P99_MS:.0f} ms, issue #3)",
+            style="target",
+            points=(Point(x=min(phases), y=TARGET_P99_MS), Point(x=max(phases), y=TARGET_P99_MS)),
+        )
+    )
 
     rows = "; ".join(
         f"{r.agents} {r.run}: {r.accepted:,}/{r.sent:,} accepted, {r.rate:,.0f}/s, p50 {r.p(0.5):.2f} ms, "
         f"p99 {r.p(0.99):.2f} ms, {r.server_cpu_seconds / max(r.sent, 1) * 1e6:,.0f} µs oracle CPU a report"
-        for r in runs)
+        for r in runs
+    )
     notes = (
         f"Oracle app pinned to core {oracle_core}; the agents' process pinned to core {load_core}; loopback HTTP/1.1 "
         f"keep-alive; {GPUS_PER_OFFER}-GPU offers; {reports_per_run:,} reports per run split among its agents.",

@@ -64,13 +64,23 @@ def _console() -> Console:
 def print_section(section: SectionResult, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title=f"{section.title} ({section.wall_seconds:.0f} s)", title_justify="left")
-    for column, justify in (("figure", "left"), ("measured", "right"), ("target", "right"), ("met", "center"),
-                            ("why this target / note", "left")):
+    for column, justify in (
+        ("figure", "left"),
+        ("measured", "right"),
+        ("target", "right"),
+        ("met", "center"),
+        ("why this target / note", "left"),
+    ):
         table.add_column(column, justify=justify)
     for figure in section.figures:
         style = {True: "green", False: "bold red", None: "yellow"}[figure.met]
-        table.add_row(figure.name, format_value(figure.value, figure.unit), format_target(figure),
-                      f"[{style}]{format_met(figure)}[/]", figure.note)
+        table.add_row(
+            figure.name,
+            format_value(figure.value, figure.unit),
+            format_target(figure),
+            f"[{style}]{format_met(figure)}[/]",
+            figure.note,
+        )
     console.print(table)
     for note in section.notes:
         console.print(f"  {note}", highlight=False)
@@ -119,12 +129,18 @@ def markdown(report: BenchReport, chart_name: str) -> str:
         "",
     ]
     for section in report.sections:
-        lines += [f"## {section.title}", "", "| figure | measured | target | met | why this target / note |",
-                  "| --- | ---: | ---: | :---: | --- |"]
+        lines += [
+            f"## {section.title}",
+            "",
+            "| figure | measured | target | met | why this target / note |",
+            "| --- | ---: | ---: | :---: | --- |",
+        ]
         for f in section.figures:
             met_cell = format_met(f) if f.met is not False else "**NO**"
-            lines.append(f"| {_md_cell(f.name)} | {format_value(f.value, f.unit)} | {format_target(f)} | {met_cell} "
-                         f"| {_md_cell(f.note)} |")
+            lines.append(
+                f"| {_md_cell(f.name)} | {format_value(f.value, f.unit)} | {format_target(f)} | {met_cell} "
+                f"| {_md_cell(f.note)} |"
+            )
         lines.append("")
         lines += [f"- {note}" for note in section.notes]
         lines += [f"- Took {section.wall_seconds:,.0f} s.", ""]

@@ -31,20 +31,22 @@ from bench.agents import percentile
 from bench.containers import DURATION, PRICE, RENTER_KEY, deploy_market
 from bench.records import Figure, SectionResult, Target
 from offchain.agent.jobspec import JobSpec
+from offchain.market.renterclient import RenterClient
 from offchain.ops.devnet import build_job_image
 from offchain.ops.inprocess import LocalExchange, ProviderMachine, running_exchange
 from offchain.protocol.renterapi import LogEntry
-from offchain.market.renterclient import RenterClient
 
 SECTION = "Renter API"
 ISSUE_11 = "issue #11"
 LOG_LINES = 400
 RESULT_MIB = 256
 KEYSTROKES = 300
-LOG_JOB = JobSpec(command=("sh", "-c", f"i=0; while [ $i -lt {LOG_LINES} ]; do echo line $i; i=$((i+1)); "
-                                       "usleep 50000; done"))
-RESULT_JOB = JobSpec(command=("sh", "-c", f"mkdir -p out && head -c {RESULT_MIB * 1024 * 1024} /dev/zero "
-                                          "> out/weights.bin"))
+LOG_JOB = JobSpec(
+    command=("sh", "-c", f"i=0; while [ $i -lt {LOG_LINES} ]; do echo line $i; i=$((i+1)); usleep 50000; done")
+)
+RESULT_JOB = JobSpec(
+    command=("sh", "-c", f"mkdir -p out && head -c {RESULT_MIB * 1024 * 1024} /dev/zero > out/weights.bin")
+)
 SHELL_JOB = JobSpec(command=("sleep", "600"))
 
 
@@ -56,8 +58,9 @@ def _engine_time(text: str) -> float:
 
 
 async def _open(exchange: LocalExchange, market, offer: int, spec: JobSpec, client: RenterClient) -> int:
-    tx = await asyncio.to_thread(market.suite.escrow.openRental, offer, DURATION, PRICE, spec.spec_hash(),
-                                 {"from": market.renter})
+    tx = await asyncio.to_thread(
+        market.suite.escrow.openRental, offer, DURATION, PRICE, spec.spec_hash(), {"from": market.renter}
+    )
     rental = tx.return_value
     agent = exchange.agent
     await exchange.until(lambda: agent.book.get(rental) is not None, 30, "the agent to see the rental")
@@ -99,8 +102,18 @@ async def _results_rate(exchange: LocalExchange, market, client: RenterClient, s
     destination = scratch / "results.tar"
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as renter_machine:
-        seconds = [await loop.run_in_executor(renter_machine, _download, client.base_url, market.chain.chain_id,
-                                              market.chain.escrow, rental, destination) for _ in range(3)]
+        seconds = [
+            await loop.run_in_executor(
+                renter_machine,
+                _download,
+                client.base_url,
+                market.chain.chain_id,
+                market.chain.escrow,
+                rental,
+                destination,
+            )
+            for _ in range(3)
+        ]
     return destination.stat().st_size / 1e6 / statistics.median(seconds)
 
 
@@ -115,7 +128,7 @@ async def _keystroke_round_trips(exchange: LocalExchange, market, client: Renter
         await asyncio.sleep(0.5)
         round_trips = []
         for i in range(KEYSTROKES):
-            key = b"abcdefghij"[i % 10:i % 10 + 1]
+            key = b"abcdefghij"[i % 10 : i % 10 + 1]
             started = time.perf_counter()
             await ws.send_bytes(key)
             echoed = b""
@@ -140,8 +153,9 @@ async def _measure() -> tuple[list[float], float, list[float]]:
         machine = ProviderMachine(market.provider.address, market.agent_key, market.source)
         async with running_exchange(market.chain, root / "exchange", market.oracle_keys, machine) as exchange:
             port = exchange.agent.api.port
-            async with RenterClient(f"http://127.0.0.1:{port}", market.chain.chain_id, market.chain.escrow,
-                                    RENTER_KEY) as client:
+            async with RenterClient(
+                f"http://127.0.0.1:{port}", market.chain.chain_id, market.chain.escrow, RENTER_KEY
+            ) as client:
                 latencies = await _log_latencies(exchange, market, client)
                 rate = await _results_rate(exchange, market, client, root)
                 round_trips = await _keystroke_round_trips(exchange, market, client)
@@ -155,18 +169,38 @@ def measure() -> SectionResult:
     ms = [1000 * s for s in latencies]
     rtt = [1000 * s for s in round_trips]
     figures = (
-        Figure(section=SECTION, name=f"job's line -> `rental logs --follow`, p99 of {len(ms)}",
-               value=percentile(ms, 0.99) / 1000, unit="s", target=Target(op="<=", threshold=1.0, source=ISSUE_11),
-               note=f"p50 {percentile(ms, 0.5):.0f} ms, max {max(ms):.0f} ms"),
-        Figure(section=SECTION, name=f"results download, {RESULT_MIB} MiB output folder", value=rate, unit="MB/s",
-               target=Target(op=">=", threshold=100, source=ISSUE_11),
-               note="loopback, a client in another process, digest checked while reading; median of 3"),
-        Figure(section=SECTION, name=f"shell keystroke round trip, p99 of {len(rtt)}", value=percentile(rtt, 0.99),
-               unit="ms", target=Target(op="<=", threshold=50, source=ISSUE_11),
-               note=f"p50 {percentile(rtt, 0.5):.1f} ms, max {max(rtt):.1f} ms"),
+        Figure(
+            section=SECTION,
+            name=f"job's line -> `rental logs --follow`, p99 of {len(ms)}",
+            value=percentile(ms, 0.99) / 1000,
+            unit="s",
+            target=Target(op="<=", threshold=1.0, source=ISSUE_11),
+            note=f"p50 {percentile(ms, 0.5):.0f} ms, max {max(ms):.0f} ms",
+        ),
+        Figure(
+            section=SECTION,
+            name=f"results download, {RESULT_MIB} MiB output folder",
+            value=rate,
+            unit="MB/s",
+            target=Target(op=">=", threshold=100, source=ISSUE_11),
+            note="loopback, a client in another process, digest checked while reading; median of 3",
+        ),
+        Figure(
+            section=SECTION,
+            name=f"shell keystroke round trip, p99 of {len(rtt)}",
+            value=percentile(rtt, 0.99),
+            unit="ms",
+            target=Target(op="<=", threshold=50, source=ISSUE_11),
+            note=f"p50 {percentile(rtt, 0.5):.1f} ms, max {max(rtt):.1f} ms",
+        ),
     )
     return SectionResult(
-        title=SECTION, figures=figures, wall_seconds=time.perf_counter() - started,
-        notes=("the agent and the client in one process on loopback; requests signed as the CLI signs them",
-               "log latency: arrival at the client less the engine's timestamp of the line; the agent reads new log "
-               "entries every 50 ms"))
+        title=SECTION,
+        figures=figures,
+        wall_seconds=time.perf_counter() - started,
+        notes=(
+            "the agent and the client in one process on loopback; requests signed as the CLI signs them",
+            "log latency: arrival at the client less the engine's timestamp of the line; the agent reads new log "
+            "entries every 50 ms",
+        ),
+    )

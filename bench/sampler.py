@@ -49,8 +49,14 @@ async def _offline(seconds: int, gpus: int) -> list[Figure]:
         async with ReplaySource(trace, rebase=True) as replay:
             replay_tick = await cpu_seconds_per_tick(replay, seconds)
     return [
-        Figure(section=SECTION, name=f"{source} source, {gpus} GPUs at 1 Hz", value=share_of_core(tick, gpus, gpus),
-               unit=UNIT, target=TARGET, note=f"{tick * 1e6:,.1f} µs CPU a tick")
+        Figure(
+            section=SECTION,
+            name=f"{source} source, {gpus} GPUs at 1 Hz",
+            value=share_of_core(tick, gpus, gpus),
+            unit=UNIT,
+            target=TARGET,
+            note=f"{tick * 1e6:,.1f} µs CPU a tick",
+        )
         for source, tick in (("simulated", simulated_tick), ("replay", replay_tick))
     ]
 
@@ -65,8 +71,14 @@ async def _nvml(seconds: int, gpus: int) -> Figure:
     except TelemetryUnavailable as exc:
         return Figure(section=SECTION, name=name, value=None, unit=UNIT, target=TARGET, note=f"no GPU here ({exc})")
     models = ", ".join(sorted({g.name for g in found}))
-    return Figure(section=SECTION, name=name, value=share_of_core(per_tick, len(found), gpus), unit=UNIT,
-                  target=TARGET, note=f"measured on {len(found)} × {models}: {per_tick * 1e6:,.1f} µs CPU a tick")
+    return Figure(
+        section=SECTION,
+        name=name,
+        value=share_of_core(per_tick, len(found), gpus),
+        unit=UNIT,
+        target=TARGET,
+        note=f"measured on {len(found)} × {models}: {per_tick * 1e6:,.1f} µs CPU a tick",
+    )
 
 
 def measure(seconds: int = 3_600, gpus: int = 8, nvml_seconds: int = 300) -> SectionResult:
@@ -80,7 +92,9 @@ def measure(seconds: int = 3_600, gpus: int = 8, nvml_seconds: int = 300) -> Sec
     return SectionResult(
         title=SECTION,
         figures=tuple(figures),
-        notes=(f"{seconds:,} ticks of the offline sources and up to {nvml_seconds} of NVML, called back to back; "
-               "CPU time of the whole process per tick = share of one core at 1 Hz.",),
+        notes=(
+            f"{seconds:,} ticks of the offline sources and up to {nvml_seconds} of NVML, called back to back; "
+            "CPU time of the whole process per tick = share of one core at 1 Hz.",
+        ),
         wall_seconds=time.perf_counter() - started,
     )

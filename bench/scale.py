@@ -33,8 +33,16 @@ import aiohttp
 from pydantic import SecretStr
 
 from bench.agents import Connection, ReportSigner, core_plan, cpu_seconds, percentile, pinned
-from bench.fleet import (REPORT_APPLIED, BatchTransaction, Fleet, FleetRental, applied_reports, batch_transactions,
-                         deploy_fleet, last_seqs)
+from bench.fleet import (
+    REPORT_APPLIED,
+    BatchTransaction,
+    Fleet,
+    FleetRental,
+    applied_reports,
+    batch_transactions,
+    deploy_fleet,
+    last_seqs,
+)
 from bench.records import Figure, SectionResult, Target
 from offchain.config import ChainSettings, OracleSettings
 from offchain.oracle.service import STORE_FILE, OracleService
@@ -70,8 +78,16 @@ class AgentsOutcome:
 # --- the agents' process -------------------------------------------------------------------------------------
 
 
-async def _agents(port: int, chain: ChainSettings, agent_keys: tuple[bytes, ...], rentals: tuple[FleetRental, ...],
-                  minutes: int, minute_seconds: float, from_block: int, drain_seconds: float) -> AgentsOutcome:
+async def _agents(
+    port: int,
+    chain: ChainSettings,
+    agent_keys: tuple[bytes, ...],
+    rentals: tuple[FleetRental, ...],
+    minutes: int,
+    minute_seconds: float,
+    from_block: int,
+    drain_seconds: float,
+) -> AgentsOutcome:
     signer = ReportSigner(chain.chain_id, chain.registry, agent_keys, port)
     outcome = AgentsOutcome()
     due_at: dict[tuple[int, int], float] = {}
@@ -121,9 +137,19 @@ async def _agents(port: int, chain: ChainSettings, agent_keys: tuple[bytes, ...]
                 head = int((await _rpc(session, chain.rpc_url, "eth_blockNumber", []))["result"], 16)
                 if head < next_block:
                     continue
-                answer = await _rpc(session, chain.rpc_url, "eth_getLogs", [{
-                    "address": chain.escrow, "topics": ["0x" + REPORT_APPLIED.hex()],
-                    "fromBlock": hex(next_block), "toBlock": hex(head)}])
+                answer = await _rpc(
+                    session,
+                    chain.rpc_url,
+                    "eth_getLogs",
+                    [
+                        {
+                            "address": chain.escrow,
+                            "topics": ["0x" + REPORT_APPLIED.hex()],
+                            "fromBlock": hex(next_block),
+                            "toBlock": hex(head),
+                        }
+                    ],
+                )
                 seen = time.perf_counter()
                 for log in answer["result"]:
                     landed.setdefault((int(log["topics"][1], 16), int(log["topics"][2], 16)), seen)
@@ -146,12 +172,22 @@ async def _rpc(session: aiohttp.ClientSession, url: str, method: str, params: li
         return await response.json()
 
 
-def _drive(port: int, chain: ChainSettings, agent_keys: tuple[bytes, ...], rentals: tuple[FleetRental, ...],
-           minutes: int, minute_seconds: float, from_block: int, drain_seconds: float, core: int,
-           results: multiprocessing.Queue) -> None:
+def _drive(
+    port: int,
+    chain: ChainSettings,
+    agent_keys: tuple[bytes, ...],
+    rentals: tuple[FleetRental, ...],
+    minutes: int,
+    minute_seconds: float,
+    from_block: int,
+    drain_seconds: float,
+    core: int,
+    results: multiprocessing.Queue,
+) -> None:
     with pinned(core):
-        results.put(asyncio.run(_agents(port, chain, agent_keys, rentals, minutes, minute_seconds, from_block,
-                                         drain_seconds)))
+        results.put(
+            asyncio.run(_agents(port, chain, agent_keys, rentals, minutes, minute_seconds, from_block, drain_seconds))
+        )
 
 
 # --- the oracle's process ------------------------------------------------------------------------------------
@@ -181,11 +217,26 @@ class OracleOutcome:
     warnings: Counter
 
 
-async def _run_oracle(fleet: Fleet, state_dir: Path, minutes: int, minute_seconds: float, epoch_seconds: float,
-                      drain_seconds: float, load_core: int) -> tuple[AgentsOutcome, OracleOutcome]:
-    settings = OracleSettings(chain=fleet.chain, key=SecretStr("0x" + fleet.oracle_key.hex()), state_dir=state_dir,
-                              host="127.0.0.1", port=0, leader=True, keeper=False, epoch_seconds=epoch_seconds,
-                              allow_simulated=True)
+async def _run_oracle(
+    fleet: Fleet,
+    state_dir: Path,
+    minutes: int,
+    minute_seconds: float,
+    epoch_seconds: float,
+    drain_seconds: float,
+    load_core: int,
+) -> tuple[AgentsOutcome, OracleOutcome]:
+    settings = OracleSettings(
+        chain=fleet.chain,
+        key=SecretStr("0x" + fleet.oracle_key.hex()),
+        state_dir=state_dir,
+        host="127.0.0.1",
+        port=0,
+        leader=True,
+        keeper=False,
+        epoch_seconds=epoch_seconds,
+        allow_simulated=True,
+    )
     service = OracleService(settings)
     stop = asyncio.Event()
     warnings = _Warnings()
@@ -199,9 +250,21 @@ async def _run_oracle(fleet: Fleet, state_dir: Path, minutes: int, minute_second
         started_at, cpu_before = time.time(), cpu_seconds()
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()
-        agents = context.Process(target=_drive, args=(service.port, fleet.chain, fleet.agent_keys, fleet.rentals,
-                                                      minutes, minute_seconds, fleet.ready_block, drain_seconds,
-                                                      load_core, messages))
+        agents = context.Process(
+            target=_drive,
+            args=(
+                service.port,
+                fleet.chain,
+                fleet.agent_keys,
+                fleet.rentals,
+                minutes,
+                minute_seconds,
+                fleet.ready_block,
+                drain_seconds,
+                load_core,
+                messages,
+            ),
+        )
         agents.start()
         loop = asyncio.get_running_loop()
         try:
@@ -231,8 +294,9 @@ def _held(store: Path) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
     return held, dropped
 
 
-def measure(agents: int = 10_000, minutes: int = 2, minute_seconds: float = 30.0,
-            drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> SectionResult:
+def measure(
+    agents: int = 10_000, minutes: int = 2, minute_seconds: float = 30.0, drain_seconds: float = DEFAULT_DRAIN_SECONDS
+) -> SectionResult:
     """Runs the simulation on the connected Brownie network (a fresh deployment on a chain of the benchmark's own)."""
     started = time.perf_counter()
     providers = max(1, agents // AGENTS_PER_PROVIDER)
@@ -241,18 +305,32 @@ def measure(agents: int = 10_000, minutes: int = 2, minute_seconds: float = 30.0
     epoch_seconds = REAL_EPOCH_SECONDS * minute_seconds / PERIOD_SECONDS
     oracle_core, load_core = core_plan()
     with tempfile.TemporaryDirectory() as state_dir, pinned(oracle_core):
-        seen, oracle = asyncio.run(_run_oracle(fleet, Path(state_dir), minutes, minute_seconds, epoch_seconds,
-                                               drain_seconds, load_core))
+        seen, oracle = asyncio.run(
+            _run_oracle(fleet, Path(state_dir), minutes, minute_seconds, epoch_seconds, drain_seconds, load_core)
+        )
     events = applied_reports(fleet.chain.rpc_url, fleet.chain.escrow, fleet.ready_block)
     batches = batch_transactions(fleet.chain.rpc_url, sorted({e.tx_hash for e in events}))
     seqs = last_seqs(fleet.chain, [r.rental_id for r in fleet.rentals])
-    setting = (f"{agents:,} agents ({providers} providers, {GPUS_PER_OFFER}-GPU offers, set up in "
-               f"{setup_seconds:,.0f} s), one report each simulated minute for {minutes} minutes; a simulated minute "
-               f"lasts {minute_seconds:g} s ({PERIOD_SECONDS / minute_seconds:.1f}× real time), the batcher's epoch "
-               f"{epoch_seconds:g} s; one oracle (k=1, leader, batches of up to {MAX_BATCH}) on core {oracle_core}, "
-               f"the agents and the observer on core {load_core}; anvil mines a block per transaction.")
-    return _result(agents, minutes, minute_seconds, epoch_seconds, seen, oracle, events, batches, seqs, setting,
-                   time.perf_counter() - started)
+    setting = (
+        f"{agents:,} agents ({providers} providers, {GPUS_PER_OFFER}-GPU offers, set up in "
+        f"{setup_seconds:,.0f} s), one report each simulated minute for {minutes} minutes; a simulated minute "
+        f"lasts {minute_seconds:g} s ({PERIOD_SECONDS / minute_seconds:.1f}× real time), the batcher's epoch "
+        f"{epoch_seconds:g} s; one oracle (k=1, leader, batches of up to {MAX_BATCH}) on core {oracle_core}, "
+        f"the agents and the observer on core {load_core}; anvil mines a block per transaction."
+    )
+    return _result(
+        agents,
+        minutes,
+        minute_seconds,
+        epoch_seconds,
+        seen,
+        oracle,
+        events,
+        batches,
+        seqs,
+        setting,
+        time.perf_counter() - started,
+    )
 
 
 # --- figures -------------------------------------------------------------------------------------------------
@@ -277,13 +355,24 @@ def _rate_note(agents: int, rate: float | None, offered: float) -> str:
     return text + " and taken as fast"
 
 
-def _result(agents: int, minutes: int, minute_seconds: float, epoch_seconds: float, seen: AgentsOutcome,
-            oracle: OracleOutcome, events: list, batches: list[BatchTransaction], seqs: dict[int, int],
-            setting: str, wall: float) -> SectionResult:
+def _result(
+    agents: int,
+    minutes: int,
+    minute_seconds: float,
+    epoch_seconds: float,
+    seen: AgentsOutcome,
+    oracle: OracleOutcome,
+    events: list,
+    batches: list[BatchTransaction],
+    seqs: dict[int, int],
+    setting: str,
+    wall: float,
+) -> SectionResult:
     planned = agents * minutes
     on_chain = Counter((e.rental_id, e.seq) for e in events)
-    duplicated = (sum(n - 1 for n in on_chain.values() if n > 1)
-                  + sum(1 for key in on_chain if key not in seen.accepted_keys))
+    duplicated = sum(n - 1 for n in on_chain.values() if n > 1) + sum(
+        1 for key in on_chain if key not in seen.accepted_keys
+    )
     not_landed = seen.accepted_keys - set(on_chain)
     lost = {k for k in not_landed if k not in oracle.held or k in oracle.dropped}
     late = len(not_landed) - len(lost)
@@ -309,35 +398,90 @@ def _result(agents: int, minutes: int, minute_seconds: float, epoch_seconds: flo
         return sum(values) / len(values) if values else None
 
     figures = [
-        fig("reports sent by the agents", seen.sent, "reports", Target(op="==", threshold=planned, source=OURS),
-            f"{agents:,} agents × {minutes} simulated minutes"),
-        fig("reports accepted by the oracle", seen.accepted, "reports", Target(op="==", threshold=planned, source=OURS),
-            "; ".join(f"{n:,} × {reason}" for reason, n in seen.refused.most_common(3))),
-        fig("accepted reports on chain by the end", len(seen.accepted_keys) - len(not_landed), "reports",
+        fig(
+            "reports sent by the agents",
+            seen.sent,
+            "reports",
+            Target(op="==", threshold=planned, source=OURS),
+            f"{agents:,} agents × {minutes} simulated minutes",
+        ),
+        fig(
+            "reports accepted by the oracle",
+            seen.accepted,
+            "reports",
+            Target(op="==", threshold=planned, source=OURS),
+            "; ".join(f"{n:,} × {reason}" for reason, n in seen.refused.most_common(3)),
+        ),
+        fig(
+            "accepted reports on chain by the end",
+            len(seen.accepted_keys) - len(not_landed),
+            "reports",
             Target(op="==", threshold=seen.accepted, source=OURS),
-            f"{late:,} still held by the oracle, not yet landed" if late else "every one landed"),
-        fig("reports lost", len(lost), "reports", Target(op="==", threshold=0, source=ISSUE_5),
-            "accepted, yet neither on chain nor held by the oracle (or dropped by its batcher)"),
-        fig("reports duplicated on chain", duplicated, "reports", Target(op="==", threshold=0, source=ISSUE_5),
-            "a (rental, seq) among the ReportApplied events twice, or one never accepted"),
-        fig("rentals whose on-chain seq equals the reports sent", rentals_right, "agents",
-            Target(op="==", threshold=agents, source=ISSUE_5), "getRental(id).lastSeq, read after the run"),
-        fig("reports landed on chain a second, sustained", rate, "reports/s",
-            Target(op=">=", threshold=needed, source=ISSUE_5), _rate_note(agents, rate, offered)),
-        fig("end to end, report due to on chain: p50", percentile(latency, 0.5) if latency else None, "s",
+            f"{late:,} still held by the oracle, not yet landed" if late else "every one landed",
+        ),
+        fig(
+            "reports lost",
+            len(lost),
+            "reports",
+            Target(op="==", threshold=0, source=ISSUE_5),
+            "accepted, yet neither on chain nor held by the oracle (or dropped by its batcher)",
+        ),
+        fig(
+            "reports duplicated on chain",
+            duplicated,
+            "reports",
+            Target(op="==", threshold=0, source=ISSUE_5),
+            "a (rental, seq) among the ReportApplied events twice, or one never accepted",
+        ),
+        fig(
+            "rentals whose on-chain seq equals the reports sent",
+            rentals_right,
+            "agents",
+            Target(op="==", threshold=agents, source=ISSUE_5),
+            "getRental(id).lastSeq, read after the run",
+        ),
+        fig(
+            "reports landed on chain a second, sustained",
+            rate,
+            "reports/s",
+            Target(op=">=", threshold=needed, source=ISSUE_5),
+            _rate_note(agents, rate, offered),
+        ),
+        fig(
+            "end to end, report due to on chain: p50",
+            percentile(latency, 0.5) if latency else None,
+            "s",
             Target(op="<=", threshold=epoch_seconds + 2, source=OURS),
-            "one batcher epoch (the batch closing) plus 2 s for the transaction"),
-        fig("end to end, report due to on chain: p99", percentile(latency, 0.99) if latency else None, "s",
+            "one batcher epoch (the batch closing) plus 2 s for the transaction",
+        ),
+        fig(
+            "end to end, report due to on chain: p99",
+            percentile(latency, 0.99) if latency else None,
+            "s",
             Target(op="<=", threshold=minute_seconds, source=OURS),
-            "on chain before the agent's next report is due (one report interval)"),
-        fig("batches per epoch (mean over epochs with a batch)", mean([epochs[e] for e in active]), "batches",
+            "on chain before the agent's next report is due (one report interval)",
+        ),
+        fig(
+            "batches per epoch (mean over epochs with a batch)",
+            mean([epochs[e] for e in active]),
+            "batches",
             Target(op="<=", threshold=math.ceil(reports_per_epoch / MAX_BATCH) + 1, source=OURS),
-            f"an epoch's {reports_per_epoch:,.0f} reports in full batches of {MAX_BATCH}, plus one part-full"),
-        fig("gas per epoch (mean over epochs with a batch)", mean([epoch_gas[e] for e in active]), "gas",
+            f"an epoch's {reports_per_epoch:,.0f} reports in full batches of {MAX_BATCH}, plus one part-full",
+        ),
+        fig(
+            "gas per epoch (mean over epochs with a batch)",
+            mean([epoch_gas[e] for e in active]),
+            "gas",
             Target(op="<=", threshold=reports_per_epoch * REPORT_GAS_BUDGET, source=OURS),
-            f"an epoch's reports at issue #2's {REPORT_GAS_BUDGET:,} gas a report"),
-        fig("gas per report on chain", gas_total / len(events) if events else None, "gas",
-            Target(op="<=", threshold=REPORT_GAS_BUDGET, source=ISSUE_2), "issue #2's budget in a batch of 50"),
+            f"an epoch's reports at issue #2's {REPORT_GAS_BUDGET:,} gas a report",
+        ),
+        fig(
+            "gas per report on chain",
+            gas_total / len(events) if events else None,
+            "gas",
+            Target(op="<=", threshold=REPORT_GAS_BUDGET, source=ISSUE_2),
+            "issue #2's budget in a batch of 50",
+        ),
     ]
     warnings = "; ".join(f"{n:,} × {message}" for message, n in oracle.warnings.most_common(3))
     per_epoch = ", ".join(f"{epochs[e]} ({epoch_gas[e] / 1e6:,.1f} Mgas)" for e in active) or "none"

@@ -71,8 +71,13 @@ def run(options: Options) -> BenchReport:
             result = runners[name]()
             print_section(result)
             results.append(result)
-    report = BenchReport(started_at=started_at, wall_seconds=time.perf_counter() - started, network=options.network,
-                         machine=machine, sections=tuple(results))
+    report = BenchReport(
+        started_at=started_at,
+        wall_seconds=time.perf_counter() - started,
+        network=options.network,
+        machine=machine,
+        sections=tuple(results),
+    )
     if options.doc is not None and options.chart is not None:
         write(report, options.doc, options.chart)
         print(f"wrote {options.doc} and {options.chart} ({report.wall_seconds:,.0f} s)")

@@ -37,6 +37,7 @@ from typing import Callable
 from brownie import TestStablecoin, accounts, chain, web3
 from eth_account import Account
 from eth_utils import keccak
+
 # The object-oriented API renders to PNG without pyplot, so no GUI backend is ever chosen.
 from matplotlib.figure import Figure
 from rich.console import Console
@@ -50,7 +51,7 @@ from offchain.chain.contracts import PROJECT_ROOT
 from offchain.chain.reads import Rental
 from offchain.config import ChainSettings
 from offchain.ops.devnet import DEV_JOB_IMAGE
-from offchain.ops.inprocess import LocalExchange, ExchangeTimers, ProviderMachine, agent_spec_dir, running_exchange
+from offchain.ops.inprocess import ExchangeTimers, LocalExchange, ProviderMachine, agent_spec_dir, running_exchange
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.status import RentalStatus
 from offchain.telemetry.models import GpuInfo
@@ -89,16 +90,22 @@ TIMEOUT_WAIT = PARAMS.start_timeout + 30
 #: which its renter downloads with `gpuex rental results`), and a server that runs
 #: until its renter ends the rental.
 TRAINING_JOB = JobSpec(
-    command=("sh", "-c", (
-        "loss=25000; step=1\n"
-        f"while [ $step -le {RUN_SECONDS} ]; do\n"
-        "  sleep 1; loss=$((loss * 9 / 10))\n"
-        "  printf 'step %d: loss %d.%04d\\n' $step $((loss / 10000)) $((loss % 10000)); step=$((step + 1))\n"
-        "done\n"
-        "mkdir -p out\n"
-        f"printf '{{\"steps\": {RUN_SECONDS}, \"loss\": %d.%04d}}\\n' $((loss / 10000)) $((loss % 10000)) "
-        "> out/result.json\n")),
-    timeout_seconds=60)
+    command=(
+        "sh",
+        "-c",
+        (
+            "loss=25000; step=1\n"
+            f"while [ $step -le {RUN_SECONDS} ]; do\n"
+            "  sleep 1; loss=$((loss * 9 / 10))\n"
+            "  printf 'step %d: loss %d.%04d\\n' $step $((loss / 10000)) $((loss % 10000)); step=$((step + 1))\n"
+            "done\n"
+            "mkdir -p out\n"
+            f'printf \'{{"steps": {RUN_SECONDS}, "loss": %d.%04d}}\\n\' $((loss / 10000)) $((loss % 10000)) '
+            "> out/result.json\n"
+        ),
+    ),
+    timeout_seconds=60,
+)
 SERVER_JOB = JobSpec(command=("sh", "-c", "while true; do sleep 1; done"), timeout_seconds=DURATION)
 
 
@@ -285,28 +292,46 @@ def _telemetry_source(console: Console) -> TelemetrySource:
     try:
         source: TelemetrySource = NvmlSource()
     except TelemetryUnavailable as exc:
-        console.print(Panel(
-            f"[bold]SIMULATED GPUs[/] — no NVML device found ({exc}).\n"
-            f"Provider A's agent runs the renters' jobs for real, but its telemetry comes from {SIMULATED_GPUS} "
-            f"made-up {SIMULATED_MODEL} GPUs: every report it signs says simulated=true, and the oracles accept "
-            "them only because this is a demo.", title="SIMULATED telemetry", style="bold yellow"))
+        console.print(
+            Panel(
+                f"[bold]SIMULATED GPUs[/] — no NVML device found ({exc}).\n"
+                f"Provider A's agent runs the renters' jobs for real, but its telemetry comes from {SIMULATED_GPUS} "
+                f"made-up {SIMULATED_MODEL} GPUs: every report it signs says simulated=true, and the oracles accept "
+                "them only because this is a demo.",
+                title="SIMULATED telemetry",
+                style="bold yellow",
+            )
+        )
         return SimulatedSource(SIMULATED_MODEL, SIMULATED_GPUS, seed=2024)
     gpus = source.gpus()
-    console.print(Panel(f"{len(gpus)} GPU(s) measured through NVML: {gpus[0].name}",
-                        title="real telemetry", style="bold green"))
+    console.print(
+        Panel(f"{len(gpus)} GPU(s) measured through NVML: {gpus[0].name}", title="real telemetry", style="bold green")
+    )
     return source
 
 
 def _set_up(console: Console, source: TelemetrySource) -> DemoMarket:
     deployer, treasury, provider_a, provider_b, renter_1, renter_2 = accounts[:6]
-    parties = {"treasury": treasury, "provider A": provider_a, "provider B": provider_b, "renter 1": renter_1,
-               "renter 2": renter_2}
+    parties = {
+        "treasury": treasury,
+        "provider A": provider_a,
+        "provider B": provider_b,
+        "renter 1": renter_1,
+        "renter 2": renter_2,
+    }
     agent = Account.from_key(AGENT_KEY)
     oracles = [Account.from_key(k) for k in ORACLE_KEYS]
     gpus = source.gpus()
-    groups = [gpus[:len(gpus) // 2], gpus[len(gpus) // 2:]] if len(gpus) >= 2 else [gpus]
-    gpus_b = [GpuInfo(index=i, uuid=f"GPU-{uuid.UUID(int=0xB0B0 + i, version=4)}", name=PROVIDER_B_MODEL.name,
-                      mem_total_mib=PROVIDER_B_MODEL.mem_total_mib) for i in range(2)]
+    groups = [gpus[: len(gpus) // 2], gpus[len(gpus) // 2 :]] if len(gpus) >= 2 else [gpus]
+    gpus_b = [
+        GpuInfo(
+            index=i,
+            uuid=f"GPU-{uuid.UUID(int=0xB0B0 + i, version=4)}",
+            name=PROVIDER_B_MODEL.name,
+            mem_total_mib=PROVIDER_B_MODEL.mem_total_mib,
+        )
+        for i in range(2)
+    ]
     steps = 10 + len(groups)  # one per `step` below
     with _progress(console, "{task.completed}/{task.total}") as progress:
         task = progress.add_task("deploying", total=steps)
@@ -318,43 +343,73 @@ def _set_up(console: Console, source: TelemetrySource) -> DemoMarket:
             return result
 
         from_block = web3.eth.block_number + 1
-        token = step("deploying the test stablecoin", lambda: TestStablecoin.deploy(
-            deployer, {"from": deployer}, silent=True))
-        suite = step("deploying the registry and escrow, 2-of-3 oracles", lambda: _quietly(
-            deploy_suite, deployer, token, token, treasury, [o.address for o in oracles], 2, PARAMS))
+        token = step(
+            "deploying the test stablecoin", lambda: TestStablecoin.deploy(deployer, {"from": deployer}, silent=True)
+        )
+        suite = step(
+            "deploying the registry and escrow, 2-of-3 oracles",
+            lambda: _quietly(deploy_suite, deployer, token, token, treasury, [o.address for o in oracles], 2, PARAMS),
+        )
         registry, escrow = suite.registry, suite.escrow
-        step("paying gas money to the agent and the oracles", lambda: [
-            deployer.transfer(a.address, "1 ether", silent=True) for a in (agent, *oracles)])
+        step(
+            "paying gas money to the agent and the oracles",
+            lambda: [deployer.transfer(a.address, "1 ether", silent=True) for a in (agent, *oracles)],
+        )
 
         def fund():
             for name, account in parties.items():
                 if name != "treasury":
-                    token.mint(account, PROVIDER_FUNDS if name.startswith("provider") else RENTER_FUNDS,
-                               {"from": deployer}, silent=True)
-                    token.approve(registry if name.startswith("provider") else escrow, 2**256 - 1,
-                                  {"from": account}, silent=True)
+                    token.mint(
+                        account,
+                        PROVIDER_FUNDS if name.startswith("provider") else RENTER_FUNDS,
+                        {"from": deployer},
+                        silent=True,
+                    )
+                    token.approve(
+                        registry if name.startswith("provider") else escrow, 2**256 - 1, {"from": account}, silent=True
+                    )
 
         step("minting tUSD for providers and renters", fund)
         before = _token_balances(suite, token, {**parties, "escrow": escrow, "registry": registry})
-        step("provider A stakes", lambda: registry.stake(
-            PARAMS.min_stake_per_gpu * len(gpus), {"from": provider_a}, silent=True))
-        step("provider A sets its agent key", lambda: registry.setAgent(
-            agent.address, {"from": provider_a}, silent=True))
-        step(f"provider A registers {len(gpus)} GPU(s)", lambda: registry.registerGpus(
-            [gpu_uuid_hash(g.uuid) for g in gpus], {"from": provider_a}, silent=True))
-        offers_a = [step(f"provider A lists offer {i + 1}", lambda: _list_offer(
-            suite, provider_a, "provider A", group, price * len(group), "eu-west", served=True))
-            for i, (group, price) in enumerate(zip(groups, GPU_PRICES_A))]
-        step("provider B stakes", lambda: registry.stake(
-            PARAMS.min_stake_per_gpu * len(gpus_b), {"from": provider_b}, silent=True))
-        step("provider B registers 2 GPUs", lambda: registry.registerGpus(
-            [gpu_uuid_hash(g.uuid) for g in gpus_b], {"from": provider_b}, silent=True))
-        offer_b = step("provider B lists an offer", lambda: _list_offer(
-            suite, provider_b, "provider B", gpus_b, GPU_PRICE_B * len(gpus_b), "us-east", served=False))
+        step(
+            "provider A stakes",
+            lambda: registry.stake(PARAMS.min_stake_per_gpu * len(gpus), {"from": provider_a}, silent=True),
+        )
+        step(
+            "provider A sets its agent key", lambda: registry.setAgent(agent.address, {"from": provider_a}, silent=True)
+        )
+        step(
+            f"provider A registers {len(gpus)} GPU(s)",
+            lambda: registry.registerGpus([gpu_uuid_hash(g.uuid) for g in gpus], {"from": provider_a}, silent=True),
+        )
+        offers_a = [
+            step(
+                f"provider A lists offer {i + 1}",
+                lambda group=group, price=price: _list_offer(
+                    suite, provider_a, "provider A", group, price * len(group), "eu-west", served=True
+                ),
+            )
+            for i, (group, price) in enumerate(zip(groups, GPU_PRICES_A))
+        ]
+        step(
+            "provider B stakes",
+            lambda: registry.stake(PARAMS.min_stake_per_gpu * len(gpus_b), {"from": provider_b}, silent=True),
+        )
+        step(
+            "provider B registers 2 GPUs",
+            lambda: registry.registerGpus([gpu_uuid_hash(g.uuid) for g in gpus_b], {"from": provider_b}, silent=True),
+        )
+        offer_b = step(
+            "provider B lists an offer",
+            lambda: _list_offer(
+                suite, provider_b, "provider B", gpus_b, GPU_PRICE_B * len(gpus_b), "us-east", served=False
+            ),
+        )
     shared = len(offers_a) == 1
     if shared:
-        console.print("A single GPU here, so provider A lists a single offer: renter 2 rents it once rental 1 has "
-                      "settled.")
+        console.print(
+            "A single GPU here, so provider A lists a single offer: renter 2 rents it once rental 1 has settled."
+        )
     plans = [
         Plan("rental 1", "renter 1", offers_a[0], Ending.COMPLETES, TRAINING_JOB),
         Plan("rental 2", "renter 2", offers_a[-1], Ending.TERMINATED, SERVER_JOB, after="rental 1" if shared else None),
@@ -365,8 +420,17 @@ def _set_up(console: Console, source: TelemetrySource) -> DemoMarket:
 
 def _list_offer(suite, provider, name: str, gpus: list[GpuInfo], price: int, region: str, served: bool) -> Offer:
     hashes = [gpu_uuid_hash(g.uuid) for g in gpus]
-    terms = (gpus[0].name.encode()[:32].ljust(32, b"\0"), gpus[0].mem_total_mib, price, 1, 86_400,
-             region.encode().ljust(16, b"\0"), BPS, False, hashes)
+    terms = (
+        gpus[0].name.encode()[:32].ljust(32, b"\0"),
+        gpus[0].mem_total_mib,
+        price,
+        1,
+        86_400,
+        region.encode().ljust(16, b"\0"),
+        BPS,
+        False,
+        hashes,
+    )
     tx = suite.registry.createOffer(terms, {"from": provider}, silent=True)
     return Offer(tx.events["OfferCreated"]["offerId"], name, tuple(gpus), price, served)
 
@@ -378,8 +442,14 @@ def _quietly(deploy: Callable, *args):
 
 
 def _progress(console: Console, right: str) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn(right),
-                    TimeElapsedColumn(), console=console)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        TextColumn(right),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the market
@@ -389,23 +459,32 @@ async def _play(console: Console, market: DemoMarket, source: TelemetrySource, s
     """Runs the services and the three rentals side by side until each is settled and the agent is done."""
     provider_a = market.parties["provider A"]
     suite = market.suite
-    chain_settings = ChainSettings(rpc_url=web3.provider.endpoint_uri, chain_id=web3.eth.chain_id,
-                                   registry=suite.registry.address, escrow=suite.escrow.address)
+    chain_settings = ChainSettings(
+        rpc_url=web3.provider.endpoint_uri,
+        chain_id=web3.eth.chain_id,
+        registry=suite.registry.address,
+        escrow=suite.escrow.address,
+    )
     machine = ProviderMachine(provider_a.address, AGENT_KEY, source)
-    console.print("starting three oracles (2-of-3; the leader batches reports and runs the keeper) and provider A's "
-                  "agent")
-    async with running_exchange(chain_settings, state_root, ORACLE_KEYS, machine, timers=TIMERS,
-                                allow_simulated=source.simulated) as exchange:
-        console.print(f"oracles on ports {', '.join(str(o.port) for o in exchange.oracles)}; agent "
-                      f"{exchange.agent.address}, running each job in a hardened podman container of {DEV_JOB_IMAGE} "
-                      "(non-root, read-only, no capabilities, no network, memory/CPU/pid limits)")
+    console.print(
+        "starting three oracles (2-of-3; the leader batches reports and runs the keeper) and provider A's agent"
+    )
+    async with running_exchange(
+        chain_settings, state_root, ORACLE_KEYS, machine, timers=TIMERS, allow_simulated=source.simulated
+    ) as exchange:
+        console.print(
+            f"oracles on ports {', '.join(str(o.port) for o in exchange.oracles)}; agent "
+            f"{exchange.agent.address}, running each job in a hardened podman container of {DEV_JOB_IMAGE} "
+            "(non-root, read-only, no capabilities, no network, memory/CPU/pid limits)"
+        )
         settled = {plan.label: asyncio.Event() for plan in market.plans}
         with _progress(console, "{task.fields[state]}") as progress:
             await asyncio.gather(*(_rent(exchange, market, plan, progress, settled) for plan in market.plans))
 
 
-async def _rent(exchange: LocalExchange, market: DemoMarket, plan: Plan, progress: Progress,
-                settled: dict[str, asyncio.Event]) -> None:
+async def _rent(
+    exchange: LocalExchange, market: DemoMarket, plan: Plan, progress: Progress, settled: dict[str, asyncio.Event]
+) -> None:
     """Plays one rental from opening to settlement, advancing its progress bar at each milestone."""
     milestones = {Ending.COMPLETES: 3, Ending.TERMINATED: 5, Ending.NEVER_STARTS: 2}[plan.ending]  # `say`s below
     title = f"{plan.label}: {plan.renter} -> {plan.offer.provider}, offer {plan.offer.offer_id}"
@@ -420,11 +499,20 @@ async def _rent(exchange: LocalExchange, market: DemoMarket, plan: Plan, progres
     if plan.after is not None:
         progress.update(task, state=f"waiting for {plan.after} to free the offer")
         await settled[plan.after].wait()
-    tx = await asyncio.to_thread(escrow.openRental, plan.offer.offer_id, DURATION, plan.offer.price_per_second,
-                                 plan.spec.spec_hash(), {"from": renter}, silent=True)
+    tx = await asyncio.to_thread(
+        escrow.openRental,
+        plan.offer.offer_id,
+        DURATION,
+        plan.offer.price_per_second,
+        plan.spec.spec_hash(),
+        {"from": renter},
+        silent=True,
+    )
     rental_id = market.rental_ids[plan.label] = tx.events["RentalOpened"]["rentalId"]
-    say(f"{plan.renter} opened rental {rental_id:#x} for {DURATION} s ({_tusd(tx.events['RentalOpened']['deposit'])} "
-        f"tUSD deposit); {plan.ending}")
+    say(
+        f"{plan.renter} opened rental {rental_id:#x} for {DURATION} s ({_tusd(tx.events['RentalOpened']['deposit'])} "
+        f"tUSD deposit); {plan.ending}"
+    )
 
     async def follow(condition: Callable[[Rental], bool], seconds: float, what: str) -> Rental:
         def check() -> bool:
@@ -446,11 +534,15 @@ async def _rent(exchange: LocalExchange, market: DemoMarket, plan: Plan, progres
             say(f"{RUN_SECONDS} usage reports on chain")
             tx = await asyncio.to_thread(escrow.terminate, rental_id, {"from": renter}, silent=True)
             say(f"{plan.renter} terminated it; {_tusd(tx.events['RentalTerminated']['refund'])} tUSD refunded now")
-        state = await follow(lambda s: s.status.is_final, SETTLE_WAIT if plan.ending is Ending.TERMINATED
-                             else JOB_WAIT, "to settle")
+        state = await follow(
+            lambda s: s.status.is_final, SETTLE_WAIT if plan.ending is Ending.TERMINATED else JOB_WAIT, "to settle"
+        )
         say(f"settled: {state.status.name}, {state.delivered_seconds} s delivered")
-        await exchange.until(lambda: exchange.agent.book.get(rental_id).phase is Phase.DONE, START_WAIT,
-                             f"the agent to be done with {plan.label}")
+        await exchange.until(
+            lambda: exchange.agent.book.get(rental_id).phase is Phase.DONE,
+            START_WAIT,
+            f"the agent to be done with {plan.label}",
+        )
     progress.update(task, state=_describe(state))
     settled[plan.label].set()
 
@@ -461,16 +553,19 @@ def _rental_state(suite: Suite, rental_id: int) -> Rental:
 
 def _token_balances(suite: Suite, token, holders: dict[str, object]) -> dict[str, int]:
     """The `token` balance of each holder (an account or a contract), by name."""
-    balances = suite.read(lambda r: asyncio.gather(*(r.token_balance(token.address, h.address)
-                                                     for h in holders.values())))
+    balances = suite.read(
+        lambda r: asyncio.gather(*(r.token_balance(token.address, h.address) for h in holders.values()))
+    )
     return dict(zip(holders, balances))
 
 
 def _describe(state: Rental) -> str:
     if state.status is RentalStatus.OPEN:
         return "open, not started"
-    return (f"{_status_name(state.status)}: {state.last_seq} reports, {state.delivered_seconds} s, "
-            f"{_tusd(state.earned)} tUSD")
+    return (
+        f"{_status_name(state.status)}: {state.last_seq} reports, {state.delivered_seconds} s, "
+        f"{_tusd(state.earned)} tUSD"
+    )
 
 
 def _withdraw_everything(console: Console, market: DemoMarket) -> None:
@@ -478,22 +573,25 @@ def _withdraw_everything(console: Console, market: DemoMarket) -> None:
     suite = market.suite
     registry, escrow = suite.registry, suite.escrow
     parties = market.parties
-    market.compensation_owed = {name: suite.read(lambda r: r.balances(account.address)).compensation
-                                for name, account in parties.items() if name.startswith("renter")}
+    market.compensation_owed = {
+        name: suite.read(lambda r, a=account: r.balances(a.address)).compensation
+        for name, account in parties.items()
+        if name.startswith("renter")
+    }
     providers = [name for name in parties if name.startswith("provider")]
     with _progress(console, "{task.completed}/{task.total}") as progress:
         task = progress.add_task("withdrawing", total=len(parties) + 2 * len(providers))
         unbonding_ends = 0
         for name in providers:
             progress.update(task, description=f"{name} requests to unstake")
-            stake = suite.read(lambda r: r.provider(parties[name].address))
+            stake = suite.read(lambda r, a=parties[name]: r.provider(a.address))
             free = stake.staked - stake.locked - stake.unbonding
             tx = registry.requestUnstake(free, {"from": parties[name]}, silent=True)
             unbonding_ends = max(unbonding_ends, tx.events["UnstakeRequested"]["endsAt"])
             progress.advance(task)
         for name, account in parties.items():
             progress.update(task, description=f"{name} withdraws")
-            if suite.read(lambda r: r.balances(account.address)).escrow > 0:
+            if suite.read(lambda r, a=account: r.balances(a.address)).escrow > 0:
                 escrow.withdraw({"from": account}, silent=True)
             if market.compensation_owed.get(name):
                 registry.withdrawCompensation({"from": account}, silent=True)
@@ -526,15 +624,28 @@ def _settlement(market: DemoMarket, plan: Plan) -> Settlement:
     (opened,), (final,) = of_rental("RentalOpened"), of_rental("RentalFinalized")
     terminated = of_rental("RentalTerminated")
     started = [e["startedAt"] for e in of_rental("RentalStarted")]
-    utilisation = tuple(UtilisationPoint(e["periodEnd"] - started[0], e["avgUtilBps"] / 100)
-                        for e in sorted(of_rental("ReportApplied"), key=lambda e: e["seq"]))
+    utilisation = tuple(
+        UtilisationPoint(e["periodEnd"] - started[0], e["avgUtilBps"] / 100)
+        for e in sorted(of_rental("ReportApplied"), key=lambda e: e["seq"])
+    )
     return Settlement(
-        label=plan.label, rental_id=rental_id, renter=plan.renter, provider=plan.offer.provider, ending=plan.ending,
-        status=RentalStatus(final["status"]), terminated=bool(terminated), price_per_second=opened["pricePerSecond"],
-        deposit=opened["deposit"], delivered_seconds=final["deliveredSeconds"],
-        provider_payout=final["providerPayout"], fee=final["fee"],
-        refund=final["refund"] + sum(e["refund"] for e in terminated), slashed=final["slashed"],
-        collateral=plan.offer.collateral, utilisation=utilisation)
+        label=plan.label,
+        rental_id=rental_id,
+        renter=plan.renter,
+        provider=plan.offer.provider,
+        ending=plan.ending,
+        status=RentalStatus(final["status"]),
+        terminated=bool(terminated),
+        price_per_second=opened["pricePerSecond"],
+        deposit=opened["deposit"],
+        delivered_seconds=final["deliveredSeconds"],
+        provider_payout=final["providerPayout"],
+        fee=final["fee"],
+        refund=final["refund"] + sum(e["refund"] for e in terminated),
+        slashed=final["slashed"],
+        collateral=plan.offer.collateral,
+        utilisation=utilisation,
+    )
 
 
 def _ledger(market: DemoMarket, settlements: list[Settlement]) -> list[LedgerRow]:
@@ -549,10 +660,14 @@ def _ledger(market: DemoMarket, settlements: list[Settlement]) -> list[LedgerRow
         flows["treasury"]["fees"] += s.fee
     contracts = {"escrow": market.suite.escrow, "registry": market.suite.registry}
     after = _token_balances(market.suite, market.token, {**market.parties, **contracts})
-    rows = [LedgerRow(name, account.address, market.before[name], after[name], **flows[name])
-            for name, account in market.parties.items()]
-    rows += [LedgerRow(name, contract.address, market.before[name], after[name], is_contract=True)
-             for name, contract in contracts.items()]
+    rows = [
+        LedgerRow(name, account.address, market.before[name], after[name], **flows[name])
+        for name, account in market.parties.items()
+    ]
+    rows += [
+        LedgerRow(name, contract.address, market.before[name], after[name], is_contract=True)
+        for name, contract in contracts.items()
+    ]
     return rows
 
 
@@ -572,26 +687,41 @@ def _checks(market: DemoMarket, settlements: list[Settlement], ledger: list[Ledg
     slashed_to = {name: sum(s.slashed for s in settlements if s.renter == name) for name in market.compensation_owed}
     return [
         Check("the ledger sums to zero", sum(r.change for r in ledger) == 0),
-        Check("the contracts hold nothing once everyone has withdrawn", all(r.after == 0 for r in ledger
-                                                                            if r.is_contract)),
-        Check("every party's change is what the settlement events say",
-              all(r.change == r.explained for r in ledger if not r.is_contract)),
-        Check(f"{completed.label} ran its job to completion: Completed",
-              completed.status is RentalStatus.COMPLETED and completed.delivered_seconds > 0),
-        Check(f"{terminated.label} was terminated, then settled with the unused time refunded",
-              terminated.terminated and terminated.status is RentalStatus.EXPIRED and terminated.refund > 0),
-        Check(f"{timed_out.label} timed out: nothing delivered or paid, the deposit refunded",
-              timed_out.status is RentalStatus.TIMED_OUT and timed_out.delivered_seconds == 0
-              and timed_out.provider_payout == 0 and timed_out.refund == timed_out.deposit),
+        Check(
+            "the contracts hold nothing once everyone has withdrawn", all(r.after == 0 for r in ledger if r.is_contract)
+        ),
+        Check(
+            "every party's change is what the settlement events say",
+            all(r.change == r.explained for r in ledger if not r.is_contract),
+        ),
+        Check(
+            f"{completed.label} ran its job to completion: Completed",
+            completed.status is RentalStatus.COMPLETED and completed.delivered_seconds > 0,
+        ),
+        Check(
+            f"{terminated.label} was terminated, then settled with the unused time refunded",
+            terminated.terminated and terminated.status is RentalStatus.EXPIRED and terminated.refund > 0,
+        ),
+        Check(
+            f"{timed_out.label} timed out: nothing delivered or paid, the deposit refunded",
+            timed_out.status is RentalStatus.TIMED_OUT
+            and timed_out.delivered_seconds == 0
+            and timed_out.provider_payout == 0
+            and timed_out.refund == timed_out.deposit,
+        ),
         Check("providers were paid price x delivered seconds less the fee", all(paid_right(s) for s in started)),
-        Check("renters got back the deposit less price x delivered seconds",
-              all(s.refund == s.deposit - s.price_per_second * s.delivered_seconds for s in settlements)),
+        Check(
+            "renters got back the deposit less price x delivered seconds",
+            all(s.refund == s.deposit - s.price_per_second * s.delivered_seconds for s in settlements),
+        ),
         Check("the treasury got exactly the fees", rows["treasury"].change == sum(s.fee for s in settlements) > 0),
-        Check(f"{timed_out.provider} lost {PARAMS.start_slash_bps / 100:g}% of the offer's collateral "
-              f"({_tusd(start_slash)} tUSD) to {timed_out.renter} as compensation",
-              timed_out.slashed == start_slash > 0
-              and rows[timed_out.provider].change == -start_slash
-              and market.compensation_owed == slashed_to),
+        Check(
+            f"{timed_out.provider} lost {PARAMS.start_slash_bps / 100:g}% of the offer's collateral "
+            f"({_tusd(start_slash)} tUSD) to {timed_out.renter} as compensation",
+            timed_out.slashed == start_slash > 0
+            and rows[timed_out.provider].change == -start_slash
+            and market.compensation_owed == slashed_to,
+        ),
     ]
 
 
@@ -618,21 +748,49 @@ def _offers_table(market: DemoMarket) -> Table:
         table.add_column(column, justify="right" if "tUSD" in column else "left")
     agent = "agent, SIMULATED telemetry" if market.simulated else "agent, NVML telemetry"
     for offer in market.offers:
-        table.add_row(str(offer.offer_id), offer.provider, f"{len(offer.gpus)} x {offer.gpus[0].name}",
-                      _tusd(offer.price_per_second * 3600), _tusd(offer.collateral),
-                      agent if offer.served else "[red]nobody[/]")
+        table.add_row(
+            str(offer.offer_id),
+            offer.provider,
+            f"{len(offer.gpus)} x {offer.gpus[0].name}",
+            _tusd(offer.price_per_second * 3600),
+            _tusd(offer.collateral),
+            agent if offer.served else "[red]nobody[/]",
+        )
     return table
 
 
 def _rentals_table(settlements: list[Settlement]) -> Table:
     table = Table(title="Rentals, as settled (tUSD; what is slashed goes to the renter)", title_justify="left")
-    for column in ("rental", "renter", "provider", "outcome", "delivered s", "deposit", "to provider", "fee",
-                   "refund", "slashed"):
-        table.add_column(column, justify="left" if column in ("rental", "renter", "provider", "outcome") else "right",
-                         no_wrap=column == "outcome")
+    for column in (
+        "rental",
+        "renter",
+        "provider",
+        "outcome",
+        "delivered s",
+        "deposit",
+        "to provider",
+        "fee",
+        "refund",
+        "slashed",
+    ):
+        table.add_column(
+            column,
+            justify="left" if column in ("rental", "renter", "provider", "outcome") else "right",
+            no_wrap=column == "outcome",
+        )
     for s in settlements:
-        table.add_row(s.label, s.renter, s.provider, s.outcome, str(s.delivered_seconds), _tusd(s.deposit),
-                      _tusd(s.provider_payout), _tusd(s.fee), _tusd(s.refund), _tusd(s.slashed))
+        table.add_row(
+            s.label,
+            s.renter,
+            s.provider,
+            s.outcome,
+            str(s.delivered_seconds),
+            _tusd(s.deposit),
+            _tusd(s.provider_payout),
+            _tusd(s.fee),
+            _tusd(s.refund),
+            _tusd(s.slashed),
+        )
     return table
 
 
@@ -642,15 +800,28 @@ def _ledger_table(ledger: list[LedgerRow]) -> Table:
     for column in ("before", "after", "change", "rentals", "payouts", "fees", "slashes"):
         table.add_column(column, justify="right")
     for row in ledger:
-        table.add_row(row.holder, _tusd(row.before), _tusd(row.after), _signed(row.change),
-                      *(("", "", "", "") if row.is_contract else
-                        (_signed(row.rentals), _signed(row.payouts), _signed(row.fees), _signed(row.slashes))),
-                      style="dim" if row.is_contract else None, end_section=row is ledger[-1])
+        table.add_row(
+            row.holder,
+            _tusd(row.before),
+            _tusd(row.after),
+            _signed(row.change),
+            *(
+                ("", "", "", "")
+                if row.is_contract
+                else (_signed(row.rentals), _signed(row.payouts), _signed(row.fees), _signed(row.slashes))
+            ),
+            style="dim" if row.is_contract else None,
+            end_section=row is ledger[-1],
+        )
     total = sum(r.change for r in ledger)
-    table.add_row("total", _tusd(sum(r.before for r in ledger)), _tusd(sum(r.after for r in ledger)),
-                  f"[{'green' if total == 0 else 'bold red'}]{_signed(total)}[/]",
-                  *(_signed(sum(getattr(r, f) for r in ledger)) for f in ("rentals", "payouts", "fees", "slashes")),
-                  style="bold")
+    table.add_row(
+        "total",
+        _tusd(sum(r.before for r in ledger)),
+        _tusd(sum(r.after for r in ledger)),
+        f"[{'green' if total == 0 else 'bold red'}]{_signed(total)}[/]",
+        *(_signed(sum(getattr(r, f) for r in ledger)) for f in ("rentals", "payouts", "fees", "slashes")),
+        style="bold",
+    )
     return table
 
 
@@ -666,17 +837,21 @@ def _plot(path: Path, settlements: list[Settlement], simulated: bool) -> Path:
             util_axes.step(seconds, utils + utils[-1:], where="post", label=f"{s.label} ({s.outcome})")
         else:
             util_axes.plot([], [], " ", label=f"{s.label} ({s.outcome}): no reports")
-    util_axes.set(xlabel="seconds since the rental started", ylabel="average GPU utilisation per report (%)",
-                  ylim=(0, 105), title="Reported utilisation" + (" (SIMULATED telemetry)" if simulated else ""))
+    util_axes.set(
+        xlabel="seconds since the rental started",
+        ylabel="average GPU utilisation per report (%)",
+        ylim=(0, 105),
+        title="Reported utilisation" + (" (SIMULATED telemetry)" if simulated else ""),
+    )
     util_axes.legend(loc="lower right")
     parts = (("to provider", "provider_payout"), ("fee", "fee"), ("refund", "refund"), ("slashed to renter", "slashed"))
     width = 0.8 / len(parts)
     for i, (name, attribute) in enumerate(parts):
         values = [float(Decimal(getattr(s, attribute)).scaleb(-6)) for s in settlements]
-        bars = money_axes.bar([x + (i - (len(parts) - 1) / 2) * width for x in range(len(settlements))], values,
-                              width, label=name)
-        money_axes.bar_label(bars, labels=[f"{v:.6f}" if v else "" for v in values], fontsize=7, rotation=90,
-                             padding=2)
+        bars = money_axes.bar(
+            [x + (i - (len(parts) - 1) / 2) * width for x in range(len(settlements))], values, width, label=name
+        )
+        money_axes.bar_label(bars, labels=[f"{v:.6f}" if v else "" for v in values], fontsize=7, rotation=90, padding=2)
     money_axes.set_xticks(range(len(settlements)), [f"{s.label}\n{s.outcome}" for s in settlements])
     money_axes.set_yscale("log")
     # Headroom above the tallest bar for its label and the legend.

@@ -25,15 +25,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from offchain.chain.reads import ChainReader, read_once
 from offchain.chain.rpc import connect
+from offchain.chain.tx.oneshot import Wallet
 from offchain.config import read_key
+from offchain.ops import roles
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
 from offchain.ops.deployments import create_address
-from offchain.chain.tx.oneshot import Wallet
-from offchain.ops import roles
 
 __all__ = ["USDC", "SuiteParams", "Suite", "deploy_suite", "DeploySettings", "main"]
 
 T = TypeVar("T")
+#: The parameters `deploy_suite` deploys with unless told otherwise.
+DEFAULT_PARAMS = SuiteParams()
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Suite:
         return read_once(web3.provider.endpoint_uri, self.registry.address, self.escrow.address, call)
 
 
-def deploy_suite(deployer, payment_token, stake_token, treasury, oracles=(), threshold=1, params=SuiteParams()):
+def deploy_suite(deployer, payment_token, stake_token, treasury, oracles=(), threshold=1, params=DEFAULT_PARAMS):
     """Deploys the registry and escrow from the Brownie account `deployer` and, if given, sets the oracle set.
 
     The registry takes the escrow's address at construction; it is predicted from the deployer's nonce,
@@ -57,8 +59,7 @@ def deploy_suite(deployer, payment_token, stake_token, treasury, oracles=(), thr
     """
     escrow_address = create_address(deployer.address, deployer.nonce + 1)
     registry = ProviderRegistry.deploy(*registry_args(params, stake_token, escrow_address), {"from": deployer})
-    escrow = RentalEscrow.deploy(
-        *escrow_args(params, payment_token, registry, deployer, treasury), {"from": deployer})
+    escrow = RentalEscrow.deploy(*escrow_args(params, payment_token, registry, deployer, treasury), {"from": deployer})
     if oracles:
         escrow.setOracleSet(list(oracles), threshold, {"from": deployer})
     return Suite(registry, escrow, payment_token, stake_token)
@@ -95,11 +96,22 @@ class DeploySettings(BaseSettings):
         return self
 
     def request(self, network_name: str, deployer: str) -> DeployRequest:
-        params = SuiteParams(fee_bps=self.fee_bps, start_timeout=self.start_timeout, report_grace=self.report_grace,
-                             min_stake_per_gpu=self.min_stake_per_gpu, unbonding_period=self.unbonding_period)
-        return DeployRequest(network=network_name, treasury=self.treasury or deployer,
-                             oracles=self.oracles or [deployer], threshold=self.threshold,
-                             payment_token=self.payment_token, stake_token=self.stake_token, params=params)
+        params = SuiteParams(
+            fee_bps=self.fee_bps,
+            start_timeout=self.start_timeout,
+            report_grace=self.report_grace,
+            min_stake_per_gpu=self.min_stake_per_gpu,
+            unbonding_period=self.unbonding_period,
+        )
+        return DeployRequest(
+            network=network_name,
+            treasury=self.treasury or deployer,
+            oracles=self.oracles or [deployer],
+            threshold=self.threshold,
+            payment_token=self.payment_token,
+            stake_token=self.stake_token,
+            params=params,
+        )
 
 
 def main():

@@ -80,5 +80,6 @@ def job_image() -> str:
 
 @pytest.fixture(scope="module")
 def chain_settings(rpc_url, suite):
-    return ChainSettings(rpc_url=rpc_url, chain_id=web3.eth.chain_id, registry=suite.registry.address,
-                         escrow=suite.escrow.address)
+    return ChainSettings(
+        rpc_url=rpc_url, chain_id=web3.eth.chain_id, registry=suite.registry.address, escrow=suite.escrow.address
+    )

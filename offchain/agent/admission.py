@@ -45,9 +45,11 @@ def offer_gpus_here(uuid_hashes: Iterable[bytes], local_uuids: Iterable[str], of
     hashes = list(uuid_hashes)
     missing = [h for h in hashes if h not in here]
     if missing:
-        raise RentalRefused(DeclineReason.GPUS_UNAVAILABLE,
-                            f"{len(missing)} GPU(s) of offer {offer_id} are not on the provider's machine "
-                            f"(first: 0x{missing[0].hex()})")
+        raise RentalRefused(
+            DeclineReason.GPUS_UNAVAILABLE,
+            f"{len(missing)} GPU(s) of offer {offer_id} are not on the provider's machine "
+            f"(first: 0x{missing[0].hex()})",
+        )
     return tuple(here[h] for h in hashes)
 
 
@@ -55,17 +57,21 @@ def admit(spec: JobSpec, settings: ContainerSettings, *, gpu_count: int, offer_e
     """What the job may use, or `RentalRefused` when it asks for what the offer does not give."""
     image = spec.image or settings.default_image
     if image is None:
-        raise RentalRefused(DeclineReason.SPEC_INVALID,
-                            "the job spec names no container image and this provider sets no default image")
+        raise RentalRefused(
+            DeclineReason.SPEC_INVALID, "the job spec names no container image and this provider sets no default image"
+        )
     memory = settings.memory_mib_per_gpu * gpu_count
     cpus = settings.cpus_per_gpu * gpu_count
     wanted = spec.resources
     if wanted.memory_mib is not None and wanted.memory_mib > memory:
-        raise RentalRefused(DeclineReason.EXCEEDS_OFFER,
-                            f"the job asks for {wanted.memory_mib} MiB of memory; the offer gives {memory} MiB")
+        raise RentalRefused(
+            DeclineReason.EXCEEDS_OFFER,
+            f"the job asks for {wanted.memory_mib} MiB of memory; the offer gives {memory} MiB",
+        )
     if wanted.cpus is not None and wanted.cpus > cpus:
-        raise RentalRefused(DeclineReason.EXCEEDS_OFFER,
-                            f"the job asks for {wanted.cpus:g} CPUs; the offer gives {cpus:g}")
+        raise RentalRefused(
+            DeclineReason.EXCEEDS_OFFER, f"the job asks for {wanted.cpus:g} CPUs; the offer gives {cpus:g}"
+        )
     egress = spec.network == "egress"
     if egress and not (offer_egress and settings.allow_egress):
         where = "the offer does not allow it" if not offer_egress else "the provider's machine does not allow it"

@@ -55,8 +55,8 @@ from offchain.protocol.renterapi import (
     recover_signer,
     unseal,
 )
-from offchain.sqlite import transaction
 from offchain.protocol.status import DeclineReason
+from offchain.sqlite import transaction
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,18 @@ LOG_READ_BYTES = 256 * 1024
 SHELL_READ_BYTES = 64 * 1024
 _SHELL_PATH = re.compile(r"^/[A-Za-z0-9/_.-]{1,63}$")
 _STATUS = {
-    ApiErrorCode.UNSIGNED: 401, ApiErrorCode.EXPIRED: 401, ApiErrorCode.BAD_SIGNATURE: 401,
-    ApiErrorCode.REPLAYED: 401, ApiErrorCode.NOT_RENTER: 403, ApiErrorCode.UNKNOWN_RENTAL: 404,
-    ApiErrorCode.NO_RESULTS: 404, ApiErrorCode.INVALID_BODY: 422, ApiErrorCode.SPEC_HASH_MISMATCH: 422,
-    ApiErrorCode.SECRETS_MISMATCH: 422, ApiErrorCode.NOT_NOW: 409, ApiErrorCode.UNSUPPORTED: 501,
+    ApiErrorCode.UNSIGNED: 401,
+    ApiErrorCode.EXPIRED: 401,
+    ApiErrorCode.BAD_SIGNATURE: 401,
+    ApiErrorCode.REPLAYED: 401,
+    ApiErrorCode.NOT_RENTER: 403,
+    ApiErrorCode.UNKNOWN_RENTAL: 404,
+    ApiErrorCode.NO_RESULTS: 404,
+    ApiErrorCode.INVALID_BODY: 422,
+    ApiErrorCode.SPEC_HASH_MISMATCH: 422,
+    ApiErrorCode.SECRETS_MISMATCH: 422,
+    ApiErrorCode.NOT_NOW: 409,
+    ApiErrorCode.UNSUPPORTED: 501,
 }
 NONCE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_nonces (
@@ -83,8 +91,14 @@ def refusal(code: ApiErrorCode, detail: str) -> web.HTTPException:
     """The HTTP error of a refused request, with its `ApiError` body."""
     body = ApiError(error=code, detail=detail).model_dump_json()
     status = _STATUS[code]
-    error_class = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound, 409: web.HTTPConflict,
-                   422: web.HTTPUnprocessableEntity, 501: web.HTTPNotImplemented}[status]
+    error_class = {
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+        422: web.HTTPUnprocessableEntity,
+        501: web.HTTPNotImplemented,
+    }[status]
     return error_class(text=body, content_type="application/json")
 
 
@@ -92,9 +106,17 @@ class RenterApi:
     """The renter API of one agent. `start()` it; `port` is where it listens; `stop()` closes it (and every
     shell). `wake(rental_id)` is called when a rental's spec arrives."""
 
-    def __init__(self, settings: ProviderAgentSettings, key: str, book: RentalBook, jobs: JobLauncher,
-                 specs: JobSpecStore, db: sqlite3.Connection, wake: Callable[[int], None],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: ProviderAgentSettings,
+        key: str,
+        book: RentalBook,
+        jobs: JobLauncher,
+        specs: JobSpecStore,
+        db: sqlite3.Connection,
+        wake: Callable[[int], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
         self._key = key
         self._book = book
@@ -108,9 +130,13 @@ class RenterApi:
         self.port: int | None = None
         db.executescript(NONCE_SCHEMA)
         self.info = AgentInfo(
-            address=Account.from_key(key).address, public_key=public_key_of(key),
-            chain_id=settings.chain.chain_id, escrow=settings.chain.escrow, isolation=jobs.isolation,
-            engine=None if jobs.engine is None else jobs.engine.name)
+            address=Account.from_key(key).address,
+            public_key=public_key_of(key),
+            chain_id=settings.chain.chain_id,
+            escrow=settings.chain.escrow,
+            isolation=jobs.isolation,
+            engine=None if jobs.engine is None else jobs.engine.name,
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -152,8 +178,9 @@ class RenterApi:
             raise refusal(ApiErrorCode.UNKNOWN_RENTAL, "a rental id is a decimal number") from None
         chain = self._settings.chain
         try:
-            signer, nonce, expiry = recover_signer(request.headers, chain.chain_id, chain.escrow, rental_id, action,
-                                                   body, now=self._clock())
+            signer, nonce, expiry = recover_signer(
+                request.headers, chain.chain_id, chain.escrow, rental_id, action, body, now=self._clock()
+            )
         except RequestRefused as exc:
             raise refusal(exc.code, exc.detail) from None
         record = self._book.get(rental_id)
@@ -187,25 +214,32 @@ class RenterApi:
             where = ".".join(str(part) for part in error["loc"])
             raise refusal(ApiErrorCode.INVALID_BODY, f"{where + ': ' if where else ''}{error['msg']}") from None
         if spec.spec_hash() != record.spec_hash:
-            raise refusal(ApiErrorCode.SPEC_HASH_MISMATCH,
-                          f"the spec hashes to 0x{spec.spec_hash().hex()}; rental {record.rental_id} was opened with "
-                          f"0x{record.spec_hash.hex()}")
+            raise refusal(
+                ApiErrorCode.SPEC_HASH_MISMATCH,
+                f"the spec hashes to 0x{spec.spec_hash().hex()}; rental {record.rental_id} was opened with "
+                f"0x{record.spec_hash.hex()}",
+            )
         if set(upload.secrets) != set(spec.secret_env):
-            raise refusal(ApiErrorCode.SECRETS_MISMATCH,
-                          f"the spec's secret_env names {sorted(spec.secret_env)}; the upload seals "
-                          f"{sorted(upload.secrets)}")
+            raise refusal(
+                ApiErrorCode.SECRETS_MISMATCH,
+                f"the spec's secret_env names {sorted(spec.secret_env)}; the upload seals {sorted(upload.secrets)}",
+            )
         for name, sealed in upload.secrets.items():
             try:
                 unseal(self._key, sealed)
             except ValueError:
-                raise refusal(ApiErrorCode.SECRETS_MISMATCH,
-                              f"{name} is not sealed to this agent's key {self.info.public_key}") from None
+                raise refusal(
+                    ApiErrorCode.SECRETS_MISMATCH, f"{name} is not sealed to this agent's key {self.info.public_key}"
+                ) from None
         files = self._jobs.files_of(record.rental_id)
         await asyncio.to_thread(files.ensure_root)
         await asyncio.to_thread(write_private, files.secrets, json.dumps(upload.secrets).encode())
         await asyncio.to_thread(self._specs.put, spec)
-        log.info("rental %d: job spec received from its renter (%d secret value(s), sealed)", record.rental_id,
-                 len(upload.secrets))
+        log.info(
+            "rental %d: job spec received from its renter (%d secret value(s), sealed)",
+            record.rental_id,
+            len(upload.secrets),
+        )
         self._wake(record.rental_id)
         return web.json_response({"rental_id": record.rental_id, "spec_hash": "0x" + record.spec_hash.hex()})
 
@@ -220,22 +254,31 @@ class RenterApi:
         if record.container is not None:
             state = None if self._jobs.engine is None else await self._jobs.engine.inspect(record.container)
             container = ContainerView(
-                name=record.container, state="gone" if state is None else state.status,
+                name=record.container,
+                state="gone" if state is None else state.status,
                 started_at=record.job_started_at if state is None else state.started_at,
-                finished_at=record.job_finished_at if state is None else state.finished_at)
+                finished_at=record.job_finished_at if state is None else state.finished_at,
+            )
         image = None
         if spec is not None:
             image = spec.image or self._settings.container.default_image
         return JobStatus(
-            rental_id=record.rental_id, phase=record.phase.value, isolation=record.isolation,
-            spec_received=spec is not None, image=None if self._jobs.engine is None else image,
-            gpus=record.gpus, container=container,
-            exit_code=record.exit_code, reason=record.job_reason,
+            rental_id=record.rental_id,
+            phase=record.phase.value,
+            isolation=record.isolation,
+            spec_received=spec is not None,
+            image=None if self._jobs.engine is None else image,
+            gpus=record.gpus,
+            container=container,
+            exit_code=record.exit_code,
+            reason=record.job_reason,
             result_digest=None if record.result_digest is None else "0x" + record.result_digest.hex(),
             results_available=self._jobs.files_of(record.rental_id).results.is_file()
             and record.result_digest is not None,
             decline_reason=None if record.decline_reason is None else DeclineReason(record.decline_reason).name,
-            decline_detail=record.decline_detail, outcome=record.outcome)
+            decline_detail=record.decline_detail,
+            outcome=record.outcome,
+        )
 
     async def _spec_of(self, record: RentalRecord) -> JobSpec | None:
         """The rental's spec if this machine holds it (it never fetches one for a status)."""
@@ -256,20 +299,33 @@ class RenterApi:
         if offset < 0:
             raise refusal(ApiErrorCode.INVALID_BODY, "offset is a byte offset of the log (a whole number)")
         if self._jobs.engine is None:
-            raise refusal(ApiErrorCode.UNSUPPORTED, "this agent runs jobs as bare processes (an unsafe development "
-                                                    "mode): their output is in the provider's rental folder")
+            raise refusal(
+                ApiErrorCode.UNSUPPORTED,
+                "this agent runs jobs as bare processes (an unsafe development "
+                "mode): their output is in the provider's rental folder",
+            )
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
         await response.prepare(request)
         rental_id = record.rental_id
         while True:
             path = await self._jobs.log_path(self._book.get(rental_id))
-            chunks, next_offset = ([], offset) if path is None else await asyncio.to_thread(
-                read_chunks, path, self._jobs.engine.settings.engine.log_format, offset, LOG_READ_BYTES)
+            chunks, next_offset = (
+                ([], offset)
+                if path is None
+                else await asyncio.to_thread(
+                    read_chunks, path, self._jobs.engine.settings.engine.log_format, offset, LOG_READ_BYTES
+                )
+            )
             if chunks:
-                await response.write(b"".join(
-                    LogEntry(offset=c.end, stream=c.stream, time=c.time,
-                             data=c.data.decode(errors="replace")).model_dump_json().encode() + b"\n"
-                    for c in chunks))
+                await response.write(
+                    b"".join(
+                        LogEntry(offset=c.end, stream=c.stream, time=c.time, data=c.data.decode(errors="replace"))
+                        .model_dump_json()
+                        .encode()
+                        + b"\n"
+                        for c in chunks
+                    )
+                )
             offset = next_offset
             if chunks:
                 continue
@@ -279,8 +335,12 @@ class RenterApi:
             ended = current.exit_code is not None or current.phase is Phase.DONE
             if ended or not follow:
                 if ended:
-                    await response.write(LogEnd(offset=offset, exit_code=current.exit_code,
-                                                reason=current.job_reason).model_dump_json().encode() + b"\n")
+                    await response.write(
+                        LogEnd(offset=offset, exit_code=current.exit_code, reason=current.job_reason)
+                        .model_dump_json()
+                        .encode()
+                        + b"\n"
+                    )
                 break
             await asyncio.sleep(LOG_POLL_SECONDS)
         await response.write_eof()
@@ -292,10 +352,14 @@ class RenterApi:
             raise refusal(ApiErrorCode.NOT_NOW, f"the job of rental {record.rental_id} has not ended")
         results = self._jobs.files_of(record.rental_id).results
         if not results.is_file():
-            raise refusal(ApiErrorCode.NO_RESULTS, "the job left no output folder; its result digest is of its "
-                                                   "stdout (read it with logs)")
-        return web.FileResponse(results, headers={
-            "Content-Type": "application/x-tar", RESULT_DIGEST_HEADER: "0x" + record.result_digest.hex()})
+            raise refusal(
+                ApiErrorCode.NO_RESULTS,
+                "the job left no output folder; its result digest is of its stdout (read it with logs)",
+            )
+        return web.FileResponse(
+            results,
+            headers={"Content-Type": "application/x-tar", RESULT_DIGEST_HEADER: "0x" + record.result_digest.hex()},
+        )
 
     async def _shell(self, request: web.Request) -> web.WebSocketResponse:
         record = await self._authorize(request, Action.SHELL)
@@ -305,8 +369,10 @@ class RenterApi:
         rows, cols = _size(request.query.get("rows"), 24), _size(request.query.get("cols"), 80)
         engine = self._jobs.engine
         if engine is None or record.isolation != ISOLATION_CONTAINER or record.container is None:
-            raise refusal(ApiErrorCode.NOT_NOW if engine is not None else ApiErrorCode.UNSUPPORTED,
-                          "there is no container of this rental's job to open a shell in")
+            raise refusal(
+                ApiErrorCode.NOT_NOW if engine is not None else ApiErrorCode.UNSUPPORTED,
+                "there is no container of this rental's job to open a shell in",
+            )
         state = await engine.inspect(record.container)
         if state is None or not state.running or record.phase is Phase.DONE:
             raise refusal(ApiErrorCode.NOT_NOW, f"the job of rental {record.rental_id} is not running")
@@ -315,9 +381,21 @@ class RenterApi:
         task = asyncio.current_task()
         assert task is not None
         self._shells.setdefault(record.rental_id, set()).add(task)
-        argv = [engine.name, *engine.settings.global_args, "exec", "--interactive", "--tty",
-                "--user", self._settings.container.user, "--workdir", "/workspace",
-                "--env", "TERM=xterm-256color", record.container, shell]
+        argv = [
+            engine.name,
+            *engine.settings.global_args,
+            "exec",
+            "--interactive",
+            "--tty",
+            "--user",
+            self._settings.container.user,
+            "--workdir",
+            "/workspace",
+            "--env",
+            "TERM=xterm-256color",
+            record.container,
+            shell,
+        ]
         log.info("rental %d: shell opened by its renter", record.rental_id)
         try:
             await _relay(ws, argv, rows, cols)
@@ -352,8 +430,14 @@ async def _relay(ws: web.WebSocketResponse, argv: list[str], rows: int, cols: in
     _set_window(slave, rows, cols)
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=slave, stdout=slave, stderr=slave, env=client_env(), start_new_session=True,
-            preexec_fn=_controlling_terminal)
+            *argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=client_env(),
+            start_new_session=True,
+            preexec_fn=_controlling_terminal,
+        )
     finally:
         os.close(slave)
     os.set_blocking(master, False)
@@ -392,8 +476,9 @@ async def _relay(ws: web.WebSocketResponse, argv: list[str], rows: int, cols: in
 
     sending, receiving = asyncio.ensure_future(to_client()), asyncio.ensure_future(from_client())
     try:
-        await asyncio.wait({sending, receiving, asyncio.ensure_future(process.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {sending, receiving, asyncio.ensure_future(process.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
         if process.returncode is not None:
             # Let what the shell printed last reach the client before the socket closes.
             await asyncio.wait_for(asyncio.shield(sending), 1.0)
@@ -425,4 +510,3 @@ async def _write_all(fd: int, data: bytes) -> None:
                 return
             raise
         view = view[written:]
-

@@ -81,17 +81,31 @@ class BareProcessJob(Job):
     agent and not overridable by the spec, `PATH` (the agent's), `HOME` (the workspace), `CUDA_VISIBLE_DEVICES`
     (the rental's GPU UUIDs), `GPUEX_RENTAL_ID` and `GPUEX_JOB_TOKEN`."""
 
-    def __init__(self, spec: JobSpec, files: RentalFiles, *, rental_id: int, gpu_uuids: tuple[str, ...],
-                 token: str, deadline: float | None, stop_grace_seconds: float,
-                 secrets: dict[str, str] | None = None) -> None:
-        super().__init__(deadline=deadline, stop_grace_seconds=stop_grace_seconds,
-                         timeout_seconds=spec.timeout_seconds)
+    def __init__(
+        self,
+        spec: JobSpec,
+        files: RentalFiles,
+        *,
+        rental_id: int,
+        gpu_uuids: tuple[str, ...],
+        token: str,
+        deadline: float | None,
+        stop_grace_seconds: float,
+        secrets: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(deadline=deadline, stop_grace_seconds=stop_grace_seconds, timeout_seconds=spec.timeout_seconds)
         self.spec = spec
         self.files = files
         self.token = token
-        self.env = {**spec.env, **(secrets or {}), "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids),
-                    "GPUEX_RENTAL_ID": str(rental_id),
-                    JOB_TOKEN_VAR: token, "PATH": os.environ.get("PATH", os.defpath), "HOME": str(files.work)}
+        self.env = {
+            **spec.env,
+            **(secrets or {}),
+            "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids),
+            "GPUEX_RENTAL_ID": str(rental_id),
+            JOB_TOKEN_VAR: token,
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(files.work),
+        }
         self._process: asyncio.subprocess.Process | None = None
         self._start_error: str | None = None
         self._stopping = asyncio.Lock()
@@ -110,8 +124,14 @@ class BareProcessJob(Job):
         try:
             with self.files.stdout_log.open("wb") as stdout, self.files.stderr_log.open("wb") as stderr:
                 self._process = await asyncio.create_subprocess_exec(
-                    *self.spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=self.cwd,
-                    env=self.env, start_new_session=True)
+                    *self.spec.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    cwd=self.cwd,
+                    env=self.env,
+                    start_new_session=True,
+                )
         except OSError as exc:
             self._start_error = exc.strerror or str(exc)
             log.error("job could not be started: %s", exc)
@@ -131,19 +151,31 @@ class BareProcessJob(Job):
 
     async def _outcome(self) -> JobOutcome:
         if self._process is None:
-            return JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=False, stopped=False,
-                              reason=f"could not start: {self._start_error}")
+            return JobOutcome(
+                NOT_STARTED_EXIT_CODE,
+                ZERO_DIGEST,
+                timed_out=False,
+                stopped=False,
+                reason=f"could not start: {self._start_error}",
+            )
         assert self._process.returncode is not None
         code = self._process.returncode
         digest = await asyncio.to_thread(self._digest)
-        return JobOutcome(code, digest, timed_out=self._timed_out, stopped=self._stopped and not self._timed_out,
-                          reason=describe_exit(code, timed_out=self._timed_out, stopped=self._stopped,
-                                               timeout_seconds=self.timeout_seconds),
-                          finished_at=time.time())
+        return JobOutcome(
+            code,
+            digest,
+            timed_out=self._timed_out,
+            stopped=self._stopped and not self._timed_out,
+            reason=describe_exit(
+                code, timed_out=self._timed_out, stopped=self._stopped, timeout_seconds=self.timeout_seconds
+            ),
+            finished_at=time.time(),
+        )
 
     def _digest(self) -> bytes:
-        packed = pack_results(self.files.work, os.path.join(self.spec.working_dir, self.spec.output_dir),
-                              self.files.results)
+        packed = pack_results(
+            self.files.work, os.path.join(self.spec.working_dir, self.spec.output_dir), self.files.results
+        )
         return packed if packed is not None else file_digest(os.open(self.files.stdout_log, os.O_RDONLY | os.O_CLOEXEC))
 
     async def _stop_group(self) -> None:

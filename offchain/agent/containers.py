@@ -50,10 +50,24 @@ AGENT_LABEL = "gpuex.agent"
 RENTAL_LABEL = "gpuex.rental"
 #: What of the agent's own environment the engine client gets: where to find the engine and its configuration,
 #: never anything else of the agent (its key settings above all) and never anything of a job spec.
-CLIENT_ENV_NAMES = ("PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
-                    "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF", "CONTAINER_HOST",
-                    "CONTAINER_CONNECTION", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY",
-                    "DOCKER_CERT_PATH")
+CLIENT_ENV_NAMES = (
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "CONTAINERS_CONF",
+    "CONTAINERS_STORAGE_CONF",
+    "CONTAINERS_REGISTRIES_CONF",
+    "CONTAINER_HOST",
+    "CONTAINER_CONNECTION",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CONTEXT",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+)
 _ENGINE_ERROR_CHARS = 2_000
 _USER = re.compile(r"^([0-9]+):([0-9]+)$")
 _FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -140,16 +154,43 @@ def run_argv(settings: ContainerSettings, plan: ContainerPlan) -> list[str]:
     argv = [str(settings.engine), *settings.global_args, "run", "--detach", "--init", "--name", plan.name]
     for key, value in plan.labels:
         argv += ["--label", f"{key}={value}"]
-    argv += ["--user", settings.user, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-             "--read-only", "--tmpfs", f"/tmp:rw,nosuid,nodev,size={settings.tmp_mib}m",
-             "--shm-size", f"{settings.shm_mib}m",
-             "--memory", f"{plan.memory_mib}m", "--memory-swap", f"{plan.memory_mib}m", "--cpus", f"{plan.cpus:g}",
-             "--pids-limit", str(settings.pids_limit),
-             "--ulimit", f"nofile={settings.nofile_limit}:{settings.nofile_limit}",
-             "--ulimit", f"nproc={settings.nproc_limit}:{settings.nproc_limit}",
-             "--volume", f"{plan.workspace}:{CONTAINER_WORKSPACE}:rw",
-             "--workdir", str(PurePosixPath(CONTAINER_WORKSPACE) / plan.working_dir),
-             "--env-file", str(plan.env_file), "--hostname", "gpuex-job", "--pull", "never", "--entrypoint", ""]
+    argv += [
+        "--user",
+        settings.user,
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--read-only",
+        "--tmpfs",
+        f"/tmp:rw,nosuid,nodev,size={settings.tmp_mib}m",
+        "--shm-size",
+        f"{settings.shm_mib}m",
+        "--memory",
+        f"{plan.memory_mib}m",
+        "--memory-swap",
+        f"{plan.memory_mib}m",
+        "--cpus",
+        f"{plan.cpus:g}",
+        "--pids-limit",
+        str(settings.pids_limit),
+        "--ulimit",
+        f"nofile={settings.nofile_limit}:{settings.nofile_limit}",
+        "--ulimit",
+        f"nproc={settings.nproc_limit}:{settings.nproc_limit}",
+        "--volume",
+        f"{plan.workspace}:{CONTAINER_WORKSPACE}:rw",
+        "--workdir",
+        str(PurePosixPath(CONTAINER_WORKSPACE) / plan.working_dir),
+        "--env-file",
+        str(plan.env_file),
+        "--hostname",
+        "gpuex-job",
+        "--pull",
+        "never",
+        "--entrypoint",
+        "",
+    ]
     if podman:
         # podman mounts tmpfs on /run and /var/tmp of a read-only container unless told not to.
         argv += ["--read-only-tmpfs=false", "--log-driver", "k8s-file", "--log-opt", f"path={plan.log_path}"]
@@ -233,8 +274,14 @@ class Engine:
         """Whether the engine's client is installed here."""
         return shutil.which(self.name) is not None
 
-    async def call(self, *args: str, timeout: float | None = None, check: bool = True,
-                   cwd: Path | None = None, interruptible: bool = False) -> tuple[int, str, str]:
+    async def call(
+        self,
+        *args: str,
+        timeout: float | None = None,
+        check: bool = True,
+        cwd: Path | None = None,
+        interruptible: bool = False,
+    ) -> tuple[int, str, str]:
         """Runs `<engine> <global args> <args>` with the client environment, in `cwd` if given; (exit code,
         stdout, stderr). Raises `EngineError` when it cannot run, times out, or (with `check`) exits non-zero.
 
@@ -244,8 +291,14 @@ class Engine:
         argv = [self.name, *self.settings.global_args, *args]
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=client_env(), start_new_session=True, cwd=cwd)
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=client_env(),
+                start_new_session=True,
+                cwd=cwd,
+            )
         except OSError as exc:
             raise EngineError(f"cannot run {self.name}: {exc.strerror or exc}") from exc
         limit = timeout or self.settings.command_timeout_seconds
@@ -266,8 +319,9 @@ class Engine:
             raise
         out, err = stdout.decode(errors="replace"), stderr.decode(errors="replace")
         if check and process.returncode != 0:
-            raise EngineError(f"`{self.name} {args[0]}` exited with {process.returncode}: "
-                              f"{err.strip()[-_ENGINE_ERROR_CHARS:]}")
+            raise EngineError(
+                f"`{self.name} {args[0]}` exited with {process.returncode}: {err.strip()[-_ENGINE_ERROR_CHARS:]}"
+            )
         return process.returncode or 0, out, err
 
     async def has_image(self, image: str) -> bool:
@@ -295,7 +349,7 @@ class Engine:
         The client runs in the rental's folder: podman's monitor (conmon) stays in its client's working folder and
         writes its out-of-memory marker (`oom_marker`) there."""
         argv = run_argv(self.settings, plan)
-        await self.call(*argv[1 + len(self.settings.global_args):], cwd=plan.log_path.parent)
+        await self.call(*argv[1 + len(self.settings.global_args) :], cwd=plan.log_path.parent)
 
     async def inspect(self, name: str) -> ContainerState | None:
         """The container's state, or None when no container has this name."""
@@ -308,10 +362,14 @@ class Engine:
         state = details["State"]
         log_path = details.get("LogPath") or (details.get("HostConfig", {}).get("LogConfig", {}) or {}).get("Path")
         return ContainerState(
-            status=str(state.get("Status", "")).lower(), exit_code=int(state.get("ExitCode") or 0),
-            oom_killed=bool(state.get("OOMKilled")), pid=int(state.get("Pid") or 0),
-            started_at=_timestamp(state.get("StartedAt")), finished_at=_timestamp(state.get("FinishedAt")),
-            log_path=log_path or None)
+            status=str(state.get("Status", "")).lower(),
+            exit_code=int(state.get("ExitCode") or 0),
+            oom_killed=bool(state.get("OOMKilled")),
+            pid=int(state.get("Pid") or 0),
+            started_at=_timestamp(state.get("StartedAt")),
+            finished_at=_timestamp(state.get("FinishedAt")),
+            log_path=log_path or None,
+        )
 
     async def wait(self, name: str) -> None:
         """Returns once the container is no longer running (at once if it is not)."""
@@ -319,8 +377,14 @@ class Engine:
 
     async def stop(self, name: str, grace_seconds: float) -> None:
         """Stops the container: its stop signal (SIGTERM), then SIGKILL after the grace period."""
-        await self.call("stop", "--time", str(max(0, round(grace_seconds))), name,
-                        timeout=grace_seconds + self.settings.command_timeout_seconds, check=False)
+        await self.call(
+            "stop",
+            "--time",
+            str(max(0, round(grace_seconds))),
+            name,
+            timeout=grace_seconds + self.settings.command_timeout_seconds,
+            check=False,
+        )
 
     async def remove(self, name: str) -> None:
         """Removes the container (killing it if it still runs); no error when it is already gone."""

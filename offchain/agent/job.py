@@ -63,12 +63,22 @@ class JobOutcome:
         return JobExit(self.exit_code, self.reason, self.finished_at, self.result_digest)
 
 
-def describe_exit(exit_code: int, *, timed_out: bool, stopped: bool, oom_killed: bool = False,
-                  memory_mib: int | None = None, timeout_seconds: float | None = None) -> str | None:
+def describe_exit(
+    exit_code: int,
+    *,
+    timed_out: bool,
+    stopped: bool,
+    oom_killed: bool = False,
+    memory_mib: int | None = None,
+    timeout_seconds: float | None = None,
+) -> str | None:
     """Why a job did not succeed, in a sentence for its renter; None when it did."""
     if timed_out:
-        return f"stopped after running past its timeout of {timeout_seconds:g} s" if timeout_seconds else \
-            "stopped after running past its timeout"
+        return (
+            f"stopped after running past its timeout of {timeout_seconds:g} s"
+            if timeout_seconds
+            else "stopped after running past its timeout"
+        )
     if stopped:
         return "stopped by the provider's agent because the rental ended"
     if exit_code == 0:
@@ -166,9 +176,18 @@ class Job(ABC):
 class ContainerJob(Job):
     """A rental's job as a detached container named `plan.name`."""
 
-    def __init__(self, engine: Engine, plan: ContainerPlan, env: dict[str, str], *, output_dir: str,
-                 results: Path, deadline: float | None, stop_grace_seconds: float,
-                 timeout_seconds: float | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        plan: ContainerPlan,
+        env: dict[str, str],
+        *,
+        output_dir: str,
+        results: Path,
+        deadline: float | None,
+        stop_grace_seconds: float,
+        timeout_seconds: float | None,
+    ) -> None:
         super().__init__(deadline=deadline, stop_grace_seconds=stop_grace_seconds, timeout_seconds=timeout_seconds)
         self.engine = engine
         self.plan = plan
@@ -228,24 +247,42 @@ class ContainerJob(Job):
 
     async def _outcome(self) -> JobOutcome:
         if self._start_error is not None:
-            return JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=False, stopped=False,
-                              reason=f"could not start: {self._start_error}")
+            return JobOutcome(
+                NOT_STARTED_EXIT_CODE,
+                ZERO_DIGEST,
+                timed_out=False,
+                stopped=False,
+                reason=f"could not start: {self._start_error}",
+            )
         state = await self.engine.inspect(self.name)
         if state is None:
-            return JobOutcome(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=self._timed_out, stopped=self._stopped,
-                              reason="its container disappeared from the provider's machine")
+            return JobOutcome(
+                NOT_STARTED_EXIT_CODE,
+                ZERO_DIGEST,
+                timed_out=self._timed_out,
+                stopped=self._stopped,
+                reason="its container disappeared from the provider's machine",
+            )
         await asyncio.to_thread(copy_engine_log, state, self.plan.log_path)
         digest = await asyncio.to_thread(self._digest)
         return JobOutcome(
-            exit_code=state.exit_code, result_digest=digest, timed_out=self._timed_out, stopped=self._stopped,
-            reason=describe_exit(state.exit_code, timed_out=self._timed_out, stopped=self._stopped,
-                                 oom_killed=state.oom_killed or oom_marker(self.plan).exists(),
-                                 memory_mib=self.plan.memory_mib,
-                                 timeout_seconds=self.timeout_seconds),
-            finished_at=state.finished_at)
+            exit_code=state.exit_code,
+            result_digest=digest,
+            timed_out=self._timed_out,
+            stopped=self._stopped,
+            reason=describe_exit(
+                state.exit_code,
+                timed_out=self._timed_out,
+                stopped=self._stopped,
+                oom_killed=state.oom_killed or oom_marker(self.plan).exists(),
+                memory_mib=self.plan.memory_mib,
+                timeout_seconds=self.timeout_seconds,
+            ),
+            finished_at=state.finished_at,
+        )
 
     def _digest(self) -> bytes:
-        packed = pack_results(self.plan.workspace, os.path.join(self.plan.working_dir, self._output_dir),
-                              self._results)
-        return packed if packed is not None else stream_digest(self.plan.log_path,
-                                                               self.engine.settings.engine.log_format)
+        packed = pack_results(self.plan.workspace, os.path.join(self.plan.working_dir, self._output_dir), self._results)
+        return (
+            packed if packed is not None else stream_digest(self.plan.log_path, self.engine.settings.engine.log_format)
+        )

@@ -89,8 +89,10 @@ def _env_name(name: str) -> None:
     if len(name) > MAX_ENV_NAME_CHARS or not _ENV_NAME.match(name):
         raise ValueError(f"not an environment variable name: {name[:MAX_ENV_NAME_CHARS]!r}")
     if name in RESERVED_ENV_NAMES or name.upper().startswith(RESERVED_ENV_PREFIXES):
-        raise ValueError(f"environment variable {name} is reserved: it steers the container runtime, the "
-                         "loader or the GPUs, which the provider's agent controls")
+        raise ValueError(
+            f"environment variable {name} is reserved: it steers the container runtime, the "
+            "loader or the GPUs, which the provider's agent controls"
+        )
 
 
 def _relative_path(value: str, what: str) -> str:
@@ -122,8 +124,8 @@ class JobSpec(BaseModel):
     The command (`command + args`, replacing the image's entrypoint) runs in `working_dir`, a path relative to the
     rental's workspace, which is mounted at `/workspace` and is the only place the job can write to that outlives
     it. `env` is added to the job's environment (reserved names refused); the values of the names in `secret_env`
-    come separately, sealed to the agent's key (`offchain.protocol.renterapi.SpecUpload`), so that they never travel or rest
-    in the clear. Without `image` the agent uses its provider's default image, and declines when there is none.
+    come separately, sealed to the agent's key (`offchain.protocol.renterapi.SpecUpload`), so that they never travel
+    or rest in the clear. Without `image` the agent uses its provider's default image, and declines when there is none.
     `timeout_seconds` stops the job (reported Failed) once exceeded. `output_dir`, relative to the working
     directory, is what the job leaves for its renter: packed as a tar when the job ends, its keccak256 is the
     completion report's result digest (without it, the digest is keccak256 of the job's stdout). `network` is
@@ -174,8 +176,10 @@ class JobSpec(BaseModel):
             if len(text) > MAX_ENV_VALUE_CHARS:
                 raise ValueError(f"environment variable {name} is longer than {MAX_ENV_VALUE_CHARS} characters")
             if any(c in text for c in "\x00\r\n"):
-                raise ValueError(f"environment variable {name} holds a line break or NUL byte; put multi-line "
-                                 "data in a file of the workspace")
+                raise ValueError(
+                    f"environment variable {name} holds a line break or NUL byte; put multi-line "
+                    "data in a file of the workspace"
+                )
         return value
 
     @field_validator("secret_env")
@@ -272,7 +276,7 @@ class JobSpecStore:
         `JobSpecInvalid` when the renter's body is no valid spec."""
         path = self.path_of(spec_hash)
         if path.is_file():
-            body = path.read_bytes()[:MAX_SPEC_BYTES + 1]
+            body = path.read_bytes()[: MAX_SPEC_BYTES + 1]
             if len(body) > MAX_SPEC_BYTES:
                 raise JobSpecInvalid(f"job spec 0x{spec_hash.hex()} is larger than {MAX_SPEC_BYTES} bytes")
             return parse_spec(body, spec_hash)

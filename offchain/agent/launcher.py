@@ -66,13 +66,21 @@ class JobLauncher:
     """The jobs of one agent (its address, with its state folder, labels its containers; its key opens the jobs'
     sealed secret values)."""
 
-    def __init__(self, settings: ProviderAgentSettings, book: RentalBook, key: str, *, real_gpus: bool,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: ProviderAgentSettings,
+        book: RentalBook,
+        key: str,
+        *,
+        real_gpus: bool,
+        clock: Callable[[], float],
+    ) -> None:
         self.engine = None if settings.unsafe_bare_process else Engine(settings.container)
         if self.engine is not None and not self.engine.available():
             raise ContainerEngineMissing(
                 f"{self.engine.name} is not installed: every job runs in a container; install "
-                f"{self.engine.name} (or set GPUEX_AGENT_CONTAINER__ENGINE)")
+                f"{self.engine.name} (or set GPUEX_AGENT_CONTAINER__ENGINE)"
+            )
         self._settings = settings
         self._book = book
         self._key = key
@@ -108,8 +116,14 @@ class JobLauncher:
                 await self.engine.remove(record.container)
             log.warning("rental %d: container %s is gone: launching the job again", rental_id, record.container)
         name = container_name(rental_id)
-        self._book.set_launch(rental_id, isolation=ISOLATION_CONTAINER, container=name, token=None, deadline=deadline,
-                              gpus=prepared.gpu_uuids)
+        self._book.set_launch(
+            rental_id,
+            isolation=ISOLATION_CONTAINER,
+            container=name,
+            token=None,
+            deadline=deadline,
+            gpus=prepared.gpu_uuids,
+        )
         await asyncio.to_thread(self.files_of(rental_id).prepare, spec.working_dir, self._job_owner())
         job = self._container_job(record, prepared, name, deadline)
         await job.start()
@@ -121,12 +135,19 @@ class JobLauncher:
             found = await kill_stale_job(record.job_token, self._settings.stop_grace_seconds)
             log.warning("rental %d: stopped %d process(es) left by the agent's previous run", rental_id, found)
         token = new_token()
-        self._book.set_launch(rental_id, isolation=ISOLATION_BARE, container=None, token=token, deadline=deadline,
-                              gpus=prepared.gpu_uuids)
-        job = BareProcessJob(prepared.spec, self.files_of(rental_id), rental_id=rental_id,
-                             gpu_uuids=prepared.gpu_uuids, token=token, deadline=deadline,
-                             stop_grace_seconds=self._settings.stop_grace_seconds,
-                             secrets=self._secret_values(rental_id, prepared.spec))
+        self._book.set_launch(
+            rental_id, isolation=ISOLATION_BARE, container=None, token=token, deadline=deadline, gpus=prepared.gpu_uuids
+        )
+        job = BareProcessJob(
+            prepared.spec,
+            self.files_of(rental_id),
+            rental_id=rental_id,
+            gpu_uuids=prepared.gpu_uuids,
+            token=token,
+            deadline=deadline,
+            stop_grace_seconds=self._settings.stop_grace_seconds,
+            secrets=self._secret_values(rental_id, prepared.spec),
+        )
         await job.start()
         return job
 
@@ -136,22 +157,44 @@ class JobLauncher:
         settings = self._settings.container
         return (settings.uid, settings.gid) if os.geteuid() == 0 else None
 
-    def _container_job(self, record: RentalRecord, prepared: PreparedJob, name: str,
-                       deadline: float | None) -> ContainerJob:
+    def _container_job(
+        self, record: RentalRecord, prepared: PreparedJob, name: str, deadline: float | None
+    ) -> ContainerJob:
         assert self.engine is not None and prepared.allowance is not None
         spec, allowance = prepared.spec, prepared.allowance
         files = self.files_of(record.rental_id)
         plan = ContainerPlan(
-            name=name, image=allowance.image, argv=tuple(spec.argv), workspace=files.work,
-            working_dir=spec.working_dir, env_file=files.env_file, log_path=files.container_log,
+            name=name,
+            image=allowance.image,
+            argv=tuple(spec.argv),
+            workspace=files.work,
+            working_dir=spec.working_dir,
+            env_file=files.env_file,
+            log_path=files.container_log,
             # Simulated GPUs exist nowhere: a container of a simulated machine gets no GPU device.
-            gpu_uuids=prepared.gpu_uuids if self._real_gpus else (), memory_mib=allowance.memory_mib,
-            cpus=allowance.cpus, egress=allowance.egress, labels=labels(self.label, record.rental_id))
-        env = {**spec.env, **self._secret_values(record.rental_id, spec), "HOME": "/workspace",
-               "CUDA_VISIBLE_DEVICES": ",".join(prepared.gpu_uuids), "GPUEX_RENTAL_ID": str(record.rental_id)}
-        return ContainerJob(self.engine, plan, env, output_dir=spec.output_dir, results=files.results,
-                            deadline=deadline, stop_grace_seconds=self._settings.stop_grace_seconds,
-                            timeout_seconds=spec.timeout_seconds)
+            gpu_uuids=prepared.gpu_uuids if self._real_gpus else (),
+            memory_mib=allowance.memory_mib,
+            cpus=allowance.cpus,
+            egress=allowance.egress,
+            labels=labels(self.label, record.rental_id),
+        )
+        env = {
+            **spec.env,
+            **self._secret_values(record.rental_id, spec),
+            "HOME": "/workspace",
+            "CUDA_VISIBLE_DEVICES": ",".join(prepared.gpu_uuids),
+            "GPUEX_RENTAL_ID": str(record.rental_id),
+        }
+        return ContainerJob(
+            self.engine,
+            plan,
+            env,
+            output_dir=spec.output_dir,
+            results=files.results,
+            deadline=deadline,
+            stop_grace_seconds=self._settings.stop_grace_seconds,
+            timeout_seconds=spec.timeout_seconds,
+        )
 
     def has_secrets(self, rental_id: int, spec: JobSpec) -> bool:
         """Whether the sealed values of every `secret_env` name of the spec are here."""

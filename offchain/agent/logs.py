@@ -64,8 +64,9 @@ def _parse_json(line: bytes, end: int) -> LogChunk | None:
 _PARSERS = {LogFormat.K8S_FILE: _parse_k8s, LogFormat.JSON_FILE: _parse_json}
 
 
-def read_chunks(path: Path, fmt: LogFormat, offset: int = 0, limit_bytes: int | None = None
-                ) -> tuple[list[LogChunk], int]:
+def read_chunks(
+    path: Path, fmt: LogFormat, offset: int = 0, limit_bytes: int | None = None
+) -> tuple[list[LogChunk], int]:
     """The chunks of the whole entries from byte `offset` of the log (at most about `limit_bytes` of it) and the
     offset to continue from. A missing log reads as empty."""
     parse = _PARSERS[fmt]

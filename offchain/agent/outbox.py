@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 import aiohttp
 from pydantic import ValidationError
 
-from offchain.sqlite import transaction
 from offchain.protocol.messages import OracleError, RejectReason, TelemetryAck, TelemetrySubmission
+from offchain.sqlite import transaction
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,14 @@ class Outbox:
             else:
                 self._record_retry(delivery, status, f"not an ack of this report: {text[:_MAX_ERROR_CHARS]}")
         elif 400 <= status < 500 and status not in RETRYABLE_CLIENT_ERRORS and _reason(text) not in RETRYABLE_REASONS:
-            log.error("oracle %s rejected rental %d seq %d: %d %s", delivery.oracle, delivery.rental_id,
-                      delivery.seq, status, text[:_MAX_ERROR_CHARS])
+            log.error(
+                "oracle %s rejected rental %d seq %d: %d %s",
+                delivery.oracle,
+                delivery.rental_id,
+                delivery.seq,
+                status,
+                text[:_MAX_ERROR_CHARS],
+            )
             self._record_final(delivery, "rejected", status, text[:_MAX_ERROR_CHARS])
         else:
             self._record_retry(delivery, status, text[:_MAX_ERROR_CHARS])
@@ -290,11 +296,18 @@ class Outbox:
     def _record_retry(self, delivery: Delivery, status: int | None, error: str) -> None:
         attempts = delivery.attempts + 1
         delay = self._retry.delay(attempts)
-        log.warning("oracle %s: rental %d seq %d attempt %d failed (%s %s); retrying in %.1f s", delivery.oracle,
-                    delivery.rental_id, delivery.seq, attempts, status, error, delay)
+        log.warning(
+            "oracle %s: rental %d seq %d attempt %d failed (%s %s); retrying in %.1f s",
+            delivery.oracle,
+            delivery.rental_id,
+            delivery.seq,
+            attempts,
+            status,
+            error,
+            delay,
+        )
         self._db.execute(
             """UPDATE outbox_deliveries SET attempts = ?, http_status = ?, last_error = ?, next_attempt_at = ?
                WHERE rental_id = ? AND seq = ? AND oracle = ?""",
-            (attempts, status, error, self._clock() + delay, str(delivery.rental_id), delivery.seq,
-             delivery.oracle),
+            (attempts, status, error, self._clock() + delay, str(delivery.rental_id), delivery.seq, delivery.oracle),
         )

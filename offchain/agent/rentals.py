@@ -40,20 +40,20 @@ CREATE TABLE IF NOT EXISTS rentals (
 """
 #: Columns added after the first release; `RentalBook` adds them to an older database.
 LATER_COLUMNS = {
-    "renter": "TEXT",                 # who opened it (RentalOpened), the only one the renter API answers
-    "container": "TEXT",              # name of the latest launch's container
-    "gpus": "TEXT",                   # JSON list: the UUIDs of the GPUs the job runs on
-    "isolation": "TEXT",              # 'container' or 'bare-process'
-    "exit_code": "INTEGER",           # how the job ended, once it has
-    "job_reason": "TEXT",             # why it failed, for the renter
-    "result_digest": "BLOB",          # the completion report's: keccak256 of results.tar, or of stdout
+    "renter": "TEXT",  # who opened it (RentalOpened), the only one the renter API answers
+    "container": "TEXT",  # name of the latest launch's container
+    "gpus": "TEXT",  # JSON list: the UUIDs of the GPUs the job runs on
+    "isolation": "TEXT",  # 'container' or 'bare-process'
+    "exit_code": "INTEGER",  # how the job ended, once it has
+    "job_reason": "TEXT",  # why it failed, for the renter
+    "result_digest": "BLOB",  # the completion report's: keccak256 of results.tar, or of stdout
     "job_finished_at": "REAL",
-    "decline_reason": "INTEGER",      # DeclineReason the agent decided on, sent until the chain has it
+    "decline_reason": "INTEGER",  # DeclineReason the agent decided on, sent until the chain has it
     "decline_detail": "TEXT",
-    "start_confirmed_at": "REAL",     # when the agent saw the rental running on chain (its start receipt)
-    "job_started_at": "REAL",         # when the latest launch began running
-    "done_at": "REAL",                # when the phase became done
-    "cleaned_at": "REAL",             # when its folder was removed
+    "start_confirmed_at": "REAL",  # when the agent saw the rental running on chain (its start receipt)
+    "job_started_at": "REAL",  # when the latest launch began running
+    "done_at": "REAL",  # when the phase became done
+    "cleaned_at": "REAL",  # when its folder was removed
 }
 
 
@@ -67,8 +67,12 @@ class JobExit:
     result_digest: bytes
 
     def fields(self) -> dict[str, object]:
-        return {"exit_code": self.exit_code, "job_reason": self.reason, "job_finished_at": self.finished_at,
-                "result_digest": self.result_digest}
+        return {
+            "exit_code": self.exit_code,
+            "job_reason": self.reason,
+            "job_finished_at": self.finished_at,
+            "result_digest": self.result_digest,
+        }
 
 
 class Phase(StrEnum):
@@ -156,7 +160,9 @@ class RentalBook:
         """Done rentals whose folder is still there, done before `done_before`."""
         rows = self._db.execute(
             "SELECT * FROM rentals WHERE phase = 'done' AND cleaned_at IS NULL AND done_at IS NOT NULL "
-            "AND done_at < ? ORDER BY done_at", (done_before,)).fetchall()
+            "AND done_at < ? ORDER BY done_at",
+            (done_before,),
+        ).fetchall()
         return [RentalRecord.from_row(row) for row in rows]
 
     def apply(self, event: WatchedEvent) -> bool:
@@ -182,18 +188,39 @@ class RentalBook:
 
     def mark_started(self, rental_id: int, *, since: int, ends_at: int, next_seq: int, period_start: int) -> None:
         """The rental runs on chain from `since`; reports continue at `next_seq` from `period_start`."""
-        self._update(rental_id, phase=Phase.RUNNING.value, since=since, ends_at=ends_at, next_seq=next_seq,
-                     period_start=period_start, start_confirmed_at=self._clock())
+        self._update(
+            rental_id,
+            phase=Phase.RUNNING.value,
+            since=since,
+            ends_at=ends_at,
+            next_seq=next_seq,
+            period_start=period_start,
+            start_confirmed_at=self._clock(),
+        )
 
     def sync_chain(self, rental_id: int, *, ends_at: int, terminated: bool, finalized: bool) -> None:
         """Takes the end and state the chain holds now (for events missed while the agent was down)."""
         self._update(rental_id, ends_at=ends_at, terminated=int(terminated), finalized=int(finalized))
 
-    def set_launch(self, rental_id: int, *, isolation: str, container: str | None, token: str | None,
-                   deadline: float | None, gpus: tuple[str, ...]) -> None:
+    def set_launch(
+        self,
+        rental_id: int,
+        *,
+        isolation: str,
+        container: str | None,
+        token: str | None,
+        deadline: float | None,
+        gpus: tuple[str, ...],
+    ) -> None:
         """Remembers a job launch before it is made, so a crash right after still finds it."""
-        self._update(rental_id, isolation=isolation, container=container, job_token=token, job_deadline=deadline,
-                     gpus=json.dumps(list(gpus)))
+        self._update(
+            rental_id,
+            isolation=isolation,
+            container=container,
+            job_token=token,
+            job_deadline=deadline,
+            gpus=json.dumps(list(gpus)),
+        )
 
     def set_job_started(self, rental_id: int, started_at: float | None) -> None:
         """When the latest launch began running."""
@@ -203,8 +230,15 @@ class RentalBook:
         """Remembers the decision to decline the rental, so a restarted agent sends the same decline."""
         self._update(rental_id, decline_reason=reason, decline_detail=detail)
 
-    def advance(self, rental_id: int, *, next_seq: int, period_start: int, done: str | None = None,
-                job_exit: JobExit | None = None) -> None:
+    def advance(
+        self,
+        rental_id: int,
+        *,
+        next_seq: int,
+        period_start: int,
+        done: str | None = None,
+        job_exit: JobExit | None = None,
+    ) -> None:
         """Moves past a queued report; `done` (the outcome) closes the rental, with how its job ended if it did.
         Joins the caller's transaction."""
         fields: dict[str, object] = {"next_seq": next_seq, "period_start": period_start}

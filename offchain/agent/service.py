@@ -69,8 +69,8 @@ from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import TxState
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.protocol.reports import ReportStatus
-from offchain.sqlite import open_db, transaction
 from offchain.protocol.status import DeclineReason, RentalStatus
+from offchain.sqlite import open_db, transaction
 from offchain.telemetry.models import GpuSample
 from offchain.telemetry.nvml import NvmlSource
 from offchain.telemetry.source import TelemetryError, TelemetrySource, TraceExhausted
@@ -81,9 +81,17 @@ log = logging.getLogger(__name__)
 
 #: What a chain request fails with when a retry may succeed: the node did not answer, or answered with an error.
 CHAIN_ERRORS = (ChainUnreachable, Web3Exception)
-AGENT_LOGGERS = ("offchain.agent.service", "offchain.agent.api", "offchain.agent.launcher", "offchain.agent.job",
-                 "offchain.agent.bareprocess", "offchain.agent.containers", "offchain.agent.jobspec",
-                 "offchain.agent.outbox", "offchain.agent.watcher")
+AGENT_LOGGERS = (
+    "offchain.agent.service",
+    "offchain.agent.api",
+    "offchain.agent.launcher",
+    "offchain.agent.job",
+    "offchain.agent.bareprocess",
+    "offchain.agent.containers",
+    "offchain.agent.jobspec",
+    "offchain.agent.outbox",
+    "offchain.agent.watcher",
+)
 SIMULATED_LABEL = "[SIMULATED TELEMETRY] "
 UNSAFE_LABEL = "[UNSAFE: JOBS RUN AS BARE HOST PROCESSES] "
 
@@ -129,7 +137,8 @@ class ProviderAgent:
         if source.simulated and not settings.allow_simulated:
             raise SimulatedTelemetryRefused(
                 "the telemetry source is simulated (not a live measurement of this machine's GPUs); "
-                "start the agent with allow_simulated only for development and demos")
+                "start the agent with allow_simulated only for development and demos"
+            )
         assert settings.key is not None  # AgentSettings resolves the key or fails validation
         self._settings = settings
         self._source = source
@@ -144,14 +153,25 @@ class ProviderAgent:
         self.book = RentalBook(self._db, clock)
         self.jobs = JobLauncher(settings, self.book, self._key, real_gpus=not source.simulated, clock=clock)
         self.outbox = Outbox(
-            self._db, settings.oracles,
+            self._db,
+            settings.oracles,
             retry=RetryPolicy(settings.retry_initial_seconds, settings.retry_max_seconds),
-            request_timeout_seconds=settings.http_timeout_seconds, clock=clock)
-        self._watcher = ChainWatcher(self._reader, settings.provider, self._db, start_block=settings.start_block,
-                                     confirmations=settings.confirmations)
+            request_timeout_seconds=settings.http_timeout_seconds,
+            clock=clock,
+        )
+        self._watcher = ChainWatcher(
+            self._reader,
+            settings.provider,
+            self._db,
+            start_block=settings.start_block,
+            confirmations=settings.confirmations,
+        )
         self._specs = JobSpecStore(settings.spec_directory, settings.spec_url, settings.http_timeout_seconds)
-        self.api = None if settings.api_port is None else RenterApi(
-            settings, self._key, self.book, self.jobs, self._specs, self._db, self._ensure_runner, clock)
+        self.api = (
+            None
+            if settings.api_port is None
+            else RenterApi(settings, self._key, self.book, self.jobs, self._specs, self._db, self._ensure_runner, clock)
+        )
         self._wakeups: dict[int, asyncio.Event] = {}
         self._buffers: dict[int, _SampleBuffer] = {}
         self._job_pids: dict[int, int] = {}
@@ -159,7 +179,8 @@ class ProviderAgent:
         self._start_timeout: int | None = None
         self._group: asyncio.TaskGroup | None = None
         labels_ = ([_Label(SIMULATED_LABEL)] if source.simulated else []) + (
-            [_Label(UNSAFE_LABEL)] if settings.unsafe_bare_process else [])
+            [_Label(UNSAFE_LABEL)] if settings.unsafe_bare_process else []
+        )
         self._labels = labels_
 
     @property
@@ -174,11 +195,18 @@ class ProviderAgent:
         try:
             engine = self.jobs.engine
             if engine is None:
-                log.warning("jobs run as bare processes of this agent's user, with no isolation: a job can read the "
-                            "agent's key and every other rental's files. Development chains only.")
-            log.info("agent %s for provider %s: %d oracle(s), report every %.0f s, jobs in %s", self.address,
-                     self._settings.provider, len(self.outbox.oracles), self._settings.report_interval_seconds,
-                     "bare processes" if engine is None else f"{engine.name} containers")
+                log.warning(
+                    "jobs run as bare processes of this agent's user, with no isolation: a job can read the "
+                    "agent's key and every other rental's files. Development chains only."
+                )
+            log.info(
+                "agent %s for provider %s: %d oracle(s), report every %.0f s, jobs in %s",
+                self.address,
+                self._settings.provider,
+                len(self.outbox.oracles),
+                self._settings.report_interval_seconds,
+                "bare processes" if engine is None else f"{engine.name} containers",
+            )
             if self.api is not None:
                 await self.api.start()
             await self.txmgr.start()
@@ -345,12 +373,22 @@ class ProviderAgent:
             log.warning("rental %d cannot be started: it is %s", rental_id, state.status.name)
             return
         self._mark_started(record, state)
-        log.info("rental %d started at %d on %d GPU(s): %s", rental_id, state.since, len(prepared.gpu_uuids),
-                 " ".join(prepared.spec.argv)[:200])
+        log.info(
+            "rental %d started at %d on %d GPU(s): %s",
+            rental_id,
+            state.since,
+            len(prepared.gpu_uuids),
+            " ".join(prepared.spec.argv)[:200],
+        )
 
     def _mark_started(self, record: RentalRecord, state: Rental) -> None:
-        self.book.mark_started(record.rental_id, since=state.since, ends_at=state.end, next_seq=state.last_seq + 1,
-                               period_start=state.last_period_end)
+        self.book.mark_started(
+            record.rental_id,
+            since=state.since,
+            ends_at=state.end,
+            next_seq=state.last_seq + 1,
+            period_start=state.last_period_end,
+        )
 
     async def _await_spec(self, record: RentalRecord, state: Rental) -> JobSpec | None:
         """The rental's job spec, waited for until its deadline (then `RentalRefused`); None once the rental is
@@ -361,8 +399,10 @@ class ProviderAgent:
                 spec = await self._specs.get(record.spec_hash)
                 if self.jobs.has_secrets(record.rental_id, spec):
                     return spec
-                raise JobSpecMissing("the sealed values of its secret environment variables have not arrived "
-                                     "(the renter uploads them with the spec)")
+                raise JobSpecMissing(
+                    "the sealed values of its secret environment variables have not arrived "
+                    "(the renter uploads them with the spec)"
+                )
             except JobSpecInvalid as exc:
                 raise RentalRefused(DeclineReason.SPEC_INVALID, str(exc)) from exc
             except JobSpecMissing as exc:
@@ -373,15 +413,15 @@ class ProviderAgent:
             if not state.status.is_live:
                 self.book.finish(record.rental_id, f"no job spec while open; rental is {state.status.name}")
                 return None
-            await self._sleep_or_wake(record.rental_id, min(self._settings.chain_poll_seconds,
-                                                            max(0.05, deadline - self._clock())))
+            await self._sleep_or_wake(
+                record.rental_id, min(self._settings.chain_poll_seconds, max(0.05, deadline - self._clock()))
+            )
 
     async def _prepare(self, record: RentalRecord, spec: JobSpec, state: Rental | None = None) -> PreparedJob:
         """Checks that this machine can serve the rental (`offchain.agent.admission`) and has the image;
         raises `RentalRefused` when it cannot."""
         offer = await self._reader.offer(record.offer_id)
-        gpu_uuids = offer_gpus_here(offer.gpu_uuid_hashes, (gpu.uuid for gpu in self._source.gpus()),
-                                    record.offer_id)
+        gpu_uuids = offer_gpus_here(offer.gpu_uuid_hashes, (gpu.uuid for gpu in self._source.gpus()), record.offer_id)
         engine = self.jobs.engine
         if engine is None:
             return PreparedJob(spec, gpu_uuids, None)
@@ -391,8 +431,10 @@ class ProviderAgent:
             # A pull must end in time to start the rental (or decline it) before the start timeout.
             pull_window = state.since + await self._start_timeout_seconds() * 3 / 4 - self._clock()
             if pull_window <= 0:
-                raise RentalRefused(DeclineReason.IMAGE_UNAVAILABLE,
-                                    f"no time left to get image {allowance.image} before the start timeout")
+                raise RentalRefused(
+                    DeclineReason.IMAGE_UNAVAILABLE,
+                    f"no time left to get image {allowance.image} before the start timeout",
+                )
         try:
             await engine.ensure_image(allowance.image, timeout=pull_window)
         except ImageUnavailable as exc:
@@ -436,8 +478,12 @@ class ProviderAgent:
         try:
             record = await self.txmgr.wait_confirmed(key, self._settings.tx_timeout_seconds)
         except TimeoutError:
-            log.info("rental %d: %s not mined within %.0f s; reading the rental", rental_id, function,
-                     self._settings.tx_timeout_seconds)
+            log.info(
+                "rental %d: %s not mined within %.0f s; reading the rental",
+                rental_id,
+                function,
+                self._settings.tx_timeout_seconds,
+            )
         else:
             if record.state is TxState.CONFIRMED:
                 log.info("rental %d: %s tx %s mined", rental_id, function, record.hash)
@@ -460,9 +506,11 @@ class ProviderAgent:
         state = await self._rental_state(record.rental_id)
         status = state.status
         self.book.sync_chain(
-            record.rental_id, ends_at=state.end,
+            record.rental_id,
+            ends_at=state.end,
             terminated=record.terminated or status is RentalStatus.TERMINATED,
-            finalized=record.finalized or status.is_final or status is RentalStatus.NONE)
+            finalized=record.finalized or status.is_final or status is RentalStatus.NONE,
+        )
         return self._record(record.rental_id)
 
     async def _supervise(self, record: RentalRecord) -> None:
@@ -531,8 +579,14 @@ class ProviderAgent:
         if isinstance(self._source, NvmlSource):
             self._source.expected_pids = set(self._job_pids.values())
 
-    async def _report_until_done(self, rental_id: int, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer,
-                                 job: Job, exit_task: asyncio.Task[JobOutcome]) -> None:
+    async def _report_until_done(
+        self,
+        rental_id: int,
+        gpu_uuids: tuple[str, ...],
+        buffer: _SampleBuffer,
+        job: Job,
+        exit_task: asyncio.Task[JobOutcome],
+    ) -> None:
         interval = self._settings.report_interval_seconds
         wakeup = self._wakeups[rental_id]
         while True:
@@ -549,8 +603,11 @@ class ProviderAgent:
                 return
             now = self._clock()
             if record.terminated or now >= record.ends_at:
-                log.info("rental %d %s: stopping the job", rental_id,
-                         "terminated by the renter" if record.terminated else "reached its end")
+                log.info(
+                    "rental %d %s: stopping the job",
+                    rental_id,
+                    "terminated by the renter" if record.terminated else "reached its end",
+                )
                 await job.stop()
                 self._record_exit(rental_id, await exit_task)
                 await self._close_period(record, gpu_uuids, buffer)
@@ -569,12 +626,18 @@ class ProviderAgent:
     def _record_exit(self, rental_id: int, outcome: JobOutcome) -> None:
         self.book.record_exit(rental_id, outcome.as_exit())
 
-    async def _complete(self, record: RentalRecord, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer,
-                        outcome: JobOutcome) -> None:
+    async def _complete(
+        self, record: RentalRecord, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer, outcome: JobOutcome
+    ) -> None:
         """The completion report of a job that exited by itself (or timed out)."""
         status = ReportStatus.COMPLETED if outcome.succeeded else ReportStatus.FAILED
-        log.info("rental %d: job exited with %d%s: reporting %s", record.rental_id, outcome.exit_code,
-                 f" ({outcome.reason})" if outcome.reason else "", status.name)
+        log.info(
+            "rental %d: job exited with %d%s: reporting %s",
+            record.rental_id,
+            outcome.exit_code,
+            f" ({outcome.reason})" if outcome.reason else "",
+            status.name,
+        )
         period_end = await self._period_end(record, outcome.finished_at)
         if period_end is None:
             self._record_exit(record.rental_id, outcome)
@@ -591,8 +654,9 @@ class ProviderAgent:
         period_end = None if record.finalized else await self._period_end(record)
         try:
             offer = await self._reader.offer(record.offer_id)
-            gpu_uuids = offer_gpus_here(offer.gpu_uuid_hashes, (gpu.uuid for gpu in self._source.gpus()),
-                                        record.offer_id)
+            gpu_uuids = offer_gpus_here(
+                offer.gpu_uuid_hashes, (gpu.uuid for gpu in self._source.gpus()), record.offer_id
+            )
         except RentalRefused:
             period_end = None  # a report names the offer's GPUs, and they are no longer here
         if period_end is None:
@@ -624,32 +688,62 @@ class ProviderAgent:
         end = self._clock() if at is None else min(self._clock(), math.ceil(at))
         return min(max(int(end), earliest), record.ends_at)
 
-    def _commit_report(self, record: RentalRecord, gpu_uuids: tuple[str, ...], buffer: _SampleBuffer,
-                       period_end: int, *, status: ReportStatus = ReportStatus.RUNNING,
-                       outcome: JobOutcome | None = None, done: str | None = None) -> None:
+    def _commit_report(
+        self,
+        record: RentalRecord,
+        gpu_uuids: tuple[str, ...],
+        buffer: _SampleBuffer,
+        period_end: int,
+        *,
+        status: ReportStatus = ReportStatus.RUNNING,
+        outcome: JobOutcome | None = None,
+        done: str | None = None,
+    ) -> None:
         """Builds, signs and queues the report of [period_start, period_end), advancing the rental (and, for a
         completion, recording how its job ended) in the same transaction."""
         assert record.period_start is not None
         exit_code = 0 if outcome is None else outcome.exit_code
         summary = summarize(buffer.samples, list(gpu_uuids), record.period_start, period_end)
         report = TelemetryReport(
-            rental_id=record.rental_id, seq=record.next_seq, period_start=record.period_start,
-            period_end=period_end, delivered_seconds=summary.delivered_seconds, avg_util_bps=summary.avg_util_bps,
-            peak_mem_mib=summary.peak_mem_mib, sample_count=summary.sample_count, gpu_uuids=tuple(gpu_uuids),
-            telemetry_root=summary.telemetry_root, status=status, exit_code=exit_code,
+            rental_id=record.rental_id,
+            seq=record.next_seq,
+            period_start=record.period_start,
+            period_end=period_end,
+            delivered_seconds=summary.delivered_seconds,
+            avg_util_bps=summary.avg_util_bps,
+            peak_mem_mib=summary.peak_mem_mib,
+            sample_count=summary.sample_count,
+            gpu_uuids=tuple(gpu_uuids),
+            telemetry_root=summary.telemetry_root,
+            status=status,
+            exit_code=exit_code,
             result_digest=ZERO_DIGEST if outcome is None else outcome.result_digest,
-            simulated=self._source.simulated or summary.simulated)
+            simulated=self._source.simulated or summary.simulated,
+        )
         signature = report.sign(self._key, self._settings.chain.chain_id, self._settings.chain.registry)
         if status is not ReportStatus.RUNNING:
             done = f"job {status.name.lower()} (exit code {exit_code})"
         with transaction(self._db):
             self.outbox.enqueue(TelemetrySubmission(report=report, signature=signature))
-            self.book.advance(record.rental_id, next_seq=record.next_seq + 1, period_start=period_end, done=done,
-                              job_exit=None if outcome is None else outcome.as_exit())
+            self.book.advance(
+                record.rental_id,
+                next_seq=record.next_seq + 1,
+                period_start=period_end,
+                done=done,
+                job_exit=None if outcome is None else outcome.as_exit(),
+            )
         buffer.drop_before(period_end)
-        log.info("rental %d: report %d [%d, %d) %s: %d s delivered, %d bps, %d samples", record.rental_id,
-                 report.seq, report.period_start, report.period_end, status.name, report.delivered_seconds,
-                 report.avg_util_bps, report.sample_count)
+        log.info(
+            "rental %d: report %d [%d, %d) %s: %d s delivered, %d bps, %d samples",
+            record.rental_id,
+            report.seq,
+            report.period_start,
+            report.period_end,
+            status.name,
+            report.delivered_seconds,
+            report.avg_util_bps,
+            report.sample_count,
+        )
 
     async def _sleep_or_wake(self, rental_id: int, seconds: float) -> None:
         wakeup = self._wakeups[rental_id]

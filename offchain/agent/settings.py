@@ -64,7 +64,8 @@ class ProviderAgentSettings(AgentSettings):
             raise UnsafeModeRefused(
                 f"unsafe_bare_process is refused on chain {self.chain.chain_id}: it runs renters' jobs as bare "
                 f"processes of the agent's user, for a local development chain "
-                f"({', '.join(map(str, sorted(LOCAL_CHAIN_IDS)))}) only")
+                f"({', '.join(map(str, sorted(LOCAL_CHAIN_IDS)))}) only"
+            )
         return self
 
     @property

@@ -65,9 +65,15 @@ class ChainWatcher:
         self._offer_provider: dict[int, str] = {}
         escrow = reader.escrow
         topics = [getattr(escrow.events, event.__name__).topic for event in WatchedEvent.__args__]
-        self._follower = EventFollower(reader.w3, [escrow.address], [topics], start_block,
-                                       confirmations=confirmations, max_block_range=max_block_range,
-                                       store=SqliteStore(db, "watch_cursor", "escrow", escrow.address))
+        self._follower = EventFollower(
+            reader.w3,
+            [escrow.address],
+            [topics],
+            start_block,
+            confirmations=confirmations,
+            max_block_range=max_block_range,
+            store=SqliteStore(db, "watch_cursor", "escrow", escrow.address),
+        )
 
     def save_cursor(self, batch: EventBatch) -> None:
         """Remembers that `batch` was handled (in the caller's transaction if open)."""

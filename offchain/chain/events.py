@@ -48,8 +48,14 @@ class ChainEvent(ChainRecord):
         expected = {field.alias or name for name, field in cls.model_fields.items() if name not in cls.LOG_FIELDS}
         if set(names) != expected:
             raise AbiMismatch(f"{cls.__name__} expects {sorted(expected)}, the event has {names}")
-        return cls.model_validate({**{name: args[name] for name in names}, "block_number": log["blockNumber"],
-                                   "log_index": log["logIndex"], "tx_hash": _hex(log["transactionHash"])})
+        return cls.model_validate(
+            {
+                **{name: args[name] for name in names},
+                "block_number": log["blockNumber"],
+                "log_index": log["logIndex"],
+                "tx_hash": _hex(log["transactionHash"]),
+            }
+        )
 
 
 # ------------------------------------------------------------------------------------------ ProviderRegistry
@@ -257,17 +263,48 @@ class EIP712DomainChanged(ChainEvent):
 
 
 #: The escrow's events of one rental (their first argument is its id).
-RentalEvent = (RentalOpened | RentalStarted | ReportApplied | ReportSkipped | RentalTerminated | RentalDeclined
-               | RentalFinalized)
+RentalEvent = (
+    RentalOpened | RentalStarted | ReportApplied | ReportSkipped | RentalTerminated | RentalDeclined | RentalFinalized
+)
 
 #: The records of each contract's events.
 CONTRACT_EVENTS: dict[str, tuple[type[ChainEvent], ...]] = {
-    "ProviderRegistry": (Staked, UnstakeRequested, UnstakeWithdrawn, AgentSet, AgentUrlSet, GpusRegistered,
-                         GpusDeregistered, OfferCreated, OfferPriceUpdated, OfferPaused, OfferResumed, OfferClosed,
-                         CollateralLocked, CollateralReleased, Slashed, CompensationWithdrawn),
-    "RentalEscrow": (RentalOpened, RentalStarted, ReportApplied, ReportSkipped, RentalTerminated, RentalDeclined,
-                     RentalFinalized, Withdrawn, OracleSetUpdated, FeeUpdated, TreasuryUpdated, Paused, Unpaused,
-                     OwnershipTransferStarted, OwnershipTransferred, EIP712DomainChanged),
+    "ProviderRegistry": (
+        Staked,
+        UnstakeRequested,
+        UnstakeWithdrawn,
+        AgentSet,
+        AgentUrlSet,
+        GpusRegistered,
+        GpusDeregistered,
+        OfferCreated,
+        OfferPriceUpdated,
+        OfferPaused,
+        OfferResumed,
+        OfferClosed,
+        CollateralLocked,
+        CollateralReleased,
+        Slashed,
+        CompensationWithdrawn,
+    ),
+    "RentalEscrow": (
+        RentalOpened,
+        RentalStarted,
+        ReportApplied,
+        ReportSkipped,
+        RentalTerminated,
+        RentalDeclined,
+        RentalFinalized,
+        Withdrawn,
+        OracleSetUpdated,
+        FeeUpdated,
+        TreasuryUpdated,
+        Paused,
+        Unpaused,
+        OwnershipTransferStarted,
+        OwnershipTransferred,
+        EIP712DomainChanged,
+    ),
 }
 
 

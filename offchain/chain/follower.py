@@ -116,8 +116,9 @@ class SqliteStore:
         ).fetchone()
         if row is None:
             return None
-        recent = tuple((number, bytes.fromhex(block_hash)) for number, block_hash in
-                       json.loads(row["recent_blocks"] or "[]"))
+        recent = tuple(
+            (number, bytes.fromhex(block_hash)) for number, block_hash in json.loads(row["recent_blocks"] or "[]")
+        )
         start = row["next_block"] if row["start_block"] is None else row["start_block"]
         return FollowerState(start, row["next_block"], recent)
 
@@ -187,11 +188,20 @@ class EventFollower:
         block_hash = await self._hash_of(to_block)
         if block_hash is None:  # the chain got shorter since its head was read: the next poll sees why
             return None
-        query: FilterParams = {"address": self._addresses, "topics": self._topics, "fromBlock": state.next_block,
-                               "toBlock": to_block}
+        query: FilterParams = {
+            "address": self._addresses,
+            "topics": self._topics,
+            "fromBlock": state.next_block,
+            "toBlock": to_block,
+        }
         logs = await reach(self._w3.eth.get_logs(query))
-        return LogBatch(state.next_block, to_block, sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])),
-                        block_hash, caught_up=to_block >= head)
+        return LogBatch(
+            state.next_block,
+            to_block,
+            sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])),
+            block_hash,
+            caught_up=to_block >= head,
+        )
 
     def commit(self, step: Step) -> None:
         """Moves past a step the owner has handled (saving the state in the store); a step polled before the last
@@ -200,7 +210,7 @@ class EventFollower:
         if isinstance(step, LogBatch):
             if state is None or step.from_block != state.next_block:
                 raise ValueError(f"blocks {step.from_block}-{step.to_block} are not the next ones to read")
-            recent = (*state.recent_blocks, (step.to_block, step.block_hash))[-self._remembered:]
+            recent = (*state.recent_blocks, (step.to_block, step.block_hash))[-self._remembered :]
             self._save(replace(state, next_block=step.to_block + 1, recent_blocks=recent))
         else:
             if state is None or step.last_block != state.next_block - 1:
@@ -213,8 +223,9 @@ class EventFollower:
         if self._state is not None:
             self._save(FollowerState(self._state.start_block, self._state.start_block))
 
-    async def sync(self, on_logs: Callable[[LogBatch], Awaitable[None]],
-                   on_rewind: Callable[[Rewind], Awaitable[None]]) -> None:
+    async def sync(
+        self, on_logs: Callable[[LogBatch], Awaitable[None]], on_rewind: Callable[[Rewind], Awaitable[None]]
+    ) -> None:
         """Polls until every confirmed block is read, committing each step once its handler has returned."""
         while (step := await self.poll()) is not None:
             if isinstance(step, Rewind):
@@ -242,8 +253,9 @@ class EventFollower:
             else:
                 gone = middle
         next_block = state.start_block if on_chain < 0 else recent[on_chain][0] + 1
-        log.warning("event follower: block %d is no longer on the chain; reading again from block %d",
-                    recent[-1][0], next_block)
+        log.warning(
+            "event follower: block %d is no longer on the chain; reading again from block %d", recent[-1][0], next_block
+        )
         return Rewind(next_block=next_block, last_block=state.next_block - 1)
 
     async def _on_chain(self, number: int, block_hash: bytes) -> bool:

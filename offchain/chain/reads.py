@@ -224,19 +224,33 @@ class ChainReader:
         """How the registry and the escrow are wired and governed, read at `block`."""
         registry, escrow = self.registry.functions, self.escrow.functions
         names = list(SuiteParameters.model_fields)
-        views = [registry.escrow(), escrow.registry(), escrow.paymentToken(), registry.stakeToken(), escrow.owner(),
-                 *(getattr(registry if name in SuiteParameters.REGISTRY_VIEWS else escrow, to_camel(name))()
-                   for name in names)]
+        views = [
+            registry.escrow(),
+            escrow.registry(),
+            escrow.paymentToken(),
+            registry.stakeToken(),
+            escrow.owner(),
+            *(
+                getattr(registry if name in SuiteParameters.REGISTRY_VIEWS else escrow, to_camel(name))()
+                for name in names
+            ),
+        ]
         values = await asyncio.gather(*(self._value(view, block) for view in views))
-        return SuiteSettings(registry_escrow=values[0], escrow_registry=values[1], payment_token=values[2],
-                             stake_token=values[3], owner=values[4],
-                             parameters=SuiteParameters.model_validate(dict(zip(names, values[5:]))))
+        return SuiteSettings(
+            registry_escrow=values[0],
+            escrow_registry=values[1],
+            payment_token=values[2],
+            stake_token=values[3],
+            owner=values[4],
+            parameters=SuiteParameters.model_validate(dict(zip(names, values[5:]))),
+        )
 
     async def balances(self, account: str, block: BlockIdentifier = "latest") -> Balances:
         """What `account` can withdraw from the escrow and from the registry."""
         escrow, compensation = await asyncio.gather(
             self._value(self.escrow.functions.balanceOf(_address(account)), block),
-            self._value(self.registry.functions.compensationOf(_address(account)), block))
+            self._value(self.registry.functions.compensationOf(_address(account)), block),
+        )
         return Balances(escrow=escrow, compensation=compensation)
 
     # ------------------------------------------------------------------------------------------- values
@@ -277,8 +291,9 @@ class ChainReader:
 
     async def token_metadata(self, token: str) -> TokenMetadata:
         erc20 = contract(self.w3, "IERC20Metadata", token)
-        symbol, decimals = await asyncio.gather(self._value(erc20.functions.symbol(), "latest"),
-                                                self._value(erc20.functions.decimals(), "latest"))
+        symbol, decimals = await asyncio.gather(
+            self._value(erc20.functions.symbol(), "latest"), self._value(erc20.functions.decimals(), "latest")
+        )
         return TokenMetadata(address=erc20.address, symbol=symbol, decimals=decimals)
 
     async def token_balance(self, token: str, account: str, block: BlockIdentifier = "latest") -> int:

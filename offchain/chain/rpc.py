@@ -28,14 +28,16 @@ class _LoopSessions(HTTPSessionManager):
         # The loop is kept with its session: while it is referenced, no later loop can take its id.
         self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, ClientSession]] = {}
 
-    async def async_cache_and_return_session(self, endpoint_uri: Any, session: ClientSession | None = None,
-                                             request_timeout: ClientTimeout | None = None) -> ClientSession:
+    async def async_cache_and_return_session(
+        self, endpoint_uri: Any, session: ClientSession | None = None, request_timeout: ClientTimeout | None = None
+    ) -> ClientSession:
         loop = asyncio.get_running_loop()
         _, cached = self._sessions.get(id(loop), (None, None))
         if cached is None or cached.closed:
             # As web3 builds it: a connection per request, so a node restart never leaves a stale one behind.
             cached = session or ClientSession(
-                raise_for_status=True, connector=TCPConnector(force_close=True, enable_cleanup_closed=True))
+                raise_for_status=True, connector=TCPConnector(force_close=True, enable_cleanup_closed=True)
+            )
             self._sessions[id(loop)] = (loop, cached)
             self.session_cache.cache(f"{id(loop)}:{endpoint_uri}", cached)  # closed by the provider's disconnect
         return cached
@@ -68,8 +70,9 @@ class _NodeProvider(AsyncHTTPProvider):
     async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         return await reach(super().make_request(method, params))
 
-    async def make_batch_request(self, batch_requests: list[tuple[RPCEndpoint, Any]]
-                                 ) -> list[RPCResponse] | RPCResponse:
+    async def make_batch_request(
+        self, batch_requests: list[tuple[RPCEndpoint, Any]]
+    ) -> list[RPCResponse] | RPCResponse:
         return await reach(super().make_batch_request(batch_requests))
 
 

@@ -25,22 +25,34 @@ from pydantic import ValidationError
 from web3.exceptions import Web3Exception
 
 from offchain.chain.contracts import ArtifactMissing
+from offchain.chain.rpc import ChainUnreachable
+from offchain.chain.tx.oneshot import TxFailed
+from offchain.cli.args import CliParser, ExitStatus, UsageError, add_common_options, invalid
 from offchain.config import KeyConfigError
-from offchain.ops.deploy import DeployError
-from offchain.ops.devnet import DevnetError
 from offchain.market.exchange import ExchangeError, InsufficientAllowance
 from offchain.market.renterclient import RenterApiError
-from offchain.chain.rpc import ChainUnreachable
-from offchain.cli.args import CliParser, ExitStatus, UsageError, add_common_options, invalid
+from offchain.ops.deploy import DeployError
+from offchain.ops.devnet import DevnetError
 from offchain.telemetry.source import TelemetryError
-from offchain.chain.tx.oneshot import TxFailed
 
 COMMAND_MODULES = ("devnet", "provider", "listing", "offers", "rental", "agent", "oracle", "web")
 
 #: Errors of an action that could not be done: `ExitStatus.FAILED`. A node that does not answer is `ChainUnreachable`
 #: wherever the package meets it; the transport errors after it are those of other endpoints (an agent, an oracle).
-FAILURES = (ExchangeError, TxFailed, DevnetError, DeployError, TelemetryError, ArtifactMissing, ChainUnreachable,
-            aiohttp.ClientError, OSError, asyncio.TimeoutError, Web3Exception, RenterApiError)
+FAILURES = (
+    ExchangeError,
+    TxFailed,
+    DevnetError,
+    DeployError,
+    TelemetryError,
+    ArtifactMissing,
+    ChainUnreachable,
+    aiohttp.ClientError,
+    OSError,
+    asyncio.TimeoutError,
+    Web3Exception,
+    RenterApiError,
+)
 
 
 def build_parser() -> CliParser:

@@ -33,8 +33,8 @@ from offchain.cli.keys import load_account
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output
 from offchain.market.exchange import ExchangeError
-from offchain.protocol.renterapi import JobStatus, LogEnd
 from offchain.market.renterclient import RenterApiError, RenterClient, extract_results
+from offchain.protocol.renterapi import JobStatus, LogEnd
 
 #: How long `rent` and `send-spec` keep trying while the agent has not seen the rental yet or cannot be reached.
 SPEC_UPLOAD_SECONDS = 90.0
@@ -42,17 +42,26 @@ SPEC_RETRY_SECONDS = 1.0
 
 
 def register(group: argparse._SubParsersAction) -> None:
-    send = add_command(group, "send-spec", send_spec_command,
-                       "upload your rental's job spec (and sealed secret values) to the provider's agent again")
+    send = add_command(
+        group,
+        "send-spec",
+        send_spec_command,
+        "upload your rental's job spec (and sealed secret values) to the provider's agent again",
+    )
     send.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
     add_spec_options(send)
     logs = add_command(group, "logs", logs_command, "your job's stdout and stderr, from the provider's agent")
     logs.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing as the job writes, until it ends")
-    logs.add_argument("--offset", type=parse.non_negative_int, default=0,
-                      help="start at this byte offset of the log (from an earlier --json line)")
-    results = add_command(group, "results", results_command,
-                          "download your job's output folder, check its digest, and unpack it")
+    logs.add_argument(
+        "--offset",
+        type=parse.non_negative_int,
+        default=0,
+        help="start at this byte offset of the log (from an earlier --json line)",
+    )
+    results = add_command(
+        group, "results", results_command, "download your job's output folder, check its digest, and unpack it"
+    )
     results.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
     results.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="where to unpack it")
     shell = add_command(group, "shell", shell_command, "an interactive shell in your running job's container")
@@ -62,9 +71,14 @@ def register(group: argparse._SubParsersAction) -> None:
 
 def add_spec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", type=Path, required=True, metavar="FILE", help="the job spec (JSON)")
-    parser.add_argument("--secret-env", action="append", default=[], metavar="NAME",
-                        help="pass the environment variable NAME of this shell to the job, sealed to the provider's "
-                             "agent key (repeat for more; it joins the spec's secret_env)")
+    parser.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass the environment variable NAME of this shell to the job, sealed to the provider's "
+        "agent key (repeat for more; it joins the spec's secret_env)",
+    )
 
 
 def load_spec(path: Path, secret_env: list[str]) -> tuple[JobSpec, dict[str, str]]:
@@ -94,13 +108,15 @@ async def renter_client(ctx: Context, rental_id: int) -> AsyncIterator[RenterCli
     """A client of the renter API of the rental's provider, signing with this command's key."""
     endpoint = await ctx.client.agent_endpoint_of_offer(rental_id >> 32)
     account = load_account()
-    async with RenterClient(endpoint.url, ctx.deployment.chain_id, ctx.deployment.escrow, account.key,
-                            agent=endpoint.agent) as client:
+    async with RenterClient(
+        endpoint.url, ctx.deployment.chain_id, ctx.deployment.escrow, account.key, agent=endpoint.agent
+    ) as client:
         yield client
 
 
-async def send_spec(ctx: Context, rental_id: int, spec: JobSpec, secrets: dict[str, str],
-                    patience_seconds: float = SPEC_UPLOAD_SECONDS) -> str:
+async def send_spec(
+    ctx: Context, rental_id: int, spec: JobSpec, secrets: dict[str, str], patience_seconds: float = SPEC_UPLOAD_SECONDS
+) -> str:
     """Uploads the rental's spec to the provider's agent, trying again while the agent has not seen the rental or
     cannot be reached; returns the agent's URL."""
     async with renter_client(ctx, rental_id) as client:
@@ -112,8 +128,9 @@ async def send_spec(ctx: Context, rental_id: int, spec: JobSpec, secrets: dict[s
             except RenterApiError as exc:
                 retry = exc.status == 0 or exc.code == "unknown_rental"
                 if not retry or time.monotonic() > deadline:
-                    raise ExchangeError(f"the provider's agent at {client.base_url} did not take the spec: {exc}") \
-                        from None
+                    raise ExchangeError(
+                        f"the provider's agent at {client.base_url} did not take the spec: {exc}"
+                    ) from None
                 await asyncio.sleep(SPEC_RETRY_SECONDS)
 
 
@@ -137,12 +154,17 @@ async def send_spec_command(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=True) as ctx:
         rental = await ctx.client.rental(args.rental_id)
         if bytes.fromhex(rental.job_spec_hash.removeprefix("0x")) != spec.spec_hash():
-            raise UsageError(f"--spec {args.spec} hashes to 0x{spec.spec_hash().hex()}, not the rental's "
-                             f"{rental.job_spec_hash}")
+            raise UsageError(
+                f"--spec {args.spec} hashes to 0x{spec.spec_hash().hex()}, not the rental's {rental.job_spec_hash}"
+            )
         url = await send_spec(ctx, args.rental_id, spec, secrets)
-    out.emit({"rental_id": args.rental_id, "agent": url, "secrets": sorted(secrets)},
-             lambda: out.print(f"job spec of rental {args.rental_id} sent to {url}"
-                               + (f" with {len(secrets)} sealed secret value(s)" if secrets else "")))
+    out.emit(
+        {"rental_id": args.rental_id, "agent": url, "secrets": sorted(secrets)},
+        lambda: out.print(
+            f"job spec of rental {args.rental_id} sent to {url}"
+            + (f" with {len(secrets)} sealed secret value(s)" if secrets else "")
+        ),
+    )
     return ExitStatus.OK
 
 
@@ -174,12 +196,19 @@ async def results_command(args: argparse.Namespace) -> ExitStatus:
                 raise ExchangeError("the results are not the ones the agent reported for the job")
             size = tar_path.stat().st_size
             skipped = await asyncio.to_thread(extract_results, tar_path, args.output)
-    result = {"rental_id": args.rental_id, "digest": "0x" + digest.hex(), "bytes": size,
-              "directory": str(args.output), "skipped": skipped}
+    result = {
+        "rental_id": args.rental_id,
+        "digest": "0x" + digest.hex(),
+        "bytes": size,
+        "directory": str(args.output),
+        "skipped": skipped,
+    }
 
     def human() -> None:
-        out.print(f"results of rental {args.rental_id}: {size:,} bytes, digest 0x{digest.hex()} (as the agent "
-                  f"reported it), unpacked into {args.output}")
+        out.print(
+            f"results of rental {args.rental_id}: {size:,} bytes, digest 0x{digest.hex()} (as the agent "
+            f"reported it), unpacked into {args.output}"
+        )
         for entry in skipped:
             out.print(f"  skipped {entry}")
 

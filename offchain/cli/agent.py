@@ -23,15 +23,15 @@ import signal
 from eth_account import Account
 from pydantic import ValidationError
 
-from offchain.ops import devnet
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.cli import parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, env_sets, invalid
+from offchain.cli.gpus import add_gpu_options, telemetry_source
 from offchain.cli.keys import load_key
 from offchain.cli.network import open_context
-from offchain.cli.gpus import add_gpu_options, telemetry_source
 from offchain.market.exchange import ExchangeError
+from offchain.ops import devnet
 from offchain.telemetry.source import TelemetrySource
 
 PREFIX = "GPUEX_AGENT_"
@@ -40,14 +40,24 @@ PREFIX = "GPUEX_AGENT_"
 def register(commands: argparse._SubParsersAction) -> None:
     group = add_group(commands, "agent", "the provider agent: runs rentals' jobs and reports their telemetry")
     run_parser = add_command(group, "run", run, "run the agent until interrupted (NVML telemetry by default)")
-    run_parser.add_argument("--provider", type=parse.address,
-                            help=f"the provider (${PREFIX}PROVIDER; default: the provider whose agent the key is)")
-    run_parser.add_argument("--oracle", dest="oracles", action="append", metavar="URL",
-                            help=f"an oracle's base URL; repeat for more (${PREFIX}ORACLES; default on the devnet: "
-                                 "its oracle)")
-    run_parser.add_argument("--unsafe-bare-process", action="store_true",
-                            help="run jobs as bare processes of this user, unisolated (local dev chains only; "
-                                 f"${PREFIX}UNSAFE_BARE_PROCESS)")
+    run_parser.add_argument(
+        "--provider",
+        type=parse.address,
+        help=f"the provider (${PREFIX}PROVIDER; default: the provider whose agent the key is)",
+    )
+    run_parser.add_argument(
+        "--oracle",
+        dest="oracles",
+        action="append",
+        metavar="URL",
+        help=f"an oracle's base URL; repeat for more (${PREFIX}ORACLES; default on the devnet: its oracle)",
+    )
+    run_parser.add_argument(
+        "--unsafe-bare-process",
+        action="store_true",
+        help="run jobs as bare processes of this user, unisolated (local dev chains only; "
+        f"${PREFIX}UNSAFE_BARE_PROCESS)",
+    )
     add_gpu_options(run_parser, by_uuid=False)
 
 
@@ -57,8 +67,9 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
     async with open_context(args, key=False) as ctx:
         provider = args.provider or os.environ.get(f"{PREFIX}PROVIDER") or await ctx.client.provider_of_agent(agent)
         if provider is None:
-            raise ExchangeError(f"the key {agent} is no provider's agent: the provider runs "
-                                f"`gpuex provider set-agent {agent}` first")
+            raise ExchangeError(
+                f"the key {agent} is no provider's agent: the provider runs `gpuex provider set-agent {agent}` first"
+            )
         registered = (await ctx.client.provider(provider)).agent
         if registered != agent:
             raise ExchangeError(f"provider {provider}'s agent is {registered}, not this key {agent}")
@@ -81,8 +92,9 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
                 values["container"] = {"default_image": devnet.DEV_JOB_IMAGE}
         if args.unsafe_bare_process:
             if ctx.devnet is None:
-                raise UsageError("--unsafe-bare-process is for the devnet only: everywhere else every job runs in a "
-                                 "container")
+                raise UsageError(
+                    "--unsafe-bare-process is for the devnet only: everywhere else every job runs in a container"
+                )
             values["unsafe_bare_process"] = True
         if args.simulated is not None:
             values["allow_simulated"] = True
@@ -97,8 +109,12 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
 async def run(args: argparse.Namespace) -> ExitStatus:
     settings, source = await _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
-    logging.getLogger(__name__).info("agent for provider %s on %s, reporting to %s", settings.provider,
-                                     settings.chain.rpc_url, ", ".join(settings.oracles))
+    logging.getLogger(__name__).info(
+        "agent for provider %s on %s, reporting to %s",
+        settings.provider,
+        settings.chain.rpc_url,
+        ", ".join(settings.oracles),
+    )
     async with source:
         await run_until_signal(ProviderAgent(settings, source).run())
     return ExitStatus.OK

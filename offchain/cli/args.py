@@ -47,17 +47,30 @@ def add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> None
     command (suppressed when absent), so `gpuex --json offers search` and `gpuex offers search --json` agree."""
     default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
     group = parser.add_argument_group("common options")
-    group.add_argument("--network", default=default(None),
-                       help=f"'devnet', or a network name or chain id with a deployment record (${NETWORK_ENV})")
+    group.add_argument(
+        "--network",
+        default=default(None),
+        help=f"'devnet', or a network name or chain id with a deployment record (${NETWORK_ENV})",
+    )
     group.add_argument("--rpc-url", default=default(None), help=f"the chain's JSON-RPC URL (${RPC_URL_ENV})")
-    group.add_argument("--state-dir", type=Path, default=default(None),
-                       help=f"the devnet's state directory (${DEVNET_DIR_ENV}, default ./{DEFAULT_DEVNET_DIR})")
-    group.add_argument("--json", action="store_true", default=default(False),
-                       help="print the result as JSON, for scripts")
+    group.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default(None),
+        help=f"the devnet's state directory (${DEVNET_DIR_ENV}, default ./{DEFAULT_DEVNET_DIR})",
+    )
+    group.add_argument(
+        "--json", action="store_true", default=default(False), help="print the result as JSON, for scripts"
+    )
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], Any],
-                help: str, description: str | None = None) -> argparse.ArgumentParser:
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    handler: Callable[[argparse.Namespace], Any],
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
     """Adds a command that runs `handler(args)` (a function returning an `ExitStatus`, or a coroutine of one)."""
     parser = subparsers.add_parser(name, help=help, description=description or help)
     add_common_options(parser, top_level=False)
@@ -89,8 +102,9 @@ def price_units(token: TokenInfo, per_hour_price, what: str = "--price-per-hour"
     """Token units per second of a human price per hour; refuses a price that rounds to zero."""
     units = token.per_second(per_hour_price)
     if units <= 0:
-        raise UsageError(f"{what} {per_hour_price} rounds to 0 {token.symbol} per second; the smallest price is "
-                         f"{per_hour(token, 1)}")
+        raise UsageError(
+            f"{what} {per_hour_price} rounds to 0 {token.symbol} per second; the smallest price is {per_hour(token, 1)}"
+        )
     return units
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from offchain.ops import devnet
 from offchain.cli.args import ExitStatus, add_command, add_group
 from offchain.cli.network import devnet_dir
 from offchain.cli.output import Output
 from offchain.market.exchange import NotFound
+from offchain.ops import devnet
 from offchain.web.app import WEB_PREFIX
 
 
@@ -17,36 +17,54 @@ def register(commands: argparse._SubParsersAction) -> None:
     group = add_group(commands, "devnet", "a local chain with the suite deployed and an oracle running")
     up_parser = add_command(group, "up", up, "start anvil and the oracle in the background, deploy and fund roles")
     up_parser.add_argument("--port", type=int, default=devnet.DEFAULT_PORT, help="anvil's port (default %(default)s)")
-    up_parser.add_argument("--oracle-port", type=int, default=devnet.DEFAULT_ORACLE_PORT,
-                           help="the oracle's port (default %(default)s)")
-    up_parser.add_argument("--epoch-seconds", type=float, default=5.0,
-                           help="how often the oracle batches reports on chain (default %(default)s)")
+    up_parser.add_argument(
+        "--oracle-port", type=int, default=devnet.DEFAULT_ORACLE_PORT, help="the oracle's port (default %(default)s)"
+    )
+    up_parser.add_argument(
+        "--epoch-seconds",
+        type=float,
+        default=5.0,
+        help="how often the oracle batches reports on chain (default %(default)s)",
+    )
     add_command(group, "down", down, "stop the devnet (its chain is kept for the next `up`)")
     add_command(group, "status", status, "whether the devnet runs (exit status 1 when it does not)")
 
 
 def _keys(state_dir, state: devnet.DevnetState) -> dict[str, dict[str, str]]:
-    return {role: {"address": address, "key_file": str(devnet.key_path(state_dir, role))}
-            for role, address in state.accounts.items()}
+    return {
+        role: {"address": address, "key_file": str(devnet.key_path(state_dir, role))}
+        for role, address in state.accounts.items()
+    }
 
 
 def _render_state(out: Output, state_dir, state: devnet.DevnetState) -> None:
     d = state.deployment
-    out.fields(f"devnet in {state_dir}", [
-        ("rpc", state.rpc_url), ("chain id", state.chain_id), ("oracle", state.oracle_url),
-        ("web page", f"{state.oracle_url}{WEB_PREFIX}/"), ("registry", d.registry), ("escrow", d.escrow),
-        ("payment token", d.payment_token),
-    ])
-    out.fields("roles (use one with GPUEX_KEY_FILE=<key file>)",
-               [(role, f"{v['address']}  {v['key_file']}") for role, v in _keys(state_dir, state).items()])
+    out.fields(
+        f"devnet in {state_dir}",
+        [
+            ("rpc", state.rpc_url),
+            ("chain id", state.chain_id),
+            ("oracle", state.oracle_url),
+            ("web page", f"{state.oracle_url}{WEB_PREFIX}/"),
+            ("registry", d.registry),
+            ("escrow", d.escrow),
+            ("payment token", d.payment_token),
+        ],
+    )
+    out.fields(
+        "roles (use one with GPUEX_KEY_FILE=<key file>)",
+        [(role, f"{v['address']}  {v['key_file']}") for role, v in _keys(state_dir, state).items()],
+    )
 
 
 async def up(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     state_dir = devnet_dir(args)
     state = await devnet.up(state_dir, args.port, args.oracle_port, epoch_seconds=args.epoch_seconds, say=out.note)
-    out.emit({"state_dir": str(state_dir), **state.model_dump(mode="json"), "keys": _keys(state_dir, state)},
-             lambda: _render_state(out, state_dir, state))
+    out.emit(
+        {"state_dir": str(state_dir), **state.model_dump(mode="json"), "keys": _keys(state_dir, state)},
+        lambda: _render_state(out, state_dir, state),
+    )
     return ExitStatus.OK
 
 
@@ -65,12 +83,16 @@ async def status(args: argparse.Namespace) -> ExitStatus:
     current = await devnet.status(devnet_dir(args))
 
     def human() -> None:
-        out.fields(f"devnet in {current.state_dir}: {'running' if current.running else 'not running'}", [
-            ("anvil", "alive" if current.anvil_alive else "stopped"), ("block", current.block_number),
-            ("oracle", "healthy" if current.oracle_healthy else "alive" if current.oracle_alive else "stopped"),
-            ("rpc", current.state.rpc_url if current.state else None),
-            ("oracle url", current.state.oracle_url if current.state else None),
-        ])
+        out.fields(
+            f"devnet in {current.state_dir}: {'running' if current.running else 'not running'}",
+            [
+                ("anvil", "alive" if current.anvil_alive else "stopped"),
+                ("block", current.block_number),
+                ("oracle", "healthy" if current.oracle_healthy else "alive" if current.oracle_alive else "stopped"),
+                ("rpc", current.state.rpc_url if current.state else None),
+                ("oracle url", current.state.oracle_url if current.state else None),
+            ],
+        )
 
     out.emit(current, human)
     return ExitStatus.OK if current.running else ExitStatus.FAILED

@@ -19,12 +19,26 @@ ALLOW_SIMULATED_ENV = "GPUEX_AGENT_ALLOW_SIMULATED"
 
 def add_gpu_options(parser: argparse.ArgumentParser, by_uuid: bool = True) -> None:
     if by_uuid:
-        parser.add_argument("--gpu", dest="gpu_uuids", action="append", metavar="UUID",
-                            help="a GPU's NVML UUID, e.g. GPU-5f2e...; repeat for more (default: every GPU NVML sees)")
-    parser.add_argument("--simulated", type=parse.positive_int, metavar="N",
-                        help="N SIMULATED GPUs of the provider instead of NVML's (devnet only)")
-    parser.add_argument("--simulated-model", default=DEFAULT_SIMULATED_MODEL, choices=sorted(GPU_MODELS),
-                        metavar="MODEL", help="the simulated GPUs' model (default %(default)s)")
+        parser.add_argument(
+            "--gpu",
+            dest="gpu_uuids",
+            action="append",
+            metavar="UUID",
+            help="a GPU's NVML UUID, e.g. GPU-5f2e...; repeat for more (default: every GPU NVML sees)",
+        )
+    parser.add_argument(
+        "--simulated",
+        type=parse.positive_int,
+        metavar="N",
+        help="N SIMULATED GPUs of the provider instead of NVML's (devnet only)",
+    )
+    parser.add_argument(
+        "--simulated-model",
+        default=DEFAULT_SIMULATED_MODEL,
+        choices=sorted(GPU_MODELS),
+        metavar="MODEL",
+        help="the simulated GPUs' model (default %(default)s)",
+    )
 
 
 def simulation_allowed(ctx: Context) -> bool:
@@ -35,8 +49,10 @@ def simulation_allowed(ctx: Context) -> bool:
 def telemetry_source(args: argparse.Namespace, ctx: Context, provider: str) -> TelemetrySource:
     """NVML's GPUs, or with `--simulated N` the provider's simulated ones."""
     if args.simulated is not None and not simulation_allowed(ctx):
-        raise UsageError(f"--simulated is for the devnet; set {ALLOW_SIMULATED_ENV}=true only against oracles "
-                         "that accept simulated telemetry")
+        raise UsageError(
+            f"--simulated is for the devnet; set {ALLOW_SIMULATED_ENV}=true only against oracles "
+            "that accept simulated telemetry"
+        )
     try:
         return local_source(provider, args.simulated, args.simulated_model)
     except TelemetryUnavailable as exc:

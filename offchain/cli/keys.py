@@ -23,8 +23,7 @@ def load_key(key_env: str, key_file_env: str) -> SecretStr:
         raise UsageError(f"no key: set {key_file_env} to a file holding the hex private key (or {key_env})")
     if path and not Path(path).is_file():
         raise UsageError(f"{key_file_env}={path}: no such file")
-    return read_key(SecretStr(inline) if inline else None, Path(path) if path else None,
-                    f"{key_env} / {key_file_env}")
+    return read_key(SecretStr(inline) if inline else None, Path(path) if path else None, f"{key_env} / {key_file_env}")
 
 
 def load_account() -> LocalAccount:

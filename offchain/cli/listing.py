@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from offchain.cli import parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, invalid, price_units
-from offchain.cli.network import open_context
-from offchain.cli.output import Output, per_hour
 from offchain.cli.gpus import add_gpu_options, local_gpus
+from offchain.cli.network import open_context
 from offchain.cli.offers import offer_json, render_offers
+from offchain.cli.output import Output, per_hour
 from offchain.market.exchange import OfferResult, OfferTerms
 from offchain.market.offers import MIB_PER_GIB, SECONDS_PER_HOUR, OfferQuery, TokenInfo, search_offers
 from offchain.protocol.messages import gpu_uuid_hash
@@ -20,30 +20,57 @@ from offchain.protocol.messages import gpu_uuid_hash
 
 def register(commands: argparse._SubParsersAction) -> None:
     group = add_group(commands, "offer", "a provider's offers")
-    create_parser = add_command(group, "create", create,
-                                "list registered GPUs as one offer (default: every GPU NVML sees)")
-    create_parser.add_argument("--price-per-hour", type=parse.price, required=True, metavar="PRICE",
-                               help="for the whole offer, in the payment token, e.g. 7.20")
+    create_parser = add_command(
+        group, "create", create, "list registered GPUs as one offer (default: every GPU NVML sees)"
+    )
+    create_parser.add_argument(
+        "--price-per-hour",
+        type=parse.price,
+        required=True,
+        metavar="PRICE",
+        help="for the whole offer, in the payment token, e.g. 7.20",
+    )
     create_parser.add_argument("--region", required=True, help="where the machine is, e.g. eu-west (16 bytes)")
     create_parser.add_argument("--model", help="the GPU model renters search for (default: the GPUs' NVML name)")
-    create_parser.add_argument("--vram", type=parse.gib, metavar="GIB",
-                               help="memory per GPU (default: the smallest GPU's, from NVML)")
-    create_parser.add_argument("--min-duration", type=parse.duration, default=60, metavar="DURATION",
-                               help="shortest rental, e.g. 10m (default 1m)")
-    create_parser.add_argument("--max-duration", type=parse.duration, default=86_400, metavar="DURATION",
-                               help="longest rental, e.g. 24h (default 1d)")
-    create_parser.add_argument("--util-floor", type=parse.percent, default=100.0, metavar="PCT",
-                               help="100 (default): pay for time; lower: pay by GPU utilisation, at least this share")
-    create_parser.add_argument("--egress", action="store_true",
-                               help="let jobs open outbound network connections when their spec asks (off by "
-                                    "default; fixed for the offer's life)")
+    create_parser.add_argument(
+        "--vram", type=parse.gib, metavar="GIB", help="memory per GPU (default: the smallest GPU's, from NVML)"
+    )
+    create_parser.add_argument(
+        "--min-duration",
+        type=parse.duration,
+        default=60,
+        metavar="DURATION",
+        help="shortest rental, e.g. 10m (default 1m)",
+    )
+    create_parser.add_argument(
+        "--max-duration",
+        type=parse.duration,
+        default=86_400,
+        metavar="DURATION",
+        help="longest rental, e.g. 24h (default 1d)",
+    )
+    create_parser.add_argument(
+        "--util-floor",
+        type=parse.percent,
+        default=100.0,
+        metavar="PCT",
+        help="100 (default): pay for time; lower: pay by GPU utilisation, at least this share",
+    )
+    create_parser.add_argument(
+        "--egress",
+        action="store_true",
+        help="let jobs open outbound network connections when their spec asks (off by "
+        "default; fixed for the offer's life)",
+    )
     add_gpu_options(create_parser)
     update_parser = add_command(group, "update", update, "set the price of rentals opened from now on")
     update_parser.add_argument("offer_id", type=parse.positive_int, metavar="OFFER")
     update_parser.add_argument("--price-per-hour", type=parse.price, required=True, metavar="PRICE")
-    for name, handler, text in (("pause", pause, "stop new rentals (a live rental continues)"),
-                                ("resume", resume, "take new rentals again"),
-                                ("close", close, "delist for good and free the GPUs for other offers")):
+    for name, handler, text in (
+        ("pause", pause, "stop new rentals (a live rental continues)"),
+        ("resume", resume, "take new rentals again"),
+        ("close", close, "delist for good and free the GPUs for other offers"),
+    ):
         add_command(group, name, handler, text).add_argument("offer_id", type=parse.positive_int, metavar="OFFER")
     list_parser = add_command(group, "list", list_offers, "a provider's offers, in every status")
     list_parser.add_argument("--provider", type=parse.address, help="default: your key's account")
@@ -75,10 +102,17 @@ async def create(args: argparse.Namespace) -> ExitStatus:
         token = await ctx.client.payment_token()
         price = price_units(token, args.price_per_hour)
         try:
-            terms = OfferTerms(gpu_model=model, vram_mib=vram_mib, price_per_second=price,
-                               min_duration=args.min_duration, max_duration=args.max_duration, region=args.region,
-                               util_floor_bps=round(args.util_floor * 100), egress=args.egress,
-                               gpu_uuid_hashes=[gpu_uuid_hash(g.uuid) for g in gpus])
+            terms = OfferTerms(
+                gpu_model=model,
+                vram_mib=vram_mib,
+                price_per_second=price,
+                min_duration=args.min_duration,
+                max_duration=args.max_duration,
+                region=args.region,
+                util_floor_bps=round(args.util_floor * 100),
+                egress=args.egress,
+                gpu_uuid_hashes=[gpu_uuid_hash(g.uuid) for g in gpus],
+            )
         except ValidationError as exc:
             raise invalid(exc, "offer terms") from None
         result = await ctx.client.create_offer(terms)
@@ -130,7 +164,8 @@ async def list_offers(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=args.provider is None) as ctx:
         provider = args.provider or ctx.client.address
         token = await ctx.client.payment_token()
-        offers = search_offers(await ctx.client.offers(),
-                               OfferQuery(provider=provider, include_unavailable=True, sort="offer"), token)
+        offers = search_offers(
+            await ctx.client.offers(), OfferQuery(provider=provider, include_unavailable=True, sort="offer"), token
+        )
     out.emit([offer_json(token, o) for o in offers], lambda: render_offers(out, token, offers))
     return ExitStatus.OK

@@ -77,8 +77,10 @@ async def open_context(args: argparse.Namespace, *, key: bool) -> AsyncIterator[
     deployment: Deployment | None = None
     if network is None and rpc_url is None:
         if read_state(state_dir) is None:
-            raise UsageError(f"no network: pass --network and --rpc-url (or set {NETWORK_ENV} and {RPC_URL_ENV}), "
-                             "or start a local one with `gpuex devnet up`")
+            raise UsageError(
+                f"no network: pass --network and --rpc-url (or set {NETWORK_ENV} and {RPC_URL_ENV}), "
+                "or start a local one with `gpuex devnet up`"
+            )
         network = DEVNET
     if network == DEVNET:
         devnet = read_state(state_dir)
@@ -103,10 +105,18 @@ async def open_context(args: argparse.Namespace, *, key: bool) -> AsyncIterator[
             except deployments.DeploymentNotFound as exc:
                 raise UsageError(f"{exc}, the chain of {rpc_url}") from None
         elif chain_id != deployment.chain_id:
-            raise UsageError(f"wrong network: the RPC at {rpc_url} serves chain {chain_id}, but the "
-                             f"{deployment.network} deployment is on chain {deployment.chain_id}")
+            raise UsageError(
+                f"wrong network: the RPC at {rpc_url} serves chain {chain_id}, but the "
+                f"{deployment.network} deployment is on chain {deployment.chain_id}"
+            )
         wallet = Wallet(w3, account) if account is not None else None
-        yield Context(rpc_url=rpc_url, deployment=deployment, w3=w3,
-                      client=ExchangeClient(w3, deployment, wallet), devnet=devnet, devnet_dir=state_dir)
+        yield Context(
+            rpc_url=rpc_url,
+            deployment=deployment,
+            w3=w3,
+            client=ExchangeClient(w3, deployment, wallet),
+            devnet=devnet,
+            devnet_dir=state_dir,
+        )
     finally:
         await w3.provider.disconnect()

@@ -20,13 +20,13 @@ from pydantic import ValidationError
 
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
+from offchain.chain.tx.manager import TxManager
 from offchain.cli.args import ExitStatus, add_command, add_group, env_sets, invalid, stop_on_signals
 from offchain.cli.keys import load_key
 from offchain.cli.network import open_context
 from offchain.config import OracleSettings
 from offchain.oracle.keeper import Keeper
 from offchain.oracle.service import KEEPER_FILE, TXMGR_FILE, OracleService
-from offchain.chain.tx.manager import TxManager
 
 PREFIX = "GPUEX_ORACLE_"
 log = logging.getLogger(__name__)
@@ -69,13 +69,21 @@ async def keeper(args: argparse.Namespace) -> ExitStatus:
     stop = stop_on_signals()
     w3 = connect(settings.chain.rpc_url)
     txmgr = TxManager(w3, state / TXMGR_FILE, settings.key, settings.chain.chain_id)
-    keeper_service = Keeper(ChainReader(w3, settings.chain.registry, settings.chain.escrow), txmgr, state / KEEPER_FILE,
-                            start_block=start_block)
+    keeper_service = Keeper(
+        ChainReader(w3, settings.chain.registry, settings.chain.escrow),
+        txmgr,
+        state / KEEPER_FILE,
+        start_block=start_block,
+    )
     try:
         await txmgr.start()
         await keeper_service.start()
-        log.info("keeper %s on escrow %s, every %.1f s", txmgr.address, settings.chain.escrow,
-                 settings.keeper_interval_seconds)
+        log.info(
+            "keeper %s on escrow %s, every %.1f s",
+            txmgr.address,
+            settings.chain.escrow,
+            settings.keeper_interval_seconds,
+        )
         await asyncio.gather(txmgr.run(stop), keeper_service.run(stop, settings.keeper_interval_seconds))
     finally:
         keeper_service.close()

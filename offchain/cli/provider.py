@@ -7,9 +7,9 @@ import argparse
 
 from offchain.cli import parse
 from offchain.cli.args import ExitStatus, add_command, add_group, amount_units
+from offchain.cli.gpus import add_gpu_options, local_gpus
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, money, when
-from offchain.cli.gpus import add_gpu_options, local_gpus
 from offchain.market.exchange import ProviderResult
 from offchain.market.offers import ProviderRecord, TokenInfo
 from offchain.protocol.messages import gpu_uuid_hash
@@ -19,23 +19,37 @@ def register(commands: argparse._SubParsersAction) -> None:
     group = add_group(commands, "provider", "a provider's stake, agent key, agent URL and GPUs")
     stake_parser = add_command(group, "stake", stake, "add stake (collateral for rentals of your offers)")
     stake_parser.add_argument("--amount", type=parse.amount, required=True, help="in the stake token, e.g. 500")
-    stake_parser.add_argument("--approve", action="store_true",
-                              help="approve the registry to take exactly the amount if the allowance falls short")
-    unstake_parser = add_command(group, "unstake", unstake,
-                                 "start unbonding free stake (withdraw it after the unbonding period)")
+    stake_parser.add_argument(
+        "--approve",
+        action="store_true",
+        help="approve the registry to take exactly the amount if the allowance falls short",
+    )
+    unstake_parser = add_command(
+        group, "unstake", unstake, "start unbonding free stake (withdraw it after the unbonding period)"
+    )
     unstake_parser.add_argument("--amount", type=parse.amount, required=True, help="in the stake token")
     add_command(group, "withdraw", withdraw, "withdraw stake whose unbonding period has ended")
-    agent_parser = add_command(group, "set-agent", set_agent,
-                               "set the key your provider machine's agent signs telemetry with")
+    agent_parser = add_command(
+        group, "set-agent", set_agent, "set the key your provider machine's agent signs telemetry with"
+    )
     agent_parser.add_argument("agent", type=parse.address, help="the agent key's address")
-    url_parser = add_command(group, "set-agent-url", set_agent_url,
-                             "publish the public URL of your agent's API, where renters reach the agent")
+    url_parser = add_command(
+        group,
+        "set-agent-url",
+        set_agent_url,
+        "publish the public URL of your agent's API, where renters reach the agent",
+    )
     url_choice = url_parser.add_mutually_exclusive_group(required=True)
-    url_choice.add_argument("url", type=parse.agent_url, nargs="?",
-                            help="http(s)://host[:port][/path], at most 256 bytes; an empty string clears it")
+    url_choice.add_argument(
+        "url",
+        type=parse.agent_url,
+        nargs="?",
+        help="http(s)://host[:port][/path], at most 256 bytes; an empty string clears it",
+    )
     url_choice.add_argument("--clear", action="store_true", help="clear the published URL")
-    gpus_parser = add_command(group, "register-gpus", register_gpus,
-                              "claim this machine's GPUs (NVML UUIDs) so that offers can list them")
+    gpus_parser = add_command(
+        group, "register-gpus", register_gpus, "claim this machine's GPUs (NVML UUIDs) so that offers can list them"
+    )
     add_gpu_options(gpus_parser)
     show_parser = add_command(group, "show", show, "a provider's stake, reputation, agent key and agent URL")
     show_parser.add_argument("provider", type=parse.address, nargs="?", help="default: your key's account")
@@ -44,14 +58,23 @@ def register(commands: argparse._SubParsersAction) -> None:
 def render_provider(out: Output, token: TokenInfo, p: ProviderRecord) -> None:
     reliability = None if p.reliability is None else f"{p.reliability:.2%}"
     unbonding = money(token, p.unbonding) + (f" (until {when(p.unbonding_ends_at)})" if p.unbonding else "")
-    out.fields(f"provider {p.address}", [
-        ("staked", money(token, p.staked)), ("locked", money(token, p.locked)), ("unbonding", unbonding),
-        ("free", money(token, p.free)), ("agent", p.agent if int(p.agent, 16) else "not set"),
-        ("agent URL", p.agent_url or "not set"),
-        ("rentals completed", p.rentals_completed), ("slashes", p.slashes), ("declines", p.declines),
-        ("seconds delivered", f"{p.seconds_delivered:,}"), ("seconds missed", f"{p.seconds_missed:,}"),
-        ("reliability", reliability),
-    ])
+    out.fields(
+        f"provider {p.address}",
+        [
+            ("staked", money(token, p.staked)),
+            ("locked", money(token, p.locked)),
+            ("unbonding", unbonding),
+            ("free", money(token, p.free)),
+            ("agent", p.agent if int(p.agent, 16) else "not set"),
+            ("agent URL", p.agent_url or "not set"),
+            ("rentals completed", p.rentals_completed),
+            ("slashes", p.slashes),
+            ("declines", p.declines),
+            ("seconds delivered", f"{p.seconds_delivered:,}"),
+            ("seconds missed", f"{p.seconds_missed:,}"),
+            ("reliability", reliability),
+        ],
+    )
 
 
 async def _provider_action(args: argparse.Namespace, act) -> ExitStatus:

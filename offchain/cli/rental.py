@@ -17,17 +17,16 @@ from decimal import ROUND_FLOOR, Decimal
 from enum import IntEnum
 from pathlib import Path
 
-
-from offchain.ops import devnet
 from offchain.agent.jobspec import JobSpecStore
+from offchain.chain import events
 from offchain.cli import access, parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
-from offchain.chain import events
 from offchain.market.exchange import ActionResult, ExchangeError, RentalResult
 from offchain.market.offers import TokenInfo
 from offchain.market.rentals import RentalHistory
+from offchain.ops import devnet
 from offchain.protocol.renterapi import JobStatus
 
 #: Reports `rental status` lists (the most recent ones); `--json` has them all.
@@ -39,15 +38,27 @@ def register(commands: argparse._SubParsersAction) -> None:
     rent_parser.add_argument("offer_id", type=parse.positive_int, metavar="OFFER")
     rent_parser.add_argument("--duration", type=parse.duration, required=True, help="e.g. 90m, 2h, 3600 (seconds)")
     access.add_spec_options(rent_parser)
-    rent_parser.add_argument("--max-price-per-hour", type=parse.price, metavar="PRICE",
-                             help="refuse a price above this (default: the price listed now)")
-    rent_parser.add_argument("--approve", action="store_true",
-                             help="approve the escrow to take exactly the deposit if the allowance falls short")
-    rent_parser.add_argument("--spec-dir", type=Path, metavar="DIR",
-                             help="also save the spec here as <hash>.json (default on the devnet: its spec directory)")
+    rent_parser.add_argument(
+        "--max-price-per-hour",
+        type=parse.price,
+        metavar="PRICE",
+        help="refuse a price above this (default: the price listed now)",
+    )
+    rent_parser.add_argument(
+        "--approve",
+        action="store_true",
+        help="approve the escrow to take exactly the deposit if the allowance falls short",
+    )
+    rent_parser.add_argument(
+        "--spec-dir",
+        type=Path,
+        metavar="DIR",
+        help="also save the spec here as <hash>.json (default on the devnet: its spec directory)",
+    )
 
-    group = add_group(commands, "rental", "a rental's state, live utilisation, early end, and its job: spec, logs, "
-                                          "results, shell")
+    group = add_group(
+        commands, "rental", "a rental's state, live utilisation, early end, and its job: spec, logs, results, shell"
+    )
     for name, handler, text in (
         ("status", status, "state, deposit, paid, refunded, slash, delivered seconds and utilisation"),
         ("terminate", terminate, "end your rental now: cancel before the start, else refund the unused time"),
@@ -60,8 +71,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     access.register(group)
 
-    add_command(commands, "withdraw", withdraw,
-                "withdraw what the escrow credited you (earnings, refunds) and slash compensation")
+    add_command(
+        commands,
+        "withdraw",
+        withdraw,
+        "withdraw what the escrow credited you (earnings, refunds) and slash compensation",
+    )
     add_command(commands, "faucet", faucet, "claim test payment tokens (deployments with the test token only)")
 
 
@@ -84,10 +99,13 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
         except ExchangeError:
             agent_url = None  # no agent URL published (or no such offer, which opening reports)
         if agent_url is None and secrets:
-            raise UsageError(f"offer {args.offer_id}'s provider publishes no agent URL: secret values travel only "
-                             "through its agent's renter API")
-        spec_dir = args.spec_dir or (devnet.spec_dir(ctx.devnet_dir) if ctx.devnet is not None and agent_url is None
-                                     else None)
+            raise UsageError(
+                f"offer {args.offer_id}'s provider publishes no agent URL: secret values travel only "
+                "through its agent's renter API"
+            )
+        spec_dir = args.spec_dir or (
+            devnet.spec_dir(ctx.devnet_dir) if ctx.devnet is not None and agent_url is None else None
+        )
         if spec_dir is not None:
             JobSpecStore(spec_dir).put(spec)
         result = await ctx.client.open_rental(args.offer_id, args.duration, spec.spec_hash(), max_price, args.approve)
@@ -99,26 +117,34 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
                 raise ExchangeError(
                     f"rental {rental.rental_id} is open, but {exc}; send it again with `gpuex rental send-spec "
                     f"{rental.rental_id} --spec {args.spec}` (a rental without its spec is declined and refunded in "
-                    "full)") from None
+                    "full)"
+                ) from None
 
     def human() -> None:
         out.sent(result)
-        out.print(f"rental {rental.rental_id} opened on offer {rental.offer_id}: "
-                  f"{format_duration(rental.duration)} at {per_hour(token, rental.price_per_second)}, "
-                  f"deposit {money(token, rental.deposit)}")
+        out.print(
+            f"rental {rental.rental_id} opened on offer {rental.offer_id}: "
+            f"{format_duration(rental.duration)} at {per_hour(token, rental.price_per_second)}, "
+            f"deposit {money(token, rental.deposit)}"
+        )
         if agent_url is not None:
-            out.print(f"job spec {rental.job_spec_hash} sent to the provider's agent at {agent_url}"
-                      + (f", with {len(secrets)} sealed secret value(s)" if secrets else ""))
+            out.print(
+                f"job spec {rental.job_spec_hash} sent to the provider's agent at {agent_url}"
+                + (f", with {len(secrets)} sealed secret value(s)" if secrets else "")
+            )
         if spec_dir is not None:
             out.print(f"job spec {rental.job_spec_hash} saved in {spec_dir}")
         elif agent_url is None:
-            out.print(f"publish the job spec as {rental.job_spec_hash}.json where the provider's agent fetches specs "
-                      "(its GPUEX_AGENT_SPEC_URL)")
-        out.print(f"follow it with `gpuex rental watch {rental.rental_id}` and `gpuex rental logs "
-                  f"{rental.rental_id} --follow`")
+            out.print(
+                f"publish the job spec as {rental.job_spec_hash}.json where the provider's agent fetches specs "
+                "(its GPUEX_AGENT_SPEC_URL)"
+            )
+        out.print(
+            f"follow it with `gpuex rental watch {rental.rental_id}` and `gpuex rental logs "
+            f"{rental.rental_id} --follow`"
+        )
 
-    out.emit({**result_json(result), "spec_dir": str(spec_dir) if spec_dir else None, "spec_sent_to": agent_url},
-             human)
+    out.emit({**result_json(result), "spec_dir": str(spec_dir) if spec_dir else None, "spec_sent_to": agent_url}, human)
     return ExitStatus.OK
 
 
@@ -130,22 +156,42 @@ def result_json(result: RentalResult) -> dict:
 def rental_json(r: RentalHistory) -> dict:
     """What `rental status --json` prints of a rental (amounts in token units, enums by name)."""
     return {
-        "rental_id": r.rental_id, "offer_id": r.offer_id, "renter": r.renter, "status": r.status.name,
-        "price_per_second": r.price_per_second, "duration": r.duration, "deposit": r.deposit,
-        "job_spec_hash": r.job_spec_hash, "opened_block": r.opened.block_number, "started_at": r.started_at,
-        "last_seq": r.last_seq, "reported_seconds": r.reported_seconds, "delivered_seconds": r.delivered_seconds,
-        "earned": r.earned, "termination_refund": r.termination_refund,
+        "rental_id": r.rental_id,
+        "offer_id": r.offer_id,
+        "renter": r.renter,
+        "status": r.status.name,
+        "price_per_second": r.price_per_second,
+        "duration": r.duration,
+        "deposit": r.deposit,
+        "job_spec_hash": r.job_spec_hash,
+        "opened_block": r.opened.block_number,
+        "started_at": r.started_at,
+        "last_seq": r.last_seq,
+        "reported_seconds": r.reported_seconds,
+        "delivered_seconds": r.delivered_seconds,
+        "earned": r.earned,
+        "termination_refund": r.termination_refund,
         "decline": None if r.declined is None else event_json(r.declined),
-        "reports": [event_json(report) for report in r.reports], "skipped_reports": len(r.skipped),
+        "reports": [event_json(report) for report in r.reports],
+        "skipped_reports": len(r.skipped),
         "settlement": None if r.settlement is None else event_json(r.settlement),
-        "final": r.status.is_final, "ends_at": r.ends_at, "refunded": r.refunded, "paid": r.earned,
+        "final": r.status.is_final,
+        "ends_at": r.ends_at,
+        "refunded": r.refunded,
+        "paid": r.earned,
         "avg_util_bps": r.avg_util_bps,
     }
 
 
-_EVENT_KINDS = {events.RentalOpened: "opened", events.RentalStarted: "started", events.ReportApplied: "report",
-                events.ReportSkipped: "skipped", events.RentalTerminated: "terminated",
-                events.RentalDeclined: "declined", events.RentalFinalized: "finalized"}
+_EVENT_KINDS = {
+    events.RentalOpened: "opened",
+    events.RentalStarted: "started",
+    events.ReportApplied: "report",
+    events.ReportSkipped: "skipped",
+    events.RentalTerminated: "terminated",
+    events.RentalDeclined: "declined",
+    events.RentalFinalized: "finalized",
+}
 
 
 def event_json(event: events.RentalEvent) -> dict:
@@ -169,21 +215,30 @@ def _json_value(value: object) -> object:
 def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
     s = r.settlement
     rows = [
-        ("status", r.status.name.lower()), ("offer", r.offer_id), ("renter", r.renter),
-        ("price", per_hour(token, r.price_per_second)), ("duration", format_duration(r.duration)),
-        ("deposit", money(token, r.deposit)), ("job spec", r.job_spec_hash),
-        ("started", when(r.started_at)), ("ends", when(r.ends_at)),
+        ("status", r.status.name.lower()),
+        ("offer", r.offer_id),
+        ("renter", r.renter),
+        ("price", per_hour(token, r.price_per_second)),
+        ("duration", format_duration(r.duration)),
+        ("deposit", money(token, r.deposit)),
+        ("job spec", r.job_spec_hash),
+        ("started", when(r.started_at)),
+        ("ends", when(r.ends_at)),
         ("delivered", f"{r.delivered_seconds:,} s of {r.reported_seconds:,} s reported"),
         ("utilisation", percent_bps(r.avg_util_bps)),
-        ("paid", money(token, r.earned)), ("refunded", money(token, r.refunded)),
+        ("paid", money(token, r.earned)),
+        ("refunded", money(token, r.refunded)),
     ]
     if r.decline_reason is not None:
         rows.insert(1, ("declined", f"{r.decline_reason.name.lower()}: {r.decline_reason.describe()}"))
     if s is not None:
-        slash = ("none" if not s.slashed
-                 else f"{money(token, s.slashed)} to the renter ({s.slash_reason.name.lower()})")
-        rows += [("provider payout", money(token, s.provider_payout)), ("fee", money(token, s.fee)),
-                 ("missed", f"{s.missed_seconds:,} s"), ("slashed", slash)]
+        slash = "none" if not s.slashed else f"{money(token, s.slashed)} to the renter ({s.slash_reason.name.lower()})"
+        rows += [
+            ("provider payout", money(token, s.provider_payout)),
+            ("fee", money(token, s.fee)),
+            ("missed", f"{s.missed_seconds:,} s"),
+            ("slashed", slash),
+        ]
     out.fields(f"rental {r.rental_id}", rows)
     if r.reports:
         earlier = len(r.reports) - SHOWN_REPORTS
@@ -197,8 +252,10 @@ def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
 
 def _report_line(token: TokenInfo, report: events.ReportApplied, period_start: int | None) -> str:
     period = f" of {report.period_end - period_start} s" if period_start is not None else ""
-    return (f"#{report.seq} to {when(report.period_end)}: {report.delivered_seconds} s delivered{period}, "
-            f"utilisation {percent_bps(report.avg_util_bps)}, earned {money(token, report.earned)}")
+    return (
+        f"#{report.seq} to {when(report.period_end)}: {report.delivered_seconds} s delivered{period}, "
+        f"utilisation {percent_bps(report.avg_util_bps)}, earned {money(token, report.earned)}"
+    )
 
 
 async def status(args: argparse.Namespace) -> ExitStatus:
@@ -221,9 +278,13 @@ def render_job(out: Output, job: JobStatus) -> None:
     """What the provider's agent says of the job (its renter only)."""
     container = job.container
     rows = [
-        ("isolation", job.isolation), ("image", job.image), ("GPUs", ", ".join(job.gpus) or None),
+        ("isolation", job.isolation),
+        ("image", job.image),
+        ("GPUs", ", ".join(job.gpus) or None),
         ("container", None if container is None else f"{container.name} ({container.state})"),
-        ("exit code", job.exit_code), ("reason", job.reason), ("result digest", job.result_digest),
+        ("exit code", job.exit_code),
+        ("reason", job.reason),
+        ("result digest", job.result_digest),
         ("results", "ready: `gpuex rental results` downloads them" if job.results_available else None),
     ]
     if not job.spec_received:
@@ -248,9 +309,11 @@ async def terminate(args: argparse.Namespace) -> ExitStatus:
 def _event_line(token: TokenInfo, event: events.RentalEvent, period_start: int | None) -> str:
     match event:
         case events.RentalOpened():
-            return (f"opened (block {event.block_number}): offer {event.offer_id}, "
-                    f"{format_duration(event.duration)} at {per_hour(token, event.price_per_second)}, "
-                    f"deposit {money(token, event.deposit)}")
+            return (
+                f"opened (block {event.block_number}): offer {event.offer_id}, "
+                f"{format_duration(event.duration)} at {per_hour(token, event.price_per_second)}, "
+                f"deposit {money(token, event.deposit)}"
+            )
         case events.RentalStarted():
             return f"started at {when(event.started_at)}{' by its first report' if event.by_report else ''}"
         case events.ReportApplied():
@@ -262,11 +325,14 @@ def _event_line(token: TokenInfo, event: events.RentalEvent, period_start: int |
         case events.RentalDeclined():
             return f"declined by the provider ({event.reason.name.lower()}): {event.reason.describe()}"
         case events.RentalFinalized():
-            slash = (f", {money(token, event.slashed)} slashed ({event.slash_reason.name.lower()})" if event.slashed
-                     else "")
-            return (f"settled {event.status.name.lower()}: {event.delivered_seconds} s delivered, "
-                    f"{event.missed_seconds} s missed; provider {money(token, event.provider_payout)}, "
-                    f"fee {money(token, event.fee)}, refund {money(token, event.refund)}{slash}")
+            slash = (
+                f", {money(token, event.slashed)} slashed ({event.slash_reason.name.lower()})" if event.slashed else ""
+            )
+            return (
+                f"settled {event.status.name.lower()}: {event.delivered_seconds} s delivered, "
+                f"{event.missed_seconds} s missed; provider {money(token, event.provider_payout)}, "
+                f"fee {money(token, event.fee)}, refund {money(token, event.refund)}{slash}"
+            )
     raise AssertionError(event)
 
 
@@ -306,8 +372,9 @@ async def faucet(args: argparse.Namespace) -> ExitStatus:
     return await _account_action(args, act)
 
 
-async def _account_action(args: argparse.Namespace,
-                          act: Callable[[Context, TokenInfo], Awaitable[tuple[ActionResult, str]]]) -> ExitStatus:
+async def _account_action(
+    args: argparse.Namespace, act: Callable[[Context, TokenInfo], Awaitable[tuple[ActionResult, str]]]
+) -> ExitStatus:
     """Runs `act` with the command's account and the payment token, then shows its result and summary line."""
     async with open_context(args, key=True) as ctx:
         result, summary = await act(ctx, await ctx.client.payment_token())

@@ -20,10 +20,16 @@ DEFAULT_PORT = 8710
 def register(commands: argparse._SubParsersAction) -> None:
     parser = add_command(commands, "web", serve, "serve the marketplace web page (offers, rentals, providers)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    parser.add_argument("--port", type=parse.positive_int, default=DEFAULT_PORT,
-                        help="port to listen on (default %(default)s)")
-    parser.add_argument("--confirmations", type=int, default=0, metavar="N",
-                        help="blocks the page stays behind the head, against reorgs (default %(default)s)")
+    parser.add_argument(
+        "--port", type=parse.positive_int, default=DEFAULT_PORT, help="port to listen on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--confirmations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="blocks the page stays behind the head, against reorgs (default %(default)s)",
+    )
 
 
 async def serve(args: argparse.Namespace) -> ExitStatus:
@@ -36,8 +42,10 @@ async def serve(args: argparse.Namespace) -> ExitStatus:
     await runner.setup()
     try:
         await web.TCPSite(runner, args.host, args.port).start()
-        out.note(f"gpuex web: http://{args.host}:{args.port}{WEB_PREFIX}/ ({deployment.network}, chain "
-                 f"{deployment.chain_id}, indexed from block {deployment.start_block} through {rpc_url})")
+        out.note(
+            f"gpuex web: http://{args.host}:{args.port}{WEB_PREFIX}/ ({deployment.network}, chain "
+            f"{deployment.chain_id}, indexed from block {deployment.start_block} through {rpc_url})"
+        )
         await stop_on_signals().wait()
     finally:
         await runner.cleanup()

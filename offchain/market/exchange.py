@@ -17,12 +17,11 @@ from typing import Any, AsyncIterator, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from web3 import AsyncWeb3
 
-from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.chain.contracts import contract
 from offchain.chain.events import ChainEvent, OfferCreated, RentalEvent, RentalFinalized, RentalOpened, decode_log
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
 from offchain.chain.reads import ChainReader
-from offchain.ops.deployments import Deployment
+from offchain.chain.tx.oneshot import Sent, Wallet
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
     OfferRecord,
@@ -35,12 +34,20 @@ from offchain.market.offers import (
     read_token,
 )
 from offchain.market.rentals import RentalHistory
+from offchain.ops.deployments import Deployment
+from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.protocol.status import OfferStatus
-from offchain.chain.tx.oneshot import Sent, Wallet
 
 #: Escrow events whose first indexed argument is the rental id.
-RENTAL_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "ReportSkipped", "RentalTerminated",
-                 "RentalDeclined", "RentalFinalized")
+RENTAL_EVENTS = (
+    "RentalOpened",
+    "RentalStarted",
+    "ReportApplied",
+    "ReportSkipped",
+    "RentalTerminated",
+    "RentalDeclined",
+    "RentalFinalized",
+)
 
 E = TypeVar("E", bound=ChainEvent)
 
@@ -61,8 +68,10 @@ class InsufficientAllowance(ExchangeError):
     """The account has not allowed a contract to take what the action needs; `approve=True` approves exactly it."""
 
     def __init__(self, token: TokenInfo, spender: str, allowance: int, needed: int):
-        super().__init__(f"insufficient allowance: {spender} may take {token.format(allowance)} of yours, "
-                         f"{token.format(needed)} needed")
+        super().__init__(
+            f"insufficient allowance: {spender} may take {token.format(allowance)} of yours, "
+            f"{token.format(needed)} needed"
+        )
         self.token = token
         self.spender = spender
         self.allowance = allowance
@@ -157,9 +166,17 @@ class OfferTerms(BaseModel):
 
     def as_tuple(self) -> tuple:
         """The `OfferTerms` struct as the ABI encodes it."""
-        return (pack_text(self.gpu_model, 32), self.vram_mib, self.price_per_second, self.min_duration,
-                self.max_duration, pack_text(self.region, 16), self.util_floor_bps, self.egress,
-                self.gpu_uuid_hashes)
+        return (
+            pack_text(self.gpu_model, 32),
+            self.vram_mib,
+            self.price_per_second,
+            self.min_duration,
+            self.max_duration,
+            pack_text(self.region, 16),
+            self.util_floor_bps,
+            self.egress,
+            self.gpu_uuid_hashes,
+        )
 
 
 class RentalResult(ActionResult):
@@ -269,8 +286,9 @@ class ExchangeClient:
     async def watch_rental(self, rental_id: int, poll_seconds: float = 2.0) -> AsyncIterator[RentalEvent]:
         """Every event of the rental, past ones first, then new ones as they are mined, until it is settled. After a
         reorg, the events from the block where the chains part come again as the new chain has them."""
-        follower = EventFollower(self.w3, [self.escrow.address], self._rental_topics(rental_id),
-                                 self.deployment.start_block)
+        follower = EventFollower(
+            self.w3, [self.escrow.address], self._rental_topics(rental_id), self.deployment.start_block
+        )
         while True:
             step = await follower.poll()
             if step is None:
@@ -330,8 +348,12 @@ class ExchangeClient:
         sent: list[SentTx] = []
         if new:
             await self._send(sent, "registerGpus", self.registry.functions.registerGpus(new))
-        return GpuRegistration(account=self.address, transactions=sent, registered=["0x" + h.hex() for h in new],
-                              already_registered=["0x" + h.hex() for h in mine])
+        return GpuRegistration(
+            account=self.address,
+            transactions=sent,
+            registered=["0x" + h.hex() for h in new],
+            already_registered=["0x" + h.hex() for h in mine],
+        )
 
     async def create_offer(self, terms: OfferTerms) -> OfferResult:
         sent: list[SentTx] = []
@@ -359,8 +381,14 @@ class ExchangeClient:
 
     # --------------------------------------------------------------------------------------- renter actions
 
-    async def open_rental(self, offer_id: int, duration: int, job_spec_hash: bytes,
-                          max_price_per_second: int | None = None, approve: bool = False) -> RentalResult:
+    async def open_rental(
+        self,
+        offer_id: int,
+        duration: int,
+        job_spec_hash: bytes,
+        max_price_per_second: int | None = None,
+        approve: bool = False,
+    ) -> RentalResult:
         """Rents `offer_id` for `duration` seconds at no more than `max_price_per_second` (default: its price now),
         approving exactly the deposit first when `approve` and the allowance falls short."""
         offer = await self.offer(offer_id)
@@ -369,18 +397,22 @@ class ExchangeClient:
         if offer.live_rental_id:
             raise ExchangeError(f"offer {offer_id} is rented (rental {offer.live_rental_id})")
         if not offer.min_duration <= duration <= offer.max_duration:
-            raise ExchangeError(f"offer {offer_id} rents for {offer.min_duration} to {offer.max_duration} s, "
-                                f"not {duration} s")
+            raise ExchangeError(
+                f"offer {offer_id} rents for {offer.min_duration} to {offer.max_duration} s, not {duration} s"
+            )
         token = await self.payment_token()
         max_price = offer.price_per_second if max_price_per_second is None else max_price_per_second
         if offer.price_per_second > max_price:
-            raise ExchangeError(f"offer {offer_id} costs {token.format(offer.price_per_hour)}/h, above the maximum of "
-                                f"{token.format(max_price * SECONDS_PER_HOUR)}/h")
+            raise ExchangeError(
+                f"offer {offer_id} costs {token.format(offer.price_per_hour)}/h, above the maximum of "
+                f"{token.format(max_price * SECONDS_PER_HOUR)}/h"
+            )
         deposit = offer.price_per_second * duration
         sent: list[SentTx] = []
         await self._allowance(sent, token, self.escrow.address, "the escrow", deposit, approve)
-        receipt = await self._send(sent, "openRental",
-                                   self.escrow.functions.openRental(offer_id, duration, max_price, job_spec_hash))
+        receipt = await self._send(
+            sent, "openRental", self.escrow.functions.openRental(offer_id, duration, max_price, job_spec_hash)
+        )
         (opened,) = self._emitted(receipt, RentalOpened)
         return RentalResult(account=self.address, transactions=sent, rental=await self.rental(opened.rental_id))
 
@@ -400,14 +432,19 @@ class ExchangeClient:
             await self._send(sent, "withdraw", self.escrow.functions.withdraw())
         if balances["compensation"]:
             await self._send(sent, "withdrawCompensation", self.registry.functions.withdrawCompensation())
-        return Withdrawal(account=self.address, transactions=sent, escrow_amount=balances["escrow"],
-                          compensation=balances["compensation"])
+        return Withdrawal(
+            account=self.address,
+            transactions=sent,
+            escrow_amount=balances["escrow"],
+            compensation=balances["compensation"],
+        )
 
     async def claim_faucet(self) -> FaucetClaim:
         """Claims the test payment token's faucet; refused for a deployment whose payment token is a real one."""
         if not self.deployment.test_token:
-            raise ExchangeError(f"the payment token {self.deployment.payment_token} is not the test token: "
-                                "it has no faucet")
+            raise ExchangeError(
+                f"the payment token {self.deployment.payment_token} is not the test token: it has no faucet"
+            )
         token = contract(self.w3, "TestStablecoin", self.deployment.payment_token)
         before = await self.reader.token_balance(token.address, self.address)
         sent: list[SentTx] = []
@@ -422,19 +459,24 @@ class ExchangeClient:
         if self.wallet is None:
             raise ExchangeError("this action needs an account (a key)")
         receipt = await self.wallet.transact(call)
-        sent.append(SentTx(action=action, tx_hash=receipt.tx_hash, block_number=receipt.block_number,
-                           gas_used=receipt.gas_used))
+        sent.append(
+            SentTx(action=action, tx_hash=receipt.tx_hash, block_number=receipt.block_number, gas_used=receipt.gas_used)
+        )
         return receipt
 
-    async def _allowance(self, sent: list[SentTx], token: TokenInfo, spender: str, spender_name: str, needed: int,
-                         approve: bool) -> None:
+    async def _allowance(
+        self, sent: list[SentTx], token: TokenInfo, spender: str, spender_name: str, needed: int, approve: bool
+    ) -> None:
         """Checks that the account holds `needed` and allows `spender` to take it; with `approve`, approves exactly
         `needed` when the allowance falls short."""
-        balance, allowance = await asyncio.gather(self.reader.token_balance(token.address, self.address),
-                                                  self.reader.token_allowance(token.address, self.address, spender))
+        balance, allowance = await asyncio.gather(
+            self.reader.token_balance(token.address, self.address),
+            self.reader.token_allowance(token.address, self.address, spender),
+        )
         if balance < needed:
-            raise InsufficientFunds(f"insufficient balance: {token.format(balance)} held, {token.format(needed)} "
-                                    "needed")
+            raise InsufficientFunds(
+                f"insufficient balance: {token.format(balance)} held, {token.format(needed)} needed"
+            )
         if allowance >= needed:
             return
         if not approve:

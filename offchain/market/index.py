@@ -43,9 +43,9 @@ from offchain.chain.events import (
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, Rewind
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import ChainUnreachable
-from offchain.ops.deployments import Deployment
 from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
 from offchain.market.rentals import RentalHistory
+from offchain.ops.deployments import Deployment
 from offchain.protocol.status import OfferStatus
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,32 @@ READ_CONCURRENCY = 16
 CHAIN_ERRORS = (ChainUnreachable, Web3Exception)
 
 
-REGISTRY_EVENTS = ("Staked", "UnstakeRequested", "UnstakeWithdrawn", "AgentSet", "AgentUrlSet", "OfferCreated",
-                   "OfferPriceUpdated", "OfferPaused", "OfferResumed", "OfferClosed", "Slashed")
-ESCROW_EVENTS = ("RentalOpened", "RentalStarted", "ReportApplied", "RentalTerminated", "RentalDeclined",
-                 "RentalFinalized")
-_OFFER_STATUS_AFTER = {OfferPaused: OfferStatus.PAUSED, OfferResumed: OfferStatus.ACTIVE,
-                       OfferClosed: OfferStatus.CLOSED}
+REGISTRY_EVENTS = (
+    "Staked",
+    "UnstakeRequested",
+    "UnstakeWithdrawn",
+    "AgentSet",
+    "AgentUrlSet",
+    "OfferCreated",
+    "OfferPriceUpdated",
+    "OfferPaused",
+    "OfferResumed",
+    "OfferClosed",
+    "Slashed",
+)
+ESCROW_EVENTS = (
+    "RentalOpened",
+    "RentalStarted",
+    "ReportApplied",
+    "RentalTerminated",
+    "RentalDeclined",
+    "RentalFinalized",
+)
+_OFFER_STATUS_AFTER = {
+    OfferPaused: OfferStatus.PAUSED,
+    OfferResumed: OfferStatus.ACTIVE,
+    OfferClosed: OfferStatus.CLOSED,
+}
 
 
 class HistoryEntry(BaseModel):
@@ -111,13 +131,23 @@ class _Offer:
     live_rental_id: int = 0
 
     def record(self, reputation: ProviderRecord) -> OfferRecord:
-        return OfferRecord(offer_id=self.offer_id, provider=self.provider, status=self.status,
-                           gpu_model=self.gpu_model, gpu_count=len(self.gpu_uuid_hashes), vram_mib=self.vram_mib,
-                           region=self.region, price_per_second=self.price_per_second,
-                           min_duration=self.min_duration, max_duration=self.max_duration,
-                           util_floor_bps=self.util_floor_bps, egress=self.egress,
-                           gpu_uuid_hashes=self.gpu_uuid_hashes, live_rental_id=self.live_rental_id,
-                           reputation=reputation)
+        return OfferRecord(
+            offer_id=self.offer_id,
+            provider=self.provider,
+            status=self.status,
+            gpu_model=self.gpu_model,
+            gpu_count=len(self.gpu_uuid_hashes),
+            vram_mib=self.vram_mib,
+            region=self.region,
+            price_per_second=self.price_per_second,
+            min_duration=self.min_duration,
+            max_duration=self.max_duration,
+            util_floor_bps=self.util_floor_bps,
+            egress=self.egress,
+            gpu_uuid_hashes=self.gpu_uuid_hashes,
+            live_rental_id=self.live_rental_id,
+            reputation=reputation,
+        )
 
 
 @dataclass
@@ -135,19 +165,35 @@ class EventIndex:
     """The index of one registry and escrow. `await index.run(stop)` follows the chain until `stop` is set; the
     readers (`offers`, `rental`, `provider`, ...) answer from memory and never wait for the chain."""
 
-    def __init__(self, w3: AsyncWeb3, registry: str, escrow: str, start_block: int, *, confirmations: int = 0,
-                 max_block_range: int = DEFAULT_MAX_BLOCK_RANGE) -> None:
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        registry: str,
+        escrow: str,
+        start_block: int,
+        *,
+        confirmations: int = 0,
+        max_block_range: int = DEFAULT_MAX_BLOCK_RANGE,
+    ) -> None:
         self._w3 = w3
         self._registry = contract(w3, "ProviderRegistry", registry)
         self._escrow = contract(w3, "RentalEscrow", escrow)
         self._start_block = start_block
         self._contract_names = {self._registry.address: "ProviderRegistry", self._escrow.address: "RentalEscrow"}
         self._followed = {*REGISTRY_EVENTS, *ESCROW_EVENTS}
-        topics = sorted(getattr(c.events, name).topic
-                        for c, names in ((self._registry, REGISTRY_EVENTS), (self._escrow, ESCROW_EVENTS))
-                        for name in names)
-        self._follower = EventFollower(w3, [self._registry.address, self._escrow.address], [topics], start_block,
-                                       confirmations=confirmations, max_block_range=max_block_range)
+        topics = sorted(
+            getattr(c.events, name).topic
+            for c, names in ((self._registry, REGISTRY_EVENTS), (self._escrow, ESCROW_EVENTS))
+            for name in names
+        )
+        self._follower = EventFollower(
+            w3,
+            [self._registry.address, self._escrow.address],
+            [topics],
+            start_block,
+            confirmations=confirmations,
+            max_block_range=max_block_range,
+        )
         self._state = _State()
         self._ready = False
         self._version = 0
@@ -197,8 +243,7 @@ class EventIndex:
 
     def rentals(self, limit: int | None = None) -> list[RentalHistory]:
         """Rentals, the most recently opened first."""
-        newest = sorted(self._state.rentals.values(), key=lambda r: (r.opened.block_number, r.rental_id),
-                        reverse=True)
+        newest = sorted(self._state.rentals.values(), key=lambda r: (r.opened.block_number, r.rental_id), reverse=True)
         return newest[:limit]
 
     def provider(self, address: str) -> IndexedProvider | None:
@@ -237,8 +282,11 @@ class EventIndex:
         changed = False
         while (step := await self._follower.poll()) is not None:
             if isinstance(step, Rewind):
-                log.warning("event index: block %s left the chain; re-indexing from block %d", step.last_block,
-                            self._start_block)
+                log.warning(
+                    "event index: block %s left the chain; re-indexing from block %d",
+                    step.last_block,
+                    self._start_block,
+                )
                 self._state = _State()
                 self._ready = False
                 self._follower.restart()
@@ -308,12 +356,19 @@ class EventIndex:
         match event:
             case OfferCreated(terms=terms):
                 state.offers[event.offer_id] = _Offer(
-                    offer_id=event.offer_id, provider=event.provider, status=OfferStatus.ACTIVE,
-                    gpu_model=unpack_text(terms.gpu_model), vram_mib=terms.vram_mib,
-                    price_per_second=terms.price_per_second, min_duration=terms.min_duration,
-                    max_duration=terms.max_duration, region=unpack_text(terms.region),
-                    util_floor_bps=terms.util_floor_bps, egress=terms.egress,
-                    gpu_uuid_hashes=["0x" + h.hex() for h in terms.gpu_uuid_hashes])
+                    offer_id=event.offer_id,
+                    provider=event.provider,
+                    status=OfferStatus.ACTIVE,
+                    gpu_model=unpack_text(terms.gpu_model),
+                    vram_mib=terms.vram_mib,
+                    price_per_second=terms.price_per_second,
+                    min_duration=terms.min_duration,
+                    max_duration=terms.max_duration,
+                    region=unpack_text(terms.region),
+                    util_floor_bps=terms.util_floor_bps,
+                    egress=terms.egress,
+                    gpu_uuid_hashes=["0x" + h.hex() for h in terms.gpu_uuid_hashes],
+                )
                 self._provider(state, event.provider).offer_ids.append(event.offer_id)
             case OfferPriceUpdated():
                 state.offers[event.offer_id].price_per_second = event.price_per_second
@@ -343,9 +398,17 @@ class EventIndex:
             state.providers[address] = IndexedProvider(address=address)
         return state.providers[address]
 
-    def _record(self, state: _State, provider: str, event: ChainEvent, timestamp: int, offer_id: int | None = None,
-                rental_id: int | None = None) -> None:
+    def _record(
+        self,
+        state: _State,
+        provider: str,
+        event: ChainEvent,
+        timestamp: int,
+        offer_id: int | None = None,
+        rental_id: int | None = None,
+    ) -> None:
         """Adds the event to the provider's history and marks its account for a fresh read."""
         self._provider(state, provider).history.append(
-            HistoryEntry(record=event, timestamp=timestamp, offer_id=offer_id, rental_id=rental_id))
+            HistoryEntry(record=event, timestamp=timestamp, offer_id=offer_id, rental_id=rental_id)
+        )
         state.stale_providers.add(provider)

@@ -133,13 +133,23 @@ class OfferRecord(BaseModel):
     @classmethod
     def from_chain(cls, offer_id: int, offer: Offer, live_rental_id: int, reputation: ProviderRecord) -> OfferRecord:
         """From the registry's offer, the rental holding it (0 when free) and its provider's record."""
-        return cls(offer_id=offer_id, provider=offer.provider, status=offer.status,
-                   gpu_model=unpack_text(offer.gpu_model), gpu_count=offer.gpu_count, vram_mib=offer.vram_mib,
-                   region=unpack_text(offer.region), price_per_second=offer.price_per_second,
-                   min_duration=offer.min_duration, max_duration=offer.max_duration,
-                   util_floor_bps=offer.util_floor_bps, egress=offer.egress,
-                   gpu_uuid_hashes=["0x" + bytes(h).hex() for h in offer.gpu_uuid_hashes],
-                   live_rental_id=live_rental_id, reputation=reputation)
+        return cls(
+            offer_id=offer_id,
+            provider=offer.provider,
+            status=offer.status,
+            gpu_model=unpack_text(offer.gpu_model),
+            gpu_count=offer.gpu_count,
+            vram_mib=offer.vram_mib,
+            region=unpack_text(offer.region),
+            price_per_second=offer.price_per_second,
+            min_duration=offer.min_duration,
+            max_duration=offer.max_duration,
+            util_floor_bps=offer.util_floor_bps,
+            egress=offer.egress,
+            gpu_uuid_hashes=["0x" + bytes(h).hex() for h in offer.gpu_uuid_hashes],
+            live_rental_id=live_rental_id,
+            reputation=reputation,
+        )
 
 
 async def read_provider(reader: ChainReader, provider: str, block: BlockIdentifier = "latest") -> ProviderRecord:
@@ -148,8 +158,9 @@ async def read_provider(reader: ChainReader, provider: str, block: BlockIdentifi
     return ProviderRecord.from_chain(AsyncWeb3.to_checksum_address(provider), account, agent_url)
 
 
-async def read_offer(reader: ChainReader, offer_id: int,
-                     providers: dict[str, ProviderRecord] | None = None) -> OfferRecord:
+async def read_offer(
+    reader: ChainReader, offer_id: int, providers: dict[str, ProviderRecord] | None = None
+) -> OfferRecord:
     """One offer (reverts with `Registry_UnknownOffer` if there is none); `providers` caches reputations."""
     offer, live = await asyncio.gather(reader.offer(offer_id), reader.live_rental_of(offer_id))
     cache = providers if providers is not None else {}

@@ -25,7 +25,6 @@ from offchain.chain.events import (
 )
 from offchain.protocol.status import DeclineReason, RentalStatus
 
-
 T = TypeVar("T")
 
 

@@ -1,5 +1,5 @@
-"""A renter's client of a provider agent's renter API (`offchain.protocol.renterapi`): the `gpuex rental` commands and the
-benchmarks use it.
+"""A renter's client of a provider agent's renter API (`offchain.protocol.renterapi`): the `gpuex rental` commands
+and the benchmarks use it.
 
 `RenterClient` signs every request with the renter's key for the deployment's chain and escrow, and checks the
 agent before it trusts it with anything: the agent it reaches must hold the provider's registered agent key, and the
@@ -60,8 +60,16 @@ class RenterApiError(Exception):
 class RenterClient:
     """`async with RenterClient(url, chain_id, escrow, key, agent=address) as client: ...`"""
 
-    def __init__(self, base_url: str, chain_id: int, escrow: str, key: bytes | str, *, agent: str | None = None,
-                 timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        chain_id: int,
+        escrow: str,
+        key: bytes | str,
+        *,
+        agent: str | None = None,
+        timeout_seconds: float = 30.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._chain_id = chain_id
         self._escrow = escrow
@@ -76,8 +84,9 @@ class RenterClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._session is not None:
             await self._session.close()
 
@@ -101,8 +110,11 @@ class RenterClient:
             if address_of_public_key(info.public_key) != info.address:
                 raise RenterApiError(0, "bad_agent", "the agent's public key is not its address's")
             if self._expected_agent is not None and info.address.lower() != self._expected_agent.lower():
-                raise RenterApiError(0, "bad_agent", f"{self.base_url} answers as {info.address}, not the "
-                                                     f"provider's agent key {self._expected_agent}")
+                raise RenterApiError(
+                    0,
+                    "bad_agent",
+                    f"{self.base_url} answers as {info.address}, not the provider's agent key {self._expected_agent}",
+                )
             if info.chain_id != self._chain_id or info.escrow.lower() != self._escrow.lower():
                 raise RenterApiError(0, "bad_agent", "the agent serves another chain or deployment")
             self._agent = info
@@ -115,28 +127,34 @@ class RenterClient:
         if missing:
             raise ValueError(f"no value for the secret environment variable(s) {', '.join(sorted(missing))}")
         agent = await self.agent()
-        upload = SpecUpload(spec=spec.model_dump(mode="json"),
-                            secrets={name: seal(agent.public_key, values[name]) for name in spec.secret_env})
+        upload = SpecUpload(
+            spec=spec.model_dump(mode="json"),
+            secrets={name: seal(agent.public_key, values[name]) for name in spec.secret_env},
+        )
         body = upload.model_dump_json().encode()
-        async with self._request("PUT", self._url(rental_id, "spec"), data=body,
-                                 headers={**self._headers(rental_id, Action.SPEC, body),
-                                          "Content-Type": "application/json"}):
+        async with self._request(
+            "PUT",
+            self._url(rental_id, "spec"),
+            data=body,
+            headers={**self._headers(rental_id, Action.SPEC, body), "Content-Type": "application/json"},
+        ):
             pass
 
     async def status(self, rental_id: int) -> JobStatus:
-        async with self._request("GET", self._url(rental_id, "status"),
-                                 headers=self._headers(rental_id, Action.STATUS)) as response:
+        async with self._request(
+            "GET", self._url(rental_id, "status"), headers=self._headers(rental_id, Action.STATUS)
+        ) as response:
             return JobStatus.model_validate_json(await response.read())
 
-    async def logs(self, rental_id: int, offset: int = 0, follow: bool = False
-                   ) -> AsyncIterator[LogEntry | LogEnd]:
+    async def logs(self, rental_id: int, offset: int = 0, follow: bool = False) -> AsyncIterator[LogEntry | LogEnd]:
         """The job's output from byte `offset` of its log; with `follow`, as it is written, reconnecting from the
         last offset received when the connection drops, until the job has ended (a `LogEnd` comes last)."""
         while True:
             params = {"offset": str(offset), "follow": "1" if follow else "0"}
             try:
-                async with self._request("GET", self._url(rental_id, "logs"), params=params,
-                                         headers=self._headers(rental_id, Action.LOGS)) as response:
+                async with self._request(
+                    "GET", self._url(rental_id, "logs"), params=params, headers=self._headers(rental_id, Action.LOGS)
+                ) as response:
                     async for line in response.content:
                         if not line.strip():
                             continue
@@ -147,8 +165,12 @@ class RenterClient:
                         chunk = LogEntry.model_validate(entry)
                         offset = chunk.offset
                         yield chunk
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError,
-                    RenterApiError) as exc:
+            except (
+                aiohttp.ClientPayloadError,
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientConnectionError,
+                RenterApiError,
+            ) as exc:
                 if not follow or (isinstance(exc, RenterApiError) and exc.status != 0):
                     raise
                 await asyncio.sleep(LOG_RECONNECT_SECONDS)
@@ -161,8 +183,9 @@ class RenterClient:
         reported (the completion report's)."""
         hasher = keccak.new(b"")
         partial = destination.with_name(destination.name + ".partial")
-        async with self._request("GET", self._url(rental_id, "results"),
-                                 headers=self._headers(rental_id, Action.RESULTS)) as response:
+        async with self._request(
+            "GET", self._url(rental_id, "results"), headers=self._headers(rental_id, Action.RESULTS)
+        ) as response:
             expected = bytes.fromhex(response.headers.get(RESULT_DIGEST_HEADER, "").removeprefix("0x"))
             with partial.open("wb") as stream:
                 async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
@@ -171,18 +194,23 @@ class RenterClient:
         digest = hasher.digest()
         if digest != expected:
             partial.unlink(missing_ok=True)
-            raise RenterApiError(0, "digest_mismatch", f"the results hash to 0x{digest.hex()}, not the reported "
-                                                       f"0x{expected.hex()}")
+            raise RenterApiError(
+                0, "digest_mismatch", f"the results hash to 0x{digest.hex()}, not the reported 0x{expected.hex()}"
+            )
         os.replace(partial, destination)
         return digest
 
-    async def shell(self, rental_id: int, rows: int, cols: int, shell: str = "/bin/sh"
-                    ) -> aiohttp.ClientWebSocketResponse:
+    async def shell(
+        self, rental_id: int, rows: int, cols: int, shell: str = "/bin/sh"
+    ) -> aiohttp.ClientWebSocketResponse:
         """A websocket to a shell in the job's container (binary frames: terminal bytes; `resize` text frames)."""
         try:
             return await self.session.ws_connect(
-                self._url(rental_id, "shell"), params={"rows": str(rows), "cols": str(cols), "shell": shell},
-                headers=self._headers(rental_id, Action.SHELL), heartbeat=30)
+                self._url(rental_id, "shell"),
+                params={"rows": str(rows), "cols": str(cols), "shell": shell},
+                headers=self._headers(rental_id, Action.SHELL),
+                heartbeat=30,
+            )
         except aiohttp.WSServerHandshakeError as exc:
             code, detail = _SHELL_REFUSALS.get(exc.status, ("refused", f"{exc.status} {exc.message}"))
             raise RenterApiError(exc.status, code, detail) from exc
@@ -211,9 +239,11 @@ class _Request:
             await self._context.__aexit__(None, None, None)
             try:
                 error = ApiError.model_validate_json(text)
-                raise RenterApiError(self._response.status, error.error.value, error.detail)
             except ValueError:
-                raise RenterApiError(self._response.status, "http_error", text[:500] or self._response.reason or "")
+                raise RenterApiError(
+                    self._response.status, "http_error", text[:500] or self._response.reason or ""
+                ) from None
+            raise RenterApiError(self._response.status, error.error.value, error.detail)
         return self._response
 
     async def __aexit__(self, *exc_info) -> None:

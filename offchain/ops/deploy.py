@@ -20,12 +20,11 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from web3 import AsyncWeb3
 
-from offchain.ops import deployments
 from offchain.chain.contracts import contract
 from offchain.chain.reads import ChainReader
-from offchain.ops.deployments import create_address
-from offchain.ops.deployments import Deployment, SuiteConfig
 from offchain.chain.tx.oneshot import Wallet
+from offchain.ops import deployments
+from offchain.ops.deployments import Deployment, SuiteConfig, create_address
 
 USDC = 10**6
 
@@ -52,8 +51,21 @@ def registry_args(params: SuiteParams, stake_token: str, escrow: str) -> tuple:
 
 def escrow_args(params: SuiteParams, payment_token: str, registry: str, owner: str, treasury: str) -> tuple:
     """`RentalEscrow`'s constructor argument (one `Params` struct)."""
-    return ((payment_token, registry, owner, treasury, params.fee_bps, params.fee_cap_bps, params.start_timeout,
-             params.report_grace, params.sla_bps, params.sla_slash_bps, params.start_slash_bps),)
+    return (
+        (
+            payment_token,
+            registry,
+            owner,
+            treasury,
+            params.fee_bps,
+            params.fee_cap_bps,
+            params.start_timeout,
+            params.report_grace,
+            params.sla_bps,
+            params.sla_slash_bps,
+            params.start_slash_bps,
+        ),
+    )
 
 
 class DeployError(RuntimeError):
@@ -80,8 +92,9 @@ class DeployRequest(BaseModel):
         return self
 
 
-async def deploy(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, dry_run: bool = False,
-                 say: Callable[[str], None] = print) -> Deployment | None:
+async def deploy(
+    w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, dry_run: bool = False, say: Callable[[str], None] = print
+) -> Deployment | None:
     """Deploys or reconciles the suite of `request` on `w3`'s chain; returns the record (None on a dry run)."""
     chain_id = await w3.eth.chain_id
     try:
@@ -97,8 +110,9 @@ async def deploy(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, dry_run:
     return await _reconcile(w3, wallet, recorded, request, dry_run, say)
 
 
-async def _deploy_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, chain_id: int, dry_run: bool,
-                        say: Callable[[str], None]) -> Deployment | None:
+async def _deploy_fresh(
+    w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, chain_id: int, dry_run: bool, say: Callable[[str], None]
+) -> Deployment | None:
     params = request.params
     payment_token = request.payment_token
     test_token = payment_token is None
@@ -114,25 +128,37 @@ async def _deploy_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, c
     escrow_address = create_address(wallet.address, nonce + 1)
     registry = await wallet.deploy("ProviderRegistry", *registry_args(params, stake_token, escrow_address))
     say(f"deployed ProviderRegistry at {registry.contract_address} (block {registry.block_number})")
-    escrow = await wallet.deploy("RentalEscrow", *escrow_args(params, payment_token, registry.contract_address,
-                                                             wallet.address, request.treasury))
+    escrow = await wallet.deploy(
+        "RentalEscrow", *escrow_args(params, payment_token, registry.contract_address, wallet.address, request.treasury)
+    )
     if escrow.contract_address != escrow_address:
-        raise DeployError(f"escrow landed at {escrow.contract_address}, not the predicted {escrow_address}: "
-                          "another transaction from the deployer got in between; run again")
+        raise DeployError(
+            f"escrow landed at {escrow.contract_address}, not the predicted {escrow_address}: "
+            "another transaction from the deployer got in between; run again"
+        )
     say(f"deployed RentalEscrow at {escrow.contract_address}")
     escrow_contract = contract(w3, "RentalEscrow", escrow.contract_address)
     await wallet.transact(escrow_contract.functions.setOracleSet(request.oracles, request.threshold))
     say(f"oracle set: {request.threshold} of {len(request.oracles)}")
     record = Deployment(
-        chain_id=chain_id, network=request.network, deployer=wallet.address, registry=registry.contract_address,
-        escrow=escrow.contract_address, payment_token=payment_token, stake_token=stake_token, test_token=test_token,
-        start_block=registry.block_number, config=_config(params, request))
+        chain_id=chain_id,
+        network=request.network,
+        deployer=wallet.address,
+        registry=registry.contract_address,
+        escrow=escrow.contract_address,
+        payment_token=payment_token,
+        stake_token=stake_token,
+        test_token=test_token,
+        start_block=registry.block_number,
+        config=_config(params, request),
+    )
     say(f"wrote {deployments.save(record)}")
     return record
 
 
-async def _plan_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, chain_id: int,
-                      say: Callable[[str], None]) -> None:
+async def _plan_fresh(
+    w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, chain_id: int, say: Callable[[str], None]
+) -> None:
     """Prints what a fresh deployment would send, with the gas of what can be estimated before it exists."""
     nonce = await w3.eth.get_transaction_count(wallet.address)
     placeholder = wallet.address  # stands in for addresses that do not exist yet; gas barely depends on them
@@ -143,8 +169,11 @@ async def _plan_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, cha
         say(f"[dry run] would deploy TestStablecoin, the payment token with a faucet (gas {gas:,})")
         nonce += 1
     escrow_address = create_address(wallet.address, nonce + 1)
-    gas = await wallet.estimate(wallet.constructor(
-        "ProviderRegistry", *registry_args(request.params, request.stake_token or placeholder, escrow_address)))
+    gas = await wallet.estimate(
+        wallet.constructor(
+            "ProviderRegistry", *registry_args(request.params, request.stake_token or placeholder, escrow_address)
+        )
+    )
     total += gas
     say(f"[dry run] would deploy ProviderRegistry bound to the escrow predicted at {escrow_address} (gas {gas:,})")
     say("[dry run] would deploy RentalEscrow (its constructor checks the registry, so it is estimated only then)")
@@ -156,19 +185,27 @@ async def _plan_fresh(w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, cha
 
 def _config(params: SuiteParams, request: DeployRequest) -> SuiteConfig:
     values = {f.name: getattr(params, f.name) for f in fields(params)}
-    return SuiteConfig(**values, treasury=AsyncWeb3.to_checksum_address(request.treasury),
-                       oracles=[AsyncWeb3.to_checksum_address(o) for o in request.oracles],
-                       threshold=request.threshold)
+    return SuiteConfig(
+        **values,
+        treasury=AsyncWeb3.to_checksum_address(request.treasury),
+        oracles=[AsyncWeb3.to_checksum_address(o) for o in request.oracles],
+        threshold=request.threshold,
+    )
 
 
 async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | None = None) -> None:
     """Raises `DeployError` unless the recorded contracts exist, point at each other and at the recorded tokens,
     and carry the recorded immutable parameters (and, if given, the ones `request` asks for)."""
-    for name, address in (("registry", record.registry), ("escrow", record.escrow),
-                          ("payment token", record.payment_token)):
+    for name, address in (
+        ("registry", record.registry),
+        ("escrow", record.escrow),
+        ("payment token", record.payment_token),
+    ):
         if not await w3.eth.get_code(address):
-            raise DeployError(f"the recorded {name} {address} has no code on chain {record.chain_id}: "
-                              f"the chain was reset; delete {deployments.record_path(record.chain_id)} to redeploy")
+            raise DeployError(
+                f"the recorded {name} {address} has no code on chain {record.chain_id}: "
+                f"the chain was reset; delete {deployments.record_path(record.chain_id)} to redeploy"
+            )
     reader = ChainReader(w3, record.registry, record.escrow)
     settings = await reader.suite_settings()
     on_chain = {
@@ -184,19 +221,24 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
     if request is None:
         return
     if request.payment_token and AsyncWeb3.to_checksum_address(request.payment_token) != record.payment_token:
-        raise DeployError(f"payment token {request.payment_token} asked, {record.payment_token} deployed; "
-                          "a suite's token cannot change: deploy a new suite on a fresh record")
+        raise DeployError(
+            f"payment token {request.payment_token} asked, {record.payment_token} deployed; "
+            "a suite's token cannot change: deploy a new suite on a fresh record"
+        )
     for f in fields(request.params):
         if f.name == "fee_bps":
             continue
         asked, recorded = getattr(request.params, f.name), getattr(record.config, f.name)
         if asked != recorded:
-            raise DeployError(f"{f.name} {asked} asked but the suite was deployed with {recorded}; "
-                              "it is immutable: deploy a new suite on a fresh record")
+            raise DeployError(
+                f"{f.name} {asked} asked but the suite was deployed with {recorded}; "
+                "it is immutable: deploy a new suite on a fresh record"
+            )
 
 
-async def _reconcile(w3: AsyncWeb3, wallet: Wallet, record: Deployment, request: DeployRequest, dry_run: bool,
-                     say: Callable[[str], None]) -> Deployment | None:
+async def _reconcile(
+    w3: AsyncWeb3, wallet: Wallet, record: Deployment, request: DeployRequest, dry_run: bool, say: Callable[[str], None]
+) -> Deployment | None:
     """Sends the governance calls that bring the oracle set, fee and treasury to what `request` asks."""
     reader = ChainReader(w3, record.registry, record.escrow)
     escrow = reader.escrow
@@ -205,8 +247,9 @@ async def _reconcile(w3: AsyncWeb3, wallet: Wallet, record: Deployment, request:
     wanted_treasury = AsyncWeb3.to_checksum_address(request.treasury)
     calls = []
     if list(oracle_set.signers) != oracles or oracle_set.threshold != request.threshold:
-        calls.append((f"setOracleSet({oracles}, {request.threshold})",
-                      escrow.functions.setOracleSet(oracles, request.threshold)))
+        calls.append(
+            (f"setOracleSet({oracles}, {request.threshold})", escrow.functions.setOracleSet(oracles, request.threshold))
+        )
     if fee.fee_bps != request.params.fee_bps:
         calls.append((f"setFee({request.params.fee_bps})", escrow.functions.setFee(request.params.fee_bps)))
     if fee.treasury != wanted_treasury:
@@ -216,8 +259,10 @@ async def _reconcile(w3: AsyncWeb3, wallet: Wallet, record: Deployment, request:
     else:
         owner = (await reader.suite_settings()).owner
         if owner != wallet.address:
-            raise DeployError(f"the escrow's owner is {owner}, not the deployer {wallet.address}: "
-                              f"cannot send {', '.join(what for what, _ in calls)}")
+            raise DeployError(
+                f"the escrow's owner is {owner}, not the deployer {wallet.address}: "
+                f"cannot send {', '.join(what for what, _ in calls)}"
+            )
     for what, call in calls:
         if dry_run:
             say(f"[dry run] would send {what} (gas {await wallet.estimate(call):,})")

@@ -31,14 +31,14 @@ import aiohttp
 from eth_account import Account
 from pydantic import BaseModel, ConfigDict
 
-from offchain.ops import deployments, roles
 from offchain.chain.contracts import PROJECT_ROOT, contract
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
+from offchain.chain.tx.oneshot import Wallet
+from offchain.ops import deployments, roles
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy
 from offchain.ops.deployments import Deployment
 from offchain.ops.processes import process_alive
-from offchain.chain.tx.oneshot import Wallet
 
 #: The roles the devnet writes a key file for (offchain.ops.roles has their accounts).
 ROLES = ("deployer", "treasury", "oracle", "provider", "agent", "renter", "renter2", "provider2", "agent2")
@@ -90,8 +90,13 @@ class DevnetStatus(BaseModel):
 def build_job_image(image: str = DEV_JOB_IMAGE) -> None:
     """Builds the busybox job image with podman unless it is there already."""
     try:
-        subprocess.run([str(PROJECT_ROOT / "tools" / "build-job-image"), image], check=True, capture_output=True,
-                       text=True, timeout=300)
+        subprocess.run(
+            [str(PROJECT_ROOT / "tools" / "build-job-image"), image],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except FileNotFoundError as exc:
         raise DevnetError(f"cannot build the job image {image}: {exc}") from exc
     except subprocess.CalledProcessError as exc:
@@ -130,20 +135,29 @@ def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None
     """Starts `command` in its own session (it outlives this process and gets no terminal signals)."""
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=PROJECT_ROOT)
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=PROJECT_ROOT,
+        )
     finally:
         log.close()
 
 
-async def _wait_for(check, what: str, process: subprocess.Popen, log_path: Path,
-                    timeout: float = START_TIMEOUT_SECONDS) -> None:
+async def _wait_for(
+    check, what: str, process: subprocess.Popen, log_path: Path, timeout: float = START_TIMEOUT_SECONDS
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-            raise DevnetError(f"{what} exited with status {process.returncode}: {' '.join(tail) or 'no output'}"
-                              f" (see {log_path})")
+            raise DevnetError(
+                f"{what} exited with status {process.returncode}: {' '.join(tail) or 'no output'} (see {log_path})"
+            )
         try:
             if await check():
                 return
@@ -154,8 +168,14 @@ async def _wait_for(check, what: str, process: subprocess.Popen, log_path: Path,
         await asyncio.sleep(0.2)
 
 
-async def up(state_dir: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, oracle_port: int = DEFAULT_ORACLE_PORT,
-             params: SuiteParams = DEVNET_PARAMS, epoch_seconds: float = 5.0, say=print) -> DevnetState:
+async def up(
+    state_dir: Path = DEFAULT_DIR,
+    port: int = DEFAULT_PORT,
+    oracle_port: int = DEFAULT_ORACLE_PORT,
+    params: SuiteParams = DEVNET_PARAMS,
+    epoch_seconds: float = 5.0,
+    say=print,
+) -> DevnetState:
     """Starts anvil and the oracle in the background and deploys (or re-checks) the suite; returns the state.
 
     Idempotent: with a devnet already up it only returns its state; a devnet brought down keeps its chain and
@@ -179,9 +199,28 @@ async def up(state_dir: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, oracle_por
 
     rpc_url = f"http://127.0.0.1:{port}"
     anvil_log = state_dir / "anvil.log"
-    anvil = _spawn(["anvil", "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(DEVNET_CHAIN_ID),
-                    "--block-time", "1", "--accounts", str(roles.ACCOUNT_COUNT), "--balance", "10000",
-                    "--mnemonic", roles.ANVIL_MNEMONIC, "--state", str(state_dir / "anvil-state.json")], anvil_log)
+    anvil = _spawn(
+        [
+            "anvil",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chain-id",
+            str(DEVNET_CHAIN_ID),
+            "--block-time",
+            "1",
+            "--accounts",
+            str(roles.ACCOUNT_COUNT),
+            "--balance",
+            "10000",
+            "--mnemonic",
+            roles.ANVIL_MNEMONIC,
+            "--state",
+            str(state_dir / "anvil-state.json"),
+        ],
+        anvil_log,
+    )
     w3 = connect(rpc_url)
     oracle = None
     try:
@@ -189,32 +228,50 @@ async def up(state_dir: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, oracle_por
         say(f"anvil listening on {rpc_url} (pid {anvil.pid}, chain {DEVNET_CHAIN_ID}, a block a second)")
         addresses = {role: roles.address(role) for role in ROLES}
         deployer = Wallet(w3, Account.from_key(roles.KEYS["deployer"]))
-        request = DeployRequest(network="devnet", treasury=addresses["treasury"], oracles=[addresses["oracle"]],
-                                threshold=1, params=params)
+        request = DeployRequest(
+            network="devnet", treasury=addresses["treasury"], oracles=[addresses["oracle"]], threshold=1, params=params
+        )
         record = await _deploy_or_check(w3, deployer, request, say)
         await _fund(w3, deployer, record, [addresses[r] for r in FUNDED_ROLES], say)
 
         oracle_dir = state_dir / "oracle"
         oracle_log = state_dir / "oracle.log"
-        env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT),
-                   GPUEX_ORACLE_KEY_FILE=str(key_path(state_dir, "oracle")),
-                   GPUEX_ORACLE_CHAIN__RPC_URL=rpc_url, GPUEX_ORACLE_CHAIN__CHAIN_ID=str(DEVNET_CHAIN_ID),
-                   GPUEX_ORACLE_CHAIN__REGISTRY=record.registry, GPUEX_ORACLE_CHAIN__ESCROW=record.escrow,
-                   GPUEX_ORACLE_PORT=str(oracle_port), GPUEX_ORACLE_LEADER="true", GPUEX_ORACLE_KEEPER="true",
-                   GPUEX_ORACLE_ALLOW_SIMULATED="true", GPUEX_ORACLE_STATE_DIR=str(oracle_dir),
-                   GPUEX_ORACLE_EPOCH_SECONDS=str(epoch_seconds), GPUEX_ORACLE_WEB="true")
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(PROJECT_ROOT),
+            GPUEX_ORACLE_KEY_FILE=str(key_path(state_dir, "oracle")),
+            GPUEX_ORACLE_CHAIN__RPC_URL=rpc_url,
+            GPUEX_ORACLE_CHAIN__CHAIN_ID=str(DEVNET_CHAIN_ID),
+            GPUEX_ORACLE_CHAIN__REGISTRY=record.registry,
+            GPUEX_ORACLE_CHAIN__ESCROW=record.escrow,
+            GPUEX_ORACLE_PORT=str(oracle_port),
+            GPUEX_ORACLE_LEADER="true",
+            GPUEX_ORACLE_KEEPER="true",
+            GPUEX_ORACLE_ALLOW_SIMULATED="true",
+            GPUEX_ORACLE_STATE_DIR=str(oracle_dir),
+            GPUEX_ORACLE_EPOCH_SECONDS=str(epoch_seconds),
+            GPUEX_ORACLE_WEB="true",
+        )
         env.pop("GPUEX_ORACLE_KEY", None)
         oracle = _spawn([sys.executable, "-m", "offchain.oracle"], oracle_log, env)
         oracle_url = f"http://127.0.0.1:{oracle_port}"
         async with aiohttp.ClientSession() as session:
+
             async def healthy() -> bool:
                 async with session.get(f"{oracle_url}/healthz") as response:
                     return response.status == 200
 
             await _wait_for(healthy, "the oracle", oracle, oracle_log)
         say(f"oracle listening on {oracle_url} (pid {oracle.pid}, leader and keeper)")
-        state = DevnetState(rpc_url=rpc_url, chain_id=DEVNET_CHAIN_ID, anvil_pid=anvil.pid, oracle_pid=oracle.pid,
-                            oracle_url=oracle_url, accounts=addresses, deployment=record)
+        state = DevnetState(
+            rpc_url=rpc_url,
+            chain_id=DEVNET_CHAIN_ID,
+            anvil_pid=anvil.pid,
+            oracle_pid=oracle.pid,
+            oracle_url=oracle_url,
+            accounts=addresses,
+            deployment=record,
+        )
         _state_file(state_dir).write_text(state.model_dump_json(indent=2) + "\n")
         say(f"devnet up; state in {state_dir}")
         return state
@@ -296,9 +353,15 @@ async def status(state_dir: Path = DEFAULT_DIR) -> DevnetStatus:
         block_number = await _block_number(state.rpc_url)
     if state is not None and oracle_alive:
         oracle_healthy = await _healthy(state.oracle_url)
-    return DevnetStatus(state_dir=str(state_dir), running=anvil_alive and oracle_alive and block_number is not None,
-                        anvil_alive=anvil_alive, oracle_alive=oracle_alive, block_number=block_number,
-                        oracle_healthy=oracle_healthy, state=state)
+    return DevnetStatus(
+        state_dir=str(state_dir),
+        running=anvil_alive and oracle_alive and block_number is not None,
+        anvil_alive=anvil_alive,
+        oracle_alive=oracle_alive,
+        block_number=block_number,
+        oracle_healthy=oracle_healthy,
+        state=state,
+    )
 
 
 async def _block_number(rpc_url: str) -> int | None:
@@ -318,4 +381,3 @@ async def _healthy(url: str) -> bool:
                 return response.status == 200
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
         return False
-

@@ -110,28 +110,62 @@ class LocalExchange:
             await asyncio.sleep(0.25)
 
 
-def _oracle_settings(chain: ChainSettings, state_root: Path, index: int, key: bytes, allow_simulated: bool,
-                     **overrides) -> OracleSettings:
-    values = dict(chain=chain, key=SecretStr("0x" + key.hex()), state_dir=state_root / f"oracle{index}",
-                  host="127.0.0.1", port=0, allow_simulated=allow_simulated, max_clock_skew_seconds=30, leader=False,
-                  keeper=False)
+def _oracle_settings(
+    chain: ChainSettings, state_root: Path, index: int, key: bytes, allow_simulated: bool, **overrides
+) -> OracleSettings:
+    values = dict(
+        chain=chain,
+        key=SecretStr("0x" + key.hex()),
+        state_dir=state_root / f"oracle{index}",
+        host="127.0.0.1",
+        port=0,
+        allow_simulated=allow_simulated,
+        max_clock_skew_seconds=30,
+        leader=False,
+        keeper=False,
+    )
     return OracleSettings(**{**values, **overrides})
 
 
-def _agent_settings(chain: ChainSettings, state_root: Path, machine: ProviderMachine, oracles: list[str],
-                    start_block: int, timers: ExchangeTimers) -> ProviderAgentSettings:
+def _agent_settings(
+    chain: ChainSettings,
+    state_root: Path,
+    machine: ProviderMachine,
+    oracles: list[str],
+    start_block: int,
+    timers: ExchangeTimers,
+) -> ProviderAgentSettings:
     return ProviderAgentSettings(
-        chain=chain, key="0x" + machine.agent_key.hex(), provider=machine.provider, oracles=oracles,
-        allow_simulated=machine.source.simulated, state_dir=state_root / "agent", spec_dir=agent_spec_dir(state_root),
-        report_interval_seconds=timers.report_interval_seconds, chain_poll_seconds=0.2, stop_grace_seconds=1.0,
-        start_block=start_block, retry_initial_seconds=0.1, retry_max_seconds=0.5, tx_timeout_seconds=20,
-        container=ContainerSettings(default_image=DEV_JOB_IMAGE), keep_jobs_on_exit=False, api_port=0)
+        chain=chain,
+        key="0x" + machine.agent_key.hex(),
+        provider=machine.provider,
+        oracles=oracles,
+        allow_simulated=machine.source.simulated,
+        state_dir=state_root / "agent",
+        spec_dir=agent_spec_dir(state_root),
+        report_interval_seconds=timers.report_interval_seconds,
+        chain_poll_seconds=0.2,
+        stop_grace_seconds=1.0,
+        start_block=start_block,
+        retry_initial_seconds=0.1,
+        retry_max_seconds=0.5,
+        tx_timeout_seconds=20,
+        container=ContainerSettings(default_image=DEV_JOB_IMAGE),
+        keep_jobs_on_exit=False,
+        api_port=0,
+    )
 
 
 @asynccontextmanager
-async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: Sequence[bytes],
-                           machine: ProviderMachine | None, *, timers: ExchangeTimers = ExchangeTimers(),
-                           allow_simulated: bool = True) -> AsyncIterator[LocalExchange]:
+async def running_exchange(
+    chain: ChainSettings,
+    state_root: Path,
+    oracle_keys: Sequence[bytes],
+    machine: ProviderMachine | None,
+    *,
+    timers: ExchangeTimers = ExchangeTimers(),
+    allow_simulated: bool = True,
+) -> AsyncIterator[LocalExchange]:
     """Starts oracles 1 and 2, then the leader (oracle 0, with the keeper) co-signing with them, then the block
     producer and, for `machine`, the agent reporting to all three, watching from the next block on, running jobs
     in containers of the busybox job image (`offchain.ops.devnet.DEV_JOB_IMAGE`, built if missing) unless a spec names
@@ -147,31 +181,48 @@ async def running_exchange(chain: ChainSettings, state_root: Path, oracle_keys: 
     w3 = connect(chain.rpc_url)
     exchange = LocalExchange(oracles=[], agent=None)
     try:
-        peers = [OracleService(_oracle_settings(chain, state_root, i, oracle_keys[i], allow_simulated))
-                 for i in (1, 2)]
+        peers = [OracleService(_oracle_settings(chain, state_root, i, oracle_keys[i], allow_simulated)) for i in (1, 2)]
         for i, peer in zip((1, 2), peers):
             exchange.tasks.append(asyncio.create_task(peer.run(stop), name=f"oracle {i}"))
         await exchange.until(lambda: all(p.port for p in peers), SERVICE_START_SECONDS, "the peer oracles to listen")
-        leader = OracleService(_oracle_settings(
-            chain, state_root, 0, oracle_keys[0], allow_simulated, leader=True, keeper=True,
-            epoch_seconds=timers.epoch_seconds, keeper_interval_seconds=timers.keeper_interval_seconds,
-            peers=[f"http://127.0.0.1:{p.port}" for p in peers]))
+        leader = OracleService(
+            _oracle_settings(
+                chain,
+                state_root,
+                0,
+                oracle_keys[0],
+                allow_simulated,
+                leader=True,
+                keeper=True,
+                epoch_seconds=timers.epoch_seconds,
+                keeper_interval_seconds=timers.keeper_interval_seconds,
+                peers=[f"http://127.0.0.1:{p.port}" for p in peers],
+            )
+        )
         exchange.tasks.insert(0, asyncio.create_task(leader.run(stop), name="oracle 0 (leader)"))
         exchange.oracles = [leader, *peers]
-        await exchange.until(lambda: leader.port is not None and leader.keeper is not None, SERVICE_START_SECONDS,
-                             "the leader to listen and start its keeper")
-        exchange.tasks.append(asyncio.create_task(
-            _produce_blocks(w3, stop, timers.block_interval_seconds), name="block producer"))
+        await exchange.until(
+            lambda: leader.port is not None and leader.keeper is not None,
+            SERVICE_START_SECONDS,
+            "the leader to listen and start its keeper",
+        )
+        exchange.tasks.append(
+            asyncio.create_task(_produce_blocks(w3, stop, timers.block_interval_seconds), name="block producer")
+        )
         if machine is not None:
             await asyncio.to_thread(build_job_image)
             urls = [f"http://127.0.0.1:{o.port}" for o in exchange.oracles]
             start_block = await w3.eth.block_number + 1
             exchange.agent = ProviderAgent(
-                _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source)
+                _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source
+            )
             exchange.tasks.append(asyncio.create_task(exchange.agent.run(), name="agent"))
             agent = exchange.agent
-            await exchange.until(lambda: agent.api is None or agent.api.port is not None, SERVICE_START_SECONDS,
-                                 "the agent's renter API to listen")
+            await exchange.until(
+                lambda: agent.api is None or agent.api.port is not None,
+                SERVICE_START_SECONDS,
+                "the agent's renter API to listen",
+            )
         yield exchange
     finally:
         agent_tasks = [t for t in exchange.tasks if t.get_name() == "agent"]

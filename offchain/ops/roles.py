@@ -38,8 +38,10 @@ ORACLE_ROLES = ("oracle", "oracle2", "oracle3")
 
 def _derive_keys() -> dict[str, bytes]:
     Account.enable_unaudited_hdwallet_features()
-    return {role: bytes(Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}").key)
-            for role, index in ACCOUNTS.items()}
+    return {
+        role: bytes(Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}").key)
+        for role, index in ACCOUNTS.items()
+    }
 
 
 #: Role -> private key.

@@ -24,6 +24,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.config import OracleSettings
+from offchain.oracle.chainview import DEFAULT_POLL_INTERVAL_SECONDS, ChainView
+from offchain.oracle.cosign import COSIGN_PATH, Cosigner
+from offchain.oracle.ingest import Ingest
+from offchain.oracle.metrics import CONTENT_TYPE, OracleMetrics
+from offchain.oracle.store import SubmissionStore
+from offchain.oracle.verify import Rejected, Verifier, VerifyPolicy
+from offchain.protocol.digest import TelemetryDomain
 from offchain.protocol.messages import (
     CosignRequest,
     OracleError,
@@ -31,14 +38,7 @@ from offchain.protocol.messages import (
     TelemetrySubmission,
     ValidationIssue,
 )
-from offchain.oracle.chainview import DEFAULT_POLL_INTERVAL_SECONDS, ChainView
-from offchain.oracle.cosign import COSIGN_PATH, Cosigner
-from offchain.protocol.digest import TelemetryDomain
 from offchain.protocol.reports import BatchSigner
-from offchain.oracle.ingest import Ingest
-from offchain.oracle.metrics import CONTENT_TYPE, OracleMetrics
-from offchain.oracle.store import SubmissionStore
-from offchain.oracle.verify import Rejected, Verifier, VerifyPolicy
 from offchain.web.app import create_web_app, deployment_of, mount
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,12 @@ def create_app(
 
     app.cleanup_ctx.append(resources)
     if settings.web:
-        mount(app, create_web_app(settings.chain.rpc_url, deployment_of(settings.chain),
-                                  confirmations=settings.web_confirmations))
+        mount(
+            app,
+            create_web_app(
+                settings.chain.rpc_url, deployment_of(settings.chain), confirmations=settings.web_confirmations
+            ),
+        )
     app.router.add_post(TELEMETRY_PATH, post_telemetry)
     app.router.add_post(COSIGN_PATH, post_cosign)
     app.router.add_get("/healthz", get_healthz)

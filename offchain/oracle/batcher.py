@@ -20,13 +20,13 @@ from typing import Sequence
 import aiohttp
 from eth_utils import keccak
 
-from offchain.protocol.messages import CosignRequest, TelemetrySubmission, chain_reports
+from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.store import TxRecord, TxState
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore, key_of
-from offchain.chain.tx.manager import TxManager
-from offchain.chain.tx.store import TxRecord, TxState
+from offchain.protocol.messages import CosignRequest, TelemetrySubmission, chain_reports
 from offchain.protocol.reports import BatchSigner
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,13 @@ class Batcher:
             for signer, signature in collected.signatures.items():
                 signatures.setdefault(signer, signature)
             if len(signatures) < oracle_set.threshold:
-                log.warning("batch of %d reports not submitted: %d of %d signatures (%s)", len(reports),
-                            len(signatures), oracle_set.threshold, collected.failures)
+                log.warning(
+                    "batch of %d reports not submitted: %d of %d signatures (%s)",
+                    len(reports),
+                    len(signatures),
+                    oracle_set.threshold,
+                    collected.failures,
+                )
                 return BatchOutcome(None, len(reports), "not enough co-signatures")
 
         tx_key = self._fresh_key(reports)
@@ -124,8 +129,13 @@ class Batcher:
                 self._metrics.record_tx_latency((record.confirmed_at - record.created_at).total_seconds())
             return
         released = self._store.release_batch(record.key)
-        log.warning("batch %s ended %s (%s); %d reports back in the pool", record.key, record.state.value,
-                    record.error, released)
+        log.warning(
+            "batch %s ended %s (%s); %d reports back in the pool",
+            record.key,
+            record.state.value,
+            record.error,
+            released,
+        )
 
     async def run(self, stop: asyncio.Event, epoch_seconds: float) -> None:
         """Closes a batch every epoch, and at once again while full batches are waiting, until `stop` is set."""

@@ -50,8 +50,6 @@ class OfferGpus(BaseModel):
     gpu_uuid_hashes: frozenset[bytes]
 
 
-
-
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -179,8 +177,9 @@ class ChainView:
             await asyncio.sleep(poll_interval)
 
     def _follower_from(self, start_block: int) -> EventFollower:
-        return EventFollower(self.w3, [self._escrow.address, self._registry.address], [self._followed_topics],
-                             start_block)
+        return EventFollower(
+            self.w3, [self._escrow.address, self._registry.address], [self._followed_topics], start_block
+        )
 
     async def _on_logs(self, batch: LogBatch) -> None:
         for entry in batch.logs:

@@ -18,6 +18,11 @@ import aiohttp
 from eth_utils import to_canonical_address, to_checksum_address
 from pydantic import ValidationError
 
+from offchain.chain.reads import Rental
+from offchain.oracle.chainview import ChainView
+from offchain.oracle.store import LastAccepted, NewSubmission, SubmissionKey, SubmissionStore, key_of
+from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
+from offchain.protocol.digest import TelemetryDomain, recover_address
 from offchain.protocol.messages import (
     CosignRequest,
     CosignResponse,
@@ -27,11 +32,6 @@ from offchain.protocol.messages import (
     TelemetrySubmission,
     chain_reports,
 )
-from offchain.chain.reads import Rental
-from offchain.oracle.chainview import ChainView
-from offchain.protocol.digest import TelemetryDomain, recover_address
-from offchain.oracle.store import LastAccepted, NewSubmission, SubmissionKey, SubmissionStore, key_of
-from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
 from offchain.protocol.reports import BatchSigner, EscrowDomain, batch_digest
 
 COSIGN_PATH = "/v1/cosign"

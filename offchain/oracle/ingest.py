@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from offchain.protocol.messages import RejectReason, TelemetryAck, TelemetrySubmission
 from offchain.chain.reads import Rental
 from offchain.chain.rpc import ChainUnreachable
-from offchain.protocol.digest import TelemetryDomain
 from offchain.oracle.store import NewSubmission, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
+from offchain.protocol.digest import TelemetryDomain
+from offchain.protocol.messages import RejectReason, TelemetryAck, TelemetrySubmission
 
 
 class Ingest:

@@ -27,11 +27,11 @@ from pydantic import BaseModel, ConfigDict
 
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, Rewind, SqliteStore
 from offchain.chain.reads import ChainReader
-from offchain.sqlite import open_db, transaction
-from offchain.protocol.status import RentalStatus
 from offchain.chain.tx.backoff import Backoff, wait_any
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.senderrors import TRANSIENT_RPC_ERRORS
+from offchain.protocol.status import RentalStatus
+from offchain.sqlite import open_db, transaction
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,14 @@ class Keeper:
         self._db = open_db(db_path)
         self._db.executescript(_SCHEMA)
         _migrate_cursor(self._db)
-        self._follower = EventFollower(reader.w3, [self.escrow], [topics], start_block, max_block_range=max_block_range,
-                                       store=SqliteStore(self._db, "keeper_cursor", "escrow", self.escrow))
+        self._follower = EventFollower(
+            reader.w3,
+            [self.escrow],
+            [topics],
+            start_block,
+            max_block_range=max_block_range,
+            store=SqliteStore(self._db, "keeper_cursor", "escrow", self.escrow),
+        )
         self._rotation = 0
         self._start_timeout: int | None = None
         self._report_grace: int | None = None
@@ -133,9 +139,15 @@ class Keeper:
         """Everything the keeper submitted, in order."""
         rows = self._db.execute("SELECT * FROM keeper_action WHERE escrow = ? ORDER BY rowid", (self.escrow,))
         return [
-            KeeperAction(rental_id=int(r["rental_id"]), action=r["action"], tx_key=r["tx_key"], due_at=r["due_at"],
-                         block_number=r["block_number"], block_timestamp=r["block_timestamp"],
-                         created_at=r["created_at"])
+            KeeperAction(
+                rental_id=int(r["rental_id"]),
+                action=r["action"],
+                tx_key=r["tx_key"],
+                due_at=r["due_at"],
+                block_number=r["block_number"],
+                block_timestamp=r["block_timestamp"],
+                created_at=r["created_at"],
+            )
             for r in rows
         ]
 
@@ -164,8 +176,9 @@ class Keeper:
                 await self.tick()
             except TRANSIENT_RPC_ERRORS as exc:
                 backoff.failed()
-                log.warning("keeper: RPC unavailable (%s: %s); retrying in %.2fs", type(exc).__name__, exc,
-                            backoff.delay)
+                log.warning(
+                    "keeper: RPC unavailable (%s: %s); retrying in %.2fs", type(exc).__name__, exc, backoff.delay
+                )
             except Exception:
                 backoff.failed()
                 log.exception("keeper: tick failed; retrying in %.2fs", backoff.delay)
@@ -190,8 +203,9 @@ class Keeper:
                 )
 
     async def _forget_orphaned(self, rewind: Rewind) -> None:
-        self._db.execute("DELETE FROM keeper_rental WHERE escrow = ? AND first_seen_block >= ?",
-                         (self.escrow, rewind.next_block))
+        self._db.execute(
+            "DELETE FROM keeper_rental WHERE escrow = ? AND first_seen_block >= ?", (self.escrow, rewind.next_block)
+        )
 
     def _due_for_check(self) -> list[int]:
         """The watched rentals to read this tick: all of them, or the next `max_checks_per_tick` in rotation."""
@@ -207,8 +221,10 @@ class Keeper:
         for rental_id in self._due_for_check():
             rental = await self._reader.rental(rental_id, head)
             if rental.status is RentalStatus.NONE or rental.status.is_final:
-                self._db.execute("UPDATE keeper_rental SET closed = 1 WHERE escrow = ? AND rental_id = ?",
-                                 (self.escrow, str(rental_id)))
+                self._db.execute(
+                    "UPDATE keeper_rental SET closed = 1 WHERE escrow = ? AND rental_id = ?",
+                    (self.escrow, str(rental_id)),
+                )
                 continue
             if rental.status is RentalStatus.OPEN:
                 action, function, due_at = "timeout", "claimStartTimeout", rental.since + self._start_timeout + 1
@@ -220,8 +236,15 @@ class Keeper:
             if self._db.execute("SELECT 1 FROM keeper_action WHERE tx_key = ?", (key,)).fetchone():
                 continue
             await self._txmgr.submit(key, self.escrow, self._escrow.encode_abi(function, args=[rental_id]))
-            record = KeeperAction(rental_id=rental_id, action=action, tx_key=key, due_at=due_at, block_number=head,
-                                  block_timestamp=now, created_at=time.time())
+            record = KeeperAction(
+                rental_id=rental_id,
+                action=action,
+                tx_key=key,
+                due_at=due_at,
+                block_number=head,
+                block_timestamp=now,
+                created_at=time.time(),
+            )
             self._db.execute(
                 "INSERT INTO keeper_action (escrow, rental_id, action, tx_key, due_at, block_number,"
                 " block_timestamp, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

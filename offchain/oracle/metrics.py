@@ -95,7 +95,8 @@ class OracleMetrics:
         )
         self.batch_size = Histogram("gpuex_oracle_batch_size", "Reports per submitted batch.", BATCH_SIZE_BUCKETS)
         self.tx_latency_seconds = Histogram(
-            "gpuex_oracle_tx_latency_seconds", "Time from sending a batch transaction to its receipt.",
+            "gpuex_oracle_tx_latency_seconds",
+            "Time from sending a batch transaction to its receipt.",
             TX_LATENCY_BUCKETS,
         )
         self.gas_used = Histogram("gpuex_oracle_gas_used", "Gas used per batch transaction.", GAS_BUCKETS)

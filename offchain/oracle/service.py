@@ -13,14 +13,14 @@ from web3 import AsyncWeb3
 
 from offchain.chain.contracts import contract
 from offchain.chain.rpc import connect
+from offchain.chain.tx.manager import TxManager
 from offchain.config import OracleSettings
-from offchain.oracle.keeper import Keeper
 from offchain.oracle.app import create_app
 from offchain.oracle.batcher import Batcher
 from offchain.oracle.chainview import ChainView
+from offchain.oracle.keeper import Keeper
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import SubmissionStore
-from offchain.chain.tx.manager import TxManager
 from offchain.protocol.reports import BatchSigner
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,22 @@ class OracleService:
     async def _start_leader(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> list[asyncio.Task]:
         settings = self.settings
         state = Path(settings.state_dir)
-        self.txmgr = TxManager(self.w3, state / TXMGR_FILE, settings.private_key, settings.chain.chain_id,
-                               on_final=self._on_final)
+        self.txmgr = TxManager(
+            self.w3, state / TXMGR_FILE, settings.private_key, settings.chain.chain_id, on_final=self._on_final
+        )
         await self.txmgr.start()
         escrow = contract(self.w3, "RentalEscrow", settings.chain.escrow)
         signer = BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow)
         self.batcher = Batcher(
-            store=self.store, chain=self.chain, txmgr=self.txmgr, session=session, escrow=escrow, signer=signer,
-            peers=settings.peers, max_batch_reports=settings.max_batch_reports, metrics=self.metrics,
+            store=self.store,
+            chain=self.chain,
+            txmgr=self.txmgr,
+            session=session,
+            escrow=escrow,
+            signer=signer,
+            peers=settings.peers,
+            max_batch_reports=settings.max_batch_reports,
+            metrics=self.metrics,
         )
         tasks = [
             asyncio.create_task(self.txmgr.run(stop), name="tx manager"),

@@ -15,12 +15,12 @@ from typing import Callable
 from eth_utils import to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field
 
-from offchain.config import OracleSettings
-from offchain.protocol.messages import RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
 from offchain.chain.reads import Rental
+from offchain.config import OracleSettings
 from offchain.oracle.chainview import ChainView
-from offchain.protocol.digest import InvalidSignature, recover_address, report_gpu_hashes
 from offchain.oracle.store import LastAccepted
+from offchain.protocol.digest import InvalidSignature, recover_address, report_gpu_hashes
+from offchain.protocol.messages import RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
 from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import RentalStatus
 

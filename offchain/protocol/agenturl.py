@@ -29,8 +29,10 @@ def check_agent_url(url: str) -> str:
     if not url:
         raise AgentUrlInvalid("the agent URL is empty")
     if not _URL_CHARACTERS.fullmatch(url):
-        raise AgentUrlInvalid(f"{url!r} holds a character a URL may not (a space, a quote, a control character, "
-                              "non-ASCII text or one of <>\\^`{|})")
+        raise AgentUrlInvalid(
+            f"{url!r} holds a character a URL may not (a space, a quote, a control character, "
+            "non-ASCII text or one of <>\\^`{|})"
+        )
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # an unclosed IPv6 bracket
@@ -45,11 +47,12 @@ def check_agent_url(url: str) -> str:
     if not parts.hostname:
         raise AgentUrlInvalid(f"{url!r} has no host")
     try:
-        parts.port
+        _ = parts.port  # urllib checks the port only when it is read
     except ValueError:
         raise AgentUrlInvalid(f"{url!r} has a bad port") from None
-    published = parts.scheme + url[len(parts.scheme):].rstrip("/")
+    published = parts.scheme + url[len(parts.scheme) :].rstrip("/")
     if len(published) > MAX_AGENT_URL_BYTES:
-        raise AgentUrlInvalid(f"the agent URL is {len(published)} bytes long; the registry takes at most "
-                              f"{MAX_AGENT_URL_BYTES}")
+        raise AgentUrlInvalid(
+            f"the agent URL is {len(published)} bytes long; the registry takes at most {MAX_AGENT_URL_BYTES}"
+        )
     return published

@@ -24,10 +24,12 @@ AGENT_DOMAIN_VERSION = "1"
 Bytes32 = bytes
 
 #: The EIP-712 struct an agent signs (the oracle's fast digest in `offchain.protocol.digest` hashes this type).
-TELEMETRY_REPORT_TYPE = ("TelemetryReport(uint256 rentalId,uint32 seq,uint40 periodStart,uint40 periodEnd,"
-                         "uint32 deliveredSeconds,uint16 avgUtilBps,uint32 peakMemMiB,uint32 sampleCount,"
-                         "bytes32[] gpuUuidHashes,bytes32 telemetryRoot,uint8 status,int16 exitCode,"
-                         "bytes32 resultDigest,bool simulated)")
+TELEMETRY_REPORT_TYPE = (
+    "TelemetryReport(uint256 rentalId,uint32 seq,uint40 periodStart,uint40 periodEnd,"
+    "uint32 deliveredSeconds,uint16 avgUtilBps,uint32 peakMemMiB,uint32 sampleCount,"
+    "bytes32[] gpuUuidHashes,bytes32 telemetryRoot,uint8 status,int16 exitCode,"
+    "bytes32 resultDigest,bool simulated)"
+)
 TELEMETRY_REPORT_FIELDS = struct_fields(TELEMETRY_REPORT_TYPE)
 
 

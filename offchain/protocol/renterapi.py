@@ -49,7 +49,8 @@ SIGNATURE_HEADER = "Gpuex-Signature"
 RESULT_DIGEST_HEADER = "Gpuex-Result-Digest"
 ZERO_HASH = b"\x00" * 32
 RENTER_REQUEST_FIELDS = struct_fields(
-    "RenterRequest(uint256 rentalId,string action,uint64 expiry,bytes32 nonce,bytes32 bodyHash)")
+    "RenterRequest(uint256 rentalId,string action,uint64 expiry,bytes32 nonce,bytes32 bodyHash)"
+)
 
 
 class Action(StrEnum):
@@ -160,18 +161,22 @@ class LogEnd(BaseModel):
 
 
 def domain(chain_id: int, escrow: str) -> dict[str, Any]:
-    return {"name": API_DOMAIN_NAME, "version": API_DOMAIN_VERSION, "chainId": chain_id,
-            "verifyingContract": to_checksum_address(escrow)}
+    return {
+        "name": API_DOMAIN_NAME,
+        "version": API_DOMAIN_VERSION,
+        "chainId": chain_id,
+        "verifyingContract": to_checksum_address(escrow),
+    }
 
 
-def _typed_data(chain_id: int, escrow: str, rental_id: int, action: str, expiry: int, nonce: bytes,
-                body_hash: bytes) -> dict[str, Any]:
+def _typed_data(
+    chain_id: int, escrow: str, rental_id: int, action: str, expiry: int, nonce: bytes, body_hash: bytes
+) -> dict[str, Any]:
     return {
         "types": {"EIP712Domain": EIP712_DOMAIN_FIELDS, "RenterRequest": RENTER_REQUEST_FIELDS},
         "primaryType": "RenterRequest",
         "domain": domain(chain_id, escrow),
-        "message": {"rentalId": rental_id, "action": action, "expiry": expiry, "nonce": nonce,
-                    "bodyHash": body_hash},
+        "message": {"rentalId": rental_id, "action": action, "expiry": expiry, "nonce": nonce, "bodyHash": body_hash},
     }
 
 
@@ -180,13 +185,22 @@ def body_hash(body: bytes) -> bytes:
     return keccak(body) if body else ZERO_HASH
 
 
-def sign_request(key: str | bytes, chain_id: int, escrow: str, rental_id: int, action: Action, body: bytes = b"",
-                 validity_seconds: int = DEFAULT_VALIDITY_SECONDS, now: float | None = None) -> dict[str, str]:
+def sign_request(
+    key: str | bytes,
+    chain_id: int,
+    escrow: str,
+    rental_id: int,
+    action: Action,
+    body: bytes = b"",
+    validity_seconds: int = DEFAULT_VALIDITY_SECONDS,
+    now: float | None = None,
+) -> dict[str, str]:
     """The headers that authenticate one request of `key`'s owner (the renter)."""
     expiry = int(now if now is not None else time.time()) + validity_seconds
     nonce = secrets.token_bytes(32)
-    signable = encode_typed_data(full_message=_typed_data(chain_id, escrow, rental_id, str(action), expiry, nonce,
-                                                          body_hash(body)))
+    signable = encode_typed_data(
+        full_message=_typed_data(chain_id, escrow, rental_id, str(action), expiry, nonce, body_hash(body))
+    )
     signature = Account.sign_message(signable, key).signature
     return {EXPIRY_HEADER: str(expiry), NONCE_HEADER: "0x" + nonce.hex(), SIGNATURE_HEADER: "0x" + signature.hex()}
 
@@ -200,8 +214,15 @@ class RequestRefused(Exception):
         self.detail = detail
 
 
-def recover_signer(headers: Mapping[str, str], chain_id: int, escrow: str, rental_id: int, action: Action,
-                   body: bytes = b"", now: float | None = None) -> tuple[str, bytes, int]:
+def recover_signer(
+    headers: Mapping[str, str],
+    chain_id: int,
+    escrow: str,
+    rental_id: int,
+    action: Action,
+    body: bytes = b"",
+    now: float | None = None,
+) -> tuple[str, bytes, int]:
     """(signer, nonce, expiry) of a signed request; raises `RequestRefused` when the headers are missing or
     malformed, expired or too far ahead, or no signer can be recovered. The caller checks that the signer is the
     renter and that the nonce is new."""
@@ -210,8 +231,10 @@ def recover_signer(headers: Mapping[str, str], chain_id: int, escrow: str, renta
         nonce = bytes.fromhex(headers[NONCE_HEADER].removeprefix("0x"))
         signature = bytes.fromhex(headers[SIGNATURE_HEADER].removeprefix("0x"))
     except (KeyError, ValueError) as exc:
-        raise RequestRefused(ApiErrorCode.UNSIGNED, f"sign the request: headers {EXPIRY_HEADER}, {NONCE_HEADER} "
-                                                    f"and {SIGNATURE_HEADER} (EIP-712 RenterRequest)") from exc
+        raise RequestRefused(
+            ApiErrorCode.UNSIGNED,
+            f"sign the request: headers {EXPIRY_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER} (EIP-712 RenterRequest)",
+        ) from exc
     if len(nonce) != 32 or len(signature) != 65:
         raise RequestRefused(ApiErrorCode.UNSIGNED, "the nonce is 32 bytes and the signature 65, in hex")
     current = now if now is not None else time.time()
@@ -219,8 +242,9 @@ def recover_signer(headers: Mapping[str, str], chain_id: int, escrow: str, renta
         raise RequestRefused(ApiErrorCode.EXPIRED, f"the request expired at {expiry}")
     if expiry > current + MAX_VALIDITY_SECONDS:
         raise RequestRefused(ApiErrorCode.EXPIRED, f"the expiry is more than {MAX_VALIDITY_SECONDS} s ahead")
-    signable = encode_typed_data(full_message=_typed_data(chain_id, escrow, rental_id, str(action), expiry, nonce,
-                                                          body_hash(body)))
+    signable = encode_typed_data(
+        full_message=_typed_data(chain_id, escrow, rental_id, str(action), expiry, nonce, body_hash(body))
+    )
     try:
         signer = Account.recover_message(signable, signature=signature)
     except Exception as exc:  # eth_keys raises several kinds for a signature that is no signature
@@ -251,4 +275,3 @@ def unseal(key: str | bytes, sealed: str) -> str:
         return ecies.decrypt(raw, bytes.fromhex(sealed.removeprefix("0x"))).decode()
     except Exception as exc:  # the library raises ValueError, TypeError or its crypto backend's errors
         raise ValueError("not a value sealed to this agent's key") from exc
-

@@ -20,8 +20,10 @@ DOMAIN_NAME = "gpuex RentalEscrow"
 DOMAIN_VERSION = "1"
 
 #: `Report` as `RentalEscrow.REPORT_TYPEHASH` hashes it.
-REPORT_TYPE = ("Report(uint256 rentalId,uint32 seq,uint40 periodEnd,uint32 deliveredSeconds,uint16 avgUtilBps,"
-               "uint8 status,bytes32 telemetryRoot)")
+REPORT_TYPE = (
+    "Report(uint256 rentalId,uint32 seq,uint40 periodEnd,uint32 deliveredSeconds,uint16 avgUtilBps,"
+    "uint8 status,bytes32 telemetryRoot)"
+)
 #: `ReportBatch` as `RentalEscrow.BATCH_TYPEHASH` hashes it (followed by `REPORT_TYPE`, which it references).
 BATCH_TYPE = "ReportBatch(uint64 oracleSetVersion,Report[] reports)"
 REPORT_FIELDS = struct_fields(REPORT_TYPE)

@@ -74,7 +74,7 @@ class DeclineReason(IntEnum):
 _DECLINE_DESCRIPTIONS = {
     DeclineReason.SPEC_MISSING: "the job spec never reached the provider's agent",
     DeclineReason.SPEC_INVALID: "the job spec is unreadable, does not match the rental's hash or asks for something "
-                                "refused",
+    "refused",
     DeclineReason.IMAGE_UNAVAILABLE: "the job's container image cannot be had",
     DeclineReason.EXCEEDS_OFFER: "the job asks for more memory, CPUs or network than the offer has",
     DeclineReason.GPUS_UNAVAILABLE: "the offer's GPUs are not on the provider's machine",

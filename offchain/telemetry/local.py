@@ -19,8 +19,9 @@ def simulated_seed(provider: str) -> int:
     return int(provider, 16) % 2**32
 
 
-def local_source(provider: str, simulated_gpus: int | None = None,
-                 simulated_model: str = DEFAULT_SIMULATED_MODEL) -> TelemetrySource:
+def local_source(
+    provider: str, simulated_gpus: int | None = None, simulated_model: str = DEFAULT_SIMULATED_MODEL
+) -> TelemetrySource:
     """This machine's GPUs through NVML, or `simulated_gpus` simulated GPUs of `provider`. Raises
     `TelemetryUnavailable` when NVML cannot run here, `ValueError` for an unknown simulated model."""
     if simulated_gpus is None:

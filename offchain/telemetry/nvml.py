@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import importlib
+import os
 import time
 from typing import Any, Callable, Iterable
 
@@ -52,9 +52,7 @@ class NvmlSource(TelemetrySource):
         except self._nvml.NVMLError as exc:
             raise TelemetryUnavailable(f"NVML did not start: {exc}") from exc
         try:
-            self._handles = [
-                self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self._nvml.nvmlDeviceGetCount())
-            ]
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self._nvml.nvmlDeviceGetCount())]
             self._gpus = [
                 GpuInfo(
                     index=i,
@@ -110,9 +108,7 @@ class NvmlSource(TelemetrySource):
             for info, handle in zip(self._gpus, self._handles, strict=True)
         ]
 
-    def _read_one(
-        self, info: GpuInfo, handle: Any, timestamp: float, pids: frozenset[int] | None
-    ) -> GpuSample:
+    def _read_one(self, info: GpuInfo, handle: Any, timestamp: float, pids: frozenset[int] | None) -> GpuSample:
         readings: dict[str, Any] = {}
         try:
             utilization = self._supported(self._nvml.nvmlDeviceGetUtilizationRates, handle)

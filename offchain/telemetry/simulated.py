@@ -91,9 +91,7 @@ class _SimulatedGpu:
         util = min(100.0, max(0.0, util))
         mem_used = 500 + (self._working_set_mib - 500) * ramp + rng.gauss(0, model.mem_total_mib * 0.002)
         power = model.idle_power_w + (model.max_power_w - model.idle_power_w) * (util / 100) ** 0.9
-        power = min(
-            model.max_power_w, max(model.idle_power_w * 0.8, power + rng.gauss(0, model.max_power_w * 0.02))
-        )
+        power = min(model.max_power_w, max(model.idle_power_w * 0.8, power + rng.gauss(0, model.max_power_w * 0.02)))
         # The die heats towards a power-dependent level with a lag of a few seconds.
         self._temp_c += 0.15 * (30 + 50 * power / model.max_power_w - self._temp_c)
         return GpuSample(

@@ -40,9 +40,7 @@ class WindowSummary(BaseModel):
         return self
 
 
-def summarize(
-    samples: Iterable[GpuSample], gpu_uuids: Collection[str], start: int, end: int
-) -> WindowSummary:
+def summarize(samples: Iterable[GpuSample], gpu_uuids: Collection[str], start: int, end: int) -> WindowSummary:
     """The summary of [start, end) over the GPUs `gpu_uuids`.
 
     A sample belongs to the second `floor(timestamp)`. A second is delivered when each GPU of the offer

@@ -34,21 +34,21 @@ from multidict import MultiMapping
 from pydantic import BaseModel, ValidationError
 from web3 import AsyncWeb3
 
-from offchain.ops import deployments
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.config import ChainSettings
-from offchain.ops.deployments import Deployment, DeploymentNotFound
 from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex
 from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
 from offchain.market.rentals import RentalHistory
+from offchain.ops import deployments
+from offchain.ops.deployments import Deployment, DeploymentNotFound
 from offchain.web.views import (
     IndexStatus,
     MarketInfo,
     OffersPage,
     OfferView,
-    RentalSummary,
     RentalsPage,
+    RentalSummary,
     WebError,
     provider_view,
     rental_detail,
@@ -82,8 +82,13 @@ class WebState:
 MARKET = web.AppKey("market", WebState)
 
 
-def create_web_app(rpc_url: str, deployment: Deployment, *, confirmations: int = 0,
-                   poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS) -> web.Application:
+def create_web_app(
+    rpc_url: str,
+    deployment: Deployment,
+    *,
+    confirmations: int = 0,
+    poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS,
+) -> web.Application:
     """The web sub-application of `deployment`, reading the chain through `rpc_url`; mount it with `mount`."""
     app = web.Application()
     w3 = connect(rpc_url)
@@ -145,8 +150,10 @@ def deployment_of(chain: ChainSettings) -> Deployment:
     """The deployment record of the contracts in `chain` (for its start block and tokens)."""
     record = deployments.load(chain.chain_id)
     if (record.registry, record.escrow) != (chain.registry, chain.escrow):
-        raise DeploymentNotFound(f"the deployment record of chain {chain.chain_id} is of registry {record.registry}, "
-                                 f"not {chain.registry}; point {deployments.DIR_ENV} at the right records")
+        raise DeploymentNotFound(
+            f"the deployment record of chain {chain.chain_id} is of registry {record.registry}, "
+            f"not {chain.registry}; point {deployments.DIR_ENV} at the right records"
+        )
     return record
 
 
@@ -198,8 +205,16 @@ async def get_market(request: web.Request) -> web.Response:
     if market.token is None or market.stake_token is None:
         raise _refusal(web.HTTPServiceUnavailable, "indexing", "the page has not reached the chain yet")
     d = market.deployment
-    return _json(MarketInfo(chain_id=d.chain_id, registry=d.registry, escrow=d.escrow, payment_token=market.token,
-                            stake_token=market.stake_token, index=_status(market.index)))
+    return _json(
+        MarketInfo(
+            chain_id=d.chain_id,
+            registry=d.registry,
+            escrow=d.escrow,
+            payment_token=market.token,
+            stake_token=market.stake_token,
+            index=_status(market.index),
+        )
+    )
 
 
 async def get_offers(request: web.Request) -> web.Response:
@@ -209,8 +224,9 @@ async def get_offers(request: web.Request) -> web.Response:
     except ValueError as exc:  # pydantic's ValidationError included
         raise _refusal(web.HTTPBadRequest, "bad_query", _reason(exc)) from None
     offers = search_offers(market.index.offers(), query, token)
-    return _json(OffersPage(block=market.index.block, token=token, query=query,
-                            offers=[OfferView.of(o, token) for o in offers]))
+    return _json(
+        OffersPage(block=market.index.block, token=token, query=query, offers=[OfferView.of(o, token) for o in offers])
+    )
 
 
 async def get_rentals(request: web.Request) -> web.Response:
@@ -239,11 +255,15 @@ async def get_provider(request: web.Request) -> web.Response:
     provider = index.provider(address)
     if provider is None or provider.record is None:
         raise _refusal(web.HTTPNotFound, "unknown_provider", f"{address} has no registry events")
-    offers = search_offers(index.offers(), OfferQuery(provider=provider.address, include_unavailable=True,
-                                                      sort="offer"), token)
+    offers = search_offers(
+        index.offers(), OfferQuery(provider=provider.address, include_unavailable=True, sort="offer"), token
+    )
     rentals = [rental for i in reversed(provider.rental_ids) if (rental := index.rental(i)) is not None]
-    return _json(provider_view(provider, [OfferView.of(o, token) for o in offers],
-                               _summaries(index, rentals, token), token, stake_token))
+    return _json(
+        provider_view(
+            provider, [OfferView.of(o, token) for o in offers], _summaries(index, rentals, token), token, stake_token
+        )
+    )
 
 
 async def get_events(request: web.Request) -> web.StreamResponse:
@@ -294,8 +314,11 @@ def _summaries(index: EventIndex, rentals: list[RentalHistory], token: TokenInfo
 def _ready(request: web.Request) -> tuple[WebState, TokenInfo, TokenInfo]:
     market = request.app[MARKET]
     if not market.index.ready or market.token is None or market.stake_token is None:
-        raise _refusal(web.HTTPServiceUnavailable, "indexing",
-                       f"the index is catching up with the chain (at block {market.index.block})")
+        raise _refusal(
+            web.HTTPServiceUnavailable,
+            "indexing",
+            f"the index is catching up with the chain (at block {market.index.block})",
+        )
     return market, market.token, market.stake_token
 
 
@@ -315,8 +338,10 @@ def _int_param(text: str, what: str, low: int, high: int) -> int:
 
 def _reason(exc: ValueError) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                         for e in exc.errors(include_url=False, include_input=False))
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
     return str(exc)
 
 
@@ -325,6 +350,6 @@ def _refusal(kind: type[web.HTTPError], error: str, detail: str) -> web.HTTPErro
 
 
 def _json(model: BaseModel) -> web.Response:
-    return web.Response(body=model.model_dump_json().encode(), content_type="application/json",
-                        headers={"Cache-Control": "no-store"})
-
+    return web.Response(
+        body=model.model_dump_json().encode(), content_type="application/json", headers={"Cache-Control": "no-store"}
+    )

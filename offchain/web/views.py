@@ -89,15 +89,27 @@ class OfferView(_View):
     @classmethod
     def of(cls, offer: OfferRecord, token: TokenInfo) -> OfferView:
         per_hour = token.to_human(offer.price_per_hour)
-        return cls(offer_id=offer.offer_id, provider=offer.provider, status=offer.status.name.lower(),
-                   available=offer.rentable, rental_id=str(offer.live_rental_id) if offer.live_rental_id else None,
-                   gpu_model=offer.gpu_model, gpu_count=offer.gpu_count, vram_gib=round(offer.vram_gib, 2),
-                   region=offer.region, price_per_hour=per_hour,
-                   price_per_gpu_hour=(per_hour / offer.gpu_count).quantize(Decimal(1).scaleb(-token.decimals)),
-                   min_duration=offer.min_duration, max_duration=offer.max_duration,
-                   util_floor_pct=offer.util_floor_bps / BPS_PER_PERCENT, egress=offer.egress,
-                   reliability=offer.reliability, rentals_completed=offer.reputation.rentals_completed,
-                   slashes=offer.reputation.slashes, declines=offer.reputation.declines)
+        return cls(
+            offer_id=offer.offer_id,
+            provider=offer.provider,
+            status=offer.status.name.lower(),
+            available=offer.rentable,
+            rental_id=str(offer.live_rental_id) if offer.live_rental_id else None,
+            gpu_model=offer.gpu_model,
+            gpu_count=offer.gpu_count,
+            vram_gib=round(offer.vram_gib, 2),
+            region=offer.region,
+            price_per_hour=per_hour,
+            price_per_gpu_hour=(per_hour / offer.gpu_count).quantize(Decimal(1).scaleb(-token.decimals)),
+            min_duration=offer.min_duration,
+            max_duration=offer.max_duration,
+            util_floor_pct=offer.util_floor_bps / BPS_PER_PERCENT,
+            egress=offer.egress,
+            reliability=offer.reliability,
+            rentals_completed=offer.reputation.rentals_completed,
+            slashes=offer.reputation.slashes,
+            declines=offer.reputation.declines,
+        )
 
 
 class OffersPage(_View):
@@ -173,30 +185,60 @@ def rental_summary(rental: RentalHistory, offer: OfferRecord, token: TokenInfo) 
 def rental_detail(rental: RentalHistory, offer: OfferRecord, token: TokenInfo, stake_token: TokenInfo) -> RentalDetail:
     settlement, declined = rental.settlement, rental.decline_reason
     return RentalDetail(
-        **_summary_fields(rental, offer, token), deposit=token.to_human(rental.deposit),
-        refunded=token.to_human(rental.refunded), booked_duration=rental.booked_duration, duration=rental.duration,
-        started_at=rental.started_at, started_by_report=rental.started_by_report, terminated_at=rental.terminated_at,
+        **_summary_fields(rental, offer, token),
+        deposit=token.to_human(rental.deposit),
+        refunded=token.to_human(rental.refunded),
+        booked_duration=rental.booked_duration,
+        duration=rental.duration,
+        started_at=rental.started_at,
+        started_by_report=rental.started_by_report,
+        terminated_at=rental.terminated_at,
         decline_reason=None if declined is None else declined.name.lower(),
-        decline_detail=None if declined is None else declined.describe(), job_spec_hash=rental.job_spec_hash,
-        settlement=None if settlement is None else SettlementView(
-            status=settlement.status.name.lower(), settled_at=rental.settled_at,
-            provider_payout=token.to_human(settlement.provider_payout), fee=token.to_human(settlement.fee),
-            refund=token.to_human(settlement.refund), missed_seconds=settlement.missed_seconds,
-            slashed=stake_token.to_human(settlement.slashed), slash_reason=settlement.slash_reason.name.lower()),
-        reports=[ReportView(seq=r.seq, period_end=r.period_end, delivered_seconds=r.delivered_seconds,
-                            avg_util_pct=r.avg_util_bps / BPS_PER_PERCENT, earned=token.to_human(r.earned))
-                 for r in rental.reports])
+        decline_detail=None if declined is None else declined.describe(),
+        job_spec_hash=rental.job_spec_hash,
+        settlement=None
+        if settlement is None
+        else SettlementView(
+            status=settlement.status.name.lower(),
+            settled_at=rental.settled_at,
+            provider_payout=token.to_human(settlement.provider_payout),
+            fee=token.to_human(settlement.fee),
+            refund=token.to_human(settlement.refund),
+            missed_seconds=settlement.missed_seconds,
+            slashed=stake_token.to_human(settlement.slashed),
+            slash_reason=settlement.slash_reason.name.lower(),
+        ),
+        reports=[
+            ReportView(
+                seq=r.seq,
+                period_end=r.period_end,
+                delivered_seconds=r.delivered_seconds,
+                avg_util_pct=r.avg_util_bps / BPS_PER_PERCENT,
+                earned=token.to_human(r.earned),
+            )
+            for r in rental.reports
+        ],
+    )
 
 
 def _summary_fields(rental: RentalHistory, offer: OfferRecord, token: TokenInfo) -> dict:
     return dict(
-        rental_id=str(rental.rental_id), offer_id=rental.offer_id, provider=offer.provider, renter=rental.renter,
-        status=rental.status.name.lower(), live=rental.status.is_live, gpu_model=offer.gpu_model,
-        gpu_count=offer.gpu_count, price_per_hour=token.to_human(rental.price_per_second * SECONDS_PER_HOUR),
-        opened_at=rental.opened_at, since=rental.since, ends_at=rental.ends_at,
+        rental_id=str(rental.rental_id),
+        offer_id=rental.offer_id,
+        provider=offer.provider,
+        renter=rental.renter,
+        status=rental.status.name.lower(),
+        live=rental.status.is_live,
+        gpu_model=offer.gpu_model,
+        gpu_count=offer.gpu_count,
+        price_per_hour=token.to_human(rental.price_per_second * SECONDS_PER_HOUR),
+        opened_at=rental.opened_at,
+        since=rental.since,
+        ends_at=rental.ends_at,
         delivered_seconds=rental.delivered_seconds,
         last_util_pct=rental.reports[-1].avg_util_bps / BPS_PER_PERCENT if rental.reports else None,
-        paid=token.to_human(rental.earned))
+        paid=token.to_human(rental.earned),
+    )
 
 
 class HistoryView(_View):
@@ -229,24 +271,46 @@ class ProviderView(_View):
     history: list[HistoryView]  # the newest first
 
 
-def provider_view(provider: IndexedProvider, offers: list[OfferView], rentals: list[RentalSummary],
-                  token: TokenInfo, stake_token: TokenInfo) -> ProviderView:
+def provider_view(
+    provider: IndexedProvider,
+    offers: list[OfferView],
+    rentals: list[RentalSummary],
+    token: TokenInfo,
+    stake_token: TokenInfo,
+) -> ProviderView:
     """`provider` must have its record read (the index is ready)."""
     record = provider.record
     assert record is not None
     return ProviderView(
-        address=provider.address, staked=stake_token.to_human(record.staked),
-        locked=stake_token.to_human(record.locked), unbonding=stake_token.to_human(record.unbonding),
-        free=stake_token.to_human(record.free), unbonding_ends_at=record.unbonding_ends_at, agent=record.agent,
-        agent_url=record.agent_url, rentals_completed=record.rentals_completed, slashes=record.slashes,
+        address=provider.address,
+        staked=stake_token.to_human(record.staked),
+        locked=stake_token.to_human(record.locked),
+        unbonding=stake_token.to_human(record.unbonding),
+        free=stake_token.to_human(record.free),
+        unbonding_ends_at=record.unbonding_ends_at,
+        agent=record.agent,
+        agent_url=record.agent_url,
+        rentals_completed=record.rentals_completed,
+        slashes=record.slashes,
         declines=record.declines,
-        seconds_delivered=record.seconds_delivered, seconds_missed=record.seconds_missed,
-        reliability=record.reliability, offers=offers, rentals=rentals,
-        history=[HistoryView(block=h.record.block_number, timestamp=h.timestamp, tx_hash=h.record.tx_hash,
-                             event=h.event, offer_id=h.offer_id,
-                             rental_id=None if h.rental_id is None else str(h.rental_id),
-                             summary=history_summary(h, token, stake_token))
-                 for h in reversed(provider.history)])
+        seconds_delivered=record.seconds_delivered,
+        seconds_missed=record.seconds_missed,
+        reliability=record.reliability,
+        offers=offers,
+        rentals=rentals,
+        history=[
+            HistoryView(
+                block=h.record.block_number,
+                timestamp=h.timestamp,
+                tx_hash=h.record.tx_hash,
+                event=h.event,
+                offer_id=h.offer_id,
+                rental_id=None if h.rental_id is None else str(h.rental_id),
+                summary=history_summary(h, token, stake_token),
+            )
+            for h in reversed(provider.history)
+        ],
+    )
 
 
 def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInfo) -> str:
@@ -264,8 +328,10 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
         case AgentUrlSet(url=url):
             return f"published its agent URL {url}" if url else "cleared its agent URL"
         case OfferCreated(terms=terms):
-            return (f"listed {offer}: {len(terms.gpu_uuid_hashes)} x {unpack_text(terms.gpu_model)} at "
-                    f"{_per_hour(token, terms.price_per_second)}" + (", egress allowed" if terms.egress else ""))
+            return (
+                f"listed {offer}: {len(terms.gpu_uuid_hashes)} x {unpack_text(terms.gpu_model)} at "
+                f"{_per_hour(token, terms.price_per_second)}" + (", egress allowed" if terms.egress else "")
+            )
         case OfferPriceUpdated(price_per_second=price):
             return f"set the price of {offer} to {_per_hour(token, price)}"
         case OfferPaused() | OfferResumed() | OfferClosed():
@@ -281,8 +347,10 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
         case RentalDeclined(reason=reason):
             return f"declined the rental: {reason.describe()}"
         case RentalFinalized() as settled:
-            text = (f"rental settled {_reason(settled.status)}: {token.format(settled.provider_payout)} to the "
-                    f"provider, {token.format(settled.refund)} refunded")
+            text = (
+                f"rental settled {_reason(settled.status)}: {token.format(settled.provider_payout)} to the "
+                f"provider, {token.format(settled.refund)} refunded"
+            )
             if settled.slashed:
                 text += f", {stake_token.format(settled.slashed)} slashed ({_reason(settled.slash_reason)})"
             return text
@@ -291,8 +359,12 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
 
 def duration_text(seconds: int) -> str:
     """`5400` -> `1h 30m`; `45` -> `45s`."""
-    parts = [(seconds // 86_400, "d"), (seconds % 86_400 // 3_600, "h"), (seconds % 3_600 // 60, "m"),
-             (seconds % 60, "s")]
+    parts = [
+        (seconds // 86_400, "d"),
+        (seconds % 86_400 // 3_600, "h"),
+        (seconds % 3_600 // 60, "m"),
+        (seconds % 60, "s"),
+    ]
     return " ".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 

@@ -53,13 +53,30 @@ def funded(token, suite, deployer, provider, provider2, renter, renter2):
 def list_offer(registry, params):
     """Stakes, registers GPUs and lists an offer for `provider`; returns the offer id."""
 
-    def _list_offer(provider, gpus=2, price=PRICE, util_floor_bps=10_000, min_duration=60,
-                    max_duration=30 * 86_400, stake=None, egress=False):
+    def _list_offer(
+        provider,
+        gpus=2,
+        price=PRICE,
+        util_floor_bps=10_000,
+        min_duration=60,
+        max_duration=30 * 86_400,
+        stake=None,
+        egress=False,
+    ):
         hashes = new_gpu_hashes(gpus)
         registry.stake(stake if stake is not None else params.min_stake_per_gpu * gpus, {"from": provider})
         registry.registerGpus(hashes, {"from": provider})
-        terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, price, min_duration, max_duration,
-                 b"eu-west".ljust(16, b"\0"), util_floor_bps, egress, hashes)
+        terms = (
+            b"H100-80GB".ljust(32, b"\0"),
+            81_559,
+            price,
+            min_duration,
+            max_duration,
+            b"eu-west".ljust(16, b"\0"),
+            util_floor_bps,
+            egress,
+            hashes,
+        )
         return registry.createOffer(terms, {"from": provider}).return_value
 
     return _list_offer
@@ -70,8 +87,9 @@ def open_rental(escrow):
     """Opens a rental of `offer_id` for `duration` seconds; returns the rental id."""
 
     def _open_rental(renter, offer_id, duration=3_600, max_price=None, job=b"\x11" * 32):
-        tx = escrow.openRental(offer_id, duration, max_price if max_price is not None else 2**64 - 1, job,
-                               {"from": renter})
+        tx = escrow.openRental(
+            offer_id, duration, max_price if max_price is not None else 2**64 - 1, job, {"from": renter}
+        )
         return tx.return_value
 
     return _open_rental
@@ -80,8 +98,9 @@ def open_rental(escrow):
 @pytest.fixture
 def domain(escrow):
     def _domain(version=None):
-        return EscrowDomain(chain_id=chain.id, escrow=escrow.address,
-                            oracle_set_version=version or escrow.oracleSet()["version"])
+        return EscrowDomain(
+            chain_id=chain.id, escrow=escrow.address, oracle_set_version=version or escrow.oracleSet()["version"]
+        )
 
     return _domain
 

@@ -28,8 +28,15 @@ def new_gpu_hashes(count):
 
 
 def report(rental, seq, period_end, delivered, util=10_000, status=ReportStatus.RUNNING, root=b"\x22" * 32):
-    return Report(rental_id=rental, seq=seq, period_end=period_end, delivered_seconds=delivered,
-                  avg_util_bps=util, status=status, telemetry_root=root)
+    return Report(
+        rental_id=rental,
+        seq=seq,
+        period_end=period_end,
+        delivered_seconds=delivered,
+        avg_util_bps=util,
+        status=status,
+        telemetry_root=root,
+    )
 
 
 def now():

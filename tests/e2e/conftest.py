@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from offchain.ops import inprocess
 from offchain.config import ChainSettings
+from offchain.ops import inprocess
 from offchain.ops.inprocess import LocalExchange, ProviderMachine
-from offchain.protocol.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.oracle.service import STORE_FILE
+from offchain.protocol.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.telemetry.source import TelemetrySource
 from scripts.deploy import SuiteParams, deploy_suite
 from tests.offchain.conftest import AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE, fund_and_stake
@@ -55,15 +55,25 @@ def list_offer(suite, provider):
         uuids = uuids or [f"GPU-{uuid.UUID(int=next(_gpu_names) + 0xE2E0000, version=4)}" for _ in range(2)]
         hashes = [gpu_uuid_hash(u) for u in uuids]
         suite.registry.registerGpus(hashes, {"from": provider})
-        terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, min_duration, 86_400, b"eu-west".ljust(16, b"\0"),
-                 UTIL_FLOOR_BPS, False, hashes)
+        terms = (
+            b"H100-80GB".ljust(32, b"\0"),
+            81_559,
+            PRICE,
+            min_duration,
+            86_400,
+            b"eu-west".ljust(16, b"\0"),
+            UTIL_FLOOR_BPS,
+            False,
+            hashes,
+        )
         return suite.registry.createOffer(terms, {"from": provider}).return_value
 
     return _list
 
 
-def running_exchange(chain_settings: ChainSettings, state_root: Path, provider: str,
-                     source: TelemetrySource | None) -> AbstractAsyncContextManager[LocalExchange]:
+def running_exchange(
+    chain_settings: ChainSettings, state_root: Path, provider: str, source: TelemetrySource | None
+) -> AbstractAsyncContextManager[LocalExchange]:
     """The in-process exchange of ORACLE_KEYS and, if `source` is given, the provider's agent with AGENT_KEY."""
     machine = None if source is None else ProviderMachine(provider, AGENT_KEY, source)
     return inprocess.running_exchange(chain_settings, state_root, ORACLE_KEYS, machine)
@@ -73,8 +83,9 @@ def stored_reports(state_root: Path, index: int, rental_id: int) -> list[tuple[T
     """The submissions oracle `index` accepted for the rental, in seq order, with the tx key that carried each."""
     db = sqlite3.connect(state_root / f"oracle{index}" / STORE_FILE)
     try:
-        rows = db.execute("SELECT body, batched_tx_key FROM submissions WHERE rental_id = ? ORDER BY seq",
-                          (str(rental_id),)).fetchall()
+        rows = db.execute(
+            "SELECT body, batched_tx_key FROM submissions WHERE rental_id = ? ORDER BY seq", (str(rental_id),)
+        ).fetchall()
     finally:
         db.close()
     return [(TelemetrySubmission.model_validate_json(body), key) for body, key in rows]

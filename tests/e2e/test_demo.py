@@ -48,14 +48,20 @@ def test_each_rental_ends_as_the_demo_plays_it(demo):
     for settlement in (completed, terminated, timed_out):
         final = finalized(demo, settlement.rental_id)
         assert (RentalStatus(final["status"]), final["deliveredSeconds"]) == (
-            settlement.status, settlement.delivered_seconds)
+            settlement.status,
+            settlement.delivered_seconds,
+        )
     assert completed.status is RentalStatus.COMPLETED and not completed.terminated
     assert completed.delivered_seconds > 0 and completed.utilisation
     assert terminated.terminated and terminated.status is RentalStatus.EXPIRED
     assert terminated.refund == terminated.deposit - terminated.price_per_second * terminated.delivered_seconds > 0
     assert timed_out.status is RentalStatus.TIMED_OUT
     assert (timed_out.delivered_seconds, timed_out.provider_payout, timed_out.fee, timed_out.refund) == (
-        0, 0, 0, timed_out.deposit)
+        0,
+        0,
+        0,
+        timed_out.deposit,
+    )
 
 
 def test_providers_are_paid_price_times_delivered_seconds_less_the_fee(demo):

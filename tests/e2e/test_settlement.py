@@ -53,13 +53,20 @@ class Balances:
 
     @classmethod
     def of(cls, suite, provider, treasury, renter) -> "Balances":
-        provider_, treasury_, renter_ = suite.read(lambda r: asyncio.gather(
-            r.balances(provider.address), r.balances(treasury.address), r.balances(renter.address)))
+        provider_, treasury_, renter_ = suite.read(
+            lambda r: asyncio.gather(
+                r.balances(provider.address), r.balances(treasury.address), r.balances(renter.address)
+            )
+        )
         return cls(provider_.escrow, treasury_.escrow, renter_.escrow, renter_.compensation)
 
     def __sub__(self, other: "Balances") -> "Balances":
-        return Balances(self.provider - other.provider, self.treasury - other.treasury, self.renter - other.renter,
-                        self.compensation - other.compensation)
+        return Balances(
+            self.provider - other.provider,
+            self.treasury - other.treasury,
+            self.renter - other.renter,
+            self.compensation - other.compensation,
+        )
 
 
 def open_rental(suite, offer_id: int, spec: JobSpec, renter) -> int:
@@ -86,8 +93,9 @@ def assert_reports_landed_once(suite, rental_id: int, from_block: int, state_roo
     for other in held[1:]:
         assert len(other) >= len(reports) - 1, "a peer missed reports"
         assert all(s.report == reports[s.report.seq - 1] for s, _ in other), "the oracles hold different reports"
-    assert all(key is not None and key.startswith("reports:") for _, key in held[0]), \
+    assert all(key is not None and key.startswith("reports:") for _, key in held[0]), (
         "the leader left a report out of its batches"
+    )
     applied = events(suite, "ReportApplied", rental_id, from_block)
     assert [e["seq"] for e in applied] == [r.seq for r in reports] == list(range(1, len(reports) + 1))
     # The chain clamps a period at the rental's end: a report the agent closed just after a termination it had
@@ -99,14 +107,16 @@ def assert_reports_landed_once(suite, rental_id: int, from_block: int, state_roo
         period_end = min(r.period_end, end)
         expected.append((period_end, min(r.delivered_seconds, period_end - last_end), r.avg_util_bps, r.telemetry_root))
         last_end = period_end
-    assert [(e["periodEnd"], e["deliveredSeconds"], e["avgUtilBps"], bytes(e["telemetryRoot"])) for e in applied] == \
-        expected
+    assert [
+        (e["periodEnd"], e["deliveredSeconds"], e["avgUtilBps"], bytes(e["telemetryRoot"])) for e in applied
+    ] == expected
     assert events(suite, "ReportSkipped", rental_id, from_block) == []
     return reports
 
 
-def assert_settled(suite, rental_id: int, offer_id: int, from_block: int, moved: Balances, status: RentalStatus,
-                   elapsed: int) -> dict:
+def assert_settled(
+    suite, rental_id: int, offer_id: int, from_block: int, moved: Balances, status: RentalStatus, elapsed: int
+) -> dict:
     """The one RentalFinalized of the rental and the balances it moved: provider and treasury split price x
     delivered seconds by the fee, the renter gets the rest of the deposit, and the collateral slashed for the
     SLA (if missed seconds exceed its share of `elapsed`) is the renter's compensation."""
@@ -118,12 +128,16 @@ def assert_settled(suite, rental_id: int, offer_id: int, from_block: int, moved:
     assert state.earned == earned
     fee = earned * PARAMS.fee_bps // BPS
     assert (final["providerPayout"], final["fee"], final["refund"]) == (
-        earned - fee, fee, PRICE * state.duration - earned)
+        earned - fee,
+        fee,
+        PRICE * state.duration - earned,
+    )
     assert (final["deliveredSeconds"], final["missedSeconds"]) == (delivered, elapsed - delivered)
     slashed = sla_slash(suite.read(lambda r: r.collateral_of(offer_id)), elapsed - delivered, elapsed)
     assert (final["slashed"], final["slashReason"]) == (slashed, SLASH_SLA if slashed else SLASH_NONE)
-    assert moved == Balances(provider=earned - fee, treasury=fee, renter=PRICE * DURATION - earned,
-                             compensation=slashed)
+    assert moved == Balances(
+        provider=earned - fee, treasury=fee, renter=PRICE * DURATION - earned, compensation=slashed
+    )
     return final
 
 
@@ -133,29 +147,33 @@ def replay_offer(list_offer):
     return list_offer([gpu.uuid for gpu in ReplaySource(TRACE).gpus()])
 
 
-def run_to_final(suite, chain_settings, provider, renter, tmp_path, offer_id: int, spec: JobSpec, source,
-                 seconds: float = 60) -> int:
+def run_to_final(
+    suite, chain_settings, provider, renter, tmp_path, offer_id: int, spec: JobSpec, source, seconds: float = 60
+) -> int:
     """Opens a rental of `offer_id` running `spec` and runs the exchange until the rental is final."""
     put_spec(tmp_path, spec)
 
     async def main() -> int:
         async with running_exchange(chain_settings, tmp_path, provider.address, source) as ex:
             rental_id = await asyncio.to_thread(open_rental, suite, offer_id, spec, renter)
-            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final, seconds,
-                                 f"rental {rental_id} to be final")
+            await ex.until_chain(
+                lambda: rental_state(suite, rental_id).status.is_final, seconds, f"rental {rental_id} to be final"
+            )
             await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
             return rental_id
 
     return asyncio.run(main())
 
 
-def test_completed_job_pays_the_provider_for_delivered_seconds(suite, chain_settings, provider, treasury, renter,
-                                                               replay_offer, tmp_path):
+def test_completed_job_pays_the_provider_for_delivered_seconds(
+    suite, chain_settings, provider, treasury, renter, replay_offer, tmp_path
+):
     spec = job("sleep 4; echo trained")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
-    rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, replay_offer, spec,
-                             ReplaySource(TRACE, rebase=True))
+    rental_id = run_to_final(
+        suite, chain_settings, provider, renter, tmp_path, replay_offer, spec, ReplaySource(TRACE, rebase=True)
+    )
 
     reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
     assert len(reports) >= 3 and {r.status for r in reports[:-1]} == {ReportStatus.RUNNING}
@@ -164,28 +182,45 @@ def test_completed_job_pays_the_provider_for_delivered_seconds(suite, chain_sett
     state = rental_state(suite, rental_id)
     assert state.delivered_seconds == sum(r.delivered_seconds for r in reports) >= 3
     moved = Balances.of(suite, provider, treasury, renter) - before
-    assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.COMPLETED,
-                   elapsed=reports[-1].period_end - state.since)
+    assert_settled(
+        suite,
+        rental_id,
+        replay_offer,
+        from_block,
+        moved,
+        RentalStatus.COMPLETED,
+        elapsed=reports[-1].period_end - state.since,
+    )
 
 
-def test_failed_job_settles_failed_with_its_exit_code(suite, chain_settings, provider, treasury, renter,
-                                                      replay_offer, tmp_path):
+def test_failed_job_settles_failed_with_its_exit_code(
+    suite, chain_settings, provider, treasury, renter, replay_offer, tmp_path
+):
     spec = job("sleep 3; exit 3")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
-    rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, replay_offer, spec,
-                             ReplaySource(TRACE, rebase=True))
+    rental_id = run_to_final(
+        suite, chain_settings, provider, renter, tmp_path, replay_offer, spec, ReplaySource(TRACE, rebase=True)
+    )
 
     reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
     assert (reports[-1].status, reports[-1].exit_code) == (ReportStatus.FAILED, 3)
     state = rental_state(suite, rental_id)
     moved = Balances.of(suite, provider, treasury, renter) - before
-    assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.FAILED,
-                   elapsed=reports[-1].period_end - state.since)
+    assert_settled(
+        suite,
+        rental_id,
+        replay_offer,
+        from_block,
+        moved,
+        RentalStatus.FAILED,
+        elapsed=reports[-1].period_end - state.since,
+    )
 
 
-def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(suite, chain_settings, provider, treasury, renter,
-                                                                   list_offer, tmp_path):
+def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(
+    suite, chain_settings, provider, treasury, renter, list_offer, tmp_path
+):
     # GPU 1 of 2 is down for 5 s of a ~10 s rental: far more than the 5% the 95% SLA allows.
     source = SimulatedSource("NVIDIA H100 80GB HBM3", 2, seed=4242, outages=[Outage(gpu_index=1, start_s=2, end_s=7)])
     offer_id = list_offer([gpu.uuid for gpu in source.gpus()])
@@ -205,28 +240,33 @@ def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(suite, chain_s
     assert moved.compensation == final["slashed"]
 
 
-def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_settings, provider, treasury,
-                                                                   renter, replay_offer, tmp_path):
+def test_renter_termination_stops_the_job_and_the_keeper_finalises(
+    suite, chain_settings, provider, treasury, renter, replay_offer, tmp_path
+):
     spec = job("touch started; sleep 300")
     put_spec(tmp_path, spec)
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
 
     async def main() -> tuple[int, int]:
-        async with running_exchange(chain_settings, tmp_path, provider.address,
-                                    ReplaySource(TRACE, rebase=True)) as ex:
+        async with running_exchange(chain_settings, tmp_path, provider.address, ReplaySource(TRACE, rebase=True)) as ex:
             rental_id = await asyncio.to_thread(open_rental, suite, replay_offer, spec, renter)
             started = tmp_path / "agent" / "rentals" / str(rental_id) / "work" / "started"
-            await ex.until_chain(lambda: len(events(suite, "ReportApplied", rental_id, from_block)) >= 3, 30,
-                                 "three reports on chain")
+            await ex.until_chain(
+                lambda: len(events(suite, "ReportApplied", rental_id, from_block)) >= 3, 30, "three reports on chain"
+            )
             assert started.exists()
             tx = await asyncio.to_thread(suite.escrow.terminate, rental_id, {"from": renter})
             ends_at = tx.events["RentalTerminated"]["endsAt"]
             await ex.until(lambda: ex.agent.book.get(rental_id).exit_code is not None, 15, "the job to be stopped")
             await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
-            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final,
-                                 PARAMS.report_grace + 30, "the keeper to finalise the rental")
-            assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == \
-                [f"finalize:{rental_id}"]
+            await ex.until_chain(
+                lambda: rental_state(suite, rental_id).status.is_final,
+                PARAMS.report_grace + 30,
+                "the keeper to finalise the rental",
+            )
+            assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == [
+                f"finalize:{rental_id}"
+            ]
             return rental_id, ends_at
 
     rental_id, ends_at = asyncio.run(main())
@@ -241,8 +281,9 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(suite, chain_
     assert_settled(suite, rental_id, replay_offer, from_block, moved, RentalStatus.EXPIRED, elapsed=state.duration)
 
 
-def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings, provider, treasury, renter,
-                                                          list_offer, tmp_path):
+def test_start_timeout_refunds_and_compensates_the_renter(
+    suite, chain_settings, provider, treasury, renter, list_offer, tmp_path
+):
     offer_id = list_offer()  # its provider runs no agent for it
     spec = job("echo never runs")
     before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
@@ -250,10 +291,14 @@ def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings,
     async def main() -> int:
         async with running_exchange(chain_settings, tmp_path, provider.address, None) as ex:
             rental_id = await asyncio.to_thread(open_rental, suite, offer_id, spec, renter)
-            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final,
-                                 PARAMS.start_timeout + 30, "the keeper to claim the start timeout")
-            assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == \
-                [f"timeout:{rental_id}"]
+            await ex.until_chain(
+                lambda: rental_state(suite, rental_id).status.is_final,
+                PARAMS.start_timeout + 30,
+                "the keeper to claim the start timeout",
+            )
+            assert [a.tx_key for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == [
+                f"timeout:{rental_id}"
+            ]
             return rental_id
 
     rental_id = asyncio.run(main())
@@ -262,15 +307,20 @@ def test_start_timeout_refunds_and_compensates_the_renter(suite, chain_settings,
     compensation = suite.read(lambda r: r.collateral_of(offer_id)) * PARAMS.start_slash_bps // BPS
     (final,) = events(suite, "RentalFinalized", rental_id, from_block)
     assert (final["providerPayout"], final["fee"], final["refund"], final["deliveredSeconds"]) == (
-        0, 0, PRICE * DURATION, 0)
+        0,
+        0,
+        PRICE * DURATION,
+        0,
+    )
     assert (final["slashed"], final["slashReason"]) == (compensation, SLASH_START_TIMEOUT)
     moved = Balances.of(suite, provider, treasury, renter) - before
     assert moved == Balances(provider=0, treasury=0, renter=PRICE * DURATION, compensation=compensation)
     assert events(suite, "ReportApplied", rental_id, from_block) == []
 
 
-def test_a_rental_the_agent_cannot_serve_is_declined_and_refunded_in_full(suite, chain_settings, provider, treasury,
-                                                                         renter, replay_offer, tmp_path):
+def test_a_rental_the_agent_cannot_serve_is_declined_and_refunded_in_full(
+    suite, chain_settings, provider, treasury, renter, replay_offer, tmp_path
+):
     """The renter never hands over its spec: the agent declines within its spec wait (half the start timeout), the
     renter gets the whole deposit back, nothing is slashed, and the keeper has nothing to do."""
     spec_hash = keccak(text="a spec the renter never sends")
@@ -278,13 +328,14 @@ def test_a_rental_the_agent_cannot_serve_is_declined_and_refunded_in_full(suite,
     declines = suite.read(lambda r: r.provider(provider.address)).declines
 
     async def main() -> int:
-        async with running_exchange(chain_settings, tmp_path, provider.address,
-                                    ReplaySource(TRACE, rebase=True)) as ex:
-            tx = await asyncio.to_thread(suite.escrow.openRental, replay_offer, DURATION, PRICE, spec_hash,
-                                         {"from": renter})
+        async with running_exchange(chain_settings, tmp_path, provider.address, ReplaySource(TRACE, rebase=True)) as ex:
+            tx = await asyncio.to_thread(
+                suite.escrow.openRental, replay_offer, DURATION, PRICE, spec_hash, {"from": renter}
+            )
             rental_id = tx.return_value
-            await ex.until_chain(lambda: rental_state(suite, rental_id).status.is_final, PARAMS.start_timeout,
-                                 "the decline")
+            await ex.until_chain(
+                lambda: rental_state(suite, rental_id).status.is_final, PARAMS.start_timeout, "the decline"
+            )
             assert [a for a in ex.leader.keeper.actions() if a.rental_id == rental_id] == []
             return rental_id
 

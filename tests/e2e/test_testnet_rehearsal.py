@@ -64,9 +64,22 @@ def testnet(tmp_path_factory):
     """Anvil as chain 11155111, known to Brownie as the live network `gpuex-rehearsal`; the role key files."""
     root = tmp_path_factory.mktemp("rehearsal")
     anvil = subprocess.Popen(
-        [str(BIN / "anvil"), "--port", str(PORT), "--chain-id", str(CHAIN_ID), "--block-time", "1",
-         "--accounts", str(roles.ACCOUNT_COUNT), "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(BIN / "anvil"),
+            "--port",
+            str(PORT),
+            "--chain-id",
+            str(CHAIN_ID),
+            "--block-time",
+            "1",
+            "--accounts",
+            str(roles.ACCOUNT_COUNT),
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     env = base_env({"GPUEX_DEPLOYMENTS_DIR": str(root / "deployments")})
     brownie = str(BIN / "brownie")
     run([brownie, "networks", "delete", NETWORK], env)
@@ -94,8 +107,12 @@ def testnet(tmp_path_factory):
 def deployment(testnet):
     """Runs the deploy script as the runbook says: without a key (refused), dry, for real, and once more."""
     root, env, keys, w3 = testnet
-    settings = {"GPUEX_DEPLOY_ORACLES": json.dumps([roles.address("oracle")]), "GPUEX_DEPLOY_THRESHOLD": "1",
-                "GPUEX_DEPLOY_START_TIMEOUT": "30", "GPUEX_DEPLOY_REPORT_GRACE": "10"}
+    settings = {
+        "GPUEX_DEPLOY_ORACLES": json.dumps([roles.address("oracle")]),
+        "GPUEX_DEPLOY_THRESHOLD": "1",
+        "GPUEX_DEPLOY_START_TIMEOUT": "30",
+        "GPUEX_DEPLOY_REPORT_GRACE": "10",
+    }
     runs = {"no key": run(deploy_command(), {**env, **settings})}
     settings["GPUEX_DEPLOY_KEY_FILE"] = str(keys["deployer"])
     runs["dry run"] = run(deploy_command(), {**env, **settings, "GPUEX_DEPLOY_DRY_RUN": "1"})
@@ -107,8 +124,9 @@ def deployment(testnet):
 
 def payment_balance(record: dict, account: str) -> int:
     """The payment token balance of `account` on the rehearsal's chain."""
-    return read_once(RPC_URL, record["registry"], record["escrow"],
-                     lambda r: r.token_balance(record["payment_token"], account))
+    return read_once(
+        RPC_URL, record["registry"], record["escrow"], lambda r: r.token_balance(record["payment_token"], account)
+    )
 
 
 def test_the_deploy_script_refuses_to_run_without_a_key(deployment):
@@ -156,33 +174,75 @@ def test_one_rental_through_the_cli(deployment, testnet, job_image):
     def spawn(name: str, args: list[str], extra: dict[str, str]) -> subprocess.Popen:
         log = open(root / f"{name}.log", "wb")
         try:
-            return subprocess.Popen([str(BIN / "gpuex"), *args, *network], stdout=log, stderr=subprocess.STDOUT,
-                                    env={**env, **extra}, cwd=PROJECT_ROOT, start_new_session=True)
+            return subprocess.Popen(
+                [str(BIN / "gpuex"), *args, *network],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**env, **extra},
+                cwd=PROJECT_ROOT,
+                start_new_session=True,
+            )
         finally:
             log.close()
 
-    oracle = spawn("oracle", ["oracle", "serve"], {
-        "GPUEX_ORACLE_KEY_FILE": str(keys["oracle"]), "GPUEX_ORACLE_PORT": str(ORACLE_PORT),
-        "GPUEX_ORACLE_LEADER": "true", "GPUEX_ORACLE_KEEPER": "true", "GPUEX_ORACLE_ALLOW_SIMULATED": "true",
-        "GPUEX_ORACLE_EPOCH_SECONDS": "1", "GPUEX_ORACLE_STATE_DIR": str(root / "oracle")})
+    oracle = spawn(
+        "oracle",
+        ["oracle", "serve"],
+        {
+            "GPUEX_ORACLE_KEY_FILE": str(keys["oracle"]),
+            "GPUEX_ORACLE_PORT": str(ORACLE_PORT),
+            "GPUEX_ORACLE_LEADER": "true",
+            "GPUEX_ORACLE_KEEPER": "true",
+            "GPUEX_ORACLE_ALLOW_SIMULATED": "true",
+            "GPUEX_ORACLE_EPOCH_SECONDS": "1",
+            "GPUEX_ORACLE_STATE_DIR": str(root / "oracle"),
+        },
+    )
     agent = None
     try:
         gpuex("provider", "provider", "stake", "--amount", "1000", "--approve")
         gpuex("provider", "provider", "set-agent", roles.address("agent"))
         gpuex("provider", "provider", "register-gpus", "--simulated", "1")
-        offer = gpuex("provider", "offer", "create", "--simulated", "1", "--price-per-hour", PRICE_PER_HOUR,
-                      "--region", "eu-west", "--min-duration", "10")["offer"]["offer_id"]
+        offer = gpuex(
+            "provider",
+            "offer",
+            "create",
+            "--simulated",
+            "1",
+            "--price-per-hour",
+            PRICE_PER_HOUR,
+            "--region",
+            "eu-west",
+            "--min-duration",
+            "10",
+        )["offer"]["offer_id"]
         found = gpuex("renter", "offers", "search", "--max-price-per-hour", PRICE_PER_HOUR)
         assert [o["offer_id"] for o in found] == [offer]
-        agent = spawn("agent", ["agent", "run", "--simulated", "1", "--oracle", f"http://127.0.0.1:{ORACLE_PORT}"], {
-            "GPUEX_AGENT_KEY_FILE": str(keys["agent"]),
-            "GPUEX_AGENT_STATE_DIR": str(root / "agent"), "GPUEX_AGENT_SPEC_DIR": str(root / "specs"),
-            "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "2"})
+        agent = spawn(
+            "agent",
+            ["agent", "run", "--simulated", "1", "--oracle", f"http://127.0.0.1:{ORACLE_PORT}"],
+            {
+                "GPUEX_AGENT_KEY_FILE": str(keys["agent"]),
+                "GPUEX_AGENT_STATE_DIR": str(root / "agent"),
+                "GPUEX_AGENT_SPEC_DIR": str(root / "specs"),
+                "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "2",
+            },
+        )
         time.sleep(3)  # the agent watches the chain from its head: let it start before the rental opens
         spec = root / "job.json"
         spec.write_text(json.dumps({"command": ["sleep", "6"], "image": job_image}))
-        rental = gpuex("renter", "rent", str(offer), "--duration", f"{RENTAL_SECONDS}s", "--spec", str(spec),
-                       "--approve", "--spec-dir", str(root / "specs"))["rental"]["rental_id"]
+        rental = gpuex(
+            "renter",
+            "rent",
+            str(offer),
+            "--duration",
+            f"{RENTAL_SECONDS}s",
+            "--spec",
+            str(spec),
+            "--approve",
+            "--spec-dir",
+            str(root / "specs"),
+        )["rental"]["rental_id"]
         deadline = time.monotonic() + 90
         while not (status := gpuex("renter", "rental", "status", str(rental)))["final"]:
             assert oracle.poll() is None and agent.poll() is None, "the oracle or the agent stopped"

@@ -22,19 +22,19 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from offchain.ops import deployments, devnet
 from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.chain.contracts import PROJECT_ROOT, contract
 from offchain.chain.rpc import connect
-from offchain.ops.deploy import USDC
+from offchain.chain.tx.oneshot import Wallet
 from offchain.market.offers import pack_text
+from offchain.ops import deployments, devnet
+from offchain.ops.deploy import USDC
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import rental_id
 from offchain.telemetry.simulated import SimulatedSource
-from offchain.chain.tx.oneshot import Wallet
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -79,8 +79,14 @@ def browser():
         pytest.fail("Chromium and its driver are not installed: run `make browser` (apt chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,900", "--force-device-scale-factor=1"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(argument)
     # An explicit driver path: Selenium Manager is never asked to find (or download) one.
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -99,19 +105,31 @@ def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, mon
 
 async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
     state_dir = tmp_path / "devnet"
-    state = await devnet.up(state_dir, port=ANVIL_PORT, oracle_port=ORACLE_PORT, epoch_seconds=1.0,
-                            say=lambda _: None)
+    state = await devnet.up(state_dir, port=ANVIL_PORT, oracle_port=ORACLE_PORT, epoch_seconds=1.0, say=lambda _: None)
     w3 = connect(state.rpc_url)
     agent_task = None
     try:
         source = SimulatedSource(gpu_count=2, seed=7)
         rented = await _market(w3, state, state_dir, source, tmp_path / "agent" / "specs")
-        agent = ProviderAgent(ProviderAgentSettings(
-            chain=state.deployment.chain_settings(state.rpc_url), key=_key(state_dir, "agent"),
-            provider=state.accounts["provider"], oracles=[state.oracle_url], allow_simulated=True,
-            state_dir=tmp_path / "agent", report_interval_seconds=1.0, chain_poll_seconds=0.5,
-            start_block=state.deployment.start_block, retry_initial_seconds=0.2, retry_max_seconds=1.0,
-            container=ContainerSettings(default_image=job_image), keep_jobs_on_exit=False, api_port=0), source)
+        agent = ProviderAgent(
+            ProviderAgentSettings(
+                chain=state.deployment.chain_settings(state.rpc_url),
+                key=_key(state_dir, "agent"),
+                provider=state.accounts["provider"],
+                oracles=[state.oracle_url],
+                allow_simulated=True,
+                state_dir=tmp_path / "agent",
+                report_interval_seconds=1.0,
+                chain_poll_seconds=0.5,
+                start_block=state.deployment.start_block,
+                retry_initial_seconds=0.2,
+                retry_max_seconds=1.0,
+                container=ContainerSettings(default_image=job_image),
+                keep_jobs_on_exit=False,
+                api_port=0,
+            ),
+            source,
+        )
         agent_task = asyncio.create_task(agent.run(), name="agent")
         web = f"{state.oracle_url}/web"
         await _until_reports(f"{web}/api/rentals/{rented}", 2, agent_task)
@@ -141,10 +159,13 @@ async def _market(w3, state, state_dir: Path, source: SimulatedSource, spec_dir:
     token = contract(w3, "TestStablecoin", record.payment_token)
     registry = contract(w3, "ProviderRegistry", record.registry)
     escrow = contract(w3, "RentalEscrow", record.escrow)
-    wallets = {role: Wallet(w3, Account.from_key(_key(state_dir, role)))
-               for role in ("provider", "provider2", "renter")}
-    uuids = {role: [f"GPU-web-test-{role}-{i}" for i in range(sum(c for r, c, *_ in OFFERS if r == role))]
-             for role in ("provider", "provider2")}
+    wallets = {
+        role: Wallet(w3, Account.from_key(_key(state_dir, role))) for role in ("provider", "provider2", "renter")
+    }
+    uuids = {
+        role: [f"GPU-web-test-{role}-{i}" for i in range(sum(c for r, c, *_ in OFFERS if r == role))]
+        for role in ("provider", "provider2")
+    }
     uuids["provider"][:2] = [gpu.uuid for gpu in source.gpus()]
 
     async def provider(role: str) -> None:
@@ -155,8 +176,11 @@ async def _market(w3, state, state_dir: Path, source: SimulatedSource, spec_dir:
             await wallet.transact(registry.functions.setAgent(state.accounts["agent"]))
         await wallet.transact(registry.functions.registerGpus([gpu_uuid_hash(u) for u in uuids[role]]))
 
-    await asyncio.gather(provider("provider"), provider("provider2"),
-                         wallets["renter"].transact(token.functions.approve(record.escrow, MAX_UINT)))
+    await asyncio.gather(
+        provider("provider"),
+        provider("provider2"),
+        wallets["renter"].transact(token.functions.approve(record.escrow, MAX_UINT)),
+    )
     for role, count, model, vram, region, price in OFFERS:  # one at a time, so that the ids are 1 to 4
         hashes = [gpu_uuid_hash(uuids[role].pop(0)) for _ in range(count)]
         terms = (pack_text(model, 32), vram, price, 60, 86_400, pack_text(region, 16), 10_000, False, hashes)
@@ -190,8 +214,10 @@ def _wait(driver, condition, what: str):
     except TimeoutException:
         _screenshot(driver, "web-failure.png")
         console = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        raise AssertionError(f"timed out after {WAIT_SECONDS} s waiting for {what} at {driver.current_url} "
-                             f"(out/test-artifacts/web-failure.png); browser errors: {console}") from None
+        raise AssertionError(
+            f"timed out after {WAIT_SECONDS} s waiting for {what} at {driver.current_url} "
+            f"(out/test-artifacts/web-failure.png); browser errors: {console}"
+        ) from None
 
 
 def _rows(driver, table: str) -> list[list[str]]:
@@ -211,8 +237,10 @@ def _check_offers_page(driver, web: str) -> None:
     _wait(driver, lambda d: len(_rows(d, "offers")) == 3, "the three rentable offers")
     rows = _rows(driver, "offers")
     assert [(r[0], r[2], r[4], r[5]) for r in rows] == [
-        ("#4", "L4", "ap-south", "0.72 tUSD"), ("#2", "H100-80GB", "eu-central", "2.52 tUSD"),
-        ("#3", "A100-80GB", "us-east", "7.20 tUSD")]
+        ("#4", "L4", "ap-south", "0.72 tUSD"),
+        ("#2", "H100-80GB", "eu-central", "2.52 tUSD"),
+        ("#3", "A100-80GB", "us-east", "7.20 tUSD"),
+    ]
     assert all((r[8], r[11], r[12]) == ("no", "0", "available") for r in rows)  # egress, declines, status
     _wait(driver, lambda d: len(_rows(d, "rentals")) == 1, "the recent rental")
     assert _rows(driver, "rentals")[0][1:3] == ["#1", "2 × H100-80GB"]
@@ -228,16 +256,25 @@ def _check_offers_page(driver, web: str) -> None:
     driver.get(web + "/?sort=-price&min_gpus=2")
     _wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#3"], "the offers of 2+ GPUs, dearest first")
     driver.get(web + "/?min_gpus=0")
-    error = _wait(driver, lambda d: d.find_element(By.ID, "offers-error").is_displayed()
-                  and d.find_element(By.ID, "offers-error"), "the refusal of a bad filter")
+    error = _wait(
+        driver,
+        lambda d: d.find_element(By.ID, "offers-error").is_displayed() and d.find_element(By.ID, "offers-error"),
+        "the refusal of a bad filter",
+    )
     assert "min_gpus" in error.text and "greater than or equal to 1" in error.text
 
 
 def _open_rental_page(driver, web: str, rented: int):
     """Loads the rental's page and waits until its chart shows at least two reports; returns the canvas."""
     driver.get(f"{web}/rental?id={rented}")
-    return _wait(driver, lambda d: int(d.find_element(By.ID, "chart").get_attribute("data-points") or 0) >= 2
-                 and d.find_element(By.ID, "chart"), "the chart of the first reports")
+    return _wait(
+        driver,
+        lambda d: (
+            int(d.find_element(By.ID, "chart").get_attribute("data-points") or 0) >= 2
+            and d.find_element(By.ID, "chart")
+        ),
+        "the chart of the first reports",
+    )
 
 
 def _check_rental_page(driver, web: str, rented: int) -> None:
@@ -261,8 +298,7 @@ def _check_provider_page(driver, web: str, address: str) -> None:
     assert "1,000.00 tUSD" in cards  # staked
     assert [r[8] for r in _rows(driver, "offers")] == ["rented", "available"]
     oldest_first = [r[2] for r in reversed(_rows(driver, "history"))]
-    assert oldest_first[:6] == ["Staked", "AgentSet", "OfferCreated", "OfferCreated", "RentalOpened",
-                                "RentalStarted"]
+    assert oldest_first[:6] == ["Staked", "AgentSet", "OfferCreated", "OfferCreated", "RentalOpened", "RentalStarted"]
     _screenshot(driver, "web-provider.png")
 
 

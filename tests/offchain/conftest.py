@@ -34,12 +34,24 @@ def suite(deployer, treasury, token):
 def deployment(suite, deployer, treasury) -> Deployment:
     """The record `gpuex devnet up` would have written for the `suite` fixture's contracts."""
     params = SuiteParams()
-    config = SuiteConfig(**{f.name: getattr(params, f.name) for f in fields(params)}, treasury=treasury.address,
-                         oracles=[o.address for o in ORACLES], threshold=2)
-    return Deployment(chain_id=web3.eth.chain_id, network="development", deployer=deployer.address,
-                      registry=suite.registry.address, escrow=suite.escrow.address,
-                      payment_token=suite.payment_token.address, stake_token=suite.stake_token.address,
-                      test_token=True, start_block=suite.registry.tx.block_number, config=config)
+    config = SuiteConfig(
+        **{f.name: getattr(params, f.name) for f in fields(params)},
+        treasury=treasury.address,
+        oracles=[o.address for o in ORACLES],
+        threshold=2,
+    )
+    return Deployment(
+        chain_id=web3.eth.chain_id,
+        network="development",
+        deployer=deployer.address,
+        registry=suite.registry.address,
+        escrow=suite.escrow.address,
+        payment_token=suite.payment_token.address,
+        stake_token=suite.stake_token.address,
+        test_token=True,
+        start_block=suite.registry.tx.block_number,
+        config=config,
+    )
 
 
 def fund_and_stake(suite, token, deployer, provider, renter) -> None:
@@ -59,6 +71,15 @@ def offer(suite, token, deployer, provider, renter):
     fund_and_stake(suite, token, deployer, provider, renter)
     hashes = [gpu_uuid_hash(u) for u in GPU_UUIDS]
     suite.registry.registerGpus(hashes, {"from": provider})
-    terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, False,
-             hashes)
+    terms = (
+        b"H100-80GB".ljust(32, b"\0"),
+        81_559,
+        PRICE,
+        60,
+        86_400,
+        b"eu-west".ljust(16, b"\0"),
+        10_000,
+        False,
+        hashes,
+    )
     return suite.registry.createOffer(terms, {"from": provider}).return_value

@@ -49,8 +49,9 @@ async def dry_run(w3: AsyncWeb3, call: dict[str, Any], decoder: RevertDecoder, b
         raise
 
 
-async def explain_onchain_revert(w3: AsyncWeb3, call: dict[str, Any], receipt: Any, gas_limit: int | None,
-                                 decoder: RevertDecoder) -> str:
+async def explain_onchain_revert(
+    w3: AsyncWeb3, call: dict[str, Any], receipt: Any, gas_limit: int | None, decoder: RevertDecoder
+) -> str:
     """Why the mined transaction `call` reverted: out of gas, or the error of a replay on the state after its
     block. A transaction that passed its dry-run usually reverts because another one in the same block got there
     first, which the post-block state shows."""

@@ -147,8 +147,9 @@ class TxManager:
         if gas_limit is not None and gas_limit <= 0:
             raise ValueError("gas_limit must be positive")
         payload = bytes(HexBytes(data))
-        record = self._store.record(self._store.insert(key, to_checksum_address(to), payload, gas_limit,
-                                                       TxState.UNSTARTED))
+        record = self._store.record(
+            self._store.insert(key, to_checksum_address(to), payload, gas_limit, TxState.UNSTARTED)
+        )
         if record.to != to_checksum_address(to) or record.data != payload:
             log.warning("txmgr: key %s resubmitted with another payload; the stored transaction stands", key)
         self._wake.set()
@@ -188,8 +189,13 @@ class TxManager:
                 await self.tick()
             except TRANSIENT_RPC_ERRORS as exc:
                 backoff.failed()
-                log.warning("txmgr %s: RPC unavailable (%s: %s); retrying in %.2fs",
-                            self.address, type(exc).__name__, exc, backoff.delay)
+                log.warning(
+                    "txmgr %s: RPC unavailable (%s: %s); retrying in %.2fs",
+                    self.address,
+                    type(exc).__name__,
+                    exc,
+                    backoff.delay,
+                )
             except Exception:
                 backoff.failed()
                 log.exception("txmgr %s: tick failed; retrying in %.2fs", self.address, backoff.delay)
@@ -225,8 +231,12 @@ class TxManager:
         stored = self._store.max_nonce()
         local = 0 if stored is None else stored + 1
         if on_chain > local:
-            log.info("txmgr %s: chain nonce %d ahead of stored %d (sent elsewhere); using the chain's",
-                     self.address, on_chain, local)
+            log.info(
+                "txmgr %s: chain nonce %d ahead of stored %d (sent elsewhere); using the chain's",
+                self.address,
+                on_chain,
+                local,
+            )
         self._next_nonce = max(on_chain, local)
 
     # ------------------------------------------------------------------ sending
@@ -262,14 +272,25 @@ class TxManager:
             if outcome in SENT:
                 # NONCE_TOO_LOW: an earlier broadcast of ours was mined, or another sender took the nonce;
                 # the receipt check tells which.
-                self._store.update(row["id"], state=TxState.UNCONFIRMED,
-                                   broadcast_at=row["broadcast_at"] or time.time())
-                log.info("txmgr: %s sent, nonce %d hash %s (%s)", row["key"], row["nonce"], attempt["hash"],
-                         outcome.name.lower())
+                self._store.update(
+                    row["id"], state=TxState.UNCONFIRMED, broadcast_at=row["broadcast_at"] or time.time()
+                )
+                log.info(
+                    "txmgr: %s sent, nonce %d hash %s (%s)",
+                    row["key"],
+                    row["nonce"],
+                    attempt["hash"],
+                    outcome.name.lower(),
+                )
                 return True
             if outcome is SendOutcome.UNDERPRICED:
-                fees = bumped_fees(Fees(attempt["max_fee"], attempt["tip"]), await base_fee(self._w3),
-                                   await self._tip(), self._bump_percent, self._max_fee_cap)
+                fees = bumped_fees(
+                    Fees(attempt["max_fee"], attempt["tip"]),
+                    await base_fee(self._w3),
+                    await self._tip(),
+                    self._bump_percent,
+                    self._max_fee_cap,
+                )
                 if fees is None:
                     log.warning("txmgr: %s underpriced at the fee cap: %s", row["key"], message)
                     return False
@@ -296,17 +317,19 @@ class TxManager:
         self, row: sqlite3.Row, nonce: int, gas_limit: int, fees: Fees, head: int, state: TxState | None = None
     ) -> sqlite3.Row:
         """Signs an attempt and stores it (and the new state and nonce) before anything is broadcast."""
-        raw = await self._signer.sign({
-            "type": 2,
-            "chainId": self._chain_id,
-            "nonce": nonce,
-            "to": row["to_address"],
-            "value": 0,
-            "data": "0x" + bytes(row["data"]).hex(),
-            "gas": gas_limit,
-            "maxFeePerGas": fees.max_fee,
-            "maxPriorityFeePerGas": fees.tip,
-        })
+        raw = await self._signer.sign(
+            {
+                "type": 2,
+                "chainId": self._chain_id,
+                "nonce": nonce,
+                "to": row["to_address"],
+                "value": 0,
+                "data": "0x" + bytes(row["data"]).hex(),
+                "gas": gas_limit,
+                "maxFeePerGas": fees.max_fee,
+                "maxPriorityFeePerGas": fees.tip,
+            }
+        )
         return self._store.add_attempt(row, nonce, raw, "0x" + keccak(raw).hex(), gas_limit, fees, head, state)
 
     async def _preflight(self, row: sqlite3.Row) -> int:
@@ -336,8 +359,16 @@ class TxManager:
                     self._finish_if_deep(row, head)
                     continue
                 log.warning("txmgr: %s reorged out of block %d; sending again", row["key"], row["block_number"])
-                self._store.update(row["id"], mined_hash=None, block_number=None, block_hash=None, receipt_status=None,
-                             gas_used=None, effective_gas_price=None, error=None)
+                self._store.update(
+                    row["id"],
+                    mined_hash=None,
+                    block_number=None,
+                    block_hash=None,
+                    receipt_status=None,
+                    gas_used=None,
+                    effective_gas_price=None,
+                    error=None,
+                )
                 # Its fees were good enough a moment ago: resend as is, bump only if it stalls from here.
                 self._store.restart_bump_clock(self._store.latest_attempt(row), head)
                 row = self._store.row(row["id"])
@@ -407,8 +438,9 @@ class TxManager:
         first, which the post-block state shows."""
         attempt = self._store.attempt("0x" + bytes(receipt["transactionHash"]).hex())
         call = {"from": self.address, "to": row["to_address"], "data": bytes(row["data"])}
-        return await explain_onchain_revert(self._w3, call, receipt, attempt["gas_limit"] if attempt else None,
-                                            self._decoder)
+        return await explain_onchain_revert(
+            self._w3, call, receipt, attempt["gas_limit"] if attempt else None, self._decoder
+        )
 
     def _requeue(self, row: sqlite3.Row) -> None:
         """Another sender used this nonce and no attempt of ours was mined under it: the payload never landed,
@@ -421,15 +453,26 @@ class TxManager:
     async def _bump_or_rebroadcast(self, row: sqlite3.Row, head: int) -> None:
         latest = self._store.latest_attempt(row)
         if head - latest["sent_block"] >= self._bump_after_blocks:
-            fees = bumped_fees(Fees(latest["max_fee"], latest["tip"]), await base_fee(self._w3),
-                               await self._tip(), self._bump_percent, self._max_fee_cap)
+            fees = bumped_fees(
+                Fees(latest["max_fee"], latest["tip"]),
+                await base_fee(self._w3),
+                await self._tip(),
+                self._bump_percent,
+                self._max_fee_cap,
+            )
             if fees is None:
                 log.warning("txmgr: %s stuck at the fee cap %d; re-broadcasting", row["key"], self._max_fee_cap)
                 self._store.restart_bump_clock(latest, head)
             else:
                 latest = await self._sign_attempt(row, row["nonce"], latest["gas_limit"], fees, head)
-                log.info("txmgr: %s not mined after %d blocks; bumped to max fee %d tip %d (%s)", row["key"],
-                         self._bump_after_blocks, fees.max_fee, fees.tip, latest["hash"])
+                log.info(
+                    "txmgr: %s not mined after %d blocks; bumped to max fee %d tip %d (%s)",
+                    row["key"],
+                    self._bump_after_blocks,
+                    fees.max_fee,
+                    fees.tip,
+                    latest["hash"],
+                )
         elif await self._known(latest["hash"]):
             return
         outcome, message = await self._broadcast(latest["raw"])

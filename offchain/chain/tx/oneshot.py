@@ -44,8 +44,9 @@ class Sent:
 class Wallet:
     """Signs locally with `account` and sends through `w3`, at most `max_fee_cap` wei per gas."""
 
-    def __init__(self, w3: AsyncWeb3, account: LocalAccount, timeout: float = 180.0,
-                 max_fee_cap: int = DEFAULT_MAX_FEE_CAP):
+    def __init__(
+        self, w3: AsyncWeb3, account: LocalAccount, timeout: float = 180.0, max_fee_cap: int = DEFAULT_MAX_FEE_CAP
+    ):
         self.w3 = w3
         self.timeout = timeout
         self.max_fee_cap = max_fee_cap
@@ -90,23 +91,40 @@ class Wallet:
         message = self._message(call)
         gas = int(await self._dry_run(message) * GAS_HEADROOM)
         base, tip, nonce, chain_id = await asyncio.gather(
-            base_fee(self.w3), suggested_tip(self.w3),
-            self.w3.eth.get_transaction_count(self.address, "pending"), self.w3.eth.chain_id)
+            base_fee(self.w3),
+            suggested_tip(self.w3),
+            self.w3.eth.get_transaction_count(self.address, "pending"),
+            self.w3.eth.chain_id,
+        )
         fees = initial_fees(base, tip, self.max_fee_cap)
         tx = {key: value for key, value in message.items() if key != "from"}
-        raw = await self._signer.sign({**tx, "type": 2, "chainId": chain_id, "nonce": nonce, "value": 0, "gas": gas,
-                                       "maxFeePerGas": fees.max_fee, "maxPriorityFeePerGas": fees.tip})
+        raw = await self._signer.sign(
+            {
+                **tx,
+                "type": 2,
+                "chainId": chain_id,
+                "nonce": nonce,
+                "value": 0,
+                "gas": gas,
+                "maxFeePerGas": fees.max_fee,
+                "maxPriorityFeePerGas": fees.tip,
+            }
+        )
         try:
             tx_hash = await self.w3.eth.send_raw_transaction(raw)
         except Web3RPCError as exc:
             raise TxFailed(f"the node refused the transaction: {exc.message or exc}") from None
         try:
-            receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout,
-                                                                     poll_latency=0.2)
+            receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.timeout, poll_latency=0.2)
         except TimeExhausted:
             raise TxFailed(f"transaction 0x{tx_hash.hex()} not mined within {self.timeout:.0f} s") from None
         if receipt["status"] != 1:
             reason = await explain_onchain_revert(self.w3, message, receipt, gas, self.decoder)
             raise TxFailed(f"transaction 0x{tx_hash.hex()} {reason}")
-        return Sent(tx_hash="0x" + tx_hash.hex(), block_number=receipt["blockNumber"], gas_used=receipt["gasUsed"],
-                    contract_address=receipt.get("contractAddress"), logs=tuple(receipt["logs"]))
+        return Sent(
+            tx_hash="0x" + tx_hash.hex(),
+            block_number=receipt["blockNumber"],
+            gas_used=receipt["gasUsed"],
+            contract_address=receipt.get("contractAddress"),
+            logs=tuple(receipt["logs"]),
+        )

@@ -32,8 +32,14 @@ _NONCE_TOO_LOW = ("nonce too low", "nonce is too low", "oldnonce", "nonce has al
 _UNDERPRICED = ("underpriced", "less than block base fee", "fee cap less than", "feetoolow", "gas price too low")
 _RETRY_LATER = ("insufficient funds", "pool is full", "txpool is full", "rate limit", "too many", "try again")
 # Dry-run and gas-estimate errors that condemn the transaction rather than the endpoint.
-_DOOMED_CALL = ("revert", "gas required exceeds", "out of gas", "intrinsic gas", "exceeds block gas limit",
-                "invalid opcode")
+_DOOMED_CALL = (
+    "revert",
+    "gas required exceeds",
+    "out of gas",
+    "intrinsic gas",
+    "exceeds block gas limit",
+    "invalid opcode",
+)
 
 
 class SendOutcome(Enum):

@@ -175,8 +175,17 @@ class TxStore:
 
     # ------------------------------------------------------------------ attempts
 
-    def add_attempt(self, row: sqlite3.Row, nonce: int, raw: bytes, tx_hash: str, gas_limit: int, fees: Fees,
-                    head: int, state: TxState | None = None) -> sqlite3.Row:
+    def add_attempt(
+        self,
+        row: sqlite3.Row,
+        nonce: int,
+        raw: bytes,
+        tx_hash: str,
+        gas_limit: int,
+        fees: Fees,
+        head: int,
+        state: TxState | None = None,
+    ) -> sqlite3.Row:
         """Stores a signed attempt, with the transaction's new `state` and `nonce` when a state is given, in one
         commit; returns the attempt's row."""
         now = time.time()
@@ -187,8 +196,10 @@ class TxStore:
                 (row["id"], nonce, tx_hash, raw, gas_limit, fees.max_fee, fees.tip, head, now),
             )
             if state is not None:
-                db.execute("UPDATE tx SET state = ?, nonce = ?, error = NULL, updated_at = ? WHERE id = ?",
-                           (state.value, nonce, now, row["id"]))
+                db.execute(
+                    "UPDATE tx SET state = ?, nonce = ?, error = NULL, updated_at = ? WHERE id = ?",
+                    (state.value, nonce, now, row["id"]),
+                )
         return self.attempt(tx_hash)
 
     def attempt(self, tx_hash: str) -> sqlite3.Row | None:
@@ -196,8 +207,9 @@ class TxStore:
 
     def attempts(self, row: sqlite3.Row) -> list[sqlite3.Row]:
         """The attempts signed for the transaction's current nonce, oldest first."""
-        return self._db.execute("SELECT * FROM tx_attempt WHERE tx_id = ? AND nonce = ? ORDER BY id",
-                                (row["id"], row["nonce"])).fetchall()
+        return self._db.execute(
+            "SELECT * FROM tx_attempt WHERE tx_id = ? AND nonce = ? ORDER BY id", (row["id"], row["nonce"])
+        ).fetchall()
 
     def latest_attempt(self, row: sqlite3.Row) -> sqlite3.Row:
         return self.attempts(row)[-1]
@@ -213,8 +225,13 @@ class TxStore:
         ).fetchall()
         return [
             TxAttempt(
-                hash=r["hash"], nonce=r["nonce"], gas_limit=r["gas_limit"], max_fee_per_gas=r["max_fee"],
-                max_priority_fee_per_gas=r["tip"], sent_block=r["sent_block"], created_at=_datetime(r["created_at"]),
+                hash=r["hash"],
+                nonce=r["nonce"],
+                gas_limit=r["gas_limit"],
+                max_fee_per_gas=r["max_fee"],
+                max_priority_fee_per_gas=r["tip"],
+                sent_block=r["sent_block"],
+                created_at=_datetime(r["created_at"]),
             )
             for r in rows
         ]

@@ -37,10 +37,17 @@ class StakeModel:
 
     def as_dict(self):
         """`getProvider` without the agent key, by field name."""
-        return {"staked": self.staked, "locked": self.locked, "unbonding": self.unbonding,
-                "unbondingEndsAt": self.unbonding_ends_at, "rentalsCompleted": self.rentals_completed,
-                "slashes": self.slashes, "declines": self.declines, "secondsDelivered": self.seconds_delivered,
-                "secondsMissed": self.seconds_missed}
+        return {
+            "staked": self.staked,
+            "locked": self.locked,
+            "unbonding": self.unbonding,
+            "unbondingEndsAt": self.unbonding_ends_at,
+            "rentalsCompleted": self.rentals_completed,
+            "slashes": self.slashes,
+            "declines": self.declines,
+            "secondsDelivered": self.seconds_delivered,
+            "secondsMissed": self.seconds_missed,
+        }
 
 
 @dataclass
@@ -77,9 +84,17 @@ class RentalModel:
 
     def as_dict(self):
         """What `getRental` returns for it, by return value name."""
-        return {"status": self.status, "renter": self.renter.address, "pricePerSecond": self.price,
-                "duration": self.duration, "since": self.since, "lastSeq": self.seq,
-                "reportedSeconds": self.reported, "deliveredSeconds": self.delivered, "earned": self.earned}
+        return {
+            "status": self.status,
+            "renter": self.renter.address,
+            "pricePerSecond": self.price,
+            "duration": self.duration,
+            "since": self.since,
+            "lastSeq": self.seq,
+            "reportedSeconds": self.reported,
+            "deliveredSeconds": self.delivered,
+            "earned": self.earned,
+        }
 
 
 @dataclass
@@ -167,8 +182,9 @@ class ExchangeModel:
     def open_rental(self, offer, renter, duration):
         """Locks the offer's collateral and takes the deposit; returns the new rental."""
         offer.nonce += 1
-        offer.rental = RentalModel(offer.rental_id(offer.nonce), renter, offer.price, duration, self.now,
-                                   offer.util_floor_bps, self.fee_bps)
+        offer.rental = RentalModel(
+            offer.rental_id(offer.nonce), renter, offer.price, duration, self.now, offer.util_floor_bps, self.fee_bps
+        )
         self.stakes[offer.provider.address].locked += offer.collateral
         self.wallets[renter.address] -= offer.rental.deposit
         return offer.rental
@@ -212,8 +228,14 @@ class ExchangeModel:
         else:
             reason = SlashReason.START_TIMEOUT if status == RentalStatus.TIMED_OUT else SlashReason.SLA_BREACH
         return {
-            "rentalId": rental.rental_id, "status": status, "providerPayout": rental.earned - fee, "fee": fee,
-            "refund": refund, "deliveredSeconds": rental.delivered, "missedSeconds": missed, "slashed": slashed,
+            "rentalId": rental.rental_id,
+            "status": status,
+            "providerPayout": rental.earned - fee,
+            "fee": fee,
+            "refund": refund,
+            "deliveredSeconds": rental.delivered,
+            "missedSeconds": missed,
+            "slashed": slashed,
             "slashReason": reason,
         }
 
@@ -256,5 +278,6 @@ class ExchangeModel:
 
     def locked_collateral(self, provider):
         """The collateral of the provider's live rentals."""
-        return sum(o.collateral for o in self.offers if o.provider == provider and o.rental is not None
-                   and o.rental.live)
+        return sum(
+            o.collateral for o in self.offers if o.provider == provider and o.rental is not None and o.rental.live
+        )

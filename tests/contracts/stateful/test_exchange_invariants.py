@@ -136,8 +136,9 @@ def read_batch(calls):
 
 
 @pytest.fixture(scope="module")
-def exchange(accounts, token, registry, escrow, deployer, treasury, provider, provider2, renter, renter2,
-             agent, stranger, params):
+def exchange(
+    accounts, token, registry, escrow, deployer, treasury, provider, provider2, renter, renter2, agent, stranger, params
+):
     """Funds a third provider and renter, stakes INITIAL_STAKE, sets provider 0's agent key, lists OFFERS."""
     assert params == PARAMS
     providers = (provider, provider2, accounts[ACCOUNTS["provider3"]])
@@ -155,11 +156,30 @@ def exchange(accounts, token, registry, escrow, deployer, treasury, provider, pr
     for index, gpus, price, util_floor_bps, min_duration, max_duration, egress in OFFERS:
         hashes = new_gpu_hashes(gpus)
         registry.registerGpus(hashes, {"from": providers[index]})
-        terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, price, min_duration, max_duration,
-                 b"eu-west".ljust(16, b"\0"), util_floor_bps, egress, hashes)
+        terms = (
+            b"H100-80GB".ljust(32, b"\0"),
+            81_559,
+            price,
+            min_duration,
+            max_duration,
+            b"eu-west".ljust(16, b"\0"),
+            util_floor_bps,
+            egress,
+            hashes,
+        )
         offer_ids.append(registry.createOffer(terms, {"from": providers[index]}).events["OfferCreated"]["offerId"])
-    return dict(token=token, registry=registry, escrow=escrow, deployer=deployer, treasury=treasury,
-                providers=providers, renters=renters, agent=agent, stranger=stranger, offer_ids=offer_ids)
+    return dict(
+        token=token,
+        registry=registry,
+        escrow=escrow,
+        deployer=deployer,
+        treasury=treasury,
+        providers=providers,
+        renters=renters,
+        agent=agent,
+        stranger=stranger,
+        offer_ids=offer_ids,
+    )
 
 
 class ExchangeStateMachine:
@@ -173,7 +193,8 @@ class ExchangeStateMachine:
     st_unstake_percent = st.integers(0, 110)  # above 100: more than the free stake
     st_initial_rentals = st.lists(
         st.tuples(st.integers(0, 2), st.integers(0, len(OFFERS) - 1), st.integers(0, 100), st.booleans()),
-        min_size=1, max_size=3,
+        min_size=1,
+        max_size=3,
     )
     st_duration = st.one_of(st.integers(60, 2_000), st.integers(1, 8_000))
     st_max_price = st.sampled_from(["price", "below", "any"])
@@ -191,10 +212,22 @@ class ExchangeStateMachine:
     st_report_status = st.sampled_from([ReportStatus.RUNNING] * 6 + [ReportStatus.COMPLETED, ReportStatus.FAILED])
     st_stale_slot = st.sampled_from([None, None, "first", "last"])
     st_signers = st.sampled_from([list(p) for n in (2, 3) for p in itertools.permutations(range(3), n)])
-    st_batch_flaw = st.sampled_from([
-        "seq", "utilisation", "status", "future_end", "end_not_after_last", "over_delivered",
-        "empty", "one_signature", "no_signature", "duplicate_signer", "outsider_signer", "old_oracle_set",
-    ])
+    st_batch_flaw = st.sampled_from(
+        [
+            "seq",
+            "utilisation",
+            "status",
+            "future_end",
+            "end_not_after_last",
+            "over_delivered",
+            "empty",
+            "one_signature",
+            "no_signature",
+            "duplicate_signer",
+            "outsider_signer",
+            "old_oracle_set",
+        ]
+    )
     st_excess = st.integers(1, 1_000)
     st_fee = st.integers(0, 1_200)
     st_price = st.integers(0, 20_000)
@@ -203,28 +236,39 @@ class ExchangeStateMachine:
         for name, value in exchange.items():
             setattr(cls, name, value)
         cls.accounts = cls.providers + cls.renters + (cls.treasury,)
-        cls.domain = EscrowDomain(chain_id=chain.id, escrow=cls.escrow.address,
-                                  oracle_set_version=cls.escrow.oracleSet()["version"])
+        cls.domain = EscrowDomain(
+            chain_id=chain.id, escrow=cls.escrow.address, oracle_set_version=cls.escrow.oracleSet()["version"]
+        )
         cls.initial_wallets = {a.address: cls.token.balanceOf(a) for a in cls.accounts}
         cls.initial_stakes = {p.address: cls.registry.getProvider(p)["staked"] for p in cls.providers}
         cls.initial_fee_bps = cls.escrow.feeConfig()["feeBps"]
         cls.initial_offers = []
         for offer_id in cls.offer_ids:
             offer = cls.registry.getOffer(offer_id)
-            cls.initial_offers.append(dict(
-                offer_id=offer_id, provider=next(p for p in cls.providers if p == offer["provider"]),
-                collateral=cls.registry.collateralOf(offer_id), price=offer["pricePerSecond"],
-                util_floor_bps=offer["utilFloorBps"], min_duration=offer["minDuration"],
-                max_duration=offer["maxDuration"], egress=offer["egress"],
-            ))
+            cls.initial_offers.append(
+                dict(
+                    offer_id=offer_id,
+                    provider=next(p for p in cls.providers if p == offer["provider"]),
+                    collateral=cls.registry.collateralOf(offer_id),
+                    price=offer["pricePerSecond"],
+                    util_floor_bps=offer["utilFloorBps"],
+                    min_duration=offer["minDuration"],
+                    max_duration=offer["maxDuration"],
+                    egress=offer["egress"],
+                )
+            )
 
     def setup(self):
         self.model = ExchangeModel(
-            params=PARAMS, treasury=self.treasury.address, now=web3.eth.get_block("latest").timestamp,
-            wallets=dict(self.initial_wallets), balances={a.address: 0 for a in self.accounts},
+            params=PARAMS,
+            treasury=self.treasury.address,
+            now=web3.eth.get_block("latest").timestamp,
+            wallets=dict(self.initial_wallets),
+            balances={a.address: 0 for a in self.accounts},
             compensation={a.address: 0 for a in self.accounts},
             stakes={address: StakeModel(staked) for address, staked in self.initial_stakes.items()},
-            offers=[OfferModel(**terms) for terms in self.initial_offers], fee_bps=self.initial_fee_bps,
+            offers=[OfferModel(**terms) for terms in self.initial_offers],
+            fee_bps=self.initial_fee_bps,
         )
         self.settlements = []  # (slashed, collateral) of every settlement, as the chain reported them
         self.seen = {}  # rental id -> (status, seq) at the previous step
@@ -258,8 +302,7 @@ class ExchangeStateMachine:
 
     def _submit(self, reports, signatures):
         """Relays a batch from a stranger: anyone may submit what the oracles signed."""
-        return self._tx(self.escrow.submitReports, [r.as_tuple() for r in reports], signatures,
-                        sender=self.stranger)
+        return self._tx(self.escrow.submitReports, [r.as_tuple() for r in reports], signatures, sender=self.stranger)
 
     def _target(self, index, pick, wanted=is_live):
         """The offer and rental a rule acts on: with WANTED_FIRST a `wanted` rental if there is one, with
@@ -318,8 +361,12 @@ class ExchangeStateMachine:
         if amount == 0:
             self._assert_reverts(error("Registry_ZeroAmount"), self.registry.requestUnstake, 0, sender=provider)
         elif amount > free:
-            self._assert_reverts(error("Registry_InsufficientFreeStake", provider, free, amount),
-                                 self.registry.requestUnstake, amount, sender=provider)
+            self._assert_reverts(
+                error("Registry_InsufficientFreeStake", provider, free, amount),
+                self.registry.requestUnstake,
+                amount,
+                sender=provider,
+            )
         else:
             self._tx(self.registry.requestUnstake, amount, sender=provider)
             self.model.request_unstake(provider, amount)
@@ -328,11 +375,15 @@ class ExchangeStateMachine:
         provider = self._owed_first(self.providers, lambda p: self.model.stakes[p.address].unbonding, index, pick)
         stake = self.model.stakes[provider.address]
         if stake.unbonding == 0:
-            self._assert_reverts(error("Registry_NothingUnbonding", provider), self.registry.withdrawUnstaked,
-                                 sender=provider)
+            self._assert_reverts(
+                error("Registry_NothingUnbonding", provider), self.registry.withdrawUnstaked, sender=provider
+            )
         elif self.model.now < stake.unbonding_ends_at:
-            self._assert_reverts(error("Registry_UnbondingNotOver", provider, stake.unbonding_ends_at),
-                                 self.registry.withdrawUnstaked, sender=provider)
+            self._assert_reverts(
+                error("Registry_UnbondingNotOver", provider, stake.unbonding_ends_at),
+                self.registry.withdrawUnstaked,
+                sender=provider,
+            )
         else:
             self._tx(self.registry.withdrawUnstaked, sender=provider)
             self.model.withdraw_unstaked(provider)
@@ -343,11 +394,17 @@ class ExchangeStateMachine:
         model = self.model.offers[offer]
         sender = model.provider if by_provider else self.stranger
         if not by_provider:
-            self._assert_reverts(error("Registry_NotOfferProvider", model.offer_id, sender),
-                                 self.registry.updateOfferPrice, model.offer_id, price, sender=sender)
+            self._assert_reverts(
+                error("Registry_NotOfferProvider", model.offer_id, sender),
+                self.registry.updateOfferPrice,
+                model.offer_id,
+                price,
+                sender=sender,
+            )
         elif price == 0:
-            self._assert_reverts(error("Registry_InvalidTerms"), self.registry.updateOfferPrice, model.offer_id,
-                                 0, sender=sender)
+            self._assert_reverts(
+                error("Registry_InvalidTerms"), self.registry.updateOfferPrice, model.offer_id, 0, sender=sender
+            )
         else:
             self._tx(self.registry.updateOfferPrice, model.offer_id, price, sender=sender)
             model.price = price
@@ -365,8 +422,12 @@ class ExchangeStateMachine:
 
     def rule_set_fee(self, fee_bps="st_fee"):
         if fee_bps > PARAMS.fee_cap_bps:
-            self._assert_reverts(error("Escrow_FeeAboveCap", fee_bps, PARAMS.fee_cap_bps), self.escrow.setFee,
-                                 fee_bps, sender=self.deployer)
+            self._assert_reverts(
+                error("Escrow_FeeAboveCap", fee_bps, PARAMS.fee_cap_bps),
+                self.escrow.setFee,
+                fee_bps,
+                sender=self.deployer,
+            )
             return
         self._tx(self.escrow.setFee, fee_bps, sender=self.deployer)
         self.model.fee_bps = fee_bps
@@ -382,8 +443,7 @@ class ExchangeStateMachine:
             if start and model.rental is not None and model.rental.status == RentalStatus.OPEN:
                 self._start(model.rental, model.provider)
 
-    def rule_open_rental(self, index="st_index", offer="st_offer", duration="st_duration",
-                         max_price="st_max_price"):
+    def rule_open_rental(self, index="st_index", offer="st_offer", duration="st_duration", max_price="st_max_price"):
         renter = self.renters[index]
         model = self.model.offers[offer]
         stake = self.model.stakes[model.provider.address]
@@ -393,8 +453,9 @@ class ExchangeStateMachine:
         elif not model.active:
             revert = error("Registry_OfferNotActive", model.offer_id)
         elif not model.min_duration <= duration <= model.max_duration:
-            revert = error("Registry_DurationOutOfRange", model.offer_id, duration, model.min_duration,
-                           model.max_duration)
+            revert = error(
+                "Registry_DurationOutOfRange", model.offer_id, duration, model.min_duration, model.max_duration
+            )
         elif model.collateral > stake.free:
             revert = error("Registry_InsufficientFreeStake", model.provider, stake.free, model.collateral)
         elif model.price > limit:
@@ -413,8 +474,12 @@ class ExchangeStateMachine:
     def _before_the_start(self, model, rental_id: int, rental, caller: str):
         """The sender of a `start` or `decline` by `caller`, and the revert the escrow owes it (or None): the
         rental must be open, within its start timeout, and the sender its provider or the provider's agent."""
-        sender = {"provider": model.provider, "agent": self.agent, "renter": self.renters[0],
-                  "stranger": self.stranger}[caller]
+        sender = {
+            "provider": model.provider,
+            "agent": self.agent,
+            "renter": self.renters[0],
+            "stranger": self.stranger,
+        }[caller]
         authorised = sender == model.provider or (sender == self.agent and model.provider == self.providers[0])
         revert = self._inactive_error(rental_id, rental)
         if revert is None and rental.status != RentalStatus.OPEN:
@@ -507,13 +572,27 @@ class ExchangeStateMachine:
             first_period = period // 2
             first_delivered = min(delivered, first_period)
             return [
-                report(rental.rental_id, rental.seq + 1, rental.last_end + first_period, first_delivered, util,
-                       root=TELEMETRY_ROOT),
-                report(rental.rental_id, rental.seq + 2, rental.last_end + period, delivered - first_delivered,
-                       util, status, TELEMETRY_ROOT),
+                report(
+                    rental.rental_id,
+                    rental.seq + 1,
+                    rental.last_end + first_period,
+                    first_delivered,
+                    util,
+                    root=TELEMETRY_ROOT,
+                ),
+                report(
+                    rental.rental_id,
+                    rental.seq + 2,
+                    rental.last_end + period,
+                    delivered - first_delivered,
+                    util,
+                    status,
+                    TELEMETRY_ROOT,
+                ),
             ]
-        return [report(rental.rental_id, rental.seq + 1, rental.last_end + period, delivered, util, status,
-                       TELEMETRY_ROOT)]
+        return [
+            report(rental.rental_id, rental.seq + 1, rental.last_end + period, delivered, util, status, TELEMETRY_ROOT)
+        ]
 
     def _stale_report(self, offer):
         """A report the escrow must skip: of a final or start-timed-out rental, or of an id it does not know."""
@@ -522,10 +601,20 @@ class ExchangeStateMachine:
             return report(offer.unknown_rental_id(), 1, self.model.now, 0), SkipReason.UNKNOWN_RENTAL
         return report(offer.rental.rental_id, offer.rental.seq + 1, self.model.now, 0), reason
 
-    def rule_submit_reports(self, offer="st_offer", pick="st_pick", wait="st_report_wait",
-                            end_percent="st_percent", delivered_percent="st_delivered_percent", util="st_util",
-                            status="st_report_status", split="st_flag", stale_offer="st_offer",
-                            stale_slot="st_stale_slot", signers="st_signers"):
+    def rule_submit_reports(
+        self,
+        offer="st_offer",
+        pick="st_pick",
+        wait="st_report_wait",
+        end_percent="st_percent",
+        delivered_percent="st_delivered_percent",
+        util="st_util",
+        status="st_report_status",
+        split="st_flag",
+        stale_offer="st_offer",
+        stale_slot="st_stale_slot",
+        signers="st_signers",
+    ):
         """A signed batch of valid reports for one rental, sometimes with a report the escrow must skip."""
         if wait:
             self._sleep(wait)
@@ -555,8 +644,11 @@ class ExchangeStateMachine:
             return
 
         tx = self._submit(reports, signatures)
-        skipped = [(e["rentalId"], e["seq"], e["reason"]) for e in tx.events["ReportSkipped"]] \
-            if "ReportSkipped" in tx.events else []
+        skipped = (
+            [(e["rentalId"], e["seq"], e["reason"]) for e in tx.events["ReportSkipped"]]
+            if "ReportSkipped" in tx.events
+            else []
+        )
         assert skipped == [(r.rental_id, r.seq, reason) for r, reason in batch if reason is not None]
         applied = [e["seq"] for e in tx.events["ReportApplied"] if e["rentalId"] == rental_id]
         assert applied == list(range(rental.seq + 1, rental.seq + 1 + len(applied)))
@@ -566,8 +658,7 @@ class ExchangeStateMachine:
                 if settled is not None:
                     self._assert_finalized(model, rental, settled, tx)
 
-    def rule_submit_rejected_batch(self, offer="st_offer", pick="st_pick", flaw="st_batch_flaw",
-                                   excess="st_excess"):
+    def rule_submit_rejected_batch(self, offer="st_offer", pick="st_pick", flaw="st_batch_flaw", excess="st_excess"):
         """A batch with one flaw: a report the escrow must reject, or signatures that must not verify."""
         _, rental_id, rental = self._target(offer, pick)
         seq = rental.seq + 1 if rental else 1
@@ -646,8 +737,9 @@ class ExchangeStateMachine:
         account = self._owed_first(self.accounts, lambda a: self.model.compensation[a.address], index, pick)
         amount = self.model.compensation[account.address]
         if amount == 0:
-            self._assert_reverts(error("Registry_NothingToWithdraw", account), self.registry.withdrawCompensation,
-                                 sender=account)
+            self._assert_reverts(
+                error("Registry_NothingToWithdraw", account), self.registry.withdrawCompensation, sender=account
+            )
             return
         self._tx(self.registry.withdrawCompensation, sender=account)
         self.model.withdraw_compensation(account)
@@ -662,8 +754,14 @@ class ExchangeStateMachine:
         _, _, rental = self._target(offer, WANTED_FIRST)
         if rental is None:
             return
-        at = delta + {"start_timeout": rental.since + PARAMS.start_timeout, "end": rental.end,
-                      "finalizable": rental.end + PARAMS.report_grace}[deadline]
+        at = (
+            delta
+            + {
+                "start_timeout": rental.since + PARAMS.start_timeout,
+                "end": rental.end,
+                "finalizable": rental.end + PARAMS.report_grace,
+            }[deadline]
+        )
         if at > self.model.now:
             self._sleep(at - self.model.now)
 
@@ -726,10 +824,10 @@ class ExchangeStateMachine:
     def invariant_registry_holds_what_it_owes(self):
         """Its token balance is every provider's stake plus the compensation owed to renters, to the unit."""
         view = self._chain()
-        assert view.registry_tokens == sum(p["staked"] for p in view.stakes.values()) \
-            + sum(view.compensation.values())
-        assert view.registry_tokens == sum(s.staked for s in self.model.stakes.values()) \
-            + sum(self.model.compensation.values())
+        assert view.registry_tokens == sum(p["staked"] for p in view.stakes.values()) + sum(view.compensation.values())
+        assert view.registry_tokens == sum(s.staked for s in self.model.stakes.values()) + sum(
+            self.model.compensation.values()
+        )
 
     def invariant_balances_match_model(self):
         view = self._chain()
@@ -758,8 +856,9 @@ class ExchangeStateMachine:
 
     def invariant_rentals_match_model(self):
         view = self._chain()
-        for model, rental, superseded, live_id in zip(self.model.offers, view.rentals, view.superseded,
-                                                      view.live_rental_ids):
+        for model, rental, superseded, live_id in zip(
+            self.model.offers, view.rentals, view.superseded, view.live_rental_ids
+        ):
             if model.rental is None:
                 assert rental["status"] == RentalStatus.NONE
             else:

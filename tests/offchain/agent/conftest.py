@@ -38,14 +38,22 @@ def funded_agent(offer, deployer):
 def gpu_offer(suite, provider, funded_agent):
     """Lists a new offer of the GPUs of `source`, by default of a fresh simulated source of two GPUs."""
 
-    def _gpu_offer(min_duration: int = 60, source: TelemetrySource | None = None, egress: bool = False
-                   ) -> ListedOffer:
+    def _gpu_offer(min_duration: int = 60, source: TelemetrySource | None = None, egress: bool = False) -> ListedOffer:
         seed = next(_seeds) if source is None else None
         source = source or SimulatedSource("NVIDIA H100 80GB HBM3", 2, seed=seed)
         hashes = [gpu_uuid_hash(gpu.uuid) for gpu in source.gpus()]
         suite.registry.registerGpus(hashes, {"from": provider})
-        terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, PRICE, min_duration, 86_400, b"eu-west".ljust(16, b"\0"),
-                 10_000, egress, hashes)
+        terms = (
+            b"H100-80GB".ljust(32, b"\0"),
+            81_559,
+            PRICE,
+            min_duration,
+            86_400,
+            b"eu-west".ljust(16, b"\0"),
+            10_000,
+            egress,
+            hashes,
+        )
         return ListedOffer(suite.registry.createOffer(terms, {"from": provider}).return_value, source, seed)
 
     return _gpu_offer
@@ -71,8 +79,9 @@ def agent_settings(chain_settings, provider, tmp_path, job_image):
             retry_initial_seconds=0.1,
             retry_max_seconds=0.5,
             tx_timeout_seconds=20,
-            container=ContainerSettings(default_image=job_image, memory_mib_per_gpu=256, cpus_per_gpu=1,
-                                        pids_limit=128),
+            container=ContainerSettings(
+                default_image=job_image, memory_mib_per_gpu=256, cpus_per_gpu=1, pids_limit=128
+            ),
             keep_jobs_on_exit=False,
             api_port=0,
         )

@@ -30,8 +30,10 @@ def job(script: str, **fields) -> JobSpec:
 
 async def start_oracles(settings, count: int = 2) -> list[RecordingOracle]:
     """Oracle endpoints that check the agent's signature for this deployment and its outbox at `settings.db_path`."""
-    oracles = [RecordingOracle(settings.chain.chain_id, settings.chain.registry, AGENT_ADDRESS,
-                               agent_db=settings.db_path) for _ in range(count)]
+    oracles = [
+        RecordingOracle(settings.chain.chain_id, settings.chain.registry, AGENT_ADDRESS, agent_db=settings.db_path)
+        for _ in range(count)
+    ]
     for oracle in oracles:
         await oracle.start()
     return oracles
@@ -72,8 +74,7 @@ async def agent_with_oracles(settings, source, count: int = 1):
 
 
 async def open_rental(suite, renter, offer_id: int, spec: JobSpec, duration: int = DURATION) -> int:
-    tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, duration, PRICE, spec.spec_hash(),
-                                 {"from": renter})
+    tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, duration, PRICE, spec.spec_hash(), {"from": renter})
     return tx.return_value
 
 
@@ -88,8 +89,9 @@ def final_report(oracle: RecordingOracle, rental_id: int) -> TelemetryReport | N
     return reports[-1] if reports and reports[-1].status is not ReportStatus.RUNNING else None
 
 
-def agent_process(settings, key_file: Path, oracles: list[RecordingOracle], seed: int, **extra: str
-                  ) -> tuple[list[str], dict[str, str]]:
+def agent_process(
+    settings, key_file: Path, oracles: list[RecordingOracle], seed: int, **extra: str
+) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of an agent in its own process (`agent_process.py`), configured from the
     environment as a deployed agent is: `settings`' chain, state and job image, fast timers, and `extra`
     (`GPUEX_AGENT_*` names without the prefix)."""

@@ -19,7 +19,15 @@ def signed_submission(seq: int, rental_id: int = 1, period_seconds: int = 10) ->
     """A report of a made-up rental, always the same for the same arguments, signed by the agent key."""
     start = 1_700_000_000 + (seq - 1) * period_seconds
     report = TelemetryReport(
-        rental_id=rental_id, seq=seq, period_start=start, period_end=start + period_seconds,
-        delivered_seconds=period_seconds, avg_util_bps=9_000, peak_mem_mib=40_000, sample_count=2 * period_seconds,
-        gpu_uuids=UUIDS, telemetry_root=keccak(text=f"{rental_id}/{seq}"))
+        rental_id=rental_id,
+        seq=seq,
+        period_start=start,
+        period_end=start + period_seconds,
+        delivered_seconds=period_seconds,
+        avg_util_bps=9_000,
+        peak_mem_mib=40_000,
+        sample_count=2 * period_seconds,
+        gpu_uuids=UUIDS,
+        telemetry_root=keccak(text=f"{rental_id}/{seq}"),
+    )
     return TelemetrySubmission(report=report, signature=report.sign(AGENT_KEY, CHAIN_ID, REGISTRY))

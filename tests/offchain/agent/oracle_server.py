@@ -73,8 +73,11 @@ class RecordingOracle:
 
     def accepted_reports(self, rental_id: int) -> list[TelemetryReport]:
         """The rental's reports answered 202, in the order they arrived."""
-        return [a.submission.report for a in self.answers
-                if a.status == 202 and a.submission is not None and a.submission.report.rental_id == rental_id]
+        return [
+            a.submission.report
+            for a in self.answers
+            if a.status == 202 and a.submission is not None and a.submission.report.rental_id == rental_id
+        ]
 
     def statuses(self) -> list[int]:
         return [a.status for a in self.answers]
@@ -116,8 +119,13 @@ class RecordingOracle:
                 return 409, submission, OracleError(error=RejectReason.SEQ_GAP, detail=f"seq {report.seq - 1} first")
             last = TelemetrySubmission.model_validate_json(previous).report
             if report.period_start != last.period_end:
-                return 409, submission, OracleError(error=RejectReason.PERIOD_DISCONTINUOUS,
-                                                    detail=f"last period ended at {last.period_end}")
+                return (
+                    409,
+                    submission,
+                    OracleError(
+                        error=RejectReason.PERIOD_DISCONTINUOUS, detail=f"last period ended at {last.period_end}"
+                    ),
+                )
         self.accepted[key] = body
         return 202, submission, TelemetryAck(rental_id=report.rental_id, seq=report.seq)
 
@@ -126,11 +134,13 @@ class RecordingOracle:
             return
         db = sqlite3.connect(f"file:{self.agent_db}?mode=ro", uri=True, timeout=10.0)
         try:
-            stored = db.execute("SELECT 1 FROM outbox_reports WHERE rental_id = ? AND seq = ?",
-                                (str(report.rental_id), report.seq)).fetchone()
+            stored = db.execute(
+                "SELECT 1 FROM outbox_reports WHERE rental_id = ? AND seq = ?", (str(report.rental_id), report.seq)
+            ).fetchone()
             delivery = db.execute(
                 "SELECT state FROM outbox_deliveries WHERE rental_id = ? AND seq = ? AND oracle = ?",
-                (str(report.rental_id), report.seq, normalize_oracle_url(self.url))).fetchone()
+                (str(report.rental_id), report.seq, normalize_oracle_url(self.url)),
+            ).fetchone()
         finally:
             db.close()
         if stored is None:

@@ -18,8 +18,8 @@ from eth_utils import keccak
 
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
-from offchain.protocol.renterapi import Action, LogEnd, LogEntry, seal, sign_request
 from offchain.market.renterclient import RenterApiError, RenterClient, extract_results
+from offchain.protocol.renterapi import Action, LogEnd, LogEntry, seal, sign_request
 from tests.offchain.agent.harness import (
     agent_process,
     agent_with_oracles,
@@ -42,7 +42,8 @@ INTERACTIVE = job(
     "mkdir -p out; printf %s \"$HF_TOKEN\" | sha256sum | cut -d' ' -f1 > out/token.sha256; "
     "head -c 300000 /dev/zero > out/weights.bin; echo to stderr >&2; "
     "while [ ! -e /workspace/stop ]; do sleep 0.1; done; echo stopped",
-    secret_env=("HF_TOKEN",))
+    secret_env=("HF_TOKEN",),
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +60,17 @@ def renters(suite, token, deployer, offer, accounts):
 
 
 def client_for(settings, port: int, key: str) -> RenterClient:
-    return RenterClient(f"http://127.0.0.1:{port}", settings.chain.chain_id, settings.chain.escrow, key,
-                        agent=Account.from_key(AGENT_KEY).address)
+    return RenterClient(
+        f"http://127.0.0.1:{port}",
+        settings.chain.chain_id,
+        settings.chain.escrow,
+        key,
+        agent=Account.from_key(AGENT_KEY).address,
+    )
 
 
 async def open_rental(suite, renter, offer_id: int, spec: JobSpec) -> int:
-    tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, DURATION, PRICE, spec.spec_hash(),
-                                 {"from": renter})
+    tx = await asyncio.to_thread(suite.escrow.openRental, offer_id, DURATION, PRICE, spec.spec_hash(), {"from": renter})
     return tx.return_value
 
 
@@ -86,8 +91,9 @@ async def shell_says(client: RenterClient, rental_id: int, command: str, expect:
     return seen
 
 
-async def logs_of(client: RenterClient, rental_id: int, offset: int = 0, follow: bool = False
-                  ) -> tuple[list[LogEntry], LogEnd | None]:
+async def logs_of(
+    client: RenterClient, rental_id: int, offset: int = 0, follow: bool = False
+) -> tuple[list[LogEntry], LogEnd | None]:
     entries, end = [], None
     async for item in client.logs(rental_id, offset=offset, follow=follow):
         if isinstance(item, LogEnd):
@@ -125,11 +131,13 @@ def test_every_bad_request_is_refused_with_a_reason_and_changes_nothing(suite, r
 
             good = body_of(spec, {"HF_TOKEN": SECRET})
 
-            def signed(key: str, action: Action = Action.SPEC, body: bytes = good, rental_id: int = rental,
-                       **kwargs) -> dict[str, str]:
+            def signed(
+                key: str, action: Action = Action.SPEC, body: bytes = good, rental_id: int = rental, **kwargs
+            ) -> dict[str, str]:
                 return sign_request(key, chain.chain_id, chain.escrow, rental_id, action, body, **kwargs)
 
             async with aiohttp.ClientSession() as http:
+
                 async def put(headers: dict[str, str], body: bytes = good, where: str = url) -> tuple[int, dict]:
                     async with http.put(f"{where}/spec", data=body, headers=headers) as response:
                         return response.status, await response.json()
@@ -143,13 +151,16 @@ def test_every_bad_request_is_refused_with_a_reason_and_changes_nothing(suite, r
                     "signed for another rental": await put(signed(RENTER_KEY, rental_id=rental + 1)),
                     "signed for another action": await put(signed(RENTER_KEY, action=Action.LOGS)),
                     "body changed after signing": await put(signed(RENTER_KEY), body=body_of(spec, {"HF_TOKEN": "x"})),
-                    "unknown rental": await put(signed(RENTER_KEY, rental_id=7_777),
-                                                where=url.rsplit("/", 1)[0] + "/7777"),
-                    "spec of another hash": await put(signed(RENTER_KEY, body=body_of(other_spec)),
-                                                      body=body_of(other_spec)),
+                    "unknown rental": await put(
+                        signed(RENTER_KEY, rental_id=7_777), where=url.rsplit("/", 1)[0] + "/7777"
+                    ),
+                    "spec of another hash": await put(
+                        signed(RENTER_KEY, body=body_of(other_spec)), body=body_of(other_spec)
+                    ),
                     "secret missing": await put(signed(RENTER_KEY, body=body_of(spec)), body=body_of(spec)),
                     "secret not sealed to the agent": await put(
-                        signed(RENTER_KEY, body=(b := good.replace(b'"0x', b'"0x00', 1))), body=b),
+                        signed(RENTER_KEY, body=(b := good.replace(b'"0x', b'"0x00', 1))), body=b
+                    ),
                     "not json": await put(signed(RENTER_KEY, body=b"{"), body=b"{"),
                 }
                 replay = signed(RENTER_KEY, action=Action.STATUS, body=b"")
@@ -167,12 +178,19 @@ def test_every_bad_request_is_refused_with_a_reason_and_changes_nothing(suite, r
     answers, first_status, stored_before, secrets_before, phase_before, accepted = asyncio.run(main())
 
     expected = {
-        "unsigned": (401, "unsigned"), "expired": (401, "expired"), "too far ahead": (401, "expired"),
-        "garbage signature": (401, "bad_signature"), "other renter": (403, "not_renter"),
-        "signed for another rental": (403, "not_renter"), "signed for another action": (403, "not_renter"),
-        "body changed after signing": (403, "not_renter"), "unknown rental": (404, "unknown_rental"),
-        "spec of another hash": (422, "spec_hash_mismatch"), "secret missing": (422, "secrets_mismatch"),
-        "secret not sealed to the agent": (422, "secrets_mismatch"), "not json": (422, "invalid_body"),
+        "unsigned": (401, "unsigned"),
+        "expired": (401, "expired"),
+        "too far ahead": (401, "expired"),
+        "garbage signature": (401, "bad_signature"),
+        "other renter": (403, "not_renter"),
+        "signed for another rental": (403, "not_renter"),
+        "signed for another action": (403, "not_renter"),
+        "body changed after signing": (403, "not_renter"),
+        "unknown rental": (404, "unknown_rental"),
+        "spec of another hash": (422, "spec_hash_mismatch"),
+        "secret missing": (422, "secrets_mismatch"),
+        "secret not sealed to the agent": (422, "secrets_mismatch"),
+        "not json": (422, "invalid_body"),
         "replayed": (401, "replayed"),
     }
     assert {what: (status, body["error"]) for what, (status, body) in answers.items()} == expected
@@ -186,7 +204,8 @@ def test_every_bad_request_is_refused_with_a_reason_and_changes_nothing(suite, r
 
 
 def test_the_renter_uploads_a_spec_with_a_secret_then_reads_logs_results_and_a_shell(
-        suite, renters, gpu_offer, agent_settings, caplog, tmp_path):
+    suite, renters, gpu_offer, agent_settings, caplog, tmp_path
+):
     caplog.set_level("DEBUG")
     renter, stranger = renters
     listed = gpu_offer()
@@ -197,8 +216,10 @@ def test_the_renter_uploads_a_spec_with_a_secret_then_reads_logs_results_and_a_s
             port = agent.api.port
             rental = await open_rental(suite, renter, listed.offer_id, INTERACTIVE)
             await until(lambda: agent.book.get(rental) is not None, 20, "the agent to see the rental")
-            async with client_for(settings, port, RENTER_KEY) as client, \
-                    client_for(settings, port, STRANGER_KEY) as intruder:
+            async with (
+                client_for(settings, port, RENTER_KEY) as client,
+                client_for(settings, port, STRANGER_KEY) as intruder,
+            ):
                 await client.upload_spec(rental, INTERACTIVE, {"HF_TOKEN": SECRET})
                 following = asyncio.create_task(logs_of(client, rental, follow=True))
                 await until(lambda: agent.book.get(rental).container is not None, 30, "the container")
@@ -207,16 +228,18 @@ def test_the_renter_uploads_a_spec_with_a_secret_then_reads_logs_results_and_a_s
                     await asyncio.sleep(0.1)
                     first, _ = await logs_of(client, rental)
                 refused = {}
-                for what, call in (("status", intruder.status(rental)), ("logs", logs_of(intruder, rental)),
-                                   ("results", intruder.download_results(rental, tmp_path / "stolen.tar")),
-                                   ("shell", intruder.shell(rental, 24, 80))):
+                for what, call in (
+                    ("status", intruder.status(rental)),
+                    ("logs", logs_of(intruder, rental)),
+                    ("results", intruder.download_results(rental, tmp_path / "stolen.tar")),
+                    ("shell", intruder.shell(rental, 24, 80)),
+                ):
                     try:
                         await call
                     except RenterApiError as exc:
                         refused[what] = exc.status
                 running = await client.status(rental)
-                seen = await shell_says(client, rental, "echo $((6*7)) $(id -u); touch /workspace/stop\n",
-                                        b"42 65534")
+                seen = await shell_says(client, rental, "echo $((6*7)) $(id -u); touch /workspace/stop\n", b"42 65534")
                 entries, end = await asyncio.wait_for(following, 30)
                 resumed, resumed_end = await logs_of(client, rental, offset=entries[LINES // 2].offset)
                 await until(lambda: final_report(oracles[0], rental) is not None, 30, "the completion report")
@@ -232,8 +255,11 @@ def test_the_renter_uploads_a_spec_with_a_secret_then_reads_logs_results_and_a_s
     assert stdout_lines(resumed) == [f"line {i}" for i in range(LINES // 2 + 1, LINES)] + ["stopped"]
     assert resumed_end.offset == end.offset
     assert refused == {"status": 403, "logs": 403, "results": 403, "shell": 403}
-    assert (running.container.state, running.image, running.spec_received) == ("running", "localhost/gpuex/job:busybox",
-                                                                               True)
+    assert (running.container.state, running.image, running.spec_received) == (
+        "running",
+        "localhost/gpuex/job:busybox",
+        True,
+    )
     assert running.isolation == "container" and len(running.gpus) == 2
     assert b"42 65534" in seen
     report = final_report(oracle, rental)
@@ -253,8 +279,7 @@ def test_the_renter_uploads_a_spec_with_a_secret_then_reads_logs_results_and_a_s
     assert not (settings.rentals_dir / str(rental) / "secrets.json").exists(), "sealed values go with the rental"
 
 
-def test_a_spec_that_asks_for_secrets_waits_for_them_and_is_declined_without(suite, renters, gpu_offer,
-                                                                            agent_settings):
+def test_a_spec_that_asks_for_secrets_waits_for_them_and_is_declined_without(suite, renters, gpu_offer, agent_settings):
     """The spec body alone (from the spec folder) is not enough: without its sealed values the job cannot start,
     and the rental is declined at the end of the spec wait."""
     renter, _ = renters
@@ -283,8 +308,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_after_a_kill_9_logs_are_whole_results_match_and_a_new_shell_works(suite, renters, gpu_offer,
-                                                                          agent_settings, tmp_path):
+def test_after_a_kill_9_logs_are_whole_results_match_and_a_new_shell_works(
+    suite, renters, gpu_offer, agent_settings, tmp_path
+):
     renter, _ = renters
     listed = gpu_offer()
     settings = agent_settings([], spec_wait_seconds=120)
@@ -292,9 +318,11 @@ def test_after_a_kill_9_logs_are_whole_results_match_and_a_new_shell_works(suite
     key_file.write_text(AGENT_KEY.hex())
     port = free_port()
     lines = 40
-    spec = job(f"i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep 0.1; done; "
-               "mkdir -p out; echo result > out/answer.txt; "
-               "while [ ! -e /workspace/stop ]; do sleep 0.1; done")
+    spec = job(
+        f"i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep 0.1; done; "
+        "mkdir -p out; echo result > out/answer.txt; "
+        "while [ ! -e /workspace/stop ]; do sleep 0.1; done"
+    )
 
     async def main():
         oracles = await start_oracles(settings, count=1)

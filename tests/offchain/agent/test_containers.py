@@ -28,10 +28,20 @@ UUIDS = ("GPU-aaaaaaaa-0000-4000-8000-000000000001", "GPU-aaaaaaaa-0000-4000-800
 
 
 def plan(tmp_path: Path, **changes) -> ContainerPlan:
-    values = dict(name="gpuex-7-abc", image="ghcr.io/acme/train:1.0", argv=("python", "train.py", "--epochs", "3"),
-                  workspace=tmp_path / "work", working_dir="src", env_file=tmp_path / "job.env",
-                  log_path=tmp_path / "container.log", gpu_uuids=UUIDS, memory_mib=2048, cpus=1.5, egress=False,
-                  labels=labels("0xAgent", 7))
+    values = dict(
+        name="gpuex-7-abc",
+        image="ghcr.io/acme/train:1.0",
+        argv=("python", "train.py", "--epochs", "3"),
+        workspace=tmp_path / "work",
+        working_dir="src",
+        env_file=tmp_path / "job.env",
+        log_path=tmp_path / "container.log",
+        gpu_uuids=UUIDS,
+        memory_mib=2048,
+        cpus=1.5,
+        egress=False,
+        labels=labels("0xAgent", 7),
+    )
     return ContainerPlan(**{**values, **changes})
 
 
@@ -39,28 +49,78 @@ def test_podman_command_line(tmp_path):
     argv = run_argv(ContainerSettings(), plan(tmp_path))
 
     assert argv == [
-        "podman", "run", "--detach", "--init", "--name", "gpuex-7-abc",
-        "--label", "gpuex.agent=0xAgent", "--label", "gpuex.rental=7",
-        "--user", "65534:65534", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=1024m", "--shm-size", "1024m",
-        "--memory", "2048m", "--memory-swap", "2048m", "--cpus", "1.5", "--pids-limit", "1024",
-        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-        "--volume", f"{tmp_path / 'work'}:/workspace:rw", "--workdir", "/workspace/src",
-        "--env-file", str(tmp_path / "job.env"), "--hostname", "gpuex-job", "--pull", "never", "--entrypoint", "",
-        "--read-only-tmpfs=false", "--log-driver", "k8s-file", "--log-opt", f"path={tmp_path / 'container.log'}",
-        "--network", "none",
-        "--device", f"nvidia.com/gpu={UUIDS[0]}", "--device", f"nvidia.com/gpu={UUIDS[1]}",
-        "ghcr.io/acme/train:1.0", "python", "train.py", "--epochs", "3",
+        "podman",
+        "run",
+        "--detach",
+        "--init",
+        "--name",
+        "gpuex-7-abc",
+        "--label",
+        "gpuex.agent=0xAgent",
+        "--label",
+        "gpuex.rental=7",
+        "--user",
+        "65534:65534",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,nosuid,nodev,size=1024m",
+        "--shm-size",
+        "1024m",
+        "--memory",
+        "2048m",
+        "--memory-swap",
+        "2048m",
+        "--cpus",
+        "1.5",
+        "--pids-limit",
+        "1024",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--volume",
+        f"{tmp_path / 'work'}:/workspace:rw",
+        "--workdir",
+        "/workspace/src",
+        "--env-file",
+        str(tmp_path / "job.env"),
+        "--hostname",
+        "gpuex-job",
+        "--pull",
+        "never",
+        "--entrypoint",
+        "",
+        "--read-only-tmpfs=false",
+        "--log-driver",
+        "k8s-file",
+        "--log-opt",
+        f"path={tmp_path / 'container.log'}",
+        "--network",
+        "none",
+        "--device",
+        f"nvidia.com/gpu={UUIDS[0]}",
+        "--device",
+        f"nvidia.com/gpu={UUIDS[1]}",
+        "ghcr.io/acme/train:1.0",
+        "python",
+        "train.py",
+        "--epochs",
+        "3",
     ]
 
 
 def test_docker_command_line_exposes_the_gpus_by_uuid_and_keeps_a_json_log(tmp_path):
-    argv = run_argv(ContainerSettings(engine=ContainerEngine.DOCKER, global_args=("--context", "gpu")),
-                    plan(tmp_path, egress=True))
+    argv = run_argv(
+        ContainerSettings(engine=ContainerEngine.DOCKER, global_args=("--context", "gpu")), plan(tmp_path, egress=True)
+    )
 
     assert argv[:3] == ["docker", "--context", "gpu"]
     assert argv[argv.index("--gpus") + 1] == f'"device={UUIDS[0]},{UUIDS[1]}"'
-    assert ["--log-driver", "json-file"] == argv[argv.index("--log-driver"):argv.index("--log-driver") + 2]
+    assert ["--log-driver", "json-file"] == argv[argv.index("--log-driver") : argv.index("--log-driver") + 2]
     assert "--network" not in argv, "egress: the engine's default network"
     assert "--read-only-tmpfs=false" not in argv and "--device" not in argv
 
@@ -108,17 +168,24 @@ def test_engine_timestamps():
 
 def test_k8s_log_partial_lines_and_resuming_from_an_offset(tmp_path):
     log = tmp_path / "container.log"
-    log.write_bytes(b"2026-12-04T15:09:53.7+00:00 stdout F out1\n"
-                    b"2026-12-04T15:09:53.7+00:00 stdout P part\n"
-                    b"2026-12-04T15:09:53.8+00:00 stderr F err 1\n"
-                    b"2026-12-04T15:09:54.7+00:00 stdout F ial\n"
-                    b"2026-12-04T15:09:54.8+00:00 stdout F \n"
-                    b"2026-12-04T15:09:54.9+00:00 stdout F not yet whole")
+    log.write_bytes(
+        b"2026-12-04T15:09:53.7+00:00 stdout F out1\n"
+        b"2026-12-04T15:09:53.7+00:00 stdout P part\n"
+        b"2026-12-04T15:09:53.8+00:00 stderr F err 1\n"
+        b"2026-12-04T15:09:54.7+00:00 stdout F ial\n"
+        b"2026-12-04T15:09:54.8+00:00 stdout F \n"
+        b"2026-12-04T15:09:54.9+00:00 stdout F not yet whole"
+    )
 
     chunks, offset = read_chunks(log, LogFormat.K8S_FILE)
 
     assert [(c.stream, c.data) for c in chunks] == [
-        ("stdout", b"out1\n"), ("stdout", b"part"), ("stderr", b"err 1\n"), ("stdout", b"ial\n"), ("stdout", b"\n")]
+        ("stdout", b"out1\n"),
+        ("stdout", b"part"),
+        ("stderr", b"err 1\n"),
+        ("stdout", b"ial\n"),
+        ("stdout", b"\n"),
+    ]
     with log.open("ab") as stream:
         stream.write(b"\n")
     rest, end = read_chunks(log, LogFormat.K8S_FILE, offset)
@@ -128,14 +195,23 @@ def test_k8s_log_partial_lines_and_resuming_from_an_offset(tmp_path):
 
 def test_docker_json_log(tmp_path):
     log = tmp_path / "container.log"
-    log.write_text("".join(json.dumps(e) + "\n" for e in (
-        {"log": "hello\n", "stream": "stdout", "time": "t1"}, {"log": "no newline", "stream": "stderr", "time": "t2"},
-        {"log": "x", "stream": "other", "time": "t3"})))
+    log.write_text(
+        "".join(
+            json.dumps(e) + "\n"
+            for e in (
+                {"log": "hello\n", "stream": "stdout", "time": "t1"},
+                {"log": "no newline", "stream": "stderr", "time": "t2"},
+                {"log": "x", "stream": "other", "time": "t3"},
+            )
+        )
+    )
 
     chunks, _ = read_chunks(log, LogFormat.JSON_FILE)
 
-    assert [(c.stream, c.data, c.time) for c in chunks] == [("stdout", b"hello\n", "t1"),
-                                                             ("stderr", b"no newline", "t2")]
+    assert [(c.stream, c.data, c.time) for c in chunks] == [
+        ("stdout", b"hello\n", "t1"),
+        ("stderr", b"no newline", "t2"),
+    ]
 
 
 def test_workspace_paths_never_go_through_a_link(tmp_path):

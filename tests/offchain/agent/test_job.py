@@ -28,18 +28,45 @@ OWNER = (SETTINGS.uid, SETTINGS.gid)
 PY = sys.executable
 
 
-def container_job(tmp_path: Path, image: str, script: str, *, env: dict[str, str] | None = None,
-                  output_dir: str = "out", working_dir: str = ".", deadline: float | None = None,
-                  grace: float = 2.0, memory_mib: int = 64, name: str | None = None
-                  ) -> tuple[ContainerJob, RentalFiles]:
+def container_job(
+    tmp_path: Path,
+    image: str,
+    script: str,
+    *,
+    env: dict[str, str] | None = None,
+    output_dir: str = "out",
+    working_dir: str = ".",
+    deadline: float | None = None,
+    grace: float = 2.0,
+    memory_mib: int = 64,
+    name: str | None = None,
+) -> tuple[ContainerJob, RentalFiles]:
     files = RentalFiles(tmp_path / "rental")
     files.prepare(working_dir, OWNER)
     plan = ContainerPlan(
-        name=name or f"gpuex-test-{os.urandom(6).hex()}", image=image, argv=("sh", "-c", script),
-        workspace=files.work, working_dir=working_dir, env_file=files.env_file, log_path=files.container_log,
-        gpu_uuids=(), memory_mib=memory_mib, cpus=1, egress=False, labels=labels("0xtest", 7))
-    job = ContainerJob(Engine(SETTINGS), plan, env or {}, output_dir=output_dir, results=files.results,
-                       deadline=deadline, stop_grace_seconds=grace, timeout_seconds=None if deadline is None else 1)
+        name=name or f"gpuex-test-{os.urandom(6).hex()}",
+        image=image,
+        argv=("sh", "-c", script),
+        workspace=files.work,
+        working_dir=working_dir,
+        env_file=files.env_file,
+        log_path=files.container_log,
+        gpu_uuids=(),
+        memory_mib=memory_mib,
+        cpus=1,
+        egress=False,
+        labels=labels("0xtest", 7),
+    )
+    job = ContainerJob(
+        Engine(SETTINGS),
+        plan,
+        env or {},
+        output_dir=output_dir,
+        results=files.results,
+        deadline=deadline,
+        stop_grace_seconds=grace,
+        timeout_seconds=None if deadline is None else 1,
+    )
     return job, files
 
 
@@ -81,9 +108,13 @@ def test_nonzero_exit_code_is_captured_with_its_reason(tmp_path, job_image):
 
 
 def test_the_output_folder_is_packed_and_its_tar_is_the_digest(tmp_path, job_image):
-    job, files = container_job(tmp_path, job_image,
-                               "mkdir -p out/ckpt && printf weights > out/ckpt/model.bin && echo noise && "
-                               "ln -s /etc/passwd out/passwd && ln -s ckpt out/latest", working_dir="run")
+    job, files = container_job(
+        tmp_path,
+        job_image,
+        "mkdir -p out/ckpt && printf weights > out/ckpt/model.bin && echo noise && "
+        "ln -s /etc/passwd out/passwd && ln -s ckpt out/latest",
+        working_dir="run",
+    )
 
     outcome = run(job)
 
@@ -96,11 +127,14 @@ def test_the_output_folder_is_packed_and_its_tar_is_the_digest(tmp_path, job_ima
     assert {(m.uid, m.gid, m.uname, m.gname) for m in members.values()} == {(0, 0, "", "")}
 
 
-@pytest.mark.parametrize("script", [
-    pytest.param("echo no output folder", id="missing"),
-    pytest.param("ln -s /etc out", id="symlink-out"),
-    pytest.param("printf x > out", id="a-file"),
-])
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param("echo no output folder", id="missing"),
+        pytest.param("ln -s /etc out", id="symlink-out"),
+        pytest.param("printf x > out", id="a-file"),
+    ],
+)
 def test_without_an_output_folder_the_digest_is_of_stdout(tmp_path, job_image, script):
     job, files = container_job(tmp_path, job_image, script)
 
@@ -111,8 +145,12 @@ def test_without_an_output_folder_the_digest_is_of_stdout(tmp_path, job_image, s
 
 
 def test_the_job_gets_its_env_through_a_private_file_that_is_gone_after_the_start(tmp_path, job_image):
-    job, files = container_job(tmp_path, job_image, 'echo "$MODEL|$SPACED|$HOME|$(id -u)"',
-                               env={"MODEL": "llama", "SPACED": " a=b c ", "HOME": "/workspace"})
+    job, files = container_job(
+        tmp_path,
+        job_image,
+        'echo "$MODEL|$SPACED|$HOME|$(id -u)"',
+        env={"MODEL": "llama", "SPACED": " a=b c ", "HOME": "/workspace"},
+    )
     seen: list[int] = []
     engine_run = job.engine.run
 
@@ -137,7 +175,8 @@ def test_the_container_is_hardened(tmp_path, job_image):
         "ls /sys/class/net; "
         "ps -o pid | wc -l; "
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; "
-        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; ulimit -n")
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; ulimit -n"
+    )
     job, files = container_job(tmp_path, job_image, script)
 
     assert run(job).exit_code == 0
@@ -152,8 +191,9 @@ def test_the_container_is_hardened(tmp_path, job_image):
 
 
 def test_stop_sends_sigterm_and_the_job_may_clean_up(tmp_path, job_image):
-    job, files = container_job(tmp_path, job_image,
-                               "trap 'echo cleaned; exit 0' TERM; echo up; while true; do sleep 0.1; done")
+    job, files = container_job(
+        tmp_path, job_image, "trap 'echo cleaned; exit 0' TERM; echo up; while true; do sleep 0.1; done"
+    )
 
     outcome = run(job, stop_after=1.0)
 
@@ -192,8 +232,9 @@ def test_a_job_over_its_memory_limit_is_killed_and_told_why(tmp_path, job_image)
 
 
 def test_a_fork_bomb_is_contained_by_the_pid_limit(tmp_path, job_image):
-    job, files = container_job(tmp_path, job_image,
-                               "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done; echo spawned; exit 0")
+    job, files = container_job(
+        tmp_path, job_image, "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done; echo spawned; exit 0"
+    )
 
     outcome = run(job)
 
@@ -226,8 +267,16 @@ def test_a_restarted_agent_takes_over_the_running_container(tmp_path, job_image)
     async def main() -> JobOutcome:
         await job.start()
         await asyncio.sleep(0.5)
-        again = ContainerJob(job.engine, job.plan, {}, output_dir="out", results=files.results, deadline=None,
-                             stop_grace_seconds=2, timeout_seconds=None)
+        again = ContainerJob(
+            job.engine,
+            job.plan,
+            {},
+            output_dir="out",
+            results=files.results,
+            deadline=None,
+            stop_grace_seconds=2,
+            timeout_seconds=None,
+        )
         await again.attach()
         assert again.host_pid is not None and process_alive(again.host_pid)
         try:
@@ -265,11 +314,19 @@ PARENT_AND_CHILD = (
 )
 
 
-def bare_job(tmp_path: Path, code: str, *, rental_id: int = 7, deadline: float | None = None,
-             grace: float = 2.0, **fields) -> BareProcessJob:
+def bare_job(
+    tmp_path: Path, code: str, *, rental_id: int = 7, deadline: float | None = None, grace: float = 2.0, **fields
+) -> BareProcessJob:
     spec = JobSpec(command=(PY, "-c", code), **fields)
-    return BareProcessJob(spec, RentalFiles(tmp_path / str(rental_id)), rental_id=rental_id, gpu_uuids=UUIDS,
-                          token=new_token(), deadline=deadline, stop_grace_seconds=grace)
+    return BareProcessJob(
+        spec,
+        RentalFiles(tmp_path / str(rental_id)),
+        rental_id=rental_id,
+        gpu_uuids=UUIDS,
+        token=new_token(),
+        deadline=deadline,
+        stop_grace_seconds=grace,
+    )
 
 
 def wait_for_file(path: Path, seconds: float = 10.0) -> str:
@@ -290,9 +347,12 @@ def run_bare(job: BareProcessJob) -> JobOutcome:
 
 
 def test_bare_process_exit_code_digest_and_env(tmp_path):
-    job = bare_job(tmp_path, "import os; print(os.environ['MODEL'], os.environ['CUDA_VISIBLE_DEVICES'], "
-                             "os.environ['GPUEX_RENTAL_ID'], os.getcwd() == os.environ['HOME']); raise SystemExit(3)",
-                   env={"MODEL": "llama"})
+    job = bare_job(
+        tmp_path,
+        "import os; print(os.environ['MODEL'], os.environ['CUDA_VISIBLE_DEVICES'], "
+        "os.environ['GPUEX_RENTAL_ID'], os.getcwd() == os.environ['HOME']); raise SystemExit(3)",
+        env={"MODEL": "llama"},
+    )
 
     outcome = run_bare(job)
 
@@ -318,8 +378,12 @@ def test_bare_process_stop_kills_the_whole_process_group(tmp_path):
 
 
 def test_bare_process_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
-    job = bare_job(tmp_path, "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                             "open('ready', 'w').write('1'); time.sleep(300)", grace=0.5)
+    job = bare_job(
+        tmp_path,
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open('ready', 'w').write('1'); time.sleep(300)",
+        grace=0.5,
+    )
 
     async def main() -> tuple[JobOutcome, float]:
         await job.start()
@@ -342,14 +406,16 @@ def test_bare_process_timeout_counts_as_failure(tmp_path):
 
 
 def test_bare_process_children_left_behind_are_stopped(tmp_path):
-    code = ("import subprocess, sys\n"
-            "subprocess.Popen([sys.executable, '-c', "
-            "\"import os, time; open('orphan.pid', 'w').write(str(os.getpid())); time.sleep(300)\"])\n"
-            "import time\n"
-            "while True:\n"
-            "    try:\n"
-            "        if open('orphan.pid').read(): break\n"
-            "    except FileNotFoundError: time.sleep(0.02)\n")
+    code = (
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', "
+        "\"import os, time; open('orphan.pid', 'w').write(str(os.getpid())); time.sleep(300)\"])\n"
+        "import time\n"
+        "while True:\n"
+        "    try:\n"
+        "        if open('orphan.pid').read(): break\n"
+        "    except FileNotFoundError: time.sleep(0.02)\n"
+    )
     job = bare_job(tmp_path, code)
 
     assert run_bare(job).exit_code == 0
@@ -357,8 +423,10 @@ def test_bare_process_children_left_behind_are_stopped(tmp_path):
 
 
 def test_kill_stale_job_finds_the_processes_by_token_only(tmp_path):
-    job, bystander = bare_job(tmp_path, PARENT_AND_CHILD), bare_job(tmp_path, "import time; time.sleep(300)",
-                                                                    rental_id=8)
+    job, bystander = (
+        bare_job(tmp_path, PARENT_AND_CHILD),
+        bare_job(tmp_path, "import time; time.sleep(300)", rental_id=8),
+    )
 
     async def main() -> int:
         await job.start()
@@ -375,8 +443,15 @@ def test_kill_stale_job_finds_the_processes_by_token_only(tmp_path):
 
 
 def test_bare_process_that_cannot_start_is_reported_not_raised(tmp_path):
-    job = BareProcessJob(JobSpec(command=("/nonexistent/bin/train",)), RentalFiles(tmp_path / "r"), rental_id=1,
-                         gpu_uuids=UUIDS, token=new_token(), deadline=None, stop_grace_seconds=1)
+    job = BareProcessJob(
+        JobSpec(command=("/nonexistent/bin/train",)),
+        RentalFiles(tmp_path / "r"),
+        rental_id=1,
+        gpu_uuids=UUIDS,
+        token=new_token(),
+        deadline=None,
+        stop_grace_seconds=1,
+    )
 
     outcome = run_bare(job)
 

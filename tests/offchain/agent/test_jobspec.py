@@ -12,8 +12,15 @@ from pydantic import ValidationError
 
 from offchain.agent.jobspec import JobResources, JobSpec, JobSpecInvalid, JobSpecMissing, JobSpecStore, parse_spec
 
-SPEC = JobSpec(command=("python", "train.py"), args=("--lr", "3e-4"), env={"WANDB_MODE": "offline"},
-               working_dir="src", timeout_seconds=3600, output_dir="checkpoints", secret_env=("HF_TOKEN",))
+SPEC = JobSpec(
+    command=("python", "train.py"),
+    args=("--lr", "3e-4"),
+    env={"WANDB_MODE": "offline"},
+    working_dir="src",
+    timeout_seconds=3600,
+    output_dir="checkpoints",
+    secret_env=("HF_TOKEN",),
+)
 
 
 def test_canonical_json_is_sorted_compact_and_complete():
@@ -33,18 +40,21 @@ def test_hash_ignores_key_order_and_whitespace_of_the_body():
     assert JobSpec.model_validate_json(shuffled).spec_hash() == SPEC.spec_hash()
 
 
-@pytest.mark.parametrize("change", [
-    {"command": ("python", "eval.py")},
-    {"args": ("--lr", "1e-4")},
-    {"env": {"WANDB_MODE": "online"}},
-    {"working_dir": "."},
-    {"image": "ghcr.io/acme/train:1"},
-    {"timeout_seconds": 3601},
-    {"output_dir": "out"},
-    {"secret_env": ()},
-    {"network": "egress"},
-    {"resources": JobResources(memory_mib=1024)},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"command": ("python", "eval.py")},
+        {"args": ("--lr", "1e-4")},
+        {"env": {"WANDB_MODE": "online"}},
+        {"working_dir": "."},
+        {"image": "ghcr.io/acme/train:1"},
+        {"timeout_seconds": 3601},
+        {"output_dir": "out"},
+        {"secret_env": ()},
+        {"network": "egress"},
+        {"resources": JobResources(memory_mib=1024)},
+    ],
+)
 def test_every_field_changes_the_hash(change):
     assert SPEC.model_copy(update=change).spec_hash() != SPEC.spec_hash()
 
@@ -55,58 +65,70 @@ def test_non_ascii_is_escaped_so_every_language_hashes_the_same_bytes():
     assert b'"grue' not in spec.canonical_json() and b"gr\\u00fc\\u00dfe" in spec.canonical_json()
 
 
-@pytest.mark.parametrize("fields", [
-    {"command": ()},
-    {"command": ("a",), "working_dir": "/etc"},
-    {"command": ("a",), "working_dir": "../other"},
-    {"command": ("a",), "output_dir": "../../secret"},
-    {"command": ("a",), "output_dir": "/etc"},
-    {"command": ("a",), "env": {"BAD-NAME": "x"}},
-    {"command": ("a",), "timeout_seconds": 0},
-    {"command": ("a",), "unknown": 1},
-    {"command": ("",)},
-    {"command": ("a\x00b",)},
-    {"command": ("a",), "args": ("x" * 8193,)},
-    {"command": ("a",), "args": ("x",) * 256},
-    {"command": ("a",), "working_dir": "x" * 300},
-    {"command": ("a",), "working_dir": "/".join(["abc"] * 300)},
-    {"command": ("a",), "working_dir": "a\x00b"},
-    {"command": ("a",), "output_dir": "r" * 256},
-    {"command": ("a",), "secret_env": ("LD_PRELOAD",)},
-    {"command": ("a",), "secret_env": ("A", "A")},
-    {"command": ("a",), "secret_env": ("A",), "env": {"A": "1"}},
-    {"command": ("a",), "secret_env": tuple(f"S{i}" for i in range(33))},
-    {"command": ("a",), "env": {"LD_PRELOAD": "/workspace/evil.so"}},
-    {"command": ("a",), "env": {"ld_library_path": "/x"}},
-    {"command": ("a",), "env": {"NVIDIA_VISIBLE_DEVICES": "all"}},
-    {"command": ("a",), "env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}},
-    {"command": ("a",), "env": {"CONTAINERS_CONF": "/x"}},
-    {"command": ("a",), "env": {"DOCKER_HOST": "tcp://x"}},
-    {"command": ("a",), "env": {"GPUEX_RENTAL_ID": "1"}},
-    {"command": ("a",), "env": {"OK": "line\nLD_PRELOAD=/x.so"}},
-    {"command": ("a",), "env": {"OK": "nul\x00"}},
-    {"command": ("a",), "env": {"OK": "x" * 40_000}},
-    {"command": ("a",), "env": {f"V{i}": "x" for i in range(129)}},
-    {"command": ("a",), "image": "--privileged"},
-    {"command": ("a",), "image": "-v=/:/host"},
-    {"command": ("a",), "image": "Ubuntu"},
-    {"command": ("a",), "image": "busybox@sha256:abc"},
-    {"command": ("a",), "image": "a" * 256},
-    {"command": ("a",), "timeout_seconds": 40 * 86_400},
-    {"command": ("a",), "network": "host"},
-    {"command": ("a",), "resources": {"memory_mib": 1}},
-    {"command": ("a",), "resources": {"cpus": 0}},
-    {"command": ("a",), "resources": {"gpus": 8}},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"command": ()},
+        {"command": ("a",), "working_dir": "/etc"},
+        {"command": ("a",), "working_dir": "../other"},
+        {"command": ("a",), "output_dir": "../../secret"},
+        {"command": ("a",), "output_dir": "/etc"},
+        {"command": ("a",), "env": {"BAD-NAME": "x"}},
+        {"command": ("a",), "timeout_seconds": 0},
+        {"command": ("a",), "unknown": 1},
+        {"command": ("",)},
+        {"command": ("a\x00b",)},
+        {"command": ("a",), "args": ("x" * 8193,)},
+        {"command": ("a",), "args": ("x",) * 256},
+        {"command": ("a",), "working_dir": "x" * 300},
+        {"command": ("a",), "working_dir": "/".join(["abc"] * 300)},
+        {"command": ("a",), "working_dir": "a\x00b"},
+        {"command": ("a",), "output_dir": "r" * 256},
+        {"command": ("a",), "secret_env": ("LD_PRELOAD",)},
+        {"command": ("a",), "secret_env": ("A", "A")},
+        {"command": ("a",), "secret_env": ("A",), "env": {"A": "1"}},
+        {"command": ("a",), "secret_env": tuple(f"S{i}" for i in range(33))},
+        {"command": ("a",), "env": {"LD_PRELOAD": "/workspace/evil.so"}},
+        {"command": ("a",), "env": {"ld_library_path": "/x"}},
+        {"command": ("a",), "env": {"NVIDIA_VISIBLE_DEVICES": "all"}},
+        {"command": ("a",), "env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}},
+        {"command": ("a",), "env": {"CONTAINERS_CONF": "/x"}},
+        {"command": ("a",), "env": {"DOCKER_HOST": "tcp://x"}},
+        {"command": ("a",), "env": {"GPUEX_RENTAL_ID": "1"}},
+        {"command": ("a",), "env": {"OK": "line\nLD_PRELOAD=/x.so"}},
+        {"command": ("a",), "env": {"OK": "nul\x00"}},
+        {"command": ("a",), "env": {"OK": "x" * 40_000}},
+        {"command": ("a",), "env": {f"V{i}": "x" for i in range(129)}},
+        {"command": ("a",), "image": "--privileged"},
+        {"command": ("a",), "image": "-v=/:/host"},
+        {"command": ("a",), "image": "Ubuntu"},
+        {"command": ("a",), "image": "busybox@sha256:abc"},
+        {"command": ("a",), "image": "a" * 256},
+        {"command": ("a",), "timeout_seconds": 40 * 86_400},
+        {"command": ("a",), "network": "host"},
+        {"command": ("a",), "resources": {"memory_mib": 1}},
+        {"command": ("a",), "resources": {"cpus": 0}},
+        {"command": ("a",), "resources": {"gpus": 8}},
+    ],
+)
 def test_invalid_specs_are_rejected(fields):
     with pytest.raises(ValidationError):
         JobSpec(**fields)
 
 
-@pytest.mark.parametrize("image", ["busybox", "busybox:1.36", "localhost/gpuex/job:busybox",
-                                   "ghcr.io/acme/train:1.0", "registry.example:5000/team/model-server:v2.1-rc1",
-                                   "docker.io/nvidia/cuda:12.4.0-base-ubuntu22.04",
-                                   "busybox@sha256:" + "ab" * 32, "busybox:1.36@sha256:" + "0f" * 32])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox",
+        "busybox:1.36",
+        "localhost/gpuex/job:busybox",
+        "ghcr.io/acme/train:1.0",
+        "registry.example:5000/team/model-server:v2.1-rc1",
+        "docker.io/nvidia/cuda:12.4.0-base-ubuntu22.04",
+        "busybox@sha256:" + "ab" * 32,
+        "busybox:1.36@sha256:" + "0f" * 32,
+    ],
+)
 def test_image_references_by_tag_or_digest(image):
     assert JobSpec(command=("a",), image=image).image == image
 

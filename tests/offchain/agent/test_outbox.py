@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from offchain.agent.outbox import Outbox, OutboxConflict, RetryPolicy
-from offchain.sqlite import open_db
 from offchain.chain.contracts import PROJECT_ROOT
 from offchain.protocol.messages import OracleError, RejectReason
+from offchain.sqlite import open_db
 from tests.offchain.agent.helpers import AGENT_ADDRESS, CHAIN_ID, REGISTRY, signed_submission, wait_until
 from tests.offchain.agent.oracle_server import RecordingOracle
 
@@ -125,8 +125,12 @@ def test_each_oracle_acks_for_itself_and_an_acked_oracle_is_not_sent_again(tmp_p
                 task = asyncio.create_task(outbox.run(idle_poll_seconds=0.05))
                 await wait_until(lambda: len(up.accepted) == 2, 10, "the live oracle to accept both reports")
                 await asyncio.sleep(0.3)
-                assert outbox.delivery_states(1) == {(1, up_url): "acked", (2, up_url): "acked",
-                                                     (1, down_url): "pending", (2, down_url): "pending"}
+                assert outbox.delivery_states(1) == {
+                    (1, up_url): "acked",
+                    (2, up_url): "acked",
+                    (1, down_url): "pending",
+                    (2, down_url): "pending",
+                }
                 await down.start(port=int(down_url.rsplit(":", 1)[1]))
                 await wait_until(lambda: outbox.pending_count() == 0, 10, "the late oracle to ack")
                 task.cancel()
@@ -312,8 +316,13 @@ def test_kill_9_during_delivery_loses_nothing_and_never_resends_an_acked_report(
                 process = running[-1]
                 if random_kills < 3:
                     seen = len(oracles[0].answers)
-                    await wait_until(lambda: len(oracles[0].answers) > seen + 3 or process.returncode is not None,
-                                     30, "the driver to deliver")
+                    await wait_until(
+                        lambda seen=seen, process=process: (
+                            len(oracles[0].answers) > seen + 3 or process.returncode is not None
+                        ),
+                        30,
+                        "the driver to deliver",
+                    )
                     await asyncio.sleep(rng.uniform(0, 0.05))
                     if process.returncode is None:
                         process.send_signal(signal.SIGKILL)

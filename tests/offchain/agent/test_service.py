@@ -55,8 +55,11 @@ def assert_continuous(reports: list[TelemetryReport], since: int) -> None:
 def settle(suite, relayer, reports: list[TelemetryReport]):
     """Applies the agent's reports on chain as two of the three oracles would, in one batch."""
     chain_reports: list[Report] = [r.to_chain_report() for r in reports]
-    domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
+    domain = EscrowDomain(
+        chain_id=web3.eth.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
     signatures = [sign_batch(chain_reports, domain, key) for key in ORACLE_KEYS[:2]]
     return suite.escrow.submitReports([r.as_tuple() for r in chain_reports], signatures, {"from": relayer})
 
@@ -90,8 +93,9 @@ async def containers_gone(settings, names: list[str], seconds: float = 15) -> No
         await asyncio.sleep(0.2)
 
 
-def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter, relayer, gpu_offer, agent_settings,
-                                                                 caplog):
+def test_rental_runs_to_a_completion_report_that_settles_on_chain(
+    suite, renter, relayer, gpu_offer, agent_settings, caplog
+):
     caplog.set_level(logging.INFO, logger="offchain.agent")
     listed = gpu_offer()
     settings = agent_settings([])
@@ -134,17 +138,26 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(suite, renter,
     assert agent_lines and all(r.getMessage().startswith(SIMULATED_LABEL) for r in agent_lines)
 
 
-@pytest.mark.parametrize("spec, exit_code, digest, reason", [
-    pytest.param(job("sleep 2; printf nan; exit 3"), 3, keccak(b"nan"), "exited with code 3", id="exit-3"),
-    pytest.param(job("sleep 300", timeout_seconds=2), 143, keccak(b""), "timeout of 2 s", id="timeout"),
-    pytest.param(JobSpec(command=("/nonexistent/bin/train",)), 1, keccak(b""), "exited with code 1",
-                 id="not-in-image"),
-    pytest.param(job("head -c 300000000 /dev/zero | tail", resources=JobResources(memory_mib=32)), 137, keccak(b""),
-                 "memory limit of 32 MiB", id="out-of-memory"),
-])
-def test_a_failing_job_sends_a_failed_report_with_its_exit_code_and_reason(suite, renter, relayer, gpu_offer,
-                                                                          agent_settings, spec, exit_code, digest,
-                                                                          reason):
+@pytest.mark.parametrize(
+    "spec, exit_code, digest, reason",
+    [
+        pytest.param(job("sleep 2; printf nan; exit 3"), 3, keccak(b"nan"), "exited with code 3", id="exit-3"),
+        pytest.param(job("sleep 300", timeout_seconds=2), 143, keccak(b""), "timeout of 2 s", id="timeout"),
+        pytest.param(
+            JobSpec(command=("/nonexistent/bin/train",)), 1, keccak(b""), "exited with code 1", id="not-in-image"
+        ),
+        pytest.param(
+            job("head -c 300000000 /dev/zero | tail", resources=JobResources(memory_mib=32)),
+            137,
+            keccak(b""),
+            "memory limit of 32 MiB",
+            id="out-of-memory",
+        ),
+    ],
+)
+def test_a_failing_job_sends_a_failed_report_with_its_exit_code_and_reason(
+    suite, renter, relayer, gpu_offer, agent_settings, spec, exit_code, digest, reason
+):
     listed = gpu_offer()
     settings = agent_settings([])
     JobSpecStore(settings.spec_directory).put(spec)
@@ -160,14 +173,18 @@ def test_a_failing_job_sends_a_failed_report_with_its_exit_code_and_reason(suite
     reports = oracle.accepted_reports(rental)
     assert_continuous(reports, rental_state(suite, rental).since)
     assert (reports[-1].status, reports[-1].exit_code, reports[-1].result_digest) == (
-        ReportStatus.FAILED, exit_code, digest)
+        ReportStatus.FAILED,
+        exit_code,
+        digest,
+    )
     assert reason in book_row(settings, rental)["job_reason"]
     settle(suite, relayer, reports)
     assert rental_state(suite, rental).status is RentalStatus.FAILED
 
 
-def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite, renter, relayer, gpu_offer,
-                                                                          agent_settings):
+def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(
+    suite, renter, relayer, gpu_offer, agent_settings
+):
     listed = gpu_offer(min_duration=1)
     settings = agent_settings([])
     spec = job("trap 'echo stopped >> stopped; exit 0' TERM; while true; do sleep 0.1; done")
@@ -196,8 +213,7 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(suite
     assert rental_state(suite, rental).reported_seconds == 4
 
 
-def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, renter, relayer, gpu_offer,
-                                                                     agent_settings):
+def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, renter, relayer, gpu_offer, agent_settings):
     listed = gpu_offer()
     settings = agent_settings([])
     spec = job("sleep 300")
@@ -232,8 +248,9 @@ def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, rent
     assert rental_state(suite, rental).last_seq == reports[-1].seq
 
 
-def test_a_rental_its_first_report_already_started_continues_from_the_chain(suite, renter, relayer, gpu_offer,
-                                                                           agent_settings):
+def test_a_rental_its_first_report_already_started_continues_from_the_chain(
+    suite, renter, relayer, gpu_offer, agent_settings
+):
     """start() reverts (the rental runs since its opening, started by a report): the agent sends no transaction
     and continues the report sequence from the chain's lastSeq and reportedSeconds."""
     listed = gpu_offer()
@@ -245,10 +262,14 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(suit
     while time.time() < opened_at + 2:
         time.sleep(0.1)
     first = Report(rental_id=rental, seq=1, period_end=opened_at + 1, delivered_seconds=1, avg_util_bps=9_000)
-    domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
-    suite.escrow.submitReports([first.as_tuple()], [sign_batch([first], domain, k) for k in ORACLE_KEYS[:2]],
-                               {"from": relayer})
+    domain = EscrowDomain(
+        chain_id=web3.eth.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
+    suite.escrow.submitReports(
+        [first.as_tuple()], [sign_batch([first], domain, k) for k in ORACLE_KEYS[:2]], {"from": relayer}
+    )
     nonce_before = web3.eth.get_transaction_count(AGENT.address)
 
     async def main():
@@ -275,8 +296,7 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(suit
 def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, agent_settings):
     """The recorded trace, played back on the wall clock, measures the rental as a live source would; its reports
     say they are not live measurements."""
-    listed = gpu_offer(source=ReplaySource(PROJECT_ROOT / "tests" / "data" / "trace-simulated-2gpu.jsonl",
-                                           rebase=True))
+    listed = gpu_offer(source=ReplaySource(PROJECT_ROOT / "tests" / "data" / "trace-simulated-2gpu.jsonl", rebase=True))
     settings = agent_settings([])
     spec = job("sleep 3")
     JobSpecStore(settings.spec_directory).put(spec)
@@ -304,8 +324,9 @@ def test_simulated_telemetry_is_refused_without_the_explicit_flag(gpu_offer, age
         ProviderAgent(agent_settings(["http://127.0.0.1:9"], allow_simulated=False), gpu_offer().source)
 
 
-def test_kill_9_and_restart_reattaches_to_the_running_container(suite, renter, relayer, gpu_offer, agent_settings,
-                                                                 tmp_path):
+def test_kill_9_and_restart_reattaches_to_the_running_container(
+    suite, renter, relayer, gpu_offer, agent_settings, tmp_path
+):
     """The agent runs as its own process, configured from the environment. It is SIGKILLed twice: once at a random
     point after two reports, once right after the first oracle accepted a report but before the agent saw the 202.
     The job's container outlives both: each restart re-attaches to it instead of launching it again, the job runs
@@ -369,7 +390,10 @@ def test_kill_9_and_restart_reattaches_to_the_running_container(suite, renter, r
     assert reports == oracles[1].accepted_reports(rental)
     assert_continuous(reports, rental_state(suite, rental).since)
     assert (reports[-1].status, reports[-1].exit_code, reports[-1].result_digest) == (
-        ReportStatus.COMPLETED, 0, keccak(b"ok\n"))
+        ReportStatus.COMPLETED,
+        0,
+        keccak(b"ok\n"),
+    )
     assert [r.status for r in reports].count(ReportStatus.COMPLETED) == 1
     for oracle in oracles:
         assert oracle.violations == [], "no report was posted before it was committed, or after its ack was"
@@ -389,11 +413,9 @@ def test_kill_9_and_restart_reattaches_to_the_running_container(suite, renter, r
 UNRUNNABLE = {
     "spec-never-arrives": (DeclineReason.SPEC_MISSING, None),
     "spec-invalid": (DeclineReason.SPEC_INVALID, b'{"command":["sh"],"env":{"LD_PRELOAD":"/workspace/x.so"}}'),
-    "long-working-dir": (DeclineReason.SPEC_INVALID,
-                         b'{"command":["sh"],"working_dir":"' + b"d" * 300 + b'"}'),
+    "long-working-dir": (DeclineReason.SPEC_INVALID, b'{"command":["sh"],"working_dir":"' + b"d" * 300 + b'"}'),
     "image-unavailable": (DeclineReason.IMAGE_UNAVAILABLE, job("true", image="localhost/gpuex/no-such-image:1")),
-    "more-memory-than-offered": (DeclineReason.EXCEEDS_OFFER,
-                                 job("true", resources=JobResources(memory_mib=10 ** 6))),
+    "more-memory-than-offered": (DeclineReason.EXCEEDS_OFFER, job("true", resources=JobResources(memory_mib=10**6))),
     "egress-not-offered": (DeclineReason.EXCEEDS_OFFER, job("true", network="egress")),
     "gpus-not-here": (DeclineReason.GPUS_UNAVAILABLE, job("true")),
 }
@@ -401,7 +423,8 @@ UNRUNNABLE = {
 
 @pytest.mark.parametrize("case", list(UNRUNNABLE))
 def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_full(
-        suite, provider, renter, gpu_offer, agent_settings, case):
+    suite, provider, renter, gpu_offer, agent_settings, case
+):
     reason, spec = UNRUNNABLE[case]
     listed = gpu_offer()
     settings = agent_settings([], spec_wait_seconds=2)
@@ -421,8 +444,9 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
 
     async def main():
         async with agent_with_oracles(settings, source) as (agent, oracles, until):
-            tx = await asyncio.to_thread(suite.escrow.openRental, listed.offer_id, DURATION, PRICE, spec_hash,
-                                         {"from": renter})
+            tx = await asyncio.to_thread(
+                suite.escrow.openRental, listed.offer_id, DURATION, PRICE, spec_hash, {"from": renter}
+            )
             rental = tx.return_value
             opened = time.monotonic()
             await until(lambda: rental_done(agent, rental), 30, "the decline")
@@ -434,8 +458,9 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
 
     assert took < 15
     assert rental_state(suite, rental).status is RentalStatus.DECLINED
-    balances_after, account_after = suite.read(lambda r: asyncio.gather(r.balances(renter.address),
-                                                                        r.provider(provider.address)))
+    balances_after, account_after = suite.read(
+        lambda r: asyncio.gather(r.balances(renter.address), r.provider(provider.address))
+    )
     assert balances_after.escrow - balances.escrow == PRICE * DURATION, "the whole deposit back"
     assert balances_after.compensation == balances.compensation, "nothing slashed"
     assert account_after.staked == account.staked
@@ -445,7 +470,8 @@ def test_an_unrunnable_rental_is_declined_at_once_and_the_renter_refunded_in_ful
 
 
 def test_a_rental_whose_handling_fails_is_declined_while_the_agent_serves_the_others(
-        suite, renter, relayer, gpu_offer, agent_settings, monkeypatch):
+    suite, renter, relayer, gpu_offer, agent_settings, monkeypatch
+):
     """An unexpected error preparing one rental ends that rental only (declined, reason AGENT_FAILURE)."""
     broken, healthy = gpu_offer(), gpu_offer()
     settings = agent_settings([])
@@ -506,7 +532,8 @@ class _Machine(TelemetrySource):
 
 
 def test_a_hostile_job_reaches_nothing_of_the_agent_and_the_agent_stays_up(
-        suite, renter, relayer, gpu_offer, agent_settings, tmp_path):
+    suite, renter, relayer, gpu_offer, agent_settings, tmp_path
+):
     """The job tries the agent's key file and database by path, the agent's environment through /proc, another
     rental's workspace, the oracle's port, and writing outside its workspace; it prints what it got. Every attempt
     fails; the rental is reported Completed and settles; the agent keeps running."""
@@ -524,8 +551,11 @@ def test_a_hostile_job_reaches_nothing_of_the_agent_and_the_agent_stays_up(
         async with agent_with_oracles(settings, _Machine(listed, other)) as (agent, oracles, until):
             oracle_port = oracles[0].url.rsplit(":", 1)[1]
             victim = await open_rental(suite, renter, other.offer_id, bystander)
-            await until(lambda: (settings.rentals_dir / str(victim) / "work" / "secret.txt").exists(), 30,
-                        "the bystander's secret")
+            await until(
+                lambda: (settings.rentals_dir / str(victim) / "work" / "secret.txt").exists(),
+                30,
+                "the bystander's secret",
+            )
             script = (
                 attempt("key file", f"cat {key_file}")
                 + attempt("agent database", f"cat {settings.db_path}")
@@ -537,7 +567,8 @@ def test_a_hostile_job_reaches_nothing_of_the_agent_and_the_agent_stays_up(
                 + attempt("write root", "touch /evil")
                 + attempt("write etc", "touch /etc/evil")
                 + attempt("become root", "su -c true")
-                + "echo done")
+                + "echo done"
+            )
             spec = job(script)
             JobSpecStore(settings.spec_directory).put(spec)
             rental = await open_rental(suite, renter, listed.offer_id, spec)
@@ -567,8 +598,10 @@ def test_fork_bombs_and_memory_hogs_are_contained_and_reported(suite, renter, re
 
     async def main():
         async with agent_with_oracles(settings, _Machine(bomb_offer, hog_offer)) as (agent, oracles, until):
-            rentals = [await open_rental(suite, renter, bomb_offer.offer_id, bomb),
-                       await open_rental(suite, renter, hog_offer.offer_id, hog)]
+            rentals = [
+                await open_rental(suite, renter, bomb_offer.offer_id, bomb),
+                await open_rental(suite, renter, hog_offer.offer_id, hog),
+            ]
             await until(lambda: all(final_report(oracles[0], r) for r in rentals), 60, "both reports")
             await containers_gone(settings, [agent.book.get(r).container for r in rentals])
         return rentals, oracles[0]
@@ -604,8 +637,9 @@ def test_finished_rentals_folders_go_after_the_retention_period(suite, renter, g
     assert not (settings.rentals_dir / str(rental)).exists()
 
 
-def test_unsafe_bare_process_runs_jobs_unisolated_and_says_so(suite, renter, relayer, gpu_offer, agent_settings,
-                                                              caplog):
+def test_unsafe_bare_process_runs_jobs_unisolated_and_says_so(
+    suite, renter, relayer, gpu_offer, agent_settings, caplog
+):
     caplog.set_level(logging.INFO, logger="offchain.agent")
     listed = gpu_offer()
     settings = agent_settings([], unsafe_bare_process=True)
@@ -626,8 +660,7 @@ def test_unsafe_bare_process_runs_jobs_unisolated_and_says_so(suite, renter, rel
     assert lines and all("[UNSAFE: JOBS RUN AS BARE HOST PROCESSES]" in line for line in lines)
 
 
-def test_the_janitor_removes_its_own_stray_containers_and_no_one_elses(gpu_offer, agent_settings, tmp_path,
-                                                                       job_image):
+def test_the_janitor_removes_its_own_stray_containers_and_no_one_elses(gpu_offer, agent_settings, tmp_path, job_image):
     """A container labelled with this agent (address and state folder) whose rental the agent does not know is
     removed; one of another agent on the same machine (another state folder) is left alone."""
     settings = agent_settings([])
@@ -641,16 +674,27 @@ def test_the_janitor_removes_its_own_stray_containers_and_no_one_elses(gpu_offer
             files = RentalFiles(tmp_path / label.rsplit("/", 1)[1])
             files.prepare(".", None)
             files.env_file.write_text("")
-            plan = ContainerPlan(name=f"gpuex-stray-{label.rsplit('/', 1)[1]}", image=job_image, argv=("sleep", "60"),
-                                 workspace=files.work, working_dir=".", env_file=files.env_file,
-                                 log_path=files.container_log, gpu_uuids=(), memory_mib=64, cpus=1, egress=False,
-                                 labels=labels(label, 999))
+            plan = ContainerPlan(
+                name=f"gpuex-stray-{label.rsplit('/', 1)[1]}",
+                image=job_image,
+                argv=("sleep", "60"),
+                workspace=files.work,
+                working_dir=".",
+                env_file=files.env_file,
+                log_path=files.container_log,
+                gpu_uuids=(),
+                memory_mib=64,
+                cpus=1,
+                egress=False,
+                labels=labels(label, 999),
+            )
             await engine.run(plan)
             names.append(plan.name)
         try:
             await agent.jobs.clean_up(active=())
-            return await engine.labelled(AGENT_LABEL, agent.jobs.label) + \
-                await engine.labelled(AGENT_LABEL, other_label)
+            return await engine.labelled(AGENT_LABEL, agent.jobs.label) + await engine.labelled(
+                AGENT_LABEL, other_label
+            )
         finally:
             for name in names:
                 await engine.remove(name)

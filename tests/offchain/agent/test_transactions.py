@@ -33,7 +33,8 @@ def sent_by_agent() -> int:
 
 
 def test_a_start_signed_before_a_crash_is_waited_for_after_the_restart_not_sent_again(
-        suite, renter, gpu_offer, agent_settings):
+    suite, renter, gpu_offer, agent_settings
+):
     listed = gpu_offer()
     settings = agent_settings([])
     spec = job("sleep 30")
@@ -62,8 +63,11 @@ def test_a_start_signed_before_a_crash_is_waited_for_after_the_restart_not_sent_
 
     async def restart():
         async with agent_with_oracles(settings, listed.source) as (agent, oracles, until):
-            await until(lambda: agent.book.get(rental) is not None and agent.book.get(rental).since is not None,
-                        30, "the rental to be started")
+            await until(
+                lambda: agent.book.get(rental) is not None and agent.book.get(rental).since is not None,
+                30,
+                "the rental to be started",
+            )
             return agent.txmgr.record(key), agent.txmgr.attempts(key)
 
     record, attempts = asyncio.run(restart())

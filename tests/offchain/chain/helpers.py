@@ -17,9 +17,9 @@ from eth_utils import keccak
 
 from offchain.chain.reads import Rental
 from offchain.chain.rpc import connect
-from offchain.protocol.reports import EscrowDomain, Report, sign_batch
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import FINAL_STATES
+from offchain.protocol.reports import EscrowDomain, Report, sign_batch
 from scripts.deploy import USDC
 from tests.offchain.conftest import ORACLE_KEYS
 
@@ -49,8 +49,17 @@ def new_offer(suite, provider, gpus=1):
     hashes = [keccak(text=f"txmgr test GPU {next(_gpu_counter)}") for _ in range(gpus)]
     suite.registry.stake(200 * USDC * gpus, {"from": provider})
     suite.registry.registerGpus(hashes, {"from": provider})
-    terms = (b"H100-80GB".ljust(32, b"\0"), 81_559, 1_000, 60, 86_400, b"eu-west".ljust(16, b"\0"), 10_000, False,
-             hashes)
+    terms = (
+        b"H100-80GB".ljust(32, b"\0"),
+        81_559,
+        1_000,
+        60,
+        86_400,
+        b"eu-west".ljust(16, b"\0"),
+        10_000,
+        False,
+        hashes,
+    )
     return suite.registry.createOffer(terms, {"from": provider}).return_value
 
 
@@ -67,10 +76,12 @@ def started_rental(suite, renter, provider, duration=600):
 
 def report_calldata(suite, rental_id, seq, period_end, delivered):
     """`submitReports` calldata of a one-report batch co-signed by two of the three conftest oracles."""
-    domain = EscrowDomain(chain_id=chain.id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
-    reports = [Report(rental_id=rental_id, seq=seq, period_end=period_end, delivered_seconds=delivered,
-                      avg_util_bps=9_000)]
+    domain = EscrowDomain(
+        chain_id=chain.id, escrow=suite.escrow.address, oracle_set_version=suite.read(lambda r: r.oracle_set()).version
+    )
+    reports = [
+        Report(rental_id=rental_id, seq=seq, period_end=period_end, delivered_seconds=delivered, avg_util_bps=9_000)
+    ]
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
     return bytes.fromhex(suite.escrow.submitReports.encode_input([r.as_tuple() for r in reports], signatures)[2:])
 
@@ -96,7 +107,9 @@ class OwnAnvil:
     def start(self, timeout=15.0):
         self.process = subprocess.Popen(
             [str(ANVIL), "--port", str(self.port), "--base-fee", "0", "--silent", "--state", str(self.state_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

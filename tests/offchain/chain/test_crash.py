@@ -33,14 +33,34 @@ class Worker:
     """One run of txmgr_worker.py; always reaped."""
 
     def __init__(self, mode, sender, rpc_url, db_path, chain_id, key, to, data):
-        env = dict(os.environ, TXMGR_WORKER_KEY="0x" + sender.key.hex().removeprefix("0x"),
-                   PYTHONPATH=str(PROJECT_ROOT))
+        env = dict(
+            os.environ, TXMGR_WORKER_KEY="0x" + sender.key.hex().removeprefix("0x"), PYTHONPATH=str(PROJECT_ROOT)
+        )
         self.log_path = Path(db_path).with_name(f"worker-{mode}.log")
         with open(self.log_path, "w") as log:  # a file, not a pipe: a chatty worker never blocks on it
             self.process = subprocess.Popen(
-                [sys.executable, str(WORKER), mode, "--rpc-url", rpc_url, "--db", str(db_path), "--chain-id",
-                 str(chain_id), "--key", key, "--to", to, "--data", "0x" + data.hex()],
-                stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=PROJECT_ROOT,
+                [
+                    sys.executable,
+                    str(WORKER),
+                    mode,
+                    "--rpc-url",
+                    rpc_url,
+                    "--db",
+                    str(db_path),
+                    "--chain-id",
+                    str(chain_id),
+                    "--key",
+                    key,
+                    "--to",
+                    to,
+                    "--data",
+                    "0x" + data.hex(),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                cwd=PROJECT_ROOT,
             )
 
     def record(self, timeout=60.0) -> TxRecord:
@@ -80,13 +100,20 @@ def run_worker(mode, *args):
 
 def report_applied_count(suite, rental_id):
     topic = web3.keccak(text="ReportApplied(uint256,uint256,uint256,uint256,uint256,uint256,bytes32)")
-    logs = web3.eth.get_logs({"address": suite.escrow.address, "fromBlock": 0, "toBlock": "latest",
-                              "topics": [topic, "0x" + rental_id.to_bytes(32, "big").hex()]})
+    logs = web3.eth.get_logs(
+        {
+            "address": suite.escrow.address,
+            "fromBlock": 0,
+            "toBlock": "latest",
+            "topics": [topic, "0x" + rental_id.to_bytes(32, "big").hex()],
+        }
+    )
     return len(logs)
 
 
-def test_killed_after_send_before_the_receipt_the_report_lands_once(suite, offer, renter, provider, sender,
-                                                                    chain_id, db_path, rpc_url):
+def test_killed_after_send_before_the_receipt_the_report_lands_once(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     args = (sender, rpc_url, db_path, chain_id, f"reports:{rental}-1", suite.escrow.address, calldata)
@@ -109,8 +136,9 @@ def test_killed_after_send_before_the_receipt_the_report_lands_once(suite, offer
 
 
 @pytest.mark.parametrize("mempool_lost", [False, True], ids=["mined-meanwhile", "mempool-lost"])
-def test_killed_between_broadcast_and_bookkeeping_the_report_lands_once(suite, offer, renter, provider, sender,
-                                                                        chain_id, db_path, rpc_url, mempool_lost):
+def test_killed_between_broadcast_and_bookkeeping_the_report_lands_once(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url, mempool_lost
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     args = (sender, rpc_url, db_path, chain_id, f"reports:{rental}-1", suite.escrow.address, calldata)

@@ -44,21 +44,30 @@ def test_every_event_has_a_record_with_exactly_its_arguments(contract_name, even
 
 @pytest.mark.parametrize("contract_name", list(CONTRACT_EVENTS))
 def test_every_record_is_of_an_event_of_its_contract(contract_name):
-    assert {r.__name__ for r in CONTRACT_EVENTS[contract_name]} == {e["name"] for c, e in ABI_EVENTS
-                                                                    if c == contract_name}
+    assert {r.__name__ for r in CONTRACT_EVENTS[contract_name]} == {
+        e["name"] for c, e in ABI_EVENTS if c == contract_name
+    }
 
 
 def test_the_listed_terms_have_exactly_the_fields_of_the_struct():
     (created,) = [e for c, e in ABI_EVENTS if e["name"] == "OfferCreated"]
     (terms,) = [entry for entry in created["inputs"] if entry["name"] == "terms"]
     assert {field.alias or name for name, field in ListedTerms.model_fields.items()} == {
-        c["name"] for c in terms["components"]}
+        c["name"] for c in terms["components"]
+    }
 
 
 def test_a_record_is_built_by_name_and_a_renamed_argument_is_refused():
     (opened,) = [e for c, e in ABI_EVENTS if e["name"] == "RentalOpened"]
-    args = {"rentalId": 1 << 32 | 1, "offerId": 1, "renter": "0x" + "11" * 20, "pricePerSecond": 5, "duration": 60,
-            "deposit": 300, "jobSpecHash": JOB}
+    args = {
+        "rentalId": 1 << 32 | 1,
+        "offerId": 1,
+        "renter": "0x" + "11" * 20,
+        "pricePerSecond": 5,
+        "duration": 60,
+        "deposit": 300,
+        "jobSpecHash": JOB,
+    }
     log = {"blockNumber": 7, "logIndex": 2, "transactionHash": b"\x22" * 32}
     record = RentalOpened.from_log(list(reversed(opened["inputs"])), args, log)
     assert record == RentalOpened.from_log(opened["inputs"], args, log)
@@ -71,9 +80,11 @@ def test_a_record_is_built_by_name_and_a_renamed_argument_is_refused():
 
 def contract_logs(tx, address: str) -> list:
     """The raw logs (as `eth_getLogs` returns them) that `address` emitted in `tx`."""
-    return [log for log in web3.eth.get_logs({"address": address, "fromBlock": tx.block_number,
-                                              "toBlock": tx.block_number})
-            if log["transactionHash"] == web3.to_bytes(hexstr=tx.txid)]
+    return [
+        log
+        for log in web3.eth.get_logs({"address": address, "fromBlock": tx.block_number, "toBlock": tx.block_number})
+        if log["transactionHash"] == web3.to_bytes(hexstr=tx.txid)
+    ]
 
 
 def brownie_json(value):
@@ -99,8 +110,11 @@ def assert_decoded_as_brownie_does(tx, contract_name: str, address: str) -> list
 
 
 def apply_reports(suite, reports: list[Report], relayer):
-    domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
+    domain = EscrowDomain(
+        chain_id=web3.eth.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
     return suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
 
@@ -114,9 +128,14 @@ def test_a_rentals_logs_decode_to_the_records_of_its_events(suite, offer, provid
     chain.mine()
     since = started.timestamp
     unknown = rental_id + 1
-    reported = apply_reports(suite, [
-        Report(rental_id=rental_id, seq=1, period_end=since + 20, delivered_seconds=18, avg_util_bps=7_500),
-        Report(rental_id=unknown, seq=1, period_end=since + 20, delivered_seconds=18, avg_util_bps=7_500)], relayer)
+    reported = apply_reports(
+        suite,
+        [
+            Report(rental_id=rental_id, seq=1, period_end=since + 20, delivered_seconds=18, avg_util_bps=7_500),
+            Report(rental_id=unknown, seq=1, period_end=since + 20, delivered_seconds=18, avg_util_bps=7_500),
+        ],
+        relayer,
+    )
     terminated = suite.escrow.terminate(rental_id, {"from": renter})
     chain.sleep(SuiteParams().report_grace + 1)
     finalized = suite.escrow.finalize(rental_id, {"from": relayer})
@@ -125,8 +144,13 @@ def test_a_rentals_logs_decode_to_the_records_of_its_events(suite, offer, provid
     records = [r for tx in txs for r in assert_decoded_as_brownie_does(tx, "RentalEscrow", escrow)]
 
     assert [(r.name, r.rental_id) for r in records] == [
-        ("RentalOpened", rental_id), ("RentalStarted", rental_id), ("ReportApplied", rental_id),
-        ("ReportSkipped", unknown), ("RentalTerminated", rental_id), ("RentalFinalized", rental_id)]
+        ("RentalOpened", rental_id),
+        ("RentalStarted", rental_id),
+        ("ReportApplied", rental_id),
+        ("ReportSkipped", unknown),
+        ("RentalTerminated", rental_id),
+        ("RentalFinalized", rental_id),
+    ]
     assert records[1].started_at == since and records[1].by_report is False
     assert records[3].reason is SkipReason.UNKNOWN_RENTAL and records[5].status is RentalStatus.EXPIRED
 
@@ -153,9 +177,17 @@ def test_an_offer_decodes_with_its_listed_terms(suite, offer, provider):
     assert gpus.uuid_hashes == tuple(hashes) and gpus.provider == provider.address
     assert isinstance(listed, OfferCreated)
     assert (listed.offer_id, listed.provider) == (created.return_value, provider.address)
-    assert listed.terms == ListedTerms(gpu_model=terms[0], vram_mib=23_034, price_per_second=2 * PRICE,
-                                       min_duration=60, max_duration=7_200, region=terms[5], util_floor_bps=5_000,
-                                       egress=True, gpu_uuid_hashes=tuple(hashes))
+    assert listed.terms == ListedTerms(
+        gpu_model=terms[0],
+        vram_mib=23_034,
+        price_per_second=2 * PRICE,
+        min_duration=60,
+        max_duration=7_200,
+        region=terms[5],
+        util_floor_bps=5_000,
+        egress=True,
+        gpu_uuid_hashes=tuple(hashes),
+    )
 
 
 def test_a_log_of_no_known_event_decodes_to_none(suite, offer, renter):

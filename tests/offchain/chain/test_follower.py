@@ -42,8 +42,9 @@ async def drain(follower: EventFollower) -> list[LogBatch | Rewind]:
 
 
 def chain_logs(token, from_block: int, to_block: int) -> list[tuple[int, int]]:
-    logs = web3.eth.get_logs({"address": token.address, "topics": [TRANSFER], "fromBlock": from_block,
-                              "toBlock": to_block})
+    logs = web3.eth.get_logs(
+        {"address": token.address, "topics": [TRANSFER], "fromBlock": from_block, "toBlock": to_block}
+    )
     return [(e["blockNumber"], e["logIndex"]) for e in logs]
 
 

@@ -8,14 +8,14 @@ from brownie import chain
 
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
-from offchain.sqlite import open_db
-from offchain.oracle.keeper import Keeper, RentalStatus
-from offchain.protocol.status import DeclineReason
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import TxState
+from offchain.oracle.keeper import Keeper, RentalStatus
+from offchain.protocol.status import DeclineReason
+from offchain.sqlite import open_db
 from scripts.deploy import deploy_suite
-from tests.offchain.conftest import ORACLES
 from tests.offchain.chain.helpers import latest_block, new_offer, open_rental, rental_state, settle, started_rental
+from tests.offchain.conftest import ORACLES
 
 
 def make_keeper(w3, suite, manager, db_path, **options) -> Keeper:
@@ -26,8 +26,9 @@ def status(suite, rental_id):
     return rental_state(suite, rental_id).status
 
 
-def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, renter, provider, sender, chain_id,
-                                                            tmp_path, rpc_url):
+def test_the_keeper_times_out_and_finalizes_due_rentals_once(
+    suite, offer, renter, provider, sender, chain_id, tmp_path, rpc_url
+):
     start_timeout, report_grace = suite.read(lambda r: asyncio.gather(r.start_timeout(), r.report_grace()))
     start_block = latest_block().number
     never_started = open_rental(suite, renter, new_offer(suite, provider))
@@ -52,10 +53,14 @@ def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, rente
             fresh = open_rental(suite, renter, new_offer(suite, provider))  # opened now: not due
             submitted = await keeper.tick()
             assert [(a.action, a.rental_id) for a in submitted] == [
-                ("timeout", never_started), ("finalize", expires), ("finalize", terminated)
+                ("timeout", never_started),
+                ("finalize", expires),
+                ("finalize", terminated),
             ]
             assert [a.tx_key for a in submitted] == [
-                f"timeout:{never_started}", f"finalize:{expires}", f"finalize:{terminated}"
+                f"timeout:{never_started}",
+                f"finalize:{expires}",
+                f"finalize:{terminated}",
             ]
             assert all(a.block_timestamp >= a.due_at for a in submitted)
             outcomes = await settle(manager, *(a.tx_key for a in submitted))
@@ -88,8 +93,10 @@ def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, rente
         await keeper.start()
         assert keeper.last_scanned_block == scanned and keeper.watched() == [fresh]
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(keeper.run(stop, interval=0.1)),
-                 asyncio.create_task(manager.run(stop, interval=0.1))]
+        tasks = [
+            asyncio.create_task(keeper.run(stop, interval=0.1)),
+            asyncio.create_task(manager.run(stop, interval=0.1)),
+        ]
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 20
@@ -109,13 +116,17 @@ def test_the_keeper_times_out_and_finalizes_due_rentals_once(suite, offer, rente
     assert record.state is TxState.CONFIRMED
     assert status(suite, fresh) is RentalStatus.TIMED_OUT
     assert [a.tx_key for a in actions] == [
-        f"timeout:{never_started}", f"finalize:{expires}", f"finalize:{terminated}", f"timeout:{fresh}"
+        f"timeout:{never_started}",
+        f"finalize:{expires}",
+        f"finalize:{terminated}",
+        f"timeout:{fresh}",
     ]
     assert keys == [a.tx_key for a in actions]
 
 
-def test_the_keeper_drops_a_declined_rental_as_final(suite, offer, renter, provider, sender, chain_id, tmp_path,
-                                                     rpc_url):
+def test_the_keeper_drops_a_declined_rental_as_final(
+    suite, offer, renter, provider, sender, chain_id, tmp_path, rpc_url
+):
     start_block = latest_block().number
     declined = open_rental(suite, renter, new_offer(suite, provider))
     suite.escrow.decline(declined, DeclineReason.GPUS_UNAVAILABLE, {"from": provider})
@@ -158,8 +169,15 @@ def test_the_keeper_scans_logs_in_chunks_reads_rentals_in_rotation_and_ignores_o
     async def scenario():
         w3 = connect(rpc_url)
         manager = TxManager(w3, tmp_path / "db.sqlite", sender, chain_id)
-        keeper = make_keeper(w3, suite, manager, tmp_path / "db.sqlite", start_block=start_block,
-                             max_block_range=2, max_checks_per_tick=1)
+        keeper = make_keeper(
+            w3,
+            suite,
+            manager,
+            tmp_path / "db.sqlite",
+            start_block=start_block,
+            max_block_range=2,
+            max_checks_per_tick=1,
+        )
         try:
             assert await keeper.tick() == []
             assert keeper.watched() == rentals and keeper.last_scanned_block >= head
@@ -176,8 +194,9 @@ def test_the_keeper_scans_logs_in_chunks_reads_rentals_in_rotation_and_ignores_o
     assert per_tick == [[rentals[1]], [rentals[2]], [rentals[0]], []]
 
 
-def test_the_keeper_forgets_a_rental_a_reorg_took_away(suite, offer, renter, provider, sender, chain_id, tmp_path,
-                                                      rpc_url):
+def test_the_keeper_forgets_a_rental_a_reorg_took_away(
+    suite, offer, renter, provider, sender, chain_id, tmp_path, rpc_url
+):
     start_block = latest_block().number
     kept = open_rental(suite, renter, new_offer(suite, provider))
     offer_id = new_offer(suite, provider)

@@ -35,8 +35,17 @@ def test_every_record_has_exactly_the_fields_its_view_returns(record):
 
 def test_a_record_is_built_by_name_whatever_the_order_of_the_fields():
     outputs = _outputs("RentalEscrow", "getRental")
-    values = {"status": 2, "renter": ORACLES[0].address, "pricePerSecond": 5, "duration": 60, "since": 100,
-              "lastSeq": 3, "reportedSeconds": 30, "deliveredSeconds": 29, "earned": 145}
+    values = {
+        "status": 2,
+        "renter": ORACLES[0].address,
+        "pricePerSecond": 5,
+        "duration": 60,
+        "since": 100,
+        "lastSeq": 3,
+        "reportedSeconds": 30,
+        "deliveredSeconds": 29,
+        "earned": 145,
+    }
     reordered = list(reversed(outputs))
     rental = Rental.from_returned(reordered, [values[o["name"]] for o in reordered])
     assert rental == Rental.from_returned(outputs, [values[o["name"]] for o in outputs])
@@ -56,17 +65,31 @@ def test_the_reader_returns_the_suite_state_by_name(suite, offer, provider, rent
     rental_id = suite.escrow.openRental(offer, 120, PRICE, b"\x01" * 32, {"from": renter}).return_value
 
     async def reads(reader: ChainReader):
-        return await asyncio.gather(reader.offer(offer), reader.rental(rental_id), reader.provider(provider.address),
-                                    reader.agent_of(provider.address), reader.live_rental_of(offer),
-                                    reader.oracle_set(), reader.offer_count())
+        return await asyncio.gather(
+            reader.offer(offer),
+            reader.rental(rental_id),
+            reader.provider(provider.address),
+            reader.agent_of(provider.address),
+            reader.live_rental_of(offer),
+            reader.oracle_set(),
+            reader.offer_count(),
+        )
 
     listed, rental, account, agent, live, oracles, count = suite.read(reads)
     assert isinstance(listed, Offer)
     assert (listed.provider, listed.status, listed.price_per_second, listed.vram_mib) == (
-        provider.address, OfferStatus.ACTIVE, PRICE, 81_559)
+        provider.address,
+        OfferStatus.ACTIVE,
+        PRICE,
+        81_559,
+    )
     assert listed.gpu_uuid_hashes == tuple(gpu_uuid_hash(u) for u in GPU_UUIDS)
     assert (rental.status, rental.renter, rental.duration, rental.last_seq) == (
-        RentalStatus.OPEN, renter.address, 120, 0)
+        RentalStatus.OPEN,
+        renter.address,
+        120,
+        0,
+    )
     assert account.agent == agent == AGENT.address and account.staked > 0
     assert live == rental_id and count == offer
     assert (oracles.signers, oracles.threshold) == (tuple(o.address for o in ORACLES), 2)
@@ -74,13 +97,17 @@ def test_the_reader_returns_the_suite_state_by_name(suite, offer, provider, rent
 
 def test_the_reader_returns_the_suite_wiring_and_parameters(suite, deployer, accounts):
     async def reads(reader: ChainReader):
-        return await asyncio.gather(reader.suite_settings(), reader.fee_config(), reader.start_timeout(),
-                                    reader.report_grace())
+        return await asyncio.gather(
+            reader.suite_settings(), reader.fee_config(), reader.start_timeout(), reader.report_grace()
+        )
 
     settings, fee, start_timeout, report_grace = suite.read(reads)
     assert (settings.registry_escrow, settings.escrow_registry) == (suite.escrow.address, suite.registry.address)
     assert (settings.payment_token, settings.stake_token, settings.owner) == (
-        suite.payment_token.address, suite.stake_token.address, deployer.address)
+        suite.payment_token.address,
+        suite.stake_token.address,
+        deployer.address,
+    )
     expected = SuiteParams()
     assert (fee.fee_bps, fee.treasury) == (expected.fee_bps, accounts[1].address)
     assert settings.parameters.model_dump() == {name: getattr(expected, name) for name in SuiteParameters.model_fields}
@@ -92,9 +119,13 @@ def test_the_reader_returns_stakes_balances_and_token_amounts(suite, offer, prov
 
     async def reads(reader: ChainReader):
         return await asyncio.gather(
-            reader.provider(provider.address), reader.collateral_of(offer), reader.balances(renter.address),
+            reader.provider(provider.address),
+            reader.collateral_of(offer),
+            reader.balances(renter.address),
             reader.token_balance(token, renter.address),
-            reader.token_allowance(token, renter.address, suite.escrow.address), reader.token_metadata(token))
+            reader.token_allowance(token, renter.address, suite.escrow.address),
+            reader.token_metadata(token),
+        )
 
     account, collateral, balances, balance, allowance, metadata = suite.read(reads)
     rental_id = suite.escrow.openRental(offer, 120, PRICE, b"\x01" * 32, {"from": renter}).return_value

@@ -54,8 +54,12 @@ def test_every_request_to_a_node_that_does_not_answer_is_chain_unreachable():
 
     async def scenario():
         try:
-            for request in (w3.eth.chain_id, w3.eth.get_block("latest"), w3.eth.call({"to": "0x" + "11" * 20}),
-                            w3.eth.send_raw_transaction(b"\x02")):
+            for request in (
+                w3.eth.chain_id,
+                w3.eth.get_block("latest"),
+                w3.eth.call({"to": "0x" + "11" * 20}),
+                w3.eth.send_raw_transaction(b"\x02"),
+            ):
                 with pytest.raises(ChainUnreachable, match="the chain's node did not answer"):
                     await request
         finally:

@@ -37,10 +37,16 @@ def minter(own_anvil):
     w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": account.address, "value": 10**20})
     artifact = load_artifact("TestStablecoin")
     factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    deploy = factory.constructor(account.address).build_transaction({
-        "from": account.address, "nonce": 0, "gas": 3_000_000, "maxFeePerGas": 2 * 10**9,
-        "maxPriorityFeePerGas": 10**9, "chainId": w3.eth.chain_id,
-    })
+    deploy = factory.constructor(account.address).build_transaction(
+        {
+            "from": account.address,
+            "nonce": 0,
+            "gas": 3_000_000,
+            "maxFeePerGas": 2 * 10**9,
+            "maxPriorityFeePerGas": 10**9,
+            "chainId": w3.eth.chain_id,
+        }
+    )
     receipt = w3.eth.wait_for_transaction_receipt(
         w3.eth.send_raw_transaction(account.sign_transaction(deploy).raw_transaction), timeout=10
     )
@@ -109,8 +115,9 @@ def test_the_manager_backs_off_while_the_rpc_is_down_and_catches_up(own_anvil, m
     assert w3.eth.get_transaction_count(account.address) == 4  # the deployment and three mints
 
 
-def test_mining_stops_the_rpc_restarts_without_its_mempool_and_every_transaction_lands_once(own_anvil, minter,
-                                                                                               tmp_path):
+def test_mining_stops_the_rpc_restarts_without_its_mempool_and_every_transaction_lands_once(
+    own_anvil, minter, tmp_path
+):
     account, token = minter
     recipient = Account.from_key(keccak(text="txmgr outage recipient 2")).address
     keys = [f"mint:{n}" for n in range(3)]
@@ -125,8 +132,9 @@ def test_mining_stops_the_rpc_restarts_without_its_mempool_and_every_transaction
         try:
             for key in keys:
                 await manager.submit(key, token.address, mint_calldata(token, recipient))
-            await wait_for(lambda: all(manager.record(k).state is TxState.UNCONFIRMED for k in keys), 20,
-                           "all three sent")
+            await wait_for(
+                lambda: all(manager.record(k).state is TxState.UNCONFIRMED for k in keys), 20, "all three sent"
+            )
             sent = [manager.record(k) for k in keys]
             await asyncio.sleep(0.5)  # mining is stopped: they wait, and nothing is bumped without new blocks
             assert [manager.record(k) for k in keys] == sent

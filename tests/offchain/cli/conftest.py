@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import pytest
 
-from offchain.ops import deployments, devnet
 from offchain.chain.contracts import PROJECT_ROOT
 from offchain.cli import main
+from offchain.ops import deployments, devnet
 from offchain.ops.deploy import SuiteParams
 
 PORT = 8575
@@ -114,14 +114,19 @@ class Cli:
         assert result.code == code, f"exited {result.code}, not {code}: {result.out}{result.err}"
         return result.error
 
-    def spawn(self, *args: str, role: str | None = None, env: dict[str, str] | None = None,
-              log: Path | None = None) -> subprocess.Popen:
+    def spawn(
+        self, *args: str, role: str | None = None, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen:
         """`python -m offchain.cli ARGS` as a subprocess; stdout piped, stderr to `log` (or piped)."""
         stderr = open(log, "wb") if log is not None else subprocess.PIPE
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "offchain.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=stderr,
-                env=_clean_environ({**self.env(role, env), "PYTHONPATH": str(PROJECT_ROOT)}), cwd=PROJECT_ROOT)
+                [sys.executable, "-m", "offchain.cli", *map(str, args)],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=_clean_environ({**self.env(role, env), "PYTHONPATH": str(PROJECT_ROOT)}),
+                cwd=PROJECT_ROOT,
+            )
         finally:
             if log is not None:
                 stderr.close()
@@ -186,18 +191,34 @@ def market(cli) -> Market:
         stake=cli.ok("provider", "stake", "--amount", "1000", "--approve", "--json", role="provider"),
         set_agent=cli.ok("provider", "set-agent", cli.address("agent"), "--json", role="provider"),
         register_gpus=cli.ok("provider", "register-gpus", "--simulated", SIMULATED_GPUS, "--json", role="provider"),
-        create_offer=cli.ok("offer", "create", "--simulated", SIMULATED_GPUS, "--price-per-hour", PRICE_PER_HOUR,
-                            "--region", "eu-west", "--min-duration", "10s", "--max-duration", "2h", "--json",
-                            role="provider"),
+        create_offer=cli.ok(
+            "offer",
+            "create",
+            "--simulated",
+            SIMULATED_GPUS,
+            "--price-per-hour",
+            PRICE_PER_HOUR,
+            "--region",
+            "eu-west",
+            "--min-duration",
+            "10s",
+            "--max-duration",
+            "2h",
+            "--json",
+            role="provider",
+        ),
     )
 
 
 @pytest.fixture(scope="session")
 def other_chain() -> str:
     """The RPC URL of an anvil serving another chain than the devnet's."""
-    process = subprocess.Popen(["anvil", "--port", str(OTHER_CHAIN_PORT), "--chain-id", str(OTHER_CHAIN_ID),
-                                "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        ["anvil", "--port", str(OTHER_CHAIN_PORT), "--chain-id", str(OTHER_CHAIN_ID), "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{OTHER_CHAIN_PORT}"
     try:
         wait_for(lambda: listening(OTHER_CHAIN_PORT), 15, "anvil of another chain")

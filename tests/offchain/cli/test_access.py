@@ -20,10 +20,13 @@ from tests.offchain.cli.conftest import _clean_environ, stop, wait_for
 SECRET = "hf_cli-s3cr3t value"
 LINES = 8
 SPEC = {
-    "command": ["sh", "-c",
-                f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.2; done; "
-                "mkdir -p out; printf %s \"$HF_TOKEN\" | sha256sum | cut -d' ' -f1 > out/token.sha256; "
-                "echo done > out/status; while [ ! -e /workspace/stop ]; do sleep 0.2; done; echo bye"],
+    "command": [
+        "sh",
+        "-c",
+        f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.2; done; "
+        "mkdir -p out; printf %s \"$HF_TOKEN\" | sha256sum | cut -d' ' -f1 > out/token.sha256; "
+        "echo done > out/status; while [ ! -e /workspace/stop ]; do sleep 0.2; done; echo bye",
+    ],
     "timeout_seconds": 600,
 }
 
@@ -41,10 +44,21 @@ def agent_api(cli, market, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("agent-api") / "agent.log"
     start_block = cli.ok("devnet", "status", "--json").json()["block_number"]
-    agent = cli.spawn("agent", "run", "--simulated", "2", log=log, env={
-        "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"), "GPUEX_AGENT_START_BLOCK": str(start_block),
-        "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1", "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.3",
-        "GPUEX_AGENT_STOP_GRACE_SECONDS": "1", "GPUEX_AGENT_API_PORT": str(port)})
+    agent = cli.spawn(
+        "agent",
+        "run",
+        "--simulated",
+        "2",
+        log=log,
+        env={
+            "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"),
+            "GPUEX_AGENT_START_BLOCK": str(start_block),
+            "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1",
+            "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.3",
+            "GPUEX_AGENT_STOP_GRACE_SECONDS": "1",
+            "GPUEX_AGENT_API_PORT": str(port),
+        },
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _listening(port) or agent.poll() is not None, 60, "the agent's renter API")
@@ -63,23 +77,45 @@ def _listening(port: int) -> bool:
 
 def shell(cli, rental_id: int, role: str = "renter") -> pexpect.spawn:
     env = _clean_environ({**cli.env(role, None), "PYTHONPATH": str(PROJECT_ROOT)})
-    return pexpect.spawn(sys.executable, ["-m", "offchain.cli", "rental", "shell", str(rental_id)], env=env,
-                         cwd=str(PROJECT_ROOT), timeout=30, dimensions=(24, 100), encoding="utf-8")
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "offchain.cli", "rental", "shell", str(rental_id)],
+        env=env,
+        cwd=str(PROJECT_ROOT),
+        timeout=30,
+        dimensions=(24, 100),
+        encoding="utf-8",
+    )
 
 
 def test_a_renter_sends_its_spec_privately_and_reaches_its_job(cli, market, agent_api, tmp_path):
     spec_file = tmp_path / "job.json"
     spec_file.write_text(json.dumps(SPEC))
-    rented = cli.ok("rent", market.offer_id, "--duration", "10m", "--spec", spec_file, "--secret-env", "HF_TOKEN",
-                    "--approve", "--json", role="renter", env={"HF_TOKEN": SECRET}).json()
+    rented = cli.ok(
+        "rent",
+        market.offer_id,
+        "--duration",
+        "10m",
+        "--spec",
+        spec_file,
+        "--secret-env",
+        "HF_TOKEN",
+        "--approve",
+        "--json",
+        role="renter",
+        env={"HF_TOKEN": SECRET},
+    ).json()
     rental_id = rented["rental"]["rental_id"]
     assert (rented["spec_sent_to"], rented["spec_dir"]) == (agent_api, None)
 
     def job() -> dict | None:
         return cli.ok("rental", "status", rental_id, "--json", role="renter").json()["job"]
 
-    wait_for(lambda: (job() or {}).get("container") and job()["container"]["state"] == "running", 60,
-             "the job's container to run")
+    wait_for(
+        lambda: (job() or {}).get("container") and job()["container"]["state"] == "running",
+        60,
+        "the job's container to run",
+    )
     shown = cli.ok("rental", "status", rental_id, role="renter").out
     assert "job (from the provider's agent)" in shown and "localhost/gpuex/job:busybox" in shown
     assert cli.ok("rental", "status", rental_id, "--json").json()["job"] is None, "without the renter's key"
@@ -90,8 +126,7 @@ def test_a_renter_sends_its_spec_privately_and_reaches_its_job(cli, market, agen
         assert cli(*("rental", *command), role="renter2", env={"HF_TOKEN": "x"}).code != 0
     assert not (tmp_path / "stolen").exists() or not any((tmp_path / "stolen").iterdir())
 
-    wait_for(lambda: f"line {LINES - 1}" in cli.ok("rental", "logs", rental_id, role="renter").out, 30,
-             "every line")
+    wait_for(lambda: f"line {LINES - 1}" in cli.ok("rental", "logs", rental_id, role="renter").out, 30, "every line")
     session = shell(cli, rental_id)
     session.expect(r"\$ ")
     session.sendline("echo $((6*7)) $(id -u) $HOME")
@@ -134,13 +169,18 @@ def test_send_spec_refuses_a_spec_the_rental_was_not_opened_with(cli, market, ag
     spec_file.write_text(json.dumps({"command": ["sleep", "1"]}))
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"command": ["sleep", "2"]}))
-    rental_id = cli.ok("rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json",
-                       role="renter").json()["rental"]["rental_id"]
+    rental_id = cli.ok(
+        "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json", role="renter"
+    ).json()["rental"]["rental_id"]
     try:
         error = cli.fails(2, "rental", "send-spec", rental_id, "--spec", other, role="renter")
         assert error.startswith(f"--spec {other} hashes to 0x")
-        assert cli.fails(2, "rental", "send-spec", rental_id, "--spec", spec_file, "--secret-env", "UNSET_VAR",
-                         role="renter") == "the secret environment variable UNSET_VAR is not set in this shell"
+        assert (
+            cli.fails(
+                2, "rental", "send-spec", rental_id, "--spec", spec_file, "--secret-env", "UNSET_VAR", role="renter"
+            )
+            == "the secret environment variable UNSET_VAR is not set in this shell"
+        )
     finally:
         wait_for(lambda: cli.ok("rental", "status", rental_id, "--json").json()["final"], 60, "the rental's end")
 

@@ -38,8 +38,19 @@ def test_down_without_a_devnet_exits_1(cli, tmp_path):
 def test_up_deploys_and_down_stops(cli, tmp_path):
     env = {"GPUEX_DEPLOYMENTS_DIR": str(tmp_path / "deployments")}
     state_dir = tmp_path / "devnet"
-    up = cli.ok("devnet", "up", "--state-dir", state_dir, "--port", SPARE_PORT, "--oracle-port", SPARE_ORACLE_PORT,
-                "--epoch-seconds", "1", env=env)
+    up = cli.ok(
+        "devnet",
+        "up",
+        "--state-dir",
+        state_dir,
+        "--port",
+        SPARE_PORT,
+        "--oracle-port",
+        SPARE_ORACLE_PORT,
+        "--epoch-seconds",
+        "1",
+        env=env,
+    )
     try:
         assert "devnet up" in up.out and "GPUEX_KEY_FILE" in up.out
         record = json.loads((tmp_path / "deployments" / f"{DEVNET_CHAIN_ID}.json").read_text())

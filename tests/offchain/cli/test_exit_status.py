@@ -24,8 +24,7 @@ def error_line(capsys) -> str:
 
 
 def test_the_statuses_keep_the_numbers_scripts_rely_on():
-    assert {status.name: int(status) for status in ExitStatus} == {"OK": 0, "FAILED": 1, "USAGE": 2,
-                                                                    "INTERRUPTED": 130}
+    assert {status.name: int(status) for status in ExitStatus} == {"OK": 0, "FAILED": 1, "USAGE": 2, "INTERRUPTED": 130}
 
 
 def test_help_is_ok(capsys):

@@ -18,32 +18,81 @@ def test_create_lists_the_simulated_gpus(market):
 
 
 def test_create_of_unregistered_gpus_names_the_revert(cli, market):
-    error = cli.fails(1, "offer", "create", "--gpu", "GPU-never-registered", "--model", "NVIDIA L4", "--vram", "22.5",
-                      "--price-per-hour", "1", "--region", "us-east", role="provider")
+    error = cli.fails(
+        1,
+        "offer",
+        "create",
+        "--gpu",
+        "GPU-never-registered",
+        "--model",
+        "NVIDIA L4",
+        "--vram",
+        "22.5",
+        "--price-per-hour",
+        "1",
+        "--region",
+        "us-east",
+        role="provider",
+    )
     assert error.startswith("Registry_GpuNotOwned: ")
 
 
 def test_create_with_inverted_durations_names_the_revert(cli, market):
-    error = cli.fails(1, "offer", "create", "--simulated", SIMULATED_GPUS, "--price-per-hour", "1", "--region", "eu",
-                      "--min-duration", "2h", "--max-duration", "1h", role="provider")
+    error = cli.fails(
+        1,
+        "offer",
+        "create",
+        "--simulated",
+        SIMULATED_GPUS,
+        "--price-per-hour",
+        "1",
+        "--region",
+        "eu",
+        "--min-duration",
+        "2h",
+        "--max-duration",
+        "1h",
+        role="provider",
+    )
     assert error == "Registry_InvalidTerms"
 
 
 def test_create_refuses_a_price_that_rounds_to_zero(cli, market):
-    error = cli.fails(2, "offer", "create", "--simulated", SIMULATED_GPUS, "--price-per-hour", "0.0001", "--region",
-                      "eu", role="provider")
+    error = cli.fails(
+        2,
+        "offer",
+        "create",
+        "--simulated",
+        SIMULATED_GPUS,
+        "--price-per-hour",
+        "0.0001",
+        "--region",
+        "eu",
+        role="provider",
+    )
     assert error == "--price-per-hour 0.0001 rounds to 0 tUSD per second; the smallest price is 0.0036 tUSD/h"
 
 
 def test_create_of_gpus_given_by_uuid_needs_their_model(cli):
-    error = cli.fails(2, "offer", "create", "--gpu", "GPU-a", "--price-per-hour", "1", "--region", "eu",
-                      role="provider")
+    error = cli.fails(
+        2, "offer", "create", "--gpu", "GPU-a", "--price-per-hour", "1", "--region", "eu", role="provider"
+    )
     assert error == "--model is needed for GPUs given by UUID"
 
 
 def test_create_refuses_a_region_longer_than_16_bytes(cli):
-    error = cli.fails(2, "offer", "create", "--simulated", SIMULATED_GPUS, "--price-per-hour", "1", "--region",
-                      "x" * 17, role="provider")
+    error = cli.fails(
+        2,
+        "offer",
+        "create",
+        "--simulated",
+        SIMULATED_GPUS,
+        "--price-per-hour",
+        "1",
+        "--region",
+        "x" * 17,
+        role="provider",
+    )
     assert error.startswith("bad offer terms: region: ") and "longer than 16 bytes" in error
 
 
@@ -73,8 +122,22 @@ def test_update_of_another_providers_offer_names_the_revert(cli, market):
 def test_close_delists_for_good(cli, market):
     gpu = "GPU-0c105e00-0000-4000-8000-000000000001"
     cli.ok("provider", "register-gpus", "--gpu", gpu, role="provider")
-    created = cli.ok("offer", "create", "--gpu", gpu, "--model", "NVIDIA L4", "--vram", "22.5", "--price-per-hour",
-                     "0.5", "--region", "us-east", "--json", role="provider").json()["offer"]
+    created = cli.ok(
+        "offer",
+        "create",
+        "--gpu",
+        gpu,
+        "--model",
+        "NVIDIA L4",
+        "--vram",
+        "22.5",
+        "--price-per-hour",
+        "0.5",
+        "--region",
+        "us-east",
+        "--json",
+        role="provider",
+    ).json()["offer"]
     assert created["vram_mib"] == 23_040
     closed = cli.ok("offer", "close", created["offer_id"], "--json", role="provider").json()["offer"]
     assert closed["status"] == "CLOSED"
@@ -85,8 +148,23 @@ def test_close_delists_for_good(cli, market):
 def test_create_with_egress_and_search_for_it(cli, market):
     gpu = "GPU-0c105e00-0000-4000-8000-000000000003"
     cli.ok("provider", "register-gpus", "--gpu", gpu, role="provider")
-    created = cli.ok("offer", "create", "--gpu", gpu, "--model", "NVIDIA L4", "--vram", "22.5", "--price-per-hour",
-                     "0.5", "--region", "us-east", "--egress", "--json", role="provider").json()["offer"]
+    created = cli.ok(
+        "offer",
+        "create",
+        "--gpu",
+        gpu,
+        "--model",
+        "NVIDIA L4",
+        "--vram",
+        "22.5",
+        "--price-per-hour",
+        "0.5",
+        "--region",
+        "us-east",
+        "--egress",
+        "--json",
+        role="provider",
+    ).json()["offer"]
     try:
         assert created["egress"] is True
         assert _ids(cli, "--egress") == [created["offer_id"]]
@@ -114,15 +192,34 @@ def _ids(cli, *filters: str) -> list[int]:
 
 def test_search_filters(cli, market):
     offer_id = market.offer_id
-    assert offer_id in _ids(cli, "--gpu-model", "h100", "--region", "EU", "--max-price-per-hour", "7.20",
-                            "--min-vram", "79", "--gpus", "2", "--min-duration", "1h")
+    assert offer_id in _ids(
+        cli,
+        "--gpu-model",
+        "h100",
+        "--region",
+        "EU",
+        "--max-price-per-hour",
+        "7.20",
+        "--min-vram",
+        "79",
+        "--gpus",
+        "2",
+        "--min-duration",
+        "1h",
+    )
     # Rentals of other tests may have given the provider a history: ask for more than it has delivered.
     shown = cli.ok("provider", "show", cli.address("provider"), "--json").json()
     rented = shown["seconds_delivered"] + shown["seconds_missed"]
     reliability = shown["seconds_delivered"] / rented if rented else None
     above = "50" if reliability is None else f"{min(100.0, reliability * 100 + 0.01):.2f}"
-    excluded = [["--max-price-per-hour", "7.19"], ["--min-vram", "80"], ["--gpus", "3"], ["--gpu-model", "a100"],
-                ["--region", "us"], ["--min-duration", "3h"]]
+    excluded = [
+        ["--max-price-per-hour", "7.19"],
+        ["--min-vram", "80"],
+        ["--gpus", "3"],
+        ["--gpu-model", "a100"],
+        ["--region", "us"],
+        ["--min-duration", "3h"],
+    ]
     if reliability is None or reliability < 1:
         excluded.append(["--min-reliability", above])
     for excluding in excluded:
@@ -144,8 +241,10 @@ def test_common_options_go_before_or_after_the_command(cli, market):
 
 def test_search_on_the_wrong_network(cli, other_chain):
     error = cli.fails(2, "offers", "search", "--network", "devnet", "--rpc-url", other_chain)
-    assert error == f"wrong network: the RPC at {other_chain} serves chain {OTHER_CHAIN_ID}, but the devnet " \
-                    "deployment is on chain 31337"
+    assert (
+        error == f"wrong network: the RPC at {other_chain} serves chain {OTHER_CHAIN_ID}, but the devnet "
+        "deployment is on chain 31337"
+    )
 
 
 def test_search_of_a_chain_without_a_deployment(cli, other_chain):

@@ -29,8 +29,10 @@ def test_stake_with_approve_approves_exactly_the_amount(market):
 
 def test_stake_without_allowance_says_to_approve(cli, market):
     error = cli.fails(1, "provider", "stake", "--amount", "5", role="provider")
-    assert error == "insufficient allowance: the registry may take 0.000000 tUSD of yours, 5.000000 tUSD needed " \
-                    "(re-run with --approve)"
+    assert (
+        error == "insufficient allowance: the registry may take 0.000000 tUSD of yours, 5.000000 tUSD needed "
+        "(re-run with --approve)"
+    )
 
 
 @pytest.mark.parametrize("amount", ["-5", "0", "ten", "0.0000001"])
@@ -98,18 +100,27 @@ def test_set_agent_url_of_exactly_256_bytes(cli):
     assert cli.ok("provider", "set-agent-url", url, "--json", role="provider2").json()["provider"]["agent_url"] == url
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("ftp://agent.example.net", "'ftp://agent.example.net': the scheme must be http or https, not ftp"),
-    ("agent.example.net", "'agent.example.net': the scheme must be http or https"),
-    ("https://", "'https://' has no host"),
-    ("https://operator:secret@agent.example.net",
-     "'https://operator:secret@agent.example.net': a public URL holds no user name or password (user@host)"),
-    ("https://agent.example.net/?token=1",
-     "'https://agent.example.net/?token=1': a base URL takes no query or fragment (? or #)"),
-    ("https://agent.example.net#top",
-     "'https://agent.example.net#top': a base URL takes no query or fragment (? or #)"),
-    ("https://" + "a" * 249, "the agent URL is 257 bytes long; the registry takes at most 256"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("ftp://agent.example.net", "'ftp://agent.example.net': the scheme must be http or https, not ftp"),
+        ("agent.example.net", "'agent.example.net': the scheme must be http or https"),
+        ("https://", "'https://' has no host"),
+        (
+            "https://operator:secret@agent.example.net",
+            "'https://operator:secret@agent.example.net': a public URL holds no user name or password (user@host)",
+        ),
+        (
+            "https://agent.example.net/?token=1",
+            "'https://agent.example.net/?token=1': a base URL takes no query or fragment (? or #)",
+        ),
+        (
+            "https://agent.example.net#top",
+            "'https://agent.example.net#top': a base URL takes no query or fragment (? or #)",
+        ),
+        ("https://" + "a" * 249, "the agent URL is 257 bytes long; the registry takes at most 256"),
+    ],
+)
 def test_set_agent_url_refuses_a_bad_url_in_one_line(cli, url, reason):
     error = cli.fails(2, "provider", "set-agent-url", url, role="provider2")
 
@@ -118,9 +129,11 @@ def test_set_agent_url_refuses_a_bad_url_in_one_line(cli, url, reason):
 
 def test_set_agent_url_takes_a_url_or_clear(cli):
     assert cli.fails(2, "provider", "set-agent-url", role="provider2").startswith(
-        "one of the arguments url --clear is required")
+        "one of the arguments url --clear is required"
+    )
     assert cli.fails(2, "provider", "set-agent-url", AGENT_URL, "--clear", role="provider2").startswith(
-        "argument --clear: not allowed with argument url")
+        "argument --clear: not allowed with argument url"
+    )
 
 
 def test_register_gpus_registers_simulated_gpus_once(cli, market):

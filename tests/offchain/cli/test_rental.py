@@ -10,13 +10,13 @@ import re
 import pytest
 from eth_account import Account
 
-from offchain.ops import devnet
 from offchain.agent.jobspec import JobSpec
 from offchain.chain.contracts import contract
 from offchain.chain.rpc import connect
+from offchain.chain.tx.oneshot import Wallet
+from offchain.ops import devnet
 from offchain.ops.devnet import spec_dir
 from offchain.protocol.status import DeclineReason
-from offchain.chain.tx.oneshot import Wallet
 from tests.offchain.cli.conftest import PORT, stop
 
 SPEC = {"command": ["sleep", "4"]}
@@ -48,8 +48,9 @@ def test_rent_refuses_a_duration_the_offer_does_not_allow(cli, market, spec_file
 
 
 def test_rent_refuses_a_price_above_the_maximum(cli, market, spec_file):
-    error = cli.fails(1, "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--max-price-per-hour", "7",
-                      role="renter")
+    error = cli.fails(
+        1, "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--max-price-per-hour", "7", role="renter"
+    )
     assert error == f"offer {market.offer_id} costs 7.200000 tUSD/h, above the maximum of 6.998400 tUSD/h"
 
 
@@ -62,25 +63,54 @@ def test_rent_refuses_a_bad_job_spec(cli, market, tmp_path):
 
 
 def test_secret_values_need_the_providers_agent_url(cli, market, spec_file):
-    error = cli.fails(2, "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--secret-env", "TOKEN",
-                      role="renter", env={"TOKEN": "x"})
-    assert error == (f"offer {market.offer_id}'s provider publishes no agent URL: secret values travel only through "
-                     "its agent's renter API")
+    error = cli.fails(
+        2,
+        "rent",
+        market.offer_id,
+        "--duration",
+        "1m",
+        "--spec",
+        spec_file,
+        "--secret-env",
+        "TOKEN",
+        role="renter",
+        env={"TOKEN": "x"},
+    )
+    assert error == (
+        f"offer {market.offer_id}'s provider publishes no agent URL: secret values travel only through "
+        "its agent's renter API"
+    )
 
 
 def test_rent_of_a_provider_without_stake_names_the_revert(cli, spec_file):
     gpu = "GPU-0c105e00-0000-4000-8000-000000000002"
     cli.ok("provider", "register-gpus", "--gpu", gpu, role="provider2")
-    offer = cli.ok("offer", "create", "--gpu", gpu, "--model", "NVIDIA L4", "--vram", "22.5", "--price-per-hour", "1",
-                   "--region", "us-east", "--json", role="provider2").json()["offer"]
-    error = cli.fails(1, "rent", offer["offer_id"], "--duration", "1m", "--spec", spec_file, "--approve",
-                      role="renter2")
+    offer = cli.ok(
+        "offer",
+        "create",
+        "--gpu",
+        gpu,
+        "--model",
+        "NVIDIA L4",
+        "--vram",
+        "22.5",
+        "--price-per-hour",
+        "1",
+        "--region",
+        "us-east",
+        "--json",
+        role="provider2",
+    ).json()["offer"]
+    error = cli.fails(
+        1, "rent", offer["offer_id"], "--duration", "1m", "--spec", spec_file, "--approve", role="renter2"
+    )
     assert error.startswith("Registry_InsufficientFreeStake: ")
 
 
 def test_terminate_before_the_start_cancels_with_a_full_refund(cli, market, spec_file):
-    rented = cli.ok("rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json",
-                    role="renter").json()
+    rented = cli.ok(
+        "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json", role="renter"
+    ).json()
     rental = rented["rental"]
     assert rental["status"] == "OPEN" and rental["deposit"] == 2_000 * 60
     assert (spec_dir(cli.state_dir) / f"{rental['job_spec_hash']}.json").is_file()
@@ -111,15 +141,20 @@ def decline(cli, rental_id: int, reason: DeclineReason) -> None:
 
 def test_a_declined_rental_shows_its_reason_and_the_full_refund(cli, market, spec_file):
     declines = cli.ok("provider", "show", cli.address("provider"), "--json").json()["declines"]
-    rental = cli.ok("rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json",
-                    role="renter").json()["rental"]
+    rental = cli.ok(
+        "rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json", role="renter"
+    ).json()["rental"]
     rental_id = rental["rental_id"]
 
     decline(cli, rental_id, DeclineReason.SPEC_INVALID)
 
     shown = cli.ok("rental", "status", rental_id, "--json").json()
     assert (shown["status"], shown["final"], shown["paid"], shown["refunded"]) == (
-        "DECLINED", True, 0, rental["deposit"])
+        "DECLINED",
+        True,
+        0,
+        rental["deposit"],
+    )
     assert shown["decline"]["reason"] == "SPEC_INVALID"
     assert shown["decline"]["detail"] == DeclineReason.SPEC_INVALID.describe()
     assert shown["settlement"]["slashed"] == 0
@@ -145,14 +180,24 @@ def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file,
     """The agent (simulated GPUs) starts the rental, runs the job and reports until it completes; `rental watch`
     follows it live, `rental status` shows the settlement, and the renter withdraws its refund."""
     start_block = cli.ok("devnet", "status", "--json").json()["block_number"]
-    agent = cli.spawn("agent", "run", "--simulated", "2", log=tmp_path / "agent.log", env={
-        "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"), "GPUEX_AGENT_START_BLOCK": str(start_block),
-        "GPUEX_AGENT_API_PORT": "0",
-        "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1", "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.5",
-        "GPUEX_AGENT_STOP_GRACE_SECONDS": "1", "GPUEX_AGENT_RETRY_INITIAL_SECONDS": "0.2"})
+    agent = cli.spawn(
+        "agent",
+        "run",
+        "--simulated",
+        "2",
+        log=tmp_path / "agent.log",
+        env={
+            "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"),
+            "GPUEX_AGENT_START_BLOCK": str(start_block),
+            "GPUEX_AGENT_API_PORT": "0",
+            "GPUEX_AGENT_REPORT_INTERVAL_SECONDS": "1",
+            "GPUEX_AGENT_CHAIN_POLL_SECONDS": "0.5",
+            "GPUEX_AGENT_STOP_GRACE_SECONDS": "1",
+            "GPUEX_AGENT_RETRY_INITIAL_SECONDS": "0.2",
+        },
+    )
     try:
-        rented = cli.ok("rent", market.offer_id, "--duration", "2m", "--spec", spec_file, "--approve",
-                        role="renter")
+        rented = cli.ok("rent", market.offer_id, "--duration", "2m", "--spec", spec_file, "--approve", role="renter")
         assert "follow it with `gpuex rental watch" in rented.out
         rental_id = int(rented.out.split("rental watch ")[1].split("`")[0])
         watch = cli.spawn("rental", "watch", rental_id, "--json", "--interval", "0.5")

@@ -20,15 +20,27 @@ def test_agent_run_without_a_key_names_the_variable(cli):
 
 def test_agent_run_with_a_key_that_is_no_agent(cli, market):
     error = cli.fails(1, "agent", "run", "--simulated", "2", env={"GPUEX_AGENT_KEY_FILE": cli.key_file("renter2")})
-    assert error == f"the key {cli.address('renter2')} is no provider's agent: the provider runs " \
-                    f"`gpuex provider set-agent {cli.address('renter2')}` first"
+    assert (
+        error == f"the key {cli.address('renter2')} is no provider's agent: the provider runs "
+        f"`gpuex provider set-agent {cli.address('renter2')}` first"
+    )
 
 
 def test_agent_run_for_a_provider_with_another_agent(cli, market):
-    error = cli.fails(1, "agent", "run", "--simulated", "2", "--provider", cli.address("provider"),
-                      env={"GPUEX_AGENT_KEY_FILE": cli.key_file("renter2")})
-    assert error == f"provider {cli.address('provider')}'s agent is {cli.address('agent')}, not this key " \
-                    f"{cli.address('renter2')}"
+    error = cli.fails(
+        1,
+        "agent",
+        "run",
+        "--simulated",
+        "2",
+        "--provider",
+        cli.address("provider"),
+        env={"GPUEX_AGENT_KEY_FILE": cli.key_file("renter2")},
+    )
+    assert (
+        error == f"provider {cli.address('provider')}'s agent is {cli.address('agent')}, not this key "
+        f"{cli.address('renter2')}"
+    )
 
 
 def test_agent_run_off_the_devnet_needs_an_oracle_and_real_gpus(cli, market, staging):
@@ -40,16 +52,34 @@ def test_agent_run_off_the_devnet_needs_an_oracle_and_real_gpus(cli, market, sta
 
 def test_agent_run_refuses_bare_processes_off_the_devnet(cli, market, staging):
     env = {**staging, "GPUEX_AGENT_KEY_FILE": cli.key_file("agent"), "GPUEX_AGENT_ALLOW_SIMULATED": "true"}
-    error = cli.fails(2, "agent", "run", "--simulated", "2", "--oracle", "http://127.0.0.1:8775",
-                      "--unsafe-bare-process", *STAGING, env=env)
+    error = cli.fails(
+        2,
+        "agent",
+        "run",
+        "--simulated",
+        "2",
+        "--oracle",
+        "http://127.0.0.1:8775",
+        "--unsafe-bare-process",
+        *STAGING,
+        env=env,
+    )
     assert error == "--unsafe-bare-process is for the devnet only: everywhere else every job runs in a container"
 
 
 def test_oracle_serve_until_sigterm(cli, tmp_path):
-    oracle = cli.spawn("oracle", "serve", log=tmp_path / "oracle.log", env={
-        "GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"), "GPUEX_ORACLE_PORT": str(SERVE_PORT),
-        "GPUEX_ORACLE_STATE_DIR": str(tmp_path / "oracle")})
+    oracle = cli.spawn(
+        "oracle",
+        "serve",
+        log=tmp_path / "oracle.log",
+        env={
+            "GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"),
+            "GPUEX_ORACLE_PORT": str(SERVE_PORT),
+            "GPUEX_ORACLE_STATE_DIR": str(tmp_path / "oracle"),
+        },
+    )
     try:
+
         def healthy() -> bool:
             assert oracle.poll() is None, (tmp_path / "oracle.log").read_text()
             try:
@@ -69,16 +99,24 @@ def test_oracle_serve_without_a_key_names_the_variable(cli):
 
 
 def test_oracle_serve_with_a_bad_setting(cli):
-    error = cli.fails(2, "oracle", "serve", env={"GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"),
-                                                 "GPUEX_ORACLE_PORT": "http"})
+    error = cli.fails(
+        2, "oracle", "serve", env={"GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"), "GPUEX_ORACLE_PORT": "http"}
+    )
     assert error.startswith("bad GPUEX_ORACLE_* settings: port: ")
 
 
 def test_oracle_keeper_until_sigint(cli, tmp_path):
     state = tmp_path / "keeper"
-    keeper = cli.spawn("oracle", "keeper", log=tmp_path / "keeper.log", env={
-        "GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"), "GPUEX_ORACLE_STATE_DIR": str(state),
-        "GPUEX_ORACLE_KEEPER_INTERVAL_SECONDS": "0.5"})
+    keeper = cli.spawn(
+        "oracle",
+        "keeper",
+        log=tmp_path / "keeper.log",
+        env={
+            "GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"),
+            "GPUEX_ORACLE_STATE_DIR": str(state),
+            "GPUEX_ORACLE_KEEPER_INTERVAL_SECONDS": "0.5",
+        },
+    )
 
     def scanned() -> bool:
         assert keeper.poll() is None, (tmp_path / "keeper.log").read_text()

@@ -39,7 +39,6 @@ def make_index(suite):
     """An index of the suite from its deployment block."""
 
     def _make(w3: AsyncWeb3, **options) -> EventIndex:
-        return EventIndex(w3, suite.registry.address, suite.escrow.address, suite.registry.tx.block_number,
-                          **options)
+        return EventIndex(w3, suite.registry.address, suite.escrow.address, suite.registry.tx.block_number, **options)
 
     return _make

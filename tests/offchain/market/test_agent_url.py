@@ -8,11 +8,11 @@ import asyncio
 import pytest
 from eth_account import Account
 
-from offchain.protocol.agenturl import MAX_AGENT_URL_BYTES, AgentUrlInvalid, check_agent_url
 from offchain.chain.rpc import connect
+from offchain.chain.tx.oneshot import Wallet
 from offchain.market.exchange import AgentEndpoint, ExchangeClient, ExchangeError, NotFound
 from offchain.market.offers import read_provider
-from offchain.chain.tx.oneshot import Wallet
+from offchain.protocol.agenturl import MAX_AGENT_URL_BYTES, AgentUrlInvalid, check_agent_url
 from tests.offchain.conftest import AGENT
 
 AGENT_URL = "https://agent.example.net:8443"
@@ -58,35 +58,41 @@ def local_provider(accounts):
 # check_agent_url
 
 
-@pytest.mark.parametrize("url, published", [
-    (AGENT_URL, AGENT_URL),
-    (AGENT_URL + "/", AGENT_URL),
-    ("http://10.0.0.7:8080/gpuex/agent//", "http://10.0.0.7:8080/gpuex/agent"),
-    ("HTTPS://Agent.Example.net", "https://Agent.Example.net"),
-    ("http://[2001:db8::7]:8443", "http://[2001:db8::7]:8443"),
-    ("https://xn--bcher-kva.example", "https://xn--bcher-kva.example"),
-])
+@pytest.mark.parametrize(
+    "url, published",
+    [
+        (AGENT_URL, AGENT_URL),
+        (AGENT_URL + "/", AGENT_URL),
+        ("http://10.0.0.7:8080/gpuex/agent//", "http://10.0.0.7:8080/gpuex/agent"),
+        ("HTTPS://Agent.Example.net", "https://Agent.Example.net"),
+        ("http://[2001:db8::7]:8443", "http://[2001:db8::7]:8443"),
+        ("https://xn--bcher-kva.example", "https://xn--bcher-kva.example"),
+    ],
+)
 def test_a_valid_url_is_published_without_its_trailing_slash(url, published):
     assert check_agent_url(url) == published
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("", "the agent URL is empty"),
-    ("ftp://agent.example.net", "the scheme must be http or https, not ftp"),
-    ("javascript:alert(1)", "the scheme must be http or https, not javascript"),
-    ("agent.example.net:8443", "the scheme must be http or https, not agent.example.net"),
-    ("//agent.example.net", "the scheme must be http or https"),
-    ("https://", "has no host"),
-    ("https:///agent", "has no host"),
-    ("https://operator:secret@agent.example.net", "no user name or password"),
-    ("https://agent.example.net/?token=1", "no query or fragment"),
-    ("https://agent.example.net/#top", "no query or fragment"),
-    ("https://agent.example.net:99999", "has a bad port"),
-    ("https://[2001:db8::7", "Invalid IPv6 URL"),
-    ("https://agent example.net", "holds a character a URL may not"),
-    ("https://bücher.example", "holds a character a URL may not"),
-    ("https://agent.example.net/\n", "holds a character a URL may not"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("", "the agent URL is empty"),
+        ("ftp://agent.example.net", "the scheme must be http or https, not ftp"),
+        ("javascript:alert(1)", "the scheme must be http or https, not javascript"),
+        ("agent.example.net:8443", "the scheme must be http or https, not agent.example.net"),
+        ("//agent.example.net", "the scheme must be http or https"),
+        ("https://", "has no host"),
+        ("https:///agent", "has no host"),
+        ("https://operator:secret@agent.example.net", "no user name or password"),
+        ("https://agent.example.net/?token=1", "no query or fragment"),
+        ("https://agent.example.net/#top", "no query or fragment"),
+        ("https://agent.example.net:99999", "has a bad port"),
+        ("https://[2001:db8::7", "Invalid IPv6 URL"),
+        ("https://agent example.net", "holds a character a URL may not"),
+        ("https://bücher.example", "holds a character a URL may not"),
+        ("https://agent.example.net/\n", "holds a character a URL may not"),
+    ],
+)
 def test_an_invalid_url_is_refused_with_its_reason(url, reason):
     with pytest.raises(AgentUrlInvalid, match=reason.replace("?", r"\?")):
         check_agent_url(url)
@@ -161,8 +167,9 @@ def test_the_agent_endpoint_of_an_offer(client, suite, offer, provider):
 
 
 def test_the_agent_endpoint_of_an_offer_whose_provider_published_no_url(client, offer, provider):
-    with pytest.raises(ExchangeError, match=f"the provider {provider.address} of offer {offer} has published no "
-                                            "agent URL"):
+    with pytest.raises(
+        ExchangeError, match=f"the provider {provider.address} of offer {offer} has published no agent URL"
+    ):
         client()(lambda c: c.agent_endpoint_of_offer(offer))
 
 

@@ -10,10 +10,9 @@ from eth_utils import keccak
 
 from offchain.chain.reads import ChainReader
 from offchain.market.offers import read_offers, read_provider
-from offchain.protocol.status import OfferStatus
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import EscrowDomain, Report, sign_batch
-from offchain.protocol.status import DeclineReason, RentalStatus, SlashReason
+from offchain.protocol.status import DeclineReason, OfferStatus, RentalStatus, SlashReason
 from scripts.deploy import USDC, SuiteParams
 from tests.offchain.conftest import ORACLE_KEYS, PRICE
 
@@ -32,8 +31,11 @@ def open_rental(suite, offer_id: int, renter) -> int:
 
 def apply_reports(suite, reports: list[Report], relayer) -> None:
     """Applies `reports` as two of the three oracles would, in one batch."""
-    domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
+    domain = EscrowDomain(
+        chain_id=web3.eth.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
     suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
 
@@ -64,7 +66,12 @@ def test_offers_agree_with_the_registry_views(node, make_index, chain_settings, 
     assert indexed == viewed
     first, paused = indexed
     assert (first.offer_id, first.gpu_model, first.gpu_count, first.region, first.live_rental_id) == (
-        offer, "H100-80GB", 2, "eu-west", rental_id)
+        offer,
+        "H100-80GB",
+        2,
+        "eu-west",
+        rental_id,
+    )
     assert (paused.status, paused.price_per_second, paused.util_floor_bps) == (OfferStatus.PAUSED, 3 * PRICE, 5_000)
     assert (first.egress, paused.egress) == (False, True)
     assert first.reputation.staked == 10_000 * USDC
@@ -76,10 +83,14 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
     since = suite.read(lambda r: r.rental(rental_id)).since
     chain.sleep(20)
     chain.mine()
-    apply_reports(suite, [Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10,
-                                 avg_util_bps=9_000),
-                          Report(rental_id=rental_id, seq=2, period_end=since + 20, delivered_seconds=6,
-                                 avg_util_bps=4_000)], relayer)
+    apply_reports(
+        suite,
+        [
+            Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10, avg_util_bps=9_000),
+            Report(rental_id=rental_id, seq=2, period_end=since + 20, delivered_seconds=6, avg_util_bps=4_000),
+        ],
+        relayer,
+    )
     terminated = suite.escrow.terminate(rental_id, {"from": renter})
     ends_at = terminated.events["RentalTerminated"]["endsAt"]
 
@@ -101,7 +112,9 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
     assert (running.renter, running.price_per_second, running.deposit) == (renter.address, PRICE, PRICE * DURATION)
     assert (running.started_at, running.started_by_report, running.ends_at) == (since, False, ends_at)
     assert [(r.seq, r.period_end, r.delivered_seconds, r.avg_util_bps, r.earned) for r in running.reports] == [
-        (1, since + 10, 10, 9_000, 10 * PRICE), (2, since + 20, 6, 4_000, 6 * PRICE)]
+        (1, since + 10, 10, 9_000, 10 * PRICE),
+        (2, since + 20, 6, 4_000, 6 * PRICE),
+    ]
     assert running.refunded == PRICE * (since + DURATION - ends_at)
 
     on_chain = suite.read(lambda r: r.rental(rental_id))
@@ -111,7 +124,10 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
     fee = earned * PARAMS.fee_bps // 10_000
     settlement = final.settlement
     assert (settlement.provider_payout, settlement.fee, settlement.missed_seconds) == (
-        earned - fee, fee, duration - delivered)
+        earned - fee,
+        fee,
+        duration - delivered,
+    )
     assert final.refunded == PRICE * DURATION - earned
     assert offer_after.live_rental_id == 0
     rental_events = [h.event for h in indexed_provider.history if h.rental_id == rental_id]
@@ -120,8 +136,9 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
     assert indexed_provider.record.rentals_completed == 1
 
 
-def test_a_start_timeout_slash_is_recorded_with_its_reason(node, make_index, chain_settings, suite, offer, provider,
-                                                           renter, relayer):
+def test_a_start_timeout_slash_is_recorded_with_its_reason(
+    node, make_index, chain_settings, suite, offer, provider, renter, relayer
+):
     rental_id = open_rental(suite, offer, renter)
     chain.sleep(PARAMS.start_timeout + 1)
     suite.escrow.claimStartTimeout(rental_id, {"from": relayer})
@@ -130,25 +147,33 @@ def test_a_start_timeout_slash_is_recorded_with_its_reason(node, make_index, cha
         async with node() as w3:
             index = make_index(w3)
             await index.sync()
-            on_chain = await read_provider(ChainReader(w3, chain_settings.registry, chain_settings.escrow),
-                                           provider.address)
+            on_chain = await read_provider(
+                ChainReader(w3, chain_settings.registry, chain_settings.escrow), provider.address
+            )
             return index.rental(rental_id), index.provider(provider.address), on_chain
 
     rental, indexed_provider, on_chain = run(scenario())
     assert rental.status is RentalStatus.TIMED_OUT and rental.started_at is None
     collateral = suite.read(lambda r: r.collateral_of(offer))
     assert (rental.settlement.slashed, rental.settlement.slash_reason) == (
-        collateral * PARAMS.start_slash_bps // 10_000, SlashReason.START_TIMEOUT)
+        collateral * PARAMS.start_slash_bps // 10_000,
+        SlashReason.START_TIMEOUT,
+    )
     assert rental.refunded == rental.deposit
     (slash,) = [h for h in indexed_provider.history if h.event == "Slashed"]
     assert (slash.offer_id, slash.record.renter, slash.record.amount, slash.record.reason) == (
-        offer, renter.address, rental.settlement.slashed, SlashReason.START_TIMEOUT)
+        offer,
+        renter.address,
+        rental.settlement.slashed,
+        SlashReason.START_TIMEOUT,
+    )
     assert indexed_provider.record == on_chain
     assert on_chain.slashes == 1 and on_chain.staked == 10_000 * USDC - rental.settlement.slashed
 
 
-def test_a_declined_rental_is_final_with_its_reason_and_counted(node, make_index, chain_settings, suite, offer,
-                                                                provider, renter):
+def test_a_declined_rental_is_final_with_its_reason_and_counted(
+    node, make_index, chain_settings, suite, offer, provider, renter
+):
     rental_id = open_rental(suite, offer, renter)
     suite.escrow.decline(rental_id, DeclineReason.IMAGE_UNAVAILABLE, {"from": provider})
 
@@ -156,24 +181,28 @@ def test_a_declined_rental_is_final_with_its_reason_and_counted(node, make_index
         async with node() as w3:
             index = make_index(w3)
             await index.sync()
-            on_chain = await read_provider(ChainReader(w3, chain_settings.registry, chain_settings.escrow),
-                                           provider.address)
+            on_chain = await read_provider(
+                ChainReader(w3, chain_settings.registry, chain_settings.escrow), provider.address
+            )
             return index.rental(rental_id), index.offer(offer), index.provider(provider.address), on_chain
 
     rental, indexed_offer, indexed_provider, on_chain = run(scenario())
     assert (rental.status, rental.decline_reason) == (RentalStatus.DECLINED, DeclineReason.IMAGE_UNAVAILABLE)
     assert rental.started_at is None
-    assert (rental.settlement.refund, rental.settlement.slashed, rental.refunded) == (
-        rental.deposit, 0, rental.deposit)
+    assert (rental.settlement.refund, rental.settlement.slashed, rental.refunded) == (rental.deposit, 0, rental.deposit)
     assert indexed_offer.live_rental_id == 0
     assert [h.event for h in indexed_provider.history if h.rental_id == rental_id] == [
-        "RentalOpened", "RentalDeclined", "RentalFinalized"]
+        "RentalOpened",
+        "RentalDeclined",
+        "RentalFinalized",
+    ]
     assert indexed_provider.record == on_chain
     assert (on_chain.declines, on_chain.slashes, on_chain.rentals_completed) == (1, 0, 0)
 
 
-def test_the_agent_url_is_followed_as_the_provider_publishes_and_clears_it(node, make_index, chain_settings, suite,
-                                                                           offer, provider):
+def test_the_agent_url_is_followed_as_the_provider_publishes_and_clears_it(
+    node, make_index, chain_settings, suite, offer, provider
+):
     url = "https://agent.example.net:8443"
 
     async def scenario():
@@ -184,8 +213,9 @@ def test_the_agent_url_is_followed_as_the_provider_publishes_and_clears_it(node,
             suite.registry.setAgentUrl(url, {"from": provider})
             assert await index.sync()
             published = index.provider(provider.address)
-            on_chain = await read_provider(ChainReader(w3, chain_settings.registry, chain_settings.escrow),
-                                           provider.address)
+            on_chain = await read_provider(
+                ChainReader(w3, chain_settings.registry, chain_settings.escrow), provider.address
+            )
             suite.registry.setAgentUrl("", {"from": provider})
             assert await index.sync()
             return unset, published, on_chain, index.provider(provider.address)
@@ -195,7 +225,9 @@ def test_the_agent_url_is_followed_as_the_provider_publishes_and_clears_it(node,
     assert published.record.agent_url == url and published.record == on_chain
     assert cleared.record.agent_url is None
     assert [(h.event, h.record.provider, h.record.url) for h in cleared.history if h.event == "AgentUrlSet"] == [
-        ("AgentUrlSet", provider.address, url), ("AgentUrlSet", provider.address, "")]
+        ("AgentUrlSet", provider.address, url),
+        ("AgentUrlSet", provider.address, ""),
+    ]
 
 
 def test_indexing_in_small_ranges_resumes_where_it_stopped(node, make_index, suite, offer, provider, renter):

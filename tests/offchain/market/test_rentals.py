@@ -21,8 +21,14 @@ JOB = keccak(text="rentals test job")
 
 def history(suite, rental_id: int) -> RentalHistory | None:
     """The rental folded from the escrow's raw logs of it."""
-    logs = web3.eth.get_logs({"address": suite.escrow.address, "fromBlock": suite.escrow.tx.block_number,
-                              "toBlock": "latest", "topics": [None, "0x" + rental_id.to_bytes(32, "big").hex()]})
+    logs = web3.eth.get_logs(
+        {
+            "address": suite.escrow.address,
+            "fromBlock": suite.escrow.tx.block_number,
+            "toBlock": "latest",
+            "topics": [None, "0x" + rental_id.to_bytes(32, "big").hex()],
+        }
+    )
     return RentalHistory.fold(decode_log("RentalEscrow", log) for log in logs)
 
 
@@ -30,13 +36,32 @@ def open_rental(suite, offer: int, renter) -> int:
     return suite.escrow.openRental(offer, DURATION, PRICE, JOB, {"from": renter}).return_value
 
 
-def report(suite, relayer, rental_id: int, seq: int, period_end: int, delivered: int, util_bps: int,
-           status: ReportStatus = ReportStatus.RUNNING) -> None:
+def report(
+    suite,
+    relayer,
+    rental_id: int,
+    seq: int,
+    period_end: int,
+    delivered: int,
+    util_bps: int,
+    status: ReportStatus = ReportStatus.RUNNING,
+) -> None:
     """Applies one report as two of the three oracles would."""
-    reports = [Report(rental_id=rental_id, seq=seq, period_end=period_end, delivered_seconds=delivered,
-                      avg_util_bps=util_bps, status=status)]
-    domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
+    reports = [
+        Report(
+            rental_id=rental_id,
+            seq=seq,
+            period_end=period_end,
+            delivered_seconds=delivered,
+            avg_util_bps=util_bps,
+            status=status,
+        )
+    ]
+    domain = EscrowDomain(
+        chain_id=web3.eth.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
     signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
     suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
 
@@ -45,9 +70,17 @@ def assert_agrees_with_the_escrow(suite, rental: RentalHistory) -> None:
     """The folded rental reads what `getRental` returns of it (the opening time aside, which logs do not carry)."""
     on_chain = suite.read(lambda r: r.rental(rental.rental_id))
     assert (rental.status, rental.renter, rental.price_per_second, rental.duration) == (
-        on_chain.status, on_chain.renter, on_chain.price_per_second, on_chain.duration)
+        on_chain.status,
+        on_chain.renter,
+        on_chain.price_per_second,
+        on_chain.duration,
+    )
     assert (rental.last_seq, rental.reported_seconds, rental.delivered_seconds, rental.earned) == (
-        on_chain.last_seq, on_chain.reported_seconds, on_chain.delivered_seconds, on_chain.earned)
+        on_chain.last_seq,
+        on_chain.reported_seconds,
+        on_chain.delivered_seconds,
+        on_chain.earned,
+    )
     opened_at = web3.eth.get_block(rental.opened.block_number).timestamp
     assert rental.model_copy(update={"opened_at": opened_at}).since == on_chain.since
 
@@ -105,7 +138,10 @@ def test_a_terminated_rental_expires_with_its_reports(suite, offer, provider, re
     terminated = history(suite, rental_id)
     assert_agrees_with_the_escrow(suite, terminated)
     assert (terminated.status, terminated.terminated_at, terminated.ends_at) == (
-        RentalStatus.TERMINATED, ends_at, ends_at)
+        RentalStatus.TERMINATED,
+        ends_at,
+        ends_at,
+    )
     assert (terminated.booked_duration, terminated.duration) == (DURATION, ends_at - since)
     assert terminated.refunded == terminated.termination_refund == PRICE * (since + DURATION - ends_at)
     assert terminated.avg_util_bps == round((10 * 9_000 + 5 * 3_000) / 15)
@@ -159,7 +195,11 @@ def test_a_replaced_rental_reads_from_its_events_alone(suite, offer, provider, r
     replaced = history(suite, rental_id)
     assert replaced == settled
     assert (replaced.status, replaced.duration, replaced.last_seq, replaced.reported_seconds) == (
-        RentalStatus.COMPLETED, DURATION, 1, 30)
+        RentalStatus.COMPLETED,
+        DURATION,
+        1,
+        30,
+    )
     assert (replaced.delivered_seconds, replaced.avg_util_bps) == (25, 6_000)
 
 

@@ -14,9 +14,20 @@ USDC = TokenInfo(address="0x" + "11" * 20, symbol="tUSD", decimals=6)
 
 
 def provider(address: str, delivered: int = 0, missed: int = 0) -> ProviderRecord:
-    return ProviderRecord(address=address, staked=1000, locked=0, unbonding=0, unbonding_ends_at=0,
-                          rentals_completed=1, slashes=0, declines=0, seconds_delivered=delivered,
-                          seconds_missed=missed, agent="0x" + "00" * 20, agent_url=None)
+    return ProviderRecord(
+        address=address,
+        staked=1000,
+        locked=0,
+        unbonding=0,
+        unbonding_ends_at=0,
+        rentals_completed=1,
+        slashes=0,
+        declines=0,
+        seconds_delivered=delivered,
+        seconds_missed=missed,
+        agent="0x" + "00" * 20,
+        agent_url=None,
+    )
 
 
 RELIABLE = provider("0x" + "aa" * 20, delivered=990, missed=10)
@@ -24,13 +35,38 @@ SHAKY = provider("0x" + "bb" * 20, delivered=800, missed=200)
 NEW = provider("0x" + "cc" * 20)
 
 
-def offer(offer_id: int, *, model="H100-80GB", gpus=1, vram_mib=81_559, region="eu-west", price=1_000,
-          status=OfferStatus.ACTIVE, live=0, reputation=RELIABLE, min_duration=60, max_duration=86_400,
-          egress=False):
-    return OfferRecord(offer_id=offer_id, provider=reputation.address, status=status, gpu_model=model,
-                       gpu_count=gpus, vram_mib=vram_mib, region=region, price_per_second=price,
-                       min_duration=min_duration, max_duration=max_duration, util_floor_bps=10_000, egress=egress,
-                       gpu_uuid_hashes=["0x" + "00" * 32] * gpus, live_rental_id=live, reputation=reputation)
+def offer(
+    offer_id: int,
+    *,
+    model="H100-80GB",
+    gpus=1,
+    vram_mib=81_559,
+    region="eu-west",
+    price=1_000,
+    status=OfferStatus.ACTIVE,
+    live=0,
+    reputation=RELIABLE,
+    min_duration=60,
+    max_duration=86_400,
+    egress=False,
+):
+    return OfferRecord(
+        offer_id=offer_id,
+        provider=reputation.address,
+        status=status,
+        gpu_model=model,
+        gpu_count=gpus,
+        vram_mib=vram_mib,
+        region=region,
+        price_per_second=price,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        util_floor_bps=10_000,
+        egress=egress,
+        gpu_uuid_hashes=["0x" + "00" * 32] * gpus,
+        live_rental_id=live,
+        reputation=reputation,
+    )
 
 
 OFFERS = [
@@ -55,32 +91,38 @@ def test_unavailable_offers_only_on_request():
     assert ids(OfferQuery(include_unavailable=True, sort="offer")) == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("query, expected", [
-    (OfferQuery(gpu_model="h100"), [6, 1]),
-    (OfferQuery(min_gpus=2), [6, 1]),
-    (OfferQuery(min_vram_gib=40), [2, 6, 1]),
-    (OfferQuery(min_vram_gib=41), [6, 1]),
-    (OfferQuery(max_price_per_hour=Decimal("1.8")), [3, 2]),  # 500 units/s = 1.80 tUSD/h
-    (OfferQuery(max_price_per_hour=Decimal("1.79")), [3]),
-    (OfferQuery(region="EU"), [3, 6, 1]),
-    (OfferQuery(min_reliability=0.95), [1]),
-    (OfferQuery(min_reliability=0.8), [2, 6, 1]),
-    (OfferQuery(min_duration=100_000), []),
-    (OfferQuery(gpu_model="h100", region="eu-c"), [6]),
-    (OfferQuery(egress=True), [6]),
-    (OfferQuery(egress=False), [3, 2, 1]),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        (OfferQuery(gpu_model="h100"), [6, 1]),
+        (OfferQuery(min_gpus=2), [6, 1]),
+        (OfferQuery(min_vram_gib=40), [2, 6, 1]),
+        (OfferQuery(min_vram_gib=41), [6, 1]),
+        (OfferQuery(max_price_per_hour=Decimal("1.8")), [3, 2]),  # 500 units/s = 1.80 tUSD/h
+        (OfferQuery(max_price_per_hour=Decimal("1.79")), [3]),
+        (OfferQuery(region="EU"), [3, 6, 1]),
+        (OfferQuery(min_reliability=0.95), [1]),
+        (OfferQuery(min_reliability=0.8), [2, 6, 1]),
+        (OfferQuery(min_duration=100_000), []),
+        (OfferQuery(gpu_model="h100", region="eu-c"), [6]),
+        (OfferQuery(egress=True), [6]),
+        (OfferQuery(egress=False), [3, 2, 1]),
+    ],
+)
 def test_each_filter(query, expected):
     assert ids(query) == expected
 
 
-@pytest.mark.parametrize("sort, expected", [
-    ("-price", [1, 6, 2, 3]),
-    ("price_per_gpu", [3, 1, 2, 6]),
-    ("reliability", [1, 2, 6, 3]),
-    ("vram", [1, 6, 2, 3]),
-    ("gpus", [1, 6, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "sort, expected",
+    [
+        ("-price", [1, 6, 2, 3]),
+        ("price_per_gpu", [3, 1, 2, 6]),
+        ("reliability", [1, 2, 6, 3]),
+        ("vram", [1, 6, 2, 3]),
+        ("gpus", [1, 6, 2, 3]),
+    ],
+)
 def test_sort_orders(sort, expected):
     assert ids(OfferQuery(sort=sort)) == expected
 
@@ -89,8 +131,16 @@ def test_limit():
     assert ids(OfferQuery(limit=2)) == [3, 2]
 
 
-@pytest.mark.parametrize("bad", [dict(min_gpus=0), dict(min_reliability=1.5), dict(sort="cheapest"),
-                                 dict(max_price_per_hour=-1), dict(colour="red")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(min_gpus=0),
+        dict(min_reliability=1.5),
+        dict(sort="cheapest"),
+        dict(max_price_per_hour=-1),
+        dict(colour="red"),
+    ],
+)
 def test_bad_queries_are_refused(bad):
     with pytest.raises(ValidationError):
         OfferQuery(**bad)

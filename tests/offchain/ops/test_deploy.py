@@ -9,12 +9,12 @@ import pytest
 from brownie import web3
 from eth_account import Account
 
-from offchain.ops import deployments
 from offchain.chain.contracts import contract
 from offchain.chain.reads import read_once
 from offchain.chain.rpc import connect
-from offchain.ops.deploy import DeployError, DeployRequest, SuiteParams, deploy, verify
 from offchain.chain.tx.oneshot import TxFailed, Wallet
+from offchain.ops import deployments
+from offchain.ops.deploy import DeployError, DeployRequest, SuiteParams, deploy, verify
 from tests.offchain.conftest import ORACLES
 
 PARAMS = SuiteParams(start_timeout=30, report_grace=20)
@@ -35,8 +35,13 @@ def deployer_account(accounts):
 
 
 def request(**overrides) -> DeployRequest:
-    values = dict(network="rehearsal", treasury=ORACLES[0].address, oracles=[o.address for o in ORACLES],
-                  threshold=2, params=PARAMS)
+    values = dict(
+        network="rehearsal",
+        treasury=ORACLES[0].address,
+        oracles=[o.address for o in ORACLES],
+        threshold=2,
+        params=PARAMS,
+    )
     values.update(overrides)
     return DeployRequest(**values)
 
@@ -91,8 +96,12 @@ def test_dry_run_sends_nothing_and_writes_no_record(rpc_url, record_dir, deploye
 
 def test_rerun_brings_fee_treasury_and_oracle_set_to_the_request(rpc_url, record_dir, deployer_account):
     run_deploy(rpc_url, deployer_account, request())
-    changed = request(oracles=[ORACLES[1].address], threshold=1, treasury=ORACLES[2].address,
-                      params=SuiteParams(start_timeout=30, report_grace=20, fee_bps=500))
+    changed = request(
+        oracles=[ORACLES[1].address],
+        threshold=1,
+        treasury=ORACLES[2].address,
+        params=SuiteParams(start_timeout=30, report_grace=20, fee_bps=500),
+    )
     lines = []
     dry = run_deploy(rpc_url, deployer_account, changed, dry_run=True, lines=lines)
     assert dry is None and sum("[dry run] would send" in line for line in lines) == 3

@@ -8,15 +8,35 @@ from pydantic import ValidationError
 from offchain.ops import deployments
 from offchain.ops.deployments import Deployment, DeploymentNotFound, SuiteConfig
 
-CONFIG = SuiteConfig(min_stake_per_gpu=1, unbonding_period=1, fee_bps=250, fee_cap_bps=1000, start_timeout=60,
-                     report_grace=30, sla_bps=9500, sla_slash_bps=2000, start_slash_bps=1000,
-                     treasury="0x" + "11" * 20, oracles=["0x" + "22" * 20], threshold=1)
+CONFIG = SuiteConfig(
+    min_stake_per_gpu=1,
+    unbonding_period=1,
+    fee_bps=250,
+    fee_cap_bps=1000,
+    start_timeout=60,
+    report_grace=30,
+    sla_bps=9500,
+    sla_slash_bps=2000,
+    start_slash_bps=1000,
+    treasury="0x" + "11" * 20,
+    oracles=["0x" + "22" * 20],
+    threshold=1,
+)
 
 
 def record(chain_id: int, network: str) -> Deployment:
-    return Deployment(chain_id=chain_id, network=network, deployer="0x" + "33" * 20, registry="0x" + "44" * 20,
-                      escrow="0x" + "55" * 20, payment_token="0x" + "66" * 20, stake_token="0x" + "66" * 20,
-                      test_token=True, start_block=5, config=CONFIG)
+    return Deployment(
+        chain_id=chain_id,
+        network=network,
+        deployer="0x" + "33" * 20,
+        registry="0x" + "44" * 20,
+        escrow="0x" + "55" * 20,
+        payment_token="0x" + "66" * 20,
+        stake_token="0x" + "66" * 20,
+        test_token=True,
+        start_block=5,
+        config=CONFIG,
+    )
 
 
 def test_save_then_load_and_find(tmp_path):

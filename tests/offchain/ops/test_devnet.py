@@ -11,8 +11,8 @@ import socket
 import pytest
 from eth_account import Account
 
-from offchain.ops import deployments, devnet
 from offchain.chain.reads import read_once
+from offchain.ops import deployments, devnet
 from offchain.ops.deploy import SuiteParams
 from tests.contracts.helpers import ORACLES as CONTRACT_TEST_ORACLES
 from tests.offchain.conftest import AGENT, ORACLES
@@ -37,8 +37,12 @@ def up(state_dir):
 
 def balance_of(state, account):
     deployment = state.deployment
-    return read_once(state.rpc_url, deployment.registry, deployment.escrow,
-                     lambda r: r.token_balance(deployment.payment_token, account))
+    return read_once(
+        state.rpc_url,
+        deployment.registry,
+        deployment.escrow,
+        lambda r: r.token_balance(deployment.payment_token, account),
+    )
 
 
 def test_up_runs_anvil_and_the_oracle_and_records_the_deployment(devnet_dir):
@@ -56,10 +60,13 @@ def test_up_runs_anvil_and_the_oracle_and_records_the_deployment(devnet_dir):
 
 def test_the_devnet_roles_are_the_accounts_the_test_fixtures_give_them(devnet_dir, request):
     state = up(devnet_dir)
-    assert state.accounts == {role: Account.from_key(devnet.key_path(devnet_dir, role).read_text().strip()).address
-                              for role in devnet.ROLES}
-    fixtures = {role: request.getfixturevalue(role).address
-                for role in ("deployer", "treasury", "provider", "provider2", "renter", "renter2", "agent")}
+    assert state.accounts == {
+        role: Account.from_key(devnet.key_path(devnet_dir, role).read_text().strip()).address for role in devnet.ROLES
+    }
+    fixtures = {
+        role: request.getfixturevalue(role).address
+        for role in ("deployer", "treasury", "provider", "provider2", "renter", "renter2", "agent")
+    }
     assert {role: state.accounts[role] for role in fixtures} == fixtures
     assert state.accounts["agent"] == AGENT.address
     assert state.accounts["oracle"] == ORACLES[0].address == CONTRACT_TEST_ORACLES[0].address

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from brownie import web3
 
 from offchain.config import OracleSettings
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.app import DB_FILENAME, create_app
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from tests.offchain.conftest import AGENT_KEY, GPU_UUIDS
 
 RENTAL_SECONDS = 3_600

@@ -126,8 +126,7 @@ def test_follower_drops_a_rental_the_escrow_changed(chain_settings, rental, suit
     run(scenario())
 
 
-def test_follower_drops_every_cached_rental_when_a_reorg_takes_its_change_away(chain_settings, rental, suite,
-                                                                             renter):
+def test_follower_drops_every_cached_rental_when_a_reorg_takes_its_change_away(chain_settings, rental, suite, renter):
     async def scenario():
         w3 = connect(chain_settings.rpc_url)
         view = ChainView(w3, chain_settings, cache_ttl_seconds=3_600)

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestServer
 from brownie import chain
 from eth_utils import keccak
 
-from offchain.protocol.messages import CosignRequest, CosignResponse, chain_reports
 from offchain.oracle.app import STORE, TELEMETRY_PATH
 from offchain.oracle.cosign import COSIGN_PATH, collect_cosignatures
+from offchain.protocol.messages import CosignRequest, CosignResponse, chain_reports
 from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch
 from offchain.protocol.status import RentalStatus
 from tests.offchain.conftest import ORACLE_KEYS, ORACLES
@@ -34,8 +34,11 @@ from tests.offchain.oracle.helpers import (
 
 
 def escrow_domain(suite, settings) -> EscrowDomain:
-    return EscrowDomain(chain_id=settings.chain.chain_id, escrow=suite.escrow.address,
-                        oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
+    return EscrowDomain(
+        chain_id=settings.chain.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
 
 
 def base_url(client) -> str:
@@ -60,8 +63,13 @@ def test_two_of_three_cosigned_batch_settles_the_rental_on_chain(make_settings, 
             request = CosignRequest(oracle_set_version=domain.oracle_set_version, submissions=tuple(batch))
             async with aiohttp.ClientSession() as session:
                 collected = await collect_cosignatures(
-                    session, [base_url(c) for c in clients[1:]], request, domain, [o.address for o in ORACLES],
-                    needed=2, timeout=10,
+                    session,
+                    [base_url(c) for c in clients[1:]],
+                    request,
+                    domain,
+                    [o.address for o in ORACLES],
+                    needed=2,
+                    timeout=10,
                 )
             return batch, collected
 
@@ -74,12 +82,17 @@ def test_two_of_three_cosigned_batch_settles_the_rental_on_chain(make_settings, 
     reports = chain_reports(batch)
     leader_signature = sign_batch(reports, domain, ORACLE_KEYS[0])
     suite.escrow.submitReports(
-        [r.as_tuple() for r in reports], [leader_signature, collected.signatures[ORACLES[2].address]],
+        [r.as_tuple() for r in reports],
+        [leader_signature, collected.signatures[ORACLES[2].address]],
         {"from": relayer},
     )
     settled = suite.read(lambda r: r.rental(rental.rental_id))
     assert (settled.status, settled.last_seq, settled.reported_seconds, settled.delivered_seconds) == (
-        RentalStatus.COMPLETED, 2, 2 * PERIOD, 2 * PERIOD - 6)
+        RentalStatus.COMPLETED,
+        2,
+        2 * PERIOD,
+        2 * PERIOD - 6,
+    )
 
 
 def test_peer_signs_a_batch_it_already_holds(make_settings, clock, rental, suite):
@@ -156,8 +169,13 @@ def test_peer_refuses_a_batch_it_cannot_verify_and_stores_none_of_it(
         "gap": (version, good[1:]),
         "conflicts_with_held": (version, [submission(peer, report(rental, 1, avg_util_bps=1))] + good[1:]),
         "discontinuous_within_batch": (
-            version, [good[0], submission(peer, report(rental, 2, period_start=rental.since + PERIOD + 1,
-                                                        delivered_seconds=PERIOD - 1))],
+            version,
+            [
+                good[0],
+                submission(
+                    peer, report(rental, 2, period_start=rental.since + PERIOD + 1, delivered_seconds=PERIOD - 1)
+                ),
+            ],
         ),
         "duplicate_within_batch": (version, [good[0], good[0]]),
     }
@@ -176,8 +194,10 @@ def test_peer_refuses_a_batch_it_cannot_verify_and_stores_none_of_it(
 def test_oracle_outside_the_set_refuses_to_sign(make_settings, clock, rental, suite):
     outsider = make_settings(3, key=keccak(text="not an oracle"))
     chain.sleep(PERIOD)
-    request = CosignRequest(oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
-                            submissions=(submission(outsider, report(rental, 1)),))
+    request = CosignRequest(
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+        submissions=(submission(outsider, report(rental, 1)),),
+    )
 
     async def scenario():
         async with oracle_client(outsider, clock=clock) as client:

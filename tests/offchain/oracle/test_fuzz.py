@@ -14,13 +14,15 @@ from contextlib import contextmanager
 
 from aiohttp.test_utils import TestClient, TestServer
 from brownie import chain
-from hypothesis import HealthCheck, assume, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, assume
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from hypothesis.core import given  # hypothesis' own, not the one Brownie patches in (see above)
 from pydantic import ValidationError
 
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.app import TELEMETRY_PATH, create_app
 from offchain.protocol.digest import SECP256K1_N
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from tests.offchain.conftest import GPU_UUIDS
 from tests.offchain.oracle.helpers import PERIOD, body, chain_state, db_rows, post, report, submission
 
@@ -144,8 +146,9 @@ def foreign_signed_reports(draw, settings, rental) -> bytes:
         avg_util_bps=draw(st.integers(0, 10_000)),
         peak_mem_mib=draw(st.integers(0, 2**32 - 1)),
         sample_count=draw(st.integers(0, 2**32 - 1)),
-        gpu_uuids=draw(st.just(GPU_UUIDS) | st.lists(st.text(max_size=50), min_size=1, max_size=4, unique=True)
-                       .map(tuple)),
+        gpu_uuids=draw(
+            st.just(GPU_UUIDS) | st.lists(st.text(max_size=50), min_size=1, max_size=4, unique=True).map(tuple)
+        ),
         telemetry_root=draw(st.binary(min_size=32, max_size=32)),
         simulated=draw(st.booleans()),
     )

@@ -8,16 +8,23 @@ import sqlite3
 import pytest
 from eth_utils import keccak
 
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.oracle.store import AlreadyHeld, NewSubmission, NotBatchable, SubmissionKey, SubmissionStore
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 
 BIG_RENTAL = 2**200 + 7  # beyond SQLite's 64-bit integers
 
 
 def entry(rental_id: int, seq: int) -> NewSubmission:
     report = TelemetryReport(
-        rental_id=rental_id, seq=seq, period_start=100 * seq, period_end=100 * (seq + 1), delivered_seconds=90,
-        avg_util_bps=5_000, peak_mem_mib=1, sample_count=100, gpu_uuids=("GPU-1",),
+        rental_id=rental_id,
+        seq=seq,
+        period_start=100 * seq,
+        period_end=100 * (seq + 1),
+        delivered_seconds=90,
+        avg_util_bps=5_000,
+        peak_mem_mib=1,
+        sample_count=100,
+        gpu_uuids=("GPU-1",),
         telemetry_root=keccak(text=f"{rental_id}/{seq}"),
     )
     submission = TelemetrySubmission(report=report, signature=bytes([seq]) * 64 + b"\x1b")

@@ -12,12 +12,13 @@ from brownie import ZERO_ADDRESS, chain
 from eth_account import Account
 from eth_utils import keccak
 
-from offchain.protocol.messages import TelemetrySubmission
 from offchain.oracle.app import DB_FILENAME, TELEMETRY_PATH
-from offchain.protocol.digest import SECP256K1_N
 from offchain.oracle.store import SubmissionStore
 from offchain.oracle.verify import VerifyPolicy
-from offchain.protocol.reports import EscrowDomain, rental_id as make_rental_id, sign_batch
+from offchain.protocol.digest import SECP256K1_N
+from offchain.protocol.messages import TelemetrySubmission
+from offchain.protocol.reports import EscrowDomain, sign_batch
+from offchain.protocol.reports import rental_id as make_rental_id
 from tests.offchain.conftest import AGENT_KEY, GPU_UUIDS, ORACLE_KEYS
 from tests.offchain.oracle.helpers import (
     PERIOD,
@@ -196,7 +197,12 @@ def test_period_ending_beyond_the_clock_skew_is_422(settings, clock, rental, sui
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, report(rental, 1)), 422,
+                client,
+                settings,
+                suite,
+                rental.rental_id,
+                body(settings, report(rental, 1)),
+                422,
                 "period_in_future",
             )
 
@@ -208,7 +214,12 @@ def test_period_older_than_the_age_limit_is_422(settings, clock, rental, suite):
     async def scenario():
         async with oracle_client(settings, clock=clock, policy=VerifyPolicy(max_report_age_seconds=600)) as client:
             await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, report(rental, 1)), 422,
+                client,
+                settings,
+                suite,
+                rental.rental_id,
+                body(settings, report(rental, 1)),
+                422,
                 "period_too_old",
             )
 
@@ -266,7 +277,12 @@ def test_provider_without_agent_key_is_403(settings, clock, rental, suite, provi
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, report(rental, 1)), 403,
+                client,
+                settings,
+                suite,
+                rental.rental_id,
+                body(settings, report(rental, 1)),
+                403,
                 "agent_not_set",
             )
 
@@ -310,7 +326,12 @@ def test_unknown_rental_is_404(settings, clock, rental, suite, offer):
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, report(unknown, 1)), 404,
+                client,
+                settings,
+                suite,
+                rental.rental_id,
+                body(settings, report(unknown, 1)),
+                404,
                 "unknown_rental",
             )
 
@@ -324,7 +345,12 @@ def test_cancelled_rental_is_409(settings, clock, open_rental, suite, renter):
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite, open_rental.rental_id, body(settings, report(open_rental, 1)), 409,
+                client,
+                settings,
+                suite,
+                open_rental.rental_id,
+                body(settings, report(open_rental, 1)),
+                409,
                 "rental_not_live",
             )
 
@@ -336,7 +362,12 @@ def test_open_rental_past_its_start_timeout_is_409(settings, clock, open_rental,
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite, open_rental.rental_id, body(settings, report(open_rental, 1)), 409,
+                client,
+                settings,
+                suite,
+                open_rental.rental_id,
+                body(settings, report(open_rental, 1)),
+                409,
                 "rental_start_timed_out",
             )
 
@@ -351,7 +382,12 @@ def test_first_report_of_an_open_rental_may_start_after_its_opening(settings, cl
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite, open_rental.rental_id, body(settings, early), 409,
+                client,
+                settings,
+                suite,
+                open_rental.rental_id,
+                body(settings, early),
+                409,
                 "period_discontinuous",
             )
             assert (await post(client, TELEMETRY_PATH, body(settings, late)))[0] == 202
@@ -366,7 +402,12 @@ def test_first_report_of_a_running_rental_starts_at_its_start(settings, clock, r
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, shifted), 409,
+                client,
+                settings,
+                suite,
+                rental.rental_id,
+                body(settings, shifted),
+                409,
                 "period_discontinuous",
             )
 
@@ -396,7 +437,12 @@ def test_period_not_starting_where_the_previous_ended_is_409(settings, clock, re
         async with oracle_client(settings, clock=clock) as client:
             assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 1))))[0] == 202
             await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, overlapping), 409,
+                client,
+                settings,
+                suite,
+                rental.rental_id,
+                body(settings, overlapping),
+                409,
                 "period_discontinuous",
             )
 
@@ -410,8 +456,11 @@ def test_reports_the_chain_already_applied_are_stale_and_the_next_follows_the_ch
     """An oracle that missed reports others settled continues from the chain's last applied report."""
     chain.sleep(2 * PERIOD)
     settled = report(rental, 1).to_chain_report()
-    domain = EscrowDomain(chain_id=settings.chain.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
+    domain = EscrowDomain(
+        chain_id=settings.chain.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
     signatures = [sign_batch([settled], domain, key) for key in ORACLE_KEYS[1:]]
     suite.escrow.submitReports([settled.as_tuple()], signatures, {"from": relayer})
 
@@ -503,8 +552,11 @@ def test_report_following_reports_settled_elsewhere_is_checked_against_a_fresh_r
     """The cache does not follow applied reports: a report that does not fit the cached rental is re-checked
     against the chain as it is now."""
     chain.sleep(3 * PERIOD)
-    domain = EscrowDomain(chain_id=settings.chain.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
+    domain = EscrowDomain(
+        chain_id=settings.chain.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
     settled = [report(rental, seq).to_chain_report() for seq in (1, 2)]
 
     async def scenario():

@@ -6,11 +6,12 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.core import given  # hypothesis' own: no chain here for Brownie's wrapper to isolate
 
-from offchain.protocol.messages import TelemetryReport
 from offchain.protocol.digest import SECP256K1_N, InvalidSignature, TelemetryDomain, recover_address
+from offchain.protocol.messages import TelemetryReport
 from offchain.protocol.reports import ReportStatus
 
 bytes32 = st.binary(min_size=32, max_size=32)
@@ -77,8 +78,9 @@ def _signature() -> tuple[bytes, bytes]:
         lambda sig: bytes(32) + sig[32:],  # r = 0
         lambda sig: SECP256K1_N.to_bytes(32, "big") + sig[32:],  # r = n
         lambda sig: sig[:32] + bytes(32) + sig[64:],  # s = 0
-        lambda sig: sig[:32] + (SECP256K1_N - int.from_bytes(sig[32:64], "big")).to_bytes(32, "big")
-        + bytes((55 - sig[64],)),  # the malleated twin with high s
+        lambda sig: (
+            sig[:32] + (SECP256K1_N - int.from_bytes(sig[32:64], "big")).to_bytes(32, "big") + bytes((55 - sig[64],))
+        ),  # the malleated twin with high s
     ],
     ids=["short", "long", "v01", "v29", "r0", "rn", "s0", "high_s"],
 )

@@ -9,6 +9,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+from offchain.market.renterclient import extract_results
 from offchain.protocol.renterapi import (
     EXPIRY_HEADER,
     NONCE_HEADER,
@@ -23,7 +24,6 @@ from offchain.protocol.renterapi import (
     sign_request,
     unseal,
 )
-from offchain.market.renterclient import extract_results
 
 KEY = "0x" + keccak(text="renter api unit renter").hex()
 AGENT_KEY = "0x" + keccak(text="renter api unit agent").hex()
@@ -40,29 +40,46 @@ def test_a_signed_request_recovers_its_signer_and_nonce():
     assert nonce.hex() == headers[NONCE_HEADER][2:] and expiry == int(NOW) + 60
 
 
-@pytest.mark.parametrize("change", [
-    {"chain_id": 1}, {"escrow": "0x" + "e6" * 20}, {"rental_id": 8}, {"action": Action.SHELL}, {"body": b"{}"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"chain_id": 1},
+        {"escrow": "0x" + "e6" * 20},
+        {"rental_id": 8},
+        {"action": Action.SHELL},
+        {"body": b"{}"},
+    ],
+)
 def test_a_signature_is_for_one_chain_escrow_rental_action_and_body(change):
     """Anything else recovers another address, which is not the renter."""
     headers = sign_request(KEY, 31337, ESCROW, 7, Action.LOGS, b"", now=NOW)
     where = {"chain_id": 31337, "escrow": ESCROW, "rental_id": 7, "action": Action.LOGS, "body": b"", **change}
 
-    signer, _, _ = recover_signer(headers, where["chain_id"], where["escrow"], where["rental_id"], where["action"],
-                                  where["body"], now=NOW)
+    signer, _, _ = recover_signer(
+        headers, where["chain_id"], where["escrow"], where["rental_id"], where["action"], where["body"], now=NOW
+    )
 
     assert signer != Account.from_key(KEY).address
 
 
-@pytest.mark.parametrize("headers, code", [
-    ({}, ApiErrorCode.UNSIGNED),
-    ({EXPIRY_HEADER: "soon", NONCE_HEADER: "0x" + "00" * 32, SIGNATURE_HEADER: "0x" + "00" * 65},
-     ApiErrorCode.UNSIGNED),
-    ({EXPIRY_HEADER: str(int(NOW) + 10), NONCE_HEADER: "0x00", SIGNATURE_HEADER: "0x" + "00" * 65},
-     ApiErrorCode.UNSIGNED),
-    ({EXPIRY_HEADER: str(int(NOW) + 10), NONCE_HEADER: "0x" + "00" * 32, SIGNATURE_HEADER: "0x" + "00" * 65},
-     ApiErrorCode.BAD_SIGNATURE),
-])
+@pytest.mark.parametrize(
+    "headers, code",
+    [
+        ({}, ApiErrorCode.UNSIGNED),
+        (
+            {EXPIRY_HEADER: "soon", NONCE_HEADER: "0x" + "00" * 32, SIGNATURE_HEADER: "0x" + "00" * 65},
+            ApiErrorCode.UNSIGNED,
+        ),
+        (
+            {EXPIRY_HEADER: str(int(NOW) + 10), NONCE_HEADER: "0x00", SIGNATURE_HEADER: "0x" + "00" * 65},
+            ApiErrorCode.UNSIGNED,
+        ),
+        (
+            {EXPIRY_HEADER: str(int(NOW) + 10), NONCE_HEADER: "0x" + "00" * 32, SIGNATURE_HEADER: "0x" + "00" * 65},
+            ApiErrorCode.BAD_SIGNATURE,
+        ),
+    ],
+)
 def test_malformed_headers_are_refused(headers, code):
     with pytest.raises(RequestRefused) as refused:
         recover_signer(headers, 31337, ESCROW, 7, Action.LOGS, now=NOW)
@@ -71,8 +88,10 @@ def test_malformed_headers_are_refused(headers, code):
 
 
 def test_expired_and_far_ahead_requests_are_refused():
-    for headers in (sign_request(KEY, 31337, ESCROW, 7, Action.LOGS, now=NOW - 120),
-                    sign_request(KEY, 31337, ESCROW, 7, Action.LOGS, validity_seconds=600, now=NOW)):
+    for headers in (
+        sign_request(KEY, 31337, ESCROW, 7, Action.LOGS, now=NOW - 120),
+        sign_request(KEY, 31337, ESCROW, 7, Action.LOGS, validity_seconds=600, now=NOW),
+    ):
         with pytest.raises(RequestRefused) as refused:
             recover_signer(headers, 31337, ESCROW, 7, Action.LOGS, now=NOW)
         assert refused.value.code is ApiErrorCode.EXPIRED
@@ -91,8 +110,9 @@ def test_a_sealed_value_opens_with_the_agents_key_only():
         unseal(AGENT_KEY, sealed[:-4] + "0000")
 
 
-def _member(tar: tarfile.TarFile, name: str, *, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-            link: str = "") -> None:
+def _member(
+    tar: tarfile.TarFile, name: str, *, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> None:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, link, len(data)
     tar.addfile(info, io.BytesIO(data) if data else None)

@@ -124,7 +124,4 @@ def test_every_reading_and_the_source_change_the_canonical_bytes(changes):
 
 
 def test_canonical_bytes_resolve_time_to_the_millisecond_and_power_to_the_milliwatt():
-    assert (
-        _sample(timestamp=1_767_225_600.2501, power_w=612.3451).canonical_bytes()
-        == _sample().canonical_bytes()
-    )
+    assert _sample(timestamp=1_767_225_600.2501, power_w=612.3451).canonical_bytes() == _sample().canonical_bytes()

@@ -126,9 +126,7 @@ def test_insane_reading_is_recorded_but_unhealthy():
 
 
 def test_nvml_that_does_not_start_raises_telemetry_unavailable():
-    fake = FakeNvml(
-        [FakeGpu(UUIDS[0])], init_error=NVMLError_LibraryNotFound("NVML Shared Library Not Found")
-    )
+    fake = FakeNvml([FakeGpu(UUIDS[0])], init_error=NVMLError_LibraryNotFound("NVML Shared Library Not Found"))
 
     with pytest.raises(TelemetryUnavailable, match="NVML Shared Library Not Found"):
         NvmlSource(nvml=fake)

@@ -73,17 +73,14 @@ def test_gpus_are_distinct_and_listed_in_index_order():
     assert [g.index for g in gpus] == [0, 1, 2]
     assert len({g.uuid for g in gpus}) == 3
     assert all(
-        re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", g.uuid)
-        for g in gpus
+        re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", g.uuid) for g in gpus
     )
     assert all(g.name == "NVIDIA L4" and g.mem_total_mib == 23_034 for g in gpus)
     assert [s.uuid for s in take(source, 1)[0]] == [g.uuid for g in gpus]
 
 
 def test_an_outage_makes_one_gpu_unhealthy_for_exactly_its_window():
-    source = SimulatedSource(
-        gpu_count=2, seed=1, start=START, outages=[Outage(gpu_index=1, start_s=5, end_s=8)]
-    )
+    source = SimulatedSource(gpu_count=2, seed=1, start=START, outages=[Outage(gpu_index=1, start_s=5, end_s=8)])
 
     ticks = take(source, 12)
 

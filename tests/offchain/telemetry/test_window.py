@@ -41,9 +41,7 @@ def _sample(second: float, uuid: str, util: int = 80, mem: int = 10_000, **chang
 
 
 def _steady(seconds: int, util_a: int = 90, util_b: int = 61) -> list[GpuSample]:
-    return [_sample(s, GPU_A, util_a) for s in range(seconds)] + [
-        _sample(s, GPU_B, util_b) for s in range(seconds)
-    ]
+    return [_sample(s, GPU_A, util_a) for s in range(seconds)] + [_sample(s, GPU_B, util_b) for s in range(seconds)]
 
 
 def test_every_second_with_healthy_samples_of_all_gpus_is_delivered():
@@ -200,9 +198,7 @@ def _replayed(rebase_to: float | None = None) -> list[GpuSample]:
 
 def _expected_util_bps(samples: list[GpuSample], start: int, end: int) -> int:
     """One sample per GPU per second in the trace: the mean over delivered GPU-seconds, rounded down."""
-    delivered = [
-        s for s in samples if start <= s.timestamp < end and int(s.timestamp) - T0 not in TRACE_OUTAGE
-    ]
+    delivered = [s for s in samples if start <= s.timestamp < end and int(s.timestamp) - T0 not in TRACE_OUTAGE]
     return sum(s.gpu_util_pct for s in delivered) * 100 // len(delivered)
 
 

@@ -14,11 +14,11 @@ from brownie import chain, web3
 from eth_utils import keccak
 from pydantic import SecretStr
 
-from offchain.ops import deployments
 from offchain.config import OracleSettings
 from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
-from offchain.protocol.messages import gpu_uuid_hash
+from offchain.ops import deployments
 from offchain.oracle.app import create_app
+from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import EscrowDomain, Report, sign_batch
 from offchain.protocol.status import DeclineReason
 from tests.offchain.conftest import ORACLE_KEYS, PRICE
@@ -34,8 +34,7 @@ def run(coroutine):
 def list_l4_offer(suite, provider) -> int:
     hashes = [gpu_uuid_hash("GPU-web-api-test-l4")]
     suite.registry.registerGpus(hashes, {"from": provider})
-    terms = (b"L4".ljust(32, b"\0"), 23_034, PRICE // 4, 60, 7_200, b"us-east".ljust(16, b"\0"), 5_000, True,
-             hashes)
+    terms = (b"L4".ljust(32, b"\0"), 23_034, PRICE // 4, 60, 7_200, b"us-east".ljust(16, b"\0"), 5_000, True, hashes)
     return suite.registry.createOffer(terms, {"from": provider}).return_value
 
 
@@ -47,18 +46,29 @@ def open_running_rental(suite, offer_id: int, provider, renter, relayer) -> int:
     chain.sleep(10)
     chain.mine()
     report = Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10, avg_util_bps=9_000)
-    domain = EscrowDomain(chain_id=web3.eth.chain_id, escrow=suite.escrow.address,
-                          oracle_set_version=suite.read(lambda r: r.oracle_set()).version)
-    suite.escrow.submitReports([report.as_tuple()], [sign_batch([report], domain, k) for k in ORACLE_KEYS[:2]],
-                               {"from": relayer})
+    domain = EscrowDomain(
+        chain_id=web3.eth.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
+    suite.escrow.submitReports(
+        [report.as_tuple()], [sign_batch([report], domain, k) for k in ORACLE_KEYS[:2]], {"from": relayer}
+    )
     return rental_id
 
 
 def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite, offer, provider):
     l4 = list_l4_offer(suite, provider)
-    queries = [{}, {"gpu_model": "l4"}, {"sort": "-price"}, {"max_price_per_hour": "3"},
-               {"min_vram_gib": "40", "region": "EU"}, {"include_unavailable": "on", "sort": "gpus", "limit": "1"},
-               {"egress": "true"}, {"gpu_model": "", "min_gpus": " "}]  # blank form fields count as not given
+    queries = [
+        {},
+        {"gpu_model": "l4"},
+        {"sort": "-price"},
+        {"max_price_per_hour": "3"},
+        {"min_vram_gib": "40", "region": "EU"},
+        {"include_unavailable": "on", "sort": "gpus", "limit": "1"},
+        {"egress": "true"},
+        {"gpu_model": "", "min_gpus": " "},
+    ]  # blank form fields count as not given
 
     async def scenario():
         async with web_client() as client:
@@ -73,9 +83,17 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite,
     assert [o["offer_id"] for o in pages[0]["offers"]] == [l4, offer]
     h100 = pages[0]["offers"][1]
     assert (h100["gpu_model"], h100["gpu_count"], h100["vram_gib"], h100["region"], h100["status"]) == (
-        "H100-80GB", 2, 79.65, "eu-west", "active")
-    assert (h100["price_per_hour"], h100["price_per_gpu_hour"], h100["util_floor_pct"]) == ("3.600000", "1.800000",
-                                                                                        100.0)
+        "H100-80GB",
+        2,
+        79.65,
+        "eu-west",
+        "active",
+    )
+    assert (h100["price_per_hour"], h100["price_per_gpu_hour"], h100["util_floor_pct"]) == (
+        "3.600000",
+        "1.800000",
+        100.0,
+    )
     assert (h100["available"], h100["rental_id"], h100["reliability"]) == (True, None, None)
     assert (h100["egress"], h100["declines"], pages[0]["offers"][0]["egress"]) == (False, 0, True)
     assert [o["offer_id"] for o in pages[6]["offers"]] == [l4]
@@ -83,8 +101,13 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite,
 
 
 def test_a_bad_offer_query_is_refused_with_its_reason(web_client, offer):
-    refused = {"min_gpus=0": "min_gpus", "sort=cheapest": "sort", "colour=red": "colour",
-               "max_price_per_hour=lots": "max_price_per_hour", "limit=1&limit=2": "limit is given 2 times"}
+    refused = {
+        "min_gpus=0": "min_gpus",
+        "sort=cheapest": "sort",
+        "colour=red": "colour",
+        "max_price_per_hour=lots": "max_price_per_hour",
+        "limit=1&limit=2": "limit is given 2 times",
+    }
 
     async def scenario():
         async with web_client() as client:
@@ -99,16 +122,37 @@ def test_a_rental_and_its_provider_in_human_units(web_client, suite, offer, prov
 
     async def scenario():
         async with web_client() as client:
-            return [await (await client.get(path)).json() for path in (
-                f"/web/api/rentals/{rental_id}", "/web/api/rentals", f"/web/api/providers/{provider.address.lower()}")]
+            return [
+                await (await client.get(path)).json()
+                for path in (
+                    f"/web/api/rentals/{rental_id}",
+                    "/web/api/rentals",
+                    f"/web/api/providers/{provider.address.lower()}",
+                )
+            ]
 
     rental, recent, indexed_provider = run(scenario())
     assert (rental["rental_id"], rental["offer_id"], rental["status"], rental["live"]) == (
-        str(rental_id), offer, "running", True)
+        str(rental_id),
+        offer,
+        "running",
+        True,
+    )
     assert (rental["deposit"], rental["paid"], rental["refunded"], rental["price_per_hour"]) == (
-        "3.600000", "0.010000", "0.000000", "3.600000")
-    assert rental["reports"] == [{"seq": 1, "period_end": rental["since"] + 10, "delivered_seconds": 10,
-                                  "avg_util_pct": 90.0, "earned": "0.010000"}]
+        "3.600000",
+        "0.010000",
+        "0.000000",
+        "3.600000",
+    )
+    assert rental["reports"] == [
+        {
+            "seq": 1,
+            "period_end": rental["since"] + 10,
+            "delivered_seconds": 10,
+            "avg_util_pct": 90.0,
+            "earned": "0.010000",
+        }
+    ]
     assert (rental["gpu_model"], rental["gpu_count"], rental["settlement"]) == ("H100-80GB", 2, None)
     assert [r["rental_id"] for r in recent["rentals"]] == [str(rental_id)]
     assert indexed_provider["address"] == provider.address
@@ -126,14 +170,23 @@ def test_a_declined_rental_shows_its_reason_and_the_providers_declines(web_clien
 
     async def scenario():
         async with web_client() as client:
-            return [await (await client.get(path)).json() for path in (
-                f"/web/api/rentals/{rental_id}", f"/web/api/providers/{provider.address}", "/web/api/offers")]
+            return [
+                await (await client.get(path)).json()
+                for path in (
+                    f"/web/api/rentals/{rental_id}",
+                    f"/web/api/providers/{provider.address}",
+                    "/web/api/offers",
+                )
+            ]
 
     rental, indexed_provider, offers = run(scenario())
     assert (rental["status"], rental["live"], rental["decline_reason"]) == ("declined", False, "exceeds_offer")
     assert rental["decline_detail"] == DeclineReason.EXCEEDS_OFFER.describe()
     assert (rental["settlement"]["refund"], rental["settlement"]["slashed"], rental["refunded"]) == (
-        "3.600000", "0.000000", "3.600000")
+        "3.600000",
+        "0.000000",
+        "3.600000",
+    )
     assert (indexed_provider["declines"], indexed_provider["slashes"]) == (1, 0)
     assert [o["declines"] for o in offers["offers"]] == [1]
     declined = next(h for h in indexed_provider["history"] if h["event"] == "RentalDeclined")
@@ -155,18 +208,30 @@ def test_a_provider_shows_its_published_agent_url_and_when_it_changed(web_client
 
     assert published["agent_url"] == url and cleared["agent_url"] is None
     assert [h["summary"] for h in cleared["history"] if h["event"] == "AgentUrlSet"] == [
-        "cleared its agent URL", f"published its agent URL {url}"]  # the newest first
+        "cleared its agent URL",
+        f"published its agent URL {url}",
+    ]  # the newest first
 
 
 def test_unknown_rentals_and_providers_are_refused(web_client, offer, deployer):
     async def scenario():
         async with web_client() as client:
-            paths = ["/web/api/rentals/99", "/web/api/rentals/x", f"/web/api/providers/{deployer.address}",
-                     "/web/api/providers/0x12", "/web/api/rentals?limit=0"]
+            paths = [
+                "/web/api/rentals/99",
+                "/web/api/rentals/x",
+                f"/web/api/providers/{deployer.address}",
+                "/web/api/providers/0x12",
+                "/web/api/rentals?limit=0",
+            ]
             return [(r.status, (await r.json())["error"]) for r in [await client.get(p) for p in paths]]
 
-    assert run(scenario()) == [(404, "unknown_rental"), (400, "bad_query"), (404, "unknown_provider"),
-                               (400, "bad_address"), (400, "bad_query")]
+    assert run(scenario()) == [
+        (404, "unknown_rental"),
+        (400, "bad_query"),
+        (404, "unknown_provider"),
+        (400, "bad_address"),
+        (400, "bad_query"),
+    ]
 
 
 def test_the_event_stream_announces_each_move_of_the_index(web_client, suite, offer, renter):
@@ -181,8 +246,9 @@ def test_the_event_stream_announces_each_move_of_the_index(web_client, suite, of
             stream = await client.get("/web/api/events")
             assert stream.headers["Content-Type"] == "text/event-stream"
             first = await next_event(stream)
-            rental_id = suite.escrow.openRental(offer, DURATION, PRICE, keccak(text="job"),
-                                                {"from": renter}).return_value
+            rental_id = suite.escrow.openRental(
+                offer, DURATION, PRICE, keccak(text="job"), {"from": renter}
+            ).return_value
             moved = await next_event(stream)
             rental = await (await client.get(f"/web/api/rentals/{rental_id}")).json()
             stream.close()
@@ -217,8 +283,10 @@ def test_the_page_answers_503_until_its_index_reaches_the_deployment(web_client,
         async with web_client(lagging, ready=False) as client:
             await asyncio.sleep(0.3)  # several rounds of the index
             market = await (await client.get("/web/api/market")).json()
-            refusals = [(r.status, (await r.json())["error"]) for r in
-                        [await client.get(p) for p in ("/web/api/offers", "/web/api/rentals", "/web/api/rentals/1")]]
+            refusals = [
+                (r.status, (await r.json())["error"])
+                for r in [await client.get(p) for p in ("/web/api/offers", "/web/api/rentals", "/web/api/rentals/1")]
+            ]
             return market["index"], refusals
 
     index, refusals = run(scenario())
@@ -229,8 +297,9 @@ def test_the_page_answers_503_until_its_index_reaches_the_deployment(web_client,
 def test_the_oracle_serves_the_page_when_web_is_on(chain_settings, deployment, tmp_path, monkeypatch, offer):
     monkeypatch.setenv(deployments.DIR_ENV, str(tmp_path))
     deployments.save(deployment)
-    settings = OracleSettings(chain=chain_settings, key=SecretStr("0x" + ORACLE_KEYS[0].hex()),
-                              state_dir=tmp_path / "oracle", web=True)
+    settings = OracleSettings(
+        chain=chain_settings, key=SecretStr("0x" + ORACLE_KEYS[0].hex()), state_dir=tmp_path / "oracle", web=True
+    )
 
     async def scenario():
         async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:

@@ -150,7 +150,10 @@ def test_request_unstake_emits_amount_total_and_end_of_period(registry, provider
 
     ends_at = tx.timestamp + params.unbonding_period
     assert dict(tx.events["UnstakeRequested"]) == {
-        "provider": provider, "amount": STAKE // 4, "unbonding": STAKE // 4, "endsAt": ends_at,
+        "provider": provider,
+        "amount": STAKE // 4,
+        "unbonding": STAKE // 4,
+        "endsAt": ends_at,
     }
     assert registry.getProvider(provider)["unbondingEndsAt"] == ends_at
 
@@ -192,8 +195,7 @@ def test_request_unstake_cannot_take_stake_already_unbonding(registry, provider)
         registry.requestUnstake(1, {"from": provider})
 
 
-def test_request_unstake_cannot_take_locked_collateral(registry, provider, renter, list_offer, open_rental,
-                                                       collateral):
+def test_request_unstake_cannot_take_locked_collateral(registry, provider, renter, list_offer, open_rental, collateral):
     open_rental(renter, list_offer(provider, stake=STAKE))
     free = STAKE - collateral
 
@@ -201,8 +203,9 @@ def test_request_unstake_cannot_take_locked_collateral(registry, provider, rente
         registry.requestUnstake(free + 1, {"from": provider})
 
 
-def test_request_unstake_takes_all_free_stake_beside_locked_collateral(registry, provider, renter, list_offer,
-                                                                       open_rental, collateral):
+def test_request_unstake_takes_all_free_stake_beside_locked_collateral(
+    registry, provider, renter, list_offer, open_rental, collateral
+):
     open_rental(renter, list_offer(provider, stake=STAKE))
 
     registry.requestUnstake(STAKE - collateral, {"from": provider})
@@ -270,7 +273,8 @@ def test_withdraw_unstaked_twice_reverts(registry, provider, params):
 
 
 def test_unstaked_stake_withdrawn_after_a_slash_pays_exactly_the_unbonded_amount(
-        registry, token, escrow, provider, renter, list_offer, open_rental, params, collateral):
+    registry, token, escrow, provider, renter, list_offer, open_rental, params, collateral
+):
     rental = open_rental(renter, list_offer(provider, stake=STAKE))
     registry.requestUnstake(STAKE - collateral, {"from": provider})
     advance(params.start_timeout + 1)
@@ -504,9 +508,18 @@ def test_create_offer_stores_the_terms(registry, provider, register):
     offer = registry.createOffer(offer_terms(hashes, 777, 120, 7_200, 6_000), {"from": provider}).return_value
 
     assert registry.getOffer(offer).dict() == {
-        "provider": provider, "gpuCount": 2, "utilFloorBps": 6_000, "status": ACTIVE, "minDuration": 120,
-        "egress": False, "pricePerSecond": 777, "maxDuration": 7_200, "vramMiB": VRAM_MIB, "region": hexstr(REGION),
-        "gpuModel": hexstr(GPU_MODEL), "gpuUuidHashes": tuple(hexstr(h) for h in hashes),
+        "provider": provider,
+        "gpuCount": 2,
+        "utilFloorBps": 6_000,
+        "status": ACTIVE,
+        "minDuration": 120,
+        "egress": False,
+        "pricePerSecond": 777,
+        "maxDuration": 7_200,
+        "vramMiB": VRAM_MIB,
+        "region": hexstr(REGION),
+        "gpuModel": hexstr(GPU_MODEL),
+        "gpuUuidHashes": tuple(hexstr(h) for h in hashes),
     }
 
 
@@ -517,8 +530,17 @@ def test_create_offer_emits_offer_created_with_the_terms(registry, provider, reg
 
     event = tx.events["OfferCreated"]
     assert (event["offerId"], event["provider"]) == (tx.return_value, provider)
-    assert event["terms"] == (hexstr(GPU_MODEL), VRAM_MIB, PRICE, 60, 86_400, hexstr(REGION), 10_000, False,
-                              [hexstr(h) for h in hashes])
+    assert event["terms"] == (
+        hexstr(GPU_MODEL),
+        VRAM_MIB,
+        PRICE,
+        60,
+        86_400,
+        hexstr(REGION),
+        10_000,
+        False,
+        [hexstr(h) for h in hashes],
+    )
 
 
 @pytest.mark.parametrize("egress", [True, False])
@@ -667,8 +689,9 @@ def test_update_offer_price_sets_the_price_and_emits(registry, provider, list_of
     assert tx.events["OfferPriceUpdated"]["pricePerSecond"] == 2 * PRICE
 
 
-def test_update_offer_price_keeps_the_price_of_a_live_rental(registry, escrow, provider, renter, list_offer,
-                                                            open_rental):
+def test_update_offer_price_keeps_the_price_of_a_live_rental(
+    registry, escrow, provider, renter, list_offer, open_rental
+):
     offer = list_offer(provider)
     rental = open_rental(renter, offer)
 
@@ -880,8 +903,7 @@ def test_close_an_offer_with_a_live_rental_reverts(registry, provider, renter, l
         registry.closeOffer(offer, {"from": provider})
 
 
-def test_close_an_offer_with_a_running_rental_reverts(registry, escrow, provider, renter, list_offer,
-                                                     open_rental):
+def test_close_an_offer_with_a_running_rental_reverts(registry, escrow, provider, renter, list_offer, open_rental):
     offer = list_offer(provider)
     escrow.start(open_rental(renter, offer), {"from": provider})
 
@@ -889,8 +911,7 @@ def test_close_an_offer_with_a_running_rental_reverts(registry, escrow, provider
         registry.closeOffer(offer, {"from": provider})
 
 
-def test_close_an_offer_after_its_rental_settled_works(registry, escrow, provider, renter, list_offer,
-                                                      open_rental):
+def test_close_an_offer_after_its_rental_settled_works(registry, escrow, provider, renter, list_offer, open_rental):
     offer = list_offer(provider)
     escrow.terminate(open_rental(renter, offer), {"from": renter})
 
@@ -925,8 +946,7 @@ def test_reserve_by_anyone_but_the_escrow_reverts(registry, provider, list_offer
 
 
 @pytest.mark.parametrize("caller", ["deployer", "provider", "stranger"])
-def test_settle_by_anyone_but_the_escrow_reverts(registry, provider, renter, list_offer, open_rental, request,
-                                                 caller):
+def test_settle_by_anyone_but_the_escrow_reverts(registry, provider, renter, list_offer, open_rental, request, caller):
     offer = list_offer(provider)
     open_rental(renter, offer)
     account = request.getfixturevalue(caller)
@@ -937,7 +957,6 @@ def test_settle_by_anyone_but_the_escrow_reverts(registry, provider, renter, lis
 
 # ---------------------------------------------------------------------------------------------------------
 # collateral locking
-
 
 
 def test_opening_a_rental_locks_the_collateral(registry, provider, renter, list_offer, open_rental, collateral):
@@ -956,7 +975,9 @@ def test_opening_a_rental_emits_collateral_locked(provider, renter, list_offer, 
     open_rental(renter, offer)
 
     assert dict(history[-1].events["CollateralLocked"]) == {
-        "provider": provider, "offerId": offer, "amount": collateral,
+        "provider": provider,
+        "offerId": offer,
+        "amount": collateral,
     }
 
 
@@ -966,24 +987,23 @@ def test_collateral_is_min_stake_per_gpu_times_the_offers_gpus(registry, provide
     assert registry.collateralOf(offer) == 3 * params.min_stake_per_gpu
 
 
-def test_renting_with_exactly_the_collateral_free_locks_all_of_it(registry, provider, renter, list_offer,
-                                                                 open_rental, collateral):
+def test_renting_with_exactly_the_collateral_free_locks_all_of_it(
+    registry, provider, renter, list_offer, open_rental, collateral
+):
     open_rental(renter, list_offer(provider, stake=collateral))
 
     assert registry.getProvider(provider)["locked"] == collateral
     assert registry.freeStake(provider) == 0
 
 
-def test_renting_with_free_stake_short_of_the_collateral_reverts(provider, renter, list_offer, open_rental,
-                                                                 collateral):
+def test_renting_with_free_stake_short_of_the_collateral_reverts(provider, renter, list_offer, open_rental, collateral):
     offer = list_offer(provider, stake=collateral - 1)
 
     with brownie.reverts(error("Registry_InsufficientFreeStake", provider, collateral - 1, collateral)):
         open_rental(renter, offer)
 
 
-def test_unbonding_stake_is_not_free_for_collateral(registry, provider, renter, list_offer, open_rental,
-                                                    collateral):
+def test_unbonding_stake_is_not_free_for_collateral(registry, provider, renter, list_offer, open_rental, collateral):
     offer = list_offer(provider, stake=collateral)
     registry.requestUnstake(1, {"from": provider})
 
@@ -991,8 +1011,9 @@ def test_unbonding_stake_is_not_free_for_collateral(registry, provider, renter, 
         open_rental(renter, offer)
 
 
-def test_collateral_locked_by_one_rental_is_not_free_for_another(registry, provider, renter, renter2,
-                                                                 list_offer, open_rental, register, collateral):
+def test_collateral_locked_by_one_rental_is_not_free_for_another(
+    registry, provider, renter, renter2, list_offer, open_rental, register, collateral
+):
     open_rental(renter, list_offer(provider, stake=collateral))
     second = registry.createOffer(offer_terms(register(provider)), {"from": provider}).return_value
 
@@ -1001,8 +1022,7 @@ def test_collateral_locked_by_one_rental_is_not_free_for_another(registry, provi
 
 
 @pytest.mark.parametrize("duration", [59, 30 * 86_400 + 1], ids=["below-min", "above-max"])
-def test_renting_for_a_duration_outside_the_offers_range_reverts(provider, renter, list_offer, open_rental,
-                                                                 duration):
+def test_renting_for_a_duration_outside_the_offers_range_reverts(provider, renter, list_offer, open_rental, duration):
     offer = list_offer(provider, min_duration=60, max_duration=30 * 86_400)
 
     with brownie.reverts(error("Registry_DurationOutOfRange", offer, duration, 60, 30 * 86_400)):
@@ -1010,8 +1030,7 @@ def test_renting_for_a_duration_outside_the_offers_range_reverts(provider, rente
 
 
 @pytest.mark.parametrize("duration", [60, 30 * 86_400], ids=["min", "max"])
-def test_renting_for_a_duration_at_the_offers_bounds_works(escrow, provider, renter, list_offer, open_rental,
-                                                           duration):
+def test_renting_for_a_duration_at_the_offers_bounds_works(escrow, provider, renter, list_offer, open_rental, duration):
     offer = list_offer(provider, min_duration=60, max_duration=30 * 86_400)
 
     rental = open_rental(renter, offer, duration=duration)
@@ -1028,8 +1047,9 @@ def test_renting_an_unknown_offer_reverts(renter, open_rental):
 # settlement: collateral release and reputation counters
 
 
-def test_cancelled_rental_releases_all_collateral(registry, escrow, provider, renter, list_offer, open_rental,
-                                                  collateral):
+def test_cancelled_rental_releases_all_collateral(
+    registry, escrow, provider, renter, list_offer, open_rental, collateral
+):
     offer = list_offer(provider, stake=STAKE)
 
     tx = escrow.terminate(open_rental(renter, offer), {"from": renter})
@@ -1041,15 +1061,17 @@ def test_cancelled_rental_releases_all_collateral(registry, escrow, provider, re
     assert registry.freeStake(provider) == STAKE
 
 
-def test_cancelled_rental_leaves_the_reputation_counters_alone(registry, escrow, provider, renter, list_offer,
-                                                               open_rental):
+def test_cancelled_rental_leaves_the_reputation_counters_alone(
+    registry, escrow, provider, renter, list_offer, open_rental
+):
     escrow.terminate(open_rental(renter, list_offer(provider)), {"from": renter})
 
     assert counters(registry, provider) == [0] * 5
 
 
-def test_declined_rental_releases_all_collateral(registry, escrow, provider, renter, list_offer, open_rental,
-                                                 collateral):
+def test_declined_rental_releases_all_collateral(
+    registry, escrow, provider, renter, list_offer, open_rental, collateral
+):
     offer = list_offer(provider, stake=STAKE)
 
     tx = escrow.decline(open_rental(renter, offer), DeclineReason.SPEC_MISSING, {"from": provider})
@@ -1062,15 +1084,15 @@ def test_declined_rental_releases_all_collateral(registry, escrow, provider, ren
     assert registry.compensationOf(renter) == 0
 
 
-def test_declined_rental_counts_a_decline_and_nothing_else(registry, escrow, provider, renter, list_offer,
-                                                           open_rental):
+def test_declined_rental_counts_a_decline_and_nothing_else(registry, escrow, provider, renter, list_offer, open_rental):
     escrow.decline(open_rental(renter, list_offer(provider)), DeclineReason.IMAGE_UNAVAILABLE, {"from": provider})
 
     assert counters(registry, provider) == [0, 0, 1, 0, 0]
 
 
-def test_declines_add_up_beside_the_other_counters(registry, escrow, provider, renter, list_offer, open_rental,
-                                                   complete_rental):
+def test_declines_add_up_beside_the_other_counters(
+    registry, escrow, provider, renter, list_offer, open_rental, complete_rental
+):
     offer = list_offer(provider)
     escrow.decline(open_rental(renter, offer), DeclineReason.EXCEEDS_OFFER, {"from": provider})
     complete_rental(open_rental(renter, offer), seconds=300, delivered=300)
@@ -1081,7 +1103,8 @@ def test_declines_add_up_beside_the_other_counters(registry, escrow, provider, r
 
 
 def test_start_timeout_slashes_collateral_to_the_renter_and_releases_the_rest(
-        registry, escrow, provider, renter, list_offer, open_rental, params, collateral):
+    registry, escrow, provider, renter, list_offer, open_rental, params, collateral
+):
     offer = list_offer(provider)
     rental = open_rental(renter, offer)
     advance(params.start_timeout + 1)
@@ -1090,13 +1113,18 @@ def test_start_timeout_slashes_collateral_to_the_renter_and_releases_the_rest(
 
     slashed = collateral * params.start_slash_bps // 10_000
     assert dict(tx.events["Slashed"]) == {
-        "provider": provider, "offerId": offer, "renter": renter, "amount": slashed, "reason": SLASH_START_TIMEOUT,
+        "provider": provider,
+        "offerId": offer,
+        "renter": renter,
+        "amount": slashed,
+        "reason": SLASH_START_TIMEOUT,
     }
     assert tx.events["CollateralReleased"]["amount"] == collateral - slashed
 
 
-def test_slash_moves_stake_to_the_renters_compensation(registry, escrow, provider, renter, list_offer,
-                                                       open_rental, params, collateral):
+def test_slash_moves_stake_to_the_renters_compensation(
+    registry, escrow, provider, renter, list_offer, open_rental, params, collateral
+):
     rental = open_rental(renter, list_offer(provider, stake=STAKE))
     advance(params.start_timeout + 1)
 
@@ -1109,8 +1137,9 @@ def test_slash_moves_stake_to_the_renters_compensation(registry, escrow, provide
     assert registry.compensationOf(renter) == slashed
 
 
-def test_start_timeout_counts_a_slash_but_no_completed_rental(registry, escrow, provider, renter, list_offer,
-                                                              open_rental, params):
+def test_start_timeout_counts_a_slash_but_no_completed_rental(
+    registry, escrow, provider, renter, list_offer, open_rental, params
+):
     rental = open_rental(renter, list_offer(provider))
     advance(params.start_timeout + 1)
 
@@ -1119,8 +1148,9 @@ def test_start_timeout_counts_a_slash_but_no_completed_rental(registry, escrow, 
     assert counters(registry, provider) == [0, 1, 0, 0, 3_600]
 
 
-def test_completed_rental_releases_all_collateral(registry, provider, renter, list_offer, open_rental,
-                                                  complete_rental, collateral):
+def test_completed_rental_releases_all_collateral(
+    registry, provider, renter, list_offer, open_rental, complete_rental, collateral
+):
     offer = list_offer(provider, stake=STAKE)
 
     tx = complete_rental(open_rental(renter, offer))
@@ -1131,17 +1161,23 @@ def test_completed_rental_releases_all_collateral(registry, provider, renter, li
     assert (account["staked"], account["locked"]) == (STAKE, 0)
 
 
-def test_completed_rental_counts_as_completed_with_its_delivered_seconds(registry, provider, renter, list_offer,
-                                                                        open_rental, complete_rental):
+def test_completed_rental_counts_as_completed_with_its_delivered_seconds(
+    registry, provider, renter, list_offer, open_rental, complete_rental
+):
     complete_rental(open_rental(renter, list_offer(provider)), seconds=300, delivered=300)
 
     assert counters(registry, provider) == [
-        1, 0, 0, 300, 0,
+        1,
+        0,
+        0,
+        300,
+        0,
     ]
 
 
 def test_completed_rental_that_missed_the_sla_is_slashed_and_counts_missed_seconds(
-        registry, provider, renter, list_offer, open_rental, complete_rental, params, collateral):
+    registry, provider, renter, list_offer, open_rental, complete_rental, params, collateral
+):
     offer = list_offer(provider)
 
     tx = complete_rental(open_rental(renter, offer), seconds=300, delivered=200)
@@ -1150,12 +1186,17 @@ def test_completed_rental_that_missed_the_sla_is_slashed_and_counts_missed_secon
     assert tx.events["Slashed"]["amount"] == slashed
     assert tx.events["Slashed"]["reason"] == SLASH_SLA_BREACH
     assert counters(registry, provider) == [
-        1, 1, 0, 200, 100,
+        1,
+        1,
+        0,
+        200,
+        100,
     ]
 
 
-def test_expired_rental_counts_its_unreported_time_as_missed(registry, escrow, provider, renter, list_offer,
-                                                             open_rental, params):
+def test_expired_rental_counts_its_unreported_time_as_missed(
+    registry, escrow, provider, renter, list_offer, open_rental, params
+):
     rental = open_rental(renter, list_offer(provider), duration=3_600)
     escrow.start(rental, {"from": provider})
     advance(3_600 + params.report_grace)
@@ -1163,19 +1204,26 @@ def test_expired_rental_counts_its_unreported_time_as_missed(registry, escrow, p
     escrow.finalize(rental, {"from": renter})
 
     assert counters(registry, provider) == [
-        1, 1, 0, 0, 3_600,
+        1,
+        1,
+        0,
+        0,
+        3_600,
     ]
 
 
-def test_reputation_counters_add_up_over_rentals(registry, provider, renter, list_offer, open_rental,
-                                                 complete_rental):
+def test_reputation_counters_add_up_over_rentals(registry, provider, renter, list_offer, open_rental, complete_rental):
     offer = list_offer(provider)
     complete_rental(open_rental(renter, offer), seconds=300, delivered=300)
 
     complete_rental(open_rental(renter, offer), seconds=400, delivered=390)
 
     assert counters(registry, provider) == [
-        2, 0, 0, 690, 10,
+        2,
+        0,
+        0,
+        690,
+        10,
     ]
 
 
@@ -1200,8 +1248,9 @@ def test_withdraw_compensation_empties_it(registry, renter, slashed_renter):
         registry.withdrawCompensation({"from": renter})
 
 
-def test_withdraw_compensation_leaves_the_providers_stake_whole(registry, token, provider, renter,
-                                                                slashed_renter, collateral):
+def test_withdraw_compensation_leaves_the_providers_stake_whole(
+    registry, token, provider, renter, slashed_renter, collateral
+):
     registry.withdrawCompensation({"from": renter})
 
     assert registry.getProvider(provider)["staked"] == collateral - slashed_renter
@@ -1226,8 +1275,16 @@ def test_views_return_the_deployment_parameters(registry, escrow, token, params)
 
 def test_unknown_account_has_an_empty_provider_record(registry, stranger):
     assert registry.getProvider(stranger).dict() == {
-        "staked": 0, "locked": 0, "unbonding": 0, "unbondingEndsAt": 0, "rentalsCompleted": 0, "slashes": 0,
-        "declines": 0, "secondsDelivered": 0, "secondsMissed": 0, "agent": ZERO_ADDRESS,
+        "staked": 0,
+        "locked": 0,
+        "unbonding": 0,
+        "unbondingEndsAt": 0,
+        "rentalsCompleted": 0,
+        "slashes": 0,
+        "declines": 0,
+        "secondsDelivered": 0,
+        "secondsMissed": 0,
+        "agent": ZERO_ADDRESS,
     }
     assert registry.freeStake(stranger) == 0
     assert registry.compensationOf(stranger) == 0
@@ -1260,8 +1317,7 @@ def test_is_provider_or_agent_accepts_the_provider_and_its_agent(registry, provi
     assert registry.isProviderOrAgent(offer, agent)
 
 
-def test_is_provider_or_agent_rejects_other_accounts(registry, provider, provider2, agent, stranger,
-                                                     list_offer):
+def test_is_provider_or_agent_rejects_other_accounts(registry, provider, provider2, agent, stranger, list_offer):
     offer = list_offer(provider)
     registry.setAgent(agent, {"from": provider})
 

@@ -95,8 +95,7 @@ def test_unstake_of_a_no_return_token_pays_back_exactly(no_return_suite, no_retu
     assert registry.getProvider(provider)["staked"] == STAKE - STAKE // 4
 
 
-def test_compensation_in_a_no_return_token_is_paid_exactly(no_return_suite, no_return_token, provider, renter,
-                                                           params):
+def test_compensation_in_a_no_return_token_is_paid_exactly(no_return_suite, no_return_token, provider, renter, params):
     registry, escrow = no_return_suite.registry, no_return_suite.escrow
     gpus = new_gpu_hashes(1)
     registry.stake(STAKE, {"from": provider})

@@ -17,8 +17,15 @@ def event(tx, name, index=0):
 def unchecked_report(rental_id, seq, period_end, delivered, util=10_000, status=0, root=b"\x22" * 32):
     """A report the pydantic model would refuse (utilisation above 10000 bps, an unknown status), built
     without validation so that it can still be signed and submitted."""
-    return Report.model_construct(rental_id=rental_id, seq=seq, period_end=period_end, delivered_seconds=delivered,
-                                  avg_util_bps=util, status=status, telemetry_root=root)
+    return Report.model_construct(
+        rental_id=rental_id,
+        seq=seq,
+        period_end=period_end,
+        delivered_seconds=delivered,
+        avg_util_bps=util,
+        status=status,
+        telemetry_root=root,
+    )
 
 
 def earnings(price, delivered, floor_bps, util_bps):

@@ -94,8 +94,9 @@ def test_decline_after_the_start_timeout_reverts(escrow, rid, provider, params):
         escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
 
 
-def test_start_timeout_is_still_claimable_after_a_refused_late_decline(escrow, registry, offer, rid, provider,
-                                                                       renter, stranger, params):
+def test_start_timeout_is_still_claimable_after_a_refused_late_decline(
+    escrow, registry, offer, rid, provider, renter, stranger, params
+):
     wait(params.start_timeout + 1)
     with brownie.reverts(error("Escrow_StartTimedOut", rid)):
         escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
@@ -176,7 +177,9 @@ def test_decline_releases_the_collateral_without_a_slash(escrow, registry, offer
     assert registry.compensationOf(renter) == compensation
     assert "Slashed" not in tx.events
     assert event(tx, "CollateralReleased") == {
-        "provider": provider.address, "offerId": offer, "amount": registry.collateralOf(offer),
+        "provider": provider.address,
+        "offerId": offer,
+        "amount": registry.collateralOf(offer),
     }
 
 
@@ -192,8 +195,15 @@ def test_decline_emits_declined_then_finalized_with_the_deposit_refunded(escrow,
     tx = escrow.decline(rid, DeclineReason.SPEC_INVALID, {"from": provider})
 
     assert event(tx, "RentalFinalized") == {
-        "rentalId": rid, "status": RentalStatus.DECLINED, "providerPayout": 0, "fee": 0, "refund": DEPOSIT,
-        "deliveredSeconds": 0, "missedSeconds": 0, "slashed": 0, "slashReason": SlashReason.NONE,
+        "rentalId": rid,
+        "status": RentalStatus.DECLINED,
+        "providerPayout": 0,
+        "fee": 0,
+        "refund": DEPOSIT,
+        "deliveredSeconds": 0,
+        "missedSeconds": 0,
+        "slashed": 0,
+        "slashReason": SlashReason.NONE,
     }
     names = [e.name for e in tx.events]
     assert names.index("RentalDeclined") < names.index("RentalFinalized")
@@ -212,16 +222,18 @@ def test_declined_offer_can_be_rented_again_at_once(escrow, offer, rid, provider
 # a declined rental is final
 
 
-def test_report_of_declined_rental_is_skipped(escrow, rid, provider, list_offer, open_rental, provider2,
-                                              renter2, submit):
+def test_report_of_declined_rental_is_skipped(
+    escrow, rid, provider, list_offer, open_rental, provider2, renter2, submit
+):
     live = open_rental(renter2, list_offer(provider2))
     live_started = escrow.start(live, {"from": provider2}).timestamp
     opened = escrow.getRental(rid)["since"]
     escrow.decline(rid, DeclineReason.SPEC_MISSING, {"from": provider})
     wait(60)
 
-    tx = submit([report(rid, 1, opened + 60, 60, status=ReportStatus.COMPLETED),
-                 report(live, 1, live_started + 60, 60)])
+    tx = submit(
+        [report(rid, 1, opened + 60, 60, status=ReportStatus.COMPLETED), report(live, 1, live_started + 60, 60)]
+    )
 
     assert event(tx, "ReportSkipped") == {"rentalId": rid, "seq": 1, "reason": SkipReason.RENTAL_CLOSED}
     assert escrow.getRental(rid)["status"] == RentalStatus.DECLINED

@@ -4,7 +4,7 @@ utilisation-weighted pricing."""
 import brownie
 
 from offchain.protocol.reports import ReportStatus, rental_id
-from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SlashReason, wait
+from tests.contracts.helpers import PRICE, RentalStatus, SlashReason, block_time, error, report, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import (
     BPS,
     DURATION,
@@ -67,8 +67,15 @@ def test_terminate_before_start_cancels_with_full_refund(escrow, offer, rid, ren
     assert escrow.liveRentalOf(offer) == 0
     assert escrow.balanceOf(renter) == DEPOSIT
     assert event(tx, "RentalFinalized") == {
-        "rentalId": rid, "status": RentalStatus.CANCELLED, "providerPayout": 0, "fee": 0, "refund": DEPOSIT,
-        "deliveredSeconds": 0, "missedSeconds": 0, "slashed": 0, "slashReason": SlashReason.NONE,
+        "rentalId": rid,
+        "status": RentalStatus.CANCELLED,
+        "providerPayout": 0,
+        "fee": 0,
+        "refund": DEPOSIT,
+        "deliveredSeconds": 0,
+        "missedSeconds": 0,
+        "slashed": 0,
+        "slashReason": SlashReason.NONE,
     }
 
 
@@ -82,7 +89,9 @@ def test_terminate_before_start_releases_collateral_without_slash(escrow, regist
     assert registry.compensationOf(renter) == 0
     assert "Slashed" not in tx.events
     assert event(tx, "CollateralReleased") == {
-        "provider": provider.address, "offerId": offer, "amount": registry.collateralOf(offer),
+        "provider": provider.address,
+        "offerId": offer,
+        "amount": registry.collateralOf(offer),
     }
 
 
@@ -125,8 +134,7 @@ def test_terminated_rental_is_not_finalizable_before_new_end_plus_grace(escrow, 
         escrow.finalize(rid, {"from": renter})
 
 
-def test_terminated_rental_finalizes_after_new_end_plus_grace(escrow, rid, started, provider, renter, submit,
-                                                              params):
+def test_terminated_rental_finalizes_after_new_end_plus_grace(escrow, rid, started, provider, renter, submit, params):
     wait(1_000)
     ended = escrow.terminate(rid, {"from": renter}).timestamp
     submit([report(rid, 1, ended, ended - started)])
@@ -137,8 +145,15 @@ def test_terminated_rental_finalizes_after_new_end_plus_grace(escrow, rid, start
     earned = PRICE * (ended - started)
     fee = fee_of(earned, params.fee_bps)
     assert event(tx, "RentalFinalized") == {
-        "rentalId": rid, "status": RentalStatus.EXPIRED, "providerPayout": earned - fee, "fee": fee, "refund": 0,
-        "deliveredSeconds": ended - started, "missedSeconds": 0, "slashed": 0, "slashReason": SlashReason.NONE,
+        "rentalId": rid,
+        "status": RentalStatus.EXPIRED,
+        "providerPayout": earned - fee,
+        "fee": fee,
+        "refund": 0,
+        "deliveredSeconds": ended - started,
+        "missedSeconds": 0,
+        "slashed": 0,
+        "slashReason": SlashReason.NONE,
     }
     assert escrow.balanceOf(provider) == earned - fee
     assert escrow.balanceOf(renter) == DEPOSIT - earned
@@ -190,13 +205,21 @@ def test_claim_start_timeout_refunds_whole_deposit(escrow, registry, offer, rid,
     assert escrow.getRental(rid)["status"] == RentalStatus.TIMED_OUT
     assert escrow.balanceOf(renter) == DEPOSIT
     assert event(tx, "RentalFinalized") == {
-        "rentalId": rid, "status": RentalStatus.TIMED_OUT, "providerPayout": 0, "fee": 0, "refund": DEPOSIT,
-        "deliveredSeconds": 0, "missedSeconds": DURATION, "slashed": slashed, "slashReason": SlashReason.START_TIMEOUT,
+        "rentalId": rid,
+        "status": RentalStatus.TIMED_OUT,
+        "providerPayout": 0,
+        "fee": 0,
+        "refund": DEPOSIT,
+        "deliveredSeconds": 0,
+        "missedSeconds": DURATION,
+        "slashed": slashed,
+        "slashReason": SlashReason.START_TIMEOUT,
     }
 
 
-def test_claim_start_timeout_slashes_start_share_of_collateral_to_renter(escrow, registry, token, offer, rid,
-                                                                         provider, renter, stranger, params):
+def test_claim_start_timeout_slashes_start_share_of_collateral_to_renter(
+    escrow, registry, token, offer, rid, provider, renter, stranger, params
+):
     staked = registry.getProvider(provider)["staked"]
     wait(params.start_timeout + 1)
 
@@ -208,7 +231,10 @@ def test_claim_start_timeout_slashes_start_share_of_collateral_to_renter(escrow,
     account = registry.getProvider(provider)
     assert (account["staked"], account["locked"], account["slashes"]) == (staked - slashed, 0, 1)
     assert event(tx, "Slashed") == {
-        "provider": provider.address, "offerId": offer, "renter": renter.address, "amount": slashed,
+        "provider": provider.address,
+        "offerId": offer,
+        "renter": renter.address,
+        "amount": slashed,
         "reason": SlashReason.START_TIMEOUT,
     }
     balance = token.balanceOf(renter)
@@ -330,8 +356,9 @@ def test_withdraw_works_while_escrow_paused(escrow, token, rid, deployer, renter
     assert token.balanceOf(renter) == balance + DEPOSIT
 
 
-def test_provider_collects_several_rentals_in_one_withdraw(escrow, token, provider, renter, renter2, list_offer,
-                                                           open_rental, submit, params):
+def test_provider_collects_several_rentals_in_one_withdraw(
+    escrow, token, provider, renter, renter2, list_offer, open_rental, submit, params
+):
     rentals = [open_rental(r, list_offer(provider)) for r in (renter, renter2)]
     starts = [escrow.start(r, {"from": provider}).timestamp for r in rentals]
     wait(600)
@@ -377,8 +404,7 @@ def _finalize_with_delivery(escrow, rid, started, delivered, submit, params, cal
     return escrow.finalize(rid, {"from": caller})
 
 
-def test_delivery_at_exactly_the_sla_is_not_slashed(escrow, registry, rid, started, renter, stranger, submit,
-                                                    params):
+def test_delivery_at_exactly_the_sla_is_not_slashed(escrow, registry, rid, started, renter, stranger, submit, params):
     delivered = DURATION * params.sla_bps // BPS
 
     tx = _finalize_with_delivery(escrow, rid, started, delivered, submit, params, stranger)
@@ -389,8 +415,9 @@ def test_delivery_at_exactly_the_sla_is_not_slashed(escrow, registry, rid, start
     assert registry.compensationOf(renter) == 0
 
 
-def test_missing_more_than_the_sla_slashes_collateral_in_proportion(escrow, registry, offer, rid, started,
-                                                                    provider, renter, stranger, submit, params):
+def test_missing_more_than_the_sla_slashes_collateral_in_proportion(
+    escrow, registry, offer, rid, started, provider, renter, stranger, submit, params
+):
     delivered = DURATION * params.sla_bps // BPS - 1
     staked = registry.getProvider(provider)["staked"]
 
@@ -450,8 +477,9 @@ def test_utilisation_weighted_earnings_round_down(escrow, provider, renter, list
     assert escrow.getRental(rid)["earned"] == sum(expected)
 
 
-def test_utilisation_weighted_rental_settles_on_its_earnings(escrow, provider, renter, list_offer, open_rental,
-                                                             submit, params):
+def test_utilisation_weighted_rental_settles_on_its_earnings(
+    escrow, provider, renter, list_offer, open_rental, submit, params
+):
     price, floor = 1_237, 4_000
     offer = list_offer(provider, price=price, util_floor_bps=floor)
     rid = open_rental(renter, offer, duration=DURATION)

@@ -4,7 +4,7 @@ import brownie
 
 from offchain.protocol.reports import rental_id
 from scripts.deploy import USDC
-from tests.contracts.helpers import PRICE, error, RentalStatus
+from tests.contracts.helpers import PRICE, RentalStatus, error
 from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event
 
 JOB = b"\x11" * 32
@@ -43,8 +43,15 @@ def test_open_rental_records_an_open_rental_since_the_opening(escrow, provider, 
     tx = escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter})
 
     assert escrow.getRental(tx.return_value).dict() == {
-        "status": RentalStatus.OPEN, "renter": renter.address, "pricePerSecond": PRICE, "duration": DURATION,
-        "since": tx.timestamp, "lastSeq": 0, "reportedSeconds": 0, "deliveredSeconds": 0, "earned": 0,
+        "status": RentalStatus.OPEN,
+        "renter": renter.address,
+        "pricePerSecond": PRICE,
+        "duration": DURATION,
+        "since": tx.timestamp,
+        "lastSeq": 0,
+        "reportedSeconds": 0,
+        "deliveredSeconds": 0,
+        "earned": 0,
     }
     assert escrow.liveRentalOf(offer) == tx.return_value
 
@@ -83,8 +90,9 @@ def test_nonces_count_per_offer(provider, provider2, renter, renter2, list_offer
     assert first_b == rental_id(offer_b, 1)
 
 
-def test_second_rental_after_the_first_is_final_gets_nonce_2(escrow, provider, renter, renter2, list_offer,
-                                                             open_rental):
+def test_second_rental_after_the_first_is_final_gets_nonce_2(
+    escrow, provider, renter, renter2, list_offer, open_rental
+):
     offer = list_offer(provider)
     first = open_rental(renter, offer)
     escrow.terminate(first, {"from": renter})
@@ -97,8 +105,9 @@ def test_second_rental_after_the_first_is_final_gets_nonce_2(escrow, provider, r
     assert escrow.liveRentalOf(offer) == second
 
 
-def test_second_rental_supersedes_the_first_in_the_offers_storage(escrow, provider, renter, renter2, list_offer,
-                                                                  open_rental):
+def test_second_rental_supersedes_the_first_in_the_offers_storage(
+    escrow, provider, renter, renter2, list_offer, open_rental
+):
     offer = list_offer(provider)
     first = open_rental(renter, offer)
     escrow.terminate(first, {"from": renter})
@@ -106,15 +115,23 @@ def test_second_rental_supersedes_the_first_in_the_offers_storage(escrow, provid
     open_rental(renter2, offer)
 
     assert escrow.getRental(first).dict() == {
-        "status": RentalStatus.NONE, "renter": brownie.ZERO_ADDRESS, "pricePerSecond": 0, "duration": 0, "since": 0,
-        "lastSeq": 0, "reportedSeconds": 0, "deliveredSeconds": 0, "earned": 0,
+        "status": RentalStatus.NONE,
+        "renter": brownie.ZERO_ADDRESS,
+        "pricePerSecond": 0,
+        "duration": 0,
+        "since": 0,
+        "lastSeq": 0,
+        "reportedSeconds": 0,
+        "deliveredSeconds": 0,
+        "earned": 0,
     }
     with brownie.reverts(error("Escrow_UnknownRental", first)):
         escrow.finalize(first, {"from": renter})
 
 
-def test_reopening_an_offer_rewrites_its_rental_slots_instead_of_allocating(escrow, provider, provider2, renter,
-                                                                            renter2, list_offer, open_rental):
+def test_reopening_an_offer_rewrites_its_rental_slots_instead_of_allocating(
+    escrow, provider, provider2, renter, renter2, list_offer, open_rental
+):
     reused = list_offer(provider)
     escrow.terminate(open_rental(renter, reused), {"from": renter})
     fresh = list_offer(provider2)
@@ -126,8 +143,7 @@ def test_reopening_an_offer_rewrites_its_rental_slots_instead_of_allocating(escr
     assert gas_fresh - gas_reused > 3 * 15_000
 
 
-def test_open_rental_reverts_while_offer_has_an_open_rental(escrow, provider, renter, renter2, list_offer,
-                                                            open_rental):
+def test_open_rental_reverts_while_offer_has_an_open_rental(escrow, provider, renter, renter2, list_offer, open_rental):
     offer = list_offer(provider)
     open_rental(renter, offer)
 
@@ -135,8 +151,9 @@ def test_open_rental_reverts_while_offer_has_an_open_rental(escrow, provider, re
         escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter2})
 
 
-def test_open_rental_reverts_while_offers_rental_is_terminated_but_not_final(escrow, provider, renter, renter2,
-                                                                             list_offer, open_rental):
+def test_open_rental_reverts_while_offers_rental_is_terminated_but_not_final(
+    escrow, provider, renter, renter2, list_offer, open_rental
+):
     offer = list_offer(provider)
     rid = open_rental(renter, offer)
     escrow.start(rid, {"from": provider})
@@ -146,8 +163,9 @@ def test_open_rental_reverts_while_offers_rental_is_terminated_but_not_final(esc
         escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter2})
 
 
-def test_open_rental_reverts_when_provider_raised_price_above_renters_max(escrow, registry, provider, renter,
-                                                                         list_offer):
+def test_open_rental_reverts_when_provider_raised_price_above_renters_max(
+    escrow, registry, provider, renter, list_offer
+):
     offer = list_offer(provider)
     registry.updateOfferPrice(offer, 2 * PRICE, {"from": provider})
 
@@ -209,16 +227,18 @@ def test_open_rental_longer_than_offers_maximum_reverts(escrow, provider, renter
         escrow.openRental(offer, 86_401, MAX_PRICE, JOB, {"from": renter})
 
 
-def test_open_rental_reverts_when_providers_free_stake_is_short_of_collateral(escrow, provider, renter, list_offer,
-                                                                              params):
+def test_open_rental_reverts_when_providers_free_stake_is_short_of_collateral(
+    escrow, provider, renter, list_offer, params
+):
     offer = list_offer(provider, gpus=2, stake=150 * USDC)
 
     with brownie.reverts(error("Registry_InsufficientFreeStake", provider, 150 * USDC, 2 * params.min_stake_per_gpu)):
         escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter})
 
 
-def test_open_rental_reverts_when_stake_is_locked_by_another_offers_rental(escrow, provider, renter, renter2,
-                                                                           list_offer, open_rental, params):
+def test_open_rental_reverts_when_stake_is_locked_by_another_offers_rental(
+    escrow, provider, renter, renter2, list_offer, open_rental, params
+):
     first = list_offer(provider, gpus=1)
     second = list_offer(provider, gpus=1, stake=1)
     open_rental(renter, first)

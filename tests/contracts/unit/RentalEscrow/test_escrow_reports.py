@@ -4,7 +4,7 @@ import brownie
 import pytest
 
 from offchain.protocol.reports import ReportStatus, rental_id
-from tests.contracts.helpers import PRICE, block_time, error, RentalStatus, report, SkipReason, wait
+from tests.contracts.helpers import PRICE, RentalStatus, SkipReason, block_time, error, report, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event, unchecked_report
 
 ROOT = b"\x22" * 32
@@ -23,8 +23,13 @@ def test_report_accrues_delivered_time(escrow, rid, started, submit):
     tx = submit([report(rid, 1, started + 600, 590, root=ROOT)])
 
     assert event(tx, "ReportApplied") == {
-        "rentalId": rid, "seq": 1, "periodEnd": started + 600, "deliveredSeconds": 590, "avgUtilBps": 10_000,
-        "earned": PRICE * 590, "telemetryRoot": "0x" + ROOT.hex(),
+        "rentalId": rid,
+        "seq": 1,
+        "periodEnd": started + 600,
+        "deliveredSeconds": 590,
+        "avgUtilBps": 10_000,
+        "earned": PRICE * 590,
+        "telemetryRoot": "0x" + ROOT.hex(),
     }
     state = escrow.getRental(rid)
     assert (state["lastSeq"], state["reportedSeconds"], state["deliveredSeconds"]) == (1, 600, 590)
@@ -117,7 +122,10 @@ def test_report_past_the_rental_end_is_clamped_to_the_end(escrow, rid, started, 
 
     applied = event(tx, "ReportApplied")
     assert (applied["periodEnd"], applied["deliveredSeconds"], applied["earned"]) == (
-        started + DURATION, DURATION, PRICE * DURATION)
+        started + DURATION,
+        DURATION,
+        PRICE * DURATION,
+    )
     assert escrow.getRental(rid)["reportedSeconds"] == DURATION
 
 
@@ -202,15 +210,23 @@ def test_empty_batch_reverts(submit):
         submit([])
 
 
-def test_batch_of_many_reports_across_several_rentals(escrow, provider, provider2, renter, renter2, list_offer,
-                                                      open_rental, submit):
-    rentals = [open_rental(r, list_offer(p)) for p, r in ((provider, renter), (provider2, renter2),
-                                                            (provider, renter2), (provider2, renter))]
+def test_batch_of_many_reports_across_several_rentals(
+    escrow, provider, provider2, renter, renter2, list_offer, open_rental, submit
+):
+    rentals = [
+        open_rental(r, list_offer(p))
+        for p, r in ((provider, renter), (provider2, renter2), (provider, renter2), (provider2, renter))
+    ]
     starts = [escrow.start(r, {"from": p}).timestamp for r, p in zip(rentals, (provider, provider2) * 2)]
     wait(900)
     batch = [
-        report(r, seq, s + 300 * seq, 300 - i * 10 - seq, status=ReportStatus.COMPLETED if seq == 3 and i == 0
-               else ReportStatus.RUNNING)
+        report(
+            r,
+            seq,
+            s + 300 * seq,
+            300 - i * 10 - seq,
+            status=ReportStatus.COMPLETED if seq == 3 and i == 0 else ReportStatus.RUNNING,
+        )
         for seq in (1, 2, 3)
         for i, (r, s) in enumerate(zip(rentals, starts))
     ]

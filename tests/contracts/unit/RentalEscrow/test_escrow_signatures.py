@@ -50,8 +50,10 @@ def _recovered(reports, domain, signature):
 
 
 def test_batch_digest_on_chain_equals_offchain_digest(escrow, rid, domain):
-    reports = [report(rid, 1, 1_700_000_000, 600, util=4_321, root=b"\x33" * 32),
-               report(rid + 1, 7, 1_700_000_600, 0, status=ReportStatus.FAILED)]
+    reports = [
+        report(rid, 1, 1_700_000_000, 600, util=4_321, root=b"\x33" * 32),
+        report(rid + 1, 7, 1_700_000_600, 0, status=ReportStatus.FAILED),
+    ]
 
     assert escrow.batchDigest(_tuples(reports)) == "0x" + batch_digest(reports, domain()).hex()
 
@@ -184,8 +186,9 @@ def test_high_s_signature_reverts(escrow, reports, domain, stranger):
     assert _recovered(reports, domain(), malleated) == ORACLES[0].address
 
     with brownie.reverts(error("ECDSAInvalidSignatureS", high_s)):
-        escrow.submitReports(_tuples(reports), [malleated, sign_batch(reports, domain(), ORACLE_KEYS[1])],
-                             {"from": stranger})
+        escrow.submitReports(
+            _tuples(reports), [malleated, sign_batch(reports, domain(), ORACLE_KEYS[1])], {"from": stranger}
+        )
 
 
 def test_signature_of_wrong_length_reverts(escrow, reports, domain, stranger):
@@ -199,8 +202,7 @@ def test_signature_with_invalid_v_reverts(escrow, reports, domain, stranger):
     signatures = _signatures(reports, domain(), ORACLE_KEYS[:2])
 
     with brownie.reverts(error("ECDSAInvalidSignature")):
-        escrow.submitReports(_tuples(reports), [signatures[0][:64] + bytes([29]), signatures[1]],
-                             {"from": stranger})
+        escrow.submitReports(_tuples(reports), [signatures[0][:64] + bytes([29]), signatures[1]], {"from": stranger})
 
 
 # reports hashed straight from calldata
@@ -215,16 +217,21 @@ def _raw_digest(escrow, words):
         keccak(bytes(escrow.REPORT_TYPEHASH()) + b"".join(w.to_bytes(32, "big") for w in report_words))
         for report_words in words
     )
-    struct_hash = keccak(encode(["bytes32", "uint64", "bytes32"],
-                                [bytes(escrow.BATCH_TYPEHASH()), escrow.oracleSet()["version"], keccak(report_hashes)]))
+    struct_hash = keccak(
+        encode(
+            ["bytes32", "uint64", "bytes32"],
+            [bytes(escrow.BATCH_TYPEHASH()), escrow.oracleSet()["version"], keccak(report_hashes)],
+        )
+    )
     return keccak(b"\x19\x01" + bytes(escrow.domainSeparator()) + struct_hash)
 
 
 def _raw_submit(escrow, words, signatures, sender):
     """Sends submitReports with each report field encoded as a full word, dirty high bits included."""
     reports = [tuple(w[:6]) + (w[6].to_bytes(32, "big"),) for w in words]
-    calldata = bytes.fromhex(escrow.submitReports.signature[2:]) + encode([REPORT_ABI, "bytes[]"],
-                                                                          [reports, signatures])
+    calldata = bytes.fromhex(escrow.submitReports.signature[2:]) + encode(
+        [REPORT_ABI, "bytes[]"], [reports, signatures]
+    )
     return sender.transfer(escrow, 0, data=calldata)
 
 

@@ -54,8 +54,9 @@ def test_open_rental_with_fee_on_transfer_token_reverts(escrow, provider, renter
 
 
 @payment_token_is("ERC20NoReturnMock")
-def test_open_rental_with_token_returning_nothing_pulls_the_deposit(escrow, payment_token, provider, renter,
-                                                                    list_offer, open_rental):
+def test_open_rental_with_token_returning_nothing_pulls_the_deposit(
+    escrow, payment_token, provider, renter, list_offer, open_rental
+):
     open_rental(renter, list_offer(provider), duration=DURATION)
 
     assert payment_token.balanceOf(escrow) == DEPOSIT
@@ -63,9 +64,9 @@ def test_open_rental_with_token_returning_nothing_pulls_the_deposit(escrow, paym
 
 
 @payment_token_is("ERC20NoReturnMock")
-def test_rental_in_token_returning_nothing_settles_and_withdraws_exactly(escrow, payment_token, provider, renter,
-                                                                         treasury, list_offer, open_rental, submit,
-                                                                         params):
+def test_rental_in_token_returning_nothing_settles_and_withdraws_exactly(
+    escrow, payment_token, provider, renter, treasury, list_offer, open_rental, submit, params
+):
     rid = open_rental(renter, list_offer(provider), duration=DURATION)
     started = escrow.start(rid, {"from": provider}).timestamp
     wait(600)

@@ -37,35 +37,45 @@ def sign_permit(token):
         deadline = chain.time() + 3_600 if deadline is None else deadline
         nonce = token.nonces(owner) if nonce is None else nonce
         signed = Account.sign_message(permit_message(token, owner, spender, value, nonce, deadline), key)
-        return (owner, spender, value, deadline, signed.v, signed.r.to_bytes(32, "big"),
-                signed.s.to_bytes(32, "big"))
+        return (owner, spender, value, deadline, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
 
     return _sign
 
 
 def permit_message(token, owner, spender, value, nonce, deadline):
-    return encode_typed_data(full_message={
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Permit": [
-                {"name": "owner", "type": "address"},
-                {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": {"name": "gpuex Test USD", "version": "1", "chainId": chain.id,
-                   "verifyingContract": token.address},
-        "message": {"owner": str(owner), "spender": str(spender), "value": value, "nonce": nonce,
-                    "deadline": deadline},
-    })
+    return encode_typed_data(
+        full_message={
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "Permit": [
+                    {"name": "owner", "type": "address"},
+                    {"name": "spender", "type": "address"},
+                    {"name": "value", "type": "uint256"},
+                    {"name": "nonce", "type": "uint256"},
+                    {"name": "deadline", "type": "uint256"},
+                ],
+            },
+            "primaryType": "Permit",
+            "domain": {
+                "name": "gpuex Test USD",
+                "version": "1",
+                "chainId": chain.id,
+                "verifyingContract": token.address,
+            },
+            "message": {
+                "owner": str(owner),
+                "spender": str(spender),
+                "value": value,
+                "nonce": nonce,
+                "deadline": deadline,
+            },
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -173,8 +183,7 @@ def test_permit_emits_approval(token, permit_owner, stranger, sign_permit):
     assert dict(tx.events["Approval"]) == {"owner": permit_owner, "spender": stranger, "value": PERMIT_VALUE}
 
 
-def test_permitted_spender_transfers_the_owners_tokens(token, deployer, permit_owner, stranger, agent,
-                                                      sign_permit):
+def test_permitted_spender_transfers_the_owners_tokens(token, deployer, permit_owner, stranger, agent, sign_permit):
     token.mint(permit_owner, PERMIT_VALUE, {"from": deployer})
     token.permit(*sign_permit(permit_owner, stranger), {"from": agent})
 

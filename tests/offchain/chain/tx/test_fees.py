@@ -21,8 +21,9 @@ def test_bump_raises_tip_and_max_fee_by_the_bump_percentage():
 
 
 def test_bump_follows_a_risen_base_fee():
-    bumped = bumped_fees(Fees(3 * GWEI, GWEI), base_fee=50 * GWEI, suggested_tip=GWEI, bump_percent=12.5,
-                         max_fee_cap=500 * GWEI)
+    bumped = bumped_fees(
+        Fees(3 * GWEI, GWEI), base_fee=50 * GWEI, suggested_tip=GWEI, bump_percent=12.5, max_fee_cap=500 * GWEI
+    )
     assert bumped == Fees(2 * 50 * GWEI + 1_125_000_000, 1_125_000_000)
 
 

@@ -30,8 +30,9 @@ from tests.offchain.chain.helpers import (
 GWEI = 10**9
 
 
-def test_a_report_batch_moves_from_unstarted_to_confirmed(suite, offer, renter, provider, sender, chain_id, db_path,
-                                                          rpc_url):
+def test_a_report_batch_moves_from_unstarted_to_confirmed(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
 
@@ -68,8 +69,9 @@ def test_a_report_batch_moves_from_unstarted_to_confirmed(suite, offer, renter, 
     assert sent_count(sender.address) == 1
 
 
-def test_resubmitting_a_key_returns_the_stored_record_and_sends_nothing(suite, offer, renter, provider, sender,
-                                                                         chain_id, db_path, rpc_url):
+def test_resubmitting_a_key_returns_the_stored_record_and_sends_nothing(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     key = f"reports:{rental}-1"
@@ -97,16 +99,16 @@ def test_resubmitting_a_key_returns_the_stored_record_and_sends_nothing(suite, o
     assert rental_state(suite, rental).last_seq == 1
 
 
-def test_a_dry_run_revert_is_failed_with_the_custom_error_and_nothing_is_sent(suite, offer, renter, provider,
-                                                                               sender, chain_id, db_path, rpc_url):
+def test_a_dry_run_revert_is_failed_with_the_custom_error_and_nothing_is_sent(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider, duration=600)
     finalizable_at = rental_state(suite, rental).end + suite.read(lambda r: r.report_grace())
     calldata = first_report_calldata(suite, rental)
 
     async def scenario():
         async with started_manager(rpc_url, db_path, sender, chain_id) as manager:
-            await manager.submit(f"finalize:{rental}", suite.escrow.address,
-                                 suite.escrow.finalize.encode_input(rental))
+            await manager.submit(f"finalize:{rental}", suite.escrow.address, suite.escrow.finalize.encode_input(rental))
             await manager.tick()
             failed = manager.record(f"finalize:{rental}")
             assert failed.state is TxState.FAILED
@@ -123,8 +125,9 @@ def test_a_dry_run_revert_is_failed_with_the_custom_error_and_nothing_is_sent(su
     assert rental_state(suite, rental).last_seq == 1
 
 
-def test_a_gas_limit_below_the_intrinsic_cost_fails_the_dry_run(suite, offer, renter, provider, sender, chain_id,
-                                                                 db_path, rpc_url):
+def test_a_gas_limit_below_the_intrinsic_cost_fails_the_dry_run(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
 
@@ -140,8 +143,9 @@ def test_a_gas_limit_below_the_intrinsic_cost_fails_the_dry_run(suite, offer, re
     assert record.nonce is None and sent_count(sender.address, "pending") == 0
 
 
-def test_a_transaction_the_node_refuses_is_fatal_and_its_nonce_is_reused(suite, offer, renter, provider, sender,
-                                                                         chain_id, db_path, rpc_url):
+def test_a_transaction_the_node_refuses_is_fatal_and_its_nonce_is_reused(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     block_gas_limit = latest_block().gasLimit
@@ -160,12 +164,22 @@ def test_a_transaction_the_node_refuses_is_fatal_and_its_nonce_is_reused(suite, 
     assert sent_count(sender.address) == 1
 
 
-def test_the_nonce_is_synced_at_start_with_transactions_sent_elsewhere(suite, offer, renter, provider, sender,
-                                                                        chain_id, db_path, rpc_url):
+def test_the_nonce_is_synced_at_start_with_transactions_sent_elsewhere(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     for nonce in range(2):
-        signed = sender.sign_transaction({"to": sender.address, "value": 1, "gas": 21_000, "nonce": nonce,
-                                          "maxFeePerGas": 2 * GWEI, "maxPriorityFeePerGas": GWEI,
-                                          "chainId": chain_id, "type": 2})
+        signed = sender.sign_transaction(
+            {
+                "to": sender.address,
+                "value": 1,
+                "gas": 21_000,
+                "nonce": nonce,
+                "maxFeePerGas": 2 * GWEI,
+                "maxPriorityFeePerGas": GWEI,
+                "chainId": chain_id,
+                "type": 2,
+            }
+        )
         web3.eth.send_raw_transaction(signed.raw_transaction)
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
@@ -181,8 +195,9 @@ def test_the_nonce_is_synced_at_start_with_transactions_sent_elsewhere(suite, of
     assert sent_count(sender.address) == 3
 
 
-def test_a_nonce_taken_by_another_sender_requeues_the_transaction(suite, offer, renter, provider, sender, chain_id,
-                                                                  db_path, rpc_url):
+def test_a_nonce_taken_by_another_sender_requeues_the_transaction(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     key = f"reports:{rental}-1"
@@ -193,9 +208,18 @@ def test_a_nonce_taken_by_another_sender_requeues_the_transaction(suite, offer, 
             await manager.tick()
             assert manager.record(key).nonce == 0
             # Someone else with the same key replaces it in the mempool and gets mined.
-            intruder = sender.sign_transaction({"to": sender.address, "value": 1, "gas": 21_000, "nonce": 0,
-                                                "maxFeePerGas": 50 * GWEI, "maxPriorityFeePerGas": 10 * GWEI,
-                                                "chainId": chain_id, "type": 2})
+            intruder = sender.sign_transaction(
+                {
+                    "to": sender.address,
+                    "value": 1,
+                    "gas": 21_000,
+                    "nonce": 0,
+                    "maxFeePerGas": 50 * GWEI,
+                    "maxPriorityFeePerGas": 10 * GWEI,
+                    "chainId": chain_id,
+                    "type": 2,
+                }
+            )
             web3.eth.send_raw_transaction(intruder.raw_transaction)
             mine()
             await manager.tick()
@@ -263,8 +287,7 @@ def test_bumps_stop_at_the_fee_cap(suite, offer, renter, provider, sender, chain
     cap = 5 * GWEI
 
     async def scenario():
-        async with started_manager(rpc_url, db_path, sender, chain_id, bump_after_blocks=1,
-                                   max_fee_cap=cap) as manager:
+        async with started_manager(rpc_url, db_path, sender, chain_id, bump_after_blocks=1, max_fee_cap=cap) as manager:
             await manager.submit(key, suite.escrow.address, calldata)
             await manager.tick()
             rpc("anvil_setNextBlockBaseFeePerGas", hex(50 * GWEI))
@@ -288,8 +311,9 @@ def test_bumps_stop_at_the_fee_cap(suite, offer, renter, provider, sender, chain
     assert sent_count(sender.address) == 1
 
 
-def test_a_reorged_transaction_is_sent_again_and_lands_once(suite, offer, renter, provider, sender, chain_id,
-                                                           db_path, rpc_url):
+def test_a_reorged_transaction_is_sent_again_and_lands_once(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     key = f"reports:{rental}-1"
@@ -327,8 +351,9 @@ def test_a_reorged_transaction_is_sent_again_and_lands_once(suite, offer, renter
     assert rental_state(suite, rental).last_seq == 1
 
 
-def test_a_transaction_beaten_in_its_block_is_failed_with_the_on_chain_error(suite, offer, renter, provider, sender,
-                                                                              relayer, chain_id, db_path, rpc_url):
+def test_a_transaction_beaten_in_its_block_is_failed_with_the_on_chain_error(
+    suite, offer, renter, provider, sender, relayer, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     key = f"reports:{rental}-1"
@@ -338,9 +363,16 @@ def test_a_transaction_beaten_in_its_block_is_failed_with_the_on_chain_error(sui
             await manager.submit(key, suite.escrow.address, calldata)
             await manager.tick()
             # Another relayer submits the same batch with a higher tip: it is ordered first in the block.
-            web3.eth.send_transaction({"from": relayer.address, "to": suite.escrow.address, "data": calldata,
-                                       "gas": 1_000_000, "maxFeePerGas": 50 * GWEI,
-                                       "maxPriorityFeePerGas": 20 * GWEI})
+            web3.eth.send_transaction(
+                {
+                    "from": relayer.address,
+                    "to": suite.escrow.address,
+                    "data": calldata,
+                    "gas": 1_000_000,
+                    "maxFeePerGas": 50 * GWEI,
+                    "maxPriorityFeePerGas": 20 * GWEI,
+                }
+            )
             mine()
             await manager.tick()
             return manager.record(key)
@@ -354,8 +386,9 @@ def test_a_transaction_beaten_in_its_block_is_failed_with_the_on_chain_error(sui
     assert rental_state(suite, rental).last_seq == 1
 
 
-def test_an_unlocked_node_account_has_the_node_sign(suite, offer, renter, provider, relayer, chain_id, db_path,
-                                                   rpc_url):
+def test_an_unlocked_node_account_has_the_node_sign(
+    suite, offer, renter, provider, relayer, chain_id, db_path, rpc_url
+):
     rental = started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, rental)
     nonce_before = relayer.nonce
@@ -372,8 +405,9 @@ def test_an_unlocked_node_account_has_the_node_sign(suite, offer, renter, provid
     assert rental_state(suite, rental).last_seq == 1
 
 
-def test_run_sends_what_is_submitted_and_reports_each_final_record(suite, offer, renter, provider, sender, chain_id,
-                                                                   db_path, rpc_url):
+def test_run_sends_what_is_submitted_and_reports_each_final_record(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
     rentals = [started_rental(suite, renter, provider) for _ in range(3)]
     calldatas = [first_report_calldata(suite, rental, elapsed=10) for rental in rentals]
 
