@@ -31,8 +31,10 @@ $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	$(PY) -m pip install -q --no-deps -e . pydantic-settings==2.12.0 nvidia-ml-py==13.580.82 coincurve==21.0.0 \
 		eciespy==0.4.7
 	$(PY) -m pip install -q slither-analyzer==$(SLITHER_VERSION)
-	@# Demo progress and plots, and the browser test's driver; none of these moves a Brownie pin.
-	$(PY) -m pip install -q rich==15.0.0 matplotlib==3.11.2 selenium==4.51.0 pexpect==4.9.0
+	@# Demo progress and plots, the browser test's driver, the linter and the type checker; none of these moves a
+	@# Brownie pin (mypy 1.19 would: it needs a newer mypy-extensions than Brownie's).
+	$(PY) -m pip install -q rich==15.0.0 matplotlib==3.11.2 selenium==4.51.0 pexpect==4.9.0 ruff==0.17.6 \
+		mypy==1.18.2
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -81,7 +83,12 @@ containers:
 	fi
 	tools/build-job-image
 
+## lint: ruff (lint and format) over the Python, mypy over offchain/ (strict on the chain and protocol layers), and
+## slither over the contracts; each fails on any finding.
 lint: compile
+	ruff check offchain tests scripts bench
+	ruff format --check offchain tests scripts bench
+	mypy
 	slither contracts/ --solc-standard-json --solc-remaps "@openzeppelin=node_modules/@openzeppelin" \
 		--exclude-dependencies --filter-paths "node_modules|contracts/test" --fail-medium
 

@@ -1,1 +1,3 @@
-"""gpuex off-chain library: report signing, telemetry, the provider agent and the oracle."""
+"""gpuex off-chain library, in layers (README.md has the map): `protocol` and `chain` at the bottom, then
+`telemetry`, the provider `agent`, the `market` readers and actions, the `web` page, the `oracle`, `ops` and the
+`cli` on top."""
