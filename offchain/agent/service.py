@@ -306,8 +306,8 @@ class ProviderAgent:
             self._forget_job(rental_id)
             if self.api is not None:
                 self.api.close_shells(rental_id)
-            record = self.book.get(rental_id)
-            if record is not None and record.phase is Phase.DONE:
+            last = self.book.get(rental_id)
+            if last is not None and last.phase is Phase.DONE:
                 self.jobs.forget_secrets(rental_id)
             if not self._buffers:
                 self._sampling.clear()
@@ -325,8 +325,8 @@ class ProviderAgent:
             raise
         except Exception as exc:
             log.exception("rental %d: could not end it cleanly: %s", rental_id, exc)
-        record = self.book.get(rental_id)
-        if record is not None and record.phase is not Phase.DONE:
+        last = self.book.get(rental_id)
+        if last is not None and last.phase is not Phase.DONE:
             self.book.finish(rental_id, f"abandoned: {detail}")
 
     def _record(self, rental_id: int) -> RentalRecord:
@@ -531,6 +531,7 @@ class ProviderAgent:
         if buffer is None:  # an agent restarted mid-rental: what it did not sample while down is not delivered
             buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(prepared.gpu_uuids))
         self._sampling.set()
+        assert record.ends_at is not None  # taken from the chain just above
         if record.terminated or self._clock() >= record.ends_at:
             await self.jobs.discard(record)
             await self._close_period(record, prepared.gpu_uuids, buffer)
@@ -545,8 +546,9 @@ class ProviderAgent:
         self.book.set_job_started(rental_id, job.started_at)
         self._watch_job_pid(rental_id, job)
         exit_task = asyncio.create_task(job.wait())
-        if self.api is not None:
-            exit_task.add_done_callback(lambda _: self.api.close_shells(rental_id))
+        api = self.api
+        if api is not None:
+            exit_task.add_done_callback(lambda _: api.close_shells(rental_id))
         try:
             await self._report_until_done(rental_id, prepared.gpu_uuids, buffer, job, exit_task)
         except asyncio.CancelledError:

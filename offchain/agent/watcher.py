@@ -85,7 +85,9 @@ class ChainWatcher:
         the rewind of a reorg; the cursor itself is not moved."""
         step = await self._follower.poll()
         if step is None:
-            return EventBatch([], self._follower.next_block, caught_up=True)
+            next_block = self._follower.next_block
+            assert next_block is not None  # a poll sets where the follower is
+            return EventBatch([], next_block, caught_up=True)
         if not isinstance(step, LogBatch):
             return EventBatch([], step.next_block, caught_up=False, rewound=True, step=step)
         events = []

@@ -9,7 +9,7 @@ import os
 import signal
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from pydantic import ValidationError
 
@@ -38,7 +38,7 @@ class UsageError(Exception):
 class CliParser(argparse.ArgumentParser):
     """Reports a usage error as one line, `gpuex: error: ...`, and exits with `ExitStatus.USAGE`."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(ExitStatus.USAGE, f"gpuex: error: {message} (see `{self.prog} --help`)\n")
 
 

@@ -42,10 +42,10 @@ async def _settings(args: argparse.Namespace) -> tuple[OracleSettings, int]:
     """The oracle's settings and the deployment block the keeper scans from."""
     load_key(f"{PREFIX}KEY", f"{PREFIX}KEY_FILE")
     async with open_context(args, key=False) as ctx:
-        values = {} if env_sets(f"{PREFIX}CHAIN") else {"chain": ctx.deployment.chain_settings(ctx.rpc_url)}
+        chain = None if env_sets(f"{PREFIX}CHAIN") else ctx.deployment.chain_settings(ctx.rpc_url)
         start_block = ctx.deployment.start_block
     try:
-        return OracleSettings(**values), start_block
+        return (OracleSettings() if chain is None else OracleSettings(chain=chain)), start_block
     except ValidationError as exc:
         raise invalid(exc, f"{PREFIX}* settings") from None
 
@@ -68,7 +68,7 @@ async def keeper(args: argparse.Namespace) -> ExitStatus:
     state.mkdir(parents=True, exist_ok=True)
     stop = stop_on_signals()
     w3 = connect(settings.chain.rpc_url)
-    txmgr = TxManager(w3, state / TXMGR_FILE, settings.key, settings.chain.chain_id)
+    txmgr = TxManager(w3, state / TXMGR_FILE, settings.private_key, settings.chain.chain_id)
     keeper_service = Keeper(
         ChainReader(w3, settings.chain.registry, settings.chain.escrow),
         txmgr,

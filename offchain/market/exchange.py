@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from web3 import AsyncWeb3
 
 from offchain.chain.contracts import contract
-from offchain.chain.events import ChainEvent, OfferCreated, RentalEvent, RentalFinalized, RentalOpened, decode_log
+from offchain.chain.events import (
+    AgentSet,
+    ChainEvent,
+    OfferCreated,
+    RentalEvent,
+    RentalFinalized,
+    RentalOpened,
+    decode_log,
+)
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
 from offchain.chain.reads import ChainReader
 from offchain.chain.tx.oneshot import Sent, Wallet
@@ -260,19 +268,18 @@ class ExchangeClient:
     async def provider_of_agent(self, agent: str) -> str | None:
         """The provider whose telemetry key `agent` is now (from `AgentSet` events, checked against `agentOf`)."""
         agent = AsyncWeb3.to_checksum_address(agent)
-        event = self.registry.events.AgentSet
-        topics = [event.topic, None, "0x" + bytes(12).hex() + agent[2:].lower()]
+        topics = [self.registry.events.AgentSet.topic, None, "0x" + bytes(12).hex() + agent[2:].lower()]
         logs = await self._logs(self.registry.address, topics)
         for entry in reversed(logs):
-            provider = decode_log("ProviderRegistry", entry).provider
-            if await self.reader.agent_of(provider) == agent:
-                return provider
+            event = decode_log("ProviderRegistry", entry)
+            if isinstance(event, AgentSet) and await self.reader.agent_of(event.provider) == agent:
+                return event.provider
         return None
 
     async def rental_events(self, rental_id: int) -> list[RentalEvent]:
         """The escrow's events of one rental, in chain order."""
         logs = await self._logs(self.escrow.address, self._rental_topics(rental_id))
-        return [decode_log("RentalEscrow", entry) for entry in logs]
+        return [event for entry in logs if isinstance(event := decode_log("RentalEscrow", entry), RentalEvent)]
 
     async def rental(self, rental_id: int) -> RentalHistory:
         """The rental's state and history, from its events alone; `NotFound` if it was never opened."""
@@ -297,6 +304,8 @@ class ExchangeClient:
             if isinstance(step, LogBatch):
                 for entry in step.logs:
                     event = decode_log("RentalEscrow", entry)
+                    if not isinstance(event, RentalEvent):
+                        continue
                     yield event
                     if isinstance(event, RentalFinalized):
                         return

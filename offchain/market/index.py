@@ -374,8 +374,11 @@ class EventIndex:
                 state.offers[event.offer_id].price_per_second = event.price_per_second
             case OfferPaused() | OfferResumed() | OfferClosed():
                 state.offers[event.offer_id].status = _OFFER_STATUS_AFTER[type(event)]
-        offer_id = getattr(event, "offer_id", None)
-        provider = getattr(event, "provider", None) or state.offers[offer_id].provider
+        offer_id: int | None = getattr(event, "offer_id", None)
+        provider: str | None = getattr(event, "provider", None)
+        if provider is None:
+            assert offer_id is not None  # every event of REGISTRY_EVENTS names its provider or its offer
+            provider = state.offers[offer_id].provider
         self._record(state, provider, event, timestamp, offer_id=offer_id)
 
     def _apply_rental_event(self, state: _State, event: RentalEvent, timestamp: int) -> None:

@@ -22,7 +22,7 @@ from web3 import AsyncWeb3
 
 from offchain.chain.contracts import contract
 from offchain.chain.reads import ChainReader
-from offchain.chain.tx.oneshot import Wallet
+from offchain.chain.tx.oneshot import Sent, Wallet
 from offchain.ops import deployments
 from offchain.ops.deployments import Deployment, SuiteConfig, create_address
 
@@ -119,17 +119,17 @@ async def _deploy_fresh(
     if dry_run:
         await _plan_fresh(w3, wallet, request, chain_id, say)
         return None
-    if test_token:
-        sent = await wallet.deploy("TestStablecoin", wallet.address)
-        payment_token = sent.contract_address
+    if payment_token is None:
+        payment_token = _deployed_address(await wallet.deploy("TestStablecoin", wallet.address), "TestStablecoin")
         say(f"deployed TestStablecoin at {payment_token}")
     stake_token = request.stake_token or payment_token
     nonce = await w3.eth.get_transaction_count(wallet.address, "pending")
     escrow_address = create_address(wallet.address, nonce + 1)
     registry = await wallet.deploy("ProviderRegistry", *registry_args(params, stake_token, escrow_address))
-    say(f"deployed ProviderRegistry at {registry.contract_address} (block {registry.block_number})")
+    registry_address = _deployed_address(registry, "ProviderRegistry")
+    say(f"deployed ProviderRegistry at {registry_address} (block {registry.block_number})")
     escrow = await wallet.deploy(
-        "RentalEscrow", *escrow_args(params, payment_token, registry.contract_address, wallet.address, request.treasury)
+        "RentalEscrow", *escrow_args(params, payment_token, registry_address, wallet.address, request.treasury)
     )
     if escrow.contract_address != escrow_address:
         raise DeployError(
@@ -144,7 +144,7 @@ async def _deploy_fresh(
         chain_id=chain_id,
         network=request.network,
         deployer=wallet.address,
-        registry=registry.contract_address,
+        registry=registry_address,
         escrow=escrow.contract_address,
         payment_token=payment_token,
         stake_token=stake_token,
@@ -160,7 +160,7 @@ async def _plan_fresh(
     w3: AsyncWeb3, wallet: Wallet, request: DeployRequest, chain_id: int, say: Callable[[str], None]
 ) -> None:
     """Prints what a fresh deployment would send, with the gas of what can be estimated before it exists."""
-    nonce = await w3.eth.get_transaction_count(wallet.address)
+    nonce: int = await w3.eth.get_transaction_count(wallet.address)
     placeholder = wallet.address  # stands in for addresses that do not exist yet; gas barely depends on them
     total = 0
     if request.payment_token is None:
@@ -183,6 +183,13 @@ async def _plan_fresh(
     say(f"[dry run] estimated so far: {total:,} gas, {total * gas_price / 10**18:.6f} ETH at the current gas price")
 
 
+def _deployed_address(sent: Sent, name: str) -> str:
+    """The address of the contract `name` whose deployment `sent` is; `DeployError` if its receipt names none."""
+    if sent.contract_address is None:
+        raise DeployError(f"the receipt of the {name} deployment {sent.tx_hash} names no contract address")
+    return sent.contract_address
+
+
 def _config(params: SuiteParams, request: DeployRequest) -> SuiteConfig:
     values = {f.name: getattr(params, f.name) for f in fields(params)}
     return SuiteConfig(
@@ -201,7 +208,7 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
         ("escrow", record.escrow),
         ("payment token", record.payment_token),
     ):
-        if not await w3.eth.get_code(address):
+        if not await w3.eth.get_code(AsyncWeb3.to_checksum_address(address)):
             raise DeployError(
                 f"the recorded {name} {address} has no code on chain {record.chain_id}: "
                 f"the chain was reset; delete {deployments.record_path(record.chain_id)} to redeploy"

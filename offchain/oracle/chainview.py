@@ -17,9 +17,10 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+from typing import Awaitable, Callable, Generic, Hashable, TypeVar, cast
 
 import aiohttp
+from eth_typing import ABIEvent
 from eth_utils import event_abi_to_log_topic, to_canonical_address
 from pydantic import BaseModel, ConfigDict
 from web3 import AsyncWeb3
@@ -218,7 +219,7 @@ class ChainView:
 
 def _topic(contract_name: str, event: str) -> bytes:
     (event_abi,) = [e for e in abi(contract_name) if e["type"] == "event" and e["name"] == event]
-    return event_abi_to_log_topic(event_abi)
+    return event_abi_to_log_topic(cast(ABIEvent, event_abi))
 
 
 async def _rpc(call: Awaitable[V]) -> V:

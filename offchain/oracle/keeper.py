@@ -20,9 +20,10 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from eth_utils import event_abi_to_log_topic
+from eth_typing import ABIEvent
+from eth_utils import event_abi_to_log_topic, get_all_event_abis
 from pydantic import BaseModel, ConfigDict
 
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, Rewind, SqliteStore
@@ -112,11 +113,10 @@ class Keeper:
             store=SqliteStore(self._db, "keeper_cursor", "escrow", self.escrow),
         )
         self._rotation = 0
-        self._start_timeout: int | None = None
-        self._report_grace: int | None = None
+        self._timing: tuple[int, int] | None = None
 
-    def _event_abi(self, name: str) -> dict[str, Any]:
-        return next(item for item in self._escrow.abi if item.get("type") == "event" and item["name"] == name)
+    def _event_abi(self, name: str) -> ABIEvent:
+        return next(item for item in get_all_event_abis(self._escrow.abi) if item["name"] == name)
 
     @property
     def escrow(self) -> str:
@@ -154,18 +154,17 @@ class Keeper:
     async def start(self) -> None:
         """Reads the escrow's timing parameters (immutable); with the RPC down, the first tick does."""
         try:
-            await self._load_params()
+            await self._load_timing()
         except TRANSIENT_RPC_ERRORS as exc:
             log.warning("keeper: RPC unavailable at start (%s); parameters read on the first tick", exc)
 
     async def tick(self) -> list[KeeperAction]:
         """Scans new events, checks every watched rental and submits the calls that are due; returns the new
         submissions."""
-        if self._start_timeout is None:
-            await self._load_params()
+        start_timeout, report_grace = await self._load_timing()
         await self._follower.sync(self._record_rentals, self._forget_orphaned)
         head = await self._w3.eth.get_block("latest")
-        return await self._submit_due(int(head["number"]), int(head["timestamp"]))
+        return await self._submit_due(int(head["number"]), int(head["timestamp"]), start_timeout, report_grace)
 
     async def run(self, stop_event: asyncio.Event, interval: float = 5.0) -> None:
         """Ticks every `interval` seconds until `stop_event` is set, backing off exponentially while the RPC is
@@ -189,9 +188,11 @@ class Keeper:
     def close(self) -> None:
         self._db.close()
 
-    async def _load_params(self) -> None:
-        self._start_timeout = await self._reader.start_timeout()
-        self._report_grace = await self._reader.report_grace()
+    async def _load_timing(self) -> tuple[int, int]:
+        """The escrow's start timeout and report grace, read from the chain once: they are immutable."""
+        if self._timing is None:
+            self._timing = (await self._reader.start_timeout(), await self._reader.report_grace())
+        return self._timing
 
     async def _record_rentals(self, batch: LogBatch) -> None:
         with transaction(self._db) as db:
@@ -216,7 +217,7 @@ class Keeper:
         self._rotation = start + self._max_checks_per_tick
         return (watched[start:] + watched[:start])[: self._max_checks_per_tick]
 
-    async def _submit_due(self, head: int, now: int) -> list[KeeperAction]:
+    async def _submit_due(self, head: int, now: int, start_timeout: int, report_grace: int) -> list[KeeperAction]:
         submitted = []
         for rental_id in self._due_for_check():
             rental = await self._reader.rental(rental_id, head)
@@ -227,9 +228,9 @@ class Keeper:
                 )
                 continue
             if rental.status is RentalStatus.OPEN:
-                action, function, due_at = "timeout", "claimStartTimeout", rental.since + self._start_timeout + 1
+                action, function, due_at = "timeout", "claimStartTimeout", rental.since + start_timeout + 1
             else:
-                action, function, due_at = "finalize", "finalize", rental.end + self._report_grace
+                action, function, due_at = "finalize", "finalize", rental.end + report_grace
             if now < due_at:
                 continue
             key = f"{action}:{rental_id}"

@@ -19,7 +19,7 @@ class Backoff:
     def delay(self) -> float:
         if self.failures == 0:
             return self.interval
-        return min(self.interval * 2**self.failures, self.max_delay)
+        return min(self.interval * 2.0**self.failures, self.max_delay)
 
     def failed(self) -> None:
         self.failures += 1

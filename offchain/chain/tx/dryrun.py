@@ -10,7 +10,7 @@ from typing import Any
 
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3RPCError
-from web3.types import BlockIdentifier
+from web3.types import BlockIdentifier, TxParams
 
 from offchain.chain.tx.reverts import RevertDecoder
 from offchain.chain.tx.senderrors import dooms_call, node_message
@@ -31,7 +31,7 @@ class DryRunFailed(Exception):
         return f"dry-run {'reverted' if self.reverted else 'failed'}: {self.reason}"
 
 
-async def dry_run(w3: AsyncWeb3, call: dict[str, Any], decoder: RevertDecoder, block: BlockIdentifier) -> int:
+async def dry_run(w3: AsyncWeb3[Any], call: TxParams, decoder: RevertDecoder, block: BlockIdentifier) -> int:
     """Calls `call` (`from`, `to` unless it deploys, `data`, and `gas` when the sender fixed the gas limit) on
     `block`, then estimates its gas unless it has a gas limit. Returns the gas limit given or the estimate; raises
     `DryRunFailed`. Any other error (an unreachable endpoint) passes through: it says nothing of the transaction."""
@@ -50,7 +50,7 @@ async def dry_run(w3: AsyncWeb3, call: dict[str, Any], decoder: RevertDecoder, b
 
 
 async def explain_onchain_revert(
-    w3: AsyncWeb3, call: dict[str, Any], receipt: Any, gas_limit: int | None, decoder: RevertDecoder
+    w3: AsyncWeb3[Any], call: TxParams, receipt: Any, gas_limit: int | None, decoder: RevertDecoder
 ) -> str:
     """Why the mined transaction `call` reverted: out of gas, or the error of a replay on the state after its
     block. A transaction that passed its dry-run usually reverts because another one in the same block got there

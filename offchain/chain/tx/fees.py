@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
@@ -47,13 +48,13 @@ def bumped_fees(
     return Fees(max_fee=max_fee, tip=tip)
 
 
-async def base_fee(w3: AsyncWeb3) -> int:
+async def base_fee(w3: AsyncWeb3[Any]) -> int:
     """The latest block's base fee (0 on chains without EIP-1559)."""
     block = await w3.eth.get_block("latest")
     return int(block.get("baseFeePerGas", 0))
 
 
-async def suggested_tip(w3: AsyncWeb3, default: int = DEFAULT_TIP) -> int:
+async def suggested_tip(w3: AsyncWeb3[Any], default: int = DEFAULT_TIP) -> int:
     """The node's suggested priority fee, or `default` from nodes without `eth_maxPriorityFeePerGas`."""
     try:
         return int(await w3.eth.max_priority_fee)

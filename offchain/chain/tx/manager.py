@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress, HexStr
 from eth_utils import is_address, keccak, to_checksum_address
 from hexbytes import HexBytes
 from pydantic import SecretStr
 from web3 import AsyncWeb3
 from web3.exceptions import BlockNotFound, TransactionNotFound, Web3RPCError
+from web3.types import BlockIdentifier, TxParams
 
 from offchain.chain.tx.backoff import Backoff, wait_any
 from offchain.chain.tx.dryrun import DryRunFailed, dry_run, explain_onchain_revert
@@ -77,7 +79,7 @@ class TxManager:
 
     def __init__(
         self,
-        w3: AsyncWeb3,
+        w3: AsyncWeb3[Any],
         db_path: str | Path,
         account_or_address: LocalAccount | SecretStr | str,
         chain_id: int,
@@ -90,7 +92,7 @@ class TxManager:
         gas_limit_multiplier: float = 1.25,
         max_sends_per_tick: int = 50,
         max_backoff: float = 30.0,
-        dry_run_block: str = "pending",
+        dry_run_block: BlockIdentifier = "pending",
         revert_decoder: RevertDecoder | None = None,
         on_final: Callable[[TxRecord], None] | None = None,
     ):
@@ -117,7 +119,7 @@ class TxManager:
         self._backoff = Backoff(1.0, max_backoff)
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         return self._signer.address
 
     @property
@@ -259,6 +261,7 @@ class TxManager:
                 continue
             fees = initial_fees(await base_fee(self._w3), await self._tip(), self._max_fee_cap)
             nonce = self._next_nonce
+            assert nonce is not None  # synced by `tick` before it sends
             attempt = await self._sign_attempt(row, nonce, gas_limit, fees, head, state=TxState.IN_PROGRESS)
             self._next_nonce = nonce + 1
             if not await self._broadcast_first(self._store.row(row["id"]), attempt, head):
@@ -335,7 +338,7 @@ class TxManager:
     async def _preflight(self, row: sqlite3.Row) -> int:
         """The dry-run (`offchain.chain.tx.dryrun`) of a stored transaction: its gas limit (the one requested, or
         the estimate with headroom); raises `DryRunFailed`."""
-        call: dict[str, Any] = {"from": self.address, "to": row["to_address"], "data": bytes(row["data"])}
+        call: TxParams = {"from": self.address, "to": row["to_address"], "data": bytes(row["data"])}
         requested = row["requested_gas_limit"]
         if requested is not None:
             call["gas"] = requested
@@ -387,7 +390,8 @@ class TxManager:
             block = await self._w3.eth.get_block(row["block_number"])
         except BlockNotFound:
             return False
-        return "0x" + bytes(block["hash"]).hex() == row["block_hash"]
+        stored_hash: str = row["block_hash"]
+        return "0x" + bytes(block["hash"]).hex() == stored_hash
 
     def _finish_if_deep(self, row: sqlite3.Row, head: int) -> None:
         if head - row["block_number"] + 1 < self._confirmations:
@@ -411,7 +415,7 @@ class TxManager:
                 return True
         return False
 
-    async def _known(self, tx_hash: str) -> bool:
+    async def _known(self, tx_hash: HexStr) -> bool:
         try:
             await self._w3.eth.get_transaction(tx_hash)
         except TransactionNotFound:
@@ -437,7 +441,7 @@ class TxManager:
         A transaction that passed its dry-run usually reverts because another one in the same block got there
         first, which the post-block state shows."""
         attempt = self._store.attempt("0x" + bytes(receipt["transactionHash"]).hex())
-        call = {"from": self.address, "to": row["to_address"], "data": bytes(row["data"])}
+        call: TxParams = {"from": self.address, "to": row["to_address"], "data": bytes(row["data"])}
         return await explain_onchain_revert(
             self._w3, call, receipt, attempt["gas_limit"] if attempt else None, self._decoder
         )

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContractConstructor
 from web3.exceptions import TimeExhausted, Web3RPCError
+from web3.types import TxParams
 
 from offchain.chain.contracts import load_artifact
 from offchain.chain.tx.dryrun import DryRunFailed, dry_run, explain_onchain_revert
@@ -45,7 +47,7 @@ class Wallet:
     """Signs locally with `account` and sends through `w3`, at most `max_fee_cap` wei per gas."""
 
     def __init__(
-        self, w3: AsyncWeb3, account: LocalAccount, timeout: float = 180.0, max_fee_cap: int = DEFAULT_MAX_FEE_CAP
+        self, w3: AsyncWeb3[Any], account: LocalAccount, timeout: float = 180.0, max_fee_cap: int = DEFAULT_MAX_FEE_CAP
     ):
         self.w3 = w3
         self.timeout = timeout
@@ -54,7 +56,7 @@ class Wallet:
         self._signer = LocalSigner(account)
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         return self._signer.address
 
     async def estimate(self, call: Any) -> int:
@@ -75,13 +77,13 @@ class Wallet:
         """Deploys contract `name` with constructor `args`."""
         return await self._send(self.constructor(name, *args))
 
-    def _message(self, call: Any) -> dict[str, Any]:
+    def _message(self, call: Any) -> TxParams:
         """The call's sender, recipient (none for a deployment) and calldata."""
         if isinstance(call, AsyncContractConstructor):
             return {"from": self.address, "data": call.data_in_transaction}
         return {"from": self.address, "to": call.address, "data": call._encode_transaction_data()}
 
-    async def _dry_run(self, message: dict[str, Any]) -> int:
+    async def _dry_run(self, message: TxParams) -> int:
         try:
             return await dry_run(self.w3, message, self.decoder, "latest")
         except DryRunFailed as exc:

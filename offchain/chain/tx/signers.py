@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from eth_utils import is_address, to_checksum_address
 from hexbytes import HexBytes
 from pydantic import SecretStr
@@ -15,7 +16,8 @@ from web3.exceptions import Web3RPCError
 
 
 class Signer(Protocol):
-    address: str
+    @property
+    def address(self) -> ChecksumAddress: ...
 
     async def sign(self, tx: dict[str, Any]) -> bytes: ...
 
@@ -34,7 +36,7 @@ class LocalSigner:
 class NodeSigner:
     """An account unlocked on the node (dev chains only), which signs with `eth_signTransaction`."""
 
-    def __init__(self, w3: AsyncWeb3, address: str):
+    def __init__(self, w3: AsyncWeb3[Any], address: ChecksumAddress):
         self.address = address
         self._w3 = w3
 
@@ -49,7 +51,7 @@ class NodeSigner:
         return bytes(HexBytes(raw))
 
 
-def make_signer(w3: AsyncWeb3, account_or_address: LocalAccount | SecretStr | str) -> Signer:
+def make_signer(w3: AsyncWeb3[Any], account_or_address: LocalAccount | SecretStr | str) -> Signer:
     """A `LocalSigner` for an account or a `SecretStr` private key; a `NodeSigner` for an address."""
     if isinstance(account_or_address, SecretStr):
         return LocalSigner(Account.from_key(account_or_address.get_secret_value()))

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -137,13 +137,15 @@ class TxStore:
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
                 (key, self._chain_id, self._address, to, data, gas_limit, state.value, now, now),
             )
-        return self.by_key(key)
+        stored = self.by_key(key)
+        assert stored is not None  # inserted above, or there before
+        return stored
 
     def by_key(self, key: str) -> sqlite3.Row | None:
-        return self._db.execute("SELECT * FROM tx WHERE key = ?", (key,)).fetchone()
+        return cast("sqlite3.Row | None", self._db.execute("SELECT * FROM tx WHERE key = ?", (key,)).fetchone())
 
     def row(self, tx_id: int) -> sqlite3.Row:
-        return self._db.execute("SELECT * FROM tx WHERE id = ?", (tx_id,)).fetchone()
+        return cast(sqlite3.Row, self._db.execute("SELECT * FROM tx WHERE id = ?", (tx_id,)).fetchone())
 
     def rows(self, state: TxState | None = None, limit: int = -1, order: str = "id") -> list[sqlite3.Row]:
         """This account's transactions on this chain (of one state), ordered by the column `order`."""
@@ -160,9 +162,10 @@ class TxStore:
 
     def max_nonce(self) -> int | None:
         """The highest nonce this account's transactions hold on this chain."""
-        return self._db.execute(
+        highest = self._db.execute(
             "SELECT MAX(nonce) FROM tx WHERE chain_id = ? AND from_address = ?", (self._chain_id, self._address)
         ).fetchone()[0]
+        return cast("int | None", highest)
 
     def update(self, tx_id: int, **columns: Any) -> None:
         """Sets `columns` of a transaction (a `state` as a TxState) and its `updated_at`."""
@@ -200,10 +203,14 @@ class TxStore:
                     "UPDATE tx SET state = ?, nonce = ?, error = NULL, updated_at = ? WHERE id = ?",
                     (state.value, nonce, now, row["id"]),
                 )
-        return self.attempt(tx_hash)
+        stored = self.attempt(tx_hash)
+        assert stored is not None  # inserted above
+        return stored
 
     def attempt(self, tx_hash: str) -> sqlite3.Row | None:
-        return self._db.execute("SELECT * FROM tx_attempt WHERE hash = ?", (tx_hash,)).fetchone()
+        return cast(
+            "sqlite3.Row | None", self._db.execute("SELECT * FROM tx_attempt WHERE hash = ?", (tx_hash,)).fetchone()
+        )
 
     def attempts(self, row: sqlite3.Row) -> list[sqlite3.Row]:
         """The attempts signed for the transaction's current nonce, oldest first."""
