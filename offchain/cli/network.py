@@ -22,13 +22,13 @@ from typing import AsyncIterator
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
+from offchain.chain import deployments
+from offchain.chain.deployments import Deployment
 from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.chain.tx.oneshot import Wallet
 from offchain.cli.args import DEVNET_DIR_ENV, NETWORK_ENV, RPC_URL_ENV, UsageError
 from offchain.cli.keys import load_account
 from offchain.market.exchange import ExchangeClient
-from offchain.ops import deployments
-from offchain.ops.deployments import Deployment
 from offchain.ops.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
 from offchain.ops.devnet import DevnetState, read_state
 

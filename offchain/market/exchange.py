@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from web3 import AsyncWeb3
 
 from offchain.chain.contracts import contract
+from offchain.chain.deployments import Deployment
 from offchain.chain.events import (
     AgentSet,
     ChainEvent,
@@ -42,7 +43,6 @@ from offchain.market.offers import (
     read_token,
 )
 from offchain.market.rentals import RentalHistory
-from offchain.ops.deployments import Deployment
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.protocol.status import OfferStatus
 

@@ -27,6 +27,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
 from offchain.chain.contracts import contract
+from offchain.chain.deployments import Deployment
 from offchain.chain.events import (
     ChainEvent,
     OfferClosed,
@@ -45,7 +46,6 @@ from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import ChainUnreachable
 from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
 from offchain.market.rentals import RentalHistory
-from offchain.ops.deployments import Deployment
 from offchain.protocol.status import OfferStatus
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from web3 import AsyncWeb3
 
+from offchain.chain import deployments
 from offchain.chain.contracts import contract
+from offchain.chain.deployments import Deployment, SuiteConfig, create_address
 from offchain.chain.reads import ChainReader
 from offchain.chain.tx.oneshot import Sent, Wallet
-from offchain.ops import deployments
-from offchain.ops.deployments import Deployment, SuiteConfig, create_address
 
 USDC = 10**6
 

@@ -31,13 +31,14 @@ import aiohttp
 from eth_account import Account
 from pydantic import BaseModel, ConfigDict
 
+from offchain.chain import deployments
 from offchain.chain.contracts import PROJECT_ROOT, contract
+from offchain.chain.deployments import Deployment
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.chain.tx.oneshot import Wallet
-from offchain.ops import deployments, roles
+from offchain.ops import roles
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy
-from offchain.ops.deployments import Deployment
 from offchain.ops.processes import process_alive
 
 #: The roles the devnet writes a key file for (offchain.ops.roles has their accounts).

@@ -34,14 +34,14 @@ from multidict import MultiMapping
 from pydantic import BaseModel, ValidationError
 from web3 import AsyncWeb3
 
+from offchain.chain import deployments
+from offchain.chain.deployments import Deployment, DeploymentNotFound
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.config import ChainSettings
 from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex
 from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
 from offchain.market.rentals import RentalHistory
-from offchain.ops import deployments
-from offchain.ops.deployments import Deployment, DeploymentNotFound
 from offchain.web.views import (
     IndexStatus,
     MarketInfo,

@@ -26,11 +26,12 @@ from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
+from offchain.chain import deployments
 from offchain.chain.contracts import PROJECT_ROOT, contract
 from offchain.chain.rpc import connect
 from offchain.chain.tx.oneshot import Wallet
 from offchain.market.offers import pack_text
-from offchain.ops import deployments, devnet
+from offchain.ops import devnet
 from offchain.ops.deploy import USDC
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import rental_id

@@ -13,7 +13,7 @@ import pytest
 from brownie import web3
 from eth_account import Account
 
-from offchain.ops.deployments import Deployment, SuiteConfig
+from offchain.chain.deployments import Deployment, SuiteConfig
 from offchain.ops.roles import AGENT_KEY, ORACLE_KEYS
 from offchain.protocol.messages import gpu_uuid_hash
 from scripts.deploy import USDC, SuiteParams, deploy_suite

@@ -23,9 +23,10 @@ from typing import Any, Callable
 
 import pytest
 
+from offchain.chain import deployments
 from offchain.chain.contracts import PROJECT_ROOT
 from offchain.cli import main
-from offchain.ops import deployments, devnet
+from offchain.ops import devnet
 from offchain.ops.deploy import SuiteParams
 
 PORT = 8575

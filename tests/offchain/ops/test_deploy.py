@@ -9,11 +9,11 @@ import pytest
 from brownie import web3
 from eth_account import Account
 
+from offchain.chain import deployments
 from offchain.chain.contracts import contract
 from offchain.chain.reads import read_once
 from offchain.chain.rpc import connect
 from offchain.chain.tx.oneshot import TxFailed, Wallet
-from offchain.ops import deployments
 from offchain.ops.deploy import DeployError, DeployRequest, SuiteParams, deploy, verify
 from tests.offchain.conftest import ORACLES
 

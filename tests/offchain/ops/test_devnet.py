@@ -11,8 +11,9 @@ import socket
 import pytest
 from eth_account import Account
 
+from offchain.chain import deployments
 from offchain.chain.reads import read_once
-from offchain.ops import deployments, devnet
+from offchain.ops import devnet
 from offchain.ops.deploy import SuiteParams
 from tests.contracts.helpers import ORACLES as CONTRACT_TEST_ORACLES
 from tests.offchain.conftest import AGENT, ORACLES

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from brownie import web3
 
-from offchain.ops.deployments import Deployment
+from offchain.chain.deployments import Deployment
 from offchain.web.app import create_standalone_app
 
 POLL_SECONDS = 0.05

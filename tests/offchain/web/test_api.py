@@ -14,9 +14,9 @@ from brownie import chain, web3
 from eth_utils import keccak
 from pydantic import SecretStr
 
+from offchain.chain import deployments
 from offchain.config import OracleSettings
 from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
-from offchain.ops import deployments
 from offchain.oracle.app import create_app
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import EscrowDomain, Report, sign_batch

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from offchain.ops import deployments
-from offchain.ops.deployments import Deployment, DeploymentNotFound, SuiteConfig
+from offchain.chain import deployments
+from offchain.chain.deployments import Deployment, DeploymentNotFound, SuiteConfig
 
 CONFIG = SuiteConfig(
     min_stake_per_gpu=1,
