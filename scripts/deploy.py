@@ -23,13 +23,13 @@ from eth_account import Account
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from offchain.chain.deployments import create_address
 from offchain.chain.reads import ChainReader, read_once
 from offchain.chain.rpc import connect
 from offchain.chain.tx.oneshot import Wallet
 from offchain.config import read_key
 from offchain.ops import roles
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy, escrow_args, registry_args
-from offchain.ops.deployments import create_address
 
 __all__ = ["USDC", "SuiteParams", "Suite", "deploy_suite", "DeploySettings", "main"]
 
