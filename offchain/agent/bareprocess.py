@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 from offchain.agent.job import (
-    NOT_STARTED_EXIT_CODE,
-    ZERO_DIGEST,
     Job,
     JobOutcome,
     describe_exit,
@@ -151,13 +149,7 @@ class BareProcessJob(Job):
 
     async def _outcome(self) -> JobOutcome:
         if self._process is None:
-            return JobOutcome(
-                NOT_STARTED_EXIT_CODE,
-                ZERO_DIGEST,
-                timed_out=False,
-                stopped=False,
-                reason=f"could not start: {self._start_error}",
-            )
+            return JobOutcome.not_run(f"could not start: {self._start_error}")
         assert self._process.returncode is not None
         code = self._process.returncode
         digest = await asyncio.to_thread(self._digest)

@@ -58,6 +58,12 @@ class JobOutcome:
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
 
+    @classmethod
+    def not_run(cls, reason: str, *, timed_out: bool = False, stopped: bool = False) -> JobOutcome:
+        """The outcome of a job that did not run to an exit of its own: it could not start, or its container went
+        away."""
+        return cls(NOT_STARTED_EXIT_CODE, ZERO_DIGEST, timed_out=timed_out, stopped=stopped, reason=reason)
+
     def as_exit(self) -> JobExit:
         """What the agent's book keeps of it."""
         return JobExit(self.exit_code, self.reason, self.finished_at, self.result_digest)
@@ -247,21 +253,13 @@ class ContainerJob(Job):
 
     async def _outcome(self) -> JobOutcome:
         if self._start_error is not None:
-            return JobOutcome(
-                NOT_STARTED_EXIT_CODE,
-                ZERO_DIGEST,
-                timed_out=False,
-                stopped=False,
-                reason=f"could not start: {self._start_error}",
-            )
+            return JobOutcome.not_run(f"could not start: {self._start_error}")
         state = await self.engine.inspect(self.name)
         if state is None:
-            return JobOutcome(
-                NOT_STARTED_EXIT_CODE,
-                ZERO_DIGEST,
+            return JobOutcome.not_run(
+                "its container disappeared from the provider's machine",
                 timed_out=self._timed_out,
                 stopped=self._stopped,
-                reason="its container disappeared from the provider's machine",
             )
         await asyncio.to_thread(copy_engine_log, state, self.plan.log_path)
         digest = await asyncio.to_thread(self._digest)

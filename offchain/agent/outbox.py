@@ -29,12 +29,12 @@ import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Callable, Sequence
 
 import aiohttp
 from pydantic import ValidationError
 
+from offchain.http import SessionOwner
 from offchain.protocol.messages import OracleError, RejectReason, TelemetryAck, TelemetrySubmission
 from offchain.sqlite import transaction
 
@@ -122,7 +122,7 @@ def normalize_oracle_url(url: str) -> str:
     return url.rstrip("/")
 
 
-class Outbox:
+class Outbox(SessionOwner):
     """The durable queue of reports to the oracles. Use as `async with Outbox(...) as outbox:`; `enqueue` reports
     and `run` the delivery loop (or call `deliver_due` yourself)."""
 
@@ -137,29 +137,17 @@ class Outbox:
     ) -> None:
         if not oracles:
             raise ValueError("configure at least one oracle")
+        super().__init__(aiohttp.ClientTimeout(total=request_timeout_seconds))
         self._db = db
         self._oracles = tuple(dict.fromkeys(normalize_oracle_url(o) for o in oracles))
         self._retry = retry
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout_seconds)
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
         self._wakeups = {oracle: asyncio.Event() for oracle in self._oracles}
         db.executescript(SCHEMA)
 
     @property
     def oracles(self) -> tuple[str, ...]:
         return self._oracles
-
-    async def __aenter__(self) -> Outbox:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def enqueue(self, submission: TelemetrySubmission) -> None:
         """Commits a report with a pending delivery to every oracle; inside the caller's transaction if one is

@@ -13,7 +13,6 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from types import TracebackType
 from typing import AsyncIterator
 
 import aiohttp
@@ -21,6 +20,7 @@ from eth_account import Account
 from eth_hash.auto import keccak
 
 from offchain.agent.jobspec import JobSpec
+from offchain.http import SessionOwner
 from offchain.protocol.renterapi import (
     RESULT_DIGEST_HEADER,
     Action,
@@ -57,7 +57,7 @@ class RenterApiError(Exception):
         self.detail = detail
 
 
-class RenterClient:
+class RenterClient(SessionOwner):
     """`async with RenterClient(url, chain_id, escrow, key, agent=address) as client: ...`"""
 
     def __init__(
@@ -70,25 +70,14 @@ class RenterClient:
         agent: str | None = None,
         timeout_seconds: float = 30.0,
     ) -> None:
+        super().__init__(aiohttp.ClientTimeout(total=None, connect=timeout_seconds, sock_read=None))
         self.base_url = base_url.rstrip("/")
         self._chain_id = chain_id
         self._escrow = escrow
         self._key = key
         self._expected_agent = agent
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_seconds, sock_read=None)
-        self._session: aiohttp.ClientSession | None = None
         self._agent: AgentInfo | None = None
         self.renter = Account.from_key(key).address
-
-    async def __aenter__(self) -> RenterClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -11,9 +11,9 @@ import pytest
 from offchain.chain.contracts import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "offchain"
-#: Bottom first. `config` and `sqlite` (modules, not layers) may be imported from anywhere.
+#: Bottom first. `config`, `sqlite` and `http` (modules, not layers) may be imported from anywhere.
 LAYERS = ("protocol", "chain", "telemetry", "agent", "market", "web", "oracle", "ops", "cli")
-SHARED = {"config", "sqlite"}
+SHARED = {"config", "sqlite", "http"}
 
 
 def _imported_layers(path: Path) -> set[str]:
