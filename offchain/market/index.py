@@ -42,9 +42,9 @@ from offchain.chain.events import (
     decode_log,
 )
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, Rewind
-from offchain.chain.reads import ChainReader
+from offchain.chain.reads import ChainReader, Offer
 from offchain.chain.rpc import ChainUnreachable
-from offchain.market.offers import OfferRecord, ProviderRecord, read_provider, unpack_text
+from offchain.market.offers import OfferRecord, ProviderRecord, read_provider
 from offchain.market.rentals import RentalHistory
 from offchain.protocol.status import OfferStatus
 
@@ -114,40 +114,22 @@ class IndexedProvider(BaseModel):
 
 @dataclass
 class _Offer:
-    """An offer's terms and state; an `OfferRecord` once its provider's reputation is known."""
+    """An offer as the registry's `getOffer` would read it, kept current from its events; an `OfferRecord` once its
+    provider's reputation is known."""
 
     offer_id: int
-    provider: str
-    status: OfferStatus
-    gpu_model: str
-    vram_mib: int
-    price_per_second: int
-    min_duration: int
-    max_duration: int
-    region: str
-    util_floor_bps: int
-    egress: bool
-    gpu_uuid_hashes: list[str]
+    listed: Offer
     live_rental_id: int = 0
 
+    @property
+    def provider(self) -> str:
+        return self.listed.provider
+
+    def update(self, **changes: object) -> None:
+        self.listed = self.listed.model_copy(update=changes)
+
     def record(self, reputation: ProviderRecord) -> OfferRecord:
-        return OfferRecord(
-            offer_id=self.offer_id,
-            provider=self.provider,
-            status=self.status,
-            gpu_model=self.gpu_model,
-            gpu_count=len(self.gpu_uuid_hashes),
-            vram_mib=self.vram_mib,
-            region=self.region,
-            price_per_second=self.price_per_second,
-            min_duration=self.min_duration,
-            max_duration=self.max_duration,
-            util_floor_bps=self.util_floor_bps,
-            egress=self.egress,
-            gpu_uuid_hashes=self.gpu_uuid_hashes,
-            live_rental_id=self.live_rental_id,
-            reputation=reputation,
-        )
+        return OfferRecord.from_chain(self.offer_id, self.listed, self.live_rental_id, reputation)
 
 
 @dataclass
@@ -355,25 +337,18 @@ class EventIndex:
     def _apply_registry_event(self, state: _State, event: ChainEvent, timestamp: int) -> None:
         match event:
             case OfferCreated(terms=terms):
-                state.offers[event.offer_id] = _Offer(
-                    offer_id=event.offer_id,
+                listed = Offer(
                     provider=event.provider,
+                    gpu_count=len(terms.gpu_uuid_hashes),
                     status=OfferStatus.ACTIVE,
-                    gpu_model=unpack_text(terms.gpu_model),
-                    vram_mib=terms.vram_mib,
-                    price_per_second=terms.price_per_second,
-                    min_duration=terms.min_duration,
-                    max_duration=terms.max_duration,
-                    region=unpack_text(terms.region),
-                    util_floor_bps=terms.util_floor_bps,
-                    egress=terms.egress,
-                    gpu_uuid_hashes=["0x" + h.hex() for h in terms.gpu_uuid_hashes],
+                    **terms.model_dump(),
                 )
+                state.offers[event.offer_id] = _Offer(event.offer_id, listed)
                 self._provider(state, event.provider).offer_ids.append(event.offer_id)
             case OfferPriceUpdated():
-                state.offers[event.offer_id].price_per_second = event.price_per_second
+                state.offers[event.offer_id].update(price_per_second=event.price_per_second)
             case OfferPaused() | OfferResumed() | OfferClosed():
-                state.offers[event.offer_id].status = _OFFER_STATUS_AFTER[type(event)]
+                state.offers[event.offer_id].update(status=_OFFER_STATUS_AFTER[type(event)])
         offer_id: int | None = getattr(event, "offer_id", None)
         provider: str | None = getattr(event, "provider", None)
         if provider is None:

@@ -137,19 +137,10 @@ class Keeper:
 
     def actions(self) -> list[KeeperAction]:
         """Everything the keeper submitted, in order."""
-        rows = self._db.execute("SELECT * FROM keeper_action WHERE escrow = ? ORDER BY rowid", (self.escrow,))
-        return [
-            KeeperAction(
-                rental_id=int(r["rental_id"]),
-                action=r["action"],
-                tx_key=r["tx_key"],
-                due_at=r["due_at"],
-                block_number=r["block_number"],
-                block_timestamp=r["block_timestamp"],
-                created_at=r["created_at"],
-            )
-            for r in rows
-        ]
+        columns = ", ".join(KeeperAction.model_fields)
+        rows = self._db.execute(f"SELECT {columns} FROM keeper_action WHERE escrow = ? ORDER BY rowid", (self.escrow,))
+        # rental_id is stored as text (a uint256 outgrows SQLite's integers); the model reads it back as an int.
+        return [KeeperAction.model_validate(dict(r)) for r in rows]
 
     async def start(self) -> None:
         """Reads the escrow's timing parameters (immutable); with the RPC down, the first tick does."""
