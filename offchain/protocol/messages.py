@@ -38,6 +38,10 @@ def gpu_uuid_hash(uuid: str) -> bytes:
     return keccak(text=uuid)
 
 
+#: The fields a telemetry report shares with the on-chain report it becomes.
+_REPORT_FIELDS = set(Report.model_fields)
+
+
 class TelemetryReport(BaseModel):
     """One report period of one rental, measured on the provider machine.
 
@@ -79,15 +83,7 @@ class TelemetryReport(BaseModel):
 
     def to_chain_report(self) -> Report:
         """The on-chain report the oracles co-sign for this period."""
-        return Report(
-            rental_id=self.rental_id,
-            seq=self.seq,
-            period_end=self.period_end,
-            delivered_seconds=self.delivered_seconds,
-            avg_util_bps=self.avg_util_bps,
-            status=self.status,
-            telemetry_root=self.telemetry_root,
-        )
+        return Report.model_validate(self.model_dump(include=_REPORT_FIELDS))
 
     def typed_data(self, chain_id: int, registry: str) -> dict[str, Any]:
         """The EIP-712 document the agent signs."""

@@ -31,7 +31,7 @@ from offchain.chain.events import (
     UnstakeWithdrawn,
 )
 from offchain.market.index import HistoryEntry, IndexedProvider
-from offchain.market.offers import SECONDS_PER_HOUR, OfferQuery, OfferRecord, TokenInfo, unpack_text
+from offchain.market.offers import SECONDS_PER_HOUR, OfferQuery, OfferRecord, ProviderRecord, TokenInfo, unpack_text
 from offchain.market.rentals import RentalHistory
 
 BPS_PER_PERCENT = 100
@@ -178,6 +178,10 @@ class RentalDetail(RentalSummary):
     reports: list[ReportView]
 
 
+#: The provider's figures the page shows as the registry keeps them (amounts are converted to human units).
+_PROVIDER_AS_READ = set(ProviderRecord.model_fields) - {"address", "staked", "locked", "unbonding"}
+
+
 def rental_summary(rental: RentalHistory, offer: OfferRecord, token: TokenInfo) -> RentalSummary:
     return RentalSummary(**_summary_fields(rental, offer, token))
 
@@ -287,14 +291,7 @@ def provider_view(
         locked=stake_token.to_human(record.locked),
         unbonding=stake_token.to_human(record.unbonding),
         free=stake_token.to_human(record.free),
-        unbonding_ends_at=record.unbonding_ends_at,
-        agent=record.agent,
-        agent_url=record.agent_url,
-        rentals_completed=record.rentals_completed,
-        slashes=record.slashes,
-        declines=record.declines,
-        seconds_delivered=record.seconds_delivered,
-        seconds_missed=record.seconds_missed,
+        **record.model_dump(include=_PROVIDER_AS_READ),
         reliability=record.reliability,
         offers=offers,
         rentals=rentals,
