@@ -56,7 +56,7 @@ from offchain.chain.tx.fees import (
 from offchain.chain.tx.reverts import RevertDecoder
 from offchain.chain.tx.senderrors import SENT, TRANSIENT_RPC_ERRORS, SendOutcome, classify_send_error, node_message
 from offchain.chain.tx.signers import make_signer
-from offchain.chain.tx.store import FINAL_STATES, TxAttempt, TxRecord, TxState, TxStore
+from offchain.chain.tx.store import FINAL_STATES, RECEIPT_COLUMNS, TxAttempt, TxRecord, TxState, TxStore
 
 log = logging.getLogger(__name__)
 
@@ -287,13 +287,7 @@ class TxManager:
                 )
                 return True
             if outcome is SendOutcome.UNDERPRICED:
-                fees = bumped_fees(
-                    Fees(attempt["max_fee"], attempt["tip"]),
-                    await base_fee(self._w3),
-                    await self._tip(),
-                    self._bump_percent,
-                    self._max_fee_cap,
-                )
+                fees = await self._bumped(attempt)
                 if fees is None:
                     log.warning("txmgr: %s underpriced at the fee cap: %s", row["key"], message)
                     return False
@@ -362,16 +356,7 @@ class TxManager:
                     self._finish_if_deep(row, head)
                     continue
                 log.warning("txmgr: %s reorged out of block %d; sending again", row["key"], row["block_number"])
-                self._store.update(
-                    row["id"],
-                    mined_hash=None,
-                    block_number=None,
-                    block_hash=None,
-                    receipt_status=None,
-                    gas_used=None,
-                    effective_gas_price=None,
-                    error=None,
-                )
+                self._store.update(row["id"], **dict.fromkeys(RECEIPT_COLUMNS))
                 # Its fees were good enough a moment ago: resend as is, bump only if it stalls from here.
                 self._store.restart_bump_clock(self._store.latest_attempt(row), head)
                 row = self._store.row(row["id"])
@@ -454,16 +439,20 @@ class TxManager:
         self._next_nonce = None
         log.warning("txmgr: %s %s", row["key"], reason)
 
+    async def _bumped(self, attempt: sqlite3.Row) -> Fees | None:
+        """The fees of `attempt` bumped past what the node now asks; None at the fee cap."""
+        return bumped_fees(
+            Fees(attempt["max_fee"], attempt["tip"]),
+            await base_fee(self._w3),
+            await self._tip(),
+            self._bump_percent,
+            self._max_fee_cap,
+        )
+
     async def _bump_or_rebroadcast(self, row: sqlite3.Row, head: int) -> None:
         latest = self._store.latest_attempt(row)
         if head - latest["sent_block"] >= self._bump_after_blocks:
-            fees = bumped_fees(
-                Fees(latest["max_fee"], latest["tip"]),
-                await base_fee(self._w3),
-                await self._tip(),
-                self._bump_percent,
-                self._max_fee_cap,
-            )
+            fees = await self._bumped(latest)
             if fees is None:
                 log.warning("txmgr: %s stuck at the fee cap %d; re-broadcasting", row["key"], self._max_fee_cap)
                 self._store.restart_bump_clock(latest, head)

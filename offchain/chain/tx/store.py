@@ -27,6 +27,17 @@ class TxState(str, Enum):
 
 FINAL_STATES = frozenset({TxState.CONFIRMED, TxState.FAILED, TxState.FATAL})
 
+#: What a mined receipt sets on a transaction's row, and a reorg that drops the receipt clears.
+RECEIPT_COLUMNS = (
+    "mined_hash",
+    "block_number",
+    "block_hash",
+    "receipt_status",
+    "gas_used",
+    "effective_gas_price",
+    "error",
+)
+
 
 class TxRecord(BaseModel):
     """A stored transaction as callers see it. `hash` is the mined attempt's hash once mined, else the latest
@@ -228,20 +239,11 @@ class TxStore:
     def attempt_history(self, key: str) -> list[TxAttempt]:
         """Every signed attempt of a transaction, oldest first (all nonces it ever held)."""
         rows = self._db.execute(
-            "SELECT a.* FROM tx_attempt a JOIN tx t ON t.id = a.tx_id WHERE t.key = ? ORDER BY a.id", (key,)
+            "SELECT a.hash, a.nonce, a.gas_limit, a.max_fee AS max_fee_per_gas, a.tip AS max_priority_fee_per_gas,"
+            " a.sent_block, a.created_at FROM tx_attempt a JOIN tx t ON t.id = a.tx_id WHERE t.key = ? ORDER BY a.id",
+            (key,),
         ).fetchall()
-        return [
-            TxAttempt(
-                hash=r["hash"],
-                nonce=r["nonce"],
-                gas_limit=r["gas_limit"],
-                max_fee_per_gas=r["max_fee"],
-                max_priority_fee_per_gas=r["tip"],
-                sent_block=r["sent_block"],
-                created_at=_datetime(r["created_at"]),
-            )
-            for r in rows
-        ]
+        return [TxAttempt.model_validate({**dict(r), "created_at": _datetime(r["created_at"])}) for r in rows]
 
     # ------------------------------------------------------------------ records
 
