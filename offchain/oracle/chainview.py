@@ -19,7 +19,6 @@ import time
 from collections import OrderedDict
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar, cast
 
-import aiohttp
 from eth_typing import ABIEvent
 from eth_utils import event_abi_to_log_topic, to_canonical_address
 from pydantic import BaseModel, ConfigDict
@@ -223,10 +222,11 @@ def _topic(contract_name: str, event: str) -> bytes:
 
 
 async def _rpc(call: Awaitable[V]) -> V:
-    """Awaits a node call, turning transport and RPC failures into ChainUnreachable (reverts pass through)."""
+    """Awaits a node call, treating an error the node answered with like a node that did not answer (the reader and
+    `rpc.connect` already raise `ChainUnreachable` for those); reverts pass through."""
     try:
         return await call
-    except (ContractLogicError, ChainUnreachable):
+    except ContractLogicError:
         raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, Web3Exception) as exc:
+    except Web3Exception as exc:
         raise ChainUnreachable(f"{type(exc).__name__}: {exc}") from exc
