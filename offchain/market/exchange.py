@@ -29,7 +29,7 @@ from offchain.chain.events import (
     decode_log,
 )
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
-from offchain.chain.reads import ChainReader
+from offchain.chain.reads import Balances, ChainReader
 from offchain.chain.tx.oneshot import Sent, Wallet
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
@@ -238,12 +238,9 @@ class ExchangeClient:
     async def offers(self) -> list[OfferRecord]:
         return await read_offers(self.reader)
 
-    async def balances(self, address: str | None = None) -> dict[str, int]:
-        """What `address` can withdraw: `escrow` (earnings and refunds) and `compensation` (slashed stake)."""
-        address = address or self.address
-        balances = await self.reader.balances(address)
-        escrow, compensation = balances.escrow, balances.compensation
-        return {"escrow": escrow, "compensation": compensation}
+    async def balances(self, address: str | None = None) -> Balances:
+        """What `address` (default: the account) can withdraw from the escrow and the registry."""
+        return await self.reader.balances(address or self.address)
 
     async def agent_url(self, address: str | None = None) -> str | None:
         """The agent URL the provider published (`agentUrlOf`) as it stands on chain; None when unset."""
@@ -437,15 +434,15 @@ class ExchangeClient:
         `Escrow_NothingToWithdraw` when there is neither."""
         balances = await self.balances()
         sent: list[SentTx] = []
-        if balances["escrow"] or not balances["compensation"]:
+        if balances.escrow or not balances.compensation:
             await self._send(sent, "withdraw", self.escrow.functions.withdraw())
-        if balances["compensation"]:
+        if balances.compensation:
             await self._send(sent, "withdrawCompensation", self.registry.functions.withdrawCompensation())
         return Withdrawal(
             account=self.address,
             transactions=sent,
-            escrow_amount=balances["escrow"],
-            compensation=balances["compensation"],
+            escrow_amount=balances.escrow,
+            compensation=balances.compensation,
         )
 
     async def claim_faucet(self) -> FaucetClaim:
