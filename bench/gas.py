@@ -23,7 +23,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from bench.records import Figure, Point, SectionResult, Series, Target
-from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch
+from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch, submit_args
 
 SECTION = "Gas"
 ORACLE_KEY = keccak(text="gpuex gas oracle")
@@ -172,9 +172,7 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     gas: dict[str, int] = {}
 
     def submit(reports):
-        return escrow.submitReports(
-            [r.as_tuple() for r in reports], [sign_batch(reports, domain, ORACLE_KEY)], {"from": relayer}
-        )
+        return escrow.submitReports(*submit_args(reports, [sign_batch(reports, domain, ORACLE_KEY)], 1), {"from": relayer})
 
     def offer_terms(hashes):
         return (
@@ -216,16 +214,16 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     gas["start"] = escrow.start(rid, {"from": provider_b}).gas_used
     wait(60)
     since = started_at(rid)
-    submit([Report(rental_id=rid, seq=1, period_end=since + 60, delivered_seconds=60, avg_util_bps=9_000)])
+    submit([Report(rental_id=rid, seq=1, covered_until=since + 60, delivered_seconds=60, util_seconds=54)])
     wait(60)
     submit(
         [
             Report(
                 rental_id=rid,
                 seq=2,
-                period_end=since + 120,
-                delivered_seconds=60,
-                avg_util_bps=9_000,
+                covered_until=since + 120,
+                delivered_seconds=120,
+                util_seconds=108,
                 status=ReportStatus.COMPLETED,
             )
         ]
@@ -236,7 +234,7 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     gas["openRental"], rid = tx.gas_used, tx.return_value
     wait(600)
     since = started_at(rid)
-    submit([Report(rental_id=rid, seq=1, period_end=since + 600, delivered_seconds=600, avg_util_bps=10_000)])
+    submit([Report(rental_id=rid, seq=1, covered_until=since + 600, delivered_seconds=600, util_seconds=600)])
     wait(report_grace)
     gas["finalize"] = escrow.finalize(rid, {"from": relayer}).gas_used
     gas["withdraw"] = escrow.withdraw({"from": renter}).gas_used
@@ -245,7 +243,7 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     rid = escrow.openRental(offer_a, 600, PRICE, b"\x12" * 32, {"from": renter}).return_value
     wait(300)
     since = started_at(rid)
-    submit([Report(rental_id=rid, seq=1, period_end=since + 300, delivered_seconds=300, avg_util_bps=10_000)])
+    submit([Report(rental_id=rid, seq=1, covered_until=since + 300, delivered_seconds=300, util_seconds=300)])
     wait(300 + report_grace)
     gas["finalize (SLA slash)"] = escrow.finalize(rid, {"from": relayer}).gas_used
 
@@ -275,7 +273,7 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
         rentals.append(escrow.openRental(offer, 3_600, PRICE, b"\x15" * 32, {"from": renter_b}).return_value)
     wait(60)
     latest = {
-        r: Report(rental_id=r, seq=1, period_end=started_at(r) + 60, delivered_seconds=55, avg_util_bps=8_000)
+        r: Report(rental_id=r, seq=1, covered_until=started_at(r) + 60, delivered_seconds=55, util_seconds=44)
         for r in rentals
     }
     submit(list(latest.values()))
@@ -286,9 +284,9 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
             Report(
                 rental_id=r,
                 seq=latest[r].seq + 1,
-                period_end=latest[r].period_end + 60,
-                delivered_seconds=60,
-                avg_util_bps=7_500,
+                covered_until=latest[r].covered_until + 60,
+                delivered_seconds=latest[r].delivered_seconds + 60,
+                util_seconds=latest[r].util_seconds + 45,
             )
             for r in rentals[:size]
         ]

@@ -379,6 +379,11 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc IProviderRegistry
+    function providerOf(uint256 offerId) external view override returns (address) {
+        return _offers[offerId].provider;
+    }
+
+    /// @inheritdoc IProviderRegistry
     function compensationOf(address account) external view override returns (uint256) {
         return _compensation[account];
     }

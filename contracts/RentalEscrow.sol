@@ -11,7 +11,7 @@ import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
-import {IRentalEscrow} from "./interfaces/IRentalEscrow.sol";
+import {IRentalEscrow, RentalView} from "./interfaces/IRentalEscrow.sol";
 import {RentalMath} from "./libraries/RentalMath.sol";
 import {
     DeclineReason,
@@ -35,14 +35,16 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
 
     /// @notice EIP-712 type of one report.
     bytes32 public constant REPORT_TYPEHASH = keccak256(
-        "Report(uint256 rentalId,uint32 seq,uint40 periodEnd,uint32 deliveredSeconds,uint16 avgUtilBps,uint8 status,bytes32 telemetryRoot)"
+        "Report(uint256 rentalId,uint32 seq,uint40 coveredUntil,uint32 deliveredSeconds,uint32 utilSeconds,uint8 status,bytes32 telemetryRoot)"
     );
     /// @notice EIP-712 type of a batch: the oracle set version makes an old set's signatures unusable.
     bytes32 public constant BATCH_TYPEHASH = keccak256(
-        "ReportBatch(uint64 oracleSetVersion,Report[] reports)Report(uint256 rentalId,uint32 seq,uint40 periodEnd,uint32 deliveredSeconds,uint16 avgUtilBps,uint8 status,bytes32 telemetryRoot)"
+        "ReportBatch(uint64 oracleSetVersion,Report[] reports)Report(uint256 rentalId,uint32 seq,uint40 coveredUntil,uint32 deliveredSeconds,uint32 utilSeconds,uint8 status,bytes32 telemetryRoot)"
     );
     /// @notice Most oracles in a set; a signer's index must fit the 256-bit duplicate mask.
     uint256 public constant MAX_ORACLES = 255;
+    /// @dev What `_skipReason` returns for a report that applies: no SkipReason.
+    uint8 private constant _APPLIES = type(uint8).max;
 
     /// @inheritdoc IRentalEscrow
     IERC20 public immutable override paymentToken;
@@ -60,6 +62,8 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     uint256 public immutable slaSlashBps;
     /// @notice Share of collateral (bps) slashed to the renter when the provider never starts.
     uint256 public immutable startSlashBps;
+    /// @notice Seconds between the owner's proposal of an oracle set and the earliest time it can take effect.
+    uint256 public immutable governanceDelay;
 
     /// @dev Settings read together on hot paths, packed into one slot.
     struct Config {
@@ -69,10 +73,19 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         uint64 oracleSetVersion;
     }
 
-    /// @dev An oracle belongs to the current set only while `version` equals the set's version.
+    /// @dev An oracle of the current set; every other address reads zero (a set change clears its old members), so
+    /// a batch verifies from its signers' slots alone. `threshold` is the set's, repeated in each member's slot.
     struct OracleSlot {
         uint64 version;
         uint8 index;
+        uint8 threshold;
+    }
+
+    /// @dev An oracle set the owner proposed, which anyone can activate once `effectiveAt` has passed.
+    struct PendingOracleSet {
+        address[] signers;
+        uint8 threshold;
+        uint40 effectiveAt;
     }
 
     /// @dev Lifetime totals, so a balance slot never returns to zero and later credits rewrite a warm slot.
@@ -94,6 +107,9 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         uint16 slaBps;
         uint16 slaSlashBps;
         uint16 startSlashBps;
+        uint32 governanceDelay;
+        address[] oracleSigners;
+        uint8 threshold;
     }
 
     Config private _config;
@@ -101,6 +117,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     mapping(address signer => OracleSlot) private _oracles;
     mapping(uint256 offerId => Rental) private _rentals;
     mapping(address account => Balance) private _balances;
+    PendingOracleSet private _pending;
 
     constructor(Params memory params) EIP712("gpuex RentalEscrow", "1") Ownable(params.owner) {
         if (address(params.paymentToken) == address(0) || params.treasury == address(0)) revert Escrow_ZeroAddress();
@@ -121,9 +138,12 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         slaBps = params.slaBps;
         slaSlashBps = params.slaSlashBps;
         startSlashBps = params.startSlashBps;
+        governanceDelay = params.governanceDelay;
         _config = Config({treasury: params.treasury, feeBps: params.feeBps, threshold: 0, oracleSetVersion: 0});
         emit TreasuryUpdated(params.treasury);
         emit FeeUpdated(params.feeBps);
+        _checkOracleSet(params.oracleSigners, params.threshold);
+        _installOracleSet(params.oracleSigners, params.threshold);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -148,26 +168,23 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         if (price > maxPricePerSecond) revert Escrow_PriceAboveMax(offerId, price, maxPricePerSecond);
 
         // Effects
-        uint32 nonce = rental.terms.nonce + 1;
+        uint32 nonce = rental.state.nonce + 1;
         rentalId = (offerId << 32) | nonce;
         uint256 deposit = price * duration;
         // The registry stores price as uint64 and bounds duration by the offer's uint32 maximum.
-        _rentals[offerId].state = RentalState({
+        rental.state = RentalState({
+            nonce: nonce,
             since: uint40(block.timestamp),
-            reportedSeconds: 0,
-            seq: 0,
-            deliveredSeconds: 0,
+            duration: uint32(duration),
             status: RentalStatus.Open,
             utilFloorBps: uint16(utilFloorBps),
-            earned: 0
+            seq: 0,
+            coveredSeconds: 0,
+            deliveredSeconds: 0,
+            utilSeconds: 0
         });
-        _rentals[offerId].terms = RentalTerms({
-            nonce: nonce,
-            pricePerSecond: uint64(price),
-            duration: uint32(duration),
-            feeBps: _config.feeBps,
-            renter: msg.sender
-        });
+        rental.terms =
+            RentalTerms({pricePerSecond: uint64(price), feeBps: _config.feeBps, claimed: 0, renter: msg.sender});
         emit RentalOpened(rentalId, offerId, msg.sender, price, duration, deposit, jobSpecHash);
 
         // Interactions
@@ -186,14 +203,15 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
             return;
         }
         if (state.status != RentalStatus.Running) revert Escrow_RentalNotActive(rentalId, state.status);
-        uint256 end = state.since + rental.terms.duration;
+        uint256 end = state.since + state.duration;
         if (block.timestamp >= end) revert Escrow_RentalEnded(rentalId, end);
 
         // Reports cover at most up to the block time, so the shortened duration still holds every
-        // reported second and the remaining deposit still covers the accrued earnings.
+        // covered second and the remaining deposit still covers the earnings of any later totals.
         uint256 refund = rental.terms.pricePerSecond * (end - block.timestamp);
-        rental.terms.duration = uint32(block.timestamp - state.since);
-        rental.state.status = RentalStatus.Terminated;
+        state.duration = uint32(block.timestamp - state.since);
+        state.status = RentalStatus.Terminated;
+        rental.state = state;
         _credit(renter, refund);
         emit RentalTerminated(rentalId, block.timestamp, refund);
     }
@@ -205,14 +223,14 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         uint256 timeoutAt = state.since + startTimeout;
         if (block.timestamp <= timeoutAt) revert Escrow_StartTimeoutNotReached(rentalId, timeoutAt);
 
-        _settle(rentalId, rental, state, RentalStatus.TimedOut, rental.terms.duration, startSlashBps);
+        _settle(rentalId, rental, state, RentalStatus.TimedOut, state.duration, startSlashBps);
     }
 
     /// @inheritdoc IRentalEscrow
     function finalize(uint256 rentalId) external override nonReentrant {
         (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
         if (state.status == RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, state.status);
-        uint256 duration = rental.terms.duration;
+        uint256 duration = state.duration;
         uint256 finalizableAt = state.since + duration + reportGrace;
         if (block.timestamp < finalizableAt) revert Escrow_NotYetFinalizable(rentalId, finalizableAt);
 
@@ -238,6 +256,21 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     /*//////////////////////////////////////////////////////////////
                             PROVIDER ACTIONS
     //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IRentalEscrow
+    function claim(uint256 rentalId) external override nonReentrant {
+        (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
+        if (state.status == RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, state.status);
+        RentalTerms memory terms = rental.terms;
+        uint256 earned = _earned(state, terms.pricePerSecond);
+        if (earned == terms.claimed) revert Escrow_NothingToClaim(rentalId);
+
+        // earned <= price * duration < 2^96 (see `_earned`).
+        rental.terms.claimed = uint96(earned);
+        (uint256 payout, uint256 fee) =
+            _payOut(registry.providerOf(rentalId >> 32), earned, terms.claimed, terms.feeBps);
+        emit EarningsClaimed(rentalId, earned, payout, fee);
+    }
 
     /// @inheritdoc IRentalEscrow
     function start(uint256 rentalId) external override {
@@ -277,16 +310,17 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IRentalEscrow
-    function submitReports(Report[] calldata reports, bytes[] calldata signatures) external override nonReentrant {
+    function submitReports(uint64 oracleSetVersion, Report[] calldata reports, bytes calldata signatures)
+        external
+        override
+        nonReentrant
+    {
         if (reports.length == 0) revert Escrow_EmptyBatch();
-        Config memory config = _config;
-        _verifySignatures(_batchDigest(reports, config.oracleSetVersion), signatures, config);
+        _verifySignatures(_batchDigest(reports, oracleSetVersion), oracleSetVersion, signatures);
 
-        bool anyApplied = false;
         for (uint256 i; i < reports.length; ++i) {
-            if (_applyReport(reports[i])) anyApplied = true;
+            _applyReport(reports[i]);
         }
-        if (!anyApplied) revert Escrow_BatchHadNoEffect();
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -294,23 +328,30 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IRentalEscrow
-    function setOracleSet(address[] calldata signers, uint256 threshold) external override onlyOwner {
-        uint256 count = signers.length;
-        if (count == 0 || count > MAX_ORACLES || threshold == 0 || threshold > count) {
-            revert Escrow_InvalidOracleSet();
-        }
-        uint64 version = _config.oracleSetVersion + 1;
-        for (uint256 i; i < count; ++i) {
-            address signer = signers[i];
-            if (signer == address(0) || _oracles[signer].version == version) revert Escrow_InvalidOracleSet();
-            // i < MAX_ORACLES fits uint8.
-            _oracles[signer] = OracleSlot({version: version, index: uint8(i)});
-        }
-        _oracleSigners = signers;
-        _config.oracleSetVersion = version;
-        // threshold <= count <= MAX_ORACLES fits uint8.
-        _config.threshold = uint8(threshold);
-        emit OracleSetUpdated(version, signers, threshold);
+    function proposeOracleSet(address[] calldata signers, uint256 threshold) external override onlyOwner {
+        _checkOracleSet(signers, threshold);
+        uint256 effectiveAt = block.timestamp + governanceDelay;
+        // threshold <= count <= MAX_ORACLES fits uint8; a timestamp plus a uint32 delay fits uint40.
+        _pending = PendingOracleSet({signers: signers, threshold: uint8(threshold), effectiveAt: uint40(effectiveAt)});
+        emit OracleSetProposed(_config.oracleSetVersion + 1, signers, threshold, effectiveAt);
+    }
+
+    /// @inheritdoc IRentalEscrow
+    function cancelOracleSet() external override onlyOwner {
+        if (_pending.effectiveAt == 0) revert Escrow_NoPendingOracleSet();
+        delete _pending;
+        emit OracleSetProposalCancelled(_config.oracleSetVersion + 1);
+    }
+
+    /// @inheritdoc IRentalEscrow
+    function activateOracleSet() external override {
+        uint256 effectiveAt = _pending.effectiveAt;
+        if (effectiveAt == 0) revert Escrow_NoPendingOracleSet();
+        if (block.timestamp < effectiveAt) revert Escrow_OracleSetNotYetEffective(effectiveAt);
+        address[] memory signers = _pending.signers;
+        uint256 threshold = _pending.threshold;
+        delete _pending;
+        _installOracleSet(signers, threshold);
     }
 
     /// @inheritdoc IRentalEscrow
@@ -343,43 +384,34 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IRentalEscrow
-    function getRental(uint256 rentalId)
-        external
-        view
-        override
-        returns (
-            RentalStatus status,
-            address renter,
-            uint256 pricePerSecond,
-            uint256 duration,
-            uint256 since,
-            uint256 lastSeq,
-            uint256 reportedSeconds,
-            uint256 deliveredSeconds,
-            uint256 earned
-        )
-    {
-        uint32 nonce = uint32(rentalId);
+    function getRental(uint256 rentalId) external view override returns (RentalView memory view_) {
         Rental storage rental = _rentals[rentalId >> 32];
-        if (nonce == 0 || rental.terms.nonce != nonce) return (RentalStatus.None, address(0), 0, 0, 0, 0, 0, 0, 0);
         RentalState memory state = rental.state;
-        return (
-            state.status,
-            rental.terms.renter,
-            rental.terms.pricePerSecond,
-            rental.terms.duration,
-            state.since,
-            state.seq,
-            state.reportedSeconds,
-            state.deliveredSeconds,
-            state.earned
-        );
+        uint32 nonce = uint32(rentalId);
+        if (nonce == 0 || state.nonce != nonce) return view_;
+        RentalTerms memory terms = rental.terms;
+        view_ = RentalView({
+            status: state.status,
+            renter: terms.renter,
+            pricePerSecond: terms.pricePerSecond,
+            duration: state.duration,
+            since: state.since,
+            utilFloorBps: state.utilFloorBps,
+            feeBps: terms.feeBps,
+            lastSeq: state.seq,
+            coveredSeconds: state.coveredSeconds,
+            deliveredSeconds: state.deliveredSeconds,
+            utilSeconds: state.utilSeconds,
+            earned: _earned(state, terms.pricePerSecond),
+            claimed: terms.claimed
+        });
     }
 
     /// @inheritdoc IRentalEscrow
     function liveRentalOf(uint256 offerId) external view override returns (uint256) {
         Rental storage rental = _rentals[offerId];
-        return _isLive(rental.state.status) ? (offerId << 32) | rental.terms.nonce : 0;
+        RentalState memory state = _rentals[offerId].state;
+        return _isLive(state.status) ? (offerId << 32) | state.nonce : 0;
     }
 
     /// @inheritdoc IRentalEscrow
@@ -396,6 +428,16 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         returns (uint256 version, address[] memory signers, uint256 threshold)
     {
         return (_config.oracleSetVersion, _oracleSigners, _config.threshold);
+    }
+
+    /// @inheritdoc IRentalEscrow
+    function pendingOracleSet()
+        external
+        view
+        override
+        returns (address[] memory signers, uint256 threshold, uint256 effectiveAt)
+    {
+        return (_pending.signers, _pending.threshold, _pending.effectiveAt);
     }
 
     /// @notice The fee in bps for rentals opened now, and the account fees are credited to.
@@ -417,88 +459,64 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
                                INTERNALS
     //////////////////////////////////////////////////////////////*/
 
-    /// @dev Applies one report, or skips it with an event when its rental no longer takes reports. The
-    /// rental's state word is read once and written once.
-    function _applyReport(Report calldata report) private returns (bool applied) {
+    /// @dev Applies one report's totals, or skips it with a reason-coded event: a report never reverts its batch.
+    /// The rental's state word is read once and written once.
+    function _applyReport(Report calldata report) private {
         uint256 rentalId = report.rentalId;
         Rental storage rental = _rentals[rentalId >> 32];
-        uint32 nonce = uint32(rentalId);
-        if (nonce == 0 || rental.terms.nonce != nonce) {
-            emit ReportSkipped(rentalId, report.seq, SkipReason.UnknownRental);
-            return false;
-        }
         RentalState memory state = rental.state;
-        if (state.status == RentalStatus.Open && block.timestamp > state.since + startTimeout) {
-            emit ReportSkipped(rentalId, report.seq, SkipReason.StartTimedOut);
-            return false;
-        }
-        if (!_isLive(state.status)) {
-            emit ReportSkipped(rentalId, report.seq, SkipReason.RentalClosed);
-            return false;
+        uint8 skip = _skipReason(state, report);
+        if (skip != _APPLIES) {
+            emit ReportSkipped(rentalId, report.seq, SkipReason(skip));
+            return;
         }
 
-        uint256 elapsed = _accrue(rental, state, report);
-        if (report.status == uint8(ReportStatus.Completed)) {
-            _settleElapsed(rentalId, rental, state, RentalStatus.Completed, elapsed);
-        } else if (report.status == uint8(ReportStatus.Failed)) {
-            _settleElapsed(rentalId, rental, state, RentalStatus.Failed, elapsed);
-        }
-        return true;
-    }
-
-    /// @dev Validates a report and accrues its earnings to the rental, writing the state word once; returns the
-    /// seconds from the rental's start to the end of the reported period.
-    function _accrue(Rental storage rental, RentalState memory state, Report calldata report)
-        private
-        returns (uint256 elapsed)
-    {
-        (uint256 periodEnd, uint256 delivered) = _checkedPeriod(state, rental.terms.duration, report);
-        uint256 amount =
-            RentalMath.earnings(rental.terms.pricePerSecond, delivered, state.utilFloorBps, report.avgUtilBps);
-        elapsed = periodEnd - state.since;
-        // Bounds: reportedSeconds and deliveredSeconds <= duration (uint32); earned <= price * duration, which is
-        // below 2^96 because price < 2^64 and duration < 2^32.
+        // The totals are clamped to the rental's end, and each stays within the one before it; none goes back
+        // because a raw total at or above the last applied one stays at or above it after clamping.
+        uint256 covered = report.coveredUntil - state.since;
+        if (covered > state.duration) covered = state.duration;
+        uint256 delivered = report.deliveredSeconds < covered ? report.deliveredSeconds : covered;
+        uint256 util = report.utilSeconds < delivered ? report.utilSeconds : delivered;
         state.seq = report.seq;
-        state.reportedSeconds = uint32(elapsed);
-        state.deliveredSeconds += uint32(delivered);
-        state.earned += uint96(amount);
+        // All three are at most the duration, a uint32.
+        state.coveredSeconds = uint32(covered);
+        state.deliveredSeconds = uint32(delivered);
+        state.utilSeconds = uint32(util);
         if (state.status == RentalStatus.Open) {
             // A rental the provider did not start explicitly is billed from its opening.
             state.status = RentalStatus.Running;
-            emit RentalStarted(report.rentalId, state.since, true);
+            emit RentalStarted(rentalId, state.since, true);
         }
-        rental.state = state;
-        emit ReportApplied(
-            report.rentalId, report.seq, periodEnd, delivered, report.avgUtilBps, amount, report.telemetryRoot
-        );
+        emit ReportApplied(rentalId, report.seq, state.since + covered, delivered, util, report.telemetryRoot);
+
+        if (report.status == uint8(ReportStatus.Completed)) {
+            _settleElapsed(rentalId, rental, state, RentalStatus.Completed, covered);
+        } else if (report.status == uint8(ReportStatus.Failed)) {
+            _settleElapsed(rentalId, rental, state, RentalStatus.Failed, covered);
+        } else {
+            rental.state = state;
+        }
     }
 
-    /// @dev Validates a report against its rental and returns its period end and delivered seconds, both
-    /// clamped to the rental's end: time past the end is neither billed nor counted.
-    function _checkedPeriod(RentalState memory state, uint256 duration, Report calldata report)
-        private
-        view
-        returns (uint256 periodEnd, uint256 delivered)
-    {
-        uint256 rentalId = report.rentalId;
-        uint256 expectedSeq = uint256(state.seq) + 1;
-        if (report.seq != expectedSeq) revert Escrow_UnexpectedSeq(rentalId, expectedSeq, report.seq);
-        if (report.avgUtilBps > RentalMath.BPS) revert Escrow_UtilisationOutOfRange(rentalId, report.avgUtilBps);
-        if (report.status > uint8(ReportStatus.Failed)) revert Escrow_UnknownReportStatus(rentalId, report.status);
-
-        uint256 lastEnd = state.since + state.reportedSeconds;
-        uint256 rawEnd = report.periodEnd;
-        if (rawEnd > block.timestamp) revert Escrow_PeriodEndInFuture(rentalId, rawEnd, block.timestamp);
-        if (rawEnd <= lastEnd) revert Escrow_PeriodEndNotAfterLast(rentalId, rawEnd, lastEnd);
-        if (report.deliveredSeconds > rawEnd - lastEnd) {
-            revert Escrow_DeliveredExceedsPeriod(rentalId, report.deliveredSeconds, rawEnd - lastEnd);
+    /// @dev Why a report cannot be applied to the rental in `state`, or `_APPLIES`.
+    function _skipReason(RentalState memory state, Report calldata report) private view returns (uint8) {
+        uint32 nonce = uint32(report.rentalId);
+        if (nonce == 0 || state.nonce != nonce) return uint8(SkipReason.UnknownRental);
+        if (!_isLive(state.status)) return uint8(SkipReason.RentalClosed);
+        if (state.status == RentalStatus.Open && block.timestamp > state.since + startTimeout) {
+            return uint8(SkipReason.StartTimedOut);
         }
-
-        uint256 end = state.since + duration;
-        periodEnd = rawEnd < end ? rawEnd : end;
-        // lastEnd <= end: reports never cover time past the end, and a termination keeps what was reported.
-        uint256 periodSeconds = periodEnd - lastEnd;
-        delivered = report.deliveredSeconds < periodSeconds ? report.deliveredSeconds : periodSeconds;
+        if (report.seq <= state.seq) return uint8(SkipReason.SeqNotIncreasing);
+        if (report.status > uint8(ReportStatus.Failed)) return uint8(SkipReason.UnknownStatus);
+        uint256 coveredUntil = report.coveredUntil;
+        if (coveredUntil > block.timestamp) return uint8(SkipReason.CoverageInFuture);
+        if (
+            coveredUntil < uint256(state.since) + state.coveredSeconds || report.deliveredSeconds < state.deliveredSeconds
+                || report.utilSeconds < state.utilSeconds
+        ) return uint8(SkipReason.TotalsDecreased);
+        if (report.deliveredSeconds > coveredUntil - state.since) return uint8(SkipReason.DeliveredAboveCovered);
+        if (report.utilSeconds > report.deliveredSeconds) return uint8(SkipReason.UtilisationAboveDelivered);
+        return _APPLIES;
     }
 
     /// @dev Settles a started rental over `elapsed` seconds from its start: seconds not delivered are missed,
@@ -543,21 +561,42 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         if (slashBps != 0) {
             s.reason = finalStatus == RentalStatus.TimedOut ? SlashReason.StartTimeout : SlashReason.SlaBreach;
         }
-        address renter = rental.terms.renter;
+        RentalTerms memory terms = rental.terms;
+        uint256 offerId = rentalId >> 32;
         address provider;
-        (provider, s.slashed) =
-            registry.settle(rentalId >> 32, renter, finalStatus, state.deliveredSeconds, missed, slashBps, s.reason);
+        (provider, s.slashed) = registry.settle(
+            offerId, terms.renter, finalStatus, state.deliveredSeconds, missed, slashBps, s.reason
+        );
 
-        uint256 earned = state.earned;
-        s.fee = (earned * rental.terms.feeBps) / RentalMath.BPS;
+        // What claims already paid is part of the lifetime totals the event reports, but is not credited again.
+        uint256 earned = _earned(state, terms.pricePerSecond);
+        s.fee = RentalMath.fee(earned, terms.feeBps);
         s.payout = earned - s.fee;
-        s.refund = uint256(rental.terms.pricePerSecond) * rental.terms.duration - earned;
-        _credit(provider, s.payout);
-        _credit(_config.treasury, s.fee);
-        _credit(renter, s.refund);
+        s.refund = uint256(terms.pricePerSecond) * state.duration - earned;
+        if (earned != terms.claimed) _payOut(provider, earned, terms.claimed, terms.feeBps);
+        _credit(terms.renter, s.refund);
         emit RentalFinalized(
             rentalId, finalStatus, s.payout, s.fee, s.refund, state.deliveredSeconds, s.missed, s.slashed, s.reason
         );
+    }
+
+    /// @dev Credits the provider and the treasury the earnings between two gross totals, each side's share taken
+    /// as the difference of its share of the totals: any sequence of claims adds up to the same split as one
+    /// settlement of the final total.
+    function _payOut(address provider, uint256 earned, uint256 alreadyPaid, uint256 feeBps)
+        private
+        returns (uint256 payout, uint256 fee)
+    {
+        fee = RentalMath.fee(earned, feeBps) - RentalMath.fee(alreadyPaid, feeBps);
+        payout = earned - alreadyPaid - fee;
+        _credit(provider, payout);
+        _credit(_config.treasury, fee);
+    }
+
+    /// @dev Gross earnings of the rental's applied totals. delivered <= duration, so this is at most
+    /// price * duration, the deposit, which is below 2^96 (price < 2^64, duration < 2^32).
+    function _earned(RentalState memory state, uint256 pricePerSecond) private pure returns (uint256) {
+        return RentalMath.earnings(pricePerSecond, state.deliveredSeconds, state.utilSeconds, state.utilFloorBps);
     }
 
     function _credit(address account, uint256 amount) private {
@@ -575,9 +614,9 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     /// @dev The rental with this id and its state, if it is the offer's current rental and not final.
     function _liveRental(uint256 rentalId) private view returns (Rental storage rental, RentalState memory state) {
         rental = _rentals[rentalId >> 32];
-        uint32 nonce = uint32(rentalId);
-        if (nonce == 0 || rental.terms.nonce != nonce) revert Escrow_UnknownRental(rentalId);
         state = rental.state;
+        uint32 nonce = uint32(rentalId);
+        if (nonce == 0 || state.nonce != nonce) revert Escrow_UnknownRental(rentalId);
         if (!_isLive(state.status)) revert Escrow_RentalNotActive(rentalId, state.status);
     }
 
@@ -604,20 +643,68 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         return _hashTypedDataV4(keccak256(abi.encode(BATCH_TYPEHASH, version, reportsHash)));
     }
 
-    /// @dev Requires at least `threshold` signatures, each from a distinct oracle of the current set.
-    function _verifySignatures(bytes32 digest, bytes[] calldata signatures, Config memory config) private view {
-        if (config.oracleSetVersion == 0) revert Escrow_NoOracleSet();
-        uint256 count = signatures.length;
-        if (count < config.threshold || count == 0) revert Escrow_NotEnoughSignatures(count, config.threshold);
+    /// @dev Requires at least `threshold` signatures, each 65 bytes (r, s, v) and from a distinct oracle of the
+    /// current set. Only members of the current set have a non-zero slot, and their slots hold its version: a
+    /// batch signed under another version recovers to other addresses or fails the version check.
+    function _verifySignatures(bytes32 digest, uint64 version, bytes calldata signatures) private view {
+        if (signatures.length % 65 != 0) revert Escrow_MalformedSignatures(signatures.length);
+        uint256 count = signatures.length / 65;
+        uint256 threshold = 0;
         uint256 seen = 0;
         for (uint256 i; i < count; ++i) {
-            address signer = ECDSA.recover(digest, signatures[i]);
+            bytes32 r;
+            bytes32 s;
+            uint8 v;
+            assembly ("memory-safe") {
+                let at := add(signatures.offset, mul(i, 65))
+                r := calldataload(at)
+                s := calldataload(add(at, 0x20))
+                v := byte(0, calldataload(add(at, 0x40)))
+            }
+            address signer = ECDSA.recover(digest, v, r, s);
             OracleSlot memory slot = _oracles[signer];
-            if (slot.version != config.oracleSetVersion) revert Escrow_SignerNotInOracleSet(signer);
+            if (slot.version != version || version == 0) revert Escrow_SignerNotInOracleSet(signer);
             uint256 bit = 1 << slot.index;
             if (seen & bit != 0) revert Escrow_DuplicateSigner(signer);
             seen |= bit;
+            threshold = slot.threshold;
         }
+        if (count == 0) threshold = _config.threshold;
+        if (count < threshold || count == 0) revert Escrow_NotEnoughSignatures(count, threshold);
+    }
+
+    /// @dev Reverts unless `signers` is a valid oracle set for `threshold`: 1..MAX_ORACLES distinct non-zero
+    /// addresses and a threshold within 1..n.
+    function _checkOracleSet(address[] memory signers, uint256 threshold) private pure {
+        uint256 count = signers.length;
+        if (count == 0 || count > MAX_ORACLES || threshold == 0 || threshold > count) {
+            revert Escrow_InvalidOracleSet();
+        }
+        for (uint256 i; i < count; ++i) {
+            if (signers[i] == address(0)) revert Escrow_InvalidOracleSet();
+            for (uint256 j; j < i; ++j) {
+                if (signers[j] == signers[i]) revert Escrow_InvalidOracleSet();
+            }
+        }
+    }
+
+    /// @dev Makes a checked set the current one under the next version: every older signature stops verifying.
+    function _installOracleSet(address[] memory signers, uint256 threshold) private {
+        uint64 version = _config.oracleSetVersion + 1;
+        uint256 previous = _oracleSigners.length;
+        for (uint256 i; i < previous; ++i) {
+            delete _oracles[_oracleSigners[i]];
+        }
+        uint256 count = signers.length;
+        for (uint256 i; i < count; ++i) {
+            // i < MAX_ORACLES and threshold <= count <= MAX_ORACLES fit uint8.
+            _oracles[signers[i]] = OracleSlot({version: version, index: uint8(i), threshold: uint8(threshold)});
+        }
+        _oracleSigners = signers;
+        _config.oracleSetVersion = version;
+        // threshold <= count <= MAX_ORACLES fits uint8.
+        _config.threshold = uint8(threshold);
+        emit OracleSetUpdated(version, signers, threshold);
     }
 
     /// @dev A live rental holds its offer: no other rental can open on it until this one is final.

@@ -52,16 +52,18 @@ class Suite:
 
 
 def deploy_suite(deployer, payment_token, stake_token, treasury, oracles=(), threshold=1, params=DEFAULT_PARAMS):
-    """Deploys the registry and escrow from the Brownie account `deployer` and, if given, sets the oracle set.
+    """Deploys the registry and escrow from the Brownie account `deployer`, with the oracle set `oracles` (the
+    deployer alone, 1 of 1, when none is given).
 
     The registry takes the escrow's address at construction; it is predicted from the deployer's nonce,
     and the escrow's constructor reverts if the prediction was wrong.
     """
     escrow_address = create_address(deployer.address, deployer.nonce + 1)
     registry = ProviderRegistry.deploy(*registry_args(params, stake_token, escrow_address), {"from": deployer})
-    escrow = RentalEscrow.deploy(*escrow_args(params, payment_token, registry, deployer, treasury), {"from": deployer})
-    if oracles:
-        escrow.setOracleSet(list(oracles), threshold, {"from": deployer})
+    signers = [str(o) for o in oracles] or [deployer.address]
+    escrow = RentalEscrow.deploy(
+        *escrow_args(params, payment_token, registry, deployer, treasury, signers, threshold), {"from": deployer}
+    )
     return Suite(registry, escrow, payment_token, stake_token)
 
 

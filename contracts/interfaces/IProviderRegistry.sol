@@ -234,6 +234,9 @@ interface IProviderRegistry {
     /// @notice Whether `account` is the offer's provider or that provider's agent key.
     function isProviderOrAgent(uint256 offerId, address account) external view returns (bool);
 
+    /// @notice The provider of an offer (the zero address for an unknown offer).
+    function providerOf(uint256 offerId) external view returns (address);
+
     /// @notice Slash compensation credited to `account` and not yet withdrawn.
     function compensationOf(address account) external view returns (uint256);
 }

@@ -6,6 +6,23 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IProviderRegistry} from "./IProviderRegistry.sol";
 import {DeclineReason, Report, RentalStatus, SkipReason, SlashReason} from "../types/DataTypes.sol";
 
+/// @notice A rental as `IRentalEscrow.getRental` returns it.
+struct RentalView {
+    RentalStatus status; // None for an unknown or superseded id
+    address renter;
+    uint256 pricePerSecond;
+    uint256 duration; // seconds from `since`; a termination shortens it
+    uint256 since; // opening time while Open, start time once started
+    uint256 utilFloorBps;
+    uint256 feeBps;
+    uint256 lastSeq; // seq of the last applied report
+    uint256 coveredSeconds; // seconds after `since` that the applied totals cover
+    uint256 deliveredSeconds; // applied total
+    uint256 utilSeconds; // applied total
+    uint256 earned; // gross earnings of the applied totals, before the protocol fee
+    uint256 claimed; // of `earned`, what the provider already claimed while the rental ran
+}
+
 /// @title IRentalEscrow
 /// @notice Renter deposits for GPU rentals, settled per second of delivered GPU time by usage reports that
 /// k of n oracles co-sign as one EIP-712 batch.
@@ -40,32 +57,24 @@ interface IRentalEscrow {
     error Escrow_RentalEnded(uint256 rentalId, uint256 endedAt);
     /// @notice A batch with no reports was submitted.
     error Escrow_EmptyBatch();
-    /// @notice Every report of the batch was skipped; applying it would change nothing (e.g. a replay).
-    error Escrow_BatchHadNoEffect();
-    /// @notice Governance has not set an oracle set yet, so no batch can verify.
-    error Escrow_NoOracleSet();
+    /// @notice The signatures of a batch are not a whole number of 65-byte (r, s, v) signatures.
+    error Escrow_MalformedSignatures(uint256 length);
     /// @notice Fewer signatures than the oracle threshold.
     error Escrow_NotEnoughSignatures(uint256 given, uint256 threshold);
     /// @notice A signature recovers to an address outside the current oracle set.
     error Escrow_SignerNotInOracleSet(address signer);
     /// @notice Two signatures of a batch come from the same oracle.
     error Escrow_DuplicateSigner(address signer);
-    /// @notice The report's seq is not the last applied seq + 1.
-    error Escrow_UnexpectedSeq(uint256 rentalId, uint256 expected, uint256 given);
-    /// @notice The report's period ends after the current block time.
-    error Escrow_PeriodEndInFuture(uint256 rentalId, uint256 periodEnd, uint256 blockTime);
-    /// @notice The report's period does not end after the last reported period.
-    error Escrow_PeriodEndNotAfterLast(uint256 rentalId, uint256 periodEnd, uint256 lastPeriodEnd);
-    /// @notice The report claims more delivered seconds than its period holds.
-    error Escrow_DeliveredExceedsPeriod(uint256 rentalId, uint256 deliveredSeconds, uint256 periodSeconds);
-    /// @notice The report's average utilisation is above 10000 bps.
-    error Escrow_UtilisationOutOfRange(uint256 rentalId, uint256 avgUtilBps);
-    /// @notice The report's status is not a ReportStatus.
-    error Escrow_UnknownReportStatus(uint256 rentalId, uint256 status);
     /// @notice The reason given to `decline` is not a DeclineReason.
     error Escrow_UnknownDeclineReason(uint256 rentalId, uint256 reason);
     /// @notice The account has no balance to withdraw.
     error Escrow_NothingToWithdraw(address account);
+    /// @notice The rental's applied totals earned nothing beyond what was already claimed.
+    error Escrow_NothingToClaim(uint256 rentalId);
+    /// @notice No oracle set change is pending.
+    error Escrow_NoPendingOracleSet();
+    /// @notice The pending oracle set's governance delay has not passed yet.
+    error Escrow_OracleSetNotYetEffective(uint256 effectiveAt);
     /// @notice The oracle set is empty, too large, holds the zero address or a duplicate, or the threshold is
     /// not within 1..n.
     error Escrow_InvalidOracleSet();
@@ -94,23 +103,26 @@ interface IRentalEscrow {
     );
     /// @notice Emitted when a rental starts; `byReport` is true when the first report started it.
     event RentalStarted(uint256 indexed rentalId, uint256 startedAt, bool byReport);
-    /// @notice Emitted for every applied report with the gross earnings it accrued.
+    /// @notice Emitted for every applied report with the rental's totals it applied, clamped to the rental's end.
     event ReportApplied(
         uint256 indexed rentalId,
-        uint256 indexed seq,
-        uint256 periodEnd,
+        uint256 seq,
+        uint256 coveredUntil,
         uint256 deliveredSeconds,
-        uint256 avgUtilBps,
-        uint256 earned,
+        uint256 utilSeconds,
         bytes32 telemetryRoot
     );
     /// @notice Emitted for a report of a batch that was skipped instead of applied.
-    event ReportSkipped(uint256 indexed rentalId, uint256 indexed seq, SkipReason reason);
+    event ReportSkipped(uint256 indexed rentalId, uint256 seq, SkipReason reason);
+    /// @notice Emitted when a running rental's earnings so far are credited: `earned` is the gross total now
+    /// claimed, `providerPayout` and `fee` what this claim credited.
+    event EarningsClaimed(uint256 indexed rentalId, uint256 earned, uint256 providerPayout, uint256 fee);
     /// @notice Emitted when the renter ends a running rental early; the unused time was refunded.
     event RentalTerminated(uint256 indexed rentalId, uint256 endsAt, uint256 refund);
     /// @notice Emitted when the provider declines a rental before its start; {RentalFinalized} follows.
     event RentalDeclined(uint256 indexed rentalId, DeclineReason reason);
-    /// @notice Emitted when a rental reaches a final state, with every amount it settled.
+    /// @notice Emitted when a rental reaches a final state, with every amount it settled over its life: the
+    /// payout and fee include what {EarningsClaimed} already credited.
     event RentalFinalized(
         uint256 indexed rentalId,
         RentalStatus status,
@@ -124,8 +136,14 @@ interface IRentalEscrow {
     );
     /// @notice Emitted when an account withdraws its whole balance.
     event Withdrawn(address indexed account, uint256 amount);
-    /// @notice Emitted when governance replaces the oracle set; older signatures stop verifying.
+    /// @notice Emitted when an oracle set takes effect (at deployment, or on activation of a proposal); older
+    /// signatures stop verifying.
     event OracleSetUpdated(uint256 indexed version, address[] signers, uint256 threshold);
+    /// @notice Emitted when the owner proposes the oracle set that becomes `version` at `effectiveAt` at the
+    /// earliest; a later proposal replaces it.
+    event OracleSetProposed(uint256 indexed version, address[] signers, uint256 threshold, uint256 effectiveAt);
+    /// @notice Emitted when the owner withdraws the pending proposal of `version`.
+    event OracleSetProposalCancelled(uint256 indexed version);
     /// @notice Emitted when governance changes the protocol fee for rentals opened from now on.
     event FeeUpdated(uint256 feeBps);
     /// @notice Emitted when governance changes where fees are credited.
@@ -160,13 +178,20 @@ interface IRentalEscrow {
     /// @dev Emits {RentalFinalized}.
     function finalize(uint256 rentalId) external;
 
-    /// @notice Sends the caller its whole balance: earnings, refunds and fees credited by settlements.
+    /// @notice Sends the caller its whole balance: earnings, refunds and fees credited by settlements and claims.
     /// @dev Emits {Withdrawn}. Never paused.
     function withdraw() external;
 
     /*//////////////////////////////////////////////////////////////
                             PROVIDER ACTIONS
     //////////////////////////////////////////////////////////////*/
+
+    /// @notice Credits the provider (less the fee, which goes to the treasury) what a started, live rental has
+    /// earned by its last applied report and was not claimed yet, so providers are paid as they go. Anyone may
+    /// call it; the credit always goes to the offer's provider.
+    /// @dev Emits {EarningsClaimed}. Requirements: the rental is Running or Terminated and earned more than it
+    /// claimed.
+    function claim(uint256 rentalId) external;
 
     /// @notice Starts an open rental now; billing runs from now to now + duration.
     /// @dev Emits {RentalStarted}. Requirements: caller is the provider or its agent key; within the timeout.
@@ -189,19 +214,33 @@ interface IRentalEscrow {
 
     /// @notice Applies a batch of usage reports signed as one EIP-712 `ReportBatch` by at least `threshold`
     /// distinct oracles of the current set. Anyone may relay a signed batch.
-    /// @dev Emits {ReportApplied} or {ReportSkipped} per report, {RentalStarted} for a rental its first report
-    /// starts (from its opening time), {RentalFinalized} for Completed and Failed reports. Reports of rentals no
-    /// longer open to reports are skipped; a batch in which every report is skipped reverts, so a replayed
-    /// batch never lands. An invalid report reverts the batch with its named error.
-    function submitReports(Report[] calldata reports, bytes[] calldata signatures) external;
+    /// @dev Emits {ReportApplied} or {ReportSkipped} (with its `SkipReason`) per report, {RentalStarted} for a
+    /// rental its first report starts (from its opening time), {RentalFinalized} for Completed and Failed reports.
+    /// Reports are cumulative: each carries the rental's totals and credits their difference from the last applied
+    /// ones, so only the latest report of a rental ever needs to land. Only the signatures can revert a batch; a
+    /// report that cannot apply (see `SkipReason`) is skipped and the others still apply.
+    /// @param oracleSetVersion The oracle set version the batch was signed under (the current one).
+    /// @param signatures The oracles' 65-byte (r, s, v) signatures, concatenated.
+    function submitReports(uint64 oracleSetVersion, Report[] calldata reports, bytes calldata signatures) external;
 
     /*//////////////////////////////////////////////////////////////
                                GOVERNANCE
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice Replaces the oracle set and threshold and bumps the set version that batches are signed over.
-    /// @dev Only the owner. Emits {OracleSetUpdated}.
-    function setOracleSet(address[] calldata signers, uint256 threshold) external;
+    /// @notice Proposes a new oracle set and threshold; it can take effect `governanceDelay` seconds from now at
+    /// the earliest, so renters and providers see a change coming before it can decide their rentals.
+    /// @dev Only the owner. Emits {OracleSetProposed}. Replaces a pending proposal and restarts its delay.
+    /// Requirements: 1..MAX_ORACLES distinct non-zero signers, threshold within 1..n.
+    function proposeOracleSet(address[] calldata signers, uint256 threshold) external;
+
+    /// @notice Withdraws the pending oracle set proposal.
+    /// @dev Only the owner. Emits {OracleSetProposalCancelled}.
+    function cancelOracleSet() external;
+
+    /// @notice Makes the pending oracle set current once its delay has passed and bumps the set version that
+    /// batches are signed over. Anyone may call it.
+    /// @dev Emits {OracleSetUpdated}.
+    function activateOracleSet() external;
 
     /// @notice Sets the protocol fee on earnings for rentals opened from now on.
     /// @dev Only the owner. Emits {FeeUpdated}. Requirements: feeBps <= feeCapBps.
@@ -229,21 +268,8 @@ interface IRentalEscrow {
     /// @notice The provider registry that holds offers and collateral.
     function registry() external view returns (IProviderRegistry);
 
-    /// @notice The rental's state; status None for an unknown or superseded id.
-    function getRental(uint256 rentalId)
-        external
-        view
-        returns (
-            RentalStatus status,
-            address renter,
-            uint256 pricePerSecond,
-            uint256 duration,
-            uint256 since,
-            uint256 lastSeq,
-            uint256 reportedSeconds,
-            uint256 deliveredSeconds,
-            uint256 earned
-        );
+    /// @notice The rental's terms, applied totals and earnings; status None for an unknown or superseded id.
+    function getRental(uint256 rentalId) external view returns (RentalView memory);
 
     /// @notice The id of the offer's live rental, or zero if it has none.
     function liveRentalOf(uint256 offerId) external view returns (uint256 rentalId);
@@ -253,6 +279,12 @@ interface IRentalEscrow {
 
     /// @notice The current oracle set: its version, signers and threshold.
     function oracleSet() external view returns (uint256 version, address[] memory signers, uint256 threshold);
+
+    /// @notice The pending oracle set proposal; an `effectiveAt` of zero when none is pending.
+    function pendingOracleSet()
+        external
+        view
+        returns (address[] memory signers, uint256 threshold, uint256 effectiveAt);
 
     /// @notice The EIP-712 digest the oracles sign for this batch under the current oracle set version.
     function batchDigest(Report[] calldata reports) external view returns (bytes32);

@@ -41,11 +41,18 @@ enum ReportStatus {
     Failed
 }
 
-/// @notice Why a report of a signed batch was skipped instead of applied.
+/// @notice Why a report of a signed batch was skipped instead of applied. A skipped report changes nothing and
+/// never reverts its batch: only a bad quorum of signatures does.
 enum SkipReason {
     UnknownRental, // no rental has this id, or a later rental of the same offer replaced it
     RentalClosed, // the rental is already in a final state
-    StartTimedOut // the rental was never started and its start timeout has passed
+    StartTimedOut, // the rental was never started and its start timeout has passed
+    SeqNotIncreasing, // seq is not above the last applied one: a replay or a report older than the landed one
+    UnknownStatus, // status is not a ReportStatus
+    CoverageInFuture, // coveredUntil is after the block time
+    TotalsDecreased, // coverage, delivered or utilisation-weighted seconds below the last applied totals
+    DeliveredAboveCovered, // more delivered seconds than the rental's start to coveredUntil holds
+    UtilisationAboveDelivered // more utilisation-weighted seconds than delivered seconds: utilisation above 100 %
 }
 
 /// @notice Why collateral was slashed.
@@ -106,37 +113,40 @@ struct OfferTerms {
     bytes32[] gpuUuidHashes;
 }
 
-/// @notice One usage report for one rental, as signed by the oracles (EIP-712 type `Report`).
-/// @dev `status` is a `ReportStatus` carried as uint8 so that an out-of-range value gets a named error.
+/// @notice One cumulative usage report for one rental, as signed by the oracles (EIP-712 type `Report`): the
+/// rental's totals from its start up to `coveredUntil`. Applying it credits the difference from the last applied
+/// totals, so any intermediate report may stay off chain.
+/// @dev `status` is a `ReportStatus` carried as uint8 so that an out-of-range value is skipped with its reason.
 struct Report {
     uint256 rentalId;
-    uint32 seq; // strictly the last applied seq + 1
-    uint40 periodEnd; // end of the reported period: <= now, > the last period end; clamped to the rental end
-    uint32 deliveredSeconds; // seconds in the period with healthy telemetry from every GPU of the offer
-    uint16 avgUtilBps; // average GPU utilisation over the period, <= 10000
+    uint32 seq; // above the last applied seq; gaps are fine
+    uint40 coveredUntil; // the totals cover the rental from its start to here: <= now, clamped to the rental end
+    uint32 deliveredSeconds; // seconds since the start with healthy telemetry from every GPU of the offer
+    uint32 utilSeconds; // delivered seconds weighted by GPU utilisation (a second at 40 % counts 0.4), rounded down
     uint8 status; // ReportStatus
-    bytes32 telemetryRoot; // Merkle root of the raw samples, for audit
+    bytes32 telemetryRoot; // commits to this period's samples and the previous report's root: the whole history
 }
 
-/// @notice The settlement state of a rental: one storage word, read and written whole by every report.
+/// @notice The settlement state of a rental: one storage word, the only one a report reads and writes.
 struct RentalState {
+    uint32 nonce; // rentals opened on this offer so far; the rental id is offerId << 32 | nonce
     uint40 since; // opening time while Open, start time once started
-    uint32 reportedSeconds; // seconds after the start covered by applied reports
-    uint32 seq; // last applied report seq
-    uint32 deliveredSeconds;
+    uint32 duration; // seconds from `since`; a termination shortens it
     RentalStatus status;
     uint16 utilFloorBps;
-    uint96 earned; // gross provider earnings accrued by reports, before the protocol fee
+    uint32 seq; // last applied report seq
+    uint32 coveredSeconds; // seconds after `since` the applied totals cover
+    uint32 deliveredSeconds; // total delivered seconds of the applied report
+    uint32 utilSeconds; // total utilisation-weighted seconds of the applied report
 }
 
-/// @notice The terms of a rental, fixed at opening (a termination shortens the duration).
+/// @notice The money terms of a rental, fixed at opening, and what its provider already claimed.
 struct RentalTerms {
-    // slot 0
-    uint32 nonce; // rentals opened on this offer so far; the rental id is offerId << 32 | nonce
-    uint64 pricePerSecond;
-    uint32 duration;
-    uint16 feeBps;
     // slot 1
+    uint64 pricePerSecond;
+    uint16 feeBps;
+    uint96 claimed; // gross earnings already credited to the provider and the treasury by claims
+    // slot 2
     address renter;
 }
 

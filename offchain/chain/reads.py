@@ -66,19 +66,28 @@ class Rental(ChainRecord):
     price_per_second: int
     duration: int  # seconds; shortened by a termination
     since: int  # opening time while Open, start time once started
+    util_floor_bps: int
+    fee_bps: int
     last_seq: int
-    reported_seconds: int  # seconds after `since` covered by applied reports, clamped to the rental's end
-    delivered_seconds: int
-    earned: int  # gross, before the protocol fee
+    covered_seconds: int  # seconds after `since` the applied totals cover, clamped to the rental's end
+    delivered_seconds: int  # applied total
+    util_seconds: int  # applied total: delivered seconds weighted by utilisation
+    earned: int  # gross earnings of the applied totals, before the protocol fee
+    claimed: int  # of `earned`, what the provider already claimed while the rental ran
 
     @property
     def is_live(self) -> bool:
         return self.status.is_live
 
     @property
-    def last_period_end(self) -> int:
-        """Where the chain's last applied report ended (clamped to the rental's end)."""
-        return self.since + self.reported_seconds
+    def covered_until(self) -> int:
+        """Up to when the chain's applied totals cover the rental (clamped to its end)."""
+        return self.since + self.covered_seconds
+
+    @property
+    def claimable(self) -> int:
+        """Gross earnings a claim would credit now (provider payout plus fee)."""
+        return self.earned - self.claimed
 
     @property
     def end(self) -> int:
@@ -126,6 +135,15 @@ class OracleSet(ChainRecord):
     threshold: int
 
 
+class PendingOracleSet(ChainRecord):
+    """`RentalEscrow.pendingOracleSet`: the oracle set the owner announced, which anyone can activate from
+    `effective_at` on; `effective_at` is 0 when nothing is pending."""
+
+    signers: tuple[str, ...]
+    threshold: int
+    effective_at: int
+
+
 class FeeConfig(ChainRecord):
     """`RentalEscrow.feeConfig`: the fee of rentals opened now and the account fees are credited to."""
 
@@ -149,6 +167,7 @@ class SuiteParameters(BaseModel):
     sla_bps: int
     sla_slash_bps: int
     start_slash_bps: int
+    governance_delay: int  # seconds an announced oracle set waits before it can take effect
 
 
 class SuiteSettings(BaseModel):
@@ -194,6 +213,7 @@ class ChainReader:
         Offer: ("ProviderRegistry", "getOffer"),
         Provider: ("ProviderRegistry", "getProvider"),
         OracleSet: ("RentalEscrow", "oracleSet"),
+        PendingOracleSet: ("RentalEscrow", "pendingOracleSet"),
         FeeConfig: ("RentalEscrow", "feeConfig"),
     }
 
@@ -216,6 +236,9 @@ class ChainReader:
 
     async def oracle_set(self, block: BlockIdentifier = "latest") -> OracleSet:
         return await self._record(OracleSet, self.escrow.functions.oracleSet(), block)
+
+    async def pending_oracle_set(self, block: BlockIdentifier = "latest") -> PendingOracleSet:
+        return await self._record(PendingOracleSet, self.escrow.functions.pendingOracleSet(), block)
 
     async def fee_config(self, block: BlockIdentifier = "latest") -> FeeConfig:
         return await self._record(FeeConfig, self.escrow.functions.feeConfig(), block)
@@ -263,6 +286,11 @@ class ChainReader:
     async def report_grace(self, block: BlockIdentifier = "latest") -> int:
         """Seconds after a rental's end that its last reports may still land (also in `suite_settings`)."""
         return int(await self._value(self.escrow.functions.reportGrace(), block))
+
+    async def block_time(self, block: BlockIdentifier = "latest") -> int:
+        """The timestamp of `block`: the chain's clock, which rentals, reports and delays run on."""
+        header = await reach(self.w3.eth.get_block(block))
+        return int(header["timestamp"])
 
     async def offer_count(self, block: BlockIdentifier = "latest") -> int:
         return int(await self._value(self.registry.functions.offerCount(), block))

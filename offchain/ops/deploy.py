@@ -2,10 +2,11 @@
 networks such as sepolia) and `gpuex devnet up`.
 
 A run reads `deployments/<chainId>.json`. Without a record it deploys the payment token (unless one is given or
-recorded), the registry, bound to the escrow address predicted from the deployer's nonce, and the escrow, sets
-the oracle set, and writes the record. With a record it checks that the recorded contracts are there, bound to
-each other and built with the recorded immutable parameters, then brings what governance may change (oracle set,
-fee, treasury) to what was asked, sending only the calls that change something. A dry run prints the same plan
+recorded), the registry, bound to the escrow address predicted from the deployer's nonce, and the escrow with its first oracle
+set, and writes the record. With a record it checks that the recorded contracts are there, bound to each other
+and built with the recorded immutable parameters, then brings what governance may change (oracle set, fee,
+treasury) to what was asked, sending only the calls that change something. An oracle set change is proposed by
+one run and activated by a run after the escrow's governance delay. A dry run prints the same plan
 and its gas estimates and sends nothing.
 
 If a run stops between the registry and the escrow, the record is not written; the next run deploys a new pair
@@ -15,13 +16,12 @@ If a run stops between the registry and the escrow, the record is not written; t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from web3 import AsyncWeb3
 
 from offchain.chain import deployments
-from offchain.chain.contracts import contract
 from offchain.chain.deployments import Deployment, SuiteConfig, create_address
 from offchain.chain.reads import ChainReader
 from offchain.chain.tx.oneshot import Sent, Wallet
@@ -42,6 +42,7 @@ class SuiteParams:
     sla_bps: int = 9_500
     sla_slash_bps: int = 2_000
     start_slash_bps: int = 1_000
+    governance_delay: int = 2 * 24 * 3600  # an oracle set change waits this long after its announcement
 
 
 def registry_args(params: SuiteParams, stake_token: str, escrow: str) -> tuple:
@@ -49,8 +50,16 @@ def registry_args(params: SuiteParams, stake_token: str, escrow: str) -> tuple:
     return (stake_token, escrow, params.min_stake_per_gpu, params.unbonding_period)
 
 
-def escrow_args(params: SuiteParams, payment_token: str, registry: str, owner: str, treasury: str) -> tuple:
-    """`RentalEscrow`'s constructor argument (one `Params` struct)."""
+def escrow_args(
+    params: SuiteParams,
+    payment_token: str,
+    registry: str,
+    owner: str,
+    treasury: str,
+    oracles: Sequence[str],
+    threshold: int,
+) -> tuple:
+    """`RentalEscrow`'s constructor argument (one `Params` struct), with the oracle set it starts with."""
     return (
         (
             payment_token,
@@ -64,6 +73,9 @@ def escrow_args(params: SuiteParams, payment_token: str, registry: str, owner: s
             params.sla_bps,
             params.sla_slash_bps,
             params.start_slash_bps,
+            params.governance_delay,
+            list(oracles),
+            threshold,
         ),
     )
 
@@ -129,17 +141,23 @@ async def _deploy_fresh(
     registry_address = _deployed_address(registry, "ProviderRegistry")
     say(f"deployed ProviderRegistry at {registry_address} (block {registry.block_number})")
     escrow = await wallet.deploy(
-        "RentalEscrow", *escrow_args(params, payment_token, registry_address, wallet.address, request.treasury)
+        "RentalEscrow",
+        *escrow_args(
+            params,
+            payment_token,
+            registry_address,
+            wallet.address,
+            request.treasury,
+            request.oracles,
+            request.threshold,
+        ),
     )
     if escrow.contract_address != escrow_address:
         raise DeployError(
             f"escrow landed at {escrow.contract_address}, not the predicted {escrow_address}: "
             "another transaction from the deployer got in between; run again"
         )
-    say(f"deployed RentalEscrow at {escrow.contract_address}")
-    escrow_contract = contract(w3, "RentalEscrow", escrow.contract_address)
-    await wallet.transact(escrow_contract.functions.setOracleSet(request.oracles, request.threshold))
-    say(f"oracle set: {request.threshold} of {len(request.oracles)}")
+    say(f"deployed RentalEscrow at {escrow.contract_address}, oracle set {request.threshold} of {len(request.oracles)}")
     record = Deployment(
         chain_id=chain_id,
         network=request.network,
@@ -176,8 +194,10 @@ async def _plan_fresh(
     )
     total += gas
     say(f"[dry run] would deploy ProviderRegistry bound to the escrow predicted at {escrow_address} (gas {gas:,})")
-    say("[dry run] would deploy RentalEscrow (its constructor checks the registry, so it is estimated only then)")
-    say(f"[dry run] would send setOracleSet({request.oracles}, {request.threshold})")
+    say(
+        f"[dry run] would deploy RentalEscrow with the oracle set {request.oracles}, {request.threshold} of "
+        f"{len(request.oracles)} (its constructor checks the registry, so it is estimated only then)"
+    )
     say(f"[dry run] would write {deployments.record_path(chain_id)}")
     gas_price = await w3.eth.gas_price
     say(f"[dry run] estimated so far: {total:,} gas, {total * gas_price / 10**18:.6f} ETH at the current gas price")
@@ -243,6 +263,25 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
             )
 
 
+async def _oracle_set_call(
+    reader: ChainReader, oracles: list[str], threshold: int, say: Callable[[str], None]
+) -> tuple[str, Any]:
+    """The call that moves the escrow toward the oracle set asked for: its proposal, or the activation of that
+    proposal once its governance delay has passed (None while the delay runs)."""
+    pending = await reader.pending_oracle_set()
+    escrow = reader.escrow
+    if pending.effective_at and list(pending.signers) == oracles and pending.threshold == threshold:
+        now = await reader.block_time()
+        if now < pending.effective_at:
+            say(
+                f"the oracle set {oracles}, {threshold} of {len(oracles)}, is announced and takes effect at "
+                f"{pending.effective_at} (in {pending.effective_at - now} s): run again then to activate it"
+            )
+            return ("activateOracleSet()", None)
+        return ("activateOracleSet()", escrow.functions.activateOracleSet())
+    return (f"proposeOracleSet({oracles}, {threshold})", escrow.functions.proposeOracleSet(oracles, threshold))
+
+
 async def _reconcile(
     w3: AsyncWeb3, wallet: Wallet, record: Deployment, request: DeployRequest, dry_run: bool, say: Callable[[str], None]
 ) -> Deployment | None:
@@ -254,9 +293,7 @@ async def _reconcile(
     wanted_treasury = AsyncWeb3.to_checksum_address(request.treasury)
     calls = []
     if list(oracle_set.signers) != oracles or oracle_set.threshold != request.threshold:
-        calls.append(
-            (f"setOracleSet({oracles}, {request.threshold})", escrow.functions.setOracleSet(oracles, request.threshold))
-        )
+        calls.append(await _oracle_set_call(reader, oracles, request.threshold, say))
     if fee.fee_bps != request.params.fee_bps:
         calls.append((f"setFee({request.params.fee_bps})", escrow.functions.setFee(request.params.fee_bps)))
     if fee.treasury != wanted_treasury:
@@ -271,6 +308,8 @@ async def _reconcile(
                 f"cannot send {', '.join(what for what, _ in calls)}"
             )
     for what, call in calls:
+        if call is None:
+            continue
         if dry_run:
             say(f"[dry run] would send {what} (gas {await wallet.estimate(call):,})")
         else:

@@ -25,9 +25,9 @@ Bytes32 = bytes
 
 #: The EIP-712 struct an agent signs (the oracle's fast digest in `offchain.protocol.digest` hashes this type).
 TELEMETRY_REPORT_TYPE = (
-    "TelemetryReport(uint256 rentalId,uint32 seq,uint40 periodStart,uint40 periodEnd,"
-    "uint32 deliveredSeconds,uint16 avgUtilBps,uint32 peakMemMiB,uint32 sampleCount,"
-    "bytes32[] gpuUuidHashes,bytes32 telemetryRoot,uint8 status,int16 exitCode,"
+    "TelemetryReport(uint256 rentalId,uint32 seq,uint40 periodStart,uint40 coveredUntil,"
+    "uint32 deliveredSeconds,uint32 utilSeconds,uint32 peakMemMiB,uint32 sampleCount,"
+    "bytes32[] gpuUuidHashes,bytes32 prevRoot,bytes32 samplesRoot,uint8 status,int16 exitCode,"
     "bytes32 resultDigest,bool simulated)"
 )
 TELEMETRY_REPORT_FIELDS = struct_fields(TELEMETRY_REPORT_TYPE)
@@ -38,29 +38,39 @@ def gpu_uuid_hash(uuid: str) -> bytes:
     return keccak(text=uuid)
 
 
-#: The fields a telemetry report shares with the on-chain report it becomes.
-_REPORT_FIELDS = set(Report.model_fields)
+#: The fields a telemetry report shares with the on-chain report it becomes (`telemetry_root` is derived).
+_REPORT_FIELDS = set(Report.model_fields) - {"telemetry_root"}
+ZERO_ROOT = b"\x00" * 32
+
+
+def chain_root(prev_root: bytes, samples_root: bytes) -> bytes:
+    """The telemetry root of a report: its period's samples root chained to the previous report's root, so the
+    latest root commits to every sample of the rental so far."""
+    return keccak(prev_root + samples_root)
 
 
 class TelemetryReport(BaseModel):
-    """One report period of one rental, measured on the provider machine.
+    """One report of one rental, measured on the provider machine: the rental's cumulative totals up to
+    `covered_until`, and what its latest period [period_start, covered_until) added.
 
-    `seq` and the period follow the rental's on-chain report sequence: seq 1 starts at the rental's start and
-    each later period starts where the previous one ended.
+    Seq 1 starts at the rental's start; each later report's period starts where the previous one's coverage
+    ended, its totals are at least the previous ones, and its `prev_root` is the previous report's
+    `telemetry_root`. The on-chain report carries the totals, so any report but the latest may stay off chain.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
 
     rental_id: int = Field(ge=1, lt=2**256)
     seq: int = Field(ge=1, lt=2**32)
-    period_start: int = Field(ge=0, lt=2**40)
-    period_end: int = Field(ge=0, lt=2**40)
-    delivered_seconds: int = Field(ge=0, lt=2**32)
-    avg_util_bps: int = Field(ge=0, le=10_000)
-    peak_mem_mib: int = Field(ge=0, lt=2**32)
-    sample_count: int = Field(ge=0, lt=2**32)
+    period_start: int = Field(ge=0, lt=2**40)  # where this report's samples start: the previous coverage end
+    covered_until: int = Field(ge=0, lt=2**40)  # the totals cover the rental from its start to here
+    delivered_seconds: int = Field(ge=0, lt=2**32)  # total since the rental's start
+    util_seconds: int = Field(ge=0, lt=2**32)  # total delivered seconds weighted by utilisation, rounded down
+    peak_mem_mib: int = Field(ge=0, lt=2**32)  # in this report's period
+    sample_count: int = Field(ge=0, lt=2**32)  # in this report's period
     gpu_uuids: tuple[str, ...] = Field(min_length=1, max_length=64)
-    telemetry_root: bytes = Field(min_length=32, max_length=32)
+    prev_root: bytes = Field(default=ZERO_ROOT, min_length=32, max_length=32)  # zero for seq 1
+    samples_root: bytes = Field(min_length=32, max_length=32)  # Merkle root of this period's samples
     status: ReportStatus = ReportStatus.RUNNING
     exit_code: int = Field(default=0, ge=-(2**15), lt=2**15)
     result_digest: bytes = Field(default=b"\x00" * 32, min_length=32, max_length=32)
@@ -75,15 +85,24 @@ class TelemetryReport(BaseModel):
 
     @model_validator(mode="after")
     def _period(self) -> "TelemetryReport":
-        if self.period_end <= self.period_start:
-            raise ValueError("period_end must be after period_start")
-        if self.delivered_seconds > self.period_end - self.period_start:
-            raise ValueError("delivered_seconds exceeds the period")
+        if self.covered_until <= self.period_start:
+            raise ValueError("covered_until must be after period_start")
+        if self.util_seconds > self.delivered_seconds:
+            raise ValueError("util_seconds exceeds delivered_seconds (utilisation above 100 %)")
         return self
 
+    @property
+    def telemetry_root(self) -> bytes:
+        """The root the on-chain report carries: this period's samples chained to every earlier report's."""
+        return chain_root(self.prev_root, self.samples_root)
+
+    @property
+    def period_seconds(self) -> int:
+        return self.covered_until - self.period_start
+
     def to_chain_report(self) -> Report:
-        """The on-chain report the oracles co-sign for this period."""
-        return Report.model_validate(self.model_dump(include=_REPORT_FIELDS))
+        """The on-chain report the oracles co-sign for these totals."""
+        return Report(**self.model_dump(include=_REPORT_FIELDS), telemetry_root=self.telemetry_root)
 
     def typed_data(self, chain_id: int, registry: str) -> dict[str, Any]:
         """The EIP-712 document the agent signs."""
@@ -103,13 +122,14 @@ class TelemetryReport(BaseModel):
                 "rentalId": self.rental_id,
                 "seq": self.seq,
                 "periodStart": self.period_start,
-                "periodEnd": self.period_end,
+                "coveredUntil": self.covered_until,
                 "deliveredSeconds": self.delivered_seconds,
-                "avgUtilBps": self.avg_util_bps,
+                "utilSeconds": self.util_seconds,
                 "peakMemMiB": self.peak_mem_mib,
                 "sampleCount": self.sample_count,
                 "gpuUuidHashes": [gpu_uuid_hash(u) for u in self.gpu_uuids],
-                "telemetryRoot": self.telemetry_root,
+                "prevRoot": self.prev_root,
+                "samplesRoot": self.samples_root,
                 "status": int(self.status),
                 "exitCode": self.exit_code,
                 "resultDigest": self.result_digest,

@@ -21,7 +21,7 @@ DOMAIN_VERSION = "1"
 
 #: `Report` as `RentalEscrow.REPORT_TYPEHASH` hashes it.
 REPORT_TYPE = (
-    "Report(uint256 rentalId,uint32 seq,uint40 periodEnd,uint32 deliveredSeconds,uint16 avgUtilBps,"
+    "Report(uint256 rentalId,uint32 seq,uint40 coveredUntil,uint32 deliveredSeconds,uint32 utilSeconds,"
     "uint8 status,bytes32 telemetryRoot)"
 )
 #: `ReportBatch` as `RentalEscrow.BATCH_TYPEHASH` hashes it (followed by `REPORT_TYPE`, which it references).
@@ -38,15 +38,18 @@ class ReportStatus(IntEnum):
 
 
 class Report(BaseModel):
-    """One usage report for one rental, with the bounds the escrow enforces on its field types."""
+    """One cumulative usage report for one rental: its totals from the start up to `covered_until`, with the
+    bounds the escrow's field types allow. The escrow credits the difference from the last totals it applied, so
+    only a rental's latest report ever needs to land; it skips (never reverts on) a report whose totals do not
+    follow the applied ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
 
     rental_id: int = Field(ge=1, lt=2**256)
-    seq: int = Field(ge=1, lt=2**32)
-    period_end: int = Field(ge=0, lt=2**40)
-    delivered_seconds: int = Field(ge=0, lt=2**32)
-    avg_util_bps: int = Field(ge=0, le=10_000)
+    seq: int = Field(ge=1, lt=2**32)  # above the last applied seq; gaps are fine
+    covered_until: int = Field(ge=0, lt=2**40)
+    delivered_seconds: int = Field(ge=0, lt=2**32)  # total since the rental's start
+    util_seconds: int = Field(ge=0, lt=2**32)  # total delivered seconds weighted by utilisation
     status: ReportStatus = ReportStatus.RUNNING
     telemetry_root: bytes = Field(default=b"\x00" * 32, min_length=32, max_length=32)
 
@@ -55,9 +58,9 @@ class Report(BaseModel):
         return {
             "rentalId": self.rental_id,
             "seq": self.seq,
-            "periodEnd": self.period_end,
+            "coveredUntil": self.covered_until,
             "deliveredSeconds": self.delivered_seconds,
-            "avgUtilBps": self.avg_util_bps,
+            "utilSeconds": self.util_seconds,
             "status": int(self.status),
             "telemetryRoot": self.telemetry_root,
         }
@@ -67,9 +70,9 @@ class Report(BaseModel):
         return (
             self.rental_id,
             self.seq,
-            self.period_end,
+            self.covered_until,
             self.delivered_seconds,
-            self.avg_util_bps,
+            self.util_seconds,
             int(self.status),
             self.telemetry_root,
         )
@@ -100,6 +103,12 @@ class BatchSigner:
     def sign(self, reports: Sequence[Report], oracle_set_version: int) -> bytes:
         """This oracle's signature over the batch, as `RentalEscrow.submitReports` checks it."""
         return sign_batch(reports, self.domain(oracle_set_version), self._key.get_secret_value())
+
+
+def submit_args(reports: Sequence[Report], signatures: Sequence[bytes], oracle_set_version: int) -> list[Any]:
+    """The arguments of `RentalEscrow.submitReports` for a batch signed under `oracle_set_version`: the version,
+    the reports as ABI tuples and the 65-byte signatures concatenated."""
+    return [oracle_set_version, [r.as_tuple() for r in reports], b"".join(signatures)]
 
 
 def rental_id(offer_id: int, nonce: int) -> int:
