@@ -5,7 +5,7 @@ A run reads `deployments/<chainId>.json`. Without a record it deploys the paymen
 recorded), the registry, bound to the escrow address predicted from the deployer's nonce, and the escrow with its first oracle
 set, and writes the record. With a record it checks that the recorded contracts are there, bound to each other
 and built with the recorded immutable parameters, then brings what governance may change (oracle set, fee,
-treasury) to what was asked, sending only the calls that change something. An oracle set change is proposed by
+treasury) to what was asked, sending only the calls that change something. An oracle set change is scheduled by
 one run and activated by a run after the escrow's governance delay. A dry run prints the same plan
 and its gas estimates and sends nothing.
 
@@ -266,20 +266,20 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
 async def _oracle_set_call(
     reader: ChainReader, oracles: list[str], threshold: int, say: Callable[[str], None]
 ) -> tuple[str, Any]:
-    """The call that moves the escrow toward the oracle set asked for: its proposal, or the activation of that
-    proposal once its governance delay has passed (None while the delay runs)."""
-    pending = await reader.pending_oracle_set()
+    """The call that moves the escrow toward the oracle set asked for: its schedule, or the activation of that
+    schedule once its governance delay has passed (None while the delay runs)."""
+    upcoming = await reader.upcoming_oracle_set()
     escrow = reader.escrow
-    if pending.effective_at and list(pending.signers) == oracles and pending.threshold == threshold:
+    if upcoming.effective_at and list(upcoming.signers) == oracles and upcoming.threshold == threshold:
         now = await reader.block_time()
-        if now < pending.effective_at:
+        if now < upcoming.effective_at:
             say(
                 f"the oracle set {oracles}, {threshold} of {len(oracles)}, is announced and takes effect at "
-                f"{pending.effective_at} (in {pending.effective_at - now} s): run again then to activate it"
+                f"{upcoming.effective_at} (in {upcoming.effective_at - now} s): run again then to activate it"
             )
             return ("activateOracleSet()", None)
         return ("activateOracleSet()", escrow.functions.activateOracleSet())
-    return (f"proposeOracleSet({oracles}, {threshold})", escrow.functions.proposeOracleSet(oracles, threshold))
+    return (f"scheduleOracleSet({oracles}, {threshold})", escrow.functions.scheduleOracleSet(oracles, threshold))
 
 
 async def _reconcile(
