@@ -291,7 +291,7 @@ async def _reconcile(
     oracle_set, fee = await reader.oracle_set(), await reader.fee_config()
     oracles = [AsyncWeb3.to_checksum_address(o) for o in request.oracles]
     wanted_treasury = AsyncWeb3.to_checksum_address(request.treasury)
-    calls = []
+    calls: list[tuple[str, Any]] = []
     if list(oracle_set.signers) != oracles or oracle_set.threshold != request.threshold:
         calls.append(await _oracle_set_call(reader, oracles, request.threshold, say))
     if fee.fee_bps != request.params.fee_bps:
@@ -300,7 +300,7 @@ async def _reconcile(
         calls.append((f"setTreasury({wanted_treasury})", escrow.functions.setTreasury(wanted_treasury)))
     if not calls:
         say("the deployed suite already matches: nothing to send")
-    else:
+    elif any(call is not None for _, call in calls):
         owner = (await reader.suite_settings()).owner
         if owner != wallet.address:
             raise DeployError(
@@ -317,7 +317,12 @@ async def _reconcile(
             say(f"sent {what}")
     if dry_run:
         return None
-    updated = record.model_copy(update={"config": _config(request.params, request)})
+    # The record says what the chain holds: a scheduled oracle set is recorded once it is active.
+    oracle_set = await reader.oracle_set()
+    config = _config(request.params, request).model_copy(
+        update={"oracles": list(oracle_set.signers), "threshold": oracle_set.threshold}
+    )
+    updated = record.model_copy(update={"config": config})
     if updated != record:
         say(f"wrote {deployments.save(updated)}")
     return updated
