@@ -187,7 +187,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         rentalId = (offerId << 32) | nonce;
         uint256 deposit = price * duration;
         // The registry stores price as uint64 and bounds duration by the offer's uint32 maximum.
-        rental.state = RentalState({
+        _rentals[offerId].state = RentalState({
             nonce: nonce,
             since: uint40(block.timestamp),
             duration: uint32(duration),
@@ -198,7 +198,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
             deliveredSeconds: 0,
             utilSeconds: 0
         });
-        rental.terms =
+        _rentals[offerId].terms =
             RentalTerms({pricePerSecond: uint64(price), feeBps: _config.feeBps, claimed: 0, renter: msg.sender});
         emit RentalOpened(rentalId, offerId, msg.sender, price, duration, deposit, jobSpecHash);
 
@@ -480,26 +480,16 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     /// @dev Applies one report's totals, or skips it with a reason-coded event: a report never reverts its batch.
     /// This is the hot path of settlement, so it reads each report field from calldata once and works on the
     /// rental's packed state word (`RentalState`, whose layout the `_BITS_*` offsets mirror), read once and
-    /// written once, instead of on a memory struct.
+    /// written once, instead of on a memory struct. Scoped blocks keep the stack shallow enough for the legacy
+    /// pipeline that slither compiles with.
     function _applyReport(Report calldata report) private {
         uint256 rentalId;
-        uint256 seq;
-        uint256 coveredUntil;
         uint256 delivered;
         uint256 util;
-        uint256 status;
         assembly ("memory-safe") {
             rentalId := calldataload(report)
-            seq := calldataload(add(report, 0x20))
-            coveredUntil := calldataload(add(report, 0x40))
             delivered := calldataload(add(report, 0x60))
             util := calldataload(add(report, 0x80))
-            status := calldataload(add(report, 0xa0))
-        }
-        // A word wider than its field was signed as such by the oracles (a typed-data signer cannot produce one):
-        // the batch's quorum is bad, so the batch reverts as the ABI decoder would.
-        if ((seq | delivered | util) > _MASK32 || coveredUntil > _MASK40 || status > type(uint8).max) {
-            revert Escrow_MalformedReport(rentalId);
         }
         Rental storage rental = _rentals[rentalId >> 32];
         uint256 word;
@@ -507,41 +497,60 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
             word := sload(rental.slot)
         }
         uint256 since = (word >> _BITS_SINCE) & _MASK40;
-        uint256 stateStatus = (word >> _BITS_STATUS) & 0xff;
-        uint256 skip = _APPLIES;
-        if (uint32(rentalId) == 0 || word & _MASK32 != uint32(rentalId)) {
-            skip = uint256(SkipReason.UnknownRental);
-        } else if (stateStatus != uint256(RentalStatus.Running) && stateStatus != uint256(RentalStatus.Terminated)) {
-            if (stateStatus != uint256(RentalStatus.Open)) skip = uint256(SkipReason.RentalClosed);
-            else if (block.timestamp > since + startTimeout) skip = uint256(SkipReason.StartTimedOut);
+        uint256 covered;
+        // Unchecked: since < 2^40 and every other operand < 2^32, and each subtraction follows the check that
+        // keeps it non-negative (coverage not before the applied coverage, so not before `since`).
+        unchecked {
+            uint256 seq;
+            uint256 coveredUntil;
+            uint256 status;
+            assembly ("memory-safe") {
+                seq := calldataload(add(report, 0x20))
+                coveredUntil := calldataload(add(report, 0x40))
+                status := calldataload(add(report, 0xa0))
+            }
+            // A word wider than its field was signed as such by the oracles (a typed-data signer cannot produce
+            // one): the batch's quorum is bad, so the batch reverts as the ABI decoder would.
+            if ((seq | delivered | util) > _MASK32 || coveredUntil > _MASK40 || status > type(uint8).max) {
+                revert Escrow_MalformedReport(rentalId);
+            }
+            uint256 skip = _APPLIES;
+            uint256 rentalStatus = (word >> _BITS_STATUS) & 0xff;
+            if (uint32(rentalId) == 0 || word & _MASK32 != uint32(rentalId)) {
+                skip = uint256(SkipReason.UnknownRental);
+            } else if (
+                rentalStatus != uint256(RentalStatus.Running) && rentalStatus != uint256(RentalStatus.Terminated)
+            ) {
+                if (rentalStatus != uint256(RentalStatus.Open)) skip = uint256(SkipReason.RentalClosed);
+                else if (block.timestamp > since + startTimeout) skip = uint256(SkipReason.StartTimedOut);
+            }
+            if (skip == _APPLIES) {
+                if (seq <= (word >> _BITS_SEQ) & _MASK32) skip = uint256(SkipReason.SeqNotIncreasing);
+                else if (status > uint256(ReportStatus.Failed)) skip = uint256(SkipReason.UnknownStatus);
+                else if (coveredUntil > block.timestamp) skip = uint256(SkipReason.CoverageInFuture);
+                else if (
+                    coveredUntil < since + ((word >> _BITS_COVERED) & _MASK32)
+                        || delivered < (word >> _BITS_DELIVERED) & _MASK32 || util < word >> _BITS_UTIL
+                ) skip = uint256(SkipReason.TotalsDecreased);
+                else if (delivered > coveredUntil - since) skip = uint256(SkipReason.DeliveredAboveCovered);
+                else if (util > delivered) skip = uint256(SkipReason.UtilisationAboveDelivered);
+            }
+            if (skip != _APPLIES) {
+                emit ReportSkipped(rentalId, seq, SkipReason(skip));
+                return;
+            }
+            // The totals are clamped to the rental's end, and each stays within the one before it; none goes
+            // back because a raw total at or above the last applied one stays at or above it after clamping.
+            covered = coveredUntil - since;
+            uint256 duration = (word >> _BITS_DURATION) & _MASK32;
+            if (covered > duration) covered = duration;
+            if (delivered > covered) delivered = covered;
+            if (util > delivered) util = delivered;
+            // seq is a uint32; the three totals are at most the duration, a uint32.
+            word = (word & _LOW_128) | (seq << _BITS_SEQ) | (covered << _BITS_COVERED)
+                | (delivered << _BITS_DELIVERED) | (util << _BITS_UTIL);
         }
-        if (skip == _APPLIES) {
-            if (seq <= (word >> _BITS_SEQ) & _MASK32) skip = uint256(SkipReason.SeqNotIncreasing);
-            else if (status > uint256(ReportStatus.Failed)) skip = uint256(SkipReason.UnknownStatus);
-            else if (coveredUntil > block.timestamp) skip = uint256(SkipReason.CoverageInFuture);
-            else if (
-                coveredUntil < since + ((word >> _BITS_COVERED) & _MASK32)
-                    || delivered < (word >> _BITS_DELIVERED) & _MASK32 || util < word >> _BITS_UTIL
-            ) skip = uint256(SkipReason.TotalsDecreased);
-            else if (delivered > coveredUntil - since) skip = uint256(SkipReason.DeliveredAboveCovered);
-            else if (util > delivered) skip = uint256(SkipReason.UtilisationAboveDelivered);
-        }
-        if (skip != _APPLIES) {
-            emit ReportSkipped(rentalId, seq, SkipReason(skip));
-            return;
-        }
-
-        // The totals are clamped to the rental's end, and each stays within the one before it; none goes back
-        // because a raw total at or above the last applied one stays at or above it after clamping.
-        uint256 covered = coveredUntil - since;
-        uint256 duration = (word >> _BITS_DURATION) & _MASK32;
-        if (covered > duration) covered = duration;
-        if (delivered > covered) delivered = covered;
-        if (util > delivered) util = delivered;
-        // seq is a uint32; the three totals are at most the duration, a uint32.
-        word = (word & _LOW_128) | (seq << _BITS_SEQ) | (covered << _BITS_COVERED) | (delivered << _BITS_DELIVERED)
-            | (util << _BITS_UTIL);
-        if (stateStatus == uint256(RentalStatus.Open)) {
+        if ((word >> _BITS_STATUS) & 0xff == uint256(RentalStatus.Open)) {
             // A rental the provider did not start explicitly is billed from its opening.
             word = word ^ ((uint256(RentalStatus.Open) ^ uint256(RentalStatus.Running)) << _BITS_STATUS);
             emit RentalStarted(rentalId, since, true);
@@ -549,11 +558,13 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         assembly ("memory-safe") {
             sstore(rental.slot, word)
         }
-        emit ReportApplied(rentalId, seq, since + covered, delivered, util, report.telemetryRoot);
+        emit ReportApplied(
+            rentalId, (word >> _BITS_SEQ) & _MASK32, since + covered, delivered, util, report.telemetryRoot
+        );
 
-        if (status != uint256(ReportStatus.Running)) {
+        if (report.status != uint8(ReportStatus.Running)) {
             RentalStatus finalStatus =
-                status == uint256(ReportStatus.Completed) ? RentalStatus.Completed : RentalStatus.Failed;
+                report.status == uint8(ReportStatus.Completed) ? RentalStatus.Completed : RentalStatus.Failed;
             _settleElapsed(rentalId, rental, rental.state, finalStatus, covered);
         }
     }
@@ -593,9 +604,13 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         uint256 slashBps
     ) private {
         // Every caller passes the state as it is in storage, so only the status byte of the word changes.
+        uint256 word;
         assembly ("memory-safe") {
-            let word := sload(rental.slot)
-            sstore(rental.slot, or(and(word, not(shl(_BITS_STATUS, 0xff))), shl(_BITS_STATUS, finalStatus)))
+            word := sload(rental.slot)
+        }
+        word = (word & ~(uint256(0xff) << _BITS_STATUS)) | (uint256(finalStatus) << _BITS_STATUS);
+        assembly ("memory-safe") {
+            sstore(rental.slot, word)
         }
 
         Settlement memory s =
