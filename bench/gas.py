@@ -172,7 +172,9 @@ def _scenario() -> tuple[dict[str, int], dict[int, int]]:
     gas: dict[str, int] = {}
 
     def submit(reports):
-        return escrow.submitReports(*submit_args(reports, [sign_batch(reports, domain, ORACLE_KEY)], 1), {"from": relayer})
+        return escrow.submitReports(
+            *submit_args(reports, [sign_batch(reports, domain, ORACLE_KEY)], 1), {"from": relayer}
+        )
 
     def offer_terms(hashes):
         return (

@@ -2,12 +2,12 @@
 networks such as sepolia) and `gpuex devnet up`.
 
 A run reads `deployments/<chainId>.json`. Without a record it deploys the payment token (unless one is given or
-recorded), the registry, bound to the escrow address predicted from the deployer's nonce, and the escrow with its first oracle
-set, and writes the record. With a record it checks that the recorded contracts are there, bound to each other
-and built with the recorded immutable parameters, then brings what governance may change (oracle set, fee,
-treasury) to what was asked, sending only the calls that change something. An oracle set change is scheduled by
-one run and activated by a run after the escrow's governance delay. A dry run prints the same plan
-and its gas estimates and sends nothing.
+recorded), the registry, bound to the escrow address predicted from the deployer's nonce, and the escrow with its
+first oracle set, and writes the record. With a record it checks that the recorded contracts are there, bound to
+each other and built with the recorded immutable parameters, then brings what governance may change (oracle set,
+fee, treasury) to what was asked, sending only the calls that change something. An oracle set change is scheduled
+by one run and activated by a run after the escrow's governance delay. A dry run prints the same plan and its gas
+estimates and sends nothing.
 
 If a run stops between the registry and the escrow, the record is not written; the next run deploys a new pair
 (the orphaned registry is bound to an address nobody can deploy to any more, so it can never take stake).
@@ -264,7 +264,7 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
 
 
 async def _oracle_set_call(
-    reader: ChainReader, oracles: list[str], threshold: int, say: Callable[[str], None]
+    reader: ChainReader, oracles: Sequence[str], threshold: int, say: Callable[[str], None]
 ) -> tuple[str, Any]:
     """The call that moves the escrow toward the oracle set asked for: its schedule, or the activation of that
     schedule once its governance delay has passed (None while the delay runs)."""
