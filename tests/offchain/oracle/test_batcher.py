@@ -239,3 +239,30 @@ def test_a_report_of_a_rental_that_is_no_longer_live_is_dropped(settings, rental
             return states(oracle, rental, (1,))
 
     assert asyncio.run(scenario()) == [ReportState.DROPPED]
+
+
+def test_a_batch_confirmed_while_the_leader_was_down_is_settled_after_its_restart(settings, rental, suite):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+
+    async def before_the_crash():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1, status=ReportStatus.COMPLETED))
+            outcome = await oracle.batcher.close_batch()
+            await settle(oracle.txmgr, outcome.tx_key)  # mined; the leader stops before it settles the batch
+            return states(oracle, rental, (1,))
+
+    async def after_the_restart():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            assert await land(oracle) == []
+            return states(oracle, rental, (1,)), oracle.metrics.reports_settled.value("landed")
+
+    assert asyncio.run(before_the_crash()) == [ReportState.BATCHED]
+    assert asyncio.run(after_the_restart()) == ([ReportState.LANDED], 1)
+    assert on_chain(suite, rental).status is RentalStatus.COMPLETED
+
+
+def test_the_checkpoint_interval_is_an_oracle_setting_from_the_environment(make_settings, monkeypatch):
+    assert make_settings(0).checkpoint_interval_seconds == 3_600
+    monkeypatch.setenv("GPUEX_ORACLE_CHECKPOINT_INTERVAL_SECONDS", "120")
+    assert make_settings(0).checkpoint_interval_seconds == 120
