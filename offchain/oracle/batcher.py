@@ -46,6 +46,8 @@ MAX_BATCH_GAS = 3_000_000
 #: Measured by `make gas` (at most 40k for a one-report batch, 12k per further report), with headroom.
 BATCH_BASE_GAS = 60_000
 REPORT_GAS = 25_000
+#: Reports one transaction may carry under MAX_BATCH_GAS.
+MAX_REPORTS_BY_GAS = (MAX_BATCH_GAS - BATCH_BASE_GAS) // REPORT_GAS
 
 
 class LandingReason(StrEnum):
@@ -72,10 +74,6 @@ def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_
     if waiting.covered_until - landed_until >= checkpoint_interval:
         return LandingReason.CHECKPOINT
     return None
-
-
-#: Reports one transaction may carry under MAX_BATCH_GAS.
-MAX_REPORTS_BY_GAS = (MAX_BATCH_GAS - BATCH_BASE_GAS) // REPORT_GAS
 
 
 @dataclass(frozen=True)
