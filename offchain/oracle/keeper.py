@@ -12,7 +12,7 @@ and judged by `getRental` against the latest block's timestamp, so the keeper's 
 
 Every submission is recorded once in `keeper_action`; the TxManager's record under the same key tells how it
 ended. A rental is watched until `getRental` shows it final (or superseded). An oracle set the owner announced
-(`pendingOracleSet`) gets `activateOracleSet` once the latest block reaches its `effectiveAt`, under the key
+(`upcomingOracleSet`) gets `activateOracleSet` once the latest block reaches its `effectiveAt`, under the key
 `activate-oracle-set:<effectiveAt>`: once per announcement, whose TxManager record is all there is to keep (anyone
 may activate; a transaction beaten to it fails its dry-run and is not sent).
 """
@@ -215,7 +215,7 @@ class Keeper:
         return (watched[start:] + watched[:start])[: self._max_checks_per_tick]
 
     async def _activate_due_oracle_set(self, head: int, now: int) -> None:
-        pending = await self._reader.pending_oracle_set(head)
+        pending = await self._reader.upcoming_oracle_set(head)
         if pending.effective_at == 0 or now < pending.effective_at:
             return
         key = f"activate-oracle-set:{pending.effective_at}"

@@ -27,8 +27,8 @@ def suite(deployer, treasury, token):
 
 
 def test_the_keeper_activates_an_announced_oracle_set_once_it_is_due(suite, deployer, rpc_url, tmp_path):
-    suite.escrow.proposeOracleSet([o.address for o in ORACLES], 2, {"from": deployer})
-    effective_at = suite.read(lambda r: r.pending_oracle_set()).effective_at
+    suite.escrow.scheduleOracleSet([o.address for o in ORACLES], 2, {"from": deployer})
+    effective_at = suite.read(lambda r: r.upcoming_oracle_set()).effective_at
     key = f"activate-oracle-set:{effective_at}"
 
     async def scenario():
@@ -54,4 +54,4 @@ def test_the_keeper_activates_an_announced_oracle_set_once_it_is_due(suite, depl
     oracle_set = suite.read(lambda r: r.oracle_set())
     assert (oracle_set.version, oracle_set.threshold) == (2, 2)
     assert set(oracle_set.signers) == {o.address for o in ORACLES}
-    assert suite.read(lambda r: r.pending_oracle_set()).effective_at == 0
+    assert suite.read(lambda r: r.upcoming_oracle_set()).effective_at == 0
