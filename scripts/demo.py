@@ -638,7 +638,8 @@ def _settlement(market: DemoMarket, plan: Plan) -> Settlement:
     (opened,), (final,) = of_rental("RentalOpened"), of_rental("RentalFinalized")
     terminated = of_rental("RentalTerminated")
     started = [e["startedAt"] for e in of_rental("RentalStarted")]
-    utilisation = _utilisation(sorted(of_rental("ReportApplied"), key=lambda e: e["seq"]), started[0])
+    applied = sorted(of_rental("ReportApplied"), key=lambda e: e["seq"])
+    utilisation = _utilisation(applied, started[0]) if started else ()
     return Settlement(
         label=plan.label,
         rental_id=rental_id,
