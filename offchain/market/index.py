@@ -1,5 +1,5 @@
 """An in-memory index of one deployment's registry and escrow events: providers, offers, rentals and each
-provider's history, for the web page.
+provider's history and reputation, for the web page and for the CLI's offer search and provider views.
 
 The chain is the source of truth, so nothing is stored: the index is built from the deployment's `start_block`
 when it starts. It follows both contracts' logs with an `EventFollower`, in ranges of at most `max_block_range`
