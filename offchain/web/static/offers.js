@@ -38,11 +38,11 @@
       "#" + o.offer_id, o.gpu_count, o.gpu_model, o.vram_gib.toFixed(1) + " GiB", o.region,
       amount(o.price_per_hour, token.symbol), amount(o.price_per_gpu_hour, token.symbol),
       duration(o.min_duration) + " – " + duration(o.max_duration), o.egress ? "allowed" : "no",
-      providerLink(o.provider), o.reliability === null ? "new" : percent(o.reliability),
-      amount(o.value_settled, token.symbol), o.distinct_renters, o.declines,
+      providerLink(o.provider), o.reliability === null ? "new" : percent(o.reliability), o.declines,
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
+      amount(o.value_settled, token.symbol), o.distinct_renters,
     ]);
-    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11, 12, 13],
+    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11, 13, 14],
               document.getElementById("offers-empty"));
   }
 
