@@ -154,6 +154,14 @@ def test_signer_outside_oracle_set_reverts(reports, submit):
         submit(reports, keys=[ORACLE_KEYS[0], OUTSIDER_KEY])
 
 
+def test_unknown_signer_beyond_a_met_threshold_reverts(escrow, rid, reports, submit):
+    outsider = Account.from_key(OUTSIDER_KEY).address
+
+    with brownie.reverts(error("Escrow_SignerNotInOracleSet", outsider)):
+        submit(reports, keys=[ORACLE_KEYS[0], ORACLE_KEYS[1], OUTSIDER_KEY])
+    assert escrow.getRental(rid)["lastSeq"] == 0
+
+
 # malformed signatures
 
 
