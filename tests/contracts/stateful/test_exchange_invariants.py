@@ -264,6 +264,7 @@ class ExchangeStateMachine:
         ]
     )
     st_claim_caller = st.sampled_from(["provider", "renter", "stranger"])
+    st_claim_after = st.sampled_from([None, None, "provider", "renter", "stranger"])
     st_fee = st.integers(0, 1_200)
     st_price = st.integers(0, 20_000)
 
@@ -675,11 +676,13 @@ class ExchangeStateMachine:
         other_draw="st_report_draw",
         other_slot="st_other_slot",
         signers="st_signers",
+        claim_after="st_claim_after",
     ):
         """A signed batch of cumulative reports for one rental, with random seq jumps, some of them stale,
         decreasing, over-delivered, over-utilised, in the future or of an unknown status, and sometimes a report of
         another rental. Whatever the reports, the batch goes through: each report applies or is skipped with the
-        reason the model gives, in order."""
+        reason the model gives, in order. Sometimes a claim follows, so that claims interleave with reports as
+        often as a provider paid as it goes would make them."""
         if wait:
             self._sleep(wait)
         _, rental_id, rental = self._target(offer, pick, wanted=self.model.takes_reports)
@@ -708,6 +711,8 @@ class ExchangeStateMachine:
         assert events(tx, "ReportApplied") == applied
         for model, target, finalized in settled:
             self._assert_finalized(model, target, finalized, tx)
+        if claim_after is not None:
+            self.rule_claim(offer, WANTED_FIRST, claim_after)
 
     def rule_submit_rejected_batch(self, offer="st_offer", pick="st_pick", flaw="st_batch_flaw"):
         """A batch whose signatures must not verify: only signatures revert a batch, and nothing changes."""
