@@ -125,6 +125,26 @@ def test_claim_of_terminated_rental_works(escrow, rid, reported, provider, rente
     assert escrow.balanceOf(provider) == earned - fee_of(earned, params.fee_bps)
 
 
+def test_claim_works_while_escrow_paused(escrow, rid, reported, provider, deployer, stranger, params):
+    earned = reported(1)
+    escrow.pause({"from": deployer})
+
+    escrow.claim(rid, {"from": stranger})
+
+    assert escrow.balanceOf(provider) == earned - fee_of(earned, params.fee_bps)
+
+
+def test_claim_of_rental_started_by_its_first_report_works(escrow, rid, provider, submit, stranger, params):
+    opened = escrow.getRental(rid)["since"]
+    wait(300)
+    submit([report(rid, 1, opened + 300, 290, util=100)])
+
+    escrow.claim(rid, {"from": stranger})
+
+    earned = earnings(PRICE, 290, 100, FLOOR)
+    assert escrow.balanceOf(provider) == earned - fee_of(earned, params.fee_bps)
+
+
 def test_claim_credits_the_provider_whoever_calls(escrow, rid, reported, provider, renter, params):
     earned = reported(1)
 

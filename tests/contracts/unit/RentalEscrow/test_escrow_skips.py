@@ -92,6 +92,12 @@ def test_report_older_than_the_applied_one_is_skipped(rid, started, submit, skip
     skipped(report(rid, 4, started + 600, 600), SkipReason.SEQ_NOT_INCREASING)
 
 
+def test_first_report_with_seq_zero_is_skipped(rid, started, skipped):
+    wait(600)
+
+    skipped(unchecked_report(rid, 0, started + 600, 600), SkipReason.SEQ_NOT_INCREASING)
+
+
 def test_report_with_unknown_status_is_skipped(rid, started, skipped):
     wait(600)
 
