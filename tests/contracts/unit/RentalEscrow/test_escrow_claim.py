@@ -35,7 +35,7 @@ def reported(escrow, rid, started, submit):
 def test_claim_credits_the_earnings_so_far_less_the_fee(escrow, rid, reported, provider, treasury, stranger, params):
     earned = reported(1)
 
-    tx = escrow.claim(rid, {"from": stranger})
+    tx = escrow.claimPayout(rid, {"from": stranger})
 
     fee = fee_of(earned, params.fee_bps)
     assert event(tx, "EarningsClaimed") == {
@@ -52,10 +52,10 @@ def test_later_claim_credits_the_differences_of_the_fee_on_the_totals(
     escrow, rid, reported, provider, treasury, stranger, params
 ):
     first = reported(1)
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
     second = reported(2)
 
-    tx = escrow.claim(rid, {"from": stranger})
+    tx = escrow.claimPayout(rid, {"from": stranger})
 
     fee = fee_of(second, params.fee_bps) - fee_of(first, params.fee_bps)
     # The fee on the difference rounds otherwise: a claim must not.
@@ -74,9 +74,9 @@ def test_claims_and_the_final_settlement_add_up_to_one_settlement(
     escrow, rid, reported, provider, renter, treasury, stranger, params
 ):
     reported(1)
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
     reported(2)
-    escrow.claim(rid, {"from": provider})
+    escrow.claimPayout(rid, {"from": provider})
 
     earned = reported(3, status=ReportStatus.COMPLETED)
 
@@ -88,7 +88,7 @@ def test_claims_and_the_final_settlement_add_up_to_one_settlement(
 
 def test_final_settlement_reports_lifetime_totals_after_claims(escrow, rid, reported, stranger, params):
     reported(1)
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
 
     earned = reported(3)
     wait(DURATION)
@@ -107,7 +107,7 @@ def test_claim_of_everything_leaves_nothing_to_settle_but_the_refund(
     escrow, rid, reported, provider, renter, treasury, stranger, params
 ):
     earned = reported(3)
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
     wait(DURATION)
 
     escrow.finalize(rid, {"from": stranger})
@@ -120,7 +120,7 @@ def test_claim_of_terminated_rental_works(escrow, rid, reported, provider, rente
     earned = reported(1)
     escrow.terminate(rid, {"from": renter})
 
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
 
     assert escrow.balanceOf(provider) == earned - fee_of(earned, params.fee_bps)
 
@@ -129,7 +129,7 @@ def test_claim_works_while_escrow_paused(escrow, rid, reported, provider, deploy
     earned = reported(1)
     escrow.pause({"from": deployer})
 
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
 
     assert escrow.balanceOf(provider) == earned - fee_of(earned, params.fee_bps)
 
@@ -139,7 +139,7 @@ def test_claim_of_rental_started_by_its_first_report_works(escrow, rid, provider
     wait(300)
     submit([report(rid, 1, opened + 300, 290, util=100)])
 
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
 
     earned = earnings(PRICE, 290, 100, FLOOR)
     assert escrow.balanceOf(provider) == earned - fee_of(earned, params.fee_bps)
@@ -148,7 +148,7 @@ def test_claim_of_rental_started_by_its_first_report_works(escrow, rid, provider
 def test_claim_credits_the_provider_whoever_calls(escrow, rid, reported, provider, renter, params):
     earned = reported(1)
 
-    escrow.claim(rid, {"from": renter})
+    escrow.claimPayout(rid, {"from": renter})
 
     assert escrow.balanceOf(provider) == earned - fee_of(earned, params.fee_bps)
     assert escrow.balanceOf(renter) == 0
@@ -156,39 +156,39 @@ def test_claim_credits_the_provider_whoever_calls(escrow, rid, reported, provide
 
 def test_claim_before_any_report_reverts(escrow, rid, started, stranger):
     with brownie.reverts(error("Escrow_NothingToClaim", rid)):
-        escrow.claim(rid, {"from": stranger})
+        escrow.claimPayout(rid, {"from": stranger})
 
 
 def test_claim_without_new_earnings_reverts(escrow, rid, reported, stranger):
     reported(1)
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
 
     with brownie.reverts(error("Escrow_NothingToClaim", rid)):
-        escrow.claim(rid, {"from": stranger})
+        escrow.claimPayout(rid, {"from": stranger})
 
 
 def test_claim_of_open_rental_reverts(escrow, rid, stranger):
     with brownie.reverts(error("Escrow_RentalNotActive", rid, RentalStatus.OPEN)):
-        escrow.claim(rid, {"from": stranger})
+        escrow.claimPayout(rid, {"from": stranger})
 
 
 def test_claim_after_finalisation_reverts(escrow, rid, reported, stranger):
     reported(1, status=ReportStatus.COMPLETED)
 
     with brownie.reverts(error("Escrow_RentalNotActive", rid, RentalStatus.COMPLETED)):
-        escrow.claim(rid, {"from": stranger})
+        escrow.claimPayout(rid, {"from": stranger})
 
 
 def test_claim_after_a_claimed_rental_expired_reverts(escrow, rid, reported, stranger):
     reported(1)
-    escrow.claim(rid, {"from": stranger})
+    escrow.claimPayout(rid, {"from": stranger})
     wait(DURATION)
     escrow.finalize(rid, {"from": stranger})
 
     with brownie.reverts(error("Escrow_RentalNotActive", rid, RentalStatus.EXPIRED)):
-        escrow.claim(rid, {"from": stranger})
+        escrow.claimPayout(rid, {"from": stranger})
 
 
 def test_claim_of_unknown_rental_reverts(escrow, offer, rid, stranger):
     with brownie.reverts(error("Escrow_UnknownRental", rental_id(offer, 2))):
-        escrow.claim(rental_id(offer, 2), {"from": stranger})
+        escrow.claimPayout(rental_id(offer, 2), {"from": stranger})

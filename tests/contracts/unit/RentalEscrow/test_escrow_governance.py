@@ -4,7 +4,6 @@ governance delay, the fee, the treasury, pausing and two-step ownership."""
 import brownie
 import pytest
 from brownie import ProviderRegistry, RentalEscrow
-from brownie.exceptions import VirtualMachineError
 from eth_account import Account
 from eth_utils import keccak
 
@@ -32,7 +31,7 @@ def propose(escrow, deployer):
     """Proposes `signers` with `threshold` as the owner; returns the time the set can take effect."""
 
     def _propose(signers, threshold):
-        return escrow.proposeOracleSet(signers, threshold, {"from": deployer}).events["OracleSetProposed"][
+        return escrow.scheduleOracleSet(signers, threshold, {"from": deployer}).events["OracleSetScheduled"][
             "effectiveAt"
         ]
 
@@ -57,7 +56,7 @@ def rotate(escrow, propose, params, stranger):
 def test_constructor_installs_its_oracle_set_as_version_1(escrow):
     assert event(escrow.tx, "OracleSetUpdated") == {"version": 1, "signers": SUITE_SET, "threshold": 2}
     assert escrow.oracleSet().dict() == {"version": 1, "signers": SUITE_SET, "threshold": 2}
-    assert escrow.pendingOracleSet().dict() == {"signers": [], "threshold": 0, "effectiveAt": 0}
+    assert escrow.upcomingOracleSet().dict() == {"signers": [], "threshold": 0, "effectiveAt": 0}
 
 
 def test_suite_deployed_without_oracles_is_signed_by_its_deployer_alone(deployer, treasury, token, params):
@@ -76,7 +75,7 @@ INVALID_ORACLE_SETS = {
     "duplicate": ([ORACLES[0].address, ORACLES[1].address, ORACLES[0].address], 2),
     "threshold zero": ([ORACLES[0].address], 0),
     "threshold above signers": ([ORACLES[0].address, ORACLES[1].address], 3),
-    "more than 255 signers": ([f"0x{i:040x}" for i in range(1, 257)], 1),
+    "more than MAX_ORACLES (100) signers": ([f"0x{i:040x}" for i in range(1, 102)], 1),
 }
 
 
@@ -98,38 +97,32 @@ def test_constructor_rejects_invalid_oracle_set(deployer, treasury, token, param
 def test_propose_announces_the_set_and_when_it_can_take_effect(escrow, deployer, stranger, params):
     signers = [ORACLES[2].address, stranger.address]
 
-    tx = escrow.proposeOracleSet(signers, 1, {"from": deployer})
+    tx = escrow.scheduleOracleSet(signers, 1, {"from": deployer})
 
     effective_at = tx.timestamp + params.governance_delay
-    assert event(tx, "OracleSetProposed") == {
+    assert event(tx, "OracleSetScheduled") == {
         "version": 2,
         "signers": signers,
         "threshold": 1,
         "effectiveAt": effective_at,
     }
-    assert escrow.pendingOracleSet().dict() == {"signers": signers, "threshold": 1, "effectiveAt": effective_at}
+    assert escrow.upcomingOracleSet().dict() == {"signers": signers, "threshold": 1, "effectiveAt": effective_at}
     assert escrow.oracleSet().dict() == {"version": 1, "signers": SUITE_SET, "threshold": 2}
 
 
 @pytest.mark.parametrize("signers,threshold", INVALID_ORACLE_SETS.values(), ids=INVALID_ORACLE_SETS.keys())
 def test_propose_rejects_invalid_oracle_set(escrow, deployer, signers, threshold):
     with brownie.reverts(error("Escrow_InvalidOracleSet")):
-        escrow.proposeOracleSet(signers, threshold, {"from": deployer})
+        escrow.scheduleOracleSet(signers, threshold, {"from": deployer})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=VirtualMachineError,
-    reason="MAX_ORACLES is out of reach in a 12M-gas block: proposeOracleSet of 200 signers takes 9.8M gas (an "
-    "O(n^2) duplicate check plus one pending storage slot per signer) and of 255 more than 12M; activation adds "
-    "about 50k gas per signer. The replaced setOracleSet installed 255 signers in one 12M transaction.",
-)
-def test_set_of_255_signers_can_be_proposed_and_activated(escrow, rotate):
-    signers = [f"0x{i:040x}" for i in range(1, 256)]
+def test_a_set_of_max_oracles_signers_can_be_scheduled_and_activated(escrow, rotate):
+    count = escrow.MAX_ORACLES()
+    signers = [f"0x{i:040x}" for i in range(1, count + 1)]
 
-    rotate(signers, 255)
+    rotate(signers, count)
 
-    assert escrow.oracleSet().dict() == {"version": 2, "signers": signers, "threshold": 255}
+    assert escrow.oracleSet().dict() == {"version": 2, "signers": signers, "threshold": count}
 
 
 def test_later_proposal_replaces_the_pending_one_and_restarts_the_delay(escrow, deployer, propose, params):
@@ -139,7 +132,7 @@ def test_later_proposal_replaces_the_pending_one_and_restarts_the_delay(escrow, 
     second = propose([ORACLES[0].address, NEW_ORACLE], 2)
 
     assert second > first
-    assert escrow.pendingOracleSet().dict() == {
+    assert escrow.upcomingOracleSet().dict() == {
         "signers": [ORACLES[0].address, NEW_ORACLE],
         "threshold": 2,
         "effectiveAt": second,
@@ -170,18 +163,18 @@ def test_anyone_activates_the_set_once_its_delay_has_passed(escrow, propose, str
     assert tx.timestamp == effective_at
     assert event(tx, "OracleSetUpdated") == {"version": 2, "signers": signers, "threshold": 2}
     assert escrow.oracleSet().dict() == {"version": 2, "signers": signers, "threshold": 2}
-    assert escrow.pendingOracleSet().dict() == {"signers": [], "threshold": 0, "effectiveAt": 0}
+    assert escrow.upcomingOracleSet().dict() == {"signers": [], "threshold": 0, "effectiveAt": 0}
 
 
 def test_activation_without_a_proposal_reverts(escrow, stranger):
-    with brownie.reverts(error("Escrow_NoPendingOracleSet")):
+    with brownie.reverts(error("Escrow_NoOracleSetScheduled")):
         escrow.activateOracleSet({"from": stranger})
 
 
 def test_a_proposal_activates_once(escrow, rotate, stranger):
     rotate([NEW_ORACLE], 1)
 
-    with brownie.reverts(error("Escrow_NoPendingOracleSet")):
+    with brownie.reverts(error("Escrow_NoOracleSetScheduled")):
         escrow.activateOracleSet({"from": stranger})
 
 
@@ -249,16 +242,16 @@ def test_cancel_withdraws_the_pending_proposal(escrow, deployer, propose, strang
 
     tx = escrow.cancelOracleSet({"from": deployer})
 
-    assert event(tx, "OracleSetProposalCancelled") == {"version": 2}
-    assert escrow.pendingOracleSet().dict() == {"signers": [], "threshold": 0, "effectiveAt": 0}
+    assert event(tx, "OracleSetCancelled") == {"version": 2}
+    assert escrow.upcomingOracleSet().dict() == {"signers": [], "threshold": 0, "effectiveAt": 0}
     wait(params.governance_delay)
-    with brownie.reverts(error("Escrow_NoPendingOracleSet")):
+    with brownie.reverts(error("Escrow_NoOracleSetScheduled")):
         escrow.activateOracleSet({"from": stranger})
     assert escrow.oracleSet()["version"] == 1
 
 
 def test_cancel_without_a_proposal_reverts(escrow, deployer):
-    with brownie.reverts(error("Escrow_NoPendingOracleSet")):
+    with brownie.reverts(error("Escrow_NoOracleSetScheduled")):
         escrow.cancelOracleSet({"from": deployer})
 
 
@@ -307,7 +300,7 @@ def test_set_treasury_redirects_later_fees(escrow, rid, started, deployer, treas
 
 
 GOVERNANCE_CALLS = {
-    "proposeOracleSet": lambda escrow, caller: escrow.proposeOracleSet([caller.address], 1, {"from": caller}),
+    "scheduleOracleSet": lambda escrow, caller: escrow.scheduleOracleSet([caller.address], 1, {"from": caller}),
     "cancelOracleSet": lambda escrow, caller: escrow.cancelOracleSet({"from": caller}),
     "setFee": lambda escrow, caller: escrow.setFee(0, {"from": caller}),
     "setTreasury": lambda escrow, caller: escrow.setTreasury(caller, {"from": caller}),
@@ -328,7 +321,7 @@ def test_only_the_owner_cancels_a_pending_proposal(escrow, propose, stranger):
 
     with brownie.reverts(error("OwnableUnauthorizedAccount", stranger)):
         escrow.cancelOracleSet({"from": stranger})
-    assert escrow.pendingOracleSet()["effectiveAt"] == effective_at
+    assert escrow.upcomingOracleSet()["effectiveAt"] == effective_at
 
 
 def test_ownership_transfer_waits_for_acceptance(escrow, deployer, stranger):
