@@ -160,6 +160,11 @@ def _row(entry: NewSubmission, received_at: float) -> tuple:
     )
 
 
+class OlderStoreError(RuntimeError):
+    """The database was written by an oracle of the first protocol (per-period reports), which this one cannot
+    continue."""
+
+
 class SubmissionStore:
     """Accepted submissions and which transaction, if any, carries each."""
 
@@ -170,6 +175,13 @@ class SubmissionStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA wal_autocheckpoint=0")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(submissions)")}
+        if columns and "covered_until" not in columns:
+            self._db.close()
+            raise OlderStoreError(
+                f"{path} holds the per-period reports of the first protocol; cumulative reports settle on a new "
+                "deployment: move that file aside and start the oracle with an empty state directory"
+            )
         self._db.executescript(_SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
         self._group: asyncio.Future[None] | None = None  # the open transaction of `add_in_group`, if any

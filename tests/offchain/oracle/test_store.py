@@ -12,6 +12,7 @@ from offchain.oracle.store import (
     AlreadyHeld,
     NewSubmission,
     NotBatchable,
+    OlderStoreError,
     PreviousReport,
     ReportState,
     SubmissionKey,
@@ -181,3 +182,22 @@ def test_other_calls_commit_an_open_group_first(store):
 
     asyncio.run(scenario())
     assert store.batched("tx-a") == [entry(1, 1).submission]
+
+
+def test_a_store_of_the_first_protocol_is_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "oracle.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE submissions (id INTEGER PRIMARY KEY, rental_id TEXT, seq INTEGER, period_end INTEGER,"
+        " batched_tx_key TEXT)"
+    )
+    db.execute("INSERT INTO submissions (rental_id, seq, period_end) VALUES ('1', 1, 60)")
+    db.commit()
+    db.close()
+
+    with pytest.raises(OlderStoreError, match="empty state directory"):
+        SubmissionStore(path)
+
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT rental_id, seq, period_end FROM submissions").fetchall() == [("1", 1, 60)]
+    db.close()
