@@ -175,9 +175,13 @@ async def up(
     oracle_port: int = DEFAULT_ORACLE_PORT,
     params: SuiteParams = DEVNET_PARAMS,
     epoch_seconds: float = 5.0,
+    checkpoint_interval_seconds: int = 60,
     say=print,
 ) -> DevnetState:
     """Starts anvil and the oracle in the background and deploys (or re-checks) the suite; returns the state.
+
+    The oracle lands a running rental's latest report every `checkpoint_interval_seconds` of its coverage (a minute
+    by default, so a developer sees rentals settle as they run; a deployment's oracles default to an hour).
 
     Idempotent: with a devnet already up it only returns its state; a devnet brought down keeps its chain and
     deployment, which the next `up` re-checks instead of redeploying.
@@ -251,6 +255,7 @@ async def up(
             GPUEX_ORACLE_ALLOW_SIMULATED="true",
             GPUEX_ORACLE_STATE_DIR=str(oracle_dir),
             GPUEX_ORACLE_EPOCH_SECONDS=str(epoch_seconds),
+            GPUEX_ORACLE_CHECKPOINT_INTERVAL_SECONDS=str(checkpoint_interval_seconds),
             GPUEX_ORACLE_WEB="true",
         )
         env.pop("GPUEX_ORACLE_KEY", None)

@@ -106,7 +106,14 @@ def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, mon
 
 async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
     state_dir = tmp_path / "devnet"
-    state = await devnet.up(state_dir, port=ANVIL_PORT, oracle_port=ORACLE_PORT, epoch_seconds=1.0, say=lambda _: None)
+    state = await devnet.up(
+        state_dir,
+        port=ANVIL_PORT,
+        oracle_port=ORACLE_PORT,
+        epoch_seconds=1.0,
+        checkpoint_interval_seconds=2,
+        say=lambda _: None,
+    )
     w3 = connect(state.rpc_url)
     agent_task = None
     try:
