@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from enum import IntEnum
 
 from brownie import chain, web3
 from eth_account import Account
@@ -14,6 +13,7 @@ from offchain.protocol.reports import Report, ReportStatus
 from offchain.protocol.status import (  # noqa: F401 (re-exported for the tests)
     DeclineReason,
     RentalStatus,
+    SkipReason,
     SlashReason,
 )
 
@@ -25,22 +25,6 @@ _gpu_counter = itertools.count(1)
 def new_gpu_hashes(count):
     """Fresh GPU UUID hashes no other test has used."""
     return [keccak(text=f"GPU-{next(_gpu_counter):08d}") for _ in range(count)]
-
-
-
-
-class SkipReason(IntEnum):
-    """`ReportSkipped.reason`: DataTypes.sol's SkipReason, member for member."""
-
-    UNKNOWN_RENTAL = 0
-    RENTAL_CLOSED = 1
-    START_TIMED_OUT = 2
-    SEQ_NOT_INCREASING = 3
-    UNKNOWN_STATUS = 4
-    COVERAGE_IN_FUTURE = 5
-    TOTALS_DECREASED = 6
-    DELIVERED_ABOVE_COVERED = 7
-    UTILISATION_ABOVE_DELIVERED = 8
 
 
 def report(rental, seq, covered_until, delivered, util=None, status=ReportStatus.RUNNING, root=b"\x22" * 32):

@@ -358,10 +358,11 @@ class ExchangeStateMachine:
     def _sign(self, reports, keys, domain=None):
         return [sign_batch(reports, domain or self.domain, key) for key in keys]
 
-    def _submit(self, reports, signatures, version=None):
+    def _submit(self, reports, signatures, version=None, extra_words=()):
         """Relays a batch signed under oracle set `version` (default: the current one) from a stranger: anyone may
-        submit what the oracles signed."""
+        submit what the oracles signed. `extra_words` follow the compact signatures, to malform them."""
         args = submit_args(reports, signatures, version or self.domain.oracle_set_version)
+        args[2] += list(extra_words)
         return self._tx(self.escrow.submitReports, *args, sender=self.stranger)
 
     def _target(self, index, pick, wanted=is_live):
@@ -721,6 +722,7 @@ class ExchangeStateMachine:
         keys = ORACLE_KEYS[:THRESHOLD]
         version = self.domain.oracle_set_version
         signatures = None
+        extra_words = []
         if flaw == "empty":
             reports = []
             revert = error("Escrow_EmptyBatch")
@@ -737,8 +739,8 @@ class ExchangeStateMachine:
             keys = [keys[0], OUTSIDER_KEY]
             revert = error("Escrow_SignerNotInOracleSet", Account.from_key(OUTSIDER_KEY).address)
         elif flaw == "malformed":
-            signatures = self._sign(reports, keys) + [b"\x1b"]
-            revert = error("Escrow_MalformedSignatures", 65 * len(keys) + 1)
+            extra_words = [b"\x1b" * 32]
+            revert = error("Escrow_MalformedSignatures", 2 * len(keys) + 1)
         elif flaw == "signed_for_another_version":
             # The escrow hashes the batch under the version it is given, so the first signature recovers a stranger.
             other = self.domain.model_copy(update={"oracle_set_version": version + 1})
@@ -752,7 +754,7 @@ class ExchangeStateMachine:
             revert = error("Escrow_SignerNotInOracleSet", ORACLES[0].address)
 
         with brownie.reverts(revert):
-            self._submit(reports, signatures or self._sign(reports, keys), version)
+            self._submit(reports, signatures or self._sign(reports, keys), version, extra_words)
 
     # ------------------------------------------------------------------ claims
 
@@ -766,9 +768,9 @@ class ExchangeStateMachine:
         if revert is None and rental.earned == rental.claimed:
             revert = error("Escrow_NothingToClaim", rental_id)
         if revert:
-            self._assert_reverts(revert, self.escrow.claim, rental_id, sender=sender)
+            self._assert_reverts(revert, self.escrow.claimPayout, rental_id, sender=sender)
             return
-        tx = self._tx(self.escrow.claim, rental_id, sender=sender)
+        tx = self._tx(self.escrow.claimPayout, rental_id, sender=sender)
         assert dict(tx.events["EarningsClaimed"]) == self.model.claim(model, rental)
 
     # ------------------------------------------------------------------ withdrawals

@@ -4,13 +4,22 @@ Oracle set changes are in test_escrow_governance.py."""
 import brownie
 import pytest
 from brownie import chain
-from brownie.exceptions import VirtualMachineError
 from eth_abi import encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
-from offchain.protocol.reports import EscrowDomain, ReportStatus, batch_digest, sign_batch, submit_args, typed_batch
+from offchain.protocol.reports import (
+    BATCH_TYPE,
+    REPORT_TYPE,
+    EscrowDomain,
+    ReportStatus,
+    batch_digest,
+    compact_signature,
+    sign_batch,
+    submit_args,
+    typed_batch,
+)
 from tests.contracts.helpers import ORACLE_KEYS, ORACLES, RentalStatus, SkipReason, error, report, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import event
 
@@ -40,6 +49,11 @@ def _signatures(reports, domain, keys):
 def _args(reports, signatures, version=1):
     """submitReports' arguments for a batch signed under oracle set `version`."""
     return submit_args(reports, signatures, version)
+
+
+def _raw_args(reports, words, version=1):
+    """submitReports' arguments with the signature words as given: compact pairs or anything else."""
+    return [[r.as_tuple() for r in reports], version, words]
 
 
 def _recovered(reports, domain, signature):
@@ -171,34 +185,34 @@ def test_high_s_signature_reverts(escrow, reports, domain, stranger):
     # The same point with the other s and flipped parity recovers the same signer: OZ must reject it.
     malleated = valid[:32] + high_s + bytes([55 - valid[64]])
     assert _recovered(reports, domain(), malleated) == ORACLES[0].address
+    # A compact signature's top bit is the parity: a high s cannot be written in one, only a raw pair can carry it.
+    words = [valid[:32], high_s, *compact_signature(sign_batch(reports, domain(), ORACLE_KEYS[1]))]
 
     with brownie.reverts(error("ECDSAInvalidSignatureS", high_s)):
-        escrow.submitReports(
-            *_args(reports, [malleated, sign_batch(reports, domain(), ORACLE_KEYS[1])]), {"from": stranger}
-        )
+        escrow.submitReports(*_raw_args(reports, words), {"from": stranger})
 
 
 MALFORMED_SIGNATURES = {
-    "a 64-byte signature": lambda sigs: [sigs[0][:64], sigs[1]],
-    "a trailing byte": lambda sigs: [sigs[0], sigs[1], b"\x1b"],
-    "a lone byte": lambda sigs: [b"\x1b"],
+    "half a signature": lambda words: words[:1],
+    "a trailing word": lambda words: words + [b"\x1b" * 32],
+    "a signature and a half": lambda words: words[:3],
 }
 
 
 @pytest.mark.parametrize("malform", MALFORMED_SIGNATURES.values(), ids=MALFORMED_SIGNATURES.keys())
-def test_signatures_not_a_multiple_of_65_bytes_revert(escrow, reports, domain, stranger, malform):
-    signatures = malform(_signatures(reports, domain(), ORACLE_KEYS[:2]))
-    length = sum(len(signature) for signature in signatures)
+def test_signature_words_not_in_pairs_revert(escrow, reports, domain, stranger, malform):
+    words = malform(_args(reports, _signatures(reports, domain(), ORACLE_KEYS[:2]))[2])
 
-    with brownie.reverts(error("Escrow_MalformedSignatures", length)):
-        escrow.submitReports(*_args(reports, signatures), {"from": stranger})
+    with brownie.reverts(error("Escrow_MalformedSignatures", len(words))):
+        escrow.submitReports(*_raw_args(reports, words), {"from": stranger})
 
 
-def test_signature_with_invalid_v_reverts(escrow, reports, domain, stranger):
-    signatures = _signatures(reports, domain(), ORACLE_KEYS[:2])
+def test_signature_that_recovers_nothing_reverts(escrow, reports, domain, stranger):
+    _, y_parity_and_s = compact_signature(sign_batch(reports, domain(), ORACLE_KEYS[0]))
+    second = compact_signature(sign_batch(reports, domain(), ORACLE_KEYS[1]))
 
     with brownie.reverts(error("ECDSAInvalidSignature")):
-        escrow.submitReports(*_args(reports, [signatures[0][:64] + bytes([29]), signatures[1]]), {"from": stranger})
+        escrow.submitReports(*_raw_args(reports, [b"\x00" * 32, y_parity_and_s, *second]), {"from": stranger})
 
 
 # reports hashed straight from calldata
@@ -210,13 +224,13 @@ def _raw_digest(escrow, words):
     """`_batchDigest` rebuilt from the spec (abi.encode of each report's seven words), for reports given as
     raw 256-bit words, so that a field may carry bits above its declared width."""
     report_hashes = b"".join(
-        keccak(bytes(escrow.REPORT_TYPEHASH()) + b"".join(w.to_bytes(32, "big") for w in report_words))
+        keccak(keccak(text=REPORT_TYPE) + b"".join(w.to_bytes(32, "big") for w in report_words))
         for report_words in words
     )
     struct_hash = keccak(
         encode(
             ["bytes32", "uint64", "bytes32"],
-            [bytes(escrow.BATCH_TYPEHASH()), escrow.oracleSet()["version"], keccak(report_hashes)],
+            [keccak(text=BATCH_TYPE + REPORT_TYPE), escrow.oracleSet()["version"], keccak(report_hashes)],
         )
     )
     return keccak(b"\x19\x01" + bytes(escrow.domainSeparator()) + struct_hash)
@@ -225,8 +239,9 @@ def _raw_digest(escrow, words):
 def _raw_submit(escrow, words, signatures, sender):
     """Sends submitReports with each report field encoded as a full word, dirty high bits included."""
     reports = [tuple(w[:6]) + (w[6].to_bytes(32, "big"),) for w in words]
+    compact = [word for signature in signatures for word in compact_signature(signature)]
     calldata = bytes.fromhex(escrow.submitReports.signature[2:]) + encode(
-        ["uint64", REPORT_ABI, "bytes"], [escrow.oracleSet()["version"], reports, b"".join(signatures)]
+        [REPORT_ABI, "uint24", "bytes32[]"], [reports, escrow.oracleSet()["version"], compact]
     )
     return sender.transfer(escrow, 0, data=calldata)
 
@@ -258,11 +273,14 @@ def test_dirty_high_bits_in_a_report_word_change_the_digest(escrow, words, stran
         _raw_submit(escrow, [dirty], signatures, stranger)
 
 
-def test_dirty_high_bits_signed_as_they_are_revert_in_the_abi_decoder(escrow, rid, words, stranger):
-    dirty = words[:1] + [words[1] | 1 << 32] + words[2:]
+@pytest.mark.parametrize(
+    "field", [1, 2, 3, 4, 5], ids=["seq", "coveredUntil", "deliveredSeconds", "utilSeconds", "status"]
+)
+def test_dirty_high_bits_signed_as_they_are_revert_the_batch(escrow, rid, words, stranger, field):
+    dirty = list(words)
+    dirty[field] |= 1 << 48
 
-    with pytest.raises(VirtualMachineError) as reverted:
+    with brownie.reverts(error("Escrow_MalformedReport", rid)):
         _raw_submit(escrow, [dirty], _raw_signatures(_raw_digest(escrow, [dirty]), ORACLE_KEYS[:2]), stranger)
 
-    assert reverted.value.revert_msg is None
     assert escrow.getRental(rid)["lastSeq"] == 0

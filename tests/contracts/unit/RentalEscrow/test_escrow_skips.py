@@ -118,9 +118,7 @@ TOTALS_GOING_BACK = {
 
 
 @pytest.mark.parametrize("covered,delivered,util", TOTALS_GOING_BACK.values(), ids=TOTALS_GOING_BACK.keys())
-def test_report_with_a_total_below_the_applied_one_is_skipped(
-    rid, started, submit, skipped, covered, delivered, util
-):
+def test_report_with_a_total_below_the_applied_one_is_skipped(rid, started, submit, skipped, covered, delivered, util):
     wait(600)
     submit([report(rid, 1, started + 300, 250, util=200)])
 
