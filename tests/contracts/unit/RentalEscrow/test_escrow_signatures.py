@@ -4,6 +4,7 @@ Oracle set changes are in test_escrow_governance.py."""
 import brownie
 import pytest
 from brownie import chain
+from brownie.exceptions import VirtualMachineError
 from eth_abi import encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
@@ -179,17 +180,27 @@ def test_unknown_signer_beyond_a_met_threshold_reverts(escrow, rid, reports, sub
 # malformed signatures
 
 
-def test_high_s_signature_reverts(escrow, reports, domain, stranger):
+def test_a_malleated_signature_does_not_verify_as_its_signer(escrow, reports, domain, stranger):
     valid = sign_batch(reports, domain(), ORACLE_KEYS[0])
     high_s = (SECP256K1_N - int.from_bytes(valid[32:64], "big")).to_bytes(32, "big")
-    # The same point with the other s and flipped parity recovers the same signer: OZ must reject it.
+    # The same point with the other s and flipped parity recovers the same signer from a 65-byte signature...
     malleated = valid[:32] + high_s + bytes([55 - valid[64]])
     assert _recovered(reports, domain(), malleated) == ORACLES[0].address
-    # A compact signature's top bit is the parity: a high s cannot be written in one, only a raw pair can carry it.
-    words = [valid[:32], high_s, *compact_signature(sign_batch(reports, domain(), ORACLE_KEYS[1]))]
+    # ...but a compact pair keeps the parity in s's top bit, which a high s sets: the escrow reads another s.
+    second = compact_signature(sign_batch(reports, domain(), ORACLE_KEYS[1]))
+
+    with pytest.raises(VirtualMachineError) as reverted:
+        escrow.submitReports(*_raw_args(reports, [valid[:32], high_s, *second]), {"from": stranger})
+    assert reverted.value.revert_msg.startswith("Escrow_SignerNotInOracleSet")
+
+
+def test_high_s_reverts_before_recovery(escrow, reports, domain, stranger):
+    r, _ = compact_signature(sign_batch(reports, domain(), ORACLE_KEYS[0]))
+    high_s = (SECP256K1_N // 2 + 1).to_bytes(32, "big")
+    second = compact_signature(sign_batch(reports, domain(), ORACLE_KEYS[1]))
 
     with brownie.reverts(error("ECDSAInvalidSignatureS", high_s)):
-        escrow.submitReports(*_raw_args(reports, words), {"from": stranger})
+        escrow.submitReports(*_raw_args(reports, [r, high_s, *second]), {"from": stranger})
 
 
 MALFORMED_SIGNATURES = {
