@@ -34,17 +34,32 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     using SafeERC20 for IERC20;
 
     /// @notice EIP-712 type of one report.
-    bytes32 public constant REPORT_TYPEHASH = keccak256(
+    bytes32 private constant _REPORT_TYPEHASH = keccak256(
         "Report(uint256 rentalId,uint32 seq,uint40 coveredUntil,uint32 deliveredSeconds,uint32 utilSeconds,uint8 status,bytes32 telemetryRoot)"
     );
     /// @notice EIP-712 type of a batch: the oracle set version makes an old set's signatures unusable.
-    bytes32 public constant BATCH_TYPEHASH = keccak256(
+    bytes32 private constant _BATCH_TYPEHASH = keccak256(
         "ReportBatch(uint64 oracleSetVersion,Report[] reports)Report(uint256 rentalId,uint32 seq,uint40 coveredUntil,uint32 deliveredSeconds,uint32 utilSeconds,uint8 status,bytes32 telemetryRoot)"
     );
     /// @notice Most oracles in a set; a signer's index must fit the 256-bit duplicate mask.
     uint256 public constant MAX_ORACLES = 255;
     /// @dev What `_skipReason` returns for a report that applies: no SkipReason.
-    uint8 private constant _APPLIES = type(uint8).max;
+    uint256 private constant _APPLIES = type(uint256).max;
+    /// @dev Bit offsets of `RentalState`'s fields in its storage word (Solidity packs from the low end, in order):
+    /// nonce 0, since 32, duration 72, status 104, utilFloorBps 112, then the part a report rewrites: seq 128,
+    /// coveredSeconds 160, deliveredSeconds 192, utilSeconds 224. A unit test reads each back through getRental.
+    uint256 private constant _BITS_SINCE = 32;
+    uint256 private constant _BITS_DURATION = 72;
+    uint256 private constant _BITS_STATUS = 104;
+    uint256 private constant _BITS_SEQ = 128;
+    uint256 private constant _BITS_COVERED = 160;
+    uint256 private constant _BITS_DELIVERED = 192;
+    uint256 private constant _BITS_UTIL = 224;
+    uint256 private constant _MASK32 = type(uint32).max;
+    uint256 private constant _MASK40 = type(uint40).max;
+    uint256 private constant _LOW_128 = type(uint128).max;
+    /// @dev Half the secp256k1 curve order: the largest s OpenZeppelin's ECDSA accepts.
+    uint256 private constant _HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     /// @inheritdoc IRentalEscrow
     IERC20 public immutable override paymentToken;
@@ -172,7 +187,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         rentalId = (offerId << 32) | nonce;
         uint256 deposit = price * duration;
         // The registry stores price as uint64 and bounds duration by the offer's uint32 maximum.
-        rental.state = RentalState({
+        _rentals[offerId].state = RentalState({
             nonce: nonce,
             since: uint40(block.timestamp),
             duration: uint32(duration),
@@ -183,7 +198,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
             deliveredSeconds: 0,
             utilSeconds: 0
         });
-        rental.terms =
+        _rentals[offerId].terms =
             RentalTerms({pricePerSecond: uint64(price), feeBps: _config.feeBps, claimed: 0, renter: msg.sender});
         emit RentalOpened(rentalId, offerId, msg.sender, price, duration, deposit, jobSpecHash);
 
@@ -238,7 +253,9 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     }
 
     /// @inheritdoc IRentalEscrow
-    function withdraw() external override nonReentrant {
+    /// @dev Not `nonReentrant`: the balance is settled before the transfer (checks-effects-interactions), so a
+    /// call back from the token sees it withdrawn, and no other state is read after the transfer.
+    function withdraw() external override {
         // Checks
         Balance storage balance = _balances[msg.sender];
         uint256 credited = balance.credited;
@@ -258,7 +275,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IRentalEscrow
-    function claim(uint256 rentalId) external override nonReentrant {
+    function claimPayout(uint256 rentalId) external override nonReentrant {
         (Rental storage rental, RentalState memory state) = _liveRental(rentalId);
         if (state.status == RentalStatus.Open) revert Escrow_RentalNotActive(rentalId, state.status);
         RentalTerms memory terms = rental.terms;
@@ -310,10 +327,11 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IRentalEscrow
-    function submitReports(uint64 oracleSetVersion, Report[] calldata reports, bytes calldata signatures)
+    /// @dev Not `nonReentrant`: its only external call is the registry's `settle`, a contract fixed at deployment
+    /// that calls nothing back, and every state word a report touches is written before that call.
+    function submitReports(Report[] calldata reports, uint24 oracleSetVersion, bytes32[] calldata signatures)
         external
         override
-        nonReentrant
     {
         if (reports.length == 0) revert Escrow_EmptyBatch();
         _verifySignatures(_batchDigest(reports, oracleSetVersion), oracleSetVersion, signatures);
@@ -328,25 +346,25 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IRentalEscrow
-    function proposeOracleSet(address[] calldata signers, uint256 threshold) external override onlyOwner {
+    function scheduleOracleSet(address[] calldata signers, uint256 threshold) external override onlyOwner {
         _checkOracleSet(signers, threshold);
         uint256 effectiveAt = block.timestamp + governanceDelay;
         // threshold <= count <= MAX_ORACLES fits uint8; a timestamp plus a uint32 delay fits uint40.
         _pending = PendingOracleSet({signers: signers, threshold: uint8(threshold), effectiveAt: uint40(effectiveAt)});
-        emit OracleSetProposed(_config.oracleSetVersion + 1, signers, threshold, effectiveAt);
+        emit OracleSetScheduled(_config.oracleSetVersion + 1, signers, threshold, effectiveAt);
     }
 
     /// @inheritdoc IRentalEscrow
     function cancelOracleSet() external override onlyOwner {
-        if (_pending.effectiveAt == 0) revert Escrow_NoPendingOracleSet();
+        if (_pending.effectiveAt == 0) revert Escrow_NoOracleSetScheduled();
         delete _pending;
-        emit OracleSetProposalCancelled(_config.oracleSetVersion + 1);
+        emit OracleSetCancelled(_config.oracleSetVersion + 1);
     }
 
     /// @inheritdoc IRentalEscrow
     function activateOracleSet() external override {
         uint256 effectiveAt = _pending.effectiveAt;
-        if (effectiveAt == 0) revert Escrow_NoPendingOracleSet();
+        if (effectiveAt == 0) revert Escrow_NoOracleSetScheduled();
         if (block.timestamp < effectiveAt) revert Escrow_OracleSetNotYetEffective(effectiveAt);
         address[] memory signers = _pending.signers;
         uint256 threshold = _pending.threshold;
@@ -431,7 +449,7 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     }
 
     /// @inheritdoc IRentalEscrow
-    function pendingOracleSet()
+    function upcomingOracleSet()
         external
         view
         override
@@ -460,63 +478,95 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     //////////////////////////////////////////////////////////////*/
 
     /// @dev Applies one report's totals, or skips it with a reason-coded event: a report never reverts its batch.
-    /// The rental's state word is read once and written once.
+    /// This is the hot path of settlement, so it reads each report field from calldata once and works on the
+    /// rental's packed state word (`RentalState`, whose layout the `_BITS_*` offsets mirror), read once and
+    /// written once, instead of on a memory struct. Scoped blocks keep the stack shallow enough for the legacy
+    /// pipeline that slither compiles with.
     function _applyReport(Report calldata report) private {
-        uint256 rentalId = report.rentalId;
+        uint256 rentalId;
+        uint256 delivered;
+        uint256 util;
+        assembly ("memory-safe") {
+            rentalId := calldataload(report)
+            delivered := calldataload(add(report, 0x60))
+            util := calldataload(add(report, 0x80))
+        }
         Rental storage rental = _rentals[rentalId >> 32];
-        RentalState memory state = rental.state;
-        uint8 skip = _skipReason(state, report);
-        if (skip != _APPLIES) {
-            emit ReportSkipped(rentalId, report.seq, SkipReason(skip));
-            return;
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(rental.slot)
         }
-
-        // The totals are clamped to the rental's end, and each stays within the one before it; none goes back
-        // because a raw total at or above the last applied one stays at or above it after clamping.
-        uint256 covered = report.coveredUntil - state.since;
-        if (covered > state.duration) covered = state.duration;
-        uint256 delivered = report.deliveredSeconds < covered ? report.deliveredSeconds : covered;
-        uint256 util = report.utilSeconds < delivered ? report.utilSeconds : delivered;
-        state.seq = report.seq;
-        // All three are at most the duration, a uint32.
-        state.coveredSeconds = uint32(covered);
-        state.deliveredSeconds = uint32(delivered);
-        state.utilSeconds = uint32(util);
-        if (state.status == RentalStatus.Open) {
+        uint256 since = (word >> _BITS_SINCE) & _MASK40;
+        uint256 covered;
+        // Unchecked: since < 2^40 and every other operand < 2^32, and each subtraction follows the check that
+        // keeps it non-negative (coverage not before the applied coverage, so not before `since`).
+        unchecked {
+            uint256 seq;
+            uint256 coveredUntil;
+            uint256 status;
+            assembly ("memory-safe") {
+                seq := calldataload(add(report, 0x20))
+                coveredUntil := calldataload(add(report, 0x40))
+                status := calldataload(add(report, 0xa0))
+            }
+            // A word wider than its field was signed as such by the oracles (a typed-data signer cannot produce
+            // one): the batch's quorum is bad, so the batch reverts as the ABI decoder would.
+            if ((seq | delivered | util) > _MASK32 || coveredUntil > _MASK40 || status > type(uint8).max) {
+                revert Escrow_MalformedReport(rentalId);
+            }
+            uint256 skip = _APPLIES;
+            uint256 rentalStatus = (word >> _BITS_STATUS) & 0xff;
+            if (uint32(rentalId) == 0 || word & _MASK32 != uint32(rentalId)) {
+                skip = uint256(SkipReason.UnknownRental);
+            } else if (
+                rentalStatus != uint256(RentalStatus.Running) && rentalStatus != uint256(RentalStatus.Terminated)
+            ) {
+                if (rentalStatus != uint256(RentalStatus.Open)) skip = uint256(SkipReason.RentalClosed);
+                else if (block.timestamp > since + startTimeout) skip = uint256(SkipReason.StartTimedOut);
+            }
+            if (skip == _APPLIES) {
+                if (seq <= (word >> _BITS_SEQ) & _MASK32) skip = uint256(SkipReason.SeqNotIncreasing);
+                else if (status > uint256(ReportStatus.Failed)) skip = uint256(SkipReason.UnknownStatus);
+                else if (coveredUntil > block.timestamp) skip = uint256(SkipReason.CoverageInFuture);
+                else if (
+                    coveredUntil < since + ((word >> _BITS_COVERED) & _MASK32)
+                        || delivered < (word >> _BITS_DELIVERED) & _MASK32 || util < word >> _BITS_UTIL
+                ) skip = uint256(SkipReason.TotalsDecreased);
+                else if (delivered > coveredUntil - since) skip = uint256(SkipReason.DeliveredAboveCovered);
+                else if (util > delivered) skip = uint256(SkipReason.UtilisationAboveDelivered);
+            }
+            if (skip != _APPLIES) {
+                emit ReportSkipped(rentalId, seq, SkipReason(skip));
+                return;
+            }
+            // The totals are clamped to the rental's end, and each stays within the one before it; none goes
+            // back because a raw total at or above the last applied one stays at or above it after clamping.
+            covered = coveredUntil - since;
+            uint256 duration = (word >> _BITS_DURATION) & _MASK32;
+            if (covered > duration) covered = duration;
+            if (delivered > covered) delivered = covered;
+            if (util > delivered) util = delivered;
+            // seq is a uint32; the three totals are at most the duration, a uint32.
+            word = (word & _LOW_128) | (seq << _BITS_SEQ) | (covered << _BITS_COVERED)
+                | (delivered << _BITS_DELIVERED) | (util << _BITS_UTIL);
+        }
+        if ((word >> _BITS_STATUS) & 0xff == uint256(RentalStatus.Open)) {
             // A rental the provider did not start explicitly is billed from its opening.
-            state.status = RentalStatus.Running;
-            emit RentalStarted(rentalId, state.since, true);
+            word = word ^ ((uint256(RentalStatus.Open) ^ uint256(RentalStatus.Running)) << _BITS_STATUS);
+            emit RentalStarted(rentalId, since, true);
         }
-        emit ReportApplied(rentalId, report.seq, state.since + covered, delivered, util, report.telemetryRoot);
+        assembly ("memory-safe") {
+            sstore(rental.slot, word)
+        }
+        emit ReportApplied(
+            rentalId, (word >> _BITS_SEQ) & _MASK32, since + covered, delivered, util, report.telemetryRoot
+        );
 
-        if (report.status == uint8(ReportStatus.Completed)) {
-            _settleElapsed(rentalId, rental, state, RentalStatus.Completed, covered);
-        } else if (report.status == uint8(ReportStatus.Failed)) {
-            _settleElapsed(rentalId, rental, state, RentalStatus.Failed, covered);
-        } else {
-            rental.state = state;
+        if (report.status != uint8(ReportStatus.Running)) {
+            RentalStatus finalStatus =
+                report.status == uint8(ReportStatus.Completed) ? RentalStatus.Completed : RentalStatus.Failed;
+            _settleElapsed(rentalId, rental, rental.state, finalStatus, covered);
         }
-    }
-
-    /// @dev Why a report cannot be applied to the rental in `state`, or `_APPLIES`.
-    function _skipReason(RentalState memory state, Report calldata report) private view returns (uint8) {
-        uint32 nonce = uint32(report.rentalId);
-        if (nonce == 0 || state.nonce != nonce) return uint8(SkipReason.UnknownRental);
-        if (!_isLive(state.status)) return uint8(SkipReason.RentalClosed);
-        if (state.status == RentalStatus.Open && block.timestamp > state.since + startTimeout) {
-            return uint8(SkipReason.StartTimedOut);
-        }
-        if (report.seq <= state.seq) return uint8(SkipReason.SeqNotIncreasing);
-        if (report.status > uint8(ReportStatus.Failed)) return uint8(SkipReason.UnknownStatus);
-        uint256 coveredUntil = report.coveredUntil;
-        if (coveredUntil > block.timestamp) return uint8(SkipReason.CoverageInFuture);
-        if (
-            coveredUntil < uint256(state.since) + state.coveredSeconds || report.deliveredSeconds < state.deliveredSeconds
-                || report.utilSeconds < state.utilSeconds
-        ) return uint8(SkipReason.TotalsDecreased);
-        if (report.deliveredSeconds > coveredUntil - state.since) return uint8(SkipReason.DeliveredAboveCovered);
-        if (report.utilSeconds > report.deliveredSeconds) return uint8(SkipReason.UtilisationAboveDelivered);
-        return _APPLIES;
     }
 
     /// @dev Settles a started rental over `elapsed` seconds from its start: seconds not delivered are missed,
@@ -553,8 +603,15 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         uint256 missed,
         uint256 slashBps
     ) private {
-        state.status = finalStatus;
-        rental.state = state;
+        // Every caller passes the state as it is in storage, so only the status byte of the word changes.
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(rental.slot)
+        }
+        word = (word & ~(uint256(0xff) << _BITS_STATUS)) | (uint256(finalStatus) << _BITS_STATUS);
+        assembly ("memory-safe") {
+            sstore(rental.slot, word)
+        }
 
         Settlement memory s =
             Settlement({payout: 0, fee: 0, refund: 0, missed: missed, slashed: 0, reason: SlashReason.None});
@@ -573,7 +630,12 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         s.fee = RentalMath.fee(earned, terms.feeBps);
         s.payout = earned - s.fee;
         s.refund = uint256(terms.pricePerSecond) * state.duration - earned;
-        if (earned != terms.claimed) _payOut(provider, earned, terms.claimed, terms.feeBps);
+        if (terms.claimed == 0) {
+            _credit(provider, s.payout);
+            if (s.fee != 0) _credit(_config.treasury, s.fee);
+        } else if (earned != terms.claimed) {
+            _payOut(provider, earned, terms.claimed, terms.feeBps);
+        }
         _credit(terms.renter, s.refund);
         emit RentalFinalized(
             rentalId, finalStatus, s.payout, s.fee, s.refund, state.deliveredSeconds, s.missed, s.slashed, s.reason
@@ -620,54 +682,82 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
         if (!_isLive(state.status)) revert Escrow_RentalNotActive(rentalId, state.status);
     }
 
-    /// @dev hashStruct of every report, hashed straight from calldata: a Report is seven static words, so
-    /// TYPEHASH followed by them is exactly its `abi.encode`. A word with dirty high bits cannot slip through:
-    /// it changes the digest, and reading the field later reverts in the ABI decoder.
-    function _batchDigest(Report[] calldata reports, uint64 version) private view returns (bytes32) {
-        uint256 count = reports.length;
-        bytes32[] memory hashes = new bytes32[](count);
-        bytes32 typehash = REPORT_TYPEHASH;
+    /// @dev The EIP-712 digest of a batch, hashed straight from calldata: a Report is seven static words, so
+    /// TYPEHASH followed by them is exactly its `abi.encode`. The hashes of the reports and then the batch struct
+    /// are built in memory past the free memory pointer, which is left where it was. A word with dirty high bits
+    /// cannot slip through: it changes the digest, and `_applyReport` reverts on it.
+    function _batchDigest(Report[] calldata reports, uint256 version) private view returns (bytes32) {
+        bytes32 reportTypehash = _REPORT_TYPEHASH;
+        bytes32 batchTypehash = _BATCH_TYPEHASH;
+        bytes32 structHash;
         assembly ("memory-safe") {
+            let count := reports.length
             let buffer := mload(0x40)
-            mstore(buffer, typehash)
-            let out := add(hashes, 0x20)
+            let hashes := add(buffer, 0x100)
+            mstore(buffer, reportTypehash)
             for { let i := 0 } lt(i, count) { i := add(i, 1) } {
                 calldatacopy(add(buffer, 0x20), add(reports.offset, mul(i, 0xe0)), 0xe0)
-                mstore(add(out, mul(i, 0x20)), keccak256(buffer, 0x100))
+                mstore(add(hashes, mul(i, 0x20)), keccak256(buffer, 0x100))
             }
+            let reportsHash := keccak256(hashes, mul(count, 0x20))
+            mstore(buffer, batchTypehash)
+            mstore(add(buffer, 0x20), version)
+            mstore(add(buffer, 0x40), reportsHash)
+            structHash := keccak256(buffer, 0x60)
         }
-        bytes32 reportsHash;
-        assembly ("memory-safe") {
-            reportsHash := keccak256(add(hashes, 0x20), mul(count, 0x20))
-        }
-        return _hashTypedDataV4(keccak256(abi.encode(BATCH_TYPEHASH, version, reportsHash)));
+        return _hashTypedDataV4(structHash);
     }
 
-    /// @dev Requires at least `threshold` signatures, each 65 bytes (r, s, v) and from a distinct oracle of the
-    /// current set. Only members of the current set have a non-zero slot, and their slots hold its version: a
-    /// batch signed under another version recovers to other addresses or fails the version check.
-    function _verifySignatures(bytes32 digest, uint64 version, bytes calldata signatures) private view {
-        if (signatures.length % 65 != 0) revert Escrow_MalformedSignatures(signatures.length);
-        uint256 count = signatures.length / 65;
+    /// @dev The signer of `digest` from a compact EIP-2098 signature, with OpenZeppelin ECDSA's rules and errors
+    /// (s in the lower half of the curve order, so a signature has one valid encoding) and without its memory
+    /// copies: this runs once per signer of every batch.
+    function _recover(bytes32 digest, bytes32 r, bytes32 yParityAndS) private view returns (address signer) {
+        uint256 s = uint256(yParityAndS) & ((1 << 255) - 1);
+        if (s > _HALF_ORDER) revert ECDSA.ECDSAInvalidSignatureS(bytes32(s));
+        uint256 v = (uint256(yParityAndS) >> 255) + 27;
+        assembly ("memory-safe") {
+            let buffer := mload(0x40)
+            mstore(buffer, digest)
+            mstore(add(buffer, 0x20), v)
+            mstore(add(buffer, 0x40), r)
+            mstore(add(buffer, 0x60), s)
+            mstore(0x00, 0)
+            // The ecrecover precompile returns nothing for an invalid signature, leaving the zero address.
+            pop(staticcall(gas(), 0x01, buffer, 0x80, 0x00, 0x20))
+            signer := mload(0x00)
+        }
+        if (signer == address(0)) revert ECDSA.ECDSAInvalidSignature();
+    }
+
+    /// @dev Requires at least `threshold` signatures, each a compact EIP-2098 pair (r, yParityAndS) and from a
+    /// distinct oracle of the current set. Only members of the current set have a non-zero slot, and their slots
+    /// hold its version: a batch signed under another version recovers to other addresses or fails that check.
+    function _verifySignatures(bytes32 digest, uint256 version, bytes32[] calldata signatures) private view {
+        uint256 words = signatures.length;
+        if (words % 2 != 0) revert Escrow_MalformedSignatures(words);
+        uint256 count = words / 2;
         uint256 threshold = 0;
         uint256 seen = 0;
         for (uint256 i; i < count; ++i) {
             bytes32 r;
-            bytes32 s;
-            uint8 v;
+            bytes32 yParityAndS;
             assembly ("memory-safe") {
-                let at := add(signatures.offset, mul(i, 65))
+                let at := add(signatures.offset, mul(i, 0x40))
                 r := calldataload(at)
-                s := calldataload(add(at, 0x20))
-                v := byte(0, calldataload(add(at, 0x40)))
+                yParityAndS := calldataload(add(at, 0x20))
             }
-            address signer = ECDSA.recover(digest, v, r, s);
-            OracleSlot memory slot = _oracles[signer];
-            if (slot.version != version || version == 0) revert Escrow_SignerNotInOracleSet(signer);
-            uint256 bit = 1 << slot.index;
+            address signer = _recover(digest, r, yParityAndS);
+            // The slot's word, unpacked by hand: version in bits 0-63, index 64-71, threshold 72-79 (`OracleSlot`).
+            OracleSlot storage slot = _oracles[signer];
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(slot.slot)
+            }
+            if (word & type(uint64).max != version || version == 0) revert Escrow_SignerNotInOracleSet(signer);
+            uint256 bit = 1 << ((word >> 64) & 0xff);
             if (seen & bit != 0) revert Escrow_DuplicateSigner(signer);
             seen |= bit;
-            threshold = slot.threshold;
+            threshold = (word >> 72) & 0xff;
         }
         if (count == 0) threshold = _config.threshold;
         if (count < threshold || count == 0) revert Escrow_NotEnoughSignatures(count, threshold);
@@ -691,6 +781,8 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     /// @dev Makes a checked set the current one under the next version: every older signature stops verifying.
     function _installOracleSet(address[] memory signers, uint256 threshold) private {
         uint64 version = _config.oracleSetVersion + 1;
+        // Batches carry the version as a uint24 (16.7 million set changes).
+        if (version > type(uint24).max) revert Escrow_InvalidOracleSet();
         uint256 previous = _oracleSigners.length;
         for (uint256 i; i < previous; ++i) {
             delete _oracles[_oracleSigners[i]];

@@ -80,6 +80,8 @@ class OracleSettings(_ServiceSettings):
     keeper_interval_seconds: float = Field(default=5.0, gt=0)
     epoch_seconds: float = Field(default=30.0, gt=0)
     max_batch_reports: int = Field(default=100, ge=1)
+    # A rental's latest report lands at the latest once its coverage is this far past what last landed.
+    checkpoint_interval_seconds: int = Field(default=3_600, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_clock_skew_seconds: int = Field(default=30, ge=0)
     web: bool = False  # also serve the marketplace web page under /web/ (needs the deployment record)

@@ -7,7 +7,8 @@ oracles, 2-of-3, the leader batching and keeping, and provider A's agent), then 
 1. provider A stakes, registers its GPUs (this machine's, measured through NVML; without NVML, SIMULATED ones,
    said loudly) and lists them as two offers; provider B stakes and lists an offer that no agent serves;
 2. renter 1 rents A's first offer for a short training job, which the agent runs to completion (Completed);
-   renter 2 rents A's second offer for a server job and terminates it after a few reports (the unused time is
+   renter 2 rents A's second offer for a server job; once a checkpoint of its cumulative reports has landed,
+   provider A claims what the rental has earned so far, and renter 2 terminates it (the unused time is
    refunded at once; the keeper finalises the rest after the report grace); renter 2 also rents B's offer, which
    is never started: the keeper claims the start timeout and B's collateral is slashed to renter 2;
 3. everyone withdraws, and the providers unstake.
@@ -64,7 +65,9 @@ ORACLE_KEYS = [keccak(text=f"gpuex demo oracle {i}") for i in range(3)]
 AGENT_KEY = keccak(text="gpuex demo agent")
 #: Short timers so that the whole market plays out in well under a minute of wall time.
 PARAMS = SuiteParams(min_stake_per_gpu=10 * USDC, unbonding_period=2, start_timeout=15, report_grace=10)
-TIMERS = ExchangeTimers()
+#: Running rentals land a checkpoint every 5 s of coverage, so the demo shows checkpoints and a provider claiming
+#: its earnings while the rental runs (a real deployment lands one an hour).
+TIMERS = ExchangeTimers(checkpoint_interval_seconds=5)
 BPS = 10_000
 DURATION = 300  # seconds each renter pays for up front; every rental ends long before
 PROVIDER_FUNDS = 1_000 * USDC
@@ -161,8 +164,8 @@ class DemoMarket:
 
 @dataclass(frozen=True)
 class UtilisationPoint:
-    seconds: int  # since the rental started, at the report period's end
-    avg_util_pct: float
+    seconds: int  # since the rental started, where the landed report's coverage ends
+    avg_util_pct: float  # since the previous landed report
 
 
 @dataclass(frozen=True)
@@ -530,8 +533,19 @@ async def _rent(
         await follow(lambda s: s.status is not RentalStatus.OPEN, START_WAIT, "to start")
         say("provider A's agent started it and runs the job")
         if plan.ending is Ending.TERMINATED:
-            await follow(lambda s: s.last_seq >= RUN_SECONDS, JOB_WAIT, "to have reports on chain")
-            say(f"{RUN_SECONDS} usage reports on chain")
+            await exchange.until(
+                lambda: len(exchange.leader.store.reports(rental_id)) >= RUN_SECONDS,
+                JOB_WAIT,
+                f"{plan.label} to have {RUN_SECONDS} reports at the oracles",
+            )
+            state = await follow(lambda s: s.claimable > 0, JOB_WAIT, "to have a checkpoint on chain")
+            say(f"{RUN_SECONDS} usage reports at the oracles; report {state.last_seq} landed as a checkpoint")
+            provider = market.parties[plan.offer.provider]
+            tx = await asyncio.to_thread(escrow.claimPayout, rental_id, {"from": provider}, silent=True)
+            say(
+                f"{plan.offer.provider} claimed {_tusd(tx.events['EarningsClaimed']['providerPayout'])} tUSD of its "
+                "earnings while the rental runs"
+            )
             tx = await asyncio.to_thread(escrow.terminate, rental_id, {"from": renter}, silent=True)
             say(f"{plan.renter} terminated it; {_tusd(tx.events['RentalTerminated']['refund'])} tUSD refunded now")
         state = await follow(
@@ -624,10 +638,8 @@ def _settlement(market: DemoMarket, plan: Plan) -> Settlement:
     (opened,), (final,) = of_rental("RentalOpened"), of_rental("RentalFinalized")
     terminated = of_rental("RentalTerminated")
     started = [e["startedAt"] for e in of_rental("RentalStarted")]
-    utilisation = tuple(
-        UtilisationPoint(e["periodEnd"] - started[0], e["avgUtilBps"] / 100)
-        for e in sorted(of_rental("ReportApplied"), key=lambda e: e["seq"])
-    )
+    applied = sorted(of_rental("ReportApplied"), key=lambda e: e["seq"])
+    utilisation = _utilisation(applied, started[0]) if started else ()
     return Settlement(
         label=plan.label,
         rental_id=rental_id,
@@ -646,6 +658,18 @@ def _settlement(market: DemoMarket, plan: Plan) -> Settlement:
         collateral=plan.offer.collateral,
         utilisation=utilisation,
     )
+
+
+def _utilisation(applied: list[dict], started_at: int) -> tuple[UtilisationPoint, ...]:
+    """The average utilisation between each landed report and the one before it, from their cumulative totals."""
+    points = []
+    delivered = util = 0
+    for e in applied:
+        more = e["deliveredSeconds"] - delivered
+        if more:
+            points.append(UtilisationPoint(e["coveredUntil"] - started_at, 100 * (e["utilSeconds"] - util) / more))
+        delivered, util = e["deliveredSeconds"], e["utilSeconds"]
+    return tuple(points)
 
 
 def _ledger(market: DemoMarket, settlements: list[Settlement]) -> list[LedgerRow]:
@@ -839,7 +863,7 @@ def _plot(path: Path, settlements: list[Settlement], simulated: bool) -> Path:
             util_axes.plot([], [], " ", label=f"{s.label} ({s.outcome}): no reports")
     util_axes.set(
         xlabel="seconds since the rental started",
-        ylabel="average GPU utilisation per report (%)",
+        ylabel="average GPU utilisation between landed reports (%)",
         ylim=(0, 105),
         title="Reported utilisation" + (" (SIMULATED telemetry)" if simulated else ""),
     )

@@ -88,6 +88,8 @@ class DeploySettings(BaseSettings):
     report_grace: int = Field(default=SuiteParams.report_grace, ge=0)
     min_stake_per_gpu: int = Field(default=SuiteParams.min_stake_per_gpu, ge=0)
     unbonding_period: int = Field(default=SuiteParams.unbonding_period, ge=0)
+    # Seconds a scheduled oracle set waits before it can take effect; fixed for the suite's life.
+    governance_delay: int = Field(default=SuiteParams.governance_delay, ge=0, lt=2**32)
     dry_run: bool = False
 
     @model_validator(mode="after")
@@ -104,6 +106,7 @@ class DeploySettings(BaseSettings):
             report_grace=self.report_grace,
             min_stake_per_gpu=self.min_stake_per_gpu,
             unbonding_period=self.unbonding_period,
+            governance_delay=self.governance_delay,
         )
         return DeployRequest(
             network=network_name,

@@ -57,8 +57,10 @@ interface IRentalEscrow {
     error Escrow_RentalEnded(uint256 rentalId, uint256 endedAt);
     /// @notice A batch with no reports was submitted.
     error Escrow_EmptyBatch();
-    /// @notice The signatures of a batch are not a whole number of 65-byte (r, s, v) signatures.
-    error Escrow_MalformedSignatures(uint256 length);
+    /// @notice A report field holds a value wider than its type: only signers that signed raw words produce one.
+    error Escrow_MalformedReport(uint256 rentalId);
+    /// @notice The signatures of a batch are not a whole number of compact (r, yParityAndS) pairs: `words` is odd.
+    error Escrow_MalformedSignatures(uint256 words);
     /// @notice Fewer signatures than the oracle threshold.
     error Escrow_NotEnoughSignatures(uint256 given, uint256 threshold);
     /// @notice A signature recovers to an address outside the current oracle set.
@@ -71,9 +73,9 @@ interface IRentalEscrow {
     error Escrow_NothingToWithdraw(address account);
     /// @notice The rental's applied totals earned nothing beyond what was already claimed.
     error Escrow_NothingToClaim(uint256 rentalId);
-    /// @notice No oracle set change is pending.
-    error Escrow_NoPendingOracleSet();
-    /// @notice The pending oracle set's governance delay has not passed yet.
+    /// @notice No oracle set is scheduled.
+    error Escrow_NoOracleSetScheduled();
+    /// @notice The scheduled oracle set's governance delay has not passed yet.
     error Escrow_OracleSetNotYetEffective(uint256 effectiveAt);
     /// @notice The oracle set is empty, too large, holds the zero address or a duplicate, or the threshold is
     /// not within 1..n.
@@ -139,11 +141,11 @@ interface IRentalEscrow {
     /// @notice Emitted when an oracle set takes effect (at deployment, or on activation of a proposal); older
     /// signatures stop verifying.
     event OracleSetUpdated(uint256 indexed version, address[] signers, uint256 threshold);
-    /// @notice Emitted when the owner proposes the oracle set that becomes `version` at `effectiveAt` at the
-    /// earliest; a later proposal replaces it.
-    event OracleSetProposed(uint256 indexed version, address[] signers, uint256 threshold, uint256 effectiveAt);
-    /// @notice Emitted when the owner withdraws the pending proposal of `version`.
-    event OracleSetProposalCancelled(uint256 indexed version);
+    /// @notice Emitted when the owner schedules the oracle set that becomes `version` at `effectiveAt` at the
+    /// earliest; a later schedule replaces it.
+    event OracleSetScheduled(uint256 indexed version, address[] signers, uint256 threshold, uint256 effectiveAt);
+    /// @notice Emitted when the owner cancels the scheduled oracle set `version`.
+    event OracleSetCancelled(uint256 indexed version);
     /// @notice Emitted when governance changes the protocol fee for rentals opened from now on.
     event FeeUpdated(uint256 feeBps);
     /// @notice Emitted when governance changes where fees are credited.
@@ -191,7 +193,7 @@ interface IRentalEscrow {
     /// call it; the credit always goes to the offer's provider.
     /// @dev Emits {EarningsClaimed}. Requirements: the rental is Running or Terminated and earned more than it
     /// claimed.
-    function claim(uint256 rentalId) external;
+    function claimPayout(uint256 rentalId) external;
 
     /// @notice Starts an open rental now; billing runs from now to now + duration.
     /// @dev Emits {RentalStarted}. Requirements: caller is the provider or its agent key; within the timeout.
@@ -220,24 +222,24 @@ interface IRentalEscrow {
     /// ones, so only the latest report of a rental ever needs to land. Only the signatures can revert a batch; a
     /// report that cannot apply (see `SkipReason`) is skipped and the others still apply.
     /// @param oracleSetVersion The oracle set version the batch was signed under (the current one).
-    /// @param signatures The oracles' 65-byte (r, s, v) signatures, concatenated.
-    function submitReports(uint64 oracleSetVersion, Report[] calldata reports, bytes calldata signatures) external;
+    /// @param signatures The oracles' signatures as compact EIP-2098 pairs: r, then yParityAndS, for each.
+    function submitReports(Report[] calldata reports, uint24 oracleSetVersion, bytes32[] calldata signatures) external;
 
     /*//////////////////////////////////////////////////////////////
                                GOVERNANCE
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice Proposes a new oracle set and threshold; it can take effect `governanceDelay` seconds from now at
+    /// @notice Schedules a new oracle set and threshold; it can take effect `governanceDelay` seconds from now at
     /// the earliest, so renters and providers see a change coming before it can decide their rentals.
-    /// @dev Only the owner. Emits {OracleSetProposed}. Replaces a pending proposal and restarts its delay.
+    /// @dev Only the owner. Emits {OracleSetScheduled}. Replaces a scheduled set and restarts its delay.
     /// Requirements: 1..MAX_ORACLES distinct non-zero signers, threshold within 1..n.
-    function proposeOracleSet(address[] calldata signers, uint256 threshold) external;
+    function scheduleOracleSet(address[] calldata signers, uint256 threshold) external;
 
-    /// @notice Withdraws the pending oracle set proposal.
-    /// @dev Only the owner. Emits {OracleSetProposalCancelled}.
+    /// @notice Cancels the scheduled oracle set.
+    /// @dev Only the owner. Emits {OracleSetCancelled}.
     function cancelOracleSet() external;
 
-    /// @notice Makes the pending oracle set current once its delay has passed and bumps the set version that
+    /// @notice Makes the scheduled oracle set current once its delay has passed and bumps the set version that
     /// batches are signed over. Anyone may call it.
     /// @dev Emits {OracleSetUpdated}.
     function activateOracleSet() external;
@@ -280,8 +282,8 @@ interface IRentalEscrow {
     /// @notice The current oracle set: its version, signers and threshold.
     function oracleSet() external view returns (uint256 version, address[] memory signers, uint256 threshold);
 
-    /// @notice The pending oracle set proposal; an `effectiveAt` of zero when none is pending.
-    function pendingOracleSet()
+    /// @notice The scheduled oracle set; an `effectiveAt` of zero when none is scheduled.
+    function upcomingOracleSet()
         external
         view
         returns (address[] memory signers, uint256 threshold, uint256 effectiveAt);

@@ -1,11 +1,14 @@
 """What the agent remembers of each rental of its offers, in SQLite, so that a restarted agent resumes where it
-stopped: the phase, the start time and end from the chain, the next report's seq and period start, the job's
-container (or bare process token), how the job ended, and a decline it decided on.
+stopped: the phase, the start time and end from the chain, the next report's seq and period start, the rental's
+cumulative totals and the telemetry root of its last report, the job's container (or bare process token), how the
+job ended, and a decline it decided on.
 
 Phases move forward only: `opened` (seen on chain, not started by the agent yet) -> `running` (started on
 chain; the job runs and reports flow) -> `done` (nothing more to do; its reports may still be in the outbox, its
-folder stays until the retention period has passed). `next_seq` and `period_start` advance in the same transaction
-that queues each report in the outbox, and the job's outcome is written in the one that queues its completion.
+folder stays until the retention period has passed). `next_seq`, `period_start`, the totals and the last root
+advance in the same transaction that queues each report in the outbox, and the job's outcome is written in the one
+that queues its completion. The utilisation-weighted total is kept as an exact fraction, so no report's rounding
+carries into the next.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from fractions import Fraction
 from typing import Callable
 
 from offchain.agent.watcher import WatchedEvent
 from offchain.chain.events import RentalFinalized, RentalOpened, RentalTerminated
+from offchain.protocol.messages import ZERO_ROOT
 from offchain.sqlite import add_missing_columns, transaction
+from offchain.telemetry.window import UsageTotals
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rentals (
@@ -54,7 +60,12 @@ LATER_COLUMNS = {
     "job_started_at": "REAL",  # when the latest launch began running
     "done_at": "REAL",  # when the phase became done
     "cleaned_at": "REAL",  # when its folder was removed
+    "delivered_total": "INTEGER",  # delivered seconds the reports queued so far carry in total
+    "util_total": "TEXT",  # their utilisation-weighted seconds, exactly: a fraction 'numerator/denominator'
+    "prev_root": "BLOB",  # the telemetry root of the last report queued, which the next one chains
 }
+#: Later columns that `RentalRecord` holds as a record of their own rather than one field each.
+_TOTALS_COLUMNS = ("delivered_total", "util_total", "prev_root")
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,8 @@ class RentalRecord:
     job_started_at: float | None
     done_at: float | None
     cleaned_at: float | None
+    totals: UsageTotals  # of the reports queued so far
+    prev_root: bytes  # the telemetry root of the last report queued (zero before the first)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> RentalRecord:
@@ -127,9 +140,13 @@ class RentalRecord:
             job_token=row["job_token"],
             job_deadline=row["job_deadline"],
             outcome=row["outcome"],
-            **{name: row[name] for name in LATER_COLUMNS if name not in ("result_digest", "gpus")},
+            **{name: row[name] for name in LATER_COLUMNS if name not in ("result_digest", "gpus", *_TOTALS_COLUMNS)},
             result_digest=None if row["result_digest"] is None else bytes(row["result_digest"]),
             gpus=tuple(json.loads(row["gpus"])) if row["gpus"] else (),
+            totals=UsageTotals(
+                delivered_seconds=row["delivered_total"] or 0, util_seconds=Fraction(row["util_total"] or 0)
+            ),
+            prev_root=ZERO_ROOT if row["prev_root"] is None else bytes(row["prev_root"]),
         )
 
 
@@ -186,8 +203,19 @@ class RentalBook:
                 )
         return cursor.rowcount > 0
 
-    def mark_started(self, rental_id: int, *, since: int, ends_at: int, next_seq: int, period_start: int) -> None:
-        """The rental runs on chain from `since`; reports continue at `next_seq` from `period_start`."""
+    def mark_started(
+        self,
+        rental_id: int,
+        *,
+        since: int,
+        ends_at: int,
+        next_seq: int,
+        period_start: int,
+        totals: UsageTotals,
+        prev_root: bytes,
+    ) -> None:
+        """The rental runs on chain from `since`; reports continue at `next_seq` from `period_start`, adding to
+        `totals` and chaining `prev_root`."""
         self._update(
             rental_id,
             phase=Phase.RUNNING.value,
@@ -196,6 +224,7 @@ class RentalBook:
             next_seq=next_seq,
             period_start=period_start,
             start_confirmed_at=self._clock(),
+            **_totals_fields(totals, prev_root),
         )
 
     def sync_chain(self, rental_id: int, *, ends_at: int, terminated: bool, finalized: bool) -> None:
@@ -236,12 +265,18 @@ class RentalBook:
         *,
         next_seq: int,
         period_start: int,
+        totals: UsageTotals,
+        prev_root: bytes,
         done: str | None = None,
         job_exit: JobExit | None = None,
     ) -> None:
-        """Moves past a queued report; `done` (the outcome) closes the rental, with how its job ended if it did.
-        Joins the caller's transaction."""
-        fields: dict[str, object] = {"next_seq": next_seq, "period_start": period_start}
+        """Moves past a queued report, which carried `totals` and the telemetry root `prev_root`; `done` (the
+        outcome) closes the rental, with how its job ended if it did. Joins the caller's transaction."""
+        fields: dict[str, object] = {
+            "next_seq": next_seq,
+            "period_start": period_start,
+            **_totals_fields(totals, prev_root),
+        }
         if done is not None:
             fields.update(phase=Phase.DONE.value, outcome=done, done_at=self._clock())
         if job_exit is not None:
@@ -264,3 +299,7 @@ class RentalBook:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with transaction(self._db) as db:
             db.execute(f"UPDATE rentals SET {assignments} WHERE rental_id = ?", (*fields.values(), str(rental_id)))
+
+
+def _totals_fields(totals: UsageTotals, prev_root: bytes) -> dict[str, object]:
+    return {"delivered_total": totals.delivered_seconds, "util_total": str(totals.util_seconds), "prev_root": prev_root}

@@ -11,14 +11,16 @@ For each rental opened on one of the provider's offers, the agent:
    reason code): the renter gets the whole deposit back and the provider is not slashed;
 3. calls `escrow.start(rentalId)` with its agent key. When `start` reverts because the rental already runs
    (its first report started it, or an earlier life of this agent did), it carries on from the rental's
-   on-chain state; reports always continue from the chain's `since`, `lastSeq` and `reportedSeconds`.
+   on-chain state; reports then continue from the chain's `since`, `lastSeq`, `coveredSeconds` and totals.
    `start` and `decline` go through the agent's `TxManager` (`offchain.chain.tx.manager`, stored in
    `<state_dir>/txmgr.sqlite`) under the keys `start-<rentalId>` and `decline-<rentalId>`: each is dry-run
    before it is signed and persisted before it is sent, and an agent restarted between signing and mining
    waits for the transaction it sent instead of sending another;
 4. runs the job in a hardened container (`offchain.agent.containers`) and, every `report_interval_seconds`,
-   summarises the telemetry samples of the period (`offchain.telemetry.window.summarize`), signs the
-   `TelemetryReport` and commits it to the outbox together with the rental's next seq and period start;
+   summarises the telemetry samples of the period (`offchain.telemetry.window.summarize`), adds them to the
+   rental's running totals, signs the cumulative `TelemetryReport` (the totals since the rental's start, this
+   period's samples root chained to the previous report's root) and commits it to the outbox together with the
+   rental's next seq, period start, totals and root, so a restarted agent continues the totals where they were;
 5. when the job exits, sends the completion report: Completed for exit code 0, Failed otherwise (including a
    job timeout, a job killed for its memory, and a command that could not be started), with the exit code and
    result digest, and keeps the reason in words for the renter. When the renter terminates the rental, or its
@@ -48,6 +50,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Callable
 
 from eth_account import Account
@@ -67,7 +70,7 @@ from offchain.chain.reads import ChainReader, Rental
 from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import TxState
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission
 from offchain.protocol.reports import ReportStatus
 from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.sqlite import open_db, transaction
@@ -75,7 +78,7 @@ from offchain.telemetry.models import GpuSample
 from offchain.telemetry.nvml import NvmlSource
 from offchain.telemetry.source import TelemetryError, TelemetrySource, TraceExhausted
 from offchain.telemetry.ticks import ticks
-from offchain.telemetry.window import summarize
+from offchain.telemetry.window import UsageTotals, summarize
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +390,10 @@ class ProviderAgent:
             since=state.since,
             ends_at=state.end,
             next_seq=state.last_seq + 1,
-            period_start=state.last_period_end,
+            period_start=state.covered_until,
+            totals=UsageTotals(delivered_seconds=state.delivered_seconds, util_seconds=Fraction(state.util_seconds)),
+            # The chain keeps no root: chaining starts from zero (an oracle holding nothing checks the chain's totals).
+            prev_root=ZERO_ROOT,
         )
 
     async def _await_spec(self, record: RentalRecord, state: Rental) -> JobSpec | None:
@@ -701,22 +707,25 @@ class ProviderAgent:
         outcome: JobOutcome | None = None,
         done: str | None = None,
     ) -> None:
-        """Builds, signs and queues the report of [period_start, period_end), advancing the rental (and, for a
-        completion, recording how its job ended) in the same transaction."""
+        """Builds, signs and queues the cumulative report up to `period_end`, with the samples of [period_start,
+        period_end), advancing the rental's seq, period start, totals and root (and, for a completion, recording how
+        its job ended) in the same transaction."""
         assert record.period_start is not None
         exit_code = 0 if outcome is None else outcome.exit_code
         summary = summarize(buffer.samples, list(gpu_uuids), record.period_start, period_end)
+        totals = record.totals.plus(summary)
         report = TelemetryReport(
             rental_id=record.rental_id,
             seq=record.next_seq,
             period_start=record.period_start,
-            period_end=period_end,
-            delivered_seconds=summary.delivered_seconds,
-            avg_util_bps=summary.avg_util_bps,
+            covered_until=period_end,
+            delivered_seconds=totals.delivered_seconds,
+            util_seconds=totals.reported_util_seconds,
             peak_mem_mib=summary.peak_mem_mib,
             sample_count=summary.sample_count,
             gpu_uuids=tuple(gpu_uuids),
-            telemetry_root=summary.telemetry_root,
+            prev_root=record.prev_root,
+            samples_root=summary.samples_root,
             status=status,
             exit_code=exit_code,
             result_digest=ZERO_DIGEST if outcome is None else outcome.result_digest,
@@ -731,20 +740,23 @@ class ProviderAgent:
                 record.rental_id,
                 next_seq=record.next_seq + 1,
                 period_start=period_end,
+                totals=totals,
+                prev_root=report.telemetry_root,
                 done=done,
                 job_exit=None if outcome is None else outcome.as_exit(),
             )
         buffer.drop_before(period_end)
         log.info(
-            "rental %d: report %d [%d, %d) %s: %d s delivered, %d bps, %d samples",
+            "rental %d: report %d [%d, %d) %s: %d s delivered at %d bps, %d samples; %d s in total",
             record.rental_id,
             report.seq,
             report.period_start,
-            report.period_end,
+            report.covered_until,
             status.name,
-            report.delivered_seconds,
-            report.avg_util_bps,
+            summary.delivered_seconds,
+            summary.avg_util_bps,
             report.sample_count,
+            report.delivered_seconds,
         )
 
     async def _sleep_or_wake(self, rental_id: int, seconds: float) -> None:

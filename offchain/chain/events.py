@@ -181,19 +181,30 @@ class RentalStarted(ChainEvent):
 
 
 class ReportApplied(ChainEvent):
+    """The rental's totals since its start that a report brought, as applied (clamped to the rental's end)."""
+
     rental_id: int
     seq: int
-    period_end: int  # clamped to the rental's end
-    delivered_seconds: int
-    avg_util_bps: int
-    earned: int  # gross, before the protocol fee
-    telemetry_root: bytes
+    covered_until: int  # the time up to which the totals cover the rental
+    delivered_seconds: int  # total
+    util_seconds: int  # total delivered seconds weighted by utilisation
+    telemetry_root: bytes  # chains every earlier period's root: the latest commits to the whole history
 
 
 class ReportSkipped(ChainEvent):
     rental_id: int
     seq: int
     reason: SkipReason
+
+
+class EarningsClaimed(ChainEvent):
+    """A claim of a running (or terminated) rental's earnings: `earned` is the gross total claimed so far,
+    `provider_payout` and `fee` what this claim credited."""
+
+    rental_id: int
+    earned: int
+    provider_payout: int
+    fee: int
 
 
 class RentalTerminated(ChainEvent):
@@ -208,7 +219,9 @@ class RentalDeclined(ChainEvent):
 
 
 class RentalFinalized(ChainEvent):
-    """What the settlement credited: `slashed` is in the stake token, the other amounts in the payment token."""
+    """The rental's settlement: `provider_payout` and `fee` are its lifetime totals (what claims credited before
+    included), `refund` what the settlement credited the renter; `slashed` is in the stake token, the other amounts
+    in the payment token."""
 
     rental_id: int
     status: RentalStatus
@@ -230,6 +243,19 @@ class OracleSetUpdated(ChainEvent):
     version: int
     signers: tuple[str, ...]
     threshold: int
+
+
+class OracleSetScheduled(ChainEvent):
+    """An oracle set announced to become `version`, which anyone can activate from `effective_at` on."""
+
+    version: int
+    signers: tuple[str, ...]
+    threshold: int
+    effective_at: int
+
+
+class OracleSetCancelled(ChainEvent):
+    version: int
 
 
 class FeeUpdated(ChainEvent):
@@ -264,7 +290,14 @@ class EIP712DomainChanged(ChainEvent):
 
 #: The escrow's events of one rental (their first argument is its id).
 RentalEvent = (
-    RentalOpened | RentalStarted | ReportApplied | ReportSkipped | RentalTerminated | RentalDeclined | RentalFinalized
+    RentalOpened
+    | RentalStarted
+    | ReportApplied
+    | ReportSkipped
+    | EarningsClaimed
+    | RentalTerminated
+    | RentalDeclined
+    | RentalFinalized
 )
 
 #: The records of each contract's events.
@@ -292,11 +325,14 @@ CONTRACT_EVENTS: dict[str, tuple[type[ChainEvent], ...]] = {
         RentalStarted,
         ReportApplied,
         ReportSkipped,
+        EarningsClaimed,
         RentalTerminated,
         RentalDeclined,
         RentalFinalized,
         Withdrawn,
         OracleSetUpdated,
+        OracleSetScheduled,
+        OracleSetCancelled,
         FeeUpdated,
         TreasuryUpdated,
         Paused,

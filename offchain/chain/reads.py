@@ -135,9 +135,9 @@ class OracleSet(ChainRecord):
     threshold: int
 
 
-class PendingOracleSet(ChainRecord):
-    """`RentalEscrow.pendingOracleSet`: the oracle set the owner announced, which anyone can activate from
-    `effective_at` on; `effective_at` is 0 when nothing is pending."""
+class UpcomingOracleSet(ChainRecord):
+    """`RentalEscrow.upcomingOracleSet`: the oracle set the owner scheduled, which anyone can activate from
+    `effective_at` on; `effective_at` is 0 when none is scheduled."""
 
     signers: tuple[str, ...]
     threshold: int
@@ -213,7 +213,7 @@ class ChainReader:
         Offer: ("ProviderRegistry", "getOffer"),
         Provider: ("ProviderRegistry", "getProvider"),
         OracleSet: ("RentalEscrow", "oracleSet"),
-        PendingOracleSet: ("RentalEscrow", "pendingOracleSet"),
+        UpcomingOracleSet: ("RentalEscrow", "upcomingOracleSet"),
         FeeConfig: ("RentalEscrow", "feeConfig"),
     }
 
@@ -237,8 +237,8 @@ class ChainReader:
     async def oracle_set(self, block: BlockIdentifier = "latest") -> OracleSet:
         return await self._record(OracleSet, self.escrow.functions.oracleSet(), block)
 
-    async def pending_oracle_set(self, block: BlockIdentifier = "latest") -> PendingOracleSet:
-        return await self._record(PendingOracleSet, self.escrow.functions.pendingOracleSet(), block)
+    async def upcoming_oracle_set(self, block: BlockIdentifier = "latest") -> UpcomingOracleSet:
+        return await self._record(UpcomingOracleSet, self.escrow.functions.upcomingOracleSet(), block)
 
     async def fee_config(self, block: BlockIdentifier = "latest") -> FeeConfig:
         return await self._record(FeeConfig, self.escrow.functions.feeConfig(), block)

@@ -11,7 +11,7 @@ from rich.table import Table
 from offchain.cli import parse
 from offchain.cli.args import ExitStatus, add_command, add_group
 from offchain.cli.network import open_context
-from offchain.cli.output import Output, format_duration, format_gib, per_hour, short
+from offchain.cli.output import Output, format_duration, format_gib, money, per_hour, short
 from offchain.market.offers import OfferQuery, OfferRecord, SortKey, TokenInfo, search_offers
 from offchain.protocol.status import OfferStatus
 
@@ -33,7 +33,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--min-reliability",
         type=parse.percent,
         metavar="PCT",
-        help="providers that delivered at least this share of rented seconds (no history fails)",
+        help="providers that delivered at least this share of the value other renters settled with them "
+        "(a new provider, with little value settled, fails)",
     )
     search_parser.add_argument(
         "--min-duration", type=parse.duration, metavar="DURATION", help="offers that allow a rental this long (e.g. 2h)"
@@ -75,16 +76,19 @@ def render_offers(out: Output, token: TokenInfo, offers: list[OfferRecord]) -> N
         "durations",
         "egress",
         "reliability",
-        "rentals",
+        "settled",
+        "renters",
         "declines",
         "status",
         "provider",
     ):
         table.add_column(
-            column, justify="right" if column in ("id", "price", "per gpu", "rentals", "declines") else "left"
+            column,
+            justify="right" if column in ("id", "price", "per gpu", "settled", "renters", "declines") else "left",
         )
     for o in offers:
-        reliability = "new" if o.reliability is None else f"{o.reliability:.1%}"
+        track = o.reputation.track_record
+        reliability = "new" if not o.reputation.established(token) or o.reliability is None else f"{o.reliability:.1%}"
         durations = f"{format_duration(o.min_duration)}-{format_duration(o.max_duration)}"
         table.add_row(
             str(o.offer_id),
@@ -96,7 +100,8 @@ def render_offers(out: Output, token: TokenInfo, offers: list[OfferRecord]) -> N
             durations,
             "yes" if o.egress else "no",
             reliability,
-            str(o.reputation.rentals_completed),
+            money(token, track.value_settled),
+            str(track.distinct_renters),
             str(o.reputation.declines),
             availability(o),
             short(o.provider),
@@ -106,14 +111,16 @@ def render_offers(out: Output, token: TokenInfo, offers: list[OfferRecord]) -> N
 
 def offer_json(token: TokenInfo, offer: OfferRecord) -> dict:
     """An offer for scripts: the record (token units, status by name) plus its price per hour in the token and its
-    reliability."""
+    provider's value-weighted reliability (None for a new provider)."""
     price_per_hour = format(token.to_human(offer.price_per_hour).normalize(), "f")
     return {
         **offer.model_dump(mode="json"),
         "status": offer.status.name,
         "price_per_hour": price_per_hour,
         "vram_gib": offer.vram_gib,
-        "reliability": offer.reliability,
+        "reliability": offer.reliability if offer.reputation.established(token) else None,
+        "value_settled": offer.reputation.track_record.value_settled,
+        "distinct_renters": offer.reputation.track_record.distinct_renters,
         "available": offer.rentable,
     }
 

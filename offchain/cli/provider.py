@@ -55,8 +55,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     show_parser.add_argument("provider", type=parse.address, nargs="?", help="default: your key's account")
 
 
-def render_provider(out: Output, token: TokenInfo, p: ProviderRecord) -> None:
-    reliability = None if p.reliability is None else f"{p.reliability:.2%}"
+def render_provider(out: Output, token: TokenInfo, p: ProviderRecord, payment_token: TokenInfo) -> None:
+    """`token` is the stake token; the track record's values are in `payment_token`."""
+    track = p.track_record
+    reliability = f"{p.reliability:.2%}" if p.established(payment_token) and p.reliability is not None else "new"
     unbonding = money(token, p.unbonding) + (f" (until {when(p.unbonding_ends_at)})" if p.unbonding else "")
     out.fields(
         f"provider {p.address}",
@@ -72,6 +74,11 @@ def render_provider(out: Output, token: TokenInfo, p: ProviderRecord) -> None:
             ("declines", p.declines),
             ("seconds delivered", f"{p.seconds_delivered:,}"),
             ("seconds missed", f"{p.seconds_missed:,}"),
+            (
+                "value settled",
+                f"{money(payment_token, track.value_settled)} ({money(payment_token, track.value_missed)} missed)",
+            ),
+            ("distinct renters", track.distinct_renters),
             ("reliability", reliability),
         ],
     )
@@ -81,11 +88,12 @@ async def _provider_action(args: argparse.Namespace, act) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.stake_token()
+        payment_token = await ctx.client.payment_token()
         result: ProviderResult = await act(ctx, token)
 
     def human() -> None:
         out.sent(result)
-        render_provider(out, token, result.provider)
+        render_provider(out, token, result.provider, payment_token)
 
     out.emit(result, human)
     return ExitStatus.OK
@@ -147,6 +155,24 @@ async def show(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=args.provider is None) as ctx:
         token = await ctx.client.stake_token()
+        payment_token = await ctx.client.payment_token()
         record = await ctx.client.provider(args.provider)
-    out.emit(record, lambda: render_provider(out, token, record))
+        claimable = await ctx.client.claimable_rentals(record.address)
+
+    def human() -> None:
+        render_provider(out, token, record, payment_token)
+        for rental in claimable:
+            out.print(
+                f"rental {rental.rental_id}: {money(payment_token, rental.claimable)} claimable "
+                f"(`gpuex rental claim {rental.rental_id}`)"
+            )
+
+    body = {
+        **record.model_dump(mode="json"),
+        "reliability": record.reliability,
+        "established": record.established(payment_token),
+        "value_settled": record.track_record.value_settled,
+        "claimable": {str(r.rental_id): r.claimable for r in claimable},
+    }
+    out.emit(body, human)
     return ExitStatus.OK

@@ -1,5 +1,5 @@
-"""`gpuex rent`, `gpuex rental status|terminate|watch`, `gpuex withdraw` and `gpuex faucet`: a renter's side of the
-exchange.
+"""`gpuex rent`, `gpuex rental status|terminate|watch|claim`, `gpuex withdraw` and `gpuex faucet`: a renter's side
+of the exchange, and the provider's claim of a running rental's earnings.
 
 The job spec (JSON, `offchain.agent.jobspec.JobSpec`) stays off chain; its hash goes on chain with the rental.
 `rent` uploads the body, with the values of its secret environment variables sealed to the agent's key, to the
@@ -23,9 +23,9 @@ from offchain.cli import access, parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
-from offchain.market.exchange import ActionResult, ExchangeError, RentalResult
+from offchain.market.exchange import ActionResult, ExchangeError, NothingToClaim, RentalResult
 from offchain.market.offers import TokenInfo
-from offchain.market.rentals import RentalHistory
+from offchain.market.rentals import RentalHistory, ReportPeriod
 from offchain.ops import devnet
 from offchain.protocol.renterapi import JobStatus
 
@@ -60,9 +60,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         commands, "rental", "a rental's state, live utilisation, early end, and its job: spec, logs, results, shell"
     )
     for name, handler, text in (
-        ("status", status, "state, deposit, paid, refunded, slash, delivered seconds and utilisation"),
+        ("status", status, "state, coverage, delivered seconds, utilisation, earned, claimed, refunded, slash"),
         ("terminate", terminate, "end your rental now: cancel before the start, else refund the unused time"),
         ("watch", watch, "print each report (utilisation, delivered seconds) as it lands, until settled"),
+        ("claim", claim, "credit the provider what a running rental has earned so far, less the fee"),
     ):
         parser = add_command(group, name, handler, text)
         parser.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
@@ -166,14 +167,21 @@ def rental_json(r: RentalHistory) -> dict:
         "job_spec_hash": r.job_spec_hash,
         "opened_block": r.opened.block_number,
         "started_at": r.started_at,
+        "util_floor_bps": r.util_floor_bps,
         "last_seq": r.last_seq,
-        "reported_seconds": r.reported_seconds,
+        "covered_until": r.covered_until,
+        "covered_seconds": r.covered_seconds,
         "delivered_seconds": r.delivered_seconds,
+        "util_seconds": r.util_seconds,
         "earned": r.earned,
+        "claimed": r.claimed,
+        "claimable": r.claimable,
+        "provider_paid": r.provider_paid,
         "termination_refund": r.termination_refund,
         "decline": None if r.declined is None else event_json(r.declined),
-        "reports": [event_json(report) for report in r.reports],
-        "skipped_reports": len(r.skipped),
+        "reports": [period_json(period) for period in r.periods],
+        "skipped_reports": [event_json(skipped) for skipped in r.skipped],
+        "claims": [event_json(c) for c in r.claims],
         "settlement": None if r.settlement is None else event_json(r.settlement),
         "final": r.status.is_final,
         "ends_at": r.ends_at,
@@ -183,11 +191,23 @@ def rental_json(r: RentalHistory) -> dict:
     }
 
 
+def period_json(period: ReportPeriod) -> dict:
+    """An applied report: its totals as the event has them, and what it added over its period."""
+    return {
+        **event_json(period.report),
+        "period_start": period.start,
+        "period_delivered_seconds": period.delivered_seconds,
+        "period_util_bps": period.util_bps,
+        "earned": period.earned,
+    }
+
+
 _EVENT_KINDS = {
     events.RentalOpened: "opened",
     events.RentalStarted: "started",
     events.ReportApplied: "report",
     events.ReportSkipped: "skipped",
+    events.EarningsClaimed: "claimed",
     events.RentalTerminated: "terminated",
     events.RentalDeclined: "declined",
     events.RentalFinalized: "finalized",
@@ -224,9 +244,11 @@ def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
         ("job spec", r.job_spec_hash),
         ("started", when(r.started_at)),
         ("ends", when(r.ends_at)),
-        ("delivered", f"{r.delivered_seconds:,} s of {r.reported_seconds:,} s reported"),
+        ("covered until", when(r.covered_until)),
+        ("delivered", f"{r.delivered_seconds:,} s of {r.covered_seconds:,} s covered"),
         ("utilisation", percent_bps(r.avg_util_bps)),
-        ("paid", money(token, r.earned)),
+        ("earned", money(token, r.earned)),
+        ("claimed", f"{money(token, r.claimed)} ({money(token, r.claimable)} claimable)"),
         ("refunded", money(token, r.refunded)),
     ]
     if r.decline_reason is not None:
@@ -240,22 +262,27 @@ def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
             ("slashed", slash),
         ]
     out.fields(f"rental {r.rental_id}", rows)
-    if r.reports:
-        earlier = len(r.reports) - SHOWN_REPORTS
+    periods = r.periods
+    if periods:
+        earlier = len(periods) - SHOWN_REPORTS
         out.print(f"reports ({earlier} earlier not shown):" if earlier > 0 else "reports:")
-        previous = r.started_at
-        for index, report in enumerate(r.reports):
-            if index >= earlier:
-                out.print("  " + _report_line(token, report, previous))
-            previous = report.period_end
+        for period in periods[max(earlier, 0) :]:
+            out.print("  " + _report_line(token, period))
+    for skipped in r.skipped[-SHOWN_REPORTS:]:
+        out.print("  " + _skipped_line(skipped))
 
 
-def _report_line(token: TokenInfo, report: events.ReportApplied, period_start: int | None) -> str:
-    period = f" of {report.period_end - period_start} s" if period_start is not None else ""
+def _report_line(token: TokenInfo, period: ReportPeriod) -> str:
+    report = period.report
     return (
-        f"#{report.seq} to {when(report.period_end)}: {report.delivered_seconds} s delivered{period}, "
-        f"utilisation {percent_bps(report.avg_util_bps)}, earned {money(token, report.earned)}"
+        f"#{report.seq} to {when(report.covered_until)}: {period.delivered_seconds} s delivered of "
+        f"{report.covered_until - period.start} s, utilisation {percent_bps(period.util_bps)}, earned "
+        f"{money(token, period.earned)} ({report.delivered_seconds:,} s delivered in all)"
     )
+
+
+def _skipped_line(skipped: events.ReportSkipped) -> str:
+    return f"report #{skipped.seq} skipped: {skipped.reason.name.lower().replace('_', ' ')}"
 
 
 async def status(args: argparse.Namespace) -> ExitStatus:
@@ -306,7 +333,8 @@ async def terminate(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
-def _event_line(token: TokenInfo, event: events.RentalEvent, period_start: int | None) -> str:
+def _event_line(token: TokenInfo, event: events.RentalEvent, rental: RentalHistory) -> str:
+    """`event` as `rental watch` prints it; `rental` is the rental with `event` applied."""
     match event:
         case events.RentalOpened():
             return (
@@ -317,9 +345,14 @@ def _event_line(token: TokenInfo, event: events.RentalEvent, period_start: int |
         case events.RentalStarted():
             return f"started at {when(event.started_at)}{' by its first report' if event.by_report else ''}"
         case events.ReportApplied():
-            return "report " + _report_line(token, event, period_start)
+            return "report " + _report_line(token, rental.periods[-1])
         case events.ReportSkipped():
-            return f"report #{event.seq} skipped: {event.reason.name.lower()}"
+            return _skipped_line(event)
+        case events.EarningsClaimed():
+            return (
+                f"claimed: {money(token, event.provider_payout)} to the provider, fee {money(token, event.fee)} "
+                f"({money(token, event.earned)} claimed in all)"
+            )
         case events.RentalTerminated():
             return f"terminated: ends at {when(event.ends_at)}, {money(token, event.refund)} refunded"
         case events.RentalDeclined():
@@ -330,7 +363,7 @@ def _event_line(token: TokenInfo, event: events.RentalEvent, period_start: int |
             )
             return (
                 f"settled {event.status.name.lower()}: {event.delivered_seconds} s delivered, "
-                f"{event.missed_seconds} s missed; provider {money(token, event.provider_payout)}, "
+                f"{event.missed_seconds} s missed; provider {money(token, event.provider_payout)} in all, "
                 f"fee {money(token, event.fee)}, refund {money(token, event.refund)}{slash}"
             )
     raise AssertionError(event)
@@ -340,17 +373,40 @@ async def watch(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
-        await ctx.client.rental(args.rental_id)
-        period_start = None
+        floor = (await ctx.client.rental(args.rental_id)).util_floor_bps
+        rental: RentalHistory | None = None
         async for event in ctx.client.watch_rental(args.rental_id, args.interval):
+            if isinstance(event, events.RentalOpened):
+                rental = RentalHistory(opened=event, util_floor_bps=floor)
+            elif rental is not None:
+                rental = rental.apply(event)
             if out.json:
                 out.json_line(event_json(event))
-            else:
-                out.print(_event_line(token, event, period_start))
-            if isinstance(event, events.RentalStarted):
-                period_start = event.started_at
-            elif isinstance(event, events.ReportApplied):
-                period_start = event.period_end
+            elif rental is not None:
+                out.print(_event_line(token, event, rental))
+    return ExitStatus.OK
+
+
+async def claim(args: argparse.Namespace) -> ExitStatus:
+    out = Output(args)
+    async with open_context(args, key=True) as ctx:
+        token = await ctx.client.payment_token()
+        try:
+            result = await ctx.client.claim(args.rental_id)
+        except NothingToClaim as exc:
+            detail = str(exc)
+            out.emit({"rental_id": args.rental_id, "claimed": None, "detail": detail}, lambda: out.print(detail))
+            return ExitStatus.OK
+    (claimed,) = result.rental.claims[-1:]
+
+    def human() -> None:
+        out.sent(result)
+        out.print(
+            f"rental {args.rental_id}: {money(token, claimed.provider_payout)} credited to the provider, fee "
+            f"{money(token, claimed.fee)}; withdraw it with `gpuex withdraw`"
+        )
+
+    out.emit({**result_json(result), "claimed": event_json(claimed)}, human)
     return ExitStatus.OK
 
 

@@ -1,5 +1,6 @@
 """What providers and renters do on a gpuex suite, as async actions of one account: stake, list and price offers,
-rent, terminate, withdraw; and the reads those actions need, such as a rental's history from the escrow's events.
+rent, terminate, claim earnings, withdraw; and the reads those actions need, such as a rental's history from the
+escrow's events.
 
 `gpuex` (and any other front end) parses and renders; the decisions live here. Every action sends through a
 `Wallet`, so a call that would revert fails before anything is signed, named after its custom error
@@ -31,6 +32,7 @@ from offchain.chain.events import (
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
 from offchain.chain.reads import Balances, ChainReader
 from offchain.chain.tx.oneshot import Sent, Wallet
+from offchain.market.index import EventIndex
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
     OfferRecord,
@@ -38,13 +40,12 @@ from offchain.market.offers import (
     TokenInfo,
     pack_text,
     read_offer,
-    read_offers,
     read_provider,
     read_token,
 )
 from offchain.market.rentals import RentalHistory
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
-from offchain.protocol.status import OfferStatus
+from offchain.protocol.status import OfferStatus, RentalStatus
 
 #: Escrow events whose first indexed argument is the rental id.
 RENTAL_EVENTS = (
@@ -52,6 +53,7 @@ RENTAL_EVENTS = (
     "RentalStarted",
     "ReportApplied",
     "ReportSkipped",
+    "EarningsClaimed",
     "RentalTerminated",
     "RentalDeclined",
     "RentalFinalized",
@@ -66,6 +68,10 @@ class ExchangeError(RuntimeError):
 
 class NotFound(ExchangeError):
     """No offer, rental or provider with that id."""
+
+
+class NothingToClaim(ExchangeError):
+    """The rental has no earnings that a claim would credit now."""
 
 
 class InsufficientFunds(ExchangeError):
@@ -205,6 +211,7 @@ class ExchangeClient:
         self.registry = self.reader.registry
         self.escrow = self.reader.escrow
         self._tokens: dict[str, TokenInfo] = {}
+        self._index: EventIndex | None = None
         self._rental_event_topics = [getattr(self.escrow.events, name).topic for name in RENTAL_EVENTS]
 
     @property
@@ -226,8 +233,29 @@ class ExchangeClient:
 
     # ----------------------------------------------------------------------------------------------- reads
 
+    async def market(self) -> EventIndex:
+        """The deployment's event index, brought up to the head: the one source of reputations and of a provider's
+        rentals. It is kept between calls, so each call reads only the blocks since the last."""
+        if self._index is None:
+            self._index = EventIndex.for_deployment(self.w3, self.deployment)
+        await self._index.sync()
+        return self._index
+
     async def provider(self, address: str | None = None) -> ProviderRecord:
-        return await read_provider(self.reader, address or self.address)
+        """The provider's account with its reputation; a provider with no registry event reads the registry's
+        zeros and an empty track record."""
+        address = AsyncWeb3.to_checksum_address(address or self.address)
+        indexed = (await self.market()).provider(address)
+        if indexed is None or indexed.record is None:
+            return await read_provider(self.reader, address)
+        return indexed.record
+
+    async def claimable_rentals(self, address: str | None = None) -> list[RentalHistory]:
+        """The provider's live rentals with earnings a claim would credit now, by id."""
+        index = await self.market()
+        indexed = index.provider(address or self.address)
+        rentals = [] if indexed is None else [index.rental(i) for i in indexed.rental_ids]
+        return sorted((r for r in rentals if r is not None and r.claimable), key=lambda r: r.rental_id)
 
     async def offer(self, offer_id: int) -> OfferRecord:
         count = await self.reader.offer_count()
@@ -236,7 +264,8 @@ class ExchangeClient:
         return await read_offer(self.reader, offer_id)
 
     async def offers(self) -> list[OfferRecord]:
-        return await read_offers(self.reader)
+        """Every offer with its provider's reputation, by id (from the event index)."""
+        return (await self.market()).offers()
 
     async def balances(self, address: str | None = None) -> Balances:
         """What `address` (default: the account) can withdraw from the escrow and the registry."""
@@ -279,12 +308,16 @@ class ExchangeClient:
         return [event for entry in logs if isinstance(event := decode_log("RentalEscrow", entry), RentalEvent)]
 
     async def rental(self, rental_id: int) -> RentalHistory:
-        """The rental's state and history, from its events alone; `NotFound` if it was never opened."""
+        """The rental's state and history, from its events and its offer's utilisation floor; `NotFound` if it was
+        never opened."""
         if not 0 < rental_id < 2**256:
             raise NotFound(f"no rental {rental_id}")
-        rental = RentalHistory.fold(await self.rental_events(rental_id))
-        if rental is None:
+        events = await self.rental_events(rental_id)
+        opened = next((event for event in events if isinstance(event, RentalOpened)), None)
+        if opened is None:
             raise NotFound(f"no rental {rental_id}")
+        rental = RentalHistory.fold(events, (await self.reader.offer(opened.offer_id)).util_floor_bps)
+        assert rental is not None  # its opening is among the events
         return rental
 
     async def watch_rental(self, rental_id: int, poll_seconds: float = 2.0) -> AsyncIterator[RentalEvent]:
@@ -427,6 +460,18 @@ class ExchangeClient:
         await self.rental(rental_id)
         sent: list[SentTx] = []
         await self._send(sent, "terminate", self.escrow.functions.terminate(rental_id))
+        return RentalResult(account=self.address, transactions=sent, rental=await self.rental(rental_id))
+
+    async def claim(self, rental_id: int) -> RentalResult:
+        """Credits the provider of a running or terminated rental its earnings so far, less the fee (anyone may send
+        it); `NothingToClaim` when the reports applied since the last claim earned nothing."""
+        rental = await self.rental(rental_id)
+        if rental.status not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
+            raise NothingToClaim(f"rental {rental_id} is {rental.status.name.lower()}: nothing to claim")
+        if not rental.claimable:
+            raise NothingToClaim(f"rental {rental_id} has earned nothing since its last claim: nothing to claim")
+        sent: list[SentTx] = []
+        await self._send(sent, "claim", self.escrow.functions.claimPayout(rental_id))
         return RentalResult(account=self.address, transactions=sent, rental=await self.rental(rental_id))
 
     async def withdraw(self) -> Withdrawal:

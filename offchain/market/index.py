@@ -1,5 +1,5 @@
 """An in-memory index of one deployment's registry and escrow events: providers, offers, rentals and each
-provider's history, for the web page.
+provider's history and reputation, for the web page and for the CLI's offer search and provider views.
 
 The chain is the source of truth, so nothing is stored: the index is built from the deployment's `start_block`
 when it starts. It follows both contracts' logs with an `EventFollower`, in ranges of at most `max_block_range`
@@ -9,9 +9,9 @@ reverted to a snapshot) it starts over from `start_block`, since what the orphan
 apart from the rest.
 
 Offers and rentals are built from events alone, a rental as `offchain.market.rentals.RentalHistory`. A provider's
-stake, reputation counters and agent URL are read from the registry (`getProvider`, `agentUrlOf`) at the indexed
-head for every provider an event touched (an `AgentUrlSet` among them), so the reliability shown is the one the
-registry keeps, not a second computation of it.
+stake, counters and agent URL are read from the registry (`getProvider`, `agentUrlOf`) at the indexed head for
+every provider an event touched (an `AgentUrlSet` among them); its reputation is folded from its settled rentals
+and the agent keys it set, by `offchain.market.reputation`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from web3.exceptions import Web3Exception
 from offchain.chain.contracts import contract
 from offchain.chain.deployments import Deployment
 from offchain.chain.events import (
+    AgentSet,
     ChainEvent,
     OfferClosed,
     OfferCreated,
@@ -39,6 +40,7 @@ from offchain.chain.events import (
     RentalFinalized,
     RentalOpened,
     ReportApplied,
+    ReportSkipped,
     decode_log,
 )
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, Rewind
@@ -46,6 +48,7 @@ from offchain.chain.reads import ChainReader, Offer
 from offchain.chain.rpc import ChainUnreachable
 from offchain.market.offers import OfferRecord, ProviderRecord, read_provider
 from offchain.market.rentals import RentalHistory
+from offchain.market.reputation import reputation
 from offchain.protocol.status import OfferStatus
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ ESCROW_EVENTS = (
     "RentalOpened",
     "RentalStarted",
     "ReportApplied",
+    "ReportSkipped",
+    "EarningsClaimed",
     "RentalTerminated",
     "RentalDeclined",
     "RentalFinalized",
@@ -107,6 +112,7 @@ class IndexedProvider(BaseModel):
 
     address: str
     record: ProviderRecord | None = None
+    agents: list[str] = []  # every agent key it set, the current one last
     offer_ids: list[int] = []
     rental_ids: list[int] = []
     history: list[HistoryEntry] = []
@@ -314,7 +320,9 @@ class EventIndex:
 
         addresses = sorted(state.stale_providers)
         for address, record in zip(addresses, await asyncio.gather(*(one(a) for a in addresses))):
-            state.providers[address].record = record
+            provider = state.providers[address]
+            rentals = (state.rentals[i] for i in provider.rental_ids)
+            provider.record = record.model_copy(update={"track_record": reputation(address, provider.agents, rentals)})
         state.stale_providers.clear()
 
     async def _bump(self) -> None:
@@ -349,6 +357,8 @@ class EventIndex:
                 state.offers[event.offer_id].update(price_per_second=event.price_per_second)
             case OfferPaused() | OfferResumed() | OfferClosed():
                 state.offers[event.offer_id].update(status=_OFFER_STATUS_AFTER[type(event)])
+            case AgentSet():
+                self._provider(state, event.provider).agents.append(event.agent)
         offer_id: int | None = getattr(event, "offer_id", None)
         provider: str | None = getattr(event, "provider", None)
         if provider is None:
@@ -358,17 +368,21 @@ class EventIndex:
 
     def _apply_rental_event(self, state: _State, event: RentalEvent, timestamp: int) -> None:
         if isinstance(event, RentalOpened):
-            state.rentals[event.rental_id] = RentalHistory(opened=event, opened_at=timestamp)
             offer = state.offers[event.offer_id]
+            state.rentals[event.rental_id] = RentalHistory(
+                opened=event, util_floor_bps=offer.listed.util_floor_bps, opened_at=timestamp
+            )
             offer.live_rental_id = event.rental_id
             self._provider(state, offer.provider).rental_ids.append(event.rental_id)
-        else:
+        elif event.rental_id in state.rentals:
             state.rentals[event.rental_id] = state.rentals[event.rental_id].apply(event, timestamp)
+        else:
+            return  # a report skipped as of an unknown rental
         offer = state.offers[state.rentals[event.rental_id].offer_id]
         if isinstance(event, RentalFinalized) and offer.live_rental_id == event.rental_id:
             offer.live_rental_id = 0
-        if isinstance(event, ReportApplied):
-            return  # one per report period: too frequent for the provider's history
+        if isinstance(event, (ReportApplied, ReportSkipped)):
+            return  # one per landed report: too frequent for the provider's history
         self._record(state, offer.provider, event, timestamp, offer_id=offer.offer_id, rental_id=event.rental_id)
 
     def _provider(self, state: _State, address: str) -> IndexedProvider:

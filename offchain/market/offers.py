@@ -1,5 +1,5 @@
-"""The market as a renter sees it: offers read from the registry's views, the provider's on-chain reputation, and
-one search (filters and sort) shared by `gpuex offers search` and the web page.
+"""The market as a renter sees it: offers read from the registry's views, the provider's reputation
+(`offchain.market.reputation`), and one search (filters and sort) shared by `gpuex offers search` and the web page.
 
 Amounts stay in token units (`int`) everywhere; `TokenInfo` turns them into human units (USDC, $/h) at the edge.
 """
@@ -15,6 +15,7 @@ from web3 import AsyncWeb3
 from web3.types import BlockIdentifier
 
 from offchain.chain.reads import ChainReader, Offer, Provider
+from offchain.market.reputation import Reputation
 from offchain.protocol.status import OfferStatus
 
 SECONDS_PER_HOUR = 3600
@@ -57,11 +58,13 @@ async def read_token(reader: ChainReader, address: str) -> TokenInfo:
 
 
 class ProviderRecord(Provider):
-    """A provider's stake and the reputation counters the registry keeps (`getProvider`), with its address and the
-    URL of its agent's API (`agentUrlOf`)."""
+    """A provider's stake and the counters the registry keeps (`getProvider`), with its address, the URL of its
+    agent's API (`agentUrlOf`) and the reputation its settled rentals give it (`track_record`: what the event index
+    folded; empty when read from the registry's views alone)."""
 
     address: str
     agent_url: str | None  # as published, None when unset; check it with `offchain.protocol.agenturl.check_agent_url`
+    track_record: Reputation = Reputation()
 
     @property
     def free(self) -> int:
@@ -69,9 +72,12 @@ class ProviderRecord(Provider):
 
     @property
     def reliability(self) -> float | None:
-        """Share of the rented seconds the provider delivered; None before its first settled second."""
-        total = self.seconds_delivered + self.seconds_missed
-        return self.seconds_delivered / total if total else None
+        """Value-weighted share of its rentals by others that the provider delivered; None before any settled."""
+        return self.track_record.reliability
+
+    def established(self, token: TokenInfo) -> bool:
+        """Enough value settled by other renters for its reliability to count (see `offchain.market.reputation`)."""
+        return self.track_record.established(token.decimals)
 
     @classmethod
     def from_chain(cls, address: str, provider: Provider, agent_url: str | None) -> ProviderRecord:
@@ -195,7 +201,7 @@ class OfferQuery(BaseModel):
     min_vram_gib: float | None = Field(default=None, ge=0)
     max_price_per_hour: Decimal | None = Field(default=None, ge=0)  # whole offer, in token (e.g. USDC) per hour
     region: str | None = None  # case-insensitive prefix, "eu" matches "eu-west"
-    min_reliability: float | None = Field(default=None, ge=0, le=1)  # excludes providers with no history
+    min_reliability: float | None = Field(default=None, ge=0, le=1)  # value-weighted; excludes new providers
     min_duration: int | None = Field(default=None, ge=1)  # the offer must allow a rental this long
     provider: str | None = None  # only this provider's offers (an address, any case)
     egress: bool | None = None  # True: only offers whose jobs may open outbound connections; False: only others
@@ -220,7 +226,9 @@ def search_offers(offers: list[OfferRecord], query: OfferQuery, token: TokenInfo
             return False
         if query.region and not offer.region.lower().startswith(query.region.lower()):
             return False
-        if query.min_reliability is not None and (offer.reliability or 0.0) < query.min_reliability:
+        if query.min_reliability is not None and (
+            not offer.reputation.established(token) or (offer.reliability or 0.0) < query.min_reliability
+        ):
             return False
         if query.min_duration is not None and not offer.min_duration <= query.min_duration <= offer.max_duration:
             return False
@@ -234,7 +242,11 @@ def search_offers(offers: list[OfferRecord], query: OfferQuery, token: TokenInfo
         "price": lambda o: (o.price_per_second, o.offer_id),
         "-price": lambda o: (-o.price_per_second, o.offer_id),
         "price_per_gpu": lambda o: (o.price_per_second / o.gpu_count, o.offer_id),
-        "reliability": lambda o: (-(o.reliability if o.reliability is not None else -1.0), o.offer_id),
+        "reliability": lambda o: (
+            not o.reputation.established(token),
+            -(o.reliability if o.reliability is not None else -1.0),
+            o.offer_id,
+        ),
         "vram": lambda o: (-o.vram_mib, o.offer_id),
         "gpus": lambda o: (-o.gpu_count, o.offer_id),
         "offer": lambda o: (o.offer_id,),

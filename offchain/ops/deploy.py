@@ -2,12 +2,12 @@
 networks such as sepolia) and `gpuex devnet up`.
 
 A run reads `deployments/<chainId>.json`. Without a record it deploys the payment token (unless one is given or
-recorded), the registry, bound to the escrow address predicted from the deployer's nonce, and the escrow with its first oracle
-set, and writes the record. With a record it checks that the recorded contracts are there, bound to each other
-and built with the recorded immutable parameters, then brings what governance may change (oracle set, fee,
-treasury) to what was asked, sending only the calls that change something. An oracle set change is proposed by
-one run and activated by a run after the escrow's governance delay. A dry run prints the same plan
-and its gas estimates and sends nothing.
+recorded), the registry, bound to the escrow address predicted from the deployer's nonce, and the escrow with its
+first oracle set, and writes the record. With a record it checks that the recorded contracts are there, bound to
+each other and built with the recorded immutable parameters, then brings what governance may change (oracle set,
+fee, treasury) to what was asked, sending only the calls that change something. An oracle set change is scheduled
+by one run and activated by a run after the escrow's governance delay. A dry run prints the same plan and its gas
+estimates and sends nothing.
 
 If a run stops between the registry and the escrow, the record is not written; the next run deploys a new pair
 (the orphaned registry is bound to an address nobody can deploy to any more, so it can never take stake).
@@ -264,22 +264,22 @@ async def verify(w3: AsyncWeb3, record: Deployment, request: DeployRequest | Non
 
 
 async def _oracle_set_call(
-    reader: ChainReader, oracles: list[str], threshold: int, say: Callable[[str], None]
+    reader: ChainReader, oracles: Sequence[str], threshold: int, say: Callable[[str], None]
 ) -> tuple[str, Any]:
-    """The call that moves the escrow toward the oracle set asked for: its proposal, or the activation of that
-    proposal once its governance delay has passed (None while the delay runs)."""
-    pending = await reader.pending_oracle_set()
+    """The call that moves the escrow toward the oracle set asked for: its schedule, or the activation of that
+    schedule once its governance delay has passed (None while the delay runs)."""
+    upcoming = await reader.upcoming_oracle_set()
     escrow = reader.escrow
-    if pending.effective_at and list(pending.signers) == oracles and pending.threshold == threshold:
+    if upcoming.effective_at and list(upcoming.signers) == oracles and upcoming.threshold == threshold:
         now = await reader.block_time()
-        if now < pending.effective_at:
+        if now < upcoming.effective_at:
             say(
                 f"the oracle set {oracles}, {threshold} of {len(oracles)}, is announced and takes effect at "
-                f"{pending.effective_at} (in {pending.effective_at - now} s): run again then to activate it"
+                f"{upcoming.effective_at} (in {upcoming.effective_at - now} s): run again then to activate it"
             )
             return ("activateOracleSet()", None)
         return ("activateOracleSet()", escrow.functions.activateOracleSet())
-    return (f"proposeOracleSet({oracles}, {threshold})", escrow.functions.proposeOracleSet(oracles, threshold))
+    return (f"scheduleOracleSet({oracles}, {threshold})", escrow.functions.scheduleOracleSet(oracles, threshold))
 
 
 async def _reconcile(
@@ -291,7 +291,7 @@ async def _reconcile(
     oracle_set, fee = await reader.oracle_set(), await reader.fee_config()
     oracles = [AsyncWeb3.to_checksum_address(o) for o in request.oracles]
     wanted_treasury = AsyncWeb3.to_checksum_address(request.treasury)
-    calls = []
+    calls: list[tuple[str, Any]] = []
     if list(oracle_set.signers) != oracles or oracle_set.threshold != request.threshold:
         calls.append(await _oracle_set_call(reader, oracles, request.threshold, say))
     if fee.fee_bps != request.params.fee_bps:
@@ -300,7 +300,7 @@ async def _reconcile(
         calls.append((f"setTreasury({wanted_treasury})", escrow.functions.setTreasury(wanted_treasury)))
     if not calls:
         say("the deployed suite already matches: nothing to send")
-    else:
+    elif any(call is not None for _, call in calls):
         owner = (await reader.suite_settings()).owner
         if owner != wallet.address:
             raise DeployError(
@@ -317,7 +317,12 @@ async def _reconcile(
             say(f"sent {what}")
     if dry_run:
         return None
-    updated = record.model_copy(update={"config": _config(request.params, request)})
+    # The record says what the chain holds: a scheduled oracle set is recorded once it is active.
+    oracle_set = await reader.oracle_set()
+    config = _config(request.params, request).model_copy(
+        update={"oracles": list(oracle_set.signers), "threshold": oracle_set.threshold}
+    )
+    updated = record.model_copy(update={"config": config})
     if updated != record:
         say(f"wrote {deployments.save(updated)}")
     return updated

@@ -46,6 +46,9 @@ class ExchangeTimers:
     report_interval_seconds: float = 1.0  # the agent closes a report period this often
     keeper_interval_seconds: float = 1.0
     block_interval_seconds: float = 1.0
+    # The leader lands a running rental's latest report once its coverage has grown this much since the last one
+    # landed (and always the final report, the one up to a termination and the one at the rental's end).
+    checkpoint_interval_seconds: int = 3_600
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ async def running_exchange(
                 keeper=True,
                 epoch_seconds=timers.epoch_seconds,
                 keeper_interval_seconds=timers.keeper_interval_seconds,
+                checkpoint_interval_seconds=timers.checkpoint_interval_seconds,
                 peers=[f"http://127.0.0.1:{p.port}" for p in peers],
             )
         )

@@ -1,13 +1,20 @@
-"""The leader oracle's batcher: closes batches of accepted reports, gathers k-of-n signatures and hands the
-`submitReports` transaction to the tx manager.
+"""The leader oracle's batcher: lands each rental's latest accepted report when it is due, in batches that k of n
+oracles co-sign, through the tx manager.
+
+Reports are cumulative, so only a rental's latest report ever needs to land, and the batcher lands it only when it
+is due (`landing_reason`): its job ended (Completed or Failed), the rental's time is up, the renter terminated it,
+or its coverage has grown `checkpoint_interval_seconds` past what last landed, which bounds what anyone loses if
+every oracle disappears. Everything between stays in the store, signed, for audit and the live views.
 
 A batch closes every epoch, or sooner once `max_batch_reports` wait, capped so the transaction stays under
 `MAX_BATCH_GAS`. The transaction is handed to the tx manager (which persists it before sending) and only then
 are its reports marked with its key. After a crash in between, the same reports form the same batch again,
-whose key the tx manager answers with the transaction it already holds; a different batch that repeats a
-report fails its dry-run and its reports return to the pool. A batch whose transaction failed goes back to the
-pool and is retried under a new key; reports the chain no longer takes (the rental is final, or the seq already
-landed) are dropped from it first.
+whose key the tx manager answers with the transaction it already holds. Once a batch's transaction is confirmed,
+each of its reports is settled from its rental's state on chain: `landed` when the rental's last applied seq
+reached it, else `skipped` (the escrow skipped it with `ReportSkipped`), and never sent again; a later report of
+the rental lands in its turn. A batch whose transaction failed goes back to the store and the next epoch takes
+each rental's latest report again. Reports the chain no longer takes (the rental is final, or a later seq already
+landed) are settled before they are batched.
 """
 
 from __future__ import annotations
@@ -15,29 +22,58 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Sequence
 
 import aiohttp
 from eth_utils import keccak
 
+from offchain.chain.reads import Rental
 from offchain.chain.tx.manager import TxManager
-from offchain.chain.tx.store import TxRecord, TxState
+from offchain.chain.tx.store import FINAL_STATES, TxRecord, TxState
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
-from offchain.oracle.store import SubmissionStore, key_of
-from offchain.protocol.messages import CosignRequest, TelemetrySubmission, chain_reports
-from offchain.protocol.reports import BatchSigner
+from offchain.oracle.store import ReportState, SubmissionKey, SubmissionStore, WaitingReport, key_of
+from offchain.protocol.messages import CosignRequest, chain_reports
+from offchain.protocol.reports import BatchSigner, ReportStatus, submit_args
+from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
 
 #: Gas a batch transaction may use at most.
 MAX_BATCH_GAS = 3_000_000
-#: Measured by `make gas`: ~50k for a one-report batch, ~16-18k per further report; rounded up for headroom.
+#: Measured by `make gas` (at most 40k for a one-report batch, 12k per further report), with headroom.
 BATCH_BASE_GAS = 60_000
 REPORT_GAS = 25_000
 #: Reports one transaction may carry under MAX_BATCH_GAS.
 MAX_REPORTS_BY_GAS = (MAX_BATCH_GAS - BATCH_BASE_GAS) // REPORT_GAS
+
+
+class LandingReason(StrEnum):
+    """Why a rental's latest report is due to land."""
+
+    FINAL = "final"  # the job ended: Completed or Failed
+    TIME_UP = "time_up"  # the report covers the rental to its end, or the chain's clock passed it
+    TERMINATED = "terminated"  # the renter ended the rental early: land what covers it up to the new end
+    CHECKPOINT = "checkpoint"  # coverage grew `checkpoint_interval` past what last landed
+
+
+def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_interval: int) -> LandingReason | None:
+    """Why `waiting` is due to land given its rental on chain and the chain's clock `now`, or None while it is not.
+
+    Coverage since the last landing counts from the later of what this store landed and what the chain applied
+    (another leader may have landed a report)."""
+    if waiting.status is not ReportStatus.RUNNING:
+        return LandingReason.FINAL
+    if rental.status is RentalStatus.TERMINATED:
+        return LandingReason.TERMINATED
+    if waiting.covered_until >= rental.end or now >= rental.end:
+        return LandingReason.TIME_UP
+    landed_until = max(waiting.landed_until or 0, rental.covered_until)
+    if waiting.covered_until - landed_until >= checkpoint_interval:
+        return LandingReason.CHECKPOINT
+    return None
 
 
 @dataclass(frozen=True)
@@ -64,6 +100,7 @@ class Batcher:
         peers: Sequence[str],
         max_batch_reports: int,
         metrics: OracleMetrics,
+        checkpoint_interval_seconds: int,
         cosign_timeout: float = 5.0,
     ) -> None:
         self._store = store
@@ -75,13 +112,18 @@ class Batcher:
         self._peers = list(peers)
         self._max_reports = max(1, min(max_batch_reports, MAX_REPORTS_BY_GAS))
         self._metrics = metrics
+        self._checkpoint_interval = checkpoint_interval_seconds
         self._cosign_timeout = cosign_timeout
 
     async def close_batch(self) -> BatchOutcome:
-        """Closes one batch of waiting reports, if there are any and enough oracles co-sign it."""
-        submissions = await self._live_unbatched()
-        if not submissions:
-            return BatchOutcome(None, 0, "no reports waiting")
+        """Settles the batches the chain has confirmed, then closes one batch of the reports due to land, if there
+        are any and enough oracles co-sign it."""
+        await self.settle_batches()
+        due = await self._due()
+        self._metrics.reports_held.set(self._store.count(ReportState.HELD) + self._store.count(ReportState.BATCHED))
+        if not due:
+            return BatchOutcome(None, 0, "no reports due")
+        submissions = self._store.submissions(key for key, _ in due)
         oracle_set = await self._chain.oracle_set()
         reports = chain_reports(submissions)
         signatures = {self._signer.address: self._signer.sign(reports, oracle_set.version)}
@@ -109,33 +151,51 @@ class Batcher:
                 return BatchOutcome(None, len(reports), "not enough co-signatures")
 
         tx_key = self._fresh_key(reports)
-        data = self._escrow.encode_abi(
-            "submitReports", args=[[r.as_tuple() for r in reports], list(signatures.values())[: oracle_set.threshold]]
-        )
+        signed = list(signatures.values())[: oracle_set.threshold]
+        data = self._escrow.encode_abi("submitReports", args=submit_args(reports, signed, oracle_set.version))
         await self._txmgr.submit(tx_key, self._escrow.address, data)
         self._store.mark_batched([key_of(s) for s in submissions], tx_key)
         self._metrics.record_batch(len(reports))
+        for _, reason in due:
+            self._metrics.landings.inc(reason.value)
         log.info("submitted batch %s with %d reports", tx_key, len(reports))
         return BatchOutcome(tx_key, len(reports))
 
+    async def settle_batches(self) -> None:
+        """Settles every batch whose transaction ended: a confirmed one's reports are `landed` or `skipped` by their
+        rentals' state on chain, a failed one's go back to the store. Reads the tx manager's records rather than
+        waiting for its callback, so a batch confirmed while this oracle was down is settled too."""
+        for tx_key in self._store.in_flight():
+            record = self._txmgr.record(tx_key)
+            if record is None or record.state not in FINAL_STATES:
+                continue
+            if record.state is not TxState.CONFIRMED:
+                released = self._store.release_batch(tx_key)
+                log.warning(
+                    "batch %s ended %s (%s); %d reports back in the store",
+                    tx_key,
+                    record.state.value,
+                    record.error,
+                    released,
+                )
+                continue
+            outcomes = []
+            for submission in self._store.batched(tx_key):
+                rental = await self._chain.refresh_rental(submission.report.rental_id)
+                landed = rental.last_seq >= submission.report.seq
+                outcomes.append((key_of(submission), ReportState.LANDED if landed else ReportState.SKIPPED))
+                if not landed:
+                    log.warning("rental %d seq %d was skipped by the chain", *key_of(submission))
+            self._settle(outcomes)
+
     def on_final(self, record: TxRecord) -> None:
-        """Tx manager callback: records latency and gas, and returns a failed batch's reports to the pool."""
-        if not record.key.startswith("reports:"):
+        """Tx manager callback: records the latency and gas of a confirmed batch."""
+        if not record.key.startswith("reports:") or record.state is not TxState.CONFIRMED:
             return
-        if record.state is TxState.CONFIRMED:
-            if record.gas_used is not None:
-                self._metrics.record_gas_used(record.gas_used)
-            if record.confirmed_at is not None:
-                self._metrics.record_tx_latency((record.confirmed_at - record.created_at).total_seconds())
-            return
-        released = self._store.release_batch(record.key)
-        log.warning(
-            "batch %s ended %s (%s); %d reports back in the pool",
-            record.key,
-            record.state.value,
-            record.error,
-            released,
-        )
+        if record.gas_used is not None:
+            self._metrics.record_gas_used(record.gas_used)
+        if record.confirmed_at is not None:
+            self._metrics.record_tx_latency((record.confirmed_at - record.created_at).total_seconds())
 
     async def run(self, stop: asyncio.Event, epoch_seconds: float) -> None:
         """Closes a batch every epoch, and at once again while full batches are waiting, until `stop` is set."""
@@ -151,20 +211,44 @@ class Batcher:
             except asyncio.TimeoutError:
                 pass
 
-    async def _live_unbatched(self) -> list[TelemetrySubmission]:
-        """Waiting reports the chain still takes, in (rental, seq) order; the others are dropped for good."""
-        waiting = self._store.unbatched(self._max_reports)
-        # One fresh read per rental, not per report (a rental usually has several reports waiting), all at once.
-        rental_ids = sorted({s.report.rental_id for s in waiting})
-        rentals = dict(zip(rental_ids, await asyncio.gather(*(self._chain.refresh_rental(r) for r in rental_ids))))
-        live: list[TelemetrySubmission] = []
-        for submission in sorted(waiting, key=lambda s: (s.report.rental_id, s.report.seq)):
-            rental = rentals[submission.report.rental_id]
-            if rental.is_live and submission.report.seq > rental.last_seq:
-                live.append(submission)
+    async def _due(self) -> list[tuple[SubmissionKey, LandingReason]]:
+        """Up to `max_batch_reports` rentals' latest reports that are due to land and that the chain still takes,
+        oldest first, with why each is due. Rentals are judged on the cached chain view (the follower drops a rental
+        from it when it is terminated or settled); the due ones are read afresh before they are batched, and the
+        reports the chain no longer takes are settled for good."""
+        waiting = self._store.waiting()
+        if not waiting:
+            return []
+        now = await self._chain.block_time()
+        due: list[tuple[WaitingReport, LandingReason]] = []
+        settled: list[tuple[SubmissionKey, ReportState]] = []
+        for report in waiting:
+            rental = await self._chain.rental(report.rental_id)
+            if not rental.is_live:
+                settled.append((report.key, ReportState.DROPPED))
+                continue
+            reason = landing_reason(report, rental, now, self._checkpoint_interval)
+            if reason is not None:
+                due.append((report, reason))
+                if len(due) == self._max_reports:
+                    break
+        # One fresh read per due rental, all at once: the cached last seq lags reports others landed.
+        rentals = await asyncio.gather(*(self._chain.refresh_rental(report.rental_id) for report, _ in due))
+        taken = []
+        for (report, reason), rental in zip(due, rentals):
+            if not rental.is_live:
+                settled.append((report.key, ReportState.DROPPED))
+            elif report.seq <= rental.last_seq:
+                settled.append((report.key, ReportState.LANDED))
             else:
-                self._store.mark_batched([key_of(submission)], "dropped:not-live-on-chain")
-        return live
+                taken.append((report.key, reason))
+        self._settle(settled)
+        return taken
+
+    def _settle(self, outcomes: Sequence[tuple[SubmissionKey, ReportState]]) -> None:
+        self._store.settle(outcomes)
+        for _, state in outcomes:
+            self._metrics.reports_settled.inc(state.value)
 
     def _fresh_key(self, reports) -> str:
         """`reports:<count>:<digest of the rentalId-seq list>`, suffixed when an earlier transaction with that key

@@ -155,6 +155,10 @@ class ChainView:
     async def block_number(self) -> int:
         return await _rpc(self.w3.eth.block_number)
 
+    async def block_time(self) -> int:
+        """The latest block's timestamp: the clock rentals run on."""
+        return await _rpc(self.reader.block_time())
+
     async def start_following(self) -> None:
         """Takes the current head as seen, so that `follow` looks at the blocks after it. Call it before anything
         is cached; if the node does not answer now, `follow` starts from the first head it sees and drops what

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from offchain.chain.reads import Rental
 from offchain.oracle.chainview import ChainView
-from offchain.oracle.store import LastAccepted, NewSubmission, SubmissionKey, SubmissionStore, key_of
+from offchain.oracle.store import NewSubmission, PreviousReport, SubmissionKey, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
 from offchain.protocol.digest import TelemetryDomain, recover_address
 from offchain.protocol.messages import (
@@ -113,7 +113,7 @@ class Cosigner:
     ) -> list[NewSubmission]:
         """The submissions not yet held, each checked to follow its predecessor (held, earlier in the batch or on
         chain). Synchronous, so that no other request changes the store between these checks and the insert."""
-        previous: dict[int, LastAccepted] = {}
+        previous: dict[int, PreviousReport] = {}
         new: list[NewSubmission] = []
         for index, (submission, digest) in enumerate(zip(submissions, digests)):
             report = submission.report
@@ -127,7 +127,7 @@ class Cosigner:
                 except Rejected as exc:
                     raise _at(index, exc) from exc
                 new.append(NewSubmission(submission, digest, submission.model_dump_json().encode()))
-            previous[report.rental_id] = LastAccepted(report.seq, report.period_end)
+            previous[report.rental_id] = PreviousReport.of(report)
         return new
 
     def _holds(self, report: TelemetryReport, digest: bytes) -> bool:

@@ -1,4 +1,5 @@
-"""Keeper: calls `claimStartTimeout` and `finalize` on rentals once the chain says they are due.
+"""Keeper: calls `claimStartTimeout` and `finalize` on rentals once the chain says they are due, and
+`activateOracleSet` once an announced oracle set's governance delay has passed.
 
 Anyone may call both; an oracle runs this next to its report batcher, on the same TxManager. Rentals are
 discovered from the escrow's rental events (followed with an `EventFollower` from a start block, its position kept
@@ -10,7 +11,10 @@ and judged by `getRental` against the latest block's timestamp, so the keeper's 
   `finalize:<rentalId>`.
 
 Every submission is recorded once in `keeper_action`; the TxManager's record under the same key tells how it
-ended. A rental is watched until `getRental` shows it final (or superseded).
+ended. A rental is watched until `getRental` shows it final (or superseded). An oracle set the owner announced
+(`upcomingOracleSet`) gets `activateOracleSet` once the latest block reaches its `effectiveAt`, under the key
+`activate-oracle-set:<effectiveAt>`: once per announcement, whose TxManager record is all there is to keep (anyone
+may activate; a transaction beaten to it fails its dry-run and is not sent).
 """
 
 from __future__ import annotations
@@ -155,7 +159,9 @@ class Keeper:
         start_timeout, report_grace = await self._load_timing()
         await self._follower.sync(self._record_rentals, self._forget_orphaned)
         head = await self._w3.eth.get_block("latest")
-        return await self._submit_due(int(head["number"]), int(head["timestamp"]), start_timeout, report_grace)
+        number, now = int(head["number"]), int(head["timestamp"])
+        await self._activate_due_oracle_set(number, now)
+        return await self._submit_due(number, now, start_timeout, report_grace)
 
     async def run(self, stop_event: asyncio.Event, interval: float = 5.0) -> None:
         """Ticks every `interval` seconds until `stop_event` is set, backing off exponentially while the RPC is
@@ -207,6 +213,21 @@ class Keeper:
         start = self._rotation % len(watched)
         self._rotation = start + self._max_checks_per_tick
         return (watched[start:] + watched[:start])[: self._max_checks_per_tick]
+
+    async def _activate_due_oracle_set(self, head: int, now: int) -> None:
+        pending = await self._reader.upcoming_oracle_set(head)
+        if pending.effective_at == 0 or now < pending.effective_at:
+            return
+        key = f"activate-oracle-set:{pending.effective_at}"
+        if self._txmgr.record(key) is not None:
+            return
+        await self._txmgr.submit(key, self.escrow, self._escrow.encode_abi("activateOracleSet", args=[]))
+        log.info(
+            "keeper: oracle set of %d signers due since %d; submitted %s",
+            len(pending.signers),
+            pending.effective_at,
+            key,
+        )
 
     async def _submit_due(self, head: int, now: int, start_timeout: int, report_grace: int) -> list[KeeperAction]:
         submitted = []

@@ -1,7 +1,8 @@
 """The oracle's counters and histograms, rendered in the Prometheus text exposition format (version 0.0.4).
 
 Ingest feeds the report counters and the ingest latency; the batcher and transaction manager feed batch sizes,
-transaction latency and gas through `record_batch`, `record_tx_latency` and `record_gas_used`.
+transaction latency and gas through `record_batch`, `record_tx_latency` and `record_gas_used`, the reports held
+that have yet to land, how many reports were settled (landed, skipped, dropped) and why reports were landed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ class Counter:
             labels = f'{{{self.label}="{_escape(label_value)}"}}' if self.label else ""
             lines.append(f"{self.name}{labels} {_number(count)}")
         return lines
+
+
+class Gauge:
+    """A value that goes up and down."""
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help_text = help_text
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def render(self) -> list[str]:
+        return [
+            f"# HELP {self.name} {self.help_text}",
+            f"# TYPE {self.name} gauge",
+            f"{self.name} {_number(self.value)}",
+        ]
 
 
 class Histogram:
@@ -100,6 +120,17 @@ class OracleMetrics:
             TX_LATENCY_BUCKETS,
         )
         self.gas_used = Histogram("gpuex_oracle_gas_used", "Gas used per batch transaction.", GAS_BUCKETS)
+        self.reports_held = Gauge(
+            "gpuex_oracle_reports_held", "Rentals' latest reports waiting to land or in a batch transaction."
+        )
+        self.reports_settled = Counter(
+            "gpuex_oracle_reports_settled_total",
+            "Reports whose way to the chain ended, by state (landed, skipped, dropped).",
+            "state",
+        )
+        self.landings = Counter(
+            "gpuex_oracle_landings_total", "Reports put in a batch to land, by why they were due.", "reason"
+        )
 
     def record_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -120,5 +151,8 @@ class OracleMetrics:
             self.batch_size,
             self.tx_latency_seconds,
             self.gas_used,
+            self.reports_held,
+            self.reports_settled,
+            self.landings,
         )
         return "\n".join(line for family in families for line in family.render()) + "\n"

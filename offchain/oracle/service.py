@@ -92,6 +92,7 @@ class OracleService:
             peers=settings.peers,
             max_batch_reports=settings.max_batch_reports,
             metrics=self.metrics,
+            checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
         )
         tasks = [
             asyncio.create_task(self.txmgr.run(stop), name="tx manager"),

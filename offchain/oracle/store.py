@@ -1,4 +1,5 @@
-"""The oracle's accepted telemetry submissions in SQLite, until a batcher takes them to the chain.
+"""The oracle's accepted telemetry submissions in SQLite: every report it accepted, signed, for audit and the live
+views, and where each stands on its way to the chain.
 
 One connection in WAL mode with `synchronous=NORMAL`: a commit survives a crash of the oracle process (not of
 the machine's power, which costs an fsync per report); agents keep every report in their outbox until an
@@ -11,8 +12,9 @@ the request path:
   event-loop iteration (`add_in_group`), which nearly halves the cost of an insert under load. Each request
   is answered only after that commit. Every other method first commits a group that is still open.
 
-Rows are keyed by (rental_id, seq) and kept in acceptance order (`id`). Acceptance enforces per-rental seq
-continuity, so any prefix of `unbatched()` holds each report's predecessors.
+Rows are keyed by (rental_id, seq) and kept in acceptance order (`id`). Reports are cumulative, so only a rental's
+latest report ever needs to land: accepting a report supersedes the rental's earlier `held` ones, and the batcher
+looks only at the `held` rows (`ReportState`), about one per rental.
 """
 
 from __future__ import annotations
@@ -22,10 +24,27 @@ import contextlib
 import sqlite3
 import time
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
-from offchain.protocol.messages import TelemetrySubmission
+from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.reports import ReportStatus
+
+
+class ReportState(StrEnum):
+    """Where an accepted report stands: `held` waits to land, `superseded` never will (a later report of its rental
+    carries its totals), `batched` is in a transaction, `landed` the chain applied (it, or a later report of the
+    rental), `skipped` the chain refused (`ReportSkipped`) and `dropped` the chain no longer takes (the rental is
+    final)."""
+
+    HELD = "held"
+    SUPERSEDED = "superseded"
+    BATCHED = "batched"
+    LANDED = "landed"
+    SKIPPED = "skipped"
+    DROPPED = "dropped"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
@@ -33,21 +52,28 @@ CREATE TABLE IF NOT EXISTS submissions (
     rental_id TEXT NOT NULL,  -- decimal: uint256 does not fit SQLite's INTEGER
     seq INTEGER NOT NULL,
     period_start INTEGER NOT NULL,
-    period_end INTEGER NOT NULL,
+    covered_until INTEGER NOT NULL,
+    delivered_seconds INTEGER NOT NULL,  -- the rental's totals up to covered_until
+    util_seconds INTEGER NOT NULL,
+    status INTEGER NOT NULL,  -- ReportStatus
+    telemetry_root BLOB NOT NULL,
     report_digest BLOB NOT NULL,  -- the agent's EIP-712 digest: equal digests mean identical reports
     signature BLOB NOT NULL,
     body BLOB NOT NULL,  -- the submission as received (JSON)
     received_at REAL NOT NULL,
-    batched_tx_key TEXT,  -- NULL until a batcher takes the report into a transaction
+    state TEXT NOT NULL DEFAULT 'held',  -- ReportState
+    batched_tx_key TEXT,  -- the transaction that carries (or carried) the report to the chain
     UNIQUE (rental_id, seq)
 );
-CREATE INDEX IF NOT EXISTS submissions_unbatched ON submissions (id) WHERE batched_tx_key IS NULL;
-CREATE INDEX IF NOT EXISTS submissions_by_tx ON submissions (batched_tx_key) WHERE batched_tx_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS submissions_held ON submissions (id) WHERE state = 'held';
+CREATE INDEX IF NOT EXISTS submissions_in_flight ON submissions (rental_id, batched_tx_key) WHERE state = 'batched';
+CREATE INDEX IF NOT EXISTS submissions_landed ON submissions (rental_id, covered_until) WHERE state = 'landed';
 """
 _INSERT = (
-    "INSERT INTO submissions (rental_id, seq, period_start, period_end, report_digest, signature, body, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO submissions (rental_id, seq, period_start, covered_until, delivered_seconds, util_seconds,"
+    " status, telemetry_root, report_digest, signature, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SUPERSEDE = "UPDATE submissions SET state = 'superseded' WHERE rental_id = ? AND state = 'held' AND seq < ?"
 
 
 class SubmissionKey(NamedTuple):
@@ -55,11 +81,36 @@ class SubmissionKey(NamedTuple):
     seq: int
 
 
-class LastAccepted(NamedTuple):
-    """The latest report of a rental that the oracle holds: the next one must follow it."""
+class PreviousReport(NamedTuple):
+    """The report a rental's next one must follow: its seq, coverage and totals, and its telemetry root (None when
+    these are the chain's applied totals, whose root the oracle does not read)."""
 
     seq: int
-    period_end: int
+    covered_until: int
+    delivered_seconds: int
+    util_seconds: int
+    telemetry_root: bytes | None
+
+    @classmethod
+    def of(cls, report: TelemetryReport) -> PreviousReport:
+        return cls(
+            report.seq, report.covered_until, report.delivered_seconds, report.util_seconds, report.telemetry_root
+        )
+
+
+class WaitingReport(NamedTuple):
+    """A rental's latest report that may land next, and up to when the rental's latest landed report covers it
+    (None when none of its reports landed from this store)."""
+
+    rental_id: int
+    seq: int
+    covered_until: int
+    status: ReportStatus
+    landed_until: int | None
+
+    @property
+    def key(self) -> SubmissionKey:
+        return SubmissionKey(self.rental_id, self.seq)
 
 
 class HeldReport(NamedTuple):
@@ -84,7 +135,7 @@ class AlreadyHeld(Exception):
 
 
 class NotBatchable(Exception):
-    """A key given to `mark_batched` is unknown or taken by another transaction; nothing was marked."""
+    """A key given to `mark_batched` is unknown or not held; nothing was marked."""
 
 
 def key_of(submission: TelemetrySubmission) -> SubmissionKey:
@@ -97,7 +148,11 @@ def _row(entry: NewSubmission, received_at: float) -> tuple:
         str(report.rental_id),
         report.seq,
         report.period_start,
-        report.period_end,
+        report.covered_until,
+        report.delivered_seconds,
+        report.util_seconds,
+        int(report.status),
+        report.telemetry_root,
         entry.report_digest,
         entry.submission.signature,
         entry.body,
@@ -149,20 +204,26 @@ class SubmissionStore:
         ).fetchone()
         return HeldReport(*row) if row else None
 
-    def last_accepted(self, rental_id: int) -> LastAccepted | None:
+    def last_accepted(self, rental_id: int) -> PreviousReport | None:
         """The highest-seq report held for the rental, or None if it has none."""
         row = self._db.execute(
-            "SELECT seq, period_end FROM submissions WHERE rental_id = ? ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, covered_until, delivered_seconds, util_seconds, telemetry_root FROM submissions"
+            " WHERE rental_id = ? ORDER BY seq DESC LIMIT 1",
             (str(rental_id),),
         ).fetchone()
-        return LastAccepted(*row) if row else None
+        return PreviousReport(*row) if row else None
 
     def add(self, entries: Sequence[NewSubmission]) -> None:
         """Stores all of `entries` in one transaction, or none of them (raises AlreadyHeld)."""
         rows = [_row(e, time.time()) for e in entries]
+        latest: dict[int, int] = {}
+        for entry in entries:
+            report = entry.submission.report
+            latest[report.rental_id] = max(latest.get(report.rental_id, 0), report.seq)
         try:
             with self._transaction():
                 self._db.executemany(_INSERT, rows)
+                self._db.executemany(_SUPERSEDE, [(str(rental), seq) for rental, seq in latest.items()])
         except sqlite3.IntegrityError as exc:
             duplicate = next((e for e in entries if self.held(key_of(e.submission))), entries[0])
             raise AlreadyHeld(key_of(duplicate.submission)) from exc
@@ -185,6 +246,8 @@ class SubmissionStore:
             self._db.execute(_INSERT, _row(entry, time.time()))
         except sqlite3.IntegrityError as exc:
             raise AlreadyHeld(key_of(entry.submission)) from exc
+        report = entry.submission.report
+        self._db.execute(_SUPERSEDE, (str(report.rental_id), report.seq))
         await asyncio.shield(group)
 
     def _commit_group(self) -> None:
@@ -199,20 +262,60 @@ class SubmissionStore:
         else:
             group.set_result(None)
 
-    def unbatched(self, limit: int) -> list[TelemetrySubmission]:
-        """Up to `limit` submissions no transaction carries yet, oldest first."""
-        return self._submissions("batched_tx_key IS NULL ORDER BY id LIMIT ?", (limit,))
+    def waiting(self) -> list[WaitingReport]:
+        """The `held` report of each rental that has none in a transaction, oldest first: what may land next."""
+        self._commit_group()
+        rows = self._db.execute(
+            "SELECT s.rental_id, s.seq, s.covered_until, s.status,"
+            " (SELECT MAX(l.covered_until) FROM submissions AS l WHERE l.rental_id = s.rental_id"
+            "  AND l.state = 'landed')"
+            " FROM submissions AS s WHERE s.state = 'held' AND NOT EXISTS (SELECT 1 FROM submissions AS b"
+            "  WHERE b.rental_id = s.rental_id AND b.state = 'batched') ORDER BY s.id"
+        ).fetchall()
+        return [
+            WaitingReport(int(rental), seq, covered_until, ReportStatus(status), landed_until)
+            for rental, seq, covered_until, status, landed_until in rows
+        ]
+
+    def submissions(self, keys: Iterable[SubmissionKey]) -> list[TelemetrySubmission]:
+        """The stored submissions under `keys`, in that order."""
+        self._commit_group()
+        found = []
+        for key in keys:
+            (body,) = self._db.execute(
+                "SELECT body FROM submissions WHERE rental_id = ? AND seq = ?", (str(key.rental_id), key.seq)
+            ).fetchone()
+            found.append(TelemetrySubmission.model_validate_json(body))
+        return found
+
+    def reports(self, rental_id: int) -> list[TelemetrySubmission]:
+        """Every report held for the rental, in seq order (for audit and the live views)."""
+        self._commit_group()
+        rows = self._db.execute(
+            "SELECT body FROM submissions WHERE rental_id = ? ORDER BY seq", (str(rental_id),)
+        ).fetchall()
+        return [TelemetrySubmission.model_validate_json(body) for (body,) in rows]
 
     def batched(self, tx_key: str) -> list[TelemetrySubmission]:
-        """The submissions marked with `tx_key`, in acceptance order (to rebuild a batch after a restart)."""
-        return self._submissions("batched_tx_key = ? ORDER BY id", (tx_key,))
-
-    def _submissions(self, where: str, params: tuple[object, ...]) -> list[TelemetrySubmission]:
-        """The stored submissions the `where` clause (with its ORDER BY and LIMIT) selects, after the pending group
-        of writes is committed."""
+        """The submissions transaction `tx_key` carries and that are not settled yet, in acceptance order."""
         self._commit_group()
-        rows = self._db.execute(f"SELECT body FROM submissions WHERE {where}", params).fetchall()
+        rows = self._db.execute(
+            "SELECT body FROM submissions WHERE state = 'batched' AND batched_tx_key = ? ORDER BY id", (tx_key,)
+        ).fetchall()
         return [TelemetrySubmission.model_validate_json(body) for (body,) in rows]
+
+    def in_flight(self) -> list[str]:
+        """The keys of the transactions that carry reports not settled yet."""
+        self._commit_group()
+        rows = self._db.execute("SELECT DISTINCT batched_tx_key FROM submissions WHERE state = 'batched'")
+        return [key for (key,) in rows.fetchall()]
+
+    def state(self, key: SubmissionKey) -> ReportState | None:
+        self._commit_group()
+        row = self._db.execute(
+            "SELECT state FROM submissions WHERE rental_id = ? AND seq = ?", (str(key.rental_id), key.seq)
+        ).fetchone()
+        return ReportState(row[0]) if row else None
 
     def mark_batched(self, keys: Iterable[SubmissionKey], tx_key: str) -> None:
         """Marks every key as carried by transaction `tx_key`, atomically.
@@ -223,23 +326,38 @@ class SubmissionStore:
         with self._transaction():
             for key in keys:
                 cursor = self._db.execute(
-                    "UPDATE submissions SET batched_tx_key = ? WHERE rental_id = ? AND seq = ?"
-                    " AND (batched_tx_key IS NULL OR batched_tx_key = ?)",
+                    "UPDATE submissions SET state = 'batched', batched_tx_key = ? WHERE rental_id = ? AND seq = ?"
+                    " AND (state = 'held' OR (state = 'batched' AND batched_tx_key = ?))",
                     (tx_key, str(key.rental_id), key.seq, tx_key),
                 )
                 if cursor.rowcount != 1:
                     raise NotBatchable(f"rental {key.rental_id} seq {key.seq}: not held or in another transaction")
 
     def release_batch(self, tx_key: str) -> int:
-        """Returns the submissions of an abandoned transaction to the unbatched pool; how many were released."""
+        """Returns the unsettled submissions of an abandoned transaction to `held`, or to `superseded` where a later
+        report of the rental was accepted meanwhile; how many were released."""
         with self._transaction():
             return self._db.execute(
-                "UPDATE submissions SET batched_tx_key = NULL WHERE batched_tx_key = ?", (tx_key,)
+                "UPDATE submissions SET state = CASE WHEN seq = (SELECT MAX(x.seq) FROM submissions AS x"
+                " WHERE x.rental_id = submissions.rental_id) THEN 'held' ELSE 'superseded' END"
+                " WHERE state = 'batched' AND batched_tx_key = ?",
+                (tx_key,),
             ).rowcount
 
-    def count(self) -> int:
+    def settle(self, outcomes: Iterable[tuple[SubmissionKey, ReportState]]) -> None:
+        """Records where each report ended (landed, skipped, dropped or superseded), atomically."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE submissions SET state = ? WHERE rental_id = ? AND seq = ?",
+                [(state.value, str(key.rental_id), key.seq) for key, state in outcomes],
+            )
+
+    def count(self, state: ReportState | None = None) -> int:
+        """How many reports are stored (in `state`, or in all)."""
         self._commit_group()
-        return self._db.execute("SELECT count(*) FROM submissions").fetchone()[0]
+        if state is None:
+            return self._db.execute("SELECT count(*) FROM submissions").fetchone()[0]
+        return self._db.execute("SELECT count(*) FROM submissions WHERE state = ?", (state.value,)).fetchone()[0]
 
     def check(self) -> None:
         """Raises sqlite3.Error unless the database answers a query."""

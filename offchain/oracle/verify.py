@@ -3,8 +3,9 @@
 `Verifier.verify` runs every check that does not depend on what this oracle already holds: policy (simulated
 telemetry), time bounds, the agent signature against the agent key the registry holds for the offer's provider
 (`agentOf`), the rental being live on chain and the report's GPUs being exactly the offer's. `check_continuity`
-then places the report after the previous one; the caller runs it with the store's answer and stores the report
-without awaiting in between, so two requests for one rental cannot interleave there.
+then places the cumulative report after the previous one (held here, or the chain's applied totals); the caller
+runs it with the store's answer and stores the report without awaiting in between, so two requests for one
+rental cannot interleave there.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from offchain.chain.reads import Rental
 from offchain.config import OracleSettings
 from offchain.oracle.chainview import ChainView
-from offchain.oracle.store import LastAccepted
+from offchain.oracle.store import PreviousReport
 from offchain.protocol.digest import InvalidSignature, recover_address, report_gpu_hashes
-from offchain.protocol.messages import RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
+from offchain.protocol.messages import ZERO_ROOT, RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
 from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import RentalStatus
 
@@ -45,10 +46,14 @@ HTTP_STATUS: dict[RejectReason, int] = {
     RejectReason.SEQ_STALE: 409,
     RejectReason.SEQ_GAP: 409,
     RejectReason.PERIOD_DISCONTINUOUS: 409,
+    RejectReason.PREV_ROOT_MISMATCH: 409,
+    RejectReason.TOTALS_DECREASED: 409,
     RejectReason.ORACLE_SET_MISMATCH: 409,
     RejectReason.GPU_MISMATCH: 422,
     RejectReason.PERIOD_IN_FUTURE: 422,
     RejectReason.PERIOD_TOO_OLD: 422,
+    RejectReason.DELIVERED_ABOVE_PERIOD: 422,
+    RejectReason.UTIL_ABOVE_DELIVERED: 422,
     RejectReason.CHAIN_UNAVAILABLE: 503,
 }
 
@@ -148,16 +153,16 @@ class Verifier:
         if report.simulated and not self._policy.allow_simulated:
             raise Rejected(RejectReason.SIMULATED_REFUSED, "this oracle does not accept simulated telemetry")
         latest = now + self._policy.max_clock_skew_seconds
-        if report.period_end > latest:
+        if report.covered_until > latest:
             raise Rejected(
                 RejectReason.PERIOD_IN_FUTURE,
-                f"period_end {report.period_end} is after {int(latest)} (now plus the allowed clock skew)",
+                f"covered_until {report.covered_until} is after {int(latest)} (now plus the allowed clock skew)",
             )
         oldest = now - self._policy.max_report_age_seconds
-        if report.period_end < oldest:
+        if report.covered_until < oldest:
             raise Rejected(
                 RejectReason.PERIOD_TOO_OLD,
-                f"period_end {report.period_end} is before {int(oldest)} (now minus the maximum report age)",
+                f"covered_until {report.covered_until} is before {int(oldest)} (now minus the maximum report age)",
             )
 
     async def _check_rental(self, rental_id: int, rental: Rental, now: float) -> None:
@@ -171,35 +176,41 @@ class Verifier:
             )
 
 
-def check_continuity(report: TelemetryReport, previous: LastAccepted | None, rental: Rental) -> None:
+def check_continuity(report: TelemetryReport, previous: PreviousReport | None, rental: Rental) -> None:
     """Raises Rejected unless `report` directly follows the rental's previous report.
 
     `previous` is the latest report of the rental that this oracle holds (or that precedes it in a cosign batch).
-    If the chain has applied further reports than that (this oracle missed some), the chain's last report is the
-    one to follow; the chain clamps a period at the rental's end, so after the end any later start is accepted.
-    The first report of a Running or Terminated rental starts at its start time `since`. An Open rental is started
-    by its first report and billed from its opening `since`; the agent begins measuring when it sees the rental, so
-    its first period may start at or after `since` (the gap counts against the provider, never the renter).
+    If the chain has applied a later report than that (this oracle missed some), the chain's applied totals are the
+    ones to follow, without a telemetry root to check; the chain clamps coverage at the rental's end, so after the
+    end any later start is accepted. The first report of a Running or Terminated rental starts at its start time
+    `since`, with a zero `prev_root`. An Open rental is started by its first report and billed from its opening
+    `since`; the agent begins measuring when it sees the rental, so its first period may start at or after `since`
+    (the gap counts against the provider, never the renter).
+
+    A report's totals never go back, and what they add over the previous ones fits its period: no more delivered
+    seconds than [period_start, covered_until) holds, no more utilisation-weighted seconds than delivered ones.
     """
     if rental.last_seq > (previous.seq if previous else 0):
-        expected_seq, expected_start = rental.last_seq + 1, rental.last_period_end
-        start_ok = report.period_start == expected_start or (
-            expected_start >= rental.end and report.period_start >= expected_start
+        previous = PreviousReport(
+            rental.last_seq, rental.covered_until, rental.delivered_seconds, rental.util_seconds, None
+        )
+        start_ok = report.period_start == previous.covered_until or (
+            previous.covered_until >= rental.end and report.period_start >= previous.covered_until
         )
     elif previous is not None:
-        expected_seq, expected_start = previous.seq + 1, previous.period_end
-        start_ok = report.period_start == expected_start
+        start_ok = report.period_start == previous.covered_until
     else:
-        expected_seq, expected_start = 1, rental.since
+        previous = PreviousReport(0, rental.since, 0, 0, ZERO_ROOT)
         if rental.status == RentalStatus.OPEN:
-            start_ok = report.period_start >= expected_start
+            start_ok = report.period_start >= rental.since
         else:
-            start_ok = report.period_start == expected_start
+            start_ok = report.period_start == rental.since
 
+    expected_seq = previous.seq + 1
     if report.seq < expected_seq:
         raise Rejected(
             RejectReason.SEQ_STALE,
-            f"seq {report.seq} of rental {report.rental_id} is at or below the last accepted seq {expected_seq - 1}",
+            f"seq {report.seq} of rental {report.rental_id} is at or below the last accepted seq {previous.seq}",
         )
     if report.seq > expected_seq:
         raise Rejected(
@@ -209,5 +220,30 @@ def check_continuity(report: TelemetryReport, previous: LastAccepted | None, ren
         raise Rejected(
             RejectReason.PERIOD_DISCONTINUOUS,
             f"period_start {report.period_start} of rental {report.rental_id} seq {report.seq} does not follow the "
-            f"previous period, which ended at {expected_start}",
+            f"previous coverage, which ended at {previous.covered_until}",
+        )
+    if previous.telemetry_root is not None and report.prev_root != previous.telemetry_root:
+        raise Rejected(
+            RejectReason.PREV_ROOT_MISMATCH,
+            f"prev_root of rental {report.rental_id} seq {report.seq} is not the telemetry root of seq {previous.seq}",
+        )
+    if report.delivered_seconds < previous.delivered_seconds or report.util_seconds < previous.util_seconds:
+        raise Rejected(
+            RejectReason.TOTALS_DECREASED,
+            f"totals of rental {report.rental_id} seq {report.seq} ({report.delivered_seconds} delivered, "
+            f"{report.util_seconds} utilisation-weighted seconds) are below the previous ones "
+            f"({previous.delivered_seconds}, {previous.util_seconds})",
+        )
+    delivered = report.delivered_seconds - previous.delivered_seconds
+    if delivered > report.period_seconds:
+        raise Rejected(
+            RejectReason.DELIVERED_ABOVE_PERIOD,
+            f"rental {report.rental_id} seq {report.seq} adds {delivered} delivered seconds in a period of "
+            f"{report.period_seconds} s",
+        )
+    if report.util_seconds - previous.util_seconds > delivered:
+        raise Rejected(
+            RejectReason.UTIL_ABOVE_DELIVERED,
+            f"rental {report.rental_id} seq {report.seq} adds {report.util_seconds - previous.util_seconds} "
+            f"utilisation-weighted seconds over {delivered} delivered ones",
         )

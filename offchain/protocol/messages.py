@@ -197,8 +197,8 @@ class RejectReason(StrEnum):
     INVALID_BODY = "invalid_body"  # not JSON, or not the model: see `errors`
     BODY_TOO_LARGE = "body_too_large"
     SIMULATED_REFUSED = "simulated_refused"  # simulated telemetry and the oracle does not allow it
-    PERIOD_IN_FUTURE = "period_in_future"  # period_end beyond the oracle's clock plus the allowed skew
-    PERIOD_TOO_OLD = "period_too_old"  # period_end older than the oracle accepts
+    PERIOD_IN_FUTURE = "period_in_future"  # covered_until beyond the oracle's clock plus the allowed skew
+    PERIOD_TOO_OLD = "period_too_old"  # covered_until older than the oracle accepts
     BAD_SIGNATURE = "bad_signature"  # not a canonical (low-s, v 27/28) recoverable signature
     UNKNOWN_RENTAL = "unknown_rental"
     RENTAL_NOT_LIVE = "rental_not_live"  # the rental is in a final state
@@ -209,7 +209,11 @@ class RejectReason(StrEnum):
     SEQ_CONFLICT = "seq_conflict"  # a different report with this rental and seq is already accepted
     SEQ_STALE = "seq_stale"  # seq at or below the last accepted (or settled) one, and not held here
     SEQ_GAP = "seq_gap"  # seq beyond the next expected one
-    PERIOD_DISCONTINUOUS = "period_discontinuous"  # period_start is not where the previous period ended
+    PERIOD_DISCONTINUOUS = "period_discontinuous"  # period_start is not where the previous coverage ended
+    PREV_ROOT_MISMATCH = "prev_root_mismatch"  # prev_root is not the previous report's telemetry root
+    TOTALS_DECREASED = "totals_decreased"  # delivered or utilisation-weighted seconds below the previous totals
+    DELIVERED_ABOVE_PERIOD = "delivered_above_period"  # delivered seconds grew by more than the period holds
+    UTIL_ABOVE_DELIVERED = "util_above_delivered"  # utilisation-weighted seconds grew by more than delivered ones
     CHAIN_UNAVAILABLE = "chain_unavailable"
     BATCH_TOO_LARGE = "batch_too_large"  # cosign: more reports than a batch may hold
     ORACLE_SET_MISMATCH = "oracle_set_mismatch"  # cosign: not the escrow's current oracle set version

@@ -105,10 +105,22 @@ class BatchSigner:
         return sign_batch(reports, self.domain(oracle_set_version), self._key.get_secret_value())
 
 
+def compact_signature(signature: bytes) -> tuple[bytes, bytes]:
+    """A 65-byte (r, s, v) signature as the EIP-2098 pair (r, yParityAndS) that `submitReports` takes."""
+    if len(signature) != 65 or signature[64] not in (27, 28):
+        raise ValueError("a signature is 65 bytes (r, s, v) with v 27 or 28")
+    y_parity_and_s = int.from_bytes(signature[32:64], "big") | ((signature[64] - 27) << 255)
+    return signature[:32], y_parity_and_s.to_bytes(32, "big")
+
+
 def submit_args(reports: Sequence[Report], signatures: Sequence[bytes], oracle_set_version: int) -> list[Any]:
-    """The arguments of `RentalEscrow.submitReports` for a batch signed under `oracle_set_version`: the version,
-    the reports as ABI tuples and the 65-byte signatures concatenated."""
-    return [oracle_set_version, [r.as_tuple() for r in reports], b"".join(signatures)]
+    """The arguments of `RentalEscrow.submitReports` for a batch the 65-byte `signatures` signed under
+    `oracle_set_version`: the reports as ABI tuples, the version, and the signatures as compact pairs."""
+    return [
+        [r.as_tuple() for r in reports],
+        oracle_set_version,
+        [word for signature in signatures for word in compact_signature(signature)],
+    ]
 
 
 def rental_id(offer_id: int, nonce: int) -> int:

@@ -43,9 +43,15 @@ class RentalStatus(IntEnum):
 class SkipReason(IntEnum):
     """`ReportSkipped.reason`: why a report of a signed batch was not applied."""
 
-    UNKNOWN_RENTAL = 0
-    RENTAL_CLOSED = 1
-    START_TIMED_OUT = 2
+    UNKNOWN_RENTAL = 0  # no rental has this id, or a later rental of its offer replaced it
+    RENTAL_CLOSED = 1  # the rental is settled
+    START_TIMED_OUT = 2  # never started, and its start timeout has passed
+    SEQ_NOT_INCREASING = 3  # a replay, or older than the report applied last
+    UNKNOWN_STATUS = 4
+    COVERAGE_IN_FUTURE = 5  # covers time after the block's
+    TOTALS_DECREASED = 6  # coverage, delivered or utilisation-weighted seconds below the applied totals
+    DELIVERED_ABOVE_COVERED = 7
+    UTILISATION_ABOVE_DELIVERED = 8  # utilisation above 100 %
 
 
 class SlashReason(IntEnum):

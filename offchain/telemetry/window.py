@@ -1,4 +1,5 @@
-"""Turns the samples of one report period into the figures a telemetry report carries."""
+"""Turns the samples of one report period into the figures a telemetry report carries, and adds them up into the
+rental's cumulative totals."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ class WindowSummary(BaseModel):
     delivered_seconds: int = Field(
         ge=0, description="seconds in which every GPU of the offer sampled, and sampled healthy"
     )
-    avg_util_bps: int = Field(
-        ge=0, le=10_000, description="mean GPU utilisation over the delivered seconds and GPUs, rounded down"
+    util_seconds: Fraction = Field(
+        description="delivered seconds weighted by the GPUs' mean utilisation in each, exactly (not rounded)"
     )
     peak_mem_mib: int = Field(ge=0, description="most memory any one GPU used in a healthy sample")
     sample_count: int = Field(ge=0, description="samples of the offer's GPUs in the period, healthy or not")
-    telemetry_root: bytes = Field(min_length=32, max_length=32, description="Merkle root over those samples")
+    samples_root: bytes = Field(min_length=32, max_length=32, description="Merkle root over those samples")
     simulated: bool = Field(description="whether any of those samples is not a live NVML measurement")
 
     @model_validator(mode="after")
@@ -37,7 +38,37 @@ class WindowSummary(BaseModel):
             raise ValueError("the period ends before it starts")
         if self.delivered_seconds > self.period_end - self.period_start:
             raise ValueError("more seconds delivered than the period holds")
+        if not 0 <= self.util_seconds <= self.delivered_seconds:
+            raise ValueError("utilisation-weighted seconds outside [0, delivered seconds]")
         return self
+
+    @property
+    def avg_util_bps(self) -> int:
+        """Mean GPU utilisation over the delivered seconds and GPUs, rounded down (0 when nothing was delivered)."""
+        return math.floor(self.util_seconds * 10_000 / self.delivered_seconds) if self.delivered_seconds else 0
+
+
+class UsageTotals(BaseModel):
+    """A rental's usage from its start, as its cumulative reports carry it. The utilisation-weighted seconds are
+    kept exact and only the reported figure is rounded down, so totals added up over any number of periods equal
+    the totals of all their samples at once: no rounding drift from one report to the next."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delivered_seconds: int = Field(default=0, ge=0)
+    util_seconds: Fraction = Fraction(0)
+
+    def plus(self, summary: WindowSummary) -> UsageTotals:
+        """These totals with one more period's summary added."""
+        return UsageTotals(
+            delivered_seconds=self.delivered_seconds + summary.delivered_seconds,
+            util_seconds=self.util_seconds + summary.util_seconds,
+        )
+
+    @property
+    def reported_util_seconds(self) -> int:
+        """The utilisation-weighted seconds a report carries: the exact total, rounded down."""
+        return math.floor(self.util_seconds)
 
 
 def summarize(samples: Iterable[GpuSample], gpu_uuids: Collection[str], start: int, end: int) -> WindowSummary:
@@ -46,8 +77,8 @@ def summarize(samples: Iterable[GpuSample], gpu_uuids: Collection[str], start: i
     A sample belongs to the second `floor(timestamp)`. A second is delivered when each GPU of the offer
     has at least one sample in it and all of that GPU's samples in it are healthy; a GPU missing for a
     second takes that second away. Samples of other GPUs and outside the period are ignored. Utilisation
-    averages each GPU's samples within a second, then the GPUs, then the delivered seconds, in exact
-    arithmetic so every party that holds the same samples gets the same integer.
+    averages each GPU's samples within a second, then the GPUs; the delivered seconds' utilisations are summed
+    in exact arithmetic, so every party that holds the same samples gets the same figures.
     """
     if not gpu_uuids:
         raise ValueError("an offer has at least one GPU")
@@ -74,9 +105,9 @@ def summarize(samples: Iterable[GpuSample], gpu_uuids: Collection[str], start: i
         period_start=start,
         period_end=end,
         delivered_seconds=delivered,
-        avg_util_bps=math.floor(util_pct_sum * 100 / delivered) if delivered else 0,
+        util_seconds=util_pct_sum / 100,
         peak_mem_mib=max((s.mem_used_mib or 0 for s in in_period if s.healthy), default=0),
         sample_count=len(in_period),
-        telemetry_root=merkle_root(sorted_leaves(in_period)),
+        samples_root=merkle_root(sorted_leaves(in_period)),
         simulated=any(s.source != "nvml" for s in in_period),
     )

@@ -261,7 +261,12 @@ async def get_provider(request: web.Request) -> web.Response:
     rentals = [rental for i in reversed(provider.rental_ids) if (rental := index.rental(i)) is not None]
     return _json(
         provider_view(
-            provider, [OfferView.of(o, token) for o in offers], _summaries(index, rentals, token), token, stake_token
+            provider,
+            [OfferView.of(o, token) for o in offers],
+            rentals,
+            _summaries(index, rentals, token),
+            token,
+            stake_token,
         )
     )
 

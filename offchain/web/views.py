@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from offchain.chain.events import (
     AgentSet,
     AgentUrlSet,
+    EarningsClaimed,
     OfferClosed,
     OfferCreated,
     OfferPaused,
@@ -32,7 +33,7 @@ from offchain.chain.events import (
 )
 from offchain.market.index import HistoryEntry, IndexedProvider
 from offchain.market.offers import SECONDS_PER_HOUR, OfferQuery, OfferRecord, ProviderRecord, TokenInfo, unpack_text
-from offchain.market.rentals import RentalHistory
+from offchain.market.rentals import RentalHistory, ReportPeriod
 
 BPS_PER_PERCENT = 100
 
@@ -81,7 +82,9 @@ class OfferView(_View):
     max_duration: int
     util_floor_pct: float
     egress: bool  # jobs may open outbound network connections when their spec asks
-    reliability: float | None  # share of rented seconds delivered; None before the first settled second
+    reliability: float | None  # value-weighted share delivered to other renters; None for a new provider
+    value_settled: Decimal  # by other renters: delivered and missed, at their rentals' prices
+    distinct_renters: int  # accounts other than the provider and its agent keys
     rentals_completed: int
     slashes: int
     declines: int
@@ -89,6 +92,7 @@ class OfferView(_View):
     @classmethod
     def of(cls, offer: OfferRecord, token: TokenInfo) -> OfferView:
         per_hour = token.to_human(offer.price_per_hour)
+        provider = offer.reputation
         return cls(
             offer_id=offer.offer_id,
             provider=offer.provider,
@@ -105,7 +109,9 @@ class OfferView(_View):
             max_duration=offer.max_duration,
             util_floor_pct=offer.util_floor_bps / BPS_PER_PERCENT,
             egress=offer.egress,
-            reliability=offer.reliability,
+            reliability=offer.reliability if provider.established(token) else None,
+            value_settled=token.to_human(provider.track_record.value_settled),
+            distinct_renters=provider.track_record.distinct_renters,
             rentals_completed=offer.reputation.rentals_completed,
             slashes=offer.reputation.slashes,
             declines=offer.reputation.declines,
@@ -120,11 +126,33 @@ class OffersPage(_View):
 
 
 class ReportView(_View):
+    """An applied report: what it added over its period, and the rental's totals it brought."""
+
     seq: int
-    period_end: int
-    delivered_seconds: int
-    avg_util_pct: float
-    earned: Decimal
+    period_start: int
+    covered_until: int
+    delivered_seconds: int  # in the period
+    util_pct: float | None  # over the period's delivered seconds; None when it delivered none
+    earned: Decimal  # in the period, gross
+    total_delivered_seconds: int
+
+    @classmethod
+    def of(cls, period: ReportPeriod, token: TokenInfo) -> ReportView:
+        util = period.util_bps
+        return cls(
+            seq=period.seq,
+            period_start=period.start,
+            covered_until=period.covered_until,
+            delivered_seconds=period.delivered_seconds,
+            util_pct=None if util is None else util / BPS_PER_PERCENT,
+            earned=token.to_human(period.earned),
+            total_delivered_seconds=period.report.delivered_seconds,
+        )
+
+
+class SkippedView(_View):
+    seq: int
+    reason: str  # seq_not_increasing, totals_decreased, ...
 
 
 class SettlementView(_View):
@@ -153,9 +181,11 @@ class RentalSummary(_View):
     opened_at: int
     since: int  # opening time while open, start time once started
     ends_at: int
+    covered_until: int | None  # up to when the applied reports cover the rental
     delivered_seconds: int
-    last_util_pct: float | None
-    paid: Decimal  # earnings accrued by applied reports: what the renter pays, fee included
+    util_pct: float | None  # over every delivered second
+    paid: Decimal  # earnings of the applied reports: what the renter pays, fee included
+    claimed: Decimal  # of `paid`, what the provider claimed while the rental ran (gross)
 
 
 class RentalsPage(_View):
@@ -175,11 +205,14 @@ class RentalDetail(RentalSummary):
     decline_detail: str | None  # what the reason means, for people
     job_spec_hash: str
     settlement: SettlementView | None
+    claimable: Decimal  # gross earnings a claim would credit the provider now
+    provider_paid: Decimal  # credited to the provider so far, after the fee
     reports: list[ReportView]
+    skipped: list[SkippedView]
 
 
 #: The provider's figures the page shows as the registry keeps them (amounts are converted to human units).
-_PROVIDER_AS_READ = set(ProviderRecord.model_fields) - {"address", "staked", "locked", "unbonding"}
+_PROVIDER_AS_READ = set(ProviderRecord.model_fields) - {"address", "staked", "locked", "unbonding", "track_record"}
 
 
 def rental_summary(rental: RentalHistory, offer: OfferRecord, token: TokenInfo) -> RentalSummary:
@@ -212,16 +245,10 @@ def rental_detail(rental: RentalHistory, offer: OfferRecord, token: TokenInfo, s
             slashed=stake_token.to_human(settlement.slashed),
             slash_reason=settlement.slash_reason.name.lower(),
         ),
-        reports=[
-            ReportView(
-                seq=r.seq,
-                period_end=r.period_end,
-                delivered_seconds=r.delivered_seconds,
-                avg_util_pct=r.avg_util_bps / BPS_PER_PERCENT,
-                earned=token.to_human(r.earned),
-            )
-            for r in rental.reports
-        ],
+        claimable=token.to_human(rental.claimable),
+        provider_paid=token.to_human(rental.provider_paid),
+        reports=[ReportView.of(period, token) for period in rental.periods],
+        skipped=[SkippedView(seq=r.seq, reason=r.reason.name.lower()) for r in rental.skipped],
     )
 
 
@@ -239,9 +266,11 @@ def _summary_fields(rental: RentalHistory, offer: OfferRecord, token: TokenInfo)
         opened_at=rental.opened_at,
         since=rental.since,
         ends_at=rental.ends_at,
+        covered_until=rental.covered_until,
         delivered_seconds=rental.delivered_seconds,
-        last_util_pct=rental.reports[-1].avg_util_bps / BPS_PER_PERCENT if rental.reports else None,
+        util_pct=None if rental.avg_util_bps is None else rental.avg_util_bps / BPS_PER_PERCENT,
         paid=token.to_human(rental.earned),
+        claimed=token.to_human(rental.claimed),
     )
 
 
@@ -269,7 +298,11 @@ class ProviderView(_View):
     declines: int
     seconds_delivered: int
     seconds_missed: int
-    reliability: float | None
+    reliability: float | None  # value-weighted share delivered to other renters; None for a new provider
+    value_settled: Decimal  # with other renters: delivered and missed, at their rentals' prices
+    value_missed: Decimal
+    distinct_renters: int
+    claimable: Decimal  # earnings of its live rentals that a claim would credit now (gross)
     offers: list[OfferView]
     rentals: list[RentalSummary]
     history: list[HistoryView]  # the newest first
@@ -278,13 +311,15 @@ class ProviderView(_View):
 def provider_view(
     provider: IndexedProvider,
     offers: list[OfferView],
-    rentals: list[RentalSummary],
+    rentals: list[RentalHistory],
+    summaries: list[RentalSummary],
     token: TokenInfo,
     stake_token: TokenInfo,
 ) -> ProviderView:
-    """`provider` must have its record read (the index is ready)."""
+    """`provider` must have its record read (the index is ready); `summaries` are of its `rentals`."""
     record = provider.record
     assert record is not None
+    track = record.track_record
     return ProviderView(
         address=provider.address,
         staked=stake_token.to_human(record.staked),
@@ -292,9 +327,13 @@ def provider_view(
         unbonding=stake_token.to_human(record.unbonding),
         free=stake_token.to_human(record.free),
         **record.model_dump(include=_PROVIDER_AS_READ),
-        reliability=record.reliability,
+        reliability=record.reliability if record.established(token) else None,
+        value_settled=token.to_human(track.value_settled),
+        value_missed=token.to_human(track.value_missed),
+        distinct_renters=track.distinct_renters,
+        claimable=token.to_human(sum(rental.claimable for rental in rentals)),
         offers=offers,
-        rentals=rentals,
+        rentals=summaries,
         history=[
             HistoryView(
                 block=h.record.block_number,
@@ -341,12 +380,14 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
             return "rental started by its first report" if by_report else "rental started"
         case RentalTerminated(refund=refund):
             return f"the renter terminated the rental; {token.format(refund)} refunded"
+        case EarningsClaimed(provider_payout=payout, fee=fee):
+            return f"claimed {token.format(payout)} of the rental's earnings, fee {token.format(fee)}"
         case RentalDeclined(reason=reason):
             return f"declined the rental: {reason.describe()}"
         case RentalFinalized() as settled:
             text = (
                 f"rental settled {_reason(settled.status)}: {token.format(settled.provider_payout)} to the "
-                f"provider, {token.format(settled.refund)} refunded"
+                f"provider in all, {token.format(settled.refund)} refunded"
             )
             if settled.slashed:
                 text += f", {stake_token.format(settled.slashed)} slashed ({_reason(settled.slash_reason)})"

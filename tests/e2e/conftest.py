@@ -79,13 +79,14 @@ def running_exchange(
     return inprocess.running_exchange(chain_settings, state_root, ORACLE_KEYS, machine)
 
 
-def stored_reports(state_root: Path, index: int, rental_id: int) -> list[tuple[TelemetrySubmission, str | None]]:
-    """The submissions oracle `index` accepted for the rental, in seq order, with the tx key that carried each."""
+def stored_reports(state_root: Path, index: int, rental_id: int) -> list[tuple[TelemetrySubmission, str]]:
+    """The submissions oracle `index` accepted for the rental, in seq order, with the state each reached on its way to
+    the chain (`offchain.oracle.store.ReportState`)."""
     db = sqlite3.connect(state_root / f"oracle{index}" / STORE_FILE)
     try:
         rows = db.execute(
-            "SELECT body, batched_tx_key FROM submissions WHERE rental_id = ? ORDER BY seq", (str(rental_id),)
+            "SELECT body, state FROM submissions WHERE rental_id = ? ORDER BY seq", (str(rental_id),)
         ).fetchall()
     finally:
         db.close()
-    return [(TelemetrySubmission.model_validate_json(body), key) for body, key in rows]
+    return [(TelemetrySubmission.model_validate_json(body), state) for body, state in rows]

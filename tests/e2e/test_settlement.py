@@ -1,7 +1,7 @@
 """Agent -> oracles -> chain -> balances, end to end: three real oracles (2-of-3, the leader batching, co-signing
 with its peers and keeping), one real provider agent running real jobs with replayed or simulated telemetry,
-the real escrow on anvil. Each scenario checks the rental's final state, every escrow balance it moved, and that
-every report the oracles accepted landed on chain exactly once."""
+the real escrow on anvil. Each scenario checks the rental's final state, every escrow balance it moved, and the
+landing policy: every report the agent sent is held by the oracles, and the chain applied the latest once."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from eth_utils import keccak
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.rentals import Phase
 from offchain.chain.reads import Rental
+from offchain.oracle.store import ReportState
 from offchain.protocol.reports import ReportStatus
 from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
@@ -84,31 +85,32 @@ def sla_slash(collateral: int, missed: int, elapsed: int) -> int:
     return collateral * (PARAMS.sla_slash_bps * missed // elapsed) // BPS
 
 
-def assert_reports_landed_once(suite, rental_id: int, from_block: int, state_root: Path) -> list:
-    """Every report the leader accepted landed on chain exactly once, as reported, in one of its batches; none was
-    skipped; the peers hold the same reports (a peer may miss one the chain had already applied when it came)."""
+def assert_latest_landed(suite, rental_id: int, from_block: int, state_root: Path) -> list:
+    """The landing policy held: the oracles hold every report the agent sent (the peers the same ones; a peer may
+    miss one the chain had already applied when it came), the chain applied a rising subsequence of them, once
+    each, ending with the latest, each as its cumulative totals clamped to the rental's end, and skipped none; every
+    report the leader holds has landed or was superseded by a later one that did."""
     held = [stored_reports(state_root, i, rental_id) for i in range(3)]
     reports = [submission.report for submission, _ in held[0]]
     assert reports, "the oracles accepted no report"
+    assert [r.seq for r in reports] == list(range(1, len(reports) + 1))
     for other in held[1:]:
         assert len(other) >= len(reports) - 1, "a peer missed reports"
         assert all(s.report == reports[s.report.seq - 1] for s, _ in other), "the oracles hold different reports"
-    assert all(key is not None and key.startswith("reports:") for _, key in held[0]), (
-        "the leader left a report out of its batches"
-    )
+    assert {state for _, state in held[0]} <= {ReportState.LANDED, ReportState.SUPERSEDED}
     applied = events(suite, "ReportApplied", rental_id, from_block)
-    assert [e["seq"] for e in applied] == [r.seq for r in reports] == list(range(1, len(reports) + 1))
-    # The chain clamps a period at the rental's end: a report the agent closed just after a termination it had
-    # not seen yet counts only up to the new end.
+    seqs = [e["seq"] for e in applied]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == reports[-1].seq, "the latest report did not land, or twice"
     state = rental_state(suite, rental_id)
-    end = state.end
-    expected, last_end = [], state.since
-    for r in reports:
-        period_end = min(r.period_end, end)
-        expected.append((period_end, min(r.delivered_seconds, period_end - last_end), r.avg_util_bps, r.telemetry_root))
-        last_end = period_end
+    expected = []
+    for seq in seqs:
+        r = reports[seq - 1]
+        covered = min(r.covered_until - state.since, state.duration)
+        delivered = min(r.delivered_seconds, covered)
+        expected.append((seq, state.since + covered, delivered, min(r.util_seconds, delivered), r.telemetry_root))
     assert [
-        (e["periodEnd"], e["deliveredSeconds"], e["avgUtilBps"], bytes(e["telemetryRoot"])) for e in applied
+        (e["seq"], e["coveredUntil"], e["deliveredSeconds"], e["utilSeconds"], bytes(e["telemetryRoot"]))
+        for e in applied
     ] == expected
     assert events(suite, "ReportSkipped", rental_id, from_block) == []
     return reports
@@ -175,12 +177,12 @@ def test_completed_job_pays_the_provider_for_delivered_seconds(
         suite, chain_settings, provider, renter, tmp_path, replay_offer, spec, ReplaySource(TRACE, rebase=True)
     )
 
-    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    reports = assert_latest_landed(suite, rental_id, from_block, tmp_path)
     assert len(reports) >= 3 and {r.status for r in reports[:-1]} == {ReportStatus.RUNNING}
     assert (reports[-1].status, reports[-1].exit_code) == (ReportStatus.COMPLETED, 0)
     assert all(r.simulated for r in reports)
     state = rental_state(suite, rental_id)
-    assert state.delivered_seconds == sum(r.delivered_seconds for r in reports) >= 3
+    assert state.delivered_seconds == reports[-1].delivered_seconds >= 3
     moved = Balances.of(suite, provider, treasury, renter) - before
     assert_settled(
         suite,
@@ -189,7 +191,7 @@ def test_completed_job_pays_the_provider_for_delivered_seconds(
         from_block,
         moved,
         RentalStatus.COMPLETED,
-        elapsed=reports[-1].period_end - state.since,
+        elapsed=reports[-1].covered_until - state.since,
     )
 
 
@@ -203,7 +205,7 @@ def test_failed_job_settles_failed_with_its_exit_code(
         suite, chain_settings, provider, renter, tmp_path, replay_offer, spec, ReplaySource(TRACE, rebase=True)
     )
 
-    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    reports = assert_latest_landed(suite, rental_id, from_block, tmp_path)
     assert (reports[-1].status, reports[-1].exit_code) == (ReportStatus.FAILED, 3)
     state = rental_state(suite, rental_id)
     moved = Balances.of(suite, provider, treasury, renter) - before
@@ -214,7 +216,7 @@ def test_failed_job_settles_failed_with_its_exit_code(
         from_block,
         moved,
         RentalStatus.FAILED,
-        elapsed=reports[-1].period_end - state.since,
+        elapsed=reports[-1].covered_until - state.since,
     )
 
 
@@ -229,10 +231,10 @@ def test_downtime_beyond_the_sla_slashes_collateral_to_the_renter(
 
     rental_id = run_to_final(suite, chain_settings, provider, renter, tmp_path, offer_id, spec, source)
 
-    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    reports = assert_latest_landed(suite, rental_id, from_block, tmp_path)
     assert reports[-1].status is ReportStatus.COMPLETED
     state = rental_state(suite, rental_id)
-    elapsed = reports[-1].period_end - state.since
+    elapsed = reports[-1].covered_until - state.since
     assert elapsed - state.delivered_seconds >= 4, "the outage's seconds were not missed"
     moved = Balances.of(suite, provider, treasury, renter) - before
     final = assert_settled(suite, rental_id, offer_id, from_block, moved, RentalStatus.COMPLETED, elapsed)
@@ -251,9 +253,7 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(
         async with running_exchange(chain_settings, tmp_path, provider.address, ReplaySource(TRACE, rebase=True)) as ex:
             rental_id = await asyncio.to_thread(open_rental, suite, replay_offer, spec, renter)
             started = tmp_path / "agent" / "rentals" / str(rental_id) / "work" / "started"
-            await ex.until_chain(
-                lambda: len(events(suite, "ReportApplied", rental_id, from_block)) >= 3, 30, "three reports on chain"
-            )
+            await ex.until(lambda: len(ex.leader.store.reports(rental_id)) >= 3, 30, "three reports at the oracles")
             assert started.exists()
             tx = await asyncio.to_thread(suite.escrow.terminate, rental_id, {"from": renter})
             ends_at = tx.events["RentalTerminated"]["endsAt"]
@@ -271,10 +271,10 @@ def test_renter_termination_stops_the_job_and_the_keeper_finalises(
 
     rental_id, ends_at = asyncio.run(main())
 
-    reports = assert_reports_landed_once(suite, rental_id, from_block, tmp_path)
+    reports = assert_latest_landed(suite, rental_id, from_block, tmp_path)
     assert {r.status for r in reports} == {ReportStatus.RUNNING}
-    assert reports[-1].period_end >= ends_at, "the last report covers the time up to the termination"
-    assert events(suite, "ReportApplied", rental_id, from_block)[-1]["periodEnd"] == ends_at
+    assert reports[-1].covered_until >= ends_at, "the last report covers the time up to the termination"
+    assert events(suite, "ReportApplied", rental_id, from_block)[-1]["coveredUntil"] == ends_at
     state = rental_state(suite, rental_id)
     assert state.end == ends_at
     moved = Balances.of(suite, provider, treasury, renter) - before

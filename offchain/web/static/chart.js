@@ -1,5 +1,5 @@
 // The rental page's chart, drawn on a canvas: each applied report's average GPU utilisation over its period
-// (left axis, %) and the delivered seconds accumulated by the end of each period against the seconds elapsed
+// (left axis, %) and the rental's total delivered seconds at the end of each period against the seconds elapsed
 // (right axis). The canvas's data-points attribute holds the number of reports drawn.
 "use strict";
 
@@ -54,10 +54,10 @@ const usageChart = (() => {
     const reports = rental.reports;
     const plot = { x0: MARGIN.left, x1: width - MARGIN.right, y0: height - MARGIN.bottom, y1: MARGIN.top };
     const start = rental.since;
-    const reported = reports.length ? reports[reports.length - 1].period_end : start;
+    const reported = reports.length ? reports[reports.length - 1].covered_until : start;
     const end = Math.max(reported, start + 10);
-    let delivered = 0;
-    const cumulative = reports.map((r) => (delivered += r.delivered_seconds));
+    const cumulative = reports.map((r) => r.total_delivered_seconds);
+    const delivered = cumulative.length ? cumulative[cumulative.length - 1] : 0;
     const secondsMax = 4 * niceCeil(Math.max(reported - start, delivered) / 4);  // four round steps
     const x = (t) => plot.x0 + (t - start) / (end - start) * (plot.x1 - plot.x0);
     const yUtil = (pct) => plot.y0 - pct / 100 * (plot.y0 - plot.y1);
@@ -98,10 +98,9 @@ const usageChart = (() => {
 
     // Utilisation: a step per report period, filled down to the axis.
     const steps = [];
-    let periodStart = start;
     for (const r of reports) {
-      steps.push([x(periodStart), yUtil(r.avg_util_pct)], [x(r.period_end), yUtil(r.avg_util_pct)]);
-      periodStart = r.period_end;
+      const util = r.util_pct === null ? 0 : r.util_pct;
+      steps.push([x(r.period_start), yUtil(util)], [x(r.covered_until), yUtil(util)]);
     }
     ctx.fillStyle = COLORS.utilFill;
     ctx.beginPath();
@@ -132,11 +131,11 @@ const usageChart = (() => {
     ctx.lineWidth = 2.5;
     ctx.beginPath();
     ctx.moveTo(x(start), ySeconds(0));
-    reports.forEach((r, i) => ctx.lineTo(x(r.period_end), ySeconds(cumulative[i])));
+    reports.forEach((r, i) => ctx.lineTo(x(r.covered_until), ySeconds(cumulative[i])));
     ctx.stroke();
     reports.forEach((r, i) => {
       ctx.beginPath();
-      ctx.arc(x(r.period_end), ySeconds(cumulative[i]), 3, 0, 2 * Math.PI);
+      ctx.arc(x(r.covered_until), ySeconds(cumulative[i]), 3, 0, 2 * Math.PI);
       ctx.fill();
     });
     canvas.dataset.points = String(reports.length);

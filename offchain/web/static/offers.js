@@ -38,10 +38,12 @@
       "#" + o.offer_id, o.gpu_count, o.gpu_model, o.vram_gib.toFixed(1) + " GiB", o.region,
       amount(o.price_per_hour, token.symbol), amount(o.price_per_gpu_hour, token.symbol),
       duration(o.min_duration) + " – " + duration(o.max_duration), o.egress ? "allowed" : "no",
-      providerLink(o.provider), percent(o.reliability), o.declines,
+      providerLink(o.provider), o.reliability === null ? "new" : percent(o.reliability), o.declines,
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
+      amount(o.value_settled, token.symbol), o.distinct_renters,
     ]);
-    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11], document.getElementById("offers-empty"));
+    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11, 13, 14],
+              document.getElementById("offers-empty"));
   }
 
   async function loadRentals() {
@@ -50,7 +52,7 @@
     const rows = page.rentals.map((r) => [
       rentalLink(r.rental_id), "#" + r.offer_id, r.gpu_count + " × " + r.gpu_model, gpuex.short(r.renter),
       badge(r.status), amount(r.price_per_hour, token.symbol), time(r.opened_at), duration(r.delivered_seconds),
-      r.last_util_pct === null ? "—" : r.last_util_pct.toFixed(1) + "%", amount(r.paid, token.symbol),
+      r.util_pct === null ? "—" : r.util_pct.toFixed(1) + "%", amount(r.paid, token.symbol),
     ]);
     fillTable(document.getElementById("rentals"), rows, [5, 7, 8, 9], document.getElementById("rentals-empty"));
   }

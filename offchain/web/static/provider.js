@@ -1,4 +1,4 @@
-// The provider page: stake and reputation from the registry, offers, rentals and history from its events.
+// The provider page: stake and counters from the registry; reputation, offers, rentals and history from its events.
 "use strict";
 
 (() => {
@@ -20,7 +20,11 @@
     document.getElementById("cards").replaceChildren(
       card("Staked", amount(p.staked, stake)), card("Locked", amount(p.locked, stake), "collateral of live rentals"),
       card("Unbonding", amount(p.unbonding, stake), unbondingNote), card("Free", amount(p.free, stake)),
-      card("Reliability", percent(p.reliability), "share of rented seconds delivered"),
+      card("Reliability", p.reliability === null ? "new" : percent(p.reliability),
+           "share of the value settled with other renters that was delivered"),
+      card("Value settled", amount(p.value_settled, pay),
+           amount(p.value_missed, pay) + " missed, " + p.distinct_renters + " distinct renters"),
+      card("Claimable", amount(p.claimable, pay), "earnings of live rentals not claimed yet"),
       card("Rentals completed", p.rentals_completed),
       card("Delivered", duration(p.seconds_delivered), duration(p.seconds_missed) + " missed"),
       card("Slashes", p.slashes, null, p.slashes > 0),

@@ -7,7 +7,7 @@ from eth_utils import keccak
 
 from offchain.ops.inprocess import wait_until  # noqa: F401 (re-exported for the tests)
 from offchain.ops.roles import AGENT_KEY
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission, chain_root
 
 AGENT_ADDRESS = Account.from_key(AGENT_KEY).address
 CHAIN_ID = 1337
@@ -16,18 +16,23 @@ UUIDS = ("GPU-0b1f7c2e-8d7a-4a51-9e0c-3f6d2b9a1c11", "GPU-7e4d2a90-15c3-4b8e-a2f
 
 
 def signed_submission(seq: int, rental_id: int = 1, period_seconds: int = 10) -> TelemetrySubmission:
-    """A report of a made-up rental, always the same for the same arguments, signed by the agent key."""
+    """Cumulative report `seq` of a made-up rental, always the same for the same arguments, chained to the reports
+    before it and signed by the agent key."""
     start = 1_700_000_000 + (seq - 1) * period_seconds
+    prev_root = ZERO_ROOT
+    for earlier in range(1, seq):
+        prev_root = chain_root(prev_root, keccak(text=f"{rental_id}/{earlier}"))
     report = TelemetryReport(
         rental_id=rental_id,
         seq=seq,
         period_start=start,
-        period_end=start + period_seconds,
-        delivered_seconds=period_seconds,
-        avg_util_bps=9_000,
+        covered_until=start + period_seconds,
+        delivered_seconds=seq * period_seconds,
+        util_seconds=seq * period_seconds * 9 // 10,
         peak_mem_mib=40_000,
         sample_count=2 * period_seconds,
         gpu_uuids=UUIDS,
-        telemetry_root=keccak(text=f"{rental_id}/{seq}"),
+        prev_root=prev_root,
+        samples_root=keccak(text=f"{rental_id}/{seq}"),
     )
     return TelemetrySubmission(report=report, signature=report.sign(AGENT_KEY, CHAIN_ID, REGISTRY))

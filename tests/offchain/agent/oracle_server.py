@@ -3,10 +3,11 @@ service answers it, with every request recorded.
 
 It validates the body as a `TelemetrySubmission`, checks the agent signature, and keeps each rental's reports
 in sequence: a rental's first report must have the seq after the one the chain already holds (`chain_last_seq`,
-default 0), each later one the last seq + 1, starting where the last period ended. Answers, with the real
-oracle's models and reason codes: 202 `TelemetryAck`; 200 `TelemetryAck(duplicate=True)` for an identical retry
-of an accepted report; `OracleError` 400 invalid_body, 401 bad_signature, 403 signer_not_agent, 409 seq_gap /
-period_discontinuous / seq_conflict, 422 with the reason in `refuse` for those seqs (a check that failed).
+default 0), each later one the last seq + 1, starting where the last report's coverage ended and chaining its
+telemetry root. Answers, with the real oracle's models and reason codes: 202 `TelemetryAck`; 200
+`TelemetryAck(duplicate=True)` for an identical retry of an accepted report; `OracleError` 400 invalid_body, 401
+bad_signature, 403 signer_not_agent, 409 seq_gap / period_discontinuous / prev_root_mismatch / seq_conflict, 422
+with the reason in `refuse` for those seqs (a check that failed).
 `fail_next` makes it answer 503 to that many requests first (a struggling oracle); `before_accept_answer` is
 awaited after a report is accepted and before the 202 goes out (a crash test kills the agent there).
 
@@ -118,14 +119,16 @@ class RecordingOracle:
             if previous is None:
                 return 409, submission, OracleError(error=RejectReason.SEQ_GAP, detail=f"seq {report.seq - 1} first")
             last = TelemetrySubmission.model_validate_json(previous).report
-            if report.period_start != last.period_end:
+            if report.period_start != last.covered_until:
                 return (
                     409,
                     submission,
                     OracleError(
-                        error=RejectReason.PERIOD_DISCONTINUOUS, detail=f"last period ended at {last.period_end}"
+                        error=RejectReason.PERIOD_DISCONTINUOUS, detail=f"last coverage ended at {last.covered_until}"
                     ),
                 )
+            if report.prev_root != last.telemetry_root:
+                return 409, submission, OracleError(error=RejectReason.PREV_ROOT_MISMATCH, detail="another history")
         self.accepted[key] = body
         return 202, submission, TelemetryAck(rental_id=report.rental_id, seq=report.seq)
 

@@ -22,8 +22,8 @@ from offchain.agent.service import SIMULATED_LABEL, ProviderAgent, SimulatedTele
 from offchain.agent.workspace import RentalFiles
 from offchain.chain.contracts import PROJECT_ROOT
 from offchain.chain.reads import Rental
-from offchain.protocol.messages import TelemetryReport
-from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch
+from offchain.protocol.messages import ZERO_ROOT, TelemetryReport
+from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch, submit_args
 from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.simulated import SimulatedSource
@@ -44,16 +44,23 @@ from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, PRICE
 
 
 def assert_continuous(reports: list[TelemetryReport], since: int) -> None:
+    """One unbroken cumulative sequence: each report starts where the previous one's coverage ended, chains its
+    telemetry root and adds to its totals no more than its period holds."""
     assert [r.seq for r in reports] == list(range(reports[0].seq, reports[0].seq + len(reports)))
     assert reports[0].period_start == since
+    assert reports[0].prev_root == ZERO_ROOT
     for previous, report in zip(reports, reports[1:]):
-        assert report.period_start == previous.period_end
-    for report in reports:
-        assert report.delivered_seconds <= report.period_end - report.period_start
+        assert report.period_start == previous.covered_until
+        assert report.prev_root == previous.telemetry_root
+        delivered = report.delivered_seconds - previous.delivered_seconds
+        assert 0 <= delivered <= report.period_seconds
+        assert 0 <= report.util_seconds - previous.util_seconds <= delivered
+    assert reports[0].delivered_seconds <= reports[0].period_seconds
 
 
 def settle(suite, relayer, reports: list[TelemetryReport]):
-    """Applies the agent's reports on chain as two of the three oracles would, in one batch."""
+    """Applies reports on chain as two of the three oracles would, in one batch (the latest alone carries the
+    rental's totals, as the oracles land it)."""
     chain_reports: list[Report] = [r.to_chain_report() for r in reports]
     domain = EscrowDomain(
         chain_id=web3.eth.chain_id,
@@ -61,7 +68,9 @@ def settle(suite, relayer, reports: list[TelemetryReport]):
         oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
     )
     signatures = [sign_batch(chain_reports, domain, key) for key in ORACLE_KEYS[:2]]
-    return suite.escrow.submitReports([r.as_tuple() for r in chain_reports], signatures, {"from": relayer})
+    return suite.escrow.submitReports(
+        *submit_args(chain_reports, signatures, domain.oracle_set_version), {"from": relayer}
+    )
 
 
 def rental_state(suite, rental_id: int) -> Rental:
@@ -122,17 +131,21 @@ def test_rental_runs_to_a_completion_report_that_settles_on_chain(
     last = reports[-1]
     assert (last.status, last.exit_code, last.result_digest) == (ReportStatus.COMPLETED, 0, keccak(b"trained\n"))
     assert all(r.simulated and r.gpu_uuids == tuple(g.uuid for g in listed.source.gpus()) for r in reports)
-    assert sum(r.delivered_seconds for r in reports) >= 2
-    assert all(r.sample_count >= 2 * r.delivered_seconds for r in reports)
+    assert reports[-1].delivered_seconds >= 2
+    assert sum(r.sample_count for r in reports) >= 2 * reports[-1].delivered_seconds
     assert all(o.violations == [] and set(o.statuses()) == {202} for o in oracles)
     row = book_row(settings, rental)
     assert (row["isolation"], row["exit_code"], row["job_reason"]) == ("container", 0, None)
     assert b"trained" in (settings.rentals_dir / str(rental) / "container.log").read_bytes()
 
-    settle(suite, relayer, reports)
+    settle(suite, relayer, reports[-1:])  # the earlier reports stay off chain: the latest carries the totals
     settled = rental_state(suite, rental)
     assert settled.status is RentalStatus.COMPLETED
-    assert settled.delivered_seconds == sum(r.delivered_seconds for r in reports)
+    assert (settled.last_seq, settled.delivered_seconds, settled.util_seconds) == (
+        last.seq,
+        last.delivered_seconds,
+        last.util_seconds,
+    )
 
     agent_lines = [r for r in caplog.records if r.name.startswith("offchain.agent")]
     assert agent_lines and all(r.getMessage().startswith(SIMULATED_LABEL) for r in agent_lines)
@@ -202,15 +215,15 @@ def test_the_end_of_the_paid_time_stops_the_job_and_closes_the_last_period(
     reports = oracle.accepted_reports(rental)
     since = rental_state(suite, rental).since
     assert_continuous(reports, since)
-    assert reports[-1].period_end == since + 4
+    assert reports[-1].covered_until == since + 4
     assert all(r.status is ReportStatus.RUNNING for r in reports)
     first = reports[0]
-    assert first.delivered_seconds == first.period_end - first.period_start, "sampled from the billed start"
+    assert first.delivered_seconds == first.period_seconds, "sampled from the billed start"
     assert agent_outcome(settings, rental) == "ended before the job"
     assert (settings.rentals_dir / str(rental) / "work" / "stopped").read_text() == "stopped\n"
     assert book_row(settings, rental)["job_reason"] == "stopped by the provider's agent because the rental ended"
     settle(suite, relayer, reports)
-    assert rental_state(suite, rental).reported_seconds == 4
+    assert rental_state(suite, rental).covered_seconds == 4
 
 
 def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, renter, relayer, gpu_offer, agent_settings):
@@ -242,7 +255,7 @@ def test_renter_termination_stops_the_job_and_closes_the_last_period(suite, rent
     assert all(r.status is ReportStatus.RUNNING for r in reports)
     # The agent learns of the termination a poll after it: its last period either closes at the new end or, when
     # a regular report already crossed it, was the one before (the escrow clamps it to the end).
-    assert reports[-1].period_start < ends_at <= reports[-1].period_end
+    assert reports[-1].period_start < ends_at <= reports[-1].covered_until
     assert agent_outcome(settings, rental) in ("ended before the job", "ended; every second was already reported")
     settle(suite, relayer, reports)
     assert rental_state(suite, rental).last_seq == reports[-1].seq
@@ -252,7 +265,7 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(
     suite, renter, relayer, gpu_offer, agent_settings
 ):
     """start() reverts (the rental runs since its opening, started by a report): the agent sends no transaction
-    and continues the report sequence from the chain's lastSeq and reportedSeconds."""
+    and continues the report sequence and totals from the chain's lastSeq, coveredSeconds and totals."""
     listed = gpu_offer()
     settings = agent_settings([])
     spec = job("sleep 2")
@@ -261,15 +274,14 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(
     rental, opened_at = opened.return_value, opened.timestamp
     while time.time() < opened_at + 2:
         time.sleep(0.1)
-    first = Report(rental_id=rental, seq=1, period_end=opened_at + 1, delivered_seconds=1, avg_util_bps=9_000)
+    first = Report(rental_id=rental, seq=1, covered_until=opened_at + 1, delivered_seconds=1, util_seconds=0)
     domain = EscrowDomain(
         chain_id=web3.eth.chain_id,
         escrow=suite.escrow.address,
         oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
     )
-    suite.escrow.submitReports(
-        [first.as_tuple()], [sign_batch([first], domain, k) for k in ORACLE_KEYS[:2]], {"from": relayer}
-    )
+    signatures = [sign_batch([first], domain, k) for k in ORACLE_KEYS[:2]]
+    suite.escrow.submitReports(*submit_args([first], signatures, domain.oracle_set_version), {"from": relayer})
     nonce_before = web3.eth.get_transaction_count(AGENT.address)
 
     async def main():
@@ -289,6 +301,7 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(
     reports = oracle.accepted_reports(rental)
     assert reports[0].seq == 2
     assert_continuous(reports, opened_at + 1)
+    assert reports[0].delivered_seconds >= 1, "the totals continue from the chain's"
     settle(suite, relayer, reports)
     assert rental_state(suite, rental).status is RentalStatus.COMPLETED
 
@@ -313,7 +326,7 @@ def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, 
     assert_continuous(reports, rental_state(suite, rental).since)
     assert reports[-1].status is ReportStatus.COMPLETED
     assert all(r.simulated for r in reports)
-    assert sum(r.delivered_seconds for r in reports) >= 2
+    assert reports[-1].delivered_seconds >= 2
     assert max(r.peak_mem_mib for r in reports) > 0
     settle(suite, relayer, reports)
     assert rental_state(suite, rental).status is RentalStatus.COMPLETED
@@ -331,7 +344,8 @@ def test_kill_9_and_restart_reattaches_to_the_running_container(
     point after two reports, once right after the first oracle accepted a report but before the agent saw the 202.
     The job's container outlives both: each restart re-attaches to it instead of launching it again, the job runs
     once and one completion report lands. Each oracle holds every report exactly once, in one continuous sequence
-    that the escrow applies, and the only repeat is the report whose ack the killed agent never saw."""
+    that the escrow applies, and the only repeat is the report whose ack the killed agent never saw. The totals and
+    the telemetry root chain continue across both restarts: nothing counted is lost or counted twice."""
     listed = gpu_offer()
     settings = agent_settings([])
     spec = job("echo launched >> launches; sleep 8; echo ok")

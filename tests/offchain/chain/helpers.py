@@ -19,7 +19,7 @@ from offchain.chain.reads import Rental
 from offchain.chain.rpc import connect
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import FINAL_STATES
-from offchain.protocol.reports import EscrowDomain, Report, sign_batch
+from offchain.protocol.reports import EscrowDomain, Report, sign_batch, submit_args
 from scripts.deploy import USDC
 from tests.offchain.conftest import ORACLE_KEYS
 
@@ -74,16 +74,25 @@ def started_rental(suite, renter, provider, duration=600):
     return rental
 
 
-def report_calldata(suite, rental_id, seq, period_end, delivered):
-    """`submitReports` calldata of a one-report batch co-signed by two of the three conftest oracles."""
-    domain = EscrowDomain(
-        chain_id=chain.id, escrow=suite.escrow.address, oracle_set_version=suite.read(lambda r: r.oracle_set()).version
+def report_args(suite, reports: list[Report]) -> list:
+    """`submitReports` arguments of a batch co-signed by two of the three conftest oracles under the escrow's
+    oracle set."""
+    version = suite.read(lambda r: r.oracle_set()).version
+    domain = EscrowDomain(chain_id=chain.id, escrow=suite.escrow.address, oracle_set_version=version)
+    return submit_args(reports, [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]], version)
+
+
+def report_calldata(suite, rental_id, seq, covered_until, delivered):
+    """`submitReports` calldata of a one-report batch (utilisation 90 %) co-signed by two of the three conftest
+    oracles."""
+    report = Report(
+        rental_id=rental_id,
+        seq=seq,
+        covered_until=covered_until,
+        delivered_seconds=delivered,
+        util_seconds=delivered * 9 // 10,
     )
-    reports = [
-        Report(rental_id=rental_id, seq=seq, period_end=period_end, delivered_seconds=delivered, avg_util_bps=9_000)
-    ]
-    signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
-    return bytes.fromhex(suite.escrow.submitReports.encode_input([r.as_tuple() for r in reports], signatures)[2:])
+    return bytes.fromhex(suite.escrow.submitReports.encode_input(*report_args(suite, [report]))[2:])
 
 
 def free_port(candidates=range(8650, 8660)):
@@ -173,8 +182,8 @@ def first_report_calldata(suite, rental_id, elapsed=30):
     chain.sleep(elapsed)
     chain.mine()
     since = rental_state(suite, rental_id).since
-    period_end = latest_block().timestamp
-    return report_calldata(suite, rental_id, 1, period_end, period_end - since)
+    covered_until = latest_block().timestamp
+    return report_calldata(suite, rental_id, 1, covered_until, covered_until - since)
 
 
 async def settle(manager, *keys, timeout=20.0):

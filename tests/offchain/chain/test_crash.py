@@ -99,7 +99,7 @@ def run_worker(mode, *args):
 
 
 def report_applied_count(suite, rental_id):
-    topic = web3.keccak(text="ReportApplied(uint256,uint256,uint256,uint256,uint256,uint256,bytes32)")
+    topic = web3.keccak(text="ReportApplied(uint256,uint256,uint256,uint256,uint256,bytes32)")
     logs = web3.eth.get_logs(
         {
             "address": suite.escrow.address,

@@ -18,6 +18,7 @@ CONFIG = SuiteConfig(
     sla_bps=9500,
     sla_slash_bps=2000,
     start_slash_bps=1000,
+    governance_delay=172_800,
     treasury="0x" + "11" * 20,
     oracles=["0x" + "22" * 20],
     threshold=1,

@@ -18,10 +18,11 @@ from offchain.chain.events import (
 )
 from offchain.chain.reads import AbiMismatch
 from offchain.protocol.messages import gpu_uuid_hash
-from offchain.protocol.reports import EscrowDomain, Report, sign_batch
+from offchain.protocol.reports import Report
 from offchain.protocol.status import DeclineReason, RentalStatus, SkipReason
 from scripts.deploy import SuiteParams
-from tests.offchain.conftest import ORACLE_KEYS, PRICE
+from tests.offchain.chain.helpers import report_args
+from tests.offchain.conftest import ORACLES, PRICE
 
 JOB = keccak(text="events test job")
 ABI_EVENTS = [(name, entry) for name in CONTRACT_EVENTS for entry in abi(name) if entry["type"] == "event"]
@@ -110,13 +111,7 @@ def assert_decoded_as_brownie_does(tx, contract_name: str, address: str) -> list
 
 
 def apply_reports(suite, reports: list[Report], relayer):
-    domain = EscrowDomain(
-        chain_id=web3.eth.chain_id,
-        escrow=suite.escrow.address,
-        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
-    )
-    signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
-    return suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
+    return suite.escrow.submitReports(*report_args(suite, reports), {"from": relayer})
 
 
 def test_a_rentals_logs_decode_to_the_records_of_its_events(suite, offer, provider, renter, relayer):
@@ -131,16 +126,18 @@ def test_a_rentals_logs_decode_to_the_records_of_its_events(suite, offer, provid
     reported = apply_reports(
         suite,
         [
-            Report(rental_id=rental_id, seq=1, period_end=since + 20, delivered_seconds=18, avg_util_bps=7_500),
-            Report(rental_id=unknown, seq=1, period_end=since + 20, delivered_seconds=18, avg_util_bps=7_500),
+            Report(rental_id=rental_id, seq=1, covered_until=since + 20, delivered_seconds=18, util_seconds=13),
+            Report(rental_id=unknown, seq=1, covered_until=since + 20, delivered_seconds=18, util_seconds=13),
+            Report(rental_id=rental_id, seq=2, covered_until=since + 20, delivered_seconds=21, util_seconds=13),
         ],
         relayer,
     )
+    claimed = suite.escrow.claimPayout(rental_id, {"from": relayer})
     terminated = suite.escrow.terminate(rental_id, {"from": renter})
     chain.sleep(SuiteParams().report_grace + 1)
     finalized = suite.escrow.finalize(rental_id, {"from": relayer})
 
-    txs = (opened, started, reported, terminated, finalized)
+    txs = (opened, started, reported, claimed, terminated, finalized)
     records = [r for tx in txs for r in assert_decoded_as_brownie_does(tx, "RentalEscrow", escrow)]
 
     assert [(r.name, r.rental_id) for r in records] == [
@@ -148,11 +145,26 @@ def test_a_rentals_logs_decode_to_the_records_of_its_events(suite, offer, provid
         ("RentalStarted", rental_id),
         ("ReportApplied", rental_id),
         ("ReportSkipped", unknown),
+        ("ReportSkipped", rental_id),
+        ("EarningsClaimed", rental_id),
         ("RentalTerminated", rental_id),
         ("RentalFinalized", rental_id),
     ]
     assert records[1].started_at == since and records[1].by_report is False
-    assert records[3].reason is SkipReason.UNKNOWN_RENTAL and records[5].status is RentalStatus.EXPIRED
+    applied = records[2]
+    assert (applied.seq, applied.covered_until, applied.delivered_seconds, applied.util_seconds) == (
+        1,
+        since + 20,
+        18,
+        13,
+    )
+    assert (records[3].reason, records[4].seq, records[4].reason) == (
+        SkipReason.UNKNOWN_RENTAL,
+        2,
+        SkipReason.DELIVERED_ABOVE_COVERED,
+    )
+    assert records[5].earned == records[5].provider_payout + records[5].fee > 0
+    assert records[7].status is RentalStatus.EXPIRED
 
 
 def test_a_declined_rental_decodes_with_its_reason(suite, offer, provider, renter):
@@ -163,6 +175,20 @@ def test_a_declined_rental_decodes_with_its_reason(suite, offer, provider, rente
 
     assert [r.name for r in records] == ["RentalDeclined", "RentalFinalized"]
     assert records[0].reason is DeclineReason.GPUS_UNAVAILABLE and records[1].status is RentalStatus.DECLINED
+
+
+def test_an_oracle_set_proposal_and_its_cancellation_decode(suite, deployer):
+    signers = [o.address for o in ORACLES[:2]]
+    proposed = suite.escrow.scheduleOracleSet(signers, 1, {"from": deployer})
+    cancelled = suite.escrow.cancelOracleSet({"from": deployer})
+
+    (proposal,) = assert_decoded_as_brownie_does(proposed, "RentalEscrow", suite.escrow.address)
+    (cancellation,) = assert_decoded_as_brownie_does(cancelled, "RentalEscrow", suite.escrow.address)
+
+    version = suite.read(lambda r: r.oracle_set()).version + 1
+    assert (proposal.version, proposal.signers, proposal.threshold) == (version, tuple(signers), 1)
+    assert proposal.effective_at == proposed.timestamp + SuiteParams().governance_delay
+    assert cancellation.version == version
 
 
 def test_an_offer_decodes_with_its_listed_terms(suite, offer, provider):

@@ -41,24 +41,31 @@ def test_a_record_is_built_by_name_whatever_the_order_of_the_fields():
         "pricePerSecond": 5,
         "duration": 60,
         "since": 100,
+        "utilFloorBps": 10_000,
+        "feeBps": 250,
         "lastSeq": 3,
-        "reportedSeconds": 30,
+        "coveredSeconds": 30,
         "deliveredSeconds": 29,
+        "utilSeconds": 20,
         "earned": 145,
+        "claimed": 45,
     }
-    reordered = list(reversed(outputs))
-    rental = Rental.from_returned(reordered, [values[o["name"]] for o in reordered])
-    assert rental == Rental.from_returned(outputs, [values[o["name"]] for o in outputs])
-    assert (rental.status, rental.last_seq, rental.last_period_end, rental.end) == (RentalStatus.RUNNING, 3, 130, 160)
+    (struct,) = outputs
+    reordered = [{**struct, "components": list(reversed(struct["components"]))}]
+    rental = Rental.from_returned(reordered, [values[c["name"]] for c in reordered[0]["components"]])
+    assert rental == Rental.from_returned(outputs, [values[c["name"]] for c in struct["components"]])
+    assert (rental.status, rental.last_seq, rental.covered_until, rental.end) == (RentalStatus.RUNNING, 3, 130, 160)
+    assert (rental.util_seconds, rental.claimable) == (20, 100)
 
 
 def test_a_renamed_or_missing_field_is_refused_by_name():
-    outputs = [dict(o) for o in _outputs("RentalEscrow", "getRental")]
-    outputs[5]["name"] = "lastSequence"
+    (struct,) = _outputs("RentalEscrow", "getRental")
+    components = [dict(c) for c in struct["components"]]
+    components[7]["name"] = "lastSequence"
     with pytest.raises(AbiMismatch, match="lastSequence"):
-        Rental.from_returned(outputs, range(len(outputs)))
+        Rental.from_returned([{**struct, "components": components}], range(len(components)))
     with pytest.raises(AbiMismatch):
-        Rental.from_returned(outputs[:-1], range(len(outputs) - 1))
+        Rental.from_returned([{**struct, "components": components[:-1]}], range(len(components) - 1))
 
 
 def test_the_reader_returns_the_suite_state_by_name(suite, offer, provider, renter):

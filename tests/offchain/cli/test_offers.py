@@ -207,10 +207,10 @@ def test_search_filters(cli, market):
         "--min-duration",
         "1h",
     )
-    # Rentals of other tests may have given the provider a history: ask for more than it has delivered.
+    # Rentals of other tests may have given the provider a history: ask for more than it has delivered (a new
+    # provider, with too little value settled, passes no minimum).
     shown = cli.ok("provider", "show", cli.address("provider"), "--json").json()
-    rented = shown["seconds_delivered"] + shown["seconds_missed"]
-    reliability = shown["seconds_delivered"] / rented if rented else None
+    reliability = shown["reliability"] if shown["established"] else None
     above = "50" if reliability is None else f"{min(100.0, reliability * 100 + 0.01):.2f}"
     excluded = [
         ["--max-price-per-hour", "7.19"],
@@ -225,7 +225,12 @@ def test_search_filters(cli, market):
     for excluding in excluded:
         assert offer_id not in _ids(cli, *excluding), excluding
     assert len(_ids(cli, "--all", "--sort=-price", "--limit", "1")) == 1
+    found = cli.ok("offers", "search", "--json").json()
+    (listed,) = [o for o in found if o["offer_id"] == offer_id]
+    assert listed["value_settled"] == shown["track_record"]["value_delivered"] + shown["track_record"]["value_missed"]
+    assert listed["distinct_renters"] == shown["track_record"]["distinct_renters"]
     table = cli.ok("offers", "search").out
+    assert "settled" in table and "renters" in table
     assert "7.20 tUSD/h" in table and "2x NVIDIA H100 80GB HBM3" in table and "79.6 GiB" in table
 
 

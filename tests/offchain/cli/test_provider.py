@@ -178,8 +178,10 @@ def test_show(cli, market):
     shown = cli.ok("provider", "show", cli.address("provider"), "--json").json()
     assert shown["agent"] == cli.address("agent") and shown["staked"] >= 900 * USDC
     assert "declines" in shown and shown["declines"] >= 0
+    assert shown["value_settled"] >= 0 and shown["track_record"]["distinct_renters"] >= 0
     table = cli.ok("provider", "show", role="provider").out
     assert "reliability" in table and "declines" in table
+    assert "value settled" in table and "distinct renters" in table
 
 
 def test_show_needs_an_address_or_a_key(cli):

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
+from typing import Any, Callable
 
 import pytest
 from eth_account import Account
+from pydantic import SecretStr
 
 from offchain.agent.jobspec import JobSpec
 from offchain.chain.contracts import contract
@@ -16,6 +19,7 @@ from offchain.chain.rpc import connect
 from offchain.chain.tx.oneshot import Wallet
 from offchain.ops import devnet
 from offchain.ops.devnet import spec_dir
+from offchain.protocol.reports import BatchSigner, Report, ReportStatus, submit_args
 from offchain.protocol.status import DeclineReason
 from tests.offchain.cli.conftest import PORT, stop
 
@@ -123,20 +127,33 @@ def test_terminate_before_the_start_cancels_with_a_full_refund(cli, market, spec
     assert error == f"Escrow_RentalNotActive: {rental_id}, 8"
 
 
-def decline(cli, rental_id: int, reason: DeclineReason) -> None:
-    """Declines the rental with the provider's agent key, as an agent does with a job it cannot run."""
+def send_as(cli, role: str, call: Callable[[Any], Any]) -> None:
+    """Sends `call(escrow functions)` to the devnet's escrow with the key of devnet role `role`."""
 
     async def send() -> None:
         w3 = connect(f"http://127.0.0.1:{PORT}")
         try:
             state = devnet.read_state(cli.state_dir)
             escrow = contract(w3, "RentalEscrow", state.deployment.escrow)
-            agent = Account.from_key(devnet.key_path(cli.state_dir, "agent").read_text().strip())
-            await Wallet(w3, agent).transact(escrow.functions.decline(rental_id, reason))
+            account = Account.from_key(devnet.key_path(cli.state_dir, role).read_text().strip())
+            await Wallet(w3, account).transact(call(escrow.functions))
         finally:
             await w3.provider.disconnect()
 
     asyncio.run(send())
+
+
+def decline(cli, rental_id: int, reason: DeclineReason) -> None:
+    """Declines the rental with the provider's agent key, as an agent does with a job it cannot run."""
+    send_as(cli, "agent", lambda escrow: escrow.decline(rental_id, reason))
+
+
+def land_report(cli, report: Report) -> None:
+    """Lands `report` signed by the devnet's oracle (its 1-of-1 set), as the oracle itself would."""
+    key = SecretStr(devnet.key_path(cli.state_dir, "oracle").read_text().strip())
+    escrow = devnet.read_state(cli.state_dir).deployment.escrow
+    signature = BatchSigner(key, devnet.read_state(cli.state_dir).chain_id, escrow).sign([report], 1)
+    send_as(cli, "oracle", lambda functions: functions.submitReports(*submit_args([report], [signature], 1)))
 
 
 def test_a_declined_rental_shows_its_reason_and_the_full_refund(cli, market, spec_file):
@@ -164,6 +181,55 @@ def test_a_declined_rental_shows_its_reason_and_the_full_refund(cli, market, spe
     assert "declined by the provider (spec_invalid)" in cli.ok("rental", "watch", rental_id).out
     assert cli.ok("provider", "show", cli.address("provider"), "--json").json()["declines"] == declines + 1
     assert cli.fails(1, "rental", "terminate", rental_id, role="renter") == f"Escrow_RentalNotActive: {rental_id}, 9"
+
+
+def test_a_provider_claims_what_a_running_rental_earned_so_far(cli, market, spec_file):
+    rental_id = cli.ok(
+        "rent", market.offer_id, "--duration", "10m", "--spec", spec_file, "--approve", "--json", role="renter"
+    ).json()["rental"]["rental_id"]
+    assert cli.ok("rental", "claim", rental_id, role="provider").out.strip() == (
+        f"rental {rental_id} is open: nothing to claim"
+    )
+    send_as(cli, "agent", lambda escrow: escrow.start(rental_id))
+    since = cli.ok("rental", "status", rental_id, "--json").json()["started_at"]
+    time.sleep(2)
+    land_report(cli, Report(rental_id=rental_id, seq=1, covered_until=since + 1, delivered_seconds=1, util_seconds=1))
+
+    shown = cli.ok("provider", "show", "--json", role="provider").json()
+    assert shown["claimable"] == {str(rental_id): 2_000}
+    claimed = cli.ok("rental", "claim", rental_id, "--json", role="provider").json()
+    assert [t["action"] for t in claimed["transactions"]] == ["claim"]
+    assert claimed["claimed"]["earned"] == claimed["rental"]["claimed"] == claimed["rental"]["earned"] == 2_000
+    assert claimed["claimed"]["provider_payout"] + claimed["claimed"]["fee"] == 2_000
+    assert cli.ok("rental", "claim", rental_id, role="provider").out.strip() == (
+        f"rental {rental_id} has earned nothing since its last claim: nothing to claim"
+    )
+    assert cli.ok("provider", "show", "--json", role="provider").json()["claimable"] == {}
+
+    land_report(
+        cli,
+        Report(
+            rental_id=rental_id,
+            seq=2,
+            covered_until=since + 2,
+            delivered_seconds=2,
+            util_seconds=2,
+            status=ReportStatus.COMPLETED,
+        ),
+    )
+    settled = cli.ok("rental", "status", rental_id, "--json").json()
+    assert (settled["status"], settled["claimed"], settled["earned"], settled["claimable"]) == (
+        "COMPLETED",
+        2_000,
+        4_000,
+        0,
+    )
+    assert settled["provider_paid"] == settled["settlement"]["provider_payout"]
+    shown = cli.ok("rental", "status", rental_id).out
+    assert re.search(r"claimed +0\.002 tUSD \(0\.00 tUSD claimable\)", shown), shown
+    watched = [json.loads(line)["kind"] for line in cli.ok("rental", "watch", rental_id, "--json").out.splitlines()]
+    assert watched == ["opened", "started", "report", "claimed", "report", "finalized"]
+    assert "claimed: 0.00195 tUSD to the provider" in cli.ok("rental", "watch", rental_id).out
 
 
 def test_status_and_watch_of_an_unknown_rental(cli):
@@ -216,6 +282,7 @@ def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file,
     assert rental["status"] == "COMPLETED" and rental["final"] is True
     assert rental["delivered_seconds"] > 0 and rental["avg_util_bps"] > 0
     assert rental["paid"] == rental["earned"] == sum(r["earned"] for r in rental["reports"]) > 0
+    assert rental["covered_seconds"] > 0 and rental["delivered_seconds"] == rental["reports"][-1]["delivered_seconds"]
     assert rental["paid"] + rental["refunded"] == rental["deposit"]
     shown = cli.ok("rental", "status", rental_id).out
     assert "completed" in shown and "utilisation" in shown and "provider payout" in shown

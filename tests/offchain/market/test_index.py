@@ -9,12 +9,13 @@ from brownie import chain, web3
 from eth_utils import keccak
 
 from offchain.chain.reads import ChainReader
-from offchain.market.offers import read_offers, read_provider
+from offchain.market.offers import ProviderRecord, read_offers, read_provider
 from offchain.protocol.messages import gpu_uuid_hash
-from offchain.protocol.reports import EscrowDomain, Report, sign_batch
-from offchain.protocol.status import DeclineReason, OfferStatus, RentalStatus, SlashReason
+from offchain.protocol.reports import Report
+from offchain.protocol.status import DeclineReason, OfferStatus, RentalStatus, SkipReason, SlashReason
 from scripts.deploy import USDC, SuiteParams
-from tests.offchain.conftest import ORACLE_KEYS, PRICE
+from tests.offchain.chain.helpers import report_args
+from tests.offchain.conftest import PRICE
 
 PARAMS = SuiteParams()  # what the `suite` fixture deployed with
 DURATION = 3_600
@@ -31,13 +32,12 @@ def open_rental(suite, offer_id: int, renter) -> int:
 
 def apply_reports(suite, reports: list[Report], relayer) -> None:
     """Applies `reports` as two of the three oracles would, in one batch."""
-    domain = EscrowDomain(
-        chain_id=web3.eth.chain_id,
-        escrow=suite.escrow.address,
-        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
-    )
-    signatures = [sign_batch(reports, domain, key) for key in ORACLE_KEYS[:2]]
-    suite.escrow.submitReports([r.as_tuple() for r in reports], signatures, {"from": relayer})
+    suite.escrow.submitReports(*report_args(suite, reports), {"from": relayer})
+
+
+def as_registry_reads(record: ProviderRecord) -> ProviderRecord:
+    """The provider's record without what the index folds from events: what `read_provider` reads."""
+    return record.model_copy(update={"track_record": ProviderRecord.model_fields["track_record"].default})
 
 
 def list_second_offer(suite, provider, price: int = 2 * PRICE) -> int:
@@ -86,11 +86,13 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
     apply_reports(
         suite,
         [
-            Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10, avg_util_bps=9_000),
-            Report(rental_id=rental_id, seq=2, period_end=since + 20, delivered_seconds=6, avg_util_bps=4_000),
+            Report(rental_id=rental_id, seq=1, covered_until=since + 10, delivered_seconds=10, util_seconds=9),
+            Report(rental_id=rental_id, seq=2, covered_until=since + 20, delivered_seconds=16, util_seconds=11),
+            Report(rental_id=rental_id, seq=2, covered_until=since + 20, delivered_seconds=16, util_seconds=11),
         ],
         relayer,
     )
+    suite.escrow.claimPayout(rental_id, {"from": relayer})
     terminated = suite.escrow.terminate(rental_id, {"from": renter})
     ends_at = terminated.events["RentalTerminated"]["endsAt"]
 
@@ -111,10 +113,12 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
     assert running.status is RentalStatus.TERMINATED and live == rental_id
     assert (running.renter, running.price_per_second, running.deposit) == (renter.address, PRICE, PRICE * DURATION)
     assert (running.started_at, running.started_by_report, running.ends_at) == (since, False, ends_at)
-    assert [(r.seq, r.period_end, r.delivered_seconds, r.avg_util_bps, r.earned) for r in running.reports] == [
+    assert [(p.seq, p.covered_until, p.delivered_seconds, p.util_bps, p.earned) for p in running.periods] == [
         (1, since + 10, 10, 9_000, 10 * PRICE),
-        (2, since + 20, 6, 4_000, 6 * PRICE),
+        (2, since + 20, 6, 3_333, 6 * PRICE),
     ]
+    assert [(s.seq, s.reason) for s in running.skipped] == [(2, SkipReason.SEQ_NOT_INCREASING)]
+    assert running.claimed == 16 * PRICE and running.claimable == 0
     assert running.refunded == PRICE * (since + DURATION - ends_at)
 
     on_chain = suite.read(lambda r: r.rental(rental_id))
@@ -129,9 +133,16 @@ def test_a_rental_is_followed_from_opening_to_settlement(node, make_index, suite
         duration - delivered,
     )
     assert final.refunded == PRICE * DURATION - earned
+    assert final.provider_paid == settlement.provider_payout
     assert offer_after.live_rental_id == 0
     rental_events = [h.event for h in indexed_provider.history if h.rental_id == rental_id]
-    assert rental_events == ["RentalOpened", "RentalStarted", "RentalTerminated", "RentalFinalized"]
+    assert rental_events == [
+        "RentalOpened",
+        "RentalStarted",
+        "EarningsClaimed",
+        "RentalTerminated",
+        "RentalFinalized",
+    ]
     assert indexed_provider.rental_ids == [rental_id]
     assert indexed_provider.record.rentals_completed == 1
 
@@ -167,7 +178,8 @@ def test_a_start_timeout_slash_is_recorded_with_its_reason(
         rental.settlement.slashed,
         SlashReason.START_TIMEOUT,
     )
-    assert indexed_provider.record == on_chain
+    assert as_registry_reads(indexed_provider.record) == on_chain
+    assert indexed_provider.record.track_record.value_missed == rental.booked_duration * PRICE
     assert on_chain.slashes == 1 and on_chain.staked == 10_000 * USDC - rental.settlement.slashed
 
 
@@ -196,7 +208,7 @@ def test_a_declined_rental_is_final_with_its_reason_and_counted(
         "RentalDeclined",
         "RentalFinalized",
     ]
-    assert indexed_provider.record == on_chain
+    assert indexed_provider.record == on_chain  # a declined rental settles no value: an empty track record
     assert (on_chain.declines, on_chain.slashes, on_chain.rentals_completed) == (1, 0, 0)
 
 

@@ -8,12 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from offchain.market.offers import OfferQuery, OfferRecord, ProviderRecord, TokenInfo, pack_text, search_offers
+from offchain.market.reputation import NEW_PROVIDER_VALUE, Reputation
 from offchain.protocol.status import OfferStatus
 
 USDC = TokenInfo(address="0x" + "11" * 20, symbol="tUSD", decimals=6)
 
 
-def provider(address: str, delivered: int = 0, missed: int = 0) -> ProviderRecord:
+def provider(address: str, delivered: Decimal = Decimal(0), missed: Decimal = Decimal(0)) -> ProviderRecord:
+    """A provider whose rentals by others settled `delivered` and `missed` tUSD of value."""
     return ProviderRecord(
         address=address,
         staked=1000,
@@ -23,16 +25,23 @@ def provider(address: str, delivered: int = 0, missed: int = 0) -> ProviderRecor
         rentals_completed=1,
         slashes=0,
         declines=0,
-        seconds_delivered=delivered,
-        seconds_missed=missed,
+        seconds_delivered=0,
+        seconds_missed=0,
         agent="0x" + "00" * 20,
         agent_url=None,
+        track_record=Reputation(
+            value_delivered=USDC.to_units(delivered),
+            value_missed=USDC.to_units(missed),
+            rentals_settled=1,
+            distinct_renters=1,
+        ),
     )
 
 
-RELIABLE = provider("0x" + "aa" * 20, delivered=990, missed=10)
-SHAKY = provider("0x" + "bb" * 20, delivered=800, missed=200)
-NEW = provider("0x" + "cc" * 20)
+RELIABLE = provider("0x" + "aa" * 20, delivered=Decimal(990), missed=Decimal(10))
+SHAKY = provider("0x" + "bb" * 20, delivered=Decimal(800), missed=Decimal(200))
+# A perfect record of too little value to count: new.
+NEW = provider("0x" + "cc" * 20, delivered=NEW_PROVIDER_VALUE - Decimal("0.000001"))
 
 
 def offer(
@@ -146,9 +155,11 @@ def test_bad_queries_are_refused(bad):
         OfferQuery(**bad)
 
 
-def test_reliability_is_unknown_before_any_settled_second():
-    assert NEW.reliability is None
-    assert SHAKY.reliability == pytest.approx(0.8)
+def test_reliability_is_unknown_before_any_value_settled_and_new_below_the_minimum():
+    assert provider("0x" + "dd" * 20).reliability is None
+    assert SHAKY.reliability == pytest.approx(0.8) and SHAKY.established(USDC)
+    assert NEW.reliability == 1.0 and not NEW.established(USDC)
+    assert provider("0x" + "dd" * 20, missed=NEW_PROVIDER_VALUE).established(USDC)
 
 
 def test_token_units_round_trip_and_refuse_dust():

@@ -4,9 +4,10 @@ nothing, governance reconciliation, and refusals when the record and the chain o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
-from brownie import web3
+from brownie import chain, web3
 from eth_account import Account
 
 from offchain.chain import deployments
@@ -17,7 +18,7 @@ from offchain.chain.tx.oneshot import TxFailed, Wallet
 from offchain.ops.deploy import DeployError, DeployRequest, SuiteParams, deploy, verify
 from tests.offchain.conftest import ORACLES
 
-PARAMS = SuiteParams(start_timeout=30, report_grace=20)
+PARAMS = SuiteParams(start_timeout=30, report_grace=20, governance_delay=60)
 
 
 @pytest.fixture
@@ -95,22 +96,38 @@ def test_dry_run_sends_nothing_and_writes_no_record(rpc_url, record_dir, deploye
 
 
 def test_rerun_brings_fee_treasury_and_oracle_set_to_the_request(rpc_url, record_dir, deployer_account):
-    run_deploy(rpc_url, deployer_account, request())
+    first = run_deploy(rpc_url, deployer_account, request())
     changed = request(
         oracles=[ORACLES[1].address],
         threshold=1,
         treasury=ORACLES[2].address,
-        params=SuiteParams(start_timeout=30, report_grace=20, fee_bps=500),
+        params=SuiteParams(start_timeout=30, report_grace=20, governance_delay=60, fee_bps=500),
     )
     lines = []
     dry = run_deploy(rpc_url, deployer_account, changed, dry_run=True, lines=lines)
     assert dry is None and sum("[dry run] would send" in line for line in lines) == 3
+    assert any("would send scheduleOracleSet" in line for line in lines)
     record = run_deploy(rpc_url, deployer_account, changed)
     fee = read(rpc_url, record, lambda r: r.fee_config())
     assert (fee.fee_bps, fee.treasury) == (500, ORACLES[2].address)
+    # The new oracle set is only scheduled: the old one still decides, and the record says so.
     oracle_set = read(rpc_url, record, lambda r: r.oracle_set())
-    assert (oracle_set.signers, oracle_set.threshold) == ((ORACLES[1].address,), 1)
-    assert deployments.load(record.chain_id).config.fee_bps == 500
+    assert (oracle_set.signers, oracle_set.threshold) == (tuple(o.address for o in ORACLES), 2)
+    assert record.config.oracles == first.config.oracles and record.config.fee_bps == 500
+    upcoming = read(rpc_url, record, lambda r: r.upcoming_oracle_set())
+    assert (upcoming.signers, upcoming.threshold) == ((ORACLES[1].address,), 1)
+
+    lines = []
+    run_deploy(rpc_url, deployer_account, changed, lines=lines)
+    assert any("run again then to activate it" in line for line in lines)
+    assert read(rpc_url, record, lambda r: r.oracle_set()).version == 1
+
+    chain.sleep(61)
+    chain.mine()
+    record = run_deploy(rpc_url, deployer_account, changed)
+    oracle_set = read(rpc_url, record, lambda r: r.oracle_set())
+    assert (oracle_set.version, oracle_set.signers, oracle_set.threshold) == (2, (ORACLES[1].address,), 1)
+    assert deployments.load(record.chain_id).config.oracles == [ORACLES[1].address]
 
 
 def test_changing_an_immutable_parameter_is_refused(rpc_url, record_dir, deployer_account):
@@ -147,7 +164,7 @@ def test_only_the_owner_may_reconcile(rpc_url, record_dir, deployer_account, acc
     stranger = Account.create()
     accounts[0].transfer(stranger.address, "1 ether")
     with pytest.raises(DeployError, match="not the deployer"):
-        run_deploy(rpc_url, stranger, request(params=SuiteParams(start_timeout=30, report_grace=20, fee_bps=1)))
+        run_deploy(rpc_url, stranger, request(params=dataclasses.replace(PARAMS, fee_bps=1)))
 
 
 def test_an_unreachable_threshold_is_refused():

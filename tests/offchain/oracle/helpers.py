@@ -13,7 +13,7 @@ from brownie import web3
 
 from offchain.config import OracleSettings
 from offchain.oracle.app import DB_FILENAME, create_app
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission, chain_root
 from tests.offchain.conftest import AGENT_KEY, GPU_UUIDS
 
 RENTAL_SECONDS = 3_600
@@ -25,20 +25,37 @@ class Rental(NamedTuple):
     since: int
 
 
+UTIL_PER_PERIOD = PERIOD * 95 // 100  # 95 % utilisation
+
+
+def samples_root(seq: int) -> bytes:
+    return seq.to_bytes(32, "big")
+
+
+def root_after(seq: int) -> bytes:
+    """The telemetry root of report `seq` of a rental whose reports are all `report`'s defaults (zero for 0)."""
+    root = ZERO_ROOT
+    for n in range(1, seq + 1):
+        root = chain_root(root, samples_root(n))
+    return root
+
+
 def report(rental: Rental, seq: int = 1, **overrides: Any) -> TelemetryReport:
-    """Report `seq` of a rental that reports every PERIOD seconds from `since`, all of it delivered."""
+    """Cumulative report `seq` of a rental that reports every PERIOD seconds from `since`, all of it delivered at
+    95 % utilisation, each report chained to the previous one's root."""
     start = rental.since + (seq - 1) * PERIOD
     values: dict[str, Any] = dict(
         rental_id=rental.rental_id,
         seq=seq,
         period_start=start,
-        period_end=start + PERIOD,
-        delivered_seconds=PERIOD,
-        avg_util_bps=9_500,
+        covered_until=start + PERIOD,
+        delivered_seconds=seq * PERIOD,
+        util_seconds=seq * UTIL_PER_PERIOD,
         peak_mem_mib=40_000,
         sample_count=PERIOD,
         gpu_uuids=GPU_UUIDS,
-        telemetry_root=seq.to_bytes(32, "big"),
+        prev_root=root_after(seq - 1),
+        samples_root=samples_root(seq),
     )
     values.update(overrides)
     return TelemetryReport(**values)

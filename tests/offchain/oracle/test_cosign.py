@@ -17,11 +17,12 @@ from eth_utils import keccak
 from offchain.oracle.app import STORE, TELEMETRY_PATH
 from offchain.oracle.cosign import COSIGN_PATH, collect_cosignatures
 from offchain.protocol.messages import CosignRequest, CosignResponse, chain_reports
-from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch
+from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch, submit_args
 from offchain.protocol.status import RentalStatus
 from tests.offchain.conftest import ORACLE_KEYS, ORACLES
 from tests.offchain.oracle.helpers import (
     PERIOD,
+    UTIL_PER_PERIOD,
     body,
     chain_state,
     db_rows,
@@ -47,8 +48,15 @@ def base_url(client) -> str:
 
 def test_two_of_three_cosigned_batch_settles_the_rental_on_chain(make_settings, clock, rental, suite, relayer):
     oracles = [make_settings(i) for i in range(3)]
-    first = report(rental, 1, delivered_seconds=PERIOD - 6)
-    completion = report(rental, 2, status=ReportStatus.COMPLETED, result_digest=keccak(text="result"))
+    first = report(rental, 1, delivered_seconds=PERIOD - 6, util_seconds=50)
+    completion = report(
+        rental,
+        2,
+        delivered_seconds=2 * PERIOD - 6,
+        util_seconds=50 + UTIL_PER_PERIOD,
+        status=ReportStatus.COMPLETED,
+        result_digest=keccak(text="result"),
+    )
     domain = escrow_domain(suite, oracles[0])
     chain.sleep(2 * PERIOD)
 
@@ -59,7 +67,7 @@ def test_two_of_three_cosigned_batch_settles_the_rental_on_chain(make_settings, 
             for telemetry in (first, completion):
                 for client, settings in zip(clients[:2], oracles[:2]):
                     assert (await post(client, TELEMETRY_PATH, body(settings, telemetry)))[0] == 202
-            batch = clients[0].app[STORE].unbatched(oracles[0].max_batch_reports)  # what the leader's batcher takes
+            batch = clients[0].app[STORE].reports(rental.rental_id)  # every report the leader holds
             request = CosignRequest(oracle_set_version=domain.oracle_set_version, submissions=tuple(batch))
             async with aiohttp.ClientSession() as session:
                 collected = await collect_cosignatures(
@@ -81,18 +89,16 @@ def test_two_of_three_cosigned_batch_settles_the_rental_on_chain(make_settings, 
 
     reports = chain_reports(batch)
     leader_signature = sign_batch(reports, domain, ORACLE_KEYS[0])
-    suite.escrow.submitReports(
-        [r.as_tuple() for r in reports],
-        [leader_signature, collected.signatures[ORACLES[2].address]],
-        {"from": relayer},
-    )
+    signatures = [leader_signature, collected.signatures[ORACLES[2].address]]
+    suite.escrow.submitReports(*submit_args(reports, signatures, domain.oracle_set_version), {"from": relayer})
     settled = suite.read(lambda r: r.rental(rental.rental_id))
-    assert (settled.status, settled.last_seq, settled.reported_seconds, settled.delivered_seconds) == (
+    assert (settled.status, settled.last_seq, settled.covered_seconds, settled.delivered_seconds) == (
         RentalStatus.COMPLETED,
         2,
         2 * PERIOD,
         2 * PERIOD - 6,
     )
+    assert settled.util_seconds == 50 + UTIL_PER_PERIOD
 
 
 def test_peer_signs_a_batch_it_already_holds(make_settings, clock, rental, suite):
@@ -129,7 +135,9 @@ def test_peer_checks_a_batch_against_reports_settled_since_it_cached_the_rental(
             gap = CosignRequest(oracle_set_version=domain.oracle_set_version, submissions=(follower,))
             await expect_refused(client, peer, suite, rental, gap.model_dump_json().encode(), 409, "seq_gap", 0)
             signatures = [sign_batch([settled], domain, key) for key in (ORACLE_KEYS[0], ORACLE_KEYS[2])]
-            suite.escrow.submitReports([settled.as_tuple()], signatures, {"from": relayer})
+            suite.escrow.submitReports(
+                *submit_args([settled], signatures, domain.oracle_set_version), {"from": relayer}
+            )
             return await post(client, COSIGN_PATH, gap.model_dump_json().encode())
 
     status, payload = run(scenario())
@@ -167,14 +175,12 @@ def test_peer_refuses_a_batch_it_cannot_verify_and_stores_none_of_it(
         "other_version": (version + 1, good),
         "foreign_signature_second": (version, [good[0], submission(peer, report(rental, 2), key=keccak(text="x"))]),
         "gap": (version, good[1:]),
-        "conflicts_with_held": (version, [submission(peer, report(rental, 1, avg_util_bps=1))] + good[1:]),
+        "conflicts_with_held": (version, [submission(peer, report(rental, 1, util_seconds=1))] + good[1:]),
         "discontinuous_within_batch": (
             version,
             [
                 good[0],
-                submission(
-                    peer, report(rental, 2, period_start=rental.since + PERIOD + 1, delivered_seconds=PERIOD - 1)
-                ),
+                submission(peer, report(rental, 2, period_start=rental.since + PERIOD + 1)),
             ],
         ),
         "duplicate_within_batch": (version, [good[0], good[0]]),

@@ -137,19 +137,21 @@ def foreign_signed_reports(draw, settings, rental) -> bytes:
     """Well-formed reports, often for the real rental and near its period, signed by any key but the agent's."""
     start = draw(st.sampled_from([rental.since, rental.since + PERIOD]) | st.integers(0, 2**40 - 2))
     end = draw(st.sampled_from([start + PERIOD]) | st.integers(start + 1, 2**40 - 1))
+    delivered = draw(st.integers(0, min(end - start, 2**32 - 1)))
     telemetry = TelemetryReport(
         rental_id=draw(st.sampled_from([rental.rental_id]) | st.integers(1, 2**256 - 1)),
         seq=draw(st.integers(1, 3) | st.integers(1, 2**32 - 1)),
         period_start=start,
-        period_end=end,
-        delivered_seconds=draw(st.integers(0, min(end - start, 2**32 - 1))),
-        avg_util_bps=draw(st.integers(0, 10_000)),
+        covered_until=end,
+        delivered_seconds=delivered,
+        util_seconds=draw(st.integers(0, delivered)),
         peak_mem_mib=draw(st.integers(0, 2**32 - 1)),
         sample_count=draw(st.integers(0, 2**32 - 1)),
         gpu_uuids=draw(
             st.just(GPU_UUIDS) | st.lists(st.text(max_size=50), min_size=1, max_size=4, unique=True).map(tuple)
         ),
-        telemetry_root=draw(st.binary(min_size=32, max_size=32)),
+        prev_root=draw(st.just(bytes(32)) | st.binary(min_size=32, max_size=32)),
+        samples_root=draw(st.binary(min_size=32, max_size=32)),
         simulated=draw(st.booleans()),
     )
     key = draw(st.integers(1, SECP256K1_N - 1)).to_bytes(32, "big")

@@ -45,4 +45,22 @@ def test_every_family_has_help_and_type():
     text = OracleMetrics().render()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")} == names
-    assert len(names) == 8
+    assert len(names) == 11
+
+
+def test_landing_metrics_show_reports_held_settled_and_why_they_landed():
+    metrics = OracleMetrics()
+    metrics.reports_held.set(7)
+    metrics.reports_settled.inc("landed")
+    metrics.reports_settled.inc("skipped")
+    metrics.landings.inc("checkpoint")
+    metrics.landings.inc("final")
+    metrics.landings.inc("final")
+    text = metrics.render()
+    rendered = samples(text)
+    assert "# TYPE gpuex_oracle_reports_held gauge" in text.splitlines()
+    assert rendered["gpuex_oracle_reports_held"] == "7"
+    assert rendered['gpuex_oracle_reports_settled_total{state="landed"}'] == "1"
+    assert rendered['gpuex_oracle_reports_settled_total{state="skipped"}'] == "1"
+    assert rendered['gpuex_oracle_landings_total{reason="final"}'] == "2"
+    assert rendered['gpuex_oracle_landings_total{reason="checkpoint"}'] == "1"

@@ -1,4 +1,4 @@
-"""The submission store and the API the batcher uses: unbatched, mark_batched, batched, release_batch."""
+"""The submission store and the API the batcher uses: waiting, mark_batched, batched, release_batch, settle."""
 
 from __future__ import annotations
 
@@ -8,27 +8,46 @@ import sqlite3
 import pytest
 from eth_utils import keccak
 
-from offchain.oracle.store import AlreadyHeld, NewSubmission, NotBatchable, SubmissionKey, SubmissionStore
+from offchain.oracle.store import (
+    AlreadyHeld,
+    NewSubmission,
+    NotBatchable,
+    PreviousReport,
+    ReportState,
+    SubmissionKey,
+    SubmissionStore,
+    WaitingReport,
+)
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.reports import ReportStatus
 
 BIG_RENTAL = 2**200 + 7  # beyond SQLite's 64-bit integers
 
 
-def entry(rental_id: int, seq: int) -> NewSubmission:
+def entry(rental_id: int, seq: int, status: ReportStatus = ReportStatus.RUNNING) -> NewSubmission:
     report = TelemetryReport(
         rental_id=rental_id,
         seq=seq,
         period_start=100 * seq,
-        period_end=100 * (seq + 1),
-        delivered_seconds=90,
-        avg_util_bps=5_000,
+        covered_until=100 * (seq + 1),
+        delivered_seconds=90 * seq,
+        util_seconds=45 * seq,
         peak_mem_mib=1,
         sample_count=100,
         gpu_uuids=("GPU-1",),
-        telemetry_root=keccak(text=f"{rental_id}/{seq}"),
+        samples_root=keccak(text=f"{rental_id}/{seq}"),
+        status=status,
     )
     submission = TelemetrySubmission(report=report, signature=bytes([seq]) * 64 + b"\x1b")
     return NewSubmission(submission, keccak(text=f"digest {rental_id}/{seq}"), submission.model_dump_json().encode())
+
+
+def previous(rental_id: int, seq: int) -> PreviousReport:
+    return PreviousReport.of(entry(rental_id, seq).submission.report)
+
+
+def waiting(rental_id: int, seq: int, landed_until: int | None = None) -> WaitingReport:
+    return WaitingReport(rental_id, seq, 100 * (seq + 1), ReportStatus.RUNNING, landed_until)
 
 
 @pytest.fixture
@@ -41,8 +60,8 @@ def store(tmp_path):
 def test_held_and_last_accepted_follow_what_was_added(store):
     assert store.last_accepted(BIG_RENTAL) is None
     store.add([entry(BIG_RENTAL, 1), entry(BIG_RENTAL, 2), entry(5, 1)])
-    assert store.last_accepted(BIG_RENTAL) == (2, 300)
-    assert store.last_accepted(5) == (1, 200)
+    assert store.last_accepted(BIG_RENTAL) == previous(BIG_RENTAL, 2)
+    assert store.last_accepted(5) == previous(5, 1)
     held = store.held(SubmissionKey(BIG_RENTAL, 2))
     assert held == (entry(BIG_RENTAL, 2).report_digest, entry(BIG_RENTAL, 2).submission.signature)
     assert store.held(SubmissionKey(BIG_RENTAL, 3)) is None
@@ -56,37 +75,70 @@ def test_adding_a_held_key_stores_nothing_of_the_call(store):
     assert store.count() == 1 and store.held(SubmissionKey(2, 1)) is None
 
 
-def test_unbatched_returns_submissions_oldest_first_up_to_the_limit(store):
-    entries = [entry(1, 1), entry(2, 1), entry(1, 2), entry(BIG_RENTAL, 1)]
-    for e in entries:
-        store.add([e])
-    assert store.unbatched(3) == [e.submission for e in entries[:3]]
-    assert store.unbatched(100) == [e.submission for e in entries]
+def test_a_later_report_supersedes_the_held_ones_and_every_report_is_kept(store):
+    store.add([entry(1, 1)])
+    store.add([entry(1, 2), entry(1, 3)])
+    store.add([entry(2, 1)])
+    assert [store.state(SubmissionKey(1, seq)) for seq in (1, 2, 3)] == [
+        ReportState.SUPERSEDED,
+        ReportState.SUPERSEDED,
+        ReportState.HELD,
+    ]
+    assert store.waiting() == [waiting(1, 3), waiting(2, 1)]
+    assert store.reports(1) == [entry(1, seq).submission for seq in (1, 2, 3)]
+    assert store.count() == 4 and store.count(ReportState.HELD) == 2
 
 
-def test_mark_batched_takes_submissions_out_of_unbatched(store):
-    store.add([entry(1, 1), entry(1, 2), entry(2, 1)])
+def test_waiting_leaves_out_rentals_with_a_report_in_a_transaction(store):
+    store.add([entry(1, 1), entry(2, 1)])
+    store.mark_batched([SubmissionKey(1, 1)], "tx-a")
+    store.add([entry(1, 2)])  # arrives while seq 1 is on its way
+    assert store.waiting() == [waiting(2, 1)]
+    assert store.batched("tx-a") == [entry(1, 1).submission]
+    assert store.in_flight() == ["tx-a"]
+    store.settle([(SubmissionKey(1, 1), ReportState.LANDED)])
+    assert store.in_flight() == []
+    assert store.waiting() == [waiting(2, 1), waiting(1, 2, landed_until=200)]
+
+
+def test_waiting_carries_the_status_of_a_final_report(store):
+    store.add([entry(1, 1, ReportStatus.COMPLETED)])
+    assert [w.status for w in store.waiting()] == [ReportStatus.COMPLETED]
+
+
+def test_submissions_returns_the_given_keys_in_order(store):
+    store.add([entry(1, 1), entry(2, 1), entry(BIG_RENTAL, 1)])
+    keys = [SubmissionKey(BIG_RENTAL, 1), SubmissionKey(1, 1)]
+    assert store.submissions(keys) == [entry(BIG_RENTAL, 1).submission, entry(1, 1).submission]
+
+
+def test_mark_batched_takes_submissions_out_of_waiting(store):
+    store.add([entry(1, 1), entry(2, 1), entry(3, 1)])
     store.mark_batched([SubmissionKey(1, 1), SubmissionKey(2, 1)], "tx-a")
-    assert store.unbatched(10) == [entry(1, 2).submission]
+    assert store.waiting() == [waiting(3, 1)]
     assert store.batched("tx-a") == [entry(1, 1).submission, entry(2, 1).submission]
     store.mark_batched([SubmissionKey(1, 1)], "tx-a")  # idempotent for the same transaction
 
 
-@pytest.mark.parametrize("taken_key", [SubmissionKey(1, 1), SubmissionKey(9, 9)], ids=["other_tx", "unknown"])
-def test_mark_batched_marks_nothing_if_a_key_is_taken_or_unknown(store, taken_key):
-    store.add([entry(1, 1), entry(1, 2)])
+@pytest.mark.parametrize(
+    "taken_key", [SubmissionKey(1, 1), SubmissionKey(9, 9), SubmissionKey(2, 1)], ids=["other_tx", "unknown", "old"]
+)
+def test_mark_batched_marks_nothing_if_a_key_is_taken_unknown_or_superseded(store, taken_key):
+    store.add([entry(1, 1), entry(2, 1), entry(2, 2), entry(3, 1)])
     store.mark_batched([SubmissionKey(1, 1)], "tx-a")
     with pytest.raises(NotBatchable):
-        store.mark_batched([SubmissionKey(1, 2), taken_key], "tx-b")
+        store.mark_batched([SubmissionKey(3, 1), taken_key], "tx-b")
     assert store.batched("tx-b") == []
-    assert store.unbatched(10) == [entry(1, 2).submission]
+    assert store.waiting() == [waiting(2, 2), waiting(3, 1)]
 
 
-def test_release_batch_returns_submissions_to_unbatched(store):
-    store.add([entry(1, 1), entry(1, 2)])
-    store.mark_batched([SubmissionKey(1, 1), SubmissionKey(1, 2)], "tx-a")
+def test_release_batch_returns_the_latest_reports_to_waiting_and_supersedes_the_others(store):
+    store.add([entry(1, 1), entry(2, 1)])
+    store.mark_batched([SubmissionKey(1, 1), SubmissionKey(2, 1)], "tx-a")
+    store.add([entry(2, 2)])
     assert store.release_batch("tx-a") == 2
-    assert store.unbatched(10) == [entry(1, 1).submission, entry(1, 2).submission]
+    assert store.waiting() == [waiting(1, 1), waiting(2, 2)]
+    assert store.state(SubmissionKey(2, 1)) is ReportState.SUPERSEDED
     assert store.batched("tx-a") == []
 
 
@@ -96,8 +148,8 @@ def test_submissions_survive_reopening(tmp_path):
     first.add([entry(BIG_RENTAL, 1)])
     first.close()
     second = SubmissionStore(path)
-    assert second.unbatched(1) == [entry(BIG_RENTAL, 1).submission]
-    assert second.last_accepted(BIG_RENTAL) == (1, 200)
+    assert second.waiting() == [waiting(BIG_RENTAL, 1)]
+    assert second.last_accepted(BIG_RENTAL) == previous(BIG_RENTAL, 1)
     second.close()
 
 
@@ -108,7 +160,7 @@ def test_submissions_added_in_one_loop_iteration_commit_together(store, tmp_path
         adds = [asyncio.create_task(store.add_in_group(entry(1, seq))) for seq in (1, 2, 3)]
         duplicate = asyncio.create_task(store.add_in_group(entry(1, 2)))
         await asyncio.sleep(0)  # every insert has run; the commit is due on the next iteration
-        assert store.last_accepted(1) == (3, 400)  # the writer sees its open group
+        assert store.last_accepted(1) == previous(1, 3)  # the writer sees its open group
         assert other_connection.execute("SELECT count(*) FROM submissions").fetchone()[0] == 0
         with pytest.raises(AlreadyHeld):
             await duplicate
@@ -116,7 +168,8 @@ def test_submissions_added_in_one_loop_iteration_commit_together(store, tmp_path
 
     asyncio.run(scenario())
     assert other_connection.execute("SELECT count(*) FROM submissions").fetchone()[0] == 3
-    assert store.unbatched(10) == [entry(1, seq).submission for seq in (1, 2, 3)]
+    assert store.reports(1) == [entry(1, seq).submission for seq in (1, 2, 3)]
+    assert store.waiting() == [waiting(1, 3)]
 
 
 def test_other_calls_commit_an_open_group_first(store):

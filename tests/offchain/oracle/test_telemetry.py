@@ -13,15 +13,16 @@ from eth_account import Account
 from eth_utils import keccak
 
 from offchain.oracle.app import DB_FILENAME, TELEMETRY_PATH
-from offchain.oracle.store import SubmissionStore
+from offchain.oracle.store import PreviousReport, ReportState, SubmissionKey, SubmissionStore
 from offchain.oracle.verify import VerifyPolicy
 from offchain.protocol.digest import SECP256K1_N
 from offchain.protocol.messages import TelemetrySubmission
-from offchain.protocol.reports import EscrowDomain, sign_batch
+from offchain.protocol.reports import EscrowDomain, sign_batch, submit_args
 from offchain.protocol.reports import rental_id as make_rental_id
 from tests.offchain.conftest import AGENT_KEY, GPU_UUIDS, ORACLE_KEYS
 from tests.offchain.oracle.helpers import (
     PERIOD,
+    UTIL_PER_PERIOD,
     Rental,
     body,
     chain_state,
@@ -47,7 +48,7 @@ async def expect_rejected(client, settings, suite, rental_id, data, status, reas
     return payload
 
 
-def test_accepts_consecutive_reports_and_stores_them_unbatched(settings, clock, rental):
+def test_accepts_consecutive_reports_and_stores_them(settings, clock, rental):
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             for seq in (1, 2):
@@ -58,8 +59,12 @@ def test_accepts_consecutive_reports_and_stores_them_unbatched(settings, clock, 
     chain.sleep(2 * PERIOD)
     run(scenario())
     with closing(SubmissionStore(settings.state_dir / DB_FILENAME)) as store:
-        assert [s.report for s in store.unbatched(10)] == [report(rental, 1), report(rental, 2)]
-        assert store.last_accepted(rental.rental_id) == (2, rental.since + 2 * PERIOD)
+        assert [s.report for s in store.reports(rental.rental_id)] == [report(rental, 1), report(rental, 2)]
+        assert store.last_accepted(rental.rental_id) == PreviousReport.of(report(rental, 2))
+        assert [store.state(SubmissionKey(rental.rental_id, seq)) for seq in (1, 2)] == [
+            ReportState.SUPERSEDED,  # report 2 carries its totals: it will never land
+            ReportState.HELD,
+        ]
     assert all(row[-1] is None for row in db_rows(settings))  # batched_tx_key
 
 
@@ -89,7 +94,7 @@ def test_retry_is_acknowledged_after_a_restart_even_once_the_rental_closed(setti
         async with oracle_client(settings, clock=clock) as client:
             status, payload = await post(client, TELEMETRY_PATH, data)
             assert (status, payload["duplicate"]) == (200, True)
-            changed = body(settings, report(rental, 1, avg_util_bps=1))
+            changed = body(settings, report(rental, 1, util_seconds=1))
             assert (await post(client, TELEMETRY_PATH, changed))[1]["error"] == "rental_not_live"
 
     chain.sleep(PERIOD)
@@ -105,7 +110,7 @@ def test_different_report_with_an_accepted_seq_is_a_conflict(settings, clock, re
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 1))))[0] == 202
-            changed = report(rental, 1, avg_util_bps=1_000)
+            changed = report(rental, 1, util_seconds=10)
             await expect_rejected(
                 client, settings, suite, rental.rental_id, body(settings, changed), 409, "seq_conflict"
             )
@@ -136,8 +141,9 @@ def test_body_that_is_not_a_submission_is_400(settings, clock, rental, suite, da
 @pytest.mark.parametrize(
     "field, value, error_loc",
     [
-        ("avg_util_bps", 10_001, ["report", "avg_util_bps"]),
-        ("delivered_seconds", PERIOD + 1, ["report"]),
+        ("util_seconds", 2**32, ["report", "util_seconds"]),
+        ("util_seconds", PERIOD + 1, ["report"]),  # above the delivered seconds
+        ("covered_until", 0, ["report"]),  # before period_start
         ("seq", "1", ["report", "seq"]),  # strict: no string-to-number coercion
         ("unexpected", 1, ["report", "unexpected"]),
     ],
@@ -376,7 +382,7 @@ def test_open_rental_past_its_start_timeout_is_409(settings, clock, open_rental,
 
 
 def test_first_report_of_an_open_rental_may_start_after_its_opening(settings, clock, open_rental, suite):
-    late = report(open_rental, 1, period_start=open_rental.since + 5, delivered_seconds=PERIOD - 5)
+    late = report(open_rental, 1, period_start=open_rental.since + 5, delivered_seconds=PERIOD - 5, util_seconds=50)
     early = report(open_rental, 1, period_start=open_rental.since - 1, delivered_seconds=PERIOD)
 
     async def scenario():
@@ -462,7 +468,7 @@ def test_reports_the_chain_already_applied_are_stale_and_the_next_follows_the_ch
         oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
     )
     signatures = [sign_batch([settled], domain, key) for key in ORACLE_KEYS[1:]]
-    suite.escrow.submitReports([settled.as_tuple()], signatures, {"from": relayer})
+    suite.escrow.submitReports(*submit_args([settled], signatures, domain.oracle_set_version), {"from": relayer})
 
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
@@ -566,8 +572,90 @@ def test_report_following_reports_settled_elsewhere_is_checked_against_a_fresh_r
                 client, settings, suite, rental.rental_id, body(settings, report(rental, 3)), 409, "seq_gap"
             )
             signatures = [sign_batch(settled, domain, key) for key in ORACLE_KEYS[1:]]
-            suite.escrow.submitReports([r.as_tuple() for r in settled], signatures, {"from": relayer})
+            suite.escrow.submitReports(*submit_args(settled, signatures, domain.oracle_set_version), {"from": relayer})
             status, payload = await post(client, TELEMETRY_PATH, body(settings, report(rental, 3)))
             assert status == 202, payload
 
+    run(scenario())
+
+
+def settle_on_chain(suite, settings, relayer, reports) -> None:
+    """Lands `reports` with the signatures of oracles 1 and 2, as another leader would."""
+    domain = EscrowDomain(
+        chain_id=settings.chain.chain_id,
+        escrow=suite.escrow.address,
+        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
+    )
+    chain_reports = [r.to_chain_report() for r in reports]
+    signatures = [sign_batch(chain_reports, domain, key) for key in ORACLE_KEYS[1:]]
+    suite.escrow.submitReports(*submit_args(chain_reports, signatures, domain.oracle_set_version), {"from": relayer})
+
+
+HOSTILE = {
+    "totals_decreased": dict(delivered_seconds=PERIOD - 1, util_seconds=UTIL_PER_PERIOD),
+    "util_decreased": dict(util_seconds=UTIL_PER_PERIOD - 1),
+    "prev_root_mismatch": dict(prev_root=keccak(text="another history")),
+    "delivered_above_period": dict(delivered_seconds=2 * PERIOD + 1),
+    "util_above_delivered": dict(delivered_seconds=PERIOD + 10, util_seconds=UTIL_PER_PERIOD + 11),
+}
+HOSTILE_OUTCOME = {
+    "totals_decreased": (409, "totals_decreased"),
+    "util_decreased": (409, "totals_decreased"),
+    "prev_root_mismatch": (409, "prev_root_mismatch"),
+    "delivered_above_period": (422, "delivered_above_period"),
+    "util_above_delivered": (422, "util_above_delivered"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_cumulative_report_after_a_held_one_is_refused_with_its_reason(settings, clock, rental, suite, case):
+    hostile = report(rental, 2, **HOSTILE[case])
+
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 1))))[0] == 202
+            status, reason = HOSTILE_OUTCOME[case]
+            await expect_rejected(client, settings, suite, rental.rental_id, body(settings, hostile), status, reason)
+            assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 2))))[0] == 202
+
+    chain.sleep(2 * PERIOD)
+    run(scenario())
+
+
+@pytest.mark.parametrize("case", sorted(set(HOSTILE) - {"prev_root_mismatch"}))
+def test_hostile_report_is_checked_against_the_chains_applied_totals_when_none_is_held(
+    settings, clock, rental, suite, relayer, case
+):
+    """An oracle that holds nothing of the rental checks a report against the totals the chain applied; it cannot
+    check `prev_root` (the chain's root is not read), but every total is checked."""
+    chain.sleep(2 * PERIOD)
+    settle_on_chain(suite, settings, relayer, [report(rental, 1)])
+    hostile = report(rental, 2, **HOSTILE[case])
+
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            status, reason = HOSTILE_OUTCOME[case]
+            await expect_rejected(client, settings, suite, rental.rental_id, body(settings, hostile), status, reason)
+            assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 2))))[0] == 202
+
+    run(scenario())
+
+
+def test_first_report_must_have_a_zero_prev_root(settings, clock, rental, suite):
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            chained = body(settings, report(rental, 1, prev_root=keccak(text="x")))
+            await expect_rejected(client, settings, suite, rental.rental_id, chained, 409, "prev_root_mismatch")
+
+    chain.sleep(PERIOD)
+    run(scenario())
+
+
+def test_first_report_cannot_deliver_more_than_its_period(settings, clock, rental, suite):
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            inflated = body(settings, report(rental, 1, delivered_seconds=PERIOD + 1))
+            await expect_rejected(client, settings, suite, rental.rental_id, inflated, 422, "delivered_above_period")
+
+    chain.sleep(PERIOD)
     run(scenario())

@@ -21,17 +21,19 @@ bytes32 = st.binary(min_size=32, max_size=32)
 def telemetry_reports(draw) -> TelemetryReport:
     start = draw(st.integers(0, 2**40 - 2))
     end = draw(st.integers(start + 1, 2**40 - 1))
+    delivered = draw(st.integers(0, 2**32 - 1))
     return TelemetryReport(
         rental_id=draw(st.integers(1, 2**256 - 1)),
         seq=draw(st.integers(1, 2**32 - 1)),
         period_start=start,
-        period_end=end,
-        delivered_seconds=draw(st.integers(0, min(end - start, 2**32 - 1))),
-        avg_util_bps=draw(st.integers(0, 10_000)),
+        covered_until=end,
+        delivered_seconds=delivered,
+        util_seconds=draw(st.integers(0, delivered)),
         peak_mem_mib=draw(st.integers(0, 2**32 - 1)),
         sample_count=draw(st.integers(0, 2**32 - 1)),
         gpu_uuids=tuple(draw(st.lists(st.text(max_size=100), min_size=1, max_size=8, unique=True))),
-        telemetry_root=draw(bytes32),
+        prev_root=draw(bytes32),
+        samples_root=draw(bytes32),
         status=draw(st.sampled_from(ReportStatus)),
         exit_code=draw(st.integers(-(2**15), 2**15 - 1)),
         result_digest=draw(bytes32),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from offchain.telemetry.merkle import ZERO_HASH, merkle_root, sorted_leaves
 from offchain.telemetry.models import GpuSample
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.source import TraceExhausted
-from offchain.telemetry.window import WindowSummary, summarize
+from offchain.telemetry.window import UsageTotals, WindowSummary, summarize
 from tests.offchain.telemetry.helpers import take
 
 T0 = 1_767_225_600
@@ -120,7 +122,7 @@ def test_samples_outside_the_period_are_ignored():
     assert summary.delivered_seconds == 4
     assert summary.sample_count == 8
     assert summary.peak_mem_mib == 10_000
-    assert summary.telemetry_root == merkle_root(sorted_leaves([s for s in inside if s.timestamp < T0 + 6]))
+    assert summary.samples_root == merkle_root(sorted_leaves([s for s in inside if s.timestamp < T0 + 6]))
 
 
 def test_an_offer_gpu_that_never_samples_means_nothing_is_delivered():
@@ -143,7 +145,7 @@ def test_no_samples_give_an_empty_summary_with_the_zero_root():
         0,
         0,
     )
-    assert summary.telemetry_root == ZERO_HASH
+    assert summary.samples_root == ZERO_HASH
     assert summary.simulated is False
 
 
@@ -152,10 +154,10 @@ def test_root_covers_exactly_the_period_samples_whatever_their_order():
 
     summary = summarize(samples, OFFER, T0, T0 + 6)
 
-    assert summary.telemetry_root == merkle_root(sorted_leaves(samples))
-    assert summarize(list(reversed(samples)), OFFER, T0, T0 + 6).telemetry_root == summary.telemetry_root
+    assert summary.samples_root == merkle_root(sorted_leaves(samples))
+    assert summarize(list(reversed(samples)), OFFER, T0, T0 + 6).samples_root == summary.samples_root
     changed = samples[:-1] + [samples[-1].model_copy(update={"gpu_util_pct": 62})]
-    assert summarize(changed, OFFER, T0, T0 + 6).telemetry_root != summary.telemetry_root
+    assert summarize(changed, OFFER, T0, T0 + 6).samples_root != summary.samples_root
 
 
 @pytest.mark.parametrize("source", ["simulated", "replay"])
@@ -179,12 +181,55 @@ def test_a_summary_cannot_deliver_more_seconds_than_its_period():
             period_start=T0,
             period_end=T0 + 5,
             delivered_seconds=6,
-            avg_util_bps=0,
+            util_seconds=0,
             peak_mem_mib=0,
             sample_count=0,
-            telemetry_root=ZERO_HASH,
+            samples_root=ZERO_HASH,
             simulated=False,
         )
+
+
+def test_utilisation_weighted_seconds_are_exact():
+    samples = [_sample(0, GPU_A, 33), _sample(1, GPU_A, 34), _sample(2, GPU_A, 34), _sample(2.5, GPU_A, 35)]
+
+    assert summarize(samples, [GPU_A], T0, T0 + 3).util_seconds == Fraction(33 + 34, 100) + Fraction(69, 200)
+
+
+def test_a_summary_cannot_weigh_more_seconds_than_it_delivered():
+    with pytest.raises(ValidationError, match="utilisation-weighted seconds"):
+        WindowSummary(
+            period_start=T0,
+            period_end=T0 + 5,
+            delivered_seconds=2,
+            util_seconds=Fraction(201, 100),
+            peak_mem_mib=0,
+            sample_count=0,
+            samples_root=ZERO_HASH,
+            simulated=False,
+        )
+
+
+def test_totals_over_sixty_reports_equal_the_exact_total_of_all_their_samples():
+    """Utilisations of a third of a percent: rounding each report's figure down would lose up to a second per
+    report; the totals round only the sum."""
+    seconds = 60 * 60
+    samples = [_sample(s, GPU_A, 1 + s % 3) for s in range(seconds)] + [
+        _sample(s, GPU_B, 0 + (s % 7 == 0)) for s in range(seconds)
+    ]
+    totals = UsageTotals()
+    reported = []
+    for report in range(60):
+        totals = totals.plus(summarize(samples, OFFER, T0 + 60 * report, T0 + 60 * (report + 1)))
+        reported.append(totals.reported_util_seconds)
+
+    whole = summarize(samples, OFFER, T0, T0 + seconds)
+    assert totals == UsageTotals(delivered_seconds=seconds, util_seconds=whole.util_seconds)
+    assert reported[-1] == math.floor(whole.util_seconds)
+    per_report_floors = sum(
+        math.floor(summarize(samples, OFFER, T0 + 60 * r, T0 + 60 * (r + 1)).util_seconds) for r in range(60)
+    )
+    assert per_report_floors < reported[-1]  # what rounding each report would have lost
+    assert reported == sorted(reported)
 
 
 def _replayed(rebase_to: float | None = None) -> list[GpuSample]:
@@ -219,7 +264,7 @@ def test_replayed_trace_with_an_outage_yields_the_scripted_downtime():
     assert all(5_000 < p.avg_util_bps < 10_000 for p in periods)
     assert periods[0].peak_mem_mib == max(s.mem_used_mib for s in samples[:120] if s.healthy)
     assert all(p.simulated for p in periods)
-    assert periods[0].telemetry_root != periods[1].telemetry_root
+    assert periods[0].samples_root != periods[1].samples_root
 
 
 def test_replay_rebased_to_the_clock_keeps_the_downtime_and_utilisation():
@@ -233,7 +278,7 @@ def test_replay_rebased_to_the_clock_keeps_the_downtime_and_utilisation():
     assert rebased[0].timestamp == now
     assert as_rebased.delivered_seconds == as_recorded.delivered_seconds == 48
     assert as_rebased.avg_util_bps == as_recorded.avg_util_bps
-    assert as_rebased.telemetry_root != as_recorded.telemetry_root
+    assert as_rebased.samples_root != as_recorded.samples_root
 
 
 def test_an_offer_gpu_absent_from_the_trace_delivers_nothing():

@@ -19,8 +19,9 @@ from offchain.config import OracleSettings
 from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
 from offchain.oracle.app import create_app
 from offchain.protocol.messages import gpu_uuid_hash
-from offchain.protocol.reports import EscrowDomain, Report, sign_batch
+from offchain.protocol.reports import Report
 from offchain.protocol.status import DeclineReason
+from tests.offchain.chain.helpers import report_args
 from tests.offchain.conftest import ORACLE_KEYS, PRICE
 from tests.offchain.web.conftest import until_block
 
@@ -39,21 +40,21 @@ def list_l4_offer(suite, provider) -> int:
 
 
 def open_running_rental(suite, offer_id: int, provider, renter, relayer) -> int:
-    """A rental of `offer_id`, started, with one applied report: 10 s delivered at 90% utilisation."""
+    """A rental of `offer_id`, started, with one applied report (10 s delivered at 90% utilisation), claimed, then
+    one applied (10 s more at 50 %) and one skipped (its utilisation above 100 %)."""
     rental_id = suite.escrow.openRental(offer_id, DURATION, PRICE, keccak(text="job"), {"from": renter}).return_value
     suite.escrow.start(rental_id, {"from": provider})
     since = suite.read(lambda r: r.rental(rental_id)).since
-    chain.sleep(10)
+    chain.sleep(20)
     chain.mine()
-    report = Report(rental_id=rental_id, seq=1, period_end=since + 10, delivered_seconds=10, avg_util_bps=9_000)
-    domain = EscrowDomain(
-        chain_id=web3.eth.chain_id,
-        escrow=suite.escrow.address,
-        oracle_set_version=suite.read(lambda r: r.oracle_set()).version,
-    )
-    suite.escrow.submitReports(
-        [report.as_tuple()], [sign_batch([report], domain, k) for k in ORACLE_KEYS[:2]], {"from": relayer}
-    )
+    first = Report(rental_id=rental_id, seq=1, covered_until=since + 10, delivered_seconds=10, util_seconds=9)
+    suite.escrow.submitReports(*report_args(suite, [first]), {"from": relayer})
+    suite.escrow.claimPayout(rental_id, {"from": relayer})
+    reports = [
+        Report(rental_id=rental_id, seq=2, covered_until=since + 20, delivered_seconds=20, util_seconds=14),
+        Report(rental_id=rental_id, seq=3, covered_until=since + 20, delivered_seconds=20, util_seconds=21),
+    ]
+    suite.escrow.submitReports(*report_args(suite, reports), {"from": relayer})
     return rental_id
 
 
@@ -95,6 +96,7 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite,
         100.0,
     )
     assert (h100["available"], h100["rental_id"], h100["reliability"]) == (True, None, None)
+    assert (h100["value_settled"], h100["distinct_renters"]) == ("0.000000", 0)
     assert (h100["egress"], h100["declines"], pages[0]["offers"][0]["egress"]) == (False, 0, True)
     assert [o["offer_id"] for o in pages[6]["offers"]] == [l4]
     assert pages[0]["token"]["symbol"] == "tUSD"
@@ -140,25 +142,50 @@ def test_a_rental_and_its_provider_in_human_units(web_client, suite, offer, prov
     )
     assert (rental["deposit"], rental["paid"], rental["refunded"], rental["price_per_hour"]) == (
         "3.600000",
-        "0.010000",
+        "0.020000",
         "0.000000",
         "3.600000",
     )
+    assert (rental["covered_until"], rental["delivered_seconds"], rental["util_pct"]) == (
+        rental["since"] + 20,
+        20,
+        70.0,
+    )
+    assert (rental["claimed"], rental["claimable"], rental["provider_paid"]) == ("0.010000", "0.010000", "0.009750")
     assert rental["reports"] == [
         {
             "seq": 1,
-            "period_end": rental["since"] + 10,
+            "period_start": rental["since"],
+            "covered_until": rental["since"] + 10,
             "delivered_seconds": 10,
-            "avg_util_pct": 90.0,
+            "util_pct": 90.0,
             "earned": "0.010000",
-        }
+            "total_delivered_seconds": 10,
+        },
+        {
+            "seq": 2,
+            "period_start": rental["since"] + 10,
+            "covered_until": rental["since"] + 20,
+            "delivered_seconds": 10,
+            "util_pct": 50.0,
+            "earned": "0.010000",
+            "total_delivered_seconds": 20,
+        },
     ]
+    assert rental["skipped"] == [{"seq": 3, "reason": "utilisation_above_delivered"}]
     assert (rental["gpu_model"], rental["gpu_count"], rental["settlement"]) == ("H100-80GB", 2, None)
     assert [r["rental_id"] for r in recent["rentals"]] == [str(rental_id)]
     assert indexed_provider["address"] == provider.address
     assert (indexed_provider["staked"], indexed_provider["locked"]) == ("10000.000000", "200.000000")
     assert [o["offer_id"] for o in indexed_provider["offers"]] == [offer]
     assert indexed_provider["offers"][0]["rental_id"] == str(rental_id)
+    assert (indexed_provider["claimable"], indexed_provider["value_settled"], indexed_provider["reliability"]) == (
+        "0.010000",
+        "0.000000",
+        None,
+    )
+    claimed = next(h for h in indexed_provider["history"] if h["event"] == "EarningsClaimed")
+    assert claimed["summary"] == "claimed 0.009750 tUSD of the rental's earnings, fee 0.000250 tUSD"
     opened = next(h for h in indexed_provider["history"] if h["event"] == "RentalOpened")
     assert opened["summary"] == f"{renter.address} rented offer #{offer} for 1h, deposit 3.600000 tUSD"
     assert indexed_provider["history"][-1]["summary"] == "staked 10,000.000000 tUSD"  # the oldest last

@@ -1,0 +1,268 @@
+"""The leader's landing policy on a real anvil: per rental only the latest accepted report lands, and only when it
+is due (its job ended, the rental's time is up, the renter terminated it, or a checkpoint interval of coverage
+passed since the last landing); a report the chain skipped is settled and never sent again.
+
+The escrow of this module has a 1-of-1 oracle set (oracle 0, the leader), so a batch needs no peer."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, NamedTuple
+
+import aiohttp
+import pytest
+from brownie import chain
+
+from offchain.chain.contracts import contract
+from offchain.chain.rpc import connect
+from offchain.chain.tx.manager import TxManager
+from offchain.oracle.batcher import Batcher
+from offchain.oracle.chainview import ChainView
+from offchain.oracle.metrics import OracleMetrics
+from offchain.oracle.store import NewSubmission, ReportState, SubmissionKey, SubmissionStore
+from offchain.protocol.digest import TelemetryDomain
+from offchain.protocol.messages import TelemetryReport
+from offchain.protocol.reports import BatchSigner, ReportStatus
+from offchain.protocol.status import RentalStatus
+from scripts.deploy import SuiteParams, deploy_suite
+from tests.offchain.chain.helpers import settle
+from tests.offchain.conftest import ORACLES
+from tests.offchain.oracle.helpers import PERIOD, RENTAL_SECONDS, UTIL_PER_PERIOD, report, submission
+
+NEVER = 10**9  # a checkpoint interval no rental reaches
+
+
+@pytest.fixture(scope="module")
+def suite(deployer, treasury, token):
+    """Registry + escrow whose oracle set is oracle 0 alone."""
+    return deploy_suite(deployer, token, token, treasury, [ORACLES[0].address], 1, SuiteParams())
+
+
+class Leader(NamedTuple):
+    batcher: Batcher
+    store: SubmissionStore
+    metrics: OracleMetrics
+    txmgr: TxManager
+    domain: TelemetryDomain
+
+
+@asynccontextmanager
+async def leader(settings, checkpoint_interval: int) -> AsyncIterator[Leader]:
+    """Oracle 0's batcher, store, tx manager and chain view (following the chain), as `OracleService` wires them."""
+    w3 = connect(settings.chain.rpc_url)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    view = ChainView(w3, settings.chain)
+    await view.start_following()
+    follower = asyncio.create_task(view.follow(0.02))
+    store = SubmissionStore(settings.state_dir / "oracle.sqlite3")
+    txmgr = TxManager(w3, settings.state_dir / "txmgr.sqlite3", settings.private_key, settings.chain.chain_id)
+    await txmgr.start()
+    metrics = OracleMetrics()
+    async with aiohttp.ClientSession() as session:
+        batcher = Batcher(
+            store=store,
+            chain=view,
+            txmgr=txmgr,
+            session=session,
+            escrow=contract(w3, "RentalEscrow", settings.chain.escrow),
+            signer=BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow),
+            peers=[],
+            max_batch_reports=settings.max_batch_reports,
+            metrics=metrics,
+            checkpoint_interval_seconds=checkpoint_interval,
+        )
+        try:
+            yield Leader(
+                batcher, store, metrics, txmgr, TelemetryDomain(settings.chain.chain_id, settings.chain.registry)
+            )
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            txmgr.close()
+            store.close()
+            await w3.provider.disconnect()
+
+
+def accept(settings, oracle: Leader, *reports: TelemetryReport) -> None:
+    """Stores reports as ingest would after verifying them."""
+    for telemetry in reports:
+        signed = submission(settings, telemetry)
+        oracle.store.add([NewSubmission(signed, oracle.domain.digest(telemetry), signed.model_dump_json().encode())])
+
+
+async def land(oracle: Leader) -> list[tuple[int, int]]:
+    """Closes a batch and, if one was sent, waits for it and settles it; the (rental, seq) it carried."""
+    outcome = await oracle.batcher.close_batch()
+    if outcome.tx_key is None:
+        return []
+    carried = [(s.report.rental_id, s.report.seq) for s in oracle.store.batched(outcome.tx_key)]
+    await settle(oracle.txmgr, outcome.tx_key)
+    await oracle.batcher.settle_batches()
+    return carried
+
+
+def states(oracle: Leader, rental, seqs) -> list[ReportState | None]:
+    return [oracle.store.state(SubmissionKey(rental.rental_id, seq)) for seq in seqs]
+
+
+def on_chain(suite, rental):
+    return suite.read(lambda r: r.rental(rental.rental_id))
+
+
+def test_only_the_latest_report_lands_once_a_checkpoint_interval_of_coverage_passed(settings, rental, suite):
+    """Reports 1 and 2 never land: report 3 carries their totals, and the chain takes it after seq 0 (a gap)."""
+    chain.sleep(6 * PERIOD)
+    chain.mine()
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=3 * PERIOD) as oracle:
+            accept(settings, oracle, report(rental, 1), report(rental, 2))
+            assert await land(oracle) == []  # two periods covered: not due
+            accept(settings, oracle, report(rental, 3))
+            assert await land(oracle) == [(rental.rental_id, 3)]
+            assert states(oracle, rental, (1, 2, 3)) == [ReportState.SUPERSEDED] * 2 + [ReportState.LANDED]
+            accept(settings, oracle, report(rental, 4), report(rental, 5))
+            assert await land(oracle) == []  # two periods past the landed coverage
+            accept(settings, oracle, report(rental, 6))
+            assert await land(oracle) == [(rental.rental_id, 6)]
+            assert await land(oracle) == []  # nothing is landed twice
+            return oracle.metrics.render()
+
+    metrics = asyncio.run(scenario())
+    applied = on_chain(suite, rental)
+    assert (applied.last_seq, applied.covered_seconds, applied.delivered_seconds, applied.util_seconds) == (
+        6,
+        6 * PERIOD,
+        6 * PERIOD,
+        6 * UTIL_PER_PERIOD,
+    )
+    lines = metrics.splitlines()
+    assert 'gpuex_oracle_landings_total{reason="checkpoint"} 2' in lines
+    assert 'gpuex_oracle_reports_settled_total{state="landed"} 2' in lines
+    assert "gpuex_oracle_reports_held 0" in lines
+
+
+def test_a_final_report_lands_at_once(settings, rental, suite):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+    completion = report(rental, 2, status=ReportStatus.COMPLETED)
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1))
+            assert await land(oracle) == []
+            accept(settings, oracle, completion)
+            assert await land(oracle) == [(rental.rental_id, 2)]
+            return oracle.metrics.landings.value("final")
+
+    assert asyncio.run(scenario()) == 1
+    applied = on_chain(suite, rental)
+    assert (applied.status, applied.last_seq, applied.delivered_seconds) == (RentalStatus.COMPLETED, 2, 2 * PERIOD)
+
+
+def test_the_latest_report_lands_once_the_rentals_time_is_up(settings, rental, suite):
+    """Both ways: the report covers the rental to its end, or the chain's clock passed the end."""
+    chain.sleep(RENTAL_SECONDS + PERIOD)
+    chain.mine()
+    to_the_end = report(rental, 2, covered_until=rental.since + RENTAL_SECONDS)
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1))
+            assert await land(oracle) == [(rental.rental_id, 1)]  # the agent went quiet: the clock passed the end
+            accept(settings, oracle, to_the_end)
+            assert await land(oracle) == [(rental.rental_id, 2)]
+            return oracle.metrics.landings.value("time_up")
+
+    assert asyncio.run(scenario()) == 2
+    assert on_chain(suite, rental).covered_seconds == RENTAL_SECONDS
+
+
+def test_the_latest_report_lands_when_the_renter_terminates(settings, rental, suite, renter):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1))
+            assert await land(oracle) == []
+            await asyncio.to_thread(suite.escrow.terminate, rental.rental_id, {"from": renter})
+            for _ in range(100):  # the chain view drops the rental once its follower sees the termination
+                if carried := await land(oracle):
+                    break
+                await asyncio.sleep(0.02)
+            assert carried == [(rental.rental_id, 1)]
+            end = (await asyncio.to_thread(on_chain, suite, rental)).end
+            accept(settings, oracle, report(rental, 2, covered_until=end, delivered_seconds=end - rental.since))
+            assert await land(oracle) == [(rental.rental_id, 2)]
+            return oracle.metrics.landings.value("terminated"), end
+
+    landings, end = asyncio.run(scenario())
+    assert landings == 2
+    applied = on_chain(suite, rental)
+    assert (applied.status, applied.covered_until, applied.last_seq) == (RentalStatus.TERMINATED, end, 2)
+
+
+def test_a_report_the_chain_skips_is_settled_and_never_sent_again(settings, rental, suite):
+    """The escrow skips a report whose coverage is still in the future (`CoverageInFuture`); the next one lands."""
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+    ahead = report(rental, 1, covered_until=rental.since + 10 * PERIOD, status=ReportStatus.COMPLETED)
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, ahead)
+            assert await land(oracle) == [(rental.rental_id, 1)]
+            assert states(oracle, rental, (1,)) == [ReportState.SKIPPED]
+            assert await land(oracle) == []
+            accept(settings, oracle, report(rental, 2, status=ReportStatus.COMPLETED))
+            assert await land(oracle) == [(rental.rental_id, 2)]
+            return oracle.metrics.reports_settled.value("skipped"), oracle.metrics.reports_settled.value("landed")
+
+    assert asyncio.run(scenario()) == (1, 1)
+    applied = on_chain(suite, rental)
+    assert (applied.status, applied.last_seq) == (RentalStatus.COMPLETED, 2)
+
+
+def test_a_report_of_a_rental_that_is_no_longer_live_is_dropped(settings, rental, suite, renter):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+    suite.escrow.terminate(rental.rental_id, {"from": renter})
+    chain.sleep(RENTAL_SECONDS)
+    suite.escrow.finalize(rental.rental_id, {"from": renter})
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1, status=ReportStatus.COMPLETED))
+            assert await land(oracle) == []
+            return states(oracle, rental, (1,))
+
+    assert asyncio.run(scenario()) == [ReportState.DROPPED]
+
+
+def test_a_batch_confirmed_while_the_leader_was_down_is_settled_after_its_restart(settings, rental, suite):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+
+    async def before_the_crash():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1, status=ReportStatus.COMPLETED))
+            outcome = await oracle.batcher.close_batch()
+            await settle(oracle.txmgr, outcome.tx_key)  # mined; the leader stops before it settles the batch
+            return states(oracle, rental, (1,))
+
+    async def after_the_restart():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            assert await land(oracle) == []
+            return states(oracle, rental, (1,)), oracle.metrics.reports_settled.value("landed")
+
+    assert asyncio.run(before_the_crash()) == [ReportState.BATCHED]
+    assert asyncio.run(after_the_restart()) == ([ReportState.LANDED], 1)
+    assert on_chain(suite, rental).status is RentalStatus.COMPLETED
+
+
+def test_the_checkpoint_interval_is_an_oracle_setting_from_the_environment(make_settings, monkeypatch):
+    assert make_settings(0).checkpoint_interval_seconds == 3_600
+    monkeypatch.setenv("GPUEX_ORACLE_CHECKPOINT_INTERVAL_SECONDS", "120")
+    assert make_settings(0).checkpoint_interval_seconds == 120
