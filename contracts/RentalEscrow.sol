@@ -41,8 +41,9 @@ contract RentalEscrow is IRentalEscrow, EIP712, Ownable2Step, Pausable, Reentran
     bytes32 private constant _BATCH_TYPEHASH = keccak256(
         "ReportBatch(uint64 oracleSetVersion,Report[] reports)Report(uint256 rentalId,uint32 seq,uint40 coveredUntil,uint32 deliveredSeconds,uint32 utilSeconds,uint8 status,bytes32 telemetryRoot)"
     );
-    /// @notice Most oracles in a set; a signer's index must fit the 256-bit duplicate mask.
-    uint256 public constant MAX_ORACLES = 255;
+    /// @notice Most oracles in a set: a signer's index must fit the 256-bit duplicate mask, and scheduling and
+    /// activating the largest set must each fit a block (about 5M gas each at 100 signers).
+    uint256 public constant MAX_ORACLES = 100;
     /// @dev What `_skipReason` returns for a report that applies: no SkipReason.
     uint256 private constant _APPLIES = type(uint256).max;
     /// @dev Bit offsets of `RentalState`'s fields in its storage word (Solidity packs from the low end, in order):

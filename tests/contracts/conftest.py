@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from brownie import chain
 
-from offchain.protocol.reports import EscrowDomain, sign_batch
+from offchain.protocol.reports import EscrowDomain, sign_batch, submit_args
 from scripts.deploy import USDC, SuiteParams, deploy_suite
 from tests.contracts.helpers import ORACLE_KEYS, ORACLES, PRICE, new_gpu_hashes
 
@@ -107,11 +107,15 @@ def domain(escrow):
 
 @pytest.fixture
 def submit(escrow, domain, stranger):
-    """Signs `reports` with the given oracle keys (default: the first two) and submits them."""
+    """Signs `reports` with the given oracle keys (default: the first two) under the oracle set `version` (default:
+    the current one) and submits them."""
 
     def _submit(reports, keys=None, sender=None, version=None):
         keys = ORACLE_KEYS[:2] if keys is None else keys
-        sigs = [sign_batch(reports, domain(version), k) for k in keys]
-        return escrow.submitReports([r.as_tuple() for r in reports], sigs, {"from": sender or stranger})
+        signed = domain(version)
+        sigs = [sign_batch(reports, signed, k) for k in keys]
+        return escrow.submitReports(
+            *submit_args(reports, sigs, signed.oracle_set_version), {"from": sender or stranger}
+        )
 
     return _submit

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from enum import IntEnum
 
-from brownie import chain
+from brownie import chain, web3
 from eth_account import Account
 from eth_utils import keccak
 
@@ -13,7 +14,6 @@ from offchain.protocol.reports import Report, ReportStatus
 from offchain.protocol.status import (  # noqa: F401 (re-exported for the tests)
     DeclineReason,
     RentalStatus,
-    SkipReason,
     SlashReason,
 )
 
@@ -27,13 +27,31 @@ def new_gpu_hashes(count):
     return [keccak(text=f"GPU-{next(_gpu_counter):08d}") for _ in range(count)]
 
 
-def report(rental, seq, period_end, delivered, util=10_000, status=ReportStatus.RUNNING, root=b"\x22" * 32):
+
+
+class SkipReason(IntEnum):
+    """`ReportSkipped.reason`: DataTypes.sol's SkipReason, member for member."""
+
+    UNKNOWN_RENTAL = 0
+    RENTAL_CLOSED = 1
+    START_TIMED_OUT = 2
+    SEQ_NOT_INCREASING = 3
+    UNKNOWN_STATUS = 4
+    COVERAGE_IN_FUTURE = 5
+    TOTALS_DECREASED = 6
+    DELIVERED_ABOVE_COVERED = 7
+    UTILISATION_ABOVE_DELIVERED = 8
+
+
+def report(rental, seq, covered_until, delivered, util=None, status=ReportStatus.RUNNING, root=b"\x22" * 32):
+    """A cumulative report: the rental's totals from its start to `covered_until`. `util` (utilisation-weighted
+    seconds) defaults to `delivered`, every delivered second at full utilisation."""
     return Report(
         rental_id=rental,
         seq=seq,
-        period_end=period_end,
+        covered_until=covered_until,
         delivered_seconds=delivered,
-        avg_util_bps=util,
+        util_seconds=delivered if util is None else util,
         status=status,
         telemetry_root=root,
     )
@@ -72,3 +90,8 @@ def wait(seconds):
     """Moves chain time forward and mines a block so that `block_time()` reflects it."""
     chain.sleep(seconds)
     chain.mine()
+
+
+def at_next_block(timestamp):
+    """Mines the next transaction at exactly `timestamp`."""
+    web3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])

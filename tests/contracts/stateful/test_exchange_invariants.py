@@ -1,28 +1,40 @@
-"""Stateful invariants of the whole exchange: stake, rent, report, settle and withdraw against a Python model.
+"""Stateful invariants of the whole exchange: stake, rent, report, claim, settle and withdraw against a Python model.
 
 After every step, whatever the rules did:
 
 - `invariant_block_time_is_the_model_clock`: the latest block's timestamp is the model's clock.
-- `invariant_escrow_holds_what_it_owes`: the escrow's token balance is the deposits of live rentals plus every
-  withdrawable balance, to the unit, by the chain's own records and by the model's.
+- `invariant_escrow_holds_what_it_owes`: the escrow's token balance is every withdrawable balance plus the deposits
+  of live rentals less what their claims already credited, to the unit, by the chain's own records and by the
+  model's.
 - `invariant_registry_holds_what_it_owes`: the registry's token balance is every provider's stake plus the
   compensation owed to renters, to the unit, by the chain's own records and by the model's.
 - `invariant_balances_match_model`: wallets, escrow balances and compensation owed are the model's.
 - `invariant_stakes_match_model`: every provider's record is the model's; its locked collateral is that of its
   live rentals and, with what is unbonding, never exceeds its stake.
 - `invariant_offers_match_model`: every offer's price, status (active or paused) and egress are the model's.
-- `invariant_rentals_match_model`: every offer's latest rental is the model's, a superseded id reads as no rental,
-  and the offer's live rental is the model's.
-- `invariant_rental_earnings_bounded`: earnings never exceed the deposit nor price x the reported seconds,
-  delivered <= reported <= duration, and reports never reach past the block time.
+- `invariant_rentals_match_model`: every offer's latest rental (its applied totals, earnings and claims included) is
+  the model's, a superseded id reads as no rental, and the offer's live rental is the model's.
+- `invariant_earnings_are_the_formula_on_the_totals`: a rental's earnings are RentalMath.earnings of its last
+  applied totals to the unit, claims never pass them nor they the deposit, util <= delivered <= covered <=
+  duration, and coverage never reaches past the block time.
 - `invariant_rentals_move_forward`: a status only moves forward (Open -> Running -> Terminated -> final, Open ->
-  TimedOut / Cancelled / Declined) and the applied seq never goes back.
+  TimedOut / Cancelled / Declined), and the applied seq, totals and claimed earnings never go back.
 - `invariant_slashes_within_collateral`: no settlement slashes more than the rental's collateral.
+- `invariant_nothing_paid_twice`: by every rental's events, its claims never pass the lifetime earnings its
+  settlement reports, it never credits more than its deposit and a settled rental exactly its deposit, and every
+  balance the escrow credited is one of those credits, whatever the order of reports, claims, terminations and
+  settlements.
+
+Reports are cumulative: `rule_submit_reports` sends batches with random seq jumps in which some reports are stale,
+decreasing, over-delivered, over-utilised, in the future or of an unknown status, and asserts that the batch goes
+through (only signatures may revert it, see `rule_submit_rejected_batch`) with each report applied or skipped for
+the reason the model gives.
 
 Modelled on curve-dao-contracts' stateful tests: every `rule_*` either asserts the named revert of the branch it
 hits or applies its action to the plain-Python model (model.py), and every invariant compares the chain with that
-model or checks a property that must hold whatever the model says (solvency, bounded earnings, forward-only
-status). GPUEX_STATEFUL_EXAMPLES runs (default 30) of GPUEX_STATEFUL_STEPS steps (default 20) each.
+model or checks a property that must hold whatever the model says (solvency, earnings from the totals,
+forward-only status, single payment). GPUEX_STATEFUL_EXAMPLES runs (default 30) of GPUEX_STATEFUL_STEPS steps
+(default 20) each.
 
 Block time is the model's clock. Every transaction is mined at exactly `self.model.now` (anvil's
 `evm_setNextBlockTimestamp` accepts the last block's timestamp again) and only the sleep rules move it, so the
@@ -48,7 +60,7 @@ from hypothesis import Phase
 from hypothesis import strategies as st
 
 from offchain.ops.roles import ACCOUNTS
-from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch, typed_batch
+from offchain.protocol.reports import EscrowDomain, ReportStatus, sign_batch, submit_args, typed_batch
 from offchain.protocol.status import OfferStatus
 from scripts.deploy import USDC, SuiteParams
 from tests.contracts.helpers import (
@@ -56,10 +68,8 @@ from tests.contracts.helpers import (
     ORACLES,
     DeclineReason,
     RentalStatus,
-    SkipReason,
     error,
     new_gpu_hashes,
-    report,
 )
 from tests.contracts.stateful.model import (
     LIVE,
@@ -72,7 +82,7 @@ from tests.contracts.stateful.model import (
     is_open_or_running,
     is_started_and_live,
 )
-from tests.contracts.unit.RentalEscrow.escrow_helpers import BPS, unchecked_report
+from tests.contracts.unit.RentalEscrow.escrow_helpers import earnings, unchecked_report
 
 PARAMS = SuiteParams()
 THRESHOLD = 2  # the suite fixture's oracle set is 2 of 3
@@ -113,6 +123,17 @@ class ChainView:
     offers: list  # per offer: the Offer struct
 
 
+@dataclass
+class Ledger:
+    """One rental's money by its events: the deposit it opened with, the gross earnings its claims credited, what
+    its termination and settlement refunded, and the lifetime earnings its settlement reported."""
+
+    deposit: int
+    claimed: int = 0
+    refunded: int = 0
+    settled: int | None = None
+
+
 def join_confirmation_threads():
     """Waits for Brownie's confirmation threads, which outlive the transaction call.
 
@@ -122,6 +143,11 @@ def join_confirmation_threads():
     for thread in threading.enumerate():
         if "_await_confirmation" in thread.name:
             thread.join()
+
+
+def events(tx, name):
+    """Every event `name` that `tx` emitted, in order, as plain dicts."""
+    return [dict(e) for e in tx.events[name]] if name in tx.events else []
 
 
 def read_batch(calls):
@@ -206,29 +232,39 @@ class ExchangeStateMachine:
     st_sleep = st.one_of(st.integers(1, 120), st.integers(1, 600), st.integers(600, 4_000))
     st_deadline = st.sampled_from(["start_timeout", "end", "finalizable"])
     st_delta = st.integers(-1, 1)
-    st_report_wait = st.one_of(st.just(0), st.integers(1, 900))
-    st_delivered_percent = st.one_of(st.just(100), st.integers(90, 100), st.integers(0, 100))
-    st_util = st.one_of(st.just(BPS), st.just(0), st.integers(0, BPS))
-    st_report_status = st.sampled_from([ReportStatus.RUNNING] * 6 + [ReportStatus.COMPLETED, ReportStatus.FAILED])
-    st_stale_slot = st.sampled_from([None, None, "first", "last"])
+    # Mostly within the start timeout, so that reports still find rentals to apply to.
+    st_report_wait = st.one_of(st.just(0), st.integers(1, 120), st.integers(1, 900))
+    # One report: (kind, seq jump, share of the time since the last coverage it adds, share of that newly covered
+    # time delivered, share of the new delivery at full utilisation, status, excess of a flaw). Mostly valid; every
+    # other kind carries one flaw the escrow must skip it for, unless an earlier report of the batch changed things.
+    st_report_draw = st.tuples(
+        st.sampled_from(
+            ["valid"] * 5 + ["stale", "decreasing", "over_delivered", "over_util", "future", "unknown_status"]
+        ),
+        st.one_of(st.just(1), st.integers(1, 60)),
+        st.one_of(st.just(100), st.integers(0, 100)),
+        st.one_of(st.just(100), st.integers(90, 100), st.integers(0, 100)),
+        st.one_of(st.just(100), st.just(0), st.integers(0, 100)),
+        st.sampled_from([ReportStatus.RUNNING] * 10 + [ReportStatus.COMPLETED, ReportStatus.FAILED]),
+        st.integers(1, 1_000),
+    )
+    st_report_draws = st.lists(st_report_draw, min_size=1, max_size=4)
+    st_other_slot = st.sampled_from([None, None, "first", "last"])
     st_signers = st.sampled_from([list(p) for n in (2, 3) for p in itertools.permutations(range(3), n)])
     st_batch_flaw = st.sampled_from(
         [
-            "seq",
-            "utilisation",
-            "status",
-            "future_end",
-            "end_not_after_last",
-            "over_delivered",
             "empty",
             "one_signature",
             "no_signature",
             "duplicate_signer",
             "outsider_signer",
-            "old_oracle_set",
+            "malformed",
+            "signed_for_another_version",
+            "next_version",
         ]
     )
-    st_excess = st.integers(1, 1_000)
+    st_claim_caller = st.sampled_from(["provider", "renter", "stranger"])
+    st_claim_after = st.sampled_from([None, None, "provider", "renter", "stranger"])
     st_fee = st.integers(0, 1_200)
     st_price = st.integers(0, 20_000)
 
@@ -271,7 +307,9 @@ class ExchangeStateMachine:
             fee_bps=self.initial_fee_bps,
         )
         self.settlements = []  # (slashed, collateral) of every settlement, as the chain reported them
-        self.seen = {}  # rental id -> (status, seq) at the previous step
+        self.seen = {}  # rental id -> (status, seq, totals, claimed) at the previous step
+        self.ledger = {}  # rental id -> Ledger: what its events say the escrow credited for it
+        self.withdrawn = 0  # what Withdrawn events paid out of the escrow
         self._view = None
 
     # ------------------------------------------------------------------ plumbing
@@ -281,9 +319,29 @@ class ExchangeStateMachine:
         web3.provider.make_request("evm_setNextBlockTimestamp", [self.model.now])
         self._view = None
         try:
-            return fn(*args, {"from": sender})
+            tx = fn(*args, {"from": sender})
         finally:
             join_confirmation_threads()
+        self._book(tx)
+        return tx
+
+    def _book(self, tx):
+        """Books the credits that `tx`'s events announce, per rental, for `invariant_nothing_paid_twice`; a
+        claim's `earned` must be the gross total its rental's claims credited."""
+        for opened in events(tx, "RentalOpened"):
+            self.ledger[opened["rentalId"]] = Ledger(deposit=opened["deposit"])
+        for claimed in events(tx, "EarningsClaimed"):
+            entry = self.ledger[claimed["rentalId"]]
+            entry.claimed += claimed["providerPayout"] + claimed["fee"]
+            assert claimed["earned"] == entry.claimed
+        for terminated in events(tx, "RentalTerminated"):
+            self.ledger[terminated["rentalId"]].refunded += terminated["refund"]
+        for finalized in events(tx, "RentalFinalized"):
+            entry = self.ledger[finalized["rentalId"]]
+            assert entry.settled is None
+            entry.settled = finalized["providerPayout"] + finalized["fee"]
+            entry.refunded += finalized["refund"]
+        self.withdrawn += sum(withdrawn["amount"] for withdrawn in events(tx, "Withdrawn"))
 
     def _assert_reverts(self, message, fn, *args, sender):
         with brownie.reverts(message):
@@ -300,9 +358,11 @@ class ExchangeStateMachine:
     def _sign(self, reports, keys, domain=None):
         return [sign_batch(reports, domain or self.domain, key) for key in keys]
 
-    def _submit(self, reports, signatures):
-        """Relays a batch from a stranger: anyone may submit what the oracles signed."""
-        return self._tx(self.escrow.submitReports, [r.as_tuple() for r in reports], signatures, sender=self.stranger)
+    def _submit(self, reports, signatures, version=None):
+        """Relays a batch signed under oracle set `version` (default: the current one) from a stranger: anyone may
+        submit what the oracles signed."""
+        args = submit_args(reports, signatures, version or self.domain.oracle_set_version)
+        return self._tx(self.escrow.submitReports, *args, sender=self.stranger)
 
     def _target(self, index, pick, wanted=is_live):
         """The offer and rental a rule acts on: with WANTED_FIRST a `wanted` rental if there is one, with
@@ -564,132 +624,102 @@ class ExchangeStateMachine:
 
     # ------------------------------------------------------------------ oracle reports
 
-    def _valid_reports(self, rental, end_percent, delivered_percent, util, status, split):
-        """Reports from the rental's last reported second to a drawn time <= now, optionally as two reports."""
-        period = 1 + (self.model.now - rental.last_end - 1) * end_percent // 100
-        delivered = period * delivered_percent // 100
-        if split and period >= 2:
-            first_period = period // 2
-            first_delivered = min(delivered, first_period)
-            return [
-                report(
-                    rental.rental_id,
-                    rental.seq + 1,
-                    rental.last_end + first_period,
-                    first_delivered,
-                    util,
-                    root=TELEMETRY_ROOT,
-                ),
-                report(
-                    rental.rental_id,
-                    rental.seq + 2,
-                    rental.last_end + period,
-                    delivered - first_delivered,
-                    util,
-                    status,
-                    TELEMETRY_ROOT,
-                ),
-            ]
-        return [
-            report(rental.rental_id, rental.seq + 1, rental.last_end + period, delivered, util, status, TELEMETRY_ROOT)
-        ]
+    def _report_for(self, rental_id, rental, cursor, draw):
+        """A report of `rental_id` drawn from `draw`, built on `cursor` (the seq and totals of the last report
+        built for it, see `_cursor`): a valid next report, or one with the drawn flaw. Whether it applies is the
+        model's to say; a valid one moves the cursor."""
+        kind, jump, cover_percent, delivered_percent, util_percent, status, excess = draw
+        since = rental.since if rental is not None else self.model.now
+        seq, covered_until, delivered, util = cursor
+        covered_until += max(0, self.model.now - covered_until) * cover_percent // 100
+        delivered += max(0, covered_until - since - delivered) * delivered_percent // 100
+        util += max(0, delivered - util) * util_percent // 100
+        fields = dict(seq=seq + jump, covered_until=covered_until, delivered=delivered, util=util)
+        if kind != "valid":
+            status = ReportStatus.RUNNING
+        if kind == "stale":
+            fields["seq"] = seq - excess % (seq + 1)
+        elif kind == "decreasing":
+            if excess % 3 == 1 and cursor[2]:
+                fields["delivered"], fields["util"] = cursor[2] - 1, min(util, cursor[2] - 1)
+            elif excess % 3 == 2 and cursor[3]:
+                fields["util"] = cursor[3] - 1
+            else:
+                fields["covered_until"] = cursor[1] - excess
+        elif kind == "over_delivered":
+            fields["delivered"] = covered_until - since + excess
+        elif kind == "over_util":
+            fields["util"] = delivered + excess
+        elif kind == "future":
+            fields["covered_until"] = self.model.now + excess
+        elif kind == "unknown_status":
+            status = ReportStatus.FAILED + 1 + excess % 253
+        built = unchecked_report(rental_id, **fields, status=status, root=TELEMETRY_ROOT)
+        if kind == "valid":
+            cursor[:] = [built.seq, built.covered_until, built.delivered_seconds, built.util_seconds]
+        return built
 
-    def _stale_report(self, offer):
-        """A report the escrow must skip: of a final or start-timed-out rental, or of an id it does not know."""
-        reason = self.model.skip_reason(offer.rental)
-        if offer.rental is None or reason is None:
-            return report(offer.unknown_rental_id(), 1, self.model.now, 0), SkipReason.UNKNOWN_RENTAL
-        return report(offer.rental.rental_id, offer.rental.seq + 1, self.model.now, 0), reason
+    def _cursor(self, rental):
+        """Where the next report of `rental` starts: its applied seq and totals (an unknown id starts now)."""
+        if rental is None:
+            return [0, self.model.now, 0, 0]
+        return [rental.seq, rental.covered_until, rental.delivered, rental.util]
 
     def rule_submit_reports(
         self,
         offer="st_offer",
         pick="st_pick",
         wait="st_report_wait",
-        end_percent="st_percent",
-        delivered_percent="st_delivered_percent",
-        util="st_util",
-        status="st_report_status",
-        split="st_flag",
-        stale_offer="st_offer",
-        stale_slot="st_stale_slot",
+        draws="st_report_draws",
+        other_offer="st_offer",
+        other_pick="st_pick",
+        other_draw="st_report_draw",
+        other_slot="st_other_slot",
         signers="st_signers",
+        claim_after="st_claim_after",
     ):
-        """A signed batch of valid reports for one rental, sometimes with a report the escrow must skip."""
+        """A signed batch of cumulative reports for one rental, with random seq jumps, some of them stale,
+        decreasing, over-delivered, over-utilised, in the future or of an unknown status, and sometimes a report of
+        another rental. Whatever the reports, the batch goes through: each report applies or is skipped with the
+        reason the model gives, in order. Sometimes a claim follows, so that claims interleave with reports as
+        often as a provider paid as it goes would make them."""
         if wait:
             self._sleep(wait)
-        model, rental_id, rental = self._target(offer, pick, wanted=lambda r: self.model.skip_reason(r) is None)
-        revert = None
-        reason = self.model.skip_reason(rental)
-        if reason is not None:
-            batch = [(report(rental_id, rental.seq + 1 if rental else 1, self.model.now, 0), reason)]
-        elif rental.last_end == self.model.now:
-            batch = [(report(rental_id, rental.seq + 1, self.model.now, 0), None)]
-            revert = error("Escrow_PeriodEndNotAfterLast", rental_id, self.model.now, rental.last_end)
-        else:
-            reports = self._valid_reports(rental, end_percent, delivered_percent, util, status, split)
-            batch = [(r, None) for r in reports]
-        if stale_slot == "first":
-            batch.insert(0, self._stale_report(self.model.offers[stale_offer]))
-        elif stale_slot == "last":
-            batch.append(self._stale_report(self.model.offers[stale_offer]))
-        if revert is None and all(reason is not None for _, reason in batch):
-            revert = error("Escrow_BatchHadNoEffect")
+        _, rental_id, rental = self._target(offer, pick, wanted=self.model.takes_reports)
+        cursor = self._cursor(rental)
+        reports = [self._report_for(rental_id, rental, cursor, draw) for draw in draws]
+        if other_slot is not None:
+            _, other_id, other = self._target(other_offer, other_pick)
+            other_report = self._report_for(other_id, other, self._cursor(other), other_draw)
+            reports.insert(0 if other_slot == "first" else len(reports), other_report)
 
-        reports = [r for r, _ in batch]
-        signatures = self._sign(reports, [ORACLE_KEYS[i] for i in signers])
-        if revert:
-            with brownie.reverts(revert):
-                self._submit(reports, signatures)
-            return
+        tx = self._submit(reports, self._sign(reports, [ORACLE_KEYS[i] for i in signers]))
 
-        tx = self._submit(reports, signatures)
-        skipped = (
-            [(e["rentalId"], e["seq"], e["reason"]) for e in tx.events["ReportSkipped"]]
-            if "ReportSkipped" in tx.events
-            else []
-        )
-        assert skipped == [(r.rental_id, r.seq, reason) for r, reason in batch if reason is not None]
-        applied = [e["seq"] for e in tx.events["ReportApplied"] if e["rentalId"] == rental_id]
-        assert applied == list(range(rental.seq + 1, rental.seq + 1 + len(applied)))
-        for rep, reason in batch:
-            if reason is None:
-                settled = self.model.apply_report(model, rental, rep)
-                if settled is not None:
-                    self._assert_finalized(model, rental, settled, tx)
+        applied, skipped, settled = [], [], []
+        for one in reports:
+            model = self.model.offer_of(one.rental_id)
+            target = model.rental_of(one.rental_id)
+            reason = self.model.skip_reason(target, one)
+            if reason is not None:
+                skipped.append({"rentalId": one.rental_id, "seq": one.seq, "reason": reason})
+                continue
+            event, finalized = self.model.apply_report(model, target, one)
+            applied.append(event)
+            if finalized is not None:
+                settled.append((model, target, finalized))
+        assert events(tx, "ReportSkipped") == skipped
+        assert events(tx, "ReportApplied") == applied
+        for model, target, finalized in settled:
+            self._assert_finalized(model, target, finalized, tx)
+        if claim_after is not None:
+            self.rule_claim(offer, WANTED_FIRST, claim_after)
 
-    def rule_submit_rejected_batch(self, offer="st_offer", pick="st_pick", flaw="st_batch_flaw", excess="st_excess"):
-        """A batch with one flaw: a report the escrow must reject, or signatures that must not verify."""
-        _, rental_id, rental = self._target(offer, pick)
-        seq = rental.seq + 1 if rental else 1
-        last_end = rental.last_end if rental else self.model.now
-        fields = dict(rental_id=rental_id, seq=seq, period_end=self.model.now, delivered=0)
+    def rule_submit_rejected_batch(self, offer="st_offer", pick="st_pick", flaw="st_batch_flaw"):
+        """A batch whose signatures must not verify: only signatures revert a batch, and nothing changes."""
+        _, rental_id, rental = self._target(offer, pick, wanted=self.model.takes_reports)
+        reports = [unchecked_report(rental_id, (rental.seq if rental else 0) + 1, self.model.now, 0)]
         keys = ORACLE_KEYS[:THRESHOLD]
-        revert = None
-        if flaw == "seq":
-            fields["seq"] = seq + excess
-            revert = error("Escrow_UnexpectedSeq", rental_id, seq, seq + excess)
-        elif flaw == "utilisation":
-            fields["util"] = BPS + excess
-            revert = error("Escrow_UtilisationOutOfRange", rental_id, BPS + excess)
-        elif flaw == "status":
-            fields["status"] = ReportStatus.FAILED + 1 + excess % 253
-            revert = error("Escrow_UnknownReportStatus", rental_id, fields["status"])
-        elif flaw == "future_end":
-            fields["period_end"] = self.model.now + excess
-            revert = error("Escrow_PeriodEndInFuture", rental_id, self.model.now + excess, self.model.now)
-        elif flaw == "end_not_after_last" or (flaw == "over_delivered" and self.model.now == last_end):
-            fields["period_end"] = self.model.now
-            if flaw == "end_not_after_last":
-                fields["period_end"] = min(last_end - excess + 1, self.model.now)
-            revert = error("Escrow_PeriodEndNotAfterLast", rental_id, fields["period_end"], last_end)
-        elif flaw == "over_delivered":
-            fields["delivered"] = self.model.now - last_end + excess
-            revert = error("Escrow_DeliveredExceedsPeriod", rental_id, fields["delivered"], self.model.now - last_end)
-        if revert is not None and self.model.skip_reason(rental) is not None:
-            revert = error("Escrow_BatchHadNoEffect")  # a skipped report is never validated
-
-        reports = [unchecked_report(**fields, root=TELEMETRY_ROOT)]
+        version = self.domain.oracle_set_version
         signatures = None
         if flaw == "empty":
             reports = []
@@ -706,15 +736,40 @@ class ExchangeStateMachine:
         elif flaw == "outsider_signer":
             keys = [keys[0], OUTSIDER_KEY]
             revert = error("Escrow_SignerNotInOracleSet", Account.from_key(OUTSIDER_KEY).address)
-        elif flaw == "old_oracle_set":
-            # Signed over another set version the digest differs, so the first signature recovers a stranger.
-            other = self.domain.model_copy(update={"oracle_set_version": self.domain.oracle_set_version + 1})
+        elif flaw == "malformed":
+            signatures = self._sign(reports, keys) + [b"\x1b"]
+            revert = error("Escrow_MalformedSignatures", 65 * len(keys) + 1)
+        elif flaw == "signed_for_another_version":
+            # The escrow hashes the batch under the version it is given, so the first signature recovers a stranger.
+            other = self.domain.model_copy(update={"oracle_set_version": version + 1})
             signatures = self._sign(reports, keys, other)
             signed = encode_typed_data(full_message=typed_batch(reports, self.domain))
             revert = error("Escrow_SignerNotInOracleSet", Account.recover_message(signed, signature=signatures[0]))
+        elif flaw == "next_version":
+            # Signed and submitted under a version no set has yet: the current oracles are not its members.
+            version += 1
+            signatures = self._sign(reports, keys, self.domain.model_copy(update={"oracle_set_version": version}))
+            revert = error("Escrow_SignerNotInOracleSet", ORACLES[0].address)
 
         with brownie.reverts(revert):
-            self._submit(reports, signatures or self._sign(reports, keys))
+            self._submit(reports, signatures or self._sign(reports, keys), version)
+
+    # ------------------------------------------------------------------ claims
+
+    def rule_claim(self, offer="st_offer", pick="st_pick", caller="st_claim_caller"):
+        """Anyone claims a started live rental's earnings for its provider."""
+        model, rental_id, rental = self._target(offer, pick, wanted=lambda r: r.live and r.earned > r.claimed)
+        sender = {"provider": model.provider, "renter": self.renters[0], "stranger": self.stranger}[caller]
+        revert = self._inactive_error(rental_id, rental)
+        if revert is None and rental.status == RentalStatus.OPEN:
+            revert = error("Escrow_RentalNotActive", rental_id, rental.status)
+        if revert is None and rental.earned == rental.claimed:
+            revert = error("Escrow_NothingToClaim", rental_id)
+        if revert:
+            self._assert_reverts(revert, self.escrow.claim, rental_id, sender=sender)
+            return
+        tx = self._tx(self.escrow.claim, rental_id, sender=sender)
+        assert dict(tx.events["EarningsClaimed"]) == self.model.claim(model, rental)
 
     # ------------------------------------------------------------------ withdrawals
 
@@ -815,10 +870,11 @@ class ExchangeStateMachine:
         assert self._chain().now == self.model.now
 
     def invariant_escrow_holds_what_it_owes(self):
-        """Its token balance is the deposits of live rentals plus every withdrawable balance, to the unit."""
+        """Its token balance is every withdrawable balance plus the deposits of live rentals less what their claims
+        already credited, to the unit."""
         view = self._chain()
-        live_deposits = sum(r["pricePerSecond"] * r["duration"] for r in view.rentals if r["status"] in LIVE)
-        assert view.escrow_tokens == live_deposits + sum(view.balances.values())
+        held = sum(r["pricePerSecond"] * r["duration"] - r["claimed"] for r in view.rentals if r["status"] in LIVE)
+        assert view.escrow_tokens == held + sum(view.balances.values())
         assert view.escrow_tokens == self.model.live_deposits() + sum(self.model.balances.values())
 
     def invariant_registry_holds_what_it_owes(self):
@@ -867,39 +923,62 @@ class ExchangeStateMachine:
                 assert superseded["status"] == RentalStatus.NONE
             assert live_id == (model.rental.rental_id if model.rental is not None and model.rental.live else 0)
 
-    def invariant_rental_earnings_bounded(self):
-        """Earnings never exceed the deposit nor price x the reported seconds, and reports never reach past
-        the rental's end or the block time."""
+    def invariant_earnings_are_the_formula_on_the_totals(self):
+        """A rental's earnings are RentalMath.earnings of its applied totals to the unit, claims never pass them nor
+        they the deposit, util <= delivered <= covered <= duration, and coverage never reaches past the block
+        time."""
         view = self._chain()
         for rental in view.rentals:
             price, duration, since = rental["pricePerSecond"], rental["duration"], rental["since"]
-            reported, delivered, earned = rental["reportedSeconds"], rental["deliveredSeconds"], rental["earned"]
-            assert earned <= price * duration
-            assert earned <= price * reported
-            assert delivered <= reported <= duration
-            assert since + reported <= view.now
+            covered, delivered, util = rental["coveredSeconds"], rental["deliveredSeconds"], rental["utilSeconds"]
+            earned = rental["earned"]
+            assert earned == earnings(price, delivered, util, rental["utilFloorBps"])
+            assert rental["claimed"] <= earned <= price * duration
+            assert util <= delivered <= covered <= duration
+            assert since + covered <= view.now
 
     def invariant_rentals_move_forward(self):
         """Status only moves forward (Open -> Running -> Terminated -> final, Open -> TimedOut / Cancelled /
-        Declined) and the applied seq never goes back."""
+        Declined), and the applied seq, totals and claimed earnings never go back."""
         view = self._chain()
         for model, rental in zip(self.model.offers, view.rentals):
             if model.rental is None:
                 continue
-            status, seq = RentalStatus(rental["status"]), rental["lastSeq"]
+            status = RentalStatus(rental["status"])
+            counters = [rental[name] for name in ("lastSeq", "coveredSeconds", "deliveredSeconds", "utilSeconds")]
+            counters.append(rental["claimed"])
             previous = self.seen.get(model.rental.rental_id)
             if previous is not None:
-                previous_status, previous_seq = previous
+                previous_status, previous_counters = previous
                 assert status >= previous_status
                 assert previous_status in LIVE or status == previous_status
                 if status in NEVER_STARTED:
                     assert previous_status in (RentalStatus.OPEN, status)
-                assert seq >= previous_seq
-            self.seen[model.rental.rental_id] = (status, seq)
+                assert all(now >= before for now, before in zip(counters, previous_counters))
+            self.seen[model.rental.rental_id] = (status, counters)
 
     def invariant_slashes_within_collateral(self):
         for slashed, collateral in self.settlements:
             assert slashed <= collateral
+
+    def invariant_nothing_paid_twice(self):
+        """By every rental's events: its claims never credit more than its settlement reports as its lifetime
+        earnings, what it credited never passes its deposit and a settled rental credited exactly its deposit, a
+        live rental's claims are what the escrow records as claimed, and every balance credited (withdrawn or not)
+        is one of those credits."""
+        view = self._chain()
+        credited = 0
+        for entry in self.ledger.values():
+            paid = entry.claimed if entry.settled is None else entry.settled
+            assert entry.claimed <= paid
+            assert paid + entry.refunded <= entry.deposit
+            if entry.settled is not None:
+                assert paid + entry.refunded == entry.deposit
+            credited += paid + entry.refunded
+        assert credited == sum(view.balances.values()) + self.withdrawn
+        for model, rental in zip(self.model.offers, view.rentals):
+            if model.rental is not None and model.rental.live:
+                assert rental["claimed"] == self.ledger[model.rental.rental_id].claimed
 
 
 def test_exchange_invariants(state_machine, exchange):

@@ -14,23 +14,24 @@ def event(tx, name, index=0):
     return dict(tx.events[name][index])
 
 
-def unchecked_report(rental_id, seq, period_end, delivered, util=10_000, status=0, root=b"\x22" * 32):
-    """A report the pydantic model would refuse (utilisation above 10000 bps, an unknown status), built
-    without validation so that it can still be signed and submitted."""
+def unchecked_report(rental_id, seq, covered_until, delivered, util=None, status=0, root=b"\x22" * 32):
+    """A report the pydantic model would refuse (an unknown status), built without validation so that it can
+    still be signed and submitted. `util` defaults to `delivered`."""
     return Report.model_construct(
         rental_id=rental_id,
         seq=seq,
-        period_end=period_end,
+        covered_until=covered_until,
         delivered_seconds=delivered,
-        avg_util_bps=util,
+        util_seconds=delivered if util is None else util,
         status=status,
         telemetry_root=root,
     )
 
 
-def earnings(price, delivered, floor_bps, util_bps):
-    """RentalMath.earnings: delivered x price x (floor + (1 - floor) x utilisation), rounded down."""
-    return price * delivered * (floor_bps * BPS + (BPS - floor_bps) * util_bps) // (BPS * BPS)
+def earnings(price, delivered, util_seconds, floor_bps):
+    """RentalMath.earnings of a rental's totals: price x (floor x delivered + (1 - floor) x utilSeconds), rounded
+    down."""
+    return price * (delivered * floor_bps + util_seconds * (BPS - floor_bps)) // BPS
 
 
 def sla_slash_bps(missed, elapsed, sla_bps, max_slash_bps):

@@ -3,18 +3,22 @@ deposit back, the collateral is released unslashed and the provider counts a dec
 
 import brownie
 import pytest
-from brownie import web3
 
 from offchain.protocol.reports import ReportStatus, rental_id
-from tests.contracts.helpers import PRICE, DeclineReason, RentalStatus, SkipReason, SlashReason, error, report, wait
+from tests.contracts.helpers import (
+    PRICE,
+    DeclineReason,
+    RentalStatus,
+    SkipReason,
+    SlashReason,
+    at_next_block,
+    error,
+    report,
+    wait,
+)
 from tests.contracts.unit.RentalEscrow.escrow_helpers import DURATION, event
 
 DEPOSIT = PRICE * DURATION
-
-
-def at_next_block(timestamp):
-    """Mines the next transaction at exactly `timestamp`."""
-    web3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
 
 
 # who may decline

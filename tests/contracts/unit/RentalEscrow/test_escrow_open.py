@@ -37,7 +37,7 @@ def test_open_rental_emits_rental_opened(escrow, provider, renter, list_offer):
     }
 
 
-def test_open_rental_records_an_open_rental_since_the_opening(escrow, provider, renter, list_offer):
+def test_open_rental_records_an_open_rental_since_the_opening(escrow, provider, renter, list_offer, params):
     offer = list_offer(provider)
 
     tx = escrow.openRental(offer, DURATION, MAX_PRICE, JOB, {"from": renter})
@@ -48,10 +48,14 @@ def test_open_rental_records_an_open_rental_since_the_opening(escrow, provider, 
         "pricePerSecond": PRICE,
         "duration": DURATION,
         "since": tx.timestamp,
+        "utilFloorBps": 10_000,
+        "feeBps": params.fee_bps,
         "lastSeq": 0,
-        "reportedSeconds": 0,
+        "coveredSeconds": 0,
         "deliveredSeconds": 0,
+        "utilSeconds": 0,
         "earned": 0,
+        "claimed": 0,
     }
     assert escrow.liveRentalOf(offer) == tx.return_value
 
@@ -120,10 +124,14 @@ def test_second_rental_supersedes_the_first_in_the_offers_storage(
         "pricePerSecond": 0,
         "duration": 0,
         "since": 0,
+        "utilFloorBps": 0,
+        "feeBps": 0,
         "lastSeq": 0,
-        "reportedSeconds": 0,
+        "coveredSeconds": 0,
         "deliveredSeconds": 0,
+        "utilSeconds": 0,
         "earned": 0,
+        "claimed": 0,
     }
     with brownie.reverts(error("Escrow_UnknownRental", first)):
         escrow.finalize(first, {"from": renter})

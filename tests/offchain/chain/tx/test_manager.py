@@ -358,7 +358,7 @@ def test_a_transaction_beaten_in_its_block_is_failed_with_the_on_chain_error(
     web3.eth.send_transaction(
         {"from": relayer.address, "to": suite.escrow.address, "data": first_report_calldata(suite, rental)}
     )
-    calldata = bytes.fromhex(suite.escrow.claim.encode_input(rental)[2:])
+    calldata = bytes.fromhex(suite.escrow.claimPayout.encode_input(rental)[2:])
     key = f"claim:{rental}"
 
     async def scenario():
