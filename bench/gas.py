@@ -17,12 +17,12 @@ derived from issue #2's openRental, finalize and withdraw figures keep those fig
 changed nothing in what those calls do.
 
 The protocol rows follow issue #13's landing policy: the oracles land only a rental's latest report, at least
-once every checkpoint interval (`CHECKPOINT_SECONDS`) and when it is final. `gas per GPU-hour` rents one 8-GPU
-offer for 24 hours and lands one report an hour in a batch of 50 (its own report and 49 of other rentals), each
-landed report counted at its share of its batch's gas: the transaction's gas over 50, and for the final report,
-which settles the rental, the batch's gas less 49 running reports' shares. `rental, N agent reports` is a 1-hour
-one-GPU rental's whole life in whole transactions: its agent signed N reports, of which only the latest (the
-Completed one) lands, in a batch of its own.
+once every checkpoint interval (the oracle's `checkpoint_interval_seconds`) and when it is final. `gas per
+GPU-hour` rents one 8-GPU offer for 24 hours and lands one report an hour in a batch of 50 (its own report and 49
+of other rentals), each landed report counted at its share of its batch's gas: the transaction's gas over 50, and
+for the final report, which settles the rental, the batch's gas less 49 running reports' shares. `rental, N agent
+reports` is a 1-hour one-GPU rental's whole life in whole transactions: its agent signed N reports, of which only
+the latest (the Completed one) lands, in a batch of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from bench.records import Figure, Point, SectionResult, Series, Target
+from offchain.config import OracleSettings
 from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch, submit_args
 
 SECTION = "Gas"
@@ -50,7 +51,7 @@ AGENT_URL = "https://agent.example.net:8443"  # 30 bytes
 BATCH_SIZES = (1, 2, 5, 10, 20, 50, 100)
 TABLE_BATCH_SIZES = (1, 10, 50, 100)
 LANDING_BATCH = 50  # the batch size landed reports are counted in
-CHECKPOINT_SECONDS = 3_600  # issue #13's default checkpoint interval
+CHECKPOINT_SECONDS = OracleSettings.model_fields["checkpoint_interval_seconds"].default
 GPU_HOUR_GPUS, GPU_HOUR_HOURS = 8, 24
 GPU_HOURS = GPU_HOUR_GPUS * GPU_HOUR_HOURS
 LIFE_REPORTS = (1, 60)  # agent reports of the 1-hour rental whose whole life is measured
@@ -138,7 +139,7 @@ BUDGETS: dict[str, tuple[Target, str]] = {
         Target(op="<=", threshold=ISSUE_2_WITHDRAW, source=OURS),
         "issue #2's withdraw budget",
     ),
-    "claim": (
+    "claimPayout": (
         Target(op="<=", threshold=WITHDRAW_BUDGET + COLD_WORD_WRITE + REGISTRY_READ, source=OURS),
         "withdraw's 43,799 plus a second balance credited (the treasury's fee: a cold word written, 5,000) and the "
         "provider read from the registry (a cold account and a cold word, 4,700); a provider claim mid-rental, "
@@ -399,8 +400,8 @@ def _scenario() -> Measured:
         latest.update((r.rental_id, r) for r in batch)
 
     # A provider claims mid-rental; its first claim gives it the balance every later claim rewrites.
-    escrow.claim(rentals[0], {"from": provider_b})
-    gas["claim"] = escrow.claim(rentals[1], {"from": provider_b}).gas_used
+    escrow.claimPayout(rentals[0], {"from": provider_b})
+    gas["claimPayout"] = escrow.claimPayout(rentals[1], {"from": provider_b}).gas_used
 
     gpu_hours = _gpu_hours(market, provider, provider_b, renter, latest, rentals[2 : 2 + LANDING_BATCH - 1])
 

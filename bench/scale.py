@@ -46,7 +46,7 @@ from offchain.protocol.reports import EscrowDomain, sign_batch, submit_args
 SECTION = "Scale simulation"
 ISSUE_13, OURS = "issue #13", "ours"
 PERIOD_SECONDS = 60
-CHECKPOINT_SECONDS = 3_600  # issue #13's default checkpoint interval
+CHECKPOINT_SECONDS = OracleSettings.model_fields["checkpoint_interval_seconds"].default
 AGENTS_PER_PROVIDER = 100
 LANDING_BATCH = OracleSettings.model_fields["max_batch_reports"].default
 INGEST_P99_TARGET_MS = 100.0
