@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         help="wall seconds a simulated minute lasts",
     )
     parser.add_argument(
+        "--scale-chain-rentals",
+        type=int,
+        default=defaults.scale_chain_rentals,
+        help="of the scale agents' rentals, how many are opened on the chain and have their latest report landed",
+    )
+    parser.add_argument(
         "--doc",
         type=Path,
         help="where the markdown goes (default docs/PERFORMANCE.md, written only when every section runs)",
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_agents=args.scale_agents,
         scale_minutes=args.scale_minutes,
         scale_minute_seconds=args.scale_minute_seconds,
+        scale_chain_rentals=args.scale_chain_rentals,
         doc=args.doc or (defaults.doc if everything else None),
         chart=args.chart or (defaults.chart if everything else None),
     )

@@ -21,7 +21,7 @@ from eth_utils import keccak
 from bench.fleet import FleetRental
 from offchain.oracle.app import TELEMETRY_PATH
 from offchain.protocol.digest import TelemetryDomain
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
+from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission, chain_root
 
 HOST = "127.0.0.1"
 
@@ -56,33 +56,64 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 class ReportSigner:
-    """Signs each rental's reports with its agent's key, as the agent does, and wraps them in a POST request."""
+    """Signs each rental's cumulative reports with its agent's key, as the agent does: report `seq` covers the
+    rental's first `seq` periods, 90 % utilised, and its `prev_root` is the previous report's telemetry root."""
 
-    def __init__(self, chain_id: int, registry: str, agent_keys: Sequence[bytes], port: int) -> None:
+    def __init__(self, chain_id: int, registry: str, agent_keys: Sequence[bytes]) -> None:
         self._domain = TelemetryDomain(chain_id, registry)
         self._keys = [PrivateKey(k) for k in agent_keys]
-        self._head = f"POST {TELEMETRY_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        self._roots: dict[int, tuple[int, bytes]] = {}  # rental id -> (seq, telemetry root) of its latest report
 
-    def request(self, rental: FleetRental, seq: int, period_seconds: int) -> bytes:
+    def report(self, rental: FleetRental, seq: int, period_seconds: int) -> TelemetryReport:
         """The `seq`-th report of the rental, its periods `period_seconds` long from the rental's start."""
-        start = rental.since + (seq - 1) * period_seconds
+        period_start = rental.since + (seq - 1) * period_seconds
+        delivered = seq * period_seconds
         report = TelemetryReport(
             rental_id=rental.rental_id,
             seq=seq,
-            period_start=start,
-            period_end=start + period_seconds,
-            delivered_seconds=period_seconds,
-            avg_util_bps=9_000,
+            period_start=period_start,
+            covered_until=period_start + period_seconds,
+            delivered_seconds=delivered,
+            util_seconds=delivered * 9 // 10,
             peak_mem_mib=40_000,
             sample_count=period_seconds,
             gpu_uuids=rental.gpu_uuids,
-            telemetry_root=keccak(seq.to_bytes(32, "big")),
+            prev_root=self._root_before(rental.rental_id, seq),
+            samples_root=_samples_root(seq),
             simulated=True,
         )
+        self._roots[rental.rental_id] = (seq, report.telemetry_root)
+        return report
+
+    def body(self, rental: FleetRental, seq: int, period_seconds: int) -> bytes:
+        """The JSON body of `POST /v1/telemetry` for the `seq`-th report of the rental, signed."""
+        report = self.report(rental, seq, period_seconds)
         recoverable = self._keys[rental.agent].sign_recoverable(self._domain.digest(report), hasher=None)
         signature = recoverable[:64] + bytes((recoverable[64] + 27,))
-        body = TelemetrySubmission(report=report, signature=signature).model_dump_json().encode()
-        return f"{self._head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        return TelemetrySubmission(report=report, signature=signature).model_dump_json().encode()
+
+    def _root_before(self, rental_id: int, seq: int) -> bytes:
+        """The telemetry root of the rental's report `seq - 1`: from the last one signed when that is it (reports are
+        usually signed in order), else chained again from the first."""
+        latest_seq, root = self._roots.get(rental_id, (0, ZERO_ROOT))
+        if latest_seq != seq - 1:
+            latest_seq, root = 0, ZERO_ROOT
+        for earlier in range(latest_seq + 1, seq):
+            root = chain_root(root, _samples_root(earlier))
+        return root
+
+
+def _samples_root(seq: int) -> bytes:
+    """A stand-in for the Merkle root of a period's samples, distinct per period."""
+    return keccak(seq.to_bytes(32, "big"))
+
+
+def http_request(port: int, body: bytes) -> bytes:
+    """`body` as a POST of a telemetry submission to the oracle on `port`, HTTP/1.1 written by hand."""
+    return (
+        f"POST {TELEMETRY_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")

@@ -325,7 +325,8 @@ def applied_reports(rpc_url: str, escrow: str, from_block: int) -> list[AppliedR
         while first <= head:
             last = min(head, first + 1_999)
             found += [
-                AppliedReport(int(log["topics"][1], 16), int(log["topics"][2], 16), log["transactionHash"])
+                # ReportApplied(uint256 indexed rentalId, uint256 seq, ...): seq is the first word of the data.
+                AppliedReport(int(log["topics"][1], 16), int(log["data"][2:66], 16), log["transactionHash"])
                 for log in rpc.logs(escrow, REPORT_APPLIED, first, last)
             ]
             first = last + 1

@@ -23,7 +23,7 @@ from typing import NamedTuple, Sequence
 
 from pydantic import SecretStr
 
-from bench.agents import HOST, Connection, ReportSigner, core_plan, cpu_seconds, percentile, pinned
+from bench.agents import HOST, Connection, ReportSigner, core_plan, cpu_seconds, http_request, percentile, pinned
 from bench.fleet import Fleet, FleetRental, deploy_fleet
 from bench.records import Figure, Point, SectionResult, Series, Target
 from offchain.config import ChainSettings, OracleSettings
@@ -150,12 +150,12 @@ def _drive(
     for the next phase) and up to three runs: every agent's first report, `reports_per_run` reports back to back,
     then as many at the target rate (skipped for a single agent, which cannot carry it)."""
     with pinned(core):
-        signer = ReportSigner(chain.chain_id, chain.registry, agent_keys, port)
+        signer = ReportSigner(chain.chain_id, chain.registry, agent_keys)
         first_rental = 0
         for agents in phases:
             per_agent = max(1, reports_per_run // agents)
             signed = [
-                [signer.request(rental, seq, PERIOD_SECONDS) for seq in range(1, 2 + 2 * per_agent)]
+                [http_request(port, signer.body(rental, seq, PERIOD_SECONDS)) for seq in range(1, 2 + 2 * per_agent)]
                 for rental in rentals[first_rental : first_rental + agents]
             ]
             first_rental += agents

@@ -23,6 +23,8 @@ def format_value(value: float | None, unit: str) -> str:
         return "—"
     if unit in ("gas", "reports", "reports/s", "batches", "transactions", "agents"):
         return f"{value:,.0f} {unit}"
+    if unit == "µs":
+        return f"{value:,.0f} µs"
     if unit == "% of one core":
         return f"{value:.2g}% of one core"
     if unit in ("ms", "s") and float(value).is_integer():

@@ -1,330 +1,247 @@
-"""Scale simulation: thousands of provider agents reporting once a (simulated) minute through one oracle to anvil.
+"""Scale simulation: 100,000 provider agents reporting cumulative telemetry once a simulated minute through one
+oracle's verification, and what landing their reports under issue #13's landing policy costs on chain.
 
-`bench.fleet` opens one running one-GPU rental per agent, started long enough ago that every agent has
-`minutes` past one-minute periods to report. One real `OracleService` (the leader of a k=1 oracle set: ingest,
-batcher and tx manager on one core; the keeper is off, since no rental comes due) serves them. A second process,
-on another core, plays the agents: agent i's report for minute m is due at `start + (m - 1 + i / agents) *
-minute_seconds`; each agent keeps its own schedule (a slow answer delays that agent only) and posts on a fresh
-connection, as an agent whose keep-alive lapsed in the minute since its last report would. In the same process
-an observer follows the escrow's `ReportApplied` events to time each report from when it was due to when it was
-first seen on chain. The batcher's epoch is compressed with the minute (its default is 30 s a real minute).
+A second process, on its own core, plays the agents: agent i's report for minute m is due at `start + (m - 1 + i /
+agents) * minute_seconds` (all signed before the clock starts) and is handed to this process a little before it
+is due. This process, pinned to the other core, verifies each report when it is due, as an oracle's ingest does
+before storing it: the body parsed into its model, the agent signature recovered (`offchain.protocol.digest`)
+and compared with the agent key of the rental's provider, and the report placed after the rental's previous one
+(seq increasing, its period starting where the previous coverage ended, totals not going back, `prev_root` the
+previous telemetry root). Latency is from due to verified, so a report that waits behind others counts its wait.
 
-Afterwards the chain is the judge: every accepted report must appear exactly once among the ReportApplied
-events, every rental's `getRental` seq must equal the number of reports its agent sent, and a report that is not
-on chain must still be held by the oracle (late, not lost). Batches and their gas are read from the receipts of
-the transactions that carried the events, and grouped by the epoch of their block.
+The first `chain_rentals` agents report rentals that `bench.fleet` opened on the chain; the others report rentals
+the verifier knows from the agents' keys alone (100,000 rentals would take a quarter of an hour to open). After
+the run the latest report of every on-chain rental lands, as the landing policy lands it at a checkpoint, in
+batches of the oracle's maximum size under a k=1 oracle set, and the chain is the judge: each rental's latest
+report exactly once among the ReportApplied events, no earlier one, and `getRental` seq equal to the latest seq
+its agent sent. The gas per simulated hour follows from the policy: in steady state every rental's latest report
+lands once a checkpoint interval.
+
+The oracle service's own ingest (HTTP, store) and batcher are not in this path: it measures the verification and
+the landing as their public pieces define them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import math
 import multiprocessing
-import sqlite3
-import tempfile
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
 
-import aiohttp
-from pydantic import SecretStr
+from coincurve import PrivateKey
+from eth_utils import keccak
 
-from bench.agents import Connection, ReportSigner, core_plan, cpu_seconds, percentile, pinned
-from bench.fleet import (
-    REPORT_APPLIED,
-    BatchTransaction,
-    Fleet,
-    FleetRental,
-    applied_reports,
-    batch_transactions,
-    deploy_fleet,
-    last_seqs,
-)
+from bench.agents import ReportSigner, core_plan, cpu_seconds, percentile, pinned
+from bench.fleet import Call, FleetRental, JsonRpc, applied_reports, batch_transactions, deploy_fleet, last_seqs
+from bench.gas import report_budget
 from bench.records import Figure, SectionResult, Target
 from offchain.config import ChainSettings, OracleSettings
-from offchain.oracle.service import STORE_FILE, OracleService
+from offchain.protocol.digest import InvalidSignature, TelemetryDomain, recover_address
+from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission
+from offchain.protocol.reports import EscrowDomain, sign_batch, submit_args
 
 SECTION = "Scale simulation"
-ISSUE_2, ISSUE_5, OURS = "issue #2", "issue #5", "ours"
+ISSUE_13, OURS = "issue #13", "ours"
 PERIOD_SECONDS = 60
-REAL_EPOCH_SECONDS = 30.0  # the oracle's default epoch, against a 60 s report interval
+CHECKPOINT_SECONDS = OracleSettings.model_fields["checkpoint_interval_seconds"].default
 AGENTS_PER_PROVIDER = 100
-GPUS_PER_OFFER = 1
-MAX_CONNECTIONS = 500  # agents' connections open at once (the rest wait, as a full listen backlog would make them)
-OBSERVER_POLL_SECONDS = 0.25
-REPORT_GAS_BUDGET = 15_000  # issue #2: per report in a batch of 50
-MAX_BATCH = OracleSettings.model_fields["max_batch_reports"].default
-DEFAULT_DRAIN_SECONDS = 300.0
-STALL_SECONDS = 60.0  # nothing landing this long, with reports outstanding, means nothing will
+LANDING_BATCH = OracleSettings.model_fields["max_batch_reports"].default
+INGEST_P99_TARGET_MS = 100.0
+LEAD_SECONDS = 0.5  # how long before it is due the agents' process hands a report over
+HANDOVER_SECONDS = 0.1  # how often it hands over
+SUBMIT_REPORTS = Call("RentalEscrow", "submitReports")
 
 
 @dataclass
-class AgentsOutcome:
-    """What the agents' process saw. Times are seconds after the first report was due."""
+class Verified:
+    """What the verifier saw. Latencies are from due to verified."""
 
-    sent: int = 0
-    accepted: int = 0
+    received: int = 0
+    verified: int = 0
     refused: Counter = field(default_factory=Counter)
-    answer_ms: list[float] = field(default_factory=list)  # from opening the connection to the oracle's answer
-    latency_seconds: list[float] = field(default_factory=list)  # from due to seen on chain, per landed report
-    landed_at: list[float] = field(default_factory=list)
-    accepted_keys: set[tuple[int, int]] = field(default_factory=set)
-    last_sent_at: float = 0.0  # when the last agent had its answer
+    latency_ms: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
 
 
 # --- the agents' process -------------------------------------------------------------------------------------
 
 
-async def _agents(
-    port: int,
+def _agents(
     chain: ChainSettings,
     agent_keys: tuple[bytes, ...],
     rentals: tuple[FleetRental, ...],
     minutes: int,
     minute_seconds: float,
-    from_block: int,
-    drain_seconds: float,
-) -> AgentsOutcome:
-    signer = ReportSigner(chain.chain_id, chain.registry, agent_keys, port)
-    outcome = AgentsOutcome()
-    due_at: dict[tuple[int, int], float] = {}
-    landed: dict[tuple[int, int], float] = {}
-    connections = asyncio.Semaphore(MAX_CONNECTIONS)
-    start = time.perf_counter() + 1.0
-    count = len(rentals)
-
-    async def agent(i: int) -> None:
-        rental = rentals[i]
-        for seq in range(1, minutes + 1):
-            due = start + (seq - 1 + i / count) * minute_seconds
-            if (wait := due - time.perf_counter()) > 0:
-                await asyncio.sleep(wait)
-            request = signer.request(rental, seq, PERIOD_SECONDS)
-            async with connections:
-                opened = time.perf_counter()
-                connection = await Connection.open(port)
-                try:
-                    status, body = await connection.post(request)
-                finally:
-                    await connection.close()
-                outcome.answer_ms.append((time.perf_counter() - opened) * 1000)
-            outcome.sent += 1
-            if status == 202:
-                outcome.accepted += 1
-                due_at[(rental.rental_id, seq)] = due
-            else:
-                outcome.refused[f"{status} {json.loads(body).get('error', '?')}"] += 1
-
-    async def observe(done_sending: asyncio.Event) -> None:
-        """Follows ReportApplied events until every accepted report landed, the drain time is over, or nothing has
-        landed for `STALL_SECONDS` after the last report was sent; the time a report is first seen on chain is when
-        it landed."""
-        next_block = from_block
-        deadline = math.inf
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if done_sending.is_set():
-                    now = time.perf_counter()
-                    deadline = min(deadline, now + drain_seconds)
-                    last_landing = max(landed.values(), default=start)
-                    stalled = now - max(last_landing, start + outcome.last_sent_at) > STALL_SECONDS
-                    if len(landed) >= len(due_at) or now > deadline or stalled:
-                        return
-                await asyncio.sleep(OBSERVER_POLL_SECONDS)
-                head = int((await _rpc(session, chain.rpc_url, "eth_blockNumber", []))["result"], 16)
-                if head < next_block:
-                    continue
-                answer = await _rpc(
-                    session,
-                    chain.rpc_url,
-                    "eth_getLogs",
-                    [
-                        {
-                            "address": chain.escrow,
-                            "topics": ["0x" + REPORT_APPLIED.hex()],
-                            "fromBlock": hex(next_block),
-                            "toBlock": hex(head),
-                        }
-                    ],
-                )
-                seen = time.perf_counter()
-                for log in answer["result"]:
-                    landed.setdefault((int(log["topics"][1], 16), int(log["topics"][2], 16)), seen)
-                next_block = head + 1
-
-    done_sending = asyncio.Event()
-    observer = asyncio.create_task(observe(done_sending))
-    await asyncio.gather(*(agent(i) for i in range(count)))
-    outcome.last_sent_at = time.perf_counter() - start
-    done_sending.set()
-    await observer
-    outcome.accepted_keys = set(due_at)
-    outcome.latency_seconds = [landed[key] - due for key, due in due_at.items() if key in landed]
-    outcome.landed_at = sorted(t - start for t in landed.values())
-    return outcome
-
-
-async def _rpc(session: aiohttp.ClientSession, url: str, method: str, params: list) -> dict:
-    async with session.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}) as response:
-        return await response.json()
-
-
-def _drive(
-    port: int,
-    chain: ChainSettings,
-    agent_keys: tuple[bytes, ...],
-    rentals: tuple[FleetRental, ...],
-    minutes: int,
-    minute_seconds: float,
-    from_block: int,
-    drain_seconds: float,
     core: int,
-    results: multiprocessing.Queue,
+    out: Connection,
 ) -> None:
+    """Signs every report, then hands each over `LEAD_SECONDS` before it is due, as (due, body) lists."""
     with pinned(core):
-        results.put(
-            asyncio.run(_agents(port, chain, agent_keys, rentals, minutes, minute_seconds, from_block, drain_seconds))
+        signer = ReportSigner(chain.chain_id, chain.registry, agent_keys)
+        count = len(rentals)
+        offsets = [(seq - 1 + i / count) * minute_seconds for seq in range(1, minutes + 1) for i in range(count)]
+        bodies = [signer.body(rental, seq, PERIOD_SECONDS) for seq in range(1, minutes + 1) for rental in rentals]
+        start = time.perf_counter() + 1.0
+        sent = 0
+        while sent < len(bodies):
+            horizon = time.perf_counter() + LEAD_SECONDS - start
+            last = sent
+            while last < len(bodies) and offsets[last] < horizon:
+                last += 1
+            if last > sent:
+                out.send([(start + offsets[k], bodies[k]) for k in range(sent, last)])
+                sent = last
+            time.sleep(HANDOVER_SECONDS)
+        out.send(None)
+        out.close()
+
+
+# --- the verifier ---------------------------------------------------------------------------------------------
+
+
+class _Head(NamedTuple):
+    """What a rental's latest verified report fixes for the next one, in plain values as a store row holds them
+    (rather than 100,000 models in memory)."""
+
+    seq: int
+    covered_until: int
+    delivered_seconds: int
+    util_seconds: int
+    telemetry_root: bytes
+
+    @classmethod
+    def of(cls, report: TelemetryReport) -> "_Head":
+        return cls(
+            report.seq, report.covered_until, report.delivered_seconds, report.util_seconds, report.telemetry_root
         )
 
 
-# --- the oracle's process ------------------------------------------------------------------------------------
-
-
-class _Warnings(logging.Handler):
-    """Counts the oracle's warnings and errors, to name what went wrong."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: Counter = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            message += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
-        self.messages[f"{record.name}: {message[:300]}"] += 1
-
-
-@dataclass
-class OracleOutcome:
-    started_at: float  # Unix time the agents' process was started
-    cpu_seconds: float
-    wall_seconds: float
-    held: set[tuple[int, int]]  # reports in the oracle's store, batched or not, when it stopped
-    dropped: set[tuple[int, int]]  # of those, the ones the batcher dropped as no longer taken by the chain
-    warnings: Counter
-
-
-async def _run_oracle(
-    fleet: Fleet,
-    state_dir: Path,
-    minutes: int,
-    minute_seconds: float,
-    epoch_seconds: float,
-    drain_seconds: float,
-    load_core: int,
-) -> tuple[AgentsOutcome, OracleOutcome]:
-    settings = OracleSettings(
-        chain=fleet.chain,
-        key=SecretStr("0x" + fleet.oracle_key.hex()),
-        state_dir=state_dir,
-        host="127.0.0.1",
-        port=0,
-        leader=True,
-        keeper=False,
-        epoch_seconds=epoch_seconds,
-        allow_simulated=True,
+def _follows(previous: _Head | None, report: TelemetryReport) -> bool:
+    """Whether `report` continues the rental's chain of cumulative reports after `previous` (TelemetryReport's
+    contract); the first report of a rental has no previous root."""
+    if previous is None:
+        return report.prev_root == ZERO_ROOT
+    return (
+        report.seq > previous.seq
+        and report.period_start == previous.covered_until
+        and report.prev_root == previous.telemetry_root
+        and report.delivered_seconds >= previous.delivered_seconds
+        and report.util_seconds >= previous.util_seconds
     )
-    service = OracleService(settings)
-    stop = asyncio.Event()
-    warnings = _Warnings()
-    logging.getLogger().addHandler(warnings)
-    oracle = asyncio.create_task(service.run(stop), name="oracle")
-    try:
-        while service.port is None or service.txmgr is None:
-            if oracle.done():
-                oracle.result()
-            await asyncio.sleep(0.05)
-        started_at, cpu_before = time.time(), cpu_seconds()
-        context = multiprocessing.get_context("spawn")
-        messages = context.Queue()
-        agents = context.Process(
-            target=_drive,
-            args=(
-                service.port,
-                fleet.chain,
-                fleet.agent_keys,
-                fleet.rentals,
-                minutes,
-                minute_seconds,
-                fleet.ready_block,
-                drain_seconds,
-                load_core,
-                messages,
-            ),
-        )
-        agents.start()
-        loop = asyncio.get_running_loop()
+
+
+class _Verifier:
+    """An oracle's checks of a report before it stores it, with what it holds: each rental's latest report (whole
+    for the rentals `landing` names, which land after the run)."""
+
+    def __init__(self, domain: TelemetryDomain, agent_of: dict[int, bytes], landing: set[int]) -> None:
+        self._domain = domain
+        self._agent_of = agent_of
+        self._landing = landing
+        self._heads: dict[int, _Head] = {}
+        self.to_land: dict[int, TelemetryReport] = {}  # by rental id
+        self.verified = Counter()  # by rental id
+
+    def refusal(self, body: bytes) -> str:
+        """Why a report is refused, or "" when it is verified (and becomes its rental's latest)."""
+        submission = TelemetrySubmission.model_validate_json(body)
+        report = submission.report
         try:
-            seen = await loop.run_in_executor(None, messages.get, True, minutes * minute_seconds + drain_seconds + 300)
-        finally:
-            await loop.run_in_executor(None, agents.join, 30)
-            if agents.is_alive():
-                agents.terminate()
-        wall, cpu = time.time() - started_at, cpu_seconds() - cpu_before
-    finally:
-        stop.set()
-        await oracle
-        logging.getLogger().removeHandler(warnings)
-    held, dropped = _held(state_dir / STORE_FILE)
-    return seen, OracleOutcome(started_at, cpu, wall, held, dropped, warnings.messages)
+            signer = recover_address(self._domain.digest(report), submission.signature)
+        except InvalidSignature:
+            return "bad signature"
+        rental = report.rental_id
+        if self._agent_of.get(rental) != signer:
+            return "not the agent of the rental's provider"
+        if not _follows(self._heads.get(rental), report):
+            return "does not follow the rental's previous report"
+        self._heads[rental] = _Head.of(report)
+        if rental in self._landing:
+            self.to_land[rental] = report
+        self.verified[rental] += 1
+        return ""
 
 
-def _held(store: Path) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
-    """(every report in the oracle's store, those the batcher dropped), read after it stopped."""
-    db = sqlite3.connect(store)
-    try:
-        rows = db.execute("SELECT rental_id, seq, batched_tx_key FROM submissions").fetchall()
-    finally:
-        db.close()
-    held = {(int(rental), seq) for rental, seq, _ in rows}
-    dropped = {(int(rental), seq) for rental, seq, key in rows if key and key.startswith("dropped:")}
-    return held, dropped
+def _verify_stream(source: Connection, verifier: _Verifier) -> Verified:
+    """Verifies each report when it is due, until the agents' process says it is done; the clocks start with the
+    first report handed over."""
+    seen = Verified()
+    cpu_before = started = None
+    while (handed := source.recv()) is not None:
+        if started is None:
+            cpu_before, started = cpu_seconds(), time.perf_counter()
+        for due, body in handed:
+            if (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)
+            seen.received += 1
+            reason = verifier.refusal(body)
+            seen.latency_ms.append((time.perf_counter() - due) * 1000)
+            if reason:
+                seen.refused[reason] += 1
+    if started is not None:
+        seen.cpu_seconds, seen.wall_seconds = cpu_seconds() - cpu_before, time.perf_counter() - started
+    seen.verified = seen.received - sum(seen.refused.values())
+    return seen
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
 
 
 def measure(
-    agents: int = 10_000, minutes: int = 2, minute_seconds: float = 30.0, drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    agents: int = 100_000, minutes: int = 2, minute_seconds: float = 60.0, chain_rentals: int = 1_000
 ) -> SectionResult:
     """Runs the simulation on the connected Brownie network (a fresh deployment on a chain of the benchmark's own)."""
     started = time.perf_counter()
-    providers = max(1, agents // AGENTS_PER_PROVIDER)
-    fleet = deploy_fleet(agents, providers, GPUS_PER_OFFER, minutes * PERIOD_SECONDS + 3_600)
+    chain_rentals = min(chain_rentals, agents)
+    fleet = deploy_fleet(chain_rentals, max(1, chain_rentals // AGENTS_PER_PROVIDER), 1, minutes * PERIOD_SECONDS + 600)
     setup_seconds = time.perf_counter() - started
-    epoch_seconds = REAL_EPOCH_SECONDS * minute_seconds / PERIOD_SECONDS
+    rentals, agent_keys = _simulated(fleet.rentals, fleet.agent_keys, agents)
+    addresses = [keccak(PrivateKey(k).public_key.format(compressed=False)[1:])[12:] for k in agent_keys]
+    agent_of = {r.rental_id: addresses[r.agent] for r in rentals}
+    on_chain = {r.rental_id for r in fleet.rentals}
+
     oracle_core, load_core = core_plan()
-    with tempfile.TemporaryDirectory() as state_dir, pinned(oracle_core):
-        seen, oracle = asyncio.run(
-            _run_oracle(fleet, Path(state_dir), minutes, minute_seconds, epoch_seconds, drain_seconds, load_core)
-        )
-    events = applied_reports(fleet.chain.rpc_url, fleet.chain.escrow, fleet.ready_block)
-    batches = batch_transactions(fleet.chain.rpc_url, sorted({e.tx_hash for e in events}))
-    seqs = last_seqs(fleet.chain, [r.rental_id for r in fleet.rentals])
-    setting = (
-        f"{agents:,} agents ({providers} providers, {GPUS_PER_OFFER}-GPU offers, set up in "
-        f"{setup_seconds:,.0f} s), one report each simulated minute for {minutes} minutes; a simulated minute "
-        f"lasts {minute_seconds:g} s ({PERIOD_SECONDS / minute_seconds:.1f}× real time), the batcher's epoch "
-        f"{epoch_seconds:g} s; one oracle (k=1, leader, batches of up to {MAX_BATCH}) on core {oracle_core}, "
-        f"the agents and the observer on core {load_core}; anvil mines a block per transaction."
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    player = context.Process(
+        target=_agents, args=(fleet.chain, agent_keys, rentals, minutes, minute_seconds, load_core, sender)
     )
+    player.start()
+    sender.close()
+    try:
+        verifier = _Verifier(TelemetryDomain(fleet.chain.chain_id, fleet.chain.registry), agent_of, on_chain)
+        with pinned(oracle_core):
+            seen = _verify_stream(receiver, verifier)
+    finally:
+        player.join(30)
+        if player.is_alive():
+            player.terminate()
+
+    latest = verifier.to_land
+    landing_block = _land(fleet.chain, fleet.oracle_key, list(latest.values()))
+    events = applied_reports(fleet.chain.rpc_url, fleet.chain.escrow, landing_block)
+    batches = batch_transactions(fleet.chain.rpc_url, sorted({e.tx_hash for e in events}))
+    seqs = last_seqs(fleet.chain, sorted(on_chain))
+    setting = (
+        f"{agents:,} agents ({len(agent_keys):,} providers' agent keys, one one-GPU rental each), one report each "
+        f"simulated minute for {minutes} minutes; a simulated minute lasts {minute_seconds:g} s "
+        f"({PERIOD_SECONDS / minute_seconds:.1f}× real time), {agents / minute_seconds:,.0f} reports a second. "
+        f"The verifier on core {oracle_core}, the agents on core {load_core}. {chain_rentals:,} of the rentals on "
+        f"chain (set up in {setup_seconds:,.0f} s); their latest reports landed in batches of {LANDING_BATCH} "
+        "(k=1), the checkpoint the landing policy lands."
+    )
+    incomplete = sum(1 for r in rentals if verifier.verified[r.rental_id] != minutes)
     return _result(
         agents,
         minutes,
         minute_seconds,
-        epoch_seconds,
         seen,
-        oracle,
+        incomplete,
+        latest,
         events,
         batches,
         seqs,
@@ -333,169 +250,187 @@ def measure(
     )
 
 
+def _simulated(
+    fleet_rentals: tuple[FleetRental, ...], fleet_keys: tuple[bytes, ...], agents: int
+) -> tuple[tuple[FleetRental, ...], tuple[bytes, ...]]:
+    """The fleet's rentals followed by rentals that exist for the verifier alone, up to `agents` in all, each
+    `AGENTS_PER_PROVIDER` of those under one more provider's agent key; and every agent key."""
+    extra = agents - len(fleet_rentals)
+    providers = -(-extra // AGENTS_PER_PROVIDER)
+    keys = fleet_keys + tuple(keccak(text=f"gpuex bench agent {len(fleet_keys) + p}") for p in range(providers))
+    first_offer = max(r.rental_id >> 32 for r in fleet_rentals) + 1
+    since = fleet_rentals[0].since
+    simulated = tuple(
+        FleetRental(
+            rental_id=(first_offer + k) << 32 | 1,
+            since=since,
+            gpu_uuids=(f"GPU-simulated-{k:06d}",),
+            agent=len(fleet_keys) + k // AGENTS_PER_PROVIDER,
+        )
+        for k in range(extra)
+    )
+    return fleet_rentals + simulated, keys
+
+
+def _land(chain: ChainSettings, oracle_key: bytes, reports: list[TelemetryReport]) -> int:
+    """Lands `reports` in batches of `LANDING_BATCH` co-signed by the k=1 oracle, relayed by one of anvil's
+    accounts over JSON-RPC; the first block they may be in."""
+    rpc = JsonRpc(chain.rpc_url)
+    try:
+        relayer = rpc.call("eth_accounts")[6]
+        domain = EscrowDomain(chain_id=chain.chain_id, escrow=chain.escrow, oracle_set_version=1)
+        first_block = rpc.block_number() + 1
+        ordered = sorted((r.to_chain_report() for r in reports), key=lambda r: r.rental_id)
+        for first in range(0, len(ordered), LANDING_BATCH):
+            batch = ordered[first : first + LANDING_BATCH]
+            data = SUBMIT_REPORTS(*submit_args(batch, [sign_batch(batch, domain, oracle_key)], 1))
+            tx_hash = rpc.call("eth_sendTransaction", {"from": relayer, "to": chain.escrow, "data": data})
+            if _receipt(rpc, tx_hash)["status"] != "0x1":
+                raise RuntimeError(f"landing failed: submitReports reverted in {tx_hash}")
+        return first_block
+    finally:
+        rpc.close()
+
+
+def _receipt(rpc: JsonRpc, tx_hash: str, timeout: float = 30.0) -> dict:
+    """The transaction's receipt once it is mined (anvil mines a moment after it answers)."""
+    deadline = time.perf_counter() + timeout
+    while (receipt := rpc.call("eth_getTransactionReceipt", tx_hash)) is None:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"landing failed: {tx_hash} not mined in {timeout:g} s")
+        time.sleep(0.05)
+    return receipt
+
+
 # --- figures -------------------------------------------------------------------------------------------------
-
-
-def sustained_rate(landed_at: list[float]) -> float | None:
-    """Reports landed a second between the 10th and the 90th percentile of landing times: the rate the chain took
-    them at, without the first epoch's wait and the last report's tail."""
-    if len(landed_at) < 10:
-        return None
-    first, last = landed_at[len(landed_at) // 10], landed_at[len(landed_at) * 9 // 10]
-    return 0.8 * len(landed_at) / (last - first) if last > first else None
-
-
-def _rate_note(agents: int, rate: float | None, offered: float) -> str:
-    needed = agents / PERIOD_SECONDS
-    text = f"{agents:,} agents once a minute need {needed:,.0f}/s; {offered:,.0f}/s were offered"
-    if rate is None:
-        return text + "; too few landed to tell"
-    if rate < 0.9 * offered:
-        return text + f": the oracle's limit, enough for {rate * PERIOD_SECONDS:,.0f} agents once a minute"
-    return text + " and taken as fast"
 
 
 def _result(
     agents: int,
     minutes: int,
     minute_seconds: float,
-    epoch_seconds: float,
-    seen: AgentsOutcome,
-    oracle: OracleOutcome,
+    seen: Verified,
+    incomplete: int,
+    latest: dict[int, TelemetryReport],
     events: list,
-    batches: list[BatchTransaction],
+    batches: list,
     seqs: dict[int, int],
     setting: str,
     wall: float,
 ) -> SectionResult:
     planned = agents * minutes
+    expected = {(rental, report.seq) for rental, report in latest.items()}
     on_chain = Counter((e.rental_id, e.seq) for e in events)
-    duplicated = sum(n - 1 for n in on_chain.values() if n > 1) + sum(
-        1 for key in on_chain if key not in seen.accepted_keys
-    )
-    not_landed = seen.accepted_keys - set(on_chain)
-    lost = {k for k in not_landed if k not in oracle.held or k in oracle.dropped}
-    late = len(not_landed) - len(lost)
-    rentals_right = sum(1 for seq in seqs.values() if seq == minutes)
-    reports_in = Counter(e.tx_hash for e in events)
+    lost = expected - set(on_chain)
+    duplicated = sum(n - 1 for n in on_chain.values()) + sum(1 for key in on_chain if key not in expected)
+    rentals_right = sum(1 for rental, seq in seqs.items() if rental in latest and seq == latest[rental].seq)
+    cpu_us = 1e6 * seen.cpu_seconds / max(seen.received, 1)
+    per_report_gas = sum(tx.gas_used for tx in batches) / len(events) if events else None
+    landings_per_hour = agents * 3_600 / CHECKPOINT_SECONDS
+    hourly_gas = landings_per_hour * per_report_gas if per_report_gas else None
+    budget_per_report = round(report_budget(LANDING_BATCH))
 
-    epochs, epoch_gas = Counter(), Counter()
-    for tx in batches:
-        epoch = int((tx.timestamp - oracle.started_at) // epoch_seconds)
-        epochs[epoch] += 1
-        epoch_gas[epoch] += tx.gas_used
-    active = sorted(epochs)
-    reports_per_epoch = agents * epoch_seconds / minute_seconds
-    gas_total = sum(tx.gas_used for tx in batches)
-    rate = sustained_rate(seen.landed_at)
-    needed, offered = agents / PERIOD_SECONDS, agents / minute_seconds
-    latency = seen.latency_seconds
-
-    def fig(name: str, value: float | None, unit: str, target: Target, note: str = "") -> Figure:
+    def fig(name: str, value: Any, unit: str, target: Target, note: str = "") -> Figure:
         return Figure(section=SECTION, name=name, value=value, unit=unit, target=target, note=note)
-
-    def mean(values: list[float]) -> float | None:
-        return sum(values) / len(values) if values else None
 
     figures = [
         fig(
             "reports sent by the agents",
-            seen.sent,
+            seen.received,
             "reports",
             Target(op="==", threshold=planned, source=OURS),
             f"{agents:,} agents × {minutes} simulated minutes",
         ),
         fig(
-            "reports accepted by the oracle",
-            seen.accepted,
+            "reports verified",
+            seen.verified,
             "reports",
-            Target(op="==", threshold=planned, source=OURS),
-            "; ".join(f"{n:,} × {reason}" for reason, n in seen.refused.most_common(3)),
+            Target(op="==", threshold=planned, source=ISSUE_13),
+            "; ".join(f"{n:,} × {reason}" for reason, n in seen.refused.most_common(3))
+            or "parsed, agent signature recovered and matched, placed after the rental's previous report",
         ),
         fig(
-            "accepted reports on chain by the end",
-            len(seen.accepted_keys) - len(not_landed),
+            "rentals without all their reports verified",
+            incomplete,
+            "agents",
+            Target(op="==", threshold=0, source=ISSUE_13),
+            "a rental with fewer or more verified reports than minutes",
+        ),
+        fig(
+            "ingest latency, due to verified: p50",
+            percentile(seen.latency_ms, 0.5),
+            "ms",
+            Target(op="<=", threshold=INGEST_P99_TARGET_MS / 5, source=OURS),
+            "a fifth of issue #13's p99 target",
+        ),
+        fig(
+            "ingest latency, due to verified: p99",
+            percentile(seen.latency_ms, 0.99),
+            "ms",
+            Target(op="<", threshold=INGEST_P99_TARGET_MS, source=ISSUE_13),
+            f"at {agents / minute_seconds:,.0f} reports a second",
+        ),
+        fig(
+            "oracle CPU per report",
+            cpu_us,
+            "µs",
+            Target(op="<=", threshold=1e6 * minute_seconds / agents, source=OURS),
+            f"what one core has per report at this rate: {100 * seen.cpu_seconds / seen.wall_seconds:.0f}% of the "
+            f"core over {seen.wall_seconds:,.0f} s",
+        ),
+        fig(
+            "latest reports landed on chain",
+            len(expected) - len(lost),
             "reports",
-            Target(op="==", threshold=seen.accepted, source=OURS),
-            f"{late:,} still held by the oracle, not yet landed" if late else "every one landed",
+            Target(op="==", threshold=len(expected), source=ISSUE_13),
+            "one per on-chain rental: its latest verified report",
         ),
         fig(
             "reports lost",
             len(lost),
             "reports",
-            Target(op="==", threshold=0, source=ISSUE_5),
-            "accepted, yet neither on chain nor held by the oracle (or dropped by its batcher)",
+            Target(op="==", threshold=0, source=ISSUE_13),
+            "a rental's latest verified report not among the ReportApplied events",
         ),
         fig(
             "reports duplicated on chain",
             duplicated,
             "reports",
-            Target(op="==", threshold=0, source=ISSUE_5),
-            "a (rental, seq) among the ReportApplied events twice, or one never accepted",
+            Target(op="==", threshold=0, source=ISSUE_13),
+            "a (rental, seq) among the ReportApplied events twice, or one that is not its rental's latest",
         ),
         fig(
-            "rentals whose on-chain seq equals the reports sent",
+            "rentals whose on-chain seq is the latest sent",
             rentals_right,
             "agents",
-            Target(op="==", threshold=agents, source=ISSUE_5),
-            "getRental(id).lastSeq, read after the run",
+            Target(op="==", threshold=len(seqs), source=ISSUE_13),
+            "getRental(id).lastSeq, read after the landing",
         ),
         fig(
-            "reports landed on chain a second, sustained",
-            rate,
-            "reports/s",
-            Target(op=">=", threshold=needed, source=ISSUE_5),
-            _rate_note(agents, rate, offered),
-        ),
-        fig(
-            "end to end, report due to on chain: p50",
-            percentile(latency, 0.5) if latency else None,
-            "s",
-            Target(op="<=", threshold=epoch_seconds + 2, source=OURS),
-            "one batcher epoch (the batch closing) plus 2 s for the transaction",
-        ),
-        fig(
-            "end to end, report due to on chain: p99",
-            percentile(latency, 0.99) if latency else None,
-            "s",
-            Target(op="<=", threshold=minute_seconds, source=OURS),
-            "on chain before the agent's next report is due (one report interval)",
-        ),
-        fig(
-            "batches per epoch (mean over epochs with a batch)",
-            mean([epochs[e] for e in active]),
-            "batches",
-            Target(op="<=", threshold=math.ceil(reports_per_epoch / MAX_BATCH) + 1, source=OURS),
-            f"an epoch's {reports_per_epoch:,.0f} reports in full batches of {MAX_BATCH}, plus one part-full",
-        ),
-        fig(
-            "gas per epoch (mean over epochs with a batch)",
-            mean([epoch_gas[e] for e in active]),
+            f"gas per landed report (batches of {LANDING_BATCH})",
+            per_report_gas,
             "gas",
-            Target(op="<=", threshold=reports_per_epoch * REPORT_GAS_BUDGET, source=OURS),
-            f"an epoch's reports at issue #2's {REPORT_GAS_BUDGET:,} gas a report",
+            Target(op="<=", threshold=budget_per_report, source=OURS),
+            "on the line through issue #13's 1-report and 50-report budgets",
         ),
         fig(
-            "gas per report on chain",
-            gas_total / len(events) if events else None,
+            f"chain gas per simulated hour, {agents:,} agents",
+            hourly_gas,
             "gas",
-            Target(op="<=", threshold=REPORT_GAS_BUDGET, source=ISSUE_2),
-            "issue #2's budget in a batch of 50",
+            Target(op="<=", threshold=landings_per_hour * budget_per_report, source=OURS),
+            f"each rental's latest report landed once a checkpoint interval ({CHECKPOINT_SECONDS:,} s): "
+            f"{landings_per_hour:,.0f} reports an hour at the measured gas"
+            + (f"; every minute's report landed would cost {60 * hourly_gas:,.0f}" if hourly_gas else ""),
         ),
     ]
-    warnings = "; ".join(f"{n:,} × {message}" for message, n in oracle.warnings.most_common(3))
-    per_epoch = ", ".join(f"{epochs[e]} ({epoch_gas[e] / 1e6:,.1f} Mgas)" for e in active) or "none"
     notes = (
         setting,
-        f"The last report was sent {seen.last_sent_at:,.0f} s after the first was due ({minutes * minute_seconds:g} s "
-        "planned); " + (f"the last landed at {seen.landed_at[-1]:,.0f} s." if seen.landed_at else "none landed."),
-        f"{len(batches):,} batch transactions, {max(reports_in.values(), default=0)} reports in the largest. Batches "
-        f"(gas) per epoch: {per_epoch}.",
-        f"Oracle CPU {oracle.cpu_seconds:,.0f} s in {oracle.wall_seconds:,.0f} s "
-        f"({100 * oracle.cpu_seconds / oracle.wall_seconds:.0f}% of its core), "
-        f"{1000 * oracle.cpu_seconds / max(seen.accepted, 1):.1f} ms a report; its answers to the agents, from "
-        f"connecting to the answer, took p50 {percentile(seen.answer_ms, 0.5):,.1f} ms, p99 "
-        f"{percentile(seen.answer_ms, 0.99):,.1f} ms (at most {MAX_CONNECTIONS} agents connected at once; the rest "
-        "waited for a connection, and that wait counts in the end-to-end latency).",
-    ) + ((f"Oracle warnings: {warnings}.",) if warnings else ())
+        f"{seen.received:,} reports verified in {seen.wall_seconds:,.0f} s; oracle CPU {seen.cpu_seconds:,.1f} s, "
+        f"{cpu_us:,.0f} µs a report (parse, signature recovery, continuity; no HTTP or store); latency p50 "
+        f"{percentile(seen.latency_ms, 0.5):.2f} ms, p99 {percentile(seen.latency_ms, 0.99):.2f} ms, max "
+        f"{max(seen.latency_ms, default=0):,.1f} ms.",
+        f"{len(batches):,} landing transactions, {len(events):,} reports applied.",
+        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; the latency tail follows "
+        "what else the machine runs.",
+    )
     return SectionResult(title=SECTION, figures=tuple(figures), notes=notes, wall_seconds=wall)
