@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS submissions (
     UNIQUE (rental_id, seq)
 );
 CREATE INDEX IF NOT EXISTS submissions_held ON submissions (id) WHERE state = 'held';
+-- A new report supersedes its rental's held ones through this index: without it, every report of a long rental
+-- scanned all the rental's earlier reports (592 us a report at 10,000 reports of one rental, against 10 us).
+CREATE INDEX IF NOT EXISTS submissions_held_by_rental ON submissions (rental_id, seq) WHERE state = 'held';
 CREATE INDEX IF NOT EXISTS submissions_in_flight ON submissions (rental_id, batched_tx_key) WHERE state = 'batched';
 CREATE INDEX IF NOT EXISTS submissions_landed ON submissions (rental_id, covered_until) WHERE state = 'landed';
 """

@@ -201,3 +201,20 @@ def test_a_store_of_the_first_protocol_is_refused_with_what_to_do(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT rental_id, seq, period_end FROM submissions").fetchall() == [("1", 1, 60)]
     db.close()
+
+
+def test_superseding_reads_only_the_rentals_held_reports(tmp_path):
+    """A report supersedes the held ones of its rental through a partial index, not by scanning every earlier report
+    of the rental (which made ingest slow down with a rental's age)."""
+    store = SubmissionStore(tmp_path / "oracle.sqlite3")
+    db = sqlite3.connect(tmp_path / "oracle.sqlite3")
+    try:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN UPDATE submissions SET state = 'superseded'"
+            " WHERE rental_id = ? AND state = 'held' AND seq < ?",
+            ("1", 5),
+        ).fetchall()
+    finally:
+        db.close()
+        store.close()
+    assert "submissions_held_by_rental" in plan[0][3]
