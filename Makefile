@@ -92,11 +92,11 @@ lint: compile
 	slither contracts/ --solc-standard-json --solc-remaps "@openzeppelin=node_modules/@openzeppelin" \
 		--exclude-dependencies --filter-paths "node_modules|contracts/test" --fail-medium
 
-## gas: the gas table of a fixed scenario, against the budgets of issue #2.
+## gas: the gas table of a fixed scenario, against the budgets of issues #2 and #13.
 gas: compile
 	$(PY) -m scripts.run gas
 
-## bench: gas, oracle ingest, 10,000 simulated agents through one oracle, and sampler CPU, each against its target;
+## bench: gas, oracle ingest, 100,000 simulated agents through one oracle's verifier, and sampler CPU, each against its target;
 ## writes docs/PERFORMANCE.md and docs/performance.png. It moves its chain's clock: give it a network of its own.
 BENCH_NETWORK ?= development
 .PHONY: bench

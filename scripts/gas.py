@@ -1,4 +1,5 @@
-"""Gas table of a fixed scenario, one row per call, against the budgets of the contracts issue: `make gas`.
+"""Gas table of a fixed scenario, one row per call, against the budgets of the contracts and protocol v2 issues:
+`make gas`.
 
 The scenario, its budgets and the `submitReports` batch curve live in `bench.gas`, which `make bench` also runs;
 this prints its table on the active network.
