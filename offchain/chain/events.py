@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, get_args
 
 from hexbytes import HexBytes
 from pydantic import Field
@@ -299,6 +299,8 @@ RentalEvent = (
     | RentalDeclined
     | RentalFinalized
 )
+#: The escrow events of one rental (their first indexed argument is its id), by name.
+RENTAL_EVENT_NAMES: tuple[str, ...] = tuple(record.__name__ for record in get_args(RentalEvent))
 
 #: The records of each contract's events.
 CONTRACT_EVENTS: dict[str, tuple[type[ChainEvent], ...]] = {

@@ -21,6 +21,7 @@ from web3 import AsyncWeb3
 from offchain.chain.contracts import contract
 from offchain.chain.deployments import Deployment
 from offchain.chain.events import (
+    RENTAL_EVENT_NAMES,
     AgentSet,
     ChainEvent,
     OfferCreated,
@@ -46,18 +47,6 @@ from offchain.market.offers import (
 from offchain.market.rentals import RentalHistory
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.protocol.status import OfferStatus, RentalStatus
-
-#: Escrow events whose first indexed argument is the rental id.
-RENTAL_EVENTS = (
-    "RentalOpened",
-    "RentalStarted",
-    "ReportApplied",
-    "ReportSkipped",
-    "EarningsClaimed",
-    "RentalTerminated",
-    "RentalDeclined",
-    "RentalFinalized",
-)
 
 E = TypeVar("E", bound=ChainEvent)
 
@@ -212,7 +201,7 @@ class ExchangeClient:
         self.escrow = self.reader.escrow
         self._tokens: dict[str, TokenInfo] = {}
         self._index: EventIndex | None = None
-        self._rental_event_topics = [getattr(self.escrow.events, name).topic for name in RENTAL_EVENTS]
+        self._rental_event_topics = [getattr(self.escrow.events, name).topic for name in RENTAL_EVENT_NAMES]
 
     @property
     def address(self) -> str:

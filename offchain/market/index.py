@@ -29,6 +29,7 @@ from web3.exceptions import Web3Exception
 from offchain.chain.contracts import contract
 from offchain.chain.deployments import Deployment
 from offchain.chain.events import (
+    RENTAL_EVENT_NAMES,
     AgentSet,
     ChainEvent,
     OfferClosed,
@@ -72,16 +73,6 @@ REGISTRY_EVENTS = (
     "OfferResumed",
     "OfferClosed",
     "Slashed",
-)
-ESCROW_EVENTS = (
-    "RentalOpened",
-    "RentalStarted",
-    "ReportApplied",
-    "ReportSkipped",
-    "EarningsClaimed",
-    "RentalTerminated",
-    "RentalDeclined",
-    "RentalFinalized",
 )
 _OFFER_STATUS_AFTER = {
     OfferPaused: OfferStatus.PAUSED,
@@ -168,10 +159,10 @@ class EventIndex:
         self._escrow = contract(w3, "RentalEscrow", escrow)
         self._start_block = start_block
         self._contract_names = {self._registry.address: "ProviderRegistry", self._escrow.address: "RentalEscrow"}
-        self._followed = {*REGISTRY_EVENTS, *ESCROW_EVENTS}
+        self._followed = {*REGISTRY_EVENTS, *RENTAL_EVENT_NAMES}
         topics = sorted(
             getattr(c.events, name).topic
-            for c, names in ((self._registry, REGISTRY_EVENTS), (self._escrow, ESCROW_EVENTS))
+            for c, names in ((self._registry, REGISTRY_EVENTS), (self._escrow, RENTAL_EVENT_NAMES))
             for name in names
         )
         self._follower = EventFollower(
