@@ -180,8 +180,9 @@ class Batcher:
                 )
                 continue
             outcomes = []
-            for submission in self._store.batched(tx_key):
-                rental = await self._chain.refresh_rental(submission.report.rental_id)
+            batched = self._store.batched(tx_key)
+            rentals = await asyncio.gather(*(self._chain.refresh_rental(s.report.rental_id) for s in batched))
+            for submission, rental in zip(batched, rentals):
                 landed = rental.last_seq >= submission.report.seq
                 outcomes.append((key_of(submission), ReportState.LANDED if landed else ReportState.SKIPPED))
                 if not landed:
