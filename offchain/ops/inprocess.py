@@ -76,7 +76,8 @@ async def wait_until(condition: Callable[[], bool], seconds: float, what: str, p
 
 @dataclass
 class LocalExchange:
-    """Three running oracles (index 0 the leader) and, unless none was asked for, one running agent."""
+    """The running in-process oracles (three, index 0 the leader; none when the oracles run elsewhere) and, unless
+    none was asked for, one running agent."""
 
     oracles: list[OracleService]
     agent: ProviderAgent | None
@@ -210,38 +211,81 @@ async def running_exchange(
             SERVICE_START_SECONDS,
             "the leader to listen and start its keeper",
         )
-        exchange.tasks.append(
-            asyncio.create_task(_produce_blocks(w3, stop, timers.block_interval_seconds), name="block producer")
-        )
-        if machine is not None:
-            await asyncio.to_thread(build_job_image)
-            urls = [f"http://127.0.0.1:{o.port}" for o in exchange.oracles]
-            start_block = await w3.eth.block_number + 1
-            exchange.agent = ProviderAgent(
-                _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source
-            )
-            exchange.tasks.append(asyncio.create_task(exchange.agent.run(), name="agent"))
-            agent = exchange.agent
-            await exchange.until(
-                lambda: agent.api is None or agent.api.port is not None,
-                SERVICE_START_SECONDS,
-                "the agent's renter API to listen",
-            )
+        await _start_agent_side(exchange, w3, chain, state_root, machine, timers, stop)
         yield exchange
     finally:
-        agent_tasks = [t for t in exchange.tasks if t.get_name() == "agent"]
-        for task in agent_tasks:
-            task.cancel()
-        await asyncio.gather(*agent_tasks, return_exceptions=True)
-        stop.set()
-        other_tasks = [t for t in exchange.tasks if t.get_name() != "agent"]
-        if other_tasks:
-            _, pending = await asyncio.wait(other_tasks, timeout=SERVICE_STOP_SECONDS)
-            for task in pending:
-                task.cancel()
-        await asyncio.gather(*other_tasks, return_exceptions=True)
+        await _stop_tasks(exchange, stop)
         for oracle in exchange.oracles:
             await oracle.w3.provider.disconnect()
+        await w3.provider.disconnect()
+
+
+async def _start_agent_side(
+    exchange: LocalExchange,
+    w3: AsyncWeb3,
+    chain: ChainSettings,
+    state_root: Path,
+    machine: ProviderMachine | None,
+    timers: ExchangeTimers,
+    stop: asyncio.Event,
+    oracle_urls: Sequence[str] | None = None,
+) -> None:
+    """Starts the block producer and, for `machine`, the agent reporting to `oracle_urls` (by default the exchange's
+    in-process oracles), watching from the next block on."""
+    exchange.tasks.append(
+        asyncio.create_task(_produce_blocks(w3, stop, timers.block_interval_seconds), name="block producer")
+    )
+    if machine is None:
+        return
+    await asyncio.to_thread(build_job_image)
+    urls = list(oracle_urls) if oracle_urls is not None else [f"http://127.0.0.1:{o.port}" for o in exchange.oracles]
+    start_block = await w3.eth.block_number + 1
+    exchange.agent = ProviderAgent(
+        _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source
+    )
+    exchange.tasks.append(asyncio.create_task(exchange.agent.run(), name="agent"))
+    agent = exchange.agent
+    await exchange.until(
+        lambda: agent.api is None or agent.api.port is not None,
+        SERVICE_START_SECONDS,
+        "the agent's renter API to listen",
+    )
+
+
+async def _stop_tasks(exchange: LocalExchange, stop: asyncio.Event) -> None:
+    """Stops the agent first (so that it stops its jobs), then everything else."""
+    agent_tasks = [t for t in exchange.tasks if t.get_name() == "agent"]
+    for task in agent_tasks:
+        task.cancel()
+    await asyncio.gather(*agent_tasks, return_exceptions=True)
+    stop.set()
+    other_tasks = [t for t in exchange.tasks if t.get_name() != "agent"]
+    if other_tasks:
+        _, pending = await asyncio.wait(other_tasks, timeout=SERVICE_STOP_SECONDS)
+        for task in pending:
+            task.cancel()
+    await asyncio.gather(*other_tasks, return_exceptions=True)
+
+
+@asynccontextmanager
+async def running_agent(
+    chain: ChainSettings,
+    state_root: Path,
+    machine: ProviderMachine,
+    oracle_urls: Sequence[str],
+    *,
+    timers: ExchangeTimers = ExchangeTimers(),
+) -> AsyncIterator[LocalExchange]:
+    """The provider's agent and the block producer in this process, reporting to oracles that run elsewhere (for
+    example as processes, `offchain.ops.cluster`); the returned exchange holds no in-process oracle."""
+    stop = asyncio.Event()
+    w3 = connect(chain.rpc_url)
+    exchange = LocalExchange(oracles=[], agent=None)
+    try:
+        await _start_agent_side(exchange, w3, chain, state_root, machine, timers, stop, oracle_urls)
+        yield exchange
+    finally:
+        await _stop_tasks(exchange, stop)
         await w3.provider.disconnect()
 
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import uuid
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator, Mapping
 
 import pytest
 
 from offchain.config import ChainSettings
 from offchain.ops import inprocess
-from offchain.ops.inprocess import LocalExchange, ProviderMachine
+from offchain.ops.cluster import OracleCluster
+from offchain.ops.inprocess import ExchangeTimers, LocalExchange, ProviderMachine
 from offchain.oracle.service import STORE_FILE
 from offchain.protocol.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.telemetry.source import TelemetrySource
@@ -77,6 +79,57 @@ def running_exchange(
     """The in-process exchange of ORACLE_KEYS and, if `source` is given, the provider's agent with AGENT_KEY."""
     machine = None if source is None else ProviderMachine(provider, AGENT_KEY, source)
     return inprocess.running_exchange(chain_settings, state_root, ORACLE_KEYS, machine)
+
+
+#: Settings of every oracle process of `oracle_processes`: short epochs, simulated telemetry accepted.
+CLUSTER_SETTINGS = {
+    "ALLOW_SIMULATED": "true",
+    "EPOCH_SECONDS": "1",
+    "KEEPER_INTERVAL_SECONDS": "1",
+    "MAX_CLOCK_SKEW_SECONDS": "30",
+}
+#: The first protocol's roles: oracle 0 batches and keeps, the others co-sign.
+LEADER_SETTINGS = {0: {"LEADER": "true", "KEEPER": "true"}}
+
+
+@asynccontextmanager
+async def oracle_processes(
+    chain_settings: ChainSettings,
+    state_root: Path,
+    settings: Mapping[str, str] | None = None,
+    per_oracle: Mapping[int, Mapping[str, str]] | None = None,
+) -> AsyncIterator[OracleCluster]:
+    """The three oracles of ORACLE_KEYS as processes (`offchain.ops.cluster`), each with CLUSTER_SETTINGS and
+    `settings`, and `per_oracle` on top (LEADER_SETTINGS unless given); stopped on the way out. A failing test's
+    message carries their logs."""
+    cluster = OracleCluster(
+        chain_settings,
+        ORACLE_KEYS,
+        state_root,
+        {**CLUSTER_SETTINGS, **(settings or {})},
+        LEADER_SETTINGS if per_oracle is None else per_oracle,
+    )
+    try:
+        await cluster.start()
+        yield cluster
+    except BaseException as exc:
+        exc.add_note(cluster.logs())
+        raise
+    finally:
+        cluster.stop()
+
+
+def running_agent(
+    chain_settings: ChainSettings,
+    state_root: Path,
+    provider: str,
+    source: TelemetrySource,
+    oracle_urls: list[str],
+    timers: ExchangeTimers | None = None,
+) -> AbstractAsyncContextManager[LocalExchange]:
+    """The provider's agent with AGENT_KEY (and the block producer) in this process, reporting to `oracle_urls`."""
+    machine = ProviderMachine(provider, AGENT_KEY, source)
+    return inprocess.running_agent(chain_settings, state_root, machine, oracle_urls, timers=timers or ExchangeTimers())
 
 
 def stored_reports(state_root: Path, index: int, rental_id: int) -> list[tuple[TelemetrySubmission, str]]:
