@@ -132,7 +132,8 @@ class Rehearsal:
     outputs: dict[str, str] = field(default_factory=dict)
     services: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def run(self, step: Step, timeout: float = 180) -> str:
+    def run(self, step: Step, timeout: float = 180, succeeds: bool = True) -> str:
+        """Runs `step` after the network's block; its output, once it exited as `succeeds` says."""
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", f"{self.network_script}\n{step.script}"],
             capture_output=True,
@@ -141,7 +142,7 @@ class Rehearsal:
             cwd=PROJECT_ROOT,
             timeout=timeout,
         )
-        assert done.returncode == 0, f"step {step.name} failed:\n{done.stdout}\n{done.stderr}"
+        assert (done.returncode == 0) is succeeds, f"step {step.name}: {done.returncode}\n{done.stdout}\n{done.stderr}"
         return done.stdout + done.stderr
 
     def start(self, step: Step) -> None:
@@ -270,6 +271,14 @@ def test_the_runbook_deploys_a_two_of_three_suite_and_a_rerun_sends_nothing(rehe
     assert record["config"]["treasury"] == Web3.to_checksum_address(rehearsal.address("treasury"))
     assert "[dry run] would deploy ProviderRegistry" in rehearsal.outputs["deploy"]
     assert "nothing to send" in rehearsal.outputs["deploy again"]
+    nonce = Web3(HTTPProvider(RPC_URL)).eth.get_transaction_count(rehearsal.address("deployer"))
+    assert nonce == 3, "token, registry, escrow: nothing from the dry run or the rerun"
+
+
+def test_the_deploy_script_refuses_a_live_network_without_a_key(rehearsal):
+    keyless = Step("deploy without a key", 'python -m scripts.run deploy --network "$NETWORK"')
+    refused = rehearsal.run(keyless, succeeds=False)
+    assert "set GPUEX_DEPLOY_KEY or GPUEX_DEPLOY_KEY_FILE" in refused
 
 
 def test_the_renter_sees_the_new_providers_offer_and_the_rental_settles(rehearsal):
