@@ -134,16 +134,25 @@ class Rehearsal:
 
     def run(self, step: Step, timeout: float = 180, succeeds: bool = True) -> str:
         """Runs `step` after the network's block; its output, once it exited as `succeeds` says."""
-        done = subprocess.run(
+        process = subprocess.Popen(
             ["bash", "-euo", "pipefail", "-c", f"{self.network_script}\n{step.script}"],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env=self.env,
             cwd=PROJECT_ROOT,
-            timeout=timeout,
+            start_new_session=True,
         )
-        assert (done.returncode == 0) is succeeds, f"step {step.name}: {done.returncode}\n{done.stdout}\n{done.stderr}"
-        return done.stdout + done.stderr
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            pytest.fail(f"step {step.name} ran past {timeout} s:\n{output}\n{self.service_logs()}")
+        assert (process.returncode == 0) is succeeds, (
+            f"step {step.name}: {process.returncode}\n{output}\n{self.service_logs()}"
+        )
+        return output
 
     def start(self, step: Step) -> None:
         name = step.name.removeprefix("service ")
@@ -159,6 +168,10 @@ class Rehearsal:
             )
         self.services[name] = process
         wait_for_port(SERVICE_PORTS[name], process, log)
+
+    def service_logs(self, chars: int = 1500) -> str:
+        """The end of each background service's log, for a step that failed."""
+        return "\n".join(f"--- {name}:\n{(self.ops / f'{name}.log').read_text()[-chars:]}" for name in self.services)
 
     def stop(self) -> None:
         for process in reversed(self.services.values()):
