@@ -34,7 +34,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=parse.percent,
         metavar="PCT",
         help="providers that delivered at least this share of the value other renters settled with them "
-        "(a new provider, with little value settled, fails)",
+        "(a new provider, with little value settled, fails unless --include-new)",
+    )
+    search_parser.add_argument(
+        "--include-new",
+        action="store_true",
+        help="with --min-reliability: also new providers' offers (their reliability shows as new), as on a fresh "
+        "deployment, where every provider is new",
     )
     search_parser.add_argument(
         "--min-duration", type=parse.duration, metavar="DURATION", help="offers that allow a rental this long (e.g. 2h)"
@@ -134,6 +140,7 @@ async def search(args: argparse.Namespace) -> ExitStatus:
         max_price_per_hour=args.max_price_per_hour,
         region=args.region,
         min_reliability=None if args.min_reliability is None else args.min_reliability / 100,
+        include_new=args.include_new,
         min_duration=args.min_duration,
         egress=True if args.egress else None,
         include_unavailable=args.all,

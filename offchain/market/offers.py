@@ -201,7 +201,8 @@ class OfferQuery(BaseModel):
     min_vram_gib: float | None = Field(default=None, ge=0)
     max_price_per_hour: Decimal | None = Field(default=None, ge=0)  # whole offer, in token (e.g. USDC) per hour
     region: str | None = None  # case-insensitive prefix, "eu" matches "eu-west"
-    min_reliability: float | None = Field(default=None, ge=0, le=1)  # value-weighted; excludes new providers
+    min_reliability: float | None = Field(default=None, ge=0, le=1)  # value-weighted; excludes new providers...
+    include_new: bool = False  # ...unless this is set: then new providers' offers pass it too (they show as new)
     min_duration: int | None = Field(default=None, ge=1)  # the offer must allow a rental this long
     provider: str | None = None  # only this provider's offers (an address, any case)
     egress: bool | None = None  # True: only offers whose jobs may open outbound connections; False: only others
@@ -226,10 +227,12 @@ def search_offers(offers: list[OfferRecord], query: OfferQuery, token: TokenInfo
             return False
         if query.region and not offer.region.lower().startswith(query.region.lower()):
             return False
-        if query.min_reliability is not None and (
-            not offer.reputation.established(token) or (offer.reliability or 0.0) < query.min_reliability
-        ):
-            return False
+        if query.min_reliability is not None:
+            if not offer.reputation.established(token):
+                if not query.include_new:
+                    return False
+            elif (offer.reliability or 0.0) < query.min_reliability:
+                return False
         if query.min_duration is not None and not offer.min_duration <= query.min_duration <= offer.max_duration:
             return False
         if query.provider is not None and offer.provider.lower() != query.provider.lower():

@@ -11,8 +11,9 @@ it settled, and only when someone other than the provider rented it:
 - distinct renters: the accounts other than the provider and its agent keys whose rentals settled any value.
 
 Faking a record then costs the protocol fee on all the value faked, and a provider with less than
-`NEW_PROVIDER_VALUE` settled counts as new (no reliability shown, never passing a `min_reliability` filter). The
-registry's declines counter stays as it is: declining costs a provider nothing to fake in its favour.
+`NEW_PROVIDER_VALUE` settled counts as new (no reliability shown, passing a `min_reliability` filter only when the
+search also asks for new providers: `include_new`). The registry's declines counter stays as it is: declining costs a
+provider nothing to fake in its favour.
 """
 
 from __future__ import annotations

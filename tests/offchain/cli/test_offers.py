@@ -224,6 +224,8 @@ def test_search_filters(cli, market):
         excluded.append(["--min-reliability", above])
     for excluding in excluded:
         assert offer_id not in _ids(cli, *excluding), excluding
+    if reliability is None:  # a new provider: listed, as new, when the search asks for new providers too
+        assert offer_id in _ids(cli, "--min-reliability", "99", "--include-new")
     assert len(_ids(cli, "--all", "--sort=-price", "--limit", "1")) == 1
     found = cli.ok("offers", "search", "--json").json()
     (listed,) = [o for o in found if o["offer_id"] == offer_id]

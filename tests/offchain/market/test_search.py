@@ -112,6 +112,8 @@ def test_unavailable_offers_only_on_request():
         (OfferQuery(region="EU"), [3, 6, 1]),
         (OfferQuery(min_reliability=0.95), [1]),
         (OfferQuery(min_reliability=0.8), [2, 6, 1]),
+        (OfferQuery(min_reliability=0.95, include_new=True), [3, 1]),  # new: shown, the shaky one still not
+        (OfferQuery(include_new=True), [3, 2, 6, 1]),  # without a minimum it changes nothing
         (OfferQuery(min_duration=100_000), []),
         (OfferQuery(gpu_model="h100", region="eu-c"), [6]),
         (OfferQuery(egress=True), [6]),
@@ -145,6 +147,7 @@ def test_limit():
     [
         dict(min_gpus=0),
         dict(min_reliability=1.5),
+        dict(min_reliability=0.9, include_new="sometimes"),
         dict(sort="cheapest"),
         dict(max_price_per_hour=-1),
         dict(colour="red"),

@@ -69,6 +69,8 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite,
         {"include_unavailable": "on", "sort": "gpus", "limit": "1"},
         {"egress": "true"},
         {"gpu_model": "", "min_gpus": " "},
+        {"min_reliability": "0.9"},
+        {"min_reliability": "0.9", "include_new": "true"},
     ]  # blank form fields count as not given
 
     async def scenario():
@@ -99,6 +101,7 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite,
     assert (h100["value_settled"], h100["distinct_renters"]) == ("0.000000", 0)
     assert (h100["egress"], h100["declines"], pages[0]["offers"][0]["egress"]) == (False, 0, True)
     assert [o["offer_id"] for o in pages[6]["offers"]] == [l4]
+    assert pages[8]["offers"] == [] and [o["offer_id"] for o in pages[9]["offers"]] == [l4, offer]  # both new
     assert pages[0]["token"]["symbol"] == "tUSD"
 
 
@@ -109,6 +112,7 @@ def test_a_bad_offer_query_is_refused_with_its_reason(web_client, offer):
         "colour=red": "colour",
         "max_price_per_hour=lots": "max_price_per_hour",
         "limit=1&limit=2": "limit is given 2 times",
+        "min_reliability=0.9&include_new=sometimes": "include_new",
     }
 
     async def scenario():
