@@ -45,6 +45,7 @@ from offchain.protocol.renterapi import (
     AgentInfo,
     ApiError,
     ApiErrorCode,
+    ClockStatus,
     ContainerView,
     JobStatus,
     LogEnd,
@@ -116,6 +117,7 @@ class RenterApi:
         db: sqlite3.Connection,
         wake: Callable[[int], None],
         clock: Callable[[], float] = time.time,
+        clock_status: Callable[[], ClockStatus] | None = None,
     ) -> None:
         self._settings = settings
         self._key = key
@@ -125,6 +127,7 @@ class RenterApi:
         self._db = db
         self._wake = wake
         self._clock = clock
+        self._clock_status = clock_status
         self._shells: dict[int, set[asyncio.Task]] = {}
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -199,7 +202,8 @@ class RenterApi:
     # ---------------------------------------------------------------- handlers
 
     async def _agent(self, request: web.Request) -> web.Response:
-        return web.json_response(text=self.info.model_dump_json())
+        clock = None if self._clock_status is None else self._clock_status()
+        return web.json_response(text=self.info.model_copy(update={"clock": clock}).model_dump_json())
 
     async def _spec(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -53,11 +53,13 @@ class ExchangeTimers:
 
 @dataclass(frozen=True)
 class ProviderMachine:
-    """A provider machine to run an agent on: the agent key the provider registered and the GPUs' telemetry."""
+    """A provider machine to run an agent on: the agent key the provider registered, the GPUs' telemetry and the
+    machine's clock (the system clock unless a test gives one that is off)."""
 
     provider: str
     agent_key: bytes
     source: TelemetrySource
+    clock: Callable[[], float] = time.time
 
 
 def agent_spec_dir(state_root: Path) -> Path:
@@ -218,7 +220,9 @@ async def running_exchange(
             urls = [f"http://127.0.0.1:{o.port}" for o in exchange.oracles]
             start_block = await w3.eth.block_number + 1
             exchange.agent = ProviderAgent(
-                _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source
+                _agent_settings(chain, state_root, machine, urls, start_block, timers),
+                machine.source,
+                clock=machine.clock,
             )
             exchange.tasks.append(asyncio.create_task(exchange.agent.run(), name="agent"))
             agent = exchange.agent
