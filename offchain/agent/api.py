@@ -1,6 +1,7 @@
 """The renter API the agent serves (aiohttp): a rental's renter uploads its job spec privately, reads its job's
 status and logs, downloads its results and opens a shell in its running container. `offchain.protocol.renterapi` defines
-the paths, the wire models and the request signatures; this module answers them.
+the paths, the wire models and the request signatures; this module answers them. `GET /v1/agent`, unsigned, says
+who the agent is and how its machine's clock stands against the chain's (`offchain.agent.chainclock`).
 
 Every rental request is checked in this order, and a refused one changes nothing: a valid EIP-712 signature whose
 expiry has not passed and is at most five minutes ahead (401); a rental of this agent's provider (404); signed by

@@ -2,11 +2,11 @@
 (2-of-3, oracle 0 the leader with the batcher and the keeper) and, if asked, one real `ProviderAgent`, all on
 loopback against a local chain that some other party (Brownie, a test) started.
 
-Every service times its work by the wall clock, and anvil stamps its blocks with it. Anvil mines a block only per
-transaction, though, and the keeper judges what is due by the latest block's timestamp, which would otherwise
-stand still while nothing is sent: `running_exchange` therefore also mines an empty block every
-`block_interval_seconds`, as a real chain would, and stops when it returns (the chain's mining mode is never
-changed).
+The oracles time their work by the wall clock, the agent by the chain's (measured from block timestamps), and anvil
+stamps its blocks with the wall clock. Anvil mines a block only per transaction, though, and the keeper judges what
+is due by the latest block's timestamp, which would otherwise stand still while nothing is sent: `running_exchange`
+therefore also mines an empty block every `block_interval_seconds`, as a real chain would, and stops when it
+returns (the chain's mining mode is never changed).
 """
 
 from __future__ import annotations
