@@ -22,17 +22,18 @@ What the two blocks give, by node:
 - anvil (tests and development) mines a block per transaction or at an interval, and moves its time with
   `evm_increaseTime`; its pending block is stamped with the time a block mined now would get, so it measures the
   offset at once even on an idle chain, and its latest block catches a jump of the chain's time when it is mined.
-  A snapshot revert or `evm_setNextBlockTimestamp` can take the chain's time back: a latest block lower in number or
+  A snapshot revert or `evm_setTime` can take the chain's time back: a latest block lower in number or
   time than one seen before starts the measurement afresh.
 - A live chain (a block every 2 to 12 s) gives a fresh latest block every few polls; its pending block is built on
   the node's clock or is the latest block again, a lower bound either way; a node that has none is read for the
   latest block only.
 
-The window lets the estimate fall when this machine's clock is stepped forward; it keeps the last bound when the
-chain gives nothing newer. The offset is judged against `max_skew_seconds`: beyond it (`skewed`) the machine's
-clock or its chain node is badly wrong and the agent cannot tell which, so it logs an ERROR (again every
-`SKEW_LOG_INTERVAL_SECONDS` while it lasts), shows it in its status, and declines new rentals; rentals it already
-runs keep reporting on the measured chain time, which is the best measure it has.
+The window lets the estimate fall when this machine's clock is stepped forward; a bound leaves it only when a newer
+one comes, so a node that answers nothing keeps the estimate where it was. The offset is judged against
+`max_skew_seconds`: beyond it (`skewed`) the machine's clock or its chain node is badly wrong and the agent cannot
+tell which, so it logs an ERROR (again every `SKEW_LOG_INTERVAL_SECONDS` while it lasts), shows it in its status,
+and declines new rentals; rentals it already runs keep reporting on the measured chain time, which is the best
+measure it has.
 """
 
 from __future__ import annotations
