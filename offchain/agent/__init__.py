@@ -9,6 +9,7 @@ rental's renter its job through a signed renter API.
 - `containers`: the engine (podman or docker) and the hardened `run` command line; `logs`: the engine's job log.
 - `launcher`: launching, taking over and clearing a rental's job; `job`: a job while it runs and how it ended;
   `bareprocess`: the unsafe development mode; `workspace`: a rental's folder and safe paths in it.
+- `chainclock`: the chain's time, which rentals run on and reports are stamped with, measured from block timestamps.
 - `api`: the renter API (spec upload, status, logs, results, shell).
 - `outbox`: every signed report in SQLite until each oracle acknowledged it.
 - `rentals`, `store`: the agent's SQLite state; `settings`: its configuration.

@@ -1,6 +1,7 @@
 """The renter API the agent serves (aiohttp): a rental's renter uploads its job spec privately, reads its job's
 status and logs, downloads its results and opens a shell in its running container. `offchain.protocol.renterapi` defines
-the paths, the wire models and the request signatures; this module answers them.
+the paths, the wire models and the request signatures; this module answers them. `GET /v1/agent`, unsigned, says
+who the agent is and how its machine's clock stands against the chain's (`offchain.agent.chainclock`).
 
 Every rental request is checked in this order, and a refused one changes nothing: a valid EIP-712 signature whose
 expiry has not passed and is at most five minutes ahead (401); a rental of this agent's provider (404); signed by
@@ -45,6 +46,7 @@ from offchain.protocol.renterapi import (
     AgentInfo,
     ApiError,
     ApiErrorCode,
+    ClockStatus,
     ContainerView,
     JobStatus,
     LogEnd,
@@ -116,6 +118,7 @@ class RenterApi:
         db: sqlite3.Connection,
         wake: Callable[[int], None],
         clock: Callable[[], float] = time.time,
+        clock_status: Callable[[], ClockStatus] | None = None,
     ) -> None:
         self._settings = settings
         self._key = key
@@ -125,6 +128,7 @@ class RenterApi:
         self._db = db
         self._wake = wake
         self._clock = clock
+        self._clock_status = clock_status
         self._shells: dict[int, set[asyncio.Task]] = {}
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -199,7 +203,8 @@ class RenterApi:
     # ---------------------------------------------------------------- handlers
 
     async def _agent(self, request: web.Request) -> web.Response:
-        return web.json_response(text=self.info.model_dump_json())
+        clock = None if self._clock_status is None else self._clock_status()
+        return web.json_response(text=self.info.model_copy(update={"clock": clock}).model_dump_json())
 
     async def _spec(self, request: web.Request) -> web.Response:
         body = await request.read()

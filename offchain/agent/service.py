@@ -37,6 +37,12 @@ rentals that are done.
 Nothing a rental brings can take the agent down: any error while preparing or running one rental ends that
 rental (declined while it is open, else a Failed report with the reason) while the agent serves the others.
 
+Everything a report carries is on the chain's time, which the rental runs on (its `since` and end are block
+timestamps): the agent keeps a `ChainClock` (`offchain.agent.chainclock`) measured from the blocks it reads, paces
+its samples on it, stamps them with it and closes periods by it, so a machine clock that is off neither loses the
+rental's first seconds nor bills seconds after its job ended. A machine clock further than `max_clock_skew_seconds`
+from the chain's is logged as an ERROR and makes the agent decline new rentals.
+
 Simulated telemetry (a `TelemetrySource` whose `simulated` is True: the simulator, or a replayed trace) is
 refused unless the settings allow it; when allowed, every log line of the agent says SIMULATED and every report
 carries `simulated=True`. Running jobs as bare host processes (`unsafe_bare_process`, local chains only) labels
@@ -58,6 +64,7 @@ from web3.exceptions import Web3Exception
 
 from offchain.agent.admission import RentalRefused, admit, offer_gpus_here
 from offchain.agent.api import RenterApi
+from offchain.agent.chainclock import ChainClock
 from offchain.agent.containers import EngineError, ImageUnavailable
 from offchain.agent.job import NOT_STARTED_EXIT_CODE, ZERO_DIGEST, ContainerJob, Job, JobOutcome
 from offchain.agent.jobspec import JobSpec, JobSpecInvalid, JobSpecMissing, JobSpecStore
@@ -87,6 +94,7 @@ CHAIN_ERRORS = (ChainUnreachable, Web3Exception)
 AGENT_LOGGERS = (
     "offchain.agent.service",
     "offchain.agent.api",
+    "offchain.agent.chainclock",
     "offchain.agent.launcher",
     "offchain.agent.job",
     "offchain.agent.bareprocess",
@@ -145,10 +153,10 @@ class ProviderAgent:
         assert settings.key is not None  # AgentSettings resolves the key or fails validation
         self._settings = settings
         self._source = source
-        self._clock = clock
         self._key = settings.key.get_secret_value()
         self.address = Account.from_key(self._key).address
         self._w3 = connect(settings.chain.rpc_url)
+        self.chain_clock = ChainClock(self._w3, max_skew_seconds=settings.max_clock_skew_seconds, clock=clock)
         self._reader = ChainReader(self._w3, settings.chain.registry, settings.chain.escrow)
         self._escrow = self._reader.escrow
         self._db = open_db(settings.db_path)
@@ -173,7 +181,17 @@ class ProviderAgent:
         self.api = (
             None
             if settings.api_port is None
-            else RenterApi(settings, self._key, self.book, self.jobs, self._specs, self._db, self._ensure_runner, clock)
+            else RenterApi(
+                settings,
+                self._key,
+                self.book,
+                self.jobs,
+                self._specs,
+                self._db,
+                self._ensure_runner,
+                clock,
+                self.chain_clock.status,
+            )
         )
         self._wakeups: dict[int, asyncio.Event] = {}
         self._buffers: dict[int, _SampleBuffer] = {}
@@ -217,6 +235,7 @@ class ProviderAgent:
                 self._group = group
                 group.create_task(self.txmgr.run(asyncio.Event()))  # stops when the group is cancelled
                 group.create_task(self.outbox.run())
+                group.create_task(self._clock_loop())
                 group.create_task(self._sample_loop())
                 for record in self.book.unfinished():
                     log.info("resuming rental %d (%s)", record.rental_id, record.phase)
@@ -247,6 +266,31 @@ class ProviderAgent:
                 logging.getLogger(name).removeFilter(label)
 
     # ---------------------------------------------------------------- chain events
+
+    async def _clock_loop(self) -> None:
+        """Measures the chain's clock every `chain_poll_seconds` (`offchain.agent.chainclock`)."""
+        while True:
+            try:
+                await self.chain_clock.measure()
+            except CHAIN_ERRORS as exc:
+                log.warning("chain clock: reading blocks failed: %r", exc)
+            await asyncio.sleep(self._settings.chain_poll_seconds)
+
+    async def _synchronise(self) -> None:
+        """Measures the chain's clock now unless it has been: a rental is never timed on this machine's clock
+        alone. Raises the chain's errors, which the rental's runner retries."""
+        if not self.chain_clock.synchronised:
+            await self.chain_clock.measure()
+
+    def _check_skew(self) -> None:
+        """Refuses a new rental while this machine's clock is beyond the bound from the chain's."""
+        clock = self.chain_clock
+        if clock.skewed:
+            raise RentalRefused(
+                DeclineReason.AGENT_FAILURE,
+                f"the provider machine's clock is {abs(clock.offset):.0f} s off the chain's, beyond the "
+                f"{clock.max_skew_seconds:.0f} s it allows",
+            )
 
     async def _watch_loop(self) -> None:
         while True:
@@ -348,7 +392,9 @@ class ProviderAgent:
         if not state.status.is_live:
             self.book.finish(rental_id, f"not started: rental is {state.status.name}")
             return
+        await self._synchronise()
         try:
+            self._check_skew()
             spec = await self._await_spec(record, state)
             if spec is None:
                 return
@@ -366,7 +412,7 @@ class ProviderAgent:
         # sample taken here covers the current second, whose mid-second tick may already have passed.
         buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(prepared.gpu_uuids))
         try:
-            buffer.add(await self._source.sample())
+            buffer.add(self._on_chain_time(await self._source.sample()))
         except TelemetryError as exc:
             log.warning("telemetry sample failed: %s", exc)
         self._sampling.set()
@@ -412,7 +458,7 @@ class ProviderAgent:
             except JobSpecInvalid as exc:
                 raise RentalRefused(DeclineReason.SPEC_INVALID, str(exc)) from exc
             except JobSpecMissing as exc:
-                if self._clock() >= deadline:
+                if self.chain_clock.now() >= deadline:
                     raise RentalRefused(DeclineReason.SPEC_MISSING, f"no job spec arrived in time: {exc}") from exc
                 log.warning("rental %d: %s", record.rental_id, exc)
             state = await self._rental_state(record.rental_id)
@@ -420,7 +466,7 @@ class ProviderAgent:
                 self.book.finish(record.rental_id, f"no job spec while open; rental is {state.status.name}")
                 return None
             await self._sleep_or_wake(
-                record.rental_id, min(self._settings.chain_poll_seconds, max(0.05, deadline - self._clock()))
+                record.rental_id, min(self._settings.chain_poll_seconds, max(0.05, deadline - self.chain_clock.now()))
             )
 
     async def _prepare(self, record: RentalRecord, spec: JobSpec, state: Rental | None = None) -> PreparedJob:
@@ -435,7 +481,7 @@ class ProviderAgent:
         pull_window = None
         if state is not None:
             # A pull must end in time to start the rental (or decline it) before the start timeout.
-            pull_window = state.since + await self._start_timeout_seconds() * 3 / 4 - self._clock()
+            pull_window = state.since + await self._start_timeout_seconds() * 3 / 4 - self.chain_clock.now()
             if pull_window <= 0:
                 raise RentalRefused(
                     DeclineReason.IMAGE_UNAVAILABLE,
@@ -467,7 +513,7 @@ class ProviderAgent:
             if failure is not None:
                 self.book.finish(rental_id, f"not declined: {failure}")
                 return
-            if self._clock() > state.since + await self._start_timeout_seconds():
+            if self.chain_clock.now() > state.since + await self._start_timeout_seconds():
                 self.book.finish(rental_id, "not declined before the start timeout")
                 return
             await self._sleep_or_wake(rental_id, self._settings.chain_poll_seconds)
@@ -523,6 +569,7 @@ class ProviderAgent:
         """Runs the job (or takes over the one an earlier life of the agent left running) and reports until the
         rental is done."""
         rental_id = record.rental_id
+        await self._synchronise()
         try:
             prepared = await self._prepare(record, await self._specs.get(record.spec_hash))
         except (RentalRefused, JobSpecMissing, JobSpecInvalid) as exc:
@@ -538,7 +585,7 @@ class ProviderAgent:
             buffer = self._buffers[rental_id] = _SampleBuffer(frozenset(prepared.gpu_uuids))
         self._sampling.set()
         assert record.ends_at is not None  # taken from the chain just above
-        if record.terminated or self._clock() >= record.ends_at:
+        if record.terminated or self.chain_clock.now() >= record.ends_at:
             await self.jobs.discard(record)
             await self._close_period(record, prepared.gpu_uuids, buffer)
             return
@@ -609,7 +656,7 @@ class ProviderAgent:
                 self.book.finish(rental_id, "finalized on chain")
                 log.info("rental %d finalised on chain: job stopped", rental_id)
                 return
-            now = self._clock()
+            now = self.chain_clock.now()
             if record.terminated or now >= record.ends_at:
                 log.info(
                     "rental %d %s: stopping the job",
@@ -646,7 +693,10 @@ class ProviderAgent:
             f" ({outcome.reason})" if outcome.reason else "",
             status.name,
         )
-        period_end = await self._period_end(record, outcome.finished_at)
+        finished_at = outcome.finished_at
+        period_end = await self._period_end(
+            record, None if finished_at is None else self.chain_clock.from_system_time(finished_at)
+        )
         if period_end is None:
             self._record_exit(record.rental_id, outcome)
             self.book.finish(record.rental_id, f"job {status.name.lower()} after the rental's end")
@@ -683,17 +733,18 @@ class ProviderAgent:
         self._commit_report(record, gpu_uuids, buffer, period_end, done="ended before the job")
 
     async def _period_end(self, record: RentalRecord, at: float | None = None) -> int | None:
-        """The end of a rental's last period: now (or `at`, when the job ended earlier), but at most the rental's
-        end and at least one second after the period start (waiting for it); None when the period start already
-        reached the end."""
+        """The end of a rental's last period, in chain time: now (or `at`, when the job ended earlier), but at most
+        the rental's end and at least one second after the period start (waiting for it); None when the period
+        start already reached the end."""
         assert record.period_start is not None and record.ends_at is not None
         if record.period_start >= record.ends_at:
             return None
         earliest = record.period_start + 1
-        now = self._clock()
+        now = self.chain_clock.now()
         if now < earliest:
             await asyncio.sleep(earliest - now)
-        end = self._clock() if at is None else min(self._clock(), math.ceil(at))
+        now = self.chain_clock.now()
+        end = now if at is None else min(now, math.ceil(at))
         return min(max(int(end), earliest), record.ends_at)
 
     def _commit_report(
@@ -781,15 +832,21 @@ class ProviderAgent:
 
     # ---------------------------------------------------------------- telemetry
 
+    def _on_chain_time(self, tick: list[GpuSample]) -> list[GpuSample]:
+        """A tick's samples stamped on the chain's time instead of this machine's clock, which the source read."""
+        return [s.model_copy(update={"timestamp": self.chain_clock.to_chain(s.timestamp)}) for s in tick]
+
     async def _sample_loop(self) -> None:
-        """Samples every GPU once per `sample_interval_seconds` while any rental is supervised."""
+        """Samples every GPU once per `sample_interval_seconds` of the chain's time while any rental is supervised;
+        the samples are stamped on the chain's time."""
         interval = self._settings.sample_interval_seconds
         while True:
             await self._sampling.wait()
             try:
-                async for tick in ticks(self._source, interval=interval, clock=self._clock):
+                async for tick in ticks(self._source, interval=interval, clock=self.chain_clock.now):
+                    chain_tick = self._on_chain_time(tick)
                     for buffer in self._buffers.values():
-                        buffer.add(tick)
+                        buffer.add(chain_tick)
                     if not self._buffers:
                         break
             except TraceExhausted as exc:

@@ -50,6 +50,9 @@ class ProviderAgentSettings(AgentSettings):
     retry_initial_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=60.0, gt=0)
     tx_timeout_seconds: float = Field(default=120.0, gt=0)
+    # How far this machine's clock may be from the chain's (measured from block timestamps) before the agent logs
+    # an ERROR and declines new rentals (offchain.agent.chainclock); samples and reports are on chain time anyway.
+    max_clock_skew_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("spec_url")
     @classmethod

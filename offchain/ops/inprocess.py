@@ -2,11 +2,11 @@
 (2-of-3, oracle 0 the leader with the batcher and the keeper) and, if asked, one real `ProviderAgent`, all on
 loopback against a local chain that some other party (Brownie, a test) started.
 
-Every service times its work by the wall clock, and anvil stamps its blocks with it. Anvil mines a block only per
-transaction, though, and the keeper judges what is due by the latest block's timestamp, which would otherwise
-stand still while nothing is sent: `running_exchange` therefore also mines an empty block every
-`block_interval_seconds`, as a real chain would, and stops when it returns (the chain's mining mode is never
-changed).
+The oracles time their work by the wall clock, the agent by the chain's (measured from block timestamps), and anvil
+stamps its blocks with the wall clock. Anvil mines a block only per transaction, though, and the keeper judges what
+is due by the latest block's timestamp, which would otherwise stand still while nothing is sent: `running_exchange`
+therefore also mines an empty block every `block_interval_seconds`, as a real chain would, and stops when it
+returns (the chain's mining mode is never changed).
 """
 
 from __future__ import annotations
@@ -53,11 +53,13 @@ class ExchangeTimers:
 
 @dataclass(frozen=True)
 class ProviderMachine:
-    """A provider machine to run an agent on: the agent key the provider registered and the GPUs' telemetry."""
+    """A provider machine to run an agent on: the agent key the provider registered, the GPUs' telemetry and the
+    machine's clock (the system clock unless a test gives one that is off)."""
 
     provider: str
     agent_key: bytes
     source: TelemetrySource
+    clock: Callable[[], float] = time.time
 
 
 def agent_spec_dir(state_root: Path) -> Path:
@@ -241,7 +243,7 @@ async def _start_agent_side(
     urls = list(oracle_urls) if oracle_urls is not None else [f"http://127.0.0.1:{o.port}" for o in exchange.oracles]
     start_block = await w3.eth.block_number + 1
     exchange.agent = ProviderAgent(
-        _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source
+        _agent_settings(chain, state_root, machine, urls, start_block, timers), machine.source, clock=machine.clock
     )
     exchange.tasks.append(asyncio.create_task(exchange.agent.run(), name="agent"))
     agent = exchange.agent

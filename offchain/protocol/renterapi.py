@@ -35,7 +35,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_keys import keys
 from eth_utils import keccak, to_checksum_address
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from offchain.protocol.eip712 import EIP712_DOMAIN_FIELDS, struct_fields
 
@@ -85,6 +85,18 @@ class ApiError(BaseModel):
     detail: str
 
 
+class ClockStatus(BaseModel):
+    """The agent's view of the chain's clock (`offchain.agent.chainclock`): it stamps samples and report periods on
+    the chain's time, this machine's clock plus the offset measured from blocks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    synchronised: bool = Field(description="whether the offset has been measured from a block")
+    offset_seconds: float = Field(description="chain time minus the machine's clock (0 until measured)")
+    max_skew_seconds: float = Field(description="how far the offset may be before the agent declines rentals")
+    skewed: bool = Field(description="whether the offset is beyond max_skew_seconds")
+
+
 class AgentInfo(BaseModel):
     """`GET /v1/agent`."""
 
@@ -96,6 +108,7 @@ class AgentInfo(BaseModel):
     escrow: str
     isolation: str  # container | bare-process
     engine: str | None
+    clock: ClockStatus | None = None  # None from an agent that does not say
 
 
 class SpecUpload(BaseModel):

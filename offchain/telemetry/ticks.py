@@ -1,4 +1,4 @@
-"""Paces a telemetry source on the wall clock."""
+"""Paces a telemetry source on a clock: the wall clock, or the chain's as the provider agent keeps it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ async def ticks(
 
     Mid-slot deadlines keep scheduling jitter from moving a tick into a neighbouring second, where
     windowing would count one second twice and the next not at all. A tick that overruns skips the
-    deadlines it missed instead of sampling in a burst to catch up. Runs forever unless `count` is given.
+    deadlines it missed instead of sampling in a burst to catch up; a clock that steps back (the chain's, measured
+    afresh after its time went back) starts again from its current slot instead of waiting for the old deadline.
+    Runs forever unless `count` is given.
     """
     if interval <= 0:
         raise ValueError("interval must be positive")
@@ -31,6 +33,8 @@ async def ticks(
     taken = 0
     while count is None or taken < count:
         now = clock()
+        if deadline - now > interval:
+            deadline = (math.floor(now / interval) + 0.5) * interval
         if deadline < now:
             deadline += math.ceil((now - deadline) / interval) * interval
         await sleep(deadline - now)

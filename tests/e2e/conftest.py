@@ -3,8 +3,8 @@ with the AGENT key, and `running_exchange`: three real `OracleService`s (2-of-3,
 keeper) and one real `ProviderAgent` in-process on loopback (`offchain.ops.inprocess`, which the demo runs too).
 
 The suite is deployed with a short start timeout and report grace so that every scenario runs on the wall clock:
-the agent and the oracles time report periods by the wall clock and the chain stamps blocks with it, so no
-scenario moves chain time (`chain.sleep`) and later scenarios are not thrown off by an earlier one.
+the oracles judge reports by the wall clock (the agent keeps the chain's) and the chain stamps blocks with it, so
+no scenario moves chain time (`chain.sleep`) and later scenarios are not thrown off by an earlier one.
 
 Constants (keys, price) come from tests/offchain/conftest.py; the role, token and chain-settings fixtures from
 tests/conftest.py.

@@ -18,6 +18,10 @@ from offchain.telemetry.source import TelemetrySource
 from tests.offchain.conftest import AGENT, AGENT_KEY, PRICE
 
 _seeds = itertools.count(1000)
+#: The skew these agents allow. Other suites on the same anvil move its clock far from the wall clock (`chain.sleep`
+#: ahead; their isolation's reverts back to a snapshot's time), and the agent keeps time by the chain's clock
+#: whatever its distance: its bound is for a provider machine, and test_chainclock tests it.
+ANY_SKEW_SECONDS = 10 * 365 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ def gpu_offer(suite, provider, funded_agent):
 @pytest.fixture
 def agent_settings(chain_settings, provider, tmp_path, job_image):
     """Settings for an agent with state under tmp_path that watches from the next block, fast everything, running
-    jobs in the busybox job image with small limits and stopping them when it stops."""
+    jobs in the busybox job image with small limits and stopping them when it stops, on the chain's clock however
+    far other suites moved it."""
 
     def _agent_settings(oracles: list[str], state_dir: Path | None = None, **overrides) -> ProviderAgentSettings:
         fields = dict(
@@ -84,6 +89,7 @@ def agent_settings(chain_settings, provider, tmp_path, job_image):
             ),
             keep_jobs_on_exit=False,
             api_port=0,
+            max_clock_skew_seconds=ANY_SKEW_SECONDS,
         )
         fields.update(overrides)
         return ProviderAgentSettings(**fields)

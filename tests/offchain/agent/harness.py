@@ -114,6 +114,7 @@ def agent_process(
         "GPUEX_AGENT_RETRY_MAX_SECONDS": "0.5",
         "GPUEX_AGENT_START_BLOCK": str(settings.start_block),
         "GPUEX_AGENT_CONTAINER__DEFAULT_IMAGE": settings.container.default_image,
+        "GPUEX_AGENT_MAX_CLOCK_SKEW_SECONDS": str(settings.max_clock_skew_seconds),
         **{f"GPUEX_AGENT_{name.upper()}": value for name, value in extra.items()},
     }
     return [sys.executable, str(Path(__file__).with_name("agent_process.py")), str(seed)], env

@@ -1,4 +1,5 @@
-"""The agent's settings: bare host processes only on a local development chain, a job user that is never root."""
+"""The agent's settings: bare host processes only on a local development chain, a job user that is never root, a
+positive bound on the clock's skew."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def test_containers_by_default_with_a_non_root_user():
     assert chosen.container.uid != 0 and chosen.container.gid != 0
     with pytest.raises(ValidationError):
         settings(1, container={"user": "0:0"})
+
+
+def test_the_clock_skew_bound_comes_from_the_environment_and_must_be_positive(monkeypatch):
+    assert settings(1).max_clock_skew_seconds == 30
+    monkeypatch.setenv("GPUEX_AGENT_MAX_CLOCK_SKEW_SECONDS", "5")
+    assert settings(1).max_clock_skew_seconds == 5
+    for hostile in ("0", "-30", "nan", "soon"):
+        monkeypatch.setenv("GPUEX_AGENT_MAX_CLOCK_SKEW_SECONDS", hostile)
+        with pytest.raises(ValidationError, match="max_clock_skew_seconds"):
+            settings(1)

@@ -1,4 +1,4 @@
-"""Pacing a source on the wall clock."""
+"""Pacing a source on a clock."""
 
 from __future__ import annotations
 
@@ -66,6 +66,21 @@ def test_an_overrunning_tick_skips_missed_deadlines_instead_of_bursting():
     clock = FakeClock(1_000.5, work=2.2)
 
     assert _stamps(clock, 3) == [1_000.5, 1_003.5, 1_006.5]
+
+
+def test_a_clock_that_steps_back_starts_again_from_its_current_slot():
+    clock = FakeClock(1_000.5)
+
+    async def run():
+        stamps = []
+        async for tick in ticks(ClockedSource(clock), count=3, clock=clock, sleep=clock.sleep):
+            stamps.append(tick[0].timestamp)
+            if len(stamps) == 1:
+                clock.now -= 100.2  # the chain's time went back: no 100 s wait for the old schedule
+        return stamps
+
+    assert asyncio.run(run()) == [1_000.5, 900.5, 901.5]
+    assert max(clock.sleeps) <= 1.0
 
 
 def test_interval_sets_the_slot_length():
