@@ -76,6 +76,13 @@ PASSING_REFUSALS = frozenset(
 )
 
 
+def _against(rental: Rental, now: int) -> str:
+    return (
+        f"at block time {now} (rental {rental.status.name} since {rental.since}, applied seq {rental.last_seq} "
+        f"covering to {rental.covered_until}, {rental.delivered_seconds} s delivered)"
+    )
+
+
 def _listed(refusals: dict[str, OracleError]) -> str:
     return ", ".join(sorted({f"{error.error}: {error.detail}" for error in refusals.values()}))
 
@@ -368,7 +375,7 @@ class Batcher:
             elif skip in TRANSIENT_SKIPS:
                 log.info("rental %d seq %d waits for the chain's clock (%s)", *report.key, skip.name)
             elif skip is not None:
-                doomed.append((report.key, f"{skip.name}: the chain would skip it (block time {now}, {rental!r})"))
+                doomed.append((report.key, f"{skip.name}: the chain would skip it {_against(rental, now)}"))
             else:
                 taken.append((report.key, reason))
         self._settle(settled)

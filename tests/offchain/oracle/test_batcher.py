@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, NamedTuple
+from typing import AsyncIterator, NamedTuple, Sequence
 
 import aiohttp
 import pytest
@@ -48,8 +48,9 @@ class Leader(NamedTuple):
 
 
 @asynccontextmanager
-async def leader(settings, checkpoint_interval: int) -> AsyncIterator[Leader]:
-    """Oracle 0's batcher, store, tx manager and chain view (following the chain), as `OracleService` wires them."""
+async def leader(settings, checkpoint_interval: int, peers: Sequence[str] = ()) -> AsyncIterator[Leader]:
+    """Oracle 0's batcher, store, tx manager and chain view (following the chain), as `OracleService` wires them,
+    asking `peers` (base URLs) to co-sign."""
     w3 = connect(settings.chain.rpc_url)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     view = ChainView(w3, settings.chain)
@@ -67,7 +68,7 @@ async def leader(settings, checkpoint_interval: int) -> AsyncIterator[Leader]:
             session=session,
             escrow=contract(w3, "RentalEscrow", settings.chain.escrow),
             signer=BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow),
-            peers=[],
+            peers=peers,
             max_batch_reports=settings.max_batch_reports,
             metrics=metrics,
             checkpoint_interval_seconds=checkpoint_interval,
