@@ -15,6 +15,14 @@ reached it, else `skipped` (the escrow skipped it with `ReportSkipped`), and nev
 the rental lands in its turn. A batch whose transaction failed goes back to the store and the next epoch takes
 each rental's latest report again. Reports the chain no longer takes (the rental is final, or a later seq already
 landed) are settled before they are batched.
+
+No report can hold up another rental's: each due report is checked against its rental's fresh state with the
+escrow's own rules (`offchain.protocol.skips`), and one the chain would skip for good is `quarantined` with its
+reason instead of batched, while one covering time after the latest block waits for the chain's clock. A report
+the peers refuse is left out and the rest co-signed without it; it is quarantined only when the refusals leave
+too few oracles to sign it, for reasons that do not pass. Every batch is dry-run before it is handed over, and
+halved until a report that makes it revert is isolated; a report whose batches failed `MAX_FAILED_BATCHES` times
+is quarantined.
 """
 
 from __future__ import annotations
@@ -60,6 +68,15 @@ MAX_FAILED_BATCHES = 3
 QUARANTINE_COSIGN = "cosign_refused"  # too many peers refuse to co-sign it for good
 QUARANTINE_DRY_RUN = "dry_run_reverted"  # its batch's call reverts with it and passes without it
 QUARANTINE_FAILED = "batch_failed"  # MAX_FAILED_BATCHES transactions carrying it failed
+#: `submitReports` reverts that concern the batch's signatures, never one of its reports: no split finds a culprit.
+BATCH_REVERTS = (
+    "Escrow_EmptyBatch",
+    "Escrow_MalformedSignatures",
+    "Escrow_NotEnoughSignatures",
+    "Escrow_SignerNotInOracleSet",
+    "Escrow_DuplicateSigner",
+    "ECDSAInvalidSignature",
+)
 #: Peers' refusals that may pass (their chain view lags, the report is not yet due on their clock, they miss an
 #: earlier report): a report refused for one of them is left out of the batch but stays held.
 PASSING_REFUSALS = frozenset(
@@ -111,6 +128,10 @@ def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_
     if waiting.covered_until - landed_until >= checkpoint_interval:
         return LandingReason.CHECKPOINT
     return None
+
+
+class BatchReverted(Exception):
+    """A co-signed batch's call reverts for its signatures (`BATCH_REVERTS`): nothing of it can be sent now."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +191,11 @@ class Batcher:
         cosigned = await self._cosigned(self._store.submissions(reasons), oracle_set)
         if cosigned is None:
             return BatchOutcome(None, len(due), "not enough co-signatures")
-        parts, reverted = await self._passing(*cosigned, oracle_set)
+        try:
+            parts, reverted = await self._passing(*cosigned, oracle_set)
+        except BatchReverted as exc:
+            log.warning("batch of %d reports not submitted: %s", len(cosigned[0]), exc)
+            return BatchOutcome(None, len(cosigned[0]), str(exc))
         if parts and reverted:
             # The rest of the batch passes without them: what reverts is theirs, not the batch's.
             self._quarantine([(key_of(s), f"{QUARANTINE_DRY_RUN}: {reason}") for s, reason in reverted])
@@ -253,8 +278,9 @@ class Batcher:
         self, submissions: list[TelemetrySubmission], signatures: list[bytes], oracle_set: OracleSet
     ) -> tuple[list[tuple[list[TelemetrySubmission], bytes]], list[tuple[TelemetrySubmission, str]]]:
         """The parts of a co-signed batch whose `submitReports` call passes, each with its call data, and the
-        reports left alone whose call reverts, with the reason. A batch that reverts is halved and each half
-        co-signed again; a half that cannot be co-signed waits for the next epoch."""
+        reports whose call reverts alone, with the reason. A batch that reverts for one of its reports (anything
+        but its signatures) is halved and each half co-signed again, until the report is isolated; a half that
+        cannot be co-signed waits for the next epoch. Raises BatchReverted when the signatures are at fault."""
         data = self._escrow.encode_abi(
             "submitReports", args=submit_args(chain_reports(submissions), signatures, oracle_set.version)
         )
@@ -262,6 +288,8 @@ class Batcher:
         try:
             await dry_run(self._escrow.w3, call, self._decoder, "pending")
         except DryRunFailed as failed:
+            if failed.reason.startswith(BATCH_REVERTS):
+                raise BatchReverted(failed.summary) from None
             if len(submissions) == 1:
                 return [], [(submissions[0], failed.summary)]
             log.warning("batch of %d reports would revert (%s): halving it", len(submissions), failed.summary)
