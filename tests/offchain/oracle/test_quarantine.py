@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from brownie import chain
+from eth_utils import keccak
 
 from offchain.oracle.app import STORE, TELEMETRY_PATH
 from offchain.oracle.batcher import MAX_FAILED_BATCHES
@@ -19,8 +20,19 @@ from offchain.oracle.store import ReportState, SubmissionKey
 from offchain.protocol.messages import CosignRequest, OracleError, RejectReason
 from offchain.protocol.reports import ReportStatus
 from offchain.protocol.status import RentalStatus
+from scripts.deploy import SuiteParams
 from tests.offchain.chain.helpers import settle
-from tests.offchain.oracle.helpers import PERIOD, body, oracle_client, post, report, submission
+from tests.offchain.conftest import ORACLES
+from tests.offchain.oracle.helpers import (
+    PERIOD,
+    RENTAL_SECONDS,
+    Rental,
+    body,
+    oracle_client,
+    post,
+    report,
+    submission,
+)
 from tests.offchain.oracle.test_batcher import NEVER, accept, land, leader, on_chain
 
 
@@ -32,8 +44,15 @@ async def refusing_peer(reason: RejectReason):
         error = OracleError(error=reason, detail="refused by a test peer", index=0)
         return web.json_response(error.model_dump(mode="json"), status=409)
 
+    async with serving(refuse) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving(cosign):
+    """A peer whose co-signing endpoint is `cosign`; its base URL."""
     app = web.Application()
-    app.router.add_post(COSIGN_PATH, refuse)
+    app.router.add_post(COSIGN_PATH, cosign)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -199,3 +218,43 @@ def test_a_peer_asked_to_cosign_a_second_report_for_a_held_seq_keeps_both_as_evi
     assert [(e.rental_id, e.seq, e.provider, e.held.report, e.other.report) for e in kept] == [
         (rental.rental_id, 1, provider.address, held, other)
     ]
+
+
+def test_a_batch_whose_signatures_stop_verifying_is_not_sent_and_quarantines_nothing(
+    make_settings, clock, suite, offer, deployer, renter, provider
+):
+    """The oracle set changes while the batch is being co-signed: its dry-run reverts for the signatures, so no
+    transaction is stored, the report stays held, and the next epoch lands it under the new set."""
+    suite.escrow.scheduleOracleSet([o.address for o in ORACLES], 2, {"from": deployer})
+    chain.sleep(SuiteParams().governance_delay + 1)
+    rental_id = suite.escrow.openRental(offer, RENTAL_SECONDS, 10**9, keccak(text="job"), {"from": renter}).return_value
+    rental = Rental(rental_id, suite.escrow.start(rental_id, {"from": provider}).timestamp)
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+    settings = make_settings(0)
+
+    async def scenario():
+        async with oracle_client(make_settings(1), clock=clock) as honest:
+            signing = str(honest.make_url("")).rstrip("/")
+            activated = asyncio.Event()
+
+            async def cosign_then_activate(request: web.Request) -> web.Response:
+                """The honest peer's answer, given once the scheduled oracle set took effect."""
+                async with honest.session.post(signing + COSIGN_PATH, data=await request.read()) as answer:
+                    signed = await answer.read()
+                if not activated.is_set():
+                    activated.set()
+                    await asyncio.to_thread(suite.escrow.activateOracleSet, {"from": deployer})
+                return web.Response(body=signed, status=answer.status, content_type="application/json")
+
+            async with serving(cosign_then_activate) as racing, leader(settings, NEVER, [racing]) as oracle:
+                accept(settings, oracle, final_report(rental))
+                outcome = await oracle.batcher.close_batch()
+                after_race = (oracle.txmgr.records(), oracle.store.state(SubmissionKey(rental_id, 1)))
+                return outcome, after_race, await land(oracle)
+
+    outcome, (records, state), carried = asyncio.run(scenario())
+    assert outcome.tx_key is None
+    assert outcome.reason.startswith("dry-run reverted: Escrow_SignerNotInOracleSet")
+    assert (records, state) == ([], ReportState.HELD)
+    assert carried == [(rental_id, 1)]
