@@ -77,8 +77,9 @@ BATCH_REVERTS = (
     "Escrow_DuplicateSigner",
     "ECDSAInvalidSignature",
 )
-#: Peers' refusals that may pass (their chain view lags, the report is not yet due on their clock, they miss an
-#: earlier report): a report refused for one of them is left out of the batch but stays held.
+#: Peers' refusals that may pass (their chain view lags, a new agent key among it, the report is not yet due on
+#: their clock, they miss an earlier report): a report refused for one of them is left out of the batch but stays
+#: held.
 PASSING_REFUSALS = frozenset(
     {
         RejectReason.CHAIN_UNAVAILABLE,
@@ -87,6 +88,7 @@ PASSING_REFUSALS = frozenset(
         RejectReason.SEQ_STALE,
         RejectReason.PERIOD_DISCONTINUOUS,
         RejectReason.AGENT_NOT_SET,
+        RejectReason.SIGNER_NOT_AGENT,
         RejectReason.UNKNOWN_RENTAL,
         RejectReason.RENTAL_NOT_LIVE,
     }
