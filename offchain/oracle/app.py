@@ -206,6 +206,8 @@ async def get_healthz(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    request.app[METRICS].observe_quarantine(store.quarantine_counts(), store.count_equivocations())
     return web.Response(body=request.app[METRICS].render().encode(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -15,6 +15,14 @@ reached it, else `skipped` (the escrow skipped it with `ReportSkipped`), and nev
 the rental lands in its turn. A batch whose transaction failed goes back to the store and the next epoch takes
 each rental's latest report again. Reports the chain no longer takes (the rental is final, or a later seq already
 landed) are settled before they are batched.
+
+No report can hold up another rental's: each due report is checked against its rental's fresh state with the
+escrow's own rules (`offchain.protocol.skips`), and one the chain would skip for good is `quarantined` with its
+reason instead of batched, while one covering time after the latest block waits for the chain's clock. A report
+the peers refuse is left out and the rest co-signed without it; it is quarantined only when the refusals leave
+too few oracles to sign it, for reasons that do not pass. Every batch is dry-run before it is handed over, and
+halved until a report that makes it revert is isolated; a report whose batches failed `MAX_FAILED_BATCHES` times
+is quarantined.
 """
 
 from __future__ import annotations
@@ -27,16 +35,20 @@ from typing import Sequence
 
 import aiohttp
 from eth_utils import keccak
+from web3.types import TxParams
 
-from offchain.chain.reads import Rental
+from offchain.chain.reads import OracleSet, Rental
+from offchain.chain.tx.dryrun import DryRunFailed, dry_run
 from offchain.chain.tx.manager import TxManager
+from offchain.chain.tx.reverts import RevertDecoder
 from offchain.chain.tx.store import FINAL_STATES, TxRecord, TxState
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import ReportState, SubmissionKey, SubmissionStore, WaitingReport, key_of
-from offchain.protocol.messages import CosignRequest, chain_reports
+from offchain.protocol.messages import CosignRequest, OracleError, RejectReason, TelemetrySubmission, chain_reports
 from offchain.protocol.reports import BatchSigner, ReportStatus, submit_args
+from offchain.protocol.skips import TRANSIENT_SKIPS, predict_skip
 from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)
@@ -48,6 +60,50 @@ BATCH_BASE_GAS = 60_000
 REPORT_GAS = 25_000
 #: Reports one transaction may carry under MAX_BATCH_GAS.
 MAX_REPORTS_BY_GAS = (MAX_BATCH_GAS - BATCH_BASE_GAS) // REPORT_GAS
+
+
+#: Batch transactions a report may fail in before it is quarantined.
+MAX_FAILED_BATCHES = 3
+#: The kinds of quarantine that are not a `SkipReason` name: the first word of a quarantined report's reason.
+QUARANTINE_COSIGN = "cosign_refused"  # too many peers refuse to co-sign it for good
+QUARANTINE_DRY_RUN = "dry_run_reverted"  # its batch's call reverts with it and passes without it
+QUARANTINE_FAILED = "batch_failed"  # MAX_FAILED_BATCHES transactions carrying it failed
+#: `submitReports` reverts that concern the batch's signatures, never one of its reports: no split finds a culprit.
+BATCH_REVERTS = (
+    "Escrow_EmptyBatch",
+    "Escrow_MalformedSignatures",
+    "Escrow_NotEnoughSignatures",
+    "Escrow_SignerNotInOracleSet",
+    "Escrow_DuplicateSigner",
+    "ECDSAInvalidSignature",
+)
+#: Peers' refusals that may pass (their chain view lags, a new agent key among it, the report is not yet due on
+#: their clock, they miss an earlier report): a report refused for one of them is left out of the batch but stays
+#: held.
+PASSING_REFUSALS = frozenset(
+    {
+        RejectReason.CHAIN_UNAVAILABLE,
+        RejectReason.PERIOD_IN_FUTURE,
+        RejectReason.SEQ_GAP,
+        RejectReason.SEQ_STALE,
+        RejectReason.PERIOD_DISCONTINUOUS,
+        RejectReason.AGENT_NOT_SET,
+        RejectReason.SIGNER_NOT_AGENT,
+        RejectReason.UNKNOWN_RENTAL,
+        RejectReason.RENTAL_NOT_LIVE,
+    }
+)
+
+
+def _against(rental: Rental, now: int) -> str:
+    return (
+        f"at block time {now} (rental {rental.status.name} since {rental.since}, applied seq {rental.last_seq} "
+        f"covering to {rental.covered_until}, {rental.delivered_seconds} s delivered)"
+    )
+
+
+def _listed(refusals: dict[str, OracleError]) -> str:
+    return ", ".join(sorted({f"{error.error}: {error.detail}" for error in refusals.values()}))
 
 
 class LandingReason(StrEnum):
@@ -74,6 +130,10 @@ def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_
     if waiting.covered_until - landed_until >= checkpoint_interval:
         return LandingReason.CHECKPOINT
     return None
+
+
+class BatchReverted(Exception):
+    """A co-signed batch's call reverts for its signatures (`BATCH_REVERTS`): nothing of it can be sent now."""
 
 
 @dataclass(frozen=True)
@@ -114,21 +174,64 @@ class Batcher:
         self._metrics = metrics
         self._checkpoint_interval = checkpoint_interval_seconds
         self._cosign_timeout = cosign_timeout
+        self._decoder = RevertDecoder.from_artifacts()
 
     async def close_batch(self) -> BatchOutcome:
         """Settles the batches the chain has confirmed, then closes one batch of the reports due to land, if there
-        are any and enough oracles co-sign it."""
+        are any and enough oracles co-sign them.
+
+        A report enough peers refuse to co-sign is split off and the rest are co-signed without it
+        (`_cosigned`); the co-signed batch is dry-run and, if its call reverts, halved until what reverts is
+        isolated (`_passing`). Each part that passes is handed to the tx manager as its own transaction."""
         await self.settle_batches()
         due = await self._due()
         self._metrics.reports_held.set(self._store.count(ReportState.HELD) + self._store.count(ReportState.BATCHED))
         if not due:
             return BatchOutcome(None, 0, "no reports due")
-        submissions = self._store.submissions(key for key, _ in due)
+        reasons = dict(due)
         oracle_set = await self._chain.oracle_set()
-        reports = chain_reports(submissions)
-        signatures = {self._signer.address: self._signer.sign(reports, oracle_set.version)}
+        cosigned = await self._cosigned(self._store.submissions(reasons), oracle_set)
+        if cosigned is None:
+            return BatchOutcome(None, len(due), "not enough co-signatures")
+        try:
+            parts, reverted = await self._passing(*cosigned, oracle_set)
+        except BatchReverted as exc:
+            log.warning("batch of %d reports not submitted: %s", len(cosigned[0]), exc)
+            return BatchOutcome(None, len(cosigned[0]), str(exc))
+        if parts and reverted:
+            # The rest of the batch passes without them: what reverts is theirs, not the batch's.
+            self._quarantine([(key_of(s), f"{QUARANTINE_DRY_RUN}: {reason}") for s, reason in reverted])
+        elif reverted:
+            log.warning("batch of %d reports not submitted: %s", len(cosigned[0]), reverted[0][1])
+            return BatchOutcome(None, len(cosigned[0]), reverted[0][1])
+        tx_key, sent = None, 0
+        for submissions, data in parts:
+            tx_key = self._fresh_key(chain_reports(submissions))
+            await self._txmgr.submit(tx_key, self._escrow.address, data)
+            self._store.mark_batched([key_of(s) for s in submissions], tx_key)
+            self._metrics.record_batch(len(submissions))
+            for submission in submissions:
+                self._metrics.landings.inc(reasons[key_of(submission)].value)
+            log.info("submitted batch %s with %d reports", tx_key, len(submissions))
+            sent += len(submissions)
+        return BatchOutcome(tx_key, sent)
+
+    async def _cosigned(
+        self, submissions: list[TelemetrySubmission], oracle_set: OracleSet
+    ) -> tuple[list[TelemetrySubmission], list[bytes]] | None:
+        """The submissions that `threshold` oracles co-signed, with the signatures (this oracle's first), or None.
+
+        A peer refuses a whole batch at the first report it would not accept (`OracleError.index`). Every report a
+        peer refused is left out and the rest asked for again, so that no other rental waits for it. A refused
+        report stays held unless the peers that refused it, for a reason that time does not lift, leave fewer than
+        `threshold` oracles that could sign it: then it is quarantined. One peer alone therefore cannot get a report
+        quarantined while the others could still sign it."""
         needed = oracle_set.threshold - 1
-        if needed > 0:
+        while submissions:
+            reports = chain_reports(submissions)
+            signatures = {self._signer.address: self._signer.sign(reports, oracle_set.version)}
+            if needed <= 0:
+                return submissions, list(signatures.values())[: oracle_set.threshold]
             collected = await collect_cosignatures(
                 self._session,
                 self._peers,
@@ -140,26 +243,70 @@ class Batcher:
             )
             for signer, signature in collected.signatures.items():
                 signatures.setdefault(signer, signature)
-            if len(signatures) < oracle_set.threshold:
-                log.warning(
-                    "batch of %d reports not submitted: %d of %d signatures (%s)",
-                    len(reports),
-                    len(signatures),
-                    oracle_set.threshold,
-                    collected.failures,
-                )
-                return BatchOutcome(None, len(reports), "not enough co-signatures")
+            if len(signatures) >= oracle_set.threshold:
+                return submissions, list(signatures.values())[: oracle_set.threshold]
+            refused: dict[SubmissionKey, dict[str, OracleError]] = {}
+            for peer, error in collected.refusals.items():
+                if error.index is not None and 0 <= error.index < len(submissions):
+                    refused.setdefault(key_of(submissions[error.index]), {})[peer] = error
+            log.warning(
+                "batch of %d reports: %d of %d signatures (%s)",
+                len(reports),
+                len(signatures),
+                oracle_set.threshold,
+                collected.failures,
+            )
+            if not refused:
+                return None
+            self._quarantine(
+                [
+                    (
+                        key,
+                        f"{QUARANTINE_COSIGN}: refused by {len(errors)} of {len(self._peers)} peers: {_listed(errors)}",
+                    )
+                    for key, errors in refused.items()
+                    if self._unsignable(errors, oracle_set.threshold)
+                ]
+            )
+            submissions = [s for s in submissions if key_of(s) not in refused]
+        return None
 
-        tx_key = self._fresh_key(reports)
-        signed = list(signatures.values())[: oracle_set.threshold]
-        data = self._escrow.encode_abi("submitReports", args=submit_args(reports, signed, oracle_set.version))
-        await self._txmgr.submit(tx_key, self._escrow.address, data)
-        self._store.mark_batched([key_of(s) for s in submissions], tx_key)
-        self._metrics.record_batch(len(reports))
-        for _, reason in due:
-            self._metrics.landings.inc(reason.value)
-        log.info("submitted batch %s with %d reports", tx_key, len(reports))
-        return BatchOutcome(tx_key, len(reports))
+    def _unsignable(self, refusals: dict[str, OracleError], threshold: int) -> bool:
+        """Whether the peers that refused a report for good leave fewer than `threshold` oracles to sign it."""
+        lasting = sum(1 for error in refusals.values() if error.error not in PASSING_REFUSALS)
+        return 1 + len(self._peers) - lasting < threshold
+
+    async def _passing(
+        self, submissions: list[TelemetrySubmission], signatures: list[bytes], oracle_set: OracleSet
+    ) -> tuple[list[tuple[list[TelemetrySubmission], bytes]], list[tuple[TelemetrySubmission, str]]]:
+        """The parts of a co-signed batch whose `submitReports` call passes, each with its call data, and the
+        reports whose call reverts alone, with the reason. A batch that reverts for one of its reports (anything
+        but its signatures) is halved and each half co-signed again, until the report is isolated; a half that
+        cannot be co-signed waits for the next epoch. Raises BatchReverted when the signatures are at fault."""
+        data = self._escrow.encode_abi(
+            "submitReports", args=submit_args(chain_reports(submissions), signatures, oracle_set.version)
+        )
+        call: TxParams = {"from": self._txmgr.address, "to": self._escrow.address, "data": data}
+        try:
+            await dry_run(self._escrow.w3, call, self._decoder, "pending")
+        except DryRunFailed as failed:
+            if failed.reason.startswith(BATCH_REVERTS):
+                raise BatchReverted(failed.summary) from None
+            if len(submissions) == 1:
+                return [], [(submissions[0], failed.summary)]
+            log.warning("batch of %d reports would revert (%s): halving it", len(submissions), failed.summary)
+        else:
+            return [(submissions, data)], []
+        parts: list[tuple[list[TelemetrySubmission], bytes]] = []
+        reverted: list[tuple[TelemetrySubmission, str]] = []
+        middle = len(submissions) // 2
+        for half in (submissions[:middle], submissions[middle:]):
+            cosigned = await self._cosigned(half, oracle_set)
+            if cosigned is not None:
+                passing, failing = await self._passing(*cosigned, oracle_set)
+                parts += passing
+                reverted += failing
+        return parts, reverted
 
     async def settle_batches(self) -> None:
         """Settles every batch whose transaction ended: a confirmed one's reports are `landed` or `skipped` by their
@@ -170,6 +317,7 @@ class Batcher:
             if record is None or record.state not in FINAL_STATES:
                 continue
             if record.state is not TxState.CONFIRMED:
+                exhausted = self._store.count_failed_batch(tx_key, MAX_FAILED_BATCHES)
                 released = self._store.release_batch(tx_key)
                 log.warning(
                     "batch %s ended %s (%s); %d reports back in the store",
@@ -177,6 +325,12 @@ class Batcher:
                     record.state.value,
                     record.error,
                     released,
+                )
+                self._quarantine(
+                    [
+                        (key, f"{QUARANTINE_FAILED}: {MAX_FAILED_BATCHES} batches failed, the last {record.error}")
+                        for key in exhausted
+                    ]
                 )
                 continue
             outcomes = []
@@ -213,10 +367,13 @@ class Batcher:
                 pass
 
     async def _due(self) -> list[tuple[SubmissionKey, LandingReason]]:
-        """Up to `max_batch_reports` rentals' latest reports that are due to land and that the chain still takes,
+        """Up to `max_batch_reports` rentals' latest reports that are due to land and that the chain would apply,
         oldest first, with why each is due. Rentals are judged on the cached chain view (the follower drops a rental
-        from it when it is terminated or settled); the due ones are read afresh before they are batched, and the
-        reports the chain no longer takes are settled for good."""
+        from it when it is terminated or settled); the due ones are read afresh before they are batched, the
+        reports the chain no longer takes are settled for good, and each of the others is checked against its
+        rental's fresh state and the latest block time with the escrow's own rules (`predict_skip`). One the chain
+        would skip for good is quarantined; one whose coverage is ahead of the chain's clock stays held until the
+        clock passes it."""
         waiting = self._store.waiting()
         if not waiting:
             return []
@@ -235,16 +392,32 @@ class Batcher:
                     break
         # One fresh read per due rental, all at once: the cached last seq lags reports others landed.
         rentals = await asyncio.gather(*(self._chain.refresh_rental(report.rental_id) for report, _ in due))
+        submissions = self._store.submissions(report.key for report, _ in due)
+        start_timeout = await self._chain.start_timeout()
         taken = []
-        for (report, reason), rental in zip(due, rentals):
+        doomed = []
+        for (report, reason), rental, submission in zip(due, rentals, submissions):
+            skip = predict_skip(submission.report.to_chain_report(), rental, now, start_timeout)
             if not rental.is_live:
                 settled.append((report.key, ReportState.DROPPED))
             elif report.seq <= rental.last_seq:
                 settled.append((report.key, ReportState.LANDED))
+            elif skip in TRANSIENT_SKIPS:
+                log.info("rental %d seq %d waits for the chain's clock (%s)", *report.key, skip.name)
+            elif skip is not None:
+                doomed.append((report.key, f"{skip.name}: the chain would skip it {_against(rental, now)}"))
             else:
                 taken.append((report.key, reason))
         self._settle(settled)
+        self._quarantine(doomed)
         return taken
+
+    def _quarantine(self, reasons: Sequence[tuple[SubmissionKey, str]]) -> None:
+        """Quarantines reports that are still held, each with its reason (`kind: detail`), and counts them."""
+        why = dict(reasons)
+        for key in self._store.quarantine(reasons):
+            log.warning("rental %d seq %d quarantined: %s", key.rental_id, key.seq, why[key])
+            self._metrics.reports_quarantined.inc(why[key].split(":", 1)[0])
 
     def _settle(self, outcomes: Sequence[tuple[SubmissionKey, ReportState]]) -> None:
         self._store.settle(outcomes)

@@ -3,9 +3,12 @@
 
 A peer signs a batch only if it would have accepted every report itself: a report it already holds counts, any
 other must pass the same verification as `POST /v1/telemetry` and follow its predecessor (held, earlier in the
-batch, or applied on chain). Reports that pass are stored, as if their agent had posted them here, so this
-oracle's view of each rental keeps up with what it signed. The signature is `offchain.protocol.reports.sign_batch` over
-the batch's on-chain reports for the escrow's current oracle set version, which the leader must name.
+batch, or applied on chain). It refuses the whole batch at the first report it would not accept, naming it
+(`index`), so that the leader can split that report off and have the rest co-signed; a report that differs from
+the one held under its seq is kept as evidence of the agent's equivocation (`record_equivocation`).
+Reports that pass are stored, as if their agent had posted them here, so this oracle's view of each rental keeps
+up with what it signed. The signature is `offchain.protocol.reports.sign_batch` over the batch's on-chain reports
+for the escrow's current oracle set version, which the leader must name.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydantic import ValidationError
 
 from offchain.chain.reads import Rental
 from offchain.oracle.chainview import ChainView
+from offchain.oracle.ingest import record_equivocation
 from offchain.oracle.store import NewSubmission, PreviousReport, SubmissionKey, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
 from offchain.protocol.digest import TelemetryDomain, recover_address
@@ -87,6 +91,11 @@ class Cosigner:
                 failed_index = exc.index
                 if failed_index is None:  # a refusal of the whole batch rather than of one submission
                     raise
+                if exc.reason is RejectReason.SEQ_CONFLICT:
+                    await record_equivocation(
+                        self.store, self.verifier, submissions[failed_index], digests[failed_index]
+                    )
+                    raise
                 rental_id = submissions[failed_index].report.rental_id
                 if exc.reason not in LAG_SENSITIVE_REASONS or rental_id in refreshed:
                     raise
@@ -141,10 +150,12 @@ def _at(index: int, rejected: Rejected) -> Rejected:
 
 @dataclass(frozen=True)
 class Cosignatures:
-    """What a leader collected: signatures by oracle address, and why each peer that gave none did not."""
+    """What a leader collected: signatures by oracle address, why each peer that gave none did not, and the
+    refusals of the peers that answered with one (by peer)."""
 
     signatures: dict[str, bytes] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    refusals: dict[str, OracleError] = field(default_factory=dict)
 
 
 async def collect_cosignatures(
@@ -167,8 +178,8 @@ async def collect_cosignatures(
     body = request.model_dump_json().encode()
     client_timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def ask(peer: str) -> tuple[str, CosignResponse | str]:
-        """The peer's checked answer, or why there is none."""
+    async def ask(peer: str) -> tuple[str, CosignResponse | OracleError | str]:
+        """The peer's checked answer, its refusal, or why there is neither."""
         try:
             async with session.post(
                 peer.rstrip("/") + COSIGN_PATH,
@@ -182,10 +193,9 @@ async def collect_cosignatures(
             return peer, f"{type(exc).__name__}: {exc}"
         if status != 200:
             try:
-                error = OracleError.model_validate_json(payload)
+                return peer, OracleError.model_validate_json(payload)
             except ValidationError:
                 return peer, f"HTTP {status}"
-            return peer, f"HTTP {status} {error.error}: {error.detail}"
         try:
             answer = CosignResponse.model_validate_json(payload)
             signer = recover_address(digest, answer.signature)
@@ -203,6 +213,10 @@ async def collect_cosignatures(
     try:
         for next_done in asyncio.as_completed(tasks):
             peer, outcome = await next_done
+            if isinstance(outcome, OracleError):
+                result.refusals[peer] = outcome
+                result.failures[peer] = f"{outcome.error}: {outcome.detail}"
+                continue
             if isinstance(outcome, str):
                 result.failures[peer] = outcome
                 continue

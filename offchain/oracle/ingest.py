@@ -1,6 +1,13 @@
-"""Acceptance of one agent submission: deduplicate, verify, place it after the previous report, store it."""
+"""Acceptance of one agent submission: deduplicate, verify, place it after the previous report, store it.
+
+A report that differs from the one held under its (rental, seq), both signed by the rental's agent, is an
+equivocation: the agent signed two versions of one report, which only its provider can make it do. The second is
+refused (`seq_conflict`) and both are kept, with their signatures, as evidence (`record_equivocation`).
+"""
 
 from __future__ import annotations
+
+import logging
 
 from offchain.chain.reads import Rental
 from offchain.chain.rpc import ChainUnreachable
@@ -8,6 +15,25 @@ from offchain.oracle.store import NewSubmission, SubmissionStore, key_of
 from offchain.oracle.verify import LAG_SENSITIVE_REASONS, Rejected, Verifier, check_continuity
 from offchain.protocol.digest import TelemetryDomain
 from offchain.protocol.messages import RejectReason, TelemetryAck, TelemetrySubmission
+
+log = logging.getLogger(__name__)
+
+
+async def record_equivocation(
+    store: SubmissionStore, verifier: Verifier, submission: TelemetrySubmission, digest: bytes
+) -> None:
+    """Keeps `submission`, verified as signed by its rental's agent, and the different report held under its seq
+    as evidence against the rental's provider, and says so in the log."""
+    report = submission.report
+    provider = await verifier.provider_of(report.rental_id)
+    other = NewSubmission(submission, digest, submission.model_dump_json().encode())
+    if provider is not None and store.record_equivocation(key_of(submission), provider, other):
+        log.warning(
+            "provider %s equivocated: its agent signed two different reports for rental %d seq %d",
+            provider,
+            report.rental_id,
+            report.seq,
+        )
 
 
 class Ingest:
@@ -35,11 +61,17 @@ class Ingest:
                 return TelemetryAck(rental_id=report.rental_id, seq=report.seq, duplicate=True)
             raise
         try:
+            try:
+                return await self._accept(submission, digest, body, rental)
+            except Rejected as exc:
+                if exc.reason not in LAG_SENSITIVE_REASONS:
+                    raise
+            rental = await self._verifier.refreshed_rental(report.rental_id)
             return await self._accept(submission, digest, body, rental)
         except Rejected as exc:
-            if exc.reason not in LAG_SENSITIVE_REASONS:
-                raise
-        return await self._accept(submission, digest, body, await self._verifier.refreshed_rental(report.rental_id))
+            if exc.reason is RejectReason.SEQ_CONFLICT:
+                await record_equivocation(self._store, self._verifier, submission, digest)
+            raise
 
     async def _accept(
         self, submission: TelemetrySubmission, digest: bytes, body: bytes, rental: Rental

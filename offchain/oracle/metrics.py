@@ -2,7 +2,8 @@
 
 Ingest feeds the report counters and the ingest latency; the batcher and transaction manager feed batch sizes,
 transaction latency and gas through `record_batch`, `record_tx_latency` and `record_gas_used`, the reports held
-that have yet to land, how many reports were settled (landed, skipped, dropped) and why reports were landed.
+that have yet to land, how many reports were settled (landed, skipped, dropped) and why reports were landed. The
+quarantine gauges are read from the store when `/metrics` is served.
 """
 
 from __future__ import annotations
@@ -68,6 +69,28 @@ class Gauge:
         ]
 
 
+class LabelledGauge:
+    """Values that go up and down, one per value of a label, replaced together."""
+
+    def __init__(self, name: str, help_text: str, label: str) -> None:
+        self.name = name
+        self.help_text = help_text
+        self.label = label
+        self._values: dict[str, float] = {}
+
+    def replace(self, values: dict[str, int]) -> None:
+        self._values = {key: float(value) for key, value in values.items()}
+
+    def value(self, label_value: str) -> float:
+        return self._values.get(label_value, 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} gauge"]
+        for label_value, value in sorted(self._values.items()):
+            lines.append(f'{self.name}{{{self.label}="{_escape(label_value)}"}} {_number(value)}')
+        return lines
+
+
 class Histogram:
     """Observations counted into cumulative buckets, with their sum and count."""
 
@@ -131,6 +154,18 @@ class OracleMetrics:
         self.landings = Counter(
             "gpuex_oracle_landings_total", "Reports put in a batch to land, by why they were due.", "reason"
         )
+        # Poisoned and equivocating reports: what this oracle quarantined (by the first word of the reason, a
+        # SkipReason name or cosign_refused, dry_run_reverted, batch_failed), and the equivocations it holds as
+        # evidence, both counted in the store so that they survive a restart (`observe_quarantine`).
+        self.reports_quarantined = Counter(
+            "gpuex_oracle_reports_quarantined_total", "Reports quarantined by this process, by reason.", "reason"
+        )
+        self.quarantined = LabelledGauge(
+            "gpuex_oracle_reports_quarantined", "Reports the store holds quarantined, by reason.", "reason"
+        )
+        self.equivocations = Gauge(
+            "gpuex_oracle_equivocations", "Pairs of different agent-signed reports for one seq, kept as evidence."
+        )
 
     def record_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -140,6 +175,11 @@ class OracleMetrics:
 
     def record_gas_used(self, gas: int) -> None:
         self.gas_used.observe(gas)
+
+    def observe_quarantine(self, counts: dict[str, int], equivocations: int) -> None:
+        """Sets the quarantine gauges from the store's counts (`SubmissionStore.quarantine_counts`)."""
+        self.quarantined.replace(counts)
+        self.equivocations.set(equivocations)
 
     def render(self) -> str:
         families = (
@@ -154,5 +194,8 @@ class OracleMetrics:
             self.reports_held,
             self.reports_settled,
             self.landings,
+            self.reports_quarantined,
+            self.quarantined,
+            self.equivocations,
         )
         return "\n".join(line for family in families for line in family.render()) + "\n"

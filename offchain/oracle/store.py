@@ -35,8 +35,9 @@ from offchain.protocol.reports import ReportStatus
 class ReportState(StrEnum):
     """Where an accepted report stands: `held` waits to land, `superseded` never will (a later report of its rental
     carries its totals), `batched` is in a transaction, `landed` the chain applied (it, or a later report of the
-    rental), `skipped` the chain refused (`ReportSkipped`) and `dropped` the chain no longer takes (the rental is
-    final)."""
+    rental), `skipped` the chain refused (`ReportSkipped`), `dropped` the chain no longer takes (the rental is
+    final) and `quarantined` will never be sent: the chain would skip it for good, its batches kept failing, or
+    too many oracles refuse to co-sign it (its `quarantine_reason` says which)."""
 
     HELD = "held"
     SUPERSEDED = "superseded"
@@ -44,6 +45,7 @@ class ReportState(StrEnum):
     LANDED = "landed"
     SKIPPED = "skipped"
     DROPPED = "dropped"
+    QUARANTINED = "quarantined"
 
 
 _SCHEMA = """
@@ -63,7 +65,24 @@ CREATE TABLE IF NOT EXISTS submissions (
     received_at REAL NOT NULL,
     state TEXT NOT NULL DEFAULT 'held',  -- ReportState
     batched_tx_key TEXT,  -- the transaction that carries (or carried) the report to the chain
+    failed_batches INTEGER NOT NULL DEFAULT 0,  -- batch transactions carrying the report that ended failed
+    quarantine_reason TEXT,  -- why a `quarantined` report will never be sent
     UNIQUE (rental_id, seq)
+);
+-- Two different reports an agent signed for one (rental, seq): its provider's fault, kept as evidence.
+CREATE TABLE IF NOT EXISTS equivocations (
+    id INTEGER PRIMARY KEY,
+    rental_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    provider TEXT NOT NULL,  -- the offer's provider, whose agent key signed both
+    held_digest BLOB NOT NULL,  -- the report this oracle accepted first
+    held_signature BLOB NOT NULL,
+    held_body BLOB NOT NULL,
+    other_digest BLOB NOT NULL,  -- the different report signed for the same seq
+    other_signature BLOB NOT NULL,
+    other_body BLOB NOT NULL,
+    recorded_at REAL NOT NULL,
+    UNIQUE (rental_id, seq, other_digest)
 );
 CREATE INDEX IF NOT EXISTS submissions_held ON submissions (id) WHERE state = 'held';
 -- A new report supersedes its rental's held ones through this index: without it, every report of a long rental
@@ -77,6 +96,11 @@ _INSERT = (
     " status, telemetry_root, report_digest, signature, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SUPERSEDE = "UPDATE submissions SET state = 'superseded' WHERE rental_id = ? AND state = 'held' AND seq < ?"
+#: Columns added after protocol v2's first release, added to an existing database when it is opened.
+_ADDED_COLUMNS = {
+    "failed_batches": "INTEGER NOT NULL DEFAULT 0",
+    "quarantine_reason": "TEXT",
+}
 
 
 class SubmissionKey(NamedTuple):
@@ -119,6 +143,16 @@ class WaitingReport(NamedTuple):
 class HeldReport(NamedTuple):
     report_digest: bytes
     signature: bytes
+
+
+class Equivocation(NamedTuple):
+    """Two different reports the agent of `provider` signed for one (rental, seq): the one held first and the other."""
+
+    rental_id: int
+    seq: int
+    provider: str
+    held: TelemetrySubmission
+    other: TelemetrySubmission
 
 
 class NewSubmission(NamedTuple):
@@ -186,6 +220,9 @@ class SubmissionStore:
                 "deployment: move that file aside and start the oracle with an empty state directory"
             )
         self._db.executescript(_SCHEMA)
+        for column, definition in _ADDED_COLUMNS.items():
+            if columns and column not in columns:
+                self._db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {definition}")
         self._checkpointer: sqlite3.Connection | None = None
         self._group: asyncio.Future[None] | None = None  # the open transaction of `add_in_group`, if any
 
@@ -366,6 +403,99 @@ class SubmissionStore:
                 "UPDATE submissions SET state = ? WHERE rental_id = ? AND seq = ?",
                 [(state.value, str(key.rental_id), key.seq) for key, state in outcomes],
             )
+
+    def count_failed_batch(self, tx_key: str, limit: int) -> list[SubmissionKey]:
+        """Counts one more failed batch for each report transaction `tx_key` carries (call it before releasing
+        them); the keys of those that have now failed `limit` times."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE submissions SET failed_batches = failed_batches + 1"
+                " WHERE state = 'batched' AND batched_tx_key = ?",
+                (tx_key,),
+            )
+            rows = self._db.execute(
+                "SELECT rental_id, seq FROM submissions WHERE state = 'batched' AND batched_tx_key = ?"
+                " AND failed_batches >= ?",
+                (tx_key, limit),
+            ).fetchall()
+        return [SubmissionKey(int(rental), seq) for rental, seq in rows]
+
+    def quarantine(self, reasons: Iterable[tuple[SubmissionKey, str]]) -> list[SubmissionKey]:
+        """Quarantines each report that is still `held` with its reason, atomically; the keys it quarantined."""
+        quarantined = []
+        with self._transaction():
+            for key, reason in reasons:
+                cursor = self._db.execute(
+                    "UPDATE submissions SET state = 'quarantined', quarantine_reason = ?"
+                    " WHERE rental_id = ? AND seq = ? AND state = 'held'",
+                    (reason, str(key.rental_id), key.seq),
+                )
+                if cursor.rowcount == 1:
+                    quarantined.append(key)
+        return quarantined
+
+    def quarantined(self) -> list[tuple[SubmissionKey, str]]:
+        """Every quarantined report with its reason, in acceptance order."""
+        self._commit_group()
+        rows = self._db.execute(
+            "SELECT rental_id, seq, quarantine_reason FROM submissions WHERE state = 'quarantined' ORDER BY id"
+        ).fetchall()
+        return [(SubmissionKey(int(rental), seq), reason) for rental, seq, reason in rows]
+
+    def record_equivocation(self, key: SubmissionKey, provider: str, other: NewSubmission) -> bool:
+        """Keeps `other`, a report different from the one held under `key` and signed by the same agent, as
+        evidence against `provider`; False when it was kept already."""
+        with self._transaction():
+            return (
+                self._db.execute(
+                    "INSERT OR IGNORE INTO equivocations (rental_id, seq, provider, held_digest, held_signature,"
+                    " held_body, other_digest, other_signature, other_body, recorded_at)"
+                    " SELECT rental_id, seq, ?, report_digest, signature, body, ?, ?, ?, ? FROM submissions"
+                    " WHERE rental_id = ? AND seq = ? AND report_digest != ?",
+                    (
+                        provider,
+                        other.report_digest,
+                        other.submission.signature,
+                        other.body,
+                        time.time(),
+                        str(key.rental_id),
+                        key.seq,
+                        other.report_digest,
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def equivocations(self) -> list[Equivocation]:
+        """Every recorded equivocation, oldest first."""
+        self._commit_group()
+        rows = self._db.execute(
+            "SELECT rental_id, seq, provider, held_body, other_body FROM equivocations ORDER BY id"
+        ).fetchall()
+        return [
+            Equivocation(
+                int(rental),
+                seq,
+                provider,
+                TelemetrySubmission.model_validate_json(held),
+                TelemetrySubmission.model_validate_json(other),
+            )
+            for rental, seq, provider, held, other in rows
+        ]
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """How many reports are quarantined, by the first word of their reason (a `SkipReason` name or one of the
+        batcher's `QUARANTINE_*` kinds)."""
+        self._commit_group()
+        counts: dict[str, int] = {}
+        for (reason,) in self._db.execute("SELECT quarantine_reason FROM submissions WHERE state = 'quarantined'"):
+            kind = (reason or "").split(":", 1)[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def count_equivocations(self) -> int:
+        self._commit_group()
+        return self._db.execute("SELECT count(*) FROM equivocations").fetchone()[0]
 
     def count(self, state: ReportState | None = None) -> int:
         """How many reports are stored (in `state`, or in all)."""

@@ -142,6 +142,11 @@ class Verifier:
             )
         return rental
 
+    async def provider_of(self, rental_id: int) -> str | None:
+        """The provider of the rental's offer, whose agent signs the rental's reports (None if no such offer)."""
+        offer = await self._chain.offer(split_rental_id(rental_id)[0])
+        return None if offer is None else offer.provider
+
     async def refreshed_rental(self, rental_id: int) -> Rental:
         """The rental re-read from the chain and checked as `verify` checks it, for a report that does not follow
         the cached state (`LAG_SENSITIVE_REASONS`)."""

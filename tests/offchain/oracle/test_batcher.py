@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, NamedTuple
+from typing import AsyncIterator, NamedTuple, Sequence
 
 import aiohttp
 import pytest
@@ -48,8 +48,9 @@ class Leader(NamedTuple):
 
 
 @asynccontextmanager
-async def leader(settings, checkpoint_interval: int) -> AsyncIterator[Leader]:
-    """Oracle 0's batcher, store, tx manager and chain view (following the chain), as `OracleService` wires them."""
+async def leader(settings, checkpoint_interval: int, peers: Sequence[str] = ()) -> AsyncIterator[Leader]:
+    """Oracle 0's batcher, store, tx manager and chain view (following the chain), as `OracleService` wires them,
+    asking `peers` (base URLs) to co-sign."""
     w3 = connect(settings.chain.rpc_url)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     view = ChainView(w3, settings.chain)
@@ -67,7 +68,7 @@ async def leader(settings, checkpoint_interval: int) -> AsyncIterator[Leader]:
             session=session,
             escrow=contract(w3, "RentalEscrow", settings.chain.escrow),
             signer=BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow),
-            peers=[],
+            peers=peers,
             max_batch_reports=settings.max_batch_reports,
             metrics=metrics,
             checkpoint_interval_seconds=checkpoint_interval,
@@ -204,25 +205,50 @@ def test_the_latest_report_lands_when_the_renter_terminates(settings, rental, su
     assert (applied.status, applied.covered_until, applied.last_seq) == (RentalStatus.TERMINATED, end, 2)
 
 
-def test_a_report_the_chain_skips_is_settled_and_never_sent_again(settings, rental, suite):
-    """The escrow skips a report whose coverage is still in the future (`CoverageInFuture`); the next one lands."""
+def test_a_report_covering_time_after_the_block_is_held_until_the_chains_clock_passes_it(settings, rental, suite):
+    """The escrow would skip it (`CoverageInFuture`): it stays held, out of every batch, and lands once a block is
+    stamped at or after its coverage."""
     chain.sleep(2 * PERIOD)
     chain.mine()
-    ahead = report(rental, 1, covered_until=rental.since + 10 * PERIOD, status=ReportStatus.COMPLETED)
+    ahead = report(rental, 1, covered_until=chain[-1].timestamp + 20, status=ReportStatus.COMPLETED)
 
     async def scenario():
         async with leader(settings, checkpoint_interval=NEVER) as oracle:
             accept(settings, oracle, ahead)
-            assert await land(oracle) == [(rental.rental_id, 1)]
-            assert states(oracle, rental, (1,)) == [ReportState.SKIPPED]
             assert await land(oracle) == []
-            accept(settings, oracle, report(rental, 2, status=ReportStatus.COMPLETED))
-            assert await land(oracle) == [(rental.rental_id, 2)]
-            return oracle.metrics.reports_settled.value("skipped"), oracle.metrics.reports_settled.value("landed")
+            assert states(oracle, rental, (1,)) == [ReportState.HELD]
+            await asyncio.to_thread(chain.sleep, 21)
+            await asyncio.to_thread(chain.mine)
+            assert await land(oracle) == [(rental.rental_id, 1)]
+            assert states(oracle, rental, (1,)) == [ReportState.LANDED]
 
-    assert asyncio.run(scenario()) == (1, 1)
+    asyncio.run(scenario())
     applied = on_chain(suite, rental)
-    assert (applied.status, applied.last_seq) == (RentalStatus.COMPLETED, 2)
+    assert (applied.status, applied.last_seq) == (RentalStatus.COMPLETED, 1)
+
+
+def test_a_report_the_chain_skips_is_settled_and_never_sent_again(settings, open_rental, suite, provider):
+    """The provider starts its rental between the batch's closing and its transaction, moving the rental's `since`
+    past the report's coverage: the escrow skips the batched report (`TotalsDecreased`), which is settled
+    `skipped`."""
+    chain.sleep(3 * PERIOD)
+    chain.mine()
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(open_rental, 1, status=ReportStatus.COMPLETED))
+            outcome = await oracle.batcher.close_batch()
+            assert outcome.reports == 1
+            await asyncio.to_thread(suite.escrow.start, open_rental.rental_id, {"from": provider})
+            await settle(oracle.txmgr, outcome.tx_key)
+            await oracle.batcher.settle_batches()
+            assert states(oracle, open_rental, (1,)) == [ReportState.SKIPPED]
+            assert await land(oracle) == []
+            return oracle.metrics.reports_settled.value("skipped")
+
+    assert asyncio.run(scenario()) == 1
+    applied = on_chain(suite, open_rental)
+    assert (applied.status, applied.last_seq) == (RentalStatus.RUNNING, 0)
 
 
 def test_a_report_of_a_rental_that_is_no_longer_live_is_dropped(settings, rental, suite, renter):

@@ -45,7 +45,7 @@ def test_every_family_has_help_and_type():
     text = OracleMetrics().render()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")} == names
-    assert len(names) == 11
+    assert len(names) == 14
 
 
 def test_landing_metrics_show_reports_held_settled_and_why_they_landed():
@@ -64,3 +64,15 @@ def test_landing_metrics_show_reports_held_settled_and_why_they_landed():
     assert rendered['gpuex_oracle_reports_settled_total{state="skipped"}'] == "1"
     assert rendered['gpuex_oracle_landings_total{reason="final"}'] == "2"
     assert rendered['gpuex_oracle_landings_total{reason="checkpoint"}'] == "1"
+
+
+def test_quarantine_metrics_show_the_stores_quarantined_reports_by_reason_and_its_equivocations():
+    metrics = OracleMetrics()
+    metrics.reports_quarantined.inc("TOTALS_DECREASED")
+    metrics.observe_quarantine({"TOTALS_DECREASED": 2, "cosign_refused": 1}, 3)
+    metrics.observe_quarantine({"TOTALS_DECREASED": 2}, 4)
+    rendered = samples(metrics.render())
+    assert rendered['gpuex_oracle_reports_quarantined_total{reason="TOTALS_DECREASED"}'] == "1"
+    assert rendered['gpuex_oracle_reports_quarantined{reason="TOTALS_DECREASED"}'] == "2"
+    assert 'gpuex_oracle_reports_quarantined{reason="cosign_refused"}' not in rendered
+    assert rendered["gpuex_oracle_equivocations"] == "4"

@@ -10,6 +10,7 @@ from eth_utils import keccak
 
 from offchain.oracle.store import (
     AlreadyHeld,
+    Equivocation,
     NewSubmission,
     NotBatchable,
     OlderStoreError,
@@ -218,3 +219,90 @@ def test_superseding_reads_only_the_rentals_held_reports(tmp_path):
         db.close()
         store.close()
     assert "submissions_held_by_rental" in plan[0][3]
+
+
+V2_SCHEMA = """
+CREATE TABLE submissions (
+    id INTEGER PRIMARY KEY, rental_id TEXT NOT NULL, seq INTEGER NOT NULL, period_start INTEGER NOT NULL,
+    covered_until INTEGER NOT NULL, delivered_seconds INTEGER NOT NULL, util_seconds INTEGER NOT NULL,
+    status INTEGER NOT NULL, telemetry_root BLOB NOT NULL, report_digest BLOB NOT NULL, signature BLOB NOT NULL,
+    body BLOB NOT NULL, received_at REAL NOT NULL, state TEXT NOT NULL DEFAULT 'held', batched_tx_key TEXT,
+    UNIQUE (rental_id, seq)
+);
+"""
+
+
+def test_a_store_of_protocol_v2_opens_with_its_reports_and_gains_the_quarantine(tmp_path):
+    """A database written before quarantine existed keeps every report and takes quarantine and evidence."""
+    path = tmp_path / "oracle.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(V2_SCHEMA)
+    kept = entry(5, 1)
+    report = kept.submission.report
+    db.execute(
+        "INSERT INTO submissions (rental_id, seq, period_start, covered_until, delivered_seconds, util_seconds,"
+        " status, telemetry_root, report_digest, signature, body, received_at, state)"
+        " VALUES ('5', 1, ?, ?, ?, ?, 0, ?, ?, ?, ?, 1.0, 'held')",
+        (
+            report.period_start,
+            report.covered_until,
+            report.delivered_seconds,
+            report.util_seconds,
+            report.telemetry_root,
+            kept.report_digest,
+            kept.submission.signature,
+            kept.body,
+        ),
+    )
+    db.commit()
+    db.close()
+
+    store = SubmissionStore(path)
+    try:
+        assert store.submissions([SubmissionKey(5, 1)]) == [kept.submission]
+        assert store.quarantine([(SubmissionKey(5, 1), "TOTALS_DECREASED: test")]) == [SubmissionKey(5, 1)]
+        assert store.quarantined() == [(SubmissionKey(5, 1), "TOTALS_DECREASED: test")]
+        assert store.count_equivocations() == 0
+    finally:
+        store.close()
+
+
+def test_quarantine_takes_only_held_reports_out_of_waiting_with_their_reason(store):
+    store.add([entry(1, 1), entry(2, 1), entry(3, 1)])
+    store.mark_batched([SubmissionKey(3, 1)], "tx")
+
+    quarantined = store.quarantine(
+        [(SubmissionKey(1, 1), "DELIVERED_ABOVE_COVERED: x"), (SubmissionKey(3, 1), "cosign_refused: y")]
+    )
+
+    assert quarantined == [SubmissionKey(1, 1)]
+    assert store.state(SubmissionKey(1, 1)) is ReportState.QUARANTINED
+    assert store.state(SubmissionKey(3, 1)) is ReportState.BATCHED
+    assert [w.key for w in store.waiting()] == [SubmissionKey(2, 1)]
+    assert store.quarantine_counts() == {"DELIVERED_ABOVE_COVERED": 1}
+
+
+def test_failed_batches_are_counted_per_report_until_the_limit(store):
+    store.add([entry(1, 1), entry(2, 1)])
+    store.mark_batched([SubmissionKey(1, 1), SubmissionKey(2, 1)], "tx1")
+    assert store.count_failed_batch("tx1", 2) == []
+    store.release_batch("tx1")
+    store.mark_batched([SubmissionKey(1, 1)], "tx2")
+
+    assert store.count_failed_batch("tx2", 2) == [SubmissionKey(1, 1)]
+    assert store.count_failed_batch("tx1", 2) == []  # released: nothing of tx1 is batched any more
+
+
+def test_an_equivocation_is_kept_once_with_both_reports(store):
+    held = entry(1, 1)
+    store.add([held])
+    other_report = held.submission.report.model_copy(update={"util_seconds": 1})
+    other_submission = TelemetrySubmission(report=other_report, signature=b"\x02" * 64 + b"\x1c")
+    other = NewSubmission(other_submission, keccak(text="other"), other_submission.model_dump_json().encode())
+
+    assert store.record_equivocation(SubmissionKey(1, 1), "0xProvider", other)
+    assert not store.record_equivocation(SubmissionKey(1, 1), "0xProvider", other)
+    assert not store.record_equivocation(SubmissionKey(1, 1), "0xProvider", held)  # the held report itself
+
+    assert store.equivocations() == [Equivocation(1, 1, "0xProvider", held.submission, other_submission)]
+    assert store.count_equivocations() == 1

@@ -119,6 +119,35 @@ def test_different_report_with_an_accepted_seq_is_a_conflict(settings, clock, re
     run(scenario())
 
 
+def test_a_second_agent_signed_report_for_a_seq_is_kept_as_the_providers_equivocation(
+    settings, clock, rental, suite, provider
+):
+    """The conflict is refused as before, and both reports are kept with their signatures; a conflicting report
+    not signed by the agent is refused without being kept, and a retry of the same conflict is kept once."""
+    first, changed = report(rental, 1), report(rental, 1, util_seconds=10)
+
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            assert (await post(client, TELEMETRY_PATH, body(settings, first)))[0] == 202
+            forged = body(settings, report(rental, 1, util_seconds=11), key=ORACLE_KEYS[1])
+            assert (await post(client, TELEMETRY_PATH, forged))[0] == 403
+            for _ in range(2):
+                assert (await post(client, TELEMETRY_PATH, body(settings, changed)))[0] == 409
+            async with client.get("/metrics") as response:
+                return await response.text()
+
+    chain.sleep(PERIOD)
+    metrics = run(scenario())
+    store = SubmissionStore(settings.state_dir / DB_FILENAME)
+    try:
+        [kept] = store.equivocations()
+    finally:
+        store.close()
+    assert (kept.rental_id, kept.seq, kept.provider) == (rental.rental_id, 1, provider.address)
+    assert (kept.held, kept.other) == (submission(settings, first), submission(settings, changed))
+    assert "gpuex_oracle_equivocations 1" in metrics.splitlines()
+
+
 @pytest.mark.parametrize(
     "data",
     [
