@@ -68,7 +68,13 @@ async def keeper(args: argparse.Namespace) -> ExitStatus:
     state.mkdir(parents=True, exist_ok=True)
     stop = stop_on_signals()
     w3 = connect(settings.chain.rpc_url)
-    txmgr = TxManager(w3, state / TXMGR_FILE, settings.private_key, settings.chain.chain_id)
+    txmgr = TxManager(
+        w3,
+        state / TXMGR_FILE,
+        settings.private_key,
+        settings.chain.chain_id,
+        confirmations=settings.chain.confirmations,
+    )
     keeper_service = Keeper(
         ChainReader(w3, settings.chain.registry, settings.chain.escrow),
         txmgr,
