@@ -3,12 +3,17 @@
 Ingest feeds the report counters and the ingest latency; the batcher and transaction manager feed batch sizes,
 transaction latency and gas through `record_batch`, `record_tx_latency` and `record_gas_used`, the reports held
 that have yet to land, how many reports were settled (landed, skipped, dropped) and why reports were landed.
+Finality (`record_finality`, `record_reorg`): the transactions waiting for their confirmations, by age, the
+reports in a transaction not final yet, the reorgs that took a transaction out of the chain and the reports
+landed again after one.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Sequence
+from typing import Iterable, Sequence
+
+from offchain.chain.tx.store import TxRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -66,6 +71,32 @@ class Gauge:
             f"# TYPE {self.name} gauge",
             f"{self.name} {_number(self.value)}",
         ]
+
+
+class LabelledGauge:
+    """Values that go up and down, one per value of one label; every label value ever set is rendered."""
+
+    def __init__(self, name: str, help_text: str, label: str, label_values: Sequence[str] = ()) -> None:
+        self.name = name
+        self.help_text = help_text
+        self.label = label
+        self._values: dict[str, float] = dict.fromkeys(label_values, 0.0)
+
+    def set(self, label_value: str, value: float) -> None:
+        self._values[label_value] = value
+
+    def value(self, label_value: str) -> float:
+        return self._values.get(label_value, 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} gauge"]
+        for label_value, value in self._values.items():
+            lines.append(f'{self.name}{{{self.label}="{_escape(label_value)}"}} {_number(value)}')
+        return lines
+
+
+#: Age bands of `gpuex_oracle_tx_unconfirmed`, as (label, upper bound in seconds), youngest first.
+UNCONFIRMED_AGES = (("lt_1m", 60.0), ("1m_10m", 600.0), ("ge_10m", float("inf")))
 
 
 class Histogram:
@@ -131,6 +162,37 @@ class OracleMetrics:
         self.landings = Counter(
             "gpuex_oracle_landings_total", "Reports put in a batch to land, by why they were due.", "reason"
         )
+        # Finality (ChainSettings.confirmations; the batcher's reconcile).
+        self.confirmations = Gauge(
+            "gpuex_oracle_confirmations", "Blocks deep a transaction must be before it is final (the setting)."
+        )
+        self.tx_unconfirmed = LabelledGauge(
+            "gpuex_oracle_tx_unconfirmed",
+            "Transactions sent and not final yet, by time since first sent (lt_1m, 1m_10m, ge_10m).",
+            "age",
+            [label for label, _ in UNCONFIRMED_AGES],
+        )
+        self.tx_awaiting_confirmations = Gauge(
+            "gpuex_oracle_tx_awaiting_confirmations", "Transactions mined and not yet `confirmations` blocks deep."
+        )
+        self.tx_oldest_unconfirmed_seconds = Gauge(
+            "gpuex_oracle_tx_oldest_unconfirmed_seconds", "Time since the oldest transaction not final was first sent."
+        )
+        self.reports_batched = Gauge(
+            "gpuex_oracle_reports_batched", "Reports in a batch transaction that is not final yet."
+        )
+        self.reorgs = Counter(
+            "gpuex_oracle_reorgs_total",
+            "Transactions a reorg took out of the chain, by whether they had been final (a reorg deeper than the"
+            " confirmations) or not.",
+            "depth",
+        )
+        self.reports_relanded = Counter(
+            "gpuex_oracle_reports_relanded_total",
+            "Landed reports a reorg took out of the chain, put on their way again: resent (with their transaction)"
+            " or rebatched (held for a new batch).",
+            "how",
+        )
 
     def record_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -140,6 +202,26 @@ class OracleMetrics:
 
     def record_gas_used(self, gas: int) -> None:
         self.gas_used.observe(gas)
+
+    def record_finality(self, unconfirmed: Iterable[TxRecord], reports_batched: int, now: float) -> None:
+        """Sets the finality gauges from the transactions not final yet and the reports they carry."""
+        counts = dict.fromkeys((label for label, _ in UNCONFIRMED_AGES), 0)
+        mined = 0
+        oldest = 0.0
+        for record in unconfirmed:
+            sent = record.broadcast_at or record.created_at
+            age = max(0.0, now - sent.timestamp())
+            oldest = max(oldest, age)
+            counts[next(label for label, bound in UNCONFIRMED_AGES if age < bound)] += 1
+            mined += record.block_number is not None
+        for label, count in counts.items():
+            self.tx_unconfirmed.set(label, count)
+        self.tx_awaiting_confirmations.set(mined)
+        self.tx_oldest_unconfirmed_seconds.set(round(oldest, 3))
+        self.reports_batched.set(reports_batched)
+
+    def record_reorg(self, was_final: bool) -> None:
+        self.reorgs.inc("final" if was_final else "unconfirmed")
 
     def render(self) -> str:
         families = (
@@ -154,5 +236,12 @@ class OracleMetrics:
             self.reports_held,
             self.reports_settled,
             self.landings,
+            self.confirmations,
+            self.tx_unconfirmed,
+            self.tx_awaiting_confirmations,
+            self.tx_oldest_unconfirmed_seconds,
+            self.reports_batched,
+            self.reorgs,
+            self.reports_relanded,
         )
         return "\n".join(line for family in families for line in family.render()) + "\n"
