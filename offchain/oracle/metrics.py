@@ -127,6 +127,31 @@ class Histogram:
         return lines
 
 
+class MetricsFormatError(ValueError):
+    """A page is not Prometheus text exposition format."""
+
+
+def parse_samples(text: str) -> dict[str, dict[str, float]]:
+    """The samples of a Prometheus text page, by metric name and then by the value of its one label ("" for a
+    sample without labels), as `OracleMetrics.render` writes them; histogram buckets keep their `le` label.
+    Raises MetricsFormatError on a line that is no comment and no sample."""
+    samples: dict[str, dict[str, float]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name, _, labels = name_part.partition("{")
+        try:
+            sample = float(value)
+        except ValueError:
+            raise MetricsFormatError(f"line {number} is not a sample: {line[:80]!r}") from None
+        if not name or not name.replace("_", "a").replace(":", "a").isalnum():
+            raise MetricsFormatError(f"line {number} is not a sample: {line[:80]!r}")
+        label_value = labels.rstrip("}").partition("=")[2].strip('"') if labels else ""
+        samples.setdefault(name, {})[label_value] = sample
+    return samples
+
+
 class OracleMetrics:
     """Everything `GET /metrics` shows for one oracle."""
 
