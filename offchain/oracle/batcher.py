@@ -19,10 +19,12 @@ landed) are settled before they are batched.
 Finality: a batch's reports stay `batched` until its transaction is final, `ChainSettings.confirmations` blocks
 deep (the tx manager re-checks the receipt's block until then and sends the transaction again if a reorg drops
 it). A reorg deeper than that is reconciled each epoch (`reconcile`): the reports of a transaction the tx manager
-took back to send again return to `batched` under it, and every rental whose report landed within the last
-`reorg_window_seconds` is read afresh: while it is live and the chain's last applied seq fell below the report the
-store holds as landed, that report goes back to `held` and lands again. The window bounds the work to the rentals
-that landed recently (about one read each per epoch); a reorg older than it is past any chain's finality.
+took back to send again return to `batched` under it, and rentals whose latest report landed are read afresh:
+while one is live and the chain's last applied seq fell below the report the store holds as landed, that report
+goes back to `held` and lands again. Each landing is read once in the epoch after it was settled (a reorg that
+came in between), and every landing of the last `reorg_window_seconds` after the chain view's follower saw a
+reorg (and at start): one read per rental that landed recently, only when a reorg makes it worth it. A reorg
+older than the window is past any chain's finality.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ class Batcher:
         self._checkpoint_interval = checkpoint_interval_seconds
         self._cosign_timeout = cosign_timeout
         self._reorg_window = reorg_window_seconds
+        self._reorgs_checked: int | None = None  # the chain view's reorg count at the last re-check of landings
+        self._landings_checked_at = 0.0  # landings settled before this time were re-checked at least once
 
     async def close_batch(self) -> BatchOutcome:
         """Settles the batches the chain has confirmed, then closes one batch of the reports due to land, if there
@@ -233,12 +237,16 @@ class Batcher:
         self._metrics.record_finality(unconfirmed, self._store.count(ReportState.BATCHED), time.time())
 
     async def _lost_landings(self) -> dict[SubmissionKey, tuple[int, int]]:
-        """The rentals' latest reports that landed within the reorg window and are no longer on chain while the
-        rental is live, each with its rental id and the chain's last applied seq."""
-        recent = self._store.recently_landed(time.time() - self._reorg_window)
-        if not recent:
-            return {}
+        """The rentals' latest reports, landed since the last re-check (or within the reorg window, after a reorg
+        or at start), that are no longer on chain while the rental is live, each with its rental id and the
+        chain's last applied seq."""
+        now, reorgs = time.time(), self._chain.reorgs_seen
+        since = now - self._reorg_window
+        if reorgs == self._reorgs_checked:
+            since = max(since, self._landings_checked_at)
+        recent = self._store.recently_landed(since)
         rentals = await asyncio.gather(*(self._chain.refresh_rental(key.rental_id) for key in recent))
+        self._reorgs_checked, self._landings_checked_at = reorgs, now
         return {
             key: (key.rental_id, rental.last_seq)
             for key, rental in zip(recent, rentals)
