@@ -45,6 +45,7 @@ class Leader(NamedTuple):
     metrics: OracleMetrics
     txmgr: TxManager
     domain: TelemetryDomain
+    view: ChainView
 
 
 @asynccontextmanager
@@ -74,7 +75,12 @@ async def leader(settings, checkpoint_interval: int) -> AsyncIterator[Leader]:
         )
         try:
             yield Leader(
-                batcher, store, metrics, txmgr, TelemetryDomain(settings.chain.chain_id, settings.chain.registry)
+                batcher,
+                store,
+                metrics,
+                txmgr,
+                TelemetryDomain(settings.chain.chain_id, settings.chain.registry),
+                view,
             )
         finally:
             follower.cancel()
@@ -340,3 +346,44 @@ def test_a_landing_by_another_transaction_that_a_reorg_took_is_held_and_landed_a
     assert metrics.reports_relanded.value("rebatched") == 1 and metrics.reports_relanded.value("resent") == 0
     assert applied_seqs(suite, rental) == [1]
     assert (on_chain(suite, rental).status, on_chain(suite, rental).last_seq) == (RentalStatus.RUNNING, 1)
+
+
+def test_without_a_reorg_a_landing_is_read_again_once_and_after_one_every_recent_landing_is(settings, rental, suite):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1, status=ReportStatus.COMPLETED))
+            await land(oracle)
+            reads: list[int] = []
+            refresh = oracle.view.refresh_rental
+
+            async def counted(rental_id: int):
+                reads.append(rental_id)
+                return await refresh(rental_id)
+
+            oracle.view.refresh_rental = counted  # type: ignore[method-assign]
+            await oracle.batcher.settle_batches()
+            after_landing = len(reads)
+            await oracle.batcher.settle_batches()
+            await oracle.batcher.settle_batches()
+            quiet = len(reads) - after_landing
+            chain.mine()
+            chain.sleep(5)  # the replacement of the next block, stamped with its parent's time, differs from it
+            chain.mine()
+            await asyncio.sleep(0.5)  # the follower (polling every 20 ms) delivers the new blocks
+            seen = oracle.view.reorgs_seen
+            reorg(1)  # an empty block replaced: nothing of the rental's changes
+            chain.mine()
+            for _ in range(250):
+                if oracle.view.reorgs_seen != seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert oracle.view.reorgs_seen != seen, "the follower did not see the reorg"
+            await oracle.batcher.settle_batches()
+            return after_landing, quiet, len(reads) - after_landing - quiet, states(oracle, rental, (1,))
+
+    after_landing, quiet, after_reorg, final_states = asyncio.run(scenario())
+    assert (after_landing, quiet, after_reorg) == (1, 0, 1)
+    assert final_states == [ReportState.LANDED]
