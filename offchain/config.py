@@ -27,8 +27,52 @@ def read_key(inline: SecretStr | None, key_file: Path | None, what: str) -> Secr
     return SecretStr("0x" + key.lower())
 
 
+#: Blocks deep a transaction's receipt must be before it is final, by chain id, when `ChainSettings.confirmations`
+#: is not set. Every transaction manager the services build waits this deep, re-checking the receipt's block at each
+#: tick; an oracle settles a batch's reports only then, and still re-checks them against the chain for
+#: `OracleSettings.reorg_window_seconds` after, in case a reorg went deeper (docs/PROTOCOL.md, "Finality").
+#:
+#: - Ethereum mainnet (1) and Sepolia (11155111): 12 s slots; one- and two-block reorgs of the head happen every
+#:   day, deeper ones are rare (seven blocks on the beacon chain in May 2022) and nothing reverts past the
+#:   finalised checkpoint (two epochs, about 13 minutes). 12 blocks (about 2.4 minutes) puts a batch past every
+#:   reorg seen since the merge without making a report wait for full finality.
+#: - OP-stack rollups: Base (8453), OP Mainnet (10), Base Sepolia (84532), OP Sepolia (11155420): 2 s blocks from a
+#:   single sequencer, whose "unsafe" head is final in practice unless the sequencer fails before posting the
+#:   batch to L1 or L1 itself reorgs, which then reorgs the L2 by minutes. 10 blocks (20 s) rides out a
+#:   sequencer restart; deeper L1-driven reorgs are what the oracle's re-check window is for.
+#: - Arbitrum One (42161) and Arbitrum Sepolia (421614): blocks about every 0.25 s while transactions arrive; the
+#:   sequencer's feed orders them for good unless it misbehaves, and L1 settles them later. 20 blocks (a few
+#:   seconds) is the same soft-finality margin.
+#: - Development chains (1337: Brownie's and Ganache's anvil, 31337: anvil and Hardhat): reorgs happen only when a
+#:   test makes one, so one block keeps every flow fast; tests set a deeper value where they reorg.
+#: Any other chain gets `FALLBACK_CONFIRMATIONS`, the L1 value: unknown, so assumed to reorg like Ethereum.
+DEFAULT_CONFIRMATIONS: dict[int, int] = {
+    1: 12,
+    11155111: 12,
+    8453: 10,
+    10: 10,
+    84532: 10,
+    11155420: 10,
+    42161: 20,
+    421614: 20,
+    1337: 1,
+    31337: 1,
+}
+FALLBACK_CONFIRMATIONS = 12
+#: How long after landing an oracle re-checks a report against the chain (`OracleSettings.reorg_window_seconds`):
+#: past Ethereum's finality (two epochs, about 13 minutes) and an OP-stack chain's L1-safe head, with margin.
+DEFAULT_REORG_WINDOW_SECONDS = 3_600.0
+
+
+def default_confirmations(chain_id: int) -> int:
+    """The confirmations a chain's transactions wait for when none are configured (`DEFAULT_CONFIRMATIONS`)."""
+    return DEFAULT_CONFIRMATIONS.get(chain_id, FALLBACK_CONFIRMATIONS)
+
+
 class ChainSettings(BaseModel):
-    """Where the contracts are."""
+    """Where the contracts are, and how deep a transaction must be before it counts as final (`confirmations`,
+    `GPUEX_ORACLE_CHAIN__CONFIRMATIONS` or `GPUEX_AGENT_CHAIN__CONFIRMATIONS`; by default the chain's entry of
+    `DEFAULT_CONFIRMATIONS`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,6 +80,19 @@ class ChainSettings(BaseModel):
     chain_id: int = Field(default=1337, ge=1)
     registry: str
     escrow: str
+    confirmations: int = Field(default=FALLBACK_CONFIRMATIONS, ge=1, le=1_000)  # unset: the chain's default
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_confirmations(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("confirmations") in (None, ""):
+            chain_id = data.get("chain_id", 1337)
+            try:
+                chain = int(chain_id)
+            except (TypeError, ValueError):
+                return data  # the field's own validation names the bad chain id
+            return {**data, "confirmations": default_confirmations(chain)}
+        return data
 
     @field_validator("registry", "escrow")
     @classmethod
@@ -84,6 +141,8 @@ class OracleSettings(_ServiceSettings):
     checkpoint_interval_seconds: int = Field(default=3_600, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_clock_skew_seconds: int = Field(default=30, ge=0)
+    # How long after landing a report is re-checked against the chain, for reorgs deeper than the confirmations.
+    reorg_window_seconds: float = Field(default=DEFAULT_REORG_WINDOW_SECONDS, ge=0)
     web: bool = False  # also serve the marketplace web page under /web/ (needs the deployment record)
     web_confirmations: int = Field(default=0, ge=0)  # blocks the page's event index stays behind the head
 

@@ -160,7 +160,13 @@ class ProviderAgent:
         self._reader = ChainReader(self._w3, settings.chain.registry, settings.chain.escrow)
         self._escrow = self._reader.escrow
         self._db = open_db(settings.db_path)
-        self.txmgr = TxManager(self._w3, settings.tx_db_path, settings.key, settings.chain.chain_id)
+        self.txmgr = TxManager(
+            self._w3,
+            settings.tx_db_path,
+            settings.key,
+            settings.chain.chain_id,
+            confirmations=settings.chain.confirmations,
+        )
         self.book = RentalBook(self._db, clock)
         self.jobs = JobLauncher(settings, self.book, self._key, real_gpus=not source.simulated, clock=clock)
         self.outbox = Outbox(

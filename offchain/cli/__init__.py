@@ -33,6 +33,7 @@ from offchain.market.exchange import ExchangeError, InsufficientAllowance
 from offchain.market.renterclient import RenterApiError
 from offchain.ops.deploy import DeployError
 from offchain.ops.devnet import DevnetError
+from offchain.oracle.metrics import MetricsFormatError
 from offchain.telemetry.source import TelemetryError
 
 COMMAND_MODULES = ("devnet", "provider", "listing", "offers", "rental", "agent", "oracle", "web")
@@ -52,6 +53,7 @@ FAILURES = (
     asyncio.TimeoutError,
     Web3Exception,
     RenterApiError,
+    MetricsFormatError,
 )
 
 

@@ -139,6 +139,7 @@ def chain_env(chain: ChainSettings) -> dict[str, str]:
         "GPUEX_ORACLE_CHAIN__CHAIN_ID": str(chain.chain_id),
         "GPUEX_ORACLE_CHAIN__REGISTRY": chain.registry,
         "GPUEX_ORACLE_CHAIN__ESCROW": chain.escrow,
+        "GPUEX_ORACLE_CHAIN__CONFIRMATIONS": str(chain.confirmations),
     }
 
 

@@ -23,12 +23,22 @@ the peers refuse is left out and the rest co-signed without it; it is quarantine
 too few oracles to sign it, for reasons that do not pass. Every batch is dry-run before it is handed over, and
 halved until a report that makes it revert is isolated; a report whose batches failed `MAX_FAILED_BATCHES` times
 is quarantined.
+Finality: a batch's reports stay `batched` until its transaction is final, `ChainSettings.confirmations` blocks
+deep (the tx manager re-checks the receipt's block until then and sends the transaction again if a reorg drops
+it). A reorg deeper than that is reconciled each epoch (`reconcile`): the reports of a transaction the tx manager
+took back to send again return to `batched` under it, and rentals whose latest report landed are read afresh:
+while one is live and the chain's last applied seq fell below the report the store holds as landed, that report
+goes back to `held` and lands again. Each landing is read once in the epoch after it was settled (a reorg that
+came in between), and every landing of the last `reorg_window_seconds` after the chain view's follower saw a
+reorg (and at start): one read per rental that landed recently, only when a reorg makes it worth it. A reorg
+older than the window is past any chain's finality.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Sequence
@@ -42,6 +52,7 @@ from offchain.chain.tx.dryrun import DryRunFailed, dry_run
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.reverts import RevertDecoder
 from offchain.chain.tx.store import FINAL_STATES, TxRecord, TxState
+from offchain.config import DEFAULT_REORG_WINDOW_SECONDS
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
@@ -162,6 +173,7 @@ class Batcher:
         metrics: OracleMetrics,
         checkpoint_interval_seconds: int,
         cosign_timeout: float = 5.0,
+        reorg_window_seconds: float = DEFAULT_REORG_WINDOW_SECONDS,
     ) -> None:
         self._store = store
         self._chain = chain
@@ -175,6 +187,9 @@ class Batcher:
         self._checkpoint_interval = checkpoint_interval_seconds
         self._cosign_timeout = cosign_timeout
         self._decoder = RevertDecoder.from_artifacts()
+        self._reorg_window = reorg_window_seconds
+        self._reorgs_checked: int | None = None  # the chain view's reorg count at the last re-check of landings
+        self._landings_checked_at = 0.0  # landings settled before this time were re-checked at least once
 
     async def close_batch(self) -> BatchOutcome:
         """Settles the batches the chain has confirmed, then closes one batch of the reports due to land, if there
@@ -311,7 +326,9 @@ class Batcher:
     async def settle_batches(self) -> None:
         """Settles every batch whose transaction ended: a confirmed one's reports are `landed` or `skipped` by their
         rentals' state on chain, a failed one's go back to the store. Reads the tx manager's records rather than
-        waiting for its callback, so a batch confirmed while this oracle was down is settled too."""
+        waiting for its callback, so a batch confirmed while this oracle was down is settled too. Then reconciles
+        what a reorg deeper than the confirmations took back (`reconcile`)."""
+        await self.reconcile()
         for tx_key in self._store.in_flight():
             record = self._txmgr.record(tx_key)
             if record is None or record.state not in FINAL_STATES:
@@ -342,6 +359,52 @@ class Batcher:
                 if not landed:
                     log.warning("rental %d seq %d was skipped by the chain", *key_of(submission))
             self._settle(outcomes)
+
+    async def reconcile(self) -> None:
+        """Undoes the landings a reorg deeper than the confirmations took out of the chain, then updates the
+        finality gauges. The tx manager is asked to look for its final transactions that the chain lost (it sends
+        them again) whenever a recent landing is missing on chain, so that such a batch follows its transaction
+        back to `batched` instead of being landed twice; what remains missing (landed by another transaction, or
+        one that will not come back) goes back to `held`."""
+        lost = await self._lost_landings()
+        if lost:
+            await self._txmgr.recheck_final()
+        unconfirmed = self._txmgr.records(TxState.UNCONFIRMED)
+        for record in unconfirmed:
+            if record.key.startswith("reports:") and (count := self._store.reopen_batch(record.key)):
+                self._metrics.reports_relanded.inc("resent", count)
+                log.warning(
+                    "batch %s was reorged out after it was final; its %d reports wait for it again",
+                    *(record.key, count),
+                )
+        missing = [
+            (rental_id, last_seq)
+            for key, (rental_id, last_seq) in lost.items()
+            if self._store.state(key) is ReportState.LANDED
+        ]
+        if missing and (count := self._store.reopen_landed(missing)):
+            self._metrics.reports_relanded.inc("rebatched", count)
+            log.warning(
+                "%d landed reports of %d rentals are no longer on chain (a reorg); they land again", count, len(missing)
+            )
+        self._metrics.record_finality(unconfirmed, self._store.count(ReportState.BATCHED), time.time())
+
+    async def _lost_landings(self) -> dict[SubmissionKey, tuple[int, int]]:
+        """The rentals' latest reports, landed since the last re-check (or within the reorg window, after a reorg
+        or at start), that are no longer on chain while the rental is live, each with its rental id and the
+        chain's last applied seq."""
+        now, reorgs = time.time(), self._chain.reorgs_seen
+        since = now - self._reorg_window
+        if reorgs == self._reorgs_checked:
+            since = max(since, self._landings_checked_at)
+        recent = self._store.recently_landed(since)
+        rentals = await asyncio.gather(*(self._chain.refresh_rental(key.rental_id) for key in recent))
+        self._reorgs_checked, self._landings_checked_at = reorgs, now
+        return {
+            key: (key.rental_id, rental.last_seq)
+            for key, rental in zip(recent, rentals)
+            if rental.is_live and rental.last_seq < key.seq
+        }
 
     def on_final(self, record: TxRecord) -> None:
         """Tx manager callback: records the latency and gas of a confirmed batch."""
@@ -426,12 +489,12 @@ class Batcher:
 
     def _fresh_key(self, reports) -> str:
         """`reports:<count>:<digest of the rentalId-seq list>`, suffixed when an earlier transaction with that key
-        failed. The same reports always give the same key (a restarted leader finds its transaction again), and the
-        key stays short at any batch size."""
+        ended (failed, or confirmed and then lost to a reorg). The same reports always give the same key while its
+        transaction is under way (a restarted leader finds it again), and the key stays short at any batch size."""
         listed = ",".join(f"{r.rental_id}-{r.seq}" for r in reports)
         base = f"reports:{len(reports)}:{keccak(text=listed).hex()[:32]}"
         key, attempt = base, 1
-        while (existing := self._txmgr.record(key)) is not None and existing.state in (TxState.FAILED, TxState.FATAL):
+        while (existing := self._txmgr.record(key)) is not None and existing.state in FINAL_STATES:
             attempt += 1
             key = f"{base}#{attempt}"
         return key

@@ -121,6 +121,7 @@ class ChainView:
         self._offers: _TtlCache[int, OfferGpus | None] = _TtlCache(float("inf"), max_entries, clock)
         self._start_timeout: int | None = None
         self._follower: EventFollower | None = None  # None until the block to follow from is known
+        self.reorgs_seen = 0  # rewinds of the follower: the batcher re-checks its recent landings after one
         self._rental_topics = {_topic("RentalEscrow", name) for name in RENTAL_EVENTS}
         self._agent_topic = _topic("ProviderRegistry", "AgentSet")
         self._followed_topics = ["0x" + t.hex() for t in (*self._rental_topics, self._agent_topic)]
@@ -190,6 +191,7 @@ class ChainView:
             self._apply_log(entry)
 
     async def _on_rewind(self, rewind: Rewind) -> None:
+        self.reorgs_seen += 1
         self._drop_followed()  # cached values may come from the orphaned blocks
 
     def _drop_followed(self) -> None:

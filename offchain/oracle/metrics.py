@@ -3,13 +3,17 @@
 Ingest feeds the report counters and the ingest latency; the batcher and transaction manager feed batch sizes,
 transaction latency and gas through `record_batch`, `record_tx_latency` and `record_gas_used`, the reports held
 that have yet to land, how many reports were settled (landed, skipped, dropped) and why reports were landed. The
-quarantine gauges are read from the store when `/metrics` is served.
+quarantine gauges are read from the store when `/metrics` is served. Finality (`record_finality`, `record_reorg`):
+the transactions waiting for their confirmations, by age, the reports in a transaction not final yet, the reorgs
+that took a transaction out of the chain and the reports landed again after one.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Sequence
+from typing import Iterable, Sequence
+
+from offchain.chain.tx.store import TxRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -70,25 +74,35 @@ class Gauge:
 
 
 class LabelledGauge:
-    """Values that go up and down, one per value of a label, replaced together."""
+    """Values that go up and down, one per value of one label: set one at a time or replaced together; the label
+    values given at construction are always rendered, in their order, then the others sorted."""
 
-    def __init__(self, name: str, help_text: str, label: str) -> None:
+    def __init__(self, name: str, help_text: str, label: str, label_values: Sequence[str] = ()) -> None:
         self.name = name
         self.help_text = help_text
         self.label = label
-        self._values: dict[str, float] = {}
+        self._fixed = tuple(label_values)
+        self._values: dict[str, float] = dict.fromkeys(label_values, 0.0)
+
+    def set(self, label_value: str, value: float) -> None:
+        self._values[label_value] = value
 
     def replace(self, values: dict[str, int]) -> None:
-        self._values = {key: float(value) for key, value in values.items()}
+        self._values = {**dict.fromkeys(self._fixed, 0.0), **{key: float(value) for key, value in values.items()}}
 
     def value(self, label_value: str) -> float:
         return self._values.get(label_value, 0.0)
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} gauge"]
-        for label_value, value in sorted(self._values.items()):
+        ordered = [*self._fixed, *sorted(set(self._values) - set(self._fixed))]
+        for label_value, value in ((label, self._values[label]) for label in ordered):
             lines.append(f'{self.name}{{{self.label}="{_escape(label_value)}"}} {_number(value)}')
         return lines
+
+
+#: Age bands of `gpuex_oracle_tx_unconfirmed`, as (label, upper bound in seconds), youngest first.
+UNCONFIRMED_AGES = (("lt_1m", 60.0), ("1m_10m", 600.0), ("ge_10m", float("inf")))
 
 
 class Histogram:
@@ -117,6 +131,31 @@ class Histogram:
         lines.append(f"{self.name}_sum {_number(self.sum)}")
         lines.append(f"{self.name}_count {self.count}")
         return lines
+
+
+class MetricsFormatError(ValueError):
+    """A page is not Prometheus text exposition format."""
+
+
+def parse_samples(text: str) -> dict[str, dict[str, float]]:
+    """The samples of a Prometheus text page, by metric name and then by the value of its one label ("" for a
+    sample without labels), as `OracleMetrics.render` writes them; histogram buckets keep their `le` label.
+    Raises MetricsFormatError on a line that is no comment and no sample."""
+    samples: dict[str, dict[str, float]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name, _, labels = name_part.partition("{")
+        try:
+            sample = float(value)
+        except ValueError:
+            raise MetricsFormatError(f"line {number} is not a sample: {line[:80]!r}") from None
+        if not name or not name.replace("_", "a").replace(":", "a").isalnum():
+            raise MetricsFormatError(f"line {number} is not a sample: {line[:80]!r}")
+        label_value = labels.rstrip("}").partition("=")[2].strip('"') if labels else ""
+        samples.setdefault(name, {})[label_value] = sample
+    return samples
 
 
 class OracleMetrics:
@@ -166,6 +205,37 @@ class OracleMetrics:
         self.equivocations = Gauge(
             "gpuex_oracle_equivocations", "Pairs of different agent-signed reports for one seq, kept as evidence."
         )
+        # Finality (ChainSettings.confirmations; the batcher's reconcile).
+        self.confirmations = Gauge(
+            "gpuex_oracle_confirmations", "Blocks deep a transaction must be before it is final (the setting)."
+        )
+        self.tx_unconfirmed = LabelledGauge(
+            "gpuex_oracle_tx_unconfirmed",
+            "Transactions sent and not final yet, by time since first sent (lt_1m, 1m_10m, ge_10m).",
+            "age",
+            [label for label, _ in UNCONFIRMED_AGES],
+        )
+        self.tx_awaiting_confirmations = Gauge(
+            "gpuex_oracle_tx_awaiting_confirmations", "Transactions mined and not yet `confirmations` blocks deep."
+        )
+        self.tx_oldest_unconfirmed_seconds = Gauge(
+            "gpuex_oracle_tx_oldest_unconfirmed_seconds", "Time since the oldest transaction not final was first sent."
+        )
+        self.reports_batched = Gauge(
+            "gpuex_oracle_reports_batched", "Reports in a batch transaction that is not final yet."
+        )
+        self.reorgs = Counter(
+            "gpuex_oracle_reorgs_total",
+            "Transactions a reorg took out of the chain, by whether they had been final (a reorg deeper than the"
+            " confirmations) or not.",
+            "depth",
+        )
+        self.reports_relanded = Counter(
+            "gpuex_oracle_reports_relanded_total",
+            "Landed reports a reorg took out of the chain, put on their way again: resent (with their transaction)"
+            " or rebatched (held for a new batch).",
+            "how",
+        )
 
     def record_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -180,6 +250,26 @@ class OracleMetrics:
         """Sets the quarantine gauges from the store's counts (`SubmissionStore.quarantine_counts`)."""
         self.quarantined.replace(counts)
         self.equivocations.set(equivocations)
+
+    def record_finality(self, unconfirmed: Iterable[TxRecord], reports_batched: int, now: float) -> None:
+        """Sets the finality gauges from the transactions not final yet and the reports they carry."""
+        counts = dict.fromkeys((label for label, _ in UNCONFIRMED_AGES), 0)
+        mined = 0
+        oldest = 0.0
+        for record in unconfirmed:
+            sent = record.broadcast_at or record.created_at
+            age = max(0.0, now - sent.timestamp())
+            oldest = max(oldest, age)
+            counts[next(label for label, bound in UNCONFIRMED_AGES if age < bound)] += 1
+            mined += record.block_number is not None
+        for label, count in counts.items():
+            self.tx_unconfirmed.set(label, count)
+        self.tx_awaiting_confirmations.set(mined)
+        self.tx_oldest_unconfirmed_seconds.set(round(oldest, 3))
+        self.reports_batched.set(reports_batched)
+
+    def record_reorg(self, was_final: bool) -> None:
+        self.reorgs.inc("final" if was_final else "unconfirmed")
 
     def render(self) -> str:
         families = (
@@ -197,5 +287,12 @@ class OracleMetrics:
             self.reports_quarantined,
             self.quarantined,
             self.equivocations,
+            self.confirmations,
+            self.tx_unconfirmed,
+            self.tx_awaiting_confirmations,
+            self.tx_oldest_unconfirmed_seconds,
+            self.reports_batched,
+            self.reorgs,
+            self.reports_relanded,
         )
         return "\n".join(line for family in families for line in family.render()) + "\n"

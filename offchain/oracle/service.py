@@ -38,6 +38,7 @@ class OracleService:
         self._owns_w3 = w3 is None
         self.w3 = w3 or connect(settings.chain.rpc_url)
         self.metrics = OracleMetrics()
+        self.metrics.confirmations.set(settings.chain.confirmations)
         state = Path(settings.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         self.store = SubmissionStore(state / STORE_FILE)
@@ -77,7 +78,13 @@ class OracleService:
         settings = self.settings
         state = Path(settings.state_dir)
         self.txmgr = TxManager(
-            self.w3, state / TXMGR_FILE, settings.private_key, settings.chain.chain_id, on_final=self._on_final
+            self.w3,
+            state / TXMGR_FILE,
+            settings.private_key,
+            settings.chain.chain_id,
+            confirmations=settings.chain.confirmations,
+            on_final=self._on_final,
+            on_reorg=lambda _record, was_final: self.metrics.record_reorg(was_final),
         )
         await self.txmgr.start()
         escrow = contract(self.w3, "RentalEscrow", settings.chain.escrow)
@@ -93,6 +100,7 @@ class OracleService:
             max_batch_reports=settings.max_batch_reports,
             metrics=self.metrics,
             checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+            reorg_window_seconds=settings.reorg_window_seconds,
         )
         tasks = [
             asyncio.create_task(self.txmgr.run(stop), name="tx manager"),

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS submissions (
     batched_tx_key TEXT,  -- the transaction that carries (or carried) the report to the chain
     failed_batches INTEGER NOT NULL DEFAULT 0,  -- batch transactions carrying the report that ended failed
     quarantine_reason TEXT,  -- why a `quarantined` report will never be sent
+    settled_at REAL,  -- when the report last reached landed, skipped, dropped or superseded by `settle`
     UNIQUE (rental_id, seq)
 );
 -- Two different reports an agent signed for one (rental, seq): its provider's fault, kept as evidence.
@@ -90,6 +91,10 @@ CREATE INDEX IF NOT EXISTS submissions_held ON submissions (id) WHERE state = 'h
 CREATE INDEX IF NOT EXISTS submissions_held_by_rental ON submissions (rental_id, seq) WHERE state = 'held';
 CREATE INDEX IF NOT EXISTS submissions_in_flight ON submissions (rental_id, batched_tx_key) WHERE state = 'batched';
 CREATE INDEX IF NOT EXISTS submissions_landed ON submissions (rental_id, covered_until) WHERE state = 'landed';
+-- Finality: the batcher re-checks recent landings against the chain, and follows a batch a reorg took back.
+CREATE INDEX IF NOT EXISTS submissions_recently_landed ON submissions (settled_at) WHERE state = 'landed';
+CREATE INDEX IF NOT EXISTS submissions_settled_by_tx ON submissions (batched_tx_key)
+    WHERE state IN ('landed', 'skipped');
 """
 _INSERT = (
     "INSERT INTO submissions (rental_id, seq, period_start, covered_until, delivered_seconds, util_seconds,"
@@ -100,6 +105,7 @@ _SUPERSEDE = "UPDATE submissions SET state = 'superseded' WHERE rental_id = ? AN
 _ADDED_COLUMNS = {
     "failed_batches": "INTEGER NOT NULL DEFAULT 0",
     "quarantine_reason": "TEXT",
+    "settled_at": "REAL",
 }
 
 
@@ -219,10 +225,11 @@ class SubmissionStore:
                 f"{path} holds the per-period reports of the first protocol; cumulative reports settle on a new "
                 "deployment: move that file aside and start the oracle with an empty state directory"
             )
-        self._db.executescript(_SCHEMA)
+        # Before the schema script: its indexes name the added columns.
         for column, definition in _ADDED_COLUMNS.items():
             if columns and column not in columns:
                 self._db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {definition}")
+        self._db.executescript(_SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
         self._group: asyncio.Future[None] | None = None  # the open transaction of `add_in_group`, if any
 
@@ -397,11 +404,46 @@ class SubmissionStore:
             ).rowcount
 
     def settle(self, outcomes: Iterable[tuple[SubmissionKey, ReportState]]) -> None:
-        """Records where each report ended (landed, skipped, dropped or superseded), atomically."""
+        """Records where each report ended (landed, skipped, dropped or superseded) and when, atomically."""
+        now = time.time()
         with self._transaction():
             self._db.executemany(
-                "UPDATE submissions SET state = ? WHERE rental_id = ? AND seq = ?",
-                [(state.value, str(key.rental_id), key.seq) for key, state in outcomes],
+                "UPDATE submissions SET state = ?, settled_at = ? WHERE rental_id = ? AND seq = ?",
+                [(state.value, now, str(key.rental_id), key.seq) for key, state in outcomes],
+            )
+
+    def recently_landed(self, since: float) -> list[SubmissionKey]:
+        """Each rental's highest-seq report settled `landed` at or after `since` (a time), oldest landing first."""
+        self._commit_group()
+        rows = self._db.execute(
+            "SELECT rental_id, MAX(seq) FROM submissions WHERE state = 'landed' AND settled_at >= ?"
+            " GROUP BY rental_id ORDER BY MIN(settled_at)",
+            (since,),
+        ).fetchall()
+        return [SubmissionKey(int(rental), seq) for rental, seq in rows]
+
+    def reopen_batch(self, tx_key: str) -> int:
+        """Puts the reports settled from transaction `tx_key` (landed or skipped) back to `batched` under it, for a
+        transaction a reorg took back that is on its way to the chain again; how many were reopened."""
+        with self._transaction():
+            return self._db.execute(
+                "UPDATE submissions SET state = 'batched' WHERE batched_tx_key = ? AND state IN ('landed', 'skipped')",
+                (tx_key,),
+            ).rowcount
+
+    def reopen_landed(self, lost: Iterable[tuple[int, int]]) -> int:
+        """For each (rental id, the chain's last applied seq), puts the rental's `landed` reports above that seq,
+        which the chain no longer holds, back: its latest report to `held`, the others to `superseded` (the latest
+        carries their totals), so the batcher lands it again. Returns how many reports were reopened."""
+        with self._transaction():
+            return sum(
+                self._db.execute(
+                    "UPDATE submissions SET state = CASE WHEN seq = (SELECT MAX(x.seq) FROM submissions AS x"
+                    " WHERE x.rental_id = submissions.rental_id) THEN 'held' ELSE 'superseded' END"
+                    " WHERE rental_id = ? AND seq > ? AND state = 'landed'",
+                    (str(rental_id), last_seq),
+                ).rowcount
+                for rental_id, last_seq in lost
             )
 
     def count_failed_batch(self, tx_key: str, limit: int) -> list[SubmissionKey]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from offchain.config import OracleSettings
+from offchain.config import DEFAULT_CONFIRMATIONS, FALLBACK_CONFIRMATIONS, ChainSettings, OracleSettings
 
 KEY = "0x" + "ab" * 32
 REGISTRY = "0x" + "11" * 20
@@ -58,4 +58,32 @@ def test_an_invalid_contract_address_is_refused(oracle_env):
     oracle_env.setenv("GPUEX_ORACLE_KEY", KEY)
     oracle_env.setenv("GPUEX_ORACLE_CHAIN__ESCROW", "0x1234")
     with pytest.raises(ValidationError, match="not an address"):
+        OracleSettings()
+
+
+@pytest.mark.parametrize(
+    "chain_id, confirmations",
+    [(1, 12), (11155111, 12), (84532, 10), (11155420, 10), (421614, 20), (8453, 10), (1337, 1), (31337, 1)],
+)
+def test_each_network_has_its_default_confirmations(chain_id, confirmations):
+    assert ChainSettings(chain_id=chain_id, registry=REGISTRY, escrow=ESCROW).confirmations == confirmations
+    assert DEFAULT_CONFIRMATIONS[chain_id] == confirmations
+
+
+def test_an_unknown_chain_waits_as_long_as_ethereum():
+    assert ChainSettings(chain_id=777, registry=REGISTRY, escrow=ESCROW).confirmations == FALLBACK_CONFIRMATIONS
+
+
+def test_confirmations_set_in_the_environment_win_over_the_default(oracle_env):
+    oracle_env.setenv("GPUEX_ORACLE_KEY", KEY)
+    assert OracleSettings().chain.confirmations == 12
+    oracle_env.setenv("GPUEX_ORACLE_CHAIN__CONFIRMATIONS", "3")
+    assert OracleSettings().chain.confirmations == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1001", "twelve", "1.5"])
+def test_bad_confirmations_are_refused(oracle_env, value):
+    oracle_env.setenv("GPUEX_ORACLE_KEY", KEY)
+    oracle_env.setenv("GPUEX_ORACLE_CHAIN__CONFIRMATIONS", value)
+    with pytest.raises(ValidationError, match="confirmations"):
         OracleSettings()

@@ -17,6 +17,11 @@ or ends `failed` (its `eth_call` dry-run reverted, nothing was sent; or it was m
   without a receipt signs a replacement with the same nonce and fees raised by `bump_percent` (capped at
   `max_fee_cap`). A mined transaction keeps being checked until it is `confirmations` blocks deep: if the
   block at its height changes (a reorg), its receipt is dropped and it is sent again.
+- A reorg deeper than `confirmations` takes back a transaction already final: the account's mined nonce count
+  (`eth_getTransactionCount(latest)`, read once per new head) falls to or below the nonce of a transaction
+  stored as mined. Such a transaction goes back to `unconfirmed` with its receipt dropped, and is broadcast
+  again as it was signed (same nonce, same payload): it lands again, and the transactions with later nonces,
+  which the node would otherwise hold back behind the gap forever, follow it.
 - Nonces are owned locally: synced at start with `eth_getTransactionCount(pending)` and with the nonces already
   stored, then handed out one by one. If another sender took a nonce that none of our attempts got mined
   under, the transaction goes back to `unstarted` and gets a fresh nonce (its payload never landed).
@@ -75,6 +80,8 @@ class TxManager:
     reverts; by default it knows the errors of the contracts of `reverts.DECODED_CONTRACTS`.
     `on_final` is called (in the ticking process) with the record of each transaction that becomes confirmed,
     failed or fatal: the place for metrics such as latency (`confirmed_at - created_at`) and gas used.
+    `on_reorg` is called with the record of each transaction a reorg took out of the chain, and whether it had
+    been final (the reorg was deeper than `confirmations`); the transaction is being sent again.
     """
 
     def __init__(
@@ -95,6 +102,7 @@ class TxManager:
         dry_run_block: BlockIdentifier = "pending",
         revert_decoder: RevertDecoder | None = None,
         on_final: Callable[[TxRecord], None] | None = None,
+        on_reorg: Callable[[TxRecord, bool], None] | None = None,
     ):
         if confirmations < 1 or bump_after_blocks < 1 or bump_percent < 10 or max_sends_per_tick < 1:
             raise ValueError("confirmations, bump_after_blocks and max_sends_per_tick must be >= 1, bump_percent >= 10")
@@ -110,6 +118,8 @@ class TxManager:
         self._max_backoff = max_backoff
         self._dry_run_block = dry_run_block
         self._on_final = on_final
+        self._on_reorg = on_reorg
+        self._reorg_checked_head: int | None = None
         self._decoder = revert_decoder or RevertDecoder.from_artifacts()
         self._signer = make_signer(w3, account_or_address)
         self._store = TxStore(db_path, chain_id, self._signer.address)
@@ -121,6 +131,11 @@ class TxManager:
     @property
     def address(self) -> ChecksumAddress:
         return self._signer.address
+
+    @property
+    def confirmations(self) -> int:
+        """Blocks deep a receipt must be before its transaction is final."""
+        return self._confirmations
 
     @property
     def backoff(self) -> Backoff:
@@ -176,6 +191,7 @@ class TxManager:
             if self._next_nonce is None:
                 await self._sync_nonce()
             head = await self._w3.eth.block_number
+            await self._reopen_reorged_final(head)
             if await self._resume_in_progress(head):
                 await self._send_unstarted(head)
             await self._check_unconfirmed()
@@ -205,6 +221,12 @@ class TxManager:
                 backoff.succeeded()
             waiters = [stop_event.wait()] + ([self._wake.wait()] if backoff.failures == 0 else [])
             await wait_any(waiters, backoff.delay)
+
+    async def recheck_final(self) -> None:
+        """Looks now, rather than at the next head, for final transactions that a reorg deeper than
+        `confirmations` took out of the chain, and puts them back to be sent again (`on_reorg` tells of each)."""
+        async with self._lock:
+            await self._reopen_reorged_final(await self._w3.eth.block_number, force=True)
 
     async def wait_confirmed(self, key: str, timeout: float, poll_interval: float = 0.05) -> TxRecord:
         """Waits until the transaction is final (confirmed, failed or fatal) and returns its record; something
@@ -359,6 +381,7 @@ class TxManager:
                 self._store.update(row["id"], **dict.fromkeys(RECEIPT_COLUMNS))
                 # Its fees were good enough a moment ago: resend as is, bump only if it stalls from here.
                 self._store.restart_bump_clock(self._store.latest_attempt(row), head)
+                self._tell_reorg(row["id"], was_final=False)
                 row = self._store.row(row["id"])
             if mined_count > row["nonce"]:
                 receipt = await self._find_receipt(row)
@@ -369,6 +392,37 @@ class TxManager:
                     self._requeue(row)
                 continue
             await self._bump_or_rebroadcast(row, head)
+
+    async def _reopen_reorged_final(self, head: int, *, force: bool = False) -> None:
+        """Puts back to `unconfirmed` every final transaction that a reorg deeper than `confirmations` took out of
+        the chain: mined under a nonce the chain's mined count no longer covers. `_check_unconfirmed` then
+        broadcasts it again. Read once per new head (a reorg to a chain of the same height shows at the next
+        block), or now when `force`d."""
+        if head == self._reorg_checked_head and not force:
+            return
+        mined_count = await self._w3.eth.get_transaction_count(self.address, "latest")
+        for row in self._store.mined_final_from(mined_count):
+            log.warning(
+                "txmgr: %s, final in block %d, reorged out (nonce %d, chain's mined count %d); sending again",
+                row["key"],
+                row["block_number"],
+                row["nonce"],
+                mined_count,
+            )
+            self._store.update(
+                row["id"], state=TxState.UNCONFIRMED, confirmed_at=None, **dict.fromkeys(RECEIPT_COLUMNS)
+            )
+            self._store.restart_bump_clock(self._store.latest_attempt(row), head)
+            self._tell_reorg(row["id"], was_final=True)
+        self._reorg_checked_head = head
+
+    def _tell_reorg(self, tx_id: int, *, was_final: bool) -> None:
+        if self._on_reorg is None:
+            return
+        try:
+            self._on_reorg(self._store.record(self._store.row(tx_id)), was_final)
+        except Exception:
+            log.exception("txmgr: on_reorg hook failed")
 
     async def _still_canonical(self, row: sqlite3.Row) -> bool:
         try:

@@ -104,6 +104,8 @@ CREATE TABLE IF NOT EXISTS tx (
     confirmed_at REAL
 );
 CREATE INDEX IF NOT EXISTS tx_by_sender_state ON tx (chain_id, from_address, state, id);
+-- Each new head looks for final transactions at or above the chain's mined nonce count (a deep reorg): a handful.
+CREATE INDEX IF NOT EXISTS tx_by_sender_nonce ON tx (chain_id, from_address, nonce);
 CREATE TABLE IF NOT EXISTS tx_attempt (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tx_id INTEGER NOT NULL REFERENCES tx (id),
@@ -177,6 +179,14 @@ class TxStore:
             "SELECT MAX(nonce) FROM tx WHERE chain_id = ? AND from_address = ?", (self._chain_id, self._address)
         ).fetchone()[0]
         return cast("int | None", highest)
+
+    def mined_final_from(self, nonce: int) -> list[sqlite3.Row]:
+        """This account's final transactions on this chain mined under `nonce` or a later one, by nonce."""
+        return self._db.execute(
+            "SELECT * FROM tx WHERE chain_id = ? AND from_address = ? AND state IN (?, ?) AND nonce >= ?"
+            " AND block_number IS NOT NULL ORDER BY nonce",
+            (self._chain_id, self._address, TxState.CONFIRMED.value, TxState.FAILED.value, nonce),
+        ).fetchall()
 
     def update(self, tx_id: int, **columns: Any) -> None:
         """Sets `columns` of a transaction (a `state` as a TxState) and its `updated_at`."""

@@ -138,3 +138,57 @@ def test_oracle_keeper_until_sigint(cli, tmp_path):
 
 def test_oracle_keeper_without_a_key_names_the_variable(cli):
     assert cli.fails(2, "oracle", "keeper").startswith("no key: set GPUEX_ORACLE_KEY_FILE")
+
+
+STATUS_PORT = 9231  # this suite's own port for the oracle that `oracle status` reads
+
+
+def test_oracle_status_shows_what_waits_for_finality(cli, tmp_path):
+    oracle = cli.spawn(
+        "oracle",
+        "serve",
+        log=tmp_path / "oracle.log",
+        env={
+            "GPUEX_ORACLE_KEY_FILE": cli.key_file("renter2"),
+            "GPUEX_ORACLE_PORT": str(STATUS_PORT),
+            "GPUEX_ORACLE_STATE_DIR": str(tmp_path / "oracle"),
+        },
+    )
+    url = f"http://127.0.0.1:{STATUS_PORT}"
+    try:
+
+        def healthy() -> bool:
+            assert oracle.poll() is None, (tmp_path / "oracle.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, 30, "the oracle to answer /healthz")
+        shown = cli.ok("oracle", "status", "--url", url, "--json").json()
+        human = cli.ok("oracle", "status", "--url", url + "/").out
+        not_metrics = cli.fails(1, "oracle", "status", "--url", f"{url}/healthz")
+    finally:
+        assert stop(oracle) == 0, (tmp_path / "oracle.log").read_text()
+    assert shown == {
+        "url": url,
+        "confirmations": 1,  # the devnet's chain id: a development chain
+        "transactions_unconfirmed": {"lt_1m": 0, "1m_10m": 0, "ge_10m": 0},
+        "transactions_awaiting_confirmations": 0,
+        "oldest_unconfirmed_seconds": 0.0,
+        "reports_held": 0,
+        "reports_batched": 0,
+        "reorgs": {},
+        "reports_relanded": {},
+    }
+    assert f"oracle at {url}" in human and "1 blocks" in human and "reorgs seen" in human
+    assert not_metrics == f"{url}/healthz/metrics answered HTTP 404"
+
+
+def test_oracle_status_refuses_a_url_that_is_not_http(cli):
+    assert cli.fails(2, "oracle", "status", "--url", "file:///etc/passwd").startswith("--url must be an http(s) URL")
+
+
+def test_oracle_status_of_an_oracle_that_does_not_answer_fails_with_the_reason(cli):
+    assert "Cannot connect" in cli.fails(1, "oracle", "status", "--url", f"http://127.0.0.1:{STATUS_PORT + 1}")

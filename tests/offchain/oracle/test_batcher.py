@@ -12,7 +12,7 @@ from typing import AsyncIterator, NamedTuple, Sequence
 
 import aiohttp
 import pytest
-from brownie import chain
+from brownie import accounts, chain, web3
 
 from offchain.chain.contracts import contract
 from offchain.chain.rpc import connect
@@ -22,8 +22,8 @@ from offchain.oracle.chainview import ChainView
 from offchain.oracle.metrics import OracleMetrics
 from offchain.oracle.store import NewSubmission, ReportState, SubmissionKey, SubmissionStore
 from offchain.protocol.digest import TelemetryDomain
-from offchain.protocol.messages import TelemetryReport
-from offchain.protocol.reports import BatchSigner, ReportStatus
+from offchain.protocol.messages import TelemetryReport, chain_reports
+from offchain.protocol.reports import BatchSigner, ReportStatus, submit_args
 from offchain.protocol.status import RentalStatus
 from scripts.deploy import SuiteParams, deploy_suite
 from tests.offchain.chain.helpers import settle
@@ -45,6 +45,7 @@ class Leader(NamedTuple):
     metrics: OracleMetrics
     txmgr: TxManager
     domain: TelemetryDomain
+    view: ChainView
 
 
 @asynccontextmanager
@@ -75,7 +76,12 @@ async def leader(settings, checkpoint_interval: int, peers: Sequence[str] = ()) 
         )
         try:
             yield Leader(
-                batcher, store, metrics, txmgr, TelemetryDomain(settings.chain.chain_id, settings.chain.registry)
+                batcher,
+                store,
+                metrics,
+                txmgr,
+                TelemetryDomain(settings.chain.chain_id, settings.chain.registry),
+                view,
             )
         finally:
             follower.cancel()
@@ -292,3 +298,118 @@ def test_the_checkpoint_interval_is_an_oracle_setting_from_the_environment(make_
     assert make_settings(0).checkpoint_interval_seconds == 3_600
     monkeypatch.setenv("GPUEX_ORACLE_CHECKPOINT_INTERVAL_SECONDS", "120")
     assert make_settings(0).checkpoint_interval_seconds == 120
+
+
+def reorg(depth: int) -> None:
+    """Replaces the last `depth` blocks with empty ones; the next block keeps the chain's time (anvil stamps the
+    replacements with their parent's time, which a real chain's would not)."""
+    head_time = web3.eth.get_block("latest").timestamp
+    web3.provider.make_request("anvil_reorg", [depth, []])
+    web3.provider.make_request("evm_setNextBlockTimestamp", [head_time + 1])
+
+
+def applied_seqs(suite, rental) -> list[int]:
+    escrow = web3.eth.contract(address=suite.escrow.address, abi=suite.escrow.abi)
+    logs = escrow.events.ReportApplied().get_logs(from_block=0, argument_filters={"rentalId": rental.rental_id})
+    return [log["args"]["seq"] for log in logs]
+
+
+def test_a_batch_reorged_out_after_it_was_final_lands_again_through_its_transaction(settings, rental, suite):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1), report(rental, 2, status=ReportStatus.COMPLETED))
+            assert await land(oracle) == [(rental.rental_id, 2)]
+            chain.mine(2)
+            reorg(3)
+            await oracle.batcher.settle_batches()
+            waiting_again = oracle.store.state(SubmissionKey(rental.rental_id, 2))
+            (tx_key,) = oracle.store.in_flight()
+            await settle(oracle.txmgr, tx_key)
+            await oracle.batcher.settle_batches()
+            return waiting_again, states(oracle, rental, (1, 2)), oracle.metrics
+
+    waiting_again, final_states, metrics = asyncio.run(scenario())
+    assert waiting_again is ReportState.BATCHED
+    assert final_states == [ReportState.SUPERSEDED, ReportState.LANDED]
+    assert metrics.reports_relanded.value("resent") == 1 and metrics.reports_relanded.value("rebatched") == 0
+    assert metrics.reports_batched.value == 1  # while it waited for its transaction again
+    assert applied_seqs(suite, rental) == [2]
+    assert (on_chain(suite, rental).status, on_chain(suite, rental).last_seq) == (RentalStatus.COMPLETED, 2)
+
+
+def test_a_landing_by_another_transaction_that_a_reorg_took_is_held_and_landed_again(settings, rental, suite):
+    """Another sender landed the report (the store settled it from the chain); no transaction of this oracle will
+    bring it back after the reorg, so the batcher holds it and lands it in a batch of its own. The rental's time
+    is up, so its latest report is due whatever landed before."""
+    chain.sleep(RENTAL_SECONDS + PERIOD)
+    chain.mine()
+    latest = report(rental, 1)
+    version = suite.read(lambda r: r.oracle_set()).version
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, latest)
+            reports = chain_reports([submission(settings, latest)])
+            signer = BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow)
+            args = submit_args(reports, [signer.sign(reports, version)], version)
+            suite.escrow.submitReports(*args, {"from": accounts[9]})
+            assert await land(oracle) == []
+            settled_from_chain = states(oracle, rental, (1,))
+            chain.mine(2)
+            reorg(3)
+            await oracle.batcher.settle_batches()
+            held_again = states(oracle, rental, (1,))
+            relanded = await land(oracle)
+            return settled_from_chain, held_again, relanded, oracle.metrics
+
+    settled_from_chain, held_again, relanded, metrics = asyncio.run(scenario())
+    assert settled_from_chain == [ReportState.LANDED]
+    assert held_again == [ReportState.HELD]
+    assert relanded == [(rental.rental_id, 1)]
+    assert metrics.reports_relanded.value("rebatched") == 1 and metrics.reports_relanded.value("resent") == 0
+    assert applied_seqs(suite, rental) == [1]
+    assert (on_chain(suite, rental).status, on_chain(suite, rental).last_seq) == (RentalStatus.RUNNING, 1)
+
+
+def test_without_a_reorg_a_landing_is_read_again_once_and_after_one_every_recent_landing_is(settings, rental, suite):
+    chain.sleep(2 * PERIOD)
+    chain.mine()
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=NEVER) as oracle:
+            accept(settings, oracle, report(rental, 1, status=ReportStatus.COMPLETED))
+            await land(oracle)
+            reads: list[int] = []
+            refresh = oracle.view.refresh_rental
+
+            async def counted(rental_id: int):
+                reads.append(rental_id)
+                return await refresh(rental_id)
+
+            oracle.view.refresh_rental = counted  # type: ignore[method-assign]
+            await oracle.batcher.settle_batches()
+            after_landing = len(reads)
+            await oracle.batcher.settle_batches()
+            await oracle.batcher.settle_batches()
+            quiet = len(reads) - after_landing
+            chain.mine()
+            chain.sleep(5)  # the replacement of the next block, stamped with its parent's time, differs from it
+            chain.mine()
+            await asyncio.sleep(0.5)  # the follower (polling every 20 ms) delivers the new blocks
+            seen = oracle.view.reorgs_seen
+            reorg(1)  # an empty block replaced: nothing of the rental's changes
+            chain.mine()
+            for _ in range(250):
+                if oracle.view.reorgs_seen != seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert oracle.view.reorgs_seen != seen, "the follower did not see the reorg"
+            await oracle.batcher.settle_batches()
+            return after_landing, quiet, len(reads) - after_landing - quiet, states(oracle, rental, (1,))
+
+    after_landing, quiet, after_reorg, final_states = asyncio.run(scenario())
+    assert (after_landing, quiet, after_reorg) == (1, 0, 1)
+    assert final_states == [ReportState.LANDED]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 from eth_utils import keccak
@@ -306,3 +307,59 @@ def test_an_equivocation_is_kept_once_with_both_reports(store):
 
     assert store.equivocations() == [Equivocation(1, 1, "0xProvider", held.submission, other_submission)]
     assert store.count_equivocations() == 1
+
+
+def test_recently_landed_gives_each_rentals_latest_landing_within_the_window(store):
+    store.add([entry(1, 1), entry(1, 2), entry(2, 1), entry(3, 1)])
+    store.settle([(SubmissionKey(1, 1), ReportState.LANDED), (SubmissionKey(1, 2), ReportState.LANDED)])
+    store.settle([(SubmissionKey(3, 1), ReportState.SKIPPED)])
+    assert store.recently_landed(0) == [SubmissionKey(1, 2)]
+    assert store.recently_landed(time.time() + 60) == []
+
+
+def test_reopen_batch_puts_a_resent_transactions_reports_back_in_it(store):
+    store.add([entry(1, 1), entry(2, 1), entry(3, 1)])
+    store.mark_batched([SubmissionKey(1, 1), SubmissionKey(2, 1)], "tx-a")
+    store.mark_batched([SubmissionKey(3, 1)], "tx-b")
+    store.settle([(SubmissionKey(1, 1), ReportState.LANDED), (SubmissionKey(2, 1), ReportState.SKIPPED)])
+    store.settle([(SubmissionKey(3, 1), ReportState.LANDED)])
+    assert store.reopen_batch("tx-a") == 2
+    assert [s.report.rental_id for s in store.batched("tx-a")] == [1, 2]
+    assert store.state(SubmissionKey(3, 1)) is ReportState.LANDED
+    assert store.reopen_batch("tx-a") == 0
+
+
+def test_reopen_landed_holds_the_latest_lost_report_and_supersedes_the_others(store):
+    store.add([entry(1, 1), entry(1, 2), entry(1, 3), entry(2, 1), entry(2, 2)])
+    store.settle([(SubmissionKey(1, seq), ReportState.LANDED) for seq in (1, 2, 3)])
+    store.settle([(SubmissionKey(2, 1), ReportState.LANDED)])
+    # Rental 1: the chain kept seq 1 only. Rental 2: a later report is held, which carries the lost one's totals.
+    assert store.reopen_landed([(1, 1), (2, 0)]) == 3
+    assert [store.state(SubmissionKey(1, seq)) for seq in (1, 2, 3)] == [
+        ReportState.LANDED,
+        ReportState.SUPERSEDED,
+        ReportState.HELD,
+    ]
+    assert store.state(SubmissionKey(2, 1)) is ReportState.SUPERSEDED
+    assert [(w.rental_id, w.seq, w.landed_until) for w in store.waiting()] == [(1, 3, 200), (2, 2, None)]
+
+
+def test_a_store_written_before_settlement_times_gains_them(tmp_path):
+    path = tmp_path / "oracle.sqlite3"
+    old = SubmissionStore(path)
+    old.add([entry(1, 1)])
+    old.settle([(SubmissionKey(1, 1), ReportState.LANDED)])
+    old.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX submissions_recently_landed")
+    db.execute("ALTER TABLE submissions DROP COLUMN settled_at")
+    db.commit()
+    db.close()
+    reopened = SubmissionStore(path)
+    try:
+        assert reopened.state(SubmissionKey(1, 1)) is ReportState.LANDED
+        assert reopened.recently_landed(0) == []  # landed before times were kept: outside every window
+        reopened.settle([(SubmissionKey(1, 1), ReportState.LANDED)])
+        assert reopened.recently_landed(0) == [SubmissionKey(1, 1)]
+    finally:
+        reopened.close()

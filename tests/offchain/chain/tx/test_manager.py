@@ -449,3 +449,69 @@ def test_submit_stores_unstarted_and_wait_times_out_when_nothing_ticks(tmp_path)
             manager.close()
 
     asyncio.run(scenario())
+
+
+def test_a_final_transaction_reorged_out_deeper_than_its_confirmations_is_sent_again_and_lands_once(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
+    """Final at two confirmations, then a reorg of depth 3 takes it out: the chain's nonce falls back under it.
+    It is sent again as signed (no nonce gap), `on_reorg` says it had been final, and a transaction submitted
+    after the reorg lands behind it."""
+    first, second = started_rental(suite, renter, provider), started_rental(suite, renter, provider)
+    calldata = first_report_calldata(suite, first)
+    later = first_report_calldata(suite, second)
+    reorgs = []
+
+    async def scenario():
+        options = {"confirmations": 2, "on_reorg": lambda record, final: reorgs.append((record.key, final))}
+        async with started_manager(rpc_url, db_path, sender, chain_id, **options) as manager:
+            await manager.submit("reports:first", suite.escrow.address, calldata)
+            await manager.tick()
+            mine()
+            await manager.tick()
+            mine()
+            await manager.tick()
+            before = manager.record("reports:first")
+            assert before.state is TxState.CONFIRMED
+            head_time = latest_block().timestamp
+            rpc("anvil_reorg", 3, [])
+            # anvil stamps the replacement blocks with their parent's time; a real chain's keep theirs.
+            rpc("evm_setNextBlockTimestamp", head_time + 1)
+            assert sent_count(sender.address) == 0
+            await manager.recheck_final()
+            reopened = manager.record("reports:first")
+            assert reopened.state is TxState.UNCONFIRMED and reopened.block_number is None
+            await manager.submit("reports:later", suite.escrow.address, later)
+            for _ in range(4):
+                await manager.tick()
+                mine()
+            await manager.tick()
+            return before, manager.record("reports:first"), manager.record("reports:later")
+
+    with manual_mining():
+        before, first_record, later_record = asyncio.run(scenario())
+    assert reorgs == [("reports:first", True)]
+    assert first_record.state is TxState.CONFIRMED and first_record.hash == before.hash
+    assert first_record.block_hash != before.block_hash and first_record.nonce == before.nonce
+    assert later_record.state is TxState.CONFIRMED and later_record.nonce == before.nonce + 1
+    assert sent_count(sender.address) == 2
+    assert rental_state(suite, first).last_seq == 1 and rental_state(suite, second).last_seq == 1
+
+
+def test_a_final_transaction_still_on_chain_is_left_final(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
+    rental = started_rental(suite, renter, provider)
+    calldata = first_report_calldata(suite, rental)
+
+    async def scenario():
+        async with started_manager(rpc_url, db_path, sender, chain_id) as manager:
+            await manager.submit("reports:kept", suite.escrow.address, calldata)
+            await settle(manager, "reports:kept")
+            mine(2)
+            await manager.recheck_final()
+            await manager.tick()
+            return manager.record("reports:kept")
+
+    assert asyncio.run(scenario()).state is TxState.CONFIRMED
+    assert sent_count(sender.address) == 1
