@@ -36,8 +36,8 @@ class Ingest:
         A report this oracle already holds is acknowledged again as a duplicate, even if it would fail a check now
         (its rental closed, it grew old), so an agent's retry is always safe; a different report under the same
         (rental, seq) is a conflict. A report that does not follow the cached rental is checked once more against
-        the rental read from the chain now, since the cache does not follow applied reports. With `fill_gaps`, a
-        report beyond the next seq first has `gap_filler` fetch what this oracle lacks.
+        the rental read from the chain now, since the cache does not follow applied reports; so is a report beyond
+        the next seq this oracle holds, after (with `fill_gaps`) `gap_filler` has fetched what it lacks.
         """
         report = submission.report
         digest = self._domain.digest(report)
@@ -47,10 +47,12 @@ class Ingest:
             if self._store.held(key_of(submission)) == (digest, submission.signature):
                 return TelemetryAck(rental_id=report.rental_id, seq=report.seq, duplicate=True)
             raise
-        if fill_gaps and self.gap_filler is not None:
-            last = self._store.last_accepted(report.rental_id)
-            if report.seq > (last.seq if last else 0) + 1:
+        last = self._store.last_accepted(report.rental_id)
+        if report.seq > (last.seq if last else 0) + 1:
+            if fill_gaps and self.gap_filler is not None:
                 await self.gap_filler(report.rental_id, report.seq)
+            # What this oracle lacks may have landed: the chain's applied totals are the ones to check against.
+            rental = await self._verifier.refreshed_rental(report.rental_id)
         try:
             return await self._accept(submission, digest, body, rental)
         except Rejected as exc:
