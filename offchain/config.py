@@ -145,6 +145,9 @@ class OracleSettings(_ServiceSettings):
     reorg_window_seconds: float = Field(default=DEFAULT_REORG_WINDOW_SECONDS, ge=0)
     web: bool = False  # also serve the marketplace web page under /web/ (needs the deployment record)
     web_confirmations: int = Field(default=0, ge=0)  # blocks the page's event index stays behind the head
+    # Recovery of held reports from the peers (offchain.oracle.recovery), at start and when a report skips seqs.
+    recovery_max_pages: int = Field(default=1_000, ge=0)  # pages of GET /v1/reports taken from a peer; 0: none
+    recovery_timeout_seconds: float = Field(default=10.0, gt=0)  # for each page
 
     @model_validator(mode="after")
     def _one_key(self) -> "OracleSettings":

@@ -4,7 +4,9 @@ configured oracle has answered it for good.
 Each report has one delivery row per oracle, `pending` until that oracle answers:
 
 - 202 (accepted) or 200 (an identical report was already accepted) with a `TelemetryAck` of this rental and
-  seq: `acked` (an answer that is not such an ack is retried: whatever answered is not the oracle);
+  seq: `acked` (an answer that is not such an ack is retried: whatever answered is not the oracle). An ack with
+  `missing_from_seq` says the oracle took the report across a gap (it lost its state, or missed reports): the
+  rental's reports from that seq that this oracle had acked are due to it again, and it stores those it lacks;
 - a 4xx refusal (`OracleError` {"error", "detail"}) is final, `rejected` with the answer kept, except
   `seq_gap` (the oracle misses an earlier seq; it can take this one once the chain settled that seq), 408 and
   429, which are retried;
@@ -17,7 +19,8 @@ Each oracle has its own queue; a slow or dead oracle delays no other.
 
 A killed agent loses nothing: on restart every pending delivery is sent again. A report an oracle acked but
 whose ack the agent had not yet committed is sent to that oracle once more, which the oracle answers with 200;
-an oracle whose ack was committed never gets the report again.
+an oracle whose ack was committed gets the report again only if it says it lacks it. The outbox keeps every
+report it queued, so it can always send again what an oracle lost.
 """
 
 from __future__ import annotations
@@ -108,13 +111,13 @@ def _reason(body: str) -> RejectReason | None:
         return None
 
 
-def _acks(body: str, delivery: Delivery) -> bool:
-    """Whether an oracle's 200/202 body acknowledges this delivery's report."""
+def _ack(body: str, delivery: Delivery) -> TelemetryAck | None:
+    """An oracle's 200/202 body if it acknowledges this delivery's report, else None."""
     try:
         ack = TelemetryAck.model_validate_json(body)
     except ValidationError:
-        return False
-    return ack.accepted and (ack.rental_id, ack.seq) == (delivery.rental_id, delivery.seq)
+        return None
+    return ack if ack.accepted and (ack.rental_id, ack.seq) == (delivery.rental_id, delivery.seq) else None
 
 
 def normalize_oracle_url(url: str) -> str:
@@ -257,8 +260,11 @@ class Outbox(SessionOwner):
             self._record_retry(delivery, None, f"{type(exc).__name__}: {exc}")
             return
         if status in (200, 202):
-            if _acks(text, delivery):
+            ack = _ack(text, delivery)
+            if ack is not None:
                 self._record_final(delivery, "acked", status, None)
+                if ack.missing_from_seq is not None and ack.missing_from_seq < delivery.seq:
+                    self._send_again(delivery, ack.missing_from_seq)
             else:
                 self._record_retry(delivery, status, f"not an ack of this report: {text[:_MAX_ERROR_CHARS]}")
         elif 400 <= status < 500 and status not in RETRYABLE_CLIENT_ERRORS and _reason(text) not in RETRYABLE_REASONS:
@@ -280,6 +286,24 @@ class Outbox(SessionOwner):
                    done_at = ? WHERE rental_id = ? AND seq = ? AND oracle = ?""",
             (state, status, error, self._clock(), str(delivery.rental_id), delivery.seq, delivery.oracle),
         )
+
+    def _send_again(self, delivery: Delivery, from_seq: int) -> None:
+        """Makes the rental's reports from `from_seq` below `delivery`'s, which its oracle had acked and now lacks,
+        due to that oracle again (oldest first, before any later report)."""
+        resent = self._db.execute(
+            """UPDATE outbox_deliveries SET state = 'pending', next_attempt_at = ?, done_at = NULL
+               WHERE rental_id = ? AND oracle = ? AND seq >= ? AND seq < ? AND state = 'acked'""",
+            (self._clock(), str(delivery.rental_id), delivery.oracle, from_seq, delivery.seq),
+        ).rowcount
+        if resent:
+            log.warning(
+                "oracle %s lacks rental %d from seq %d: sending %d acked report(s) again",
+                delivery.oracle,
+                delivery.rental_id,
+                from_seq,
+                resent,
+            )
+        self._wakeups[delivery.oracle].set()
 
     def _record_retry(self, delivery: Delivery, status: int | None, error: str) -> None:
         attempts = delivery.attempts + 1

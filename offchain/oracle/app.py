@@ -1,9 +1,11 @@
-"""The oracle's HTTP service (aiohttp): telemetry ingest, co-signing, health and metrics.
+"""The oracle's HTTP service (aiohttp): telemetry ingest, co-signing, the held reports, health and metrics.
 
 `create_app` builds the application from `OracleSettings`; the chain view, store, metrics and clock can be
 injected (tests, benchmarks), and whatever the app creates itself it also closes. Resources live in a
 `cleanup_ctx`: the node connection, the SQLite store, the chain follower and the WAL checkpoint tasks start
-before the first request and are released after the last in-flight request has finished. With `settings.web`
+before the first request and are released after the last in-flight request has finished. With `settings.peers`,
+the app also recovers from its peers what it lacks (`offchain.oracle.recovery`): everything they hold, once at
+start, in the background, and a rental's reports when one of them arrives across a gap. With `settings.web`
 the read-only marketplace page (`offchain.web`) is served under `/web/` as well, from its own event index.
 
 Every refusal is JSON `OracleError` {"error": reason code, "detail": text}: 400 for a body that is not the
@@ -19,6 +21,7 @@ import sqlite3
 import time
 from typing import AsyncIterator, Callable, TypeVar
 
+import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -28,6 +31,7 @@ from offchain.oracle.chainview import DEFAULT_POLL_INTERVAL_SECONDS, ChainView
 from offchain.oracle.cosign import COSIGN_PATH, Cosigner
 from offchain.oracle.ingest import Ingest
 from offchain.oracle.metrics import CONTENT_TYPE, OracleMetrics
+from offchain.oracle.recovery import MAX_PAGE_REPORTS, REPORTS_PATH, PeerRecovery
 from offchain.oracle.store import SubmissionStore
 from offchain.oracle.verify import Rejected, Verifier, VerifyPolicy
 from offchain.protocol.digest import TelemetryDomain
@@ -128,12 +132,29 @@ def create_app(
         checkpoints = asyncio.create_task(
             app[STORE].run_checkpoints(CHECKPOINT_INTERVAL_SECONDS, stop_checkpoints), name="sqlite checkpoints"
         )
+        session = aiohttp.ClientSession()
+        background: list[asyncio.Task] = [follower]
+        if settings.peers and settings.recovery_max_pages:
+            recovery = PeerRecovery(
+                app[INGEST],
+                settings.peers,
+                session,
+                max_report_age_seconds=policy.max_report_age_seconds,
+                max_body_bytes=settings.max_body_bytes,
+                max_pages=settings.recovery_max_pages,
+                timeout=settings.recovery_timeout_seconds,
+                clock=clock,
+            )
+            app[INGEST].gap_filler = recovery.fill
+            background.append(asyncio.create_task(recovery.recover(), name="recovery from peers"))
         try:
             yield
         finally:
-            follower.cancel()
+            for task in background:
+                task.cancel()
             stop_checkpoints.set()
-            await asyncio.gather(follower, checkpoints, return_exceptions=True)
+            await asyncio.gather(*background, checkpoints, return_exceptions=True)
+            await session.close()
             if store is None:
                 app[STORE].close()
             if w3 is not None:
@@ -149,6 +170,7 @@ def create_app(
         )
     app.router.add_post(TELEMETRY_PATH, post_telemetry)
     app.router.add_post(COSIGN_PATH, post_cosign)
+    app.router.add_get(REPORTS_PATH, get_reports)
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/metrics", get_metrics)
     return app
@@ -187,6 +209,34 @@ async def post_cosign(request: web.Request) -> web.Response:
         return _error_response(rejected)
     app[METRICS].cosign_requests.inc("signed")
     return _json_response(answer, 200)
+
+
+async def get_reports(request: web.Request) -> web.Response:
+    """The agent-signed submissions this oracle holds, as it received them, in the order it accepted them:
+    `after` (a cursor, 0 for the first page), `limit` (at most MAX_PAGE_REPORTS), `rental_id` (one rental's
+    only), `since` (received at or after this Unix time). A peer takes them as it would from their agent
+    (`offchain.oracle.recovery`); they carry only what agents signed for the oracles."""
+    try:
+        after = _query_int(request, "after", 0, 2**63 - 1) or 0
+        limit = _query_int(request, "limit", 1, MAX_PAGE_REPORTS) or MAX_PAGE_REPORTS
+        since = _query_int(request, "since", 0, 2**63 - 1) or 0
+        rental_id = _query_int(request, "rental_id", 0, 2**256 - 1)
+    except Rejected as exc:
+        return _error_response(exc)
+    bodies, next_after = request.app[STORE].page(after, limit, rental_id, since)
+    cursor = b"null" if next_after is None else str(next_after).encode()
+    body = b'{"submissions":[' + b",".join(bodies) + b'],"next_after":' + cursor + b"}"
+    return web.Response(body=body, content_type="application/json")
+
+
+def _query_int(request: web.Request, name: str, low: int, high: int) -> int | None:
+    """The query parameter `name` as a decimal integer in [low, high], or None when absent."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 78 or not low <= int(raw) <= high:
+        raise Rejected(RejectReason.INVALID_QUERY, f"{name} must be a decimal integer from {low} to {high}")
+    return int(raw)
 
 
 async def get_healthz(request: web.Request) -> web.Response:

@@ -272,6 +272,48 @@ class SubmissionStore:
         ).fetchone()
         return PreviousReport(*row) if row else None
 
+    def neighbours(self, rental_id: int, seq: int) -> tuple[PreviousReport | None, TelemetrySubmission | None]:
+        """The rental's held reports nearest below and above `seq` (None where there is none): where a report this
+        oracle lacks fits in."""
+        below = self._db.execute(
+            "SELECT seq, covered_until, delivered_seconds, util_seconds, telemetry_root FROM submissions"
+            " WHERE rental_id = ? AND seq < ? ORDER BY seq DESC LIMIT 1",
+            (str(rental_id), seq),
+        ).fetchone()
+        above = self._db.execute(
+            "SELECT body FROM submissions WHERE rental_id = ? AND seq > ? ORDER BY seq LIMIT 1", (str(rental_id), seq)
+        ).fetchone()
+        return (
+            PreviousReport(*below) if below else None,
+            TelemetrySubmission.model_validate_json(above[0]) if above else None,
+        )
+
+    def add_superseded(self, entry: NewSubmission) -> None:
+        """Stores a report that fills a gap below the rental's latest, as `superseded`: a later report carries its
+        totals, so it never lands. Raises AlreadyHeld if its (rental, seq) is taken."""
+        try:
+            with self._transaction():
+                cursor = self._db.execute(_INSERT, _row(entry, time.time()))
+                self._db.execute("UPDATE submissions SET state = 'superseded' WHERE id = ?", (cursor.lastrowid,))
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyHeld(key_of(entry.submission)) from exc
+
+    def page(
+        self, after: int, limit: int, rental_id: int | None = None, received_since: float = 0.0
+    ) -> tuple[list[bytes], int | None]:
+        """Up to `limit` submission bodies as received, of the rental (or of every rental) and received at or after
+        `received_since`, in acceptance order from the row after `after`; and the cursor of the next page, None
+        when this one is the last."""
+        self._commit_group()
+        rows = self._db.execute(
+            "SELECT id, body FROM submissions WHERE id > ? AND (? IS NULL OR rental_id = ?) AND received_at >= ?"
+            " ORDER BY id LIMIT ?",
+            (after, None if rental_id is None else str(rental_id), str(rental_id), received_since, limit + 1),
+        ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [body for _, body in rows], (rows[-1][0] if more else None)
+
     def add(self, entries: Sequence[NewSubmission]) -> None:
         """Stores all of `entries` in one transaction, or none of them (raises AlreadyHeld)."""
         rows = [_row(e, time.time()) for e in entries]

@@ -32,6 +32,7 @@ LAG_SENSITIVE_REASONS = frozenset({RejectReason.SEQ_GAP, RejectReason.PERIOD_DIS
 
 HTTP_STATUS: dict[RejectReason, int] = {
     RejectReason.INVALID_BODY: 400,
+    RejectReason.INVALID_QUERY: 400,
     RejectReason.BODY_TOO_LARGE: 413,
     RejectReason.BATCH_TOO_LARGE: 413,
     RejectReason.BAD_SIGNATURE: 401,
@@ -182,7 +183,7 @@ class Verifier:
 
 
 def check_continuity(report: TelemetryReport, previous: PreviousReport | None, rental: Rental) -> None:
-    """Raises Rejected unless `report` directly follows the rental's previous report.
+    """Raises Rejected unless `report` follows the rental's previous report, directly or across a gap.
 
     `previous` is the latest report of the rental that this oracle holds (or that precedes it in a cosign batch).
     If the chain has applied a later report than that (this oracle missed some), the chain's applied totals are the
@@ -192,42 +193,50 @@ def check_continuity(report: TelemetryReport, previous: PreviousReport | None, r
     `since`; the agent begins measuring when it sees the rental, so its first period may start at or after `since`
     (the gap counts against the provider, never the renter).
 
-    A report's totals never go back, and what they add over the previous ones fits its period: no more delivered
-    seconds than [period_start, covered_until) holds, no more utilisation-weighted seconds than delivered ones.
+    Reports are cumulative, so one that skips seqs this oracle never saw (it lost its state, or was down when they
+    were sent) is checked against the last totals it knows (`check_follows`): a missing intermediate report is
+    harmless, as it is on chain, where seqs only have to increase.
     """
     if rental.last_seq > (previous.seq if previous else 0):
         previous = PreviousReport(
             rental.last_seq, rental.covered_until, rental.delivered_seconds, rental.util_seconds, None
         )
-        start_ok = report.period_start == previous.covered_until or (
-            previous.covered_until >= rental.end and report.period_start >= previous.covered_until
-        )
-    elif previous is not None:
-        start_ok = report.period_start == previous.covered_until
-    else:
+        open_start = previous.covered_until >= rental.end
+    elif previous is None:
         previous = PreviousReport(0, rental.since, 0, 0, ZERO_ROOT)
-        if rental.status == RentalStatus.OPEN:
-            start_ok = report.period_start >= rental.since
-        else:
-            start_ok = report.period_start == rental.since
+        open_start = rental.status == RentalStatus.OPEN
+    else:
+        open_start = False
+    check_follows(report, previous, open_start=open_start)
 
-    expected_seq = previous.seq + 1
-    if report.seq < expected_seq:
+
+def check_follows(report: TelemetryReport, previous: PreviousReport, *, open_start: bool = False) -> None:
+    """Raises Rejected unless `report` may come after `previous` (a report, or totals this oracle knows).
+
+    The next seq (`previous.seq + 1`) must start where `previous`'s coverage ended (at or after it with
+    `open_start`) and chain on its telemetry root (when known). A later seq skips reports this oracle lacks; their
+    chained roots cannot be checked across the gap, but the cumulative totals can: its coverage starts no earlier
+    than `previous`'s ended. Either way a report's totals never go back, and what they add over `previous` fits
+    the time it covers beyond `previous`: no more delivered seconds than that (only [period_start, covered_until)
+    for the next seq), no more utilisation-weighted seconds than delivered ones.
+    """
+    if report.seq <= previous.seq:
         raise Rejected(
             RejectReason.SEQ_STALE,
             f"seq {report.seq} of rental {report.rental_id} is at or below the last accepted seq {previous.seq}",
         )
-    if report.seq > expected_seq:
-        raise Rejected(
-            RejectReason.SEQ_GAP, f"seq {report.seq} of rental {report.rental_id}: the next expected is {expected_seq}"
-        )
+    across_gap = report.seq > previous.seq + 1
+    if across_gap or open_start:
+        start_ok = report.period_start >= previous.covered_until
+    else:
+        start_ok = report.period_start == previous.covered_until
     if not start_ok:
         raise Rejected(
             RejectReason.PERIOD_DISCONTINUOUS,
             f"period_start {report.period_start} of rental {report.rental_id} seq {report.seq} does not follow the "
-            f"previous coverage, which ended at {previous.covered_until}",
+            f"previous coverage (seq {previous.seq}), which ended at {previous.covered_until}",
         )
-    if previous.telemetry_root is not None and report.prev_root != previous.telemetry_root:
+    if not across_gap and previous.telemetry_root is not None and report.prev_root != previous.telemetry_root:
         raise Rejected(
             RejectReason.PREV_ROOT_MISMATCH,
             f"prev_root of rental {report.rental_id} seq {report.seq} is not the telemetry root of seq {previous.seq}",
@@ -236,15 +245,16 @@ def check_continuity(report: TelemetryReport, previous: PreviousReport | None, r
         raise Rejected(
             RejectReason.TOTALS_DECREASED,
             f"totals of rental {report.rental_id} seq {report.seq} ({report.delivered_seconds} delivered, "
-            f"{report.util_seconds} utilisation-weighted seconds) are below the previous ones "
+            f"{report.util_seconds} utilisation-weighted seconds) are below those of seq {previous.seq} "
             f"({previous.delivered_seconds}, {previous.util_seconds})",
         )
     delivered = report.delivered_seconds - previous.delivered_seconds
-    if delivered > report.period_seconds:
+    covered = report.covered_until - previous.covered_until if across_gap else report.period_seconds
+    if delivered > covered:
         raise Rejected(
             RejectReason.DELIVERED_ABOVE_PERIOD,
-            f"rental {report.rental_id} seq {report.seq} adds {delivered} delivered seconds in a period of "
-            f"{report.period_seconds} s",
+            f"rental {report.rental_id} seq {report.seq} adds {delivered} delivered seconds over seq {previous.seq} "
+            f"in {covered} s",
         )
     if report.util_seconds - previous.util_seconds > delivered:
         raise Rejected(

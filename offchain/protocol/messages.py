@@ -177,7 +177,11 @@ class CosignResponse(BaseModel):
 
 class TelemetryAck(BaseModel):
     """An oracle's answer to a report it holds: 202 when it newly accepted it, 200 with `duplicate` when it already
-    held this exact report, so an agent's retry is always safe."""
+    held this exact report, so an agent's retry is always safe.
+
+    `missing_from_seq` is set when the oracle accepted the report across a gap (reports are cumulative, so it can):
+    it lacks the rental's reports from that seq up to this one, and the agent sends again those it still has.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -185,16 +189,28 @@ class TelemetryAck(BaseModel):
     rental_id: int
     seq: int
     duplicate: bool = False
+    missing_from_seq: int | None = Field(default=None, ge=1)
+
+
+class HeldReports(BaseModel):
+    """The body of `GET /v1/reports`: agent-signed submissions an oracle holds, in the order it accepted them, and
+    the cursor of the next page (`after`), None on the last page."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
+
+    submissions: tuple[TelemetrySubmission, ...]
+    next_after: int | None = None
 
 
 class RejectReason(StrEnum):
     """Machine-readable reason codes of an oracle's refusals (`OracleError.error`).
 
-    `chain_unavailable` (503) is the oracle's own trouble: retry later. `seq_gap` means an earlier report is
-    missing: send it first. Every other reason is final for that body.
+    `chain_unavailable` (503) is the oracle's own trouble: retry later. `seq_gap` (no longer sent: an oracle takes a
+    cumulative report across a gap) meant an earlier report is missing. Every other reason is final for that body.
     """
 
     INVALID_BODY = "invalid_body"  # not JSON, or not the model: see `errors`
+    INVALID_QUERY = "invalid_query"  # a query parameter that is not what the endpoint takes
     BODY_TOO_LARGE = "body_too_large"
     SIMULATED_REFUSED = "simulated_refused"  # simulated telemetry and the oracle does not allow it
     PERIOD_IN_FUTURE = "period_in_future"  # covered_until beyond the oracle's clock plus the allowed skew

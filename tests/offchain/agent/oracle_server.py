@@ -9,7 +9,10 @@ telemetry root. Answers, with the real oracle's models and reason codes: 202 `Te
 bad_signature, 403 signer_not_agent, 409 seq_gap / period_discontinuous / prev_root_mismatch / seq_conflict, 422
 with the reason in `refuse` for those seqs (a check that failed).
 `fail_next` makes it answer 503 to that many requests first (a struggling oracle); `before_accept_answer` is
-awaited after a report is accepted and before the 202 goes out (a crash test kills the agent there).
+awaited after a report is accepted and before the 202 goes out (a crash test kills the agent there). With
+`takes_gaps` it answers as an oracle of cumulative reports does: a report beyond the next seq is accepted with the
+first seq it lacks in its ack (`missing_from_seq`), and a report it lacks below its latest is accepted too;
+`forget` drops what it accepted of a rental, as an oracle that lost its state.
 
 With `agent_db`, each request is also checked against the agent's SQLite outbox: the report must already be
 committed there (persisted before send), and this oracle's delivery of it must not be acked yet (an acked
@@ -50,6 +53,7 @@ class RecordingOracle:
     chain_last_seq: dict[int, int] = field(default_factory=dict)
     refuse: dict[int, RejectReason] = field(default_factory=dict)
     before_accept_answer: Callable[[TelemetryReport], Awaitable[None]] | None = None
+    takes_gaps: bool = False
     answers: list[Answer] = field(default_factory=list)
     accepted: dict[tuple[int, int], bytes] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
@@ -79,6 +83,10 @@ class RecordingOracle:
             for a in self.answers
             if a.status == 202 and a.submission is not None and a.submission.report.rental_id == rental_id
         ]
+
+    def forget(self, rental_id: int) -> None:
+        """Drops every report of the rental this oracle accepted."""
+        self.accepted = {key: body for key, body in self.accepted.items() if key[0] != rental_id}
 
     def statuses(self) -> list[int]:
         return [a.status for a in self.answers]
@@ -115,6 +123,12 @@ class RecordingOracle:
                 return 200, submission, TelemetryAck(rental_id=report.rental_id, seq=report.seq, duplicate=True)
             return 409, submission, OracleError(error=RejectReason.SEQ_CONFLICT, detail="another body")
         previous = self.accepted.get((report.rental_id, report.seq - 1))
+        if self.takes_gaps and previous is None:
+            held = [seq for rental, seq in self.accepted if rental == report.rental_id]
+            last = max(held, default=self.chain_last_seq.get(report.rental_id, 0))
+            self.accepted[key] = body
+            missing = last + 1 if report.seq > last + 1 else None
+            return 202, submission, TelemetryAck(rental_id=report.rental_id, seq=report.seq, missing_from_seq=missing)
         if report.seq > self.chain_last_seq.get(report.rental_id, 0) + 1:
             if previous is None:
                 return 409, submission, OracleError(error=RejectReason.SEQ_GAP, detail=f"seq {report.seq - 1} first")

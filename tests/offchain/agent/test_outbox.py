@@ -171,6 +171,38 @@ def test_a_rejected_report_is_not_retried_and_keeps_the_reason(tmp_path):
     assert OracleError.model_validate_json(error).error is RejectReason.SIGNER_NOT_AGENT
 
 
+def test_reports_an_oracle_says_it_lacks_are_sent_to_it_again(tmp_path):
+    """An oracle that lost its state takes the next report across the gap and names the first seq it lacks; the
+    agent sends it again the reports from there that it had acked, oldest first, and nothing to the other oracle."""
+    db_path = tmp_path / "agent.sqlite"
+
+    async def main() -> tuple[RecordingOracle, RecordingOracle, dict]:
+        wiped, other = oracle(db_path), oracle(db_path)
+        wiped.takes_gaps = other.takes_gaps = True
+        urls = [await wiped.start(), await other.start()]
+        try:
+            async with Outbox(open_db(db_path), urls, retry=FAST_RETRY) as outbox:
+                outbox.enqueue(signed_submission(1))
+                outbox.enqueue(signed_submission(2))
+                await deliver_until_done(outbox)
+                wiped.forget(1)
+                outbox.enqueue(signed_submission(3))
+                await deliver_until_done(outbox)
+                assert sorted(wiped.accepted) == [(1, 1), (1, 2), (1, 3)]
+                return wiped, other, outbox.delivery_states(1)
+        finally:
+            await wiped.stop()
+            await other.stop()
+
+    wiped, other, states = asyncio.run(main())
+
+    assert [a.submission.report.seq for a in wiped.answers] == [1, 2, 3, 1, 2]
+    assert wiped.statuses() == [202] * 5
+    assert [a.submission.report.seq for a in other.answers] == [1, 2, 3]
+    assert set(states.values()) == {"acked"}
+    assert wiped.violations == other.violations == []
+
+
 def test_a_seq_gap_is_retried_until_the_oracle_can_take_the_report(tmp_path):
     """The oracle refused seq 1 for good, so it answers seq 2 with seq_gap; once the other oracles' batch has put
     seq 1 on chain, the oracle takes seq 2 on the next retry."""

@@ -121,9 +121,28 @@ def test_peer_signs_a_batch_it_already_holds(make_settings, clock, rental, suite
     assert len(db_rows(peer)) == 1
 
 
-def test_peer_checks_a_batch_against_reports_settled_since_it_cached_the_rental(
-    make_settings, clock, rental, suite, relayer
-):
+def test_peer_that_lacks_earlier_reports_co_signs_the_latest_across_the_gap(make_settings, clock, rental, suite):
+    """A peer that lost its state (or missed reports) checks a batch's report against the last totals it knows:
+    reports are cumulative, so a missing intermediate report is harmless."""
+    peer = make_settings(1)
+    domain = escrow_domain(suite, peer)
+    chain.sleep(3 * PERIOD)
+    latest = submission(peer, report(rental, 3))
+
+    async def scenario():
+        async with oracle_client(peer, clock=clock) as client:
+            request = CosignRequest(oracle_set_version=domain.oracle_set_version, submissions=(latest,))
+            return await post(client, COSIGN_PATH, request.model_dump_json().encode())
+
+    status, payload = run(scenario())
+    assert status == 200, payload
+    assert CosignResponse.model_validate(payload).signature == sign_batch(
+        chain_reports([latest]), domain, ORACLE_KEYS[1]
+    )
+    assert len(db_rows(peer)) == 1
+
+
+def test_peer_signs_a_report_that_follows_reports_settled_elsewhere(make_settings, clock, rental, suite, relayer):
     peer = make_settings(1)
     domain = escrow_domain(suite, peer)
     chain.sleep(2 * PERIOD)
@@ -132,13 +151,12 @@ def test_peer_checks_a_batch_against_reports_settled_since_it_cached_the_rental(
 
     async def scenario():
         async with oracle_client(peer, clock=clock) as client:
-            gap = CosignRequest(oracle_set_version=domain.oracle_set_version, submissions=(follower,))
-            await expect_refused(client, peer, suite, rental, gap.model_dump_json().encode(), 409, "seq_gap", 0)
             signatures = [sign_batch([settled], domain, key) for key in (ORACLE_KEYS[0], ORACLE_KEYS[2])]
             suite.escrow.submitReports(
                 *submit_args([settled], signatures, domain.oracle_set_version), {"from": relayer}
             )
-            return await post(client, COSIGN_PATH, gap.model_dump_json().encode())
+            request = CosignRequest(oracle_set_version=domain.oracle_set_version, submissions=(follower,))
+            return await post(client, COSIGN_PATH, request.model_dump_json().encode())
 
     status, payload = run(scenario())
     assert status == 200, payload
@@ -158,7 +176,7 @@ async def expect_refused(client, settings, suite, rental, request: bytes, status
     [
         ("other_version", 409, "oracle_set_mismatch", None),
         ("foreign_signature_second", 403, "signer_not_agent", 1),
-        ("gap", 409, "seq_gap", 0),
+        ("gap_claiming_more_than_its_time", 422, "delivered_above_period", 0),
         ("conflicts_with_held", 409, "seq_conflict", 0),
         ("discontinuous_within_batch", 409, "period_discontinuous", 1),
         ("duplicate_within_batch", 409, "seq_stale", 1),
@@ -174,7 +192,10 @@ def test_peer_refuses_a_batch_it_cannot_verify_and_stores_none_of_it(
     batches = {
         "other_version": (version + 1, good),
         "foreign_signature_second": (version, [good[0], submission(peer, report(rental, 2), key=keccak(text="x"))]),
-        "gap": (version, good[1:]),
+        "gap_claiming_more_than_its_time": (
+            version,
+            [submission(peer, report(rental, 2, delivered_seconds=2 * PERIOD + 1, util_seconds=0))],
+        ),
         "conflicts_with_held": (version, [submission(peer, report(rental, 1, util_seconds=1))] + good[1:]),
         "discontinuous_within_batch": (
             version,

@@ -450,16 +450,83 @@ def test_first_report_of_a_running_rental_starts_at_its_start(settings, clock, r
     run(scenario())
 
 
-def test_seq_beyond_the_next_is_409(settings, clock, rental, suite):
+def test_a_report_beyond_the_next_is_accepted_across_the_gap_and_names_what_is_missing(settings, clock, rental):
+    """Reports are cumulative: one that skips seqs is checked against the last totals held, and its ack names the
+    first seq this oracle lacks; a missing report that arrives later is stored where it fits, never to land."""
+
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
-            await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, report(rental, 2)), 409, "seq_gap"
+            assert await post(client, TELEMETRY_PATH, body(settings, report(rental, 2))) == (
+                202,
+                {"accepted": True, "rental_id": rental.rental_id, "seq": 2, "duplicate": False, "missing_from_seq": 1},
             )
-            assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 1))))[0] == 202
-            await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, report(rental, 3)), 409, "seq_gap"
-            )
+            status, payload = await post(client, TELEMETRY_PATH, body(settings, report(rental, 1)))
+            assert (status, "missing_from_seq" in payload) == (202, False)
+            status, payload = await post(client, TELEMETRY_PATH, body(settings, report(rental, 4)))
+            assert (status, payload["missing_from_seq"]) == (202, 3)
+            assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 3))))[0] == 202
+            assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 3))))[1]["duplicate"] is True
+
+    chain.sleep(4 * PERIOD)
+    run(scenario())
+    with closing(SubmissionStore(settings.state_dir / DB_FILENAME)) as store:
+        assert [s.report for s in store.reports(rental.rental_id)] == [report(rental, seq) for seq in (1, 2, 3, 4)]
+        assert [store.state(SubmissionKey(rental.rental_id, seq)) for seq in (1, 2, 3, 4)] == [
+            ReportState.SUPERSEDED,
+            ReportState.SUPERSEDED,
+            ReportState.SUPERSEDED,
+            ReportState.HELD,
+        ]
+
+
+def test_a_report_across_a_gap_that_its_totals_cannot_explain_is_refused(settings, clock, rental, suite):
+    hostile = [
+        (None, report(rental, 3, delivered_seconds=3 * PERIOD + 1), 422, "delivered_above_period"),
+        (report(rental, 1), report(rental, 3, period_start=rental.since + PERIOD - 1), 409, "period_discontinuous"),
+        (
+            report(rental, 1),
+            report(rental, 3, delivered_seconds=PERIOD - 1, util_seconds=UTIL_PER_PERIOD),
+            409,
+            "totals_decreased",
+        ),
+        (
+            report(rental, 1),
+            report(rental, 3, delivered_seconds=PERIOD + 10, util_seconds=UTIL_PER_PERIOD + 11),
+            422,
+            "util_above_delivered",
+        ),
+    ]
+
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            for held, gap, status, reason in hostile:
+                if held is not None:
+                    assert (await post(client, TELEMETRY_PATH, body(settings, held)))[0] in (200, 202)
+                await expect_rejected(client, settings, suite, rental.rental_id, body(settings, gap), status, reason)
+
+    chain.sleep(3 * PERIOD)
+    run(scenario())
+
+
+def test_a_missing_report_that_does_not_fit_between_its_held_neighbours_is_refused(settings, clock, rental, suite):
+    # Fits after seq 1, but seq 3 would then add more delivered seconds than its period holds.
+    short_of_its_successor = report(rental, 2, delivered_seconds=2 * PERIOD - 10, util_seconds=2 * UTIL_PER_PERIOD - 20)
+    overlapping_its_successor = report(rental, 2, covered_until=rental.since + 2 * PERIOD + 1)
+
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            for seq in (1, 3):
+                assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, seq))))[0] == 202
+            for hostile, status, reason in (
+                (short_of_its_successor, 422, "delivered_above_period"),
+                (overlapping_its_successor, 409, "period_discontinuous"),
+                (report(rental, 2, prev_root=keccak(text="another history")), 409, "prev_root_mismatch"),
+            ):
+                payload = await expect_rejected(
+                    client, settings, suite, rental.rental_id, body(settings, hostile), status, reason
+                )
+                assert "seq 3, held here" in payload["detail"] or reason == "prev_root_mismatch"
+            assert (await post(client, TELEMETRY_PATH, body(settings, report(rental, 2))))[0] == 202
 
     chain.sleep(3 * PERIOD)
     run(scenario())
@@ -543,7 +610,7 @@ def test_metrics_count_accepted_duplicate_and_rejected_by_reason(settings, clock
         async with oracle_client(settings, clock=clock) as client:
             await post(client, TELEMETRY_PATH, body(settings, report(rental, 1)))
             await post(client, TELEMETRY_PATH, body(settings, report(rental, 1)))
-            await post(client, TELEMETRY_PATH, body(settings, report(rental, 3)))
+            await post(client, TELEMETRY_PATH, body(settings, report(rental, 1, util_seconds=10)))
             await post(client, TELEMETRY_PATH, b"{")
             async with client.get("/metrics") as response:
                 assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -554,7 +621,7 @@ def test_metrics_count_accepted_duplicate_and_rejected_by_reason(settings, clock
     lines = set(text.splitlines())
     assert "gpuex_oracle_reports_accepted_total 1" in lines
     assert "gpuex_oracle_reports_duplicate_total 1" in lines
-    assert 'gpuex_oracle_reports_rejected_total{reason="seq_gap"} 1' in lines
+    assert 'gpuex_oracle_reports_rejected_total{reason="seq_conflict"} 1' in lines
     assert 'gpuex_oracle_reports_rejected_total{reason="invalid_body"} 1' in lines
     assert "gpuex_oracle_ingest_seconds_count 4" in lines
     assert "# TYPE gpuex_oracle_gas_used histogram" in lines
@@ -584,8 +651,8 @@ def test_a_new_agent_key_is_honoured_once_its_event_is_seen(settings, clock, ren
 def test_report_following_reports_settled_elsewhere_is_checked_against_a_fresh_read(
     settings, clock, rental, suite, relayer
 ):
-    """The cache does not follow applied reports: a report that does not fit the cached rental is re-checked
-    against the chain as it is now."""
+    """The cache does not follow applied reports: a report beyond the next seq held here is checked against the
+    rental read from the chain now, so one the chain has already passed is stale."""
     chain.sleep(3 * PERIOD)
     domain = EscrowDomain(
         chain_id=settings.chain.chain_id,
@@ -597,13 +664,15 @@ def test_report_following_reports_settled_elsewhere_is_checked_against_a_fresh_r
     async def scenario():
         async with oracle_client(settings, clock=clock) as client:
             # Caches the rental with no report applied.
-            await expect_rejected(
-                client, settings, suite, rental.rental_id, body(settings, report(rental, 3)), 409, "seq_gap"
-            )
+            foreign = body(settings, report(rental, 2), key=keccak(text="not the agent"))
+            await expect_rejected(client, settings, suite, rental.rental_id, foreign, 403, "signer_not_agent")
             signatures = [sign_batch(settled, domain, key) for key in ORACLE_KEYS[1:]]
             suite.escrow.submitReports(*submit_args(settled, signatures, domain.oracle_set_version), {"from": relayer})
+            await expect_rejected(
+                client, settings, suite, rental.rental_id, body(settings, report(rental, 2)), 409, "seq_stale"
+            )
             status, payload = await post(client, TELEMETRY_PATH, body(settings, report(rental, 3)))
-            assert status == 202, payload
+            assert (status, payload["missing_from_seq"]) == (202, 1), payload
 
     run(scenario())
 

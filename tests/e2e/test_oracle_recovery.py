@@ -1,0 +1,106 @@
+"""An oracle that loses its state directory mid-rental and is restarted recovers what it had acknowledged: from its
+peers (`GET /v1/reports`), and across what it still lacks from the cumulative totals of the next report. The
+rental completes with every delivered second paid and nobody slashed, whichever oracle lost its state."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from brownie import web3
+
+from offchain.agent.rentals import Phase
+from offchain.protocol.status import RentalStatus
+from offchain.telemetry.replay import ReplaySource
+from tests.e2e.conftest import oracle_processes, running_agent, stored_reports
+from tests.e2e.test_settlement import (
+    TRACE,
+    Balances,
+    assert_latest_landed,
+    assert_settled,
+    job,
+    open_rental,
+    put_spec,
+    rental_state,
+)
+
+LEADER, PEER, OTHER_PEER = 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def replay_offer(list_offer):
+    """An offer of the GPUs of the replayed trace (rented by one scenario after another)."""
+    return list_offer([gpu.uuid for gpu in ReplaySource(TRACE).gpus()])
+
+
+def _held(state_root: Path, index: int, rental_id: int) -> int:
+    return len(stored_reports(state_root, index, rental_id))
+
+
+def _run_with_wipe(suite, chain_settings, provider, renter, offer_id: int, state_root: Path, wiped: int, *, kill=None):
+    """Runs a rental through the oracle processes; once oracle `wiped` holds two reports it is killed, its state
+    directory deleted, and it is started again (after oracle `kill`, if given, is killed for good). Returns the
+    rental id once the rental is final and the agent done."""
+    spec = job("sleep 8; echo trained")
+    put_spec(state_root, spec)
+
+    async def main() -> int:
+        async with oracle_processes(chain_settings, state_root) as cluster:
+            async with running_agent(
+                chain_settings, state_root, provider.address, ReplaySource(TRACE, rebase=True), cluster.urls
+            ) as ex:
+                rental_id = await asyncio.to_thread(open_rental, suite, offer_id, spec, renter)
+                await ex.until(lambda: _held(state_root, wiped, rental_id) >= 2, 30, "two reports at the oracle")
+                if kill is not None:
+                    cluster.oracles[kill].kill()
+                await cluster.restart(wiped, wipe_state=True)
+                await ex.until_chain(
+                    lambda: rental_state(suite, rental_id).status.is_final, 60, f"rental {rental_id} to be final"
+                )
+                await ex.until(lambda: ex.agent.book.get(rental_id).phase is Phase.DONE, 10, "the agent to be done")
+                return rental_id
+
+    return asyncio.run(main())
+
+
+def _assert_paid_in_full(suite, rental_id: int, offer_id: int, from_block: int, moved: Balances, reports) -> None:
+    state = rental_state(suite, rental_id)
+    assert state.status is RentalStatus.COMPLETED
+    assert state.delivered_seconds == reports[-1].delivered_seconds, "delivered seconds went unpaid"
+    final = assert_settled(
+        suite, rental_id, offer_id, from_block, moved, RentalStatus.COMPLETED, reports[-1].covered_until - state.since
+    )
+    assert final["slashed"] == 0
+
+
+def test_a_leader_that_lost_its_state_recovers_it_and_the_rental_is_paid_in_full(
+    suite, chain_settings, provider, treasury, renter, replay_offer, tmp_path
+):
+    offer_id = replay_offer
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+
+    rental_id = _run_with_wipe(suite, chain_settings, provider, renter, offer_id, tmp_path, LEADER)
+
+    # The leader holds every report again (seq 1 up, none missing) and landed the latest.
+    reports = assert_latest_landed(suite, rental_id, from_block, tmp_path)
+    _assert_paid_in_full(
+        suite, rental_id, offer_id, from_block, Balances.of(suite, provider, treasury, renter) - before, reports
+    )
+
+
+def test_a_peer_that_lost_its_state_still_co_signs(
+    suite, chain_settings, provider, treasury, renter, replay_offer, tmp_path
+):
+    offer_id = replay_offer
+    before, from_block = Balances.of(suite, provider, treasury, renter), web3.eth.block_number
+
+    # With the other peer gone, the leader's batches land only if the wiped peer co-signs them.
+    rental_id = _run_with_wipe(suite, chain_settings, provider, renter, offer_id, tmp_path, PEER, kill=OTHER_PEER)
+
+    reports = [submission.report for submission, _ in stored_reports(tmp_path, LEADER, rental_id)]
+    assert [r.seq for r in reports] == list(range(1, len(reports) + 1))
+    assert [s.report for s, _ in stored_reports(tmp_path, PEER, rental_id)] == reports
+    _assert_paid_in_full(
+        suite, rental_id, offer_id, from_block, Balances.of(suite, provider, treasury, renter) - before, reports
+    )
