@@ -525,8 +525,10 @@ class ProviderAgent:
             await self._sleep_or_wake(rental_id, self._settings.chain_poll_seconds)
 
     async def _send_agent_tx(self, rental_id: int, function: str, *args: Any) -> tuple[Rental, str | None]:
-        """Sends the escrow's `function(*args)` through the agent's TxManager and waits for it; returns the rental's
-        state on chain and, when the transaction failed for good, why. The idempotency key `<function>-<rentalId>`
+        """Sends the escrow's `function(*args)` through the agent's TxManager and waits until it is mined (not until
+        it is `confirmations` deep: a job must run from the start the rental is billed from, and a reorg only makes
+        the manager send the transaction again); returns the rental's state on chain and, when the transaction
+        failed for good, why. The idempotency key `<function>-<rentalId>`
         makes a restarted agent wait for the transaction it sent before its crash instead of sending another. A
         transaction that failed (its dry-run reverted once the rental had moved on, such as a renter who
         terminated first) is never sent again: the state says where the rental is."""
@@ -534,7 +536,7 @@ class ProviderAgent:
         await self.txmgr.submit(key, self._escrow.address, self._escrow.encode_abi(function, args=list(args)))
         failure = None
         try:
-            record = await self.txmgr.wait_confirmed(key, self._settings.tx_timeout_seconds)
+            record = await self.txmgr.wait_mined(key, self._settings.tx_timeout_seconds)
         except TimeoutError:
             log.info(
                 "rental %d: %s not mined within %.0f s; reading the rental",
@@ -543,7 +545,7 @@ class ProviderAgent:
                 self._settings.tx_timeout_seconds,
             )
         else:
-            if record.state is TxState.CONFIRMED:
+            if record.state not in (TxState.FAILED, TxState.FATAL):
                 log.info("rental %d: %s tx %s mined", rental_id, function, record.hash)
             else:
                 failure = f"{function} {record.state.value}: {record.error}"

@@ -87,3 +87,11 @@ def test_bad_confirmations_are_refused(oracle_env, value):
     oracle_env.setenv("GPUEX_ORACLE_CHAIN__CONFIRMATIONS", value)
     with pytest.raises(ValidationError, match="confirmations"):
         OracleSettings()
+
+
+def test_a_negative_reorg_window_is_refused(oracle_env):
+    oracle_env.setenv("GPUEX_ORACLE_KEY", KEY)
+    assert OracleSettings().reorg_window_seconds == 3_600
+    oracle_env.setenv("GPUEX_ORACLE_REORG_WINDOW_SECONDS", "-1")
+    with pytest.raises(ValidationError, match="reorg_window_seconds"):
+        OracleSettings()

@@ -245,6 +245,24 @@ class TxManager:
                 raise TimeoutError(f"transaction {key} still {record.state.value} after {timeout}s")
             await asyncio.sleep(min(poll_interval, remaining))
 
+    async def wait_mined(self, key: str, timeout: float, poll_interval: float = 0.05) -> TxRecord:
+        """Like `wait_confirmed`, but returns as soon as the transaction is mined (its record has a block), at any
+        depth: for a caller that acts on the receipt at once, such as an agent starting a job, and leaves a reorg
+        to the manager, which sends the transaction again. A mined transaction that reverted shows only once
+        final (`failed`); before then, read the state it was meant to change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            record = self.record(key)
+            if record is None:
+                raise KeyError(key)
+            if record.state in FINAL_STATES or record.block_number is not None:
+                return record
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"transaction {key} still {record.state.value} after {timeout}s")
+            await asyncio.sleep(min(poll_interval, remaining))
+
     def close(self) -> None:
         self._store.close()
 

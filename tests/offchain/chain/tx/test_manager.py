@@ -515,3 +515,27 @@ def test_a_final_transaction_still_on_chain_is_left_final(
 
     assert asyncio.run(scenario()).state is TxState.CONFIRMED
     assert sent_count(sender.address) == 1
+
+
+def test_wait_mined_returns_at_the_receipt_while_wait_confirmed_waits_for_the_depth(
+    suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
+):
+    rental = started_rental(suite, renter, provider)
+    calldata = first_report_calldata(suite, rental)
+
+    async def scenario():
+        async with started_manager(rpc_url, db_path, sender, chain_id, confirmations=3) as manager:
+            await manager.submit("reports:mined", suite.escrow.address, calldata)
+            await manager.tick()
+            mine()
+            await manager.tick()
+            mined = await manager.wait_mined("reports:mined", timeout=1)
+            with pytest.raises(TimeoutError, match="still unconfirmed"):
+                await manager.wait_confirmed("reports:mined", timeout=0.2)
+            with pytest.raises(KeyError):
+                await manager.wait_mined("reports:unknown", timeout=0.2)
+            return mined
+
+    with manual_mining():
+        mined = asyncio.run(scenario())
+    assert mined.state is TxState.UNCONFIRMED and mined.block_number is not None
