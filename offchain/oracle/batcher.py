@@ -1,5 +1,6 @@
-"""The leader oracle's batcher: lands each rental's latest accepted report when it is due, in batches that k of n
-oracles co-sign, through the tx manager.
+"""An oracle's batcher: lands each rental's latest accepted report when it is due and it is this oracle's turn, in
+batches that k of n oracles co-sign, through the tx manager. Every oracle of the set runs one (unless it is
+configured to co-sign only), so no single oracle can keep a provider's reports off the chain.
 
 Reports are cumulative, so only a rental's latest report ever needs to land, and the batcher lands it only when it
 is due (`landing_reason`): its job ended (Completed or Failed), the rental's time is up, the renter terminated it,
@@ -15,6 +16,14 @@ reached it, else `skipped` (the escrow skipped it with `ReportSkipped`), and nev
 the rental lands in its turn. A batch whose transaction failed goes back to the store and the next epoch takes
 each rental's latest report again. Reports the chain no longer takes (the rental is final, or a later seq already
 landed) are settled before they are batched.
+
+Which oracle lands a due report, and when (`offchain.oracle.rotation`): its due time (`landing_due_at`) picks a
+primary in the escrow's oracle set; the others are fallbacks that each take the report `handoff_seconds` after
+the one before them, if it has not landed by then (the fresh read before batching settles what another oracle
+landed). So every due report lands within `(n − 1) × handoff_seconds` plus an epoch and a transaction of coming
+due while one oracle of the set holds it and a threshold co-signs, which the service checks is well within the
+escrow's reportGrace. A report that two oracles send lands once; the later batch's copy is skipped
+(`SeqNotIncreasing`) and settled `landed` like any other.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from offchain.chain.tx.store import FINAL_STATES, TxRecord, TxState
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
+from offchain.oracle.rotation import Role, Rotation
 from offchain.oracle.store import ReportState, SubmissionKey, SubmissionStore, WaitingReport, key_of
 from offchain.protocol.messages import CosignRequest, chain_reports
 from offchain.protocol.reports import BatchSigner, ReportStatus, submit_args
@@ -63,7 +73,7 @@ def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_
     """Why `waiting` is due to land given its rental on chain and the chain's clock `now`, or None while it is not.
 
     Coverage since the last landing counts from the later of what this store landed and what the chain applied
-    (another leader may have landed a report)."""
+    (another oracle may have landed a report)."""
     if waiting.status is not ReportStatus.RUNNING:
         return LandingReason.FINAL
     if rental.status is RentalStatus.TERMINATED:
@@ -76,6 +86,19 @@ def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_
     return None
 
 
+def landing_due_at(waiting: WaitingReport, rental: Rental, reason: LandingReason, checkpoint_interval: int) -> int:
+    """The chain time from which `waiting` has been due to land for `reason`, from what every oracle of the set shares
+    (the report and its rental on chain), so that they all agree whose turn it is: a final report from the end of
+    its coverage (it cannot exist earlier), one after a termination or at the rental's end from that end, and a
+    checkpoint from the interval past the coverage that last landed (a later report that supersedes it inherits
+    that time, so reports that keep coming do not push the hand-off back)."""
+    if reason is LandingReason.FINAL:
+        return waiting.covered_until
+    if reason in (LandingReason.TERMINATED, LandingReason.TIME_UP):
+        return rental.end
+    return max(waiting.landed_until or 0, rental.covered_until) + checkpoint_interval
+
+
 @dataclass(frozen=True)
 class BatchOutcome:
     """What closing a batch did: the transaction key, or why nothing was submitted."""
@@ -86,7 +109,8 @@ class BatchOutcome:
 
 
 class Batcher:
-    """Turns accepted reports into co-signed `submitReports` transactions (run by the leader oracle)."""
+    """Turns accepted reports into co-signed `submitReports` transactions, taking the due reports whose turn has
+    come for this oracle (`rotation`; None takes every due report at once, as a lone submitter)."""
 
     def __init__(
         self,
@@ -102,6 +126,7 @@ class Batcher:
         metrics: OracleMetrics,
         checkpoint_interval_seconds: int,
         cosign_timeout: float = 5.0,
+        rotation: Rotation | None = None,
     ) -> None:
         self._store = store
         self._chain = chain
@@ -114,6 +139,8 @@ class Batcher:
         self._metrics = metrics
         self._checkpoint_interval = checkpoint_interval_seconds
         self._cosign_timeout = cosign_timeout
+        self._rotation = rotation
+        self._roles: dict[SubmissionKey, Role] = {}  # how this oracle takes each report `_due` returned
 
     async def close_batch(self) -> BatchOutcome:
         """Settles the batches the chain has confirmed, then closes one batch of the reports due to land, if there
@@ -156,8 +183,9 @@ class Batcher:
         await self._txmgr.submit(tx_key, self._escrow.address, data)
         self._store.mark_batched([key_of(s) for s in submissions], tx_key)
         self._metrics.record_batch(len(reports))
-        for _, reason in due:
+        for key, reason in due:
             self._metrics.landings.inc(reason.value)
+            self._metrics.submitted.inc(self._roles.get(key, Role.PRIMARY).value)
         log.info("submitted batch %s with %d reports", tx_key, len(reports))
         return BatchOutcome(tx_key, len(reports))
 
@@ -218,18 +246,20 @@ class Batcher:
         from it when it is terminated or settled); the due ones are read afresh before they are batched, and the
         reports the chain no longer takes are settled for good."""
         waiting = self._store.waiting()
+        self._roles = {}
         if not waiting:
             return []
         now = await self._chain.block_time()
+        signers = (await self._chain.oracle_set()).signers if self._rotation is not None else ()
         due: list[tuple[WaitingReport, LandingReason]] = []
         settled: list[tuple[SubmissionKey, ReportState]] = []
         for report in waiting:
             rental = await self._chain.rental(report.rental_id)
             if not rental.is_live:
-                settled.append((report.key, ReportState.DROPPED))
+                settled.append((report.key, _final_state(report, rental)))
                 continue
             reason = landing_reason(report, rental, now, self._checkpoint_interval)
-            if reason is not None:
+            if reason is not None and self._takes(report, rental, reason, now, signers):
                 due.append((report, reason))
                 if len(due) == self._max_reports:
                     break
@@ -238,13 +268,29 @@ class Batcher:
         taken = []
         for (report, reason), rental in zip(due, rentals):
             if not rental.is_live:
-                settled.append((report.key, ReportState.DROPPED))
+                settled.append((report.key, _final_state(report, rental)))
             elif report.seq <= rental.last_seq:
                 settled.append((report.key, ReportState.LANDED))
             else:
                 taken.append((report.key, reason))
         self._settle(settled)
         return taken
+
+    def _takes(
+        self, report: WaitingReport, rental: Rental, reason: LandingReason, now: int, signers: Sequence[str]
+    ) -> bool:
+        """Whether this oracle lands the due `report` now (recording in which role), or leaves it to the oracle
+        whose turn it is."""
+        if self._rotation is None:
+            return True
+        due_at = landing_due_at(report, rental, reason, self._checkpoint_interval)
+        role = self._rotation.role(signers, due_at, now)
+        if role is None:
+            return False
+        if role is Role.FALLBACK:
+            log.info("rental %d seq %d due since %d has not landed: taking it as a fallback", *report.key, due_at)
+        self._roles[report.key] = role
+        return True
 
     def _settle(self, outcomes: Sequence[tuple[SubmissionKey, ReportState]]) -> None:
         self._store.settle(outcomes)
@@ -253,7 +299,7 @@ class Batcher:
 
     def _fresh_key(self, reports) -> str:
         """`reports:<count>:<digest of the rentalId-seq list>`, suffixed when an earlier transaction with that key
-        failed. The same reports always give the same key (a restarted leader finds its transaction again), and the
+        failed. The same reports always give the same key (a restarted oracle finds its transaction again), and the
         key stays short at any batch size."""
         listed = ",".join(f"{r.rental_id}-{r.seq}" for r in reports)
         base = f"reports:{len(reports)}:{keccak(text=listed).hex()[:32]}"
@@ -262,3 +308,9 @@ class Batcher:
             attempt += 1
             key = f"{base}#{attempt}"
         return key
+
+
+def _final_state(report: WaitingReport, rental: Rental) -> ReportState:
+    """How a report of a rental that takes no more reports ended: `landed` if the chain applied it (or a later one;
+    another oracle may have landed it while it was not this oracle's turn), else `dropped`."""
+    return ReportState.LANDED if report.seq <= rental.last_seq else ReportState.DROPPED

@@ -3,6 +3,8 @@
 Ingest feeds the report counters and the ingest latency; the batcher and transaction manager feed batch sizes,
 transaction latency and gas through `record_batch`, `record_tx_latency` and `record_gas_used`, the reports held
 that have yet to land, how many reports were settled (landed, skipped, dropped) and why reports were landed.
+Which oracle submitted what: the reports this oracle put in its own batches, by the role it took them in (primary
+in its turn, or fallback for the oracles before it, `offchain.oracle.rotation`).
 """
 
 from __future__ import annotations
@@ -131,6 +133,13 @@ class OracleMetrics:
         self.landings = Counter(
             "gpuex_oracle_landings_total", "Reports put in a batch to land, by why they were due.", "reason"
         )
+        # Submitter rotation: which reports this oracle sent itself, and in which role.
+        self.submitted = Counter(
+            "gpuex_oracle_reports_submitted_total",
+            "Reports this oracle put in its own batch transactions, by role (primary: its turn; fallback: standing in"
+            " for the oracles before it).",
+            "role",
+        )
 
     def record_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -154,5 +163,6 @@ class OracleMetrics:
             self.reports_held,
             self.reports_settled,
             self.landings,
+            self.submitted,
         )
         return "\n".join(line for family in families for line in family.render()) + "\n"

@@ -191,7 +191,6 @@ def test_one_rental_through_the_cli(deployment, testnet, job_image):
         {
             "GPUEX_ORACLE_KEY_FILE": str(keys["oracle"]),
             "GPUEX_ORACLE_PORT": str(ORACLE_PORT),
-            "GPUEX_ORACLE_LEADER": "true",
             "GPUEX_ORACLE_KEEPER": "true",
             "GPUEX_ORACLE_ALLOW_SIMULATED": "true",
             "GPUEX_ORACLE_EPOCH_SECONDS": "1",
