@@ -1,11 +1,11 @@
-"""k-of-n co-signing of report batches: the peer side (`Cosigner`) and the leader's client
+"""k-of-n co-signing of report batches: the peer side (`Cosigner`) and the submitting oracle's client
 (`collect_cosignatures`).
 
 A peer signs a batch only if it would have accepted every report itself: a report it already holds counts, any
 other must pass the same verification as `POST /v1/telemetry` and follow its predecessor (held, earlier in the
 batch, or applied on chain). Reports that pass are stored, as if their agent had posted them here, so this
 oracle's view of each rental keeps up with what it signed. The signature is `offchain.protocol.reports.sign_batch` over
-the batch's on-chain reports for the escrow's current oracle set version, which the leader must name.
+the batch's on-chain reports for the escrow's current oracle set version, which the submitting oracle must name.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _at(index: int, rejected: Rejected) -> Rejected:
 
 @dataclass(frozen=True)
 class Cosignatures:
-    """What a leader collected: signatures by oracle address, and why each peer that gave none did not."""
+    """What a submitting oracle collected: signatures by oracle address, and why each peer that gave none did not."""
 
     signatures: dict[str, bytes] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)

@@ -1,8 +1,8 @@
 """No single oracle decides what lands: every oracle of the 2-of-3 set (as processes, `python -m offchain.oracle`)
 lands co-signed reports in its turn and stands in for the oracles before it (`offchain.oracle.rotation`). An oracle
 killed for good mid-rental, or one that never lands a provider's reports (cut off from the agent, and sending
-nothing), delays them by a hand-off per such oracle at most, and the provider is paid and not slashed; two oracles that both
-land everything as soon as it is due (`SUBMIT=always`, what the single leader of old did) land each report once.
+nothing), delays them by a hand-off at most, and the provider is paid and not slashed; two oracles that both land
+everything as soon as it is due (`SUBMIT=always`, what the single leader of old did) land each report once.
 
 Every scenario lands a running rental's latest report every CHECKPOINT seconds, so that the turn of several
 reports passes through the set while the job runs.
