@@ -288,7 +288,7 @@ class Batcher:
         if role is None:
             return False
         if role is Role.FALLBACK:
-            log.info("rental %d seq %d due since %d has not landed: taking it as a fallback", *report.key, due_at)
+            log.info("rental %d seq %d due since %d: this oracle's turn as a fallback came", *report.key, due_at)
         self._roles[report.key] = role
         return True
 
