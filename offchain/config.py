@@ -6,6 +6,8 @@ file holding the hex key (`GPUEX_..._KEY_FILE`), never on the command line.
 
 from __future__ import annotations
 
+import warnings
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -124,6 +126,14 @@ class _ServiceSettings(BaseSettings):
         return self.key
 
 
+class SubmitPolicy(StrEnum):
+    """Which due reports an oracle lands itself (`offchain.oracle.rotation`)."""
+
+    ROTATE = "rotate"  # in its turn, or as a fallback once the oracles before it let `handoff_seconds` pass each
+    ALWAYS = "always"  # every report as soon as it is due, whoever's turn it is (what the single leader once did)
+    NEVER = "never"  # none: co-signs only, and runs neither the batcher, the keeper nor a tx manager
+
+
 class OracleSettings(_ServiceSettings):
     """One oracle of the k-of-n set."""
 
@@ -132,8 +142,17 @@ class OracleSettings(_ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=0, le=65535)
     peers: list[str] = []  # base URLs of the other oracles, for co-signing
-    leader: bool = False  # the leader batches reports, collects co-signatures and sends transactions
-    keeper: bool = True  # with `leader`: also finalise and time out due rentals
+    # Every oracle that submits batches reports, collects co-signatures and sends transactions from its own key.
+    submit: SubmitPolicy = SubmitPolicy.ROTATE
+    # Deprecated alias of `submit`: true is `always`, false is `never`; unset leaves `submit` as given.
+    leader: bool | None = None
+    # How long each oracle in the turn order waits for the one before it to land a due report; the last one's turn
+    # must come well within the escrow's reportGrace (`rotation.check_handoff`, checked at start).
+    handoff_seconds: int = Field(default=30, ge=1)
+    keeper: bool = True  # unless `submit` is never: also finalise and time out due rentals
+    # The keeper holds back `finalize` while this oracle holds a due report the chain has not applied, for at most
+    # this long past the time finalize became possible.
+    finalize_defer_seconds: int = Field(default=600, ge=0)
     keeper_interval_seconds: float = Field(default=5.0, gt=0)
     epoch_seconds: float = Field(default=30.0, gt=0)
     max_batch_reports: int = Field(default=100, ge=1)
@@ -154,6 +173,23 @@ class OracleSettings(_ServiceSettings):
         self.key = read_key(self.key, self.key_file, "oracle key")
         self.key_file = None
         return self
+
+    @model_validator(mode="after")
+    def _leader_alias(self) -> "OracleSettings":
+        if self.leader is not None:
+            if "submit" in self.model_fields_set and self.submit is not _LEADER_POLICY[self.leader]:
+                raise ValueError("leader (deprecated) and submit disagree: set submit only")
+            warnings.warn(
+                "GPUEX_ORACLE_LEADER is deprecated: every oracle of the set may submit; use GPUEX_ORACLE_SUBMIT",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            self.submit = _LEADER_POLICY[self.leader]
+            self.leader = None
+        return self
+
+
+_LEADER_POLICY = {True: SubmitPolicy.ALWAYS, False: SubmitPolicy.NEVER}
 
 
 class AgentSettings(_ServiceSettings):

@@ -2,7 +2,7 @@
 
 Brownie (`python -m scripts.run demo`) starts anvil and stops it when the script returns. `run_demo` deploys a
 suite with short protocol timers and runs the real services in this process (`offchain.ops.inprocess`: three
-oracles, 2-of-3, the leader batching and keeping, and provider A's agent), then plays a market:
+oracles, 2-of-3, each landing reports and keeping in its turn, and provider A's agent), then plays a market:
 
 1. provider A stakes, registers its GPUs (this machine's, measured through NVML; without NVML, SIMULATED ones,
    said loudly) and lists them as two offers; provider B stakes and lists an offer that no agent serves;
@@ -469,9 +469,7 @@ async def _play(console: Console, market: DemoMarket, source: TelemetrySource, s
         escrow=suite.escrow.address,
     )
     machine = ProviderMachine(provider_a.address, AGENT_KEY, source)
-    console.print(
-        "starting three oracles (2-of-3; the leader batches reports and runs the keeper) and provider A's agent"
-    )
+    console.print("starting three oracles (2-of-3; each lands reports and keeps in its turn) and provider A's agent")
     async with running_exchange(
         chain_settings, state_root, ORACLE_KEYS, machine, timers=TIMERS, allow_simulated=source.simulated
     ) as exchange:
@@ -534,7 +532,7 @@ async def _rent(
         say("provider A's agent started it and runs the job")
         if plan.ending is Ending.TERMINATED:
             await exchange.until(
-                lambda: len(exchange.leader.store.reports(rental_id)) >= RUN_SECONDS,
+                lambda: len(exchange.reports(rental_id)) >= RUN_SECONDS,
                 JOB_WAIT,
                 f"{plan.label} to have {RUN_SECONDS} reports at the oracles",
             )

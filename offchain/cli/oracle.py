@@ -1,6 +1,6 @@
 """`gpuex oracle serve|keeper`: one oracle of the k-of-n set, or a keeper on its own, until SIGINT or SIGTERM.
 
-Both read `GPUEX_ORACLE_*` settings (`OracleSettings`: key, port, peers, leader, state directory, ...); the chain
+Both read `GPUEX_ORACLE_*` settings (`OracleSettings`: key, port, peers, submit, state directory, ...); the chain
 comes from the deployment record and the command's network unless `GPUEX_ORACLE_CHAIN__*` is set.
 
 `oracle status` shows what a running oracle waits for on its way to finality, read from its `/metrics`: the
@@ -9,8 +9,8 @@ the reports it landed again after one.
 
 `oracle keeper` sends `finalize` and `claimStartTimeout` for due rentals from the key it is given, through a
 transaction manager of its own: give it a key and a state directory no other process sends from (anyone may
-call both functions, so it needs no oracle's key), and run the leader with `GPUEX_ORACLE_KEEPER=false` if this
-keeper replaces the leader's.
+call both functions, so it needs no oracle's key), and run the oracles with `GPUEX_ORACLE_KEEPER=false` if this
+keeper replaces theirs.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 def register(commands: argparse._SubParsersAction) -> None:
     group = add_group(commands, "oracle", "oracle services")
-    add_command(group, "serve", serve, "run an oracle (ingest, co-signing; batcher and keeper on the leader)")
+    add_command(group, "serve", serve, "run an oracle (ingest, co-signing; batching and keeping in its turn)")
     add_command(group, "keeper", keeper, "run a keeper: finalise ended rentals, time out unstarted ones")
     status_parser = add_command(group, "status", status, "what a running oracle waits for on its way to finality")
     status_parser.add_argument(

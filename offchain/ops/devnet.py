@@ -11,8 +11,9 @@
     specs/               job specs by hash, where `gpuex rent` puts them and the devnet's agents read them
     agents/<address>/    the state of each `gpuex agent run` on the devnet, by agent key
 
-The deployment record goes to `deployments/<chainId>.json` like any other. The oracle is a single leader with
-the keeper (a 1-of-1 oracle set) that accepts simulated telemetry, so a machine without a GPU can rent too.
+The deployment record goes to `deployments/<chainId>.json` like any other. The oracle is the only one of a 1-of-1
+oracle set, so every turn to land a report or keep is its own; it accepts simulated telemetry, so a machine
+without a GPU can rent too.
 Anvil mines a block every second, so time moves for the keeper even when nobody sends a transaction.
 """
 
@@ -250,7 +251,6 @@ async def up(
             GPUEX_ORACLE_CHAIN__REGISTRY=record.registry,
             GPUEX_ORACLE_CHAIN__ESCROW=record.escrow,
             GPUEX_ORACLE_PORT=str(oracle_port),
-            GPUEX_ORACLE_LEADER="true",
             GPUEX_ORACLE_KEEPER="true",
             GPUEX_ORACLE_ALLOW_SIMULATED="true",
             GPUEX_ORACLE_STATE_DIR=str(oracle_dir),
@@ -268,7 +268,7 @@ async def up(
                     return response.status == 200
 
             await _wait_for(healthy, "the oracle", oracle, oracle_log)
-        say(f"oracle listening on {oracle_url} (pid {oracle.pid}, leader and keeper)")
+        say(f"oracle listening on {oracle_url} (pid {oracle.pid}, submitting and keeping)")
         state = DevnetState(
             rpc_url=rpc_url,
             chain_id=DEVNET_CHAIN_ID,

@@ -1,6 +1,6 @@
 """A whole exchange in this process, for the demo and the end-to-end tests: three real `OracleService`s
-(2-of-3, oracle 0 the leader with the batcher and the keeper) and, if asked, one real `ProviderAgent`, all on
-loopback against a local chain that some other party (Brownie, a test) started.
+(2-of-3, each with the batcher, the keeper and a tx manager, taking turns at landing) and, if asked, one real
+`ProviderAgent`, all on loopback against a local chain that some other party (Brownie, a test) started.
 
 The oracles time their work by the wall clock, the agent by the chain's (measured from block timestamps), and anvil
 stamps its blocks with the wall clock. Anvil mines a block only per transaction, though, and the keeper judges what
@@ -26,8 +26,11 @@ from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.chain.rpc import connect
 from offchain.config import ChainSettings, OracleSettings
+from offchain.ops.cluster import free_port
 from offchain.ops.devnet import DEV_JOB_IMAGE, build_job_image
+from offchain.oracle.keeper import KeeperAction
 from offchain.oracle.service import OracleService
+from offchain.protocol.messages import TelemetrySubmission
 from offchain.telemetry.source import TelemetrySource
 
 SERVICE_START_SECONDS = 15
@@ -42,13 +45,16 @@ class WaitTimedOut(AssertionError):
 class ExchangeTimers:
     """How often the services act: short, so that a rental plays out in seconds."""
 
-    epoch_seconds: float = 1.0  # the leader batches and co-signs reports this often
+    epoch_seconds: float = 1.0  # each oracle batches and co-signs the reports whose turn came this often
     report_interval_seconds: float = 1.0  # the agent closes a report period this often
     keeper_interval_seconds: float = 1.0
     block_interval_seconds: float = 1.0
-    # The leader lands a running rental's latest report once its coverage has grown this much since the last one
+    # The oracles land a running rental's latest report once its coverage has grown this much since the last one
     # landed (and always the final report, the one up to a termination and the one at the rental's end).
     checkpoint_interval_seconds: int = 3_600
+    # Each oracle after the one whose turn it is waits this long for the one before it (`offchain.oracle.rotation`);
+    # with three oracles and one-second epochs, 2 s keeps the last turn within half a 10 s reportGrace.
+    handoff_seconds: int = 2
 
 
 @dataclass(frozen=True)
@@ -78,16 +84,20 @@ async def wait_until(condition: Callable[[], bool], seconds: float, what: str, p
 
 @dataclass
 class LocalExchange:
-    """The running in-process oracles (three, index 0 the leader; none when the oracles run elsewhere) and, unless
-    none was asked for, one running agent."""
+    """The running in-process oracles (three, each landing reports and keeping in its turn; none when the oracles
+    run elsewhere) and, unless none was asked for, one running agent."""
 
     oracles: list[OracleService]
     agent: ProviderAgent | None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
-    @property
-    def leader(self) -> OracleService:
-        return self.oracles[0]
+    def reports(self, rental_id: int) -> list[TelemetrySubmission]:
+        """The reports of the rental that oracle 0 accepted (every oracle the agent reaches holds the same)."""
+        return self.oracles[0].store.reports(rental_id)
+
+    def keeper_actions(self, rental_id: int) -> list[KeeperAction]:
+        """The keeper calls any oracle submitted for the rental, in the oracles' order."""
+        return [a for o in self.oracles if o.keeper is not None for a in o.keeper.actions() if a.rental_id == rental_id]
 
     def check_alive(self) -> None:
         """Raises the error of a service that stopped by itself."""
@@ -127,8 +137,6 @@ def _oracle_settings(
         port=0,
         allow_simulated=allow_simulated,
         max_clock_skew_seconds=30,
-        leader=False,
-        keeper=False,
     )
     return OracleSettings(**{**values, **overrides})
 
@@ -172,10 +180,10 @@ async def running_exchange(
     timers: ExchangeTimers = ExchangeTimers(),
     allow_simulated: bool = True,
 ) -> AsyncIterator[LocalExchange]:
-    """Starts oracles 1 and 2, then the leader (oracle 0, with the keeper) co-signing with them, then the block
-    producer and, for `machine`, the agent reporting to all three, watching from the next block on, running jobs
-    in containers of the busybox job image (`offchain.ops.devnet.DEV_JOB_IMAGE`, built if missing) unless a spec names
-    another; stops everything on the way out (the agent first, so that it stops its jobs).
+    """Starts the three oracles, each co-signing with the other two and landing reports and keeping in its turn,
+    then the block producer and, for `machine`, the agent reporting to all three, watching from the next block on,
+    running jobs in containers of the busybox job image (`offchain.ops.devnet.DEV_JOB_IMAGE`, built if missing)
+    unless a spec names another; stops everything on the way out (the agent first, so that it stops its jobs).
 
     `oracle_keys` are the three keys of the escrow's 2-of-3 oracle set; each service keeps its state under
     `state_root` (`oracle0/`..`oracle2/`, `agent/`). The oracles accept simulated telemetry only with
@@ -187,31 +195,27 @@ async def running_exchange(
     w3 = connect(chain.rpc_url)
     exchange = LocalExchange(oracles=[], agent=None)
     try:
-        peers = [OracleService(_oracle_settings(chain, state_root, i, oracle_keys[i], allow_simulated)) for i in (1, 2)]
-        for i, peer in zip((1, 2), peers):
-            exchange.tasks.append(asyncio.create_task(peer.run(stop), name=f"oracle {i}"))
-        await exchange.until(lambda: all(p.port for p in peers), SERVICE_START_SECONDS, "the peer oracles to listen")
-        leader = OracleService(
-            _oracle_settings(
+        ports = [free_port() for _ in oracle_keys]
+        for i, key in enumerate(oracle_keys):
+            settings = _oracle_settings(
                 chain,
                 state_root,
-                0,
-                oracle_keys[0],
+                i,
+                key,
                 allow_simulated,
-                leader=True,
-                keeper=True,
+                port=ports[i],
+                peers=[f"http://127.0.0.1:{p}" for j, p in enumerate(ports) if j != i],
                 epoch_seconds=timers.epoch_seconds,
                 keeper_interval_seconds=timers.keeper_interval_seconds,
                 checkpoint_interval_seconds=timers.checkpoint_interval_seconds,
-                peers=[f"http://127.0.0.1:{p.port}" for p in peers],
+                handoff_seconds=timers.handoff_seconds,
             )
-        )
-        exchange.tasks.insert(0, asyncio.create_task(leader.run(stop), name="oracle 0 (leader)"))
-        exchange.oracles = [leader, *peers]
+            exchange.oracles.append(OracleService(settings))
+            exchange.tasks.append(asyncio.create_task(exchange.oracles[i].run(stop), name=f"oracle {i}"))
         await exchange.until(
-            lambda: leader.port is not None and leader.keeper is not None,
+            lambda: all(o.port is not None and o.keeper is not None for o in exchange.oracles),
             SERVICE_START_SECONDS,
-            "the leader to listen and start its keeper",
+            "the oracles to listen and start their keepers",
         )
         await _start_agent_side(exchange, w3, chain, state_root, machine, timers, stop)
         yield exchange

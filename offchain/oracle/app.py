@@ -197,7 +197,7 @@ async def post_telemetry(request: web.Request) -> web.Response:
 
 
 async def post_cosign(request: web.Request) -> web.Response:
-    """A leader's batch: 200 with this oracle's signature, or a refusal naming the submission at fault."""
+    """A submitting oracle's batch: 200 with this oracle's signature, or a refusal naming the submission at fault."""
     app = request.app
     try:
         body = await _read_body(request, cosign_body_limit(app[SETTINGS]))

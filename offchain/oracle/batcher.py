@@ -1,5 +1,6 @@
-"""The leader oracle's batcher: lands each rental's latest accepted report when it is due, in batches that k of n
-oracles co-sign, through the tx manager.
+"""An oracle's batcher: lands each rental's latest accepted report when it is due and it is this oracle's turn, in
+batches that k of n oracles co-sign, through the tx manager. Every oracle of the set runs one (unless it is
+configured to co-sign only), so no single oracle can keep a provider's reports off the chain.
 
 Reports are cumulative, so only a rental's latest report ever needs to land, and the batcher lands it only when it
 is due (`landing_reason`): its job ended (Completed or Failed), the rental's time is up, the renter terminated it,
@@ -32,6 +33,14 @@ goes back to `held` and lands again. Each landing is read once in the epoch afte
 came in between), and every landing of the last `reorg_window_seconds` after the chain view's follower saw a
 reorg (and at start): one read per rental that landed recently, only when a reorg makes it worth it. A reorg
 older than the window is past any chain's finality.
+
+Which oracle lands a due report, and when (`offchain.oracle.rotation`): its due time (`landing_due_at`) picks a
+primary in the escrow's oracle set; the others are fallbacks that each take the report `handoff_seconds` after
+the one before them, if it has not landed by then (the fresh read before batching settles what another oracle
+landed). So every due report lands within `(n − 1) × handoff_seconds` plus an epoch and a transaction of coming
+due while one oracle of the set holds it and a threshold co-signs, which the service checks is well within the
+escrow's reportGrace. A report that two oracles send lands once; the later batch's copy is skipped
+(`SeqNotIncreasing`) and settled `landed` like any other.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ from offchain.config import DEFAULT_REORG_WINDOW_SECONDS
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.cosign import collect_cosignatures
 from offchain.oracle.metrics import OracleMetrics
+from offchain.oracle.rotation import Role, Rotation
 from offchain.oracle.store import ReportState, SubmissionKey, SubmissionStore, WaitingReport, key_of
 from offchain.protocol.messages import CosignRequest, OracleError, RejectReason, TelemetrySubmission, chain_reports
 from offchain.protocol.reports import BatchSigner, ReportStatus, submit_args
@@ -130,7 +140,7 @@ def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_
     """Why `waiting` is due to land given its rental on chain and the chain's clock `now`, or None while it is not.
 
     Coverage since the last landing counts from the later of what this store landed and what the chain applied
-    (another leader may have landed a report)."""
+    (another oracle may have landed a report)."""
     if waiting.status is not ReportStatus.RUNNING:
         return LandingReason.FINAL
     if rental.status is RentalStatus.TERMINATED:
@@ -141,6 +151,19 @@ def landing_reason(waiting: WaitingReport, rental: Rental, now: int, checkpoint_
     if waiting.covered_until - landed_until >= checkpoint_interval:
         return LandingReason.CHECKPOINT
     return None
+
+
+def landing_due_at(waiting: WaitingReport, rental: Rental, reason: LandingReason, checkpoint_interval: int) -> int:
+    """The chain time from which `waiting` has been due to land for `reason`, from what every oracle of the set shares
+    (the report and its rental on chain), so that they all agree whose turn it is: a final report from the end of
+    its coverage (it cannot exist earlier), one after a termination or at the rental's end from that end, and a
+    checkpoint from the interval past the coverage that last landed (a later report that supersedes it inherits
+    that time, so reports that keep coming do not push the hand-off back)."""
+    if reason is LandingReason.FINAL:
+        return waiting.covered_until
+    if reason in (LandingReason.TERMINATED, LandingReason.TIME_UP):
+        return rental.end
+    return max(waiting.landed_until or 0, rental.covered_until) + checkpoint_interval
 
 
 class BatchReverted(Exception):
@@ -157,7 +180,8 @@ class BatchOutcome:
 
 
 class Batcher:
-    """Turns accepted reports into co-signed `submitReports` transactions (run by the leader oracle)."""
+    """Turns accepted reports into co-signed `submitReports` transactions, taking the due reports whose turn has
+    come for this oracle (`rotation`; None takes every due report at once, as a lone submitter)."""
 
     def __init__(
         self,
@@ -174,6 +198,7 @@ class Batcher:
         checkpoint_interval_seconds: int,
         cosign_timeout: float = 5.0,
         reorg_window_seconds: float = DEFAULT_REORG_WINDOW_SECONDS,
+        rotation: Rotation | None = None,
     ) -> None:
         self._store = store
         self._chain = chain
@@ -190,6 +215,8 @@ class Batcher:
         self._reorg_window = reorg_window_seconds
         self._reorgs_checked: int | None = None  # the chain view's reorg count at the last re-check of landings
         self._landings_checked_at = 0.0  # landings settled before this time were re-checked at least once
+        self._rotation = rotation
+        self._roles: dict[SubmissionKey, Role] = {}  # how this oracle takes each report `_due` returned
 
     async def close_batch(self) -> BatchOutcome:
         """Settles the batches the chain has confirmed, then closes one batch of the reports due to land, if there
@@ -227,6 +254,7 @@ class Batcher:
             self._metrics.record_batch(len(submissions))
             for submission in submissions:
                 self._metrics.landings.inc(reasons[key_of(submission)].value)
+                self._metrics.submitted.inc(self._roles.get(key_of(submission), Role.PRIMARY).value)
             log.info("submitted batch %s with %d reports", tx_key, len(submissions))
             sent += len(submissions)
         return BatchOutcome(tx_key, sent)
@@ -438,18 +466,20 @@ class Batcher:
         would skip for good is quarantined; one whose coverage is ahead of the chain's clock stays held until the
         clock passes it."""
         waiting = self._store.waiting()
+        self._roles = {}
         if not waiting:
             return []
         now = await self._chain.block_time()
+        signers = (await self._chain.oracle_set()).signers if self._rotation is not None else ()
         due: list[tuple[WaitingReport, LandingReason]] = []
         settled: list[tuple[SubmissionKey, ReportState]] = []
         for report in waiting:
             rental = await self._chain.rental(report.rental_id)
             if not rental.is_live:
-                settled.append((report.key, ReportState.DROPPED))
+                settled.append((report.key, _final_state(report, rental)))
                 continue
             reason = landing_reason(report, rental, now, self._checkpoint_interval)
-            if reason is not None:
+            if reason is not None and self._takes(report, rental, reason, now, signers):
                 due.append((report, reason))
                 if len(due) == self._max_reports:
                     break
@@ -462,7 +492,7 @@ class Batcher:
         for (report, reason), rental, submission in zip(due, rentals, submissions):
             skip = predict_skip(submission.report.to_chain_report(), rental, now, start_timeout)
             if not rental.is_live:
-                settled.append((report.key, ReportState.DROPPED))
+                settled.append((report.key, _final_state(report, rental)))
             elif report.seq <= rental.last_seq:
                 settled.append((report.key, ReportState.LANDED))
             elif skip in TRANSIENT_SKIPS:
@@ -482,6 +512,22 @@ class Batcher:
             log.warning("rental %d seq %d quarantined: %s", key.rental_id, key.seq, why[key])
             self._metrics.reports_quarantined.inc(why[key].split(":", 1)[0])
 
+    def _takes(
+        self, report: WaitingReport, rental: Rental, reason: LandingReason, now: int, signers: Sequence[str]
+    ) -> bool:
+        """Whether this oracle lands the due `report` now (recording in which role), or leaves it to the oracle
+        whose turn it is."""
+        if self._rotation is None:
+            return True
+        due_at = landing_due_at(report, rental, reason, self._checkpoint_interval)
+        role = self._rotation.role(signers, due_at, now)
+        if role is None:
+            return False
+        if role is Role.FALLBACK:
+            log.info("rental %d seq %d due since %d: this oracle's turn as a fallback came", *report.key, due_at)
+        self._roles[report.key] = role
+        return True
+
     def _settle(self, outcomes: Sequence[tuple[SubmissionKey, ReportState]]) -> None:
         self._store.settle(outcomes)
         for _, state in outcomes:
@@ -490,7 +536,7 @@ class Batcher:
     def _fresh_key(self, reports) -> str:
         """`reports:<count>:<digest of the rentalId-seq list>`, suffixed when an earlier transaction with that key
         ended (failed, or confirmed and then lost to a reorg). The same reports always give the same key while its
-        transaction is under way (a restarted leader finds it again), and the key stays short at any batch size."""
+        transaction is under way (a restarted oracle finds it again), and the key stays short at any batch size."""
         listed = ",".join(f"{r.rental_id}-{r.seq}" for r in reports)
         base = f"reports:{len(reports)}:{keccak(text=listed).hex()[:32]}"
         key, attempt = base, 1
@@ -498,3 +544,9 @@ class Batcher:
             attempt += 1
             key = f"{base}#{attempt}"
         return key
+
+
+def _final_state(report: WaitingReport, rental: Rental) -> ReportState:
+    """How a report of a rental that takes no more reports ended: `landed` if the chain applied it (or a later one;
+    another oracle may have landed it while it was not this oracle's turn), else `dropped`."""
+    return ReportState.LANDED if report.seq <= rental.last_seq else ReportState.DROPPED

@@ -1,14 +1,14 @@
-"""k-of-n co-signing of report batches: the peer side (`Cosigner`) and the leader's client
+"""k-of-n co-signing of report batches: the peer side (`Cosigner`) and the submitting oracle's client
 (`collect_cosignatures`).
 
 A peer signs a batch only if it would have accepted every report itself: a report it already holds counts, any
 other must pass the same verification as `POST /v1/telemetry` and follow its predecessor (held, earlier in the
 batch, or applied on chain). It refuses the whole batch at the first report it would not accept, naming it
-(`index`), so that the leader can split that report off and have the rest co-signed; a report that differs from
-the one held under its seq is kept as evidence of the agent's equivocation (`record_equivocation`).
+(`index`), so that the submitting oracle can split that report off and have the rest co-signed; a report that
+differs from the one held under its seq is kept as evidence of the agent's equivocation (`record_equivocation`).
 Reports that pass are stored, as if their agent had posted them here, so this oracle's view of each rental keeps
 up with what it signed. The signature is `offchain.protocol.reports.sign_batch` over the batch's on-chain reports
-for the escrow's current oracle set version, which the leader must name.
+for the escrow's current oracle set version, which the submitting oracle must name.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _at(index: int, rejected: Rejected) -> Rejected:
 
 @dataclass(frozen=True)
 class Cosignatures:
-    """What a leader collected: signatures by oracle address, why each peer that gave none did not, and the
+    """What a submitting oracle collected: signatures by oracle address, why each peer that gave none did not, and the
     refusals of the peers that answered with one (by peer)."""
 
     signatures: dict[str, bytes] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """Keeper: calls `claimStartTimeout` and `finalize` on rentals once the chain says they are due, and
 `activateOracleSet` once an announced oracle set's governance delay has passed.
 
-Anyone may call both; an oracle runs this next to its report batcher, on the same TxManager. Rentals are
+Anyone may call both; every oracle that submits runs this next to its report batcher, on the same TxManager. Rentals are
 discovered from the escrow's rental events (followed with an `EventFollower` from a start block, its position kept
 in SQLite; a reorg forgets the rentals first seen in the orphaned blocks, and those the new chain has come again)
 and judged by `getRental` against the latest block's timestamp, so the keeper's own clock never matters:
@@ -15,6 +15,18 @@ ended. A rental is watched until `getRental` shows it final (or superseded). An 
 (`upcomingOracleSet`) gets `activateOracleSet` once the latest block reaches its `effectiveAt`, under the key
 `activate-oracle-set:<effectiveAt>`: once per announcement, whose TxManager record is all there is to keep (anyone
 may activate; a transaction beaten to it fails its dry-run and is not sent).
+
+With several oracles keeping, each call takes turns like the reports do (`rotation`, from the call's due time):
+the primary calls at once, each fallback `handoff_seconds` after the one before it, and a later keeper finds the
+rental final and sends nothing. A keeper that calls all the same (two in one block) loses a transaction whose
+dry-run fails or that reverts; the rental is settled once.
+
+The keeper does not finalise a rental while this oracle holds a report of it that the chain has not applied
+(`pending_seq`: `held` or `batched` with a seq above the rental's last applied one): finalising would count the
+time that report covers as missed. The batcher lands such a report within its turns, so the wait is short; it is
+bounded by `finalize_defer_seconds` past the time finalize became possible, after which the keeper finalises
+anyway, so a report that can never land (its co-signatures never come, the chain would skip it) does not keep a
+rental open for good. Reports the oracle dropped or quarantined do not hold the keeper back.
 """
 
 from __future__ import annotations
@@ -24,17 +36,18 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 from eth_typing import ABIEvent
 from eth_utils import event_abi_to_log_topic, get_all_event_abis
 from pydantic import BaseModel, ConfigDict
 
 from offchain.chain.follower import DEFAULT_MAX_BLOCK_RANGE, EventFollower, LogBatch, Rewind, SqliteStore
-from offchain.chain.reads import ChainReader
+from offchain.chain.reads import ChainReader, Rental
 from offchain.chain.tx.backoff import Backoff, wait_any
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.senderrors import TRANSIENT_RPC_ERRORS
+from offchain.oracle.rotation import Rotation
 from offchain.protocol.status import RentalStatus
 from offchain.sqlite import open_db, transaction
 
@@ -82,7 +95,10 @@ CREATE TABLE IF NOT EXISTS keeper_action (
 class Keeper:
     """Finds due rentals of `reader`'s escrow and submits their settlement through `txmgr`.
 
-    `start_block`: where the first scan begins (the escrow's deployment block).
+    `start_block`: where the first scan begins (the escrow's deployment block). `rotation`: this oracle's place in
+    the turn order of the oracle set (None: every call as soon as it is due). `pending_seq`: the highest seq of a
+    rental's reports this oracle still has to land (its store's `pending_seq`), which holds back `finalize` for at
+    most `finalize_defer_seconds`.
     """
 
     def __init__(
@@ -95,6 +111,9 @@ class Keeper:
         max_block_range: int = DEFAULT_MAX_BLOCK_RANGE,
         max_checks_per_tick: int = 1_000,
         max_backoff: float = 30.0,
+        rotation: Rotation | None = None,
+        pending_seq: Callable[[int], int | None] | None = None,
+        finalize_defer_seconds: int = 0,
     ):
         if max_checks_per_tick < 1:
             raise ValueError("max_checks_per_tick must be >= 1")
@@ -104,6 +123,10 @@ class Keeper:
         self._txmgr = txmgr
         self._max_checks_per_tick = max_checks_per_tick
         self._max_backoff = max_backoff
+        self._turns = rotation
+        self._pending_seq = pending_seq
+        self._finalize_defer = finalize_defer_seconds
+        self._deferred: set[int] = set()  # rentals whose finalize was held back (logged once each)
         topics = ["0x" + event_abi_to_log_topic(self._event_abi(name)).hex() for name in RENTAL_EVENTS]
         self._db = open_db(db_path)
         self._db.executescript(_SCHEMA)
@@ -160,8 +183,9 @@ class Keeper:
         await self._follower.sync(self._record_rentals, self._forget_orphaned)
         head = await self._w3.eth.get_block("latest")
         number, now = int(head["number"]), int(head["timestamp"])
-        await self._activate_due_oracle_set(number, now)
-        return await self._submit_due(number, now, start_timeout, report_grace)
+        signers = (await self._reader.oracle_set(number)).signers if self._turns is not None else ()
+        await self._activate_due_oracle_set(number, now, signers)
+        return await self._submit_due(number, now, start_timeout, report_grace, signers)
 
     async def run(self, stop_event: asyncio.Event, interval: float = 5.0) -> None:
         """Ticks every `interval` seconds until `stop_event` is set, backing off exponentially while the RPC is
@@ -214,9 +238,33 @@ class Keeper:
         self._rotation = start + self._max_checks_per_tick
         return (watched[start:] + watched[:start])[: self._max_checks_per_tick]
 
-    async def _activate_due_oracle_set(self, head: int, now: int) -> None:
+    def _my_turn(self, signers: Sequence[str], due_at: int, now: int) -> bool:
+        """Whether this keeper makes a call due at `due_at` now, or leaves it to the one whose turn it is."""
+        if now < due_at:
+            return False
+        return self._turns is None or self._turns.role(signers, due_at, now) is not None
+
+    def _holds_report(self, rental_id: int, rental: Rental, due_at: int, now: int) -> bool:
+        """Whether `finalize` waits for a report of the rental this oracle has yet to land (see the module)."""
+        pending = None if self._pending_seq is None else self._pending_seq(rental_id)
+        if pending is None or pending <= rental.last_seq:
+            return False
+        if now >= due_at + self._finalize_defer:
+            log.warning(
+                "keeper: rental %d still has seq %d pending %d s after it became final-able; finalising anyway",
+                rental_id,
+                pending,
+                now - due_at,
+            )
+            return False
+        if rental_id not in self._deferred:
+            self._deferred.add(rental_id)
+            log.info("keeper: rental %d due since %d; waiting for its seq %d to land", rental_id, due_at, pending)
+        return True
+
+    async def _activate_due_oracle_set(self, head: int, now: int, signers: Sequence[str]) -> None:
         pending = await self._reader.upcoming_oracle_set(head)
-        if pending.effective_at == 0 or now < pending.effective_at:
+        if pending.effective_at == 0 or not self._my_turn(signers, pending.effective_at, now):
             return
         key = f"activate-oracle-set:{pending.effective_at}"
         if self._txmgr.record(key) is not None:
@@ -229,7 +277,9 @@ class Keeper:
             key,
         )
 
-    async def _submit_due(self, head: int, now: int, start_timeout: int, report_grace: int) -> list[KeeperAction]:
+    async def _submit_due(
+        self, head: int, now: int, start_timeout: int, report_grace: int, signers: Sequence[str]
+    ) -> list[KeeperAction]:
         submitted = []
         for rental_id in self._due_for_check():
             rental = await self._reader.rental(rental_id, head)
@@ -243,7 +293,9 @@ class Keeper:
                 action, function, due_at = "timeout", "claimStartTimeout", rental.since + start_timeout + 1
             else:
                 action, function, due_at = "finalize", "finalize", rental.end + report_grace
-            if now < due_at:
+            if not self._my_turn(signers, due_at, now):
+                continue
+            if action == "finalize" and self._holds_report(rental_id, rental, due_at, now):
                 continue
             key = f"{action}:{rental_id}"
             if self._db.execute("SELECT 1 FROM keeper_action WHERE tx_key = ?", (key,)).fetchone():

@@ -6,6 +6,8 @@ that have yet to land, how many reports were settled (landed, skipped, dropped) 
 quarantine gauges are read from the store when `/metrics` is served. Finality (`record_finality`, `record_reorg`):
 the transactions waiting for their confirmations, by age, the reports in a transaction not final yet, the reorgs
 that took a transaction out of the chain and the reports landed again after one.
+Which oracle submitted what: the reports this oracle put in its own batches, by the role it took them in (primary
+in its turn, or fallback for the oracles before it, `offchain.oracle.rotation`).
 """
 
 from __future__ import annotations
@@ -236,6 +238,13 @@ class OracleMetrics:
             " or rebatched (held for a new batch).",
             "how",
         )
+        # Submitter rotation: which reports this oracle sent itself, and in which role.
+        self.submitted = Counter(
+            "gpuex_oracle_reports_submitted_total",
+            "Reports this oracle put in its own batch transactions, by role (primary: its turn; fallback: standing in"
+            " for the oracles before it).",
+            "role",
+        )
 
     def record_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -294,5 +303,6 @@ class OracleMetrics:
             self.reports_batched,
             self.reorgs,
             self.reports_relanded,
+            self.submitted,
         )
         return "\n".join(line for family in families for line in family.render()) + "\n"

@@ -1,5 +1,8 @@
-"""One oracle process: the HTTP app (ingest, co-signing, health, metrics) and, on the leader, the batcher, the
-keeper and the tx manager that sends their transactions from the oracle's key."""
+"""One oracle process: the HTTP app (ingest, co-signing, health, metrics) and, unless it co-signs only
+(`submit = never`), the batcher, the keeper and the tx manager that sends their transactions from the oracle's own
+key. Every oracle of the set that submits takes its turns at landing due reports and settling due rentals
+(`offchain.oracle.rotation`); at start it checks that the turns of the whole set end well within the escrow's
+reportGrace (`rotation.check_handoff`) and refuses to run otherwise."""
 
 from __future__ import annotations
 
@@ -12,14 +15,15 @@ from aiohttp import web
 from web3 import AsyncWeb3
 
 from offchain.chain.contracts import contract
-from offchain.chain.rpc import connect
+from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.chain.tx.manager import TxManager
-from offchain.config import OracleSettings
+from offchain.config import OracleSettings, SubmitPolicy
 from offchain.oracle.app import create_app
 from offchain.oracle.batcher import Batcher
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.keeper import Keeper
 from offchain.oracle.metrics import OracleMetrics
+from offchain.oracle.rotation import Rotation, check_handoff
 from offchain.oracle.store import SubmissionStore
 from offchain.protocol.reports import BatchSigner
 
@@ -56,12 +60,13 @@ class OracleService:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         self.port = runner.addresses[0][1]
-        log.info("oracle listening on %s:%d (leader: %s)", settings.host, self.port, settings.leader)
+        log.info("oracle listening on %s:%d (submits: %s)", settings.host, self.port, settings.submit.value)
         tasks: list[asyncio.Task] = []
         session = aiohttp.ClientSession()
         try:
-            if settings.leader:
-                tasks = await self._start_leader(session, stop)
+            if settings.submit is not SubmitPolicy.NEVER:
+                await self._check_handoff()
+                tasks = await self._start_submitting(session, stop)
             await stop.wait()
         finally:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -74,7 +79,21 @@ class OracleService:
             if self._owns_w3:
                 await self.w3.provider.disconnect()
 
-    async def _start_leader(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> list[asyncio.Task]:
+    async def _check_handoff(self) -> None:
+        """Raises `rotation.HandoffTooLong` if the set's last fallback would not come well within reportGrace. With
+        the chain unreachable the check is skipped (logged): the oracle still serves ingest and co-signing."""
+        settings = self.settings
+        if settings.submit is not SubmitPolicy.ROTATE:
+            return
+        try:
+            report_grace = await self.chain.reader.report_grace()
+            oracles = len((await self.chain.oracle_set()).signers)
+        except ChainUnreachable as exc:
+            log.warning("hand-off not checked against reportGrace: chain unreachable (%s)", exc)
+            return
+        check_handoff(settings.handoff_seconds, settings.epoch_seconds, oracles, report_grace)
+
+    async def _start_submitting(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> list[asyncio.Task]:
         settings = self.settings
         state = Path(settings.state_dir)
         self.txmgr = TxManager(
@@ -89,6 +108,7 @@ class OracleService:
         await self.txmgr.start()
         escrow = contract(self.w3, "RentalEscrow", settings.chain.escrow)
         signer = BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow)
+        rotation = Rotation(signer.address, settings.submit, settings.handoff_seconds)
         self.batcher = Batcher(
             store=self.store,
             chain=self.chain,
@@ -101,13 +121,21 @@ class OracleService:
             metrics=self.metrics,
             checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
             reorg_window_seconds=settings.reorg_window_seconds,
+            rotation=rotation,
         )
         tasks = [
             asyncio.create_task(self.txmgr.run(stop), name="tx manager"),
             asyncio.create_task(self.batcher.run(stop, settings.epoch_seconds), name="batcher"),
         ]
         if settings.keeper:
-            self.keeper = Keeper(self.chain.reader, self.txmgr, state / KEEPER_FILE)
+            self.keeper = Keeper(
+                self.chain.reader,
+                self.txmgr,
+                state / KEEPER_FILE,
+                rotation=rotation,
+                pending_seq=self.store.pending_seq,
+                finalize_defer_seconds=settings.finalize_defer_seconds,
+            )
             await self.keeper.start()
             tasks.append(asyncio.create_task(self.keeper.run(stop, settings.keeper_interval_seconds), name="keeper"))
         return tasks

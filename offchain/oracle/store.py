@@ -411,6 +411,14 @@ class SubmissionStore:
         rows = self._db.execute("SELECT DISTINCT batched_tx_key FROM submissions WHERE state = 'batched'")
         return [key for (key,) in rows.fetchall()]
 
+    def pending_seq(self, rental_id: int) -> int | None:
+        """The highest seq of the rental's reports still on their way to the chain (`held` or `batched`), or None."""
+        self._commit_group()
+        row = self._db.execute(
+            "SELECT MAX(seq) FROM submissions WHERE rental_id = ? AND state IN ('held', 'batched')", (str(rental_id),)
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
     def state(self, key: SubmissionKey) -> ReportState | None:
         self._commit_group()
         row = self._db.execute(

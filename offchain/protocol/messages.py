@@ -157,7 +157,7 @@ class TelemetrySubmission(BaseModel):
 
 
 class CosignRequest(BaseModel):
-    """The body of `POST /v1/cosign`: a leader asks a peer oracle to sign a batch of on-chain reports that each
+    """The body of `POST /v1/cosign`: a submitting oracle asks a peer to sign a batch of on-chain reports that each
     carry the agent submission it came from, so the peer can verify every report itself."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")

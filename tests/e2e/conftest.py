@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end tests: one suite on Brownie's anvil with a 2-of-3 oracle set, the provider staked
-with the AGENT key, and `running_exchange`: three real `OracleService`s (2-of-3, oracle 0 the leader with the
-keeper) and one real `ProviderAgent` in-process on loopback (`offchain.ops.inprocess`, which the demo runs too).
+with the AGENT key, and `running_exchange`: three real `OracleService`s (2-of-3, each landing reports and keeping
+in its turn) and one real `ProviderAgent` in-process on loopback (`offchain.ops.inprocess`, which the demo runs too).
 
 The suite is deployed with a short start timeout and report grace so that every scenario runs on the wall clock:
 the oracles judge reports by the wall clock (the agent keeps the chain's) and the chain stamps blocks with it, so
@@ -81,15 +81,15 @@ def running_exchange(
     return inprocess.running_exchange(chain_settings, state_root, ORACLE_KEYS, machine)
 
 
-#: Settings of every oracle process of `oracle_processes`: short epochs, simulated telemetry accepted.
+#: Settings of every oracle process of `oracle_processes`: short epochs and hand-offs (the last of three turns
+#: within half of REPORT_GRACE), simulated telemetry accepted. Every oracle lands reports and keeps in its turn.
 CLUSTER_SETTINGS = {
     "ALLOW_SIMULATED": "true",
     "EPOCH_SECONDS": "1",
     "KEEPER_INTERVAL_SECONDS": "1",
+    "HANDOFF_SECONDS": "2",
     "MAX_CLOCK_SKEW_SECONDS": "30",
 }
-#: The first protocol's roles: oracle 0 batches and keeps, the others co-sign.
-LEADER_SETTINGS = {0: {"LEADER": "true", "KEEPER": "true"}}
 
 
 @asynccontextmanager
@@ -100,14 +100,14 @@ async def oracle_processes(
     per_oracle: Mapping[int, Mapping[str, str]] | None = None,
 ) -> AsyncIterator[OracleCluster]:
     """The three oracles of ORACLE_KEYS as processes (`offchain.ops.cluster`), each with CLUSTER_SETTINGS and
-    `settings`, and `per_oracle` on top (LEADER_SETTINGS unless given); stopped on the way out. A failing test's
+    `settings`, and `per_oracle` on top; stopped on the way out. A failing test's
     message carries their logs."""
     cluster = OracleCluster(
         chain_settings,
         ORACLE_KEYS,
         state_root,
         {**CLUSTER_SETTINGS, **(settings or {})},
-        LEADER_SETTINGS if per_oracle is None else per_oracle,
+        per_oracle or {},
     )
     try:
         await cluster.start()

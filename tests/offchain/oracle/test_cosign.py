@@ -63,11 +63,11 @@ def test_two_of_three_cosigned_batch_settles_the_rental_on_chain(make_settings, 
     async def scenario():
         async with AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(oracle_client(s, clock=clock)) for s in oracles]
-            # The agent reached the leader and oracle 1; oracle 2 missed both reports and must verify them itself.
+            # The agent reached oracles 0 and 1; oracle 2 missed both reports and must verify them itself.
             for telemetry in (first, completion):
                 for client, settings in zip(clients[:2], oracles[:2]):
                     assert (await post(client, TELEMETRY_PATH, body(settings, telemetry)))[0] == 202
-            batch = clients[0].app[STORE].reports(rental.rental_id)  # every report the leader holds
+            batch = clients[0].app[STORE].reports(rental.rental_id)  # every report oracle 0 holds
             request = CosignRequest(oracle_set_version=domain.oracle_set_version, submissions=tuple(batch))
             async with aiohttp.ClientSession() as session:
                 collected = await collect_cosignatures(

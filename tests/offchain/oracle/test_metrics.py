@@ -52,7 +52,7 @@ def test_every_family_has_help_and_type():
     text = OracleMetrics().render()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")} == names
-    assert len(names) == 21
+    assert len(names) == 22
 
 
 def test_landing_metrics_show_reports_held_settled_and_why_they_landed():

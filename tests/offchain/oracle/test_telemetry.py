@@ -678,7 +678,7 @@ def test_report_following_reports_settled_elsewhere_is_checked_against_a_fresh_r
 
 
 def settle_on_chain(suite, settings, relayer, reports) -> None:
-    """Lands `reports` with the signatures of oracles 1 and 2, as another leader would."""
+    """Lands `reports` with the signatures of oracles 1 and 2, as another oracle of the set would."""
     domain = EscrowDomain(
         chain_id=settings.chain.chain_id,
         escrow=suite.escrow.address,
