@@ -39,6 +39,10 @@ def listed(list_offer) -> tuple[int, tuple[str, ...]]:
 
 
 def opened(suite, renter, offer_id: int) -> int:
+    """A new rental of `offer_id`, opened in a block stamped with the wall clock (the oracles' clock), so that its
+    short start timeout runs on both clocks alike even where the node's clock fell behind."""
+    latest = web3.eth.get_block("latest").timestamp
+    web3.provider.make_request("evm_setNextBlockTimestamp", [max(latest + 1, int(time.time()))])
     return suite.escrow.openRental(offer_id, 3_600, 2**64 - 1, b"\x11" * 32, {"from": renter}).return_value
 
 
@@ -132,13 +136,16 @@ def test_a_report_the_chain_would_skip_is_quarantined_and_the_others_land(
     `since` past that report, so the chain would skip the rental's next report (its delivered seconds no longer fit
     the time since the start). The leader quarantines it with the reason; another rental's report lands."""
     poisoned_offer, poisoned_gpus = listed(list_offer)
-    poisoned = opened(suite, renter, poisoned_offer)
-    opened_at = rental_state(suite, poisoned).since
     honest, honest_gpus = started(suite, provider, renter, list_offer)
     honest_since = rental_state(suite, honest).since
+    poisoned = 0
 
     async def scenario() -> str:
+        nonlocal poisoned
         async with oracle_processes(chain_settings, tmp_path) as cluster, aiohttp.ClientSession() as session:
+            # Opened now: the rental must still be within its (short) start timeout when reported and started.
+            poisoned = await asyncio.to_thread(opened, suite, renter, poisoned_offer)
+            opened_at = (await asyncio.to_thread(rental_state, suite, poisoned)).since
             first = telemetry(poisoned, poisoned_gpus, 1, opened_at, opened_at + 2, 2, ReportStatus.RUNNING)
             assert [await post(session, url, chain_settings, first) for url in cluster.urls] == [202] * 3
             await asyncio.sleep(2)
