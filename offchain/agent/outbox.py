@@ -14,7 +14,8 @@ Each report has one delivery row per oracle, `pending` until that oracle answers
   backoff.
 
 Reports of one rental reach each oracle in seq order: a report is not sent to an oracle until that oracle has
-acked (or rejected) the rental's previous report, so an oracle that checks period continuity never sees a gap.
+acked (or rejected) the rental's previous report, so an oracle that checks period continuity sees a gap only
+where it lost reports; those it says it lacks are sent again after the later one, and it fills them in.
 Each oracle has its own queue; a slow or dead oracle delays no other.
 
 A killed agent loses nothing: on restart every pending delivery is sent again. A report an oracle acked but
@@ -262,9 +263,10 @@ class Outbox(SessionOwner):
         if status in (200, 202):
             ack = _ack(text, delivery)
             if ack is not None:
-                self._record_final(delivery, "acked", status, None)
-                if ack.missing_from_seq is not None and ack.missing_from_seq < delivery.seq:
-                    self._send_again(delivery, ack.missing_from_seq)
+                with transaction(self._db):
+                    self._record_final(delivery, "acked", status, None)
+                    if ack.missing_from_seq is not None and ack.missing_from_seq < delivery.seq:
+                        self._send_again(delivery, ack.missing_from_seq)
             else:
                 self._record_retry(delivery, status, f"not an ack of this report: {text[:_MAX_ERROR_CHARS]}")
         elif 400 <= status < 500 and status not in RETRYABLE_CLIENT_ERRORS and _reason(text) not in RETRYABLE_REASONS:

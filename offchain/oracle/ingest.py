@@ -71,34 +71,40 @@ class Ingest:
             if self._store.held(key_of(submission)) == (digest, submission.signature):
                 return TelemetryAck(rental_id=report.rental_id, seq=report.seq, duplicate=True)
             raise
-        last = self._store.last_accepted(report.rental_id)
-        if report.seq > (last.seq if last else 0) + 1:
+        previous = self._store.last_accepted(report.rental_id)
+        if report.seq > (previous.seq if previous else 0) + 1:
             if fill_gaps and self.gap_filler is not None:
                 await self.gap_filler(report.rental_id, report.seq)
             # What this oracle lacks may have landed: the chain's applied totals are the ones to check against.
             rental = await self._verifier.refreshed_rental(report.rental_id)
+            previous = self._store.last_accepted(report.rental_id)
         try:
             try:
-                return await self._accept(submission, digest, body, rental)
+                return await self._accept(submission, digest, body, rental, previous)
             except Rejected as exc:
                 if exc.reason not in LAG_SENSITIVE_REASONS:
                     raise
             rental = await self._verifier.refreshed_rental(report.rental_id)
-            return await self._accept(submission, digest, body, rental)
+            return await self._accept(submission, digest, body, rental, self._store.last_accepted(report.rental_id))
         except Rejected as exc:
             if exc.reason is RejectReason.SEQ_CONFLICT:
                 await record_equivocation(self._store, self._verifier, submission, digest)
             raise
 
     async def _accept(
-        self, submission: TelemetrySubmission, digest: bytes, body: bytes, rental: Rental
+        self,
+        submission: TelemetrySubmission,
+        digest: bytes,
+        body: bytes,
+        rental: Rental,
+        previous: PreviousReport | None,
     ) -> TelemetryAck:
-        """Stores the submission after the rental's previous report, or in the gap below its latest that it fills.
-        Nothing awaits between these checks and the insert (`add_in_group` inserts before its first await), so no
-        other request changes the store under them. The held report is only looked up when it can exist: the
-        common path costs two statements, the rental's last report and the insert."""
+        """Stores the submission after `previous`, the rental's latest report as the store held it when the caller
+        last looked (without awaiting since), or in the gap below it that it fills. Nothing awaits between these
+        checks and the insert (`add_in_group` inserts before its first await), so no other request changes the
+        store under them. The held report is only looked up when it can exist: the common path costs two
+        statements, the rental's last report and the insert."""
         report = submission.report
-        previous = self._store.last_accepted(report.rental_id)
         if previous is not None and report.seq <= previous.seq:
             held = self._store.held(key_of(submission))
             if held is not None and held.report_digest == digest:

@@ -36,6 +36,8 @@ REPORTS_PATH = "/v1/reports"
 MAX_PAGE_REPORTS = 100
 #: A rental's gap is filled from peers at most once in this many seconds.
 FILL_INTERVAL_SECONDS = 30.0
+#: Rentals whose last fill is remembered before the ones older than FILL_INTERVAL_SECONDS are forgotten.
+MAX_TRACKED_FILLS = 10_000
 
 
 @dataclass
@@ -100,6 +102,8 @@ class PeerRecovery:
         now = self.clock()
         if now - self._filled_at.get(rental_id, -self.fill_interval) < self.fill_interval:
             return
+        if len(self._filled_at) >= MAX_TRACKED_FILLS:
+            self._filled_at = {r: at for r, at in self._filled_at.items() if now - at < self.fill_interval}
         self._filled_at[rental_id] = now
         await self.recover(rental_id)
 

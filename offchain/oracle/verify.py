@@ -27,8 +27,9 @@ from offchain.protocol.status import RentalStatus
 
 DEFAULT_MAX_REPORT_AGE_SECONDS = 24 * 3600
 
-# Continuity failures that a lagging cached rental (reports others applied, a start) can cause.
-LAG_SENSITIVE_REASONS = frozenset({RejectReason.SEQ_GAP, RejectReason.PERIOD_DISCONTINUOUS})
+# Continuity failures that a lagging cached rental (reports others applied, a start) can cause. A report beyond the
+# next seq is no longer refused (`check_follows` takes it across the gap); ingest re-reads the rental for it first.
+LAG_SENSITIVE_REASONS = frozenset({RejectReason.PERIOD_DISCONTINUOUS})
 
 HTTP_STATUS: dict[RejectReason, int] = {
     RejectReason.INVALID_BODY: 400,

@@ -224,7 +224,7 @@ class RejectReason(StrEnum):
     GPU_MISMATCH = "gpu_mismatch"  # the GPU UUIDs are not exactly the offer's registered GPUs
     SEQ_CONFLICT = "seq_conflict"  # a different report with this rental and seq is already accepted
     SEQ_STALE = "seq_stale"  # seq at or below the last accepted (or settled) one, and not held here
-    SEQ_GAP = "seq_gap"  # seq beyond the next expected one
+    SEQ_GAP = "seq_gap"  # seq beyond the next expected one (from oracles before reports were taken across gaps)
     PERIOD_DISCONTINUOUS = "period_discontinuous"  # period_start is not where the previous coverage ended
     PREV_ROOT_MISMATCH = "prev_root_mismatch"  # prev_root is not the previous report's telemetry root
     TOTALS_DECREASED = "totals_decreased"  # delivered or utilisation-weighted seconds below the previous totals

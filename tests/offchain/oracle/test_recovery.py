@@ -231,3 +231,19 @@ def test_a_peer_that_always_has_another_page_is_read_only_up_to_the_page_bound(s
     )
     assert len(queries) == 5 and outcome.failed_peers == {}
     assert [int(q["after"]) for q in queries] == [0, 1, 2, 3, 4]
+
+
+def test_a_rental_gap_is_filled_from_the_peers_at_most_once_per_interval(settings, clock, rental):
+    async def scenario():
+        async with oracle_client(settings, clock=clock) as client:
+            async with hostile_peer(lambda request: page([])) as (url, queries), aiohttp.ClientSession() as session:
+                recovery = PeerRecovery(
+                    client.app[INGEST], [url], session, max_report_age_seconds=86_400, max_body_bytes=1024
+                )
+                for _ in range(3):
+                    await recovery.fill(rental.rental_id, 5)
+                await recovery.fill(rental.rental_id + 1, 5)
+                return queries
+
+    queries = run(scenario())
+    assert [q["rental_id"] for q in queries] == [str(rental.rental_id), str(rental.rental_id + 1)]
