@@ -18,7 +18,7 @@ each rental's latest report again. Reports the chain no longer takes (the rental
 landed) are settled before they are batched.
 
 No report can hold up another rental's: each due report is checked against its rental's fresh state with the
-escrow's own rules (`offchain.protocol.skips`), and one the chain would skip for good is `quarantined` with its
+escrow's own rules (`offchain.chain.skips`), and one the chain would skip for good is `quarantined` with its
 reason instead of batched, while one covering time after the latest block waits for the chain's clock. A report
 the peers refuse is left out and the rest co-signed without it; it is quarantined only when the refusals leave
 too few oracles to sign it, for reasons that do not pass. Every batch is dry-run before it is handed over, and
@@ -57,6 +57,7 @@ from eth_utils import keccak
 from web3.types import TxParams
 
 from offchain.chain.reads import OracleSet, Rental
+from offchain.chain.skips import TRANSIENT_SKIPS, predict_skip
 from offchain.chain.tx.dryrun import DryRunFailed, dry_run
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.reverts import RevertDecoder
@@ -69,7 +70,6 @@ from offchain.oracle.rotation import Role, Rotation
 from offchain.oracle.store import ReportState, SubmissionKey, SubmissionStore, WaitingReport, key_of
 from offchain.protocol.messages import CosignRequest, OracleError, RejectReason, TelemetrySubmission, chain_reports
 from offchain.protocol.reports import BatchSigner, ReportStatus, submit_args
-from offchain.protocol.skips import TRANSIENT_SKIPS, predict_skip
 from offchain.protocol.status import RentalStatus
 
 log = logging.getLogger(__name__)

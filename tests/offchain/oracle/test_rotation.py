@@ -137,7 +137,7 @@ async def rotating_oracle(
         )
         try:
             yield Leader(
-                batcher, store, metrics, txmgr, TelemetryDomain(settings.chain.chain_id, settings.chain.registry)
+                batcher, store, metrics, txmgr, TelemetryDomain(settings.chain.chain_id, settings.chain.registry), view
             )
         finally:
             txmgr.close()

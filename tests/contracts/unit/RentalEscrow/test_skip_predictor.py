@@ -1,4 +1,4 @@
-"""The oracles' skip predictor (`offchain.protocol.skips.predict_skip`) against the escrow itself: generated reports
+"""The oracles' skip predictor (`offchain.chain.skips.predict_skip`) against the escrow itself: generated reports
 for rentals in every state are predicted from the rental as `getRental` reads it and the block's timestamp, then
 submitted in that block; the prediction must be the `ReportSkipped` reason, or None when the report applied."""
 
@@ -7,8 +7,8 @@ import random
 from brownie import chain
 
 from offchain.chain.reads import Rental
+from offchain.chain.skips import predict_skip
 from offchain.protocol.reports import rental_id
-from offchain.protocol.skips import predict_skip
 from offchain.protocol.status import RentalStatus, SkipReason
 from tests.contracts.helpers import at_next_block, block_time, wait
 from tests.contracts.unit.RentalEscrow.escrow_helpers import unchecked_report
