@@ -496,7 +496,14 @@ class Batcher:
             elif report.seq <= rental.last_seq:
                 settled.append((report.key, ReportState.LANDED))
             elif skip in TRANSIENT_SKIPS:
-                log.info("rental %d seq %d waits for the chain's clock (%s)", *report.key, skip.name)
+                stand_in = None
+                if reason is LandingReason.CHECKPOINT:
+                    stand_in = await self._checkpoint_stand_in(report, rental, now, start_timeout)
+                if stand_in is not None:
+                    taken.append((stand_in, reason))
+                    self._roles[stand_in] = self._roles.get(report.key, Role.PRIMARY)
+                else:
+                    log.info("rental %d seq %d waits for the chain's clock (%s)", *report.key, skip.name)
             elif skip is not None:
                 doomed.append((report.key, f"{skip.name}: the chain would skip it {_against(rental, now)}"))
             else:
@@ -504,6 +511,24 @@ class Batcher:
         self._settle(settled)
         self._quarantine(doomed)
         return taken
+
+    async def _checkpoint_stand_in(
+        self, report: WaitingReport, rental: Rental, now: int, start_timeout: int
+    ) -> SubmissionKey | None:
+        """For a checkpoint whose latest report covers time after the latest block: the rental's latest earlier
+        report that the chain takes now, held again to land in its place. Without it a rental whose agent reports
+        more often than blocks come would always have its latest report a little ahead of the chain's clock, and no
+        checkpoint would land until its final report."""
+        key = self._store.covered_stand_in(report.rental_id, rental.last_seq, report.seq, now)
+        if key is None:
+            return None
+        (submission,) = self._store.submissions([key])
+        if predict_skip(submission.report.to_chain_report(), rental, now, start_timeout) is not None:
+            return None
+        if not self._store.hold_again(key):
+            return None
+        log.info("rental %d seq %d lands for the checkpoint in place of seq %d, ahead of the chain", *key, report.seq)
+        return key
 
     def _quarantine(self, reasons: Sequence[tuple[SubmissionKey, str]]) -> None:
         """Quarantines reports that are still held, each with its reason (`kind: detail`), and counts them."""

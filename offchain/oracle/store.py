@@ -426,6 +426,28 @@ class SubmissionStore:
         ).fetchone()
         return ReportState(row[0]) if row else None
 
+    def covered_stand_in(self, rental_id: int, above_seq: int, below_seq: int, covered_by: int) -> SubmissionKey | None:
+        """The rental's latest superseded report with a seq between `above_seq` and `below_seq` (both excluded) whose
+        coverage ends by `covered_by`: what may land in place of a later report that is ahead of the chain's clock."""
+        self._commit_group()
+        row = self._db.execute(
+            "SELECT seq FROM submissions WHERE rental_id = ? AND state = 'superseded' AND seq > ? AND seq < ?"
+            " AND covered_until <= ? ORDER BY seq DESC LIMIT 1",
+            (str(rental_id), above_seq, below_seq, covered_by),
+        ).fetchone()
+        return None if row is None else SubmissionKey(rental_id, row[0])
+
+    def hold_again(self, key: SubmissionKey) -> bool:
+        """Puts a superseded report back to `held`, so that it can be batched; whether it was superseded."""
+        with self._transaction():
+            return (
+                self._db.execute(
+                    "UPDATE submissions SET state = 'held' WHERE rental_id = ? AND seq = ? AND state = 'superseded'",
+                    (str(key.rental_id), key.seq),
+                ).rowcount
+                == 1
+            )
+
     def mark_batched(self, keys: Iterable[SubmissionKey], tx_key: str) -> None:
         """Marks every key as carried by transaction `tx_key`, atomically.
 

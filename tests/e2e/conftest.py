@@ -91,6 +91,10 @@ CLUSTER_SETTINGS = {
     "MAX_CLOCK_SKEW_SECONDS": "30",
 }
 
+#: Oracle 0 lands every report and keeps, the others only co-sign: the layout of the tests that follow what one
+#: submitting oracle does (its quarantine, its recovery, its reorgs) without the others' turns in the way.
+SINGLE_SUBMITTER = {0: {"SUBMIT": "always"}, 1: {"SUBMIT": "never"}, 2: {"SUBMIT": "never"}}
+
 
 @asynccontextmanager
 async def oracle_processes(

@@ -13,6 +13,7 @@ from offchain.protocol.status import RentalStatus
 from offchain.telemetry.replay import ReplaySource
 from tests.e2e.conftest import oracle_processes, running_agent
 from tests.e2e.test_settlement import (
+    EXIT_LATENCY_SECONDS,
     TRACE,
     Balances,
     assert_latest_landed,
@@ -57,4 +58,4 @@ def test_a_rental_settles_through_oracle_processes_and_survives_a_killed_peer(
     final = assert_settled(
         suite, rental_id, offer_id, from_block, moved, RentalStatus.COMPLETED, reports[-1].covered_until - state.since
     )
-    assert final["slashed"] == 0
+    assert final["missedSeconds"] <= EXIT_LATENCY_SECONDS, "time counted missed beyond the job's exit"

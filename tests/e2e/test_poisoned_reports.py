@@ -21,7 +21,7 @@ from offchain.oracle.service import STORE_FILE
 from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission
 from offchain.protocol.reports import ReportStatus
 from offchain.protocol.status import RentalStatus
-from tests.e2e.conftest import oracle_processes
+from tests.e2e.conftest import SINGLE_SUBMITTER, oracle_processes
 from tests.offchain.conftest import AGENT_KEY
 
 #: Seconds a scenario waits for what should land or settle.
@@ -142,7 +142,10 @@ def test_a_report_the_chain_would_skip_is_quarantined_and_the_others_land(
 
     async def scenario() -> str:
         nonlocal poisoned
-        async with oracle_processes(chain_settings, tmp_path) as cluster, aiohttp.ClientSession() as session:
+        async with (
+            oracle_processes(chain_settings, tmp_path, per_oracle=SINGLE_SUBMITTER) as cluster,
+            aiohttp.ClientSession() as session,
+        ):
             # Opened now: the rental must still be within its (short) start timeout when reported and started.
             poisoned = await asyncio.to_thread(opened, suite, renter, poisoned_offer)
             opened_at = (await asyncio.to_thread(rental_state, suite, poisoned)).since
@@ -183,8 +186,11 @@ def test_an_agent_that_signs_two_reports_for_one_seq_delays_no_other_rental(
     time.sleep(2)
 
     async def scenario() -> tuple[list[int], str]:
-        async with oracle_processes(chain_settings, tmp_path) as cluster, aiohttp.ClientSession() as session:
-            now = int(time.time())
+        async with (
+            oracle_processes(chain_settings, tmp_path, per_oracle=SINGLE_SUBMITTER) as cluster,
+            aiohttp.ClientSession() as session,
+        ):
+            now = max(int(time.time()), cheating_since + 2, honest_since + 2)  # past both starts, on either clock
             to_leader = telemetry(cheating, cheating_gpus, 1, cheating_since, now, now - cheating_since)
             to_peers = telemetry(cheating, cheating_gpus, 1, cheating_since, now, now - cheating_since - 1)
             assert [await post(session, url, chain_settings, to_peers) for url in cluster.urls[1:]] == [202] * 2
@@ -217,7 +223,10 @@ def test_a_report_ending_after_the_block_time_lands_once_the_chain_passes_it(
     since = rental_state(suite, rental_id).since
 
     async def scenario() -> None:
-        async with oracle_processes(chain_settings, tmp_path) as cluster, aiohttp.ClientSession() as session:
+        async with (
+            oracle_processes(chain_settings, tmp_path, per_oracle=SINGLE_SUBMITTER) as cluster,
+            aiohttp.ClientSession() as session,
+        ):
             ahead = int(time.time()) + 20
             assert ahead > web3.eth.get_block("latest").timestamp + 5
             final = telemetry(rental_id, gpus, 1, since, ahead, ahead - since)

@@ -23,7 +23,7 @@ from offchain.oracle.service import TXMGR_FILE
 from offchain.oracle.store import ReportState
 from offchain.protocol.status import RentalStatus
 from offchain.telemetry.replay import ReplaySource
-from tests.e2e.conftest import oracle_processes, running_agent, stored_reports
+from tests.e2e.conftest import SINGLE_SUBMITTER, oracle_processes, running_agent, stored_reports
 from tests.e2e.test_settlement import TRACE, job, open_rental, put_spec, rental_state
 
 CONFIRMATIONS = 2
@@ -92,7 +92,10 @@ def test_a_reorg_of_depth_3_after_a_confirmed_batch_lands_each_report_once(
 
     async def main() -> tuple[int, list[dict], str, dict[str, str]]:
         settings = {"CHAIN__CONFIRMATIONS": str(CONFIRMATIONS)}
-        async with oracle_processes(chain_settings, tmp_path, settings) as cluster, blocks.producing():
+        async with (
+            oracle_processes(chain_settings, tmp_path, settings, SINGLE_SUBMITTER) as cluster,
+            blocks.producing(),
+        ):
             async with running_agent(
                 chain_settings, tmp_path, provider.address, ReplaySource(TRACE, rebase=True), cluster.urls, NO_BLOCKS
             ) as ex:

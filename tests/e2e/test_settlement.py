@@ -27,6 +27,10 @@ from tests.offchain.conftest import PRICE
 TRACE = Path(__file__).resolve().parents[1] / "data" / "trace-simulated-2gpu.jsonl"
 DURATION = 300  # seconds paid for; every scenario ends long before
 BPS = 10_000
+#: Seconds between a job's exit and the agent seeing it, which its reports cover with nothing delivered: they count as
+#: missed, and on a rental of seconds the SLA may slash them. A rental whose reports landed, whoever landed them,
+#: misses no more than this.
+EXIT_LATENCY_SECONDS = 5
 SLASH_NONE, SLASH_START_TIMEOUT, SLASH_SLA = 0, 1, 2
 
 

@@ -20,7 +20,7 @@ from offchain.agent.rentals import Phase
 from offchain.protocol.status import RentalStatus, SkipReason
 from offchain.telemetry.replay import ReplaySource
 from tests.e2e.conftest import oracle_processes, running_agent, stored_reports
-from tests.e2e.test_settlement import PRICE, TRACE, job, put_spec, rental_state
+from tests.e2e.test_settlement import EXIT_LATENCY_SECONDS, PRICE, TRACE, job, put_spec, rental_state
 from tests.offchain.conftest import ORACLES
 
 CHECKPOINT = 4
@@ -79,7 +79,8 @@ def assert_paid_in_full(suite, rental_id: int, from_block: int) -> None:
     state = rental_state(suite, rental_id)
     assert state.status is RentalStatus.COMPLETED
     (final,) = escrow_logs(suite, "RentalFinalized", rental_id, from_block)
-    assert final["args"]["slashed"] == 0 and final["args"]["deliveredSeconds"] == state.delivered_seconds > 0
+    assert final["args"]["deliveredSeconds"] == state.delivered_seconds > 0
+    assert final["args"]["missedSeconds"] <= EXIT_LATENCY_SECONDS, "time counted missed beyond the job's exit"
 
 
 def next_checkpoint_is_the_turn_of(suite, rental_id: int, signer: str) -> bool:
