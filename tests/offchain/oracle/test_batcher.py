@@ -233,6 +233,30 @@ def test_a_report_covering_time_after_the_block_is_held_until_the_chains_clock_p
     assert (applied.status, applied.last_seq) == (RentalStatus.COMPLETED, 1)
 
 
+def test_a_checkpoint_ahead_of_the_chains_clock_lands_the_latest_earlier_report_the_chain_takes(
+    settings, rental, suite
+):
+    """An agent that reports more often than blocks come always has its latest report a little ahead of the latest
+    block: the checkpoint lands the rental's latest earlier report instead, and the latest one stays held."""
+    chain.sleep(3 * PERIOD)
+    chain.mine()
+
+    async def scenario():
+        async with leader(settings, checkpoint_interval=3 * PERIOD) as oracle:
+            accept(settings, oracle, *(report(rental, seq) for seq in (1, 2, 3, 4)))
+            assert chain[-1].timestamp < report(rental, 4).covered_until
+            assert await land(oracle) == [(rental.rental_id, 3)]
+            assert states(oracle, rental, (1, 2, 3, 4)) == [ReportState.SUPERSEDED] * 2 + [
+                ReportState.LANDED,
+                ReportState.HELD,
+            ]
+            assert await land(oracle) == []  # one period past the landed coverage: not due
+
+    asyncio.run(scenario())
+    applied = on_chain(suite, rental)
+    assert (applied.last_seq, applied.covered_seconds) == (3, 3 * PERIOD)
+
+
 def test_a_report_the_chain_skips_is_settled_and_never_sent_again(settings, open_rental, suite, provider):
     """The provider starts its rental between the batch's closing and its transaction, moving the rental's `since`
     past the report's coverage: the escrow skips the batched report (`TotalsDecreased`), which is settled
