@@ -325,11 +325,13 @@ def test_the_checkpoint_interval_is_an_oracle_setting_from_the_environment(make_
 
 
 def reorg(depth: int) -> None:
-    """Replaces the last `depth` blocks with empty ones; the next block keeps the chain's time (anvil stamps the
-    replacements with their parent's time, which a real chain's would not)."""
+    """Replaces the last `depth` blocks with empty ones and mines one on top, as a chain keeps making blocks (anvil
+    can answer a call on the new head with no state until it does); that block keeps the chain's time (anvil stamps
+    the replacements with their parent's time, which a real chain's would not)."""
     head_time = web3.eth.get_block("latest").timestamp
     web3.provider.make_request("anvil_reorg", [depth, []])
     web3.provider.make_request("evm_setNextBlockTimestamp", [head_time + 1])
+    web3.provider.make_request("evm_mine", [])
 
 
 def applied_seqs(suite, rental) -> list[int]:
