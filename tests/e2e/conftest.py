@@ -29,6 +29,7 @@ from offchain.oracle.service import STORE_FILE
 from offchain.protocol.messages import TelemetrySubmission, gpu_uuid_hash
 from offchain.telemetry.source import TelemetrySource
 from scripts.deploy import SuiteParams, deploy_suite
+from tests.e2e.browser import browser  # noqa: F401  (the fixture, for every browser test here)
 from tests.offchain.conftest import AGENT_KEY, ORACLE_KEYS, ORACLES, PRICE, fund_and_stake
 
 #: Short timers so that the keeper's calls come due on the wall clock within seconds.

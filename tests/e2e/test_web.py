@@ -9,25 +9,19 @@ Needs `make browser` (apt packages chromium and chromium-driver); the test fails
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 from eth_account import Account
-from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobSpec, JobSpecStore
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.chain import deployments
-from offchain.chain.contracts import PROJECT_ROOT, contract
+from offchain.chain.contracts import contract
 from offchain.chain.rpc import connect
 from offchain.chain.tx.oneshot import Wallet
 from offchain.market.offers import pack_text
@@ -36,13 +30,10 @@ from offchain.ops.deploy import USDC
 from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import rental_id
 from offchain.telemetry.simulated import SimulatedSource
+from tests.e2e.browser import ARTIFACTS, WAIT_SECONDS, screenshot, wait
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = PROJECT_ROOT / "out" / "test-artifacts"
 ANVIL_PORT = 8585
 ORACLE_PORT = 8785
-WAIT_SECONDS = 20
 MAX_UINT = 2**256 - 1
 RENTAL_SECONDS = 3_600
 #: (provider role, GPUs, model, VRAM MiB, region, price per second in tUSD units); the first is the one rented.
@@ -72,29 +63,6 @@ TABLE_TEXT = """
 return Array.from(document.querySelectorAll("#" + arguments[0] + " tbody tr"),
                   (row) => Array.from(row.cells, (cell) => cell.innerText.trim()));
 """
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        pytest.fail("Chromium and its driver are not installed: run `make browser` (apt chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,900",
-        "--force-device-scale-factor=1",
-    ):
-        options.add_argument(argument)
-    # An explicit driver path: Selenium Manager is never asked to find (or download) one.
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, monkeypatch, browser, job_image):
@@ -214,35 +182,15 @@ async def _until_reports(url: str, count: int, agent_task: asyncio.Task) -> None
             await asyncio.sleep(0.5)
 
 
-def _wait(driver, condition, what: str):
-    """Waits for `condition(driver)` to be truthy; on a timeout, saves web-failure.png and names the browser's
-    console errors."""
-    try:
-        return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.2).until(condition)
-    except TimeoutException:
-        _screenshot(driver, "web-failure.png")
-        console = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        raise AssertionError(
-            f"timed out after {WAIT_SECONDS} s waiting for {what} at {driver.current_url} "
-            f"(out/test-artifacts/web-failure.png); browser errors: {console}"
-        ) from None
-
-
 def _rows(driver, table: str) -> list[list[str]]:
     """The cells' text of a table's body, read in one go (a live refresh may replace the rows at any time)."""
     return driver.execute_script(TABLE_TEXT, table)
 
 
-def _screenshot(driver, name: str) -> None:
-    """A screenshot of the whole page (beyond the window) in out/test-artifacts/."""
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
-    (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
-
-
 def _check_offers_page(driver, web: str) -> None:
     driver.get(web + "/")
     # Rentable offers only, cheapest first: the rented one is left out.
-    _wait(driver, lambda d: len(_rows(d, "offers")) == 3, "the three rentable offers")
+    wait(driver, lambda d: len(_rows(d, "offers")) == 3, "the three rentable offers")
     rows = _rows(driver, "offers")
     assert [(r[0], r[2], r[4], r[5]) for r in rows] == [
         ("#4", "L4", "ap-south", "0.72 tUSD"),
@@ -250,21 +198,21 @@ def _check_offers_page(driver, web: str) -> None:
         ("#3", "A100-80GB", "us-east", "7.20 tUSD"),
     ]
     assert all((r[8], r[11], r[12]) == ("no", "0", "available") for r in rows)  # egress, declines, status
-    _wait(driver, lambda d: len(_rows(d, "rentals")) == 1, "the recent rental")
+    wait(driver, lambda d: len(_rows(d, "rentals")) == 1, "the recent rental")
     assert _rows(driver, "rentals")[0][1:3] == ["#1", "2 × H100-80GB"]
-    _screenshot(driver, "web-offers.png")
+    screenshot(driver, "web-offers.png")
 
     driver.find_element(By.NAME, "gpu_model").send_keys("h100")
     driver.find_element(By.NAME, "include_unavailable").click()
     driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-    _wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#2", "#1"], "the H100 offers, rented included")
+    wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#2", "#1"], "the H100 offers, rented included")
     assert _rows(driver, "offers")[1][12] == "rented"
     assert "gpu_model=h100" in driver.current_url and "include_unavailable=true" in driver.current_url
 
     driver.get(web + "/?sort=-price&min_gpus=2")
-    _wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#3"], "the offers of 2+ GPUs, dearest first")
+    wait(driver, lambda d: [r[0] for r in _rows(d, "offers")] == ["#3"], "the offers of 2+ GPUs, dearest first")
     driver.get(web + "/?min_gpus=0")
-    error = _wait(
+    error = wait(
         driver,
         lambda d: d.find_element(By.ID, "offers-error").is_displayed() and d.find_element(By.ID, "offers-error"),
         "the refusal of a bad filter",
@@ -275,7 +223,7 @@ def _check_offers_page(driver, web: str) -> None:
 def _open_rental_page(driver, web: str, rented: int):
     """Loads the rental's page and waits until its chart shows at least two reports; returns the canvas."""
     driver.get(f"{web}/rental?id={rented}")
-    return _wait(
+    return wait(
         driver,
         lambda d: (
             int(d.find_element(By.ID, "chart").get_attribute("data-points") or 0) >= 2
@@ -295,23 +243,23 @@ def _check_rental_page(driver, web: str, rented: int) -> None:
     points = int(chart.get_attribute("data-points"))
     # Live: more reports arrive over the event stream without a reload (enough for a screenshot worth a look).
     enough = max(points + 1, SCREENSHOT_REPORTS)
-    _wait(driver, lambda d: int(chart.get_attribute("data-points")) >= enough, f"{enough} reports, arriving live")
-    _screenshot(driver, "web-rental.png")
+    wait(driver, lambda d: int(chart.get_attribute("data-points")) >= enough, f"{enough} reports, arriving live")
+    screenshot(driver, "web-rental.png")
 
 
 def _check_provider_page(driver, web: str, address: str) -> None:
     driver.get(f"{web}/provider?address={address}")
-    _wait(driver, lambda d: len(_rows(d, "offers")) == 2, "the provider's two offers")
+    wait(driver, lambda d: len(_rows(d, "offers")) == 2, "the provider's two offers")
     cards = driver.find_element(By.ID, "cards").text
     assert "1,000.00 tUSD" in cards  # staked
     assert [r[8] for r in _rows(driver, "offers")] == ["rented", "available"]
     oldest_first = [r[2] for r in reversed(_rows(driver, "history"))]
     assert oldest_first[:6] == ["Staked", "AgentSet", "OfferCreated", "OfferCreated", "RentalOpened", "RentalStarted"]
-    _screenshot(driver, "web-provider.png")
+    screenshot(driver, "web-provider.png")
 
 
 def _check_termination_arrives(driver) -> None:
     """The open rental page turns to the terminated rental, with the refund, without a reload."""
-    _wait(driver, lambda d: d.find_element(By.ID, "status").text == "terminated", "the termination")
+    wait(driver, lambda d: d.find_element(By.ID, "status").text == "terminated", "the termination")
     (refunded,) = [c for c in driver.find_elements(By.CSS_SELECTOR, "#cards .card") if "REFUNDED" in c.text.upper()]
     assert "0.00 tUSD" not in refunded.text
