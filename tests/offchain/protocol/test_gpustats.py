@@ -19,12 +19,12 @@ from pydantic import ValidationError
 from offchain.protocol.digest import TelemetryDomain, recover_address
 from offchain.protocol.gpustats import MAX_SUMMARY_GPUS, GpuPeriodStats, GpuSummary, canonical_bytes
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission, gpu_summary_typed_data, sign_gpu_summary
+from tests.offchain.conftest import GPU_UUIDS
 
 AGENT_KEY = keccak(text="agent")
 OTHER_KEY = keccak(text="someone else")
 CHAIN_ID = 1337
 REGISTRY = "0x" + "22" * 20
-UUIDS = ("GPU-0b1f7c2e-8d7a-4a51-9e0c-3f6d2b9a1c11", "GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22")
 DOMAIN = TelemetryDomain(CHAIN_ID, REGISTRY)
 
 
@@ -38,16 +38,17 @@ def report(seq: int = 1, rental_id: int = 7, **overrides) -> TelemetryReport:
         util_seconds=57 * seq,
         peak_mem_mib=40_000,
         sample_count=120,
-        gpu_uuids=UUIDS,
+        gpu_uuids=GPU_UUIDS,
         samples_root=seq.to_bytes(32, "big"),
     )
     values.update(overrides)
     return TelemetryReport(**values)
 
 
+#: Two GPUs' figures: one with every reading, one whose power and temperature NVML did not give.
 GPUS = (
     GpuPeriodStats(
-        uuid=UUIDS[0],
+        uuid=GPU_UUIDS[0],
         samples=60,
         util_bps=9_512,
         mem_used_mib=40_000,
@@ -55,7 +56,7 @@ GPUS = (
         power_mw=312_250,
         temp_c=66,
     ),
-    GpuPeriodStats(uuid=UUIDS[1], samples=60),
+    GpuPeriodStats(uuid=GPU_UUIDS[1], samples=58, util_bps=0, mem_used_mib=500, mem_total_mib=81_559),
 )
 
 
@@ -112,8 +113,8 @@ def test_the_agent_that_signed_the_summary_is_recovered():
 
 def test_canonical_bytes_are_sorted_compact_json_of_integers():
     assert canonical_bytes(GPUS[1:]) == (
-        b'[{"mem_total_mib":null,"mem_used_mib":null,"power_mw":null,"samples":60,"temp_c":null,'
-        b'"util_bps":null,"uuid":"GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22"}]'
+        b'[{"mem_total_mib":81559,"mem_used_mib":500,"power_mw":null,"samples":58,"temp_c":null,'
+        b'"util_bps":0,"uuid":"GPU-7e4d2a90-15c3-4b8e-a2f6-9d0c8b7e6f22"}]'
     )
 
 
