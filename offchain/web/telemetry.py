@@ -1,6 +1,7 @@
-"""The JSON of `GET /web/api/rentals/{id}/telemetry`: the per-GPU figures of a rental's report periods that the
-oracle serving the page holds (`offchain.protocol.gpustats`), live between the on-chain checkpoints, in the
-page's units: utilisation in percent, power in watts, memory in MiB, temperature in degrees Celsius.
+"""The JSON of `GET /web/api/rentals/{id}/telemetry`, and a client of it (`fetch_telemetry`): the per-GPU figures
+of a rental's report periods that the oracle serving the page holds (`offchain.protocol.gpustats`), live between
+the on-chain checkpoints, in the page's units: utilisation in percent, power in watts, memory in MiB, temperature
+in degrees Celsius.
 
 The figures are the provider's own agent's word, signed by its key: an oracle checked the signature, nothing
 checked the figures (SECURITY.md).
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from offchain.protocol.gpustats import GpuPeriod, GpuPeriodStats
+from offchain.web.views import WebError
 
 #: Points one answer holds at most (an oracle keeps as many per rental).
 MAX_POINTS = 500
@@ -82,3 +85,31 @@ class TelemetryPage(_View):
                 for p in periods
             ],
         )
+
+
+class TelemetryRefused(Exception):
+    """The page answered the telemetry request with a refusal: its HTTP status, reason code and detail."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(f"{detail} ({error}, HTTP {status})")
+        self.status = status
+        self.error = error
+
+
+async def fetch_telemetry(session: aiohttp.ClientSession, base_url: str, rental_id: int, since: int) -> TelemetryPage:
+    """The rental's points above seq `since` from the page served at `base_url` (an oracle's URL, the page under
+    its `/web/`). Raises TelemetryRefused, or aiohttp's errors when nothing (or no JSON) answers."""
+    url = f"{base_url.rstrip('/')}/web/api/rentals/{rental_id}/telemetry"
+    async with session.get(url, params={"since": str(since)}) as response:
+        body = await response.read()
+        if response.status != 200:
+            try:
+                refusal = WebError.model_validate_json(body)
+            except ValidationError:
+                raise TelemetryRefused(response.status, "unexpected_answer", f"{url} answered {body[:200]!r}") from None
+            raise TelemetryRefused(response.status, refusal.error, refusal.detail)
+    try:
+        return TelemetryPage.model_validate_json(body)
+    except ValidationError as exc:
+        detail = f"{url} answered no telemetry page: {exc.error_count()} validation error(s)"
+        raise TelemetryRefused(response.status, "unexpected_answer", detail) from None
