@@ -16,10 +16,11 @@ from brownie import chain, web3
 from offchain.chain import deployments
 from offchain.oracle import gpuperiods
 from offchain.oracle.app import DB_FILENAME, TELEMETRY_PATH, create_app
+from offchain.oracle.cosign import COSIGN_PATH
 from offchain.oracle.store import SubmissionStore
 from offchain.protocol.digest import TelemetryDomain
-from offchain.protocol.gpustats import MAX_SUMMARY_GPUS, GpuPeriodStats, GpuSummary
-from offchain.protocol.messages import TelemetryReport, TelemetrySubmission, sign_gpu_summary
+from offchain.protocol.gpustats import MAX_SUMMARY_GPUS, GpuPeriod, GpuPeriodStats, GpuSummary
+from offchain.protocol.messages import CosignRequest, TelemetryReport, TelemetrySubmission, sign_gpu_summary
 from offchain.web.app import create_standalone_app
 from tests.offchain.conftest import AGENT_KEY, GPU_UUIDS
 from tests.offchain.oracle.helpers import PERIOD, Rental, oracle_client, post, report, run, submission
@@ -216,6 +217,37 @@ def test_a_malformed_summary_is_refused_as_an_invalid_body(settings, clock, suit
 
     chain.sleep(PERIOD)
     run(scenario())
+
+
+def test_a_peer_keeps_the_summaries_it_co_signs_and_refuses_a_forged_one(make_settings, clock, suite, rental):
+    """Co-signing verifies a summary as ingest does: a batch whose report carries a forged one is refused at that
+    report, and the peer keeps the summaries of the reports it signed."""
+    peer = make_settings(1)
+    version = suite.read(lambda r: r.oracle_set()).version
+    chain.sleep(PERIOD)
+    forged, genuine = _forged(peer, rental), summarised(peer, report(rental, 1))
+
+    async def scenario():
+        async with oracle_client(peer, clock=clock) as client:
+            refused = await post(client, COSIGN_PATH, _cosign_body(version, forged))
+            signed = await post(client, COSIGN_PATH, _cosign_body(version, genuine))
+            return refused, signed
+
+    (refused, why), (signed, _) = run(scenario())
+    assert (refused, why["error"], why["index"]) == (403, "gpu_summary_signer", 0)
+    assert signed == 200
+    with closing(SubmissionStore(peer.state_dir / DB_FILENAME)) as store:
+        assert store.gpu_periods(rental.rental_id, 0, 10) == (1, [GpuPeriod(*_period_of(genuine))])
+
+
+def _cosign_body(version: int, submission: TelemetrySubmission) -> bytes:
+    return CosignRequest(oracle_set_version=version, submissions=(submission,)).model_dump_json().encode()
+
+
+def _period_of(submission: TelemetrySubmission) -> tuple:
+    assert submission.gpu_summary is not None
+    r = submission.report
+    return r.seq, r.period_start, r.covered_until, submission.gpu_summary.gpus
 
 
 def test_bad_parameters_and_unknown_rentals_are_refused_with_a_reason(web_settings, clock, rental):
