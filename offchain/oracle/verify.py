@@ -2,7 +2,8 @@
 
 `Verifier.verify` runs every check that does not depend on what this oracle already holds: policy (simulated
 telemetry), time bounds, the agent signature against the agent key the registry holds for the offer's provider
-(`agentOf`), the rental being live on chain and the report's GPUs being exactly the offer's. `check_continuity`
+(`agentOf`), the signature of the per-GPU figures a submission may carry (by the same key, for this very report),
+the rental being live on chain and the report's GPUs being exactly the offer's. `check_continuity`
 then places the cumulative report after the previous one (held here, or the chain's applied totals); the caller
 runs it with the store's answer and stores the report without awaiting in between, so two requests for one
 rental cannot interleave there.
