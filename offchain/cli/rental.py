@@ -12,25 +12,30 @@ writes them on the devnet) or at its `GPUEX_AGENT_SPEC_URL`. `gpuex rental send-
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Awaitable, Callable
 from decimal import ROUND_FLOOR, Decimal
 from enum import IntEnum
 from pathlib import Path
+
+import aiohttp
 
 from offchain.agent.jobspec import JobSpecStore
 from offchain.chain import events
 from offchain.cli import access, parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
 from offchain.cli.network import Context, open_context
-from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
+from offchain.cli.output import Output, format_duration, format_gib, money, per_hour, percent_bps, when
 from offchain.market.exchange import ActionResult, ExchangeError, NothingToClaim, RentalResult
 from offchain.market.offers import TokenInfo
 from offchain.market.rentals import RentalHistory, ReportPeriod
 from offchain.ops import devnet
 from offchain.protocol.renterapi import JobStatus
+from offchain.web.telemetry import GpuView, TelemetryPoint, TelemetryRefused, fetch_telemetry
 
 #: Reports `rental status` lists (the most recent ones); `--json` has them all.
 SHOWN_REPORTS = 10
+TELEMETRY_TIMEOUT_SECONDS = 10.0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -62,13 +67,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     for name, handler, text in (
         ("status", status, "state, coverage, delivered seconds, utilisation, earned, claimed, refunded, slash"),
         ("terminate", terminate, "end your rental now: cancel before the start, else refund the unused time"),
-        ("watch", watch, "print each report (utilisation, delivered seconds) as it lands, until settled"),
+        (
+            "watch",
+            watch,
+            "print each report (utilisation, delivered seconds) as it lands, and each GPU's live telemetry between "
+            "reports, until settled",
+        ),
         ("claim", claim, "credit the provider what a running rental has earned so far, less the fee"),
     ):
         parser = add_command(group, name, handler, text)
         parser.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
         if name == "watch":
             parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls (default 2)")
+            parser.add_argument(
+                "--oracle-url",
+                metavar="URL",
+                help="the oracle whose page serves the rental's live per-GPU telemetry (default: the devnet's oracle)",
+            )
+            parser.add_argument(
+                "--no-telemetry", action="store_true", help="follow the chain's events only, without live telemetry"
+            )
 
     access.register(group)
 
@@ -370,21 +388,116 @@ def _event_line(token: TokenInfo, event: events.RentalEvent, rental: RentalHisto
 
 
 async def watch(args: argparse.Namespace) -> ExitStatus:
+    """The rental's chain events as they come and, from an oracle's page, each period's per-GPU telemetry as the
+    oracle receives it (`TelemetryWatch`), until the rental is settled."""
     out = Output(args)
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
         floor = (await ctx.client.rental(args.rental_id)).util_floor_bps
-        rental: RentalHistory | None = None
-        async for event in ctx.client.watch_rental(args.rental_id, args.interval):
-            if isinstance(event, events.RentalOpened):
-                rental = RentalHistory(opened=event, util_floor_bps=floor)
-            elif rental is not None:
-                rental = rental.apply(event)
-            if out.json:
-                out.json_line(event_json(event))
-            elif rental is not None:
-                out.print(_event_line(token, event, rental))
+        oracle_url = args.oracle_url or (ctx.devnet.oracle_url if ctx.devnet is not None else None)
+        async with TelemetryWatch(out, None if args.no_telemetry else oracle_url, args.rental_id) as telemetry:
+            telemetry.follow(args.interval)
+            rental: RentalHistory | None = None
+            async for event in ctx.client.watch_rental(args.rental_id, args.interval):
+                if isinstance(event, events.RentalOpened):
+                    rental = RentalHistory(opened=event, util_floor_bps=floor)
+                elif rental is not None:
+                    rental = rental.apply(event)
+                if isinstance(event, events.RentalFinalized):
+                    await telemetry.finish()  # its last periods before the line that ends the watch
+                if out.json:
+                    out.json_line(event_json(event))
+                elif rental is not None:
+                    out.print(_event_line(token, event, rental))
     return ExitStatus.OK
+
+
+class TelemetryWatch:
+    """Polls an oracle's page for the rental's per-GPU telemetry (`offchain.web.telemetry`) and prints each new
+    period: a line per GPU for people, a JSON line per period (`"kind": "telemetry"`) with `--json`. Does nothing
+    without an oracle URL. A page that serves no telemetry, or refuses the request, is said once and no longer
+    polled; an oracle that does not answer (or has not indexed the rental yet) is said once and polled again."""
+
+    def __init__(self, out: Output, oracle_url: str | None, rental_id: int) -> None:
+        self._out = out
+        self._oracle_url = oracle_url
+        self._rental_id = rental_id
+        self._since = 0
+        self._said: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> TelemetryWatch:
+        if self._oracle_url is not None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TELEMETRY_TIMEOUT_SECONDS))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._stop()
+        if self._session is not None:
+            await self._session.close()
+
+    def follow(self, interval: float) -> None:
+        """Starts polling every `interval` seconds in the background."""
+        if self._session is not None:
+            self._task = asyncio.create_task(self._poll_every(interval), name="telemetry watch")
+
+    async def finish(self) -> None:
+        """Stops polling, then prints what the oracle received since the last poll."""
+        polling = self._task is not None
+        await self._stop()
+        if polling:
+            await self._poll()
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _poll_every(self, interval: float) -> None:
+        while await self._poll():
+            await asyncio.sleep(interval)
+
+    async def _poll(self) -> bool:
+        """Prints the new periods; whether polling again is worth it."""
+        assert self._session is not None and self._oracle_url is not None
+        try:
+            page = await fetch_telemetry(self._session, self._oracle_url, self._rental_id, self._since)
+        except TelemetryRefused as exc:
+            final = exc.status != 503 and exc.error != "unknown_rental"
+            self._say(f"live telemetry from {self._oracle_url}: {exc}" + ("" if final else "; trying again"))
+            return not final
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self._say(f"live telemetry: no answer from {self._oracle_url} ({exc or type(exc).__name__}); trying again")
+            return True
+        self._said = None
+        for point in page.points:
+            if self._out.json:
+                self._out.json_line({"kind": "telemetry", **point.model_dump(mode="json")})
+            else:
+                for gpu in point.gpus:
+                    self._out.print(_telemetry_line(point, gpu))
+            self._since = point.seq
+        return True
+
+    def _say(self, text: str) -> None:
+        if text != self._said:
+            self._out.note(text)
+            self._said = text
+
+
+def _telemetry_line(point: TelemetryPoint, gpu: GpuView) -> str:
+    """A GPU's figures over one report period, as `rental watch` prints them."""
+    memory = ("-" if gpu.mem_used_mib is None else format_gib(gpu.mem_used_mib).removesuffix(" GiB")) + (
+        "" if gpu.mem_total_mib is None else f" of {format_gib(gpu.mem_total_mib)}"
+    )
+    return (
+        f"telemetry #{point.seq} to {when(point.covered_until)} {gpu.uuid[:12]}: "
+        f"utilisation {'-' if gpu.util_pct is None else f'{gpu.util_pct:.1f}%'}, memory {memory}, "
+        f"power {'-' if gpu.power_w is None else f'{gpu.power_w:.0f} W'}, "
+        f"temperature {'-' if gpu.temp_c is None else f'{gpu.temp_c} °C'} ({gpu.samples} samples)"
+    )
 
 
 async def claim(args: argparse.Namespace) -> ExitStatus:

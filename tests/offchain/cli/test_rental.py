@@ -21,10 +21,11 @@ from offchain.ops import devnet
 from offchain.ops.devnet import spec_dir
 from offchain.protocol.reports import BatchSigner, Report, ReportStatus, submit_args
 from offchain.protocol.status import DeclineReason
-from tests.offchain.cli.conftest import PORT, stop
+from tests.offchain.cli.conftest import PORT, SIMULATED_GPUS, stop
 
 SPEC = {"command": ["sleep", "4"]}
 UNKNOWN_RENTAL = 12345
+NOTHING_PORT = 9149  # where nothing listens
 
 
 @pytest.fixture
@@ -244,7 +245,8 @@ def test_withdraw_with_nothing_credited_names_the_revert(cli):
 
 def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file, tmp_path):
     """The agent (simulated GPUs) starts the rental, runs the job and reports until it completes; `rental watch`
-    follows it live, `rental status` shows the settlement, and the renter withdraws its refund."""
+    follows it live (its chain events and its GPUs' telemetry), `rental status` shows the settlement, and the renter
+    withdraws its refund."""
     start_block = cli.ok("devnet", "status", "--json").json()["block_number"]
     agent = cli.spawn(
         "agent",
@@ -272,11 +274,13 @@ def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file,
     finally:
         status = stop(agent)
     assert status == 0, (tmp_path / "agent.log").read_text()[-2000:]
-    events = [json.loads(line) for line in out.decode().splitlines()]
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    events = [e for e in lines if e["kind"] != "telemetry"]
     kinds = [e["kind"] for e in events]
-    assert kinds[:2] == ["opened", "started"] and kinds[-1] == "finalized" and "report" in kinds
+    assert kinds[:2] == ["opened", "started"] and lines[-1]["kind"] == "finalized" and "report" in kinds
     settled = events[-1]
     assert settled["status"] == "COMPLETED"
+    assert_live_telemetry([e for e in lines if e["kind"] == "telemetry"])
 
     rental = cli.ok("rental", "status", rental_id, "--json").json()
     assert rental["status"] == "COMPLETED" and rental["final"] is True
@@ -290,10 +294,49 @@ def test_a_rental_from_rent_to_settlement_and_withdrawal(cli, market, spec_file,
         replaced = cli.ok("rental", "status", rental_id - 1, "--json").json()
         assert replaced["final"] is True and replaced["paid"] + replaced["refunded"] == replaced["deposit"]
 
+    assert_watch_shows_telemetry(cli, rental_id)
+
     withdrawn = cli.ok("withdraw", "--json", role="renter").json()
     assert withdrawn["escrow_amount"] >= rental["refunded"] and withdrawn["compensation"] == settled["slashed"]
     assert cli.fails(1, "withdraw", role="renter").startswith("Escrow_NothingToWithdraw: ")
     assert JobSpec.model_validate(SPEC).spec_hash().hex() in rental["job_spec_hash"]
+
+
+def assert_watch_shows_telemetry(cli, rental_id: int) -> None:
+    """`rental watch` of a rental the agent ran prints its GPUs' telemetry per period before the settlement line;
+    with --no-telemetry only the chain's events; an oracle URL where nothing answers is said, and the events still
+    come."""
+
+    shown = cli.ok("rental", "watch", rental_id).out.strip().splitlines()
+    assert shown[-1].startswith("settled completed")
+    gpu_lines = [line for line in shown if line.startswith("telemetry #")]
+    assert gpu_lines and len(gpu_lines) % SIMULATED_GPUS == 0
+    assert re.fullmatch(
+        r"telemetry #\d+ to [\d :-]+ GPU-[0-9a-f]{8}: utilisation \d+\.\d%, memory \d+\.\d of \d+\.\d GiB, "
+        r"power \d+ W, temperature \d+ °C \(\d+ samples\)",
+        gpu_lines[-1],
+    ), gpu_lines[-1]
+
+    chain_only = cli.ok("rental", "watch", rental_id, "--json", "--no-telemetry").out.splitlines()
+    assert [json.loads(line)["kind"] for line in chain_only][-1] == "finalized"
+    assert "telemetry" not in {json.loads(line)["kind"] for line in chain_only}
+
+    nowhere = cli.ok("rental", "watch", rental_id, "--json", "--oracle-url", f"http://127.0.0.1:{NOTHING_PORT}")
+    assert [json.loads(line)["kind"] for line in nowhere.out.splitlines()] == [
+        json.loads(line)["kind"] for line in chain_only
+    ]
+    assert f"live telemetry: no answer from http://127.0.0.1:{NOTHING_PORT}" in nowhere.err
+
+
+def assert_live_telemetry(points: list[dict]) -> None:
+    """`rental watch --json`'s telemetry lines: each period once, in order, with both simulated GPUs' figures."""
+    seqs = [p["seq"] for p in points]
+    assert seqs and seqs == sorted(set(seqs))
+    assert all([g["uuid"] for g in p["gpus"]] == [g["uuid"] for g in points[0]["gpus"]] for p in points)
+    assert len(points[0]["gpus"]) == SIMULATED_GPUS
+    measured = [g for p in points for g in p["gpus"] if g["samples"]]
+    assert measured and all(g["power_w"] > 0 and g["temp_c"] > 0 and g["mem_total_mib"] > 0 for g in measured)
+    assert all(0 <= g["util_pct"] <= 100 and g["mem_used_mib"] <= g["mem_total_mib"] for g in measured)
 
 
 def test_faucet_mints_test_tokens_once_a_day(cli):
