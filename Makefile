@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/tools:$(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 SETUP_STAMP := $(VENV)/.setup-done
+COMPILE_STAMP := build/.compiled
+CONTRACT_SOURCES := $(shell find contracts -name '*.sol')
 SOLC_VERSION := 0.8.28
 BROWNIE_VERSION := 1.22.2
 SLITHER_VERSION := 0.11.6
@@ -18,7 +20,7 @@ STATEFUL_STEPS ?= 30
 
 .PHONY: setup compile test test-contracts test-offchain test-e2e lint gas fuzz demo clean browser containers
 
-setup: $(SETUP_STAMP) link-tools
+setup: $(SETUP_STAMP) link-tools $(COMPILE_STAMP)
 
 $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	python3 -m venv $(VENV)
@@ -45,8 +47,15 @@ link-tools: $(SETUP_STAMP)
 	mkdir -p $(HOME)/.solcx
 	ln -sf $(CURDIR)/tools/solc $(HOME)/.solcx/solc-v$(SOLC_VERSION)
 
+## compile: the contracts' build artifacts (build/contracts/*.json), from which the off-chain code takes every ABI;
+## `setup` already makes them, so this is `setup` under the name the other targets use.
 compile: setup
+
+# Rebuilt when a contract, the compiler settings or the installed packages change; nothing to do otherwise.
+# link-tools is order-only: it runs on every make, and must not make the artifacts look stale each time.
+$(COMPILE_STAMP): $(CONTRACT_SOURCES) brownie-config.yaml $(SETUP_STAMP) | link-tools
 	brownie compile
+	touch $@
 
 ## test: everything CI runs — static analysis, the contract suite and the off-chain suite on a real anvil.
 test: lint test-contracts test-offchain test-e2e
