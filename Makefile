@@ -13,6 +13,8 @@ CONTRACT_SOURCES := $(shell find contracts -name '*.sol')
 SOLC_VERSION := 0.8.28
 BROWNIE_VERSION := 1.22.2
 SLITHER_VERSION := 0.11.6
+# The oldest Node.js major the packages in package-lock.json accept (README.md and .ci/run say the same).
+NODE_MAJOR := 20
 
 # Stateful-test sizes: CI explores thousands of steps; `make fuzz` more than 10,000.
 STATEFUL_EXAMPLES ?= 120
@@ -37,6 +39,10 @@ $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	@# Brownie pin (mypy 1.19 would: it needs a newer mypy-extensions than Brownie's).
 	$(PY) -m pip install -q rich==15.0.0 matplotlib==3.11.2 selenium==4.51.0 pexpect==4.9.0 ruff==0.17.6 \
 		mypy==1.18.2
+	@# npm skips an optional package whose engines the running Node does not meet: anvil's builds need NODE_MAJOR.
+	@major=$$(node -p 'process.versions.node.split(".")[0]'); if [ "$$major" -lt $(NODE_MAJOR) ]; then \
+		echo "make setup: Node.js $(NODE_MAJOR) or later is needed (package-lock.json), not $$(node --version)" >&2; \
+		exit 1; fi
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
