@@ -8,9 +8,13 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/tools:$(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 SETUP_STAMP := $(VENV)/.setup-done
+COMPILE_STAMP := build/.compiled
+CONTRACT_SOURCES := $(shell find contracts -name '*.sol')
 SOLC_VERSION := 0.8.28
 BROWNIE_VERSION := 1.22.2
 SLITHER_VERSION := 0.11.6
+# The oldest Node.js major the packages in package-lock.json accept (README.md and .ci/run say the same).
+NODE_MAJOR := 20
 
 # Stateful-test sizes: CI explores thousands of steps; `make fuzz` more than 10,000.
 STATEFUL_EXAMPLES ?= 120
@@ -18,7 +22,7 @@ STATEFUL_STEPS ?= 30
 
 .PHONY: setup compile test test-contracts test-offchain test-e2e lint gas fuzz demo clean browser containers
 
-setup: $(SETUP_STAMP) link-tools
+setup: $(SETUP_STAMP) link-tools $(COMPILE_STAMP)
 
 $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	python3 -m venv $(VENV)
@@ -35,6 +39,10 @@ $(SETUP_STAMP): pyproject.toml package.json package-lock.json
 	@# Brownie pin (mypy 1.19 would: it needs a newer mypy-extensions than Brownie's).
 	$(PY) -m pip install -q rich==15.0.0 matplotlib==3.11.2 selenium==4.51.0 pexpect==4.9.0 ruff==0.17.6 \
 		mypy==1.18.2
+	@# npm skips an optional package whose engines the running Node does not meet: anvil's builds need NODE_MAJOR.
+	@major=$$(node -p 'process.versions.node.split(".")[0]'); if [ "$$major" -lt $(NODE_MAJOR) ]; then \
+		echo "make setup: Node.js $(NODE_MAJOR) or later is needed (package-lock.json), not $$(node --version)" >&2; \
+		exit 1; fi
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -45,8 +53,15 @@ link-tools: $(SETUP_STAMP)
 	mkdir -p $(HOME)/.solcx
 	ln -sf $(CURDIR)/tools/solc $(HOME)/.solcx/solc-v$(SOLC_VERSION)
 
+## compile: the contracts' build artifacts (build/contracts/*.json), from which the off-chain code takes every ABI;
+## `setup` already makes them, so this is `setup` under the name the other targets use.
 compile: setup
+
+# Rebuilt when a contract, the compiler settings or the installed packages change; nothing to do otherwise.
+# link-tools is order-only: it runs on every make, and must not make the artifacts look stale each time.
+$(COMPILE_STAMP): $(CONTRACT_SOURCES) brownie-config.yaml $(SETUP_STAMP) | link-tools
 	brownie compile
+	touch $@
 
 ## test: everything CI runs — static analysis, the contract suite and the off-chain suite on a real anvil.
 test: lint test-contracts test-offchain test-e2e

@@ -107,7 +107,7 @@ def load_spec(path: Path, secret_env: list[str]) -> tuple[JobSpec, dict[str, str
 async def renter_client(ctx: Context, rental_id: int) -> AsyncIterator[RenterClient]:
     """A client of the renter API of the rental's provider, signing with this command's key."""
     endpoint = await ctx.client.agent_endpoint_of_offer(rental_id >> 32)
-    account = load_account()
+    account = load_account(ctx.profile)
     async with RenterClient(
         endpoint.url, ctx.deployment.chain_id, ctx.deployment.escrow, account.key, agent=endpoint.agent
     ) as client:
@@ -138,7 +138,7 @@ async def job_status(ctx: Context, rental_id: int) -> JobStatus | None:
     """The job's status from the provider's agent, when this command has the renter's key and the provider
     publishes an agent URL; None otherwise (the chain's view stands alone)."""
     try:
-        load_account()
+        load_account(ctx.profile)
     except UsageError:
         return None
     try:

@@ -1,9 +1,10 @@
 """`gpuex agent run`: the provider agent (`offchain.agent.service.ProviderAgent`) on this machine, until SIGINT or
 SIGTERM.
 
-Settings are `GPUEX_AGENT_*` (`ProviderAgentSettings`); the key is `GPUEX_AGENT_KEY` or `GPUEX_AGENT_KEY_FILE`.
-What the command line resolves fills the rest unless the environment sets it: the chain from the deployment
-record, the provider from the registry (the provider whose agent this key is), the oracle from the devnet, and on
+Settings are `GPUEX_AGENT_*` (`ProviderAgentSettings`); the key is `GPUEX_AGENT_KEY` or `GPUEX_AGENT_KEY_FILE`,
+else the selected profile's `agent_key_file`. What the command line resolves fills the rest unless the environment
+sets it: the chain from the deployment record, the provider from the registry (the provider whose agent this key
+is), the oracles from the profile's `oracle_url` or else the devnet's oracle, and on
 the devnet the spec directory (where `gpuex rent` puts specs), a state directory per agent key and the busybox job
 image (built here if missing) for specs that name no image. On a live network the agent fetches specs it does not
 hold from `GPUEX_AGENT_SPEC_URL` (a URL template with `{hash}`).
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from offchain.agent.service import ProviderAgent
 from offchain.agent.settings import ProviderAgentSettings
-from offchain.cli import parse
+from offchain.cli import parse, profiles
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, env_sets, invalid
 from offchain.cli.gpus import add_gpu_options, telemetry_source
 from offchain.cli.keys import load_key
@@ -63,7 +64,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, TelemetrySource]:
     """The agent's settings and its telemetry source."""
-    agent = Account.from_key(load_key(f"{PREFIX}KEY", f"{PREFIX}KEY_FILE").get_secret_value()).address
+    key = load_key(f"{PREFIX}KEY", f"{PREFIX}KEY_FILE", profiles.selected(args), "agent_key_file")
+    agent = Account.from_key(key.get_secret_value()).address
     async with open_context(args, key=False) as ctx:
         provider = args.provider or os.environ.get(f"{PREFIX}PROVIDER") or await ctx.client.provider_of_agent(agent)
         if provider is None:
@@ -74,14 +76,20 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
         if registered != agent:
             raise ExchangeError(f"provider {provider}'s agent is {registered}, not this key {agent}")
         values: dict = {"provider": provider}
+        if not env_sets(f"{PREFIX}KEY") and not env_sets(f"{PREFIX}KEY_FILE"):
+            values["key"] = key
         if not env_sets(f"{PREFIX}CHAIN"):
             values["chain"] = ctx.deployment.chain_settings(ctx.rpc_url)
         if args.oracles:
             values["oracles"] = args.oracles
         elif not env_sets(f"{PREFIX}ORACLES"):
-            if ctx.devnet is None:
+            oracles = ctx.profile.values.get("oracle_url")
+            if oracles is not None:
+                values["oracles"] = [oracles] if isinstance(oracles, str) else oracles
+            elif ctx.devnet is None:
                 raise UsageError(f"no oracle: pass --oracle URL or set {PREFIX}ORACLES")
-            values["oracles"] = [ctx.devnet.oracle_url]
+            else:
+                values["oracles"] = [ctx.devnet.oracle_url]
         if ctx.devnet is not None:
             if not env_sets(f"{PREFIX}SPEC_DIR"):
                 values["spec_dir"] = devnet.spec_dir(ctx.devnet_dir)

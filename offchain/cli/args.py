@@ -62,6 +62,11 @@ def add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> None
     group.add_argument(
         "--json", action="store_true", default=default(False), help="print the result as JSON, for scripts"
     )
+    group.add_argument(
+        "--profile",
+        default=default(None),
+        help="the config file's profile to use ($GPUEX_PROFILE, default: the file's default; see `gpuex config`)",
+    )
 
 
 def add_command(

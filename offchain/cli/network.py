@@ -7,13 +7,13 @@ Resolution, first match wins:
 2. `--rpc-url` / `GPUEX_RPC_URL` alone: the record of the chain that RPC serves;
 3. neither: the devnet, when `--state-dir` (`GPUEX_DEVNET_DIR`, default `./gpuex-devnet`) holds one.
 
-The RPC's chain id must be the record's.
+Each of the three settings the selected profile holds (`offchain.cli.profiles`) stands in for its flag and variable
+when neither is given. The RPC's chain id must be the record's.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +26,20 @@ from offchain.chain import deployments
 from offchain.chain.deployments import Deployment
 from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.chain.tx.oneshot import Wallet
-from offchain.cli.args import DEVNET_DIR_ENV, NETWORK_ENV, RPC_URL_ENV, UsageError
+from offchain.cli import profiles
+from offchain.cli.args import NETWORK_ENV, RPC_URL_ENV, UsageError
 from offchain.cli.keys import load_account
+from offchain.cli.profiles import Profile
 from offchain.market.exchange import ExchangeClient
-from offchain.ops.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
 from offchain.ops.devnet import DevnetState, read_state
 
 DEVNET = "devnet"
 
 
-def devnet_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir or os.environ.get(DEVNET_DIR_ENV) or DEFAULT_DEVNET_DIR).resolve()
+def devnet_dir(args: argparse.Namespace, profile: Profile | None = None) -> Path:
+    """The devnet's state directory: `--state-dir`, `GPUEX_DEVNET_DIR`, the profile's `state_dir` or
+    `./gpuex-devnet`."""
+    return Path(profiles.resolve(args, "state_dir", profile).value).resolve()
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Context:
     client: ExchangeClient
     devnet: DevnetState | None
     devnet_dir: Path
+    profile: Profile
 
     @property
     def network(self) -> str:
@@ -69,17 +73,18 @@ async def _chain_id(w3: AsyncWeb3, rpc_url: str, devnet: DevnetState | None) -> 
 async def open_context(args: argparse.Namespace, *, key: bool) -> AsyncIterator[Context]:
     """Resolves the network (see the module's docstring), checks the RPC serves the record's chain and, with
     `key`, loads the acting account; closes the connection on the way out."""
-    network = args.network or os.environ.get(NETWORK_ENV) or None
-    rpc_url = args.rpc_url or os.environ.get(RPC_URL_ENV) or None
-    state_dir = devnet_dir(args)
-    account = load_account() if key else None
+    profile = profiles.selected(args)
+    network = profiles.resolve(args, "network", profile).value
+    rpc_url = profiles.resolve(args, "rpc_url", profile).value
+    state_dir = devnet_dir(args, profile)
+    account = load_account(profile) if key else None
     devnet = None
     deployment: Deployment | None = None
     if network is None and rpc_url is None:
         if read_state(state_dir) is None:
             raise UsageError(
-                f"no network: pass --network and --rpc-url (or set {NETWORK_ENV} and {RPC_URL_ENV}), "
-                "or start a local one with `gpuex devnet up`"
+                f"no network: pass --network and --rpc-url (or set {NETWORK_ENV} and {RPC_URL_ENV}, or a profile's "
+                f"network and rpc_url, see `gpuex config show`), or start a local one with `gpuex devnet up`"
             )
         network = DEVNET
     if network == DEVNET:
@@ -117,6 +122,7 @@ async def open_context(args: argparse.Namespace, *, key: bool) -> AsyncIterator[
             client=ExchangeClient(w3, deployment, wallet),
             devnet=devnet,
             devnet_dir=state_dir,
+            profile=profile,
         )
     finally:
         await w3.provider.disconnect()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -133,6 +134,13 @@ def _port_free(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) != 0
 
 
+def anvil_command() -> str:
+    """The anvil to run: the one on `PATH`, else the one `make setup` links beside this Python (`.venv/bin`), so
+    that `.venv/bin/gpuex devnet up` works from a shell that never activated the environment."""
+    beside = Path(sys.executable).parent / "anvil"
+    return shutil.which("anvil") or (str(beside) if os.access(beside, os.X_OK) else "anvil")
+
+
 def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Starts `command` in its own session (it outlives this process and gets no terminal signals)."""
     log = open(log_path, "ab")
@@ -207,7 +215,7 @@ async def up(
     anvil_log = state_dir / "anvil.log"
     anvil = _spawn(
         [
-            "anvil",
+            anvil_command(),
             "--host",
             "127.0.0.1",
             "--port",

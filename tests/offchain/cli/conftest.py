@@ -61,8 +61,10 @@ class CliResult:
 
 
 def _clean_environ(extra: dict[str, str]) -> dict[str, str]:
-    """The process environment without any gpuex setting a developer's shell may hold, plus `extra`."""
+    """The process environment without any gpuex setting a developer's shell or config file may hold, plus
+    `extra`."""
     kept = {k: v for k, v in os.environ.items() if not k.startswith("GPUEX_") or k in extra}
+    kept["GPUEX_CONFIG"] = os.devnull
     kept.update(extra)
     return kept
 

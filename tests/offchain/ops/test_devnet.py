@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -109,3 +112,11 @@ def test_down_without_a_devnet_says_so(tmp_path):
     lines = []
     assert not devnet.down(tmp_path / "none", say=lines.append)
     assert lines and "no devnet" in lines[0]
+
+
+def test_anvil_is_found_beside_python_when_path_lacks_it(monkeypatch):
+    """`make setup` links anvil into the environment's bin/: a shell that never activated it still gets it."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    beside = Path(sys.executable).parent / "anvil"
+    assert devnet.anvil_command() == str(beside)
+    assert subprocess.run([devnet.anvil_command(), "--version"], capture_output=True).returncode == 0
