@@ -23,7 +23,14 @@ from offchain.cli import access, parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
-from offchain.market.exchange import ActionResult, ExchangeError, NothingToClaim, RentalResult
+from offchain.market.exchange import (
+    ActionResult,
+    ExchangeError,
+    NothingToClaim,
+    NothingToWithdraw,
+    RentalResult,
+    Withdrawal,
+)
 from offchain.market.offers import TokenInfo
 from offchain.market.rentals import RentalHistory, ReportPeriod
 from offchain.ops import devnet
@@ -91,10 +98,13 @@ def _max_price_units(token: TokenInfo, per_hour_price: Decimal) -> int:
 
 async def rent(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
-    spec, secrets = access.load_spec(args.spec, args.secret_env)
+    spec, secrets = access.load_spec_options(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
         max_price = None if args.max_price_per_hour is None else _max_price_units(token, args.max_price_per_hour)
+        offer = await ctx.client.offer(args.offer_id)
+        if (missing := await ctx.client.agent_missing(offer.provider)) is not None:
+            out.warn(f"{missing}; renting offer {args.offer_id} anyway")
         try:
             agent_url: str | None = (await ctx.client.agent_endpoint_of_offer(args.offer_id)).url
         except ExchangeError:
@@ -117,8 +127,8 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
             except ExchangeError as exc:
                 raise ExchangeError(
                     f"rental {rental.rental_id} is open, but {exc}; send it again with `gpuex rental send-spec "
-                    f"{rental.rental_id} --spec {args.spec}` (a rental without its spec is declined and refunded in "
-                    "full)"
+                    f"{rental.rental_id} {access.spec_options(args)}` (a rental without its spec is declined and "
+                    "refunded in full)"
                 ) from None
 
     def human() -> None:
@@ -413,7 +423,10 @@ async def claim(args: argparse.Namespace) -> ExitStatus:
 async def withdraw(args: argparse.Namespace) -> ExitStatus:
     async def act(ctx: Context, token: TokenInfo) -> tuple[ActionResult, str]:
         stake_token = await ctx.client.stake_token()
-        result = await ctx.client.withdraw()
+        try:
+            result = await ctx.client.withdraw()
+        except NothingToWithdraw:
+            return Withdrawal(account=ctx.client.address, escrow_amount=0, compensation=0), "nothing to withdraw"
         compensation = f" and {money(stake_token, result.compensation)} of compensation" if result.compensation else ""
         return result, f"withdrew {money(token, result.escrow_amount)} from the escrow{compensation}"
 
