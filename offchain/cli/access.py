@@ -199,18 +199,22 @@ async def send_spec(
                 await asyncio.sleep(SPEC_RETRY_SECONDS)
 
 
-async def job_status(ctx: Context, rental_id: int) -> JobStatus | None:
-    """The job's status from the provider's agent, when this command has the renter's key and the provider
-    publishes an agent URL; None otherwise (the chain's view stands alone)."""
+async def job_status(ctx: Context, rental_id: int) -> tuple[JobStatus | None, str | None]:
+    """The job's status from the provider's agent, which tells it only to the renter (this command's key) and only
+    where the provider publishes an agent URL; otherwise None and why not, in words (the chain's view stands alone)."""
     try:
         load_account()
     except UsageError:
-        return None
+        return None, "the provider's agent tells the job's status to its renter only: set GPUEX_KEY_FILE to its key"
     try:
         async with renter_client(ctx, rental_id) as client:
-            return await asyncio.wait_for(client.status(rental_id), 10)
-    except (ExchangeError, RenterApiError, asyncio.TimeoutError, aiohttp.ClientError, ChainUnreachable):
-        return None
+            return await asyncio.wait_for(client.status(rental_id), 10), None
+    except ExchangeError as exc:
+        return None, str(exc)
+    except RenterApiError as exc:
+        return None, f"the provider's agent answered: {exc}"
+    except (asyncio.TimeoutError, aiohttp.ClientError, ChainUnreachable) as exc:
+        return None, f"the provider's agent did not answer ({type(exc).__name__})"
 
 
 async def send_spec_command(args: argparse.Namespace) -> ExitStatus:

@@ -300,15 +300,42 @@ async def status(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
         rental = await ctx.client.rental(args.rental_id)
-        job = await access.job_status(ctx, args.rental_id)
+        job, job_unavailable = await access.job_status(ctx, args.rental_id)
 
     def human() -> None:
         render_rental(out, token, rental)
         if job is not None:
             render_job(out, job)
+        else:
+            out.print(f"job: no status from the provider's agent: {job_unavailable}")
 
-    out.emit({**rental_json(rental), "job": None if job is None else job.model_dump(mode="json")}, human)
+    out.emit(
+        {
+            **rental_json(rental),
+            "job": None if job is None else job.model_dump(mode="json"),
+            **job_outcome_json(rental, job),
+            "job_unavailable": job_unavailable,
+        },
+        human,
+    )
     return ExitStatus.OK
+
+
+def job_outcome_json(rental: RentalHistory, job: JobStatus | None) -> dict:
+    """How the job ended, in `rental status --json`: its exit code and result digest (from the provider's agent;
+    the chain holds neither) and why it failed: the agent's reason, else the decline reason the chain holds."""
+    failure = None
+    if job is not None:
+        failure = job.reason or job.decline_detail
+        if failure is None and job.exit_code not in (None, 0):
+            failure = f"exited with {job.exit_code}"
+    if failure is None and rental.decline_reason is not None:
+        failure = f"declined by the provider: {rental.decline_reason.describe()}"
+    return {
+        "exit_code": None if job is None else job.exit_code,
+        "failure_reason": failure,
+        "result_digest": None if job is None else job.result_digest,
+    }
 
 
 def render_job(out: Output, job: JobStatus) -> None:
@@ -320,7 +347,7 @@ def render_job(out: Output, job: JobStatus) -> None:
         ("GPUs", ", ".join(job.gpus) or None),
         ("container", None if container is None else f"{container.name} ({container.state})"),
         ("exit code", job.exit_code),
-        ("reason", job.reason),
+        ("failure reason", job.reason or job.decline_detail),
         ("result digest", job.result_digest),
         ("results", "ready: `gpuex rental results` downloads them" if job.results_available else None),
     ]
