@@ -120,8 +120,10 @@ async def run(args: argparse.Namespace) -> ExitStatus:
         settings.chain.rpc_url,
         ", ".join(settings.oracles),
     )
+    agent = Account.from_key(settings.private_key.get_secret_value()).address
     async with source:
-        await run_until_signal(ProviderAgent(settings, source).run())
+        with devnet.agent_pid_file(settings.state_dir, agent, settings.provider):
+            await run_until_signal(ProviderAgent(settings, source).run())
     return ExitStatus.OK
 
 

@@ -26,7 +26,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=5.0,
         help="how often the oracle batches reports on chain (default %(default)s)",
     )
-    add_command(group, "down", down, "stop the devnet (its chain is kept for the next `up`)")
+    add_command(
+        group,
+        "down",
+        down,
+        "stop the devnet (its chain is kept for the next `up`), and name the agents still running on it",
+    )
     add_command(group, "status", status, "whether the devnet runs (exit status 1 when it does not)")
 
 
@@ -73,8 +78,16 @@ def down(args: argparse.Namespace) -> ExitStatus:
     state_dir = devnet_dir(args)
     if devnet.read_state(state_dir) is None:
         raise NotFound(f"no devnet in {state_dir}")
+    left_running = devnet.running_agents(state_dir)
     stopped = devnet.down(state_dir, say=out.note)
-    out.emit({"state_dir": str(state_dir), "stopped": stopped}, lambda: None)
+    out.emit(
+        {
+            "state_dir": str(state_dir),
+            "stopped": stopped,
+            "agents_left_running": [agent.model_dump() for agent in left_running],
+        },
+        lambda: None,
+    )
     return ExitStatus.OK
 
 
