@@ -107,8 +107,9 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
             out.warn(f"{missing}; renting offer {args.offer_id} anyway")
         try:
             agent_url: str | None = (await ctx.client.agent_endpoint_of_offer(args.offer_id)).url
-        except ExchangeError:
-            agent_url = None  # no agent URL published (or no such offer, which opening reports)
+            no_url = None
+        except ExchangeError as exc:  # no agent key (warned above), no agent URL, or one that cannot be used
+            agent_url, no_url = None, str(exc)
         if agent_url is None and secrets:
             raise UsageError(
                 f"offer {args.offer_id}'s provider publishes no agent URL: secret values travel only "
@@ -119,6 +120,8 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
         )
         if spec_dir is not None:
             JobSpecStore(spec_dir).put(spec)
+        elif missing is None and no_url is not None:
+            out.warn(f"{no_url}: the spec reaches its agent only if you publish it where the agent fetches specs")
         result = await ctx.client.open_rental(args.offer_id, args.duration, spec.spec_hash(), max_price, args.approve)
         rental = result.rental
         if agent_url is not None:

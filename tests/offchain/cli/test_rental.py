@@ -21,7 +21,7 @@ from offchain.ops import devnet
 from offchain.ops.devnet import spec_dir
 from offchain.protocol.reports import BatchSigner, Report, ReportStatus, submit_args
 from offchain.protocol.status import DeclineReason
-from tests.offchain.cli.conftest import PORT, stop
+from tests.offchain.cli.conftest import PORT, STAGING, stop
 
 SPEC = {"command": ["sleep", "4"]}
 UNKNOWN_RENTAL = 12345
@@ -113,6 +113,21 @@ def test_rent_of_a_provider_without_stake_names_the_revert(cli, spec_file):
     warning, error = rented.err.strip().splitlines()
     assert warning.startswith(no_agent) and warning.endswith(f"; renting offer {offer['offer_id']} anyway")
     assert rented.code == 1 and error.startswith("gpuex: error: Registry_InsufficientFreeStake: ")
+
+
+def test_rent_off_the_devnet_of_a_provider_without_an_agent_url_warns(cli, market, spec_file, staging):
+    rented = cli("rent", market.offer_id, "--duration", "1m", "--spec", spec_file, "--approve", "--json", *STAGING,
+                 role="renter", env=staging)  # fmt: skip
+    assert rented.code == 0, rented.err
+    rental = rented.json()["rental"]
+    try:
+        assert rented.json()["spec_dir"] is None and rented.json()["spec_sent_to"] is None
+        assert rented.err.strip() == (
+            f"gpuex: warning: the provider {cli.address('provider')} of offer {market.offer_id} has published no "
+            "agent URL: the spec reaches its agent only if you publish it where the agent fetches specs"
+        )
+    finally:
+        cli.ok("rental", "terminate", rental["rental_id"], *STAGING, role="renter", env=staging)
 
 
 def test_terminate_before_the_start_cancels_with_a_full_refund(cli, market, spec_file):
