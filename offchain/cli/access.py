@@ -51,6 +51,7 @@ def register(group: argparse._SubParsersAction) -> None:
     )
     send.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
     add_spec_options(send)
+    add_job_command(send)
     logs = add_command(group, "logs", logs_command, "your job's stdout and stderr, from the provider's agent")
     logs.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing as the job writes, until it ends")
@@ -72,7 +73,8 @@ def register(group: argparse._SubParsersAction) -> None:
 
 def add_spec_options(parser: argparse.ArgumentParser) -> None:
     """The job spec's options: a JSON file (`--spec`), or an image and a command given here (`--image IMAGE
-    [--env NAME=VALUE ...] -- CMD ARGS...`), each with `--secret-env`."""
+    [--env NAME=VALUE ...] -- CMD ARGS...`), each with `--secret-env`. The command's parser then takes
+    `add_job_command` last."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", type=Path, metavar="FILE", help="the job spec (JSON)")
     source.add_argument(
@@ -97,7 +99,6 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
         help="pass the environment variable NAME of this shell to the job, sealed to the provider's "
         "agent key (repeat for more; it joins the spec's secret_env)",
     )
-    add_job_command(parser)
 
 
 def _env_assignment(text: str) -> tuple[str, str]:

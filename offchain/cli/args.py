@@ -97,8 +97,10 @@ def add_command(
 
 
 def add_job_command(parser: argparse.ArgumentParser) -> None:
-    """The command takes a job's command and arguments after `--` (`args.job_command`, a list of words)."""
+    """The command takes a job's command and arguments after `--` (`args.job_command`, a list of words). Call it
+    after the parser's last argument: its usage line is written then."""
     parser.set_defaults(job_command=[])
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [-- CMD [ARG ...]]"
 
 
 def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:

@@ -20,7 +20,7 @@ from pathlib import Path
 from offchain.agent.jobspec import JobSpecStore
 from offchain.chain import events
 from offchain.cli import access, parse
-from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
+from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, add_job_command
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
 from offchain.market.exchange import (
@@ -62,6 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also save the spec here as <hash>.json (default on the devnet: its spec directory)",
     )
+    add_job_command(rent_parser)
 
     group = add_group(
         commands, "rental", "a rental's state, live utilisation, early end, and its job: spec, logs, results, shell"

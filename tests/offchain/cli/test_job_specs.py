@@ -96,3 +96,11 @@ def test_hostile_image_and_env_are_refused_before_anything_is_sent(cli, market):
 
 def test_nothing_after_the_separator_for_a_command_without_a_job(cli):
     assert cli.fails(2, "offers", "search", "--", "x").startswith("this command takes nothing after `--`: x")
+
+
+def test_send_spec_takes_the_same_spec_options(cli, market):
+    assert cli.fails(2, "rental", "send-spec", 1, "--image", "busybox", role="renter").startswith(
+        "--image needs the job's command after `--`"
+    )
+    for command in (("rent",), ("rental", "send-spec")):
+        assert "[-- CMD [ARG ...]]" in cli.ok(*command, "--help").out
