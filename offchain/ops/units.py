@@ -18,8 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The settings that hold a private key: never written into a unit, only read from its `EnvironmentFile`.
-SECRET_SETTINGS = frozenset({"GPUEX_KEY", "GPUEX_AGENT_KEY", "GPUEX_ORACLE_KEY"})
+#: Settings named like a secret (`GPUEX_KEY`, `GPUEX_AGENT_KEY`, `GPUEX_ORACLE_KEY`, or any `..._TOKEN` a later
+#: setting may hold): never written into a unit, only read from its `EnvironmentFile`.
+SECRET_SUFFIXES = ("_KEY", "_SECRET", "_TOKEN", "_PASSWORD")
 #: Variables of this shell a unit carries besides the `GPUEX_*` settings: where the package is imported from.
 CARRIED_VARIABLES = ("PYTHONPATH",)
 RESTART_SECONDS = 5
@@ -83,7 +84,8 @@ class ServiceUnit:
             "After=network-online.target",
             "",
             "[Service]",
-            f"# Keys ({', '.join(sorted(SECRET_SETTINGS))}) go in {self.environment_file} (mode 0600), never here.",
+            f"# Keys and other secrets (GPUEX_*{', *'.join(SECRET_SUFFIXES)}) go in {self.environment_file} (mode "
+            "0600), never here.",
             *(f"{key}={value}" for key, value in service),
             "",
             "[Install]",
@@ -100,7 +102,7 @@ def service_unit(
     environment = {
         name: value
         for name, value in os.environ.items()
-        if (name.startswith("GPUEX_") and name not in SECRET_SETTINGS) or name in CARRIED_VARIABLES
+        if (name.startswith("GPUEX_") and not name.upper().endswith(SECRET_SUFFIXES)) or name in CARRIED_VARIABLES
     }
     if runs_containers:
         # Rootless podman keeps its runtime state there; a system service gets no XDG_RUNTIME_DIR of its own.

@@ -98,7 +98,11 @@ def test_agent_unit_runs_the_same_command_with_the_key_from_its_environment_file
         "--print-unit",
         "--unit-env-file",
         str(tmp_path / "agent.env"),
-        env={"GPUEX_AGENT_KEY": KEY, "GPUEX_AGENT_STATE_DIR": str(tmp_path / "state dir")},
+        env={
+            "GPUEX_AGENT_KEY": KEY,
+            "GPUEX_AGENT_REGISTRY_TOKEN": "registry-s3cret",
+            "GPUEX_AGENT_STATE_DIR": str(tmp_path / "state dir"),
+        },
     )
     service = service_section(text)
     assert service["Restart"] == ["on-failure"] and int(service["RestartSec"][0]) > 0
@@ -106,7 +110,7 @@ def test_agent_unit_runs_the_same_command_with_the_key_from_its_environment_file
     words = exec_words(exec_start)
     assert words == [os.path.abspath(sys.executable), "-m", "offchain.cli", *args]
     assert service["EnvironmentFile"] == [f"-{tmp_path / 'agent.env'}"]
-    assert KEY not in text and "GPUEX_AGENT_KEY=" not in text
+    assert KEY not in text and "GPUEX_AGENT_KEY=" not in text and "registry-s3cret" not in text
     assert exec_words(service["Environment"][0]) == [f"GPUEX_AGENT_STATE_DIR={tmp_path / 'state dir'}"]
     # Rootless podman needs its setuid helpers, the user's /tmp and home, and the cgroup tree.
     for setting in ("NoNewPrivileges", "PrivateTmp", "ProtectHome", "ProtectControlGroups", "PrivateDevices"):
