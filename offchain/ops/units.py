@@ -4,9 +4,10 @@ settings from this shell, its secrets (keys) from an `EnvironmentFile`, restart 
 baseline that fits the service.
 
 The agent's baseline leaves alone what rootless podman needs: its setuid `newuidmap`/`newgidmap` (so no
-`NoNewPrivileges`), the user's `/tmp` and home where its storage and pause process live (so no `PrivateTmp` or
-`ProtectHome`), the cgroup tree it creates containers in (no `ProtectControlGroups`), and the GPUs' device nodes (no
-`PrivateDevices`). The oracle touches none of these and gets them all.
+`NoNewPrivileges`, nor any of the settings that imply it for a service with `User=`: `ProtectKernel*`,
+`Restrict*`, `LockPersonality`, ...), the user's `/tmp` and home where its storage and pause process live (so no
+`PrivateTmp` or `ProtectHome`), the cgroup tree it creates containers in (no `ProtectControlGroups`), and the GPUs'
+device nodes (no `PrivateDevices`). The oracle touches none of these and gets them all.
 """
 
 from __future__ import annotations
@@ -26,22 +27,22 @@ CARRIED_VARIABLES = ("PYTHONPATH",)
 RESTART_SECONDS = 5
 STOP_TIMEOUT_SECONDS = 60
 
-_COMMON_HARDENING = (
-    ("ProtectSystem", "full"),
-    ("ProtectKernelModules", "yes"),
-    ("ProtectKernelLogs", "yes"),
-    ("RestrictRealtime", "yes"),
-    ("LockPersonality", "yes"),
-)
-#: For a service that runs no containers: everything the agent's baseline leaves out for podman.
+#: Both services: /usr, /boot and /etc read-only.
+_COMMON_HARDENING = (("ProtectSystem", "full"),)
+#: For a service that runs no containers. Most of these imply `NoNewPrivileges=yes` for a service with `User=`
+#: (systemd.exec(5)), which would stop rootless podman's setuid `newuidmap`: the agent gets none of them.
 _STRICT_HARDENING = (
     ("NoNewPrivileges", "yes"),
     ("PrivateTmp", "yes"),
     ("PrivateDevices", "yes"),
     ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
     ("ProtectControlGroups", "yes"),
     ("RestrictSUIDSGID", "yes"),
     ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("LockPersonality", "yes"),
 )
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 

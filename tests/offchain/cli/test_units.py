@@ -17,6 +17,24 @@ import pytest
 from offchain.cli import main
 
 KEY = "0x" + "ab" * 32
+#: The settings that imply `NoNewPrivileges=yes` for a service with `User=` (systemd.exec(5), systemd 252).
+IMPLY_NO_NEW_PRIVILEGES = {
+    "PrivateDevices",
+    "ProtectHostname",
+    "ProtectClock",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "LockPersonality",
+    "MemoryDenyWriteExecute",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "SystemCallFilter",
+    "SystemCallArchitectures",
+    "SystemCallLog",
+}
 
 
 def print_unit(monkeypatch, *args: str, env: dict[str, str] | None = None) -> str:
@@ -112,9 +130,9 @@ def test_agent_unit_runs_the_same_command_with_the_key_from_its_environment_file
     assert service["EnvironmentFile"] == [f"-{tmp_path / 'agent.env'}"]
     assert KEY not in text and "GPUEX_AGENT_KEY=" not in text and "registry-s3cret" not in text
     assert exec_words(service["Environment"][0]) == [f"GPUEX_AGENT_STATE_DIR={tmp_path / 'state dir'}"]
-    # Rootless podman needs its setuid helpers, the user's /tmp and home, and the cgroup tree.
-    for setting in ("NoNewPrivileges", "PrivateTmp", "ProtectHome", "ProtectControlGroups", "PrivateDevices"):
-        assert setting not in service
+    # Rootless podman needs its setuid helpers, the user's /tmp and home, the cgroup tree and the GPUs' devices.
+    assert not set(service) & {"NoNewPrivileges", "PrivateTmp", "ProtectHome", "ProtectControlGroups"}
+    assert not set(service) & IMPLY_NO_NEW_PRIVILEGES, "a setting that implies NoNewPrivileges for a User= service"
     assert service["ProtectSystem"] == ["full"]
     verify(tmp_path, text)
 
