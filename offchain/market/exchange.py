@@ -301,6 +301,16 @@ class ExchangeClient:
             "rentals, which time out unstarted"
         )
 
+    async def agents(self) -> dict[str, str]:
+        """Every provider whose agent key is set now, with that key (from `AgentSet` events, checked against
+        `agentOf`)."""
+        logs = await self._logs(self.registry.address, [self.registry.events.AgentSet.topic])
+        providers = sorted(
+            {event.provider for entry in logs if isinstance(event := decode_log("ProviderRegistry", entry), AgentSet)}
+        )
+        keys = await asyncio.gather(*(self.reader.agent_of(provider) for provider in providers))
+        return {provider: key for provider, key in zip(providers, keys) if int(key, 16)}
+
     async def provider_of_agent(self, agent: str) -> str | None:
         """The provider whose telemetry key `agent` is now (from `AgentSet` events, checked against `agentOf`)."""
         agent = AsyncWeb3.to_checksum_address(agent)

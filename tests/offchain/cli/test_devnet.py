@@ -78,6 +78,7 @@ def test_down_stops_what_up_started_and_names_the_agents_it_did_not(cli, tmp_pat
     agent = None
     try:
         cli.ok("provider", "set-agent", agent_address, *on_spare, role="provider2", env=env)
+        cli.ok("provider", "set-agent", cli.address("agent"), *on_spare, role="provider", env=env)  # never run
         agent = cli.spawn(
             "agent",
             "run",
@@ -91,13 +92,27 @@ def test_down_stops_what_up_started_and_names_the_agents_it_did_not(cli, tmp_pat
         pid_file = devnet.agent_pid_path(devnet.agent_dir(state_dir, agent_address))
         wait_for(pid_file.is_file, 30, "the agent's pid file")
     finally:
-        down = cli(*("devnet", "down", *on_spare), env=env)
+        down = cli(*("devnet", "down", *on_spare, "--json"), env=env)
     assert down.code == 0, down.err
     assert not process_alive(state.anvil_pid) and not process_alive(state.oracle_pid)
     assert agent is not None and agent.poll() is None, "the agent down did not start is left running"
     provider = cli.address("provider2")
-    assert f"agent for provider {provider} (pid {agent.pid}) was not started by devnet up; stop it yourself" in down.out
+    assert f"agent for provider {provider} (pid {agent.pid}) was not started by devnet up; stop it yourself" in down.err
+    assert (
+        f"agent for provider {cli.address('provider')} (key {cli.address('agent')}, set on the devnet's chain) was not "
+        "started by devnet up; if it runs, stop it yourself" in down.err
+    )
+    assert f"agent for provider {provider} (key" not in down.err, "the running agent is named once, with its pid"
+    assert down.json()["agents_registered"] == sorted(
+        [
+            {"provider": provider, "agent": agent_address},
+            {"provider": cli.address("provider"), "agent": cli.address("agent")},
+        ],
+        key=lambda a: a["provider"],
+    )
+    assert down.json()["agents_left_running"] == [{"agent": agent_address, "provider": provider, "pid": agent.pid}]
     listed = cli.ok("devnet", "down", *on_spare, "--json", env=env)
+    assert listed.json()["agents_registered"] == [], "the chain is down: only the pid files tell"
     assert listed.json()["agents_left_running"] == [{"agent": agent_address, "provider": provider, "pid": agent.pid}]
     assert listed.json()["stopped"] is False and "was not started by devnet up" in listed.err
     stop(agent)
