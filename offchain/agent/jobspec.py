@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -121,7 +122,8 @@ class JobResources(BaseModel):
 class JobSpec(BaseModel):
     """A command to run for a rental, in a container of `image`.
 
-    The command (`command + args`, replacing the image's entrypoint) runs in `working_dir`, a path relative to the
+    The command (`command + args`, replacing the image's entrypoint; `command` given as a string is split into words
+    as a shell splits them, and run without a shell) runs in `working_dir`, a path relative to the
     rental's workspace, which is mounted at `/workspace` and is the only place the job can write to that outlives
     it. `env` is added to the job's environment (reserved names refused); the values of the names in `secret_env`
     come separately, sealed to the agent's key (`offchain.protocol.renterapi.SpecUpload`), so that they never travel
@@ -145,6 +147,21 @@ class JobSpec(BaseModel):
     output_dir: str = Field(default="out", min_length=1)
     network: Literal["none", "egress"] = "none"
     resources: JobResources = JobResources()
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: object) -> object:
+        # A string is a command line, split as a POSIX shell splits words (no expansion, no shell runs it); the
+        # canonical form, and so the hash, has the list.
+        if not isinstance(value, str):
+            return value
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command line: {exc}") from None
+        if not words:
+            raise ValueError("the command line is empty")
+        return words
 
     @field_validator("command", "args")
     @classmethod

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already reported
         return exc.code if isinstance(exc.code, int) else ExitStatus.OK
+    args.command_line = list(sys.argv[1:] if argv is None else argv)  # as given, for `--print-unit`
     try:
         status = args.handler(args)
         if inspect.iscoroutine(status):

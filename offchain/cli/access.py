@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from offchain.agent.jobspec import JobSpec
 from offchain.chain.rpc import ChainUnreachable
 from offchain.cli import parse
-from offchain.cli.args import ExitStatus, UsageError, add_command, invalid
+from offchain.cli.args import ExitStatus, UsageError, add_command, add_job_command, invalid
 from offchain.cli.keys import load_account
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output
@@ -50,6 +51,7 @@ def register(group: argparse._SubParsersAction) -> None:
     )
     send.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
     add_spec_options(send)
+    add_job_command(send)
     logs = add_command(group, "logs", logs_command, "your job's stdout and stderr, from the provider's agent")
     logs.add_argument("rental_id", type=parse.positive_int, metavar="RENTAL")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing as the job writes, until it ends")
@@ -70,7 +72,25 @@ def register(group: argparse._SubParsersAction) -> None:
 
 
 def add_spec_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", type=Path, required=True, metavar="FILE", help="the job spec (JSON)")
+    """The job spec's options: a JSON file (`--spec`), or an image and a command given here (`--image IMAGE
+    [--env NAME=VALUE ...] -- CMD ARGS...`), each with `--secret-env`. The command's parser then takes
+    `add_job_command` last."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", type=Path, metavar="FILE", help="the job spec (JSON)")
+    source.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="run the command given after `--` (the last of the arguments) in this image, with no spec file: "
+        "--image busybox -- sh -c 'nvidia-smi -L'",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=_env_assignment,
+        metavar="NAME=VALUE",
+        help="with --image: set an environment variable of the job (repeat for more)",
+    )
     parser.add_argument(
         "--secret-env",
         action="append",
@@ -81,13 +101,55 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _env_assignment(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"not NAME=VALUE: {text!r}")
+    return name, value
+
+
+def spec_options(args: argparse.Namespace) -> str:
+    """The spec options as the user gave them, for a command line to repeat."""
+    if args.spec is not None:
+        return f"--spec {shlex.quote(str(args.spec))}"
+    env = "".join(f" --env {shlex.quote(f'{name}={value}')}" for name, value in args.env)
+    return f"--image {shlex.quote(args.image)}{env} -- {shlex.join(args.job_command)}"
+
+
+def load_spec_options(args: argparse.Namespace) -> tuple[JobSpec, dict[str, str]]:
+    """The spec that `add_spec_options`' options give, with its secret values from this process's environment."""
+    if args.spec is not None:
+        if args.job_command or args.env:
+            given = "a command after `--`" if args.job_command else "--env"
+            raise UsageError(f"{given} goes with --image; a spec file (--spec) holds its own command and env")
+        return load_spec(args.spec, args.secret_env)
+    if not args.job_command:
+        raise UsageError("--image needs the job's command after `--` (e.g. --image busybox -- sh -c 'echo hi')")
+    raw = {
+        "image": args.image,
+        "command": args.job_command,
+        "env": dict(args.env),
+        "secret_env": list(dict.fromkeys(args.secret_env)),
+    }
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid(exc, "job") from None
+    return spec, _secret_values(spec)
+
+
 def load_spec(path: Path, secret_env: list[str]) -> tuple[JobSpec, dict[str, str]]:
     """The spec of `path` with `secret_env` names added, and their values from this process's environment."""
     try:
         raw = json.loads(path.read_bytes())
+        if not isinstance(raw, dict):
+            raise UsageError(f"--spec {path}: a job spec is a JSON object")
+        if "command" not in raw:
+            raise UsageError(
+                f"bad job spec {path}: command: missing (the program and its arguments: a list, or one string split "
+                "like a shell)"
+            )
         if secret_env:
-            if not isinstance(raw, dict):
-                raise UsageError(f"--spec {path}: a job spec is a JSON object")
             names = list(dict.fromkeys([*raw.get("secret_env", []), *secret_env]))
             raw = {**raw, "secret_env": names}
         spec = JobSpec.model_validate(raw)
@@ -97,10 +159,14 @@ def load_spec(path: Path, secret_env: list[str]) -> tuple[JobSpec, dict[str, str
         if isinstance(exc, ValidationError):
             raise invalid(exc, f"job spec {path}") from None
         raise UsageError(f"--spec {path}: not JSON: {exc}") from None
+    return spec, _secret_values(spec)
+
+
+def _secret_values(spec: JobSpec) -> dict[str, str]:
     missing = [name for name in spec.secret_env if name not in os.environ]
     if missing:
         raise UsageError(f"the secret environment variable {missing[0]} is not set in this shell")
-    return spec, {name: os.environ[name] for name in spec.secret_env}
+    return {name: os.environ[name] for name in spec.secret_env}
 
 
 @asynccontextmanager
@@ -134,28 +200,32 @@ async def send_spec(
                 await asyncio.sleep(SPEC_RETRY_SECONDS)
 
 
-async def job_status(ctx: Context, rental_id: int) -> JobStatus | None:
-    """The job's status from the provider's agent, when this command has the renter's key and the provider
-    publishes an agent URL; None otherwise (the chain's view stands alone)."""
+async def job_status(ctx: Context, rental_id: int) -> tuple[JobStatus | None, str | None]:
+    """The job's status from the provider's agent, which tells it only to the renter (this command's key) and only
+    where the provider publishes an agent URL; otherwise None and why not, in words (the chain's view stands alone)."""
     try:
         load_account(ctx.profile)
     except UsageError:
-        return None
+        return None, "the provider's agent tells the job's status to its renter only: set GPUEX_KEY_FILE to its key"
     try:
         async with renter_client(ctx, rental_id) as client:
-            return await asyncio.wait_for(client.status(rental_id), 10)
-    except (ExchangeError, RenterApiError, asyncio.TimeoutError, aiohttp.ClientError, ChainUnreachable):
-        return None
+            return await asyncio.wait_for(client.status(rental_id), 10), None
+    except ExchangeError as exc:
+        return None, str(exc)
+    except RenterApiError as exc:
+        return None, f"the provider's agent answered: {exc}"
+    except (asyncio.TimeoutError, aiohttp.ClientError, ChainUnreachable) as exc:
+        return None, f"the provider's agent did not answer ({type(exc).__name__})"
 
 
 async def send_spec_command(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
-    spec, secrets = load_spec(args.spec, args.secret_env)
+    spec, secrets = load_spec_options(args)
     async with open_context(args, key=True) as ctx:
         rental = await ctx.client.rental(args.rental_id)
         if bytes.fromhex(rental.job_spec_hash.removeprefix("0x")) != spec.spec_hash():
             raise UsageError(
-                f"--spec {args.spec} hashes to 0x{spec.spec_hash().hex()}, not the rental's {rental.job_spec_hash}"
+                f"{spec_options(args)} hashes to 0x{spec.spec_hash().hex()}, not the rental's {rental.job_spec_hash}"
             )
         url = await send_spec(ctx, args.rental_id, spec, secrets)
     out.emit(

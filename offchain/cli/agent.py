@@ -31,6 +31,7 @@ from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, en
 from offchain.cli.gpus import add_gpu_options, telemetry_source
 from offchain.cli.keys import load_key
 from offchain.cli.network import open_context
+from offchain.cli.unit import add_unit_options, print_unit
 from offchain.market.exchange import ExchangeError
 from offchain.ops import devnet
 from offchain.telemetry.source import TelemetrySource
@@ -60,6 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"${PREFIX}UNSAFE_BARE_PROCESS)",
     )
     add_gpu_options(run_parser, by_uuid=False)
+    add_unit_options(run_parser, "agent")
 
 
 async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, TelemetrySource]:
@@ -115,6 +117,9 @@ async def _settings(args: argparse.Namespace) -> tuple[ProviderAgentSettings, Te
 
 
 async def run(args: argparse.Namespace) -> ExitStatus:
+    if args.print_unit:
+        print_unit(args, "gpuex provider agent", runs_containers=not args.unsafe_bare_process)
+        return ExitStatus.OK
     settings, source = await _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
     logging.getLogger(__name__).info(
@@ -123,8 +128,10 @@ async def run(args: argparse.Namespace) -> ExitStatus:
         settings.chain.rpc_url,
         ", ".join(settings.oracles),
     )
+    agent = Account.from_key(settings.private_key.get_secret_value()).address
     async with source:
-        await run_until_signal(ProviderAgent(settings, source).run())
+        with devnet.agent_pid_file(settings.state_dir, agent, settings.provider):
+            await run_until_signal(ProviderAgent(settings, source).run())
     return ExitStatus.OK
 
 

@@ -7,9 +7,10 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence
 
 from pydantic import ValidationError
 
@@ -40,6 +41,23 @@ class CliParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(ExitStatus.USAGE, f"gpuex: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """Everything after the first `--` is a job's command (`args.job_command`), for the commands that take one
+        (`add_job_command`); argparse would take its words for options or for earlier positionals."""
+        words = list(sys.argv[1:] if args is None else args)
+        command: list[str] = []
+        if "--" in words:
+            split = words.index("--")
+            words, command = words[:split], words[split + 1 :]
+        parsed = super().parse_args(words, namespace)
+        if command and not hasattr(parsed, "job_command"):
+            self.error(f"this command takes nothing after `--`: {' '.join(command)}")
+        if hasattr(parsed, "job_command"):
+            parsed.job_command = command
+        return parsed
 
 
 def add_common_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
@@ -81,6 +99,13 @@ def add_command(
     add_common_options(parser, top_level=False)
     parser.set_defaults(handler=handler)
     return parser
+
+
+def add_job_command(parser: argparse.ArgumentParser) -> None:
+    """The command takes a job's command and arguments after `--` (`args.job_command`, a list of words). Call it
+    after the parser's last argument: its usage line is written then."""
+    parser.set_defaults(job_command=[])
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [-- CMD [ARG ...]]"
 
 
 def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:

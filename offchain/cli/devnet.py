@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
+import aiohttp
+from web3.exceptions import Web3Exception
+
+from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.cli.args import ExitStatus, add_command, add_group
 from offchain.cli.network import devnet_dir
 from offchain.cli.output import Output
-from offchain.market.exchange import NotFound
+from offchain.market.exchange import ExchangeClient, NotFound
 from offchain.ops import devnet
 from offchain.web.app import WEB_PREFIX
 
@@ -26,7 +31,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=5.0,
         help="how often the oracle batches reports on chain (default %(default)s)",
     )
-    add_command(group, "down", down, "stop the devnet (its chain is kept for the next `up`)")
+    add_command(
+        group,
+        "down",
+        down,
+        "stop the devnet (its chain is kept for the next `up`), and name the agents still running on it",
+    )
     add_command(group, "status", status, "whether the devnet runs (exit status 1 when it does not)")
 
 
@@ -68,14 +78,43 @@ async def up(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
-def down(args: argparse.Namespace) -> ExitStatus:
+async def down(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     state_dir = devnet_dir(args)
-    if devnet.read_state(state_dir) is None:
+    state = devnet.read_state(state_dir)
+    if state is None:
         raise NotFound(f"no devnet in {state_dir}")
+    registered = await _registered_agents(state)
+    left_running = devnet.running_agents(state_dir)
     stopped = devnet.down(state_dir, say=out.note)
-    out.emit({"state_dir": str(state_dir), "stopped": stopped}, lambda: None)
+    running_keys = {agent.agent for agent in left_running}
+    for provider, agent in registered.items():
+        if agent not in running_keys:
+            out.note(
+                f"agent for provider {provider} (key {agent}, set on the devnet's chain) was not started by devnet "
+                "up; if it runs, stop it yourself"
+            )
+    out.emit(
+        {
+            "state_dir": str(state_dir),
+            "stopped": stopped,
+            "agents_left_running": [agent.model_dump() for agent in left_running],
+            "agents_registered": [{"provider": p, "agent": a} for p, a in registered.items()],
+        },
+        lambda: None,
+    )
     return ExitStatus.OK
+
+
+async def _registered_agents(state: devnet.DevnetState) -> dict[str, str]:
+    """The agent keys set on the devnet's chain by provider; none when its chain does not answer (it is down)."""
+    w3 = connect(state.rpc_url, timeout=5)
+    try:
+        return await ExchangeClient(w3, state.deployment).agents()
+    except (ChainUnreachable, aiohttp.ClientError, OSError, asyncio.TimeoutError, Web3Exception):
+        return {}
+    finally:
+        await w3.provider.disconnect()
 
 
 async def status(args: argparse.Namespace) -> ExitStatus:

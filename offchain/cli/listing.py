@@ -115,6 +115,8 @@ async def create(args: argparse.Namespace) -> ExitStatus:
             )
         except ValidationError as exc:
             raise invalid(exc, "offer terms") from None
+        if (missing := await ctx.client.agent_missing(ctx.client.address)) is not None:
+            out.warn(f"{missing}; listing the offer anyway")
         result = await ctx.client.create_offer(terms)
     _render_result(out, result, token, _rounding_note(args.price_per_hour, token, price))
     return ExitStatus.OK

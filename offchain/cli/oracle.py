@@ -30,6 +30,7 @@ from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, en
 from offchain.cli.keys import load_key
 from offchain.cli.network import open_context
 from offchain.cli.output import Output, format_duration
+from offchain.cli.unit import add_unit_options, print_unit
 from offchain.config import OracleSettings
 from offchain.oracle.keeper import Keeper
 from offchain.oracle.metrics import UNCONFIRMED_AGES, MetricsFormatError, parse_samples
@@ -43,8 +44,14 @@ log = logging.getLogger(__name__)
 
 def register(commands: argparse._SubParsersAction) -> None:
     group = add_group(commands, "oracle", "oracle services")
-    add_command(group, "serve", serve, "run an oracle (ingest, co-signing; batching and keeping in its turn)")
-    add_command(group, "keeper", keeper, "run a keeper: finalise ended rentals, time out unstarted ones")
+    serve_parser = add_command(
+        group, "serve", serve, "run an oracle (ingest, co-signing; batching and keeping in its turn)"
+    )
+    add_unit_options(serve_parser, "oracle")
+    keeper_parser = add_command(
+        group, "keeper", keeper, "run a keeper: finalise ended rentals, time out unstarted ones"
+    )
+    add_unit_options(keeper_parser, "keeper")
     status_parser = add_command(group, "status", status, "what a running oracle waits for on its way to finality")
     status_parser.add_argument(
         "--url", default=DEFAULT_STATUS_URL, help="the oracle's base URL (default %(default)s)", metavar="URL"
@@ -68,6 +75,9 @@ def _logging(role: str) -> None:
 
 
 async def serve(args: argparse.Namespace) -> ExitStatus:
+    if args.print_unit:
+        print_unit(args, "gpuex oracle", runs_containers=False)
+        return ExitStatus.OK
     settings, _ = await _settings(args)
     _logging("oracle")
     await OracleService(settings).run(stop_on_signals())
@@ -75,6 +85,9 @@ async def serve(args: argparse.Namespace) -> ExitStatus:
 
 
 async def keeper(args: argparse.Namespace) -> ExitStatus:
+    if args.print_unit:
+        print_unit(args, "gpuex keeper", runs_containers=False)
+        return ExitStatus.OK
     settings, start_block = await _settings(args)
     _logging("keeper")
     state = Path(settings.state_dir)

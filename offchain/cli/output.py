@@ -31,6 +31,10 @@ class Output:
     def note(self, text: str) -> None:
         self._notes.print(text, markup=False)
 
+    def warn(self, text: str) -> None:
+        """A warning on stderr, `gpuex: warning: ...`: the command goes on."""
+        print(f"gpuex: warning: {text}", file=sys.stderr, flush=True)
+
     def emit(self, result: BaseModel | list | dict, human: Callable[[], None]) -> None:
         """Prints `result` as JSON, or calls `human` to render it for people."""
         if self.json:

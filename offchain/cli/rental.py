@@ -23,10 +23,17 @@ import aiohttp
 from offchain.agent.jobspec import JobSpecStore
 from offchain.chain import events
 from offchain.cli import access, parse
-from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
+from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, add_job_command
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, format_gib, money, per_hour, percent_bps, when
-from offchain.market.exchange import ActionResult, ExchangeError, NothingToClaim, RentalResult
+from offchain.market.exchange import (
+    ActionResult,
+    ExchangeError,
+    NothingToClaim,
+    NothingToWithdraw,
+    RentalResult,
+    Withdrawal,
+)
 from offchain.market.offers import TokenInfo
 from offchain.market.rentals import RentalHistory, ReportPeriod
 from offchain.ops import devnet
@@ -60,6 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also save the spec here as <hash>.json (default on the devnet: its spec directory)",
     )
+    add_job_command(rent_parser)
 
     group = add_group(
         commands, "rental", "a rental's state, live utilisation, early end, and its job: spec, logs, results, shell"
@@ -109,14 +117,18 @@ def _max_price_units(token: TokenInfo, per_hour_price: Decimal) -> int:
 
 async def rent(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
-    spec, secrets = access.load_spec(args.spec, args.secret_env)
+    spec, secrets = access.load_spec_options(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
         max_price = None if args.max_price_per_hour is None else _max_price_units(token, args.max_price_per_hour)
+        offer = await ctx.client.offer(args.offer_id)
+        if (missing := await ctx.client.agent_missing(offer.provider)) is not None:
+            out.warn(f"{missing}; renting offer {args.offer_id} anyway")
         try:
             agent_url: str | None = (await ctx.client.agent_endpoint_of_offer(args.offer_id)).url
-        except ExchangeError:
-            agent_url = None  # no agent URL published (or no such offer, which opening reports)
+            no_url = None
+        except ExchangeError as exc:  # no agent key (warned above), no agent URL, or one that cannot be used
+            agent_url, no_url = None, str(exc)
         if agent_url is None and secrets:
             raise UsageError(
                 f"offer {args.offer_id}'s provider publishes no agent URL: secret values travel only "
@@ -127,6 +139,8 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
         )
         if spec_dir is not None:
             JobSpecStore(spec_dir).put(spec)
+        elif missing is None and no_url is not None:
+            out.warn(f"{no_url}: the spec reaches its agent only if you publish it where the agent fetches specs")
         result = await ctx.client.open_rental(args.offer_id, args.duration, spec.spec_hash(), max_price, args.approve)
         rental = result.rental
         if agent_url is not None:
@@ -135,8 +149,8 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
             except ExchangeError as exc:
                 raise ExchangeError(
                     f"rental {rental.rental_id} is open, but {exc}; send it again with `gpuex rental send-spec "
-                    f"{rental.rental_id} --spec {args.spec}` (a rental without its spec is declined and refunded in "
-                    "full)"
+                    f"{rental.rental_id} {access.spec_options(args)}` (a rental without its spec is declined and "
+                    "refunded in full)"
                 ) from None
 
     def human() -> None:
@@ -308,15 +322,42 @@ async def status(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
         rental = await ctx.client.rental(args.rental_id)
-        job = await access.job_status(ctx, args.rental_id)
+        job, job_unavailable = await access.job_status(ctx, args.rental_id)
 
     def human() -> None:
         render_rental(out, token, rental)
         if job is not None:
             render_job(out, job)
+        else:
+            out.print(f"job: no status from the provider's agent: {job_unavailable}")
 
-    out.emit({**rental_json(rental), "job": None if job is None else job.model_dump(mode="json")}, human)
+    out.emit(
+        {
+            **rental_json(rental),
+            "job": None if job is None else job.model_dump(mode="json"),
+            **job_outcome_json(rental, job),
+            "job_unavailable": job_unavailable,
+        },
+        human,
+    )
     return ExitStatus.OK
+
+
+def job_outcome_json(rental: RentalHistory, job: JobStatus | None) -> dict:
+    """How the job ended, in `rental status --json`: its exit code and result digest (from the provider's agent;
+    the chain holds neither) and why it failed: the agent's reason, else the decline reason the chain holds."""
+    failure = None
+    if job is not None:
+        failure = job.reason or job.decline_detail
+        if failure is None and job.exit_code not in (None, 0):
+            failure = f"exited with {job.exit_code}"
+    if failure is None and rental.decline_reason is not None:
+        failure = f"declined by the provider: {rental.decline_reason.describe()}"
+    return {
+        "exit_code": None if job is None else job.exit_code,
+        "failure_reason": failure,
+        "result_digest": None if job is None else job.result_digest,
+    }
 
 
 def render_job(out: Output, job: JobStatus) -> None:
@@ -328,7 +369,7 @@ def render_job(out: Output, job: JobStatus) -> None:
         ("GPUs", ", ".join(job.gpus) or None),
         ("container", None if container is None else f"{container.name} ({container.state})"),
         ("exit code", job.exit_code),
-        ("reason", job.reason),
+        ("failure reason", job.reason or job.decline_detail),
         ("result digest", job.result_digest),
         ("results", "ready: `gpuex rental results` downloads them" if job.results_available else None),
     ]
@@ -526,7 +567,10 @@ async def claim(args: argparse.Namespace) -> ExitStatus:
 async def withdraw(args: argparse.Namespace) -> ExitStatus:
     async def act(ctx: Context, token: TokenInfo) -> tuple[ActionResult, str]:
         stake_token = await ctx.client.stake_token()
-        result = await ctx.client.withdraw()
+        try:
+            result = await ctx.client.withdraw()
+        except NothingToWithdraw:
+            return Withdrawal(account=ctx.client.address, escrow_amount=0, compensation=0), "nothing to withdraw"
         compensation = f" and {money(stake_token, result.compensation)} of compensation" if result.compensation else ""
         return result, f"withdrew {money(token, result.escrow_amount)} from the escrow{compensation}"
 

@@ -32,7 +32,7 @@ from offchain.chain.events import (
 )
 from offchain.chain.follower import EventFollower, LogBatch, Rewind
 from offchain.chain.reads import Balances, ChainReader
-from offchain.chain.tx.oneshot import Sent, Wallet
+from offchain.chain.tx.oneshot import Sent, TxFailed, Wallet
 from offchain.market.index import EventIndex
 from offchain.market.offers import (
     SECONDS_PER_HOUR,
@@ -61,6 +61,17 @@ class NotFound(ExchangeError):
 
 class NothingToClaim(ExchangeError):
     """The rental has no earnings that a claim would credit now."""
+
+
+class NothingToWithdraw(ExchangeError):
+    """The account has neither an escrow balance nor slash compensation to withdraw."""
+
+
+class NotYourRental(ExchangeError):
+    """The rental is another account's: only its renter may do this."""
+
+    def __init__(self, rental_id: int, renter: str, action: str):
+        super().__init__(f"rental {rental_id} belongs to {renter}; only its renter can {action} it")
 
 
 class InsufficientFunds(ExchangeError):
@@ -280,6 +291,26 @@ class ExchangeClient:
             raise ExchangeError(f"{whose} published an agent URL that cannot be used: {exc}") from None
         return AgentEndpoint(offer_id=offer_id, provider=provider.address, agent=provider.agent, url=url)
 
+    async def agent_missing(self, provider: str) -> str | None:
+        """Why nothing would run a rental's job for `provider`: no agent key set on chain (`agentOf`); None when it
+        has one (whether the agent runs, the chain cannot say)."""
+        if int(await self.reader.agent_of(provider), 16):
+            return None
+        return (
+            f"provider {provider} has set no agent key (`gpuex provider set-agent`): no agent will start its "
+            "rentals, which time out unstarted"
+        )
+
+    async def agents(self) -> dict[str, str]:
+        """Every provider whose agent key is set now, with that key (from `AgentSet` events, checked against
+        `agentOf`)."""
+        logs = await self._logs(self.registry.address, [self.registry.events.AgentSet.topic])
+        providers = sorted(
+            {event.provider for entry in logs if isinstance(event := decode_log("ProviderRegistry", entry), AgentSet)}
+        )
+        keys = await asyncio.gather(*(self.reader.agent_of(provider) for provider in providers))
+        return {provider: key for provider, key in zip(providers, keys) if int(key, 16)}
+
     async def provider_of_agent(self, agent: str) -> str | None:
         """The provider whose telemetry key `agent` is now (from `AgentSet` events, checked against `agentOf`)."""
         agent = AsyncWeb3.to_checksum_address(agent)
@@ -445,10 +476,19 @@ class ExchangeClient:
         return RentalResult(account=self.address, transactions=sent, rental=await self.rental(opened.rental_id))
 
     async def terminate(self, rental_id: int) -> RentalResult:
-        """Ends the account's rental now: cancels it before the start, else refunds the unused time."""
-        await self.rental(rental_id)
+        """Ends the account's rental now: cancels it before the start, else refunds the unused time. `NotYourRental`
+        when another account rented it: read from the chain before sending, and named after the escrow's
+        `Escrow_NotRenter` should the check and the chain disagree."""
+        renter = (await self.rental(rental_id)).renter
+        if renter != self.address:
+            raise NotYourRental(rental_id, renter, "terminate")
         sent: list[SentTx] = []
-        await self._send(sent, "terminate", self.escrow.functions.terminate(rental_id))
+        try:
+            await self._send(sent, "terminate", self.escrow.functions.terminate(rental_id))
+        except TxFailed as exc:
+            if str(exc).startswith("Escrow_NotRenter"):
+                raise NotYourRental(rental_id, renter, "terminate") from exc
+            raise
         return RentalResult(account=self.address, transactions=sent, rental=await self.rental(rental_id))
 
     async def claim(self, rental_id: int) -> RentalResult:
@@ -464,11 +504,13 @@ class ExchangeClient:
         return RentalResult(account=self.address, transactions=sent, rental=await self.rental(rental_id))
 
     async def withdraw(self) -> Withdrawal:
-        """Withdraws the account's escrow balance and its slash compensation; the escrow's
-        `Escrow_NothingToWithdraw` when there is neither."""
+        """Withdraws the account's escrow balance and its slash compensation; `NothingToWithdraw`, with nothing
+        sent, when there is neither."""
         balances = await self.balances()
+        if not balances.escrow and not balances.compensation:
+            raise NothingToWithdraw(f"nothing to withdraw: {self.address} has no escrow balance and no compensation")
         sent: list[SentTx] = []
-        if balances.escrow or not balances.compensation:
+        if balances.escrow:
             await self._send(sent, "withdraw", self.escrow.functions.withdraw())
         if balances.compensation:
             await self._send(sent, "withdrawCompensation", self.registry.functions.withdrawCompensation())

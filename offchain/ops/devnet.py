@@ -9,7 +9,8 @@
     oracle.log, oracle/  the oracle's output and its SQLite state
     keys/<role>.key      the roles' private keys (anvil's public dev keys: never fund them anywhere real)
     specs/               job specs by hash, where `gpuex rent` puts them and the devnet's agents read them
-    agents/<address>/    the state of each `gpuex agent run` on the devnet, by agent key
+    agents/<address>/    the state of each `gpuex agent run` on the devnet, by agent key, and its `agent.pid` while
+                         it runs
 
 The deployment record goes to `deployments/<chainId>.json` like any other. The oracle is the only one of a 1-of-1
 oracle set, so every turn to land a report or keep is its own; it accepts simulated telemetry, so a machine
@@ -27,6 +28,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -58,6 +61,7 @@ START_TIMEOUT_SECONDS = 30.0
 #: The image the devnet's agents run jobs in when a spec names none (and the demo's and the tests' jobs): Debian's
 #: static busybox, built on this machine by `tools/build-job-image`, never pulled.
 DEV_JOB_IMAGE = "localhost/gpuex/job:busybox"
+AGENT_PID_FILE = "agent.pid"
 
 
 class DevnetError(RuntimeError):
@@ -76,6 +80,16 @@ class DevnetState(BaseModel):
     oracle_url: str
     accounts: dict[str, str]  # role -> address
     deployment: Deployment
+
+
+class RunningAgent(BaseModel):
+    """`agent.pid` in an agent's state directory: the process of `gpuex agent run` for `provider`, while it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str
+    provider: str
+    pid: int
 
 
 class DevnetStatus(BaseModel):
@@ -116,6 +130,47 @@ def spec_dir(state_dir: Path) -> Path:
 
 def agent_dir(state_dir: Path, agent: str) -> Path:
     return state_dir / "agents" / agent
+
+
+def agent_pid_path(agent_state_dir: Path) -> Path:
+    return agent_state_dir / AGENT_PID_FILE
+
+
+@contextmanager
+def agent_pid_file(agent_state_dir: Path, agent: str, provider: str) -> Iterator[None]:
+    """Records this process as the agent `agent` of `provider` in its state directory while the block runs, so that
+    `down` of a devnet whose `agents/` holds that directory can name it."""
+    path = agent_pid_path(agent_state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = RunningAgent(agent=agent, provider=provider, pid=os.getpid()).model_dump_json()
+    path.write_text(record + "\n")
+    try:
+        yield
+    finally:
+        if path.is_file() and path.read_text().strip() == record:
+            path.unlink()
+
+
+def running_agents(state_dir: Path) -> list[RunningAgent]:
+    """The agents of the devnet's `agents/` whose processes run now (a pid file whose process is gone is stale)."""
+    found = []
+    for path in sorted((Path(state_dir) / "agents").glob(f"*/{AGENT_PID_FILE}")):
+        try:
+            agent = RunningAgent.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if process_alive(agent.pid) and _runs_python(agent.pid):
+            found.append(agent)
+    return found
+
+
+def _runs_python(pid: int) -> bool:
+    """Whether `pid` runs a Python program: a pid file left by a crash may name a pid reused by something else."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return True  # no /proc to ask: trust the pid file
+    return "python" in os.path.basename(argv0.decode(errors="replace"))
 
 
 def _state_file(state_dir: Path) -> Path:
@@ -338,12 +393,19 @@ def _stop_group(pid: int, timeout: float = 10.0) -> None:
 
 
 def down(state_dir: Path = DEFAULT_DIR, say=print) -> bool:
-    """Stops the oracle, then anvil (which dumps the chain to `anvil-state.json`); False if nothing ran."""
+    """Stops what `up` started: the oracle, then anvil (which dumps the chain to `anvil-state.json`); False if
+    nothing ran. `up` starts no agent: each agent still running on the devnet (`running_agents`) is named, and left
+    to whoever started it."""
     state_dir = Path(state_dir).resolve()
     state = read_state(state_dir)
     if state is None:
         say(f"no devnet in {state_dir}")
         return False
+    for agent in running_agents(state_dir):
+        say(
+            f"agent for provider {agent.provider} (pid {agent.pid}) was not started by devnet up; stop it yourself "
+            f"(kill {agent.pid})"
+        )
     stopped = False
     for name, pid in (("oracle", state.oracle_pid), ("anvil", state.anvil_pid)):
         if process_alive(pid):

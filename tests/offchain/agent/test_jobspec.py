@@ -133,6 +133,53 @@ def test_image_references_by_tag_or_digest(image):
     assert JobSpec(command=("a",), image=image).image == image
 
 
+def test_a_command_line_string_is_split_like_a_shell_into_the_canonical_list():
+    spec = JobSpec.model_validate({"command": "python train.py --name 'run 1' \"a b\"\\ c"})
+
+    assert spec.command == ("python", "train.py", "--name", "run 1", "a b c")
+    assert spec.spec_hash() == JobSpec(command=spec.command).spec_hash()
+
+
+def test_a_command_line_with_shell_syntax_is_only_words():
+    """Nothing is expanded or run by a shell: substitutions, separators and redirections stay literal arguments."""
+    spec = JobSpec.model_validate({"command": "echo $(id) `id` ${HOME}; rm -rf / && x | y > /etc/passwd"})
+
+    assert spec.command == (
+        "echo", "$(id)", "`id`", "${HOME};", "rm", "-rf", "/", "&&", "x", "|", "y", ">", "/etc/passwd"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("", "the command line is empty"),
+        ("   ", "the command line is empty"),
+        ("echo 'unbalanced", "cannot split the command line: No closing quotation"),
+        ('echo "x', "cannot split the command line: No closing quotation"),
+        ("echo x\\", "cannot split the command line: No escaped character"),
+        ("a\x00b", "NUL byte"),
+    ],
+)
+def test_a_command_line_string_that_cannot_be_split_is_refused(command, message):
+    with pytest.raises(ValidationError, match=message) as raised:
+        JobSpec.model_validate({"command": command})
+    assert raised.value.errors()[0]["loc"] == ("command",)
+
+
+def test_a_missing_command_is_named():
+    with pytest.raises(ValidationError) as raised:
+        JobSpec.model_validate({"image": "busybox"})
+    assert raised.value.errors()[0]["loc"] == ("command",) and raised.value.errors()[0]["type"] == "missing"
+
+
+def test_a_string_command_in_the_renters_body_is_not_canonical():
+    """The agent hashes what it is given: a body with a string command is the renter's but not in canonical form."""
+    body = b'{"command": "sh -c true"}'
+
+    with pytest.raises(JobSpecInvalid, match="canonical"):
+        parse_spec(body, keccak(body))
+
+
 def test_the_renters_own_invalid_body_is_final_at_once():
     """A body whose keccak256 is the hash on chain is the renter's: invalid means decline, not wait."""
     body = b'{"command": ["sh"], "env": {"LD_PRELOAD": "/workspace/x.so"}}'

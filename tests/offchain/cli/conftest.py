@@ -29,12 +29,17 @@ from offchain.cli import main
 from offchain.ops import devnet
 from offchain.ops.deploy import SuiteParams
 
-PORT = 8575
-ORACLE_PORT = 8775
+#: `GPUEX_TEST_CLI_PORT_BASE` moves every port below to a block of its own (base to base + 9), so that two runs of
+#: these tests on one machine need not share the fixed ones.
+_PORT_BASE = int(os.environ.get("GPUEX_TEST_CLI_PORT_BASE", "0"))
+PORT = _PORT_BASE or 8575
+ORACLE_PORT = _PORT_BASE + 1 if _PORT_BASE else 8775
 #: A spare pair of ports for a second devnet, and one for an anvil of another chain.
-SPARE_PORT = 8578
-SPARE_ORACLE_PORT = 8778
-OTHER_CHAIN_PORT = 8577
+SPARE_PORT = _PORT_BASE + 2 if _PORT_BASE else 8578
+SPARE_ORACLE_PORT = _PORT_BASE + 3 if _PORT_BASE else 8778
+OTHER_CHAIN_PORT = _PORT_BASE + 4 if _PORT_BASE else 8577
+#: Free ports for a test's own services.
+FREE_PORTS = range(_PORT_BASE + 5, _PORT_BASE + 10) if _PORT_BASE else range(8580, 8585)
 OTHER_CHAIN_ID = 4242
 #: Short timers: unbonding ends within seconds, an unstarted rental times out in half a minute.
 PARAMS = SuiteParams(start_timeout=30, report_grace=5, unbonding_period=1)

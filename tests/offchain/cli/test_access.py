@@ -118,7 +118,13 @@ def test_a_renter_sends_its_spec_privately_and_reaches_its_job(cli, market, agen
     )
     shown = cli.ok("rental", "status", rental_id, role="renter").out
     assert "job (from the provider's agent)" in shown and "localhost/gpuex/job:busybox" in shown
-    assert cli.ok("rental", "status", rental_id, "--json").json()["job"] is None, "without the renter's key"
+    keyless = cli.ok("rental", "status", rental_id, "--json").json()
+    assert keyless["job"] is None and keyless["exit_code"] is None, "without the renter's key"
+    assert keyless["job_unavailable"].endswith("to its renter only: set GPUEX_KEY_FILE to its key")
+    intruder = cli.ok("rental", "status", rental_id, "--json", role="renter2").json()
+    assert intruder["job"] is None and intruder["job_unavailable"].startswith(
+        "the provider's agent answered: not_renter"
+    )
 
     error = cli.fails(1, "rental", "logs", rental_id, role="renter2")
     assert error.startswith("not_renter: ")
@@ -158,10 +164,44 @@ def test_a_renter_sends_its_spec_privately_and_reaches_its_job(cli, market, agen
     assert (tmp_path / "results" / "status").read_text() == "done\n"
     status = cli.ok("rental", "status", rental_id, "--json", role="renter").json()
     assert status["job"]["result_digest"] == results["digest"] and status["job"]["exit_code"] == 0
+    assert (status["exit_code"], status["result_digest"], status["failure_reason"]) == (0, results["digest"], None)
+    assert status["job_unavailable"] is None
     deadline = time.monotonic() + 60
     while not cli.ok("rental", "status", rental_id, "--json").json()["final"]:
         assert time.monotonic() < deadline, "the rental never settled"
         time.sleep(1)
+
+
+def test_status_shows_how_a_failed_job_ended(cli, market, agent_api):
+    rented = cli.ok(
+        "rent",
+        market.offer_id,
+        "--duration",
+        "1m",
+        "--approve",
+        "--json",
+        "--image",
+        "localhost/gpuex/job:busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo no data >&2; exit 3",
+        role="renter",
+    ).json()
+    rental_id = rented["rental"]["rental_id"]
+
+    def status() -> dict:
+        return cli.ok("rental", "status", rental_id, "--json", role="renter").json()
+
+    wait_for(lambda: status()["exit_code"] is not None, 60, "the job's end")
+    ended = status()
+    assert ended["exit_code"] == 3 == ended["job"]["exit_code"]
+    assert ended["failure_reason"] == ended["job"]["reason"] and "3" in ended["failure_reason"]
+    assert ended["result_digest"] == ended["job"]["result_digest"] and ended["result_digest"].startswith("0x")
+    shown = cli.ok("rental", "status", rental_id, role="renter").out
+    assert "failure reason" in shown and ended["failure_reason"] in shown and ended["result_digest"] in shown
+    wait_for(lambda: cli.ok("rental", "status", rental_id, "--json").json()["final"], 60, "the rental's end")
+    assert cli.ok("rental", "status", rental_id, "--json").json()["status"] == "FAILED"
 
 
 def test_send_spec_refuses_a_spec_the_rental_was_not_opened_with(cli, market, agent_api, tmp_path):
