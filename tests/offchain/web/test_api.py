@@ -85,18 +85,33 @@ def test_offers_are_those_of_the_shared_search_in_human_units(web_client, suite,
         assert [o["offer_id"] for o in page["offers"]] == [o.offer_id for o in expected], query
     assert [o["offer_id"] for o in pages[0]["offers"]] == [l4, offer]
     h100 = pages[0]["offers"][1]
-    assert (h100["gpu_model"], h100["gpu_count"], h100["vram_gib"], h100["region"], h100["status"]) == (
+    assert (h100["gpu_model"], h100["gpu_count"], h100["vram_mib"], h100["vram_gib"], h100["region"]) == (
         "H100-80GB",
         2,
-        79.65,
+        81_559,
+        79.6,
         "eu-west",
-        "active",
     )
-    assert (h100["price_per_hour"], h100["price_per_gpu_hour"], h100["util_floor_pct"]) == (
+    assert (h100["price_per_hour"], h100["price_per_gpu_hour"], h100["util_floor"], h100["status"]) == (
         "3.600000",
         "1.800000",
-        100.0,
+        1.0,
+        "active",
     )
+    assert h100["display"] == {
+        "gpus": "2x H100-80GB",
+        "vram_gib": "79.6 GiB",
+        "price_per_hour": "3.60 tUSD/h",
+        "price_per_gpu_hour": "1.80 tUSD/h",
+        "durations": "1m – 1d",
+        "util_floor": "100.0%",
+        "egress": "no",
+        "reliability": "new",
+        "value_settled": "0.00 tUSD",
+        "decline_rate": "—",
+        "agent": h100["display"]["agent"],
+        "availability": "available",
+    }
     assert (h100["available"], h100["rental_id"], h100["reliability"]) == (True, None, None)
     assert (h100["value_settled"], h100["distinct_renters"]) == ("0.000000", 0)
     assert (h100["egress"], h100["declines"], pages[0]["offers"][0]["egress"]) == (False, 0, True)
@@ -150,19 +165,24 @@ def test_a_rental_and_its_provider_in_human_units(web_client, suite, offer, prov
         "0.000000",
         "3.600000",
     )
-    assert (rental["covered_until"], rental["delivered_seconds"], rental["util_pct"]) == (
+    assert (rental["covered_until"], rental["delivered_seconds"], rental["utilisation"]) == (
         rental["since"] + 20,
         20,
-        70.0,
+        0.7,
+    )
+    assert (rental["display"]["utilisation"], rental["display"]["paid"], rental["display"]["delivered_seconds"]) == (
+        "70.0%",
+        "0.02 tUSD",
+        "20s",
     )
     assert (rental["claimed"], rental["claimable"], rental["provider_paid"]) == ("0.010000", "0.010000", "0.009750")
-    assert rental["reports"] == [
+    assert [{k: v for k, v in report.items() if k != "display"} for report in rental["reports"]] == [
         {
             "seq": 1,
             "period_start": rental["since"],
             "covered_until": rental["since"] + 10,
             "delivered_seconds": 10,
-            "util_pct": 90.0,
+            "utilisation": 0.9,
             "earned": "0.010000",
             "total_delivered_seconds": 10,
         },
@@ -171,11 +191,17 @@ def test_a_rental_and_its_provider_in_human_units(web_client, suite, offer, prov
             "period_start": rental["since"] + 10,
             "covered_until": rental["since"] + 20,
             "delivered_seconds": 10,
-            "util_pct": 50.0,
+            "utilisation": 0.5,
             "earned": "0.010000",
             "total_delivered_seconds": 20,
         },
     ]
+    assert rental["reports"][0]["display"] == {
+        "delivered_seconds": "10s",
+        "period": "10s",
+        "utilisation": "90.0%",
+        "earned": "0.01 tUSD",
+    }
     assert rental["skipped"] == [{"seq": 3, "reason": "utilisation_above_delivered"}]
     assert (rental["gpu_model"], rental["gpu_count"], rental["settlement"]) == ("H100-80GB", 2, None)
     assert [r["rental_id"] for r in recent["rentals"]] == [str(rental_id)]
@@ -189,10 +215,10 @@ def test_a_rental_and_its_provider_in_human_units(web_client, suite, offer, prov
         None,
     )
     claimed = next(h for h in indexed_provider["history"] if h["event"] == "EarningsClaimed")
-    assert claimed["summary"] == "claimed 0.009750 tUSD of the rental's earnings, fee 0.000250 tUSD"
+    assert claimed["summary"] == "claimed 0.00975 tUSD of the rental's earnings, fee 0.00025 tUSD"
     opened = next(h for h in indexed_provider["history"] if h["event"] == "RentalOpened")
-    assert opened["summary"] == f"{renter.address} rented offer #{offer} for 1h, deposit 3.600000 tUSD"
-    assert indexed_provider["history"][-1]["summary"] == "staked 10,000.000000 tUSD"  # the oldest last
+    assert opened["summary"] == f"{renter.address} rented offer #{offer} for 1h, deposit 3.60 tUSD"
+    assert indexed_provider["history"][-1]["summary"] == "staked 10,000.00 tUSD"  # the oldest last
 
 
 def test_a_declined_rental_shows_its_reason_and_the_providers_declines(web_client, suite, offer, provider, renter):
