@@ -183,6 +183,7 @@ class SettlementFigures(Figures):
     provider_payout: Decimal  # in all, after the fee
     fee: Decimal
     refund: Decimal
+    delivered_seconds: int
     missed_seconds: int
     slashed: Decimal  # stake token
     slash_reason: str  # none, start_timeout, sla_breach
@@ -286,6 +287,7 @@ class RentalFigures(RentalRow):
                 provider_payout=units.amount(token, settled.provider_payout),
                 fee=units.amount(token, settled.fee),
                 refund=units.amount(token, settled.refund),
+                delivered_seconds=settled.delivered_seconds,
                 missed_seconds=settled.missed_seconds,
                 slashed=units.amount(stake_token, settled.slashed),
                 slash_reason=settled.slash_reason.name.lower(),

@@ -87,7 +87,7 @@ def share(value: float | None) -> float | None:
 
 
 def percent(value: float | None) -> str | None:
-    """A fraction as a percentage for people, to one decimal: `0.8125` -> `81.2%`; None stays None."""
+    """A fraction as a percentage for people, to one decimal: `0.8125` -> `81.3%`; None stays None."""
     if value is None:
         return None
     return f"{(Decimal(str(value)) * 100).quantize(_TENTH, rounding=ROUND_HALF_UP)}%"
