@@ -9,6 +9,7 @@ import json
 import time
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from brownie import chain, web3
 from eth_utils import keccak
@@ -19,10 +20,11 @@ from offchain.config import OracleSettings
 from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
 from offchain.oracle.app import create_app
 from offchain.protocol.messages import gpu_uuid_hash
+from offchain.protocol.renterapi import AgentInfo
 from offchain.protocol.reports import Report
 from offchain.protocol.status import DeclineReason
 from tests.offchain.chain.helpers import report_args
-from tests.offchain.conftest import ORACLE_KEYS, PRICE
+from tests.offchain.conftest import AGENT, ORACLE_KEYS, PRICE
 from tests.offchain.web.conftest import until_block
 
 DURATION = 3_600
@@ -371,3 +373,71 @@ def test_the_oracle_serves_the_page_when_web_is_on(chain_settings, deployment, t
     assert (root, location, page, health) == (302, "/web/", 200, 200)
     assert "<title>gpuex market · offers</title>" in html
     assert [o["offer_id"] for o in offers["offers"]] == [offer]
+
+
+AGENT_PORT = 9171
+
+
+def test_offers_show_whether_the_providers_agent_answers(web_client, suite, offer, provider):
+    """No URL: not set; a URL where nothing answers: offline; a URL where an agent answers: online."""
+    agent = web.Application()
+    info = AgentInfo(
+        address=AGENT.address,
+        public_key="0x" + AGENT._key_obj.public_key.to_bytes().hex(),
+        chain_id=web3.eth.chain_id,
+        escrow=suite.escrow.address,
+        isolation="container",
+        engine="podman",
+    )
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.Response(body=info.model_dump_json(), content_type="application/json")
+
+    agent.router.add_get("/v1/agent", answer)
+
+    async def agent_of_the_offer() -> tuple[bool, bool | None, str]:
+        async with web_client() as client:
+            (listed,) = (await (await client.get("/web/api/offers")).json())["offers"]
+            return listed["agent_set"], listed["agent_online"], listed["display"]["agent"]
+
+    assert run(agent_of_the_offer()) == (False, None, "not set")
+    suite.registry.setAgentUrl(f"http://127.0.0.1:{AGENT_PORT}", {"from": provider})
+    assert run(agent_of_the_offer()) == (True, False, "offline")
+
+    async def with_the_agent_up() -> tuple[bool, bool | None, str]:
+        runner = web.AppRunner(agent)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", AGENT_PORT).start()
+        try:
+            return await agent_of_the_offer()
+        finally:
+            await runner.cleanup()
+
+    assert run(with_the_agent_up()) == (True, True, "online")
+
+
+def test_an_accounts_rentals_and_balances(web_client, suite, offer, provider, renter, relayer):
+    rental_id = open_running_rental(suite, offer, provider, renter, relayer)
+    bad = ("0x1234", "0x" + "gg" * 20, "0x" + "ab" * 21, "renter", "0x" + "ab" * 20 + "%20")
+
+    async def scenario():
+        async with web_client() as client:
+            refused = [(r.status, await r.json()) for r in [await client.get(f"/web/api/accounts/{a}") for a in bad]]
+            as_renter = await (await client.get(f"/web/api/accounts/{renter.address.lower()}")).json()
+            as_provider = await (await client.get(f"/web/api/accounts/{provider.address}")).json()
+            return refused, as_renter, as_provider
+
+    refused, as_renter, as_provider = run(scenario())
+    assert all(status == 400 and body["error"] == "bad_address" for status, body in refused), refused
+    assert as_renter["address"] == renter.address
+    assert [(r["rental_id"], r["role"], r["status"]) for r in as_renter["rentals"]] == [
+        (str(rental_id), "renter", "running")
+    ]
+    assert [(r["rental_id"], r["role"]) for r in as_provider["rentals"]] == [(str(rental_id), "provider")]
+    # 0.01 tUSD earned since the claim, less the 2.5 % fee: what claimPayout would credit the provider now
+    assert (as_provider["balances"]["pending_earnings"], as_provider["balances"]["withdrawable"]) == (
+        "0.009750",
+        "0.009750",
+    )
+    assert as_provider["balances"]["display"]["staked"] == "10,000.00 tUSD"
+    assert as_renter["balances"]["pending_earnings"] == "0.000000"
