@@ -201,7 +201,7 @@ def test_status_shows_how_a_failed_job_ended(cli, market, agent_api):
     shown = cli.ok("rental", "status", rental_id, role="renter").out
     assert "failure reason" in shown and ended["failure_reason"] in shown and ended["result_digest"] in shown
     wait_for(lambda: cli.ok("rental", "status", rental_id, "--json").json()["final"], 60, "the rental's end")
-    assert cli.ok("rental", "status", rental_id, "--json").json()["status"] == "FAILED"
+    assert cli.ok("rental", "status", rental_id, "--json").json()["status"] == "failed"
 
 
 def test_send_spec_refuses_a_spec_the_rental_was_not_opened_with(cli, market, agent_api, tmp_path):

@@ -46,7 +46,9 @@ def web_caught_up(cli) -> None:
 def compare_rental(cli, rental_id: int) -> dict:
     web_caught_up(cli)
     shown = cli.ok("rental", "status", rental_id, "--json").json()
-    assert shown.pop("job") is None  # what the agent says of the job: the CLI's alone (no agent runs here)
+    # What the provider's agent tells the renter of the job is the CLI's alone (and no agent runs here).
+    assert shown.pop("job") is None and shown.pop("job_unavailable")
+    assert [shown.pop(key) for key in ("exit_code", "failure_reason", "result_digest")] == [None, None, None]
     status, served = web_get(f"/rentals/{rental_id}")
     assert status == 200 and shown == served
     return shown
