@@ -21,20 +21,12 @@ STATUS_NAMES = tuple(status.name.lower() for status in RentalStatus if status is
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    rentals_parser = add_command(
-        commands, "rentals", rentals, "your rentals, as renter and as provider, the most recently opened first"
-    )
+    rentals_parser = add_command(commands, "rentals", rentals)
     rentals_parser.add_argument(
         "--as", dest="role", choices=typing.get_args(Role), help="only the rentals on this side (default: both)"
     )
     rentals_parser.add_argument("--status", choices=STATUS_NAMES, help="only the rentals in this status")
-    balance_parser = add_command(
-        commands,
-        "balance",
-        balance,
-        "what you can withdraw (escrow balance, slash compensation), your stake, and the earnings a claim of your "
-        "running rentals would credit you",
-    )
+    balance_parser = add_command(commands, "balance", balance)
     for parser in (rentals_parser, balance_parser):
         parser.add_argument("--address", type=parse.address, help="another account's (default: your key's account)")
 

@@ -40,7 +40,7 @@ PREFIX = "GPUEX_AGENT_"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "agent", "the provider agent: runs rentals' jobs and reports their telemetry")
+    group = add_group(commands, "agent")
     run_parser = add_command(group, "run", run, "run the agent until interrupted (NVML telemetry by default)")
     run_parser.add_argument(
         "--provider",

@@ -10,13 +10,15 @@ import signal
 import sys
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
-from pydantic import ValidationError
+from offchain.cli.commands import COMMANDS
+from offchain.ops.devnetdir import DEFAULT_DIR as DEFAULT_DEVNET_DIR
 
-from offchain.cli.output import per_hour
-from offchain.market.offers import TokenInfo
-from offchain.ops.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
+if TYPE_CHECKING:  # imported where used: `gpuex --help` imports no more than this module and the standard library
+    from pydantic import ValidationError
+
+    from offchain.market.offers import TokenInfo
 
 NETWORK_ENV = "GPUEX_NETWORK"
 RPC_URL_ENV = "GPUEX_RPC_URL"
@@ -91,10 +93,12 @@ def add_command(
     subparsers: argparse._SubParsersAction,
     name: str,
     handler: Callable[[argparse.Namespace], Any],
-    help: str,
+    help: str | None = None,
     description: str | None = None,
 ) -> argparse.ArgumentParser:
-    """Adds a command that runs `handler(args)` (a function returning an `ExitStatus`, or a coroutine of one)."""
+    """Adds a command that runs `handler(args)` (a function returning an `ExitStatus`, or a coroutine of one). A
+    top-level command's help is its line in `offchain.cli.commands.COMMANDS`."""
+    help = help if help is not None else COMMANDS[name].help
     parser = subparsers.add_parser(name, help=help, description=description or help)
     add_common_options(parser, top_level=False)
     parser.set_defaults(handler=handler)
@@ -108,8 +112,10 @@ def add_job_command(parser: argparse.ArgumentParser) -> None:
     parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [-- CMD [ARG ...]]"
 
 
-def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
-    """Adds a command group (`gpuex provider ...`) and returns the subparsers its commands go into."""
+def add_group(subparsers: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction:
+    """Adds a top-level command group (`gpuex provider ...`), with its help from `offchain.cli.commands.COMMANDS`,
+    and returns the subparsers its commands go into."""
+    help = COMMANDS[name].help
     parser = subparsers.add_parser(name, help=help, description=help)
     return parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
@@ -130,6 +136,8 @@ def invalid(exc: ValidationError, what: str) -> UsageError:
 
 def price_units(token: TokenInfo, per_hour_price, what: str = "--price-per-hour") -> int:
     """Token units per second of a human price per hour; refuses a price that rounds to zero."""
+    from offchain.market.units import per_hour
+
     units = token.per_second(per_hour_price)
     if units <= 0:
         raise UsageError(

@@ -18,7 +18,7 @@ FIRST_PROFILE = "default"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "config", "the config file's profiles: network, RPC, key file, devnet directory")
+    group = add_group(commands, "config")
     add_command(group, "show", show, "the settings a command would use, and where each comes from")
     set_parser = add_command(
         group, "set", set_value, "set a setting in a profile (--profile; default: the file's default profile)"

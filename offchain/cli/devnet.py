@@ -19,7 +19,7 @@ from offchain.web.app import WEB_PREFIX
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "devnet", "a local chain with the suite deployed and an oracle running")
+    group = add_group(commands, "devnet")
     up_parser = add_command(group, "up", up, "start anvil and the oracle in the background, deploy and fund roles")
     up_parser.add_argument("--port", type=int, default=devnet.DEFAULT_PORT, help="anvil's port (default %(default)s)")
     up_parser.add_argument(

@@ -21,7 +21,7 @@ from offchain.protocol.messages import gpu_uuid_hash
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "offer", "a provider's offers")
+    group = add_group(commands, "offer")
     create_parser = add_command(
         group, "create", create, "list registered GPUs as one offer (default: every GPU NVML sees)"
     )

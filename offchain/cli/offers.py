@@ -20,7 +20,7 @@ from offchain.market.offers import OfferQuery, SortKey, search_offers
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "offers", "the market as a renter sees it")
+    group = add_group(commands, "offers")
     search_parser = add_command(group, "search", search, "offers that pass every filter, cheapest first")
     search_parser.add_argument("--gpu-model", help="part of the GPU model, any case (h100 matches H100-80GB)")
     search_parser.add_argument("--gpus", type=parse.positive_int, metavar="N", help="at least N GPUs")

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "oracle", "oracle services")
+    group = add_group(commands, "oracle")
     serve_parser = add_command(
         group, "serve", serve, "run an oracle (ingest, co-signing; batching and keeping in its turn)"
     )

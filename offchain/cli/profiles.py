@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from offchain.cli.args import DEVNET_DIR_ENV, NETWORK_ENV, RPC_URL_ENV, UsageError
-from offchain.ops.devnet import DEFAULT_DIR as DEFAULT_DEVNET_DIR
+from offchain.ops.devnetdir import DEFAULT_DIR as DEFAULT_DEVNET_DIR
 
 CONFIG_ENV = "GPUEX_CONFIG"
 PROFILE_ENV = "GPUEX_PROFILE"

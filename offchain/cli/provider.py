@@ -16,7 +16,7 @@ from offchain.protocol.messages import gpu_uuid_hash
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    group = add_group(commands, "provider", "a provider's stake, agent key, agent URL and GPUs")
+    group = add_group(commands, "provider")
     stake_parser = add_command(group, "stake", stake, "add stake (collateral for rentals of your offers)")
     stake_parser.add_argument("--amount", type=parse.amount, required=True, help="in the stake token, e.g. 500")
     stake_parser.add_argument(

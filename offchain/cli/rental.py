@@ -47,7 +47,7 @@ TELEMETRY_TIMEOUT_SECONDS = 10.0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    rent_parser = add_command(commands, "rent", rent, "rent an offer: pay its deposit into escrow with a job to run")
+    rent_parser = add_command(commands, "rent", rent)
     rent_parser.add_argument("offer_id", type=parse.positive_int, metavar="OFFER")
     rent_parser.add_argument("--duration", type=parse.duration, required=True, help="e.g. 90m, 2h, 3600 (seconds)")
     access.add_spec_options(rent_parser)
@@ -70,9 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_job_command(rent_parser)
 
-    group = add_group(
-        commands, "rental", "a rental's state, live utilisation, early end, and its job: spec, logs, results, shell"
-    )
+    group = add_group(commands, "rental")
     for name, handler, text in (
         ("status", status, "state, coverage, delivered seconds, utilisation, earned, claimed, refunded, slash"),
         ("terminate", terminate, "end your rental now: cancel before the start, else refund the unused time"),
@@ -99,13 +97,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     access.register(group)
 
-    add_command(
-        commands,
-        "withdraw",
-        withdraw,
-        "withdraw what the escrow credited you (earnings, refunds) and slash compensation",
-    )
-    add_command(commands, "faucet", faucet, "claim test payment tokens (deployments with the test token only)")
+    add_command(commands, "withdraw", withdraw)
+    add_command(commands, "faucet", faucet)
 
 
 def _max_price_units(token: TokenInfo, per_hour_price: Decimal) -> int:

@@ -18,7 +18,7 @@ DEFAULT_PORT = 8710
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = add_command(commands, "web", serve, "serve the marketplace web page (offers, rentals, providers)")
+    parser = add_command(commands, "web", serve)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument(
         "--port", type=parse.positive_int, default=DEFAULT_PORT, help="port to listen on (default %(default)s)"

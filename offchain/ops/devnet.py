@@ -44,6 +44,7 @@ from offchain.chain.rpc import connect
 from offchain.chain.tx.oneshot import Wallet
 from offchain.ops import roles
 from offchain.ops.deploy import USDC, DeployRequest, SuiteParams, deploy
+from offchain.ops.devnetdir import DEFAULT_DIR
 from offchain.ops.processes import process_alive
 
 #: The roles the devnet writes a key file for (offchain.ops.roles has their accounts).
@@ -51,7 +52,6 @@ ROLES = ("deployer", "treasury", "oracle", "provider", "agent", "renter", "rente
 FUNDED_ROLES = ("provider", "renter", "renter2", "provider2")
 FUNDING = 100_000 * USDC
 
-DEFAULT_DIR = Path("gpuex-devnet")
 DEFAULT_PORT = 8555
 DEFAULT_ORACLE_PORT = 8700
 DEVNET_CHAIN_ID = 31337
