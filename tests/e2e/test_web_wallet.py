@@ -9,32 +9,19 @@ Screenshots go to out/test-artifacts/web-wallet-*.png; the page's load time to i
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
-import aiohttp
-from eth_account import Account
 from selenium.webdriver.common.by import By
 
-from offchain.agent.containers import ContainerSettings
-from offchain.agent.service import ProviderAgent
-from offchain.agent.settings import ProviderAgentSettings
 from offchain.chain import deployments
 from offchain.chain.contracts import contract
-from offchain.chain.rpc import connect
-from offchain.chain.tx.oneshot import Wallet
-from offchain.market.offers import pack_text
-from offchain.ops import devnet
-from offchain.ops.deploy import USDC
-from offchain.protocol.messages import gpu_uuid_hash
 from offchain.telemetry.simulated import SimulatedSource
 from tests.e2e.browser import ARTIFACTS, WAIT_SECONDS, inject_wallet, screenshot, wait, wallet_calls
-from tests.e2e.test_web import OFFERS, TABLE_TEXT
+from tests.e2e.webmarket import OFFERS, list_offers, market_devnet, provider_agent, rows, running, until_rental, wallet
 
 ANVIL_PORT = 9300
 ORACLE_PORT = 9301
 AGENT_API_PORT = 9302
-MAX_UINT = 2**256 - 1
 #: Records when the first offer row appears, in milliseconds since the navigation started.
 FIRST_ROW_PROBE = """
 new MutationObserver((_, observer) => {
@@ -56,123 +43,37 @@ def test_a_renter_rents_terminates_and_withdraws_and_a_provider_reprices_and_pau
 
 
 async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
-    state_dir = tmp_path / "devnet"
-    state = await devnet.up(
-        state_dir,
-        port=ANVIL_PORT,
-        oracle_port=ORACLE_PORT,
-        epoch_seconds=1.0,
-        checkpoint_interval_seconds=2,
-        say=lambda _: None,
-    )
-    w3 = connect(state.rpc_url)
-    agent_task = None
-    try:
+    async with market_devnet(tmp_path, ANVIL_PORT, ORACLE_PORT) as (state, state_dir, w3):
         source = SimulatedSource(gpu_count=2, seed=11)
-        await _market(w3, state, state_dir, source)
-        agent = ProviderAgent(
-            ProviderAgentSettings(
-                chain=state.deployment.chain_settings(state.rpc_url),
-                key=_key(state_dir, "agent"),
-                provider=state.accounts["provider"],
-                oracles=[state.oracle_url],
-                allow_simulated=True,
-                state_dir=tmp_path / "agent",
-                report_interval_seconds=1.0,
-                chain_poll_seconds=0.5,
-                start_block=state.deployment.start_block,
-                retry_initial_seconds=0.2,
-                retry_max_seconds=1.0,
-                container=ContainerSettings(default_image=job_image),
-                keep_jobs_on_exit=False,
-                api_port=AGENT_API_PORT,
-            ),
-            source,
-        )
-        agent_task = asyncio.create_task(agent.run(), name="agent")
-        web = f"{state.oracle_url}/web"
-        record = state.deployment
-        token = contract(w3, "TestStablecoin", record.payment_token)
-        registry = contract(w3, "ProviderRegistry", record.registry)
-        renter, provider = state.accounts["renter"], state.accounts["provider"]
+        await list_offers(w3, state, state_dir, source, agent_url=f"http://127.0.0.1:{AGENT_API_PORT}")
+        agent = provider_agent(state, state_dir, tmp_path / "agent", source, job_image, api_port=AGENT_API_PORT)
+        async with running(agent) as agent_task:
+            web = f"{state.oracle_url}/web"
+            record = state.deployment
+            token = contract(w3, "TestStablecoin", record.payment_token)
+            registry = contract(w3, "ProviderRegistry", record.registry)
+            renter, provider = state.accounts["renter"], state.accounts["provider"]
 
-        first_row_ms = await asyncio.to_thread(_without_a_wallet, driver, web)
-        inject_wallet(driver, state.rpc_url, renter)
-        rental = await asyncio.to_thread(_rent, driver, web, 1)
-        await _until_status(f"{web}/api/rentals/{rental}", "running", agent_task)
-        held_before = await token.functions.balanceOf(renter).call()
-        await asyncio.to_thread(_terminate_and_withdraw, driver, web, rental)
-        held_after = await token.functions.balanceOf(renter).call()
-        assert held_after > held_before, "the withdrawal brought the unused deposit back to the wallet"
+            first_row_ms = await asyncio.to_thread(_without_a_wallet, driver, web)
+            inject_wallet(driver, state.rpc_url, renter)
+            rental = await asyncio.to_thread(_rent, driver, web, 1)
+            await until_rental(f"{web}/api/rentals/{rental}", lambda r: r["status"] == "running", "start", agent_task)
+            held_before = await token.functions.balanceOf(renter).call()
+            await asyncio.to_thread(_terminate_and_withdraw, driver, web, rental)
+            held_after = await token.functions.balanceOf(renter).call()
+            assert held_after > held_before, "the withdrawal brought the unused deposit back to the wallet"
 
-        # The price guard: the provider raises the price after the renter saw it; the escrow refuses, named.
-        await asyncio.to_thread(_choose_offer, driver, web, 2)
-        provider_wallet = Wallet(w3, Account.from_key(_key(state_dir, "provider")))
-        await provider_wallet.transact(registry.functions.updateOfferPrice(2, OFFERS[1][5] + 100))
-        await asyncio.to_thread(_rent_is_refused_over_the_price_guard, driver)
+            # The price guard: the provider raises the price after the renter saw it; the escrow refuses, named.
+            await asyncio.to_thread(_choose_offer, driver, web, 2)
+            raise_price = registry.functions.updateOfferPrice(2, OFFERS[1][5] + 100)
+            await wallet(w3, state_dir, "provider").transact(raise_price)
+            await asyncio.to_thread(_rent_is_refused_over_the_price_guard, driver)
 
-        inject_wallet(driver, state.rpc_url, provider)  # the wallet of the pages loaded from now on
-        await asyncio.to_thread(_provider_actions, driver, web, provider)
-        offer = await registry.functions.getOffer(2).call()
-        assert offer[6] == 1_000  # pricePerSecond: 3.60 tUSD/h
-        print(f"\npage load to the first offer row (cold, headless): {first_row_ms:.0f} ms")
-    finally:
-        if agent_task is not None:
-            agent_task.cancel()
-            await asyncio.gather(agent_task, return_exceptions=True)
-        await w3.provider.disconnect()
-        devnet.down(state_dir, say=lambda _: None)
-
-
-def _key(state_dir: Path, role: str) -> str:
-    return devnet.key_path(state_dir, role).read_text().strip()
-
-
-async def _market(w3, state, state_dir: Path, source: SimulatedSource) -> None:
-    """Stakes both providers and lists OFFERS as offers 1 to 4, the first over the GPUs of `source`; the provider
-    sets its agent key and publishes the agent's URL. Nothing is rented."""
-    record = state.deployment
-    token = contract(w3, "TestStablecoin", record.payment_token)
-    registry = contract(w3, "ProviderRegistry", record.registry)
-    wallets = {role: Wallet(w3, Account.from_key(_key(state_dir, role))) for role in ("provider", "provider2")}
-    uuids = {
-        role: [f"GPU-wallet-test-{role}-{i}" for i in range(sum(c for r, c, *_ in OFFERS if r == role))]
-        for role in ("provider", "provider2")
-    }
-    uuids["provider"][:2] = [gpu.uuid for gpu in source.gpus()]
-
-    async def provider(role: str) -> None:
-        wallet = wallets[role]
-        await wallet.transact(token.functions.approve(record.registry, MAX_UINT))
-        await wallet.transact(registry.functions.stake(1_000 * USDC))
-        if role == "provider":
-            await wallet.transact(registry.functions.setAgent(state.accounts["agent"]))
-            await wallet.transact(registry.functions.setAgentUrl(f"http://127.0.0.1:{AGENT_API_PORT}"))
-        await wallet.transact(registry.functions.registerGpus([gpu_uuid_hash(u) for u in uuids[role]]))
-
-    await asyncio.gather(provider("provider"), provider("provider2"))
-    for role, count, model, vram, region, price in OFFERS:  # one at a time, so that the ids are 1 to 4
-        hashes = [gpu_uuid_hash(uuids[role].pop(0)) for _ in range(count)]
-        terms = (pack_text(model, 32), vram, price, 60, 86_400, pack_text(region, 16), 10_000, False, hashes)
-        await wallets[role].transact(registry.functions.createOffer(terms))
-
-
-async def _until_status(url: str, status: str, agent_task: asyncio.Task) -> None:
-    deadline = time.monotonic() + 3 * WAIT_SECONDS
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if agent_task.done():
-                agent_task.result()
-                raise AssertionError("the agent stopped")
-            async with session.get(url) as response:
-                if response.status == 200 and (await response.json())["status"] == status:
-                    return
-            assert time.monotonic() < deadline, f"the rental is not {status} within {3 * WAIT_SECONDS} s"
-            await asyncio.sleep(0.5)
-
-
-def _rows(driver, table: str) -> list[list[str]]:
-    return driver.execute_script(TABLE_TEXT, table)
+            inject_wallet(driver, state.rpc_url, provider)  # the wallet of the pages loaded from now on
+            await asyncio.to_thread(_provider_actions, driver, web, provider)
+            offer = await registry.functions.getOffer(2).call()
+            assert offer[6] == 1_000  # pricePerSecond: 3.60 tUSD/h
+    print(f"\npage load to the first offer row (cold, headless): {first_row_ms:.0f} ms")
 
 
 def _text(driver, element_id: str) -> str:
@@ -203,7 +104,7 @@ def _without_a_wallet(driver, web: str) -> float:
     offer row in milliseconds."""
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": FIRST_ROW_PROBE})
     driver.get(web + "/")
-    wait(driver, lambda d: len(_rows(d, "offers")) == 4, "the four offers")
+    wait(driver, lambda d: len(rows(d, "offers")) == 4, "the four offers")
     first_row_ms = driver.execute_script("return window.__firstOfferRow;")
     assert "No browser wallet found" in _text(driver, "wallet")
     return float(first_row_ms)
@@ -249,10 +150,10 @@ def _terminate_and_withdraw(driver, web: str, rental: str) -> None:
     driver.get(web + "/account")
     wait(
         driver,
-        lambda d: any(r[0] == rental and r[4] == "running" for r in _rows(d, "my-rentals")),
+        lambda d: any(r[0] == rental and r[4] == "running" for r in rows(d, "my-rentals")),
         "the running rental under My rentals",
     )
-    assert _rows(driver, "my-rentals")[0][1] == "renter"
+    assert rows(driver, "my-rentals")[0][1] == "renter"
     screenshot(driver, "web-wallet-account.png")
     driver.find_element(By.CSS_SELECTOR, f"button.terminate[data-rental='{rental}']").click()
     _until_tx(driver, f"Terminate rental {rental}")
@@ -261,7 +162,7 @@ def _terminate_and_withdraw(driver, web: str, rental: str) -> None:
     driver.find_element(By.ID, "withdraw").click()
     _until_tx(driver, "Withdraw")
     wait(driver, lambda d: "0.00 tUSD" in _text(d, "escrow-balance"), "the withdrawable balance to be spent")
-    assert [r[4] for r in _rows(driver, "my-rentals") if r[0] == rental] == ["terminated"]
+    assert [r[4] for r in rows(driver, "my-rentals") if r[0] == rental] == ["terminated"]
     screenshot(driver, "web-wallet-withdrawn.png")
 
 
@@ -289,13 +190,13 @@ def _provider_actions(driver, web: str, provider: str) -> None:
     price.send_keys("3.6")
     driver.find_element(By.ID, "reprice-submit").click()
     _until_tx(driver, "Reprice offer #2 to 3.6 tUSD/h")
-    wait(driver, lambda d: [r[5] for r in _rows(d, "offers") if r[0] == "#2"] == ["3.60 tUSD"], "the new price")
+    wait(driver, lambda d: [r[5] for r in rows(d, "offers") if r[0] == "#2"] == ["3.60 tUSD"], "the new price")
     driver.find_element(By.CSS_SELECTOR, "button.act[data-action='pause'][data-offer='2']").click()
     _until_tx(driver, "Pause offer #2")
     resume = "button.act[data-action='resume'][data-offer='2']"
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, resume), "the paused offer's Resume button")
-    assert [r[8] for r in _rows(driver, "offers") if r[0] == "#2"] == ["paused"]
+    assert [r[8] for r in rows(driver, "offers") if r[0] == "#2"] == ["paused"]
     screenshot(driver, "web-wallet-provider.png")
     driver.find_element(By.CSS_SELECTOR, resume).click()
     _until_tx(driver, "Resume offer #2")
-    wait(driver, lambda d: [r[8] for r in _rows(d, "offers") if r[0] == "#2"] == ["available"], "the offer resumed")
+    wait(driver, lambda d: [r[8] for r in rows(d, "offers") if r[0] == "#2"] == ["available"], "the offer resumed")
