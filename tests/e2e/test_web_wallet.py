@@ -32,6 +32,20 @@ new MutationObserver((_, observer) => {
 }).observe(document, { childList: true, subtree: true });
 """
 
+#: Puts the test wallet on chain 1 until the page asks it to switch (run after `inject_wallet`).
+ON_ANOTHER_CHAIN = """
+(() => {
+  const wallet = window.ethereum;
+  const forward = wallet.request.bind(wallet);
+  let chainId = "0x1";
+  wallet.request = async ({ method, params }) => {
+    if (method === "eth_chainId") { window.__walletCalls.push(method); return chainId; }
+    if (method === "wallet_switchEthereumChain") chainId = params[0].chainId;
+    return forward({ method, params });
+  };
+})();
+"""
+
 
 def test_a_renter_rents_terminates_and_withdraws_and_a_provider_reprices_and_pauses_in_the_browser(
     tmp_path, monkeypatch, browser, job_image
@@ -73,11 +87,18 @@ async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
             await asyncio.to_thread(_provider_actions, driver, web, provider)
             offer = await registry.functions.getOffer(2).call()
             assert offer[6] == 1_000  # pricePerSecond: 3.60 tUSD/h
+
+            driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": ON_ANOTHER_CHAIN})
+            await asyncio.to_thread(_wrong_chain, driver, web, record.chain_id)
     print(f"\npage load to the first offer row (cold, headless): {first_row_ms:.0f} ms")
 
 
 def _text(driver, element_id: str) -> str:
     return driver.find_element(By.ID, element_id).text
+
+
+def _rent_state(driver) -> str | None:
+    return driver.find_element(By.ID, "rent-status").get_attribute("data-state")
 
 
 def _tx_states(driver) -> list[tuple[str, str]]:
@@ -131,13 +152,11 @@ def _rent(driver, web: str, offer_id: int) -> str:
     driver.find_element(By.ID, "rent-submit").click()
     wait(
         driver,
-        lambda d: d.find_element(By.ID, "rent-status").get_attribute("data-state") in ("confirmed", "failed"),
+        lambda d: _rent_state(d) in ("confirmed", "failed"),
         "the rental to open and its spec to be uploaded",
         seconds=3 * WAIT_SECONDS,
     )
-    assert driver.find_element(By.ID, "rent-status").get_attribute("data-state") == "confirmed", _text(
-        driver, "rent-status"
-    )
+    assert _rent_state(driver) == "confirmed", _text(driver, "rent-status")
     calls = wallet_calls(driver)
     assert calls.count("eth_sendTransaction") == 2  # approve, openRental
     assert "eth_signTypedData_v4" in calls  # the spec upload
@@ -172,9 +191,7 @@ def _rent_is_refused_over_the_price_guard(driver) -> None:
     _until_tx(driver, "Rent offer #2", "failed")
     status = wait(
         driver,
-        lambda d: (
-            d.find_element(By.ID, "rent-status").get_attribute("data-state") == "failed" and _text(d, "rent-status")
-        ),
+        lambda d: _rent_state(d) == "failed" and _text(d, "rent-status"),
         "the refusal",
     )
     assert status.startswith("Escrow_PriceAboveMax(offerId=2, pricePerSecond=800, maxPricePerSecond=700)"), status
@@ -200,3 +217,21 @@ def _provider_actions(driver, web: str, provider: str) -> None:
     driver.find_element(By.CSS_SELECTOR, resume).click()
     _until_tx(driver, "Resume offer #2")
     wait(driver, lambda d: [r[8] for r in rows(d, "offers") if r[0] == "#2"] == ["available"], "the offer resumed")
+
+
+def _wrong_chain(driver, web: str, chain_id: int) -> None:
+    """A wallet on another chain: the bar says so, a rent is refused before anything is sent, and Switch asks
+    the wallet for the deployment's chain."""
+    _choose_offer(driver, web, 4)
+    wrong = wait(driver, lambda d: d.find_elements(By.ID, "wrong-chain"), "the wrong-chain warning")[0]
+    assert wrong.text == f"wrong network: the wallet is on chain 1, the market on {chain_id}"
+    driver.find_element(By.ID, "rent-command").send_keys("true")
+    sent_before = wallet_calls(driver).count("eth_sendTransaction")
+    driver.find_element(By.ID, "rent-submit").click()
+    wait(driver, lambda d: _rent_state(d) == "failed", "the refusal on the wrong chain")
+    assert _text(driver, "rent-status") == f"the wallet is on chain 1; switch it to chain {chain_id}"
+    assert wallet_calls(driver).count("eth_sendTransaction") == sent_before
+    screenshot(driver, "web-wallet-wrong-chain.png")
+    driver.find_element(By.ID, "switch-chain").click()
+    wait(driver, lambda d: not d.find_elements(By.ID, "wrong-chain"), "the warning to go once switched")
+    assert "wallet_switchEthereumChain" in wallet_calls(driver)

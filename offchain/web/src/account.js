@@ -3,19 +3,12 @@
 // live rentals as a provider, with its rentals as renter and as provider (`api/rentals?renter=` / `?provider=`);
 // withdraw, withdraw compensation and terminate are sent through the wallet.
 import { formatUnits } from "viem";
+import { getJson } from "./api.js";
 import { connectedAccount, read, send } from "./wallet.js";
 
 /* global gpuex -- common.js, the page's shared helpers, loaded before the bundle */
 
 const LIVE_FOR_RENTER = new Set(["open", "running"]);
-
-async function getJson(path, missingOk) {
-  const response = await fetch(path, { cache: "no-store" });
-  if (missingOk && response.status === 404) return null;
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.detail || response.statusText);
-  return body;
-}
 
 let refresh = async () => {};
 

@@ -2,6 +2,7 @@
 // (`ProviderRegistry.pauseOffer`, `resumeOffer`, `updateOfferPrice`). The buttons are built for the page's plain
 // script, which draws the offers table (`offerActions`); their clicks are handled here.
 import { formatUnits, parseUnits } from "viem";
+import { getJson } from "./api.js";
 import { describeError, isConnected, send } from "./wallet.js";
 
 const SECONDS_PER_HOUR = 3600n;
@@ -32,13 +33,8 @@ function say(text, state) {
   status.dataset.state = state;
 }
 
-async function decimals() {
-  const response = await fetch("api/market", { cache: "no-store" });
-  return (await response.json()).payment_token;
-}
-
 async function reprice(offerId) {
-  const token = await decimals();
+  const token = (await getJson("api/market")).payment_token;
   const perHour = parseUnits(document.getElementById("reprice-price").value.trim() || "0", token.decimals);
   const perSecond = perHour / SECONDS_PER_HOUR;
   if (perSecond === 0n) throw new Error("the price must be above zero");

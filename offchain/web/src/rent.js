@@ -2,18 +2,14 @@
 // for the deposit when it is short, `openRental` with the price shown as the price guard, then the spec uploaded to
 // the provider's agent through the renter API (signed by the wallet).
 import { formatUnits, parseEventLogs, parseUnits } from "viem";
+import { getJson } from "./api.js";
 import { buildSpec, specHash, splitCommand } from "./jobspec.js";
 import { checkedAgent, uploadSpec } from "./renterapi.js";
-import { connect, connectedAccount, deployment, describeError, read, send, txEntry } from "./wallet.js";
+import { deployment, describeError, ensureReady, read, send, txEntry } from "./wallet.js";
+
+/* global gpuex -- common.js, the page's shared helpers, loaded before the bundle */
 
 const SECONDS_PER_HOUR = 3600n;
-
-async function getJson(path) {
-  const response = await fetch(path, { cache: "no-store" });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.detail || response.statusText);
-  return body;
-}
 
 let chosen = null; // {offer, token}
 
@@ -50,13 +46,14 @@ async function choose(offerId) {
   const offer = offers.find((o) => o.offer_id === offerId);
   if (!offer) throw new Error("no offer #" + offerId);
   chosen = { offer, token: market.payment_token };
-  const { symbol } = chosen.token;
+  const { amount, duration } = gpuex;
   document.getElementById("rent-offer").textContent =
-    `#${offer.offer_id}: ${offer.gpu_count} × ${offer.gpu_model} in ${offer.region} at ${offer.price_per_hour} ` +
-    `${symbol}/h (at most this price), for ${offer.min_duration} s to ${offer.max_duration} s`;
+    `#${offer.offer_id}: ${offer.gpu_count} × ${offer.gpu_model} in ${offer.region} at ` +
+    `${amount(offer.price_per_hour, chosen.token.symbol)}/h (at most this price), ` +
+    `for ${duration(offer.min_duration)} to ${duration(offer.max_duration)}`;
   panel().dataset.offer = String(offer.offer_id);
   panel().hidden = false;
-  say(connectedAccount() ? "" : "Connect a wallet to rent.", "");
+  say("", "");
   showDeposit();
   panel().scrollIntoView({ block: "nearest" });
 }
@@ -66,15 +63,17 @@ async function rent() {
   const hours = Number(document.getElementById("rent-hours").value);
   const seconds = Math.round(hours * 3600);
   if (!(seconds >= offer.min_duration && seconds <= offer.max_duration)) {
-    throw new Error(`the offer rents for ${offer.min_duration} s to ${offer.max_duration} s, not ${seconds} s`);
+    const { duration } = gpuex;
+    throw new Error(`the offer rents for ${duration(offer.min_duration)} to ${duration(offer.max_duration)}, ` +
+                    `not ${duration(seconds)}`);
   }
   const spec = buildSpec({
     command: splitCommand(document.getElementById("rent-command").value),
     image: document.getElementById("rent-image").value.trim(),
   });
   const hash = specHash(spec);
-  const from = connectedAccount() || (await connect());
-  const deployed = await deployment();
+  // The wallet's account on the deployment's chain before anything is read or sent.
+  const { from, deployed } = await ensureReady();
   const price = pricePerSecond(offer, token);
   const deposit = price * BigInt(seconds);
 

@@ -3,7 +3,7 @@
 // the Gpuex-* headers, in a domain bound to the chain and the escrow. The agent is another origin; it answers CORS.
 import { bytesToHex, keccak256, stringToBytes, zeroHash } from "viem";
 import { signTypedData } from "viem/actions";
-import { signer } from "./wallet.js";
+import { ensureReady } from "./wallet.js";
 
 const VALIDITY_SECONDS = 60;
 const UPLOAD_WAIT_MILLISECONDS = 30_000;
@@ -11,7 +11,7 @@ const UPLOAD_RETRY_MILLISECONDS = 1_000;
 
 /** The headers that authenticate one request of the connected renter (the wallet signs `eth_signTypedData_v4`). */
 export async function signedHeaders(rentalId, action, body = "") {
-  const { wallet, from, deployed } = await signer();
+  const { wallet, from, deployed } = await ensureReady();
   const expiry = BigInt(Math.floor(Date.now() / 1000) + VALIDITY_SECONDS);
   const nonce = bytesToHex(crypto.getRandomValues(new Uint8Array(32)));
   const signature = await signTypedData(wallet, {
@@ -38,7 +38,7 @@ export async function signedHeaders(rentalId, action, body = "") {
 
 /** The agent at `agentUrl`, checked to hold the provider's registered agent key and to serve this deployment. */
 export async function checkedAgent(agentUrl, agentKey) {
-  const { deployed } = await signer();
+  const { deployed } = await ensureReady();
   const response = await fetch(agentUrl.replace(/\/+$/, "") + "/v1/agent");
   if (!response.ok) throw new Error(`the provider's agent at ${agentUrl} answers ${response.status}`);
   const info = await response.json();

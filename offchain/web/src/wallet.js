@@ -82,8 +82,8 @@ async function switchChain() {
   await checkChain();
 }
 
-/** The connected account on the deployment's chain, or a thrown reason for people. */
-async function ready() {
+/** The wallet client and the connected account on the deployment's chain, or a thrown reason for people. */
+export async function ensureReady() {
   if (account === null) await connect();
   if (!(await checkChain())) {
     throw new Error(`the wallet is on chain ${chainState.current}; switch it to chain ${chainState.wanted}`);
@@ -93,8 +93,7 @@ async function ready() {
 
 /** A view call on one of the deployment's contracts ("escrow", "registry", "payment_token", "stake_token"). */
 export async function read(role, functionName, args = []) {
-  const wallet = walletClient();
-  if (wallet === null) throw new Error(NO_WALLET);
+  const { wallet } = await ensureReady();
   const { address, abi } = (await deployment())[role];
   return readContract(wallet, { address, abi, functionName, args });
 }
@@ -107,7 +106,7 @@ export async function read(role, functionName, args = []) {
 export async function send(label, role, functionName, args = []) {
   const entry = txEntry(label);
   try {
-    const { wallet, from, deployed } = await ready();
+    const { wallet, from, deployed } = await ensureReady();
     const { address, abi } = deployed[role];
     entry.set("pending", "waiting for the wallet…");
     const { request } = await simulateContract(wallet, { account: from, address, abi, functionName, args, chain: null });
@@ -201,10 +200,4 @@ export async function startWallet() {
     setAccount(getAddress(known));
     await checkChain();
   }
-}
-
-/** The wallet client and account for typed-data signing (the renter API). */
-export async function signer() {
-  const { wallet, from, deployed } = await ready();
-  return { wallet, from, deployed };
 }
