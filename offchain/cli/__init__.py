@@ -36,7 +36,7 @@ from offchain.ops.devnet import DevnetError
 from offchain.oracle.metrics import MetricsFormatError
 from offchain.telemetry.source import TelemetryError
 
-COMMAND_MODULES = ("devnet", "provider", "listing", "offers", "rental", "agent", "oracle", "web")
+COMMAND_MODULES = ("devnet", "provider", "listing", "offers", "rental", "agent", "oracle", "web", "account")
 
 #: Errors of an action that could not be done: `ExitStatus.FAILED`. A node that does not answer is `ChainUnreachable`
 #: wherever the package meets it; the transport errors after it are those of other endpoints (an agent, an oracle).

@@ -11,9 +11,11 @@ from offchain.cli import parse
 from offchain.cli.args import ExitStatus, UsageError, add_command, add_group, invalid, price_units
 from offchain.cli.gpus import add_gpu_options, local_gpus
 from offchain.cli.network import open_context
-from offchain.cli.offers import offer_json, render_offers
+from offchain.cli.offers import render_offers
 from offchain.cli.output import Output, per_hour
+from offchain.market.agentprobe import AgentProbe
 from offchain.market.exchange import OfferResult, OfferTerms
+from offchain.market.figures import OfferFigures, offer_figures
 from offchain.market.offers import MIB_PER_GIB, SECONDS_PER_HOUR, OfferQuery, TokenInfo, search_offers
 from offchain.protocol.messages import gpu_uuid_hash
 
@@ -77,13 +79,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _render_result(out: Output, result: OfferResult, token: TokenInfo, note: str | None = None) -> None:
+    figures = OfferFigures.of(result.offer, token)
+
     def human() -> None:
         out.sent(result)
-        render_offers(out, token, [result.offer])
+        render_offers(out, [figures])
         if note:
             out.print(note)
 
-    out.emit({**result.model_dump(mode="json"), "offer": offer_json(token, result.offer)}, human)
+    out.emit({**result.model_dump(mode="json"), "offer": figures}, human)
 
 
 async def create(args: argparse.Namespace) -> ExitStatus:
@@ -164,8 +168,12 @@ async def list_offers(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=args.provider is None) as ctx:
         provider = args.provider or ctx.client.address
         token = await ctx.client.payment_token()
-        offers = search_offers(
-            await ctx.client.offers(), OfferQuery(provider=provider, include_unavailable=True, sort="offer"), token
+        offers = await offer_figures(
+            search_offers(
+                await ctx.client.offers(), OfferQuery(provider=provider, include_unavailable=True, sort="offer"), token
+            ),
+            token,
+            AgentProbe(),
         )
-    out.emit([offer_json(token, o) for o in offers], lambda: render_offers(out, token, offers))
+    out.emit(offers, lambda: render_offers(out, offers))
     return ExitStatus.OK

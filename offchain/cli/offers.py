@@ -1,19 +1,22 @@
 """`gpuex offers search`: the market, filtered and sorted in the spirit of `vastai search offers`
-(`offchain.market.offers.search_offers`, shared with the web page)."""
+(`offchain.market.offers.search_offers`, shared with the web page). Each offer is `offchain.market.figures`'
+record, as the web API sends it, with whether its provider's agent answers now (`offchain.market.agentprobe`)."""
 
 from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Callable
 
 from rich.table import Table
 
 from offchain.cli import parse
 from offchain.cli.args import ExitStatus, add_command, add_group
 from offchain.cli.network import open_context
-from offchain.cli.output import Output, format_duration, format_gib, money, per_hour, short
-from offchain.market.offers import OfferQuery, OfferRecord, SortKey, TokenInfo, search_offers
-from offchain.protocol.status import OfferStatus
+from offchain.cli.output import Output, short
+from offchain.market.agentprobe import AgentProbe
+from offchain.market.figures import OfferFigures, offer_figures
+from offchain.market.offers import OfferQuery, SortKey, search_offers
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -59,76 +62,37 @@ def register(commands: argparse._SubParsersAction) -> None:
     search_parser.add_argument("--limit", type=parse.positive_int, metavar="N", help="at most N offers")
 
 
-def availability(offer: OfferRecord) -> str:
-    if offer.rentable:
-        return "available"
-    if offer.live_rental_id and offer.status is OfferStatus.ACTIVE:
-        return f"rented ({offer.live_rental_id})"
-    return offer.status.name.lower()
+#: The table's columns: each a heading and what it shows of an offer's figures; numbers are right-aligned.
+COLUMNS: tuple[tuple[str, Callable[[OfferFigures], str], bool], ...] = (
+    ("id", lambda o: str(o.offer_id), True),
+    ("gpus", lambda o: o.display["gpus"], False),
+    ("vram/gpu", lambda o: o.display["vram_gib"], True),
+    ("price", lambda o: o.display["price_per_hour"], True),
+    ("per gpu", lambda o: o.display["price_per_gpu_hour"], True),
+    ("region", lambda o: o.region or "-", False),
+    ("durations", lambda o: o.display["durations"], False),
+    ("util floor", lambda o: o.display["util_floor"], True),
+    ("egress", lambda o: o.display["egress"], False),
+    ("reliability", lambda o: o.display["reliability"], True),
+    ("settled", lambda o: o.display["value_settled"], True),
+    ("renters", lambda o: str(o.distinct_renters), True),
+    ("declines", lambda o: f"{o.declines} ({o.display['decline_rate']})", True),
+    ("agent", lambda o: o.display["agent"], False),
+    ("status", lambda o: o.display["availability"], False),
+    ("provider", lambda o: short(o.provider), False),
+)
 
 
-def render_offers(out: Output, token: TokenInfo, offers: list[OfferRecord]) -> None:
+def render_offers(out: Output, offers: list[OfferFigures]) -> None:
     if not offers:
         out.print("no offers match")
         return
     table = Table(title_justify="left")
-    for column in (
-        "id",
-        "gpus",
-        "vram/gpu",
-        "price",
-        "per gpu",
-        "region",
-        "durations",
-        "egress",
-        "reliability",
-        "settled",
-        "renters",
-        "declines",
-        "status",
-        "provider",
-    ):
-        table.add_column(
-            column,
-            justify="right" if column in ("id", "price", "per gpu", "settled", "renters", "declines") else "left",
-        )
-    for o in offers:
-        track = o.reputation.track_record
-        reliability = "new" if not o.reputation.established(token) or o.reliability is None else f"{o.reliability:.1%}"
-        durations = f"{format_duration(o.min_duration)}-{format_duration(o.max_duration)}"
-        table.add_row(
-            str(o.offer_id),
-            f"{o.gpu_count}x {o.gpu_model}",
-            format_gib(o.vram_mib),
-            per_hour(token, o.price_per_second),
-            per_hour(token, o.price_per_second // o.gpu_count),
-            o.region or "-",
-            durations,
-            "yes" if o.egress else "no",
-            reliability,
-            money(token, track.value_settled),
-            str(track.distinct_renters),
-            str(o.reputation.declines),
-            availability(o),
-            short(o.provider),
-        )
+    for heading, _, numeric in COLUMNS:
+        table.add_column(heading, justify="right" if numeric else "left")
+    for offer in offers:
+        table.add_row(*(show(offer) for _, show, _ in COLUMNS))
     out.print(table)
-
-
-def offer_json(token: TokenInfo, offer: OfferRecord) -> dict:
-    """An offer for scripts: the record (token units, status by name) plus its price per hour in the token and its
-    provider's value-weighted reliability (None for a new provider)."""
-    price_per_hour = format(token.to_human(offer.price_per_hour).normalize(), "f")
-    return {
-        **offer.model_dump(mode="json"),
-        "status": offer.status.name,
-        "price_per_hour": price_per_hour,
-        "vram_gib": offer.vram_gib,
-        "reliability": offer.reliability if offer.reputation.established(token) else None,
-        "value_settled": offer.reputation.track_record.value_settled,
-        "distinct_renters": offer.reputation.track_record.distinct_renters,
-        "available": offer.rentable,
-    }
 
 
 async def search(args: argparse.Namespace) -> ExitStatus:
@@ -149,6 +113,6 @@ async def search(args: argparse.Namespace) -> ExitStatus:
     )
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
-        found = search_offers(await ctx.client.offers(), query, token)
-    out.emit([offer_json(token, o) for o in found], lambda: render_offers(out, token, found))
+        found = await offer_figures(search_offers(await ctx.client.offers(), query, token), token, AgentProbe())
+    out.emit(found, lambda: render_offers(out, found))
     return ExitStatus.OK

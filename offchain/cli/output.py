@@ -1,5 +1,5 @@
-"""Output for people (rich tables and lines) or, with `--json`, for scripts; and the human formatting of amounts,
-prices, sizes, durations, times, percentages and addresses."""
+"""Output for people (rich tables and lines) or, with `--json`, for scripts; the human formatting of amounts, prices,
+sizes, durations and percentages is `offchain.market.units`' (the web page's too), of times and addresses here."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from offchain.cli.parse import DURATION_UNITS
+from offchain.market import units
 from offchain.market.exchange import ActionResult
-from offchain.market.offers import SECONDS_PER_HOUR, TokenInfo
+from offchain.market.units import money, per_hour
+
+__all__ = ["Output", "format_duration", "format_gib", "money", "per_hour", "percent_bps", "short", "when"]
 
 
 class Output:
@@ -80,34 +82,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def money(token: TokenInfo, units: int) -> str:
-    """An amount for people: `1,000.00 tUSD`, `7.2108 tUSD` (at least two decimals, no trailing zeros beyond)."""
-    text = f"{token.to_human(units):,.{token.decimals}f}"
-    if "." in text:
-        whole, fraction = text.split(".")
-        fraction = fraction.rstrip("0").ljust(min(2, token.decimals), "0")
-        text = f"{whole}.{fraction}" if fraction else whole
-    return f"{text} {token.symbol}"
-
-
-def per_hour(token: TokenInfo, price_per_second: int) -> str:
-    """A per-second price in token units as a price per hour for people: `7.20 tUSD/h`."""
-    return f"{money(token, price_per_second * SECONDS_PER_HOUR)}/h"
-
-
 def format_gib(mib: int) -> str:
     """A size in MiB in GiB for people: `79.6 GiB` (`offchain.cli.parse.gib` reads one from the command line)."""
-    return f"{mib / 1024:.1f} GiB"
+    return units.gib(mib)
 
 
 def format_duration(seconds: int) -> str:
-    """`5400` -> `1h30m`, `45` -> `45s`, `0` -> `0s`."""
-    parts = []
-    for unit, size in DURATION_UNITS.items():
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"
+    """`5400` -> `1h 30m`, `45` -> `45s`, `0` -> `0s` (`offchain.cli.parse.duration` reads it back)."""
+    return units.duration(seconds)
 
 
 def when(timestamp: int | None) -> str | None:
@@ -116,7 +98,7 @@ def when(timestamp: int | None) -> str | None:
 
 
 def percent_bps(bps: int | None) -> str | None:
-    return None if bps is None else f"{bps / 100:.1f}%"
+    return units.percent(units.fraction_bps(bps))
 
 
 def short(address: str) -> str:

@@ -14,10 +14,9 @@ from decimal import Decimal, InvalidOperation
 
 from web3 import Web3
 
+from offchain.market.units import DURATION_UNITS
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 
-#: Duration units, largest first (`offchain.cli.output.format_duration` writes durations with them too).
-DURATION_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -64,8 +63,8 @@ def percent(text: str) -> float:
 
 
 def duration(text: str) -> int:
-    """A positive duration in seconds: `3600`, `90m`, `2h`, `1h30m`, `1d`."""
-    cleaned = text.strip().lower()
+    """A positive duration in seconds: `3600`, `90m`, `2h`, `1h30m`, `1d`; or as it is shown, `1h 30m`."""
+    cleaned = "".join(text.split()).lower()
     if cleaned.isdigit():
         seconds = int(cleaned)
     else:

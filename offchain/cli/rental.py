@@ -24,6 +24,7 @@ from offchain.cli.args import ExitStatus, UsageError, add_command, add_group
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, money, per_hour, percent_bps, when
 from offchain.market.exchange import ActionResult, ExchangeError, NothingToClaim, RentalResult
+from offchain.market.figures import RentalFigures
 from offchain.market.offers import TokenInfo
 from offchain.market.rentals import RentalHistory, ReportPeriod
 from offchain.ops import devnet
@@ -111,6 +112,7 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
             JobSpecStore(spec_dir).put(spec)
         result = await ctx.client.open_rental(args.offer_id, args.duration, spec.spec_hash(), max_price, args.approve)
         rental = result.rental
+        figures = await rental_figures(ctx, rental)
         if agent_url is not None:
             try:
                 await access.send_spec(ctx, rental.rental_id, spec, secrets)
@@ -145,61 +147,21 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
             f"{rental.rental_id} --follow`"
         )
 
-    out.emit({**result_json(result), "spec_dir": str(spec_dir) if spec_dir else None, "spec_sent_to": agent_url}, human)
+    spec_json = {"spec_dir": str(spec_dir) if spec_dir else None, "spec_sent_to": agent_url}
+    out.emit({**result_json(result, figures), **spec_json}, human)
     return ExitStatus.OK
 
 
-def result_json(result: RentalResult) -> dict:
-    """What `rent --json` and `rental terminate --json` print of an action on a rental."""
-    return {**result.model_dump(mode="json", exclude={"rental"}), "rental": rental_json(result.rental)}
+async def rental_figures(ctx: Context, rental: RentalHistory) -> RentalFigures:
+    """The rental's record as `rental status --json` and the web API's `/api/rentals/<id>` both send it."""
+    token, stake_token = await ctx.client.payment_token(), await ctx.client.stake_token()
+    return RentalFigures.of_rental(rental, await ctx.client.offer(rental.offer_id), token, stake_token)
 
 
-def rental_json(r: RentalHistory) -> dict:
-    """What `rental status --json` prints of a rental (amounts in token units, enums by name)."""
-    return {
-        "rental_id": r.rental_id,
-        "offer_id": r.offer_id,
-        "renter": r.renter,
-        "status": r.status.name,
-        "price_per_second": r.price_per_second,
-        "duration": r.duration,
-        "deposit": r.deposit,
-        "job_spec_hash": r.job_spec_hash,
-        "opened_block": r.opened.block_number,
-        "started_at": r.started_at,
-        "util_floor_bps": r.util_floor_bps,
-        "last_seq": r.last_seq,
-        "covered_until": r.covered_until,
-        "covered_seconds": r.covered_seconds,
-        "delivered_seconds": r.delivered_seconds,
-        "util_seconds": r.util_seconds,
-        "earned": r.earned,
-        "claimed": r.claimed,
-        "claimable": r.claimable,
-        "provider_paid": r.provider_paid,
-        "termination_refund": r.termination_refund,
-        "decline": None if r.declined is None else event_json(r.declined),
-        "reports": [period_json(period) for period in r.periods],
-        "skipped_reports": [event_json(skipped) for skipped in r.skipped],
-        "claims": [event_json(c) for c in r.claims],
-        "settlement": None if r.settlement is None else event_json(r.settlement),
-        "final": r.status.is_final,
-        "ends_at": r.ends_at,
-        "refunded": r.refunded,
-        "paid": r.earned,
-        "avg_util_bps": r.avg_util_bps,
-    }
-
-
-def period_json(period: ReportPeriod) -> dict:
-    """An applied report: its totals as the event has them, and what it added over its period."""
-    return {
-        **event_json(period.report),
-        "period_start": period.start,
-        "period_delivered_seconds": period.delivered_seconds,
-        "period_util_bps": period.util_bps,
-        "earned": period.earned,
-    }
+def result_json(result: RentalResult, figures: RentalFigures) -> dict:
+    """What `rent --json`, `rental terminate --json` and `rental claim --json` print of an action on a rental:
+    the transactions, then the rental's record (`figures`)."""
+    return {**result.model_dump(mode="json", exclude={"rental"}), "rental": figures.model_dump(mode="json")}
 
 
 _EVENT_KINDS = {
@@ -290,6 +252,7 @@ async def status(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
         rental = await ctx.client.rental(args.rental_id)
+        figures = await rental_figures(ctx, rental)
         job = await access.job_status(ctx, args.rental_id)
 
     def human() -> None:
@@ -297,7 +260,7 @@ async def status(args: argparse.Namespace) -> ExitStatus:
         if job is not None:
             render_job(out, job)
 
-    out.emit({**rental_json(rental), "job": None if job is None else job.model_dump(mode="json")}, human)
+    out.emit({**figures.model_dump(mode="json"), "job": None if job is None else job.model_dump(mode="json")}, human)
     return ExitStatus.OK
 
 
@@ -324,12 +287,13 @@ async def terminate(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.payment_token()
         result = await ctx.client.terminate(args.rental_id)
+        figures = await rental_figures(ctx, result.rental)
 
     def human() -> None:
         out.sent(result)
         render_rental(out, token, result.rental)
 
-    out.emit(result_json(result), human)
+    out.emit(result_json(result, figures), human)
     return ExitStatus.OK
 
 
@@ -397,6 +361,7 @@ async def claim(args: argparse.Namespace) -> ExitStatus:
             detail = str(exc)
             out.emit({"rental_id": args.rental_id, "claimed": None, "detail": detail}, lambda: out.print(detail))
             return ExitStatus.OK
+        figures = await rental_figures(ctx, result.rental)
     (claimed,) = result.rental.claims[-1:]
 
     def human() -> None:
@@ -406,7 +371,7 @@ async def claim(args: argparse.Namespace) -> ExitStatus:
             f"{money(token, claimed.fee)}; withdraw it with `gpuex withdraw`"
         )
 
-    out.emit({**result_json(result), "claimed": event_json(claimed)}, human)
+    out.emit({**result_json(result, figures), "claimed": event_json(claimed)}, human)
     return ExitStatus.OK
 
 

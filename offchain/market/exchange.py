@@ -297,8 +297,8 @@ class ExchangeClient:
         return [event for entry in logs if isinstance(event := decode_log("RentalEscrow", entry), RentalEvent)]
 
     async def rental(self, rental_id: int) -> RentalHistory:
-        """The rental's state and history, from its events and its offer's utilisation floor; `NotFound` if it was
-        never opened."""
+        """The rental's state and history, from its events and its offer's utilisation floor, with the times of its
+        opening and settlement blocks; `NotFound` if it was never opened."""
         if not 0 < rental_id < 2**256:
             raise NotFound(f"no rental {rental_id}")
         events = await self.rental_events(rental_id)
@@ -307,7 +307,12 @@ class ExchangeClient:
             raise NotFound(f"no rental {rental_id}")
         rental = RentalHistory.fold(events, (await self.reader.offer(opened.offer_id)).util_floor_bps)
         assert rental is not None  # its opening is among the events
-        return rental
+        settled = rental.settlement
+        opened_at, settled_at = await asyncio.gather(
+            self.reader.block_time(opened.block_number),
+            self.reader.block_time(settled.block_number) if settled is not None else asyncio.sleep(0),
+        )
+        return rental.model_copy(update={"opened_at": opened_at, "settled_at": settled_at})
 
     async def watch_rental(self, rental_id: int, poll_seconds: float = 2.0) -> AsyncIterator[RentalEvent]:
         """Every event of the rental, past ones first, then new ones as they are mined, until it is settled. After a

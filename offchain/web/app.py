@@ -11,11 +11,12 @@ answers 503.
     GET /web/account                   the connected wallet's balances and rentals (read through the wallet)
     GET /web/api/market                chain, contracts, tokens and how far the index is
     GET /web/api/offers?<OfferQuery>   the offers that pass the query; 400 with the reason for a bad query
-    GET /web/api/rentals?limit=<n>     the most recently opened rentals; `renter=<0x...>` and `provider=<0x...>`
-                                       keep an account's own (the page's "My rentals")
+    GET /web/api/rentals?limit=<n>     the most recently opened rentals
     GET /web/api/rentals/<id>          one rental with its reports
     GET /web/api/providers/<address>   one provider
     GET /web/api/contracts             the deployment's addresses with the ABIs the page calls them with
+    GET /web/api/accounts/<address>    an account's rentals (as renter and as provider) and balances; 400 for a bad
+                                       address
     GET /web/api/events                server-sent events: `index` (`IndexStatus`) whenever the index moved
 
 The pages are static HTML, CSS and JavaScript shipped in this package (no CDN; the wallet and chart side is the
@@ -48,6 +49,9 @@ from offchain.chain.deployments import Deployment, DeploymentNotFound
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
 from offchain.config import ChainSettings
+from offchain.market.accounts import account_summary
+from offchain.market.agentprobe import AgentProbe
+from offchain.market.figures import RentalFigures, RentalRow, offer_figures
 from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex
 from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
 from offchain.market.rentals import RentalHistory
@@ -57,13 +61,9 @@ from offchain.web.views import (
     IndexStatus,
     MarketInfo,
     OffersPage,
-    OfferView,
     RentalsPage,
-    RentalSummary,
     WebError,
     provider_view,
-    rental_detail,
-    rental_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,14 @@ MAX_RENTALS = 500
 
 @dataclass
 class WebState:
-    """What the handlers read: the index and the tokens' display metadata (None until read from the chain).
-    `stopping` ends the index and the event streams."""
+    """What the handlers read: the index, the chain (for an account's balances), the tokens' display metadata (None
+    until read from the chain) and the probe of providers' agents. `stopping` ends the index and the event
+    streams."""
 
     deployment: Deployment
     index: EventIndex
+    reader: ChainReader
+    probe: AgentProbe = field(default_factory=AgentProbe)
     token: TokenInfo | None = None
     stake_token: TokenInfo | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -103,7 +106,11 @@ def create_web_app(
     """The web sub-application of `deployment`, reading the chain through `rpc_url`; mount it with `mount`."""
     app = web.Application()
     w3 = connect(rpc_url)
-    app[MARKET] = WebState(deployment, EventIndex.for_deployment(w3, deployment, confirmations=confirmations))
+    app[MARKET] = WebState(
+        deployment,
+        EventIndex.for_deployment(w3, deployment, confirmations=confirmations),
+        ChainReader(w3, deployment.registry, deployment.escrow),
+    )
 
     async def follower(app: web.Application) -> AsyncIterator[None]:
         market = app[MARKET]
@@ -135,6 +142,7 @@ def create_web_app(
     app.router.add_get("/api/rentals/{rental_id}", get_rental)
     app.router.add_get("/api/providers/{address}", get_provider)
     app.router.add_get("/api/contracts", get_contracts)
+    app.router.add_get("/api/accounts/{address}", get_account)
     app.router.add_get("/api/events", get_events)
     return app
 
@@ -172,8 +180,7 @@ def deployment_of(chain: ChainSettings) -> Deployment:
 async def _follow(w3: AsyncWeb3, market: WebState, poll_interval: float) -> None:
     """Reads the tokens' symbols and decimals, then keeps the index up to date until `market.stopping` is set;
     retries while the node is down."""
-    deployment = market.deployment
-    reader = ChainReader(w3, deployment.registry, deployment.escrow)
+    deployment, reader = market.deployment, market.reader
     while market.token is None and not market.stopping.is_set():
         try:
             token = await read_token(reader, deployment.payment_token)
@@ -239,20 +246,15 @@ async def get_offers(request: web.Request) -> web.Response:
         query = parse_offer_query(request.query)
     except ValueError as exc:  # pydantic's ValidationError included
         raise _refusal(web.HTTPBadRequest, "bad_query", _reason(exc)) from None
-    offers = search_offers(market.index.offers(), query, token)
-    return _json(
-        OffersPage(block=market.index.block, token=token, query=query, offers=[OfferView.of(o, token) for o in offers])
-    )
+    offers = await offer_figures(search_offers(market.index.offers(), query, token), token, market.probe)
+    return _json(OffersPage(block=market.index.block, token=token, query=query, offers=offers))
 
 
 async def get_rentals(request: web.Request) -> web.Response:
     market, token, _ = _ready(request)
     limit = _int_param(request.query.get("limit", str(DEFAULT_RENTALS)), "limit", 1, MAX_RENTALS)
-    renter, provider = (_address_param(request.query, name) for name in ("renter", "provider"))
     index = market.index
-    rows = _summaries(index, index.rentals(), token)
-    mine = [row for row in rows if renter in (None, row.renter) and provider in (None, row.provider)]
-    return _json(RentalsPage(block=index.block, rentals=mine[:limit]))
+    return _json(RentalsPage(block=index.block, rentals=_summaries(index, index.rentals(limit), token)))
 
 
 #: The ABIs the page encodes its calls with, by what the deployment calls the contract. The tokens are called
@@ -282,7 +284,7 @@ async def get_rental(request: web.Request) -> web.Response:
     offer = market.index.offer(rental.offer_id) if rental is not None else None
     if rental is None or offer is None:
         raise _refusal(web.HTTPNotFound, "unknown_rental", f"no rental {rental_id} (as of block {market.index.block})")
-    return _json(rental_detail(rental, offer, token, stake_token))
+    return _json(RentalFigures.of_rental(rental, offer, token, stake_token))
 
 
 async def get_provider(request: web.Request) -> web.Response:
@@ -301,13 +303,25 @@ async def get_provider(request: web.Request) -> web.Response:
     return _json(
         provider_view(
             provider,
-            [OfferView.of(o, token) for o in offers],
+            await offer_figures(offers, token, market.probe),
             rentals,
             _summaries(index, rentals, token),
             token,
             stake_token,
         )
     )
+
+
+async def get_account(request: web.Request) -> web.Response:
+    market, token, stake_token = _ready(request)
+    address = request.match_info["address"]
+    if not AsyncWeb3.is_address(address):
+        raise _refusal(web.HTTPBadRequest, "bad_address", f"not an address: {address[:64]!r}")
+    try:
+        summary = await account_summary(market.index, market.reader, address, token, stake_token)
+    except CHAIN_ERRORS as exc:
+        raise _refusal(web.HTTPServiceUnavailable, "chain_unreachable", f"cannot read the chain: {exc}") from None
+    return _json(summary)
 
 
 async def get_events(request: web.Request) -> web.StreamResponse:
@@ -344,14 +358,14 @@ def parse_offer_query(params: MultiMapping[str]) -> OfferQuery:
     return OfferQuery.model_validate(values)
 
 
-def _summaries(index: EventIndex, rentals: list[RentalHistory], token: TokenInfo) -> list[RentalSummary]:
+def _summaries(index: EventIndex, rentals: list[RentalHistory], token: TokenInfo) -> list[RentalRow]:
     """Rows for the rentals, leaving out any whose provider the index has not read yet (for a moment, while it
     indexes a provider's first events)."""
     rows = []
     for rental in rentals:
         offer = index.offer(rental.offer_id)
         if offer is not None:
-            rows.append(rental_summary(rental, offer, token))
+            rows.append(RentalRow.of(rental, offer, token))
     return rows
 
 
@@ -368,19 +382,6 @@ def _ready(request: web.Request) -> tuple[WebState, TokenInfo, TokenInfo]:
 
 def _status(index: EventIndex) -> IndexStatus:
     return IndexStatus(ready=index.ready, block=index.block, version=index.version)
-
-
-def _address_param(params: MultiMapping[str], name: str) -> str | None:
-    """The address query parameter `name`, checksummed; None when absent or blank."""
-    given = params.getall(name, [])
-    if len(given) > 1:
-        raise _refusal(web.HTTPBadRequest, "bad_query", f"{name} is given {len(given)} times")
-    text = given[0].strip() if given else ""
-    if not text:
-        return None
-    if not AsyncWeb3.is_address(text):
-        raise _refusal(web.HTTPBadRequest, "bad_address", f"not an address: {text!r}")
-    return AsyncWeb3.to_checksum_address(text)
 
 
 def _int_param(text: str, what: str, low: int, high: int) -> int:

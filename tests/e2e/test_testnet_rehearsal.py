@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ AGENT_PORT = 9354
 SERVICE_PORTS = {**{f"oracle-{n}": port for n, port in ORACLE_PORTS.items()}, "agent": AGENT_PORT}
 BIN = Path(sys.executable).parent
 ROLES = ("deployer", "treasury", "oracle-1", "oracle-2", "oracle-3", "provider", "agent", "renter")
+TOKEN_DECIMALS = 6
 FAUCET_UNITS = 10_000 * 10**6  # one claim of the test token's faucet
 STAKE_UNITS = 1_000 * 10**6  # what the runbook's provider stakes
 FIRST_RENTAL = (1 << 32) | 1  # the first rental of offer 1, as the runbook names it
@@ -298,17 +300,17 @@ def test_the_renter_sees_the_new_providers_offer_and_the_rental_settles(rehearsa
     listed = rehearsal.outputs["renter-search"]
     assert "eu-west" in listed and "new" in listed and "available" in listed
     status = rehearsal.gpuex("rental", "status", str(FIRST_RENTAL))
-    assert status["status"] == "COMPLETED"
+    assert status["status"] == "completed"
     settlement = status["settlement"]
-    assert settlement["delivered_seconds"] > 0 and settlement["provider_payout"] > 0
-    assert settlement["refund"] > 0, "the job ended within seconds: the rest of the hour goes back"
+    assert settlement["delivered_seconds"] > 0 and Decimal(settlement["provider_payout"]) > 0
+    assert Decimal(settlement["refund"]) > 0, "the job ended within seconds: the rest of the hour goes back"
     (gpus,) = (rehearsal.ops / "results").rglob("gpus.txt")
     assert gpus.read_text().strip() == "simulated"
 
 
 def test_the_provider_the_treasury_and_the_renter_withdrew_what_the_settlement_credited(rehearsal):
     settlement = rehearsal.gpuex("rental", "status", str(FIRST_RENTAL))["settlement"]
-    payout, fee = settlement["provider_payout"], settlement["fee"]
+    payout, fee = (int(Decimal(settlement[name]).scaleb(TOKEN_DECIMALS)) for name in ("provider_payout", "fee"))
     assert fee > 0
     assert rehearsal.token_balance("provider") == FAUCET_UNITS - STAKE_UNITS + payout
     assert rehearsal.token_balance("treasury") == fee

@@ -98,11 +98,12 @@ def _check_offers_page(driver, web: str) -> None:
     wait(driver, lambda d: len(rows(d, "offers")) == 3, "the three rentable offers")
     offers = rows(driver, "offers")
     assert [(r[0], r[2], r[4], r[5]) for r in offers] == [
-        ("#4", "L4", "ap-south", "0.72 tUSD"),
-        ("#2", "H100-80GB", "eu-central", "2.52 tUSD"),
-        ("#3", "A100-80GB", "us-east", "7.20 tUSD"),
+        ("#4", "L4", "ap-south", "0.72 tUSD/h"),
+        ("#2", "H100-80GB", "eu-central", "2.52 tUSD/h"),
+        ("#3", "A100-80GB", "us-east", "7.20 tUSD/h"),
     ]
-    assert all((r[8], r[11], r[12]) == ("no", "0", "available") for r in offers)  # egress, declines, status
+    assert all((r[8], r[11], r[12]) == ("no", "0 (—)", "available") for r in offers)  # egress, declines, status
+    assert all((r[15], r[16]) == ("100.0%", "not set") for r in offers)  # utilisation floor, agent
     wait(driver, lambda d: len(rows(d, "rentals")) == 1, "the recent rental")
     assert rows(driver, "rentals")[0][1:3] == ["#1", "2 × H100-80GB"]
     screenshot(driver, "web-offers.png")

@@ -207,7 +207,7 @@ def _provider_actions(driver, web: str, provider: str) -> None:
     price.send_keys("3.6")
     driver.find_element(By.ID, "reprice-submit").click()
     _until_tx(driver, "Reprice offer #2 to 3.6 tUSD/h")
-    wait(driver, lambda d: [r[5] for r in rows(d, "offers") if r[0] == "#2"] == ["3.60 tUSD"], "the new price")
+    wait(driver, lambda d: [r[5] for r in rows(d, "offers") if r[0] == "#2"] == ["3.60 tUSD/h"], "the new price")
     driver.find_element(By.CSS_SELECTOR, "button.act[data-action='pause'][data-offer='2']").click()
     _until_tx(driver, "Pause offer #2")
     resume = "button.act[data-action='resume'][data-offer='2']"
@@ -221,7 +221,8 @@ def _provider_actions(driver, web: str, provider: str) -> None:
 
 def _wrong_chain(driver, web: str, chain_id: int) -> None:
     """A wallet on another chain: the bar says so, a rent is refused before anything is sent, and Switch asks
-    the wallet for the deployment's chain."""
+    the wallet for the deployment's chain. Then a rent of an offer whose provider publishes no agent URL is
+    refused before anything is sent."""
     _choose_offer(driver, web, 4)
     wrong = wait(driver, lambda d: d.find_elements(By.ID, "wrong-chain"), "the wrong-chain warning")[0]
     assert wrong.text == f"wrong network: the wallet is on chain 1, the market on {chain_id}"
@@ -235,3 +236,10 @@ def _wrong_chain(driver, web: str, chain_id: int) -> None:
     driver.find_element(By.ID, "switch-chain").click()
     wait(driver, lambda d: not d.find_elements(By.ID, "wrong-chain"), "the warning to go once switched")
     assert "wallet_switchEthereumChain" in wallet_calls(driver)
+
+    # On the right chain now; offer 4's provider publishes no agent URL, so the spec could not reach its agent:
+    # refused before anything is paid.
+    driver.find_element(By.ID, "rent-submit").click()
+    wait(driver, lambda d: "no agent URL" in _text(d, "rent-status"), "the refusal of a provider without an agent")
+    assert _rent_state(driver) == "failed"
+    assert wallet_calls(driver).count("eth_sendTransaction") == sent_before

@@ -1,7 +1,7 @@
 // "My account": the connected account's balances, read from the chain through the wallet (the escrow's
-// withdrawable balance, the registry's compensation and stake, the token in the wallet) and the earnings of its
-// live rentals as a provider, with its rentals as renter and as provider (`api/rentals?renter=` / `?provider=`);
-// withdraw, withdraw compensation and terminate are sent through the wallet.
+// withdrawable balance, the registry's compensation and stake, the token in the wallet), and from the server's
+// account summary (`api/accounts/<address>`) its rentals as renter and as provider and the unclaimed earnings of
+// its running rentals; withdraw, withdraw compensation and terminate are sent through the wallet.
 import { formatUnits } from "viem";
 import { getJson } from "./api.js";
 import { connectedAccount, read, send } from "./wallet.js";
@@ -20,18 +20,18 @@ function actionButton(id, text, onClick) {
 }
 
 async function render(account) {
-  const { el, card, amount, badge, duration, time, rentalLink, fillTable } = gpuex;
+  const { el, card, amount, badge, time, rentalLink, fillTable } = gpuex;
   const market = await getJson("api/market");
   const pay = market.payment_token;
   const stakeToken = market.stake_token;
-  const [held, withdrawable, compensation, stake, asProvider, asRenter, rentedOut] = await Promise.all([
+  // What the wallet acts on is read from the chain through it; the rentals and the unclaimed earnings of live
+  // rentals come from the server's index (`api/accounts`).
+  const [held, withdrawable, compensation, stake, summary] = await Promise.all([
     read("payment_token", "balanceOf", [account]),
     read("escrow", "balanceOf", [account]),
     read("registry", "compensationOf", [account]),
     read("registry", "getProvider", [account]),
-    getJson("api/providers/" + account, true),
-    getJson("api/rentals?limit=500&renter=" + account),
-    getJson("api/rentals?limit=500&provider=" + account),
+    getJson("api/accounts/" + account),
   ]);
   const human = (units, token) => amount(formatUnits(units, token.decimals), token.symbol);
   document.getElementById("who").textContent = account;
@@ -53,16 +53,12 @@ async function render(account) {
        el("div", { class: "note" }, "slashed stake owed to you "), withdrawCompensation),
     card("Stake", human(stake.staked, stakeToken), human(stake.locked, stakeToken) + " locked, " +
          human(free, stakeToken) + " free"),
-    card("Pending earnings", asProvider ? amount(asProvider.claimable, pay.symbol) : "—",
-         "earned by your live rentals as a provider, not claimed yet"),
+    card("Pending earnings", summary.balances.display.pending_earnings,
+         "what claiming your running rentals as a provider would credit now"),
   );
-  const rows = [
-    ...asRenter.rentals.map((r) => ({ ...r, role: "renter" })),
-    ...rentedOut.rentals.filter((r) => r.renter !== r.provider).map((r) => ({ ...r, role: "provider" })),
-  ].sort((a, b) => b.opened_at - a.opened_at);
-  fillTable(document.getElementById("my-rentals"), rows.map((r) => [
-    rentalLink(r.rental_id), r.role, "#" + r.offer_id, r.gpu_count + " × " + r.gpu_model, badge(r.status),
-    amount(r.price_per_hour, pay.symbol), time(r.opened_at), duration(r.delivered_seconds), amount(r.paid, pay.symbol),
+  fillTable(document.getElementById("my-rentals"), summary.rentals.map((r) => [
+    rentalLink(r.rental_id), r.role, "#" + r.offer_id, r.display.gpus, badge(r.status), r.display.price_per_hour,
+    time(r.opened_at), r.display.delivered_seconds, r.display.paid,
     r.role === "renter" && LIVE_FOR_RENTER.has(r.status)
       ? el("button", { class: "act terminate", "data-rental": r.rental_id }, "Terminate")
       : "",

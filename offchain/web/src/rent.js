@@ -46,11 +46,9 @@ async function choose(offerId) {
   const offer = offers.find((o) => o.offer_id === offerId);
   if (!offer) throw new Error("no offer #" + offerId);
   chosen = { offer, token: market.payment_token };
-  const { amount, duration } = gpuex;
   document.getElementById("rent-offer").textContent =
     `#${offer.offer_id}: ${offer.gpu_count} × ${offer.gpu_model} in ${offer.region} at ` +
-    `${amount(offer.price_per_hour, chosen.token.symbol)}/h (at most this price), ` +
-    `for ${duration(offer.min_duration)} to ${duration(offer.max_duration)}`;
+    `${offer.display.price_per_hour} (at most this price), for ${offer.display.durations}`;
   panel().dataset.offer = String(offer.offer_id);
   panel().hidden = false;
   say("", "");

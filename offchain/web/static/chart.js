@@ -99,7 +99,7 @@ const usageChart = (() => {
     // Utilisation: a step per report period, filled down to the axis.
     const steps = [];
     for (const r of reports) {
-      const util = r.util_pct === null ? 0 : r.util_pct;
+      const util = r.utilisation === null ? 0 : r.utilisation * 100;
       steps.push([x(r.period_start), yUtil(util)], [x(r.covered_until), yUtil(util)]);
     }
     ctx.fillStyle = COLORS.utilFill;

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { el, api, amount, duration, percent, providerLink, rentalLink, badge, fillTable, time } = gpuex;
+  const { api, el, providerLink, rentalLink, badge, fillTable, time } = gpuex;
   const form = document.getElementById("filters");
   const error = document.getElementById("offers-error");
 
@@ -35,15 +35,14 @@
     }
     error.hidden = true;
     const rows = page.offers.map((o) => [
-      "#" + o.offer_id, o.gpu_count, o.gpu_model, o.vram_gib.toFixed(1) + " GiB", o.region,
-      amount(o.price_per_hour, token.symbol), amount(o.price_per_gpu_hour, token.symbol),
-      duration(o.min_duration) + " – " + duration(o.max_duration), o.egress ? "allowed" : "no",
-      providerLink(o.provider), o.reliability === null ? "new" : percent(o.reliability), o.declines,
+      "#" + o.offer_id, o.gpu_count, o.gpu_model, o.display.vram_gib, o.region,
+      o.display.price_per_hour, o.display.price_per_gpu_hour, o.display.durations, o.egress ? "allowed" : "no",
+      providerLink(o.provider), o.display.reliability, o.declines + " (" + o.display.decline_rate + ")",
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
-      amount(o.value_settled, token.symbol), o.distinct_renters,
+      o.display.value_settled, o.distinct_renters, o.display.util_floor, o.display.agent,
       o.available ? el("button", { class: "rent", "data-offer": o.offer_id }, "Rent") : "",
     ]);
-    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11, 13, 14],
+    fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11, 13, 14, 15],
               document.getElementById("offers-empty"));
   }
 
@@ -52,8 +51,8 @@
     const page = await api("api/rentals?limit=20");
     const rows = page.rentals.map((r) => [
       rentalLink(r.rental_id), "#" + r.offer_id, r.gpu_count + " × " + r.gpu_model, gpuex.short(r.renter),
-      badge(r.status), amount(r.price_per_hour, token.symbol), time(r.opened_at), duration(r.delivered_seconds),
-      r.util_pct === null ? "—" : r.util_pct.toFixed(1) + "%", amount(r.paid, token.symbol),
+      badge(r.status), r.display.price_per_hour, time(r.opened_at), r.display.delivered_seconds,
+      r.display.utilisation, r.display.paid,
     ]);
     fillTable(document.getElementById("rentals"), rows, [5, 7, 8, 9], document.getElementById("rentals-empty"));
   }

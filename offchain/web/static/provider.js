@@ -30,15 +30,15 @@
       card("Slashes", p.slashes, null, p.slashes > 0),
       card("Declines", p.declines, "rentals declined before the start, refunded in full"));
     fillTable(document.getElementById("offers"), p.offers.map((o) => [
-      "#" + o.offer_id, o.gpu_count, o.gpu_model, o.vram_gib.toFixed(1) + " GiB", o.region,
-      amount(o.price_per_hour, pay), duration(o.min_duration) + " – " + duration(o.max_duration),
+      "#" + o.offer_id, o.gpu_count, o.gpu_model, o.display.vram_gib, o.region,
+      o.display.price_per_hour, o.display.durations,
       o.egress ? "allowed" : "no",
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
       window.gpuexLib ? window.gpuexLib.offerActions(o) : null,
     ]), [1, 3, 5], document.getElementById("offers-empty"));
     fillTable(document.getElementById("rentals"), p.rentals.map((r) => [
       rentalLink(r.rental_id), "#" + r.offer_id, el("span", { class: "mono", title: r.renter }, gpuex.short(r.renter)),
-      badge(r.status), time(r.opened_at), duration(r.delivered_seconds), amount(r.paid, pay),
+      badge(r.status), time(r.opened_at), r.display.delivered_seconds, r.display.paid,
     ]), [5, 6], document.getElementById("rentals-empty"));
     fillTable(document.getElementById("history"), p.history.map((h) => [
       time(h.timestamp), h.block, h.event,

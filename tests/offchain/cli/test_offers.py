@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from tests.offchain.cli.conftest import OTHER_CHAIN_ID, PORT, SIMULATED_GPUS
 
 UNKNOWN_OFFER = 999
@@ -10,11 +12,12 @@ UNKNOWN_OFFER = 999
 def test_create_lists_the_simulated_gpus(market):
     offer = market.create_offer.json()["offer"]
     assert offer["gpu_count"] == SIMULATED_GPUS and offer["gpu_model"] == "NVIDIA H100 80GB HBM3"
-    assert offer["vram_mib"] == 81_559 and offer["region"] == "eu-west"
-    assert offer["price_per_second"] == 2_000 and offer["price_per_hour"] == "7.2"
-    assert (offer["min_duration"], offer["max_duration"], offer["util_floor_bps"]) == (10, 7_200, 10_000)
+    assert (offer["vram_mib"], offer["vram_gib"], offer["region"]) == (81_559, 79.6, "eu-west")
+    assert offer["price_per_hour"] == "7.200000" and offer["display"]["price_per_hour"] == "7.20 tUSD/h"
+    assert (offer["min_duration"], offer["max_duration"], offer["util_floor"]) == (10, 7_200, 1.0)
+    assert offer["display"]["durations"] == "10s – 2h"
     assert offer["available"] is True
-    assert offer["egress"] is False and offer["reputation"]["declines"] == 0
+    assert offer["egress"] is False and offer["declines"] == 0
 
 
 def test_create_of_unregistered_gpus_names_the_revert(cli, market):
@@ -101,11 +104,11 @@ def test_update_pause_and_resume(cli, market):
     updated = cli.ok("offer", "update", offer_id, "--price-per-hour", "8", role="provider")
     assert "8/h is 7.9992 tUSD/h in effect" in updated.out
     restored = cli.ok("offer", "update", offer_id, "--price-per-hour", "7.20", "--json", role="provider").json()
-    assert restored["offer"]["price_per_second"] == 2_000
+    assert restored["offer"]["price_per_hour"] == "7.200000"
     paused = cli.ok("offer", "pause", offer_id, "--json", role="provider").json()["offer"]
-    assert paused["status"] == "PAUSED" and paused["available"] is False
+    assert paused["status"] == "paused" and paused["available"] is False
     resumed = cli.ok("offer", "resume", offer_id, "--json", role="provider").json()["offer"]
-    assert resumed["status"] == "ACTIVE" and resumed["available"] is True
+    assert resumed["status"] == "active" and resumed["available"] is True
     assert cli.fails(1, "offer", "resume", offer_id, role="provider") == f"Registry_OfferNotPaused: {offer_id}"
 
 
@@ -140,7 +143,7 @@ def test_close_delists_for_good(cli, market):
     ).json()["offer"]
     assert created["vram_mib"] == 23_040
     closed = cli.ok("offer", "close", created["offer_id"], "--json", role="provider").json()["offer"]
-    assert closed["status"] == "CLOSED"
+    assert closed["status"] == "closed"
     error = cli.fails(1, "offer", "close", created["offer_id"], role="provider")
     assert error == f"Registry_OfferClosed: {created['offer_id']}"
 
@@ -229,7 +232,8 @@ def test_search_filters(cli, market):
     assert len(_ids(cli, "--all", "--sort=-price", "--limit", "1")) == 1
     found = cli.ok("offers", "search", "--json").json()
     (listed,) = [o for o in found if o["offer_id"] == offer_id]
-    assert listed["value_settled"] == shown["track_record"]["value_delivered"] + shown["track_record"]["value_missed"]
+    value_settled = shown["track_record"]["value_delivered"] + shown["track_record"]["value_missed"]
+    assert Decimal(listed["value_settled"]).scaleb(6) == value_settled
     assert listed["distinct_renters"] == shown["track_record"]["distinct_renters"]
     table = cli.ok("offers", "search").out
     assert "settled" in table and "renters" in table
