@@ -32,7 +32,8 @@ new MutationObserver((_, observer) => {
 }).observe(document, { childList: true, subtree: true });
 """
 
-#: Puts the test wallet on chain 1 until the page asks it to switch (run after `inject_wallet`).
+#: Puts the test wallet on chain 1 until the page asks it to switch, and refuses the next transaction once
+#: `window.__rejectNext` is set, as its owner would (run after `inject_wallet`).
 ON_ANOTHER_CHAIN = """
 (() => {
   const wallet = window.ethereum;
@@ -41,6 +42,10 @@ ON_ANOTHER_CHAIN = """
   wallet.request = async ({ method, params }) => {
     if (method === "eth_chainId") { window.__walletCalls.push(method); return chainId; }
     if (method === "wallet_switchEthereumChain") chainId = params[0].chainId;
+    if (method === "eth_sendTransaction" && window.__rejectNext) {
+      window.__rejectNext = false;
+      throw Object.assign(new Error("User rejected the request."), { code: 4001 });
+    }
     return forward({ method, params });
   };
 })();
@@ -90,6 +95,7 @@ async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
 
             driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": ON_ANOTHER_CHAIN})
             await asyncio.to_thread(_wrong_chain, driver, web, record.chain_id)
+            await asyncio.to_thread(_rejected_in_the_wallet, driver, web, provider)
     print(f"\npage load to the first offer row (cold, headless): {first_row_ms:.0f} ms")
 
 
@@ -243,3 +249,15 @@ def _wrong_chain(driver, web: str, chain_id: int) -> None:
     wait(driver, lambda d: "no agent URL" in _text(d, "rent-status"), "the refusal of a provider without an agent")
     assert _rent_state(driver) == "failed"
     assert wallet_calls(driver).count("eth_sendTransaction") == sent_before
+
+
+def _rejected_in_the_wallet(driver, web: str, provider: str) -> None:
+    """A transaction its owner refuses in the wallet is shown failed, saying so, and changes nothing."""
+    driver.get(f"{web}/provider?address={provider}")
+    wait(driver, lambda d: d.find_elements(By.ID, "switch-chain"), "the wrong-chain warning")
+    driver.find_element(By.ID, "switch-chain").click()
+    wait(driver, lambda d: not d.find_elements(By.ID, "wrong-chain"), "the switch")
+    driver.execute_script("window.__rejectNext = true;")
+    driver.find_element(By.CSS_SELECTOR, "button.act[data-action='pause'][data-offer='2']").click()
+    assert _until_tx(driver, "Pause offer #2", "failed") == "Pause offer #2: failed: rejected in the wallet"
+    assert [r[8] for r in rows(driver, "offers") if r[0] == "#2"] == ["available"]
