@@ -1,13 +1,14 @@
 """The marketplace web page: an aiohttp sub-application over an `EventIndex` of one deployment.
 
 It is mounted under `/web/` in the oracle's app when `OracleSettings.web` is on (the devnet's oracle does so),
-or served alone by `gpuex web`. Read-only: it never signs anything and needs no wallet. Everything it shows comes
+or served alone by `gpuex web`. The server is read-only: it holds no key and signs nothing. Everything it shows comes
 from the index, which follows the chain in a background task; until the index has caught up once, the API
 answers 503.
 
     GET /web/                          offers (filters and sort of `gpuex offers search`) and recent rentals
     GET /web/rental?id=<rental id>     a rental: amounts, settlement, utilisation and delivered seconds chart
     GET /web/provider?address=<0x...>  a provider: stake, reputation, offers, rentals and history
+    GET /web/account                   the connected wallet's balances and rentals (read through the wallet)
     GET /web/api/market                chain, contracts, tokens and how far the index is
     GET /web/api/offers?<OfferQuery>   the offers that pass the query; 400 with the reason for a bad query
     GET /web/api/rentals?limit=<n>     the most recently opened rentals
@@ -15,12 +16,18 @@ answers 503.
     GET /web/api/providers/<address>   one provider
     GET /web/api/rentals/<id>/telemetry?since=<seq>
                                        per-GPU figures of the rental's report periods after `since` (`.telemetry`)
+    GET /web/api/contracts             the deployment's addresses with the ABIs the page calls them with
     GET /web/api/accounts/<address>    an account's rentals (as renter and as provider) and balances; 400 for a bad
                                        address
     GET /web/api/events                server-sent events: `index` (`IndexStatus`) whenever the index moved
 
-The pages are static HTML, CSS and JavaScript shipped in this package (no CDN, no build step); they refetch what
-they show on every `index` event. Refusals are JSON `WebError` {"error", "detail"}.
+The pages are static HTML, CSS and JavaScript shipped in this package (no CDN; the wallet and chart side is the
+committed bundle `static/dist/gpuex.js`, see `build.mjs`); they refetch what they show on every `index` event.
+Refusals are JSON `WebError` {"error", "detail"}.
+
+The server never signs anything. With a browser wallet connected, the page asks the wallet to send the renter's
+and the provider's transactions and to sign the renter API's requests; the ABIs it encodes them with are Brownie's
+build artifacts, served by `/web/api/contracts`.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pydantic import BaseModel, ValidationError
 from web3 import AsyncWeb3
 
 from offchain.chain import deployments
+from offchain.chain.contracts import abi
 from offchain.chain.deployments import Deployment, DeploymentNotFound
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
@@ -51,6 +59,8 @@ from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_off
 from offchain.market.rentals import RentalHistory
 from offchain.web.telemetry import GPU_PERIODS, MAX_POINTS, GpuPeriodReader, TelemetryPage
 from offchain.web.views import (
+    ContractsInfo,
+    DeployedContract,
     IndexStatus,
     MarketInfo,
     OffersPage,
@@ -140,6 +150,7 @@ def create_web_app(
     app.router.add_get("/api/rentals/{rental_id}", get_rental)
     app.router.add_get("/api/rentals/{rental_id}/telemetry", get_rental_telemetry)
     app.router.add_get("/api/providers/{address}", get_provider)
+    app.router.add_get("/api/contracts", get_contracts)
     app.router.add_get("/api/accounts/{address}", get_account)
     app.router.add_get("/api/events", get_events)
     return app
@@ -192,18 +203,22 @@ async def _follow(w3: AsyncWeb3, market: WebState, poll_interval: float) -> None
 
 
 #: Each page by path: its name (title, and its body in `pages/<name>.html`) and the scripts it loads after
-#: `common.js`. Every page shares `pages/layout.html`: the head, the header bar and the footer.
+#: `common.js` and the bundle. Every page shares `pages/layout.html`: the head, the header bar and the footer.
 PAGES = {
     "/": ("offers", ("offers.js",)),
     "/rental": ("rental", ("chart.js", "rental.js")),
     "/provider": ("provider", ("provider.js",)),
+    "/account": ("account", ()),
 }
+#: What every page loads first, in this order: the shared helpers, then the bundle (`build.mjs`: the wallet and
+#: chain side, and charts), which the pages' own scripts find as `window.gpuexLib`.
+SHARED_SCRIPTS = ("common.js", "dist/gpuex.js")
 
 
 def render_page(name: str, scripts: tuple[str, ...]) -> str:
     """The HTML of page `name`: its body in the shared layout."""
     layout = Template((PAGES_DIR / "layout.html").read_text())
-    tags = "\n".join(f'  <script src="static/{script}" defer></script>' for script in ("common.js", *scripts))
+    tags = "\n".join(f'  <script src="static/{script}" defer></script>' for script in (*SHARED_SCRIPTS, *scripts))
     return layout.substitute(title=name, scripts=tags, main=(PAGES_DIR / f"{name}.html").read_text())
 
 
@@ -249,6 +264,26 @@ async def get_rentals(request: web.Request) -> web.Response:
     limit = _int_param(request.query.get("limit", str(DEFAULT_RENTALS)), "limit", 1, MAX_RENTALS)
     index = market.index
     return _json(RentalsPage(block=index.block, rentals=_summaries(index, index.rentals(limit), token)))
+
+
+#: The ABIs the page encodes its calls with, by what the deployment calls the contract. The tokens are called
+#: through the ERC-20 interface (with OpenZeppelin's errors, to name a token's revert), whatever token it is.
+PAGE_ABIS = {
+    "registry": ("ProviderRegistry",),
+    "escrow": ("RentalEscrow",),
+    "payment_token": ("IERC20Metadata", "IERC20Errors"),
+    "stake_token": ("IERC20Metadata", "IERC20Errors"),
+}
+
+
+async def get_contracts(request: web.Request) -> web.Response:
+    """The deployment's contracts with their ABIs from Brownie's build artifacts (no ABI is copied into the page)."""
+    d = request.app[MARKET].deployment
+    deployed = {
+        role: DeployedContract(address=getattr(d, role), abi=[entry for name in names for entry in abi(name)])
+        for role, names in PAGE_ABIS.items()
+    }
+    return _json(ContractsInfo(chain_id=d.chain_id, **deployed))
 
 
 async def get_rental(request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { api, providerLink, rentalLink, badge, fillTable, time } = gpuex;
+  const { api, el, providerLink, rentalLink, badge, fillTable, time } = gpuex;
   const form = document.getElementById("filters");
   const error = document.getElementById("offers-error");
 
@@ -40,6 +40,7 @@
       providerLink(o.provider), o.display.reliability, o.declines + " (" + o.display.decline_rate + ")",
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
       o.display.value_settled, o.distinct_renters, o.display.util_floor, o.display.agent,
+      o.available ? el("button", { class: "rent", "data-offer": o.offer_id }, "Rent") : "",
     ]);
     fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11, 13, 14, 15],
               document.getElementById("offers-empty"));

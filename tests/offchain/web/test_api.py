@@ -16,6 +16,7 @@ from eth_utils import keccak
 from pydantic import SecretStr
 
 from offchain.chain import deployments
+from offchain.chain.contracts import abi
 from offchain.config import OracleSettings
 from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
 from offchain.oracle.app import create_app
@@ -291,6 +292,22 @@ def test_unknown_rentals_and_providers_are_refused(web_client, offer, deployer):
         (400, "bad_address"),
         (400, "bad_query"),
     ]
+
+
+def test_the_contracts_come_with_the_abis_of_the_build_artifacts(web_client, deployment):
+    async def scenario():
+        async with web_client() as client:
+            return await (await client.get("/web/api/contracts")).json()
+
+    contracts = run(scenario())
+    assert contracts["chain_id"] == deployment.chain_id
+    assert contracts["escrow"]["address"] == deployment.escrow
+    assert contracts["registry"]["address"] == deployment.registry
+    assert contracts["payment_token"]["address"] == deployment.payment_token
+    assert contracts["escrow"]["abi"] == abi("RentalEscrow")
+    assert contracts["registry"]["abi"] == abi("ProviderRegistry")
+    names = {entry.get("name") for entry in contracts["payment_token"]["abi"]}
+    assert {"approve", "allowance", "balanceOf", "decimals", "ERC20InsufficientBalance"} <= names
 
 
 def test_the_event_stream_announces_each_move_of_the_index(web_client, suite, offer, renter):
