@@ -3,3 +3,4 @@ import { connectWallet } from "./wallet.js";
 import uPlot from "uplot";
 
 window.gpuexLib = { connectWallet, uPlot };
+import "./rental.js";
