@@ -11,6 +11,11 @@ agent's SQLite until its expiry has passed, so that a restarted agent still refu
 What the API serves lives on the agent's disk (the rental's folder, the agent's book), so it is whole after the
 agent restarts: logs are read from the engine's log file by byte offset, results from the tar packed when the job
 ended, a shell opens in the container the restarted agent has taken over.
+
+The API answers any origin (CORS: `Access-Control-Allow-Origin: *`, the `Gpuex-*` headers allowed, the result
+digest exposed, `OPTIONS` preflights answered): the marketplace page calls it from the renter's browser, from
+another origin than the agent's. That lends a page nothing it could not do itself: every rental request is signed
+by the renter's key, and no cookie or other ambient credential is read.
 """
 
 from __future__ import annotations
@@ -41,7 +46,10 @@ from offchain.agent.rentals import Phase, RentalBook, RentalRecord
 from offchain.agent.settings import ProviderAgentSettings
 from offchain.agent.workspace import write_private
 from offchain.protocol.renterapi import (
+    EXPIRY_HEADER,
+    NONCE_HEADER,
     RESULT_DIGEST_HEADER,
+    SIGNATURE_HEADER,
     Action,
     AgentInfo,
     ApiError,
@@ -66,6 +74,18 @@ MAX_BODY_BYTES = 1024 * 1024
 LOG_POLL_SECONDS = 0.05
 LOG_READ_BYTES = 256 * 1024
 SHELL_READ_BYTES = 64 * 1024
+CORS_MAX_AGE_SECONDS = 600
+#: What every response carries so that a page of any origin may call the API (see the module docstring).
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": RESULT_DIGEST_HEADER,
+}
+#: What a preflight answers in addition.
+CORS_PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, PUT, OPTIONS",
+    "Access-Control-Allow-Headers": f"Content-Type, {EXPIRY_HEADER}, {NONCE_HEADER}, {SIGNATURE_HEADER}",
+    "Access-Control-Max-Age": str(CORS_MAX_AGE_SECONDS),
+}
 _SHELL_PATH = re.compile(r"^/[A-Za-z0-9/_.-]{1,63}$")
 _STATUS = {
     ApiErrorCode.UNSIGNED: 401,
@@ -150,6 +170,8 @@ class RenterApi:
         app.router.add_get("/v1/rentals/{rental_id}/logs", self._logs)
         app.router.add_get("/v1/rentals/{rental_id}/results", self._results)
         app.router.add_get("/v1/rentals/{rental_id}/shell", self._shell)
+        app.router.add_route("OPTIONS", "/v1/{path:.*}", _preflight)
+        app.on_response_prepare.append(_allow_any_origin)
         return app
 
     async def start(self) -> None:
@@ -410,6 +432,15 @@ class RenterApi:
             self._shells.get(record.rental_id, set()).discard(task)
             log.info("rental %d: shell closed", record.rental_id)
         return ws
+
+
+async def _preflight(_: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS_PREFLIGHT_HEADERS)
+
+
+async def _allow_any_origin(_: web.Request, response: web.StreamResponse) -> None:
+    """Adds the CORS headers to every response, refusals and streams included, before its headers are sent."""
+    response.headers.update(CORS_HEADERS)
 
 
 def _size(value: str | None, default: int) -> int:

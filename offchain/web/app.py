@@ -1,7 +1,7 @@
 """The marketplace web page: an aiohttp sub-application over an `EventIndex` of one deployment.
 
 It is mounted under `/web/` in the oracle's app when `OracleSettings.web` is on (the devnet's oracle does so),
-or served alone by `gpuex web`. Read-only: it never signs anything and needs no wallet. Everything it shows comes
+or served alone by `gpuex web`. The server is read-only: it holds no key and signs nothing. Everything it shows comes
 from the index, which follows the chain in a background task; until the index has caught up once, the API
 answers 503.
 
@@ -10,13 +10,20 @@ answers 503.
     GET /web/provider?address=<0x...>  a provider: stake, reputation, offers, rentals and history
     GET /web/api/market                chain, contracts, tokens and how far the index is
     GET /web/api/offers?<OfferQuery>   the offers that pass the query; 400 with the reason for a bad query
-    GET /web/api/rentals?limit=<n>     the most recently opened rentals
+    GET /web/api/rentals?limit=<n>     the most recently opened rentals; `renter=<0x...>` and `provider=<0x...>`
+                                       keep an account's own (the page's "My rentals")
     GET /web/api/rentals/<id>          one rental with its reports
     GET /web/api/providers/<address>   one provider
+    GET /web/api/contracts             the deployment's addresses with the ABIs the page calls them with
     GET /web/api/events                server-sent events: `index` (`IndexStatus`) whenever the index moved
 
-The pages are static HTML, CSS and JavaScript shipped in this package (no CDN, no build step); they refetch what
-they show on every `index` event. Refusals are JSON `WebError` {"error", "detail"}.
+The pages are static HTML, CSS and JavaScript shipped in this package (no CDN; the wallet and chart side is the
+committed bundle `static/dist/gpuex.js`, see `build.mjs`); they refetch what they show on every `index` event.
+Refusals are JSON `WebError` {"error", "detail"}.
+
+The server never signs anything. With a browser wallet connected, the page asks the wallet to send the renter's
+and the provider's transactions and to sign the renter API's requests; the ABIs it encodes them with are Brownie's
+build artifacts, served by `/web/api/contracts`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 from web3 import AsyncWeb3
 
 from offchain.chain import deployments
+from offchain.chain.contracts import abi
 from offchain.chain.deployments import Deployment, DeploymentNotFound
 from offchain.chain.reads import ChainReader
 from offchain.chain.rpc import connect
@@ -43,6 +51,8 @@ from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, E
 from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
 from offchain.market.rentals import RentalHistory
 from offchain.web.views import (
+    ContractsInfo,
+    DeployedContract,
     IndexStatus,
     MarketInfo,
     OffersPage,
@@ -123,6 +133,7 @@ def create_web_app(
     app.router.add_get("/api/rentals", get_rentals)
     app.router.add_get("/api/rentals/{rental_id}", get_rental)
     app.router.add_get("/api/providers/{address}", get_provider)
+    app.router.add_get("/api/contracts", get_contracts)
     app.router.add_get("/api/events", get_events)
     return app
 
@@ -232,8 +243,31 @@ async def get_offers(request: web.Request) -> web.Response:
 async def get_rentals(request: web.Request) -> web.Response:
     market, token, _ = _ready(request)
     limit = _int_param(request.query.get("limit", str(DEFAULT_RENTALS)), "limit", 1, MAX_RENTALS)
+    renter, provider = (_address_param(request.query, name) for name in ("renter", "provider"))
     index = market.index
-    return _json(RentalsPage(block=index.block, rentals=_summaries(index, index.rentals(limit), token)))
+    rows = _summaries(index, index.rentals(), token)
+    mine = [row for row in rows if renter in (None, row.renter) and provider in (None, row.provider)]
+    return _json(RentalsPage(block=index.block, rentals=mine[:limit]))
+
+
+#: The ABIs the page encodes its calls with, by what the deployment calls the contract. The tokens are called
+#: through the ERC-20 interface (with OpenZeppelin's errors, to name a token's revert), whatever token it is.
+PAGE_ABIS = {
+    "registry": ("ProviderRegistry",),
+    "escrow": ("RentalEscrow",),
+    "payment_token": ("IERC20Metadata", "IERC20Errors"),
+    "stake_token": ("IERC20Metadata", "IERC20Errors"),
+}
+
+
+async def get_contracts(request: web.Request) -> web.Response:
+    """The deployment's contracts with their ABIs from Brownie's build artifacts (no ABI is copied into the page)."""
+    d = request.app[MARKET].deployment
+    deployed = {
+        role: DeployedContract(address=getattr(d, role), abi=[entry for name in names for entry in abi(name)])
+        for role, names in PAGE_ABIS.items()
+    }
+    return _json(ContractsInfo(chain_id=d.chain_id, **deployed))
 
 
 async def get_rental(request: web.Request) -> web.Response:
@@ -329,6 +363,19 @@ def _ready(request: web.Request) -> tuple[WebState, TokenInfo, TokenInfo]:
 
 def _status(index: EventIndex) -> IndexStatus:
     return IndexStatus(ready=index.ready, block=index.block, version=index.version)
+
+
+def _address_param(params: MultiMapping[str], name: str) -> str | None:
+    """The address query parameter `name`, checksummed; None when absent or blank."""
+    given = params.getall(name, [])
+    if len(given) > 1:
+        raise _refusal(web.HTTPBadRequest, "bad_query", f"{name} is given {len(given)} times")
+    text = given[0].strip() if given else ""
+    if not text:
+        return None
+    if not AsyncWeb3.is_address(text):
+        raise _refusal(web.HTTPBadRequest, "bad_address", f"not an address: {text!r}")
+    return AsyncWeb3.to_checksum_address(text)
 
 
 def _int_param(text: str, what: str, low: int, high: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import IntEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -64,6 +65,21 @@ class MarketInfo(_View):
     payment_token: TokenInfo
     stake_token: TokenInfo
     index: IndexStatus
+
+
+class DeployedContract(_View):
+    address: str
+    abi: list[dict[str, Any]]  # from Brownie's build artifact
+
+
+class ContractsInfo(_View):
+    """What the page needs to call the deployment through a browser wallet."""
+
+    chain_id: int
+    registry: DeployedContract
+    escrow: DeployedContract
+    payment_token: DeployedContract
+    stake_token: DeployedContract
 
 
 class OfferView(_View):

@@ -140,7 +140,17 @@ def test_every_bad_request_is_refused_with_a_reason_and_changes_nothing(suite, r
 
                 async def put(headers: dict[str, str], body: bytes = good, where: str = url) -> tuple[int, dict]:
                     async with http.put(f"{where}/spec", data=body, headers=headers) as response:
+                        origins.add(response.headers.get("Access-Control-Allow-Origin"))
                         return response.status, await response.json()
+
+                origins: set[str | None] = set()
+                preflight_headers = {
+                    "Origin": "http://page.example",
+                    "Access-Control-Request-Method": "PUT",
+                    "Access-Control-Request-Headers": "content-type,gpuex-expiry,gpuex-nonce,gpuex-signature",
+                }
+                async with http.options(f"{url}/spec", headers=preflight_headers) as response:
+                    preflight = response.status, dict(response.headers)
 
                 answers = {
                     "unsigned": await put({}),
@@ -173,9 +183,11 @@ def test_every_bad_request_is_refused_with_a_reason_and_changes_nothing(suite, r
                 phase_before = agent.book.get(rental).phase
                 accepted = await put(signed(RENTER_KEY))
             await until(lambda: final_report(oracles[0], rental) is not None, 30, "the job, once the spec came")
-        return answers, first_status, stored_before, secrets_before, phase_before, accepted
+        return answers, first_status, stored_before, secrets_before, phase_before, accepted, origins, preflight
 
-    answers, first_status, stored_before, secrets_before, phase_before, accepted = asyncio.run(main())
+    answers, first_status, stored_before, secrets_before, phase_before, accepted, origins, preflight = asyncio.run(
+        main()
+    )
 
     expected = {
         "unsigned": (401, "unsigned"),
@@ -198,6 +210,15 @@ def test_every_bad_request_is_refused_with_a_reason_and_changes_nothing(suite, r
     assert first_status == 200
     assert (stored_before, secrets_before, phase_before) == (False, False, Phase.OPENED), "refusals changed nothing"
     assert accepted[0] == 200
+    # A page of another origin may make these requests (they are signed, and no cookie is read): every answer,
+    # refusals included, allows any origin, and a preflight allows the signature headers.
+    assert origins == {"*"}
+    status, headers = preflight
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == "*"
+    allowed = {h.strip().lower() for h in headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"content-type", "gpuex-expiry", "gpuex-nonce", "gpuex-signature"} <= allowed
+    assert "PUT" in headers["Access-Control-Allow-Methods"]
+    assert headers["Access-Control-Expose-Headers"] == "Gpuex-Result-Digest"
 
 
 # ------------------------------------------------------------------ the renter's side, whole

@@ -15,6 +15,7 @@ from eth_utils import keccak
 from pydantic import SecretStr
 
 from offchain.chain import deployments
+from offchain.chain.contracts import abi
 from offchain.config import OracleSettings
 from offchain.market.offers import OfferQuery, read_offers, read_token, search_offers
 from offchain.oracle.app import create_app
@@ -253,6 +254,9 @@ def test_unknown_rentals_and_providers_are_refused(web_client, offer, deployer):
                 f"/web/api/providers/{deployer.address}",
                 "/web/api/providers/0x12",
                 "/web/api/rentals?limit=0",
+                "/web/api/rentals?renter=0x12",
+                "/web/api/rentals?provider=bob",
+                "/web/api/rentals?renter=" + "0x" + "ab" * 20 + "&renter=" + deployer.address,
             ]
             return [(r.status, (await r.json())["error"]) for r in [await client.get(p) for p in paths]]
 
@@ -262,7 +266,47 @@ def test_unknown_rentals_and_providers_are_refused(web_client, offer, deployer):
         (404, "unknown_provider"),
         (400, "bad_address"),
         (400, "bad_query"),
+        (400, "bad_address"),
+        (400, "bad_address"),
+        (400, "bad_query"),
     ]
+
+
+def test_an_accounts_rentals_as_renter_and_as_provider(web_client, suite, offer, provider, renter, deployer):
+    rental_id = suite.escrow.openRental(offer, DURATION, PRICE, keccak(text="job"), {"from": renter}).return_value
+
+    async def scenario():
+        async with web_client() as client:
+            queries = [
+                f"renter={renter.address.lower()}",
+                f"provider={provider.address}",
+                f"renter={provider.address}",
+                f"provider={renter.address}",
+                f"renter={renter.address}&provider={provider.address}",
+                f"renter={deployer.address}",
+            ]
+            return [(await (await client.get("/web/api/rentals?" + q)).json())["rentals"] for q in queries]
+
+    as_renter, as_provider, provider_as_renter, renter_as_provider, both, stranger = run(scenario())
+    assert [r["rental_id"] for r in as_renter] == [str(rental_id)] == [r["rental_id"] for r in as_provider]
+    assert [r["rental_id"] for r in both] == [str(rental_id)]
+    assert provider_as_renter == renter_as_provider == stranger == []
+
+
+def test_the_contracts_come_with_the_abis_of_the_build_artifacts(web_client, deployment):
+    async def scenario():
+        async with web_client() as client:
+            return await (await client.get("/web/api/contracts")).json()
+
+    contracts = run(scenario())
+    assert contracts["chain_id"] == deployment.chain_id
+    assert contracts["escrow"]["address"] == deployment.escrow
+    assert contracts["registry"]["address"] == deployment.registry
+    assert contracts["payment_token"]["address"] == deployment.payment_token
+    assert contracts["escrow"]["abi"] == abi("RentalEscrow")
+    assert contracts["registry"]["abi"] == abi("ProviderRegistry")
+    names = {entry.get("name") for entry in contracts["payment_token"]["abi"]}
+    assert {"approve", "allowance", "balanceOf", "decimals", "ERC20InsufficientBalance"} <= names
 
 
 def test_the_event_stream_announces_each_move_of_the_index(web_client, suite, offer, renter):
