@@ -21,6 +21,8 @@ For each rental opened on one of the provider's offers, the agent:
    rental's running totals, signs the cumulative `TelemetryReport` (the totals since the rental's start, this
    period's samples root chained to the previous report's root) and commits it to the outbox together with the
    rental's next seq, period start, totals and root, so a restarted agent continues the totals where they were;
+   with the report goes the period's per-GPU figures (`offchain.telemetry.window.gpu_period_stats`), signed
+   apart (`offchain.protocol.gpustats`), which the oracles show live between on-chain checkpoints;
 5. when the job exits, sends the completion report: Completed for exit code 0, Failed otherwise (including a
    job timeout, a job killed for its memory, and a command that could not be started), with the exit code and
    result digest, and keeps the reason in words for the renter. When the renter terminates the rental, or its
@@ -77,7 +79,8 @@ from offchain.chain.reads import ChainReader, Rental
 from offchain.chain.rpc import ChainUnreachable, connect
 from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import TxState
-from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission
+from offchain.protocol.digest import TelemetryDomain
+from offchain.protocol.messages import ZERO_ROOT, TelemetryReport, TelemetrySubmission, sign_gpu_summary
 from offchain.protocol.reports import ReportStatus
 from offchain.protocol.status import DeclineReason, RentalStatus
 from offchain.sqlite import open_db, transaction
@@ -85,7 +88,7 @@ from offchain.telemetry.models import GpuSample
 from offchain.telemetry.nvml import NvmlSource
 from offchain.telemetry.source import TelemetryError, TelemetrySource, TraceExhausted
 from offchain.telemetry.ticks import ticks
-from offchain.telemetry.window import UsageTotals, summarize
+from offchain.telemetry.window import UsageTotals, gpu_period_stats, summarize
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,7 @@ class ProviderAgent:
         self._source = source
         self._key = settings.key.get_secret_value()
         self.address = Account.from_key(self._key).address
+        self._report_domain = TelemetryDomain(settings.chain.chain_id, settings.chain.registry)
         self._w3 = connect(settings.chain.rpc_url)
         self.chain_clock = ChainClock(self._w3, max_skew_seconds=settings.max_clock_skew_seconds, clock=clock)
         self._reader = ChainReader(self._w3, settings.chain.registry, settings.chain.escrow)
@@ -790,11 +794,20 @@ class ProviderAgent:
             result_digest=ZERO_DIGEST if outcome is None else outcome.result_digest,
             simulated=self._source.simulated or summary.simulated,
         )
-        signature = report.sign(self._key, self._settings.chain.chain_id, self._settings.chain.registry)
+        chain_id, registry = self._settings.chain.chain_id, self._settings.chain.registry
+        signature = report.sign(self._key, chain_id, registry)
+        gpu_summary = sign_gpu_summary(
+            self._key,
+            report,
+            self._report_domain.digest(report),
+            gpu_period_stats(buffer.samples, gpu_uuids, record.period_start, period_end),
+            chain_id,
+            registry,
+        )
         if status is not ReportStatus.RUNNING:
             done = f"job {status.name.lower()} (exit code {exit_code})"
         with transaction(self._db):
-            self.outbox.enqueue(TelemetrySubmission(report=report, signature=signature))
+            self.outbox.enqueue(TelemetrySubmission(report=report, signature=signature, gpu_summary=gpu_summary))
             self.book.advance(
                 record.rental_id,
                 next_seq=record.next_seq + 1,

@@ -115,8 +115,8 @@ def create_app(
             app[STORE] = SubmissionStore(settings.state_dir / DB_FILENAME)
         else:
             app[STORE] = store
-        verifier = Verifier(app[CHAIN], policy, clock)
         domain = TelemetryDomain(settings.chain.chain_id, settings.chain.registry)
+        verifier = Verifier(app[CHAIN], policy, domain, clock)
         app[INGEST] = Ingest(verifier, app[STORE], domain)
         app[COSIGNER] = Cosigner(
             verifier,
@@ -165,7 +165,10 @@ def create_app(
         mount(
             app,
             create_web_app(
-                settings.chain.rpc_url, deployment_of(settings.chain), confirmations=settings.web_confirmations
+                settings.chain.rpc_url,
+                deployment_of(settings.chain),
+                confirmations=settings.web_confirmations,
+                gpu_periods=lambda rental_id, since, limit: app[STORE].gpu_periods(rental_id, since, limit),
             ),
         )
     app.router.add_post(TELEMETRY_PATH, post_telemetry)

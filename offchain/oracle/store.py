@@ -28,6 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
+from offchain.oracle import gpuperiods
+from offchain.protocol.gpustats import GpuPeriod
 from offchain.protocol.messages import TelemetryReport, TelemetrySubmission
 from offchain.protocol.reports import ReportStatus
 
@@ -229,7 +231,7 @@ class SubmissionStore:
         for column, definition in _ADDED_COLUMNS.items():
             if columns and column not in columns:
                 self._db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {definition}")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + gpuperiods.SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
         self._group: asyncio.Future[None] | None = None  # the open transaction of `add_in_group`, if any
 
@@ -295,6 +297,7 @@ class SubmissionStore:
             with self._transaction():
                 cursor = self._db.execute(_INSERT, _row(entry, time.time()))
                 self._db.execute("UPDATE submissions SET state = 'superseded' WHERE id = ?", (cursor.lastrowid,))
+                gpuperiods.insert(self._db, entry.submission)
         except sqlite3.IntegrityError as exc:
             raise AlreadyHeld(key_of(entry.submission)) from exc
 
@@ -325,6 +328,8 @@ class SubmissionStore:
             with self._transaction():
                 self._db.executemany(_INSERT, rows)
                 self._db.executemany(_SUPERSEDE, [(str(rental), seq) for rental, seq in latest.items()])
+                for entry in entries:
+                    gpuperiods.insert(self._db, entry.submission)
         except sqlite3.IntegrityError as exc:
             duplicate = next((e for e in entries if self.held(key_of(e.submission))), entries[0])
             raise AlreadyHeld(key_of(duplicate.submission)) from exc
@@ -349,6 +354,7 @@ class SubmissionStore:
             raise AlreadyHeld(key_of(entry.submission)) from exc
         report = entry.submission.report
         self._db.execute(_SUPERSEDE, (str(report.rental_id), report.seq))
+        gpuperiods.insert(self._db, entry.submission)
         await asyncio.shield(group)
 
     def _commit_group(self) -> None:
@@ -396,6 +402,12 @@ class SubmissionStore:
             "SELECT body FROM submissions WHERE rental_id = ? ORDER BY seq", (str(rental_id),)
         ).fetchall()
         return [TelemetrySubmission.model_validate_json(body) for (body,) in rows]
+
+    def gpu_periods(self, rental_id: int, since: int, limit: int) -> tuple[int | None, list[GpuPeriod]]:
+        """The rental's highest seq with per-GPU figures kept here (None when none is), and its kept periods above
+        seq `since`, oldest first, at most `limit` (`offchain.oracle.gpuperiods`)."""
+        self._commit_group()
+        return gpuperiods.read(self._db, rental_id, since, limit)
 
     def batched(self, tx_key: str) -> list[TelemetrySubmission]:
         """The submissions transaction `tx_key` carries and that are not settled yet, in acceptance order."""

@@ -20,7 +20,7 @@ from offchain.chain.reads import Rental
 from offchain.config import OracleSettings
 from offchain.oracle.chainview import ChainView
 from offchain.oracle.store import PreviousReport
-from offchain.protocol.digest import InvalidSignature, recover_address, report_gpu_hashes
+from offchain.protocol.digest import InvalidSignature, TelemetryDomain, recover_address, report_gpu_hashes
 from offchain.protocol.messages import ZERO_ROOT, RejectReason, TelemetryReport, TelemetrySubmission, ValidationIssue
 from offchain.protocol.reports import split_rental_id
 from offchain.protocol.status import RentalStatus
@@ -40,6 +40,7 @@ HTTP_STATUS: dict[RejectReason, int] = {
     RejectReason.SIMULATED_REFUSED: 403,
     RejectReason.AGENT_NOT_SET: 403,
     RejectReason.SIGNER_NOT_AGENT: 403,
+    RejectReason.GPU_SUMMARY_SIGNER: 403,
     RejectReason.NOT_IN_ORACLE_SET: 403,
     RejectReason.UNKNOWN_RENTAL: 404,
     RejectReason.RENTAL_NOT_LIVE: 409,
@@ -103,11 +104,18 @@ class VerifyPolicy(BaseModel):
 
 
 class Verifier:
-    """Stateless and on-chain checks of submissions to one deployment."""
+    """Stateless and on-chain checks of submissions to one deployment (`domain`, the agents' EIP-712 domain)."""
 
-    def __init__(self, chain: ChainView, policy: VerifyPolicy, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        chain: ChainView,
+        policy: VerifyPolicy,
+        domain: TelemetryDomain,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._chain = chain
         self._policy = policy
+        self._domain = domain
         self._clock = clock
 
     async def verify(self, submission: TelemetrySubmission, digest: bytes) -> Rental:
@@ -120,6 +128,7 @@ class Verifier:
             signer = recover_address(digest, submission.signature)
         except InvalidSignature as exc:
             raise Rejected(RejectReason.BAD_SIGNATURE, str(exc)) from exc
+        self._check_gpu_summary(submission, digest, signer)
 
         rental = await self._chain.rental(report.rental_id)
         await self._check_rental(report.rental_id, rental, now)
@@ -143,6 +152,24 @@ class Verifier:
                 f"registered for offer {offer_id}",
             )
         return rental
+
+    def _check_gpu_summary(self, submission: TelemetrySubmission, digest: bytes, report_signer: bytes) -> None:
+        """Raises Rejected unless the submission's per-GPU figures, if it has any, were signed for this very report by
+        the key that signed the report (which `verify` then checks is the provider's agent)."""
+        summary = submission.gpu_summary
+        if summary is None:
+            return
+        summary_digest = self._domain.gpu_summary_digest(submission.report, digest, summary)
+        try:
+            signer = recover_address(summary_digest, summary.signature)
+        except InvalidSignature as exc:
+            raise Rejected(RejectReason.BAD_SIGNATURE, f"gpu_summary: {exc}") from exc
+        if signer != report_signer:
+            raise Rejected(
+                RejectReason.GPU_SUMMARY_SIGNER,
+                f"the GPU summary recovers to {to_checksum_address(signer)}, not to the report's signer "
+                f"{to_checksum_address(report_signer)}: another key signed it, or signed it for another report",
+            )
 
     async def provider_of(self, rental_id: int) -> str | None:
         """The provider of the rental's offer, whose agent signs the rental's reports (None if no such offer)."""

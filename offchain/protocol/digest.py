@@ -14,6 +14,7 @@ from coincurve import PublicKey
 from eth_utils import to_canonical_address
 
 from offchain.protocol.eip712 import DOMAIN_TYPE
+from offchain.protocol.gpustats import GPU_SUMMARY_TYPE, GpuSummary, canonical_bytes
 from offchain.protocol.messages import (
     AGENT_DOMAIN_NAME,
     AGENT_DOMAIN_VERSION,
@@ -33,6 +34,7 @@ _HALF_N = SECP256K1_N // 2
 
 DOMAIN_TYPEHASH = keccak(DOMAIN_TYPE.encode())
 TELEMETRY_REPORT_TYPEHASH = keccak(TELEMETRY_REPORT_TYPE.encode())
+GPU_SUMMARY_TYPEHASH = keccak(GPU_SUMMARY_TYPE.encode())
 
 
 # A rental's GPUs appear in every one of its reports. NVML UUIDs are 40 characters; longer strings (only ever
@@ -100,6 +102,18 @@ class TelemetryDomain:
     def digest(self, report: TelemetryReport) -> bytes:
         """The 32-byte digest the agent signs for `report`."""
         return keccak(self._prefix + report_struct_hash(report))
+
+    def gpu_summary_digest(self, report: TelemetryReport, report_digest: bytes, summary: GpuSummary) -> bytes:
+        """The 32-byte digest the agent signs for `summary`, the per-GPU figures of `report` (whose digest is
+        `report_digest`): `offchain.protocol.messages.gpu_summary_typed_data`, hashed."""
+        struct_hash = keccak(
+            GPU_SUMMARY_TYPEHASH
+            + _word(report.rental_id)
+            + _word(report.seq)
+            + report_digest
+            + keccak(canonical_bytes(summary.gpus))
+        )
+        return keccak(self._prefix + struct_hash)
 
 
 def recover_address(digest: bytes, signature: bytes) -> bytes:

@@ -13,9 +13,18 @@ from typing import Any, Sequence
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from offchain.protocol.eip712 import EIP712_DOMAIN_FIELDS, struct_fields
+from offchain.protocol.gpustats import GPU_SUMMARY_FIELDS, GpuPeriodStats, GpuSummary, gpus_hash
 from offchain.protocol.reports import Report, ReportStatus
 
 AGENT_DOMAIN_NAME = "gpuex Agent Telemetry"
@@ -31,6 +40,16 @@ TELEMETRY_REPORT_TYPE = (
     "bytes32 resultDigest,bool simulated)"
 )
 TELEMETRY_REPORT_FIELDS = struct_fields(TELEMETRY_REPORT_TYPE)
+
+
+def agent_domain(chain_id: int, registry: str) -> dict[str, Any]:
+    """The EIP-712 domain of everything an agent signs on one deployment."""
+    return {
+        "name": AGENT_DOMAIN_NAME,
+        "version": AGENT_DOMAIN_VERSION,
+        "chainId": chain_id,
+        "verifyingContract": to_checksum_address(registry),
+    }
 
 
 def gpu_uuid_hash(uuid: str) -> bytes:
@@ -112,12 +131,7 @@ class TelemetryReport(BaseModel):
                 "TelemetryReport": TELEMETRY_REPORT_FIELDS,
             },
             "primaryType": "TelemetryReport",
-            "domain": {
-                "name": AGENT_DOMAIN_NAME,
-                "version": AGENT_DOMAIN_VERSION,
-                "chainId": chain_id,
-                "verifyingContract": to_checksum_address(registry),
-            },
+            "domain": agent_domain(chain_id, registry),
             "message": {
                 "rentalId": self.rental_id,
                 "seq": self.seq,
@@ -147,13 +161,62 @@ class TelemetryReport(BaseModel):
         return str(Account.recover_message(signable, signature=signature))
 
 
+def gpu_summary_typed_data(
+    report: TelemetryReport, report_digest: bytes, gpus: tuple[GpuPeriodStats, ...], chain_id: int, registry: str
+) -> dict[str, Any]:
+    """The EIP-712 document an agent signs over a report's per-GPU figures (`offchain.protocol.gpustats`): the
+    report's rental and seq, its digest (`TelemetryDomain.digest`) and the figures' hash, in the reports' domain."""
+    return {
+        "types": {"EIP712Domain": EIP712_DOMAIN_FIELDS, "GpuPeriodSummary": GPU_SUMMARY_FIELDS},
+        "primaryType": "GpuPeriodSummary",
+        "domain": agent_domain(chain_id, registry),
+        "message": {
+            "rentalId": report.rental_id,
+            "seq": report.seq,
+            "reportDigest": report_digest,
+            "gpusHash": gpus_hash(gpus),
+        },
+    }
+
+
+def sign_gpu_summary(
+    private_key: bytes | str,
+    report: TelemetryReport,
+    report_digest: bytes,
+    gpus: tuple[GpuPeriodStats, ...],
+    chain_id: int,
+    registry: str,
+) -> GpuSummary:
+    """`gpus`, the per-GPU figures of `report`'s period, signed with the agent's key."""
+    document = gpu_summary_typed_data(report, report_digest, gpus, chain_id, registry)
+    return GpuSummary(gpus=gpus, signature=bytes(Account.sign_typed_data(private_key, full_message=document).signature))
+
+
 class TelemetrySubmission(BaseModel):
-    """The body of `POST /v1/telemetry`: a report and its agent signature, hex-encoded."""
+    """The body of `POST /v1/telemetry`: a report and its agent signature, hex-encoded, and optionally the period's
+    per-GPU figures signed by the same agent (`gpu_summary`; left out of the JSON when there is none, so a
+    submission without one reads as it did before summaries existed)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="hex", val_json_bytes="hex")
 
     report: TelemetryReport
     signature: bytes = Field(min_length=65, max_length=65)
+    gpu_summary: GpuSummary | None = None
+
+    @model_validator(mode="after")
+    def _summary_of_the_reports_gpus(self) -> "TelemetrySubmission":
+        if self.gpu_summary is not None:
+            strangers = {g.uuid for g in self.gpu_summary.gpus} - set(self.report.gpu_uuids)
+            if strangers:
+                raise ValueError(f"gpu_summary names {len(strangers)} GPU(s) the report does not")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_summary(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        if fields.get("gpu_summary", True) is None:
+            del fields["gpu_summary"]
+        return fields
 
 
 class CosignRequest(BaseModel):
@@ -221,6 +284,7 @@ class RejectReason(StrEnum):
     RENTAL_START_TIMED_OUT = "rental_start_timed_out"  # never started and past the start timeout
     AGENT_NOT_SET = "agent_not_set"  # the offer's provider has no agent key
     SIGNER_NOT_AGENT = "signer_not_agent"  # signed by a key other than the provider's agentOf
+    GPU_SUMMARY_SIGNER = "gpu_summary_signer"  # the per-GPU figures are not signed by the key that signed the report
     GPU_MISMATCH = "gpu_mismatch"  # the GPU UUIDs are not exactly the offer's registered GPUs
     SEQ_CONFLICT = "seq_conflict"  # a different report with this rental and seq is already accepted
     SEQ_STALE = "seq_stale"  # seq at or below the last accepted (or settled) one, and not held here

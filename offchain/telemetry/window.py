@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from fractions import Fraction
-from typing import Collection, Iterable
+from typing import Collection, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from offchain.protocol.gpustats import GpuPeriodStats
 from offchain.telemetry.merkle import merkle_root, sorted_leaves
 from offchain.telemetry.models import GpuSample
 
@@ -110,4 +111,32 @@ def summarize(samples: Iterable[GpuSample], gpu_uuids: Collection[str], start: i
         sample_count=len(in_period),
         samples_root=merkle_root(sorted_leaves(in_period)),
         simulated=any(s.source != "nvml" for s in in_period),
+    )
+
+
+def gpu_period_stats(
+    samples: Iterable[GpuSample], gpu_uuids: Sequence[str], start: int, end: int
+) -> tuple[GpuPeriodStats, ...]:
+    """Each of `gpu_uuids`' figures over [start, end), in that order: how many samples it had, and from its healthy
+    ones (`GpuSample.healthy`) the mean utilisation and power, the peak memory used, its memory and the highest
+    temperature (None where no healthy sample carried the reading)."""
+    by_gpu: dict[str, list[GpuSample]] = {uuid: [] for uuid in gpu_uuids}
+    for sample in samples:
+        if sample.uuid in by_gpu and start <= sample.timestamp < end:
+            by_gpu[sample.uuid].append(sample)
+    return tuple(_gpu_stats(uuid, gpu_samples) for uuid, gpu_samples in by_gpu.items())
+
+
+def _gpu_stats(uuid: str, samples: list[GpuSample]) -> GpuPeriodStats:
+    healthy = [s for s in samples if s.healthy]
+    utils = [s.gpu_util_pct for s in healthy if s.gpu_util_pct is not None]
+    powers = [s.power_w for s in healthy if s.power_w is not None]
+    return GpuPeriodStats(
+        uuid=uuid,
+        samples=len(samples),
+        util_bps=round(Fraction(sum(utils), len(utils)) * 100) if utils else None,
+        mem_used_mib=max((s.mem_used_mib for s in healthy if s.mem_used_mib is not None), default=None),
+        mem_total_mib=max((s.mem_total_mib for s in healthy if s.mem_total_mib is not None), default=None),
+        power_mw=round(sum(powers) * 1000 / len(powers)) if powers else None,
+        temp_c=max((s.temp_c for s in healthy if s.temp_c is not None), default=None),
     )

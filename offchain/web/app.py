@@ -15,6 +15,8 @@ answers 503.
     GET /web/api/rentals/<id>          one rental with its reports
     GET /web/api/providers/<address>   one provider
     GET /web/api/contracts             the deployment's addresses with the ABIs the page calls them with
+    GET /web/api/rentals/<id>/telemetry?since=<seq>
+                                       per-GPU figures of the rental's report periods after `since` (`.telemetry`)
     GET /web/api/events                server-sent events: `index` (`IndexStatus`) whenever the index moved
 
 The pages are static HTML, CSS and JavaScript shipped in this package (no CDN; the wallet and chart side is the
@@ -50,6 +52,7 @@ from offchain.config import ChainSettings
 from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex
 from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
 from offchain.market.rentals import RentalHistory
+from offchain.web.telemetry import GPU_PERIODS, MAX_POINTS, GpuPeriodReader, TelemetryPage
 from offchain.web.views import (
     ContractsInfo,
     DeployedContract,
@@ -98,9 +101,14 @@ def create_web_app(
     *,
     confirmations: int = 0,
     poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS,
+    gpu_periods: GpuPeriodReader | None = None,
 ) -> web.Application:
-    """The web sub-application of `deployment`, reading the chain through `rpc_url`; mount it with `mount`."""
+    """The web sub-application of `deployment`, reading the chain through `rpc_url`; mount it with `mount`.
+    `gpu_periods` reads the per-GPU figures an oracle holds; without it (`gpuex web`) the telemetry endpoint
+    answers 404 `telemetry_not_served`."""
     app = web.Application()
+    if gpu_periods is not None:
+        app[GPU_PERIODS] = gpu_periods
     w3 = connect(rpc_url)
     app[MARKET] = WebState(deployment, EventIndex.for_deployment(w3, deployment, confirmations=confirmations))
 
@@ -132,6 +140,7 @@ def create_web_app(
     app.router.add_get("/api/offers", get_offers)
     app.router.add_get("/api/rentals", get_rentals)
     app.router.add_get("/api/rentals/{rental_id}", get_rental)
+    app.router.add_get("/api/rentals/{rental_id}/telemetry", get_rental_telemetry)
     app.router.add_get("/api/providers/{address}", get_provider)
     app.router.add_get("/api/contracts", get_contracts)
     app.router.add_get("/api/events", get_events)
@@ -278,6 +287,25 @@ async def get_rental(request: web.Request) -> web.Response:
     if rental is None or offer is None:
         raise _refusal(web.HTTPNotFound, "unknown_rental", f"no rental {rental_id} (as of block {market.index.block})")
     return _json(rental_detail(rental, offer, token, stake_token))
+
+
+async def get_rental_telemetry(request: web.Request) -> web.Response:
+    """The per-GPU figures of the rental's report periods above seq `since` (default 0) that this oracle holds,
+    oldest first, at most MAX_POINTS."""
+    rental_id = _int_param(request.match_info["rental_id"], "rental id", 1, 2**256 - 1)
+    since = _int_param(request.query.get("since", "0"), "since", 0, 2**32 - 1)
+    read = request.app.get(GPU_PERIODS)
+    if read is None:
+        raise _refusal(
+            web.HTTPNotFound,
+            "telemetry_not_served",
+            "this page is served without an oracle: per-GPU telemetry is served by an oracle's page (GPUEX_ORACLE_WEB)",
+        )
+    market, _, _ = _ready(request)
+    if market.index.rental(rental_id) is None:
+        raise _refusal(web.HTTPNotFound, "unknown_rental", f"no rental {rental_id} (as of block {market.index.block})")
+    latest_seq, periods = read(rental_id, since, MAX_POINTS)
+    return _json(TelemetryPage.of(rental_id, latest_seq, periods))
 
 
 async def get_provider(request: web.Request) -> web.Response:

@@ -16,9 +16,11 @@ from aiohttp import web
 
 from offchain.agent.outbox import Outbox, OutboxConflict, RetryPolicy
 from offchain.chain.contracts import PROJECT_ROOT
-from offchain.protocol.messages import OracleError, RejectReason
+from offchain.protocol.digest import TelemetryDomain
+from offchain.protocol.gpustats import GpuPeriodStats
+from offchain.protocol.messages import OracleError, RejectReason, TelemetrySubmission, sign_gpu_summary
 from offchain.sqlite import open_db
-from tests.offchain.agent.helpers import AGENT_ADDRESS, CHAIN_ID, REGISTRY, signed_submission, wait_until
+from tests.offchain.agent.helpers import AGENT_ADDRESS, AGENT_KEY, CHAIN_ID, REGISTRY, signed_submission, wait_until
 from tests.offchain.agent.oracle_server import RecordingOracle
 
 FAST_RETRY = RetryPolicy(initial_seconds=0.05, maximum_seconds=0.2)
@@ -294,8 +296,19 @@ def test_queuing_the_same_report_again_changes_nothing_and_a_different_one_is_re
         outbox.enqueue(signed_submission(1, period_seconds=5))
 
 
+def with_gpu_summary(submission: TelemetrySubmission) -> TelemetrySubmission:
+    """`submission` with per-GPU figures of its report's GPUs, signed by the agent key."""
+    report = submission.report
+    gpus = tuple(GpuPeriodStats(uuid=uuid, samples=20, util_bps=9_000, power_mw=300_000) for uuid in report.gpu_uuids)
+    digest = TelemetryDomain(CHAIN_ID, REGISTRY).digest(report)
+    summary = sign_gpu_summary(AGENT_KEY, report, digest, gpus, CHAIN_ID, REGISTRY)
+    return submission.model_copy(update={"gpu_summary": summary})
+
+
 def test_a_new_outbox_on_the_same_database_delivers_what_the_old_one_left(tmp_path):
+    """Per-GPU figures included."""
     db_path = tmp_path / "agent.sqlite"
+    queued = with_gpu_summary(signed_submission(1))
 
     async def main() -> RecordingOracle:
         server = oracle(db_path)
@@ -303,7 +316,7 @@ def test_a_new_outbox_on_the_same_database_delivers_what_the_old_one_left(tmp_pa
         await server.stop()
         first = open_db(db_path)
         async with Outbox(first, [url], retry=FAST_RETRY) as outbox:
-            outbox.enqueue(signed_submission(1))
+            outbox.enqueue(queued)
             await outbox.deliver_due()
         first.close()
         await server.start(port=int(url.rsplit(":", 1)[1]))
@@ -314,7 +327,9 @@ def test_a_new_outbox_on_the_same_database_delivers_what_the_old_one_left(tmp_pa
             await server.stop()
         return server
 
-    assert asyncio.run(main()).statuses() == [202]
+    server = asyncio.run(main())
+    assert server.statuses() == [202]
+    assert server.answers[0].submission == queued
 
 
 def test_kill_9_during_delivery_loses_nothing_and_never_resends_an_acked_report(tmp_path):

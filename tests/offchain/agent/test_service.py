@@ -22,6 +22,7 @@ from offchain.agent.service import SIMULATED_LABEL, ProviderAgent, SimulatedTele
 from offchain.agent.workspace import RentalFiles
 from offchain.chain.contracts import PROJECT_ROOT
 from offchain.chain.reads import Rental
+from offchain.protocol.digest import TelemetryDomain, recover_address
 from offchain.protocol.messages import ZERO_ROOT, TelemetryReport
 from offchain.protocol.reports import EscrowDomain, Report, ReportStatus, sign_batch, submit_args
 from offchain.protocol.status import DeclineReason, RentalStatus
@@ -40,6 +41,7 @@ from tests.offchain.agent.harness import (
     start_oracles,
 )
 from tests.offchain.agent.helpers import wait_until
+from tests.offchain.agent.oracle_server import RecordingOracle
 from tests.offchain.conftest import AGENT, AGENT_KEY, ORACLE_KEYS, PRICE
 
 
@@ -306,12 +308,10 @@ def test_a_rental_its_first_report_already_started_continues_from_the_chain(
     assert rental_state(suite, rental).status is RentalStatus.COMPLETED
 
 
-def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, agent_settings):
-    """The recorded trace, played back on the wall clock, measures the rental as a live source would; its reports
-    say they are not live measurements."""
-    listed = gpu_offer(source=ReplaySource(PROJECT_ROOT / "tests" / "data" / "trace-simulated-2gpu.jsonl", rebase=True))
-    settings = agent_settings([])
-    spec = job("sleep 3")
+def run_to_completion(suite, renter, listed, settings, command: str = "sleep 3") -> tuple[int, RecordingOracle]:
+    """Runs an agent reporting to one recording oracle while a rental of `listed` runs `command` to completion;
+    the rental and the oracle."""
+    spec = job(command)
     JobSpecStore(settings.spec_directory).put(spec)
 
     async def main():
@@ -320,7 +320,15 @@ def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, 
             await until(lambda: final_report(oracles[0], rental) is not None, 30, "the completion report")
         return rental, oracles[0]
 
-    rental, oracle = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, agent_settings):
+    """The recorded trace, played back on the wall clock, measures the rental as a live source would; its reports
+    say they are not live measurements."""
+    listed = gpu_offer(source=ReplaySource(PROJECT_ROOT / "tests" / "data" / "trace-simulated-2gpu.jsonl", rebase=True))
+    settings = agent_settings([])
+    rental, oracle = run_to_completion(suite, renter, listed, settings)
 
     reports = oracle.accepted_reports(rental)
     assert_continuous(reports, rental_state(suite, rental).since)
@@ -330,6 +338,34 @@ def test_a_replayed_trace_drives_the_reports(suite, renter, relayer, gpu_offer, 
     assert max(r.peak_mem_mib for r in reports) > 0
     settle(suite, relayer, reports)
     assert rental_state(suite, rental).status is RentalStatus.COMPLETED
+
+
+def test_each_report_carries_its_periods_per_gpu_figures_signed_by_the_agent(suite, renter, gpu_offer, agent_settings):
+    """Every report goes out with the per-GPU figures of its period, signed by the agent key for that very report;
+    they add up to the report's own sample count and peak memory."""
+    listed = gpu_offer()
+    settings = agent_settings([])
+    rental, oracle = run_to_completion(suite, renter, listed, settings)
+
+    domain = TelemetryDomain(settings.chain.chain_id, settings.chain.registry)
+    submissions = [
+        a.submission
+        for a in oracle.answers
+        if a.status == 202 and a.submission is not None and a.submission.report.rental_id == rental
+    ]
+    assert len(submissions) >= 2
+    for submission in submissions:
+        report, summary = submission.report, submission.gpu_summary
+        assert summary is not None
+        assert tuple(g.uuid for g in summary.gpus) == report.gpu_uuids
+        signed = domain.gpu_summary_digest(report, domain.digest(report), summary)
+        assert recover_address(signed, summary.signature) == bytes.fromhex(AGENT.address[2:])
+        assert sum(g.samples for g in summary.gpus) == report.sample_count
+        assert max(g.mem_used_mib or 0 for g in summary.gpus) == report.peak_mem_mib
+        for gpu in summary.gpus:
+            if gpu.samples:  # the simulated GPUs give every reading
+                assert None not in (gpu.util_bps, gpu.mem_used_mib, gpu.mem_total_mib, gpu.power_mw, gpu.temp_c)
+    assert any(g.power_mw for s in submissions if s.gpu_summary is not None for g in s.gpu_summary.gpus)
 
 
 def test_simulated_telemetry_is_refused_without_the_explicit_flag(gpu_offer, agent_settings):

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from offchain.protocol.gpustats import GpuPeriodStats
 from offchain.telemetry.merkle import ZERO_HASH, merkle_root, sorted_leaves
 from offchain.telemetry.models import GpuSample
 from offchain.telemetry.replay import ReplaySource
 from offchain.telemetry.source import TraceExhausted
-from offchain.telemetry.window import UsageTotals, WindowSummary, summarize
+from offchain.telemetry.window import UsageTotals, WindowSummary, gpu_period_stats, summarize
 from tests.offchain.telemetry.helpers import take
 
 T0 = 1_767_225_600
@@ -286,3 +287,24 @@ def test_an_offer_gpu_absent_from_the_trace_delivers_nothing():
     uuids = sorted({s.uuid for s in samples}) + ["GPU-00000000-0000-4000-8000-000000000099"]
 
     assert summarize(samples, uuids, T0, T0 + 120).delivered_seconds == 0
+
+
+def test_per_gpu_figures_come_from_each_gpus_healthy_samples_in_the_period():
+    samples = [
+        _sample(0, GPU_A, 90, 10_000, power_w=400.0, temp_c=60),
+        _sample(1, GPU_A, 81, 12_000, power_w=500.5, temp_c=71),
+        _sample(2, GPU_A, 100, 70_000, error="GPU is lost"),  # unhealthy: counted, not measured
+        _sample(1, GPU_B, 50, 5_000, power_w=None, temp_c=None),  # power and temperature not supported
+        _sample(10, GPU_A, 0, 0),  # after the period
+        _sample(1, "GPU-of-another-offer", 100),
+    ]
+
+    a, b = gpu_period_stats(samples, OFFER, T0, T0 + 10)
+
+    assert a == GpuPeriodStats(
+        uuid=GPU_A, samples=3, util_bps=8_550, mem_used_mib=12_000, mem_total_mib=81_559, power_mw=450_250, temp_c=71
+    )
+    assert b == GpuPeriodStats(uuid=GPU_B, samples=1, util_bps=5_000, mem_used_mib=5_000, mem_total_mib=81_559)
+    assert gpu_period_stats(samples, (GPU_B, "GPU-silent"), T0, T0 + 10)[1] == GpuPeriodStats(
+        uuid="GPU-silent", samples=0
+    )
