@@ -13,6 +13,9 @@ const TELEMETRY_HEIGHT = 200;
 /** The uPlot instances on the page, by name ("usage", and "telemetry:<metric key>"). */
 export const plots = {};
 
+/** Time axis steps of whole seconds (uPlot's default goes down to milliseconds for a short span). */
+const X_AXIS = { incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400] };
+
 function widthOf(node) {
   return Math.max(240, node.clientWidth);
 }
@@ -45,7 +48,7 @@ export class UsageChart {
       height: USAGE_HEIGHT,
       scales: { x: { time: true }, pct: { range: [0, 100] }, s: { range: (_, min, max) => [0, Math.max(10, max)] } },
       axes: [
-        {},
+        X_AXIS,
         { scale: "pct", values: (_, ticks) => ticks.map((t) => t + "%") },
         { scale: "s", side: 1, values: seconds, grid: { show: false } },
       ],
@@ -100,10 +103,11 @@ export class TelemetryCharts {
         width: widthOf(box),
         height: TELEMETRY_HEIGHT,
         scales: { x: { time: true }, y: metric.key === "util_pct" ? { range: [0, 100] } : {} },
+        axes: [X_AXIS, { size: 64 }],
         series: [
           { label: "period end" },
           ...columns.gpus.map((uuid, i) => ({
-            label: "GPU " + i + " (" + uuid + ")", stroke: GPU_COLORS[i % GPU_COLORS.length], width: 1.5,
+            label: "GPU " + i + " · " + (uuid.length > 16 ? uuid.slice(0, 15) + "…" : uuid), stroke: GPU_COLORS[i % GPU_COLORS.length], width: 1.5,
             value: format })),
         ],
       }, [columns.x, ...columns.series[metric.key]], box);

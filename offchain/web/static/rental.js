@@ -11,6 +11,7 @@
   const rentalId = new URLSearchParams(location.search).get("id") || "";
   const REPORT_ROWS = 50;
   const TELEMETRY_POLL_MS = 5_000;
+  const TELEMETRY_PAGES = 10;
   const LOG_RETRY_MS = 5_000;
   const MAX_LOG_CHUNKS = 5_000;
   const usage = new UsageChart(document.getElementById("chart"));
@@ -101,10 +102,14 @@
   async function fetchTelemetry() {
     const note = document.getElementById("telemetry-note");
     const empty = document.getElementById("telemetry-empty");
-    const since = points.length ? "?since=" + points[points.length - 1].seq : "";
-    let body;
     try {
-      body = await api("api/rentals/" + encodeURIComponent(rentalId) + "/telemetry" + since);
+      // An answer holds a bounded number of periods: ask again until the oracle's latest is held.
+      for (let asked = 0; asked < TELEMETRY_PAGES; asked++) {
+        const since = points.length ? "?since=" + points[points.length - 1].seq : "";
+        const body = await api("api/rentals/" + encodeURIComponent(rentalId) + "/telemetry" + since);
+        points = mergePoints(points, body.points);
+        if (!body.points.length || body.latest_seq === null || points[points.length - 1].seq >= body.latest_seq) break;
+      }
     } catch (error) {
       if (error instanceof gpuex.ApiError && (error.status === 404 || error.status === 503)) {
         if (!points.length) {
@@ -116,7 +121,6 @@
       note.textContent = "(cannot refresh: " + error.message + ")";
       return;
     }
-    points = mergePoints(points, body.points);
     empty.hidden = points.length > 0;
     empty.textContent = "No telemetry held for this rental yet.";
     note.textContent = points.length
@@ -152,8 +156,8 @@
     const isRenter = accounts.some((a) => a.toLowerCase() === shown.renter.toLowerCase());
     renter.panel.hidden = !isRenter;
     document.getElementById("renter-note").textContent = isRenter
-      ? "Your wallet holds this rental's renter: it signs each request to the provider's agent (this page's " +
-        "server sees none of them nor the logs)."
+      ? "Your wallet holds this rental's renter: it signs each request to the provider's agent, which answers " +
+        "your browser directly (this page's server sees neither the requests nor the logs)."
       : "";
   }
 
