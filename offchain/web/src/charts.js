@@ -107,8 +107,8 @@ export class TelemetryCharts {
         series: [
           { label: "period end" },
           ...columns.gpus.map((uuid, i) => ({
-            label: "GPU " + i + " · " + (uuid.length > 16 ? uuid.slice(0, 15) + "…" : uuid), stroke: GPU_COLORS[i % GPU_COLORS.length], width: 1.5,
-            value: format })),
+            label: "GPU " + i + " · " + (uuid.length > 16 ? uuid.slice(0, 15) + "…" : uuid),
+            stroke: GPU_COLORS[i % GPU_COLORS.length], width: 1.5, value: format })),
         ],
       }, [columns.x, ...columns.series[metric.key]], box);
       this.plots[metric.key] = plot;
