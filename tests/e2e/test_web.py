@@ -65,39 +65,13 @@ def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, mon
 
 async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
     state_dir = tmp_path / "devnet"
-    state = await devnet.up(
-        state_dir,
-        port=ANVIL_PORT,
-        oracle_port=ORACLE_PORT,
-        epoch_seconds=1.0,
-        checkpoint_interval_seconds=2,
-        say=lambda _: None,
-    )
+    state = await _devnet_up(state_dir, ANVIL_PORT, ORACLE_PORT)
     w3 = connect(state.rpc_url)
     agent_task = None
     try:
         source = SimulatedSource(gpu_count=2, seed=7)
         rented = await _market(w3, state, state_dir, source, tmp_path / "agent" / "specs")
-        agent = ProviderAgent(
-            ProviderAgentSettings(
-                chain=state.deployment.chain_settings(state.rpc_url),
-                key=_key(state_dir, "agent"),
-                provider=state.accounts["provider"],
-                oracles=[state.oracle_url],
-                allow_simulated=True,
-                state_dir=tmp_path / "agent",
-                report_interval_seconds=1.0,
-                chain_poll_seconds=0.5,
-                start_block=state.deployment.start_block,
-                retry_initial_seconds=0.2,
-                retry_max_seconds=1.0,
-                container=ContainerSettings(default_image=job_image),
-                keep_jobs_on_exit=False,
-                api_port=0,
-            ),
-            source,
-        )
-        agent_task = asyncio.create_task(agent.run(), name="agent")
+        agent_task = _start_agent(state, state_dir, tmp_path / "agent", source, job_image, api_port=0)
         web = f"{state.oracle_url}/web"
         await _until_reports(f"{web}/api/rentals/{rented}", 2, agent_task)
         await asyncio.to_thread(_check_offers_page, driver, web)
@@ -113,6 +87,45 @@ async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
             await asyncio.gather(agent_task, return_exceptions=True)
         await w3.provider.disconnect()
         devnet.down(state_dir, say=lambda _: None)
+
+
+async def _devnet_up(state_dir: Path, port: int, oracle_port: int) -> devnet.DevnetState:
+    """A devnet as `gpuex devnet up` brings it up, with an oracle that lands a checkpoint every 2 s."""
+    return await devnet.up(
+        state_dir,
+        port=port,
+        oracle_port=oracle_port,
+        epoch_seconds=1.0,
+        checkpoint_interval_seconds=2,
+        say=lambda _: None,
+    )
+
+
+def _start_agent(
+    state: devnet.DevnetState, state_dir: Path, agent_dir: Path, source: SimulatedSource, job_image: str, api_port: int
+) -> asyncio.Task:
+    """The devnet provider's agent, running in this process on `source`'s GPUs with its state in `agent_dir` and
+    its renter API on `api_port` (0: any free port)."""
+    agent = ProviderAgent(
+        ProviderAgentSettings(
+            chain=state.deployment.chain_settings(state.rpc_url),
+            key=_key(state_dir, "agent"),
+            provider=state.accounts["provider"],
+            oracles=[state.oracle_url],
+            allow_simulated=True,
+            state_dir=agent_dir,
+            report_interval_seconds=1.0,
+            chain_poll_seconds=0.5,
+            start_block=state.deployment.start_block,
+            retry_initial_seconds=0.2,
+            retry_max_seconds=1.0,
+            container=ContainerSettings(default_image=job_image),
+            keep_jobs_on_exit=False,
+            api_port=api_port,
+        ),
+        source,
+    )
+    return asyncio.create_task(agent.run(), name="agent")
 
 
 def _key(state_dir: Path, role: str) -> str:

@@ -17,10 +17,7 @@ from pathlib import Path
 from eth_account import Account
 from selenium.webdriver.common.by import By
 
-from offchain.agent.containers import ContainerSettings
 from offchain.agent.jobspec import JobSpec, JobSpecStore
-from offchain.agent.service import ProviderAgent
-from offchain.agent.settings import ProviderAgentSettings
 from offchain.chain import deployments
 from offchain.chain.contracts import contract
 from offchain.chain.rpc import connect
@@ -32,7 +29,7 @@ from offchain.protocol.messages import gpu_uuid_hash
 from offchain.protocol.reports import rental_id
 from offchain.telemetry.simulated import SimulatedSource
 from tests.e2e.browser import ARTIFACTS, inject_wallet, screenshot, wait, wallet_calls
-from tests.e2e.test_web import _key, _until_reports
+from tests.e2e.test_web import _devnet_up, _key, _start_agent, _until_reports
 
 ANVIL_PORT = 9350
 ORACLE_PORT = 9351
@@ -60,39 +57,13 @@ def test_the_renter_watches_the_live_charts_the_job_status_and_its_logs(tmp_path
 
 async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
     state_dir = tmp_path / "devnet"
-    state = await devnet.up(
-        state_dir,
-        port=ANVIL_PORT,
-        oracle_port=ORACLE_PORT,
-        epoch_seconds=1.0,
-        checkpoint_interval_seconds=2,
-        say=lambda _: None,
-    )
+    state = await _devnet_up(state_dir, ANVIL_PORT, ORACLE_PORT)
     w3 = connect(state.rpc_url)
     agent_task = None
     try:
         source = SimulatedSource(gpu_count=2, seed=11)
         rented = await _rent(w3, state, state_dir, source, tmp_path / "agent" / "specs")
-        agent = ProviderAgent(
-            ProviderAgentSettings(
-                chain=state.deployment.chain_settings(state.rpc_url),
-                key=_key(state_dir, "agent"),
-                provider=state.accounts["provider"],
-                oracles=[state.oracle_url],
-                allow_simulated=True,
-                state_dir=tmp_path / "agent",
-                report_interval_seconds=1.0,
-                chain_poll_seconds=0.5,
-                start_block=state.deployment.start_block,
-                retry_initial_seconds=0.2,
-                retry_max_seconds=1.0,
-                container=ContainerSettings(default_image=job_image),
-                keep_jobs_on_exit=False,
-                api_port=AGENT_API_PORT,
-            ),
-            source,
-        )
-        agent_task = asyncio.create_task(agent.run(), name="agent")
+        agent_task = _start_agent(state, state_dir, tmp_path / "agent", source, job_image, AGENT_API_PORT)
         web = f"{state.oracle_url}/web"
         await _until_reports(f"{web}/api/rentals/{rented}", 2, agent_task)
         inject_wallet(driver, state.rpc_url, state.accounts["renter"])
