@@ -4,7 +4,8 @@ job that prints a line a second, and the agent runs in this process. The page, w
 renter's account, shows the usage and per-GPU telemetry charts filling, the job's state by the chain and, once the
 renter asks, the job's status and its log lines from the agent, each request signed by the wallet; the panel is
 hidden while the wallet holds another account. When the renter terminates, the log ends and the status says how
-the job ended. Screenshot: out/test-artifacts/web-rental-live.png.
+the job ended. Markup the job prints shows as text; an unknown rental's page has no charts.
+Screenshot: out/test-artifacts/web-rental-live.png.
 
 Needs `make browser` (apt packages chromium and chromium-driver); the test fails, saying so, without them.
 """
@@ -31,14 +32,18 @@ from offchain.telemetry.simulated import SimulatedSource
 from tests.e2e.browser import ARTIFACTS, inject_wallet, screenshot, wait, wallet_calls
 from tests.e2e.test_web import _devnet_up, _key, _start_agent, _until_reports
 
-ANVIL_PORT = 9350
-ORACLE_PORT = 9351
-AGENT_API_PORT = 9352
+ANVIL_PORT = 9380
+ORACLE_PORT = 9381
+AGENT_API_PORT = 9382
 MAX_UINT = 2**256 - 1
 RENTAL_SECONDS = 3_600
 PRICE_PER_SECOND = 1_400
 LINES_SEEN = 3
-JOB = JobSpec(command=("sh", "-c", "i=0; while [ $i -lt 3600 ]; do echo line $i; i=$((i+1)); sleep 1; done"))
+#: Markup the job prints must reach the page as text.
+MARKUP = '<img src=x onerror="document.title=1">'
+JOB = JobSpec(
+    command=("sh", "-c", f"echo '{MARKUP}'; i=0; while [ $i -lt 3600 ]; do echo line $i; i=$((i+1)); sleep 1; done")
+)
 
 #: Rows of the uPlot charts on the page by name: how many x values each holds and its series' labels.
 CHARTS = """
@@ -71,6 +76,7 @@ async def _scenario(tmp_path: Path, driver, job_image: str) -> None:
         renter = Wallet(w3, Account.from_key(_key(state_dir, "renter")))
         await renter.transact(contract(w3, "RentalEscrow", state.deployment.escrow).functions.terminate(rented))
         await asyncio.to_thread(_check_the_end, driver)
+        await asyncio.to_thread(_check_an_unknown_rental, driver, web)
     finally:
         if agent_task is not None:
             agent_task.cancel()
@@ -167,7 +173,8 @@ def _watch(driver, web: str, rented: int, provider: str) -> None:
         f"{LINES_SEEN + 1} log lines of the job",
     )
     logs = _text(driver, "logs").splitlines()
-    assert logs[: LINES_SEEN + 1] == [f"line {i}" for i in range(LINES_SEEN + 1)], logs
+    assert logs[: LINES_SEEN + 2] == [MARKUP] + [f"line {i}" for i in range(LINES_SEEN + 1)], logs
+    assert driver.execute_script("return document.querySelectorAll('#logs img').length;") == 0
     seen = len(logs)
     wait(driver, lambda d: len(_text(d, "logs").splitlines()) > seen + 1, "more log lines, followed live")
     assert wallet_calls(driver).count("eth_signTypedData_v4") == 2, "one signature for the status, one for the logs"
@@ -188,3 +195,16 @@ def _check_the_end(driver) -> None:
     assert "Exit code\n—" not in status, status
     assert wallet_calls(driver).count("eth_signTypedData_v4") == 3, "the status read again once, at the end"
     wait(driver, lambda d: _text(d, "status") == "terminated", "the termination, by the chain")
+
+
+def _check_an_unknown_rental(driver, web: str) -> None:
+    """A rental the chain does not know: the page says so, has no telemetry to show and offers no renter's panel."""
+    driver.get(f"{web}/rental?id=12345")
+    wait(driver, lambda d: "no rental 12345" in _text(d, "error"), "the refusal of an unknown rental")
+    wait(
+        driver,
+        lambda d: _text(d, "telemetry-empty") == "No live telemetry from this oracle.",
+        "the note that there is no telemetry",
+    )
+    assert not driver.find_element(By.ID, "renter").is_displayed()
+    assert driver.execute_script(CHARTS) == {}
