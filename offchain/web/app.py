@@ -8,6 +8,7 @@ answers 503.
     GET /web/                          offers (filters and sort of `gpuex offers search`) and recent rentals
     GET /web/rental?id=<rental id>     a rental: amounts, settlement, usage and live telemetry charts, the job
     GET /web/provider?address=<0x...>  a provider: stake, reputation, offers, rentals and history
+    GET /web/account                   the connected wallet's balances and rentals (read through the wallet)
     GET /web/api/market                chain, contracts, tokens and how far the index is
     GET /web/api/offers?<OfferQuery>   the offers that pass the query; 400 with the reason for a bad query
     GET /web/api/rentals?limit=<n>     the most recently opened rentals; `renter=<0x...>` and `provider=<0x...>`
@@ -195,18 +196,22 @@ async def _follow(w3: AsyncWeb3, market: WebState, poll_interval: float) -> None
 
 
 #: Each page by path: its name (title, and its body in `pages/<name>.html`) and the scripts it loads after
-#: `common.js`. Every page shares `pages/layout.html`: the head, the header bar and the footer.
+#: `common.js` and the bundle. Every page shares `pages/layout.html`: the head, the header bar and the footer.
 PAGES = {
     "/": ("offers", ("offers.js",)),
-    "/rental": ("rental", ("dist/gpuex.js", "rental.js")),
+    "/rental": ("rental", ("rental.js",)),
     "/provider": ("provider", ("provider.js",)),
+    "/account": ("account", ()),
 }
+#: What every page loads first, in this order: the shared helpers, then the bundle (`build.mjs`: the wallet and
+#: chain side, and charts), which the pages' own scripts find as `window.gpuexLib`.
+SHARED_SCRIPTS = ("common.js", "dist/gpuex.js")
 
 
 def render_page(name: str, scripts: tuple[str, ...]) -> str:
     """The HTML of page `name`: its body in the shared layout."""
     layout = Template((PAGES_DIR / "layout.html").read_text())
-    tags = "\n".join(f'  <script src="static/{script}" defer></script>' for script in ("common.js", *scripts))
+    tags = "\n".join(f'  <script src="static/{script}" defer></script>' for script in (*SHARED_SCRIPTS, *scripts))
     return layout.substitute(title=name, scripts=tags, main=(PAGES_DIR / f"{name}.html").read_text())
 
 

@@ -1,13 +1,14 @@
-// The renter API of a provider's agent, called from the page with the renter's browser wallet: every request is
-// signed as an EIP-712 `RenterRequest` (offchain/protocol/renterapi.py holds the domain, the type and the
-// headers), so the agent answers only the rental's renter. The wallet signs; the page's own server never sees a
-// signature or the job's output.
-import { createWalletClient, custom, keccak256, toHex } from "viem";
+// The renter's side of the provider agent's renter API (`offchain.protocol.renterapi`), signed by the wallet: every
+// rental request carries an EIP-712 `RenterRequest` (rental id, action, expiry, nonce, keccak256 of the body) in
+// the Gpuex-* headers, in a domain bound to the chain and the escrow. The agent is another origin; it answers CORS.
+// The page's own server never sees a signature, a spec or the job's output: the browser talks to the agent.
+import { bytesToHex, keccak256, stringToBytes, zeroHash } from "viem";
+import { signTypedData } from "viem/actions";
+import { ensureReady } from "./wallet.js";
 
-export const DOMAIN_NAME = "gpuex Renter API";
-export const DOMAIN_VERSION = "1";
-export const VALIDITY_SECONDS = 60;
-const ZERO_HASH = "0x" + "00".repeat(32);
+const VALIDITY_SECONDS = 60;
+const UPLOAD_WAIT_MILLISECONDS = 30_000;
+const UPLOAD_RETRY_MILLISECONDS = 1_000;
 const TYPES = {
   RenterRequest: [
     { name: "rentalId", type: "uint256" },
@@ -18,31 +19,64 @@ const TYPES = {
   ],
 };
 
-/** The typed data a request signs (viem's `signTypedData` parameters). `rentalId` is a decimal string or bigint. */
-export function renterRequest({ chainId, escrow, rentalId, action, expiry, nonce, body }) {
+/**
+ * The typed data one request signs (viem's `signTypedData` parameters): `rentalId` a decimal string or bigint,
+ * `body` the request's body as text ("" for none).
+ */
+export function renterRequest({ chainId, escrow, rentalId, action, expiry, nonce, body = "" }) {
   return {
-    domain: { name: DOMAIN_NAME, version: DOMAIN_VERSION, chainId: Number(chainId), verifyingContract: escrow },
+    domain: { name: "gpuex Renter API", version: "1", chainId: Number(chainId), verifyingContract: escrow },
     types: TYPES,
     primaryType: "RenterRequest",
     message: {
-      rentalId: BigInt(rentalId),
-      action,
-      expiry: BigInt(expiry),
-      nonce,
-      bodyHash: body && body.length ? keccak256(body) : ZERO_HASH,
+      rentalId: BigInt(rentalId), action, expiry: BigInt(expiry), nonce,
+      bodyHash: body ? keccak256(stringToBytes(body)) : zeroHash,
     },
   };
 }
 
-/**
- * The headers of one signed request. `sign(typedData)` returns the signature (a wallet client's or a local
- * account's `signTypedData`); `now` is unix seconds; the nonce is 32 random bytes, accepted once by the agent.
- */
-export async function signedHeaders(sign, { chainId, escrow, rentalId, action, body, now, validitySeconds }) {
-  const expiry = Math.floor(now ?? Date.now() / 1000) + (validitySeconds ?? VALIDITY_SECONDS);
-  const nonce = toHex(crypto.getRandomValues(new Uint8Array(32)));
-  const signature = await sign(renterRequest({ chainId, escrow, rentalId, action, expiry, nonce, body }));
+/** The headers that authenticate one request of the connected renter (the wallet signs `eth_signTypedData_v4`). */
+export async function signedHeaders(rentalId, action, body = "") {
+  const { wallet, from, deployed } = await ensureReady();
+  const expiry = Math.floor(Date.now() / 1000) + VALIDITY_SECONDS;
+  const nonce = bytesToHex(crypto.getRandomValues(new Uint8Array(32)));
+  const request = { chainId: deployed.chain_id, escrow: deployed.escrow.address, rentalId, action, expiry, nonce, body };
+  const signature = await signTypedData(wallet, { account: from, ...renterRequest(request) });
   return { "Gpuex-Expiry": String(expiry), "Gpuex-Nonce": nonce, "Gpuex-Signature": signature };
+}
+
+/** The agent at `agentUrl`, checked to hold the provider's registered agent key and to serve this deployment. */
+export async function checkedAgent(agentUrl, agentKey) {
+  const { deployed } = await ensureReady();
+  const response = await fetch(agentUrl.replace(/\/+$/, "") + "/v1/agent");
+  if (!response.ok) throw new Error(`the provider's agent at ${agentUrl} answers ${response.status}`);
+  const info = await response.json();
+  if (info.address.toLowerCase() !== agentKey.toLowerCase()) {
+    throw new Error(`${agentUrl} answers as ${info.address}, not the provider's agent key ${agentKey}`);
+  }
+  if (info.chain_id !== deployed.chain_id || info.escrow.toLowerCase() !== deployed.escrow.address.toLowerCase()) {
+    throw new Error(`${agentUrl} serves another chain or deployment`);
+  }
+  return info;
+}
+
+/**
+ * Uploads a rental's spec (`PUT /v1/rentals/{id}/spec`, a `SpecUpload` without secrets) to the provider's agent,
+ * retrying for a while while the agent has not seen the rental's block yet (404). One signature serves every try:
+ * the agent spends a nonce only on a request it accepts for a rental it knows.
+ */
+export async function uploadSpec(agentUrl, rentalId, spec) {
+  const url = `${agentUrl.replace(/\/+$/, "")}/v1/rentals/${rentalId}/spec`;
+  const body = JSON.stringify({ spec, secrets: {} });
+  const headers = { ...(await signedHeaders(rentalId, "spec", body)), "Content-Type": "application/json" };
+  const deadline = Date.now() + UPLOAD_WAIT_MILLISECONDS;
+  for (;;) {
+    const response = await fetch(url, { method: "PUT", headers, body });
+    if (response.ok) return;
+    const refusal = await response.json().catch(() => ({ error: "http_" + response.status, detail: "" }));
+    if (response.status !== 404 || Date.now() > deadline) throw new Error(`${refusal.error}: ${refusal.detail}`);
+    await new Promise((resolve) => setTimeout(resolve, UPLOAD_RETRY_MILLISECONDS));
+  }
 }
 
 /** A refusal of the agent (its `ApiError` body) or a failure to reach it, in words. */
@@ -54,25 +88,18 @@ export class AgentError extends Error {
   }
 }
 
-/** The injected wallet's accounts without asking (empty when the page is not connected, or there is no wallet). */
-export async function walletAccounts() {
-  if (!window.ethereum) return [];
-  return window.ethereum.request({ method: "eth_accounts" });
-}
-
 /**
- * The renter's side of one rental's agent: `status()` and `followLogs()`, each request signed by `account` through
- * the injected wallet (each one a signature the wallet may ask its owner to approve).
+ * The renter's reads of one rental from its provider's agent (checked first with `checkedAgent`): `status()` and
+ * `followLogs()`, each request signed by the connected wallet (a signature the wallet may ask its owner for).
  */
 export class RenterSession {
-  constructor({ agentUrl, chainId, escrow, rentalId, account }) {
+  constructor(agentUrl, rentalId) {
     this.base = agentUrl.replace(/\/+$/, "") + "/v1/rentals/" + encodeURIComponent(rentalId);
-    this.request = { chainId, escrow, rentalId };
-    this.wallet = createWalletClient({ account, transport: custom(window.ethereum) });
+    this.rentalId = rentalId;
   }
 
   async _fetch(path, action, init) {
-    const headers = await signedHeaders((typed) => this.wallet.signTypedData(typed), { ...this.request, action });
+    const headers = await signedHeaders(this.rentalId, action);
     let response;
     try {
       response = await fetch(this.base + path, { ...init, headers, cache: "no-store" });

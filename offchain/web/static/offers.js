@@ -41,6 +41,7 @@
       providerLink(o.provider), o.reliability === null ? "new" : percent(o.reliability), o.declines,
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
       amount(o.value_settled, token.symbol), o.distinct_renters,
+      o.available ? el("button", { class: "rent", "data-offer": o.offer_id }, "Rent") : "",
     ]);
     fillTable(document.getElementById("offers"), rows, [1, 3, 5, 6, 10, 11, 13, 14],
               document.getElementById("offers-empty"));

@@ -34,6 +34,7 @@
       amount(o.price_per_hour, pay), duration(o.min_duration) + " – " + duration(o.max_duration),
       o.egress ? "allowed" : "no",
       o.rental_id ? rentalLink(o.rental_id, "rented") : badge(o.available ? "available" : o.status),
+      window.gpuexLib ? window.gpuexLib.offerActions(o) : null,
     ]), [1, 3, 5], document.getElementById("offers-empty"));
     fillTable(document.getElementById("rentals"), p.rentals.map((r) => [
       rentalLink(r.rental_id), "#" + r.offer_id, el("span", { class: "mono", title: r.renter }, gpuex.short(r.renter)),
@@ -57,5 +58,7 @@
     }
   }
 
+  // The offers' provider buttons show once the connected wallet is this provider's.
+  window.addEventListener("gpuex:account", refresh);
   gpuex.live(refresh);
 })();

@@ -7,7 +7,7 @@
 
 (() => {
   const { el, api, amount, duration, time, providerLink, badge, card } = gpuex;
-  const { UsageChart, TelemetryCharts, RenterSession, AgentError, walletAccounts, mergePoints } = gpuexRental;
+  const { UsageChart, TelemetryCharts, RenterSession, AgentError, checkedAgent, mergePoints } = gpuexRental;
   const rentalId = new URLSearchParams(location.search).get("id") || "";
   const REPORT_ROWS = 50;
   const TELEMETRY_POLL_MS = 5_000;
@@ -149,11 +149,11 @@
     offset: 0,
   };
 
-  /** Shows the renter's part when the wallet's account (asked without a prompt) is the rental's renter. */
-  async function offerRenterView() {
+  /** Shows the renter's part while the connected account (the wallet bar's) is the rental's renter. */
+  function offerRenterView() {
     if (shown === null || renter.session !== null) return;
-    const accounts = await walletAccounts().catch(() => []);
-    const isRenter = accounts.some((a) => a.toLowerCase() === shown.renter.toLowerCase());
+    const account = gpuexLib.connectedAccount();
+    const isRenter = account !== null && account.toLowerCase() === shown.renter.toLowerCase();
     renter.panel.hidden = !isRenter;
     document.getElementById("renter-note").textContent = isRenter
       ? "Your wallet holds this rental's renter: it signs each request to the provider's agent, which answers " +
@@ -171,14 +171,13 @@
     renter.button.disabled = true;
     renter.error.hidden = true;
     try {
-      const [info, provider] = await Promise.all([gpuex.market(), api("api/providers/" + shown.provider)]);
+      const provider = await api("api/providers/" + shown.provider);
       if (!provider.agent_url) throw new AgentError(0, "no_agent_url", "the provider has not published its agent's URL");
       if (!["http:", "https:"].includes(new URL(provider.agent_url).protocol)) {
         throw new AgentError(0, "bad_agent_url", "the provider's agent URL is not http or https");
       }
-      const [account] = await walletAccounts();
-      renter.session = new RenterSession(
-        { agentUrl: provider.agent_url, chainId: info.chain_id, escrow: info.escrow, rentalId, account });
+      await checkedAgent(provider.agent_url, provider.agent);
+      renter.session = new RenterSession(provider.agent_url, rentalId);
       await showJobStatus();
       renter.button.hidden = true;
       followLogs();
@@ -249,7 +248,7 @@
   }
 
   renter.button.addEventListener("click", startRenterView);
-  if (window.ethereum && window.ethereum.on) window.ethereum.on("accountsChanged", () => offerRenterView());
+  window.addEventListener("gpuex:account", offerRenterView);
 
   async function refresh() {
     const error = document.getElementById("error");

@@ -13,7 +13,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from offchain.chain.contracts import PROJECT_ROOT
-from offchain.protocol.renterapi import Action, RequestRefused, recover_signer
+from offchain.protocol.renterapi import Action, RequestRefused, body_hash, recover_signer
 
 RENTER_KEY = "0x" + keccak(text="gpuex web page: renter").hex()
 CHAIN_ID = 31_337
@@ -40,14 +40,23 @@ def run_node(script: str) -> object:
 
 
 def test_a_request_the_page_signs_recovers_to_the_renter_for_its_rental_and_action_only() -> None:
+    """The typed data the page asks the wallet to sign (`renterRequest`), signed here by a local key as a wallet
+    would, passes the agent's check; the browser test signs the same through the test wallet."""
     signed = run_node(f"""
-        import {{ signedHeaders }} from "./offchain/web/src/renterapi.js";
+        import {{ renterRequest }} from "./offchain/web/src/renterapi.js";
+        import {{ bytesToHex }} from "viem";
         import {{ privateKeyToAccount }} from "viem/accounts";
         const account = privateKeyToAccount("{RENTER_KEY}");
         const request = {{ chainId: {CHAIN_ID}, escrow: "{ESCROW}", rentalId: "{RENTAL_ID}" }};
-        const sign = (typed) => account.signTypedData(typed);
         const out = {{}};
-        for (const action of ["status", "logs"]) out[action] = await signedHeaders(sign, {{ ...request, action }});
+        for (const action of ["status", "logs"]) {{
+          const expiry = Math.floor(Date.now() / 1000) + 60;
+          const nonce = bytesToHex(crypto.getRandomValues(new Uint8Array(32)));
+          const signature = await account.signTypedData(renterRequest({{ ...request, action, expiry, nonce }}));
+          out[action] = {{ "Gpuex-Expiry": String(expiry), "Gpuex-Nonce": nonce, "Gpuex-Signature": signature }};
+        }}
+        out.spec = renterRequest({{ ...request, action: "spec", expiry: 1, nonce: "0x" + "00".repeat(32),
+                                   body: '{{"spec":{{}}}}' }}).message.bodyHash;
         console.log(JSON.stringify(out));
     """)
     assert isinstance(signed, dict)
@@ -63,6 +72,7 @@ def test_a_request_the_page_signs_recovers_to_the_renter_for_its_rental_and_acti
     assert recover_signer(status, CHAIN_ID, ESCROW, RENTAL_ID + 1, Action.STATUS)[0] != renter
     assert recover_signer(status, CHAIN_ID + 1, ESCROW, RENTAL_ID, Action.STATUS)[0] != renter
     assert recover_signer(status, CHAIN_ID, ESCROW, RENTAL_ID, Action.STATUS, body=b"{}")[0] != renter
+    assert signed["spec"] == "0x" + body_hash(b'{"spec":{}}').hex(), "a body is signed as the agent hashes it"
     with pytest.raises(RequestRefused, match="expired"):
         recover_signer(status, CHAIN_ID, ESCROW, RENTAL_ID, Action.STATUS, now=int(status["Gpuex-Expiry"]) + 1)
 
