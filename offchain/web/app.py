@@ -6,7 +6,7 @@ from the index, which follows the chain in a background task; until the index ha
 answers 503.
 
     GET /web/                          offers (filters and sort of `gpuex offers search`) and recent rentals
-    GET /web/rental?id=<rental id>     a rental: amounts, settlement, utilisation and delivered seconds chart
+    GET /web/rental?id=<rental id>     a rental: amounts, settlement, usage and live telemetry charts, the job
     GET /web/provider?address=<0x...>  a provider: stake, reputation, offers, rentals and history
     GET /web/account                   the connected wallet's balances and rentals (read through the wallet)
     GET /web/api/market                chain, contracts, tokens and how far the index is
@@ -206,7 +206,7 @@ async def _follow(w3: AsyncWeb3, market: WebState, poll_interval: float) -> None
 #: `common.js` and the bundle. Every page shares `pages/layout.html`: the head, the header bar and the footer.
 PAGES = {
     "/": ("offers", ("offers.js",)),
-    "/rental": ("rental", ("chart.js", "rental.js")),
+    "/rental": ("rental", ("rental.js",)),
     "/provider": ("provider", ("provider.js",)),
     "/account": ("account", ()),
 }

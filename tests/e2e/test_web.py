@@ -34,21 +34,12 @@ from tests.e2e.webmarket import (
 ANVIL_PORT = 8585
 ORACLE_PORT = 8785
 RENTAL_SECONDS = 3_600  # of offer 1 (OFFERS[0]), the one rented
-#: Legend swatches alone paint about 60 pixels of each colour; a drawn series paints far more.
-SERIES_PIXELS = 400
 SCREENSHOT_REPORTS = 10
 
-#: A series' pixels, antialiased edges included: strongly blue (utilisation) or strongly orange (delivered).
-COUNT_SERIES_PIXELS = """
-const canvas = document.getElementById("chart");
-const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-let utilisation = 0, delivered = 0;
-for (let i = 0; i < data.length; i += 4) {
-  if (data[i + 3] < 128) continue;
-  if (data[i + 2] - data[i] > 80) utilisation++;
-  if (data[i] - data[i + 2] > 80) delivered++;
-}
-return [utilisation, delivered];
+#: What the rental page's uPlot usage chart holds: its series' labels and columns (x first).
+USAGE_CHART_DATA = """
+const plot = gpuexRental.plots.usage;
+return plot ? { labels: plot.series.map((s) => s.label), data: plot.data.map((column) => Array.from(column)) } : null;
 """
 
 
@@ -127,7 +118,7 @@ def _check_offers_page(driver, web: str) -> None:
 
 
 def _open_rental_page(driver, web: str, rented: int):
-    """Loads the rental's page and waits until its chart shows at least two reports; returns the canvas."""
+    """Loads the rental's page and waits until its chart shows at least two reports; returns the chart's box."""
     driver.get(f"{web}/rental?id={rented}")
     return wait(
         driver,
@@ -141,8 +132,12 @@ def _open_rental_page(driver, web: str, rented: int):
 
 def _check_rental_page(driver, web: str, rented: int) -> None:
     chart = _open_rental_page(driver, web, rented)
-    utilisation, delivered = driver.execute_script(COUNT_SERIES_PIXELS)
-    assert utilisation > SERIES_PIXELS and delivered > SERIES_PIXELS, (utilisation, delivered)
+    usage = driver.execute_script(USAGE_CHART_DATA)
+    assert usage["labels"] == ["period end", "GPU utilisation", "delivered seconds", "elapsed seconds"]
+    ends, utilisation, delivered, elapsed = usage["data"]
+    assert len(ends) >= 2 and ends == sorted(ends)
+    assert all(u is not None and 0 <= u <= 100 for u in utilisation), utilisation
+    assert delivered == sorted(delivered) and all(0 < d <= e for d, e in zip(delivered, elapsed)), (delivered, elapsed)
     assert driver.find_element(By.ID, "status").text == "running"
     assert "5.04 tUSD" in driver.find_element(By.ID, "cards").text  # the deposit: an hour at 5.04 tUSD/h
     assert len(rows(driver, "reports")) >= 2

@@ -6,6 +6,7 @@ import { offerActions, startProviderActions } from "./provideractions.js";
 import { startRent } from "./rent.js";
 import { signedHeaders } from "./renterapi.js";
 import { connect, connectedAccount, send, startWallet } from "./wallet.js";
+import "./rental.js";
 
 window.gpuexLib = { uPlot, connect, connectedAccount, send, signedHeaders, offerActions };
 
