@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -111,10 +111,14 @@ def wallet_calls(driver: WebDriver) -> list[str]:
 
 
 def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:
-    """Waits for `condition(driver)` to be truthy; on a timeout, saves web-failure.png and names the browser's
-    console errors."""
+    """Waits for `condition(driver)` to be truthy (a missing or replaced element counts as not yet); on a timeout,
+    saves web-failure.png and names the browser's console errors."""
     try:
-        return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition)
+        # A live page replaces what it re-renders: an element read as it is replaced is read again at the next poll.
+        waiting = WebDriverWait(
+            driver, seconds, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+        )
+        return waiting.until(condition)
     except TimeoutException:
         screenshot(driver, "web-failure.png")
         console = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
