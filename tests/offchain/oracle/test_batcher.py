@@ -7,6 +7,7 @@ The escrow of this module has a 1-of-1 oracle set (oracle 0, the leader), so a b
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, NamedTuple, Sequence
 
@@ -324,14 +325,19 @@ def test_the_checkpoint_interval_is_an_oracle_setting_from_the_environment(make_
     assert make_settings(0).checkpoint_interval_seconds == 120
 
 
-def reorg(depth: int) -> None:
-    """Replaces the last `depth` blocks with empty ones and mines one on top, as a chain keeps making blocks (anvil
-    can answer a call on the new head with no state until it does); that block keeps the chain's time (anvil stamps
-    the replacements with their parent's time, which a real chain's would not)."""
+def reorg(depth: int, contract: str) -> None:
+    """Replaces the last `depth` blocks with empty ones and mines one on top, as a chain keeps making blocks; that
+    block keeps the chain's time (anvil stamps the replacements with their parent's time, which a real chain's would
+    not). Returns once a call on the new head sees `contract`'s code again: anvil can answer one with no state for
+    a moment after a reorg, which a node serving a real chain would not."""
     head_time = web3.eth.get_block("latest").timestamp
     web3.provider.make_request("anvil_reorg", [depth, []])
     web3.provider.make_request("evm_setNextBlockTimestamp", [head_time + 1])
     web3.provider.make_request("evm_mine", [])
+    deadline = time.monotonic() + 10
+    while not web3.eth.get_code(contract, "latest"):
+        assert time.monotonic() < deadline, "anvil shows no state on its head 10 s after a reorg"
+        time.sleep(0.05)
 
 
 def applied_seqs(suite, rental) -> list[int]:
@@ -349,7 +355,7 @@ def test_a_batch_reorged_out_after_it_was_final_lands_again_through_its_transact
             accept(settings, oracle, report(rental, 1), report(rental, 2, status=ReportStatus.COMPLETED))
             assert await land(oracle) == [(rental.rental_id, 2)]
             chain.mine(2)
-            reorg(3)
+            reorg(3, suite.escrow.address)
             await oracle.batcher.settle_batches()
             waiting_again = oracle.store.state(SubmissionKey(rental.rental_id, 2))
             (tx_key,) = oracle.store.in_flight()
@@ -385,7 +391,7 @@ def test_a_landing_by_another_transaction_that_a_reorg_took_is_held_and_landed_a
             assert await land(oracle) == []
             settled_from_chain = states(oracle, rental, (1,))
             chain.mine(2)
-            reorg(3)
+            reorg(3, suite.escrow.address)
             await oracle.batcher.settle_batches()
             held_again = states(oracle, rental, (1,))
             relanded = await land(oracle)
@@ -426,7 +432,7 @@ def test_without_a_reorg_a_landing_is_read_again_once_and_after_one_every_recent
             chain.mine()
             await asyncio.sleep(0.5)  # the follower (polling every 20 ms) delivers the new blocks
             seen = oracle.view.reorgs_seen
-            reorg(1)  # an empty block replaced: nothing of the rental's changes
+            reorg(1, suite.escrow.address)  # an empty block replaced: nothing of the rental's changes
             chain.mine()
             for _ in range(250):
                 if oracle.view.reorgs_seen != seen:
