@@ -7,7 +7,6 @@ The escrow of this module has a 1-of-1 oracle set (oracle 0, the leader), so a b
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, NamedTuple, Sequence
 
@@ -325,19 +324,30 @@ def test_the_checkpoint_interval_is_an_oracle_setting_from_the_environment(make_
     assert make_settings(0).checkpoint_interval_seconds == 120
 
 
-def reorg(depth: int, contract: str) -> None:
-    """Replaces the last `depth` blocks with empty ones and mines one on top, as a chain keeps making blocks; that
-    block keeps the chain's time (anvil stamps the replacements with their parent's time, which a real chain's would
-    not). Returns once a call on the new head sees `contract`'s code again: anvil can answer one with no state for
-    a moment after a reorg, which a node serving a real chain would not."""
-    head_time = web3.eth.get_block("latest").timestamp
-    web3.provider.make_request("anvil_reorg", [depth, []])
-    web3.provider.make_request("evm_setNextBlockTimestamp", [head_time + 1])
-    web3.provider.make_request("evm_mine", [])
-    deadline = time.monotonic() + 10
-    while not web3.eth.get_code(contract, "latest"):
-        assert time.monotonic() < deadline, "anvil shows no state on its head 10 s after a reorg"
-        time.sleep(0.05)
+class ForkPoint(NamedTuple):
+    """A snapshot of the chain at `block`, where a later `reorg` forks off."""
+
+    snapshot: str
+    block: int
+
+
+def fork_point() -> ForkPoint:
+    return ForkPoint(web3.provider.make_request("evm_snapshot", [])["result"], web3.eth.block_number)
+
+
+def reorg(fork: ForkPoint) -> None:
+    """Replaces every block after `fork` with an empty one and mines one more on top, as a chain keeps making
+    blocks; the replacements carry later times than the blocks they replace, so each has another hash. Their
+    transactions are gone, as an RPC node drops those of a reorged branch that no one sends again.
+
+    This reverts to the snapshot rather than calling `anvil_reorg`: after a long suite on one anvil, a call on the
+    head that `anvil_reorg` built could find no state at all, while reverting to a snapshot is what every test's
+    isolation does."""
+    head = web3.eth.get_block("latest")
+    web3.provider.make_request("evm_revert", [fork.snapshot])
+    web3.provider.make_request("evm_setNextBlockTimestamp", [head.timestamp + 1])
+    for _ in range(head.number - fork.block + 1):
+        web3.provider.make_request("evm_mine", [])
 
 
 def applied_seqs(suite, rental) -> list[int]:
@@ -353,9 +363,10 @@ def test_a_batch_reorged_out_after_it_was_final_lands_again_through_its_transact
     async def scenario():
         async with leader(settings, checkpoint_interval=NEVER) as oracle:
             accept(settings, oracle, report(rental, 1), report(rental, 2, status=ReportStatus.COMPLETED))
+            fork = fork_point()
             assert await land(oracle) == [(rental.rental_id, 2)]
             chain.mine(2)
-            reorg(3, suite.escrow.address)
+            reorg(fork)  # the batch's block and two above it
             await oracle.batcher.settle_batches()
             waiting_again = oracle.store.state(SubmissionKey(rental.rental_id, 2))
             (tx_key,) = oracle.store.in_flight()
@@ -387,11 +398,12 @@ def test_a_landing_by_another_transaction_that_a_reorg_took_is_held_and_landed_a
             reports = chain_reports([submission(settings, latest)])
             signer = BatchSigner(settings.private_key, settings.chain.chain_id, settings.chain.escrow)
             args = submit_args(reports, [signer.sign(reports, version)], version)
+            fork = fork_point()
             suite.escrow.submitReports(*args, {"from": accounts[9]})
             assert await land(oracle) == []
             settled_from_chain = states(oracle, rental, (1,))
             chain.mine(2)
-            reorg(3, suite.escrow.address)
+            reorg(fork)  # the other sender's block and two above it
             await oracle.batcher.settle_batches()
             held_again = states(oracle, rental, (1,))
             relanded = await land(oracle)
@@ -428,11 +440,11 @@ def test_without_a_reorg_a_landing_is_read_again_once_and_after_one_every_recent
             await oracle.batcher.settle_batches()
             quiet = len(reads) - after_landing
             chain.mine()
-            chain.sleep(5)  # the replacement of the next block, stamped with its parent's time, differs from it
+            fork = fork_point()
             chain.mine()
             await asyncio.sleep(0.5)  # the follower (polling every 20 ms) delivers the new blocks
             seen = oracle.view.reorgs_seen
-            reorg(1, suite.escrow.address)  # an empty block replaced: nothing of the rental's changes
+            reorg(fork)  # an empty block replaced: nothing of the rental's changes
             chain.mine()
             for _ in range(250):
                 if oracle.view.reorgs_seen != seen:
