@@ -27,6 +27,8 @@ from offchain.chain.contracts import PROJECT_ROOT
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = PROJECT_ROOT / "out" / "test-artifacts"
+#: What `wait` saves when it times out; a new browser removes the last test's.
+FAILURE_SHOT = "web-failure.png"
 WAIT_SECONDS = 20
 
 _WALLET = """
@@ -76,6 +78,7 @@ _WALLET = """
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
     """A headless Chromium of its own for one test."""
+    (ARTIFACTS / FAILURE_SHOT).unlink(missing_ok=True)
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.fail("Chromium and its driver are not installed: run `make browser` (apt chromium chromium-driver)")
     options = webdriver.ChromeOptions()
@@ -120,7 +123,7 @@ def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str, se
         )
         return waiting.until(condition)
     except TimeoutException:
-        screenshot(driver, "web-failure.png")
+        screenshot(driver, FAILURE_SHOT)
         console = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         raise AssertionError(
             f"timed out after {seconds} s waiting for {what} at {driver.current_url} "

@@ -18,7 +18,7 @@ from offchain.chain import deployments
 from offchain.chain.contracts import contract
 from offchain.protocol.reports import rental_id
 from offchain.telemetry.simulated import SimulatedSource
-from tests.e2e.browser import ARTIFACTS, screenshot, wait
+from tests.e2e.browser import screenshot, wait
 from tests.e2e.webmarket import (
     MAX_UINT,
     OFFERS,
@@ -45,8 +45,6 @@ return plot ? { labels: plot.series.map((s) => s.label), data: plot.data.map((co
 
 def test_the_market_pages_show_offers_a_live_rental_and_a_provider(tmp_path, monkeypatch, browser, job_image):
     monkeypatch.setenv(deployments.DIR_ENV, str(tmp_path / "deployments"))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "web-failure.png").unlink(missing_ok=True)
     asyncio.run(_scenario(tmp_path, browser, job_image))
 
 

@@ -22,7 +22,7 @@ from offchain.chain import deployments
 from offchain.chain.contracts import contract
 from offchain.protocol.reports import rental_id
 from offchain.telemetry.simulated import SimulatedSource
-from tests.e2e.browser import ARTIFACTS, inject_wallet, screenshot, wait, wallet_calls
+from tests.e2e.browser import inject_wallet, screenshot, wait, wallet_calls
 from tests.e2e.webmarket import (
     MAX_UINT,
     OFFERS,
@@ -55,8 +55,6 @@ return Object.fromEntries(Object.entries(gpuexRental.plots).map(
 
 def test_the_renter_watches_the_live_charts_the_job_status_and_its_logs(tmp_path, monkeypatch, browser, job_image):
     monkeypatch.setenv(deployments.DIR_ENV, str(tmp_path / "deployments"))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "web-failure.png").unlink(missing_ok=True)
     asyncio.run(_scenario(tmp_path, browser, job_image))
 
 

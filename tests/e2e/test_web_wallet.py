@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from offchain.chain import deployments
 from offchain.chain.contracts import contract
 from offchain.telemetry.simulated import SimulatedSource
-from tests.e2e.browser import ARTIFACTS, WAIT_SECONDS, inject_wallet, screenshot, wait, wallet_calls
+from tests.e2e.browser import WAIT_SECONDS, inject_wallet, screenshot, wait, wallet_calls
 from tests.e2e.webmarket import OFFERS, list_offers, market_devnet, provider_agent, rows, running, until_rental, wallet
 
 ANVIL_PORT = 9300
@@ -56,8 +56,6 @@ def test_a_renter_rents_terminates_and_withdraws_and_a_provider_reprices_and_pau
     tmp_path, monkeypatch, browser, job_image
 ):
     monkeypatch.setenv(deployments.DIR_ENV, str(tmp_path / "deployments"))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "web-failure.png").unlink(missing_ok=True)
     asyncio.run(_scenario(tmp_path, browser, job_image))
 
 
