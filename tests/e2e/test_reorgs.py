@@ -3,7 +3,8 @@
 its reports applied once on the final chain.
 
 The block producer here is the test's own (`PausableBlocks`): it mines a block a second, as the exchange's does,
-but stops while the test lines the reorg up, so the batch is at most three blocks deep when the reorg comes.
+with anvil's automine off, but stops while the test lines the reorg up, so the batch is at most three blocks deep
+when the reorg comes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import AsyncIterator
 
 from brownie import web3
+from web3.types import RPCEndpoint
 
 from offchain.chain.rpc import connect
 from offchain.ops.cluster import OracleCluster
@@ -33,31 +35,87 @@ NO_BLOCKS = ExchangeTimers(block_interval_seconds=3_600)
 
 
 class PausableBlocks:
-    """Mines an empty block every second, except while paused."""
+    """Mines every block while the test runs, one a second except while paused. Anvil's automine is off meanwhile,
+    so a transaction waits for the next block, as on a real chain, and the chain before each block is kept as a
+    snapshot, from which `reorg` replaces the blocks after it."""
 
     def __init__(self, rpc_url: str) -> None:
         self._w3 = connect(rpc_url)
-        self.running = asyncio.Event()
-        self.running.set()
+        self._lock = asyncio.Lock()
+        self._running = asyncio.Event()
+        self._running.set()
+        #: The snapshot of the chain at each head this producer mined on, by the head's number.
+        self._snapshots: dict[int, str] = {}
+
+    async def _call(self, method: str, params: list) -> object:
+        response = await self._w3.provider.make_request(RPCEndpoint(method), params)
+        if "error" in response:
+            raise RuntimeError(f"{method} failed: {response['error']}")
+        return response["result"]
+
+    async def _mine(self) -> None:
+        head = await self._w3.eth.block_number
+        self._snapshots[head] = str(await self._call("evm_snapshot", []))
+        await self._call("evm_mine", [])
+
+    async def mine(self) -> None:
+        """Mines one block now, paused or not."""
+        async with self._lock:
+            await self._mine()
+
+    async def pause(self) -> None:
+        """Stops the blocks; once it returns, no block is being mined."""
+        self._running.clear()
+        async with self._lock:
+            pass
+
+    def resume(self) -> None:
+        self._running.set()
+
+    async def reorg(self, depth: int, timestamp: int) -> None:
+        """Replaces the last `depth` blocks with as many empty ones, the first stamped `timestamp`: a reorg whose
+        branch dropped the transactions of the blocks it replaced, as an RPC node drops those that no one sends
+        again. The chain goes back to the snapshot taken before those blocks, rather than through `anvil_reorg`:
+        after a long suite on one anvil, the head that `anvil_reorg` builds has been seen to hold no state, while a
+        snapshot's revert is what every test's isolation relies on."""
+        async with self._lock:
+            fork = await self._w3.eth.block_number - depth
+            if fork not in self._snapshots:
+                raise RuntimeError(f"no snapshot of block {fork}: its successor was not mined by this producer")
+            await self._call("evm_revert", [self._snapshots[fork]])
+            self._snapshots = {number: sid for number, sid in self._snapshots.items() if number < fork}
+            await self._call("evm_setNextBlockTimestamp", [timestamp])
+            for _ in range(depth):
+                await self._mine()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.running.wait()
-            await self._w3.provider.make_request("evm_mine", [])
+            await self._running.wait()
+            async with self._lock:
+                if self._running.is_set() and not stop.is_set():
+                    await self._mine()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
     @contextlib.asynccontextmanager
     async def producing(self) -> AsyncIterator[PausableBlocks]:
+        """Turns automine off and mines until the way out. There the base fee is zero again, as the suite's anvil
+        starts, automine is back on and what is pending is mined. A block that fails to be mined fails the test."""
+        await self._call("evm_setAutomine", [False])
         stop = asyncio.Event()
         task = asyncio.create_task(self.run(stop))
         try:
             yield self
         finally:
             stop.set()
-            self.running.set()
-            await task
-            await self._w3.provider.disconnect()
+            self._running.set()
+            try:
+                await task
+            finally:
+                await self._call("anvil_setNextBlockBaseFeePerGas", [hex(0)])
+                await self._call("evm_setAutomine", [True])
+                await self._call("evm_mine", [])
+                await self._w3.provider.disconnect()
 
 
 def applied(suite, rental_id: int, from_block: int) -> list[dict]:
@@ -103,10 +161,10 @@ def test_a_reorg_of_depth_3_after_a_confirmed_batch_lands_each_report_once(
                 await ex.until_chain(
                     lambda: rental_state(suite, rental_id).status.is_final, 60, "the completion report to land"
                 )
-                blocks.running.clear()
+                await blocks.pause()
                 landed_in = applied(suite, rental_id, from_block)[-1]["blockNumber"]
                 if web3.eth.block_number < landed_in + CONFIRMATIONS - 1:
-                    web3.provider.make_request("evm_mine", [])
+                    await blocks.mine()
                 last_seq = max(s.report.seq for s, _ in stored_reports(tmp_path, 0, rental_id))
 
                 def final_and_landed() -> bool:
@@ -116,15 +174,13 @@ def test_a_reorg_of_depth_3_after_a_confirmed_batch_lands_each_report_once(
                 await ex.until_chain(final_and_landed, 20, "the leader to take the batch as final")
                 assert web3.eth.block_number - landed_in < REORG_DEPTH, "the batch is deeper than the reorg"
 
-                web3.provider.make_request("anvil_reorg", [REORG_DEPTH, []])
-                # anvil stamps the replacement blocks with their parent's time and carries on from there, seconds
-                # behind the wall clock (a real chain's replacements keep the time): the reports would be ahead of
-                # the chain's clock (CoverageInFuture). The next block takes the wall clock again.
-                web3.provider.make_request("evm_setNextBlockTimestamp", [int(time.time())])
+                # The replacements keep the wall clock, as a real chain's do; stamped with their parents' times, they
+                # would put the reports ahead of the chain's clock (CoverageInFuture).
+                await blocks.reorg(REORG_DEPTH, int(time.time()))
                 after = await asyncio.to_thread(rental_state, suite, rental_id)
                 assert after.status is RentalStatus.RUNNING, "the reorg kept the batch"
                 assert applied(suite, rental_id, from_block) == []
-                blocks.running.set()
+                blocks.resume()
 
                 await ex.until_chain(
                     lambda: rental_state(suite, rental_id).status.is_final, 30, "the reorged-out report to land again"

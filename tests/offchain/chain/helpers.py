@@ -11,6 +11,7 @@ import subprocess
 import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from brownie import chain, web3
 from eth_utils import keccak
@@ -167,6 +168,32 @@ def manual_mining():
         rpc("anvil_setNextBlockBaseFeePerGas", hex(0))
         rpc("evm_setAutomine", True)
         mine()
+
+
+class ForkPoint(NamedTuple):
+    """A snapshot of the chain at `block`, where a later `reorg` forks off."""
+
+    snapshot: str
+    block: int
+
+
+def fork_point() -> ForkPoint:
+    """The chain as it is now, for a later `reorg` to fork off from."""
+    return ForkPoint(rpc("evm_snapshot"), web3.eth.block_number)
+
+
+def reorg(fork: ForkPoint) -> None:
+    """Replaces every block after `fork` with an empty one and mines one more on top, as a chain keeps making
+    blocks; the replacements carry later times than the blocks they replace, so each has another hash. Their
+    transactions are gone, as an RPC node drops those of a reorged branch that no one sends again.
+
+    This reverts to the snapshot rather than calling `anvil_reorg`: after a long suite on one anvil, a call on the
+    head that `anvil_reorg` built could find no state at all, while reverting to a snapshot is what every test's
+    isolation does."""
+    head = latest_block()
+    rpc("evm_revert", fork.snapshot)
+    rpc("evm_setNextBlockTimestamp", head.timestamp + 1)
+    mine(head.number - fork.block + 1)
 
 
 def sent_count(address, block="latest"):

@@ -26,7 +26,7 @@ from offchain.protocol.messages import TelemetryReport, chain_reports
 from offchain.protocol.reports import BatchSigner, ReportStatus, submit_args
 from offchain.protocol.status import RentalStatus
 from scripts.deploy import SuiteParams, deploy_suite
-from tests.offchain.chain.helpers import settle
+from tests.offchain.chain.helpers import fork_point, reorg, settle
 from tests.offchain.conftest import ORACLES
 from tests.offchain.oracle.helpers import PERIOD, RENTAL_SECONDS, UTIL_PER_PERIOD, report, submission
 
@@ -322,32 +322,6 @@ def test_the_checkpoint_interval_is_an_oracle_setting_from_the_environment(make_
     assert make_settings(0).checkpoint_interval_seconds == 3_600
     monkeypatch.setenv("GPUEX_ORACLE_CHECKPOINT_INTERVAL_SECONDS", "120")
     assert make_settings(0).checkpoint_interval_seconds == 120
-
-
-class ForkPoint(NamedTuple):
-    """A snapshot of the chain at `block`, where a later `reorg` forks off."""
-
-    snapshot: str
-    block: int
-
-
-def fork_point() -> ForkPoint:
-    return ForkPoint(web3.provider.make_request("evm_snapshot", [])["result"], web3.eth.block_number)
-
-
-def reorg(fork: ForkPoint) -> None:
-    """Replaces every block after `fork` with an empty one and mines one more on top, as a chain keeps making
-    blocks; the replacements carry later times than the blocks they replace, so each has another hash. Their
-    transactions are gone, as an RPC node drops those of a reorged branch that no one sends again.
-
-    This reverts to the snapshot rather than calling `anvil_reorg`: after a long suite on one anvil, a call on the
-    head that `anvil_reorg` built could find no state at all, while reverting to a snapshot is what every test's
-    isolation does."""
-    head = web3.eth.get_block("latest")
-    web3.provider.make_request("evm_revert", [fork.snapshot])
-    web3.provider.make_request("evm_setNextBlockTimestamp", [head.timestamp + 1])
-    for _ in range(head.number - fork.block + 1):
-        web3.provider.make_request("evm_mine", [])
 
 
 def applied_seqs(suite, rental) -> list[int]:

@@ -16,10 +16,12 @@ from offchain.chain.tx.manager import TxManager
 from offchain.chain.tx.store import TxState
 from tests.offchain.chain.helpers import (
     first_report_calldata,
+    fork_point,
     latest_block,
     manual_mining,
     mine,
     rental_state,
+    reorg,
     rpc,
     sent_count,
     settle,
@@ -454,9 +456,9 @@ def test_submit_stores_unstarted_and_wait_times_out_when_nothing_ticks(tmp_path)
 def test_a_final_transaction_reorged_out_deeper_than_its_confirmations_is_sent_again_and_lands_once(
     suite, offer, renter, provider, sender, chain_id, db_path, rpc_url
 ):
-    """Final at two confirmations, then a reorg of depth 3 takes it out: the chain's nonce falls back under it.
-    It is sent again as signed (no nonce gap), `on_reorg` says it had been final, and a transaction submitted
-    after the reorg lands behind it."""
+    """Final at two confirmations, then a reorg of depth 3 (an empty block, the transaction's and one above it)
+    takes it out: the chain's nonce falls back under it. It is sent again as signed (no nonce gap), `on_reorg` says
+    it had been final, and a transaction submitted after the reorg lands behind it."""
     first, second = started_rental(suite, renter, provider), started_rental(suite, renter, provider)
     calldata = first_report_calldata(suite, first)
     later = first_report_calldata(suite, second)
@@ -465,6 +467,8 @@ def test_a_final_transaction_reorged_out_deeper_than_its_confirmations_is_sent_a
     async def scenario():
         options = {"confirmations": 2, "on_reorg": lambda record, final: reorgs.append((record.key, final))}
         async with started_manager(rpc_url, db_path, sender, chain_id, **options) as manager:
+            fork = fork_point()
+            mine()
             await manager.submit("reports:first", suite.escrow.address, calldata)
             await manager.tick()
             mine()
@@ -473,10 +477,7 @@ def test_a_final_transaction_reorged_out_deeper_than_its_confirmations_is_sent_a
             await manager.tick()
             before = manager.record("reports:first")
             assert before.state is TxState.CONFIRMED
-            head_time = latest_block().timestamp
-            rpc("anvil_reorg", 3, [])
-            # anvil stamps the replacement blocks with their parent's time; a real chain's keep theirs.
-            rpc("evm_setNextBlockTimestamp", head_time + 1)
+            reorg(fork)
             assert sent_count(sender.address) == 0
             await manager.recheck_final()
             reopened = manager.record("reports:first")
