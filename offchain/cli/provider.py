@@ -9,8 +9,10 @@ from offchain.cli import parse
 from offchain.cli.args import ExitStatus, add_command, add_group, amount_units
 from offchain.cli.gpus import add_gpu_options, local_gpus
 from offchain.cli.network import Context, open_context
-from offchain.cli.output import Output, money, when
+from offchain.cli.output import Output, when
+from offchain.market import units
 from offchain.market.exchange import ProviderResult
+from offchain.market.figures import ProviderFigures
 from offchain.market.offers import ProviderRecord, TokenInfo
 from offchain.protocol.messages import gpu_uuid_hash
 
@@ -55,47 +57,54 @@ def register(commands: argparse._SubParsersAction) -> None:
     show_parser.add_argument("provider", type=parse.address, nargs="?", help="default: your key's account")
 
 
-def render_provider(out: Output, token: TokenInfo, p: ProviderRecord, payment_token: TokenInfo) -> None:
-    """`token` is the stake token; the track record's values are in `payment_token`."""
-    track = p.track_record
-    reliability = f"{p.reliability:.2%}" if p.established(payment_token) and p.reliability is not None else "new"
-    unbonding = money(token, p.unbonding) + (f" (until {when(p.unbonding_ends_at)})" if p.unbonding else "")
+def render_provider(out: Output, p: ProviderFigures) -> None:
+    shown = p.display
+    unbonding = shown["unbonding"] + (f" (until {when(p.unbonding_ends_at)})" if p.unbonding else "")
     out.fields(
         f"provider {p.address}",
         [
-            ("staked", money(token, p.staked)),
-            ("locked", money(token, p.locked)),
+            ("staked", shown["staked"]),
+            ("locked", shown["locked"]),
             ("unbonding", unbonding),
-            ("free", money(token, p.free)),
-            ("agent", p.agent if int(p.agent, 16) else "not set"),
-            ("agent URL", p.agent_url or "not set"),
+            ("free", shown["free"]),
+            ("agent", shown["agent"]),
+            ("agent URL", shown["agent_url"]),
             ("rentals completed", p.rentals_completed),
             ("slashes", p.slashes),
-            ("declines", p.declines),
-            ("seconds delivered", f"{p.seconds_delivered:,}"),
-            ("seconds missed", f"{p.seconds_missed:,}"),
             (
-                "value settled",
-                f"{money(payment_token, track.value_settled)} ({money(payment_token, track.value_missed)} missed)",
+                "declines",
+                f"{p.declines}" + ("" if p.decline_rate is None else f" ({shown['decline_rate']} of rentals ended)"),
             ),
-            ("distinct renters", track.distinct_renters),
-            ("reliability", reliability),
+            ("delivered", f"{shown['seconds_delivered']} ({p.seconds_delivered:,} s)"),
+            ("missed", f"{shown['seconds_missed']} ({p.seconds_missed:,} s)"),
+            ("value settled", f"{shown['value_settled']} ({shown['value_missed']} missed)"),
+            ("distinct renters", p.distinct_renters),
+            ("reliability", shown["reliability"]),
+            ("claimable", shown["claimable"]),
         ],
     )
+
+
+async def _figures(ctx: Context, provider: ProviderRecord, token: TokenInfo) -> tuple[ProviderFigures, list]:
+    """The provider's record as `--json` and the web API show it, and its rentals with earnings to claim."""
+    payment_token = await ctx.client.payment_token()
+    claimable = await ctx.client.claimable_rentals(provider.address)
+    total = sum(rental.claimable for rental in claimable)
+    return ProviderFigures.of(provider, payment_token, token, total), claimable
 
 
 async def _provider_action(args: argparse.Namespace, act) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
         token = await ctx.client.stake_token()
-        payment_token = await ctx.client.payment_token()
         result: ProviderResult = await act(ctx, token)
+        figures, _ = await _figures(ctx, result.provider, token)
 
     def human() -> None:
         out.sent(result)
-        render_provider(out, token, result.provider, payment_token)
+        render_provider(out, figures)
 
-    out.emit(result, human)
+    out.emit({**result.model_dump(mode="json", exclude={"provider"}), "provider": figures}, human)
     return ExitStatus.OK
 
 
@@ -157,22 +166,16 @@ async def show(args: argparse.Namespace) -> ExitStatus:
         token = await ctx.client.stake_token()
         payment_token = await ctx.client.payment_token()
         record = await ctx.client.provider(args.provider)
-        claimable = await ctx.client.claimable_rentals(record.address)
+        figures, claimable = await _figures(ctx, record, token)
 
     def human() -> None:
-        render_provider(out, token, record, payment_token)
+        render_provider(out, figures)
         for rental in claimable:
             out.print(
-                f"rental {rental.rental_id}: {money(payment_token, rental.claimable)} claimable "
+                f"rental {rental.rental_id}: {units.money(payment_token, rental.claimable)} claimable "
                 f"(`gpuex rental claim {rental.rental_id}`)"
             )
 
-    body = {
-        **record.model_dump(mode="json"),
-        "reliability": record.reliability,
-        "established": record.established(payment_token),
-        "value_settled": record.track_record.value_settled,
-        "claimable": {str(r.rental_id): r.claimable for r in claimable},
-    }
-    out.emit(body, human)
+    by_rental = {str(r.rental_id): str(units.amount(payment_token, r.claimable)) for r in claimable}
+    out.emit({**figures.model_dump(mode="json"), "claimable_by_rental": by_rental}, human)
     return ExitStatus.OK

@@ -18,7 +18,7 @@ from web3.types import BlockIdentifier
 
 from offchain.chain.reads import ChainReader
 from offchain.market import units
-from offchain.market.figures import RentalRow
+from offchain.market.figures import RentalRow, stake_figures
 from offchain.market.index import EventIndex
 from offchain.market.offers import TokenInfo
 from offchain.market.rentals import BPS, RentalHistory
@@ -91,23 +91,17 @@ async def account_summary(
         asyncio.gather(*(reader.rental(r.rental_id, block) for r in payable)),
     )
     pending = sum(claim_payout(r.earned, r.claimed, r.fee_bps) for r in on_chain)
-    free = provider.staked - provider.locked - provider.unbonding
+    stake, stake_shown = stake_figures(provider, stake_token)
     balances = Balances(
         withdrawable=units.amount(token, escrow.escrow),
         compensation=units.amount(stake_token, escrow.compensation),
-        staked=units.amount(stake_token, provider.staked),
-        locked=units.amount(stake_token, provider.locked),
-        unbonding=units.amount(stake_token, provider.unbonding),
-        free=units.amount(stake_token, free),
+        **stake,
         unbonding_ends_at=provider.unbonding_ends_at,
         pending_earnings=units.amount(token, pending),
         display={
             "withdrawable": units.money(token, escrow.escrow),
             "compensation": units.money(stake_token, escrow.compensation),
-            "staked": units.money(stake_token, provider.staked),
-            "locked": units.money(stake_token, provider.locked),
-            "unbonding": units.money(stake_token, provider.unbonding),
-            "free": units.money(stake_token, free),
+            **stake_shown,
             "pending_earnings": units.money(token, pending),
         },
     )

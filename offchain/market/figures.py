@@ -1,4 +1,5 @@
-"""The records of an offer, a rental and a rental's reports as `gpuex ... --json` and the web API both send them:
+"""The records of an offer, a provider, a rental and a rental's reports as `gpuex ... --json` and the web API both
+send them:
 one builder each, so that the same key carries the same value in both. Every figure is written as
 `offchain.market.units` says; each record's `display` holds the strings for people that the CLI's tables and the
 web page show (the page shows them as they are).
@@ -10,9 +11,10 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
 
+from offchain.chain.reads import Provider
 from offchain.market import units
 from offchain.market.agentprobe import AgentProbe
-from offchain.market.offers import OfferRecord, TokenInfo
+from offchain.market.offers import OfferRecord, ProviderRecord, TokenInfo
 from offchain.market.rentals import RentalHistory, ReportPeriod
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
 from offchain.protocol.status import OfferStatus
@@ -136,6 +138,85 @@ class OfferFigures(Figures):
                 "decline_rate": _shown(units.percent(rate)),
                 "agent": agent,
                 "availability": availability,
+            },
+        )
+
+
+def stake_figures(provider: Provider, stake_token: TokenInfo) -> tuple[dict[str, Decimal], dict[str, str]]:
+    """A provider's stake (staked, locked, unbonding and free) as amounts of the stake token, and as the `display`
+    strings of each."""
+    stake = {
+        "staked": provider.staked,
+        "locked": provider.locked,
+        "unbonding": provider.unbonding,
+        "free": provider.staked - provider.locked - provider.unbonding,
+    }
+    amounts = {name: units.amount(stake_token, value) for name, value in stake.items()}
+    return amounts, {name: units.money(stake_token, value) for name, value in stake.items()}
+
+
+class ProviderFigures(Figures):
+    """A provider's stake, counters and reputation as both front ends show them."""
+
+    address: str
+    staked: Decimal  # in the stake token, as are locked, unbonding and free
+    locked: Decimal  # collateral of its live rentals
+    unbonding: Decimal
+    unbonding_ends_at: int  # Unix seconds; 0 when nothing unbonds
+    free: Decimal
+    agent: str  # the zero address when none is set
+    agent_url: str | None  # as the provider published it: the chain does not vouch for it
+    rentals_completed: int
+    slashes: int
+    declines: int
+    decline_rate: float | None
+    seconds_delivered: int
+    seconds_missed: int
+    established: bool  # enough value settled by other renters for its reliability to count
+    reliability: float | None  # value-weighted share delivered to other renters; None for a new provider
+    value_settled: Decimal  # in the payment token, as are value_missed and claimable
+    value_missed: Decimal
+    distinct_renters: int  # accounts other than the provider and its agent keys
+    claimable: Decimal  # earnings of its live rentals that a claim would credit now (gross)
+    display: dict[str, str]
+
+    @classmethod
+    def of(cls, provider: ProviderRecord, token: TokenInfo, stake_token: TokenInfo, claimable: int) -> ProviderFigures:
+        """`token` is the payment token, `claimable` the sum over its live rentals in its units."""
+        track = provider.track_record
+        established = provider.established(token)
+        reliability = units.share(provider.reliability) if established else None
+        rate = decline_rate(provider.declines, provider.rentals_completed)
+        stake, stake_shown = stake_figures(provider, stake_token)
+        return cls(
+            address=provider.address,
+            **stake,
+            unbonding_ends_at=provider.unbonding_ends_at,
+            agent=provider.agent,
+            agent_url=provider.agent_url,
+            rentals_completed=provider.rentals_completed,
+            slashes=provider.slashes,
+            declines=provider.declines,
+            decline_rate=rate,
+            seconds_delivered=provider.seconds_delivered,
+            seconds_missed=provider.seconds_missed,
+            established=established,
+            reliability=reliability,
+            value_settled=units.amount(token, track.value_settled),
+            value_missed=units.amount(token, track.value_missed),
+            distinct_renters=track.distinct_renters,
+            claimable=units.amount(token, claimable),
+            display={
+                **stake_shown,
+                "agent": provider.agent if int(provider.agent, 16) else "not set",
+                "agent_url": provider.agent_url or "not set",
+                "decline_rate": _shown(units.percent(rate)),
+                "seconds_delivered": units.duration(provider.seconds_delivered),
+                "seconds_missed": units.duration(provider.seconds_missed),
+                "reliability": "new" if reliability is None else _shown(units.percent(reliability)),
+                "value_settled": units.money(token, track.value_settled),
+                "value_missed": units.money(token, track.value_missed),
+                "claimable": units.money(token, claimable),
             },
         )
 

@@ -7,7 +7,6 @@ seconds, times in Unix seconds, rental ids as strings), and each record's `displ
 
 from __future__ import annotations
 
-from decimal import Decimal
 from enum import IntEnum
 from typing import Any
 
@@ -33,9 +32,9 @@ from offchain.chain.events import (
     UnstakeWithdrawn,
 )
 from offchain.market import units
-from offchain.market.figures import OfferFigures, RentalRow
+from offchain.market.figures import OfferFigures, ProviderFigures, RentalRow
 from offchain.market.index import HistoryEntry, IndexedProvider
-from offchain.market.offers import OfferQuery, ProviderRecord, TokenInfo, unpack_text
+from offchain.market.offers import OfferQuery, TokenInfo, unpack_text
 from offchain.market.rentals import RentalHistory
 
 
@@ -94,10 +93,6 @@ class RentalsPage(_View):
     rentals: list[RentalRow]
 
 
-#: The provider's figures the page shows as the registry keeps them (amounts are converted to human units).
-_PROVIDER_AS_READ = set(ProviderRecord.model_fields) - {"address", "staked", "locked", "unbonding", "track_record"}
-
-
 class HistoryView(_View):
     block: int
     timestamp: int
@@ -108,25 +103,9 @@ class HistoryView(_View):
     summary: str
 
 
-class ProviderView(_View):
-    address: str
-    staked: Decimal
-    locked: Decimal
-    unbonding: Decimal
-    free: Decimal
-    unbonding_ends_at: int
-    agent: str
-    agent_url: str | None  # as the provider published it: the chain does not vouch for it
-    rentals_completed: int
-    slashes: int
-    declines: int
-    seconds_delivered: int
-    seconds_missed: int
-    reliability: float | None  # value-weighted share delivered to other renters; None for a new provider
-    value_settled: Decimal  # with other renters: delivered and missed, at their rentals' prices
-    value_missed: Decimal
-    distinct_renters: int
-    claimable: Decimal  # earnings of its live rentals that a claim would credit now (gross)
+class ProviderView(ProviderFigures):
+    """The provider page: its figures, its offers, its rentals and its history."""
+
     offers: list[OfferFigures]
     rentals: list[RentalRow]
     history: list[HistoryView]  # the newest first
@@ -143,19 +122,9 @@ def provider_view(
     """`provider` must have its record read (the index is ready); `summaries` are of its `rentals`."""
     record = provider.record
     assert record is not None
-    track = record.track_record
+    claimable = sum(rental.claimable for rental in rentals)
     return ProviderView(
-        address=provider.address,
-        staked=stake_token.to_human(record.staked),
-        locked=stake_token.to_human(record.locked),
-        unbonding=stake_token.to_human(record.unbonding),
-        free=stake_token.to_human(record.free),
-        **record.model_dump(include=_PROVIDER_AS_READ),
-        reliability=record.reliability if record.established(token) else None,
-        value_settled=token.to_human(track.value_settled),
-        value_missed=token.to_human(track.value_missed),
-        distinct_renters=track.distinct_renters,
-        claimable=token.to_human(sum(rental.claimable for rental in rentals)),
+        **ProviderFigures.of(record, token, stake_token, claimable).model_dump(),
         offers=offers,
         rentals=summaries,
         history=[

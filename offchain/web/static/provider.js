@@ -1,13 +1,12 @@
 // The provider page: stake and counters from the registry; reputation, offers, rentals and history from its events.
+// Figures show as the API's `display` writes them, as `gpuex provider show` does.
 "use strict";
 
 (() => {
-  const { el, api, amount, duration, time, percent, rentalLink, badge, card, fillTable } = gpuex;
+  const { el, api, time, rentalLink, badge, card, fillTable } = gpuex;
   const address = new URLSearchParams(location.search).get("address") || "";
 
-  function render(p, info) {
-    const pay = info.payment_token.symbol;
-    const stake = info.stake_token.symbol;
+  function render(p) {
     document.title = "gpuex market · provider " + p.address;
     document.getElementById("address").textContent = p.address;
     // The agent URL is text, never a link: the chain does not vouch for what a provider publishes.
@@ -16,19 +15,20 @@
       p.agent_url ? el("span", null, "Agent API at ", el("span", { class: "mono", id: "agent-url" }, p.agent_url),
                        " (as the provider published it).")
                   : "No agent URL published.");
+    const shown = p.display;
     const unbondingNote = Number(p.unbonding) > 0 ? "until " + time(p.unbonding_ends_at) : null;
     document.getElementById("cards").replaceChildren(
-      card("Staked", amount(p.staked, stake)), card("Locked", amount(p.locked, stake), "collateral of live rentals"),
-      card("Unbonding", amount(p.unbonding, stake), unbondingNote), card("Free", amount(p.free, stake)),
-      card("Reliability", p.reliability === null ? "new" : percent(p.reliability),
-           "share of the value settled with other renters that was delivered"),
-      card("Value settled", amount(p.value_settled, pay),
-           amount(p.value_missed, pay) + " missed, " + p.distinct_renters + " distinct renters"),
-      card("Claimable", amount(p.claimable, pay), "earnings of live rentals not claimed yet"),
+      card("Staked", shown.staked), card("Locked", shown.locked, "collateral of live rentals"),
+      card("Unbonding", shown.unbonding, unbondingNote), card("Free", shown.free),
+      card("Reliability", shown.reliability, "share of the value settled with other renters that was delivered"),
+      card("Value settled", shown.value_settled,
+           shown.value_missed + " missed, " + p.distinct_renters + " distinct renters"),
+      card("Claimable", shown.claimable, "earnings of live rentals not claimed yet"),
       card("Rentals completed", p.rentals_completed),
-      card("Delivered", duration(p.seconds_delivered), duration(p.seconds_missed) + " missed"),
+      card("Delivered", shown.seconds_delivered, shown.seconds_missed + " missed"),
       card("Slashes", p.slashes, null, p.slashes > 0),
-      card("Declines", p.declines, "rentals declined before the start, refunded in full"));
+      card("Declines", p.declines, p.decline_rate === null ? "rentals declined before the start, refunded in full"
+                                    : shown.decline_rate + " of the rentals that ended; refunded in full"));
     fillTable(document.getElementById("offers"), p.offers.map((o) => [
       "#" + o.offer_id, o.gpu_count, o.gpu_model, o.display.vram_gib, o.region,
       o.display.price_per_hour, o.display.durations,
@@ -50,9 +50,9 @@
   async function refresh() {
     const error = document.getElementById("error");
     try {
-      const [info, provider] = await Promise.all([gpuex.market(), api("api/providers/" + encodeURIComponent(address))]);
+      const provider = await api("api/providers/" + encodeURIComponent(address));
       error.hidden = true;
-      render(provider, info);
+      render(provider);
     } catch (e) {
       gpuex.showError(error, e);
     }

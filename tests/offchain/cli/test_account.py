@@ -1,6 +1,6 @@
-"""One set of numbers: `gpuex rental status --json` and `gpuex offers search --json` send what the web API of the
-devnet's oracle sends for the same rental and offers; `gpuex rentals` and `gpuex balance` show an account's rentals
-and balances as `/web/api/accounts/<address>` does."""
+"""One set of numbers: `gpuex rental status --json`, `gpuex offers search --json` and `gpuex provider show --json`
+send what the web API of the devnet's oracle sends for the same rental, offers and provider; `gpuex rentals` and
+`gpuex balance` show an account's rentals and balances as `/web/api/accounts/<address>` does."""
 
 from __future__ import annotations
 
@@ -54,6 +54,19 @@ def compare_rental(cli, rental_id: int) -> dict:
     return shown
 
 
+def compare_provider(cli) -> dict:
+    """The provider's record from both, the same but for what each adds: the page's offers, rentals and history,
+    and the CLI's earnings by rental."""
+    web_caught_up(cli)
+    shown = cli.ok("provider", "show", "--json", role="provider").json()
+    by_rental = shown.pop("claimable_by_rental")
+    assert sum(Decimal(amount) for amount in by_rental.values()) == Decimal(shown["claimable"])
+    status, served = web_get(f"/providers/{cli.address('provider')}")
+    assert status == 200 and [served.pop(key) for key in ("offers", "rentals", "history")]
+    assert shown == served
+    return shown
+
+
 def running_rental(cli, market, spec_file) -> tuple[int, int]:
     """A rental of the market's offer, started, with one report landed: its id and start time."""
     rented = cli.ok(
@@ -94,8 +107,11 @@ def test_the_cli_and_the_web_api_send_the_same_rental_and_offers(cli, market, sp
         assert status == 200 and offers == page["offers"] and offers
         (listed,) = [offer for offer in offers if offer["offer_id"] == market.offer_id]
         assert listed["rental_id"] == str(rental_id) and listed["display"]["availability"] == f"rented ({rental_id})"
+        provider = compare_provider(cli)
+        assert Decimal(provider["claimable"]) > 0
     finally:
         settle(cli, rental_id, since)
+    assert Decimal(compare_provider(cli)["value_settled"]) > 0
     settled = compare_rental(cli, rental_id)
     assert (settled["status"], settled["utilisation"], settled["settlement"]["delivered_seconds"]) == (
         "completed",

@@ -232,9 +232,8 @@ def test_search_filters(cli, market):
     assert len(_ids(cli, "--all", "--sort=-price", "--limit", "1")) == 1
     found = cli.ok("offers", "search", "--json").json()
     (listed,) = [o for o in found if o["offer_id"] == offer_id]
-    value_settled = shown["track_record"]["value_delivered"] + shown["track_record"]["value_missed"]
-    assert Decimal(listed["value_settled"]).scaleb(6) == value_settled
-    assert listed["distinct_renters"] == shown["track_record"]["distinct_renters"]
+    assert Decimal(listed["value_settled"]) == Decimal(shown["value_settled"]) >= Decimal(shown["value_missed"])
+    assert listed["distinct_renters"] == shown["distinct_renters"]
     table = cli.ok("offers", "search").out
     assert "settled" in table and "renters" in table
     assert "7.20 tUSD/h" in table and "2x NVIDIA H100 80GB HBM3" in table and "79.6 GiB" in table

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from decimal import Decimal
 
 import pytest
 
-from offchain.ops.deploy import USDC
 from offchain.protocol.messages import gpu_uuid_hash
 from tests.offchain.cli.conftest import SIMULATED_GPUS, STAGING
 from tests.offchain.telemetry.fake_nvml import FakeGpu, FakeNvml, NVMLError_LibraryNotFound
@@ -24,7 +24,7 @@ def field(out: str, name: str) -> str:
 def test_stake_with_approve_approves_exactly_the_amount(market):
     result = market.stake.json()
     assert [tx["action"] for tx in result["transactions"]] == ["approve", "stake"]
-    assert result["provider"]["staked"] == 1_000 * USDC
+    assert result["provider"]["staked"] == "1000.000000"
 
 
 def test_stake_without_allowance_says_to_approve(cli, market):
@@ -54,7 +54,7 @@ def test_stake_with_a_key_file_that_is_no_key(cli, tmp_path):
 def test_unstake_then_withdraw_after_the_unbonding_period(cli, market):
     assert cli.fails(1, "provider", "withdraw", role="provider").startswith("Registry_NothingUnbonding: ")
     unstaked = cli.ok("provider", "unstake", "--amount", "100", "--json", role="provider").json()
-    assert unstaked["provider"]["unbonding"] == 100 * USDC
+    assert unstaked["provider"]["unbonding"] == "100.000000"
     while time.time() <= unstaked["provider"]["unbonding_ends_at"] + 1:  # a block past the end of unbonding
         time.sleep(0.5)
     withdrawn = cli.ok("provider", "withdraw", role="provider")
@@ -176,10 +176,13 @@ def test_register_simulated_gpus_only_on_the_devnet(cli, staging):
 
 def test_show(cli, market):
     shown = cli.ok("provider", "show", cli.address("provider"), "--json").json()
-    assert shown["agent"] == cli.address("agent") and shown["staked"] >= 900 * USDC
+    assert shown["agent"] == cli.address("agent") and Decimal(shown["staked"]) >= 900
+    assert shown["free"] == str(Decimal(shown["staked"]) - Decimal(shown["locked"]) - Decimal(shown["unbonding"]))
     assert "declines" in shown and shown["declines"] >= 0
-    assert shown["value_settled"] >= 0 and shown["track_record"]["distinct_renters"] >= 0
+    assert Decimal(shown["value_settled"]) >= 0 and shown["distinct_renters"] >= 0
+    assert shown["display"]["staked"] == f"{Decimal(shown['staked']):,.2f} tUSD"
     table = cli.ok("provider", "show", role="provider").out
+    assert field(table, "staked") == shown["display"]["staked"]
     assert "reliability" in table and "declines" in table
     assert "value settled" in table and "distinct renters" in table
 

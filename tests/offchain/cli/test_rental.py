@@ -222,7 +222,7 @@ def test_a_provider_claims_what_a_running_rental_earned_so_far(cli, market, spec
     land_report(cli, Report(rental_id=rental_id, seq=1, covered_until=since + 1, delivered_seconds=1, util_seconds=1))
 
     shown = cli.ok("provider", "show", "--json", role="provider").json()
-    assert shown["claimable"] == {str(rental_id): 2_000}
+    assert (shown["claimable"], shown["claimable_by_rental"]) == ("0.002000", {str(rental_id): "0.002000"})
     claimed = cli.ok("rental", "claim", rental_id, "--json", role="provider").json()
     assert [t["action"] for t in claimed["transactions"]] == ["claim"]
     assert claimed["claimed"]["earned"] == 2_000
@@ -231,7 +231,8 @@ def test_a_provider_claims_what_a_running_rental_earned_so_far(cli, market, spec
     assert cli.ok("rental", "claim", rental_id, role="provider").out.strip() == (
         f"rental {rental_id} has earned nothing since its last claim: nothing to claim"
     )
-    assert cli.ok("provider", "show", "--json", role="provider").json()["claimable"] == {}
+    after_the_claim = cli.ok("provider", "show", "--json", role="provider").json()
+    assert (after_the_claim["claimable"], after_the_claim["claimable_by_rental"]) == ("0.000000", {})
 
     land_report(
         cli,

@@ -248,6 +248,8 @@ def test_a_declined_rental_shows_its_reason_and_the_providers_declines(web_clien
         "3.600000",
     )
     assert (indexed_provider["declines"], indexed_provider["slashes"]) == (1, 0)
+    assert (indexed_provider["decline_rate"], indexed_provider["display"]["decline_rate"]) == (1.0, "100.0%")
+    assert (indexed_provider["reliability"], indexed_provider["display"]["reliability"]) == (None, "new")
     assert [o["declines"] for o in offers["offers"]] == [1]
     declined = next(h for h in indexed_provider["history"] if h["event"] == "RentalDeclined")
     assert declined["summary"] == "declined the rental: " + DeclineReason.EXCEEDS_OFFER.describe()
