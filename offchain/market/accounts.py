@@ -18,15 +18,13 @@ from web3.types import BlockIdentifier
 
 from offchain.chain.reads import ChainReader
 from offchain.market import units
-from offchain.market.figures import RentalRow, stake_figures
+from offchain.market.figures import RentalRow, rental_rows, stake_figures
 from offchain.market.index import EventIndex
 from offchain.market.offers import TokenInfo
-from offchain.market.rentals import BPS, RentalHistory
+from offchain.market.rentals import BPS, CLAIMABLE_STATUSES, RentalHistory
 from offchain.protocol.status import RentalStatus
 
 Role = Literal["renter", "provider"]
-#: Rentals whose earnings a claim credits now (`claimPayout` refuses the others).
-CLAIMABLE_STATUSES = (RentalStatus.RUNNING, RentalStatus.TERMINATED)
 
 
 class AccountRental(RentalRow):
@@ -110,10 +108,7 @@ async def account_summary(
     for side, rentals in sides:
         if role is not None and side != role:
             continue
-        for rental in rentals:
-            offer = index.offer(rental.offer_id)
-            if offer is None or (status is not None and rental.status is not status):
-                continue
-            rows.append(AccountRental(**RentalRow.of(rental, offer, token).model_dump(), role=side))
+        shown = [rental for rental in rentals if status is None or rental.status is status]
+        rows += [AccountRental(**row.model_dump(), role=side) for row in rental_rows(shown, index.offer, token)]
     rows.sort(key=lambda row: (row.opened_at or 0, int(row.rental_id)), reverse=True)
     return AccountSummary(address=address, block=index.block, balances=balances, rentals=rows)

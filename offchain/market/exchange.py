@@ -44,9 +44,9 @@ from offchain.market.offers import (
     read_provider,
     read_token,
 )
-from offchain.market.rentals import RentalHistory
+from offchain.market.rentals import CLAIMABLE_STATUSES, RentalHistory
 from offchain.protocol.agenturl import AgentUrlInvalid, check_agent_url
-from offchain.protocol.status import OfferStatus, RentalStatus
+from offchain.protocol.status import OfferStatus
 
 E = TypeVar("E", bound=ChainEvent)
 
@@ -500,7 +500,7 @@ class ExchangeClient:
         """Credits the provider of a running or terminated rental its earnings so far, less the fee (anyone may send
         it); `NothingToClaim` when the reports applied since the last claim earned nothing."""
         rental = await self.rental(rental_id)
-        if rental.status not in (RentalStatus.RUNNING, RentalStatus.TERMINATED):
+        if rental.status not in CLAIMABLE_STATUSES:
             raise NothingToClaim(f"rental {rental_id} is {rental.status.name.lower()}: nothing to claim")
         if not rental.claimable:
             raise NothingToClaim(f"rental {rental_id} has earned nothing since its last claim: nothing to claim")

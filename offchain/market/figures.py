@@ -7,7 +7,9 @@ web page show (the page shows them as they are).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from decimal import Decimal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +38,29 @@ def decline_rate(declines: int, rentals_completed: int) -> float | None:
     any."""
     ended = declines + rentals_completed
     return units.share(declines / ended) if ended else None
+
+
+def reputation_figures(provider: ProviderRecord, token: TokenInfo) -> tuple[dict[str, Any], dict[str, str]]:
+    """The provider's reputation that offers and the provider's own record both carry (`token` is the payment
+    token), and the `display` strings of its reliability, value settled and decline rate."""
+    track = provider.track_record
+    reliability = units.share(provider.reliability) if provider.established(token) else None
+    rate = decline_rate(provider.declines, provider.rentals_completed)
+    figures = {
+        "reliability": reliability,
+        "value_settled": units.amount(token, track.value_settled),
+        "distinct_renters": track.distinct_renters,
+        "rentals_completed": provider.rentals_completed,
+        "slashes": provider.slashes,
+        "declines": provider.declines,
+        "decline_rate": rate,
+    }
+    shown = {
+        "reliability": "new" if reliability is None else _shown(units.percent(reliability)),
+        "value_settled": units.money(token, track.value_settled),
+        "decline_rate": _shown(units.percent(rate)),
+    }
+    return figures, shown
 
 
 def published_agent_url(offer: OfferRecord) -> str | None:
@@ -83,10 +108,7 @@ class OfferFigures(Figures):
     def of(cls, offer: OfferRecord, token: TokenInfo, agent_online: bool | None = None) -> OfferFigures:
         """`agent_online` is what a probe of the provider's agent found (None: not probed; ignored when no agent is
         set)."""
-        provider = offer.reputation
-        established = provider.established(token)
-        reliability = units.share(offer.reliability) if established else None
-        rate = decline_rate(provider.declines, provider.rentals_completed)
+        reputation, reputation_shown = reputation_figures(offer.reputation, token)
         agent_set = published_agent_url(offer) is not None
         online = agent_online if agent_set else None
         if not agent_set:
@@ -116,13 +138,7 @@ class OfferFigures(Figures):
             max_duration=offer.max_duration,
             util_floor=units.fraction_bps(offer.util_floor_bps),
             egress=offer.egress,
-            reliability=reliability,
-            value_settled=units.amount(token, provider.track_record.value_settled),
-            distinct_renters=provider.track_record.distinct_renters,
-            rentals_completed=provider.rentals_completed,
-            slashes=provider.slashes,
-            declines=provider.declines,
-            decline_rate=rate,
+            **reputation,
             agent_set=agent_set,
             agent_online=online,
             display={
@@ -133,9 +149,7 @@ class OfferFigures(Figures):
                 "durations": f"{units.duration(offer.min_duration)} – {units.duration(offer.max_duration)}",
                 "util_floor": _shown(units.percent(units.fraction_bps(offer.util_floor_bps))),
                 "egress": "yes" if offer.egress else "no",
-                "reliability": "new" if reliability is None else _shown(units.percent(reliability)),
-                "value_settled": units.money(token, provider.track_record.value_settled),
-                "decline_rate": _shown(units.percent(rate)),
+                **reputation_shown,
                 "agent": agent,
                 "availability": availability,
             },
@@ -183,39 +197,29 @@ class ProviderFigures(Figures):
     @classmethod
     def of(cls, provider: ProviderRecord, token: TokenInfo, stake_token: TokenInfo, claimable: int) -> ProviderFigures:
         """`token` is the payment token, `claimable` the sum over its live rentals in its units."""
-        track = provider.track_record
-        established = provider.established(token)
-        reliability = units.share(provider.reliability) if established else None
-        rate = decline_rate(provider.declines, provider.rentals_completed)
+        missed = provider.track_record.value_missed
         stake, stake_shown = stake_figures(provider, stake_token)
+        reputation, reputation_shown = reputation_figures(provider, token)
         return cls(
             address=provider.address,
             **stake,
             unbonding_ends_at=provider.unbonding_ends_at,
             agent=provider.agent,
             agent_url=provider.agent_url,
-            rentals_completed=provider.rentals_completed,
-            slashes=provider.slashes,
-            declines=provider.declines,
-            decline_rate=rate,
+            **reputation,
             seconds_delivered=provider.seconds_delivered,
             seconds_missed=provider.seconds_missed,
-            established=established,
-            reliability=reliability,
-            value_settled=units.amount(token, track.value_settled),
-            value_missed=units.amount(token, track.value_missed),
-            distinct_renters=track.distinct_renters,
+            established=provider.established(token),
+            value_missed=units.amount(token, missed),
             claimable=units.amount(token, claimable),
             display={
                 **stake_shown,
+                **reputation_shown,
                 "agent": provider.agent if int(provider.agent, 16) else "not set",
                 "agent_url": provider.agent_url or "not set",
-                "decline_rate": _shown(units.percent(rate)),
                 "seconds_delivered": units.duration(provider.seconds_delivered),
                 "seconds_missed": units.duration(provider.seconds_missed),
-                "reliability": "new" if reliability is None else _shown(units.percent(reliability)),
-                "value_settled": units.money(token, track.value_settled),
-                "value_missed": units.money(token, track.value_missed),
+                "value_missed": units.money(token, missed),
                 "claimable": units.money(token, claimable),
             },
         )
@@ -330,6 +334,16 @@ def _row_fields(rental: RentalHistory, offer: OfferRecord, token: TokenInfo) -> 
             "claimed": units.money(token, rental.claimed),
         },
     )
+
+
+def rental_rows(
+    rentals: Iterable[RentalHistory], offer_of: Callable[[int], OfferRecord | None], token: TokenInfo
+) -> list[RentalRow]:
+    """Rows for the rentals, with their offers from `offer_of` (the event index's), leaving out any whose offer it
+    has not read yet (for a moment, while it indexes a provider's first events)."""
+    return [
+        RentalRow.of(rental, offer, token) for rental in rentals if (offer := offer_of(rental.offer_id)) is not None
+    ]
 
 
 class RentalFigures(RentalRow):

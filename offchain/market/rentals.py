@@ -33,6 +33,8 @@ from offchain.protocol.status import DeclineReason, RentalStatus
 T = TypeVar("T")
 
 BPS = 10_000
+#: Rentals whose earnings a claim credits now (`claimPayout` refuses the others).
+CLAIMABLE_STATUSES = (RentalStatus.RUNNING, RentalStatus.TERMINATED)
 
 
 def earnings(price_per_second: int, delivered_seconds: int, util_seconds: int, util_floor_bps: int) -> int:

@@ -33,8 +33,8 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 from offchain.market.offers import MIB_PER_GIB, SECONDS_PER_HOUR, TokenInfo
+from offchain.market.rentals import BPS
 
-BPS = 10_000
 #: Duration units, largest first.
 DURATION_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _TENTH = Decimal("0.1")

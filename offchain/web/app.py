@@ -53,10 +53,9 @@ from offchain.chain.rpc import connect
 from offchain.config import ChainSettings
 from offchain.market.accounts import account_summary
 from offchain.market.agentprobe import AgentProbe
-from offchain.market.figures import RentalFigures, RentalRow, offer_figures
+from offchain.market.figures import RentalFigures, offer_figures, rental_rows
 from offchain.market.index import CHAIN_ERRORS, DEFAULT_POLL_INTERVAL_SECONDS, EventIndex
 from offchain.market.offers import OfferQuery, TokenInfo, read_token, search_offers
-from offchain.market.rentals import RentalHistory
 from offchain.web.telemetry import GPU_PERIODS, MAX_POINTS, GpuPeriodReader, TelemetryPage
 from offchain.web.views import (
     ContractsInfo,
@@ -263,7 +262,7 @@ async def get_rentals(request: web.Request) -> web.Response:
     market, token, _ = _ready(request)
     limit = _int_param(request.query.get("limit", str(DEFAULT_RENTALS)), "limit", 1, MAX_RENTALS)
     index = market.index
-    return _json(RentalsPage(block=index.block, rentals=_summaries(index, index.rentals(limit), token)))
+    return _json(RentalsPage(block=index.block, rentals=rental_rows(index.rentals(limit), index.offer, token)))
 
 
 #: The ABIs the page encodes its calls with, by what the deployment calls the contract. The tokens are called
@@ -333,7 +332,7 @@ async def get_provider(request: web.Request) -> web.Response:
             provider,
             await offer_figures(offers, token, market.probe),
             rentals,
-            _summaries(index, rentals, token),
+            rental_rows(rentals, index.offer, token),
             token,
             stake_token,
         )
@@ -384,17 +383,6 @@ def parse_offer_query(params: MultiMapping[str]) -> OfferQuery:
         if given[0].strip():
             values[key] = given[0].strip()
     return OfferQuery.model_validate(values)
-
-
-def _summaries(index: EventIndex, rentals: list[RentalHistory], token: TokenInfo) -> list[RentalRow]:
-    """Rows for the rentals, leaving out any whose provider the index has not read yet (for a moment, while it
-    indexes a provider's first events)."""
-    rows = []
-    for rental in rentals:
-        offer = index.offer(rental.offer_id)
-        if offer is not None:
-            rows.append(RentalRow.of(rental, offer, token))
-    return rows
 
 
 def _ready(request: web.Request) -> tuple[WebState, TokenInfo, TokenInfo]:

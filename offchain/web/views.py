@@ -193,4 +193,4 @@ def history_summary(entry: HistoryEntry, token: TokenInfo, stake_token: TokenInf
 
 def _reason(value: IntEnum) -> str:
     """A status or reason in words: `SLA_BREACH` -> `sla breach`."""
-    return value.name.lower().replace("_", " ")
+    return units.label(value.name.lower())
