@@ -33,7 +33,8 @@ from offchain.cli.args import ExitStatus, UsageError, add_command, add_job_comma
 from offchain.cli.keys import load_account
 from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output
-from offchain.market.exchange import ExchangeError
+from offchain.market.exchange import AgentEndpoint, ExchangeError
+from offchain.market.offers import OfferRecord
 from offchain.market.renterclient import RenterApiError, RenterClient, extract_results
 from offchain.protocol.renterapi import JobStatus, LogEnd
 
@@ -170,9 +171,12 @@ def _secret_values(spec: JobSpec) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def renter_client(ctx: Context, rental_id: int) -> AsyncIterator[RenterClient]:
-    """A client of the renter API of the rental's provider, signing with this command's key."""
-    endpoint = await ctx.client.agent_endpoint_of_offer(rental_id >> 32)
+async def renter_client(ctx: Context, rental_id: int, offer: OfferRecord | None = None) -> AsyncIterator[RenterClient]:
+    """A client of the renter API of the rental's provider, signing with this command's key; `offer` is the
+    rental's offer where the caller read it already."""
+    endpoint = (
+        AgentEndpoint.of(offer) if offer is not None else await ctx.client.agent_endpoint_of_offer(rental_id >> 32)
+    )
     account = load_account(ctx.profile)
     async with RenterClient(
         endpoint.url, ctx.deployment.chain_id, ctx.deployment.escrow, account.key, agent=endpoint.agent
@@ -181,11 +185,16 @@ async def renter_client(ctx: Context, rental_id: int) -> AsyncIterator[RenterCli
 
 
 async def send_spec(
-    ctx: Context, rental_id: int, spec: JobSpec, secrets: dict[str, str], patience_seconds: float = SPEC_UPLOAD_SECONDS
+    ctx: Context,
+    rental_id: int,
+    spec: JobSpec,
+    secrets: dict[str, str],
+    offer: OfferRecord | None = None,
+    patience_seconds: float = SPEC_UPLOAD_SECONDS,
 ) -> str:
     """Uploads the rental's spec to the provider's agent, trying again while the agent has not seen the rental or
     cannot be reached; returns the agent's URL."""
-    async with renter_client(ctx, rental_id) as client:
+    async with renter_client(ctx, rental_id, offer) as client:
         deadline = time.monotonic() + patience_seconds
         while True:
             try:
@@ -200,7 +209,9 @@ async def send_spec(
                 await asyncio.sleep(SPEC_RETRY_SECONDS)
 
 
-async def job_status(ctx: Context, rental_id: int) -> tuple[JobStatus | None, str | None]:
+async def job_status(
+    ctx: Context, rental_id: int, offer: OfferRecord | None = None
+) -> tuple[JobStatus | None, str | None]:
     """The job's status from the provider's agent, which tells it only to the renter (this command's key) and only
     where the provider publishes an agent URL; otherwise None and why not, in words (the chain's view stands alone)."""
     try:
@@ -208,7 +219,7 @@ async def job_status(ctx: Context, rental_id: int) -> tuple[JobStatus | None, st
     except UsageError:
         return None, "the provider's agent tells the job's status to its renter only: set GPUEX_KEY_FILE to its key"
     try:
-        async with renter_client(ctx, rental_id) as client:
+        async with renter_client(ctx, rental_id, offer) as client:
             return await asyncio.wait_for(client.status(rental_id), 10), None
     except ExchangeError as exc:
         return None, str(exc)

@@ -28,6 +28,7 @@ from offchain.cli.network import Context, open_context
 from offchain.cli.output import Output, format_duration, format_gib, money, per_hour, percent_bps, when
 from offchain.market.exchange import (
     ActionResult,
+    AgentEndpoint,
     ExchangeError,
     NothingToClaim,
     NothingToWithdraw,
@@ -35,7 +36,7 @@ from offchain.market.exchange import (
     Withdrawal,
 )
 from offchain.market.figures import RentalFigures
-from offchain.market.offers import TokenInfo
+from offchain.market.offers import OfferRecord, TokenInfo
 from offchain.market.rentals import RentalHistory, ReportPeriod
 from offchain.ops import devnet
 from offchain.protocol.renterapi import JobStatus
@@ -116,10 +117,10 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
         token = await ctx.client.payment_token()
         max_price = None if args.max_price_per_hour is None else _max_price_units(token, args.max_price_per_hour)
         offer = await ctx.client.offer(args.offer_id)
-        if (missing := await ctx.client.agent_missing(offer.provider)) is not None:
+        if (missing := await ctx.client.agent_missing(offer.provider, offer.reputation.agent)) is not None:
             out.warn(f"{missing}; renting offer {args.offer_id} anyway")
         try:
-            agent_url: str | None = (await ctx.client.agent_endpoint_of_offer(args.offer_id)).url
+            agent_url: str | None = AgentEndpoint.of(offer).url
             no_url = None
         except ExchangeError as exc:  # no agent key (warned above), no agent URL, or one that cannot be used
             agent_url, no_url = None, str(exc)
@@ -137,10 +138,10 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
             out.warn(f"{no_url}: the spec reaches its agent only if you publish it where the agent fetches specs")
         result = await ctx.client.open_rental(args.offer_id, args.duration, spec.spec_hash(), max_price, args.approve)
         rental = result.rental
-        figures = await rental_figures(ctx, rental)
+        figures = await rental_figures(ctx, rental, offer)
         if agent_url is not None:
             try:
-                await access.send_spec(ctx, rental.rental_id, spec, secrets)
+                await access.send_spec(ctx, rental.rental_id, spec, secrets, offer)
             except ExchangeError as exc:
                 raise ExchangeError(
                     f"rental {rental.rental_id} is open, but {exc}; send it again with `gpuex rental send-spec "
@@ -177,10 +178,12 @@ async def rent(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
-async def rental_figures(ctx: Context, rental: RentalHistory) -> RentalFigures:
-    """The rental's record as `rental status --json` and the web API's `/api/rentals/<id>` both send it."""
+async def rental_figures(ctx: Context, rental: RentalHistory, offer: OfferRecord | None = None) -> RentalFigures:
+    """The rental's record as `rental status --json` and the web API's `/api/rentals/<id>` both send it; `offer`
+    is the rental's offer where the caller read it already (a rental takes only what never changes from it)."""
     token, stake_token = await ctx.client.payment_token(), await ctx.client.stake_token()
-    return RentalFigures.of_rental(rental, await ctx.client.offer(rental.offer_id), token, stake_token)
+    offer = offer if offer is not None else await ctx.client.offer(rental.offer_id)
+    return RentalFigures.of_rental(rental, offer, token, stake_token)
 
 
 def result_json(result: RentalResult, figures: RentalFigures) -> dict:
@@ -277,8 +280,9 @@ async def status(args: argparse.Namespace) -> ExitStatus:
     async with open_context(args, key=False) as ctx:
         token = await ctx.client.payment_token()
         rental = await ctx.client.rental(args.rental_id)
-        figures = await rental_figures(ctx, rental)
-        job, job_unavailable = await access.job_status(ctx, args.rental_id)
+        offer = await ctx.client.offer(rental.offer_id)
+        figures = await rental_figures(ctx, rental, offer)
+        job, job_unavailable = await access.job_status(ctx, args.rental_id, offer)
 
     def human() -> None:
         render_rental(out, token, rental)

@@ -149,6 +149,23 @@ class AgentEndpoint(BaseModel):
     agent: str  # the provider's registered agent key (`agentOf`)
     url: str  # the agent API's base URL (`agentUrlOf`), passed by `check_agent_url`
 
+    @classmethod
+    def of(cls, offer: OfferRecord) -> AgentEndpoint:
+        """The agent API of the offer's provider: its URL, checked as `check_agent_url` checks it, and the agent key
+        the agent answering there must hold. `ExchangeError` when the provider has no agent key or no URL, or
+        published one that fails the check."""
+        provider = offer.reputation
+        whose = f"the provider {provider.address} of offer {offer.offer_id}"
+        if not int(provider.agent, 16):
+            raise ExchangeError(f"{whose} has set no agent key")
+        if provider.agent_url is None:
+            raise ExchangeError(f"{whose} has published no agent URL")
+        try:
+            url = check_agent_url(provider.agent_url)
+        except AgentUrlInvalid as exc:
+            raise ExchangeError(f"{whose} published an agent URL that cannot be used: {exc}") from None
+        return cls(offer_id=offer.offer_id, provider=provider.address, agent=provider.agent, url=url)
+
 
 class OfferTerms(BaseModel):
     """What `createOffer` takes; the GPU count is the number of hashes."""
@@ -276,25 +293,13 @@ class ExchangeClient:
         return await self.reader.agent_url_of(address or self.address)
 
     async def agent_endpoint_of_offer(self, offer_id: int) -> AgentEndpoint:
-        """The agent API of the offer's provider: its URL, checked as `check_agent_url` checks it, and the agent key
-        the agent answering there must hold. `NotFound` without the offer; `ExchangeError` when the provider has no
-        agent key or no URL, or published one that fails the check."""
-        provider = (await self.offer(offer_id)).reputation
-        whose = f"the provider {provider.address} of offer {offer_id}"
-        if not int(provider.agent, 16):
-            raise ExchangeError(f"{whose} has set no agent key")
-        if provider.agent_url is None:
-            raise ExchangeError(f"{whose} has published no agent URL")
-        try:
-            url = check_agent_url(provider.agent_url)
-        except AgentUrlInvalid as exc:
-            raise ExchangeError(f"{whose} published an agent URL that cannot be used: {exc}") from None
-        return AgentEndpoint(offer_id=offer_id, provider=provider.address, agent=provider.agent, url=url)
+        """`AgentEndpoint.of` the offer as the chain has it now; `NotFound` without the offer."""
+        return AgentEndpoint.of(await self.offer(offer_id))
 
-    async def agent_missing(self, provider: str) -> str | None:
-        """Why nothing would run a rental's job for `provider`: no agent key set on chain (`agentOf`); None when it
-        has one (whether the agent runs, the chain cannot say)."""
-        if int(await self.reader.agent_of(provider), 16):
+    async def agent_missing(self, provider: str, agent: str | None = None) -> str | None:
+        """Why nothing would run a rental's job for `provider`: no agent key set on chain; None when it has one
+        (whether the agent runs, the chain cannot say). `agent` is its key as already read (else `agentOf`)."""
+        if int(agent if agent is not None else await self.reader.agent_of(provider), 16):
             return None
         return (
             f"provider {provider} has set no agent key (`gpuex provider set-agent`): no agent will start its "
