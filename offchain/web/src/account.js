@@ -3,7 +3,6 @@
 // account summary (`api/accounts/<address>`) its rentals as renter and as provider and the unclaimed earnings of
 // its running rentals; withdraw, withdraw compensation and terminate are sent through the wallet.
 import { formatUnits } from "viem";
-import { getJson } from "./api.js";
 import { connectedAccount, read, send } from "./wallet.js";
 
 /* global gpuex -- common.js, the page's shared helpers, loaded before the bundle */
@@ -21,7 +20,7 @@ function actionButton(id, text, onClick) {
 
 async function render(account) {
   const { el, card, amount, badge, time, rentalLink, fillTable } = gpuex;
-  const market = await getJson("api/market");
+  const market = await gpuex.market();
   const pay = market.payment_token;
   const stakeToken = market.stake_token;
   // What the wallet acts on is read from the chain through it; the rentals and the unclaimed earnings of live
@@ -31,7 +30,7 @@ async function render(account) {
     read("escrow", "balanceOf", [account]),
     read("registry", "compensationOf", [account]),
     read("registry", "getProvider", [account]),
-    getJson("api/accounts/" + account),
+    gpuex.api("api/accounts/" + account),
   ]);
   const human = (units, token) => amount(formatUnits(units, token.decimals), token.symbol);
   document.getElementById("who").textContent = account;

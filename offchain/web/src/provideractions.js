@@ -2,8 +2,9 @@
 // (`ProviderRegistry.pauseOffer`, `resumeOffer`, `updateOfferPrice`). The buttons are built for the page's plain
 // script, which draws the offers table (`offerActions`); their clicks are handled here.
 import { formatUnits, parseUnits } from "viem";
-import { getJson } from "./api.js";
 import { describeError, isConnected, send } from "./wallet.js";
+
+/* global gpuex -- common.js, the page's shared helpers, loaded before the bundle */
 
 const SECONDS_PER_HOUR = 3600n;
 
@@ -34,7 +35,7 @@ function say(text, state) {
 }
 
 async function reprice(offerId) {
-  const token = (await getJson("api/market")).payment_token;
+  const token = (await gpuex.market()).payment_token;
   const perHour = parseUnits(document.getElementById("reprice-price").value.trim() || "0", token.decimals);
   const perSecond = perHour / SECONDS_PER_HOUR;
   if (perSecond === 0n) throw new Error("the price must be above zero");

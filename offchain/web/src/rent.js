@@ -2,7 +2,6 @@
 // for the deposit when it is short, `openRental` with the price shown as the price guard, then the spec uploaded to
 // the provider's agent through the renter API (signed by the wallet).
 import { formatUnits, parseEventLogs, parseUnits } from "viem";
-import { getJson } from "./api.js";
 import { buildSpec, specHash, splitCommand } from "./jobspec.js";
 import { checkedAgent, uploadSpec } from "./renterapi.js";
 import { deployment, describeError, ensureReady, read, send, txEntry } from "./wallet.js";
@@ -41,7 +40,7 @@ function showDeposit() {
 
 async function choose(offerId) {
   const [{ offers }, market] = await Promise.all([
-    getJson("api/offers?include_unavailable=true&sort=offer"), getJson("api/market"),
+    gpuex.api("api/offers?include_unavailable=true&sort=offer"), gpuex.market(),
   ]);
   const offer = offers.find((o) => o.offer_id === offerId);
   if (!offer) throw new Error("no offer #" + offerId);
@@ -76,7 +75,7 @@ async function rent() {
   const deposit = price * BigInt(seconds);
 
   // The spec travels to the provider's agent after the rental opens: check before paying that it can.
-  const provider = await getJson("api/providers/" + offer.provider);
+  const provider = await gpuex.api("api/providers/" + offer.provider);
   if (!provider.agent_url) throw new Error("the provider publishes no agent URL: the job spec could not be uploaded");
   say("checking the provider's agent…", "pending");
   await checkedAgent(provider.agent_url, provider.agent);

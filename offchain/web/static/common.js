@@ -70,15 +70,6 @@ const gpuex = (() => {
            `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
 
-  function clock(ts) {
-    const d = new Date(ts * 1000);
-    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  }
-
-  function percent(fraction) {
-    return fraction === null || fraction === undefined ? "—" : (fraction * 100).toFixed(1) + "%";
-  }
-
   function short(address) {
     return address.slice(0, 6) + "…" + address.slice(-4);
   }
@@ -154,6 +145,6 @@ const gpuex = (() => {
               note ? el("div", { class: "note" }, note) : null);
   }
 
-  return { ApiError, api, el, fillTable, amount, duration, time, clock, percent, short, providerLink, rentalLink,
+  return { ApiError, api, el, fillTable, amount, duration, time, short, providerLink, rentalLink,
            badge, card, showError, market, live };
 })();

@@ -25,7 +25,6 @@
   }
 
   async function loadOffers() {
-    const token = (await gpuex.market()).payment_token;
     let page;
     try {
       page = await api("api/offers" + location.search);
@@ -47,7 +46,6 @@
   }
 
   async function loadRentals() {
-    const token = (await gpuex.market()).payment_token;
     const page = await api("api/rentals?limit=20");
     const rows = page.rentals.map((r) => [
       rentalLink(r.rental_id), "#" + r.offer_id, r.gpu_count + " × " + r.gpu_model, gpuex.short(r.renter),
