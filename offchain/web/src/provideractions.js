@@ -37,7 +37,8 @@ function say(text, state) {
 async function reprice(offerId) {
   const token = (await gpuex.market()).payment_token;
   const perHour = parseUnits(document.getElementById("reprice-price").value.trim() || "0", token.decimals);
-  const perSecond = perHour / SECONDS_PER_HOUR;
+  // Rounded to the nearest unit, as `gpuex offer update` rounds it.
+  const perSecond = (perHour + SECONDS_PER_HOUR / 2n) / SECONDS_PER_HOUR;
   if (perSecond === 0n) throw new Error("the price must be above zero");
   const shown = formatUnits(perSecond * SECONDS_PER_HOUR, token.decimals);
   await send(`Reprice offer #${offerId} to ${shown} ${token.symbol}/h`, "registry", "updateOfferPrice",
