@@ -39,15 +39,15 @@ class AgentProbe:
 
     async def online(self, urls: Iterable[str]) -> dict[str, bool]:
         """Whether the agent at each of `urls` answers; probes those not answered within the last `ttl` seconds,
-        concurrently (one probe per URL, however many callers ask at once)."""
+        concurrently (one probe per URL, however many callers ask at once). A caller cancelled while it waits
+        leaves the probes it shares with other callers running for them."""
         wanted = set(urls)
         now = time.monotonic()
         answers = {url: answer for url in wanted if (answer := self._fresh(url, now)) is not None}
         missing = wanted - set(answers)
         if missing:
-            async with aiohttp.ClientSession(timeout=self._timeout) as session:
-                tasks = {url: self._task(session, url) for url in missing}
-                results = await asyncio.gather(*tasks.values())
+            tasks = {url: self._task(url) for url in missing}
+            results = await asyncio.gather(*(asyncio.shield(task) for task in tasks.values()))
             answers.update(zip(tasks, results))
         return answers
 
@@ -57,10 +57,10 @@ class AgentProbe:
             return None
         return cached[1]
 
-    def _task(self, session: aiohttp.ClientSession, url: str) -> asyncio.Task[bool]:
+    def _task(self, url: str) -> asyncio.Task[bool]:
         task = self._pending.get(url)
         if task is None:
-            task = asyncio.ensure_future(self._probe(session, url))
+            task = asyncio.ensure_future(self._probe(url))
             self._pending[url] = task
             task.add_done_callback(lambda done: self._remember(url, done))
         return task
@@ -73,10 +73,15 @@ class AgentProbe:
             del self._answers[next(iter(self._answers))]
         self._answers[url] = (time.monotonic(), task.result())
 
-    async def _probe(self, session: aiohttp.ClientSession, url: str) -> bool:
+    async def _probe(self, url: str) -> bool:
+        """One probe with a session of its own: a probe outlives the caller that started it when other callers wait
+        for it too."""
         try:
             base = check_agent_url(url)
-            async with session.get(f"{base}/v1/agent", allow_redirects=False) as response:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout) as session,
+                session.get(f"{base}/v1/agent", allow_redirects=False) as response,
+            ):
                 if response.status != 200:
                     return False
                 body = await response.content.read(MAX_BODY_BYTES + 1)

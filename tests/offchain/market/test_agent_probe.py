@@ -162,3 +162,22 @@ def test_answers_are_remembered_for_the_ttl():
     first, again, later = asyncio.run(_serve({AGENT_PORT: counted}, body))  # type: ignore[misc]
     assert first == [{url: True}, {url: True}] and again == {url: True} and later == {url: True}
     assert len(hits) == 2, "one probe for the concurrent asks and the cached one, one after the ttl"
+
+
+def test_a_caller_cancelled_while_it_waits_leaves_the_shared_probe_to_the_others():
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        return await an_agent(request)
+
+    url = f"http://127.0.0.1:{AGENT_PORT}"
+
+    async def body() -> object:
+        probe = AgentProbe(timeout=TIMEOUT)
+        first = asyncio.ensure_future(probe.online([url]))
+        await asyncio.sleep(0.05)  # the first caller's probe is under way
+        second = asyncio.ensure_future(probe.online([url]))
+        await asyncio.sleep(0.05)
+        first.cancel()  # as aiohttp cancels the handler of a request whose client went away
+        return await second, first.cancelled()
+
+    assert asyncio.run(_serve({AGENT_PORT: slow}, body)) == ({url: True}, True)
