@@ -222,7 +222,8 @@ def _json_value(value: object) -> object:
     return value
 
 
-def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
+def render_rental(out: Output, token: TokenInfo, stake_token: TokenInfo, r: RentalHistory) -> None:
+    """`token` is the payment token; a slash is paid in `stake_token`."""
     s = r.settlement
     rows = [
         ("status", r.status.name.lower()),
@@ -244,7 +245,11 @@ def render_rental(out: Output, token: TokenInfo, r: RentalHistory) -> None:
     if r.decline_reason is not None:
         rows.insert(1, ("declined", f"{r.decline_reason.name.lower()}: {r.decline_reason.describe()}"))
     if s is not None:
-        slash = "none" if not s.slashed else f"{money(token, s.slashed)} to the renter ({s.slash_reason.name.lower()})"
+        slash = (
+            "none"
+            if not s.slashed
+            else f"{money(stake_token, s.slashed)} to the renter ({s.slash_reason.name.lower()})"
+        )
         rows += [
             ("provider payout", money(token, s.provider_payout)),
             ("fee", money(token, s.fee)),
@@ -278,14 +283,14 @@ def _skipped_line(skipped: events.ReportSkipped) -> str:
 async def status(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=False) as ctx:
-        token = await ctx.client.payment_token()
+        token, stake_token = await ctx.client.payment_token(), await ctx.client.stake_token()
         rental = await ctx.client.rental(args.rental_id)
         offer = await ctx.client.offer(rental.offer_id)
         figures = await rental_figures(ctx, rental, offer)
         job, job_unavailable = await access.job_status(ctx, args.rental_id, offer)
 
     def human() -> None:
-        render_rental(out, token, rental)
+        render_rental(out, token, stake_token, rental)
         if job is not None:
             render_job(out, job)
         else:
@@ -341,19 +346,20 @@ def render_job(out: Output, job: JobStatus) -> None:
 async def terminate(args: argparse.Namespace) -> ExitStatus:
     out = Output(args)
     async with open_context(args, key=True) as ctx:
-        token = await ctx.client.payment_token()
+        token, stake_token = await ctx.client.payment_token(), await ctx.client.stake_token()
         result = await ctx.client.terminate(args.rental_id)
         figures = await rental_figures(ctx, result.rental)
 
     def human() -> None:
         out.sent(result)
-        render_rental(out, token, result.rental)
+        render_rental(out, token, stake_token, result.rental)
 
     out.emit(result_json(result, figures), human)
     return ExitStatus.OK
 
 
-def _event_line(token: TokenInfo, event: events.RentalEvent, rental: RentalHistory) -> str:
+def _event_line(token: TokenInfo, stake_token: TokenInfo, event: events.RentalEvent, rental: RentalHistory) -> str:
+    """`token` is the payment token; a slash is paid in `stake_token`."""
     """`event` as `rental watch` prints it; `rental` is the rental with `event` applied."""
     match event:
         case events.RentalOpened():
@@ -379,7 +385,9 @@ def _event_line(token: TokenInfo, event: events.RentalEvent, rental: RentalHisto
             return f"declined by the provider ({event.reason.name.lower()}): {event.reason.describe()}"
         case events.RentalFinalized():
             slash = (
-                f", {money(token, event.slashed)} slashed ({event.slash_reason.name.lower()})" if event.slashed else ""
+                f", {money(stake_token, event.slashed)} slashed ({event.slash_reason.name.lower()})"
+                if event.slashed
+                else ""
             )
             return (
                 f"settled {event.status.name.lower()}: {event.delivered_seconds} s delivered, "
@@ -394,7 +402,7 @@ async def watch(args: argparse.Namespace) -> ExitStatus:
     oracle receives it (`TelemetryWatch`), until the rental is settled."""
     out = Output(args)
     async with open_context(args, key=False) as ctx:
-        token = await ctx.client.payment_token()
+        token, stake_token = await ctx.client.payment_token(), await ctx.client.stake_token()
         floor = (await ctx.client.rental(args.rental_id)).util_floor_bps
         oracle_url = args.oracle_url or (ctx.devnet.oracle_url if ctx.devnet is not None else None)
         async with TelemetryWatch(out, None if args.no_telemetry else oracle_url, args.rental_id) as telemetry:
@@ -410,7 +418,7 @@ async def watch(args: argparse.Namespace) -> ExitStatus:
                 if out.json:
                     out.json_line(event_json(event))
                 elif rental is not None:
-                    out.print(_event_line(token, event, rental))
+                    out.print(_event_line(token, stake_token, event, rental))
     return ExitStatus.OK
 
 
