@@ -19,6 +19,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -129,6 +130,17 @@ def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str, se
             f"timed out after {seconds} s waiting for {what} at {driver.current_url} "
             f"(out/test-artifacts/web-failure.png); browser errors: {console}"
         ) from None
+
+
+def click(driver: WebDriver, css: str, what: str) -> None:
+    """Clicks what `css` selects once it is there. A live page may replace the element between finding it and
+    clicking it; a replaced one is found again."""
+
+    def clicked(d: WebDriver) -> bool:
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    wait(driver, clicked, what)
 
 
 def screenshot(driver: WebDriver, name: str) -> None:

@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from offchain.chain import deployments
 from offchain.chain.contracts import contract
 from offchain.telemetry.simulated import SimulatedSource
-from tests.e2e.browser import WAIT_SECONDS, inject_wallet, screenshot, wait, wallet_calls
+from tests.e2e.browser import WAIT_SECONDS, click, inject_wallet, screenshot, wait, wallet_calls
 from tests.e2e.webmarket import OFFERS, list_offers, market_devnet, provider_agent, rows, running, until_rental, wallet
 
 ANVIL_PORT = 9300
@@ -138,8 +138,7 @@ def _without_a_wallet(driver, web: str) -> float:
 def _choose_offer(driver, web: str, offer_id: int) -> None:
     driver.get(web + "/")
     wait(driver, lambda d: d.find_elements(By.ID, "account"), "the wallet bar to show the account")
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"button.rent[data-offer='{offer_id}']"), "Rent")
-    driver.find_element(By.CSS_SELECTOR, f"button.rent[data-offer='{offer_id}']").click()
+    click(driver, f"button.rent[data-offer='{offer_id}']", f"offer {offer_id}'s Rent button")
     wait(driver, lambda d: d.find_element(By.ID, "rent").is_displayed(), "the rent form")
     assert f"#{offer_id}:" in _text(driver, "rent-offer")
 
@@ -178,11 +177,11 @@ def _terminate_and_withdraw(driver, web: str, rental: str) -> None:
     )
     assert rows(driver, "my-rentals")[0][1] == "renter"
     screenshot(driver, "web-wallet-account.png")
-    driver.find_element(By.CSS_SELECTOR, f"button.terminate[data-rental='{rental}']").click()
+    click(driver, f"button.terminate[data-rental='{rental}']", "Terminate")
     _until_tx(driver, f"Terminate rental {rental}")
     wait(driver, lambda d: d.find_elements(By.ID, "withdraw"), "the refund to be withdrawable")
     assert "0.00 tUSD" not in _text(driver, "escrow-balance")
-    driver.find_element(By.ID, "withdraw").click()
+    click(driver, "#withdraw", "Withdraw")
     _until_tx(driver, "Withdraw")
     wait(driver, lambda d: "0.00 tUSD" in _text(d, "escrow-balance"), "the withdrawable balance to be spent")
     assert [r[4] for r in rows(driver, "my-rentals") if r[0] == rental] == ["terminated"]
@@ -204,21 +203,20 @@ def _rent_is_refused_over_the_price_guard(driver) -> None:
 def _provider_actions(driver, web: str, provider: str) -> None:
     driver.get(f"{web}/provider?address={provider}")
     reprice = "button.act[data-action='reprice'][data-offer='2']"
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, reprice), "the provider's buttons")
-    driver.find_element(By.CSS_SELECTOR, reprice).click()
+    click(driver, reprice, "the provider's Reprice button")
     price = driver.find_element(By.ID, "reprice-price")
     price.clear()
     price.send_keys("3.6")
     driver.find_element(By.ID, "reprice-submit").click()
     _until_tx(driver, "Reprice offer #2 to 3.6 tUSD/h")
     wait(driver, lambda d: [r[5] for r in rows(d, "offers") if r[0] == "#2"] == ["3.60 tUSD/h"], "the new price")
-    driver.find_element(By.CSS_SELECTOR, "button.act[data-action='pause'][data-offer='2']").click()
+    click(driver, "button.act[data-action='pause'][data-offer='2']", "Pause")
     _until_tx(driver, "Pause offer #2")
     resume = "button.act[data-action='resume'][data-offer='2']"
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, resume), "the paused offer's Resume button")
     assert [r[8] for r in rows(driver, "offers") if r[0] == "#2"] == ["paused"]
     screenshot(driver, "web-wallet-provider.png")
-    driver.find_element(By.CSS_SELECTOR, resume).click()
+    click(driver, resume, "Resume")
     _until_tx(driver, "Resume offer #2")
     wait(driver, lambda d: [r[8] for r in rows(d, "offers") if r[0] == "#2"] == ["available"], "the offer resumed")
 
@@ -237,7 +235,7 @@ def _wrong_chain(driver, web: str, chain_id: int) -> None:
     assert _text(driver, "rent-status") == f"the wallet is on chain 1; switch it to chain {chain_id}"
     assert wallet_calls(driver).count("eth_sendTransaction") == sent_before
     screenshot(driver, "web-wallet-wrong-chain.png")
-    driver.find_element(By.ID, "switch-chain").click()
+    click(driver, "#switch-chain", "Switch")
     wait(driver, lambda d: not d.find_elements(By.ID, "wrong-chain"), "the warning to go once switched")
     assert "wallet_switchEthereumChain" in wallet_calls(driver)
 
@@ -252,10 +250,9 @@ def _wrong_chain(driver, web: str, chain_id: int) -> None:
 def _rejected_in_the_wallet(driver, web: str, provider: str) -> None:
     """A transaction its owner refuses in the wallet is shown failed, saying so, and changes nothing."""
     driver.get(f"{web}/provider?address={provider}")
-    wait(driver, lambda d: d.find_elements(By.ID, "switch-chain"), "the wrong-chain warning")
-    driver.find_element(By.ID, "switch-chain").click()
+    click(driver, "#switch-chain", "Switch in the wrong-chain warning")
     wait(driver, lambda d: not d.find_elements(By.ID, "wrong-chain"), "the switch")
     driver.execute_script("window.__rejectNext = true;")
-    driver.find_element(By.CSS_SELECTOR, "button.act[data-action='pause'][data-offer='2']").click()
+    click(driver, "button.act[data-action='pause'][data-offer='2']", "Pause")
     assert _until_tx(driver, "Pause offer #2", "failed") == "Pause offer #2: failed: rejected in the wallet"
     assert [r[8] for r in rows(driver, "offers") if r[0] == "#2"] == ["available"]
